@@ -1,0 +1,68 @@
+# spotrun: `make demo` runs a TrainingRun through spot interruptions on the local cluster;
+# `make test` runs every test. Both install what they need, idempotently.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+# Fake fleet size of the local cluster.
+export SPOT_NODES ?= 8
+export ON_DEMAND_NODES ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: help venv binaries cluster-up cluster-down demo test test-unit test-e2e lint fmt bench clean
+
+help:
+	@echo "make demo         a TrainingRun surviving spot interruptions on the local cluster"
+	@echo "make test         lint + unit + e2e tests (brings the local cluster up)"
+	@echo "make cluster-up   build the control plane from Go modules and start it"
+	@echo "make cluster-down stop the local cluster"
+	@echo "make bench        run the benchmarks in bench/ (figures in bench/results/)"
+
+# The venv is rebuilt only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/pip install -q uv==$(UV_VERSION)
+	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[operator,trainer,dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+binaries:
+	@bash hack/build-binaries.sh
+
+cluster-up: venv binaries
+	$(BIN)/spotrun-dev up
+
+cluster-down: venv
+	$(BIN)/spotrun-dev down
+
+demo: cluster-up
+	$(BIN)/python -m spotrun_dev.demo
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy operator trainer hack/spotrun_dev bench
+
+fmt: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test-unit: venv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-e2e: cluster-up
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+test: lint
+	$(BIN)/pytest tests $(PYTEST_ARGS)
+
+bench: venv
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+clean: cluster-down
+	rm -rf $(VENV) .cache/cluster .cache/kwok

@@ -1,0 +1,84 @@
+"""``spotrun-dev``: the local cluster and the EKS behaviours to inject into it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from kubernetes import client
+
+from spotrun_dev import cluster, inject, paths, traces
+
+
+def _core() -> client.CoreV1Api:
+    if not paths.KUBECONFIG.exists():
+        raise SystemExit(f"no local cluster: {paths.KUBECONFIG} is missing (run `make cluster-up`)")
+    return client.CoreV1Api(cluster.LocalCluster(cluster.CLUSTER_NAME, paths.KUBECONFIG)
+                            .api_client())
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spotrun-dev", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("up", help="build the binaries and bring the local cluster up (idempotent)")
+    sub.add_parser("down", help="delete the local cluster and stop the training operator")
+    sub.add_parser("fleet", help="restore the fake node fleet (recreate lost nodes, clear taints)")
+    sub.add_parser("kubeconfig", help="print the local cluster's kubeconfig path")
+
+    i = sub.add_parser("interrupt", help="reclaim a node the way an EKS component does")
+    i.add_argument("node")
+    i.add_argument("--signal", choices=traces.SIGNALS, default="nth",
+                   help="nth: NTH spot interruption; karpenter: Karpenter disruption; "
+                   "rebalance: NTH rebalance recommendation (taint only); asg: ASG lifecycle "
+                   "termination; loss: instance vanishes; shutdown: kubelet graceful shutdown")
+    i.add_argument("--keep-node", action="store_true",
+                   help="leave the Node object in place afterwards")
+
+    f = sub.add_parser("fail", help="make a pod's containers fail as the kubelet reports it")
+    f.add_argument("pod")
+    f.add_argument("-n", "--namespace", default="default")
+    f.add_argument("--reason", choices=traces.FAIL_REASONS, required=True)
+
+    c = sub.add_parser("complete", help="make a pod's containers exit 0")
+    c.add_argument("pod")
+    c.add_argument("-n", "--namespace", default="default")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(message)s")
+    try:
+        if args.command == "up":
+            c = cluster.ensure_cluster()
+            print(f"cluster {c.name} is up; export KUBECONFIG={c.kubeconfig}")
+        elif args.command == "down":
+            cluster.delete_cluster()
+        elif args.command == "fleet":
+            cluster.ensure_fleet(_core())
+        elif args.command == "kubeconfig":
+            print(paths.KUBECONFIG)
+        elif args.command == "interrupt":
+            inject.interrupt(_core(), args.node, args.signal,
+                             delete_node_after=not args.keep_node)
+        elif args.command == "fail":
+            inject.fail_pod(_core(), args.namespace, args.pod, args.reason)
+        elif args.command == "complete":
+            inject.complete_pod(_core(), args.namespace, args.pod)
+    except cluster.ClusterError as exc:
+        print(f"spotrun-dev: {exc}", file=sys.stderr)
+        return 1
+    except client.ApiException as exc:
+        print(f"spotrun-dev: Kubernetes API error {exc.status}: {exc.reason}: {exc.body}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""Bring the local control plane up and down: kwokctl, the training operator, the fleet.
+
+Everything is idempotent: ``ensure_cluster`` reuses a healthy cluster, restarts a dead
+training operator, and recreates missing fleet nodes, so tests and the demo can call it
+freely.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from spotrun_dev import fleet, kwok_config, paths, webhook_certs
+
+log = logging.getLogger("spotrun_dev.cluster")
+
+CLUSTER_NAME = "spotrun"
+KUBEFLOW_NS = "kubeflow"
+WEBHOOK_SECRET = "training-operator-webhook-cert"
+WEBHOOK_CONFIG = "validator.training-operator.kubeflow.org"  # the name the operator injects into
+PYTORCHJOB_WEBHOOK_PATH = "/validate-kubeflow-org-v1-pytorchjob"
+STATE_FILE = paths.CLUSTER_DIR / "state.json"
+TRAINING_OPERATOR_LOG = paths.CLUSTER_DIR / "training-operator.log"
+
+
+class ClusterError(RuntimeError):
+    """The local cluster could not be brought up; the message says which part failed."""
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    name: str
+    kubeconfig: Path
+
+    def api_client(self) -> client.ApiClient:
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "KWOK_WORKDIR": str(paths.CACHE_DIR / "kwok")}
+
+
+def _run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    log.debug("run %s", " ".join(cmd))
+    return subprocess.run(cmd, text=True, capture_output=True, env=_env(), **kw)
+
+
+def build_binaries() -> None:
+    """hack/build-binaries.sh: a no-op when every stamp matches its pinned version."""
+    proc = subprocess.run(["bash", str(paths.BUILD_SCRIPT)], text=True)
+    if proc.returncode != 0:
+        raise ClusterError("building the control-plane binaries failed (see output above)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.5) -> None:
+    """Poll ``check`` until it is true; raise ClusterError naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            log.debug("%s not ready: %s", what, exc)
+        if time.monotonic() > deadline:
+            raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _apiserver_healthy(kubeconfig: Path) -> bool:
+    if not kubeconfig.exists():
+        return False
+    try:
+        api = config.new_client_from_config(config_file=str(kubeconfig))
+        with api:
+            client.VersionApi(api).get_code(_request_timeout=3)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _load_state() -> dict[str, Any]:
+    try:
+        return dict(json.loads(STATE_FILE.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def create_control_plane() -> None:
+    """kwokctl create cluster with our binaries (nothing is downloaded)."""
+    paths.CLUSTER_DIR.mkdir(parents=True, exist_ok=True)
+    cfg = paths.CLUSTER_DIR / "kwokctl.yaml"
+    cfg.write_text(kwok_config.default_config_text())
+    # A stale cluster of the same name (a killed session) would make create fail.
+    _run([str(paths.binary("kwokctl")), "delete", "cluster", "--name", CLUSTER_NAME])
+    paths.KUBECONFIG.unlink(missing_ok=True)
+    proc = _run(
+        [
+            str(paths.binary("kwokctl")), "create", "cluster",
+            "--name", CLUSTER_NAME,
+            "--config", str(cfg),
+            "--kubeconfig", str(paths.KUBECONFIG),
+            "--wait", "3m",
+        ]
+    )
+    if proc.returncode != 0:
+        raise ClusterError(f"kwokctl create cluster failed:\n{proc.stdout}\n{proc.stderr}")
+
+
+def delete_cluster() -> None:
+    """Stop the training operator and delete the kwok cluster with all its state."""
+    stop_training_operator()
+    _run([str(paths.binary("kwokctl")), "delete", "cluster", "--name", CLUSTER_NAME])
+    paths.KUBECONFIG.unlink(missing_ok=True)
+    STATE_FILE.unlink(missing_ok=True)
+
+
+def _apply(api: client.ApiClient, docs: list[dict[str, Any]]) -> None:
+    """Server-side apply of plain manifests through the dynamic client."""
+    from kubernetes.dynamic import DynamicClient
+
+    dyn = DynamicClient(api)
+    for doc in docs:
+        res = dyn.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+        ns = doc["metadata"].get("namespace")
+        res.server_side_apply(
+            body=doc, name=doc["metadata"]["name"], namespace=ns,
+            field_manager="spotrun-dev", force_conflicts=True,
+        )
+
+
+def install_training_operator_prereqs(api: client.ApiClient, webhook_port: int) -> None:
+    """PyTorchJob CRD (from the module cache), webhook Secret and webhook configuration."""
+    v = paths.versions()
+    src = paths.module_dir("github.com/kubeflow/training-operator", v["TRAINING_OPERATOR_VERSION"])
+    crd = yaml.safe_load((src / "manifests/base/crds/kubeflow.org_pytorchjobs.yaml").read_text())
+    core = client.CoreV1Api(api)
+    try:
+        core.create_namespace({"metadata": {"name": KUBEFLOW_NS}})
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    _apply(api, [crd])
+    ext = client.ApiextensionsV1Api(api)
+    wait_for(
+        "the PyTorchJob CRD to be established",
+        lambda: any(
+            c.type == "Established" and c.status == "True"
+            for c in (ext.read_custom_resource_definition(crd["metadata"]["name"]).status
+                      .conditions or [])
+        ),
+        timeout=60,
+    )
+    # Keep an existing Secret: cert-controller may already have injected its CA.
+    try:
+        core.read_namespaced_secret(WEBHOOK_SECRET, KUBEFLOW_NS)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        certs = webhook_certs.generate()
+        core.create_namespaced_secret(
+            KUBEFLOW_NS,
+            {"metadata": {"name": WEBHOOK_SECRET}, "type": "Opaque",
+             "data": certs.secret_data()},
+        )
+    _apply(api, [build_webhook_configuration(src, webhook_port)])
+
+
+def build_webhook_configuration(src: Path, port: int) -> dict[str, Any]:
+    """The operator's PyTorchJob validating webhook, pointed at its loopback port."""
+    docs = [d for d in yaml.safe_load_all((src / "manifests/base/webhook/manifests.yaml")
+                                          .read_text()) if d]
+    vwc = next(d for d in docs if d["kind"] == "ValidatingWebhookConfiguration")
+    hooks = [w for w in vwc["webhooks"]
+             if w["clientConfig"]["service"]["path"] == PYTORCHJOB_WEBHOOK_PATH]
+    if not hooks:
+        raise ClusterError("no PyTorchJob webhook in the training operator's manifests")
+    for hook in hooks:
+        path = hook["clientConfig"].pop("service")["path"]
+        hook["clientConfig"]["url"] = f"https://127.0.0.1:{port}{path}"
+        hook["timeoutSeconds"] = 10
+    return {
+        "apiVersion": vwc["apiVersion"],
+        "kind": vwc["kind"],
+        "metadata": {"name": WEBHOOK_CONFIG},
+        "webhooks": hooks,
+    }
+
+
+def stop_training_operator() -> None:
+    pid = _load_state().get("trainingOperatorPid")
+    if _pid_alive(pid):
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _pid_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def start_training_operator(webhook_port: int) -> dict[str, Any]:
+    """Run the Kubeflow training operator as a local process against the cluster."""
+    probe_port, metrics_port = _free_port(), _free_port()
+    out = TRAINING_OPERATOR_LOG.open("ab")
+    proc = subprocess.Popen(
+        [
+            str(paths.binary("training-operator")),
+            "--enable-scheme=pytorchjob",
+            f"--webhook-server-port={webhook_port}",
+            f"--health-probe-bind-address=127.0.0.1:{probe_port}",
+            f"--metrics-bind-address=127.0.0.1:{metrics_port}",
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "KUBECONFIG": str(paths.KUBECONFIG), "MY_POD_NAMESPACE": KUBEFLOW_NS},
+        start_new_session=True,
+    )
+    state = {
+        "trainingOperatorPid": proc.pid,
+        "webhookPort": webhook_port,
+        "probePort": probe_port,
+        "metricsPort": metrics_port,
+    }
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise ClusterError(
+                f"training operator exited with {proc.returncode}; see {TRAINING_OPERATOR_LOG}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{probe_port}/readyz", timeout=2) as r:
+            return bool(r.status == 200)
+
+    wait_for("the training operator to become ready", ready, timeout=120)
+    wait_for("the training operator webhook to listen",
+             lambda: _tls_listening(webhook_port), timeout=60)
+    return state
+
+
+def _tls_listening(port: int) -> bool:
+    """The webhook serves TLS on loopback (the apiserver verifies the cert itself)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as raw, \
+            ctx.wrap_socket(raw) as tls:
+        return tls.version() is not None
+
+
+def ensure_fleet(core: client.CoreV1Api, spec: fleet.FleetSpec | None = None) -> None:
+    """Make the fleet exactly as configured: recreate lost nodes, clear taints and cordons.
+
+    Nodes a test interrupted are deleted or tainted; this puts every one back the way a
+    fresh EKS node group would register it.
+    """
+    spec = spec or fleet_spec_from_env()
+    wanted = {n["metadata"]["name"]: n for n in fleet.build_fleet(spec)}
+    existing = {
+        n.metadata.name: n
+        for n in core.list_node(label_selector=f"{fleet.FLEET_LABEL}=true").items
+    }
+    for name, node in existing.items():
+        if name not in wanted or _drifted(node):
+            _delete_node(core, name)
+    for name, body in wanted.items():
+        if name in existing and not _drifted(existing[name]):
+            continue
+        wait_for(f"node {name} to be gone", lambda n=name: _node_absent(core, n), timeout=60)
+        core.create_node(body)
+    wait_for("every fleet node to be Ready", lambda: _all_ready(core, list(wanted)), timeout=120)
+
+
+def _drifted(node: Any) -> bool:
+    """A node an injection touched: cordoned, extra taints, unmanaged, or deleting."""
+    if node.metadata.deletion_timestamp:
+        return True
+    if node.spec.unschedulable:
+        return True
+    if fleet.KWOK_ANNOTATION not in (node.metadata.annotations or {}):
+        return True
+    taints = [t.key for t in (node.spec.taints or [])]
+    return taints != [fleet.GPU_RESOURCE]
+
+
+def _delete_node(core: client.CoreV1Api, name: str) -> None:
+    try:
+        core.delete_node(name, grace_period_seconds=0)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def _node_absent(core: client.CoreV1Api, name: str) -> bool:
+    try:
+        core.read_node(name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
+
+
+def _all_ready(core: client.CoreV1Api, names: list[str]) -> bool:
+    for name in names:
+        node = core.read_node(name)
+        conds = {c.type: c.status for c in (node.status.conditions or [])}
+        if conds.get("Ready") != "True":
+            return False
+    return True
+
+
+def fleet_spec_from_env() -> fleet.FleetSpec:
+    return fleet.FleetSpec(
+        spot_nodes=int(os.environ.get("SPOT_NODES", "8")),
+        on_demand_nodes=int(os.environ.get("ON_DEMAND_NODES", "2")),
+    )
+
+
+def ensure_cluster(with_fleet: bool = True) -> LocalCluster:
+    """A healthy local cluster with the training operator and the fleet; reuse when possible."""
+    build_binaries()
+    paths.CLUSTER_DIR.mkdir(parents=True, exist_ok=True)
+    state = _load_state()
+    if not _apiserver_healthy(paths.KUBECONFIG):
+        stop_training_operator()
+        state = {}
+        create_control_plane()
+        wait_for("the apiserver", lambda: _apiserver_healthy(paths.KUBECONFIG), timeout=120)
+    cluster = LocalCluster(CLUSTER_NAME, paths.KUBECONFIG)
+    with cluster.api_client() as api:
+        webhook_port = int(state.get("webhookPort") or _free_port())
+        install_training_operator_prereqs(api, webhook_port)
+        if not _pid_alive(state.get("trainingOperatorPid")):
+            state = start_training_operator(webhook_port)
+            STATE_FILE.write_text(json.dumps(state, indent=2))
+        if with_fleet:
+            ensure_fleet(client.CoreV1Api(api))
+    return cluster

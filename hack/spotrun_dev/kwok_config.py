@@ -1,0 +1,86 @@
+"""The kwokctl configuration of the local cluster: our binaries, RBAC, and kwok Stages.
+
+kwokctl replaces *all* of its default Stages as soon as a config names any, so we load
+kwok's own defaults (node initialise + lease heartbeat, pod ready/complete/delete) from
+the module cache and change one thing: pods marked by spotrun-dev as having a simulated
+container state are left alone by kwok, the way a real kubelet keeps reporting what it
+saw (an image that cannot be pulled stays Pending; it is not flipped back to Running).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spotrun_dev import paths
+
+# Pods carrying this annotation have a container state written by spotrun-dev acting as
+# the kubelet; kwok's pod Stages skip them.
+SIMULATED_ANNOTATION = "spotrun.dev/simulated"
+
+_NODE_STAGES = (
+    "kustomize/stage/node/fast/node-initialize.yaml",
+    "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+)
+_POD_STAGES = (
+    "kustomize/stage/pod/fast/pod-ready.yaml",
+    "kustomize/stage/pod/fast/pod-complete.yaml",
+    "kustomize/stage/pod/fast/pod-delete.yaml",
+)
+# Every pod Stage except deletion gets the exclusion: a deleted pod must still go away.
+_EXCLUDE_SIMULATED = {
+    "key": f'.metadata.annotations["{SIMULATED_ANNOTATION}"]',
+    "operator": "DoesNotExist",
+}
+
+
+def load_stages(kwok_src: Path) -> list[dict[str, Any]]:
+    """kwok's default Stages from its module source, with the simulated-pod exclusion."""
+    stages: list[dict[str, Any]] = []
+    for rel in _NODE_STAGES:
+        stages.append(yaml.safe_load((kwok_src / rel).read_text()))
+    for rel in _POD_STAGES:
+        stage = yaml.safe_load((kwok_src / rel).read_text())
+        if stage["metadata"]["name"] != "pod-delete":
+            stage["spec"]["selector"]["matchExpressions"].append(dict(_EXCLUDE_SIMULATED))
+        stages.append(stage)
+    return stages
+
+
+def build_kwokctl_config(
+    bin_dir: Path, kube_version: str, stages: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Documents of the ``kwokctl create cluster --config`` file."""
+    options: dict[str, Any] = {
+        "runtime": "binary",
+        "kubeVersion": kube_version,
+        "kubeApiserverBinary": str(bin_dir / "kube-apiserver"),
+        "kubeControllerManagerBinary": str(bin_dir / "kube-controller-manager"),
+        "kubeSchedulerBinary": str(bin_dir / "kube-scheduler"),
+        "kubectlBinary": str(bin_dir / "kubectl"),
+        "kwokControllerBinary": str(bin_dir / "kwok"),
+        "etcdBinary": str(bin_dir / "etcd"),
+        "kubeAuthorization": True,
+        "kubeAdmission": True,
+        "bindAddress": "127.0.0.1",
+        "disableQPSLimits": True,
+    }
+    config = {
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "kind": "KwokctlConfiguration",
+        "options": options,
+    }
+    return [config, *stages]
+
+
+def render(docs: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def default_config_text() -> str:
+    """The config for this checkout's pinned versions and built binaries."""
+    v = paths.versions()
+    kwok_src = paths.module_dir("sigs.k8s.io/kwok", v["KWOK_VERSION"])
+    return render(build_kwokctl_config(paths.BIN_DIR, v["KUBE_VERSION"], load_stages(kwok_src)))

@@ -1,0 +1,224 @@
+"""Pure builders of the exact objects and patches EKS components write.
+
+Each function returns the body one real component sends: the AWS Node Termination
+Handler's taints, Karpenter's disruption taint, the node lifecycle controller's Unknown
+conditions, the kubelet's pod status after a graceful node shutdown or a container exit.
+``inject`` sends them; unit tests read them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Final, Literal
+
+Signal = Literal["nth", "karpenter", "rebalance", "asg", "loss", "shutdown"]
+FailReason = Literal["exit1", "oom", "imagepull"]
+SIGNALS: Final[tuple[Signal, ...]] = ("nth", "karpenter", "rebalance", "asg", "loss", "shutdown")
+FAIL_REASONS: Final[tuple[FailReason, ...]] = ("exit1", "oom", "imagepull")
+
+NTH_SPOT_ITN: Final = "aws-node-termination-handler/spot-itn"
+NTH_REBALANCE: Final = "aws-node-termination-handler/rebalance-recommendation"
+NTH_ASG_TERMINATION: Final = "aws-node-termination-handler/asg-lifecycle-termination"
+KARPENTER_DISRUPTED: Final = "karpenter.sh/disrupted"
+UNREACHABLE: Final = "node.kubernetes.io/unreachable"
+NOT_READY: Final = "node.kubernetes.io/not-ready"
+
+SHUTDOWN_MESSAGE: Final = "Pod was terminated in response to imminent node shutdown."
+NODE_SHUTDOWN_MESSAGE: Final = "node is shutting down"
+TERMINATION_BY_KUBELET: Final = "TerminationByKubelet"
+
+# Which taint each signal puts on the node (None: the signal carries no taint).
+SIGNAL_TAINT: Final[dict[Signal, str | None]] = {
+    "nth": NTH_SPOT_ITN,
+    "karpenter": KARPENTER_DISRUPTED,
+    "rebalance": NTH_REBALANCE,
+    "asg": NTH_ASG_TERMINATION,
+    "loss": None,
+    "shutdown": None,
+}
+# Signals after which the pods are evicted through the Eviction API and the node goes.
+EVICTING_SIGNALS: Final[frozenset[Signal]] = frozenset({"nth", "karpenter", "asg"})
+
+
+def rfc3339(now: dt.datetime) -> str:
+    return now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def interruption_taint(signal: Signal, event_id: str) -> dict[str, Any] | None:
+    """The taint the component behind ``signal`` adds, or None.
+
+    NTH stores its event id as the taint value; Karpenter's disruption taint has none.
+    """
+    key = SIGNAL_TAINT[signal]
+    if key is None:
+        return None
+    value = "" if signal == "karpenter" else event_id
+    taint: dict[str, Any] = {"key": key, "effect": "NoSchedule"}
+    if value:
+        taint["value"] = value
+    return taint
+
+
+def node_unknown_conditions(now: dt.datetime, last_heartbeat: str | None) -> list[dict[str, Any]]:
+    """Conditions the node lifecycle controller writes when the kubelet stops reporting."""
+    types = ("Ready", "MemoryPressure", "DiskPressure", "PIDPressure")
+    stamp = rfc3339(now)
+    return [
+        {
+            "type": t,
+            "status": "Unknown",
+            "reason": "NodeStatusUnknown",
+            "message": "Kubelet stopped posting node status.",
+            "lastTransitionTime": stamp,
+            "lastHeartbeatTime": last_heartbeat or stamp,
+        }
+        for t in types
+    ]
+
+
+def node_shutting_down_condition(now: dt.datetime) -> dict[str, Any]:
+    """The Ready condition a kubelet posts while it runs a graceful node shutdown."""
+    stamp = rfc3339(now)
+    return {
+        "type": "Ready",
+        "status": "False",
+        "reason": "KubeletNotReady",
+        "message": NODE_SHUTDOWN_MESSAGE,
+        "lastTransitionTime": stamp,
+        "lastHeartbeatTime": stamp,
+    }
+
+
+def _started_at(container_status: dict[str, Any] | None, default: str) -> str:
+    running = ((container_status or {}).get("state") or {}).get("running") or {}
+    return str(running.get("startedAt") or default)
+
+
+def terminated_pod_status(
+    pod: dict[str, Any],
+    *,
+    now: dt.datetime,
+    exit_code: int,
+    container_reason: str,
+    phase: str,
+    pod_reason: str | None = None,
+    pod_message: str | None = None,
+    disruption_reason: str | None = None,
+) -> dict[str, Any]:
+    """Pod status after every container terminated, as the kubelet reports it."""
+    stamp = rfc3339(now)
+    spec = pod.get("spec") or {}
+    old = {c.get("name"): c for c in (pod.get("status") or {}).get("containerStatuses") or []}
+    statuses = [
+        {
+            "name": c["name"],
+            "image": c.get("image", ""),
+            "imageID": (old.get(c["name"]) or {}).get("imageID", ""),
+            "ready": False,
+            "started": False,
+            "restartCount": 0,
+            "state": {
+                "terminated": {
+                    "exitCode": exit_code,
+                    "reason": container_reason,
+                    "startedAt": _started_at(old.get(c["name"]), stamp),
+                    "finishedAt": stamp,
+                }
+            },
+        }
+        for c in spec.get("containers") or []
+    ]
+    conditions: list[dict[str, Any]] = [
+        {"type": "Ready", "status": "False", "reason": "PodFailed" if phase == "Failed"
+         else "PodCompleted", "lastTransitionTime": stamp},
+        {"type": "ContainersReady", "status": "False", "reason": "PodFailed"
+         if phase == "Failed" else "PodCompleted", "lastTransitionTime": stamp},
+    ]
+    if disruption_reason:
+        conditions.append(
+            {
+                "type": "DisruptionTarget",
+                "status": "True",
+                "reason": disruption_reason,
+                "message": pod_message or "",
+                "lastTransitionTime": stamp,
+            }
+        )
+    status: dict[str, Any] = {
+        "phase": phase,
+        "conditions": conditions,
+        "containerStatuses": statuses,
+    }
+    if pod_reason:
+        status["reason"] = pod_reason
+    if pod_message:
+        status["message"] = pod_message
+    return status
+
+
+def shutdown_pod_status(pod: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    """Graceful node shutdown: the kubelet SIGTERMs every container (the spotrun trainer
+    checkpoints and exits 143) and marks the pod Failed with a DisruptionTarget."""
+    return terminated_pod_status(
+        pod,
+        now=now,
+        exit_code=143,
+        container_reason="Error",
+        phase="Failed",
+        pod_reason="Terminated",
+        pod_message=SHUTDOWN_MESSAGE,
+        disruption_reason=TERMINATION_BY_KUBELET,
+    )
+
+
+def failed_pod_status(pod: dict[str, Any], reason: FailReason, now: dt.datetime) -> dict[str, Any]:
+    """What the kubelet reports for an application crash, an OOM kill, or a bad image."""
+    if reason == "exit1":
+        return terminated_pod_status(
+            pod, now=now, exit_code=1, container_reason="Error", phase="Failed"
+        )
+    if reason == "oom":
+        return terminated_pod_status(
+            pod, now=now, exit_code=137, container_reason="OOMKilled", phase="Failed"
+        )
+    return image_pull_pod_status(pod, now)
+
+
+def image_pull_pod_status(pod: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    """A container whose image cannot be pulled: the pod stays Pending, backing off."""
+    stamp = rfc3339(now)
+    statuses = [
+        {
+            "name": c["name"],
+            "image": c.get("image", ""),
+            "imageID": "",
+            "ready": False,
+            "started": False,
+            "restartCount": 0,
+            "state": {
+                "waiting": {
+                    "reason": "ImagePullBackOff",
+                    "message": f'Back-off pulling image "{c.get("image", "")}": ErrImagePull: '
+                    f'failed to pull and unpack image "{c.get("image", "")}": not found',
+                }
+            },
+        }
+        for c in (pod.get("spec") or {}).get("containers") or []
+    ]
+    return {
+        "phase": "Pending",
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+             "lastTransitionTime": stamp},
+            {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady",
+             "lastTransitionTime": stamp},
+        ],
+        "containerStatuses": statuses,
+    }
+
+
+def completed_pod_status(pod: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    """Every container exited 0."""
+    return terminated_pod_status(
+        pod, now=now, exit_code=0, container_reason="Completed", phase="Succeeded"
+    )

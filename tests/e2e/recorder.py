@@ -1,0 +1,66 @@
+"""Record watch events in the background, so tests can assert on transient states
+(a DisruptionTarget condition that exists for milliseconds before the pod is deleted)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client, watch
+
+
+@dataclass
+class Recorded:
+    type: str
+    obj: dict[str, Any]
+
+
+@dataclass
+class Recorder:
+    """Watches one list function in a thread; ``events`` holds (type, object as dict)."""
+
+    api: client.ApiClient
+    list_fn: Callable[..., Any]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    events: list[Recorded] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._watch = watch.Watch()
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Recorder:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def _run(self) -> None:
+        initial = self.list_fn(**self.kwargs)
+        rv = initial.metadata.resource_version
+        self._ready.set()
+        for ev in self._watch.stream(self.list_fn, resource_version=rv, timeout_seconds=600,
+                                     **self.kwargs):
+            with self._lock:
+                self.events.append(Recorded(ev["type"],
+                                            self.api.sanitize_for_serialization(ev["object"])))
+
+    def stop(self) -> None:
+        self._watch.stop()
+
+    def snapshot(self) -> list[Recorded]:
+        with self._lock:
+            return list(self.events)
+
+    def wait_for(self, what: str, pred: Callable[[Recorded], bool],
+                 timeout: float = 60) -> Recorded:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for ev in self.snapshot():
+                if pred(ev):
+                    return ev
+            time.sleep(0.1)
+        raise AssertionError(f"no watch event for {what} within {timeout}s")

@@ -1,0 +1,80 @@
+"""The local control plane is real, shaped like EKS spot p4d, and runs real PyTorchJobs."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from spotrun_dev import fleet, paths
+from spotrun_dev.cluster import fleet_spec_from_env
+
+from kube_helpers import PYTORCHJOB, job_condition, poll, pytorchjob, running_pods
+
+
+def test_control_plane_reports_pinned_release(api_client: client.ApiClient) -> None:
+    info = client.VersionApi(api_client).get_code()
+    assert info.git_version == paths.versions()["KUBE_VERSION"]
+
+
+def test_fleet_looks_like_eks_spot_p4d(core: client.CoreV1Api, fleet: None) -> None:
+    spec = fleet_spec_from_env()
+    nodes = {n.metadata.name: n for n in
+             core.list_node(label_selector=f"{fleet.FLEET_LABEL}=true").items}
+    assert sorted(nodes) == sorted(spec.node_names())
+    spot = [n for n in nodes.values()
+            if n.metadata.labels["eks.amazonaws.com/capacityType"] == "SPOT"]
+    on_demand = [n for n in nodes.values()
+                 if n.metadata.labels["eks.amazonaws.com/capacityType"] == "ON_DEMAND"]
+    assert len(spot) == spec.spot_nodes and len(on_demand) == spec.on_demand_nodes
+    for node in spot:
+        labels = node.metadata.labels
+        assert labels["node.kubernetes.io/instance-type"] == "p4d.24xlarge"
+        assert labels["karpenter.sh/capacity-type"] == "spot"
+        assert labels["topology.kubernetes.io/zone"] in spec.zones
+        assert node.status.allocatable["nvidia.com/gpu"] == "8"
+        assert node.status.capacity["cpu"] == "96"
+        assert node.status.capacity["memory"] == "1152Gi"
+        assert [(t.key, t.effect) for t in node.spec.taints] == [("nvidia.com/gpu", "NoSchedule")]
+        ready = {c.type: c.status for c in node.status.conditions}
+        assert ready["Ready"] == "True"
+    assert {n.metadata.labels["karpenter.sh/capacity-type"] for n in on_demand} == {"on-demand"}
+    zones = {n.metadata.labels["topology.kubernetes.io/zone"] for n in spot}
+    assert zones == set(spec.zones)
+
+
+def test_pytorchjob_gang_runs_on_spot_nodes(
+    core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str, fleet: None
+) -> None:
+    custom.create_namespaced_custom_object(
+        *PYTORCHJOB[:2], namespace, PYTORCHJOB[2], pytorchjob("gang", workers=3)
+    )
+    pods = running_pods(core, namespace, "gang", 4)
+    roles = sorted(p.metadata.labels["training.kubeflow.org/replica-type"] for p in pods)
+    assert roles == ["master", "worker", "worker", "worker"]
+    # 8 GPUs each: the real scheduler must put every rank on its own spot p4d.
+    node_names = [p.spec.node_name for p in pods]
+    assert len(set(node_names)) == 4
+    for name in node_names:
+        node = core.read_node(name)
+        assert node.metadata.labels["eks.amazonaws.com/capacityType"] == "SPOT"
+    for pod in pods:
+        assert pod.spec.restart_policy == "Never"
+        env = {e.name: e.value for e in pod.spec.containers[0].env or []}
+        # Set by the real training operator for torch.distributed rendezvous.
+        assert env["WORLD_SIZE"] == "4"
+        assert env["MASTER_ADDR"] == "gang-master-0"
+    poll("PyTorchJob Running condition",
+         lambda: job_condition(custom, namespace, "gang", "Running"), timeout=60)
+
+
+def test_pytorchjob_validation_webhook_is_live(
+    custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    """The apiserver calls the training operator's webhook, which rejects a bad job."""
+    bad = pytorchjob("no-pytorch-container", workers=0)
+    bad["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+        "name"] = "trainer"
+    with pytest.raises(ApiException) as err:
+        custom.create_namespaced_custom_object(*PYTORCHJOB[:2], namespace, PYTORCHJOB[2], bad)
+    assert err.value.status in (400, 422)
+    assert "validator.pytorchjob.training-operator.kubeflow.org" in err.value.body
