@@ -15,8 +15,9 @@ from spotrun_dev import cluster, inject, paths, traces
 def _core() -> client.CoreV1Api:
     if not paths.KUBECONFIG.exists():
         raise SystemExit(f"no local cluster: {paths.KUBECONFIG} is missing (run `make cluster-up`)")
-    return client.CoreV1Api(cluster.LocalCluster(cluster.CLUSTER_NAME, paths.KUBECONFIG)
-                            .api_client())
+    return client.CoreV1Api(
+        cluster.LocalCluster(cluster.CLUSTER_NAME, paths.KUBECONFIG).api_client()
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,12 +32,17 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("interrupt", help="reclaim a node the way an EKS component does")
     i.add_argument("node")
-    i.add_argument("--signal", choices=traces.SIGNALS, default="nth",
-                   help="nth: NTH spot interruption; karpenter: Karpenter disruption; "
-                   "rebalance: NTH rebalance recommendation (taint only); asg: ASG lifecycle "
-                   "termination; loss: instance vanishes; shutdown: kubelet graceful shutdown")
-    i.add_argument("--keep-node", action="store_true",
-                   help="leave the Node object in place afterwards")
+    i.add_argument(
+        "--signal",
+        choices=traces.SIGNALS,
+        default="nth",
+        help="nth: NTH spot interruption; karpenter: Karpenter disruption; "
+        "rebalance: NTH rebalance recommendation (taint only); asg: ASG lifecycle "
+        "termination; loss: instance vanishes; shutdown: kubelet graceful shutdown",
+    )
+    i.add_argument(
+        "--keep-node", action="store_true", help="leave the Node object in place afterwards"
+    )
 
     f = sub.add_parser("fail", help="make a pod's containers fail as the kubelet reports it")
     f.add_argument("pod")
@@ -51,8 +57,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(message)s",
+    )
     try:
         if args.command == "up":
             c = cluster.ensure_cluster()
@@ -64,8 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "kubeconfig":
             print(paths.KUBECONFIG)
         elif args.command == "interrupt":
-            inject.interrupt(_core(), args.node, args.signal,
-                             delete_node_after=not args.keep_node)
+            inject.interrupt(_core(), args.node, args.signal, delete_node_after=not args.keep_node)
         elif args.command == "fail":
             inject.fail_pod(_core(), args.namespace, args.pod, args.reason)
         elif args.command == "complete":
@@ -74,8 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"spotrun-dev: {exc}", file=sys.stderr)
         return 1
     except client.ApiException as exc:
-        print(f"spotrun-dev: Kubernetes API error {exc.status}: {exc.reason}: {exc.body}",
-              file=sys.stderr)
+        print(
+            f"spotrun-dev: Kubernetes API error {exc.status}: {exc.reason}: {exc.body}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -7,6 +7,8 @@ freely.
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
 import logging
 import os
@@ -52,7 +54,7 @@ class LocalCluster:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "KWOK_WORKDIR": str(paths.CACHE_DIR / "kwok")}
+    return {**os.environ, "KWOK_WORKDIR": str(paths.KWOK_WORKDIR)}
 
 
 def _run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -80,7 +82,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: flo
         try:
             if check():
                 return
-        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+        except Exception as exc:
             log.debug("%s not ready: %s", what, exc)
         if time.monotonic() > deadline:
             raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}")
@@ -95,7 +97,7 @@ def _apiserver_healthy(kubeconfig: Path) -> bool:
         with api:
             client.VersionApi(api).get_code(_request_timeout=3)
         return True
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -126,11 +128,17 @@ def create_control_plane() -> None:
     paths.KUBECONFIG.unlink(missing_ok=True)
     proc = _run(
         [
-            str(paths.binary("kwokctl")), "create", "cluster",
-            "--name", CLUSTER_NAME,
-            "--config", str(cfg),
-            "--kubeconfig", str(paths.KUBECONFIG),
-            "--wait", "3m",
+            str(paths.binary("kwokctl")),
+            "create",
+            "cluster",
+            "--name",
+            CLUSTER_NAME,
+            "--config",
+            str(cfg),
+            "--kubeconfig",
+            str(paths.KUBECONFIG),
+            "--wait",
+            "3m",
         ]
     )
     if proc.returncode != 0:
@@ -154,8 +162,11 @@ def _apply(api: client.ApiClient, docs: list[dict[str, Any]]) -> None:
         res = dyn.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
         ns = doc["metadata"].get("namespace")
         res.server_side_apply(
-            body=doc, name=doc["metadata"]["name"], namespace=ns,
-            field_manager="spotrun-dev", force_conflicts=True,
+            body=doc,
+            name=doc["metadata"]["name"],
+            namespace=ns,
+            field_manager="spotrun-dev",
+            force_conflicts=True,
         )
 
 
@@ -176,8 +187,9 @@ def install_training_operator_prereqs(api: client.ApiClient, webhook_port: int) 
         "the PyTorchJob CRD to be established",
         lambda: any(
             c.type == "Established" and c.status == "True"
-            for c in (ext.read_custom_resource_definition(crd["metadata"]["name"]).status
-                      .conditions or [])
+            for c in (
+                ext.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []
+            )
         ),
         timeout=60,
     )
@@ -190,19 +202,24 @@ def install_training_operator_prereqs(api: client.ApiClient, webhook_port: int) 
         certs = webhook_certs.generate()
         core.create_namespaced_secret(
             KUBEFLOW_NS,
-            {"metadata": {"name": WEBHOOK_SECRET}, "type": "Opaque",
-             "data": certs.secret_data()},
+            {"metadata": {"name": WEBHOOK_SECRET}, "type": "Opaque", "data": certs.secret_data()},
         )
     _apply(api, [build_webhook_configuration(src, webhook_port)])
 
 
 def build_webhook_configuration(src: Path, port: int) -> dict[str, Any]:
     """The operator's PyTorchJob validating webhook, pointed at its loopback port."""
-    docs = [d for d in yaml.safe_load_all((src / "manifests/base/webhook/manifests.yaml")
-                                          .read_text()) if d]
+    docs = [
+        d
+        for d in yaml.safe_load_all((src / "manifests/base/webhook/manifests.yaml").read_text())
+        if d
+    ]
     vwc = next(d for d in docs if d["kind"] == "ValidatingWebhookConfiguration")
-    hooks = [w for w in vwc["webhooks"]
-             if w["clientConfig"]["service"]["path"] == PYTORCHJOB_WEBHOOK_PATH]
+    hooks = [
+        w
+        for w in vwc["webhooks"]
+        if w["clientConfig"]["service"]["path"] == PYTORCHJOB_WEBHOOK_PATH
+    ]
     if not hooks:
         raise ClusterError("no PyTorchJob webhook in the training operator's manifests")
     for hook in hooks:
@@ -219,13 +236,28 @@ def build_webhook_configuration(src: Path, port: int) -> dict[str, Any]:
 
 def stop_training_operator() -> None:
     pid = _load_state().get("trainingOperatorPid")
-    if _pid_alive(pid):
+    if pid and _pid_alive(pid):
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
         while _pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
         if _pid_alive(pid):
             os.killpg(pid, signal.SIGKILL)
+
+
+# cert-controller expects the kubelet to mount its Secret here (a fixed path in the binary).
+WEBHOOK_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
+
+
+def mount_webhook_secret(core: client.CoreV1Api) -> None:
+    """Do what the kubelet's Secret volume does for the operator's pod: project the
+    webhook Secret's keys as files into the directory the webhook server reads."""
+    secret = core.read_namespaced_secret(WEBHOOK_SECRET, KUBEFLOW_NS)
+    WEBHOOK_CERT_DIR.mkdir(parents=True, exist_ok=True)
+    for key, value in (secret.data or {}).items():
+        target = WEBHOOK_CERT_DIR / key
+        target.write_bytes(base64.b64decode(value))
+        target.chmod(0o600)
 
 
 def start_training_operator(webhook_port: int) -> dict[str, Any]:
@@ -255,13 +287,15 @@ def start_training_operator(webhook_port: int) -> dict[str, Any]:
     def ready() -> bool:
         if proc.poll() is not None:
             raise ClusterError(
-                f"training operator exited with {proc.returncode}; see {TRAINING_OPERATOR_LOG}")
+                f"training operator exited with {proc.returncode}; see {TRAINING_OPERATOR_LOG}"
+            )
         with urllib.request.urlopen(f"http://127.0.0.1:{probe_port}/readyz", timeout=2) as r:
             return bool(r.status == 200)
 
     wait_for("the training operator to become ready", ready, timeout=120)
-    wait_for("the training operator webhook to listen",
-             lambda: _tls_listening(webhook_port), timeout=60)
+    wait_for(
+        "the training operator webhook to listen", lambda: _tls_listening(webhook_port), timeout=60
+    )
     return state
 
 
@@ -270,8 +304,10 @@ def _tls_listening(port: int) -> bool:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as raw, \
-            ctx.wrap_socket(raw) as tls:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=2) as raw,
+        ctx.wrap_socket(raw) as tls,
+    ):
         return tls.version() is not None
 
 
@@ -284,8 +320,7 @@ def ensure_fleet(core: client.CoreV1Api, spec: fleet.FleetSpec | None = None) ->
     spec = spec or fleet_spec_from_env()
     wanted = {n["metadata"]["name"]: n for n in fleet.build_fleet(spec)}
     existing = {
-        n.metadata.name: n
-        for n in core.list_node(label_selector=f"{fleet.FLEET_LABEL}=true").items
+        n.metadata.name: n for n in core.list_node(label_selector=f"{fleet.FLEET_LABEL}=true").items
     }
     for name, node in existing.items():
         if name not in wanted or _drifted(node):
@@ -293,7 +328,7 @@ def ensure_fleet(core: client.CoreV1Api, spec: fleet.FleetSpec | None = None) ->
     for name, body in wanted.items():
         if name in existing and not _drifted(existing[name]):
             continue
-        wait_for(f"node {name} to be gone", lambda n=name: _node_absent(core, n), timeout=60)
+        wait_for(f"node {name} to be gone", functools.partial(_node_absent, core, name), timeout=60)
         core.create_node(body)
     wait_for("every fleet node to be Ready", lambda: _all_ready(core, list(wanted)), timeout=120)
 
@@ -359,6 +394,7 @@ def ensure_cluster(with_fleet: bool = True) -> LocalCluster:
         webhook_port = int(state.get("webhookPort") or _free_port())
         install_training_operator_prereqs(api, webhook_port)
         if not _pid_alive(state.get("trainingOperatorPid")):
+            mount_webhook_secret(client.CoreV1Api(api))
             state = start_training_operator(webhook_port)
             STATE_FILE.write_text(json.dumps(state, indent=2))
         if with_fleet:

@@ -37,16 +37,32 @@ def pods_on_node(core: client.CoreV1Api, node: str) -> list[client.V1Pod]:
 
 
 def _add_taint(core: client.CoreV1Api, node: str, taint: dict[str, Any], cordon: bool) -> None:
-    current = core.read_node(node)
-    taints = [core.api_client.sanitize_for_serialization(t) for t in (current.spec.taints or [])]
-    if not any(t["key"] == taint["key"] for t in taints):
-        taints.append({**taint, "timeAdded": traces.rfc3339(_now())})
-    spec: dict[str, Any] = {"taints": taints}
-    if cordon:
-        spec["unschedulable"] = True
-    # resourceVersion makes this a compare-and-swap: the taint list is replaced whole.
-    core.patch_node(node, {"metadata": {"resourceVersion": current.metadata.resource_version},
-                           "spec": spec})
+    """Add a taint (and cordon) with a compare-and-swap on the whole taint list, retrying
+    on conflict like kubectl does: other controllers edit the same Node concurrently."""
+    for _ in range(10):
+        current = core.read_node(node)
+        taints = [
+            core.api_client.sanitize_for_serialization(t) for t in (current.spec.taints or [])
+        ]
+        if not any((t["key"], t["effect"]) == (taint["key"], taint["effect"]) for t in taints):
+            taints.append({**taint, "timeAdded": traces.rfc3339(_now())})
+        spec: dict[str, Any] = {"taints": taints}
+        if cordon:
+            spec["unschedulable"] = True
+        try:
+            core.patch_node(
+                node,
+                {"metadata": {"resourceVersion": current.metadata.resource_version}, "spec": spec},
+            )
+            return
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    raise RuntimeError(f"could not taint node {node}: it kept changing under us")
+
+
+def _has_taint(core: client.CoreV1Api, node: str, key: str, effect: str) -> bool:
+    return any((t.key, t.effect) == (key, effect) for t in core.read_node(node).spec.taints or [])
 
 
 def _stop_kwok_managing(core: client.CoreV1Api, node: str) -> None:
@@ -54,8 +70,9 @@ def _stop_kwok_managing(core: client.CoreV1Api, node: str) -> None:
     core.patch_node(node, {"metadata": {"annotations": {fleet.KWOK_ANNOTATION: None}}})
 
 
-def _patch_node_conditions(core: client.CoreV1Api, node: str,
-                           conditions: list[dict[str, Any]]) -> None:
+def _patch_node_conditions(
+    core: client.CoreV1Api, node: str, conditions: list[dict[str, Any]]
+) -> None:
     core.patch_node_status(node, {"status": {"conditions": conditions}})
 
 
@@ -66,8 +83,7 @@ def evict_pods(core: client.CoreV1Api, node: str, timeout: float = 120) -> None:
         if pod.metadata.deletion_timestamp:
             continue
         body = client.V1Eviction(
-            metadata=client.V1ObjectMeta(name=pod.metadata.name,
-                                         namespace=pod.metadata.namespace)
+            metadata=client.V1ObjectMeta(name=pod.metadata.name, namespace=pod.metadata.namespace)
         )
 
         def evicted(p: client.V1Pod = pod, b: client.V1Eviction = body) -> bool:
@@ -81,10 +97,13 @@ def evict_pods(core: client.CoreV1Api, node: str, timeout: float = 120) -> None:
                 raise
             return True
 
-        wait_for(f"eviction of {pod.metadata.namespace}/{pod.metadata.name}", evicted,
-                 timeout=timeout, interval=1)
-    wait_for(f"pods on {node} to terminate", lambda: not pods_on_node(core, node),
-             timeout=timeout)
+        wait_for(
+            f"eviction of {pod.metadata.namespace}/{pod.metadata.name}",
+            evicted,
+            timeout=timeout,
+            interval=1,
+        )
+    wait_for(f"pods on {node} to terminate", lambda: not pods_on_node(core, node), timeout=timeout)
 
 
 def delete_node(core: client.CoreV1Api, node: str) -> None:
@@ -96,8 +115,14 @@ def delete_node(core: client.CoreV1Api, node: str) -> None:
             raise
 
 
-def interrupt(core: client.CoreV1Api, node: str, signal: Signal, *,
-              delete_node_after: bool = True, drain_timeout: float = 120) -> None:
+def interrupt(
+    core: client.CoreV1Api,
+    node: str,
+    signal: Signal,
+    *,
+    delete_node_after: bool = True,
+    drain_timeout: float = 120,
+) -> None:
     """Reclaim ``node`` the way the named component does. See traces.SIGNALS."""
     if signal not in traces.SIGNALS:
         raise ValueError(f"signal must be one of {', '.join(traces.SIGNALS)}, got {signal!r}")
@@ -118,23 +143,38 @@ def interrupt(core: client.CoreV1Api, node: str, signal: Signal, *,
     elif signal == "loss":
         before = core.read_node(node)
         ready = next((c for c in before.status.conditions or [] if c.type == "Ready"), None)
-        heartbeat = traces.rfc3339(ready.last_heartbeat_time) if ready and \
-            ready.last_heartbeat_time else None
+        heartbeat = (
+            traces.rfc3339(ready.last_heartbeat_time)
+            if ready and ready.last_heartbeat_time
+            else None
+        )
         _stop_kwok_managing(core, node)
+        # We only shortcut the node lifecycle controller's grace period; the real
+        # controller-manager then adds the node.kubernetes.io/unreachable taints itself.
         _patch_node_conditions(core, node, traces.node_unknown_conditions(_now(), heartbeat))
-        _add_taint(core, node, {"key": traces.UNREACHABLE, "effect": "NoExecute"}, cordon=False)
+        if delete_node_after:
+            wait_for(
+                f"the unreachable taint on {node}",
+                lambda: _has_taint(core, node, traces.UNREACHABLE, "NoExecute"),
+                timeout=60,
+            )
     elif signal == "shutdown":
         _stop_kwok_managing(core, node)
         _patch_node_conditions(core, node, [traces.node_shutting_down_condition(_now())])
         for pod in pods_on_node(core, node):
-            _set_pod_status(core, pod, "shutdown",
-                            traces.shutdown_pod_status(_as_dict(core.api_client, pod), _now()))
+            _set_pod_status(
+                core,
+                pod,
+                "shutdown",
+                traces.shutdown_pod_status(_as_dict(core.api_client, pod), _now()),
+            )
     if delete_node_after:
         delete_node(core, node)
 
 
-def _set_pod_status(core: client.CoreV1Api, pod: client.V1Pod, simulated: str,
-                    status: dict[str, Any]) -> None:
+def _set_pod_status(
+    core: client.CoreV1Api, pod: client.V1Pod, simulated: str, status: dict[str, Any]
+) -> None:
     name, ns = pod.metadata.name, pod.metadata.namespace
     # Mark first, so kwok's Stages leave the status the kubelet reported alone.
     core.patch_namespaced_pod(
@@ -156,8 +196,9 @@ def _wait_running(core: client.CoreV1Api, namespace: str, pod: str, timeout: flo
     return found[0]
 
 
-def fail_pod(core: client.CoreV1Api, namespace: str, pod: str, reason: FailReason,
-             timeout: float = 60) -> None:
+def fail_pod(
+    core: client.CoreV1Api, namespace: str, pod: str, reason: FailReason, timeout: float = 60
+) -> None:
     """An application crash (exit 1), an OOM kill (137, OOMKilled) or a bad image."""
     if reason not in traces.FAIL_REASONS:
         raise ValueError(f"reason must be one of {', '.join(traces.FAIL_REASONS)}, got {reason!r}")
@@ -169,16 +210,6 @@ def fail_pod(core: client.CoreV1Api, namespace: str, pod: str, reason: FailReaso
 def complete_pod(core: client.CoreV1Api, namespace: str, pod: str, timeout: float = 60) -> None:
     """Every container of the pod exits 0."""
     p = _wait_running(core, namespace, pod, timeout)
-    _set_pod_status(core, p, "complete",
-                    traces.completed_pod_status(_as_dict(core.api_client, p), _now()))
-
-
-def wait_deleted(core: client.CoreV1Api, node: str, timeout: float = 60) -> None:
-    def gone() -> bool:
-        try:
-            core.read_node(node)
-        except ApiException as exc:
-            return exc.status == 404
-        return False
-
-    wait_for(f"node {node} to be deleted", gone, timeout=timeout)
+    _set_pod_status(
+        core, p, "complete", traces.completed_pod_status(_as_dict(core.api_client, p), _now())
+    )

@@ -49,8 +49,34 @@ def load_stages(kwok_src: Path) -> list[dict[str, Any]]:
     return stages
 
 
+# The apiserver's audit log records every request of every identity except the control
+# plane's own components; RBAC tests read it to prove which verbs spotrun really uses.
+AUDIT_POLICY: dict[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {
+            "level": "None",
+            "users": [
+                "system:kube-controller-manager",
+                "system:kube-scheduler",
+                "system:apiserver",
+                "kwok-controller",
+                "system:kwok-controller",
+            ],
+        },
+        {"level": "None", "userGroups": ["system:nodes"]},
+        {"level": "Metadata"},
+    ],
+}
+
+
 def build_kwokctl_config(
-    bin_dir: Path, kube_version: str, stages: list[dict[str, Any]]
+    bin_dir: Path,
+    kube_version: str,
+    stages: list[dict[str, Any]],
+    audit_policy: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Documents of the ``kwokctl create cluster --config`` file."""
     options: dict[str, Any] = {
@@ -67,10 +93,37 @@ def build_kwokctl_config(
         "bindAddress": "127.0.0.1",
         "disableQPSLimits": True,
     }
+    patches = [
+        # The binary runtime hard-codes --manage-all-nodes=true; we need kwok to let go of
+        # a node whose "instance" lost its kubelet (spotrun-dev removes the annotation).
+        {
+            "name": "kwok-controller",
+            "extraArgs": [
+                {"key": "manage-all-nodes", "value": "false"},
+                {
+                    "key": "manage-nodes-with-annotation-selector",
+                    "value": "kwok.x-k8s.io/node=fake",
+                },
+            ],
+        },
+        # kwokctl slows the node lifecycle controller down to spare big fake fleets; a 1 s
+        # monitor period lets it react at once to a node spotrun-dev marks Unknown, and 40 s
+        # of missed heartbeats means "lost", Kubernetes' own default.
+        {
+            "name": "kube-controller-manager",
+            "extraArgs": [
+                {"key": "node-monitor-period", "value": "1s"},
+                {"key": "node-monitor-grace-period", "value": "40s"},
+            ],
+        },
+    ]
+    if audit_policy is not None:
+        options["kubeAuditPolicy"] = str(audit_policy)
     config = {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokctlConfiguration",
         "options": options,
+        "componentsPatches": patches,
     }
     return [config, *stages]
 
@@ -83,4 +136,11 @@ def default_config_text() -> str:
     """The config for this checkout's pinned versions and built binaries."""
     v = paths.versions()
     kwok_src = paths.module_dir("sigs.k8s.io/kwok", v["KWOK_VERSION"])
-    return render(build_kwokctl_config(paths.BIN_DIR, v["KUBE_VERSION"], load_stages(kwok_src)))
+    policy = paths.CLUSTER_DIR / "audit-policy.yaml"
+    policy.parent.mkdir(parents=True, exist_ok=True)
+    policy.write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
+    return render(
+        build_kwokctl_config(
+            paths.BIN_DIR, v["KUBE_VERSION"], load_stages(kwok_src), audit_policy=policy
+        )
+    )

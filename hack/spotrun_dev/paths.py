@@ -12,6 +12,9 @@ CACHE_DIR = REPO_ROOT / ".cache"
 BIN_DIR = CACHE_DIR / "bin"
 CLUSTER_DIR = CACHE_DIR / "cluster"
 KUBECONFIG = CLUSTER_DIR / "kubeconfig"
+KWOK_WORKDIR = CACHE_DIR / "kwok"
+# The kube-apiserver audit log (Metadata level; control-plane components excluded).
+AUDIT_LOG = KWOK_WORKDIR / "clusters" / "spotrun" / "logs" / "audit.log"
 VERSIONS_FILE = REPO_ROOT / "hack" / "versions.env"
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-binaries.sh"
 

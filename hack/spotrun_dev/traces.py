@@ -129,10 +129,18 @@ def terminated_pod_status(
         for c in spec.get("containers") or []
     ]
     conditions: list[dict[str, Any]] = [
-        {"type": "Ready", "status": "False", "reason": "PodFailed" if phase == "Failed"
-         else "PodCompleted", "lastTransitionTime": stamp},
-        {"type": "ContainersReady", "status": "False", "reason": "PodFailed"
-         if phase == "Failed" else "PodCompleted", "lastTransitionTime": stamp},
+        {
+            "type": "Ready",
+            "status": "False",
+            "reason": "PodFailed" if phase == "Failed" else "PodCompleted",
+            "lastTransitionTime": stamp,
+        },
+        {
+            "type": "ContainersReady",
+            "status": "False",
+            "reason": "PodFailed" if phase == "Failed" else "PodCompleted",
+            "lastTransitionTime": stamp,
+        },
     ]
     if disruption_reason:
         conditions.append(
@@ -208,10 +216,18 @@ def image_pull_pod_status(pod: dict[str, Any], now: dt.datetime) -> dict[str, An
     return {
         "phase": "Pending",
         "conditions": [
-            {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
-             "lastTransitionTime": stamp},
-            {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady",
-             "lastTransitionTime": stamp},
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "ContainersNotReady",
+                "lastTransitionTime": stamp,
+            },
+            {
+                "type": "ContainersReady",
+                "status": "False",
+                "reason": "ContainersNotReady",
+                "lastTransitionTime": stamp,
+            },
         ],
         "containerStatuses": statuses,
     }

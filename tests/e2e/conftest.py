@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+
 from spotrun_dev.cluster import ClusterError, LocalCluster, ensure_cluster, ensure_fleet
 
 
@@ -53,8 +54,11 @@ def namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterato
     base = request.node.name.lower().replace("_", "-")
     name = "".join(ch for ch in base if ch.isalnum() or ch == "-")[:40].strip("-")
     name = f"{name}-{uuid.uuid4().hex[:5]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
-        name=name, labels={"spotrun.dev/e2e": "true"})))
+    core.create_namespace(
+        client.V1Namespace(
+            metadata=client.V1ObjectMeta(name=name, labels={"spotrun.dev/e2e": "true"})
+        )
+    )
     yield name
     try:
         core.delete_namespace(name, propagation_policy="Foreground")

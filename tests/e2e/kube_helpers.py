@@ -87,8 +87,9 @@ def running_pods(core: client.CoreV1Api, namespace: str, job: str, n: int) -> li
     return poll(f"{n} running pods of {job}", ready, timeout=90)
 
 
-def job_condition(custom: client.CustomObjectsApi, namespace: str, job: str,
-                  ctype: str) -> dict[str, Any] | None:
+def job_condition(
+    custom: client.CustomObjectsApi, namespace: str, job: str, ctype: str
+) -> dict[str, Any] | None:
     obj = custom.get_namespaced_custom_object(*PYTORCHJOB[:2], namespace, PYTORCHJOB[2], job)
     for cond in (obj.get("status") or {}).get("conditions") or []:
         if cond["type"] == ctype and cond["status"] == "True":

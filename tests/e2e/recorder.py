@@ -29,6 +29,7 @@ class Recorder:
 
     def __post_init__(self) -> None:
         self._watch = watch.Watch()
+        self._stopped = False
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -42,21 +43,29 @@ class Recorder:
         initial = self.list_fn(**self.kwargs)
         rv = initial.metadata.resource_version
         self._ready.set()
-        for ev in self._watch.stream(self.list_fn, resource_version=rv, timeout_seconds=600,
-                                     **self.kwargs):
-            with self._lock:
-                self.events.append(Recorded(ev["type"],
-                                            self.api.sanitize_for_serialization(ev["object"])))
+        try:
+            for ev in self._watch.stream(
+                self.list_fn, resource_version=rv, timeout_seconds=600, **self.kwargs
+            ):
+                with self._lock:
+                    self.events.append(
+                        Recorded(ev["type"], self.api.sanitize_for_serialization(ev["object"]))
+                    )
+        except Exception:
+            if not self._stopped:
+                raise  # a broken watch while recording must surface in the test log
 
     def stop(self) -> None:
+        self._stopped = True
         self._watch.stop()
 
     def snapshot(self) -> list[Recorded]:
         with self._lock:
             return list(self.events)
 
-    def wait_for(self, what: str, pred: Callable[[Recorded], bool],
-                 timeout: float = 60) -> Recorded:
+    def wait_for(
+        self, what: str, pred: Callable[[Recorded], bool], timeout: float = 60
+    ) -> Recorded:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for ev in self.snapshot():

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from spotrun_dev import inject, traces
 
 from kube_helpers import (
     PYTORCHJOB,
@@ -19,18 +18,22 @@ from kube_helpers import (
     running_pods,
 )
 from recorder import Recorded, Recorder
+from spotrun_dev import inject, traces
 
 
-def _start_job(core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str,
-               workers: int = 1) -> list[client.V1Pod]:
+def _start_job(
+    core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str, workers: int = 1
+) -> list[client.V1Pod]:
     custom.create_namespaced_custom_object(
-        *PYTORCHJOB[:2], namespace, PYTORCHJOB[2], pytorchjob("job", workers=workers))
+        *PYTORCHJOB[:2], namespace, PYTORCHJOB[2], pytorchjob("job", workers=workers)
+    )
     return running_pods(core, namespace, "job", workers + 1)
 
 
 def _master(pods: list[client.V1Pod]) -> client.V1Pod:
-    return next(p for p in pods if p.metadata.labels["training.kubeflow.org/replica-type"]
-                == "master")
+    return next(
+        p for p in pods if p.metadata.labels["training.kubeflow.org/replica-type"] == "master"
+    )
 
 
 def _node_gone(core: client.CoreV1Api, name: str) -> bool:
@@ -47,21 +50,30 @@ def _taints(node: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("signal", ["nth", "karpenter", "asg"])
 def test_evicting_signals_taint_cordon_evict_then_delete_node(
-    signal: traces.Signal, core: client.CoreV1Api, custom: client.CustomObjectsApi,
-    api_client: client.ApiClient, namespace: str, fleet: None,
+    signal: traces.Signal,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    api_client: client.ApiClient,
+    namespace: str,
+    fleet: None,
 ) -> None:
     pod = _master(_start_job(core, custom, namespace))
     node = pod.spec.node_name
-    nodes = Recorder(api_client, core.list_node,
-                     {"field_selector": f"metadata.name={node}"}).start()
+    nodes = Recorder(
+        api_client, core.list_node, {"field_selector": f"metadata.name={node}"}
+    ).start()
     pods = Recorder(api_client, core.list_namespaced_pod, {"namespace": namespace}).start()
     try:
         inject.interrupt(core, node, signal)
         taint_key = traces.SIGNAL_TAINT[signal]
         tainted = nodes.wait_for(
             "the interruption taint and cordon",
-            lambda e: e.type == "MODIFIED" and taint_key in _taints(e.obj)
-            and bool(e.obj["spec"].get("unschedulable")))
+            lambda e: (
+                e.type == "MODIFIED"
+                and taint_key in _taints(e.obj)
+                and bool(e.obj["spec"].get("unschedulable"))
+            ),
+        )
         taint = _taints(tainted.obj)[taint_key]
         assert taint["effect"] == "NoSchedule"
         if signal == "karpenter":
@@ -71,8 +83,11 @@ def test_evicting_signals_taint_cordon_evict_then_delete_node(
 
         def disrupted(e: Recorded) -> bool:
             cond = condition(e.obj, "DisruptionTarget")
-            return e.obj["metadata"]["uid"] == pod.metadata.uid and cond is not None \
+            return (
+                e.obj["metadata"]["uid"] == pod.metadata.uid
+                and cond is not None
                 and cond["status"] == "True"
+            )
 
         ev = pods.wait_for("DisruptionTarget on the evicted pod", disrupted)
         cond = condition(ev.obj, "DisruptionTarget")
@@ -80,12 +95,16 @@ def test_evicting_signals_taint_cordon_evict_then_delete_node(
         # Graceful: the pod keeps its 110 s grace period, it is not force-deleted.
         deleting = pods.wait_for(
             "graceful deletion of the evicted pod",
-            lambda e: e.obj["metadata"]["uid"] == pod.metadata.uid
-            and e.obj["metadata"].get("deletionTimestamp") is not None)
+            lambda e: (
+                e.obj["metadata"]["uid"] == pod.metadata.uid
+                and e.obj["metadata"].get("deletionTimestamp") is not None
+            ),
+        )
         assert deleting.obj["metadata"]["deletionGracePeriodSeconds"] == 110
-        pods.wait_for("the evicted pod to be gone",
-                      lambda e: e.type == "DELETED" and e.obj["metadata"]["uid"]
-                      == pod.metadata.uid)
+        pods.wait_for(
+            "the evicted pod to be gone",
+            lambda e: e.type == "DELETED" and e.obj["metadata"]["uid"] == pod.metadata.uid,
+        )
         nodes.wait_for("the node to be deleted", lambda e: e.type == "DELETED")
         assert _node_gone(core, node)
     finally:
@@ -94,7 +113,10 @@ def test_evicting_signals_taint_cordon_evict_then_delete_node(
 
 
 def test_rebalance_recommendation_only_taints(
-    core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str, fleet: None,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    fleet: None,
 ) -> None:
     pod = _master(_start_job(core, custom, namespace))
     node = pod.spec.node_name
@@ -113,23 +135,28 @@ def api_dict(core: client.CoreV1Api, obj: Any) -> dict[str, Any]:
 
 
 def test_loss_node_unknown_then_deleted_pods_lost_without_grace(
-    core: client.CoreV1Api, custom: client.CustomObjectsApi, api_client: client.ApiClient,
-    namespace: str, fleet: None,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    api_client: client.ApiClient,
+    namespace: str,
+    fleet: None,
 ) -> None:
     pod = _master(_start_job(core, custom, namespace))
     node = pod.spec.node_name
-    nodes = Recorder(api_client, core.list_node,
-                     {"field_selector": f"metadata.name={node}"}).start()
+    nodes = Recorder(
+        api_client, core.list_node, {"field_selector": f"metadata.name={node}"}
+    ).start()
     try:
         inject.interrupt(core, node, "loss")
         unknown = nodes.wait_for(
-            "Ready=Unknown", lambda e: (condition(e.obj, "Ready") or {}).get("status")
-            == "Unknown")
+            "Ready=Unknown", lambda e: (condition(e.obj, "Ready") or {}).get("status") == "Unknown"
+        )
         ready = condition(unknown.obj, "Ready")
         assert ready is not None and ready["reason"] == "NodeStatusUnknown"
-        nodes.wait_for("the unreachable NoExecute taint",
-                       lambda e: _taints(e.obj).get(traces.UNREACHABLE, {}).get("effect")
-                       == "NoExecute")
+        nodes.wait_for(
+            "the unreachable NoExecute taint",
+            lambda e: _taints(e.obj).get(traces.UNREACHABLE, {}).get("effect") == "NoExecute",
+        )
         nodes.wait_for("the node to be deleted", lambda e: e.type == "DELETED")
     finally:
         nodes.stop()
@@ -149,24 +176,31 @@ def test_loss_node_unknown_then_deleted_pods_lost_without_grace(
         cond = condition(api_dict(core, p), "DisruptionTarget")
         return cond if cond and cond["status"] == "True" else None
 
-    cond = poll("the pod garbage collector to remove the orphaned pod", gc_marked,
-                timeout=180, interval=1)
+    cond = poll(
+        "the pod garbage collector to remove the orphaned pod", gc_marked, timeout=180, interval=1
+    )
     assert cond["reason"] in ("DeletionByPodGC", "deleted")
 
 
 def test_graceful_node_shutdown(
-    core: client.CoreV1Api, custom: client.CustomObjectsApi, api_client: client.ApiClient,
-    namespace: str, fleet: None,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    api_client: client.ApiClient,
+    namespace: str,
+    fleet: None,
 ) -> None:
     pods_before = _start_job(core, custom, namespace)
     pod = _master(pods_before)
     node = pod.spec.node_name
-    nodes = Recorder(api_client, core.list_node,
-                     {"field_selector": f"metadata.name={node}"}).start()
+    nodes = Recorder(
+        api_client, core.list_node, {"field_selector": f"metadata.name={node}"}
+    ).start()
     try:
         inject.interrupt(core, node, "shutdown")
-        ev = nodes.wait_for("Ready=False while shutting down",
-                            lambda e: (condition(e.obj, "Ready") or {}).get("status") == "False")
+        ev = nodes.wait_for(
+            "Ready=False while shutting down",
+            lambda e: (condition(e.obj, "Ready") or {}).get("status") == "False",
+        )
         ready = condition(ev.obj, "Ready")
         assert ready is not None and ready["message"] == traces.NODE_SHUTDOWN_MESSAGE
         nodes.wait_for("the node to be deleted", lambda e: e.type == "DELETED")
@@ -185,11 +219,17 @@ def test_graceful_node_shutdown(
     poll("PyTorchJob Failed", lambda: job_condition(custom, namespace, "job", "Failed"))
 
 
-@pytest.mark.parametrize(("reason", "exit_code", "container_reason"),
-                         [("exit1", 1, "Error"), ("oom", 137, "OOMKilled")])
+@pytest.mark.parametrize(
+    ("reason", "exit_code", "container_reason"), [("exit1", 1, "Error"), ("oom", 137, "OOMKilled")]
+)
 def test_application_failures(
-    reason: traces.FailReason, exit_code: int, container_reason: str,
-    core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str, fleet: None,
+    reason: traces.FailReason,
+    exit_code: int,
+    container_reason: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    fleet: None,
 ) -> None:
     pod = _master(_start_job(core, custom, namespace))
     inject.fail_pod(core, namespace, pod.metadata.name, reason)
@@ -203,7 +243,10 @@ def test_application_failures(
 
 
 def test_image_pull_error_stays_pending(
-    core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str, fleet: None,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    fleet: None,
 ) -> None:
     pod = _master(_start_job(core, custom, namespace))
     inject.fail_pod(core, namespace, pod.metadata.name, "imagepull")
@@ -211,15 +254,22 @@ def test_image_pull_error_stays_pending(
     def backing_off() -> bool:
         p = core.read_namespaced_pod(pod.metadata.name, namespace)
         waiting = p.status.container_statuses[0].state.waiting
-        return p.status.phase == "Pending" and waiting is not None \
-            and waiting.reason == "ImagePullBackOff" and "spotrun/trainer:dev" in waiting.message
+        return (
+            p.status.phase == "Pending"
+            and waiting is not None
+            and waiting.reason == "ImagePullBackOff"
+            and "spotrun/trainer:dev" in waiting.message
+        )
 
     # kwok must not flip it back to Running: the kubelet would keep backing off.
     holds("the pod backing off on its image", backing_off, duration=3)
 
 
 def test_complete_all_pods_succeeds_the_job(
-    core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str, fleet: None,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    fleet: None,
 ) -> None:
     pods = _start_job(core, custom, namespace, workers=1)
     for p in pods:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from spotrun_dev import fleet, paths
-from spotrun_dev.cluster import fleet_spec_from_env
 
 from kube_helpers import PYTORCHJOB, job_condition, poll, pytorchjob, running_pods
+from spotrun_dev import fleet as fleet_mod
+from spotrun_dev import paths
+from spotrun_dev.cluster import fleet_spec_from_env
 
 
 def test_control_plane_reports_pinned_release(api_client: client.ApiClient) -> None:
@@ -18,13 +21,19 @@ def test_control_plane_reports_pinned_release(api_client: client.ApiClient) -> N
 
 def test_fleet_looks_like_eks_spot_p4d(core: client.CoreV1Api, fleet: None) -> None:
     spec = fleet_spec_from_env()
-    nodes = {n.metadata.name: n for n in
-             core.list_node(label_selector=f"{fleet.FLEET_LABEL}=true").items}
+    nodes = {
+        n.metadata.name: n
+        for n in core.list_node(label_selector=f"{fleet_mod.FLEET_LABEL}=true").items
+    }
     assert sorted(nodes) == sorted(spec.node_names())
-    spot = [n for n in nodes.values()
-            if n.metadata.labels["eks.amazonaws.com/capacityType"] == "SPOT"]
-    on_demand = [n for n in nodes.values()
-                 if n.metadata.labels["eks.amazonaws.com/capacityType"] == "ON_DEMAND"]
+    spot = [
+        n for n in nodes.values() if n.metadata.labels["eks.amazonaws.com/capacityType"] == "SPOT"
+    ]
+    on_demand = [
+        n
+        for n in nodes.values()
+        if n.metadata.labels["eks.amazonaws.com/capacityType"] == "ON_DEMAND"
+    ]
     assert len(spot) == spec.spot_nodes and len(on_demand) == spec.on_demand_nodes
     for node in spot:
         labels = node.metadata.labels
@@ -63,8 +72,11 @@ def test_pytorchjob_gang_runs_on_spot_nodes(
         # Set by the real training operator for torch.distributed rendezvous.
         assert env["WORLD_SIZE"] == "4"
         assert env["MASTER_ADDR"] == "gang-master-0"
-    poll("PyTorchJob Running condition",
-         lambda: job_condition(custom, namespace, "gang", "Running"), timeout=60)
+    poll(
+        "PyTorchJob Running condition",
+        lambda: job_condition(custom, namespace, "gang", "Running"),
+        timeout=60,
+    )
 
 
 def test_pytorchjob_validation_webhook_is_live(
@@ -72,9 +84,15 @@ def test_pytorchjob_validation_webhook_is_live(
 ) -> None:
     """The apiserver calls the training operator's webhook, which rejects a bad job."""
     bad = pytorchjob("no-pytorch-container", workers=0)
-    bad["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
-        "name"] = "trainer"
+    bad["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["name"] = (
+        "trainer"
+    )
     with pytest.raises(ApiException) as err:
         custom.create_namespaced_custom_object(*PYTORCHJOB[:2], namespace, PYTORCHJOB[2], bad)
-    assert err.value.status in (400, 422)
-    assert "validator.pytorchjob.training-operator.kubeflow.org" in err.value.body
+    # An admission webhook denial is a 403 carrying the webhook's own message.
+    assert err.value.status == 403
+    message = json.loads(err.value.body)["message"]
+    assert message.startswith(
+        'admission webhook "validator.pytorchjob.training-operator.kubeflow.org" denied'
+    )
+    assert "must have at least one container with name pytorch" in message

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+
 from spotrun_dev import kwok_config
 
 
@@ -11,22 +12,36 @@ def _fake_kwok_src(tmp_path: Path) -> Path:
         name = Path(rel).stem
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage",
-            "metadata": {"name": name},
-            "spec": {"selector": {"matchExpressions": [{"key": ".x", "operator": "Exists"}]}},
-        }))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kwok.x-k8s.io/v1alpha1",
+                    "kind": "Stage",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "selector": {"matchExpressions": [{"key": ".x", "operator": "Exists"}]}
+                    },
+                }
+            )
+        )
     return tmp_path
 
 
 def test_simulated_pods_are_excluded_from_every_pod_stage_but_delete(tmp_path: Path) -> None:
     stages = {s["metadata"]["name"]: s for s in kwok_config.load_stages(_fake_kwok_src(tmp_path))}
-    assert set(stages) == {"node-initialize", "node-heartbeat-with-lease", "pod-ready",
-                           "pod-complete", "pod-delete"}
+    assert set(stages) == {
+        "node-initialize",
+        "node-heartbeat-with-lease",
+        "pod-ready",
+        "pod-complete",
+        "pod-delete",
+    }
     for name in ("pod-ready", "pod-complete"):
         exprs = stages[name]["spec"]["selector"]["matchExpressions"]
-        assert exprs[-1] == {"key": '.metadata.annotations["spotrun.dev/simulated"]',
-                             "operator": "DoesNotExist"}
+        assert exprs[-1] == {
+            "key": '.metadata.annotations["spotrun.dev/simulated"]',
+            "operator": "DoesNotExist",
+        }
     assert len(stages["pod-delete"]["spec"]["selector"]["matchExpressions"]) == 1
     assert len(stages["node-initialize"]["spec"]["selector"]["matchExpressions"]) == 1
 
@@ -36,6 +51,12 @@ def test_config_uses_local_binaries_and_rbac(tmp_path: Path) -> None:
     opts = docs[0]["options"]
     assert docs[0]["kind"] == "KwokctlConfiguration"
     assert opts["runtime"] == "binary" and opts["kubeAuthorization"] is True
-    for key in ("kubeApiserverBinary", "kubeControllerManagerBinary", "kubeSchedulerBinary",
-                "kwokControllerBinary", "etcdBinary", "kubectlBinary"):
+    for key in (
+        "kubeApiserverBinary",
+        "kubeControllerManagerBinary",
+        "kubeSchedulerBinary",
+        "kwokControllerBinary",
+        "etcdBinary",
+        "kubectlBinary",
+    ):
         assert opts[key].startswith(str(tmp_path)), key

@@ -4,6 +4,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+
 from spotrun_dev import traces
 
 NOW = dt.datetime(2026, 11, 21, 8, 0, 0, tzinfo=dt.UTC)
@@ -15,8 +16,11 @@ def _pod(containers: int = 1) -> dict[str, Any]:
         "status": {
             "phase": "Running",
             "containerStatuses": [
-                {"name": "c0", "imageID": "sha256:abc",
-                 "state": {"running": {"startedAt": "2026-11-21T07:00:00Z"}}}
+                {
+                    "name": "c0",
+                    "imageID": "sha256:abc",
+                    "state": {"running": {"startedAt": "2026-11-21T07:00:00Z"}},
+                }
             ],
         },
     }
@@ -51,8 +55,11 @@ def test_shutdown_status_matches_kubelet() -> None:
     assert status["message"] == "Pod was terminated in response to imminent node shutdown."
     dt_cond = next(c for c in status["conditions"] if c["type"] == "DisruptionTarget")
     assert dt_cond == {
-        "type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
-        "message": status["message"], "lastTransitionTime": "2026-11-21T08:00:00Z",
+        "type": "DisruptionTarget",
+        "status": "True",
+        "reason": "TerminationByKubelet",
+        "message": status["message"],
+        "lastTransitionTime": "2026-11-21T08:00:00Z",
     }
     term = status["containerStatuses"][0]["state"]["terminated"]
     assert term["exitCode"] == 143

@@ -4,6 +4,7 @@ import base64
 import ipaddress
 
 from cryptography import x509
+
 from spotrun_dev import webhook_certs
 
 
