@@ -13,7 +13,8 @@ export SPOT_NODES ?= 8
 export ON_DEMAND_NODES ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries cluster-up cluster-down demo test test-unit test-e2e lint fmt bench clean
+.PHONY: help venv binaries tools prometheus chart-sync cluster-up cluster-down demo test \
+	test-unit test-e2e lint fmt bench clean
 
 help:
 	@echo "make demo         a TrainingRun surviving spot interruptions on the local cluster"
@@ -34,6 +35,18 @@ venv: $(VENV)/.installed
 binaries:
 	@bash hack/build-binaries.sh
 
+# helm, kwok, kwokctl, training-operator only (what the unit tests need).
+tools:
+	@bash hack/build-binaries.sh tools
+
+# Prometheus and promtool from Debian's package (tests start a real one on loopback).
+prometheus:
+	@bash hack/install-prometheus.sh
+
+# Copy the single-source CRD, dashboards and alert rules into the chart.
+chart-sync:
+	bash hack/sync-chart-crds.sh
+
 cluster-up: venv binaries
 	$(BIN)/spotrun-dev up
 
@@ -44,6 +57,7 @@ demo: cluster-up
 	$(BIN)/python -m spotrun_dev.demo
 
 lint: venv
+	bash hack/sync-chart-crds.sh --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy operator trainer hack/spotrun_dev bench
@@ -52,13 +66,13 @@ fmt: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test-unit: venv
+test-unit: venv tools prometheus
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 test-e2e: cluster-up
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
-test: lint
+test: lint tools prometheus
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
 bench: venv

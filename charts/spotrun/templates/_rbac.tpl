@@ -1,0 +1,76 @@
+{{/*
+THE ONLY PLACE THE OPERATOR'S PERMISSIONS ARE LISTED. rbac.yaml binds these rules:
+clusterwide mode puts both lists in one ClusterRole; namespaced mode puts
+"spotrun.rbac.namespacedRules" in a Role per watched namespace and
+"spotrun.rbac.clusterRules" (cluster-scoped objects, which a Role cannot grant) in a
+small ClusterRole. Every verb here is one the operator (or kopf under it) uses; add a
+rule only with a comment saying which code needs it.
+*/}}
+
+{{- define "spotrun.rbac.namespacedRules" -}}
+# TrainingRuns: kopf lists and watches them (event handlers only, so kopf never patches
+# them); kube.get_run reads one.
+- apiGroups: ["spotrun.dev"]
+  resources: ["trainingruns"]
+  verbs: ["get", "list", "watch"]
+# TrainingRun status: kube.patch_run_status writes phase, attempts, counters, cost and
+# conditions. get too, because each run's trainer Role grants get+patch on it and RBAC never
+# lets a subject grant more than it holds.
+- apiGroups: ["spotrun.dev"]
+  resources: ["trainingruns/status"]
+  verbs: ["get", "patch"]
+# Children carry an ownerReference with blockOwnerDeletion=true; where the
+# OwnerReferencesPermissionEnforcement admission plugin runs, that needs update here.
+- apiGroups: ["spotrun.dev"]
+  resources: ["trainingruns/finalizers"]
+  verbs: ["update"]
+# Attempts: one PyTorchJob "<run>-a<N>" per attempt; kopf watches them, kube.list_jobs
+# lists a run's, kube.create starts one, kube.delete_job stops or clears one.
+- apiGroups: ["kubeflow.org"]
+  resources: ["pytorchjobs"]
+  verbs: ["list", "watch", "create", "delete"]
+# Trainer pods: kopf watches and indexes them by node, kube.list_pods classifies a loss,
+# kube.delete_pod stops a whole gang gracefully on an interruption notice.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch", "delete"]
+# The run's checkpoint volume: created when the spec asks for a new claim; an existing
+# claim is checked (kube.missing) so a typo fails fast instead of a pod hanging Pending.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "create"]
+# Secrets and ConfigMaps the pod template references: kube.missing checks (metadata only)
+# that they exist, so a run fails fast with a clear message. NOTE: get on secrets lets the
+# operator read them; drop this rule only once the operator treats 403 as "unknown".
+- apiGroups: [""]
+  resources: ["configmaps", "secrets"]
+  verbs: ["get"]
+# The run's trainer identity (kube.create; 409 means it exists).
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["create"]
+# The run's Role + RoleBinding: the trainer may get/patch only its own run's status.
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["create"]
+# Events on the TrainingRun (kube.post_event: preemptions, failures, recoveries).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
+
+{{- define "spotrun.rbac.clusterRules" -}}
+# Nodes: kopf watches them for interruption taints (NTH, Karpenter), capacity-type and
+# zone labels, NotReady and deletion; kube.get_node reads one.
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["get", "list", "watch"]
+# kopf scans CustomResourceDefinitions to find and follow the resources it serves.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+# kopf follows namespaces to start and stop its per-namespace watch streams.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end }}

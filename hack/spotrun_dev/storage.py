@@ -1,0 +1,70 @@
+"""Checkpoint volumes on the local cluster.
+
+kwok nodes have no CSI driver and the cluster has no provisioner, so a TrainingRun there
+uses an existing claim (``spec.checkpoint.volume.claimName``) pre-bound to a hostPath
+ReadWriteMany PersistentVolume — the shape of an EFS/FSx volume shared by the whole gang.
+"""
+
+from __future__ import annotations
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from spotrun_dev.cluster import wait_for
+
+
+def ensure_checkpoint_claim(core: client.CoreV1Api, namespace: str, name: str = "ckpt") -> str:
+    """A Bound RWX claim ``name`` in ``namespace``; returns the PV's name (delete it after)."""
+    pv = f"{name}-{namespace}"
+    try:
+        core.create_persistent_volume(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": pv, "labels": {"spotrun.dev/local": "true"}},
+                "spec": {
+                    "capacity": {"storage": "10Gi"},
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "hostPath": {"path": f"/tmp/spotrun-local/{namespace}/{name}"},
+                    "claimRef": {"namespace": namespace, "name": name},
+                },
+            }
+        )
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    try:
+        core.create_namespaced_persistent_volume_claim(
+            namespace,
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "volumeName": pv,
+                    "resources": {"requests": {"storage": "10Gi"}},
+                },
+            },
+        )
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    wait_for(
+        f"claim {namespace}/{name} to be Bound",
+        lambda: core.read_namespaced_persistent_volume_claim(name, namespace).status.phase
+        == "Bound",
+        timeout=60,
+    )
+    return pv
+
+
+def delete_volume(core: client.CoreV1Api, pv: str) -> None:
+    try:
+        core.delete_persistent_volume(pv)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
