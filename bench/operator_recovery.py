@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 from kubernetes import client, watch
-from kubernetes.client.rest import ApiException
+
 from spotrun_dev import cluster, fleet, inject, paths, storage, traces
 
 RESULTS = paths.REPO_ROOT / "bench" / "results" / "operator_recovery.json"
@@ -126,22 +126,27 @@ def main() -> int:
     cluster.ensure_fleet(core, spec)
     crd = yaml.safe_load((paths.REPO_ROOT / "crds" / "trainingruns.spotrun.dev.yaml").read_text())
     cluster._apply(api, [crd])
-    try:
-        core.delete_namespace(NAMESPACE)
-        cluster.wait_for("old bench namespace gone", lambda: _ns_gone(core), timeout=180)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-    core.create_namespace({"metadata": {"name": NAMESPACE}})
+    cluster.fresh_namespace(core, NAMESPACE)
     pv = storage.ensure_checkpoint_claim(core, NAMESPACE)
 
     log = (paths.CLUSTER_DIR / "bench-operator.log").open("w")
     op = subprocess.Popen(
-        [str(Path(sys.executable).parent / "spotrun-operator"), "--pricing", "table",
-         "--metrics-port", "0", "-n", NAMESPACE],
-        env={**os.environ, "KUBECONFIG": str(paths.KUBECONFIG),
-             "SPOTRUN_BACKOFF_BASE_SECONDS": "1"},
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            str(Path(sys.executable).parent / "spotrun-operator"),
+            "--pricing",
+            "table",
+            "--metrics-port",
+            "0",
+            "-n",
+            NAMESPACE,
+        ],
+        env={
+            **os.environ,
+            "KUBECONFIG": str(paths.KUBECONFIG),
+            "SPOTRUN_BACKOFF_BASE_SECONDS": "1",
+        },
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     peak_rss, cpu = 0, 0.0
     times: dict[str, RunTimes] = {}
@@ -157,8 +162,14 @@ def main() -> int:
 
     def watch_jobs() -> None:
         w = watch.Watch()
-        for ev in w.stream(custom.list_namespaced_custom_object, "kubeflow.org", "v1",
-                           NAMESPACE, "pytorchjobs", timeout_seconds=900):
+        for ev in w.stream(
+            custom.list_namespaced_custom_object,
+            "kubeflow.org",
+            "v1",
+            NAMESPACE,
+            "pytorchjobs",
+            timeout_seconds=900,
+        ):
             if stop.is_set():
                 w.stop()
                 break
@@ -166,8 +177,13 @@ def main() -> int:
             run, _, attempt = name.rpartition("-a")
             with lock:
                 rt = times.get(run)
-                if ev["type"] == "ADDED" and rt and rt.t_signal and attempt == "2" \
-                        and rt.t_created is None:
+                if (
+                    ev["type"] == "ADDED"
+                    and rt
+                    and rt.t_signal
+                    and attempt == "2"
+                    and rt.t_created is None
+                ):
                     rt.t_created = time.time()
 
     def watch_pods() -> None:
@@ -183,8 +199,9 @@ def main() -> int:
                 rt = times.get(run)
                 if not rt or attempt != "2" or rt.t_running is not None:
                     continue
-                rt.pods[pod.metadata.name] = pod.status.phase == "Running" and \
-                    ev["type"] != "DELETED"
+                rt.pods[pod.metadata.name] = (
+                    pod.status.phase == "Running" and ev["type"] != "DELETED"
+                )
                 if len(rt.pods) == 2 and all(rt.pods.values()):
                     rt.t_running = time.time()
 
@@ -196,14 +213,19 @@ def main() -> int:
     t0 = time.time()
     for n in names:
         times[n] = RunTimes()
-        custom.create_namespaced_custom_object("spotrun.dev", "v1alpha1", NAMESPACE,
-                                               "trainingruns", _run_manifest(n))
+        custom.create_namespaced_custom_object(
+            "spotrun.dev", "v1alpha1", NAMESPACE, "trainingruns", _run_manifest(n)
+        )
 
     def all_running() -> bool:
         pods = core.list_namespaced_pod(NAMESPACE).items
-        running = [p for p in pods if p.status.phase == "Running"
-                   and p.metadata.labels.get("training.kubeflow.org/job-name", "").endswith("-a1")]
-        return len(running) == 2 * args.runs
+        running = [
+            p
+            for p in pods
+            if p.status.phase == "Running"
+            and p.metadata.labels.get("training.kubeflow.org/job-name", "").endswith("-a1")
+        ]
+        return bool(len(running) == 2 * args.runs)
 
     cluster.wait_for("every first attempt Running", all_running, timeout=600, interval=2)
     print(f"{args.runs} runs Running after {time.time() - t0:.1f}s", flush=True)
@@ -211,8 +233,12 @@ def main() -> int:
     # One node per run, so every run sees exactly one interruption.
     victims: list[tuple[str, str]] = []
     for n in names:
-        pods = [p for p in core.list_namespaced_pod(
-            NAMESPACE, label_selector=f"training.kubeflow.org/job-name={n}-a1").items]
+        pods = [
+            p
+            for p in core.list_namespaced_pod(
+                NAMESPACE, label_selector=f"training.kubeflow.org/job-name={n}-a1"
+            ).items
+        ]
         victims.append((n, rng.choice(pods).spec.node_name))
     gap = args.spread_seconds / max(1, len(victims))
     workers: list[threading.Thread] = []
@@ -254,8 +280,9 @@ def main() -> int:
     running = [rt.t_running - rt.t_signal for rt in times.values() if rt.t_running]
     by_signal: dict[str, dict[str, Any]] = {}
     for sig in SIGNALS:
-        vals = [rt.t_running - rt.t_signal for rt in times.values()
-                if rt.signal == sig and rt.t_running]
+        vals = [
+            rt.t_running - rt.t_signal for rt in times.values() if rt.signal == sig and rt.t_running
+        ]
         by_signal[sig] = {"n": len(vals), "p50_running_s": _percentile(vals, 50)}
     writes = _audit_writes(t_storm, t_end)
     recoveries = len(running)
@@ -265,17 +292,22 @@ def main() -> int:
         "interruptions": len(victims),
         "recoveries_observed": recoveries,
         "signal_to_next_attempt_created_s": {
-            "p50": _percentile(created, 50), "p99": _percentile(created, 99),
-            "mean": round(statistics.mean(created), 3) if created else None},
+            "p50": _percentile(created, 50),
+            "p99": _percentile(created, 99),
+            "mean": round(statistics.mean(created), 3) if created else None,
+        },
         "signal_to_next_attempt_running_s": {
-            "p50": _percentile(running, 50), "p99": _percentile(running, 99),
-            "mean": round(statistics.mean(running), 3) if running else None},
+            "p50": _percentile(running, 50),
+            "p99": _percentile(running, 99),
+            "mean": round(statistics.mean(running), 3) if running else None,
+        },
         "by_signal": by_signal,
         "operator_peak_rss_mib": round(peak_rss / 2**20, 1),
         "operator_cpu_seconds": round(cpu, 2),
         "api_writes_during_storm": dict(writes.most_common()),
         "api_writes_per_recovery": round(sum(writes.values()) / recoveries, 2)
-        if recoveries else None,
+        if recoveries
+        else None,
         "machine": {"cpus": os.cpu_count()},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -284,14 +316,6 @@ def main() -> int:
     core.delete_namespace(NAMESPACE)
     storage.delete_volume(core, pv)
     return 0
-
-
-def _ns_gone(core: client.CoreV1Api) -> bool:
-    try:
-        core.read_namespace(NAMESPACE)
-    except ApiException as exc:
-        return exc.status == 404
-    return False
 
 
 if __name__ == "__main__":

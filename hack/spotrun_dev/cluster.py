@@ -333,6 +333,25 @@ def ensure_fleet(core: client.CoreV1Api, spec: fleet.FleetSpec | None = None) ->
     wait_for("every fleet node to be Ready", lambda: _all_ready(core, list(wanted)), timeout=120)
 
 
+def fresh_namespace(core: client.CoreV1Api, name: str, timeout: float = 180) -> None:
+    """Delete ``name`` with everything in it (if present), wait until it is gone, create it."""
+    try:
+        core.delete_namespace(name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+    def gone() -> bool:
+        try:
+            core.read_namespace(name)
+        except ApiException as exc:
+            return bool(exc.status == 404)
+        return False
+
+    wait_for(f"namespace {name} to be deleted", gone, timeout=timeout)
+    core.create_namespace({"metadata": {"name": name}})
+
+
 def _drifted(node: Any) -> bool:
     """A node an injection touched: cordoned, extra taints, unmanaged, or deleting."""
     if node.metadata.deletion_timestamp:

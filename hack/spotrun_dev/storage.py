@@ -55,8 +55,9 @@ def ensure_checkpoint_claim(core: client.CoreV1Api, namespace: str, name: str = 
             raise
     wait_for(
         f"claim {namespace}/{name} to be Bound",
-        lambda: core.read_namespaced_persistent_volume_claim(name, namespace).status.phase
-        == "Bound",
+        lambda: (
+            core.read_namespaced_persistent_volume_claim(name, namespace).status.phase == "Bound"
+        ),
         timeout=60,
     )
     return pv
