@@ -1,0 +1,145 @@
+"""status.progress reporter (fake patch function, fake clock) and Prometheus metrics."""
+
+from __future__ import annotations
+
+import urllib.request
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from trainer_helpers import poll_until
+
+from spotrun_trainer import contract
+from spotrun_trainer.metrics import TrainerMetrics
+from spotrun_trainer.progress import ProgressReporter, patch_body, reporter_from_env
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _reporter(calls: list[dict[str, Any]], clock: Clock, **kw: Any) -> ProgressReporter:
+    return ProgressReporter(
+        calls.append, min_interval=10.0, attempt=3, clock=clock, background=False, **kw
+    )
+
+
+def test_patch_body_is_a_merge_patch_of_status_progress() -> None:
+    body = patch_body(contract.Progress(step=5, samples_per_second=2.5, attempt=1))
+    assert body == {"status": {"progress": {"step": 5, "samplesPerSecond": 2.5, "attempt": 1}}}
+
+
+def test_steps_are_rate_limited() -> None:
+    calls: list[dict[str, Any]] = []
+    clock = Clock()
+    r = _reporter(calls, clock)
+    assert r.step(1, 100.0)  # the first report goes out at once
+    clock.now += 3
+    assert not r.step(2, 101.0)
+    clock.now += 6.9
+    assert not r.step(3)
+    clock.now += 0.2  # 10.1 s after the first patch
+    assert r.step(4)
+    assert [c["status"]["progress"]["step"] for c in calls] == [1, 4]
+    assert calls[-1]["status"]["progress"] == {"step": 4, "samplesPerSecond": 101.0, "attempt": 3}
+
+
+def test_checkpoint_patches_immediately_with_its_fields() -> None:
+    calls: list[dict[str, Any]] = []
+    clock = Clock()
+    r = _reporter(calls, clock)
+    r.step(10, 50.0)
+    clock.now += 1
+    assert r.checkpoint(10, "2026-11-21T08:00:00Z", "/checkpoints/step-10")
+    assert calls[-1] == {
+        "status": {
+            "progress": {
+                "step": 10,
+                "checkpointStep": 10,
+                "checkpointTime": "2026-11-21T08:00:00Z",
+                "checkpointPath": "/checkpoints/step-10",
+                "samplesPerSecond": 50.0,
+                "attempt": 3,
+            }
+        }
+    }
+    # The checkpoint patch restarts the interval.
+    clock.now += 5
+    assert not r.step(11)
+    parsed = contract.Progress.from_status(calls[-1]["status"]["progress"])
+    assert parsed is not None and parsed.checkpoint_step == 10
+
+
+def test_close_flushes_what_the_rate_limit_held_back() -> None:
+    calls: list[dict[str, Any]] = []
+    clock = Clock()
+    r = _reporter(calls, clock)
+    r.step(1)
+    r.step(2)
+    r.close()
+    assert [c["status"]["progress"]["step"] for c in calls] == [1, 2]
+
+
+def test_patch_failures_are_logged_never_raised(caplog: pytest.LogCaptureFixture) -> None:
+    def failing(body: dict[str, Any]) -> None:
+        raise RuntimeError("apiserver unreachable")
+
+    r = ProgressReporter(failing, min_interval=0.0, background=False)
+    assert r.step(1) and r.checkpoint(1, "t", "p")
+    assert r.failures == 2 and r.sent == 0
+    assert "apiserver unreachable" in caplog.text
+
+
+def test_background_sender_delivers_newest_progress() -> None:
+    calls: list[dict[str, Any]] = []
+    r = ProgressReporter(calls.append, min_interval=0.0)
+    try:
+        r.step(7, 1.0)
+        poll_until(lambda: any(c["status"]["progress"]["step"] == 7 for c in calls), 10, "patch")
+    finally:
+        r.close()
+
+
+def test_reporter_is_off_outside_a_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert reporter_from_env({}, 10.0) is None
+    assert reporter_from_env({contract.ENV_RUN: "r"}, 10.0) is None
+    # Inside the env but without a service account: logged and off, not a crash.
+    env = {contract.ENV_RUN: "r", contract.ENV_NAMESPACE: "ns"}
+    assert reporter_from_env(env, 10.0) is None
+
+
+def test_metrics_names_on_a_private_registry() -> None:
+    registry = CollectorRegistry()
+    m = TrainerMetrics(registry)
+    m.step.set(42)
+    m.loss.set(1.5)
+    m.samples_per_second.set(12.0)
+    m.observe_checkpoint(seconds=2.0, size=1234, timestamp=1_700_000_000.0)
+    text = generate_latest(registry).decode()
+    for line in (
+        "spotrun_trainer_step 42.0",
+        "spotrun_trainer_loss 1.5",
+        "spotrun_trainer_samples_per_second 12.0",
+        "spotrun_trainer_checkpoint_seconds_count 1.0",
+        "spotrun_trainer_checkpoint_bytes 1234.0",
+        "spotrun_trainer_last_checkpoint_timestamp_seconds 1.7e+09",
+    ):
+        assert line in text, line
+    # A second instance on another registry must not clash (nothing global).
+    TrainerMetrics(CollectorRegistry())
+
+
+def test_metrics_are_served_over_http() -> None:
+    m = TrainerMetrics(CollectorRegistry())
+    port = m.serve(0, addr="127.0.0.1")
+    try:
+        m.step.set(3)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            assert "spotrun_trainer_step 3.0" in resp.read().decode()
+    finally:
+        m.close()

@@ -1,0 +1,34 @@
+"""``python -m spotrun_trainer [--config run.yaml] [--section.field VALUE ...]``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from spotrun_trainer.config import ConfigError, load_config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(args)
+    except ConfigError as e:
+        print(f"spotrun_trainer: {e}", file=sys.stderr)
+        return 2
+    from spotrun_trainer import launcher
+
+    if cfg.nproc_per_node > 1 and not launcher.is_worker(os.environ):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s launcher %(message)s")
+        return launcher.launch(args, cfg.nproc_per_node, cfg.preemption.grace_period_seconds)
+
+    from spotrun_trainer.train import run
+
+    code = run(cfg)
+    launcher.record_exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

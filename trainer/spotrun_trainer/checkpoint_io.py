@@ -1,0 +1,158 @@
+"""Durable file I/O of checkpoints: fsync'd writes with checksums, manifest checks, snapshots.
+
+Kept apart from the manager so tools (and the S3 mirror) can verify a checkpoint folder
+without a training process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from spotrun_trainer import contract
+
+FORMAT_VERSION = 1
+SHARED_FILE = "shared.pt"
+TMP_PREFIX = ".tmp-"
+DELETING_PREFIX = ".deleting-"
+QUARANTINE_PREFIX = "corrupt-"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _HashingWriter:
+    """File wrapper that hashes bytes on their way to disk (no second read)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def write_torch(path: Path, obj: Any) -> dict[str, Any]:
+    """torch.save ``obj`` to ``path``, fsync it; its size and sha256."""
+    with open(path, "wb") as f:
+        w = _HashingWriter(f)
+        torch.save(obj, w)  # type: ignore[arg-type]
+        f.flush()
+        os.fsync(f.fileno())
+    return {"sha256": w.sha.hexdigest(), "bytes": w.size}
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_marker(step_dir: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((step_dir / contract.COMMIT_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def committed_steps(directory: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of folders named ``step-N`` holding a marker, oldest first."""
+    out: list[tuple[int, Path]] = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in directory.iterdir():
+            step = contract.parse_step_dir(entry.name)
+            if step is not None and (entry / contract.COMMIT_MARKER).is_file():
+                out.append((step, entry))
+    return sorted(out)
+
+
+def verify(step_dir: Path, step: int | None = None) -> str | None:
+    """None when the checkpoint is complete and intact, else why it is not."""
+    marker = read_marker(step_dir)
+    if marker is None:
+        return f"{contract.COMMIT_MARKER} missing or unreadable"
+    if step is not None and marker.get("step") != step:
+        return f"manifest says step {marker.get('step')}, folder says {step}"
+    files = marker.get("files")
+    if not isinstance(files, dict) or SHARED_FILE not in files:
+        return "manifest lists no files"
+    for name, entry in sorted(files.items()):
+        path = step_dir / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{name} missing"
+        if size != entry.get("bytes"):
+            return f"{name} has {size} bytes, manifest says {entry.get('bytes')}"
+        try:
+            digest = sha256_file(path)
+        except OSError as e:
+            return f"{name} unreadable: {e}"
+        if digest != entry.get("sha256"):
+            return f"{name} fails its sha256 checksum"
+    return None
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def snapshot(obj: Any, _memo: dict[tuple[Any, ...], torch.Tensor] | None = None) -> Any:
+    """A deep copy of a state dict whose tensors live in CPU memory, detached from training.
+
+    Aliases stay aliases (tied embeddings are saved once, as torch.save would).
+    """
+    memo = {} if _memo is None else _memo
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+        if key not in memo:
+            memo[key] = t.clone() if t.device.type == "cpu" else t.to("cpu")
+        return memo[key]
+    if isinstance(obj, dict):
+        return {k: snapshot(v, memo) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [snapshot(v, memo) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(snapshot(v, memo) for v in obj)
+    return obj
+
+
+def remove_dir(path: Path) -> None:
+    """Rename first (atomic: the name stops matching at once), then delete."""
+    doomed = path.with_name(f"{DELETING_PREFIX}{path.name}.{time.time_ns()}")
+    try:
+        os.rename(path, doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)

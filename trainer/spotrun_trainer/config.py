@@ -1,0 +1,352 @@
+"""Run configuration: dataclasses, layered as defaults < operator env < YAML file < CLI flags.
+
+Every field carries an attribute docstring; :func:`field_docs` reads them back from the
+source so ``--help`` and docs/trainer.md never drift from the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import itertools
+import os
+import textwrap
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spotrun_trainer import contract
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "causal_lm"
+    """``causal_lm``: a transformers GPT-2 from a config (random init, no hub download);
+    ``contrastive``: a token encoder trained with a symmetric InfoNCE loss."""
+    params: str | None = None
+    """Size the model to about this many parameters (``10M``, ``100M``); when set it
+    overrides n_layer, n_head and n_embd."""
+    vocab_size: int = 256
+    """Vocabulary size of the tokens fed to the model."""
+    n_layer: int = 2
+    """Transformer blocks."""
+    n_head: int = 2
+    """Attention heads per block; must divide n_embd."""
+    n_embd: int = 64
+    """Hidden width."""
+    seq_len: int = 32
+    """Tokens per training sequence (also the model's maximum positions)."""
+    dropout: float = 0.1
+    """Dropout probability (consumes the torch RNG, so resume must restore it)."""
+    proj_dim: int = 64
+    """contrastive: width of the projection head output."""
+    temperature: float = 0.1
+    """contrastive: softmax temperature of the InfoNCE loss."""
+    mask_prob: float = 0.15
+    """contrastive: probability that a token is masked when drawing a view."""
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None
+    """Token file to train on: ``.npy`` (int array, 1-D stream or 2-D rows) or ``.bin``
+    (flat uint16 stream, nanoGPT style). Unset: deterministic synthetic data from the seed."""
+    num_samples: int = 4096
+    """Synthetic data: number of sequences generated."""
+    val_fraction: float = 0.05
+    """Fraction of sequences held out for validation."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    warmup_steps: int = 10
+    """Linear warm-up steps before cosine decay to 10% of lr at max_steps."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables."""
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = "./checkpoints"
+    """Folder holding ``step-<N>/`` checkpoints, shared by all ranks
+    (env SPOTRUN_CHECKPOINT_DIR)."""
+    interval_seconds: float = 900.0
+    """Save at the first step boundary this long after the previous save; 0 disables
+    (env SPOTRUN_CHECKPOINT_INTERVAL_SECONDS)."""
+    interval_steps: int = 0
+    """Also save every this many steps; 0 disables."""
+    keep: int = 3
+    """Keep the newest this many committed checkpoints (env SPOTRUN_CHECKPOINT_KEEP)."""
+    keep_best: bool = True
+    """Also keep the checkpoint with the best validation loss, and save one on each new best."""
+    async_save: bool = False
+    """Snapshot state to CPU memory and write it in a background thread (one save in flight)."""
+    commit_timeout_seconds: float = 600.0
+    """How long rank 0 waits for the other ranks' files before abandoning a save."""
+    s3_uri: str | None = None
+    """Mirror committed checkpoints to ``s3://bucket/prefix`` and restore from it when the
+    local folder is empty (env SPOTRUN_S3_URI)."""
+    s3_endpoint_url: str | None = None
+    """S3 endpoint override (MinIO, moto); boto3 also honours AWS_ENDPOINT_URL_S3."""
+    s3_upload_timeout_seconds: float = 60.0
+    """On a stop, how long to wait for pending uploads before exiting."""
+
+
+@dataclass
+class PreemptionConfig:
+    spot_notice: bool = False
+    """Poll the EC2 instance-metadata spot interruption notice and save when it appears."""
+    spot_notice_endpoint: str = "http://169.254.169.254"
+    """Instance-metadata base URL (IMDSv2 token when the endpoint offers one)."""
+    spot_notice_interval_seconds: float = 5.0
+    """Seconds between two polls of the spot notice."""
+    grace_period_seconds: float = 110.0
+    """Time the pod gets between SIGTERM and SIGKILL; used for logs and, in launcher mode,
+    as torchrun's worker shutdown timeout."""
+
+
+@dataclass
+class ReportConfig:
+    log_every: int = 10
+    """Log loss and throughput every this many steps."""
+    metrics_port: int = contract.DEFAULT_METRICS_PORT
+    """Prometheus /metrics port on rank 0; 0 disables (env SPOTRUN_METRICS_PORT)."""
+    metrics_all_ranks: bool = False
+    """Serve /metrics on every rank at metrics_port + local rank."""
+    progress_interval_seconds: float = 10.0
+    """Least time between two patches of status.progress (plus one after every checkpoint)."""
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model to train."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training data."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and LR schedule."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Where, when and how checkpoints are written."""
+    preemption: PreemptionConfig = field(default_factory=PreemptionConfig)
+    """Stop handling."""
+    report: ReportConfig = field(default_factory=ReportConfig)
+    """Logs, metrics and status.progress."""
+    seed: int = 0
+    """Seed of data generation, init, sampling and every RNG."""
+    max_steps: int = 1000
+    """Optimizer steps to train; the run exits 0 after saving a final checkpoint."""
+    batch_size: int = 8
+    """Sequences per rank per step."""
+    eval_every: int = 0
+    """Evaluate on the validation split every this many steps; 0 disables."""
+    eval_batches: int = 4
+    """Validation batches per evaluation."""
+    device: str = "auto"
+    """``cpu``, ``cuda`` or ``auto`` (cuda when available); process group gloo/nccl follows."""
+    amp: bool = False
+    """Mixed precision: fp16 autocast with a grad scaler on cuda, bf16 autocast on cpu."""
+    threads: int = 0
+    """torch intra-op threads per process; 0 keeps torch's default."""
+    nproc_per_node: int = 1
+    """Launcher mode: above 1 (and not already under torchrun), start this many workers
+    through torchrun and map their exits to the contract's exit codes."""
+
+
+_ENV_FIELDS: dict[str, tuple[str, str]] = {
+    contract.ENV_CHECKPOINT_DIR: ("checkpoint", "dir"),
+    contract.ENV_CHECKPOINT_INTERVAL_SECONDS: ("checkpoint", "interval_seconds"),
+    contract.ENV_CHECKPOINT_KEEP: ("checkpoint", "keep"),
+    contract.ENV_S3_URI: ("checkpoint", "s3_uri"),
+    contract.ENV_METRICS_PORT: ("report", "metrics_port"),
+}
+
+
+class ConfigError(ValueError):
+    """A bad key or value in the YAML file, a flag or an environment variable."""
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a dataclass, read from its source."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs: dict[str, str] = {}
+    for node, nxt in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_section(tp: Any) -> bool:
+    return dataclasses.is_dataclass(tp) and isinstance(tp, type)
+
+
+def coerce(value: Any, tp: Any, name: str) -> Any:
+    """Convert a YAML/env/flag value to the field type ``tp``."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(value, inner[0], name)
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"not a boolean: {value!r}")
+        if tp is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"not an integer: {value!r}")
+            return int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return str(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{name}: {e}") from e
+    raise ConfigError(f"{name}: unsupported type {tp!r}")
+
+
+def _set(cfg: TrainConfig, dotted: str, raw: Any) -> None:
+    parts = dotted.replace("-", "_").split(".")
+    obj: Any = cfg
+    for i, part in enumerate(parts):
+        hints = _hints(type(obj))
+        if part not in hints:
+            raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r}")
+        if i == len(parts) - 1:
+            if _is_section(hints[part]):
+                raise ConfigError(f"{dotted!r} is a section, give one of its fields")
+            setattr(obj, part, coerce(raw, hints[part], dotted))
+        else:
+            if not _is_section(hints[part]):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])!r} is not a section")
+            obj = getattr(obj, part)
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"n_layer": 2}}`` -> ``{"model.n_layer": 2}``."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def apply_env(cfg: TrainConfig, env: Mapping[str, str]) -> None:
+    for name, (section, key) in _ENV_FIELDS.items():
+        if env.get(name, "") != "":
+            _set(cfg, f"{section}.{key}", env[name])
+
+
+def apply_yaml(cfg: TrainConfig, path: str | Path) -> None:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    for dotted, value in flatten(data).items():
+        _set(cfg, dotted, value)
+
+
+def _all_fields(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
+    out: list[tuple[str, Any, str]] = []
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        if _is_section(tp):
+            out.extend(_all_fields(tp, f"{prefix}{f.name}."))
+        else:
+            out.append((f"{prefix}{f.name}", tp, docs.get(f.name, "")))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m spotrun_trainer",
+        description="Preemption-safe PyTorch training. Precedence: defaults < SPOTRUN_* env "
+        "< --config YAML < flags.",
+    )
+    parser.add_argument("--config", help="YAML file whose keys mirror the flags' sections")
+    for dotted, tp, doc in _all_fields():
+        flag = "--" + dotted.replace("_", "-")
+        names = [flag] if flag == f"--{dotted}" else [flag, f"--{dotted}"]
+        is_bool = tp is bool
+        parser.add_argument(
+            *names,
+            dest=dotted,
+            default=argparse.SUPPRESS,
+            nargs="?" if is_bool else None,
+            const="true" if is_bool else None,
+            metavar="BOOL" if is_bool else "VALUE",
+            help=doc.replace("%", "%%"),
+        )
+    return parser
+
+
+def load_config(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> TrainConfig:
+    """Build the run's config from defaults, the operator's env, ``--config`` and flags."""
+    args = vars(build_parser().parse_args(argv))
+    cfg = TrainConfig()
+    apply_env(cfg, os.environ if env is None else env)
+    config_path = args.pop("config", None)
+    if config_path:
+        apply_yaml(cfg, config_path)
+    for dotted, raw in args.items():
+        _set(cfg, dotted, raw)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    if cfg.model.kind not in ("causal_lm", "contrastive"):
+        raise ConfigError(f"model.kind: expected causal_lm or contrastive, got {cfg.model.kind!r}")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device: expected auto, cpu or cuda, got {cfg.device!r}")
+    if cfg.checkpoint.keep < 1:
+        raise ConfigError("checkpoint.keep must be >= 1")
+    if cfg.max_steps < 0 or cfg.batch_size < 1:
+        raise ConfigError("max_steps must be >= 0 and batch_size >= 1")
+    if cfg.checkpoint.s3_uri and not cfg.checkpoint.s3_uri.startswith("s3://"):
+        raise ConfigError(f"checkpoint.s3_uri must start with s3://, got {cfg.checkpoint.s3_uri}")
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

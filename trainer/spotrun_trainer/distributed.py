@@ -1,0 +1,89 @@
+"""Process-group set-up and the few collectives the loop needs.
+
+Control traffic (stop flags, checkpoint agreement, eval averages) runs on a gloo group
+over CPU tensors: with NCCL that keeps the per-step flag exchange off the GPU stream, so
+it forces no device synchronisation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+@dataclass
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str | None
+    control_group: Any = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier(group=self.control_group)
+
+    def broadcast_object(self, obj: T) -> T:
+        if not self.distributed:
+            return obj
+        box: list[Any] = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.control_group)
+        result: T = box[0]
+        return result
+
+    def agree(self, flags: Sequence[bool]) -> list[bool]:
+        """Element-wise OR of ``flags`` over all ranks (all_reduce MAX)."""
+        if not self.distributed:
+            return list(flags)
+        t = torch.tensor([int(f) for f in flags], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control_group)
+        return [bool(v) for v in t.tolist()]
+
+    def mean(self, value: float) -> float:
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.control_group)
+        return float(t.item()) / self.world_size
+
+
+def pick_device(preference: str, local_rank: int) -> torch.device:
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(device_preference: str, env: Mapping[str, str] = os.environ) -> DistContext:
+    """Join the process group torchrun (or the PyTorchJob env) describes; none when alone."""
+    world_size = int(env.get("WORLD_SIZE", "1"))
+    rank = int(env.get("RANK", "0"))
+    local_rank = int(env.get("LOCAL_RANK", "0"))
+    device = pick_device(device_preference, local_rank)
+    if world_size <= 1:
+        return DistContext(0, 1, 0, device, None)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    control = dist.new_group(backend="gloo") if backend == "nccl" else None
+    return DistContext(rank, world_size, local_rank, device, backend, control)
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()

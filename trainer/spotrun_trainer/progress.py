@@ -1,0 +1,168 @@
+"""``status.progress`` of the run's TrainingRun, patched by rank 0 and rate-limited.
+
+The patch goes out on a background thread with a one-slot mailbox (newest wins), so a
+slow or absent API server never stalls training; failures are logged, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from spotrun_trainer import contract
+from spotrun_trainer.contract import Progress
+
+log = logging.getLogger(__name__)
+
+PatchFn = Callable[[dict[str, Any]], None]
+
+
+def patch_body(progress: Progress) -> dict[str, Any]:
+    """The merge patch sent to the status subresource."""
+    return {"status": {"progress": progress.to_status()}}
+
+
+class ProgressReporter:
+    """Sends ``status.progress`` at most every ``min_interval`` s, and at once on checkpoints."""
+
+    def __init__(
+        self,
+        patch: PatchFn,
+        *,
+        min_interval: float = 10.0,
+        attempt: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        background: bool = True,
+    ) -> None:
+        self._patch = patch
+        self.min_interval = min_interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._progress = Progress(step=0, attempt=attempt)
+        self._last_sent: float | None = None
+        self._dirty = False
+        self.sent = 0
+        self.failures = 0
+        self._background = background
+        self._mailbox: dict[str, Any] | None = None
+        self._wake = threading.Condition(self._lock)
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._sender, name="progress", daemon=True)
+            self._thread.start()
+
+    @property
+    def progress(self) -> Progress:
+        return self._progress
+
+    def step(self, step: int, samples_per_second: float | None = None) -> bool:
+        """Record training progress; patches when the rate limit allows. True when sent."""
+        with self._lock:
+            sps = (
+                self._progress.samples_per_second
+                if samples_per_second is None
+                else round(samples_per_second, 3)
+            )
+            self._progress = replace(self._progress, step=step, samples_per_second=sps)
+            return self._maybe_send_locked(force=False)
+
+    def checkpoint(self, step: int, committed_at: str, path: str) -> bool:
+        """Record a committed checkpoint; always patches."""
+        with self._lock:
+            self._progress = replace(
+                self._progress,
+                step=max(step, self._progress.step),
+                checkpoint_step=step,
+                checkpoint_time=committed_at,
+                checkpoint_path=path,
+            )
+            return self._maybe_send_locked(force=True)
+
+    def _maybe_send_locked(self, force: bool) -> bool:
+        now = self._clock()
+        if not force and self._last_sent is not None and now - self._last_sent < self.min_interval:
+            self._dirty = True
+            return False
+        self._last_sent = now
+        self._dirty = False
+        body = patch_body(self._progress)
+        if self._background:
+            self._mailbox = body
+            self._wake.notify()
+        else:
+            self._send(body)
+        return True
+
+    def _send(self, body: dict[str, Any]) -> None:
+        try:
+            self._patch(body)
+            self.sent += 1
+        except Exception as e:
+            self.failures += 1
+            if self.failures in (1, 10) or self.failures % 100 == 0:
+                log.warning("patching status.progress failed (%d so far): %s", self.failures, e)
+
+    def _sender(self) -> None:
+        while True:
+            with self._lock:
+                while self._mailbox is None and not self._closed:
+                    self._wake.wait()
+                body, self._mailbox = self._mailbox, None
+                closed = self._closed
+            if body is not None:
+                self._send(body)
+            if closed and body is None:
+                return
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Send what the rate limit held back, then stop the sender."""
+        with self._lock:
+            if self._dirty:
+                self._maybe_send_locked(force=True)
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def kube_patch_fn(name: str, namespace: str, timeout: float = 5.0) -> PatchFn:
+    """A merge patch of ``trainingruns/<name>/status`` with the in-cluster service account."""
+    from kubernetes import client, config
+
+    config.load_incluster_config()  # type: ignore[no-untyped-call,unused-ignore]
+    api = client.CustomObjectsApi()
+
+    def patch(body: dict[str, Any]) -> None:
+        api.patch_namespaced_custom_object_status(
+            contract.GROUP,
+            contract.VERSION,
+            namespace,
+            contract.PLURAL,
+            name,
+            body,
+            _content_type="application/merge-patch+json",
+            _request_timeout=timeout,
+        )
+
+    return patch
+
+
+def reporter_from_env(env: Mapping[str, str], min_interval: float) -> ProgressReporter | None:
+    """A reporter for this run when running in a cluster (SPOTRUN_RUN/NAMESPACE set)."""
+    name, namespace = env.get(contract.ENV_RUN), env.get(contract.ENV_NAMESPACE)
+    if not name or not namespace:
+        return None
+    try:
+        patch = kube_patch_fn(name, namespace)
+    except Exception as e:
+        log.warning("status.progress reporting off: no in-cluster Kubernetes config (%s)", e)
+        return None
+    attempt = env.get(contract.ENV_ATTEMPT)
+    return ProgressReporter(
+        patch, min_interval=min_interval, attempt=int(attempt) if attempt else None
+    )

@@ -1,0 +1,67 @@
+"""Test-only hooks, inert unless their environment variables are set.
+
+They let a test deliver SIGTERM or SIGKILL at an exact step without racing the trainer:
+the trainer announces events in a file the test polls, and can hold still at a step (or
+just before committing a save) until a signal arrives.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from spotrun_trainer.preemption import StopGuard
+
+ENV_EVENTS_FILE = "SPOTRUN_TEST_EVENTS_FILE"  # append "<event> <rank> <step>" lines here
+ENV_PAUSE_AT_STEP = "SPOTRUN_TEST_PAUSE_AT_STEP"  # hold after this step until a request
+ENV_PAUSE_BEFORE_COMMIT = "SPOTRUN_TEST_PAUSE_BEFORE_COMMIT"  # hold forever before commit
+
+
+def _opt_int(value: str | None) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
+class TestHooks:
+    __test__ = False  # not a pytest class
+
+    def __init__(self, env: Mapping[str, str], rank: int) -> None:
+        path = env.get(ENV_EVENTS_FILE)
+        self.events = Path(path) if path else None
+        self.pause_at = _opt_int(env.get(ENV_PAUSE_AT_STEP))
+        self.pause_before_commit = _opt_int(env.get(ENV_PAUSE_BEFORE_COMMIT))
+        self.rank = rank
+        # torchrun starts each worker in its own session: a test that plays "node lost"
+        # needs the pids to SIGKILL them along with the launcher.
+        self.announce("pid", os.getpid())
+
+    def announce(self, event: str, value: int) -> None:
+        if self.events is None:
+            return
+        # One small O_APPEND write per line: atomic across the ranks sharing the file.
+        fd = os.open(self.events, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{event} {self.rank} {value}\n".encode())
+        finally:
+            os.close(fd)
+
+    def started(self, step: int, guard: StopGuard) -> None:
+        self.announce("started", step)
+        self._maybe_pause(step, guard)
+
+    def after_step(self, step: int, guard: StopGuard) -> None:
+        self.announce("step", step)
+        self._maybe_pause(step, guard)
+
+    def _maybe_pause(self, step: int, guard: StopGuard) -> None:
+        if step == self.pause_at:
+            self.announce("paused", step)
+            while not guard.wait_for_request(0.05):
+                pass
+
+    def before_commit(self, step: int) -> None:
+        self.announce("committing", step)
+        if step == self.pause_before_commit:
+            self.announce("paused-commit", step)
+            threading.Event().wait()  # until SIGKILL
