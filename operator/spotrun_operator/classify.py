@@ -1,0 +1,365 @@
+"""Pure verdicts on one attempt from the traces its pods, nodes and PyTorchJob leave.
+
+The question is always the same: did the infrastructure take the gang away (a
+preemption: never charged to the failure budget), did the application fail, is the
+configuration broken, or is it still waiting for capacity / running / done?
+
+Evidence of the infrastructure wins over failed pods: when a node dies, the surviving
+ranks usually crash in NCCL with exit 1 before anything else is visible.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Final
+
+from spotrun_operator.common import LABEL_REPLICA_TYPE, parse_time
+from spotrun_operator.signals import (
+    ASG_TERMINATION,
+    DISRUPTION,
+    EVICTION,
+    INTERRUPTION_TAINTS,
+    KARPENTER_DISRUPTION,
+    NODE_LOST,
+    NODE_PRESSURE,
+    NODE_SHUTDOWN,
+    POD_DELETED,
+    POD_REPLACED,
+    REBALANCE,
+    SCHEDULER_PREEMPTION,
+    SIGNAL_PRIORITY,
+    SIGTERM,
+    SPOT_INTERRUPTION,
+    TAINT_EVICTION,
+    UNREACHABLE_TAINT,
+    NodeInfo,
+    lost_until,
+    node_info,
+    node_signal,
+)
+
+_DISRUPTION_REASONS: Final[Mapping[str, str]] = {
+    "EvictionByEvictionAPI": EVICTION,
+    "PreemptionByScheduler": SCHEDULER_PREEMPTION,
+    "PreemptionByKubeScheduler": SCHEDULER_PREEMPTION,
+    "DeletionByTaintManager": TAINT_EVICTION,
+    "DeletionByPodGC": NODE_LOST,
+    "TerminationByKubelet": NODE_SHUTDOWN,
+}
+
+# Container waiting reasons no amount of waiting fixes without a human.
+CONFIG_WAITING_REASONS: Final = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+# Failure reasons reported as such (bounded: a metric label); anything else is "Error".
+KNOWN_FAILURE_REASONS: Final = frozenset(
+    {"OOMKilled", "Error", "ContainerCannotRun", "DeadlineExceeded", "StartError", "JobFailed"}
+)
+EXIT_SIGTERM: Final = 143
+
+
+class Kind(Enum):
+    SUCCEEDED = "Succeeded"
+    PREEMPTED = "Preempted"
+    FAILED = "Failed"
+    FAILURE_SETTLING = "FailureSettling"  # a failure, maybe caused by a node not yet seen dead
+    CONFIG_ERROR = "ConfigurationError"
+    UNSCHEDULABLE = "Unschedulable"
+    RUNNING = "Running"
+    STARTING = "Starting"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: Kind
+    reason: str = ""  # signal (preemption) or failure reason
+    message: str = ""
+    node: str = ""
+    zone: str = ""
+    instance_type: str = ""
+    nodes: tuple[str, ...] = ()  # every node of the gang that announced an interruption
+    # FAILURE_SETTLING: when the failure may be charged; RUNNING/STARTING: when a node that
+    # stopped reporting counts as lost.
+    until: dt.datetime | None = None
+
+
+# --- pod helpers -----------------------------------------------------------------------
+
+
+def _cond(pod: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            return dict(c)
+    return None
+
+
+def _containers(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    st = pod.get("status") or {}
+    return list(st.get("initContainerStatuses") or []) + list(st.get("containerStatuses") or [])
+
+
+def _name(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("name", ""))
+
+
+def _phase(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("status") or {}).get("phase") or "Pending")
+
+
+def is_master(pod: Mapping[str, Any]) -> bool:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return str(labels.get(LABEL_REPLICA_TYPE, "")).lower() == "master"
+
+
+def is_terminal(pod: Mapping[str, Any]) -> bool:
+    return _phase(pod) in ("Succeeded", "Failed")
+
+
+def pod_disruption_signal(pod: Mapping[str, Any]) -> str | None:
+    """The signal a DisruptionTarget condition names, if the pod has one."""
+    cond = _cond(pod, "DisruptionTarget")
+    if not cond or cond.get("status") != "True":
+        return None
+    reason = str(cond.get("reason") or "")
+    if reason == "TerminationByKubelet" and (pod.get("status") or {}).get("reason") == "Evicted":
+        return NODE_PRESSURE  # kubelet node-pressure eviction, not a shutdown
+    return _DISRUPTION_REASONS.get(reason, DISRUPTION)
+
+
+def _exit_143(pod: Mapping[str, Any]) -> bool:
+    for cs in _containers(pod):
+        term = (cs.get("state") or {}).get("terminated") or {}
+        if term.get("exitCode") == EXIT_SIGTERM:
+            return True
+    return False
+
+
+# --- evidence --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    signal: str
+    node: NodeInfo | None
+    message: str
+
+
+def _evidence(
+    pods: Sequence[Mapping[str, Any]],
+    deleted_pods: Sequence[Mapping[str, Any]],
+    nodes: Mapping[str, NodeInfo],
+    known_pod_uids: Iterable[str],
+    restart_on_rebalance: bool,
+    now: dt.datetime,
+    lost_grace_seconds: float,
+) -> list[_Evidence]:
+    found: list[_Evidence] = []
+
+    def node_of(pod: Mapping[str, Any]) -> NodeInfo | None:
+        name = (pod.get("spec") or {}).get("nodeName")
+        if not name:
+            return None
+        return nodes.get(name) or NodeInfo(name=name, exists=False)
+
+    for pod, deleted in [(p, False) for p in pods] + [(p, True) for p in deleted_pods]:
+        node = node_of(pod)
+        if node is not None:
+            sig = node_signal(node, restart_on_rebalance, now, lost_grace_seconds)
+            if sig:
+                found.append(_Evidence(sig, node, f"node {node.name}: {_node_text(node, sig)}"))
+        sig = pod_disruption_signal(pod)
+        cond = _cond(pod, "DisruptionTarget") or {}
+        if sig:
+            msg = f"pod {_name(pod)}: DisruptionTarget {cond.get('reason')}"
+            if cond.get("message"):
+                msg += f": {cond.get('message')}"
+            found.append(_Evidence(sig, node, msg))
+        elif is_terminal(pod) and not _exit_143(pod):
+            pass  # it ended on its own (crash, OOM, success) before anyone deleted it
+        elif deleted or (pod.get("metadata") or {}).get("deletionTimestamp"):
+            found.append(_Evidence(POD_DELETED, node, f"pod {_name(pod)} was deleted"))
+        elif _phase(pod) == "Failed" and _exit_143(pod):
+            found.append(_Evidence(SIGTERM, node, f"pod {_name(pod)} exited 143 (SIGTERM)"))
+    live_uids = {str((p.get("metadata") or {}).get("uid")) for p in pods}
+    gone_uids = {str((p.get("metadata") or {}).get("uid")) for p in deleted_pods}
+    replaced = [u for u in known_pod_uids if u not in live_uids and u not in gone_uids]
+    if replaced:
+        found.append(_Evidence(POD_REPLACED, None, f"{len(replaced)} pod(s) of the gang vanished"))
+    return found
+
+
+def _node_text(node: NodeInfo, sig: str) -> str:
+    if sig == NODE_LOST:
+        return "deleted" if not node.exists else "not reachable (Ready=Unknown)"
+    if sig == NODE_SHUTDOWN:
+        return node.ready_message or "shutting down"
+    taint = next(t for t, s in INTERRUPTION_TAINTS.items() if s == sig)
+    return f"tainted {taint}"
+
+
+def _failure(pod: Mapping[str, Any]) -> tuple[str, str, dt.datetime | None] | None:
+    """(reason, message, finishedAt) of a failed pod."""
+    if _phase(pod) != "Failed":
+        return None
+    for cs in _containers(pod):
+        term = (cs.get("state") or {}).get("terminated") or {}
+        code = term.get("exitCode")
+        if code is None or code == 0:
+            continue
+        reason = str(term.get("reason") or "Error")
+        reason = reason if reason in KNOWN_FAILURE_REASONS else "Error"
+        msg = f"pod {_name(pod)} container {cs.get('name')} exited {code} ({term.get('reason')})"
+        if term.get("message"):
+            msg += f": {str(term['message'])[:300]}"
+        return reason, msg, parse_time(term.get("finishedAt"))
+    st = pod.get("status") or {}
+    reason = str(st.get("reason") or "Error")
+    reason = reason if reason in KNOWN_FAILURE_REASONS else "Error"
+    return reason, f"pod {_name(pod)} failed: {st.get('message') or reason}", None
+
+
+def _config_error(pod: Mapping[str, Any]) -> str | None:
+    for cs in _containers(pod):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in CONFIG_WAITING_REASONS:
+            msg = str(waiting.get("message") or "")
+            return f"pod {_name(pod)} container {cs.get('name')}: {waiting['reason']}: {msg}"
+    sched = _cond(pod, "PodScheduled")
+    text = str((sched or {}).get("message") or "")
+    if (
+        sched
+        and sched.get("status") == "False"
+        and "persistentvolumeclaim" in text.lower()
+        and ("not found" in text.lower())
+    ):
+        return f"pod {_name(pod)}: {text}"
+    return None
+
+
+def _unschedulable(pod: Mapping[str, Any]) -> str | None:
+    sched = _cond(pod, "PodScheduled")
+    if sched and sched.get("status") == "False" and sched.get("reason") == "Unschedulable":
+        return str(sched.get("message") or "Unschedulable")
+    return None
+
+
+def _job_condition(job: Mapping[str, Any] | None, ctype: str) -> Mapping[str, Any] | None:
+    for c in ((job or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype and c.get("status") == "True":
+            return dict(c)
+    return None
+
+
+def classify(
+    *,
+    pods: Sequence[Mapping[str, Any]],
+    nodes: Mapping[str, NodeInfo],
+    expected: int,
+    now: dt.datetime,
+    job: Mapping[str, Any] | None = None,
+    deleted_pods: Sequence[Mapping[str, Any]] = (),
+    known_pod_uids: Iterable[str] = (),
+    restart_on_rebalance: bool = False,
+    failure_settle_seconds: float = 0.0,
+    node_lost_grace_seconds: float = 0.0,
+) -> Verdict:
+    """The verdict on one attempt whose outcome is not recorded yet.
+
+    ``pods`` are the attempt's live pods, ``deleted_pods`` the last state of its pods that
+    were deleted (remembered from the watch), ``nodes`` what is known of their nodes,
+    ``known_pod_uids`` the pods recorded when the gang first ran.
+    """
+    masters = [p for p in [*pods, *deleted_pods] if is_master(p)]
+    if any(_phase(p) == "Succeeded" for p in masters) or _job_condition(job, "Succeeded"):
+        return Verdict(Kind.SUCCEEDED, message="the master finished (exit 0)")
+
+    evidence = _evidence(
+        pods,
+        deleted_pods,
+        nodes,
+        known_pod_uids,
+        restart_on_rebalance,
+        now,
+        node_lost_grace_seconds,
+    )
+    if evidence:
+        best = min(evidence, key=lambda e: SIGNAL_PRIORITY.index(e.signal))
+        node = best.node
+        if node is None:  # borrow a node from evidence of the same signal
+            node = next((e.node for e in evidence if e.node and e.signal == best.signal), None)
+        return Verdict(
+            Kind.PREEMPTED,
+            reason=best.signal,
+            message=best.message,
+            node=node.name if node else "",
+            zone=node.zone if node else "",
+            instance_type=node.instance_type if node else "",
+            nodes=tuple(sorted({e.node.name for e in evidence if e.node})),
+        )
+
+    for pod in pods:
+        msg = _config_error(pod)
+        if msg:
+            return Verdict(Kind.CONFIG_ERROR, reason="ConfigurationError", message=msg)
+
+    failures = [f for f in (_failure(p) for p in [*pods, *deleted_pods]) if f]
+    if failures:
+        epoch = dt.datetime.min.replace(tzinfo=dt.UTC)
+        reason, msg, finished = min(failures, key=lambda f: f[2] or epoch)
+        until = (finished or now) + dt.timedelta(seconds=failure_settle_seconds)
+        if finished is not None and until > now:
+            return Verdict(Kind.FAILURE_SETTLING, reason=reason, message=msg, until=until)
+        return Verdict(Kind.FAILED, reason=reason, message=msg)
+    failed_job = _job_condition(job, "Failed")
+    if failed_job:
+        return Verdict(Kind.FAILED, reason="JobFailed", message=str(failed_job.get("message")))
+
+    for pod in pods:
+        msg = _unschedulable(pod)
+        if msg:
+            return Verdict(Kind.UNSCHEDULABLE, reason="Unschedulable", message=msg)
+
+    # An unreachable node still within its grace: look again when the grace ends.
+    pending = [
+        lost_until(n, node_lost_grace_seconds, now)
+        for n in nodes.values()
+        if n.exists and (n.ready == "Unknown" or UNREACHABLE_TAINT in n.taints)
+    ]
+    wake = min((u for u in pending if u is not None), default=None)
+    live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    if len(live) >= expected and all(_phase(p) == "Running" for p in live):
+        return Verdict(Kind.RUNNING, until=wake)
+    return Verdict(Kind.STARTING, message=f"{len(live)}/{expected} pods created", until=wake)
+
+
+__all__ = [
+    "ASG_TERMINATION",
+    "INTERRUPTION_TAINTS",
+    "KARPENTER_DISRUPTION",
+    "NODE_LOST",
+    "NODE_SHUTDOWN",
+    "POD_REPLACED",
+    "REBALANCE",
+    "SIGNAL_PRIORITY",
+    "SIGTERM",
+    "SPOT_INTERRUPTION",
+    "Kind",
+    "NodeInfo",
+    "Verdict",
+    "classify",
+    "is_master",
+    "is_terminal",
+    "node_info",
+    "node_signal",
+    "pod_disruption_signal",
+]

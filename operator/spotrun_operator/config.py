@@ -1,0 +1,77 @@
+"""Operator settings: timing knobs of the recovery state machine, prices, ports.
+
+Defaults suit production; tests shorten the delays through flags or SPOTRUN_* env vars
+(see :func:`from_env` and ``spotrun-operator --help``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    # Backoff before attempt N+1 after repeated losses: base * factor**(k-1), capped, with
+    # +-jitter. Small by default: a spot reclaim rarely repeats within seconds, and every
+    # second waited is a second of GPUs idle.
+    backoff_base_seconds: float = 10.0
+    backoff_factor: float = 2.0
+    backoff_max_seconds: float = 600.0
+    backoff_jitter: float = 0.2
+    # An attempt that ran this long resets the consecutive-loss count of the backoff.
+    backoff_reset_seconds: float = 1800.0
+    # A rebalance recommendation is advice, not a notice: by default it does not restart.
+    restart_on_rebalance: bool = False
+    # Survivors of a lost node often crash in NCCL before the node is marked NotReady; a
+    # failed pod is charged to the application only once this long passed with no
+    # infrastructure evidence in the gang.
+    failure_settle_seconds: float = 45.0
+    # A node that stopped reporting (Ready=Unknown, already 40 s of silence by default) is
+    # lost only after this much more; a deleted node is lost at once.
+    node_lost_grace_seconds: float = 30.0
+    # Image pull errors / missing secrets may be fixed quickly (a registry hiccup, a secret
+    # applied a moment later); after this long they end the run.
+    config_error_grace_seconds: float = 60.0
+    # Pods still terminating this long after their grace period are force-deleted.
+    stop_timeout_slack_seconds: float = 30.0
+    # How often an idle run is re-checked when no watch event woke it.
+    resync_seconds: float = 30.0
+    # Minimum spacing between status writes that only refresh the cost estimate.
+    cost_update_seconds: float = 60.0
+    # Checkpoint cost assumed by checkpoint.interval=auto (Young/Daly).
+    checkpoint_cost_seconds: float = 60.0
+    # Attempts kept in status.attempts; older ones are folded into status.archived.
+    history_limit: int = 10
+    # Nodes interrupted within this window are avoided by the next attempt's affinity.
+    avoid_nodes_seconds: float = 3600.0
+
+
+def _coerce(value: str, like: object) -> object:
+    if isinstance(like, bool):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(like, int):
+        return int(value)
+    if isinstance(like, float):
+        return float(value)
+    return value
+
+
+def from_env(env: Mapping[str, str] | None = None) -> OperatorConfig:
+    """Defaults overridden by ``SPOTRUN_<FIELD_IN_CAPS>`` environment variables."""
+    env = os.environ if env is None else env
+    base = OperatorConfig()
+    changes: dict[str, object] = {}
+    for f in fields(OperatorConfig):
+        key = f"SPOTRUN_{f.name.upper()}"
+        if key in env:
+            changes[f.name] = _coerce(env[key], getattr(base, f.name))
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def with_overrides(cfg: OperatorConfig, overrides: Mapping[str, object | None]) -> OperatorConfig:
+    """``cfg`` with the non-None entries of ``overrides`` (CLI flags) applied."""
+    names = {f.name for f in fields(OperatorConfig)}
+    changes = {k: v for k, v in overrides.items() if v is not None and k in names}
+    return replace(cfg, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,103 @@
+"""kopf wiring, and nothing else: watch events wake the run loops of :mod:`runner`.
+
+kopf is used for its watch streams only. It never writes a TrainingRun: no changing
+handlers (no progress annotations), no daemons (no finalizer), and its settings keep any
+state it might store in ``spotrun.dev/`` annotations, never in ``status`` (the trainer
+writes ``status.progress``; the operator owns the rest through its own merge patches).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from spotrun_operator.common import (
+    GROUP,
+    LABEL_RUN,
+    PLURAL,
+    PYTORCHJOB_GROUP,
+    PYTORCHJOB_PLURAL,
+    PYTORCHJOB_VERSION,
+    VERSION,
+)
+from spotrun_operator.runner import Runner
+
+PREFIX = "spotrun.dev"
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{PREFIX}/kopf-finalizer"
+    # Our events come from kube.post_event, one per decision; kopf's would be noise.
+    settings.posting.enabled = False
+    # Watches are re-established at least this often, so a silently dead connection
+    # cannot leave the operator blind for long.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+
+
+def register(registry: kopf.OperatorRegistry, runner: Runner) -> None:
+    """Register the handlers on ``registry`` (never the global one: tests build many)."""
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # In-cluster service account, else the kubeconfig (KUBECONFIG), as kubectl does.
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await runner.shutdown()
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def trainingrun_event(*, type: str, name: str, namespace: str | None, **_: Any) -> None:
+        assert namespace is not None  # TrainingRuns are namespaced
+        if type == "DELETED":
+            runner.forget(namespace, name)
+        else:
+            runner.ensure(namespace, name)
+
+    @kopf.index("pods", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)
+    async def pods_by_node(
+        *, spec: kopf.Spec, namespace: str | None, labels: kopf.Labels, **_: Any
+    ) -> dict[str, tuple[str, str]] | None:
+        node = spec.get("nodeName")
+        return {str(node): (str(namespace), str(labels[LABEL_RUN]))} if node else None
+
+    @kopf.on.event("pods", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)
+    async def pod_event(
+        *, type: str, body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+    ) -> None:
+        assert namespace is not None
+        run = str(labels[LABEL_RUN])
+        if type == "DELETED":
+            runner.memory.remember_deleted_pod(namespace, run, dict(body))
+        runner.wake(namespace, run)
+
+    @kopf.on.event("nodes", registry=registry)
+    async def node_event(
+        *,
+        type: str,
+        body: kopf.Body,
+        name: str,
+        pods_by_node: kopf.Index[str, tuple[str, str]] | None = None,
+        **_: Any,
+    ) -> None:
+        changed = runner.memory.remember_node(dict(body), deleted=type == "DELETED")
+        if changed and pods_by_node is not None:
+            for namespace, run in pods_by_node.get(name, []):
+                runner.wake(namespace, run)
+
+    @kopf.on.event(
+        PYTORCHJOB_GROUP,
+        PYTORCHJOB_VERSION,
+        PYTORCHJOB_PLURAL,
+        labels={LABEL_RUN: kopf.PRESENT},
+        registry=registry,
+    )
+    async def job_event(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+        runner.wake(str(namespace), str(labels[LABEL_RUN]))

@@ -1,0 +1,98 @@
+"""Data passed between observation (kube.py), decision (reconcile.py) and execution.
+
+A reconcile is: observe everything into :class:`Observed`, decide purely into a
+:class:`Decision`, then write ``Decision.status`` (a compare-and-swap on the run's
+resourceVersion) *before* executing ``Decision.actions``. Every action is idempotent and
+derivable again from the written status, so a crash between any two API calls is
+repaired by the next reconcile.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from spotrun_operator.builders import RunRef
+from spotrun_operator.cost import Price, Prices
+from spotrun_operator.signals import NodeInfo
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Observed:
+    ref: RunRef
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+    now: dt.datetime
+    jobs: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # attempt -> PyTorchJob
+    pods: Sequence[Mapping[str, Any]] = ()  # live pods of the run, every attempt
+    deleted_pods: Sequence[Mapping[str, Any]] = ()  # last state of pods seen deleted
+    nodes: Mapping[str, NodeInfo] = field(default_factory=dict)
+    missing_refs: Sequence[str] = ()  # "Secret foo" the pods would need and that is absent
+    interrupted_nodes: Sequence[str] = ()  # nodes known to carry an interruption taint
+    rand: float = 0.5  # uniform [0, 1): the backoff jitter, injected to keep this pure
+    prices: Mapping[str, Price] | Prices | None = None  # None: cost.DEFAULT_PRICES
+    pricing_condition: Mapping[str, str] | None = None  # PricingAvailable, when priced by AWS
+    deleting: bool = False
+
+
+# --- actions, executed in order after the status write --------------------------------
+
+
+@dataclass(frozen=True)
+class EnsureObjects:
+    """Create these if absent (409 is success): PVC, ServiceAccount, Role, RoleBinding."""
+
+    objects: tuple[Obj, ...]
+
+
+@dataclass(frozen=True)
+class CreateJob:
+    body: Obj
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    name: str
+
+
+@dataclass(frozen=True)
+class DeletePods:
+    """Delete pods; ``grace_seconds`` 0 force-deletes (pods of a node that is gone)."""
+
+    names: tuple[str, ...]
+    grace_seconds: int
+
+
+Action = EnsureObjects | CreateJob | DeleteJob | DeletePods
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+    key: str | None = None  # set: post at most once per key per operator process
+
+
+@dataclass(frozen=True)
+class MetricEvent:
+    """Something to count once the status write that decided it succeeded."""
+
+    name: str  # preemption | failure | lost_work | recovery
+    labels: Mapping[str, str] = field(default_factory=dict)
+    value: float = 1.0
+
+
+@dataclass
+class Decision:
+    status: Obj | None = None  # merge patch of status; None: nothing to write
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    metrics: list[MetricEvent] = field(default_factory=list)
+    requeue_after: float = 30.0
+    phase: str | None = None
+    checkpoint_time: str | None = None

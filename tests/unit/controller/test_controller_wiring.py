@@ -1,0 +1,99 @@
+"""The watch memory, the kopf wiring and the command line (no cluster)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+from prometheus_client import CollectorRegistry
+
+from spotrun_operator import handlers, main
+from spotrun_operator.config import OperatorConfig, from_env, with_overrides
+from spotrun_operator.metrics import Metrics
+from spotrun_operator.runner import Memory, Runner
+
+
+def node(name: str, taints: tuple[str, ...] = (), ready: str = "True") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": "us-east-1a"}},
+        "spec": {"taints": [{"key": t, "effect": "NoSchedule"} for t in taints]},
+        "status": {
+            "conditions": [
+                {"type": "Ready", "status": ready, "lastTransitionTime": "2026-05-01T12:00:00Z"}
+            ]
+        },
+    }
+
+
+def test_memory_wakes_only_on_what_matters() -> None:
+    m = Memory()
+    assert not m.remember_node(node("n1"), deleted=False)  # a healthy node: nothing to do
+    assert not m.remember_node(node("n1"), deleted=False)  # a heartbeat
+    itn = ("aws-node-termination-handler/spot-itn",)
+    assert m.remember_node(node("n1", itn), deleted=False)
+    assert m.interrupted_nodes() == ["n1"]
+    assert m.remember_node(node("n1", itn), deleted=True)
+    last = m.nodes()["n1"]
+    assert not last.exists and last.taints == itn and last.zone == "us-east-1a"
+    assert m.remember_node(node("n2", ready="Unknown"), deleted=False)
+
+
+def test_memory_keeps_deleted_pods_per_run_and_announces_once() -> None:
+    m = Memory()
+    m.remember_deleted_pod("ml", "llm", {"metadata": {"uid": "u1", "name": "p"}})
+    m.remember_deleted_pod("ml", "llm", {"metadata": {"uid": "u1", "name": "p"}})
+    assert len(m.deleted_pods("ml", "llm")) == 1 and m.deleted_pods("ml", "other") == []
+    m.forget_run("ml", "llm")
+    assert m.deleted_pods("ml", "llm") == []
+    assert m.first_time("k") and not m.first_time("k")
+
+
+def test_memory_is_bounded_in_time() -> None:
+    old = Memory(ttl_seconds=-1)  # everything is already too old: pruned on each write
+    old.remember_node(node("n1", ("karpenter.sh/disrupted",)), deleted=False)
+    assert old.nodes() == {}
+    small = Memory(max_items=1)
+    small.remember_node(node("n1", ("karpenter.sh/disrupted",)), deleted=False)
+    small.remember_node(node("n2", ("karpenter.sh/disrupted",)), deleted=False)
+    assert set(small.nodes()) == {"n2"}
+
+
+def test_handlers_register_on_a_private_registry() -> None:
+    registry = kopf.OperatorRegistry()
+    runner = Runner(kube=None, cfg=OperatorConfig(), metrics=Metrics(CollectorRegistry()))  # type: ignore[arg-type]
+    handlers.register(registry, runner)
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings)
+    assert settings.persistence.finalizer.startswith("spotrun.dev/")
+    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+    assert not settings.posting.enabled
+    runner.pool.shutdown()
+
+
+def test_cli_flags_and_env_override_the_config() -> None:
+    args = main.parse_args(
+        [
+            "-n",
+            "a",
+            "-n",
+            "b",
+            "--backoff-base-seconds",
+            "1",
+            "--restart-on-rebalance",
+            "--pricing",
+            "table",
+        ]
+    )
+    assert args.namespace == ["a", "b"] and args.pricing == "table"
+    cfg = from_env({"SPOTRUN_FAILURE_SETTLE_SECONDS": "7", "SPOTRUN_RESTART_ON_REBALANCE": "no"})
+    assert cfg.failure_settle_seconds == 7.0 and cfg.restart_on_rebalance is False
+    cfg = with_overrides(
+        cfg,
+        {
+            "backoff_base_seconds": args.backoff_base_seconds,
+            "restart_on_rebalance": args.restart_on_rebalance,
+            "resync_seconds": None,
+        },
+    )
+    assert cfg.backoff_base_seconds == 1.0 and cfg.restart_on_rebalance is True
+    assert cfg.resync_seconds == OperatorConfig().resync_seconds
