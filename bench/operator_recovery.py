@@ -36,7 +36,8 @@ from spotrun_dev import cluster, fleet, inject, paths, storage, traces
 RESULTS = paths.REPO_ROOT / "bench" / "results" / "operator_recovery.json"
 NAMESPACE = "spotrun-bench"
 SIGNALS: tuple[traces.Signal, ...] = ("nth", "karpenter", "asg", "loss", "shutdown")
-OPERATOR_AGENT = "spotrun-operator"
+# The operator's own client and kopf's watch/event client.
+OPERATOR_AGENTS = ("spotrun-operator/", "kopf/")
 
 
 @dataclass
@@ -96,7 +97,7 @@ def _audit_writes(since: float, until: float) -> Counter[str]:
             ev = json.loads(line)
         except ValueError:
             continue
-        if OPERATOR_AGENT not in ev.get("userAgent", ""):
+        if not ev.get("userAgent", "").startswith(OPERATOR_AGENTS):
             continue
         if ev.get("verb") not in ("create", "update", "patch", "delete", "deletecollection"):
             continue

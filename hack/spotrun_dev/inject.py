@@ -61,10 +61,6 @@ def _add_taint(core: client.CoreV1Api, node: str, taint: dict[str, Any], cordon:
     raise RuntimeError(f"could not taint node {node}: it kept changing under us")
 
 
-def _has_taint(core: client.CoreV1Api, node: str, key: str, effect: str) -> bool:
-    return any((t.key, t.effect) == (key, effect) for t in core.read_node(node).spec.taints or [])
-
-
 def _stop_kwok_managing(core: client.CoreV1Api, node: str) -> None:
     """The instance's kubelet is gone: kwok stops heartbeating the node and its pods."""
     core.patch_node(node, {"metadata": {"annotations": {fleet.KWOK_ANNOTATION: None}}})
@@ -149,15 +145,12 @@ def interrupt(
             else None
         )
         _stop_kwok_managing(core, node)
-        # We only shortcut the node lifecycle controller's grace period; the real
-        # controller-manager then adds the node.kubernetes.io/unreachable taints itself.
+        # We play the node lifecycle controller at the end of its grace period: it marks
+        # the node Unknown and taints it unreachable (NoExecute), which is what evicts pods
+        # after their tolerationSeconds. Waiting for the real controller would cost its
+        # grace period (kept long here so busy kwok heartbeats don't flap healthy nodes).
         _patch_node_conditions(core, node, traces.node_unknown_conditions(_now(), heartbeat))
-        if delete_node_after:
-            wait_for(
-                f"the unreachable taint on {node}",
-                lambda: _has_taint(core, node, traces.UNREACHABLE, "NoExecute"),
-                timeout=60,
-            )
+        _add_taint(core, node, {"key": traces.UNREACHABLE, "effect": "NoExecute"}, cordon=False)
     elif signal == "shutdown":
         _stop_kwok_managing(core, node)
         _patch_node_conditions(core, node, [traces.node_shutting_down_condition(_now())])
