@@ -47,6 +47,7 @@ class Demo:
         self.custom = client.CustomObjectsApi(api)
         self.api = api
         self.step = 0
+        self.checkpoint_time = ""
 
     # --- the run and its gang -------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -73,24 +74,28 @@ class Demo:
         return int((self.run().get("status") or {}).get("attempt") or 0)
 
     # --- the trainer's side of the contract ---------------------------------------
-    def train(self, attempt: int, steps: int, checkpoint_lag_steps: int) -> None:
-        """Report progress as rank 0 does: steps advance, a checkpoint commits."""
+    def train(self, attempt: int, steps: int) -> None:
+        """Report progress as rank 0 does: a checkpoint commits, then steps go on past it
+        (the work a preemption would lose)."""
         self.step += steps
-        ckpt_step = self.step - checkpoint_lag_steps
-        ckpt_time = _now() - dt.timedelta(seconds=checkpoint_lag_steps * 2)
+        self._report(attempt, checkpoint_step=self.step)
+        time.sleep(2)  # training continues past the checkpoint for a while
+        self._report(attempt, checkpoint_step=self.step, step=self.step + steps // 10)
+
+    def _report(self, attempt: int, checkpoint_step: int, step: int | None = None) -> None:
+        if step is None:
+            self.checkpoint_time = _now().strftime("%Y-%m-%dT%H:%M:%SZ")
         progress = Progress(
-            step=self.step,
-            checkpoint_step=ckpt_step,
-            checkpoint_time=ckpt_time.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            checkpoint_path=f"/checkpoints/step-{ckpt_step}",
+            step=step or checkpoint_step,
+            checkpoint_step=checkpoint_step,
+            checkpoint_time=self.checkpoint_time,
+            checkpoint_path=f"/checkpoints/step-{checkpoint_step}",
             samples_per_second=2048.0,
             attempt=attempt,
         )
         self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, NAMESPACE, PLURAL, RUN, {"status": {"progress": progress.to_status()}}
         )
-        # On resume the trainer starts from its newest checkpoint.
-        self.step = ckpt_step
 
 
 def _setup_namespace(core: client.CoreV1Api) -> None:
@@ -140,36 +145,30 @@ def _watch_table() -> subprocess.Popen[bytes]:
     )
 
 
-def summary(run: dict[str, Any]) -> str:
+def summary(run: dict[str, Any], recoveries: dict[int, tuple[str, float]]) -> str:
+    """One line per attempt from ``status.attempts``, with the recovery time the demo
+    measured from the signal to the next attempt's gang Running."""
     st = run.get("status") or {}
     rows = [
-        f"{'attempt':>7}  {'outcome':<12} {'signal/reason':<24} {'node':<12} "
-        f"{'lost work':>9}  {'recovery':>8}"
+        f"{'attempt':>7}  {'outcome':<11} {'reason':<22} {'node':<11} {'lost work':>9}  "
+        "signal -> next gang Running"
     ]
-    attempts = sorted(st.get("attempts") or [], key=lambda e: int(e["attempt"]))
-    for prev, cur in zip([None, *attempts], attempts, strict=False):
-        recovery = ""
-        if prev and prev.get("endedAt") and cur.get("startedAt"):
-            ended = dt.datetime.fromisoformat(prev["endedAt"].replace("Z", "+00:00"))
-            started = dt.datetime.fromisoformat(cur["startedAt"].replace("Z", "+00:00"))
-            recovery = f"{(started - ended).total_seconds():.0f}s"
-        lost = cur.get("lostWorkSeconds")
+    for e in sorted(st.get("attempts") or [], key=lambda e: int(e["attempt"])):
+        n = int(e["attempt"])
+        lost = e.get("lostWorkSeconds")
+        rec = recoveries.get(n)
         rows.append(
-            f"{cur['attempt']:>7}  {cur.get('outcome', 'Running'):<12} "
-            f"{cur.get('reason', ''):<24} {cur.get('node', ''):<12} "
-            f"{'' if lost is None else f'{lost:.0f}s':>9}  {recovery:>8}"
+            f"{n:>7}  {e.get('outcome', 'Running'):<11} {e.get('reason', ''):<22} "
+            f"{e.get('node', ''):<11} {'' if lost is None else f'{lost:.0f}s':>9}  "
+            + (f"{rec[1]:.1f}s ({rec[0]})" if rec else "")
         )
-    by_signal: dict[str, int] = {}
-    for e in attempts:
-        if e.get("outcome") == "Preempted":
-            by_signal[str(e.get("reason"))] = by_signal.get(str(e.get("reason")), 0) + 1
     cost = st.get("cost") or {}
     rows += [
         "",
-        f"phase {st.get('phase')}, attempts {st.get('attempt')}, preemptions "
-        f"{st.get('preemptions')} ({', '.join(f'{k}: {v}' for k, v in by_signal.items())}), "
-        f"failures {st.get('failures')}",
-        f"cost {cost}",
+        f"phase {st.get('phase')}: {st.get('attempt')} attempts, {st.get('preemptions')} "
+        f"preemptions, {st.get('failures')} failures (the failure budget is untouched)",
+        f"cost ${cost.get('totalUSD')} for {cost.get('gpuHours')} GPU-hours; on demand "
+        f"${cost.get('onDemandEquivalentUSD')}: {cost.get('savingsPercent')}% saved",
     ]
     return "\n".join(rows)
 
@@ -200,6 +199,7 @@ def main() -> int:
     operator = _start_operator()
     watcher = _watch_table()
     demo = Demo(api)
+    recoveries: dict[int, tuple[str, float]] = {}
     try:
         say(f"kubectl apply -f {EXAMPLE.relative_to(paths.REPO_ROOT)} (namespace {NAMESPACE})")
         demo.custom.create_namespaced_custom_object(
@@ -208,7 +208,7 @@ def main() -> int:
         attempt = 1
         pods = demo.wait_gang_running(attempt)
         for signal in SCENARIO:
-            demo.train(attempt, steps=400, checkpoint_lag_steps=60)
+            demo.train(attempt, steps=400)
             victim = next(
                 p
                 for p in pods
@@ -227,11 +227,12 @@ def main() -> int:
                 continue
             attempt += 1
             pods = demo.wait_gang_running(attempt)
+            recoveries[attempt - 1] = (signal, time.monotonic() - t0)
             say(
                 f"attempt {attempt} running {time.monotonic() - t0:.1f}s after the {signal} "
                 "signal, resuming from the newest checkpoint"
             )
-        demo.train(attempt, steps=400, checkpoint_lag_steps=0)
+        demo.train(attempt, steps=400)
         say("training finishes: every rank exits 0")
         for p in pods:
             inject.complete_pod(core, NAMESPACE, p.metadata.name)
@@ -246,7 +247,7 @@ def main() -> int:
         operator.terminate()
         operator.wait(30)
     say("Summary")
-    print(summary(demo.run()))
+    print(summary(demo.run(), recoveries))
     print(
         f"\nkubectl --kubeconfig {c.kubeconfig} describe tr {RUN} -n {NAMESPACE}"
         f"   # the timeline\noperator log: {OPERATOR_LOG}"

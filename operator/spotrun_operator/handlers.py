@@ -74,8 +74,10 @@ def register(registry: kopf.OperatorRegistry, runner: Runner) -> None:
     ) -> None:
         assert namespace is not None
         run = str(labels[LABEL_RUN])
-        if type == "DELETED":
-            runner.memory.remember_deleted_pod(namespace, run, dict(body))
+        # Remember every state, not only deletions: an evicted pod can be deleted and
+        # replaced before the reconcile it woke lists pods, and its last state (node,
+        # DisruptionTarget) is what names the signal.
+        runner.memory.remember_pod(namespace, run, dict(body))
         runner.wake(namespace, run)
 
     @kopf.on.event("nodes", registry=registry)

@@ -83,12 +83,13 @@ class Memory:
                 n for n, s in self._nodes.items() if set(s.node.taints) & set(INTERRUPTION_TAINTS)
             )
 
-    def remember_deleted_pod(self, namespace: str, run: str, body: Mapping[str, Any]) -> None:
+    def remember_pod(self, namespace: str, run: str, body: Mapping[str, Any]) -> None:
+        """The last state the watch saw of a pod of ``run`` (kept after its deletion)."""
         uid = str((body.get("metadata") or {}).get("uid"))
         with self._lock:
             self._pods.setdefault((namespace, run), {})[uid] = (time.monotonic(), dict(body))
 
-    def deleted_pods(self, namespace: str, run: str) -> list[dict[str, Any]]:
+    def seen_pods(self, namespace: str, run: str) -> list[dict[str, Any]]:
         with self._lock:
             return [p for _, p in self._pods.get((namespace, run), {}).values()]
 
@@ -220,7 +221,7 @@ class Runner:
                     self.kube,
                     run,
                     remembered_nodes=self.memory.nodes(),
-                    deleted_pods=self.memory.deleted_pods(namespace, name),
+                    seen_pods=self.memory.seen_pods(namespace, name),
                     interrupted_nodes=self.memory.interrupted_nodes(),
                     rand=random.random(),
                     prices=prices,
@@ -236,7 +237,7 @@ class Runner:
                     if ev.key is None or self.memory.first_time(ev.key):
                         self.kube.post_event(ref, ev)
                 self.kube.execute(namespace, d.actions)
-                self.metrics.observe_run(namespace, name, d.phase, d.checkpoint_time)
+                self.metrics.observe_run(namespace, name, d.phase, d.checkpoint_time, d.gauges)
                 for ev in d.events:
                     log.info("%s/%s %s: %s", namespace, name, ev.reason, ev.message)
                 return d.requeue_after

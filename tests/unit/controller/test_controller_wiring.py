@@ -38,14 +38,63 @@ def test_memory_wakes_only_on_what_matters() -> None:
     assert m.remember_node(node("n2", ready="Unknown"), deleted=False)
 
 
-def test_memory_keeps_deleted_pods_per_run_and_announces_once() -> None:
+def test_memory_keeps_the_last_state_of_each_pod_per_run_and_announces_once() -> None:
     m = Memory()
-    m.remember_deleted_pod("ml", "llm", {"metadata": {"uid": "u1", "name": "p"}})
-    m.remember_deleted_pod("ml", "llm", {"metadata": {"uid": "u1", "name": "p"}})
-    assert len(m.deleted_pods("ml", "llm")) == 1 and m.deleted_pods("ml", "other") == []
+    m.remember_pod("ml", "llm", {"metadata": {"uid": "u1", "name": "p"}, "status": {}})
+    evicted = {
+        "metadata": {"uid": "u1", "name": "p"},
+        "status": {"conditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    }
+    m.remember_pod("ml", "llm", evicted)
+    assert m.seen_pods("ml", "llm") == [evicted] and m.seen_pods("ml", "other") == []
     m.forget_run("ml", "llm")
-    assert m.deleted_pods("ml", "llm") == []
+    assert m.seen_pods("ml", "llm") == []
     assert m.first_time("k") and not m.first_time("k")
+
+
+class _FakeKube:
+    """observe()'s reads, answered from fixed objects."""
+
+    def __init__(self, pods: list[dict[str, Any]], nodes: dict[str, dict[str, Any]]) -> None:
+        self.pods, self.nodes = pods, nodes
+
+    def list_jobs(self, namespace: str, run: str, owner_uid: str) -> dict[int, Any]:
+        return {}
+
+    def list_pods(self, namespace: str, run: str) -> list[dict[str, Any]]:
+        return self.pods
+
+    def get_node(self, name: str) -> dict[str, Any] | None:
+        return self.nodes.get(name)
+
+    def missing(self, namespace: str, refs: Any) -> list[str]:
+        return []
+
+
+def test_observe_keeps_the_last_state_of_pods_a_fresh_list_no_longer_has() -> None:
+    """An evicted pod deleted and replaced before the reconcile lists pods still names its
+    node (and so the node's interruption taint) through the watch's last state."""
+    from spotrun_operator.kube import observe
+
+    evicted = {"metadata": {"uid": "old", "name": "r-a1-worker-0"}, "spec": {"nodeName": "spot-1"}}
+    replacement = {"metadata": {"uid": "new", "name": "r-a1-worker-0"}, "spec": {}}
+    node = {
+        "metadata": {"name": "spot-1", "labels": {}},
+        "spec": {
+            "taints": [{"key": "aws-node-termination-handler/spot-itn", "effect": "NoSchedule"}]
+        },
+        "status": {},
+    }
+    run = {"metadata": {"name": "r", "namespace": "ml", "uid": "ru"}, "spec": {}}
+    obs = observe(
+        _FakeKube([replacement], {"spot-1": node}),
+        run,  # type: ignore[arg-type]
+        remembered_nodes={},
+        seen_pods=[evicted, replacement],
+        interrupted_nodes=[],
+    )
+    assert [p["metadata"]["uid"] for p in obs.deleted_pods] == ["old"]
+    assert "aws-node-termination-handler/spot-itn" in obs.nodes["spot-1"].taints
 
 
 def test_memory_is_bounded_in_time() -> None:
@@ -97,3 +146,12 @@ def test_cli_flags_and_env_override_the_config() -> None:
     )
     assert cfg.backoff_base_seconds == 1.0 and cfg.restart_on_rebalance is True
     assert cfg.resync_seconds == OperatorConfig().resync_seconds
+
+
+def test_default_metrics_port_is_the_charts() -> None:
+    import yaml
+
+    from spotrun_dev.paths import REPO_ROOT
+
+    values = yaml.safe_load((REPO_ROOT / "charts" / "spotrun" / "values.yaml").read_text())
+    assert main.parse_args([]).metrics_port == values["operator"]["metricsPort"] == 8000
