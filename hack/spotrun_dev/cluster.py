@@ -38,6 +38,8 @@ WEBHOOK_CONFIG = "validator.training-operator.kubeflow.org"  # the name the oper
 PYTORCHJOB_WEBHOOK_PATH = "/validate-kubeflow-org-v1-pytorchjob"
 STATE_FILE = paths.CLUSTER_DIR / "state.json"
 TRAINING_OPERATOR_LOG = paths.CLUSTER_DIR / "training-operator.log"
+# cert-controller expects the kubelet to mount its Secret here (a fixed path in the binary).
+WEBHOOK_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
 
 
 class ClusterError(RuntimeError):
@@ -199,7 +201,7 @@ def install_training_operator_prereqs(api: client.ApiClient, webhook_port: int) 
     except ApiException as exc:
         if exc.status != 404:
             raise
-        certs = webhook_certs.generate()
+        certs = _machine_webhook_certs()
         core.create_namespaced_secret(
             KUBEFLOW_NS,
             {"metadata": {"name": WEBHOOK_SECRET}, "type": "Opaque", "data": certs.secret_data()},
@@ -245,8 +247,22 @@ def stop_training_operator() -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
-# cert-controller expects the kubelet to mount its Secret here (a fixed path in the binary).
-WEBHOOK_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
+def _machine_webhook_certs() -> webhook_certs.WebhookCerts:
+    """The certificates already in the training operator's fixed cert directory, if any.
+
+    That directory is one per machine, and a running training operator reloads whatever is
+    written there; a second local cluster (a CI clone beside a developer's) must therefore
+    serve the same certificates, or it would break the first one's webhook.
+    """
+    files = {k: WEBHOOK_CERT_DIR / k for k in ("ca.crt", "ca.key", "tls.crt", "tls.key")}
+    if all(f.is_file() for f in files.values()):
+        return webhook_certs.WebhookCerts(
+            ca_crt=files["ca.crt"].read_bytes(),
+            ca_key=files["ca.key"].read_bytes(),
+            tls_crt=files["tls.crt"].read_bytes(),
+            tls_key=files["tls.key"].read_bytes(),
+        )
+    return webhook_certs.generate()
 
 
 def mount_webhook_secret(core: client.CoreV1Api) -> None:
