@@ -60,7 +60,7 @@ lint: venv
 	bash hack/sync-chart-crds.sh --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy operator trainer hack/spotrun_dev bench
+	$(BIN)/mypy operator trainer hack/spotrun_dev bench tests
 
 fmt: venv
 	$(BIN)/ruff format .

@@ -16,7 +16,7 @@ PYTORCHJOB = ("kubeflow.org", "v1", "pytorchjobs")
 def poll(what: str, fn: Callable[[], T | None], timeout: float = 60, interval: float = 0.25) -> T:
     """Call ``fn`` until it returns something truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | None = None
     while time.monotonic() < deadline:
         last = fn()
         if last:
@@ -84,7 +84,8 @@ def running_pods(core: client.CoreV1Api, namespace: str, job: str, n: int) -> li
             return pods
         return None
 
-    return poll(f"{n} running pods of {job}", ready, timeout=90)
+    pods: list[client.V1Pod] = poll(f"{n} running pods of {job}", ready, timeout=90)
+    return pods
 
 
 def job_condition(

@@ -27,7 +27,8 @@ def _start_job(
     custom.create_namespaced_custom_object(
         *PYTORCHJOB[:2], namespace, PYTORCHJOB[2], pytorchjob("job", workers=workers)
     )
-    return running_pods(core, namespace, "job", workers + 1)
+    pods: list[client.V1Pod] = running_pods(core, namespace, "job", workers + 1)
+    return pods
 
 
 def _master(pods: list[client.V1Pod]) -> client.V1Pod:
@@ -40,7 +41,7 @@ def _node_gone(core: client.CoreV1Api, name: str) -> bool:
     try:
         core.read_node(name)
     except ApiException as exc:
-        return exc.status == 404
+        return bool(exc.status == 404)
     return False
 
 
@@ -74,6 +75,7 @@ def test_evicting_signals_taint_cordon_evict_then_delete_node(
                 and bool(e.obj["spec"].get("unschedulable"))
             ),
         )
+        assert taint_key is not None
         taint = _taints(tainted.obj)[taint_key]
         assert taint["effect"] == "NoSchedule"
         if signal == "karpenter":

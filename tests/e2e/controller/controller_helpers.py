@@ -70,7 +70,8 @@ def wait_status(
         return st if pred(st) else None
 
     try:
-        return poll(what, check, timeout=timeout)
+        found: dict[str, Any] = poll(what, check, timeout=timeout)
+        return found
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nlast status: {status(custom, namespace, name)}") from None
 
@@ -106,7 +107,10 @@ def running_gang(
         ok = len(ps) == n and all(p.status.phase == "Running" for p in ps)
         return ps if ok else None
 
-    return poll(f"{n} running pods of {run} attempt {attempt}", ready, timeout=timeout)
+    gang: list[client.V1Pod] = poll(
+        f"{n} running pods of {run} attempt {attempt}", ready, timeout=timeout
+    )
+    return gang
 
 
 def env(pod: client.V1Pod) -> dict[str, str]:

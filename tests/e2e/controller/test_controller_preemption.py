@@ -36,7 +36,9 @@ def _one_live_attempt(
     custom: client.CustomObjectsApi, namespace: str, run: str, attempt: int
 ) -> bool:
     st = status(custom, namespace, run)
-    return jobs(custom, namespace, run) == [f"{run}-a{attempt}"] and st.get("attempt") == attempt
+    return bool(
+        jobs(custom, namespace, run) == [f"{run}-a{attempt}"] and st.get("attempt") == attempt
+    )
 
 
 @pytest.mark.parametrize("signal", ["nth", "karpenter", "asg", "loss", "shutdown"])

@@ -56,8 +56,14 @@ def test_chart_metadata() -> None:
 # ----------------------------------------------------------------------------- render
 def test_defaults_render_the_core_objects_only() -> None:
     docs = render()
-    expected = ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment",
-                "Service", "ServiceAccount"]
+    expected = [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+    ]
     assert kinds(docs) == sorted(expected)
 
 
@@ -170,8 +176,9 @@ NAMESPACED_GRANTS = {
 CLUSTER_GRANTS = {
     ("", "nodes"): {"get", "list", "watch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
-    ("", "namespaces"): {"list", "watch"},
 }
+# Namespaced mode only: kopf watches namespaces when it is not cluster-wide.
+NAMESPACE_GRANTS = {("", "namespaces"): {"list", "watch"}}
 
 
 def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -201,7 +208,7 @@ def test_clusterwide_rbac_grants_exactly_the_operators_verbs() -> None:
 def test_namespaced_rbac_uses_a_role_per_namespace() -> None:
     docs = render(*ALL)
     cluster_role = one(docs, "ClusterRole")
-    assert grants(cluster_role["rules"]) == CLUSTER_GRANTS
+    assert grants(cluster_role["rules"]) == CLUSTER_GRANTS | NAMESPACE_GRANTS
     assert one(docs, "ClusterRoleBinding")["roleRef"]["name"] == cluster_role["metadata"]["name"]
     roles = find(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-team", "research"]
@@ -223,7 +230,9 @@ def test_rbac_rules_are_listed_once_with_a_comment_each() -> None:
     lines = template.splitlines()
     rule_lines = [i for i, line in enumerate(lines) if line.startswith("- apiGroups:")]
     # configmaps+secrets and roles+rolebindings share a rule each.
-    assert len(rule_lines) == len(NAMESPACED_GRANTS) - 2 + len(CLUSTER_GRANTS)
+    assert len(rule_lines) == (
+        len(NAMESPACED_GRANTS) - 2 + len(CLUSTER_GRANTS) + len(NAMESPACE_GRANTS)
+    )
     for i in rule_lines:
         assert lines[i - 1].startswith("# "), f"rule at _rbac.tpl:{i + 1} has no comment"
     for path in (CHART_DIR / "templates").glob("*.yaml"):

@@ -10,6 +10,7 @@ from controller_fakes import at, gang, job, node, pod
 
 from spotrun_dev import traces
 from spotrun_operator import classify as c
+from spotrun_operator import signals
 from spotrun_operator.classify import Kind, NodeInfo
 
 
@@ -64,7 +65,7 @@ def test_eviction_api_disruption_target_is_a_preemption() -> None:
         "w", node_name="n2", master=False, disruption="EvictionByEvictionAPI", deleting=True
     )
     v = verdict(pods)
-    assert (v.kind, v.reason, v.node) == (Kind.PREEMPTED, c.EVICTION, "n2")
+    assert (v.kind, v.reason, v.node) == (Kind.PREEMPTED, signals.EVICTION, "n2")
 
 
 def test_taint_on_the_node_names_the_cause_of_an_eviction() -> None:

@@ -87,8 +87,8 @@ def test_observe_keeps_the_last_state_of_pods_a_fresh_list_no_longer_has() -> No
     }
     run = {"metadata": {"name": "r", "namespace": "ml", "uid": "ru"}, "spec": {}}
     obs = observe(
-        _FakeKube([replacement], {"spot-1": node}),
-        run,  # type: ignore[arg-type]
+        _FakeKube([replacement], {"spot-1": node}),  # type: ignore[arg-type]
+        run,
         remembered_nodes={},
         seen_pods=[evicted, replacement],
         interrupted_nodes=[],
