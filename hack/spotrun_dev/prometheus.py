@@ -2,8 +2,12 @@
 
 Starts Debian's ``/usr/bin/prometheus`` (hack/install-prometheus.sh installs it) on a free
 127.0.0.1 port with a generated config: the given scrape targets at a 1 s interval, TSDB in
-a temporary directory, optional rule files. ``query`` runs an instant query through the
-HTTP API; ``wait_for`` polls one until a predicate holds. Use it as a context manager::
+a temporary directory, optional rule files. A job's targets are "host:port" strings, or
+static target groups ``{"targets": [...], "labels": {...}}`` (labels as a PodMonitor's
+relabelling would set them). ``query`` runs an instant query through the HTTP API,
+``query_range`` a range query (what a Grafana panel runs); ``wait_for`` polls a query until
+a predicate holds; ``rules``/``alerts`` show the rule engine's state. Use it as a context
+manager::
 
     with Prometheus.start({"spotrun-operator": ["127.0.0.1:8000"]}) as prom:
         prom.wait_for('up{job="spotrun-operator"}', lambda s: any(x.value == 1 for x in s))
@@ -46,6 +50,30 @@ class Sample:
     timestamp: float
 
 
+@dataclass(frozen=True)
+class Series:
+    """One element of a range query's matrix: (timestamp, value) pairs."""
+
+    labels: dict[str, str]
+    values: list[tuple[float, float]]
+
+
+# A job's targets: "host:port" strings, or static groups {"targets": [...], "labels": {...}}.
+Targets = Sequence[str] | Sequence[Mapping[str, Any]]
+
+
+def _static_configs(targets: Targets) -> list[dict[str, Any]]:
+    plain = [t for t in targets if isinstance(t, str)]
+    groups: list[dict[str, Any]] = [{"targets": plain}] if plain else []
+    for t in targets:
+        if not isinstance(t, str):
+            group: dict[str, Any] = {"targets": list(t["targets"])}
+            if t.get("labels"):
+                group["labels"] = dict(t["labels"])
+            groups.append(group)
+    return groups or [{"targets": []}]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now (it may be taken again before use)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -55,13 +83,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def render_config(
-    jobs: Mapping[str, Sequence[str]],
+    jobs: Mapping[str, Targets],
     *,
     scrape_interval: str = "1s",
     metrics_path: str = "/metrics",
     rule_files: Sequence[Path] = (),
 ) -> str:
-    """prometheus.yml scraping ``jobs`` (job name → ["host:port", ...])."""
+    """prometheus.yml scraping ``jobs`` (job name → targets)."""
     config: dict[str, Any] = {
         "global": {
             "scrape_interval": scrape_interval,
@@ -72,7 +100,7 @@ def render_config(
             {
                 "job_name": job,
                 "metrics_path": metrics_path,
-                "static_configs": [{"targets": list(targets)}],
+                "static_configs": _static_configs(targets),
             }
             for job, targets in jobs.items()
         ],
@@ -94,7 +122,7 @@ class Prometheus:
     @classmethod
     def start(
         cls,
-        jobs: Mapping[str, Sequence[str]],
+        jobs: Mapping[str, Targets],
         *,
         binary: Path = PROMETHEUS_BIN,
         scrape_interval: str = "1s",
@@ -194,6 +222,29 @@ class Prometheus:
             ts, value = data["result"]
             return [Sample({}, float(value), float(ts))]
         raise PrometheusError(f"query {expr!r} returned a {kind}, not an instant vector")
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[Series]:
+        """Range query from ``start`` to ``end`` (Unix seconds) every ``step`` seconds."""
+        data = self.api(
+            "query_range",
+            {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"},
+        )
+        if data["resultType"] != "matrix":
+            raise PrometheusError(f"query_range {expr!r} returned a {data['resultType']}")
+        return [
+            Series(dict(r["metric"]), [(float(t), float(v)) for t, v in r["values"]])
+            for r in data["result"]
+        ]
+
+    def rules(self) -> list[dict[str, Any]]:
+        """Every loaded rule (``groups[].rules[]``) with its health and last error."""
+        groups: list[dict[str, Any]] = self.api("rules")["groups"]
+        return [rule for group in groups for rule in group["rules"]]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Active (pending or firing) alerts."""
+        active: list[dict[str, Any]] = self.api("alerts")["alerts"]
+        return active
 
     def targets(self) -> list[dict[str, Any]]:
         """The active scrape targets with their health and last error."""

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import kopf
 from prometheus_client import CollectorRegistry
 
 from spotrun_operator import __version__, config, handlers, kube, metrics
-from spotrun_operator.cost import Price, Prices
-from spotrun_operator.runner import Memory, PriceSource, Runner, table_prices
+from spotrun_operator.cost import Price, Prices, price_table
+from spotrun_operator.pricing import BackgroundPriceBook, PriceBook, PricingConfig
+from spotrun_operator.runner import Memory, PriceSource, Runner
 
 log = logging.getLogger("spotrun_operator")
 
@@ -30,6 +33,26 @@ _TUNABLES: tuple[tuple[str, type, str], ...] = (
     ("cost_update_seconds", float, "minimum spacing of cost-only status writes"),
     ("history_limit", int, "attempts kept in status.attempts"),
 )
+
+
+def _on_demand_price(text: str) -> tuple[str, float]:
+    itype, sep, usd = text.partition("=")
+    try:
+        value = float(usd)
+    except ValueError:
+        value = float("nan")
+    if not (sep and itype.strip() and math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected TYPE=USD_PER_HOUR (> 0), got {text!r}")
+    return itype.strip(), value
+
+
+def _on_demand_env(text: str) -> list[tuple[str, float]]:
+    return [_on_demand_price(item) for item in text.split(",") if item.strip()]
+
+
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name)
+    return float(value) if value else None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -51,7 +74,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
     )
     p.add_argument(
-        "--metrics-port", type=int, default=9100, help="Prometheus /metrics port (0: off)"
+        "--metrics-port", type=int, default=8000, help="Prometheus /metrics port (0: off)"
     )
     p.add_argument("--metrics-address", default="0.0.0.0", help="Prometheus listen address")
     p.add_argument(
@@ -59,6 +82,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=("aws", "table"),
         default="aws",
         help="spot prices from EC2 DescribeSpotPriceHistory (aws) or the built-in table",
+    )
+    p.add_argument(
+        "--aws-endpoint-url",
+        metavar="URL",
+        default=os.environ.get("SPOTRUN_AWS_ENDPOINT_URL") or None,
+        help="EC2 endpoint asked for spot prices (a VPC endpoint, a test server); default: "
+        "boto3's (AWS_ENDPOINT_URL_EC2, else the region's)",
+    )
+    p.add_argument(
+        "--aws-region",
+        default=os.environ.get("SPOTRUN_AWS_REGION") or None,
+        help="region of the spot prices; default: AWS_DEFAULT_REGION, AWS_REGION, AWS config",
+    )
+    p.add_argument(
+        "--on-demand-price",
+        action="append",
+        type=_on_demand_price,
+        metavar="TYPE=USD",
+        default=_on_demand_env(os.environ.get("SPOTRUN_ON_DEMAND_PRICES", "")),
+        help="on-demand USD per hour of an instance type, over the built-in us-east-1 list "
+        "prices (repeatable; env SPOTRUN_ON_DEMAND_PRICES=TYPE=USD,TYPE=USD)",
+    )
+    p.add_argument(
+        "--spot-fraction",
+        type=float,
+        default=_env_float("SPOTRUN_SPOT_FRACTION"),
+        help="spot price estimated as this share of on-demand when AWS gives none (0.35)",
+    )
+    p.add_argument(
+        "--price-refresh-seconds",
+        type=float,
+        default=_env_float("SPOTRUN_PRICE_REFRESH_SECONDS"),
+        help="reuse spot prices fetched from AWS this long (600)",
     )
     p.add_argument(
         "--restart-on-rebalance",
@@ -74,12 +130,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def aws_prices() -> PriceSource:
-    """Spot prices from AWS (cached, refreshed in the background of reconciles), with the
-    PricingAvailable condition telling runs when the figures are only estimates."""
-    from spotrun_operator.pricing import PriceBook
+def pricing_config(args: argparse.Namespace) -> PricingConfig:
+    """Where spot prices come from and the on-demand table, from the flags."""
+    fields: dict[str, Any] = {
+        "region": args.aws_region,
+        "endpoint_url": args.aws_endpoint_url,
+        "on_demand_overrides": dict(args.on_demand_price or ()),
+    }
+    if args.spot_fraction is not None:
+        fields["spot_fraction"] = args.spot_fraction
+    if args.price_refresh_seconds is not None:
+        fields["refresh_seconds"] = args.price_refresh_seconds
+    return PricingConfig(**fields)
 
-    book = PriceBook()
+
+def table_prices(pricing: PricingConfig) -> PriceSource:
+    """Spot prices estimated from the on-demand table (no AWS, no PricingAvailable)."""
+    table = price_table(pricing.on_demand_table(), pricing.spot_fraction)
+
+    def source(_types: Sequence[str]) -> tuple[Mapping[str, Price] | Prices, None]:
+        return table, None
+
+    return source
+
+
+def aws_prices(pricing: PricingConfig | None = None) -> PriceSource:
+    """Spot prices from AWS (cached for ``refresh_seconds``, fetched on a thread of their
+    own so that a slow AWS never holds reconciles up), with the PricingAvailable condition
+    telling runs when the figures are only estimates."""
+    book = BackgroundPriceBook(PriceBook(pricing))
 
     def source(types: Sequence[str]) -> tuple[Mapping[str, Price] | Prices, Mapping[str, str]]:
         snap = book.snapshot(types)
@@ -99,7 +178,8 @@ def build_runner(args: argparse.Namespace, registry: CollectorRegistry) -> Runne
     overrides["restart_on_rebalance"] = args.restart_on_rebalance
     cfg = config.with_overrides(config.from_env(), overrides)
     api = kube.load_api_client(args.kubeconfig)
-    prices = aws_prices() if args.pricing == "aws" else table_prices
+    pricing = pricing_config(args)
+    prices = aws_prices(pricing) if args.pricing == "aws" else table_prices(pricing)
     return Runner(
         kube.Kube(api),
         cfg,

@@ -82,9 +82,20 @@ class Event:
 class MetricEvent:
     """Something to count once the status write that decided it succeeded."""
 
-    name: str  # preemption | failure | lost_work | recovery
+    name: str  # preemption | failure | lost_work | recovery | placement
     labels: Mapping[str, str] = field(default_factory=dict)
     value: float = 1.0
+
+
+@dataclass(frozen=True)
+class RunGauges:
+    """Per-run figures exported as gauges after each reconcile (None: no such series)."""
+
+    spot_usd: float = 0.0
+    on_demand_usd: float = 0.0
+    savings_ratio: float | None = None  # 1 - paid / on-demand equivalent; None: nothing priced
+    budget_used_ratio: float | None = None  # None: the run has no spec.budget.maxUSD
+    checkpoint_interval_seconds: float | None = None  # of the live attempt
 
 
 @dataclass
@@ -96,3 +107,4 @@ class Decision:
     requeue_after: float = 30.0
     phase: str | None = None
     checkpoint_time: str | None = None
+    gauges: RunGauges | None = None

@@ -156,7 +156,16 @@ def _budget(r: Recovery, spec: RunSpec, n: int) -> None:
         warned=r.budget_warned(),
         grace_seconds=spec.termination_grace_period_seconds,
     )
-    r.set_condition("WithinBudget", not d.stop, d.reason, d.message)
+    # The message names the spend, which moves every second: rewrite it no more often than
+    # the cost itself (cost_update_seconds), unless the verdict or the spec changed.
+    old = st_.get_condition(r.st.get("conditions") or [], "WithinBudget") or {}
+    same = (old.get("status"), old.get("reason"), old.get("observedGeneration")) == (
+        "False" if d.stop else "True",
+        d.reason,
+        r.obs.ref.generation,
+    )
+    if not same or _cost_due(r):
+        r.set_condition("WithinBudget", not d.stop, d.reason, d.message)
     if d.emit_warning:
         r.event("Warning", d.reason, d.message)
     if d.stop:
@@ -164,6 +173,12 @@ def _budget(r: Recovery, spec: RunSpec, n: int) -> None:
         r.event("Warning", d.reason, f"attempt {n}: {d.message}")
         r.st["message"] = d.message
         r.stop_gang(n)
+
+
+def _cost_due(r: Recovery) -> bool:
+    """status.cost was last written cost_update_seconds ago or more (or never)."""
+    at = parse_time((r.old.get("cost") or {}).get("updatedAt"))
+    return at is None or (r.obs.now - at).total_seconds() >= r.cfg.cost_update_seconds
 
 
 def _preempted(r: Recovery, spec: RunSpec, n: int, entry: dict[str, Any], v: Verdict) -> None:
@@ -293,6 +308,10 @@ def _progressing(
         zones=[x.zone for x in known if x.zone] or None,
     )
     r.event("Normal", "AttemptRunning", f"attempt {n} running on {', '.join(nodes)}")
+    # Zero-valued preemption series for where the gang runs, so that increase() over
+    # spotrun_preemptions_total counts the first preemption there too.
+    for itype, zone in sorted({(x.instance_type, x.zone) for x in known}):
+        r.metric("placement", instance_type=itype or "", zone=zone or "")
     r.st["message"] = f"attempt {n} running"
     prev = r.entry(n - 1)
     last = r.st.get("lastPreemption") or {}

@@ -1,9 +1,9 @@
 {{/*
 THE ONLY PLACE THE OPERATOR'S PERMISSIONS ARE LISTED. rbac.yaml binds these rules:
-clusterwide mode puts both lists in one ClusterRole; namespaced mode puts
-"spotrun.rbac.namespacedRules" in a Role per watched namespace and
-"spotrun.rbac.clusterRules" (cluster-scoped objects, which a Role cannot grant) in a
-small ClusterRole. Every verb here is one the operator (or kopf under it) uses; add a
+clusterwide mode puts "spotrun.rbac.namespacedRules" and "spotrun.rbac.clusterRules" in
+one ClusterRole; namespaced mode puts "spotrun.rbac.namespacedRules" in a Role per watched
+namespace and "spotrun.rbac.clusterRules" plus "spotrun.rbac.namespaceRules"
+(cluster-scoped objects, which a Role cannot grant) in a small ClusterRole. Every verb here is one the operator (or kopf under it) uses; add a
 rule only with a comment saying which code needs it.
 */}}
 
@@ -69,7 +69,12 @@ rule only with a comment saying which code needs it.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
-# kopf follows namespaces to start and stop its per-namespace watch streams.
+{{- end }}
+
+{{- define "spotrun.rbac.namespaceRules" -}}
+# Namespaced mode only: kopf lists and watches namespaces to start and stop its
+# per-namespace watch streams (with --all-namespaces it watches cluster-wide and never
+# reads namespaces, so the clusterwide ClusterRole leaves this out).
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]

@@ -57,3 +57,34 @@ def test_config_scrapes_every_second() -> None:
     config = render_config({"a": ["127.0.0.1:1"]}, rule_files=[Path("/x.yaml")])
     assert "scrape_interval: 1s" in config and "scrape_timeout: 1s" in config
     assert "- 127.0.0.1:1" in config and "- /x.yaml" in config
+
+
+def test_target_labels_range_queries_and_rules(prometheus_bin: Path, tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    Gauge("spotrun_trainer_step", "Optimizer steps done.", registry=registry).set(7)
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "groups: [{name: g, rules: [{alert: StepLow, expr: 'spotrun_trainer_step < 10'}]}]\n"
+    )
+    try:
+        target = f"127.0.0.1:{server.server_port}"
+        group = {"targets": [target], "labels": {"namespace": "ml", "run": "llm"}}
+        with Prometheus.start(
+            {"spotrun-trainer": [group]}, binary=prometheus_bin, rule_files=[rules]
+        ) as prom:
+            (sample,) = prom.wait_for("spotrun_trainer_step", bool, timeout=30)
+            assert (sample.labels["namespace"], sample.labels["run"]) == ("ml", "llm")
+            (series,) = prom.query_range(
+                "spotrun_trainer_step", sample.timestamp - 5, sample.timestamp + 1, 1
+            )
+            assert series.labels["run"] == "llm" and series.values[-1][1] == 7
+            (rule,) = prom.rules()
+            assert (rule["name"], rule["health"]) == ("StepLow", "ok")
+            alerts = prom.wait_for("ALERTS", bool, timeout=30)
+            assert alerts[0].labels["alertname"] == "StepLow"
+            assert prom.alerts()[0]["labels"]["run"] == "llm"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+import pytest
 from prometheus_client import CollectorRegistry
 
 from spotrun_operator import handlers, main
 from spotrun_operator.config import OperatorConfig, from_env, with_overrides
+from spotrun_operator.cost import Price
 from spotrun_operator.metrics import Metrics
 from spotrun_operator.runner import Memory, Runner
 
@@ -155,3 +157,36 @@ def test_default_metrics_port_is_the_charts() -> None:
 
     values = yaml.safe_load((REPO_ROOT / "charts" / "spotrun" / "values.yaml").read_text())
     assert main.parse_args([]).metrics_port == values["operator"]["metricsPort"] == 8000
+
+
+def test_pricing_flags_build_the_price_book_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPOTRUN_AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
+    monkeypatch.setenv("SPOTRUN_ON_DEMAND_PRICES", "p4d.24xlarge=30, g5.xlarge=1.1")
+    args = main.parse_args(
+        [
+            "--on-demand-price",
+            "p4d.24xlarge=31.5",
+            "--on-demand-price=p9.huge=100",
+            "--spot-fraction=0.4",
+            "--price-refresh-seconds=120",
+            "--aws-region=eu-west-1",
+        ]
+    )
+    cfg = main.pricing_config(args)
+    assert (cfg.endpoint_url, cfg.region) == ("http://127.0.0.1:5000", "eu-west-1")
+    assert (cfg.spot_fraction, cfg.refresh_seconds) == (0.4, 120.0)
+    # The flag wins over the environment; other types keep the built-in list prices.
+    table = cfg.on_demand_table()
+    assert (table["p4d.24xlarge"], table["g5.xlarge"], table["p9.huge"]) == (31.5, 1.1, 100.0)
+    assert table["p5.48xlarge"] == 98.32
+    prices, condition = main.table_prices(cfg)(["p4d.24xlarge"])
+    assert condition is None
+    assert prices["p4d.24xlarge"] == Price(0.4 * 31.5, 31.5)  # type: ignore[index]
+    defaults = main.pricing_config(main.parse_args([]))
+    assert (defaults.spot_fraction, defaults.refresh_seconds) == (0.35, 600.0)
+
+
+@pytest.mark.parametrize("bad", ["p4d.24xlarge", "p4d.24xlarge=", "=3", "p4d.24xlarge=-1"])
+def test_bad_on_demand_prices_are_refused(bad: str) -> None:
+    with pytest.raises(SystemExit):
+        main.parse_args(["--on-demand-price", bad])

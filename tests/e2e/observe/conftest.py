@@ -1,0 +1,58 @@
+"""Fixtures of the install-and-observe tests.
+
+They reuse the operator e2e fixtures (``crd``, ``checkpoint_pvc``, the ``Operator``
+subprocess) from tests/e2e/controller/conftest.py and its helpers, and the dashboard
+parsing of tests/unit/chart/chartkit.py, instead of copies.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_E2E = Path(__file__).resolve().parents[1]
+for _dir in (_E2E / "controller", _E2E.parent / "unit" / "chart"):
+    if str(_dir) not in sys.path:
+        sys.path.insert(0, str(_dir))
+
+# Re-exported: pytest finds fixtures and hooks by name in this module.
+from controller_fixtures import checkpoint_pvc, crd, pytest_runtest_makereport  # noqa: E402
+from observe_helpers import HELM, AuditLog, Helm  # noqa: E402
+
+from spotrun_dev.cluster import LocalCluster  # noqa: E402
+
+__all__ = ["checkpoint_pvc", "crd", "pytest_runtest_makereport"]
+
+
+@pytest.fixture(scope="session")
+def helm(cluster: LocalCluster) -> Helm:
+    """The pinned helm (hack/build-binaries.sh builds it with the cluster's binaries)."""
+    if not os.access(HELM, os.X_OK):
+        pytest.fail(f"{HELM} is missing: run `bash hack/build-binaries.sh tools`", pytrace=False)
+    return Helm(cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def audit(cluster: LocalCluster) -> AuditLog:
+    log = AuditLog()
+    if cluster.name == "external":
+        pytest.fail("these tests read the local cluster's audit log", pytrace=False)
+    log.offset()  # fails when the log is missing
+    return log
+
+
+@pytest.fixture
+def operator_log(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[Any]]:
+    """Operators a test starts: stopped afterwards, their log shown when the test failed."""
+    made: list[Any] = []
+    yield made
+    rep = getattr(request.node, "rep_call", None)
+    for op in made:
+        op.stop()
+        if rep is not None and rep.failed:
+            sys.stderr.write(f"\n--- operator log ({op.log_path}) ---\n{op.log()}\n")
