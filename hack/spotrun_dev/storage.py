@@ -35,6 +35,12 @@ def ensure_checkpoint_claim(core: client.CoreV1Api, namespace: str, name: str = 
     except ApiException as exc:
         if exc.status != 409:
             raise
+        # Left Released by an earlier claim of the same name (a recreated namespace): free
+        # it for the new claim, as an admin does, by dropping the old claim's uid.
+        if core.read_persistent_volume(pv).status.phase == "Released":
+            core.patch_persistent_volume(
+                pv, {"spec": {"claimRef": {"uid": None, "resourceVersion": None}}}
+            )
     try:
         core.create_namespaced_persistent_volume_claim(
             namespace,
