@@ -80,7 +80,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--pricing",
         choices=("aws", "table"),
-        default="aws",
+        default=os.environ.get("SPOTRUN_PRICING") or "aws",
         help="spot prices from EC2 DescribeSpotPriceHistory (aws) or the built-in table",
     )
     p.add_argument(

@@ -28,6 +28,7 @@ from spotrun_operator.plan import (
     Event,
     MetricEvent,
     Observed,
+    RunGauges,
 )
 from spotrun_operator.spec import RunSpec
 
@@ -369,6 +370,20 @@ class Recovery:
             requeue_after=self._requeue,
             phase=phase,
             checkpoint_time=prog.get("checkpointTime"),
+            gauges=self._gauges(cost),
+        )
+
+    def _gauges(self, cost: Cost) -> RunGauges:
+        live = self.entry(int(self.st.get("attempt") or 0)) or {}
+        interval = live.get("checkpointIntervalSeconds")
+        max_usd = self.spec.max_usd if self.spec else None
+        equivalent = cost.on_demand_equivalent_usd
+        return RunGauges(
+            spot_usd=cost.spot_usd,
+            on_demand_usd=cost.on_demand_usd,
+            savings_ratio=1.0 - cost.total_usd / equivalent if equivalent > 0 else None,
+            budget_used_ratio=cost.total_usd / max_usd if max_usd else None,
+            checkpoint_interval_seconds=float(interval) if interval else None,
         )
 
     def _update_cost(self, cost: Cost, phase: str) -> None:

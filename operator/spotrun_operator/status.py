@@ -79,7 +79,8 @@ def set_condition(
     now: dt.datetime,
     generation: int,
 ) -> list[dict[str, Any]]:
-    """Conditions with ``ctype`` set; lastTransitionTime moves only when status changes."""
+    """Conditions with ``ctype`` set in place (a condition left as it was keeps the list
+    as it was: no write); lastTransitionTime moves only when status changes."""
     value = status if isinstance(status, str) else ("True" if status else "False")
     old = get_condition(conditions, ctype)
     changed = old is None or old.get("status") != value
@@ -91,8 +92,9 @@ def set_condition(
         "lastTransitionTime": fmt_time(now) if changed else old["lastTransitionTime"],  # type: ignore[index]
         "observedGeneration": generation,
     }
-    out = [dict(c) for c in conditions if c.get("type") != ctype]
-    out.append(new)
+    out = [new if c.get("type") == ctype else dict(c) for c in conditions]
+    if old is None:
+        out.append(new)
     return out
 
 

@@ -41,7 +41,10 @@ class Recorder:
 
     def _run(self) -> None:
         initial = self.list_fn(**self.kwargs)
-        rv = initial.metadata.resource_version
+        if isinstance(initial, dict):  # custom objects come as plain dicts
+            rv = initial["metadata"]["resourceVersion"]
+        else:
+            rv = initial.metadata.resource_version
         self._ready.set()
         try:
             for ev in self._watch.stream(

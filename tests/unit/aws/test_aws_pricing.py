@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,7 +13,9 @@ from aws_fakes import T0, ErrorProxy, FakeClock, SpotHistory, rec
 
 from spotrun_operator.cost import Price
 from spotrun_operator.pricing import (
+    BackgroundPriceBook,
     PriceBook,
+    PriceSnapshot,
     PricingConfig,
     Quote,
     SpotPrice,
@@ -287,3 +292,64 @@ def test_unexpected_errors_fall_back_instead_of_raising() -> None:
     assert (cond.status, cond.reason) == ("False", "AWSError")
     assert "RuntimeError: endpoint resolver exploded" in cond.message
     assert snap.spot_quote(P4D).source == "table-estimate"
+
+
+class GatedBook(PriceBook):
+    """A PriceBook whose every snapshot first waits for ``gate``: AWS hanging."""
+
+    def __init__(self, gate: threading.Event, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.gate = gate
+
+    def snapshot(self, instance_types: Iterable[str]) -> PriceSnapshot:
+        assert self.gate.wait(30)
+        return super().snapshot(instance_types)
+
+
+def timed(fn: Callable[[], PriceSnapshot]) -> tuple[PriceSnapshot, float]:
+    start = time.monotonic()
+    snap = fn()
+    return snap, time.monotonic() - start
+
+
+def eventually(what: str, fn: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not fn():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_background_book_never_holds_callers_up_while_aws_hangs(
+    moto_url: str, spot_history: SpotHistory
+) -> None:
+    spot_history.records = list(RECORDS)
+    gate, clock = threading.Event(), FakeClock()
+    cfg = PricingConfig(region="us-east-1", endpoint_url=moto_url)
+    prices = BackgroundPriceBook(GatedBook(gate, cfg, clock=clock), wait_seconds=0.2)
+
+    # Before AWS ever answered: table estimates after the short wait, and the reason.
+    snap, took = timed(lambda: prices.snapshot([P4D]))
+    assert took < 2
+    cond = snap.condition()
+    assert (cond.status, cond.reason) == ("False", "EndpointUnreachable")
+    assert "DescribeSpotPriceHistory in us-east-1: no answer after 0.2s yet" in cond.message
+    assert "p4d.24xlarge spot estimated 35% x $32.77/h" in cond.message
+    assert snap.spot_quote(P4D).source == "table-estimate"
+
+    gate.set()  # AWS answers: the next caller gets its prices
+    eventually("AWS prices", lambda: prices.snapshot([P4D]).condition().status == "True")
+    assert prices.snapshot([P4D]).spot_quote(P4D, "us-east-1a").usd_per_hour == 12.25
+
+    # The refresh hangs: the caller that started it waits briefly, the others not at all,
+    # and both keep the last answer.
+    gate.clear()
+    clock.advance(601)
+    spot_history.records.append(rec(P4D, "us-east-1a", "14.0000", T0 + 5 * MIN))
+    for most in (2.0, 0.1):
+        snap, took = timed(lambda: prices.snapshot([P4D]))
+        assert took < most and snap.spot_quote(P4D, "us-east-1a").usd_per_hour == 12.25
+    gate.set()
+    eventually(
+        "the refreshed price",
+        lambda: prices.snapshot([P4D]).spot_quote(P4D, "us-east-1a").usd_per_hour == 14.0,
+    )

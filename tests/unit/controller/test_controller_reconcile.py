@@ -342,6 +342,30 @@ def test_budget_warns_then_suspends_then_resumes_when_raised() -> None:
     assert st["cost"]["totalUSD"] > 80 and st["cost"]["savingsPercent"] > 50
 
 
+def test_budget_condition_is_rewritten_no_more_often_than_the_cost() -> None:
+    """The WithinBudget message names the spend, which moves every second: a reconcile
+    woken by a trainer's progress patch must not write status for that alone."""
+    st = running_status()
+    budget = {"budget": {"maxUSD": 100}}
+
+    def at(now: float, status: dict[str, Any], **spec: Any) -> Decision:
+        obs = observed(
+            now=now, spec_over={**budget, **spec}, status=status, jobs={1: job(1)}, pods=gang(1)
+        )
+        return decide(obs, CFG)
+
+    st = merge(st, at(1000, st))
+    first = cond(st, "WithinBudget")
+    assert first["message"] == "spent $6.34 of the $100.00 budget (6.3%)"
+    assert at(1000 + CFG.cost_update_seconds - 1, st).status is None  # spend moved: no write
+    d = at(1000 + CFG.cost_update_seconds, st)  # due with the cost
+    assert d.status is not None and d.status["cost"]["totalUSD"] > st["cost"]["totalUSD"]
+    assert cond(merge(st, d), "WithinBudget")["message"] != first["message"]
+    # A new verdict is written at once.
+    d = at(1010, st, budget={"maxUSD": 7})
+    assert d.status is not None and cond(merge(st, d), "WithinBudget")["reason"] != "WithinBudget"
+
+
 def test_backoff_grows_for_repeated_preemptions() -> None:
     st = running_status()
     delays = []

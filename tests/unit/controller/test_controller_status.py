@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from controller_fakes import CFG, at, ts
+from controller_fakes import CFG, at, gang, job, observed, ts
 from prometheus_client import CollectorRegistry, generate_latest
 
 from spotrun_operator import status as s
-from spotrun_operator.metrics import Metrics
-from spotrun_operator.plan import MetricEvent
+from spotrun_operator.cost import DEFAULT_PRICES
+from spotrun_operator.metrics import SIGNALS, Metrics
+from spotrun_operator.plan import Decision, MetricEvent, RunGauges
+from spotrun_operator.reconcile import decide
 
 
 def test_condition_transition_time_moves_only_on_change() -> None:
@@ -159,3 +161,121 @@ def test_metrics_names_labels_and_per_run_cleanup() -> None:
 def test_metrics_never_register_globally() -> None:
     Metrics(CollectorRegistry())
     Metrics(CollectorRegistry())  # a second instance would collide on a global registry
+
+
+def _value(reg: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return reg.get_sample_value(name, labels)
+
+
+def _series(reg: CollectorRegistry, name: str) -> list[dict[str, str]]:
+    return [
+        dict(sample.labels)
+        for family in reg.collect()
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def test_per_run_gauges_and_their_cleanup() -> None:
+    reg = CollectorRegistry()
+    m = Metrics(reg)
+    g = RunGauges(
+        spot_usd=12.5,
+        on_demand_usd=2.0,
+        savings_ratio=0.6,
+        budget_used_ratio=0.145,
+        checkpoint_interval_seconds=900,
+    )
+    m.observe_run("ml", "llm", "Running", ts(0), g)
+    m.observe_run("ml", "other", "Running", ts(0), RunGauges())
+    run = {"namespace": "ml", "run": "llm"}
+    assert _value(reg, "spotrun_run_cost_usd", **run, capacity="spot") == 12.5
+    assert _value(reg, "spotrun_run_cost_usd", **run, capacity="on-demand") == 2.0
+    assert _value(reg, "spotrun_run_savings_ratio", **run) == 0.6
+    assert _value(reg, "spotrun_budget_used_ratio", **run) == 0.145
+    assert _value(reg, "spotrun_checkpoint_interval_seconds", **run) == 900
+    assert (_value(reg, "spotrun_checkpoint_age_seconds", **run) or 0) > 0
+    # No budget, nothing priced, no interval: no series (never a made-up 0).
+    other = {"namespace": "ml", "run": "other"}
+    assert _value(reg, "spotrun_run_cost_usd", **other, capacity="spot") == 0
+    for name in (
+        "spotrun_run_savings_ratio",
+        "spotrun_budget_used_ratio",
+        "spotrun_checkpoint_interval_seconds",
+    ):
+        assert _value(reg, name, **other) is None, name
+
+    # Suspended: nothing checkpoints, so age and interval go; spend and budget stay.
+    m.observe_run("ml", "llm", "Suspended", ts(0), g)
+    assert _value(reg, "spotrun_checkpoint_age_seconds", **run) is None
+    assert _value(reg, "spotrun_checkpoint_interval_seconds", **run) is None
+    assert _value(reg, "spotrun_run_cost_usd", **run, capacity="spot") == 12.5
+    assert _value(reg, "spotrun_budget_used_ratio", **run) == 0.145
+    # Resumed, then finished: the same.
+    m.observe_run("ml", "llm", "Running", ts(0), g)
+    assert _value(reg, "spotrun_checkpoint_interval_seconds", **run) == 900
+    m.observe_run("ml", "llm", "Succeeded", ts(0), dataclasses.replace(g, budget_used_ratio=None))
+    assert _value(reg, "spotrun_checkpoint_age_seconds", **run) is None
+    assert _value(reg, "spotrun_checkpoint_interval_seconds", **run) is None
+    assert _value(reg, "spotrun_budget_used_ratio", **run) is None  # budget removed from spec
+    assert _value(reg, "spotrun_run_savings_ratio", **run) == 0.6
+
+    # Deleted: every series of the run goes, the other run keeps its own.
+    m.observe_run("ml", "llm", None, None)
+    text = generate_latest(reg).decode()
+    assert 'run="llm"' not in text
+    assert _value(reg, "spotrun_run_cost_usd", **other, capacity="on-demand") == 0
+    m.observe_run("ml", "other", None, None)
+    m.observe_run("ml", "other", None, None)  # twice (kopf DELETED + a late reconcile)
+    for name in ("spotrun_run_cost_usd", "spotrun_checkpoint_age_seconds"):
+        assert _series(reg, name) == [], name
+    assert _value(reg, "spotrun_runs", phase="Running") == 0
+
+
+def test_bounded_series_start_at_zero_so_increase_sees_the_first_event() -> None:
+    reg = CollectorRegistry()
+    m = Metrics(reg)
+    assert {x["signal"] for x in _series(reg, "spotrun_lost_work_seconds_total")} == set(SIGNALS)
+    assert {x["signal"] for x in _series(reg, "spotrun_recovery_seconds_count")} == set(SIGNALS)
+    assert _value(reg, "spotrun_failures_total", reason="OOMKilled") == 0
+    assert _series(reg, "spotrun_preemptions_total") == []  # where gangs run is not known yet
+    where = {"instance_type": "p4d.24xlarge", "zone": "us-east-1a"}
+    m.record([MetricEvent("placement", where), MetricEvent("placement", where)])
+    series = _series(reg, "spotrun_preemptions_total")
+    assert len(series) == len(SIGNALS) and {x["zone"] for x in series} == {"us-east-1a"}
+    assert _value(reg, "spotrun_preemptions_total", signal="node-lost", **where) == 0
+    m.record([MetricEvent("preemption", {"signal": "node-lost", **where})])
+    assert _value(reg, "spotrun_preemptions_total", signal="node-lost", **where) == 1
+
+
+def test_decisions_carry_the_run_gauges() -> None:
+    def run(st: dict[str, object], d: Decision) -> dict[str, object]:
+        return {**st, **{k: v for k, v in (d.status or {}).items() if v is not None}}
+
+    budget = {"budget": {"maxUSD": 1000}}
+    d = decide(observed(spec_over=budget), CFG)
+    assert d.gauges == RunGauges(
+        spot_usd=0.0, on_demand_usd=0.0, budget_used_ratio=0.0, checkpoint_interval_seconds=900
+    )
+    st = run({}, d)
+    d = decide(observed(now=5, spec_over=budget, status=st, jobs={1: job(1)}, pods=gang(1)), CFG)
+    placements = [m.labels for m in d.metrics if m.name == "placement"]
+    assert placements == [
+        {"instance_type": "p4d.24xlarge", "zone": "us-east-1a"},
+        {"instance_type": "p4d.24xlarge", "zone": "us-east-1b"},
+    ]
+    st = run(st, d)
+    # One hour of two spot p4d nodes.
+    d = decide(observed(now=3605, spec_over=budget, status=st, jobs={1: job(1)}, pods=gang(1)), CFG)
+    g = d.gauges
+    assert g is not None and d.phase == "Running"
+    p4d = DEFAULT_PRICES["p4d.24xlarge"]
+    assert abs(g.spot_usd - 2 * p4d.spot_usd_per_hour) < 1e-6 and g.on_demand_usd == 0
+    assert g.savings_ratio is not None
+    assert abs(g.savings_ratio - (1 - p4d.spot_usd_per_hour / p4d.on_demand_usd_per_hour)) < 1e-9
+    assert g.budget_used_ratio is not None
+    assert abs(g.budget_used_ratio - g.spot_usd / 1000) < 1e-12
+    assert g.checkpoint_interval_seconds == 900
+    # Without a budget: no budget ratio.
+    d = decide(observed(now=3605, status=st, jobs={1: job(1)}, pods=gang(1)), CFG)
+    assert d.gauges is not None and d.gauges.budget_used_ratio is None

@@ -1,0 +1,134 @@
+"""Fixtures of the cost and budget e2e tests: the operator e2e fixtures of
+tests/e2e/controller (``crd``, ``checkpoint_pvc``, the ``Operator`` subprocess), moto's EC2
+server on loopback seeded with spot price history (tests/unit/aws/aws_fakes.py), and an
+operator started with an environment of its own (AWS endpoint, fake credentials)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_E2E = Path(__file__).resolve().parents[1]
+for _dir in (_E2E / "controller", _E2E.parent / "unit" / "aws"):
+    if str(_dir) not in sys.path:
+        sys.path.insert(0, str(_dir))
+
+from aws_fakes import SpotHistory, serve_spot_history  # noqa: E402
+from cost_helpers import StartOperator  # noqa: E402
+from moto.server import ThreadedMotoServer  # noqa: E402
+
+from spotrun_dev.cluster import LocalCluster  # noqa: E402
+
+
+def _controller_conftest() -> Any:
+    """tests/e2e/controller/conftest.py as a module (a conftest cannot be imported by name:
+    every directory has one); the name is shared with other e2e folders loading it."""
+    name = "spotrun_e2e_controller_conftest"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, _E2E / "controller" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_controller = _controller_conftest()
+# Re-exported: pytest finds fixtures and hooks by name in this module.
+crd = _controller.crd
+checkpoint_pvc = _controller.checkpoint_pvc
+pytest_runtest_makereport = _controller.pytest_runtest_makereport
+Operator: Any = _controller.Operator
+
+__all__ = ["checkpoint_pvc", "crd", "pytest_runtest_makereport"]
+
+# What boto3 may read from the machine; the operator under test gets none of it.
+_AWS_LEAKS = (
+    "AWS_REGION",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_EC2",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_SESSION_TOKEN",
+    "AWS_MAX_ATTEMPTS",
+    "AWS_RETRY_MODE",
+)
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """moto's EC2 server in a thread of the test process, on an ephemeral loopback port."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def spot_history() -> Iterator[SpotHistory]:
+    """The spot price history moto serves while the test runs (empty until seeded)."""
+    with serve_spot_history(SpotHistory()) as history:
+        yield history
+
+
+@pytest.fixture
+def aws_env(tmp_path: Path) -> dict[str, str]:
+    """A hermetic AWS environment: fake static credentials, us-east-1, no config files, no
+    instance metadata; nothing can reach real AWS."""
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        # moto writes timestamps without a zone, which botocore reads as local time.
+        "TZ": "UTC",
+    }
+
+
+@pytest.fixture
+def start_operator(
+    cluster: LocalCluster,
+    crd: dict[str, Any],
+    namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> Iterator[StartOperator]:
+    """``start_operator(*flags, env={...})``: ``spotrun-operator`` scoped to the test's
+    namespace with the e2e fast flags, then ``flags`` (later flags win), in the test's
+    environment plus ``env`` minus what boto3 could pick up from the machine. Stopped at
+    the end; its log is shown when the test failed."""
+    made: list[Any] = []
+
+    def start(*flags: str, env: Mapping[str, str] | None = None) -> Any:
+        op = Operator(cluster.kubeconfig, namespace, tmp_path / f"operator-{len(made)}.log", flags)
+        made.append(op)
+        with monkeypatch.context() as m:  # Operator.start passes os.environ on
+            for name in _AWS_LEAKS:
+                m.delenv(name, raising=False)
+            for name, value in (env or {}).items():
+                m.setenv(name, value)
+            op.start()
+        return op
+
+    yield start
+    rep = getattr(request.node, "rep_call", None)
+    for op in made:
+        op.stop()
+        if rep is not None and rep.failed:
+            sys.stderr.write(f"\n--- operator log ({op.log_path}) ---\n{op.log(120)}\n")
