@@ -9,15 +9,22 @@ tests are never skipped.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from controller_process import CRD, Operator
+from kube_helpers import poll
+from spotrun_dev import storage
 from spotrun_dev.cluster import ClusterError, LocalCluster, ensure_cluster, ensure_fleet
+from spotrun_operator.kube import Kube
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +78,73 @@ def namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterato
 def fleet(core: client.CoreV1Api) -> None:
     """The fake spot fleet as freshly registered: earlier tests may have reclaimed nodes."""
     ensure_fleet(core)
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: LocalCluster, api_client: client.ApiClient) -> dict[str, Any]:
+    """The TrainingRun CRD, server-side applied from the single source and Established."""
+    body = yaml.safe_load(CRD.read_text())
+    name = body["metadata"]["name"]
+    kube = Kube(api_client)
+    kube.request(
+        "PATCH",
+        f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
+        query={"fieldManager": "spotrun-e2e", "force": "true"},
+        body=body,
+        content_type="application/apply-patch+yaml",
+    )
+
+    def established() -> bool:
+        obj = kube.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        conds = {c["type"]: c["status"] for c in (obj.get("status") or {}).get("conditions") or []}
+        return conds.get("Established") == "True"
+
+    poll("the TrainingRun CRD to be Established", established, timeout=60)
+    return dict(body)
+
+
+@pytest.fixture
+def operator_factory(
+    cluster: LocalCluster,
+    crd: dict[str, Any],
+    namespace: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[Any]:
+    made: list[Operator] = []
+
+    def make(*extra: str) -> Operator:
+        op = Operator(cluster.kubeconfig, namespace, tmp_path / f"operator-{len(made)}.log", extra)
+        made.append(op)
+        return op
+
+    yield make
+    failed = getattr(request.node, "rep_call", None)
+    for op in made:
+        op.stop()
+        if failed is not None and failed.failed:
+            sys.stderr.write(f"\n--- operator log ({op.log_path}) ---\n{op.log()}\n")
+
+
+@pytest.fixture
+def operator(operator_factory: Any) -> Operator:
+    """The operator, started, scoped to the test's namespace."""
+    op: Operator = operator_factory().start()
+    return op
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()  # type: ignore[attr-defined]
+    if rep.when == "call":
+        item.rep_call = rep  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def checkpoint_pvc(core: client.CoreV1Api, namespace: str) -> Iterator[str]:
+    """PVC ``ckpt`` pre-bound to a hostPath RWX PV (the local cluster has no provisioner;
+    pods with an unbound claim would never schedule)."""
+    pv = storage.ensure_checkpoint_claim(core, namespace, "ckpt")
+    yield "ckpt"
+    storage.delete_volume(core, pv)

@@ -162,26 +162,12 @@ def test_loss_node_unknown_then_deleted_pods_lost_without_grace(
         nodes.wait_for("the node to be deleted", lambda e: e.type == "DELETED")
     finally:
         nodes.stop()
-    # No kubelet ran a graceful stop: the pod is still there, Running, not terminating...
+    # No kubelet ran a graceful stop: the pod is still there, Running, not terminating.
     live = core.read_namespaced_pod(pod.metadata.name, namespace)
     assert live.metadata.deletion_timestamp is None
     assert live.status.phase == "Running"
-
-    # ...until the real pod garbage collector removes the orphan.
-    def gc_marked() -> dict[str, Any] | None:
-        try:
-            p = core.read_namespaced_pod(pod.metadata.name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return {"reason": "deleted"}
-            raise
-        cond = condition(api_dict(core, p), "DisruptionTarget")
-        return cond if cond and cond["status"] == "True" else None
-
-    cond = poll(
-        "the pod garbage collector to remove the orphaned pod", gc_marked, timeout=180, interval=1
-    )
-    assert cond["reason"] in ("DeletionByPodGC", "deleted")
+    # Removing the orphan is then the pod garbage collector's business (after its 40 s
+    # quarantine); spotrun must not wait for it, so this test does not either.
 
 
 def test_graceful_node_shutdown(

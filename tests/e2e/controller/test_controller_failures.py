@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubernetes import client
+
 from controller_helpers import (
     condition,
     create,
@@ -17,8 +19,6 @@ from controller_helpers import (
     training_run,
     wait_status,
 )
-from kubernetes import client
-
 from kube_helpers import holds
 from spotrun_dev import inject
 

@@ -6,6 +6,9 @@ import contextlib
 import urllib.request
 from typing import Any
 
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
 from controller_helpers import (
     complete_all,
     condition,
@@ -21,9 +24,6 @@ from controller_helpers import (
     training_run,
     wait_status,
 )
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from kube_helpers import PYTORCHJOB, holds, poll
 
 

@@ -9,6 +9,8 @@ import time
 from typing import Any
 
 import pytest
+from kubernetes import client
+
 from controller_helpers import (
     SIGNAL_OF,
     complete_all,
@@ -26,8 +28,6 @@ from controller_helpers import (
     training_run,
     wait_status,
 )
-from kubernetes import client
-
 from kube_helpers import holds, poll
 from spotrun_dev import inject, traces
 

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
-from controller_helpers import TR, get, training_run
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from controller_helpers import TR, get, training_run
 
 ROOT = Path(__file__).resolve().parents[3]
 INVALID: list[tuple[str, dict[str, Any], str]] = [

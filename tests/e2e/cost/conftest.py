@@ -1,11 +1,9 @@
-"""Fixtures of the cost and budget e2e tests: the operator e2e fixtures of
-tests/e2e/controller (``crd``, ``checkpoint_pvc``, the ``Operator`` subprocess), moto's EC2
+"""Fixtures of the cost and budget e2e tests (the operator fixtures are tests/e2e's): moto's EC2
 server on loopback seeded with spot price history (tests/unit/aws/aws_fakes.py), and an
 operator started with an environment of its own (AWS endpoint, fake credentials)."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -14,7 +12,7 @@ from typing import Any
 import pytest
 
 _E2E = Path(__file__).resolve().parents[1]
-for _dir in (_E2E / "controller", _E2E.parent / "unit" / "aws"):
+for _dir in (_E2E.parent / "unit" / "aws",):
     if str(_dir) not in sys.path:
         sys.path.insert(0, str(_dir))
 
@@ -22,31 +20,8 @@ from aws_fakes import SpotHistory, serve_spot_history  # noqa: E402
 from cost_helpers import StartOperator  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 
+from controller_process import Operator  # noqa: E402
 from spotrun_dev.cluster import LocalCluster  # noqa: E402
-
-
-def _controller_conftest() -> Any:
-    """tests/e2e/controller/conftest.py as a module (a conftest cannot be imported by name:
-    every directory has one); the name is shared with other e2e folders loading it."""
-    name = "spotrun_e2e_controller_conftest"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, _E2E / "controller" / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_controller = _controller_conftest()
-# Re-exported: pytest finds fixtures and hooks by name in this module.
-crd = _controller.crd
-checkpoint_pvc = _controller.checkpoint_pvc
-pytest_runtest_makereport = _controller.pytest_runtest_makereport
-Operator: Any = _controller.Operator
-
-__all__ = ["checkpoint_pvc", "crd", "pytest_runtest_makereport"]
 
 # What boto3 may read from the machine; the operator under test gets none of it.
 _AWS_LEAKS = (

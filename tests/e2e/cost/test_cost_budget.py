@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from cost_helpers import P4D_ON_DEMAND, StartOperator, events_of, node_usd, seconds
+from kubernetes import client
+
 from controller_helpers import (
     TR,
     condition,
@@ -22,9 +25,6 @@ from controller_helpers import (
     training_run,
     wait_status,
 )
-from cost_helpers import P4D_ON_DEMAND, StartOperator, events_of, node_usd, seconds
-from kubernetes import client
-
 from kube_helpers import holds, poll
 from recorder import Recorder
 

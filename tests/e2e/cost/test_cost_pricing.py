@@ -12,14 +12,6 @@ from typing import Any
 
 import pytest
 from aws_fakes import SpotHistory, rec
-from controller_helpers import (
-    condition,
-    create,
-    patch_spec,
-    running_gang,
-    training_run,
-    wait_status,
-)
 from cost_helpers import (
     GPUS,
     P4D,
@@ -34,6 +26,14 @@ from cost_helpers import (
 )
 from kubernetes import client
 
+from controller_helpers import (
+    condition,
+    create,
+    patch_spec,
+    running_gang,
+    training_run,
+    wait_status,
+)
 from kube_helpers import poll
 
 # Seeded newest Linux/UNIX spot prices per zone: far from the table's estimate (35% of

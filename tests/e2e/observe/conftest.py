@@ -1,8 +1,7 @@
 """Fixtures of the install-and-observe tests.
 
-They reuse the operator e2e fixtures (``crd``, ``checkpoint_pvc``, the ``Operator``
-subprocess) from tests/e2e/controller/conftest.py and its helpers, and the dashboard
-parsing of tests/unit/chart/chartkit.py, instead of copies.
+The operator e2e fixtures (``crd``, ``checkpoint_pvc``, the ``Operator`` subprocess) come
+from tests/e2e/conftest.py; the dashboard parsing from tests/unit/chart/chartkit.py.
 """
 
 from __future__ import annotations
@@ -16,17 +15,15 @@ from typing import Any
 import pytest
 
 _E2E = Path(__file__).resolve().parents[1]
+# The RBAC tests replay the controller scenarios (test_controller_*.py) as the chart's
+# identity, so that folder must be importable too.
 for _dir in (_E2E / "controller", _E2E.parent / "unit" / "chart"):
     if str(_dir) not in sys.path:
         sys.path.insert(0, str(_dir))
 
-# Re-exported: pytest finds fixtures and hooks by name in this module.
-from controller_fixtures import checkpoint_pvc, crd, pytest_runtest_makereport  # noqa: E402
 from observe_helpers import HELM, AuditLog, Helm  # noqa: E402
 
 from spotrun_dev.cluster import LocalCluster  # noqa: E402
-
-__all__ = ["checkpoint_pvc", "crd", "pytest_runtest_makereport"]
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubernetes import client
+
 from controller_helpers import (
     TR,
     complete_all,
@@ -18,8 +20,6 @@ from controller_helpers import (
     training_run,
     wait_status,
 )
-from kubernetes import client
-
 from spotrun_trainer.contract import Progress
 from spotrun_trainer.progress import patch_body
 

@@ -22,7 +22,6 @@ import pytest
 import test_controller_failures as failures
 import test_controller_lifecycle as lifecycle
 import test_controller_preemption as preemption
-from controller_fixtures import Operator
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from observe_helpers import (
@@ -37,6 +36,7 @@ from observe_helpers import (
 )
 from scenarios import happy_path
 
+from controller_process import Operator
 from spotrun_dev.cluster import LocalCluster
 
 # Granted, and needed, but never visible as a request of the operator in the audit log.

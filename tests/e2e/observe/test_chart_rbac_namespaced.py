@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import test_controller_preemption as preemption
-from controller_fixtures import Operator
 from kubernetes import client
 from observe_helpers import (
     AuditLog,
@@ -22,6 +21,7 @@ from observe_helpers import (
 )
 from scenarios import happy_path
 
+from controller_process import Operator
 from spotrun_dev.cluster import LocalCluster
 
 

@@ -22,15 +22,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from controller_fixtures import Operator
-from controller_helpers import (
-    TR,
-    complete_all,
-    create,
-    running_gang,
-    training_run,
-    wait_status,
-)
 from kubernetes import client
 from observe_helpers import (
     ALERTS_FILE,
@@ -41,6 +32,15 @@ from observe_helpers import (
 from prometheus_client import CollectorRegistry
 from scenarios import report_progress
 
+from controller_helpers import (
+    TR,
+    complete_all,
+    create,
+    running_gang,
+    training_run,
+    wait_status,
+)
+from controller_process import Operator
 from spotrun_dev import inject
 from spotrun_dev.cluster import LocalCluster
 from spotrun_dev.prometheus import Prometheus, Targets, free_port
