@@ -74,5 +74,5 @@ class Recorder:
             for ev in self.snapshot():
                 if pred(ev):
                     return ev
-            time.sleep(0.1)
+            time.sleep(0.1)  # poll interval, bounded by the deadline
         raise AssertionError(f"no watch event for {what} within {timeout}s")

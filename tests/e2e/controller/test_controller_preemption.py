@@ -129,7 +129,7 @@ def test_two_nodes_of_a_gang_interrupted_a_second_apart_is_one_recovery(
     gang = running_gang(core, namespace, "pair", 1)
     first = threading.Thread(target=inject.interrupt, args=(core, gang[0].spec.node_name, "nth"))
     first.start()
-    time.sleep(1)
+    time.sleep(1)  # the scenario itself: the second notice one second later
     inject.interrupt(core, gang[1].spec.node_name, "karpenter")
     first.join(60)
     running_gang(core, namespace, "pair", 2)

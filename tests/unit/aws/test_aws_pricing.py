@@ -316,7 +316,7 @@ def eventually(what: str, fn: Callable[[], bool], timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not fn():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+        time.sleep(0.02)  # poll interval, bounded by the deadline above
 
 
 def test_background_book_never_holds_callers_up_while_aws_hangs(
