@@ -13,7 +13,6 @@ from aws_fakes import T0, ErrorProxy, FakeClock, SpotHistory, rec
 
 from spotrun_operator.cost import Price
 from spotrun_operator.pricing import (
-    BackgroundPriceBook,
     PriceBook,
     PriceSnapshot,
     PricingConfig,
@@ -22,6 +21,7 @@ from spotrun_operator.pricing import (
     make_ec2_client,
     parse_record,
 )
+from spotrun_operator.pricing_background import BackgroundPriceBook
 
 P4D, P5 = "p4d.24xlarge", "p5.48xlarge"
 MIN = timedelta(minutes=1)
