@@ -8,7 +8,6 @@ freely.
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import logging
 import os
@@ -18,7 +17,6 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,13 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from spotrun_dev import fleet, kwok_config, paths, webhook_certs
+from spotrun_dev import kwok_config, paths, webhook_certs
+
+# Re-exported: tests, the demo and the bench reach the whole local cluster through here.
+from spotrun_dev.fleet_state import ensure_fleet as ensure_fleet
+from spotrun_dev.fleet_state import fleet_spec_from_env as fleet_spec_from_env
+from spotrun_dev.waiting import ClusterError as ClusterError
+from spotrun_dev.waiting import wait_for as wait_for
 
 log = logging.getLogger("spotrun_dev.cluster")
 
@@ -40,10 +44,6 @@ STATE_FILE = paths.CLUSTER_DIR / "state.json"
 TRAINING_OPERATOR_LOG = paths.CLUSTER_DIR / "training-operator.log"
 # cert-controller expects the kubelet to mount its Secret here (a fixed path in the binary).
 WEBHOOK_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
-
-
-class ClusterError(RuntimeError):
-    """The local cluster could not be brought up; the message says which part failed."""
 
 
 @dataclass(frozen=True)
@@ -75,20 +75,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.5) -> None:
-    """Poll ``check`` until it is true; raise ClusterError naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except Exception as exc:
-            log.debug("%s not ready: %s", what, exc)
-        if time.monotonic() > deadline:
-            raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def _apiserver_healthy(kubeconfig: Path) -> bool:
@@ -327,28 +313,6 @@ def _tls_listening(port: int) -> bool:
         return tls.version() is not None
 
 
-def ensure_fleet(core: client.CoreV1Api, spec: fleet.FleetSpec | None = None) -> None:
-    """Make the fleet exactly as configured: recreate lost nodes, clear taints and cordons.
-
-    Nodes a test interrupted are deleted or tainted; this puts every one back the way a
-    fresh EKS node group would register it.
-    """
-    spec = spec or fleet_spec_from_env()
-    wanted = {n["metadata"]["name"]: n for n in fleet.build_fleet(spec)}
-    existing = {
-        n.metadata.name: n for n in core.list_node(label_selector=f"{fleet.FLEET_LABEL}=true").items
-    }
-    for name, node in existing.items():
-        if name not in wanted or _drifted(node):
-            _delete_node(core, name)
-    for name, body in wanted.items():
-        if name in existing and not _drifted(existing[name]):
-            continue
-        wait_for(f"node {name} to be gone", functools.partial(_node_absent, core, name), timeout=60)
-        core.create_node(body)
-    wait_for("every fleet node to be Ready", lambda: _all_ready(core, list(wanted)), timeout=120)
-
-
 def fresh_namespace(core: client.CoreV1Api, name: str, timeout: float = 180) -> None:
     """Delete ``name`` with everything in it (if present), wait until it is gone, create it."""
     try:
@@ -366,52 +330,6 @@ def fresh_namespace(core: client.CoreV1Api, name: str, timeout: float = 180) -> 
 
     wait_for(f"namespace {name} to be deleted", gone, timeout=timeout)
     core.create_namespace({"metadata": {"name": name}})
-
-
-def _drifted(node: Any) -> bool:
-    """A node an injection touched: cordoned, extra taints, unmanaged, or deleting."""
-    if node.metadata.deletion_timestamp:
-        return True
-    if node.spec.unschedulable:
-        return True
-    if fleet.KWOK_ANNOTATION not in (node.metadata.annotations or {}):
-        return True
-    taints = [t.key for t in (node.spec.taints or [])]
-    return taints != [fleet.GPU_RESOURCE]
-
-
-def _delete_node(core: client.CoreV1Api, name: str) -> None:
-    try:
-        core.delete_node(name, grace_period_seconds=0)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-
-
-def _node_absent(core: client.CoreV1Api, name: str) -> bool:
-    try:
-        core.read_node(name)
-    except ApiException as exc:
-        if exc.status == 404:
-            return True
-        raise
-    return False
-
-
-def _all_ready(core: client.CoreV1Api, names: list[str]) -> bool:
-    for name in names:
-        node = core.read_node(name)
-        conds = {c.type: c.status for c in (node.status.conditions or [])}
-        if conds.get("Ready") != "True":
-            return False
-    return True
-
-
-def fleet_spec_from_env() -> fleet.FleetSpec:
-    return fleet.FleetSpec(
-        spot_nodes=int(os.environ.get("SPOT_NODES", "8")),
-        on_demand_nodes=int(os.environ.get("ON_DEMAND_NODES", "2")),
-    )
 
 
 def ensure_cluster(with_fleet: bool = True) -> LocalCluster:

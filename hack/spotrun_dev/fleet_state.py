@@ -1,0 +1,81 @@
+"""Keep the fake fleet of the local cluster as configured (the I/O side of fleet.py)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from spotrun_dev import fleet
+from spotrun_dev.waiting import wait_for
+
+
+def ensure_fleet(core: client.CoreV1Api, spec: fleet.FleetSpec | None = None) -> None:
+    """Make the fleet exactly as configured: recreate lost nodes, clear taints and cordons.
+
+    Nodes a test interrupted are deleted or tainted; this puts every one back the way a
+    fresh EKS node group would register it.
+    """
+    spec = spec or fleet_spec_from_env()
+    wanted = {n["metadata"]["name"]: n for n in fleet.build_fleet(spec)}
+    existing = {
+        n.metadata.name: n for n in core.list_node(label_selector=f"{fleet.FLEET_LABEL}=true").items
+    }
+    for name, node in existing.items():
+        if name not in wanted or _drifted(node):
+            _delete_node(core, name)
+    for name, body in wanted.items():
+        if name in existing and not _drifted(existing[name]):
+            continue
+        wait_for(f"node {name} to be gone", functools.partial(_node_absent, core, name), timeout=60)
+        core.create_node(body)
+    wait_for("every fleet node to be Ready", lambda: _all_ready(core, list(wanted)), timeout=120)
+
+
+def _drifted(node: Any) -> bool:
+    """A node an injection touched: cordoned, extra taints, unmanaged, or deleting."""
+    if node.metadata.deletion_timestamp:
+        return True
+    if node.spec.unschedulable:
+        return True
+    if fleet.KWOK_ANNOTATION not in (node.metadata.annotations or {}):
+        return True
+    taints = [t.key for t in (node.spec.taints or [])]
+    return taints != [fleet.GPU_RESOURCE]
+
+
+def _delete_node(core: client.CoreV1Api, name: str) -> None:
+    try:
+        core.delete_node(name, grace_period_seconds=0)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def _node_absent(core: client.CoreV1Api, name: str) -> bool:
+    try:
+        core.read_node(name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
+
+
+def _all_ready(core: client.CoreV1Api, names: list[str]) -> bool:
+    for name in names:
+        node = core.read_node(name)
+        conds = {c.type: c.status for c in (node.status.conditions or [])}
+        if conds.get("Ready") != "True":
+            return False
+    return True
+
+
+def fleet_spec_from_env() -> fleet.FleetSpec:
+    return fleet.FleetSpec(
+        spot_nodes=int(os.environ.get("SPOT_NODES", "8")),
+        on_demand_nodes=int(os.environ.get("ON_DEMAND_NODES", "2")),
+    )
