@@ -7,7 +7,7 @@ from typing import Any
 
 from kubernetes import client
 
-from kube_helpers import PYTORCHJOB, poll
+from kube_helpers import PYTORCHJOB, poll, running_pods
 from spotrun_dev import inject
 from spotrun_operator.common import LABEL_ATTEMPT, LABEL_RUN
 
@@ -102,14 +102,8 @@ def pods(core: client.CoreV1Api, namespace: str, run: str, attempt: int) -> list
 def running_gang(
     core: client.CoreV1Api, namespace: str, run: str, attempt: int, n: int = 2, timeout: float = 90
 ) -> list[client.V1Pod]:
-    def ready() -> list[client.V1Pod] | None:
-        ps = pods(core, namespace, run, attempt)
-        ok = len(ps) == n and all(p.status.phase == "Running" for p in ps)
-        return ps if ok else None
-
-    gang: list[client.V1Pod] = poll(
-        f"{n} running pods of {run} attempt {attempt}", ready, timeout=timeout
-    )
+    """The ``n`` Running pods of attempt ``attempt`` (its PyTorchJob is ``<run>-a<N>``)."""
+    gang: list[client.V1Pod] = running_pods(core, namespace, f"{run}-a{attempt}", n, timeout)
     return gang
 
 

@@ -75,7 +75,9 @@ def job_pods(core: client.CoreV1Api, namespace: str, job: str) -> list[client.V1
     return list(core.list_namespaced_pod(namespace, label_selector=sel).items)
 
 
-def running_pods(core: client.CoreV1Api, namespace: str, job: str, n: int) -> list[client.V1Pod]:
+def running_pods(
+    core: client.CoreV1Api, namespace: str, job: str, n: int, timeout: float = 90
+) -> list[client.V1Pod]:
     """Wait for ``n`` live pods of the job to be Running; return them."""
 
     def ready() -> list[client.V1Pod] | None:
@@ -84,7 +86,7 @@ def running_pods(core: client.CoreV1Api, namespace: str, job: str, n: int) -> li
             return pods
         return None
 
-    pods: list[client.V1Pod] = poll(f"{n} running pods of {job}", ready, timeout=90)
+    pods: list[client.V1Pod] = poll(f"{n} running pods of {job}", ready, timeout=timeout)
     return pods
 
 
