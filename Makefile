@@ -14,7 +14,7 @@ export ON_DEMAND_NODES ?= 2
 PYTEST_ARGS ?=
 
 .PHONY: help venv binaries tools prometheus chart-sync cluster-up cluster-down demo test \
-	test-unit test-e2e lint fmt bench clean
+	test-unit test-e2e lint fmt bench clean images node-packages
 
 help:
 	@echo "make demo         a TrainingRun surviving spot interruptions on the local cluster"
@@ -39,6 +39,10 @@ binaries:
 tools:
 	@bash hack/build-binaries.sh tools
 
+# containerd, runc, CNI plugins, socat, mmdebstrap, buildah (real nodes and image builds).
+node-packages:
+	@bash hack/install-node-packages.sh
+
 # Prometheus and promtool from Debian's package (tests start a real one on loopback).
 prometheus:
 	@bash hack/install-prometheus.sh
@@ -47,7 +51,9 @@ prometheus:
 chart-sync:
 	bash hack/sync-chart-crds.sh
 
-cluster-up: venv binaries
+# The control plane, the kwok fleet and REAL_NODES (default 3) real nodes; the first run
+# also builds the images (docs/images.md) and caches them machine-wide.
+cluster-up: venv binaries node-packages
 	$(BIN)/spotrun-dev up
 
 cluster-down: venv
@@ -55,6 +61,10 @@ cluster-down: venv
 
 demo: cluster-up
 	$(BIN)/python -m spotrun_dev.demo
+
+# Pause, operator and trainer images as docker-archive tarballs (buildah; docs/images.md).
+images: venv
+	$(BIN)/python -m spotrun_dev.images
 
 lint: venv
 	bash hack/sync-chart-crds.sh --check
@@ -69,10 +79,10 @@ fmt: venv
 test-unit: venv tools prometheus
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-test-e2e: cluster-up
+test-e2e: cluster-up prometheus
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
-test: lint tools prometheus
+test: lint tools prometheus node-packages
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
 bench: venv

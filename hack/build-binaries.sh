@@ -15,7 +15,7 @@ stamp() { for name in "$@"; do echo "$STAMP" >"$bin/.$name.version"; done; }
 log() { printf '[binaries] %s\n' "$*" >&2; }
 
 build_kube() {
-  local names=(kube-apiserver kube-controller-manager kube-scheduler kubectl) missing=0
+  local names=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet) missing=0
   STAMP=$KUBE_VERSION
   for n in "${names[@]}"; do stamp_ok "$n" "$STAMP" || missing=1; done
   [ "$missing" = 1 ] || return 0
@@ -56,14 +56,27 @@ build_tools() {
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION "
   install_at training-operator "$TRAINING_OPERATOR_VERSION" \
     github.com/kubeflow/training-operator/cmd/training-operator.v1
+  # CoreDNS runs as a host process on the real nodes' bridge; it resolves the headless
+  # Service names a PyTorchJob gives as MASTER_ADDR.
+  install_at coredns "$COREDNS_VERSION" github.com/coredns/coredns
   # go install names the binary after its package folder.
   if [ -x "$bin/training-operator.v1" ]; then mv -f "$bin/training-operator.v1" "$bin/training-operator"; fi
+}
+
+# The fake-GPU device plugin of the real nodes: our own source, stamped by its hash.
+build_gpu_plugin() {
+  STAMP=$(sha256sum "$root/hack/gomod/kube/cmd/spotrun-gpu-plugin/main.go" | cut -c1-16)
+  stamp_ok spotrun-gpu-plugin "$STAMP" && return 0
+  log "building spotrun-gpu-plugin"
+  (cd "$root/hack/gomod/kube" && go build -ldflags "-s -w" -o "$bin/spotrun-gpu-plugin" ./cmd/spotrun-gpu-plugin)
+  stamp spotrun-gpu-plugin
 }
 
 case "${1:-all}" in
   kube) build_kube ;;
   etcd) build_etcd ;;
   tools) build_tools ;;
-  all) build_tools; build_etcd; build_kube ;;
-  *) echo "usage: $0 [all|kube|etcd|tools]" >&2; exit 2 ;;
+  plugin) build_gpu_plugin ;;
+  all) build_tools; build_etcd; build_kube; build_gpu_plugin ;;
+  *) echo "usage: $0 [all|kube|etcd|tools|plugin]" >&2; exit 2 ;;
 esac

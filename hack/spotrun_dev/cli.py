@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from kubernetes import client
 
-from spotrun_dev import cluster, inject, paths, traces
+from spotrun_dev import cluster, inject, paths, real_interrupt, realnodes, traces
 
 
 def _core() -> client.CoreV1Api:
@@ -27,7 +27,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("up", help="build the binaries and bring the local cluster up (idempotent)")
     sub.add_parser("down", help="delete the local cluster and stop the training operator")
-    sub.add_parser("fleet", help="restore the fake node fleet (recreate lost nodes, clear taints)")
+    sub.add_parser(
+        "fleet",
+        help="restore the fleet: recreate lost kwok nodes, clear taints; replace dead real nodes",
+    )
+    sub.add_parser("nodes", help="list the real nodes (name, address, zone, pids)")
     sub.add_parser("kubeconfig", help="print the local cluster's kubeconfig path")
 
     i = sub.add_parser("interrupt", help="reclaim a node the way an EKS component does")
@@ -38,7 +42,10 @@ def _parser() -> argparse.ArgumentParser:
         default="nth",
         help="nth: NTH spot interruption; karpenter: Karpenter disruption; "
         "rebalance: NTH rebalance recommendation (taint only); asg: ASG lifecycle "
-        "termination; loss: instance vanishes; shutdown: kubelet graceful shutdown",
+        "termination; loss: instance vanishes; shutdown: kubelet graceful shutdown. "
+        "On a real node (real-spot-N): nth, loss or shutdown, done for real (real "
+        "evictions, SIGTERMs, kills); the instance then dies and its Node is deleted; "
+        "`spotrun-dev fleet` starts the replacement",
     )
     i.add_argument(
         "--keep-node", action="store_true", help="leave the Node object in place afterwards"
@@ -69,8 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             cluster.delete_cluster()
         elif args.command == "fleet":
             cluster.ensure_fleet(_core())
+            realnodes.ensure_real_nodes(_core())
+        elif args.command == "nodes":
+            for n in realnodes.FleetState.load().real_nodes():
+                print(f"{n.name}\t{n.ip}\t{n.zone}\tpods {n.pod_cidr}")
         elif args.command == "kubeconfig":
             print(paths.KUBECONFIG)
+        elif args.command == "interrupt" and args.node.startswith(realnodes.NAME_PREFIX):
+            real_interrupt.interrupt_real(_core(), args.node, args.signal)
         elif args.command == "interrupt":
             inject.interrupt(_core(), args.node, args.signal, delete_node_after=not args.keep_node)
         elif args.command == "fail":

@@ -134,7 +134,10 @@ def create_control_plane() -> None:
 
 
 def delete_cluster() -> None:
-    """Stop the training operator and delete the kwok cluster with all its state."""
+    """Stop the real nodes and the training operator; delete the cluster with all its state."""
+    from spotrun_dev import realnodes
+
+    realnodes.down(None)
     stop_training_operator()
     _run([str(paths.binary("kwokctl")), "delete", "cluster", "--name", CLUSTER_NAME])
     paths.KUBECONFIG.unlink(missing_ok=True)
@@ -332,13 +335,17 @@ def fresh_namespace(core: client.CoreV1Api, name: str, timeout: float = 180) -> 
     core.create_namespace({"metadata": {"name": name}})
 
 
-def ensure_cluster(with_fleet: bool = True) -> LocalCluster:
-    """A healthy local cluster with the training operator and the fleet; reuse when possible."""
+def ensure_cluster(with_fleet: bool = True, real_nodes: int | None = None) -> LocalCluster:
+    """A healthy local cluster with the training operator, the kwok fleet and ``real_nodes``
+    real nodes (default: $REAL_NODES, 3); reuse what is healthy."""
+    from spotrun_dev import realnodes
+
     build_binaries()
     paths.CLUSTER_DIR.mkdir(parents=True, exist_ok=True)
     state = _load_state()
     if not _apiserver_healthy(paths.KUBECONFIG):
         stop_training_operator()
+        realnodes.down(None)  # their certificates and routes belong to the old cluster
         state = {}
         create_control_plane()
         wait_for("the apiserver", lambda: _apiserver_healthy(paths.KUBECONFIG), timeout=120)
@@ -352,4 +359,5 @@ def ensure_cluster(with_fleet: bool = True) -> LocalCluster:
             STATE_FILE.write_text(json.dumps(state, indent=2))
         if with_fleet:
             ensure_fleet(client.CoreV1Api(api))
+        realnodes.ensure_real_nodes(client.CoreV1Api(api), real_nodes)
     return cluster

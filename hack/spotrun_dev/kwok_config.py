@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from spotrun_dev import paths
+from spotrun_dev import node_config, paths
 
 # Pods carrying this annotation have a container state written by spotrun-dev acting as
 # the kubelet; kwok's pod Stages skip them.
@@ -77,6 +77,8 @@ def build_kwokctl_config(
     kube_version: str,
     stages: list[dict[str, Any]],
     audit_policy: Path | None = None,
+    pki_dir: Path = Path("pki"),
+    node_monitor_grace: str = "60s",
 ) -> list[dict[str, Any]]:
     """Documents of the ``kwokctl create cluster --config`` file."""
     options: dict[str, Any] = {
@@ -107,14 +109,31 @@ def build_kwokctl_config(
             ],
         },
         # A 1 s monitor period lets the node lifecycle controller act at once on a node
-        # spotrun-dev marks Unknown. The grace period stays at kwokctl's 200 s: on a busy
-        # 2-core machine kwok's lease heartbeats do miss Kubernetes' 40 s default, and
-        # healthy nodes would flap to Unknown.
+        # spotrun-dev marks Unknown. The grace period is 60 s (kwokctl: 200 s), so a real
+        # node whose instance died goes NotReady within a minute; Kubernetes' 40 s default
+        # is too short here: on a busy 2-core machine kwok's lease heartbeats do miss it,
+        # and healthy fake nodes would flap to Unknown.
         {
             "name": "kube-controller-manager",
-            "extraArgs": [{"key": "node-monitor-period", "value": "1s"}],
+            "extraArgs": [
+                {"key": "node-monitor-period", "value": "1s"},
+                {"key": "node-monitor-grace-period", "value": node_monitor_grace},
+            ],
+        },
+        # Real nodes: the apiserver reaches kubelets by their InternalIP with a client
+        # certificate their CA trusts (kubectl logs/exec), and the `kubernetes` Service's
+        # ClusterIP is one the harness owns on the nodes' bridge (node_config.py).
+        {
+            "name": "kube-apiserver",
+            "extraArgs": [
+                {"key": "kubelet-client-certificate", "value": str(pki_dir / "admin.crt")},
+                {"key": "kubelet-client-key", "value": str(pki_dir / "admin.key")},
+                {"key": "kubelet-preferred-address-types", "value": "InternalIP"},
+                {"key": "service-cluster-ip-range", "value": node_config.SERVICE_NET},
+            ],
         },
     ]
+    options["kubeApiserverCertSANs"] = [node_config.API_SERVICE_IP, str(node_config.GATEWAY)]
     if audit_policy is not None:
         options["kubeAuditPolicy"] = str(audit_policy)
     config = {
@@ -139,6 +158,10 @@ def default_config_text() -> str:
     policy.write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
     return render(
         build_kwokctl_config(
-            paths.BIN_DIR, v["KUBE_VERSION"], load_stages(kwok_src), audit_policy=policy
+            paths.BIN_DIR,
+            v["KUBE_VERSION"],
+            load_stages(kwok_src),
+            audit_policy=policy,
+            pki_dir=paths.KWOK_WORKDIR / "clusters" / "spotrun" / "pki",
         )
     )

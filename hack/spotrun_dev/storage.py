@@ -7,15 +7,30 @@ ReadWriteMany PersistentVolume — the shape of an EFS/FSx volume shared by the 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from spotrun_dev.cluster import wait_for
 
+LOCAL_ROOT = Path("/tmp/spotrun-local")
+
+
+def host_path(namespace: str, name: str) -> Path:
+    """The shared folder behind claim ``namespace/name`` (every real node mounts it)."""
+    return LOCAL_ROOT / namespace / name
+
 
 def ensure_checkpoint_claim(core: client.CoreV1Api, namespace: str, name: str = "ckpt") -> str:
-    """A Bound RWX claim ``name`` in ``namespace``; returns the PV's name (delete it after)."""
+    """A Bound RWX claim ``name`` in ``namespace``; returns the PV's name (delete it after).
+
+    The folder is made world-writable, as an EFS access point or an NFS export for a
+    training team is: trainer images run as a non-root user."""
     pv = f"{name}-{namespace}"
+    folder = host_path(namespace, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o777)
     try:
         core.create_persistent_volume(
             {
@@ -27,7 +42,7 @@ def ensure_checkpoint_claim(core: client.CoreV1Api, namespace: str, name: str = 
                     "accessModes": ["ReadWriteMany"],
                     "storageClassName": "",
                     "persistentVolumeReclaimPolicy": "Retain",
-                    "hostPath": {"path": f"/tmp/spotrun-local/{namespace}/{name}"},
+                    "hostPath": {"path": str(folder)},
                     "claimRef": {"namespace": namespace, "name": name},
                 },
             }

@@ -1,0 +1,93 @@
+"""Install the spotrun chart with helm so the operator runs as a pod on a real node.
+
+The production install path: the chart's Deployment, ServiceAccount and RBAC as shipped,
+the locally built operator image (``imagePullPolicy: Never``: nodes have it, nothing is
+pulled), in-cluster config from the environment the kubelet gives the pod.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from spotrun_dev import paths
+from spotrun_dev.node_config import GPU_TAINT_KEY, REAL_NODE_LABEL
+from spotrun_dev.waiting import ClusterError, wait_for
+
+CHART = paths.REPO_ROOT / "charts" / "spotrun"
+POD_SELECTOR = "app.kubernetes.io/name=spotrun"
+# Quicker recoveries for a demo/test (the defaults suit production): backoff from 1 s,
+# a 5 s resync, prices from the built-in table (no AWS endpoint here).
+FAST_ARGS = (
+    "--pricing=table",
+    "--backoff-base-seconds=1",
+    "--backoff-jitter=0",
+    "--resync-seconds=5",
+)
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    namespace: str
+
+    def pod(self, core: client.CoreV1Api) -> client.V1Pod | None:
+        pods = core.list_namespaced_pod(self.namespace, label_selector=POD_SELECTOR).items
+        live = [p for p in pods if not p.metadata.deletion_timestamp]
+        return live[0] if live else None
+
+    def log(self, core: client.CoreV1Api, lines: int = 100) -> str:
+        pod = self.pod(core)
+        if pod is None:
+            return "(no operator pod)"
+        try:
+            return str(
+                core.read_namespaced_pod_log(pod.metadata.name, self.namespace, tail_lines=lines)
+            )
+        except ApiException as exc:
+            return f"(log unavailable: {exc.status} {exc.reason})"
+
+
+def helm(*args: str, timeout: float = 300) -> str:
+    cmd = [str(paths.binary("helm")), "--kubeconfig", str(paths.KUBECONFIG), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise ClusterError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr}")
+    return done.stdout
+
+
+def install_operator(
+    core: client.CoreV1Api, namespace: str, image: str, release: str = "spotrun"
+) -> Release:
+    """helm install (or upgrade) the chart watching ``namespace``; wait for the pod."""
+    repo, _, tag = image.rpartition(":")
+    escaped = REAL_NODE_LABEL.replace(".", "\\.")
+    sets = [
+        f"--set=fullnameOverride={release}-{namespace}",  # cluster-scoped names stay unique
+        f"--set=image.repository={repo}",
+        f"--set=image.tag={tag}",
+        "--set=image.pullPolicy=Never",
+        "--set=watch.mode=namespaced",
+        f"--set=watch.namespaces[0]={namespace}",
+        f"--set=nodeSelector.{escaped}=true",
+    ]
+    sets += [f"--set=operator.extraArgs[{i}]={a}" for i, a in enumerate(FAST_ARGS)]
+    for i, key in enumerate((GPU_TAINT_KEY, REAL_NODE_LABEL)):
+        sets += [f"--set=tolerations[{i}].key={key}", f"--set=tolerations[{i}].operator=Exists"]
+    helm("upgrade", "--install", release, str(CHART), "-n", namespace, "--take-ownership", *sets)
+    rel = Release(release, namespace)
+
+    def ready() -> bool:
+        pod = rel.pod(core)
+        statuses = (pod.status.container_statuses or []) if pod else []
+        return bool(statuses) and all(c.ready for c in statuses)
+
+    wait_for("the operator pod to be Ready on a real node", ready, timeout=180, interval=1)
+    return rel
+
+
+def uninstall(release: Release) -> None:
+    helm("uninstall", release.name, "-n", release.namespace, "--wait", "--timeout", "120s")

@@ -1,0 +1,267 @@
+"""Pure builders of a real local node: addresses, containerd/kubelet/CNI configs, labels.
+
+A real node is a "test host": its own network namespace with one veth on the harness's
+bridge, its own mount namespace (so its `/var/lib/kubelet/device-plugins`, `/run/containerd`
+and CNI state are its own, as on a separate machine), and one containerd + one kubelet +
+the fake-GPU device plugin inside. Settings that this VM needs and why are in
+docs/real-nodes.md; the ones that matter most are repeated next to the values below.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from spotrun_dev import fleet
+
+BRIDGE: Final = "spotrun0"
+# The harness's own networks; nothing outside them is ever a target.
+NODE_NET: Final = ipaddress.ip_network("10.250.0.0/24")
+GATEWAY: Final = ipaddress.ip_address("10.250.0.1")  # the host's side: CoreDNS, apiserver LB
+POD_NET: Final = ipaddress.ip_network("10.244.0.0/16")
+SERVICE_NET: Final = "10.96.0.0/16"
+# The `kubernetes` Service's ClusterIP (first address of SERVICE_NET). There is no
+# kube-proxy, so the harness owns this address on its bridge and forwards :443 to the
+# apiserver: in-cluster clients (the operator's and trainers' pods) work unmodified.
+API_SERVICE_IP: Final = "10.96.0.1"
+CLUSTER_DOMAIN: Final = "cluster.local"
+GPU_TAINT_KEY: Final = fleet.GPU_RESOURCE
+REAL_NODE_LABEL: Final = "spotrun.dev/real-node"
+# Real nodes carry this taint besides the spot group's own, so the kwok-fleet tests' pods
+# (which never execute and name images no node has) never land on them.
+REAL_NODE_TAINT: Final = {"key": REAL_NODE_LABEL, "value": "true", "effect": "NoSchedule"}
+SHUTDOWN_GRACE_SECONDS: Final = 45
+SHUTDOWN_CRITICAL_SECONDS: Final = 15
+FIRST_HOST: Final = 10  # node slot s has address NODE_NET[FIRST_HOST + s]
+MAX_SLOTS: Final = 200
+
+
+@dataclass(frozen=True)
+class RealNode:
+    """One real node: its name, slot (addresses) and zone."""
+
+    name: str
+    slot: int
+    zone: str
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.slot < MAX_SLOTS:
+            raise ValueError(f"slot must be in [0, {MAX_SLOTS}), got {self.slot}")
+
+    @property
+    def ip(self) -> str:
+        return str(NODE_NET[FIRST_HOST + self.slot])
+
+    @property
+    def pod_cidr(self) -> str:
+        return str(list(POD_NET.subnets(new_prefix=24))[self.slot + 1])
+
+    @property
+    def netns(self) -> str:
+        return f"spotrun-{self.name}"
+
+    @property
+    def host_veth(self) -> str:
+        # Interface names are at most 15 characters.
+        return f"srn{self.slot}"
+
+    @property
+    def cgroup_root(self) -> str:
+        """The kubelet's cgroupRoot: every pod of this node lives below it."""
+        return f"/spotrun-{self.name}"
+
+    @property
+    def system_cgroup(self) -> str:
+        """containerd, its shims, the kubelet and the plugin: the node's "system" processes."""
+        return f"/spotrun-{self.name}-system"
+
+
+def node_labels(node: RealNode, region: str) -> dict[str, str]:
+    """The labels of an EKS managed spot p4d.24xlarge node (the group cluster.yaml makes).
+
+    Real nodes carry only the managed node group's capacity label: a node never has both
+    `eks.amazonaws.com/capacityType` and Karpenter's `karpenter.sh/capacity-type`.
+    """
+    return {
+        "node.kubernetes.io/instance-type": fleet.INSTANCE_TYPE,
+        "eks.amazonaws.com/capacityType": "SPOT",
+        "eks.amazonaws.com/nodegroup": "p4d-spot",
+        "topology.kubernetes.io/zone": node.zone,
+        "topology.kubernetes.io/region": region,
+        "nvidia.com/gpu.present": "true",
+        REAL_NODE_LABEL: "true",
+    }
+
+
+def node_taints(node: RealNode) -> list[dict[str, str]]:
+    del node  # every real node has the same taints
+    return [dict(fleet.GPU_TAINT), dict(REAL_NODE_TAINT)]
+
+
+def taint_flag(taints: list[dict[str, str]]) -> str:
+    """--register-with-taints value: key=value:Effect,..."""
+    return ",".join(f"{t['key']}={t['value']}:{t['effect']}" for t in taints)
+
+
+def containerd_config(state: Path, pause_ref: str) -> str:
+    """containerd 1.6 config (version 2) with everything under the node's state folder."""
+    return f"""version = 2
+root = "{state}/containerd/root"
+state = "{state}/containerd/state"
+[grpc]
+  address = "{state}/containerd.sock"
+[ttrpc]
+  address = "{state}/containerd.sock.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause_ref}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  # Mandatory on this VM: root lacks CAP_SYS_RESOURCE, and without this every sandbox
+  # fails with "can't get final child's PID from pipe: EOF" (oom_score_adj -998 refused).
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{state}/cni"
+"""
+
+
+def cni_config(node: RealNode) -> dict[str, Any]:
+    """A bridge inside the node's namespace with the node's pod range; routes between
+    nodes' pod ranges are set in each node namespace (no masquerade, no host forwarding)."""
+    return {
+        "cniVersion": "0.4.0",
+        "name": "spotrun-pods",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "cni0",
+                "isGateway": True,
+                "ipMasq": False,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": node.pod_cidr}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+
+
+def kubelet_config(node: RealNode, state: Path, ca_file: Path, port: int) -> dict[str, Any]:
+    """KubeletConfiguration that works on this VM (cgroup v1 host, no CAP_SYS_RESOURCE).
+
+    Graceful node shutdown is configured as on EKS AL2023 nodes (kubelet's own
+    nodeshutdown manager, driven by logind's PrepareForShutdown signal).
+    """
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        # 1.35+ refuses cgroup v1 unless told; containerd 1.6 has no RuntimeConfig RPC, so
+        # the kubelet falls back to this driver (the fallback is removed upstream in 1.38).
+        "failCgroupV1": False,
+        "cgroupDriver": "cgroupfs",
+        "cgroupRoot": node.cgroup_root,
+        "containerRuntimeEndpoint": f"unix://{state}/containerd.sock",
+        "address": node.ip,  # the kubelet refuses a loopback node IP
+        "port": port,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": 0,
+        "readOnlyPort": 0,
+        "podLogsDir": f"{state}/pod-logs",
+        "failSwapOn": False,
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": False},
+            "x509": {"clientCAFile": str(ca_file)},
+        },
+        "authorization": {"mode": "AlwaysAllow"},
+        "imageGCHighThresholdPercent": 100,  # never GC the hand-imported images
+        "imageGCLowThresholdPercent": 99,
+        "evictionHard": {},
+        "nodeStatusUpdateFrequency": "2s",
+        "clusterDNS": [str(GATEWAY)],
+        "clusterDomain": CLUSTER_DOMAIN,
+        "resolvConf": f"{state}/resolv.conf",
+        # Graceful node shutdown as EKS AL2023 configures it; regular pods get
+        # shutdownGracePeriod - shutdownGracePeriodCriticalPods (or their own, if shorter).
+        "shutdownGracePeriod": f"{SHUTDOWN_GRACE_SECONDS}s",
+        "shutdownGracePeriodCriticalPods": f"{SHUTDOWN_CRITICAL_SECONDS}s",
+        "serializeImagePulls": False,
+        "maxPods": 20,
+    }
+
+
+def kubeconfig(server: str, ca_file: Path, cert: Path, key: Path, user: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "local", "cluster": {"server": server, "certificate-authority": str(ca_file)}}
+        ],
+        "users": [
+            {"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}
+        ],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
+        "current-context": "local",
+    }
+
+
+def corefile(kubeconfig_path: Path) -> str:
+    """CoreDNS on the bridge gateway: cluster names only (no upstream: nothing leaves)."""
+    return f"""{CLUSTER_DOMAIN}:53 in-addr.arpa:53 {{
+    bind {GATEWAY}
+    errors
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa {{
+        kubeconfig {kubeconfig_path}
+        pods insecure
+        ttl 5
+    }}
+}}
+.:53 {{
+    bind {GATEWAY}
+    errors
+    template ANY ANY {{
+        rcode NXDOMAIN
+    }}
+}}
+"""
+
+
+def dbus_config() -> str:
+    """The node's system bus: root only (every process on a node is root here)."""
+    return """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path=/run/dbus/system_bus_socket</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="root"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"""
+
+
+def free_slot(used: set[int]) -> int:
+    for slot in range(MAX_SLOTS):
+        if slot not in used:
+            return slot
+    raise ValueError("no free real-node slot")

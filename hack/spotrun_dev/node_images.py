@@ -1,0 +1,116 @@
+"""Images on real nodes: imported once into a "golden" containerd root, then hard-linked.
+
+The trainer image is ~5 GB (torch's CUDA wheels). Importing it into every node's containerd
+would cost minutes per node and per replacement node, so the images are imported once per
+set of image ids into a machine-level golden root, and each node's containerd root starts
+as a hard-linked copy of it (the content blobs and unpacked layers are read-only: overlayfs
+never writes to a lower layer; the two bolt databases are real copies). This is what a
+node AMI with pre-pulled images gives on EKS; every container still runs from its image in
+the node's own containerd, and nothing of the host is mounted into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from spotrun_dev.waiting import ClusterError, wait_for
+
+log = logging.getLogger("spotrun_dev.node_images")
+
+# The two bolt databases containerd writes: never shared between nodes.
+_DATABASES = (
+    "io.containerd.metadata.v1.bolt/meta.db",
+    "io.containerd.snapshotter.v1.overlayfs/metadata.db",
+)
+
+
+class Archive(Protocol):
+    @property
+    def ref(self) -> str: ...
+    @property
+    def archive(self) -> Path: ...
+    @property
+    def image_id(self) -> str: ...
+
+
+def machine_cache() -> Path:
+    """Machine-level cache shared by every clone (SPOTRUN_MACHINE_CACHE overrides)."""
+    return Path(os.environ.get("SPOTRUN_MACHINE_CACHE", "/var/cache/spotrun"))
+
+
+def golden_key(archives: Sequence[Archive]) -> str:
+    ids = "\n".join(sorted(f"{a.ref}@{a.image_id}" for a in archives))
+    return hashlib.sha256(ids.encode()).hexdigest()[:16]
+
+
+def golden_root(archives: Sequence[Archive]) -> Path:
+    """A containerd root holding every image, unpacked; built once per set of image ids."""
+    base = machine_cache() / "containerd-golden" / golden_key(archives)
+    if (base / "READY").exists():
+        return base / "root"
+    # Older image sets cost ~6 GB each; running nodes keep their hard links regardless.
+    for old in base.parent.glob("*"):
+        if old != base:
+            shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    with tempfile.TemporaryDirectory(prefix="spotrun-golden-") as tmp:
+        sock = Path(tmp) / "containerd.sock"
+        cfg = Path(tmp) / "config.toml"
+        cfg.write_text(
+            f'version = 2\nroot = "{base}/root"\nstate = "{tmp}/state"\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{sock}.ttrpc"\n'
+            '[metrics]\n  address = ""\n'
+        )
+        with (base / "containerd.log").open("ab") as out:
+            proc = subprocess.Popen(
+                ["containerd", "--config", str(cfg)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_for("the golden containerd", sock.exists, timeout=30)
+            for a in archives:
+                started = time.monotonic()
+                run = subprocess.run(
+                    ["ctr", "--address", str(sock), "-n", "k8s.io", "images", "import",
+                     str(a.archive)],
+                    text=True, capture_output=True,
+                )  # fmt: skip
+                if run.returncode != 0:
+                    raise ClusterError(f"importing {a.ref}: {run.stderr.strip()}")
+                log.info("imported %s in %.1fs", a.ref, time.monotonic() - started)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    (base / "READY").write_text("\n".join(f"{a.ref} {a.image_id}" for a in archives) + "\n")
+    return base / "root"
+
+
+def seed_root(golden: Path, node_root: Path) -> None:
+    """The node's containerd root as a hard-linked copy of the golden one."""
+    if node_root.exists():
+        return
+    node_root.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", "--link", str(golden), str(node_root)], check=True)
+    for rel in _DATABASES:
+        src, dst = golden / rel, node_root / rel
+        if src.exists():
+            dst.unlink()
+            shutil.copy2(src, dst)

@@ -1,0 +1,78 @@
+"""Host services on the real nodes' bridge: CoreDNS and the apiserver's load balancer.
+
+- CoreDNS (built from its Go module) answers the cluster's names on the bridge gateway;
+  the kubelets give it to pods as their nameserver. PyTorchJob's ``MASTER_ADDR`` is a
+  headless Service name, so DNS is what lets two ranks on two nodes find each other.
+- There is no kube-proxy, so the `kubernetes` Service's ClusterIP is an address of the
+  bridge and socat forwards its :443 to the apiserver, as EKS's endpoint load balancer
+  does. In-cluster clients (the operator's pod, the trainers' status patches) use the
+  environment the kubelet gives them, unmodified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+from spotrun_dev import paths
+from spotrun_dev.node_config import API_SERVICE_IP, GATEWAY, corefile
+from spotrun_dev.node_host import alive
+from spotrun_dev.waiting import wait_for
+
+
+def _spawn(argv: list[str], log_file: Path) -> int:
+    with log_file.open("ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return proc.pid
+
+
+def _listening(host: str, port: int) -> bool:
+    with socket.create_connection((host, port), timeout=1):
+        return True
+
+
+def start_coredns(state_dir: Path, kubeconfig: Path) -> int:
+    cfg = state_dir / "Corefile"
+    cfg.write_text(corefile(kubeconfig))
+    pid = _spawn(
+        [str(paths.binary("coredns")), "-conf", str(cfg), "-dns.port", "53"],
+        state_dir / "coredns.log",
+    )
+    wait_for("CoreDNS on the bridge", lambda: _listening(str(GATEWAY), 53), timeout=30)
+    return pid
+
+
+def start_api_lb(state_dir: Path, apiserver_port: int) -> int:
+    pid = _spawn(
+        [
+            "socat",
+            f"TCP-LISTEN:443,bind={API_SERVICE_IP},fork,reuseaddr",
+            f"TCP:127.0.0.1:{apiserver_port}",
+        ],
+        state_dir / "api-lb.log",
+    )
+    wait_for("the apiserver load balancer", lambda: _listening(API_SERVICE_IP, 443), timeout=15)
+    return pid
+
+
+def stop(pid: int | None) -> None:
+    """Stop a service this harness started (its own session: socat's forks go too)."""
+    if not pid or not alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    with contextlib.suppress(Exception):
+        wait_for(f"pid {pid} to exit", lambda: not alive(pid), timeout=10)
+    if alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)

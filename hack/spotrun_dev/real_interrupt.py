@@ -1,0 +1,82 @@
+"""Interruptions of real nodes: the API side as the real components do it, then the
+instance itself.
+
+On a real node nothing is played: the Eviction API makes the real kubelet send SIGTERM and
+wait the pod's grace period; an instance's death SIGKILLs real processes; the real node
+lifecycle controller marks the node NotReady when heartbeats stop. spotrun-dev adds only
+what the cloud does: the instance dying, the cloud controller manager deleting the Node
+of a terminated instance, and the ASG's replacement (``realnodes.ensure_real_nodes``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Literal
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from spotrun_dev import inject, realnodes, traces
+from spotrun_dev.waiting import wait_for
+
+log = logging.getLogger("spotrun_dev.real_interrupt")
+
+RealSignal = Literal["nth", "loss", "shutdown"]
+REAL_SIGNALS: tuple[RealSignal, ...] = ("nth", "loss", "shutdown")
+
+
+def node_ready(core: client.CoreV1Api, name: str) -> bool | None:
+    """Ready condition: True/False, None when Unknown or the node is gone."""
+    try:
+        node = core.read_node(name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    cond = next((c for c in node.status.conditions or [] if c.type == "Ready"), None)
+    if cond is None or cond.status == "Unknown":
+        return None
+    return bool(cond.status == "True")
+
+
+def nth_drain(core: client.CoreV1Api, name: str, drain_timeout: float = 300) -> None:
+    """NTH on a spot interruption notice: taint, cordon, drain through the Eviction API
+    (each pod gets its own grace period from the real kubelet), and wait for the pods."""
+    taint = traces.interruption_taint("nth", f"spot-itn-{uuid.uuid4().hex}")
+    assert taint is not None
+    inject._add_taint(core, name, taint, cordon=True)
+    inject.evict_pods(core, name, timeout=drain_timeout)
+
+
+def instance_dies(core: client.CoreV1Api, name: str, notready_timeout: float = 180) -> float:
+    """The EC2 instance terminates; the node goes NotReady through the node lifecycle
+    controller and the cloud controller manager deletes it. Returns seconds to NotReady."""
+    started = time.monotonic()
+    realnodes.kill_instance(name)
+    wait_for(
+        f"node {name} to go NotReady (node lifecycle controller)",
+        lambda: node_ready(core, name) is not True,
+        timeout=notready_timeout,
+        interval=1,
+    )
+    notready = time.monotonic() - started
+    # The cloud controller manager's node lifecycle controller deletes a NotReady Node
+    # whose instance no longer exists (k8s.io/cloud-provider
+    # controllers/nodelifecycle/node_lifecycle_controller.go, MonitorNodes).
+    realnodes.cloud_delete(core, name)
+    realnodes.wait_node_gone(core, name)
+    return notready
+
+
+def interrupt_real(core: client.CoreV1Api, name: str, signal: RealSignal) -> None:
+    """Reclaim a real node; the replacement joins with ``realnodes.ensure_real_nodes``."""
+    if signal not in REAL_SIGNALS:
+        raise ValueError(f"signal must be one of {', '.join(REAL_SIGNALS)}, got {signal!r}")
+    log.info("interrupting real node %s: %s", name, signal)
+    if signal == "nth":
+        nth_drain(core, name)
+    elif signal == "shutdown":
+        realnodes.power_off(name)
+    instance_dies(core, name)

@@ -1,0 +1,298 @@
+"""The real story, shared by ``make demo`` and the real-node e2e test.
+
+A 2-node TrainingRun of the real trainer image, run by the chart's operator pod on real
+nodes, lives through an NTH spot interruption, an instance loss, an application crash and
+a graceful node shutdown, and must end with weights bitwise equal to a reference run of
+the same image and world size that nothing interrupted. Nothing is played: the trainer
+writes ``status.progress`` and its checkpoints, the kubelets deliver SIGTERM and SIGKILL,
+the node lifecycle controller marks dead nodes. This module only injects (as NTH, EC2 and
+logind do) and observes; the test asserts on what it observed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, watch
+
+from spotrun_dev import real_interrupt, realnodes
+from spotrun_dev.node_config import GPU_TAINT_KEY, REAL_NODE_LABEL
+from spotrun_dev.waiting import ClusterError, wait_for
+from spotrun_trainer import contract
+
+log = logging.getLogger("spotrun_dev.real_story")
+
+TR = (contract.GROUP, contract.VERSION, contract.PLURAL)
+REAL_TOLERATIONS = [
+    {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"},
+    {"key": REAL_NODE_LABEL, "operator": "Exists", "effect": "NoSchedule"},
+]
+MAX_STEPS = 300
+CRASH_AT = 200  # in attempt 3; the loss in attempt 2 comes well before
+TRAINER_ARGS = (
+    f"--max-steps={MAX_STEPS}",
+    "--batch-size=8",
+    "--model.n-layer=2",
+    "--model.n-embd=32",
+    "--model.seq-len=16",
+    "--data.num-samples=512",
+    "--report.log-every=10",
+    "--fault.step-delay-seconds=0.15",
+)
+CRASH_ARGS = (f"--fault.crash-at-step={CRASH_AT}", "--fault.crash-in-attempt=3")
+# (attempt, signal, steps to train in that attempt before the signal)
+PLAN: tuple[tuple[int, str, int], ...] = (
+    (1, "nth", 40),
+    (2, "loss", 30),
+    (4, "shutdown", 20),
+)
+SIGNAL_OF = {"nth": "spot-interruption", "loss": "node-lost", "shutdown": "node-shutdown"}
+
+
+def trainer_run(name: str, image: str, claim: str, args: tuple[str, ...]) -> dict[str, Any]:
+    """A 2-node TrainingRun of the real trainer image on the real nodes (one rank a pod)."""
+    return {
+        "apiVersion": f"{contract.GROUP}/{contract.VERSION}",
+        "kind": contract.KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "image": image,
+            "command": ["python", "-m", "spotrun_trainer", *args],
+            "nodes": 2,
+            "gpusPerNode": 8,
+            "procsPerNode": 1,
+            "checkpoint": {"volume": {"claimName": claim}, "interval": "3s", "keep": 100},
+            "maxFailures": 3,
+            "terminationGracePeriodSeconds": 60,
+            "podTemplate": {
+                "spec": {
+                    "nodeSelector": {REAL_NODE_LABEL: "true"},
+                    "tolerations": [dict(t) for t in REAL_TOLERATIONS],
+                    "containers": [{"name": "pytorch", "imagePullPolicy": "Never"}],
+                }
+            },
+        },
+    }
+
+
+@dataclass
+class Interruption:
+    """One interruption as the trainer and the kubelet saw it."""
+
+    signal: str
+    attempt: int
+    node: str
+    last_step: int  # the newest step the trainer reported before it stopped
+    resumed_from: int  # the checkpoint step the next attempt's trainer loaded
+    seconds_to_training: float  # signal -> the next attempt reports a step of its own
+    save_seconds: float | None  # signal -> the checkpoint the stopped gang committed
+    recorded_signal: str = ""  # what the operator wrote in lastPreemption
+
+    @property
+    def lost_steps(self) -> int:
+        return self.last_step - self.resumed_from
+
+
+@dataclass
+class PodExits:
+    """Watches the namespace's pods; keeps each trainer container's last exit code."""
+
+    core: client.CoreV1Api
+    namespace: str
+    codes: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._watch = watch.Watch()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> PodExits:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._watch.stop()
+
+    def _run(self) -> None:
+        for ev in self._watch.stream(self.core.list_namespaced_pod, self.namespace):
+            pod = ev["object"]
+            labels = pod.metadata.labels or {}
+            key = (labels.get("spotrun.dev/run", ""), labels.get("spotrun.dev/attempt", ""))
+            for cs in pod.status.container_statuses or []:
+                if cs.state and cs.state.terminated:
+                    self.codes[(*key, pod.metadata.name)] = int(cs.state.terminated.exit_code)
+
+    def of(self, run: str, attempt: int) -> list[int]:
+        return sorted(c for (r, a, _), c in self.codes.items() if (r, a) == (run, str(attempt)))
+
+
+class Story:
+    """Drives the two runs; every wait has a deadline."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, real_nodes: int) -> None:
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.namespace = namespace
+        self.real_nodes = real_nodes
+        self.exits = PodExits(self.core, namespace)
+        self.interruptions: list[Interruption] = []
+        self.losses: list[tuple[int, int, float]] = []  # (attempt, step, loss) from logs
+
+    # --- reading what the trainer and the operator wrote ------------------------------
+    def status(self, run: str) -> dict[str, Any]:
+        obj = self.custom.get_namespaced_custom_object(*TR[:2], self.namespace, TR[2], run)
+        return dict(obj.get("status") or {})
+
+    def progress(self, run: str) -> dict[str, Any]:
+        return dict(self.status(run).get("progress") or {})
+
+    def wait_status(self, run: str, what: str, pred: Any, timeout: float) -> dict[str, Any]:
+        found: list[dict[str, Any]] = []
+
+        def check() -> bool:
+            found[:] = [self.status(run)]
+            return bool(pred(found[0]))
+
+        try:
+            wait_for(f"{run}: {what}", check, timeout=timeout, interval=1)
+        except ClusterError as exc:
+            raise ClusterError(f"{exc}; last status: {found[0] if found else None}") from None
+        return found[0]
+
+    def pods(self, run: str, attempt: int) -> list[client.V1Pod]:
+        sel = f"spotrun.dev/run={run},spotrun.dev/attempt={attempt}"
+        return list(self.core.list_namespaced_pod(self.namespace, label_selector=sel).items)
+
+    def master_log(self, run: str, attempt: int) -> str:
+        for p in self.pods(run, attempt):
+            if p.metadata.labels.get("training.kubeflow.org/replica-type") == "master":
+                return str(self.core.read_namespaced_pod_log(p.metadata.name, self.namespace))
+        return ""
+
+    def collect_losses(self, run: str, attempt: int) -> None:
+        """The training loss the master logged in this attempt (its own log lines)."""
+        for line in self.master_log(run, attempt).splitlines():
+            if " step " in line and ": loss " in line:
+                step = int(line.split(" step ", 1)[1].split(":", 1)[0])
+                loss = float(line.split(": loss ", 1)[1].split(",", 1)[0])
+                self.losses.append((attempt, step, loss))
+
+    def resumed_from(self, run: str, attempt: int) -> int:
+        for line in self.master_log(run, attempt).splitlines():
+            if "resumed from" in line:
+                return int(line.rsplit("(step ", 1)[1].split(")", 1)[0])
+        raise ClusterError(f"attempt {attempt} of {run} did not resume from a checkpoint")
+
+    def wait_training(self, run: str, attempt: int, min_step: int) -> dict[str, Any]:
+        found: list[dict[str, Any]] = []
+
+        def check() -> bool:
+            found[:] = [self.progress(run)]
+            p = found[0]
+            return p.get("attempt") == attempt and int(p.get("step", -1)) >= min_step
+
+        wait_for(f"attempt {attempt} of {run} at step {min_step}", check, timeout=420, interval=0.5)
+        return found[0]
+
+    def gang_nodes(self, run: str, attempt: int) -> list[str]:
+        return sorted({p.spec.node_name for p in self.pods(run, attempt) if p.spec.node_name})
+
+    # --- the story --------------------------------------------------------------------
+    def start(self, image: str) -> None:
+        self.exits.start()
+        for name, claim, args in (
+            ("ref", "ckpt-ref", TRAINER_ARGS),
+            ("run", "ckpt", TRAINER_ARGS + CRASH_ARGS),
+        ):
+            body = trainer_run(name, image, claim, args)
+            self.custom.create_namespaced_custom_object(*TR[:2], self.namespace, TR[2], body)
+
+    def interrupt(self, attempt: int, signal: str, steps: int) -> Interruption:
+        base = self.resumed_from("run", attempt) if attempt > 1 else 0
+        self.wait_training("run", attempt, base + steps)
+        self.collect_losses("run", attempt)
+        node = self.gang_nodes("run", attempt)[0]
+        log.info("attempt %d: %s on %s", attempt, signal, node)
+        t0 = time.monotonic()
+        if signal == "nth":
+            real_interrupt.nth_drain(self.core, node)
+        elif signal == "shutdown":
+            realnodes.power_off(node)
+        last = self.progress("run")
+        real_interrupt.instance_dies(self.core, node)
+        preemptions = len(self.interruptions) + 1
+        st = self.wait_status(
+            "run", f"preemption {preemptions}",
+            lambda s: int(s.get("preemptions", 0)) >= preemptions, timeout=300,
+        )  # fmt: skip
+        realnodes.ensure_real_nodes(self.core, self.real_nodes)  # the ASG's replacement
+        to_training = self._next_training(attempt + 1, t0)
+        record = Interruption(
+            signal=signal,
+            attempt=attempt,
+            node=node,
+            last_step=int(last.get("step", 0)),
+            resumed_from=self.resumed_from("run", attempt + 1),
+            seconds_to_training=to_training,
+            save_seconds=None,
+            recorded_signal=str((st.get("lastPreemption") or {}).get("signal", "")),
+        )
+        self.interruptions.append(record)
+        return record
+
+    def _next_training(self, attempt: int, t0: float) -> float:
+        def trained() -> bool:
+            p = self.progress("run")
+            return p.get("attempt") == attempt and p.get("samplesPerSecond") is not None
+
+        wait_for(f"attempt {attempt} to train", trained, timeout=420, interval=0.5)
+        return round(time.monotonic() - t0, 1)
+
+    def crash(self) -> dict[str, Any]:
+        """Attempt 3's trainer exits 1 at CRASH_AT: a failure, not a preemption."""
+        st = self.wait_status(
+            "run", "the crash to count as a failure",
+            lambda s: int(s.get("failures", 0)) >= 1, timeout=600,
+        )  # fmt: skip
+        self._next_training(4, time.monotonic())
+        return st
+
+    def finish(self, timeout: float = 900) -> tuple[dict[str, Any], dict[str, Any]]:
+        done = ("Succeeded", "Failed")
+        ref = self.wait_status("ref", "the end", lambda s: s.get("phase") in done, timeout)
+        run = self.wait_status("run", "the end", lambda s: s.get("phase") in done, timeout)
+        last = int(self.status("run").get("attempt", 0))
+        self.collect_losses("run", last)
+        self.exits.stop()
+        return ref, run
+
+
+def final_weights(folder: Path, step: int) -> dict[str, Any]:
+    """The model weights of the committed checkpoint ``step-<step>`` on a shared volume."""
+    import torch
+
+    step_dir = folder / contract.step_dir_name(step)
+    if not (step_dir / contract.COMMIT_MARKER).is_file():
+        raise ClusterError(f"{step_dir} is not a committed checkpoint")
+    state = torch.load(step_dir / "shared.pt", map_location="cpu", weights_only=False)
+    model = state.get("model", state)
+    return {k: v for k, v in model.items() if isinstance(v, torch.Tensor)}
+
+
+def differing_weights(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Names whose tensors are not bitwise equal (or missing on one side)."""
+    names = sorted(set(a) | set(b))
+    return [n for n in names if n not in a or n not in b or not _bitwise_equal(a[n], b[n])]
+
+
+def _bitwise_equal(x: Any, y: Any) -> bool:
+    """Same dtype, shape and bytes (NaNs and signed zeros included)."""
+    import torch
+
+    if x.dtype != y.dtype or x.shape != y.shape:
+        return False
+    return bool(x.contiguous().view(torch.uint8).equal(y.contiguous().view(torch.uint8)))

@@ -1,0 +1,318 @@
+"""Real nodes next to the kwok fleet: a containerd + kubelet + GPU plugin per test host.
+
+``ensure_real_nodes`` keeps ``REAL_NODES`` (default 3) healthy real nodes; ``kill_instance``
+makes one vanish as an EC2 instance does (network first, then every process SIGKILLed);
+``cloud_delete`` removes a dead node's Node object as the cloud controller manager does,
+and ``ensure_real_nodes`` then starts a replacement with a new name, as the ASG would.
+Everything a node made (namespaces, veth, cgroups, mounts, processes) goes with
+``remove_node``; ``down`` removes the bridge and the host services too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import urllib.parse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from spotrun_dev import images, node_certs, node_host, node_images, node_services, paths
+from spotrun_dev.node_config import (
+    API_SERVICE_IP,
+    SHUTDOWN_GRACE_SECONDS,
+    RealNode,
+    cni_config,
+    containerd_config,
+    dbus_config,
+    free_slot,
+    kubeconfig,
+    kubelet_config,
+    node_labels,
+    node_taints,
+    taint_flag,
+)
+from spotrun_dev.waiting import ClusterError, wait_for
+
+log = logging.getLogger("spotrun_dev.realnodes")
+
+STATE_DIR = paths.CACHE_DIR / "nodes"
+STATE_FILE = STATE_DIR / "fleet.json"
+NAME_PREFIX = "real-spot-"
+ZONES = ("us-east-1a", "us-east-1b", "us-east-1c")
+REGION = "us-east-1"
+PKI_DIR = paths.KWOK_WORKDIR / "clusters" / "spotrun" / "pki"
+
+
+def wanted_count() -> int:
+    return int(os.environ.get("REAL_NODES", "3"))
+
+
+@dataclass
+class NodeRecord:
+    slot: int
+    zone: str
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def node(self, name: str) -> RealNode:
+        return RealNode(name=name, slot=self.slot, zone=self.zone)
+
+
+@dataclass
+class FleetState:
+    next_index: int = 0
+    nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    services: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls) -> FleetState:
+        try:
+            raw = json.loads(STATE_FILE.read_text())
+        except (OSError, ValueError):
+            return cls()
+        nodes = {k: NodeRecord(**v) for k, v in raw.get("nodes", {}).items()}
+        return cls(raw.get("next_index", 0), nodes, raw.get("services", {}))
+
+    def save(self) -> None:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        STATE_FILE.write_text(json.dumps(asdict(self), indent=2))
+
+    def real_nodes(self) -> list[RealNode]:
+        return [r.node(n) for n, r in self.nodes.items()]
+
+
+def _apiserver_port() -> int:
+    cfg = yaml.safe_load(paths.KUBECONFIG.read_text())
+    server = cfg["clusters"][0]["cluster"]["server"]
+    port = urllib.parse.urlparse(str(server)).port
+    if port is None:
+        raise ClusterError(f"no port in the apiserver URL {server}")
+    return port
+
+
+def _ensure_services(state: FleetState) -> None:
+    node_host.ensure_bridge()
+    svc_dir = STATE_DIR / "services"
+    svc_dir.mkdir(parents=True, exist_ok=True)
+    if not node_host.alive(state.services.get("apiLb")):
+        state.services["apiLb"] = node_services.start_api_lb(svc_dir, _apiserver_port())
+    if not node_host.alive(state.services.get("coredns")):
+        state.services["coredns"] = node_services.start_coredns(svc_dir, paths.KUBECONFIG)
+    state.save()
+
+
+def _healthy(record: NodeRecord) -> bool:
+    return all(node_host.alive(record.pids.get(k)) for k in ("holder", "containerd", "kubelet"))
+
+
+def ensure_real_nodes(core: client.CoreV1Api, count: int | None = None) -> list[RealNode]:
+    """``count`` healthy, Ready real nodes; dead ones are removed and replaced."""
+    count = wanted_count() if count is None else count
+    state = FleetState.load()
+    _ensure_services(state)
+    for name, record in list(state.nodes.items()):
+        if not _healthy(record):
+            log.info("real node %s is dead: removing it", name)
+            remove_node(core, state, name)
+    if len(state.nodes) < count:
+        built = images.ensure_images()
+        golden = node_images.golden_root(list(built.values()))
+        pause = built["pause"].ref
+        while len(state.nodes) < count:
+            add_node(core, state, golden, pause)
+    names = list(state.nodes)
+    wait_for("every real node to be Ready", lambda: _all_ready(core, names), timeout=120)
+    return state.real_nodes()
+
+
+def add_node(core: client.CoreV1Api, state: FleetState, golden: Path, pause: str) -> RealNode:
+    """Start a new real node with the next name; it registers itself with its kubelet."""
+    name = f"{NAME_PREFIX}{state.next_index}"
+    state.next_index += 1
+    slot = free_slot({r.slot for r in state.nodes.values()})
+    node = RealNode(name=name, slot=slot, zone=ZONES[slot % len(ZONES)])
+    record = NodeRecord(slot=node.slot, zone=node.zone)
+    state.nodes[name] = record
+    state.save()
+    node_dir = STATE_DIR / name
+    shutil.rmtree(node_dir, ignore_errors=True)
+    _write_configs(node, node_dir, pause)
+    node_images.seed_root(golden, node_dir / "containerd" / "root")
+    for cg in (node.system_cgroup, node.cgroup_root):
+        node_host.make_cgroup(cg)
+    node_host.create_netns(node, state.real_nodes())
+    record.pids["holder"] = holder = node_host.start_holder(node, node_dir)
+    wait_for(f"{name}'s namespaces", lambda: _holder_ready(holder), timeout=15)
+    record.pids["containerd"] = node_host.spawn(
+        node, ["containerd", "--config", str(node_dir / "containerd.toml")],
+        node_dir / "containerd.log", holder,
+    )  # fmt: skip
+    sock = node_dir / "containerd.sock"
+    wait_for(f"{name}'s containerd", sock.exists, timeout=30)
+    _start_logind(node, node_dir, holder, record)
+    record.pids["kubelet"] = node_host.spawn(
+        node, _kubelet_argv(node, node_dir), node_dir / "kubelet.log", holder
+    )
+    record.pids["plugin"] = node_host.spawn(
+        node, [str(paths.binary("spotrun-gpu-plugin")), "--count", "8"],
+        node_dir / "gpu-plugin.log", holder,
+    )  # fmt: skip
+    state.save()
+    log.info("real node %s (%s, %s) started", name, node.ip, node.zone)
+    return node
+
+
+def _start_logind(node: RealNode, node_dir: Path, holder: int, record: NodeRecord) -> None:
+    """The node's system bus and logind stand-in, before the kubelet asks for them."""
+    (node_dir / "dbus.conf").write_text(dbus_config())
+    record.pids["dbus"] = node_host.spawn(
+        node,
+        ["dbus-daemon", f"--config-file={node_dir / 'dbus.conf'}", "--nofork", "--nopidfile"],
+        node_dir / "dbus.log", holder,
+    )  # fmt: skip
+    bus = node_dir / "private" / "run_dbus" / "system_bus_socket"
+    wait_for(f"{node.name}'s system bus", bus.exists, timeout=15)
+    logind_dir = node_dir / "logind"
+    logind_dir.mkdir(exist_ok=True)
+    record.pids["logind"] = node_host.spawn(
+        node,
+        [sys.executable, "-m", "spotrun_dev.fake_logind", "--dir", str(logind_dir),
+         "--delay", str(SHUTDOWN_GRACE_SECONDS + 15)],
+        node_dir / "logind.log", holder,
+    )  # fmt: skip
+    wait_for(f"{node.name}'s logind", (logind_dir / "ready").exists, timeout=30)
+
+
+def _holder_ready(pid: int) -> bool:
+    """The holder has exec'd sleep: its private mounts are in place."""
+    return Path(f"/proc/{pid}/comm").read_text().strip() == "sleep"
+
+
+def _write_configs(node: RealNode, node_dir: Path, pause: str) -> None:
+    (node_dir / "cni").mkdir(parents=True, exist_ok=True)
+    (node_dir / "pod-logs").mkdir(parents=True, exist_ok=True)
+    (node_dir / "containerd.toml").write_text(containerd_config(node_dir, pause))
+    (node_dir / "cni" / "10-spotrun.conflist").write_text(json.dumps(cni_config(node), indent=2))
+    (node_dir / "resolv.conf").write_text("nameserver 127.0.0.53\n")  # pods use clusterDNS
+    ca = PKI_DIR / "ca.crt"
+    crt, key = node_certs.write_node_cert(node.name, ca, PKI_DIR / "ca.key", node_dir / "pki")
+    server = f"https://{API_SERVICE_IP}:443"
+    kcfg = kubeconfig(server, ca, crt, key, f"system:node:{node.name}")
+    (node_dir / "kubeconfig").write_text(yaml.safe_dump(kcfg))
+    cfg = kubelet_config(node, node_dir, ca, 10250)
+    (node_dir / "kubelet.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def _kubelet_argv(node: RealNode, node_dir: Path) -> list[str]:
+    labels = ",".join(f"{k}={v}" for k, v in node_labels(node, REGION).items())
+    return [
+        str(paths.binary("kubelet")),
+        f"--config={node_dir / 'kubelet.yaml'}",
+        f"--kubeconfig={node_dir / 'kubeconfig'}",
+        f"--root-dir={node_dir / 'kubelet'}",
+        f"--cert-dir={node_dir / 'kubelet-pki'}",
+        f"--hostname-override={node.name}",
+        f"--node-ip={node.ip}",
+        f"--node-labels={labels}",
+        f"--register-with-taints={taint_flag(node_taints(node))}",
+        f"--provider-id=aws:///{node.zone}/i-real{node.slot:013d}",
+        "--v=1",
+    ]
+
+
+def kill_instance(name: str) -> None:
+    """The EC2 instance vanishes: its network drops, then every process on it dies at once.
+
+    The Node object stays: the node lifecycle controller marks it NotReady (Unknown) when
+    heartbeats stop, and ``cloud_delete`` later removes it as the cloud controller does.
+    """
+    state = FleetState.load()
+    record = state.nodes.get(name)
+    if record is None:
+        raise ClusterError(f"{name} is not a real node of this cluster")
+    node = record.node(name)
+    node_host.cut_network(node)
+    node_host.kill_cgroups([node.cgroup_root, node.system_cgroup])
+
+
+def power_off(name: str, timeout: float = SHUTDOWN_GRACE_SECONDS + 60) -> None:
+    """An orderly power-off (as EC2 does at the end of a spot notice on an instance with
+    graceful shutdown): logind tells the kubelet, which stops its pods within
+    shutdownGracePeriod and releases its delay lock; then the machine goes down."""
+    record = FleetState.load().nodes.get(name)
+    if record is None:
+        raise ClusterError(f"{name} is not a real node of this cluster")
+    poweroff = STATE_DIR / name / "logind" / "poweroff"
+    os.kill(record.pids["logind"], signal.SIGUSR1)
+    wait_for(f"{name} to power off", poweroff.exists, timeout=timeout, interval=1)
+    kill_instance(name)
+
+
+def cloud_delete(core: client.CoreV1Api, name: str) -> None:
+    """The cloud controller manager deletes the Node of a terminated instance."""
+    try:
+        core.delete_node(name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def remove_node(core: client.CoreV1Api | None, state: FleetState, name: str) -> None:
+    """Tear one node down completely (processes, cgroups, namespaces, state, Node object)."""
+    record = state.nodes.get(name)
+    if record is None:
+        return
+    node = record.node(name)
+    node_host.cut_network(node)
+    node_host.kill_cgroups([node.cgroup_root, node.system_cgroup])
+    node_host.remove_cgroups([node.cgroup_root, node.system_cgroup])
+    del state.nodes[name]
+    node_host.remove_netns(node, state.real_nodes())
+    if core is not None:
+        cloud_delete(core, name)
+    shutil.rmtree(STATE_DIR / name, ignore_errors=True)
+    state.save()
+
+
+def down(core: client.CoreV1Api | None) -> None:
+    """Every real node, the host services and the bridge: gone."""
+    state = FleetState.load()
+    for name in list(state.nodes):
+        remove_node(core, state, name)
+    for pid in state.services.values():
+        node_services.stop(pid)
+    state.services = {}
+    state.save()
+    node_host.remove_bridge()
+
+
+def _all_ready(core: client.CoreV1Api, names: list[str]) -> bool:
+    for name in names:
+        try:
+            n = core.read_node(name)
+        except ApiException:
+            return False
+        ready = [c for c in (n.status.conditions or []) if c.type == "Ready"]
+        if not ready or ready[0].status != "True":
+            return False
+        if str((n.status.allocatable or {}).get("nvidia.com/gpu", "0")) != "8":
+            return False
+    return True
+
+
+def wait_node_gone(core: client.CoreV1Api, name: str, timeout: float = 60) -> None:
+    def gone() -> bool:
+        try:
+            core.read_node(name)
+        except ApiException as exc:
+            return bool(exc.status == 404)
+        return False
+
+    wait_for(f"node {name} to be deleted", gone, timeout=timeout)

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from spotrun_dev import images, paths
+
+PYPROJECT = tomllib.loads((paths.REPO_ROOT / "pyproject.toml").read_text())
+
+
+def test_requirements_are_the_pins_of_one_extra_sorted_and_deduplicated() -> None:
+    pyproject = {
+        "project": {
+            "dependencies": ["pyyaml==6.0.3"],
+            "optional-dependencies": {
+                "trainer": ["torch==2.15.0", "boto3==1.44.5"],
+                "operator": ["kopf==1.45.2", "boto3==1.44.5"],
+                "dev": ["pytest==9.2.0"],
+            },
+        }
+    }
+    assert images.requirements(pyproject, "operator") == [
+        "boto3==1.44.5",
+        "kopf==1.45.2",
+        "pyyaml==6.0.3",
+    ]
+    trainer = images.requirements(PYPROJECT, "trainer")
+    assert any(pin.startswith("torch==") for pin in trainer)
+    assert not any(pin.startswith(("pytest", "kopf")) for pin in trainer)
+    assert not any(pin.startswith("torch") for pin in images.requirements(PYPROJECT, "operator"))
+
+
+@pytest.mark.parametrize("name", ["operator", "trainer"])
+def test_dockerfile_requirements_stage_agrees(name: str, tmp_path: Path) -> None:
+    # The Dockerfile extracts the pins itself (plain `docker build` has no spotrun_dev);
+    # run its script on this pyproject.toml and compare.
+    dockerfile = (paths.REPO_ROOT / name / "Dockerfile").read_text().replace("\\\n", "")
+    match = re.search(r"^RUN python3 -c '(.*)'$", dockerfile, re.MULTILINE)
+    assert match, "requirements stage not found"
+    script = match[1].replace('"/requirements.txt"', '"requirements.txt"')
+    script = script.replace('"/build-requirements.txt"', '"build-requirements.txt"')
+    shutil.copy(paths.REPO_ROOT / "pyproject.toml", tmp_path)
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True)
+    got = (tmp_path / "requirements.txt").read_text().splitlines()
+    assert got == images.requirements(PYPROJECT, name)
+    build = (tmp_path / "build-requirements.txt").read_text().splitlines()
+    assert build == sorted(PYPROJECT["build-system"]["requires"])
+
+
+def test_base_ref_is_keyed_by_the_recipe() -> None:
+    ref = images.base_ref()
+    assert re.fullmatch(r"localhost/spotrun/base:bookworm-[0-9a-f]{12}", ref)
+    assert images.base_ref() == ref
+    assert images.base_ref(packages=(*images.BASE_PACKAGES, "curl")) != ref
+    assert images.base_ref(packages=tuple(reversed(images.BASE_PACKAGES))) == ref
+
+
+def test_parse_pip_config_environment_wins() -> None:
+    text = (
+        "global.cert='/etc/ssl/certs/ca-certificates.crt'\n"
+        "global.index-url='https://index.example/simple'\n"
+        ":env:.cert='/tmp/other.pem'\n"
+        ':env:.default-timeout="180"\n'
+        "not a setting\n"
+    )
+    assert images.parse_pip_config(text) == {
+        "cert": "/tmp/other.pem",
+        "index-url": "https://index.example/simple",
+        "default-timeout": "180",
+    }
+
+
+def test_pip_build_options_mount_files_and_pass_values(tmp_path: Path) -> None:
+    cert = tmp_path / "ca.pem"
+    cert.write_text("pem")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    config = {
+        "index-url": "https://index.example/simple",
+        "cert": str(cert),
+        "find-links": str(wheels),
+        "disable-pip-version-check": "1",
+    }
+    opts = images.pip_build_options(config)
+    assert opts == [
+        "--build-arg",
+        "PIP_INDEX_URL=https://index.example/simple",
+        "-v",
+        f"{cert}:{images.CERT_MOUNT}:ro",
+        "--build-arg",
+        f"PIP_CERT={images.CERT_MOUNT}",
+    ]  # an empty wheel folder is left out
+    (wheels / "x-1.0-py3-none-any.whl").write_text("")
+    assert f"{wheels}:{images.WHEELS_MOUNT}:ro" in images.pip_build_options(config)
+    assert images.pip_build_options({"cert": str(tmp_path / "missing.pem")}) == []
+
+
+def test_archives_are_keyed_by_image_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPOTRUN_IMAGE_CACHE", str(tmp_path))
+    assert images.cache_dir() == tmp_path
+    first = images.archive_path("trainer", "sha256:" + "a" * 64, tmp_path)
+    assert first == tmp_path / f"trainer-{'a' * 16}.tar"
+    assert images.archive_path("trainer", "b" * 64, tmp_path) != first
+    monkeypatch.delenv("SPOTRUN_IMAGE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert images.cache_dir() == tmp_path / "xdg" / "spotrun" / "images"
+
+
+def test_host_pip_config_falls_back_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_pip(*args: object, **kwargs: object) -> str:
+        raise subprocess.CalledProcessError(1, "pip")
+
+    monkeypatch.setattr(images, "_run", no_pip)
+    monkeypatch.setenv("PIP_INDEX_URL", "https://index.example/simple")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    config = images.host_pip_config()
+    assert config["index-url"] == "https://index.example/simple"
+    assert "no-cache-dir" not in config
