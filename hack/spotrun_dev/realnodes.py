@@ -10,6 +10,7 @@ Everything a node made (namespaces, veth, cgroups, mounts, processes) goes with
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -60,6 +61,7 @@ class NodeRecord:
     slot: int
     zone: str
     pids: dict[str, int] = field(default_factory=dict)
+    images: str = ""  # the golden key (image set) the node's containerd started from
 
     def node(self, name: str) -> RealNode:
         return RealNode(name=name, slot=self.slot, zone=self.zone)
@@ -117,22 +119,33 @@ def ensure_real_nodes(core: client.CoreV1Api, count: int | None = None) -> list[
     count = wanted_count() if count is None else count
     state = FleetState.load()
     _ensure_services(state)
+    built = _built_images()
+    key = node_images.golden_key(list(built.values()))
     for name, record in list(state.nodes.items()):
         if not _healthy(record):
             log.info("real node %s is dead: removing it", name)
             remove_node(core, state, name)
+        elif record.images != key:
+            # An AMI update: nodes with an older image set are replaced, not patched.
+            log.info("real node %s has older images: replacing it", name)
+            remove_node(core, state, name)
     if len(state.nodes) < count:
-        built = images.ensure_images()
         golden = node_images.golden_root(list(built.values()))
-        pause = built["pause"].ref
         while len(state.nodes) < count:
-            add_node(core, state, golden, pause)
+            add_node(core, state, golden, built["pause"].ref).images = key
+            state.save()
     names = list(state.nodes)
     wait_for("every real node to be Ready", lambda: _all_ready(core, names), timeout=120)
     return state.real_nodes()
 
 
-def add_node(core: client.CoreV1Api, state: FleetState, golden: Path, pause: str) -> RealNode:
+@functools.cache
+def _built_images() -> dict[str, images.ImageArchive]:
+    """The images, built or found once per process (a check costs ~10 s)."""
+    return images.ensure_images()
+
+
+def add_node(core: client.CoreV1Api, state: FleetState, golden: Path, pause: str) -> NodeRecord:
     """Start a new real node with the next name; it registers itself with its kubelet."""
     name = f"{NAME_PREFIX}{state.next_index}"
     state.next_index += 1
@@ -166,7 +179,7 @@ def add_node(core: client.CoreV1Api, state: FleetState, golden: Path, pause: str
     )  # fmt: skip
     state.save()
     log.info("real node %s (%s, %s) started", name, node.ip, node.zone)
-    return node
+    return record
 
 
 def _start_logind(node: RealNode, node_dir: Path, holder: int, record: NodeRecord) -> None:
