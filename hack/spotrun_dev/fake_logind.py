@@ -50,6 +50,9 @@ class Manager(ServiceInterface):
         read_end, write_end = os.pipe()
         os.set_blocking(read_end, False)
         self.locks.append(read_end)
+        # Our copy of the write end must go once the reply (which carries a duplicate of
+        # it) is sent, or the lock could never be released.
+        asyncio.get_running_loop().call_later(2.0, os.close, write_end)
         return write_end
 
     @dbus_signal()

@@ -140,6 +140,8 @@ def trainer_env(ref: RunRef, spec: RunSpec, attempt: int, interval_seconds: int)
         contract.ENV_CHECKPOINT_INTERVAL_SECONDS: str(interval_seconds),
         contract.ENV_CHECKPOINT_KEEP: str(spec.checkpoint.keep),
         contract.ENV_METRICS_PORT: str(contract.DEFAULT_METRICS_PORT),
+        contract.ENV_TERMINATION_GRACE_SECONDS: str(spec.termination_grace_period_seconds),
+        contract.ENV_PROCS_PER_NODE: str(spec.procs_per_node),
     }
     if spec.checkpoint.s3_uri:
         env[contract.ENV_S3_URI] = spec.checkpoint.s3_uri
@@ -253,6 +255,9 @@ def build_pytorchjob(
         "kind": PYTORCHJOB_KIND,
         "metadata": _meta(ref, job_name(ref.name, attempt), attempt_labels(ref.name, attempt)),
         "spec": {
+            # PET_NPROC_PER_NODE and WORLD_SIZE (nodes x procs) for a plain torchrun command;
+            # the spotrun trainer reads SPOTRUN_PROCS_PER_NODE (the same number).
+            "nprocPerNode": str(spec.procs_per_node),
             # No backoffLimit: with restartPolicy Never the training operator (v1.9) counts
             # 0 restarts >= a limit of 0 and deletes every pod of the job, logs included.
             "runPolicy": {"cleanPodPolicy": "None"},

@@ -402,7 +402,8 @@ def _start_attempt(r: Recovery, spec: RunSpec, n: int) -> None:
         "Normal",
         "AttemptCreated",
         f"creating attempt {n} (PyTorchJob {job_name(r.obs.ref.name, n)}) on {capacity}: "
-        f"{spec.nodes} node(s) x {spec.gpus_per_node} GPUs, resuming from {spec.checkpoint.path}",
+        f"{spec.nodes} node(s) x {spec.gpus_per_node} GPUs, {spec.procs_per_node} rank(s) per "
+        f"node, resuming from {spec.checkpoint.path}",
     )
     if r.obs.missing_refs:
         _config_error(r, n, r.entry(n) or {}, "missing " + ", ".join(r.obs.missing_refs))

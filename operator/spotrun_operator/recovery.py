@@ -31,6 +31,7 @@ from spotrun_operator.plan import (
     RunGauges,
 )
 from spotrun_operator.spec import RunSpec
+from spotrun_trainer.contract import DEFAULT_TERMINATION_GRACE_SECONDS as DEFAULT_GRACE
 
 OWNED: Final = (
     "phase",
@@ -239,7 +240,7 @@ class Recovery:
     def stop_pods(self, n: int) -> None:
         """SIGTERM every rank of attempt ``n`` at once (graceful delete). Pods on a node
         that is gone are force-deleted: no kubelet will ever confirm their end."""
-        grace = self.spec.termination_grace_period_seconds if self.spec else 110
+        grace = self.spec.termination_grace_period_seconds if self.spec else DEFAULT_GRACE
         graceful, force = [], []
         for p in self.pods_of(n):
             meta = p.get("metadata") or {}

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from spotrun_operator.common import parse_duration
+from spotrun_trainer import contract
 
 CapacityType = Literal["spot", "on-demand"]
 DEFAULT_INSTANCE_TYPES = ("p4d.24xlarge",)
@@ -42,6 +43,7 @@ class RunSpec:
     image_pull_policy: str | None = None
     nodes: int = 1
     gpus_per_node: int = 8
+    procs_per_node: int = 8  # ranks per pod: spec.procsPerNode, else gpusPerNode (or 1)
     resources: dict[str, Any] = field(default_factory=dict)
     capacity_type: CapacityType = "spot"
     instance_types: tuple[str, ...] = DEFAULT_INSTANCE_TYPES
@@ -50,21 +52,60 @@ class RunSpec:
     max_failures: int = 3
     max_usd: float | None = None
     suspend: bool = False
-    termination_grace_period_seconds: int = 110
+    termination_grace_period_seconds: int = contract.DEFAULT_TERMINATION_GRACE_SECONDS
     pod_template: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_interval(raw: Any) -> str:
+    """``spec.checkpoint.interval``: ``auto`` or a duration of at least 1s (the trainer
+    reads an interval of 0 as "no timed checkpoints", so shorter ones mean nothing)."""
+    interval = str(raw or "15m")
+    if interval == "auto":
+        return interval
+    try:
+        seconds = parse_duration(interval)
+    except ValueError as e:
+        raise ValueError(f"spec.checkpoint.interval: {e}") from None
+    if seconds < contract.MIN_CHECKPOINT_INTERVAL_SECONDS:
+        raise ValueError(
+            f"spec.checkpoint.interval must be auto or at least "
+            f"{contract.MIN_CHECKPOINT_INTERVAL_SECONDS}s, got {interval!r}"
+        )
+    return interval
+
+
+def _parse_checkpoint(cp: dict[str, Any]) -> CheckpointSpec:
+    vol = cp.get("volume") or {}
+    if bool(vol.get("claimName")) == bool(vol.get("size")):
+        raise ValueError("spec.checkpoint.volume: set exactly one of claimName or size")
+    return CheckpointSpec(
+        volume=VolumeSpec(
+            claim_name=vol.get("claimName"),
+            size=vol.get("size"),
+            storage_class_name=vol.get("storageClassName"),
+            access_mode=vol.get("accessMode") or "ReadWriteMany",
+        ),
+        path=str(cp.get("path") or "/checkpoints"),
+        interval=parse_interval(cp.get("interval")),
+        keep=int(cp.get("keep", 3)),
+        s3_uri=cp.get("s3Uri"),
+    )
+
+
+def _parse_procs(spec: dict[str, Any], gpus: int) -> int:
+    """``spec.procsPerNode``; unset: one rank per GPU, or 1 on a node without GPUs."""
+    raw = spec.get("procsPerNode")
+    procs = int(raw) if raw is not None else max(1, gpus)
+    if procs < 1:
+        raise ValueError("spec.procsPerNode must be >= 1")
+    return procs
 
 
 def parse_spec(spec: dict[str, Any]) -> RunSpec:
     """Parse a TrainingRun's ``spec``; raises ValueError on what the CRD would reject."""
     if not spec.get("image"):
         raise ValueError("spec.image is required")
-    cp = spec.get("checkpoint") or {}
-    vol = cp.get("volume") or {}
-    if bool(vol.get("claimName")) == bool(vol.get("size")):
-        raise ValueError("spec.checkpoint.volume: set exactly one of claimName or size")
-    interval = str(cp.get("interval") or "15m")
-    if interval != "auto":
-        parse_duration(interval)
+    checkpoint = _parse_checkpoint(spec.get("checkpoint") or {})
     cap = spec.get("capacity") or {}
     raw_type = cap.get("type") or "spot"
     if raw_type not in ("spot", "on-demand"):
@@ -86,26 +127,18 @@ def parse_spec(spec: dict[str, Any]) -> RunSpec:
         image_pull_policy=spec.get("imagePullPolicy"),
         nodes=nodes,
         gpus_per_node=gpus,
+        procs_per_node=_parse_procs(spec, gpus),
         resources=dict(spec.get("resources") or {}),
         capacity_type=ctype,
         instance_types=tuple(cap.get("instanceTypes") or DEFAULT_INSTANCE_TYPES),
         on_demand_fallback_after=parse_duration(fallback) if fallback else None,
-        checkpoint=CheckpointSpec(
-            volume=VolumeSpec(
-                claim_name=vol.get("claimName"),
-                size=vol.get("size"),
-                storage_class_name=vol.get("storageClassName"),
-                access_mode=vol.get("accessMode") or "ReadWriteMany",
-            ),
-            path=str(cp.get("path") or "/checkpoints"),
-            interval=interval,
-            keep=int(cp.get("keep", 3)),
-            s3_uri=cp.get("s3Uri"),
-        ),
+        checkpoint=checkpoint,
         max_preemptions=int(spec.get("maxPreemptions", 100)),
         max_failures=int(spec.get("maxFailures", 3)),
         max_usd=float(budget["maxUSD"]) if budget.get("maxUSD") is not None else None,
         suspend=bool(spec.get("suspend", False)),
-        termination_grace_period_seconds=int(spec.get("terminationGracePeriodSeconds", 110)),
+        termination_grace_period_seconds=int(
+            spec.get("terminationGracePeriodSeconds", contract.DEFAULT_TERMINATION_GRACE_SECONDS)
+        ),
         pod_template=dict(spec.get("podTemplate") or {}),
     )

@@ -19,13 +19,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from spotrun_trainer import launcher
 
+    # nproc_per_node defaults to SPOTRUN_PROCS_PER_NODE (spec.procsPerNode) in a pod.
     if cfg.nproc_per_node > 1 and not launcher.is_worker(os.environ):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s launcher %(message)s")
         return launcher.launch(args, cfg.nproc_per_node, cfg.preemption.grace_period_seconds)
 
     from spotrun_trainer.train import run
 
-    code = run(cfg)
+    try:
+        code = run(cfg)
+    except Exception:
+        # An application error: the traceback goes to stderr and the process exits 1;
+        # under the launcher, leave that code for it too.
+        launcher.record_exit(1)
+        raise
     launcher.record_exit(code)
     return code
 

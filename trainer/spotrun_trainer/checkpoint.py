@@ -126,6 +126,7 @@ class CheckpointManager:
         restore_missing: Callable[[Path], object] | None = None,
         on_commit: Callable[[CheckpointInfo], None] | None = None,
         before_commit: Callable[[int], None] | None = None,
+        after_write: Callable[[int], None] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.rank, self.world_size = rank, world_size
@@ -136,6 +137,7 @@ class CheckpointManager:
         self.restore_missing = restore_missing
         self.on_commit = on_commit
         self.before_commit = before_commit
+        self.after_write = after_write  # every rank, between its files and its part file
         self.last_stall_seconds = 0.0
         self._thread: threading.Thread | None = None
         self._result: CheckpointInfo | None = None
@@ -286,6 +288,8 @@ class CheckpointManager:
             if self.rank == 0:
                 files[SHARED_FILE] = write_torch(tmp / SHARED_FILE, shared_sd)
             files[f"rank-{self.rank}.pt"] = write_torch(tmp / f"rank-{self.rank}.pt", rank_sd)
+            if self.after_write is not None:
+                self.after_write(step)
         except BaseException as e:
             # Tell rank 0 at once rather than let it wait out commit_timeout.
             with contextlib.suppress(OSError):

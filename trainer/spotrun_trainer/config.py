@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from spotrun_trainer import contract
+from spotrun_trainer.faults import FaultConfig
 
 
 @dataclass
@@ -116,9 +117,10 @@ class PreemptionConfig:
     """Instance-metadata base URL (IMDSv2 token when the endpoint offers one)."""
     spot_notice_interval_seconds: float = 5.0
     """Seconds between two polls of the spot notice."""
-    grace_period_seconds: float = 110.0
-    """Time the pod gets between SIGTERM and SIGKILL; used for logs and, in launcher mode,
-    as torchrun's worker shutdown timeout."""
+    grace_period_seconds: float = float(contract.DEFAULT_TERMINATION_GRACE_SECONDS)
+    """Time the pod gets between SIGTERM and SIGKILL (env SPOTRUN_TERMINATION_GRACE_SECONDS,
+    the pod's terminationGracePeriodSeconds): torchrun's worker shutdown timeout in launcher
+    mode, the bound of a stop's wait for S3 uploads, and the yardstick of save times."""
 
 
 @dataclass
@@ -147,6 +149,8 @@ class TrainConfig:
     """Stop handling."""
     report: ReportConfig = field(default_factory=ReportConfig)
     """Logs, metrics and status.progress."""
+    fault: FaultConfig = field(default_factory=FaultConfig)
+    """Test-only fault injection for end-to-end tests; everything off by default."""
     seed: int = 0
     """Seed of data generation, init, sampling and every RNG."""
     max_steps: int = 1000
@@ -165,7 +169,8 @@ class TrainConfig:
     """torch intra-op threads per process; 0 keeps torch's default."""
     nproc_per_node: int = 1
     """Launcher mode: above 1 (and not already under torchrun), start this many workers
-    through torchrun and map their exits to the contract's exit codes."""
+    through torchrun and map their exits to the contract's exit codes (env
+    SPOTRUN_PROCS_PER_NODE: the operator sets spec.procsPerNode, one per GPU by default)."""
 
 
 _ENV_FIELDS: dict[str, tuple[str, str]] = {
@@ -174,6 +179,8 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     contract.ENV_CHECKPOINT_KEEP: ("checkpoint", "keep"),
     contract.ENV_S3_URI: ("checkpoint", "s3_uri"),
     contract.ENV_METRICS_PORT: ("report", "metrics_port"),
+    contract.ENV_TERMINATION_GRACE_SECONDS: ("preemption", "grace_period_seconds"),
+    contract.ENV_PROCS_PER_NODE: ("", "nproc_per_node"),
 }
 
 
@@ -273,7 +280,10 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def apply_env(cfg: TrainConfig, env: Mapping[str, str]) -> None:
     for name, (section, key) in _ENV_FIELDS.items():
         if env.get(name, "") != "":
-            _set(cfg, f"{section}.{key}", env[name])
+            try:
+                _set(cfg, f"{section}.{key}" if section else key, env[name])
+            except ConfigError as e:
+                raise ConfigError(f"{e} (from env {name})") from e
 
 
 def apply_yaml(cfg: TrainConfig, path: str | Path) -> None:
@@ -301,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m spotrun_trainer",
         description="Preemption-safe PyTorch training. Precedence: defaults < SPOTRUN_* env "
         "< --config YAML < flags.",
+        epilog="The --fault.* flags are TEST ONLY: fault injection for end-to-end tests "
+        "(a crash in one attempt, slow checkpoint saves); never set them in real runs.",
     )
     parser.add_argument("--config", help="YAML file whose keys mirror the flags' sections")
     for dotted, tp, doc in _all_fields():
@@ -346,6 +358,13 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("max_steps must be >= 0 and batch_size >= 1")
     if cfg.checkpoint.s3_uri and not cfg.checkpoint.s3_uri.startswith("s3://"):
         raise ConfigError(f"checkpoint.s3_uri must start with s3://, got {cfg.checkpoint.s3_uri}")
+    if cfg.preemption.grace_period_seconds <= 0:
+        raise ConfigError("preemption.grace_period_seconds must be > 0")
+    if cfg.nproc_per_node < 1:
+        raise ConfigError("nproc_per_node must be >= 1")
+    problems = cfg.fault.problems()
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

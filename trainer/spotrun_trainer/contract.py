@@ -8,6 +8,7 @@ sides import the names from here so the contract cannot drift.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -20,6 +21,10 @@ ENV_CHECKPOINT_INTERVAL_SECONDS: Final = "SPOTRUN_CHECKPOINT_INTERVAL_SECONDS"
 ENV_CHECKPOINT_KEEP: Final = "SPOTRUN_CHECKPOINT_KEEP"  # how many step folders to keep
 ENV_S3_URI: Final = "SPOTRUN_S3_URI"  # optional s3://bucket/prefix mirror
 ENV_METRICS_PORT: Final = "SPOTRUN_METRICS_PORT"  # trainer /metrics port; 0 = off
+# The pod's terminationGracePeriodSeconds: SIGTERM -> SIGKILL, what a stop's save must fit.
+ENV_TERMINATION_GRACE_SECONDS: Final = "SPOTRUN_TERMINATION_GRACE_SECONDS"
+# Ranks each pod starts (spec.procsPerNode; default one per GPU): launcher mode's nproc.
+ENV_PROCS_PER_NODE: Final = "SPOTRUN_PROCS_PER_NODE"
 
 ALL_ENV: Final = (
     ENV_RUN,
@@ -30,9 +35,24 @@ ALL_ENV: Final = (
     ENV_CHECKPOINT_KEEP,
     ENV_S3_URI,
     ENV_METRICS_PORT,
+    ENV_TERMINATION_GRACE_SECONDS,
+    ENV_PROCS_PER_NODE,
 )
 
 DEFAULT_METRICS_PORT: Final = 9400
+# The one default of the grace period, for the CRD's spec.terminationGracePeriodSeconds,
+# the operator and the trainer: 110 s fits inside AWS's 2-minute spot interruption notice.
+DEFAULT_TERMINATION_GRACE_SECONDS: Final = 110
+# The shortest checkpoint interval either side accepts. The trainer reads an interval of 0
+# as "no timed checkpoints", so anything shorter than this is rejected at admission.
+MIN_CHECKPOINT_INTERVAL_SECONDS: Final = 1
+
+
+def attempt_from_env(env: Mapping[str, str]) -> int | None:
+    """``SPOTRUN_ATTEMPT`` as an int; None when unset or not a positive integer."""
+    raw = env.get(ENV_ATTEMPT, "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else None
+
 
 # --- exit codes ---------------------------------------------------------------------------
 EXIT_DONE: Final = 0  # training finished
@@ -67,6 +87,10 @@ PROGRESS_FIELDS: Final = (
     "samplesPerSecond",  # float: recent training throughput, whole gang
     "attempt",  # int: SPOTRUN_ATTEMPT of the writer, so stale writers are recognisable
 )
+# Fields that describe the writing attempt only. status.progress is merge-patched, so an
+# absent key keeps the previous attempt's value: a patch sends these as null until the
+# current attempt has its own value (checkpoint fields describe the volume and carry over).
+PER_ATTEMPT_PROGRESS_FIELDS: Final = ("samplesPerSecond", "attempt")
 
 
 @dataclass(frozen=True)
@@ -91,6 +115,13 @@ class Progress:
             "attempt": self.attempt,
         }
         return {k: v for k, v in raw.items() if v is not None}
+
+    def to_patch(self) -> dict[str, Any]:
+        """``to_status()`` plus an explicit null for every per-attempt field not known yet,
+        so a JSON merge patch clears what an earlier attempt wrote there."""
+        out: dict[str, Any] = dict.fromkeys(PER_ATTEMPT_PROGRESS_FIELDS)
+        out.update(self.to_status())
+        return out
 
     @classmethod
     def from_status(cls, obj: dict[str, Any] | None) -> Progress | None:

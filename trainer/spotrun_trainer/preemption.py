@@ -70,6 +70,13 @@ class StopGuard:
             return True
         return False
 
+    def seconds_left(self, grace: float, now: float | None = None) -> float | None:
+        """Seconds of the ``grace`` period left since the first stop request (negative once
+        past it); None when no stop was requested."""
+        if self.stop_time is None:
+            return None
+        return grace - ((time.monotonic() if now is None else now) - self.stop_time)
+
     def wait_for_request(self, timeout: float) -> bool:
         """Block up to ``timeout`` s until a stop or save request arrives."""
         if self.stop_requested.is_set() or self.save_requested.is_set():

@@ -2,6 +2,11 @@
 
 The patch goes out on a background thread with a one-slot mailbox (newest wins), so a
 slow or absent API server never stalls training; failures are logged, never raised.
+
+Each attempt is a new process with a new reporter. A JSON merge patch keeps every key it
+does not mention, so the per-attempt fields (``contract.PER_ATTEMPT_PROGRESS_FIELDS``:
+samplesPerSecond, attempt) are sent as null until this attempt has its own values; the
+first report of an attempt never shows the previous attempt's throughput.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ PatchFn = Callable[[dict[str, Any]], None]
 
 
 def patch_body(progress: Progress) -> dict[str, Any]:
-    """The merge patch sent to the status subresource."""
-    return {"status": {"progress": progress.to_status()}}
+    """The merge patch sent to the status subresource (per-attempt fields null until set)."""
+    return {"status": {"progress": progress.to_patch()}}
 
 
 class ProgressReporter:
@@ -152,17 +157,29 @@ def kube_patch_fn(name: str, namespace: str, timeout: float = 5.0) -> PatchFn:
     return patch
 
 
-def reporter_from_env(env: Mapping[str, str], min_interval: float) -> ProgressReporter | None:
-    """A reporter for this run when running in a cluster (SPOTRUN_RUN/NAMESPACE set)."""
+def reporter_from_env(
+    env: Mapping[str, str],
+    min_interval: float,
+    patch_factory: Callable[[str, str], PatchFn] = kube_patch_fn,
+    background: bool = True,
+) -> ProgressReporter | None:
+    """A reporter for this run when running in a cluster (SPOTRUN_RUN/NAMESPACE set), whose
+    patches carry ``attempt`` = SPOTRUN_ATTEMPT."""
     name, namespace = env.get(contract.ENV_RUN), env.get(contract.ENV_NAMESPACE)
     if not name or not namespace:
         return None
     try:
-        patch = kube_patch_fn(name, namespace)
+        patch = patch_factory(name, namespace)
     except Exception as e:
         log.warning("status.progress reporting off: no in-cluster Kubernetes config (%s)", e)
         return None
-    attempt = env.get(contract.ENV_ATTEMPT)
+    attempt = contract.attempt_from_env(env)
+    if attempt is None:
+        log.warning(
+            "%s is %r, not a positive integer: status.progress.attempt stays empty",
+            contract.ENV_ATTEMPT,
+            env.get(contract.ENV_ATTEMPT),
+        )
     return ProgressReporter(
-        patch, min_interval=min_interval, attempt=int(attempt) if attempt else None
+        patch, min_interval=min_interval, attempt=attempt, background=background
     )

@@ -32,6 +32,7 @@ from spotrun_trainer.data import (
     validation_batches,
 )
 from spotrun_trainer.distributed import DistContext, init_distributed, shutdown
+from spotrun_trainer.faults import FaultInjector
 from spotrun_trainer.metrics import TrainerMetrics
 from spotrun_trainer.models import build_model, compute_loss, count_parameters
 from spotrun_trainer.preemption import SpotNoticePoller, StopGuard
@@ -41,6 +42,8 @@ from spotrun_trainer.state import ModelState, RNGState, TrainProgress, seed_ever
 from spotrun_trainer.testhooks import TestHooks
 
 log = logging.getLogger("spotrun_trainer")
+
+EXIT_MARGIN_SECONDS = 2.0  # of the grace period, left for leaving the process group and exit
 
 
 @dataclass
@@ -88,6 +91,7 @@ def _train(
     cfg: TrainConfig, ctx: DistContext, env: Mapping[str, str], stack: ExitStack, guard: StopGuard
 ) -> int:
     hooks = TestHooks(env, ctx.rank)
+    faults = FaultInjector(cfg.fault, ctx.rank, env)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = ctx.device
@@ -138,10 +142,14 @@ def _train(
     ck = cfg.checkpoint
     mirror = S3Mirror(ck.s3_uri, ck.s3_endpoint_url) if ck.s3_uri and ctx.is_main else None
     if mirror is not None:
-        stack.callback(mirror.close, ck.s3_upload_timeout_seconds)
+        stack.callback(_close_mirror, mirror, cfg, guard)
+
+    grace_warned = False
 
     def on_commit(info: CheckpointInfo) -> None:
+        nonlocal grace_warned
         metrics.observe_checkpoint(info.seconds, info.bytes, time.time())
+        grace_warned = _warn_if_past_grace(info, cfg.preemption.grace_period_seconds, grace_warned)
         if reporter is not None:
             reporter.checkpoint(info.step, info.committed_at, str(info.path))
         if mirror is not None:
@@ -160,6 +168,7 @@ def _train(
         restore_missing=mirror.restore_latest if mirror is not None else None,
         on_commit=on_commit,
         before_commit=hooks.before_commit,
+        after_write=faults.slow_save,
     )
     manager.prepare()
     loaded = manager.load(shared, per_rank, map_location=device)
@@ -230,6 +239,7 @@ def _train(
     train_model.train()
     while True:
         step = progress.step
+        faults.at_boundary(step, settle=lambda: manager.wait(raise_errors=False))
         stop, notice, due = ctx.agree(
             [
                 guard.stop_requested.is_set(),
@@ -282,6 +292,7 @@ def _train(
         window_samples += global_batch
 
         hooks.after_step(progress.step, guard)
+        faults.after_step()
         if cfg.report.log_every and progress.step % cfg.report.log_every == 0:
             now = time.monotonic()
             samples_per_second = window_samples / max(now - window_start, 1e-9)
@@ -318,11 +329,9 @@ def _finish(
     except CheckpointError as e:
         log.error("final checkpoint at step %d failed: %s", step, e)
         code = 1
-    if mirror is not None and not mirror.wait(cfg.checkpoint.s3_upload_timeout_seconds):
-        log.warning(
-            "S3 upload still running after %.0fs; leaving it",
-            cfg.checkpoint.s3_upload_timeout_seconds,
-        )
+    upload_wait = _upload_wait(cfg, guard, stopped)
+    if mirror is not None and not mirror.wait(upload_wait):
+        log.warning("S3 upload still running after %.0fs; leaving it", upload_wait)
     # A rank that exits before the commit would make torchrun kill the others mid-save.
     ctx.barrier()
     if stopped and ctx.is_main:
@@ -337,3 +346,34 @@ def _finish(
     elif ctx.is_main:
         log.info("finished %d steps", step)
     return code
+
+
+def _upload_wait(cfg: TrainConfig, guard: StopGuard, stopped: bool) -> float:
+    """How long a finishing run waits for S3 uploads: ``s3_upload_timeout_seconds``, and on
+    a stop no longer than what the grace period leaves (minus a margin to exit cleanly)."""
+    wait = cfg.checkpoint.s3_upload_timeout_seconds
+    left = guard.seconds_left(cfg.preemption.grace_period_seconds) if stopped else None
+    if left is not None:
+        wait = max(0.0, min(wait, left - EXIT_MARGIN_SECONDS))
+    return wait
+
+
+def _close_mirror(mirror: S3Mirror, cfg: TrainConfig, guard: StopGuard) -> None:
+    """On the way out (any way out), within the grace period when stopping."""
+    mirror.close(_upload_wait(cfg, guard, guard.stop_requested.is_set()))
+
+
+def _warn_if_past_grace(info: CheckpointInfo, grace: float, warned: bool) -> bool:
+    """A save slower than the grace period cannot commit after a SIGTERM: warn (once; the
+    returned flag says whether a warning was given, now or before)."""
+    if info.seconds > grace and not warned:
+        log.warning(
+            "checkpoint step %d took %.1fs, longer than the %.0fs grace period: a stop "
+            "would be killed before its checkpoint commits (raise "
+            "terminationGracePeriodSeconds or make saves faster)",
+            info.step,
+            info.seconds,
+            grace,
+        )
+        return True
+    return warned

@@ -9,17 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from spotrun_trainer import contract
+from spotrun_trainer import contract, launcher
+from spotrun_trainer.__main__ import main
 from spotrun_trainer.config import (
     CheckpointConfig,
     ConfigError,
     ModelConfig,
     TrainConfig,
+    _all_fields,
     build_parser,
     field_docs,
     load_config,
 )
 from spotrun_trainer.data import ResumableSampler, load_tokens, synthetic_tokens
+from spotrun_trainer.faults import FaultConfig
 from spotrun_trainer.launcher import decide_exit, torchrun_command
 from spotrun_trainer.models import (
     ContrastiveEncoder,
@@ -155,3 +158,84 @@ def test_launcher_exit_mapping() -> None:
     assert "--nproc-per-node=8" in cmd and "--shutdown-timeout=110" in cmd
     assert "--standalone" in cmd and cmd[-3:] == ["spotrun_trainer", "--max-steps", "3"]
     assert "--standalone" not in torchrun_command([], 8, 110.0, {"PET_NNODES": "2"})
+
+
+def test_operator_env_sets_grace_and_procs_under_yaml_and_flags(tmp_path: Path) -> None:
+    env = {contract.ENV_TERMINATION_GRACE_SECONDS: "45", contract.ENV_PROCS_PER_NODE: "8"}
+    cfg = load_config([], env=env)
+    assert cfg.preemption.grace_period_seconds == 45.0 and cfg.nproc_per_node == 8
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text("nproc_per_node: 4\npreemption:\n  grace_period_seconds: 30\n")
+    cfg = load_config(["--config", str(run_yaml)], env=env)
+    assert cfg.preemption.grace_period_seconds == 30.0 and cfg.nproc_per_node == 4  # yaml > env
+    cfg = load_config(["--config", str(run_yaml), "--nproc-per-node", "1",
+                       "--preemption.grace-period-seconds", "20"], env=env)  # fmt: skip
+    assert cfg.preemption.grace_period_seconds == 20.0 and cfg.nproc_per_node == 1  # flags win
+    default = load_config([], env={})
+    assert default.preemption.grace_period_seconds == contract.DEFAULT_TERMINATION_GRACE_SECONDS
+    assert default.nproc_per_node == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({contract.ENV_PROCS_PER_NODE: "eight"}, "SPOTRUN_PROCS_PER_NODE"),
+        ({contract.ENV_PROCS_PER_NODE: "0"}, "nproc_per_node must be >= 1"),
+        ({contract.ENV_TERMINATION_GRACE_SECONDS: "soon"}, "SPOTRUN_TERMINATION_GRACE_SECONDS"),
+        ({contract.ENV_TERMINATION_GRACE_SECONDS: "0"}, "grace_period_seconds must be > 0"),
+    ],
+)
+def test_bad_operator_env_names_the_variable_or_field(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config([], env=env)
+
+
+def test_cli_starts_procs_per_node_ranks_with_the_grace_as_shutdown_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[list[str], int, float]] = []
+
+    def fake_launch(argv: list[str], nproc: int, grace: float) -> int:
+        calls.append((list(argv), nproc, grace))
+        return contract.EXIT_STOPPED
+
+    monkeypatch.setattr(launcher, "launch", fake_launch)
+    for name in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(contract.ENV_PROCS_PER_NODE, "8")
+    monkeypatch.setenv(contract.ENV_TERMINATION_GRACE_SECONDS, "45")
+    assert main(["--max-steps", "3"]) == contract.EXIT_STOPPED  # the launcher's code, as is
+    assert calls == [(["--max-steps", "3"], 8, 45.0)]
+    cmd = torchrun_command(calls[0][0], 8, 45.0, {})
+    assert "--nproc-per-node=8" in cmd and "--shutdown-timeout=45" in cmd
+    # Inside torchrun the same env must not start another launcher.
+    assert launcher.is_worker({"LOCAL_RANK": "3"})
+
+
+def test_fault_injection_is_off_by_default_and_validated() -> None:
+    assert load_config([], env={}).fault == FaultConfig()
+    cfg = load_config(["--fault.crash-at-step", "6", "--fault.crash-in-attempt", "2",
+                       "--fault.crash-rank", "1", "--fault.slow-save-seconds", "1.5"],
+                      env={})  # fmt: skip
+    assert cfg.fault == FaultConfig(crash_at_step=6, crash_in_attempt=2, crash_rank=1,
+                                    slow_save_seconds=1.5)  # fmt: skip
+    for argv, field in (
+        (["--fault.crash-at-step", "-1"], "fault.crash_at_step"),
+        (["--fault.crash-in-attempt", "-1"], "fault.crash_in_attempt"),
+        (["--fault.crash-rank", "-2"], "fault.crash_rank"),
+        (["--fault.slow-save-seconds", "-1"], "fault.slow_save_seconds"),
+        (["--fault.step-delay-seconds", "-0.5"], "fault.step_delay_seconds"),
+    ):
+        with pytest.raises(ConfigError, match=field):
+            load_config(argv, env={})
+    help_text = " ".join(build_parser().format_help().split())
+    assert "--fault.crash-at-step" in help_text and "TEST ONLY" in help_text
+    assert "never set them in real runs" in help_text
+
+
+def test_docs_list_every_flag_with_its_env() -> None:
+    text = (Path(__file__).resolve().parents[3] / "docs" / "trainer.md").read_text()
+    for dotted, _, _ in _all_fields():
+        assert f"`--{dotted.replace('_', '-')}`" in text, f"docs/trainer.md misses --{dotted}"
+    for name in contract.ALL_ENV:
+        assert f"`{name}`" in text, f"docs/trainer.md misses {name}"

@@ -33,6 +33,60 @@ def test_patch_body_is_a_merge_patch_of_status_progress() -> None:
     assert body == {"status": {"progress": {"step": 5, "samplesPerSecond": 2.5, "attempt": 1}}}
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, as the apiserver applies it to status."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def test_a_new_attempt_clears_the_previous_attempts_fields() -> None:
+    previous = {
+        "step": 500,
+        "checkpointStep": 480,
+        "checkpointTime": "2026-11-21T08:00:00Z",
+        "checkpointPath": "/checkpoints/step-480",
+        "samplesPerSecond": 812.5,
+        "attempt": 1,
+    }
+    calls: list[dict[str, Any]] = []
+    env = {contract.ENV_RUN: "r", contract.ENV_NAMESPACE: "ns", contract.ENV_ATTEMPT: "2"}
+    r = reporter_from_env(env, 10.0, patch_factory=lambda name, ns: calls.append, background=False)
+    assert r is not None
+    # Resumed: the first report is the loaded checkpoint, before any throughput is measured.
+    assert r.checkpoint(480, "2026-11-21T08:00:00Z", "/checkpoints/step-480")
+    first = calls[0]["status"]["progress"]
+    assert first["samplesPerSecond"] is None, "sent as null so the merge patch removes it"
+    assert first["attempt"] == 2
+    status = merge_patch({"progress": previous}, calls[0]["status"])
+    fresh = {k: v for k, v in previous.items() if k != "samplesPerSecond"}
+    assert status["progress"] == fresh | {"step": 480, "attempt": 2}  # resumed at 480
+    # Steps without a measurement keep it null; the first measurement fills it in.
+    r.min_interval = 0.0
+    r.step(481)
+    assert calls[-1]["status"]["progress"]["samplesPerSecond"] is None
+    r.step(490, 99.0)
+    status = merge_patch(status, calls[-1]["status"])
+    assert status["progress"]["samplesPerSecond"] == 99.0 and status["progress"]["step"] == 490
+    r.step(491)  # a later step without a new figure keeps this attempt's
+    assert calls[-1]["status"]["progress"]["samplesPerSecond"] == 99.0
+
+
+@pytest.mark.parametrize("raw", ["", "x", "0", "-1"])
+def test_unknown_attempt_is_sent_as_null(raw: str) -> None:
+    calls: list[dict[str, Any]] = []
+    env = {contract.ENV_RUN: "r", contract.ENV_NAMESPACE: "ns", contract.ENV_ATTEMPT: raw}
+    r = reporter_from_env(env, 10.0, patch_factory=lambda name, ns: calls.append, background=False)
+    assert r is not None and r.step(1)
+    assert calls[0]["status"]["progress"] == {"step": 1, "samplesPerSecond": None, "attempt": None}
+
+
 def test_steps_are_rate_limited() -> None:
     calls: list[dict[str, Any]] = []
     clock = Clock()
