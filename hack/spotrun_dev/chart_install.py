@@ -72,7 +72,7 @@ def install_operator(
         "--set=image.pullPolicy=Never",
         "--set=watch.mode=namespaced",
         f"--set=watch.namespaces[0]={namespace}",
-        f"--set=nodeSelector.{escaped}=true",
+        f"--set-string=nodeSelector.{escaped}=true",
     ]
     sets += [f"--set=operator.extraArgs[{i}]={a}" for i, a in enumerate(FAST_ARGS)]
     for i, key in enumerate((GPU_TAINT_KEY, REAL_NODE_LABEL)):

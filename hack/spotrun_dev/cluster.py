@@ -25,7 +25,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from spotrun_dev import kwok_config, paths, webhook_certs
+from spotrun_dev import images, kwok_config, paths, webhook_certs
 
 # Re-exported: tests, the demo and the bench reach the whole local cluster through here.
 from spotrun_dev.fleet_state import ensure_fleet as ensure_fleet
@@ -273,6 +273,9 @@ def start_training_operator(webhook_port: int) -> dict[str, Any]:
         [
             str(paths.binary("training-operator")),
             "--enable-scheme=pytorchjob",
+            # Worker pods wait for the master's DNS name in this init container; its
+            # default image (alpine:3.10) is on no registry reachable here.
+            f"--pytorch-init-container-image={images.PYTORCH_INIT_REF}",
             f"--webhook-server-port={webhook_port}",
             f"--health-probe-bind-address=127.0.0.1:{probe_port}",
             f"--metrics-bind-address=127.0.0.1:{metrics_port}",

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -202,6 +203,29 @@ def build_pause() -> str:
     return ref
 
 
+# The Kubeflow training operator's PyTorch init container (``--pytorch-init-container-image``,
+# default alpine:3.10, which no registry here serves) runs
+# ``sh -c '... seq ... nslookup <master> ... sleep 2 ...'`` in every worker pod: Debian's
+# static busybox provides exactly those, in a scratch image.
+PYTORCH_INIT_REF = f"{REPO}/pytorch-init:busybox"
+BUSYBOX = Path("/bin/busybox")
+
+
+def build_pytorch_init() -> str:
+    """The init-container image from Debian's busybox-static (applets as symlinks)."""
+    with tempfile.TemporaryDirectory(prefix="spotrun-init-") as tmp:
+        ctx = Path(tmp)
+        shutil.copy2(BUSYBOX, ctx / "busybox")
+        (ctx / "Containerfile").write_text(
+            "FROM scratch\nCOPY busybox /bin/busybox\n"
+            'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
+            'ENV PATH=/bin\nUSER 65534:65534\nENTRYPOINT ["/bin/sh"]\n'
+        )
+        log = cache_dir() / "logs" / "pytorch-init.log"
+        _run(["buildah", "bud", "--layers", "-t", PYTORCH_INIT_REF, str(ctx)], log=log)
+    return PYTORCH_INIT_REF
+
+
 def host_pip_config() -> dict[str, str]:
     """This machine's pip settings (files and PIP_* environment), as pip itself reads them."""
     try:
@@ -249,18 +273,24 @@ def _machine_lock() -> Iterator[None]:
         yield
 
 
-def ensure_images(
-    names: Sequence[str] = ("pause", "operator", "trainer"),
-) -> dict[str, ImageArchive]:
+ALL_IMAGES = ("pause", "pytorch-init", "operator", "trainer")
+
+
+def ensure_images(names: Sequence[str] = ALL_IMAGES) -> dict[str, ImageArchive]:
     """Build (layer-cached) and export the named images; see the module docstring."""
-    unknown = set(names) - {"pause", *PROJECT_IMAGES}
+    unknown = set(names) - set(ALL_IMAGES)
     if unknown:
         raise ValueError(f"unknown images: {sorted(unknown)}")
     out: dict[str, ImageArchive] = {}
     with _machine_lock():
         base = ensure_base() if set(names) & set(PROJECT_IMAGES) else ""
         for name in names:
-            ref = build_pause() if name == "pause" else build_project(name, base)
+            if name == "pause":
+                ref = build_pause()
+            elif name == "pytorch-init":
+                ref = build_pytorch_init()
+            else:
+                ref = build_project(name, base)
             out[name] = export(name, ref)
     return out
 
@@ -270,7 +300,7 @@ def main() -> None:
     with _machine_lock():
         base = ensure_base()
     print(f"base      {base}  {time.monotonic() - started:.1f}s", flush=True)
-    for name in ("pause", "operator", "trainer"):
+    for name in ALL_IMAGES:
         t0 = time.monotonic()
         image = ensure_images([name])[name]
         took = time.monotonic() - t0
