@@ -3,12 +3,12 @@
 # containerd + runc + the CNI plugins (one containerd per real node), socat (the harness's
 # stand-in for the load balancer in front of the apiserver), iproute2 (network namespaces),
 # the daemonless image tools (mmdebstrap for the base image, buildah/podman to build),
-# busybox-static (the PyTorch init container's image) and dbus (each node's system bus).
+# and dbus (each node's system bus).
 # Idempotent: installs only the packages that are missing; never starts a daemon.
 set -euo pipefail
 
 packages=(containerd runc containernetworking-plugins socat iproute2 util-linux
-          mmdebstrap buildah podman uidmap busybox-static dbus)
+          mmdebstrap buildah podman uidmap dbus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -158,14 +157,14 @@ def _apt_sources() -> list[str]:
     return [str(p) for p in found]
 
 
-def ensure_base() -> str:
-    """The base image (Debian packages only), built once per recipe."""
-    ref = base_ref()
+def ensure_base(packages: Sequence[str] = BASE_PACKAGES, name: str = "base") -> str:
+    """A Debian image of ``packages`` (minbase + them), built once per recipe."""
+    ref = base_ref(packages).replace(f"{REPO}/base:", f"{REPO}/{name}:")
     if image_id(ref):
         return ref
-    log = cache_dir() / "logs" / "base.log"
+    log = cache_dir() / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    debootstrap = ["mmdebstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}"]
+    debootstrap = ["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}"]
     debootstrap += [f"--dpkgopt={opt}" for opt in DPKG_OPTIONS]
     debootstrap += [SUITE, "-", *_apt_sources()]
     changes = [arg for env in BASE_ENV for arg in ("--change", f"ENV {env}")]
@@ -205,24 +204,17 @@ def build_pause() -> str:
 
 # The Kubeflow training operator's PyTorch init container (``--pytorch-init-container-image``,
 # default alpine:3.10, which no registry here serves) runs
-# ``sh -c '... seq ... nslookup <master> ... sleep 2 ...'`` in every worker pod: Debian's
-# static busybox provides exactly those, in a scratch image.
-PYTORCH_INIT_REF = f"{REPO}/pytorch-init:busybox"
-BUSYBOX = Path("/bin/busybox")
+# ``sh -c '... seq ... nslookup <master> ... sleep 2 ...'`` in every worker pod. A Debian
+# minbase with ISC's nslookup (bind9-dnsutils) provides exactly those. (busybox's nslookup
+# does not fit: it queries every search domain and fails if any of them answers NXDOMAIN.)
+PYTORCH_INIT_PACKAGES = ("bind9-dnsutils",)
+PYTORCH_INIT_REF = f"{REPO}/pytorch-init:{SUITE}"
 
 
 def build_pytorch_init() -> str:
-    """The init-container image from Debian's busybox-static (applets as symlinks)."""
-    with tempfile.TemporaryDirectory(prefix="spotrun-init-") as tmp:
-        ctx = Path(tmp)
-        shutil.copy2(BUSYBOX, ctx / "busybox")
-        (ctx / "Containerfile").write_text(
-            "FROM scratch\nCOPY busybox /bin/busybox\n"
-            'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
-            'ENV PATH=/bin\nUSER 65534:65534\nENTRYPOINT ["/bin/sh"]\n'
-        )
-        log = cache_dir() / "logs" / "pytorch-init.log"
-        _run(["buildah", "bud", "--layers", "-t", PYTORCH_INIT_REF, str(ctx)], log=log)
+    """The init-container image: Debian minbase + ISC nslookup, tagged with a fixed ref."""
+    ref = ensure_base(PYTORCH_INIT_PACKAGES, "pytorch-init-base")
+    _run(["podman", "tag", ref, PYTORCH_INIT_REF])
     return PYTORCH_INIT_REF
 
 

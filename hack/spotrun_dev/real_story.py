@@ -202,14 +202,19 @@ class Story:
         return sorted({p.spec.node_name for p in self.pods(run, attempt) if p.spec.node_name})
 
     # --- the story --------------------------------------------------------------------
-    def start(self, image: str) -> None:
+    def create(self, name: str, image: str, claim: str, args: tuple[str, ...]) -> None:
+        body = trainer_run(name, image, claim, args)
+        self.custom.create_namespaced_custom_object(*TR[:2], self.namespace, TR[2], body)
+
+    def reference(self, image: str, timeout: float = 900) -> dict[str, Any]:
+        """The uninterrupted reference run, first (each pod takes a whole node)."""
         self.exits.start()
-        for name, claim, args in (
-            ("ref", "ckpt-ref", TRAINER_ARGS),
-            ("run", "ckpt", TRAINER_ARGS + CRASH_ARGS),
-        ):
-            body = trainer_run(name, image, claim, args)
-            self.custom.create_namespaced_custom_object(*TR[:2], self.namespace, TR[2], body)
+        self.create("ref", image, "ckpt-ref", TRAINER_ARGS)
+        done = ("Succeeded", "Failed")
+        return self.wait_status("ref", "the end", lambda s: s.get("phase") in done, timeout)
+
+    def start(self, image: str) -> None:
+        self.create("run", image, "ckpt", TRAINER_ARGS + CRASH_ARGS)
 
     def interrupt(self, attempt: int, signal: str, steps: int) -> Interruption:
         base = self.resumed_from("run", attempt) if attempt > 1 else 0
@@ -261,14 +266,12 @@ class Story:
         self._next_training(4, time.monotonic())
         return st
 
-    def finish(self, timeout: float = 900) -> tuple[dict[str, Any], dict[str, Any]]:
+    def finish(self, timeout: float = 900) -> dict[str, Any]:
         done = ("Succeeded", "Failed")
-        ref = self.wait_status("ref", "the end", lambda s: s.get("phase") in done, timeout)
         run = self.wait_status("run", "the end", lambda s: s.get("phase") in done, timeout)
-        last = int(self.status("run").get("attempt", 0))
-        self.collect_losses("run", last)
+        self.collect_losses("run", int(run.get("attempt", 0)))
         self.exits.stop()
-        return ref, run
+        return run
 
 
 def final_weights(folder: Path, step: int) -> dict[str, Any]:

@@ -36,12 +36,13 @@ def test_real_run_survives_interruptions_bitwise(
     record_property: Any,
 ) -> None:
     story = Story(api_client, namespace, len(real_nodes))
+    ref = story.reference(built_images["trainer"].ref)
     story.start(built_images["trainer"].ref)
     nth = story.interrupt(*PLAN[0])
     loss = story.interrupt(*PLAN[1])
     crashed = story.crash()
     shutdown = story.interrupt(*PLAN[2])
-    ref, run = story.finish()
+    run = story.finish()
     figures = [dataclasses.asdict(i) | {"lost_steps": i.lost_steps} for i in story.interruptions]
     print(json.dumps(figures, indent=2))
     record_property("interruptions", json.dumps(figures))
