@@ -14,7 +14,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from spotrun_dev import paths
-from spotrun_dev.node_config import GPU_TAINT_KEY, REAL_NODE_LABEL
+from spotrun_dev.node_config import REAL_NODE_LABEL
 from spotrun_dev.waiting import ClusterError, wait_for
 
 CHART = paths.REPO_ROOT / "charts" / "spotrun"
@@ -72,11 +72,13 @@ def install_operator(
         "--set=image.pullPolicy=Never",
         "--set=watch.mode=namespaced",
         f"--set=watch.namespaces[0]={namespace}",
+        # The on-demand system node group, never the spot nodes being reclaimed.
         f"--set-string=nodeSelector.{escaped}=true",
+        "--set-string=nodeSelector.eks\\.amazonaws\\.com/capacityType=ON_DEMAND",
+        f"--set=tolerations[0].key={REAL_NODE_LABEL}",
+        "--set=tolerations[0].operator=Exists",
     ]
     sets += [f"--set=operator.extraArgs[{i}]={a}" for i, a in enumerate(FAST_ARGS)]
-    for i, key in enumerate((GPU_TAINT_KEY, REAL_NODE_LABEL)):
-        sets += [f"--set=tolerations[{i}].key={key}", f"--set=tolerations[{i}].operator=Exists"]
     helm("upgrade", "--install", release, str(CHART), "-n", namespace, "--take-ownership", *sets)
     rel = Release(release, namespace)
 

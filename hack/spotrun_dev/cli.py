@@ -79,10 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             realnodes.ensure_real_nodes(_core())
         elif args.command == "nodes":
             for n in realnodes.FleetState.load().real_nodes():
-                print(f"{n.name}\t{n.ip}\t{n.zone}\tpods {n.pod_cidr}")
+                print(f"{n.name}\t{n.role}\t{n.ip}\t{n.zone}\tpods {n.pod_cidr}")
         elif args.command == "kubeconfig":
             print(paths.KUBECONFIG)
-        elif args.command == "interrupt" and args.node.startswith(realnodes.NAME_PREFIX):
+        elif args.command == "interrupt" and args.node.startswith(realnodes.REAL_PREFIX):
             real_interrupt.interrupt_real(_core(), args.node, args.signal)
         elif args.command == "interrupt":
             inject.interrupt(_core(), args.node, args.signal, delete_node_after=not args.keep_node)

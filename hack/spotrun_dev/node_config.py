@@ -40,11 +40,17 @@ MAX_SLOTS: Final = 200
 
 @dataclass(frozen=True)
 class RealNode:
-    """One real node: its name, slot (addresses) and zone."""
+    """One real node: its name, slot (addresses), zone and role.
+
+    ``spot`` nodes are the p4d spot group trainers run on; a ``system`` node is the
+    on-demand node group a cluster keeps for controllers (the operator's pod), as the
+    chart's nodeSelector advice says: never put the operator on the nodes being reclaimed.
+    """
 
     name: str
     slot: int
     zone: str
+    role: str = "spot"
 
     def __post_init__(self) -> None:
         if not 0 <= self.slot < MAX_SLOTS:
@@ -78,25 +84,40 @@ class RealNode:
         return f"/spotrun-{self.name}-system"
 
 
+SYSTEM_INSTANCE_TYPE: Final = "m5.xlarge"
+
+
 def node_labels(node: RealNode, region: str) -> dict[str, str]:
-    """The labels of an EKS managed spot p4d.24xlarge node (the group cluster.yaml makes).
+    """The labels of an EKS managed node group's node: the spot p4d.24xlarge group (the one
+    cluster.yaml makes) or the on-demand system group.
 
     Real nodes carry only the managed node group's capacity label: a node never has both
     `eks.amazonaws.com/capacityType` and Karpenter's `karpenter.sh/capacity-type`.
     """
+    common = {
+        "topology.kubernetes.io/zone": node.zone,
+        "topology.kubernetes.io/region": region,
+        REAL_NODE_LABEL: "true",
+    }
+    if node.role == "system":
+        return {
+            "node.kubernetes.io/instance-type": SYSTEM_INSTANCE_TYPE,
+            "eks.amazonaws.com/capacityType": "ON_DEMAND",
+            "eks.amazonaws.com/nodegroup": "system",
+            **common,
+        }
     return {
         "node.kubernetes.io/instance-type": fleet.INSTANCE_TYPE,
         "eks.amazonaws.com/capacityType": "SPOT",
         "eks.amazonaws.com/nodegroup": "p4d-spot",
-        "topology.kubernetes.io/zone": node.zone,
-        "topology.kubernetes.io/region": region,
         "nvidia.com/gpu.present": "true",
-        REAL_NODE_LABEL: "true",
+        **common,
     }
 
 
 def node_taints(node: RealNode) -> list[dict[str, str]]:
-    del node  # every real node has the same taints
+    if node.role == "system":
+        return [dict(REAL_NODE_TAINT)]
     return [dict(fleet.GPU_TAINT), dict(REAL_NODE_TAINT)]
 
 

@@ -32,8 +32,11 @@ REAL_TOLERATIONS = [
     {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"},
     {"key": REAL_NODE_LABEL, "operator": "Exists", "effect": "NoSchedule"},
 ]
-MAX_STEPS = 300
-CRASH_AT = 200  # in attempt 3; the loss in attempt 2 comes well before
+# About 4 steps a second (the step delay); each interruption comes a number of steps after
+# the attempt resumed, so harness waits (a node going NotReady takes a minute) never decide
+# where in the run it lands.
+MAX_STEPS = 400
+CRASH_AT = 300  # in attempt 3, which resumes below ~100 (the loss comes at attempt 2's +30)
 TRAINER_ARGS = (
     f"--max-steps={MAX_STEPS}",
     "--batch-size=8",
@@ -42,7 +45,7 @@ TRAINER_ARGS = (
     "--model.seq-len=16",
     "--data.num-samples=512",
     "--report.log-every=10",
-    "--fault.step-delay-seconds=0.15",
+    "--fault.step-delay-seconds=0.2",
 )
 CRASH_ARGS = (f"--fault.crash-at-step={CRASH_AT}", "--fault.crash-in-attempt=3")
 # (attempt, signal, steps to train in that attempt before the signal)
@@ -141,6 +144,7 @@ class Story:
         self.exits = PodExits(self.core, namespace)
         self.interruptions: list[Interruption] = []
         self.losses: list[tuple[int, int, float]] = []  # (attempt, step, loss) from logs
+        self._dying: list[threading.Thread] = []
 
     # --- reading what the trainer and the operator wrote ------------------------------
     def status(self, run: str) -> dict[str, Any]:
@@ -217,6 +221,8 @@ class Story:
         self.create("run", image, "ckpt", TRAINER_ARGS + CRASH_ARGS)
 
     def interrupt(self, attempt: int, signal: str, steps: int) -> Interruption:
+        """``signal`` on one node of ``attempt``'s gang once it trained ``steps`` steps
+        after resuming; returns what the trainer and the operator then did."""
         base = self.resumed_from("run", attempt) if attempt > 1 else 0
         self.wait_training("run", attempt, base + steps)
         self.collect_losses("run", attempt)
@@ -225,29 +231,45 @@ class Story:
         t0 = time.monotonic()
         if signal == "nth":
             real_interrupt.nth_drain(self.core, node)
+            # The instance dies at the end of the notice; the story goes on meanwhile.
+            self._dying.append(threading.Thread(target=self._die, args=(node,), daemon=True))
+            self._dying[-1].start()
         elif signal == "shutdown":
             realnodes.power_off(node)
-        last = self.progress("run")
-        real_interrupt.instance_dies(self.core, node)
-        preemptions = len(self.interruptions) + 1
+            real_interrupt.instance_dies(self.core, node)
+        else:
+            before = self.progress("run")  # what the trainer reported before it vanished
+            real_interrupt.instance_dies(self.core, node)
+        last = before if signal == "loss" else self.progress("run")
+        if signal != "nth":
+            self.replace_nodes()  # the gang is stopped: the ASG's replacements may join now
         st = self.wait_status(
-            "run", f"preemption {preemptions}",
-            lambda s: int(s.get("preemptions", 0)) >= preemptions, timeout=300,
+            "run", f"preemption {len(self.interruptions) + 1}",
+            lambda s: int(s.get("preemptions", 0)) > len(self.interruptions), timeout=300,
         )  # fmt: skip
-        realnodes.ensure_real_nodes(self.core, self.real_nodes)  # the ASG's replacement
-        to_training = self._next_training(attempt + 1, t0)
         record = Interruption(
             signal=signal,
             attempt=attempt,
             node=node,
             last_step=int(last.get("step", 0)),
-            resumed_from=self.resumed_from("run", attempt + 1),
-            seconds_to_training=to_training,
+            resumed_from=0,
+            seconds_to_training=self._next_training(attempt + 1, t0),
             save_seconds=None,
             recorded_signal=str((st.get("lastPreemption") or {}).get("signal", "")),
         )
+        record.resumed_from = self.resumed_from("run", attempt + 1)
         self.interruptions.append(record)
         return record
+
+    def _die(self, node: str) -> None:
+        real_interrupt.instance_dies(self.core, node)
+
+    def replace_nodes(self) -> None:
+        """Wait for instances still dying, then let the ASG replace every dead node."""
+        for t in self._dying:
+            t.join(timeout=300)
+        self._dying.clear()
+        realnodes.ensure_real_nodes(self.core, self.real_nodes)
 
     def _next_training(self, attempt: int, t0: float) -> float:
         def trained() -> bool:
@@ -267,6 +289,7 @@ class Story:
         return st
 
     def finish(self, timeout: float = 900) -> dict[str, Any]:
+        self.replace_nodes()
         done = ("Succeeded", "Failed")
         run = self.wait_status("run", "the end", lambda s: s.get("phase") in done, timeout)
         self.collect_losses("run", int(run.get("attempt", 0)))

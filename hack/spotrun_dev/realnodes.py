@@ -47,12 +47,18 @@ log = logging.getLogger("spotrun_dev.realnodes")
 STATE_DIR = paths.CACHE_DIR / "nodes"
 STATE_FILE = STATE_DIR / "fleet.json"
 NAME_PREFIX = "real-spot-"
+SYSTEM_PREFIX = "real-system-"
+REAL_PREFIX = "real-"  # every real node's name starts with this
 ZONES = ("us-east-1a", "us-east-1b", "us-east-1c")
 REGION = "us-east-1"
 PKI_DIR = paths.KWOK_WORKDIR / "clusters" / "spotrun" / "pki"
 
 
+SYSTEM_NODES = 1  # one on-demand node for the operator's pod
+
+
 def wanted_count() -> int:
+    """Real spot nodes wanted (REAL_NODES, default 3); the system node comes on top."""
     return int(os.environ.get("REAL_NODES", "3"))
 
 
@@ -62,9 +68,10 @@ class NodeRecord:
     zone: str
     pids: dict[str, int] = field(default_factory=dict)
     images: str = ""  # the golden key (image set) the node's containerd started from
+    role: str = "spot"
 
     def node(self, name: str) -> RealNode:
-        return RealNode(name=name, slot=self.slot, zone=self.zone)
+        return RealNode(name=name, slot=self.slot, zone=self.zone, role=self.role)
 
 
 @dataclass
@@ -88,6 +95,9 @@ class FleetState:
 
     def real_nodes(self) -> list[RealNode]:
         return [r.node(n) for n, r in self.nodes.items()]
+
+    def count(self, role: str) -> int:
+        return sum(1 for r in self.nodes.values() if r.role == role)
 
 
 def _apiserver_port() -> int:
@@ -129,14 +139,16 @@ def ensure_real_nodes(core: client.CoreV1Api, count: int | None = None) -> list[
             # An AMI update: nodes with an older image set are replaced, not patched.
             log.info("real node %s has older images: replacing it", name)
             remove_node(core, state, name)
-    if len(state.nodes) < count:
+    wanted = {"spot": count, "system": SYSTEM_NODES}
+    if any(state.count(role) < n for role, n in wanted.items()):
         golden = node_images.golden_root(list(built.values()))
-        while len(state.nodes) < count:
-            add_node(core, state, golden, built["pause"].ref).images = key
-            state.save()
-    names = list(state.nodes)
-    wait_for("every real node to be Ready", lambda: _all_ready(core, names), timeout=120)
-    return state.real_nodes()
+        for role, n in wanted.items():
+            while state.count(role) < n:
+                add_node(core, state, golden, built["pause"].ref, role).images = key
+                state.save()
+    nodes = state.real_nodes()
+    wait_for("every real node to be Ready", lambda: _all_ready(core, nodes), timeout=120)
+    return [n for n in nodes if n.role == "spot"]
 
 
 @functools.cache
@@ -145,13 +157,15 @@ def _built_images() -> dict[str, images.ImageArchive]:
     return images.ensure_images()
 
 
-def add_node(core: client.CoreV1Api, state: FleetState, golden: Path, pause: str) -> NodeRecord:
+def add_node(
+    core: client.CoreV1Api, state: FleetState, golden: Path, pause: str, role: str = "spot"
+) -> NodeRecord:
     """Start a new real node with the next name; it registers itself with its kubelet."""
-    name = f"{NAME_PREFIX}{state.next_index}"
+    name = f"{SYSTEM_PREFIX if role == 'system' else NAME_PREFIX}{state.next_index}"
     state.next_index += 1
     slot = free_slot({r.slot for r in state.nodes.values()})
-    node = RealNode(name=name, slot=slot, zone=ZONES[slot % len(ZONES)])
-    record = NodeRecord(slot=node.slot, zone=node.zone)
+    node = RealNode(name=name, slot=slot, zone=ZONES[slot % len(ZONES)], role=role)
+    record = NodeRecord(slot=node.slot, zone=node.zone, role=role)
     state.nodes[name] = record
     state.save()
     node_dir = STATE_DIR / name
@@ -173,10 +187,11 @@ def add_node(core: client.CoreV1Api, state: FleetState, golden: Path, pause: str
     record.pids["kubelet"] = node_host.spawn(
         node, _kubelet_argv(node, node_dir), node_dir / "kubelet.log", holder
     )
-    record.pids["plugin"] = node_host.spawn(
-        node, [str(paths.binary("spotrun-gpu-plugin")), "--count", "8"],
-        node_dir / "gpu-plugin.log", holder,
-    )  # fmt: skip
+    if role == "spot":  # the system group has no GPUs
+        record.pids["plugin"] = node_host.spawn(
+            node, [str(paths.binary("spotrun-gpu-plugin")), "--count", "8"],
+            node_dir / "gpu-plugin.log", holder,
+        )  # fmt: skip
     state.save()
     log.info("real node %s (%s, %s) started", name, node.ip, node.zone)
     return record
@@ -306,16 +321,18 @@ def down(core: client.CoreV1Api | None) -> None:
     node_host.remove_bridge()
 
 
-def _all_ready(core: client.CoreV1Api, names: list[str]) -> bool:
-    for name in names:
+def _all_ready(core: client.CoreV1Api, nodes: list[RealNode]) -> bool:
+    """Ready, and spot nodes advertise their 8 GPUs (the device plugin registered)."""
+    for node in nodes:
         try:
-            n = core.read_node(name)
+            n = core.read_node(node.name)
         except ApiException:
             return False
         ready = [c for c in (n.status.conditions or []) if c.type == "Ready"]
         if not ready or ready[0].status != "True":
             return False
-        if str((n.status.allocatable or {}).get("nvidia.com/gpu", "0")) != "8":
+        gpus = str((n.status.allocatable or {}).get("nvidia.com/gpu", "0"))
+        if node.role == "spot" and gpus != "8":
             return False
     return True
 
