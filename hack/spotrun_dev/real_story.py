@@ -11,6 +11,7 @@ logind do) and observes; the test asserts on what it observed.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -45,6 +46,7 @@ TRAINER_ARGS = (
     "--model.seq-len=16",
     "--data.num-samples=512",
     "--report.log-every=10",
+    "--report.progress-interval-seconds=0.5",  # so the last step before a loss is known
     "--fault.step-delay-seconds=0.2",
 )
 CRASH_ARGS = (f"--fault.crash-at-step={CRASH_AT}", "--fault.crash-in-attempt=3")
@@ -111,6 +113,7 @@ class PodExits:
 
     def __post_init__(self) -> None:
         self._watch = watch.Watch()
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> PodExits:
@@ -118,16 +121,26 @@ class PodExits:
         return self
 
     def stop(self) -> None:
+        self._stopped = True
         self._watch.stop()
 
     def _run(self) -> None:
-        for ev in self._watch.stream(self.core.list_namespaced_pod, self.namespace):
-            pod = ev["object"]
-            labels = pod.metadata.labels or {}
-            key = (labels.get("spotrun.dev/run", ""), labels.get("spotrun.dev/attempt", ""))
-            for cs in pod.status.container_statuses or []:
-                if cs.state and cs.state.terminated:
-                    self.codes[(*key, pod.metadata.name)] = int(cs.state.terminated.exit_code)
+        """Watch until stopped; a watch the apiserver ends is started again (a relist
+        only adds what is still there, so nothing recorded is lost)."""
+        while not self._stopped:
+            try:
+                for ev in self._watch.stream(self.core.list_namespaced_pod, self.namespace):
+                    self._record(ev["object"])
+            except Exception as exc:  # a broken watch stream: start a new one
+                log.debug("pod watch ended (%s); watching again", exc)
+                time.sleep(0.5)
+
+    def _record(self, pod: client.V1Pod) -> None:
+        labels = pod.metadata.labels or {}
+        key = (labels.get("spotrun.dev/run", ""), labels.get("spotrun.dev/attempt", ""))
+        for cs in pod.status.container_statuses or []:
+            if cs.state and cs.state.terminated:
+                self.codes[(*key, pod.metadata.name)] = int(cs.state.terminated.exit_code)
 
     def of(self, run: str, attempt: int) -> list[int]:
         return sorted(c for (r, a, _), c in self.codes.items() if (r, a) == (run, str(attempt)))
@@ -145,6 +158,7 @@ class Story:
         self.interruptions: list[Interruption] = []
         self.losses: list[tuple[int, int, float]] = []  # (attempt, step, loss) from logs
         self._dying: list[threading.Thread] = []
+        self._resumed: dict[tuple[str, int], int] = {}
 
     # --- reading what the trainer and the operator wrote ------------------------------
     def status(self, run: str) -> dict[str, Any]:
@@ -186,9 +200,15 @@ class Story:
                 self.losses.append((attempt, step, loss))
 
     def resumed_from(self, run: str, attempt: int) -> int:
+        """The step the attempt's trainer loaded, from its log while it lives (remembered:
+        the log goes with the pod)."""
+        if (run, attempt) in self._resumed:
+            return self._resumed[(run, attempt)]
         for line in self.master_log(run, attempt).splitlines():
             if "resumed from" in line:
-                return int(line.rsplit("(step ", 1)[1].split(")", 1)[0])
+                step = int(line.rsplit("(step ", 1)[1].split(")", 1)[0])
+                self._resumed[(run, attempt)] = step
+                return step
         raise ClusterError(f"attempt {attempt} of {run} did not resume from a checkpoint")
 
     def wait_training(self, run: str, attempt: int, min_step: int) -> dict[str, Any]:
@@ -228,7 +248,7 @@ class Story:
         self.collect_losses("run", attempt)
         node = self.gang_nodes("run", attempt)[0]
         log.info("attempt %d: %s on %s", attempt, signal, node)
-        t0 = time.monotonic()
+        t0, wall0 = time.monotonic(), dt.datetime.now(dt.UTC)
         if signal == "nth":
             real_interrupt.nth_drain(self.core, node)
             # The instance dies at the end of the notice; the story goes on meanwhile.
@@ -254,7 +274,7 @@ class Story:
             last_step=int(last.get("step", 0)),
             resumed_from=0,
             seconds_to_training=self._next_training(attempt + 1, t0),
-            save_seconds=None,
+            save_seconds=_seconds_after(wall0, last) if signal != "loss" else None,
             recorded_signal=str((st.get("lastPreemption") or {}).get("signal", "")),
         )
         record.resumed_from = self.resumed_from("run", attempt + 1)
@@ -286,6 +306,7 @@ class Story:
             lambda s: int(s.get("failures", 0)) >= 1, timeout=600,
         )  # fmt: skip
         self._next_training(4, time.monotonic())
+        self.resumed_from("run", 4)
         return st
 
     def finish(self, timeout: float = 900) -> dict[str, Any]:
@@ -295,6 +316,16 @@ class Story:
         self.collect_losses("run", int(run.get("attempt", 0)))
         self.exits.stop()
         return run
+
+
+def _seconds_after(signal: dt.datetime, progress: dict[str, Any]) -> float | None:
+    """Signal -> the commit of the checkpoint the stopped trainer reported (its own
+    checkpointTime): the save inside the notice, SIGTERM delivery included."""
+    stamp = progress.get("checkpointTime")
+    if not stamp:
+        return None
+    committed = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    return round((committed - signal).total_seconds(), 1)
 
 
 def final_weights(folder: Path, step: int) -> dict[str, Any]:

@@ -21,8 +21,12 @@ import pytest
 from kubernetes import client
 
 from spotrun_dev import chart_install, images, real_story
-from spotrun_dev.node_config import RealNode
+from spotrun_dev.node_config import SHUTDOWN_CRITICAL_SECONDS, SHUTDOWN_GRACE_SECONDS, RealNode
 from spotrun_dev.real_story import CRASH_AT, MAX_STEPS, PLAN, SIGNAL_OF, Story
+
+
+# What the kubelet's shutdown manager gives regular pods (shorter than their own 60 s).
+SHUTDOWN_POD_GRACE = SHUTDOWN_GRACE_SECONDS - SHUTDOWN_CRITICAL_SECONDS
 
 
 @pytest.mark.timeout(2400)
@@ -51,9 +55,10 @@ def test_real_run_survives_interruptions_bitwise(
         assert rec.recorded_signal == SIGNAL_OF[rec.signal], rec
     # NTH and shutdown: every rank saved at the next step boundary inside its grace
     # period and exited 143; the next attempt resumed from exactly that checkpoint.
-    for rec in (nth, shutdown):
+    for rec, grace in ((nth, 60), (shutdown, SHUTDOWN_POD_GRACE)):
         assert story.exits.of("run", rec.attempt) == [143, 143], rec
         assert rec.lost_steps == 0, rec
+        assert rec.save_seconds is not None and 0 < rec.save_seconds < grace, rec
     # Loss: SIGKILL, no final save; resumed from the newest periodic checkpoint.
     assert 0 <= loss.resumed_from <= loss.last_step, loss
     # The crash: both ranks exit 1 at CRASH_AT in attempt 3; one failure, no preemption.
