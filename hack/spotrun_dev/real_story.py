@@ -59,7 +59,9 @@ PLAN: tuple[tuple[int, str, int], ...] = (
 SIGNAL_OF = {"nth": "spot-interruption", "loss": "node-lost", "shutdown": "node-shutdown"}
 
 
-def trainer_run(name: str, image: str, claim: str, args: tuple[str, ...]) -> dict[str, Any]:
+def trainer_run(
+    name: str, image: str, claim: str, args: tuple[str, ...], interval: str = "3s"
+) -> dict[str, Any]:
     """A 2-node TrainingRun of the real trainer image on the real nodes (one rank a pod)."""
     return {
         "apiVersion": f"{contract.GROUP}/{contract.VERSION}",
@@ -71,7 +73,7 @@ def trainer_run(name: str, image: str, claim: str, args: tuple[str, ...]) -> dic
             "nodes": 2,
             "gpusPerNode": 8,
             "procsPerNode": 1,
-            "checkpoint": {"volume": {"claimName": claim}, "interval": "3s", "keep": 100},
+            "checkpoint": {"volume": {"claimName": claim}, "interval": interval, "keep": 100},
             "maxFailures": 3,
             "terminationGracePeriodSeconds": 60,
             "podTemplate": {
@@ -110,6 +112,8 @@ class PodExits:
     core: client.CoreV1Api
     namespace: str
     codes: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    # (event type, run, attempt, pod) in watch order: a pod's first ADDED and its DELETED
+    order: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._watch = watch.Watch()
@@ -131,9 +135,17 @@ class PodExits:
             try:
                 for ev in self._watch.stream(self.core.list_namespaced_pod, self.namespace):
                     self._record(ev["object"])
+                    self._order(ev["type"], ev["object"])
             except Exception as exc:  # a broken watch stream: start a new one
                 log.debug("pod watch ended (%s); watching again", exc)
                 time.sleep(0.5)
+
+    def _order(self, kind: str, pod: client.V1Pod) -> None:
+        labels = pod.metadata.labels or {}
+        entry = (kind, labels.get("spotrun.dev/run", ""), labels.get("spotrun.dev/attempt", ""),
+                 pod.metadata.name)  # fmt: skip
+        if kind == "DELETED" or (kind == "ADDED" and entry not in self.order):
+            self.order.append(entry)
 
     def _record(self, pod: client.V1Pod) -> None:
         labels = pod.metadata.labels or {}
@@ -226,8 +238,10 @@ class Story:
         return sorted({p.spec.node_name for p in self.pods(run, attempt) if p.spec.node_name})
 
     # --- the story --------------------------------------------------------------------
-    def create(self, name: str, image: str, claim: str, args: tuple[str, ...]) -> None:
-        body = trainer_run(name, image, claim, args)
+    def create(
+        self, name: str, image: str, claim: str, args: tuple[str, ...], interval: str = "3s"
+    ) -> None:
+        body = trainer_run(name, image, claim, args, interval)
         self.custom.create_namespaced_custom_object(*TR[:2], self.namespace, TR[2], body)
 
     def reference(self, image: str, timeout: float = 900) -> dict[str, Any]:

@@ -24,7 +24,6 @@ from spotrun_dev import chart_install, images, real_story
 from spotrun_dev.node_config import SHUTDOWN_CRITICAL_SECONDS, SHUTDOWN_GRACE_SECONDS, RealNode
 from spotrun_dev.real_story import CRASH_AT, MAX_STEPS, PLAN, SIGNAL_OF, Story
 
-
 # What the kubelet's shutdown manager gives regular pods (shorter than their own 60 s).
 SHUTDOWN_POD_GRACE = SHUTDOWN_GRACE_SECONDS - SHUTDOWN_CRITICAL_SECONDS
 
@@ -74,3 +73,37 @@ def test_real_run_survives_interruptions_bitwise(
     want = real_story.final_weights(shared_claims["ckpt-ref"], MAX_STEPS)
     assert got, "the final checkpoint holds no weights"
     assert real_story.differing_weights(got, want) == []
+
+
+@pytest.mark.timeout(1200)
+def test_next_gang_waits_for_ranks_still_saving(
+    api_client: client.ApiClient,
+    namespace: str,
+    real_nodes: list[RealNode],
+    shared_claims: dict[str, Path],
+    operator_release: chart_install.Release,
+    built_images: dict[str, images.ImageArchive],
+) -> None:
+    """The safety rule, on real kubelets: while any rank of attempt N may still be writing
+    into the checkpoint folder (here every save takes 20 s of its 60 s grace), no pod of
+    attempt N+1 exists; and N+1 resumes from the checkpoint those slow savers committed."""
+    story = Story(api_client, namespace, len(real_nodes))
+    story.exits.start()
+    slow = (*real_story.TRAINER_ARGS, "--fault.slow-save-seconds=20")
+    body = real_story.trainer_run("run", built_images["trainer"].ref, "ckpt", slow)
+    body["spec"]["checkpoint"]["interval"] = "30m"  # only the save on SIGTERM is slow here
+    story.custom.create_namespaced_custom_object(
+        *real_story.TR[:2], namespace, real_story.TR[2], body
+    )
+    nth = story.interrupt(1, "nth", 20)
+    story.replace_nodes()
+    story.exits.stop()
+
+    assert story.exits.of("run", 1) == [143, 143], story.exits.codes
+    assert nth.lost_steps == 0 and nth.resumed_from == nth.last_step, nth
+    assert nth.save_seconds is not None and 20 <= nth.save_seconds < 60, nth
+    order = [(kind, attempt) for kind, run, attempt, _ in story.exits.order if run == "run"]
+    last_gone = max(i for i, e in enumerate(order) if e == ("DELETED", "1"))
+    first_new = min(i for i, e in enumerate(order) if e == ("ADDED", "2"))
+    assert order.count(("DELETED", "1")) == 2, order
+    assert last_gone < first_new, f"attempt 2 started beside attempt 1's savers: {order}"
