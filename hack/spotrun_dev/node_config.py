@@ -18,9 +18,9 @@ from spotrun_dev import fleet
 
 BRIDGE: Final = "spotrun0"
 # The harness's own networks; nothing outside them is ever a target.
-NODE_NET: Final = ipaddress.ip_network("10.250.0.0/24")
-GATEWAY: Final = ipaddress.ip_address("10.250.0.1")  # the host's side: CoreDNS, apiserver LB
-POD_NET: Final = ipaddress.ip_network("10.244.0.0/16")
+NODE_NET: Final = ipaddress.IPv4Network("10.250.0.0/24")
+GATEWAY: Final = ipaddress.IPv4Address("10.250.0.1")  # the host's side: CoreDNS, apiserver LB
+POD_NET: Final = ipaddress.IPv4Network("10.244.0.0/16")
 SERVICE_NET: Final = "10.96.0.0/16"
 # The `kubernetes` Service's ClusterIP (first address of SERVICE_NET). There is no
 # kube-proxy, so the harness owns this address on its bridge and forwards :443 to the
