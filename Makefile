@@ -53,7 +53,7 @@ chart-sync:
 
 # The control plane, the kwok fleet and REAL_NODES (default 3) real nodes; the first run
 # also builds the images (docs/images.md) and caches them machine-wide.
-cluster-up: venv binaries node-packages
+cluster-up: venv binaries node-packages images
 	$(BIN)/spotrun-dev up
 
 cluster-down: venv
@@ -62,8 +62,9 @@ cluster-down: venv
 demo: cluster-up
 	$(BIN)/python -m spotrun_dev.demo
 
-# Pause, operator and trainer images as docker-archive tarballs (buildah; docs/images.md).
-images: venv
+# Pause, PyTorch init, operator and trainer images as docker-archive tarballs (buildah on a
+# Debian base from mmdebstrap; docs/images.md), cached machine-wide.
+images: venv node-packages
 	$(BIN)/python -m spotrun_dev.images
 
 lint: venv
@@ -82,7 +83,9 @@ test-unit: venv tools prometheus
 test-e2e: cluster-up prometheus
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
-test: lint tools prometheus node-packages
+# The cluster (with its real nodes and images) comes up before pytest, so no test's timeout
+# pays for a first build; the e2e fixtures reuse it.
+test: lint tools prometheus cluster-up
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
 bench: venv
