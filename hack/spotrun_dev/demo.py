@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import threading
 import time
 
 import yaml
@@ -30,9 +31,29 @@ def say(msg: str) -> None:
     print(f"\n\033[1m==> {msg}\033[0m", flush=True)
 
 
-def _watch_table() -> subprocess.Popen[bytes]:
-    kubectl = [str(paths.binary("kubectl")), "--kubeconfig", str(paths.KUBECONFIG)]
-    return subprocess.Popen([*kubectl, "get", "tr", "-n", NAMESPACE, "-w"])
+class WatchTable:
+    """``kubectl get tr -w``, printing a row only when a run's NAME, PHASE, ATTEMPT,
+    PREEMPTIONS or FAILURES changed (the trainer updates STEP twice a second)."""
+
+    def __init__(self) -> None:
+        kubectl = [str(paths.binary("kubectl")), "--kubeconfig", str(paths.KUBECONFIG)]
+        self.proc = subprocess.Popen(
+            [*kubectl, "get", "tr", "-n", NAMESPACE, "-w"], stdout=subprocess.PIPE, text=True
+        )
+        self.thread = threading.Thread(target=self._print, daemon=True)
+        self.thread.start()
+
+    def _print(self) -> None:
+        assert self.proc.stdout is not None
+        seen: set[tuple[str, ...]] = set()
+        for line in self.proc.stdout:
+            key = tuple(line.split()[:5])
+            if key not in seen:
+                seen.add(key)
+                print(line, end="", flush=True)
+
+    def stop(self) -> None:
+        self.proc.terminate()
 
 
 def interruption_table(story: real_story.Story) -> str:
@@ -82,7 +103,7 @@ def main() -> int:
         say("helm install charts/spotrun: the operator runs as a pod on a real node")
         _setup(api, core, built)
         story = real_story.Story(api, NAMESPACE, len(nodes))
-        watcher = _watch_table()
+        watcher = WatchTable()
         try:
             say(f"reference run: {real_story.MAX_STEPS} steps, 2 nodes, nothing interrupts it")
             ref = story.reference(built["trainer"].ref)
@@ -98,7 +119,7 @@ def main() -> int:
             story.interrupt(attempt, signal, steps)
             run = story.finish()
         finally:
-            watcher.terminate()
+            watcher.stop()
     say("what happened, from the trainer's own progress and logs")
     print(interruption_table(story))
     print(f"\nphase {run.get('phase')}: {run.get('preemptions')} preemptions, "
