@@ -315,6 +315,8 @@ class Story:
 
     def crash(self) -> dict[str, Any]:
         """Attempt 3's trainer exits 1 at CRASH_AT: a failure, not a preemption."""
+        self.wait_training("run", 3, CRASH_AT - 15)
+        self.collect_losses("run", 3)  # its log goes with its pods
         st = self.wait_status(
             "run", "the crash to count as a failure",
             lambda s: int(s.get("failures", 0)) >= 1, timeout=600,
