@@ -25,7 +25,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from spotrun_dev import images, kwok_config, paths, webhook_certs
+from spotrun_dev import images, kwok_config, node_host, paths, webhook_certs
 
 # Re-exported: tests, the demo and the bench reach the whole local cluster through here.
 from spotrun_dev.fleet_state import ensure_fleet as ensure_fleet
@@ -97,13 +97,7 @@ def _load_state() -> dict[str, Any]:
 
 
 def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+    return node_host.alive(pid)
 
 
 def create_control_plane() -> None:
