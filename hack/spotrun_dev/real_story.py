@@ -112,8 +112,11 @@ class PodExits:
     core: client.CoreV1Api
     namespace: str
     codes: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    # (event type, run, attempt, pod) in watch order: a pod's first ADDED and its DELETED
+    # (event, run, attempt, pod) in watch order: a pod's first ADDED, the first event that
+    # shows it terminal (every container exited: "ENDED") and its DELETED
     order: list[tuple[str, str, str, str]] = field(default_factory=list)
+    finished: dict[tuple[str, str, str], list[dt.datetime]] = field(default_factory=dict)
+    created: dict[tuple[str, str, str], dt.datetime] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._watch = watch.Watch()
@@ -142,10 +145,20 @@ class PodExits:
 
     def _order(self, kind: str, pod: client.V1Pod) -> None:
         labels = pod.metadata.labels or {}
-        entry = (kind, labels.get("spotrun.dev/run", ""), labels.get("spotrun.dev/attempt", ""),
-                 pod.metadata.name)  # fmt: skip
-        if kind == "DELETED" or (kind == "ADDED" and entry not in self.order):
-            self.order.append(entry)
+        key = (labels.get("spotrun.dev/run", ""), labels.get("spotrun.dev/attempt", ""),
+               pod.metadata.name)  # fmt: skip
+        self.created.setdefault(key, pod.metadata.creation_timestamp)
+        statuses = pod.status.container_statuses or []
+        ended = pod.status.phase in ("Succeeded", "Failed") or (
+            bool(statuses) and all(c.state and c.state.terminated for c in statuses)
+        )
+        events = [kind] if kind in ("ADDED", "DELETED") else []
+        if ended:
+            events.append("ENDED")
+            self.finished[key] = [c.state.terminated.finished_at for c in statuses]
+        for ev in events:
+            if ev == "DELETED" or (ev, *key) not in self.order:
+                self.order.append((ev, *key))
 
     def _record(self, pod: client.V1Pod) -> None:
         labels = pod.metadata.labels or {}

@@ -88,7 +88,8 @@ def test_next_gang_waits_for_ranks_still_saving(
 ) -> None:
     """The safety rule, on real kubelets: while any rank of attempt N may still be writing
     into the checkpoint folder (here every save takes 20 s of its 60 s grace), no pod of
-    attempt N+1 exists; and N+1 resumes from the checkpoint those slow savers committed."""
+    attempt N+1 exists: every attempt-N container has exited (the kubelet reports the pod
+    terminal) or its pod is gone first. And N+1 resumes from the slow savers' checkpoint."""
     story = Story(api_client, namespace, len(real_nodes))
     story.exits.start()
     slow = (*real_story.TRAINER_ARGS, "--fault.slow-save-seconds=20")
@@ -104,8 +105,22 @@ def test_next_gang_waits_for_ranks_still_saving(
     assert story.exits.of("run", 1) == [143, 143], story.exits.codes
     assert nth.lost_steps == 0 and nth.resumed_from == nth.last_step, nth
     assert nth.save_seconds is not None and 20 <= nth.save_seconds < 60, nth
-    order = [(kind, attempt) for kind, run, attempt, _ in story.exits.order if run == "run"]
-    last_gone = max(i for i, e in enumerate(order) if e == ("DELETED", "1"))
-    first_new = min(i for i, e in enumerate(order) if e == ("ADDED", "2"))
-    assert order.count(("DELETED", "1")) == 2, order
-    assert last_gone < first_new, f"attempt 2 started beside attempt 1's savers: {order}"
+    # The rule is about writers: a pod whose containers all exited (the kubelet reports it
+    # Failed) writes nothing, even while its object waits for the kubelet to finalize it.
+    order = [(ev, attempt, pod) for ev, run, attempt, pod in story.exits.order if run == "run"]
+    first_new = min(
+        i for i, (ev, attempt, _) in enumerate(order) if (ev, attempt) == ("ADDED", "2")
+    )
+    old_pods = {pod for ev, attempt, pod in order if attempt == "1"}
+    assert len(old_pods) == 2, order
+    for pod in old_pods:
+        ended = min(
+            i for i, (ev, a, p) in enumerate(order) if p == pod and ev in ("ENDED", "DELETED")
+        )
+        assert ended < first_new, f"attempt 2 started while {pod} could still write: {order}"
+    # The same from the kubelets' own clocks: every attempt-1 container had exited before
+    # the first attempt-2 pod was created.
+    new_created = min(t for (r, a, _), t in story.exits.created.items() if (r, a) == ("run", "2"))
+    for (r, a, pod), ends in story.exits.finished.items():
+        if (r, a) == ("run", "1"):
+            assert ends and max(ends) <= new_created, (pod, ends, new_created)
