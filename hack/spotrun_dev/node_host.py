@@ -227,19 +227,6 @@ def spawn(node: RealNode, argv: Sequence[str], log_file: Path, holder: int | Non
     return proc.pid
 
 
-def in_node(holder: int, argv: Sequence[str], timeout: float = 600) -> str:
-    """Run a short command in the node's namespaces; its output."""
-    proc = subprocess.run(
-        ["nsenter", "-t", str(holder), "--mount", "--net", "--", *argv],
-        text=True,
-        capture_output=True,
-        timeout=timeout,
-    )
-    if proc.returncode != 0:
-        raise ClusterError(f"{' '.join(argv)} on the node failed: {proc.stderr.strip()}")
-    return proc.stdout
-
-
 def alive(pid: int | None) -> bool:
     if not pid:
         return False
