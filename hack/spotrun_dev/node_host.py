@@ -146,7 +146,10 @@ def create_netns(node: RealNode, peers: Sequence[RealNode]) -> None:
         and not Path(f"/run/netns/{ns}").exists()
     ):
         ip("netns", "add", ns)
-    if ip("link", "show", node.host_veth, check=False).returncode != 0:
+    if ip("-n", ns, "link", "show", "eth0", check=False).returncode != 0:
+        # A host-side veth left by a node of an earlier session (same slot) has its peer in
+        # another namespace; deleting it removes the pair and frees the slot's address.
+        ip("link", "del", node.host_veth, check=False)
         ip("link", "add", node.host_veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
     ip("link", "set", node.host_veth, "master", BRIDGE, "up")
     ip("-n", ns, "addr", "replace", f"{node.ip}/{NODE_NET.prefixlen}", "dev", "eth0")
