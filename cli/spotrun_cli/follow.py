@@ -13,7 +13,8 @@ from typing import Final
 
 # Pod phases in which the container has started, so the kubelet has a log to serve.
 STARTED: Final = frozenset({"Running", "Succeeded", "Failed"})
-TERMINAL: Final = frozenset({"Succeeded", "Failed"})
+# Run phases after which no attempt follows ("Cancelled": suspended by ``torchx cancel``).
+TERMINAL: Final = frozenset({"Succeeded", "Failed", "Cancelled"})
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class Observed:
     """What the follower sees after reading the run and the live attempt's pod."""
 
     exists: bool
-    phase: str | None  # status.phase of the run
+    phase: str | None  # status.phase of the run, or Cancelled
     attempt: int  # status.attempt (0: none yet)
     pod_phase: str | None  # phase of the replica's pod of that attempt (None: no pod)
     streamed: int  # newest attempt whose log was streamed to its end (0: none)

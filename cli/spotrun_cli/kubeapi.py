@@ -3,6 +3,7 @@ the user's kubeconfig (or the in-cluster service account). No operator access ne
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,6 +35,15 @@ def default_namespace(kubeconfig: str | None = None, context: str | None = None)
         return "default"
     chosen = next((c for c in contexts if c["name"] == context), active) if context else active
     return str((chosen or {}).get("context", {}).get("namespace") or "default")
+
+
+def api_message(exc: ApiException) -> str:
+    """The apiserver's own words (its Status message, or the plain-text body)."""
+    body = exc.body.decode() if isinstance(exc.body, bytes) else str(exc.body or "")
+    try:
+        return str(json.loads(body).get("message") or exc.reason)
+    except ValueError:
+        return body.strip() or str(exc.reason)
 
 
 class RunAPI:
@@ -115,6 +125,12 @@ class RunAPI:
             resp.release_conn()
 
 
+def _phase(run: Obj | None) -> str | None:
+    if run and runview.app_state(run) == runview.AppState.CANCELLED:
+        return "Cancelled"
+    return (run or {}).get("status", {}).get("phase")
+
+
 def follow_logs(
     runs: RunAPI,
     namespace: str,
@@ -125,7 +141,8 @@ def follow_logs(
     note: Callable[[str], None] | None = None,
 ) -> Iterator[str]:
     """Log lines of ``replica`` of the run's live attempt; with ``should_follow`` on to each
-    next attempt until the run ends. ``note`` hears why it stopped."""
+    next attempt until the run ends. ``note`` hears why it stopped, and each pod whose log
+    the apiserver could not serve (``no log from pod ...``)."""
     streamed = 0
     while True:
         run = runs.get(namespace, name)
@@ -133,7 +150,7 @@ def follow_logs(
         pod = runview.pod_name(name, attempt, replica)
         observed = follow.Observed(
             exists=run is not None,
-            phase=(run or {}).get("status", {}).get("phase"),
+            phase=_phase(run),
             attempt=attempt,
             pod_phase=runs.pod_phase(namespace, pod) if attempt else None,
             streamed=streamed,
@@ -147,7 +164,12 @@ def follow_logs(
         if isinstance(action, follow.Stream):
             if should_follow:
                 yield follow.header(action.attempt, pod)
-            yield from runs.log_lines(namespace, pod, action.follow)
+            try:
+                yield from runs.log_lines(namespace, pod, action.follow)
+            except ApiException as exc:
+                # The node may be gone with the preemption; keep following the run.
+                if note:
+                    note(f"no log from pod {pod}: {api_message(exc)}")
             streamed = action.attempt
             continue
         time.sleep(poll_seconds)

@@ -57,22 +57,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "describe":
             sys.stdout.write(ledger.describe(run))
             return 0
-        for line in kubeapi.follow_logs(
-            runs,
-            namespace,
-            args.run,
-            args.replica,
-            args.follow,
-            note=lambda msg: print(f"kubectl-spotrun: {msg}", file=sys.stderr),
-        ):
-            sys.stdout.write(line)
-            sys.stdout.flush()
+        return logs(runs, namespace, args.run, args.replica, args.follow)
     except ApiException as exc:
-        print(f"Error from server ({exc.reason}): {exc.body or ''}".rstrip(), file=sys.stderr)
+        print(f"Error from server ({exc.reason}): {kubeapi.api_message(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+
+
+def logs(runs: kubeapi.RunAPI, namespace: str, run: str, replica: int, follow: bool) -> int:
+    """Print the log; 1 when no log could be read at all (without -f)."""
+    failed: list[str] = []
+
+    def note(msg: str) -> None:
+        print(f"kubectl-spotrun: {msg}", file=sys.stderr, flush=True)
+        failed.append(msg)
+
+    printed = False
+    for line in kubeapi.follow_logs(runs, namespace, run, replica, follow, note=note):
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        printed = True
+    return 1 if failed and not printed and not follow else 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ this class follows that scheduler (torchx/schedulers/kubernetes_scheduler.py).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,8 @@ from torchx.specs import AppDef, AppDryRunInfo, CfgVal, ReplicaStatus, RoleStatu
 
 from spotrun_cli import kubeapi, runview, translate
 from spotrun_cli.opts import SpotrunOpts
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,7 +81,8 @@ class SpotrunScheduler(Scheduler[SpotrunOpts]):  # type: ignore[misc]  # torchx 
         try:
             created = self._runs().create(body)
         except ApiException as exc:
-            raise ValueError(f"the apiserver refused the TrainingRun: {_reason(exc)}") from exc
+            msg = kubeapi.api_message(exc)
+            raise ValueError(f"the apiserver refused the TrainingRun: {msg}") from exc
         return f"{created['metadata']['namespace']}:{created['metadata']['name']}"
 
     def describe(self, app_id: str) -> DescribeAppResponse | None:
@@ -154,17 +158,14 @@ class SpotrunScheduler(Scheduler[SpotrunOpts]):  # type: ignore[misc]  # torchx 
         if since is not None or until is not None:
             raise ValueError("the spotrun scheduler does not support --since/--until")
         namespace, name = split_app_id(app_id)
-        lines: Iterable[str] = kubeapi.follow_logs(self._runs(), namespace, name, k, should_tail)
+        lines: Iterable[str] = kubeapi.follow_logs(
+            self._runs(), namespace, name, k, should_tail, note=_note
+        )
         return filter_regex(regex, lines) if regex else lines
 
 
-def _reason(exc: ApiException) -> str:
-    import json
-
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except ValueError:
-        return str(exc.reason)
+def _note(msg: str) -> None:
+    logger.warning("spotrun: %s", msg)
 
 
 def create_scheduler(session_name: str, **kwargs: Any) -> SpotrunScheduler:
