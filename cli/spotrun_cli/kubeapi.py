@@ -10,6 +10,7 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from torchx.specs import AppState
 
 from spotrun_cli import follow, runview
 from spotrun_trainer.contract import GROUP, PLURAL, VERSION
@@ -126,9 +127,10 @@ class RunAPI:
 
 
 def _phase(run: Obj | None) -> str | None:
-    if run and runview.app_state(run) == runview.AppState.CANCELLED:
+    if run and runview.app_state(run) == AppState.CANCELLED:
         return "Cancelled"
-    return (run or {}).get("status", {}).get("phase")
+    phase = ((run or {}).get("status") or {}).get("phase")
+    return None if phase is None else str(phase)
 
 
 def follow_logs(
