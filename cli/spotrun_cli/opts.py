@@ -65,5 +65,8 @@ class SpotrunOpts(StructuredOpts):  # type: ignore[misc]  # torchx ships no type
     image_pull_policy: str | None = None
     """spec.imagePullPolicy: Always, IfNotPresent or Never."""
 
+    pod_template: str | None = None
+    """A YAML file with a partial PodTemplateSpec (nodeSelector, tolerations): spec.podTemplate."""
+
     grace_period_seconds: int | None = None
     """spec.terminationGracePeriodSeconds: SIGTERM -> SIGKILL, for the checkpoint on stop."""

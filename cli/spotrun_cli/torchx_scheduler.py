@@ -43,6 +43,16 @@ class SpotrunRequest:
         return str(yaml.safe_dump(self.resource, sort_keys=False))
 
 
+def load_pod_template(path: str) -> dict[str, Any]:
+    import yaml
+
+    with open(path) as f:
+        doc = yaml.safe_load(f)
+    if not isinstance(doc, dict):
+        raise ValueError(f"pod_template {path}: expected a PodTemplateSpec mapping (spec: ...)")
+    return doc
+
+
 def split_app_id(app_id: str) -> tuple[str, str]:
     namespace, sep, name = app_id.partition(":")
     if not sep or not namespace or not name:
@@ -73,7 +83,8 @@ class SpotrunScheduler(Scheduler[SpotrunOpts]):  # type: ignore[misc]  # torchx 
     ) -> AppDryRunInfo[SpotrunRequest, SpotrunOpts]:
         namespace = cfg.namespace or kubeapi.default_namespace()
         opts = SpotrunOpts.from_cfg({**dict(cfg), "namespace": namespace})
-        body = translate.to_trainingrun(app, opts, translate.run_name(app.name))
+        template = load_pod_template(opts.pod_template) if opts.pod_template else None
+        body = translate.to_trainingrun(app, opts, translate.run_name(app.name), template)
         return AppDryRunInfo(SpotrunRequest(body), str)
 
     def schedule(self, dryrun_info: AppDryRunInfo[SpotrunRequest, SpotrunOpts]) -> str:

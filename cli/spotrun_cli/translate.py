@@ -16,6 +16,7 @@ training operator on every pod).
 
 from __future__ import annotations
 
+import copy
 import re
 import shlex
 import uuid
@@ -190,6 +191,23 @@ def checkpoint_volume(role: Role, opts: SpotrunOpts) -> tuple[dict[str, Any], in
     return ckpt, chosen
 
 
+def merge_template(base: Mapping[str, Any] | None, mounts: Mapping[str, Any] | None) -> Any:
+    """The user's pod template (``-cfg pod_template=FILE``) plus the role's other mounts."""
+    if not mounts:
+        return copy.deepcopy(dict(base)) if base else None
+    out: dict[str, Any] = copy.deepcopy(dict(base or {}))
+    spec = out.setdefault("spec", {})
+    spec["volumes"] = [*(spec.get("volumes") or []), *mounts["spec"]["volumes"]]
+    containers = spec.setdefault("containers", [])
+    ours = mounts["spec"]["containers"][0]["volumeMounts"]
+    main = next((c for c in containers if c.get("name") == CONTAINER), None)
+    if main is None:
+        containers.append({"name": CONTAINER, "volumeMounts": ours})
+    else:
+        main["volumeMounts"] = [*(main.get("volumeMounts") or []), *ours]
+    return out
+
+
 def extra_mounts(role: Role, skip: int | None) -> dict[str, Any] | None:
     """spec.podTemplate carrying the role's other mounts (PVCs and host paths)."""
     volumes: list[dict[str, Any]] = []
@@ -248,8 +266,11 @@ def _optional_fields(role: Role, opts: SpotrunOpts) -> dict[str, Any]:
     return out
 
 
-def to_trainingrun(app: AppDef, opts: SpotrunOpts, name: str) -> dict[str, Any]:
-    """The TrainingRun ``name`` that runs ``app``; UnsupportedAppError says what cannot be."""
+def to_trainingrun(
+    app: AppDef, opts: SpotrunOpts, name: str, pod_template: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The TrainingRun ``name`` that runs ``app`` (``pod_template``: the parsed
+    ``-cfg pod_template`` file); UnsupportedAppError says what cannot be expressed."""
     role = substitute(only_role(app), name)
     res_spec, types = resources(role)
     ckpt, ckpt_mount = checkpoint_volume(role, opts)
@@ -270,7 +291,7 @@ def to_trainingrun(app: AppDef, opts: SpotrunOpts, name: str) -> dict[str, Any]:
     if capacity:
         spec["capacity"] = capacity
     spec.update(_optional_fields(role, opts))
-    template = extra_mounts(role, ckpt_mount)
+    template = merge_template(pod_template, extra_mounts(role, ckpt_mount))
     if template:
         spec["podTemplate"] = template
     meta: dict[str, Any] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from typing import Any
 
 import pytest
 from torchx.components import dist
@@ -184,3 +185,31 @@ def test_procs_per_node_forms() -> None:
     assert t.procs_per_node(["-c", "torchrun --nproc_per_node 4 x.py"]) == 4
     assert t.procs_per_node(["--nproc-per-node=2", "x.py"]) == 2
     assert t.procs_per_node(["python", "x.py"]) is None
+
+
+def test_pod_template_merged_with_extra_mounts() -> None:
+    role = _role(mounts=[VolumeMount("ck", "/ck"), VolumeMount("data", "/data")])
+    user: dict[str, Any] = {
+        "spec": {
+            "nodeSelector": {"spotrun.dev/real-node": "true"},
+            "containers": [{"name": "pytorch", "imagePullPolicy": "Never"}],
+        }
+    }
+    spec = t.to_trainingrun(AppDef("a", roles=[role]), opts(checkpoint_claim="ck"), "r", user)[
+        "spec"
+    ]
+    tmpl = spec["podTemplate"]["spec"]
+    assert tmpl["nodeSelector"] == {"spotrun.dev/real-node": "true"}
+    assert tmpl["volumes"] == [
+        {"name": "torchx-mount-1", "persistentVolumeClaim": {"claimName": "data"}}
+    ]
+    assert tmpl["containers"] == [
+        {
+            "name": "pytorch",
+            "imagePullPolicy": "Never",
+            "volumeMounts": [{"name": "torchx-mount-1", "mountPath": "/data", "readOnly": False}],
+        }
+    ]
+    assert "volumeMounts" not in user["spec"]["containers"][0]  # the caller's dict is untouched
+    alone = t.to_trainingrun(AppDef("a", roles=[_role()]), opts(), "r", user)["spec"]
+    assert alone["podTemplate"] == user
