@@ -23,8 +23,15 @@ def api_client(kubeconfig: str | None = None, context: str | None = None) -> cli
     """From ``kubeconfig`` (default: $KUBECONFIG or ~/.kube/config), else in-cluster."""
     try:
         return config.new_client_from_config(config_file=kubeconfig, context=context)
-    except config.ConfigException:
-        config.load_incluster_config()
+    except config.ConfigException as exc:
+        if kubeconfig or context:
+            raise
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            raise config.ConfigException(
+                f"no cluster to talk to: {exc} (set KUBECONFIG or pass --kubeconfig)"
+            ) from None
         return client.ApiClient()
 
 

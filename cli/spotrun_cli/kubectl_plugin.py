@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from kubernetes.client.rest import ApiException
+from kubernetes.config import ConfigException
 
 from spotrun_cli import kubeapi, ledger
 
@@ -48,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         or args.namespace
         or kubeapi.default_namespace(args.kubeconfig, args.context)
     )
-    runs = kubeapi.RunAPI(kubeapi.api_client(args.kubeconfig, args.context))
     try:
+        runs = kubeapi.RunAPI(kubeapi.api_client(args.kubeconfig, args.context))
         run = runs.get(namespace, args.run)
         if run is None:
             print(f'Error: trainingrun "{args.run}" not found in {namespace}', file=sys.stderr)
@@ -60,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return logs(runs, namespace, args.run, args.replica, args.follow)
     except ApiException as exc:
         print(f"Error from server ({exc.reason}): {kubeapi.api_message(exc)}", file=sys.stderr)
+        return 1
+    except ConfigException as exc:
+        print(f"Error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
