@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes import client
 
 from controller_helpers import create, training_run
@@ -92,17 +93,20 @@ def cells(output: str) -> list[dict[str, str]]:
     ]
 
 
-def test_printer_columns_and_describe_ledger(
-    cluster: Any, custom: client.CustomObjectsApi, namespace: str, crd: dict[str, Any]
-) -> None:
-    kc = cluster.kubeconfig
+@pytest.fixture
+def story(custom: client.CustomObjectsApi, namespace: str, crd: dict[str, Any]) -> str:
+    """Run ``story`` with the status the operator would write (display strings included)."""
     create(custom, namespace, training_run("story"))
     status = copy.deepcopy(STATUS)
-    status["display"] = printer.display(status)  # what the operator writes with the figures
+    status["display"] = printer.display(status)
     custom.patch_namespaced_custom_object_status(
         *TR[:2], namespace, TR[2], "story", {"status": status}
     )
+    return "story"
 
+
+def test_printer_columns(cluster: Any, namespace: str, story: str) -> None:
+    kc = cluster.kubeconfig
     (row,) = cells(kubectl(kc, "get", "tr", "-n", namespace))
     assert list(row) == [
         "NAME", "PHASE", "ATTEMPT", "PREEMPTIONS", "FAILURES", "STEP", "CHECKPOINT",
@@ -122,13 +126,14 @@ def test_printer_columns_and_describe_ledger(
     assert (wide["SAVINGS"], wide["LOST-WORK"], wide["GPU-HOURS"]) == ("67%", "13m35s", "6.5")
     assert wide["MESSAGE"] == STATUS["message"]
 
-    text = kubectl(kc, "spotrun", "-n", namespace, "describe", "story")
+
+def test_describe_ledger(cluster: Any, namespace: str, story: str) -> None:
+    text = kubectl(cluster.kubeconfig, "spotrun", "-n", namespace, "describe", story)
     lines = text.splitlines()
     assert "Phase:        Running" in lines
     assert "Cost:         $12.40 (saving 67% against on-demand)" in lines
-    table = cells(
-        "\n".join(lines[next(i for i, x in enumerate(lines) if x.startswith("ATTEMPT")) :])
-    )
+    start = next(i for i, x in enumerate(lines) if x.startswith("ATTEMPT"))
+    table = cells("\n".join(lines[start:]))
     assert [r["ATTEMPT"] for r in table] == ["1", "2", "3"]
     assert table[0] == {
         "ATTEMPT": "1",

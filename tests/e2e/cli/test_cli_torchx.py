@@ -92,18 +92,9 @@ def status_of(kubeconfig: Path, handle: str) -> str:
     return torchx(kubeconfig, "status", handle).stdout
 
 
-def test_torchx_run_status_list_log_cancel(
-    cluster: Any,
-    core: client.CoreV1Api,
-    custom: client.CustomObjectsApi,
-    namespace: str,
-    fleet: None,
-    checkpoint_pvc: str,
-    operator: Any,
-    tmp_path: Path,
-) -> None:
-    kc = cluster.kubeconfig
-    cfg = f"namespace={namespace},checkpoint_claim={checkpoint_pvc},checkpoint_interval=5m"
+def submit(kc: Path, namespace: str, claim: str) -> tuple[str, str]:
+    """``torchx run -s spotrun dist.ddp -j 2x8``: (app handle, run name)."""
+    cfg = f"namespace={namespace},checkpoint_claim={claim},checkpoint_interval=5m"
     cfg += ",max_preemptions=5,budget_usd=500,capacity_type=spot"
     out = torchx(
         kc, "run", "-s", "spotrun", "-cfg", cfg,
@@ -111,12 +102,13 @@ def test_torchx_run_status_list_log_cancel(
     ).stdout  # fmt: skip
     handle = out.strip().splitlines()[-1]
     assert handle.startswith(f"spotrun://torchx/{namespace}:train-"), out
-    name = handle.rsplit(":", 1)[1]
+    return handle, handle.rsplit(":", 1)[1]
 
-    # The TrainingRun the AppDef became.
-    spec = get(custom, namespace, name)["spec"]
+
+def check_spec(spec: dict[str, Any], name: str, claim: str) -> None:
+    """The TrainingRun the AppDef became."""
     assert (spec["nodes"], spec["gpusPerNode"], spec["procsPerNode"]) == (2, 8, 8)
-    assert spec["checkpoint"]["volume"] == {"claimName": checkpoint_pvc}
+    assert spec["checkpoint"]["volume"] == {"claimName": claim}
     assert spec["checkpoint"]["interval"] == "5m"
     assert (spec["maxPreemptions"], spec["budget"], spec["capacity"]["type"]) == (
         5,
@@ -126,6 +118,38 @@ def test_torchx_run_status_list_log_cancel(
     assert spec["command"] == ["bash"]
     assert f"--rdzv_id {name}" in spec["args"][1] or f"--rdzv_id '{name}'" in spec["args"][1]
     assert spec["args"][1].endswith("train.py --epochs 3")
+
+
+def check_followed(name: str, tail: tuple[int, str, str], follow: tuple[int, str, str]) -> None:
+    """Both followers streamed each attempt's master pod in order, then ended with the run."""
+    f_rc, f_out, f_err = follow
+    assert f_rc == 0, f_err
+    assert f_out.splitlines() == [
+        f"--- spotrun: attempt 1, pod {name}-a1-master-0 ---",
+        f"--- spotrun: attempt 2, pod {name}-a2-master-0 ---",
+    ], (f_out, f_err)
+    for n in (1, 2):  # kwok pods: the apiserver has no log to serve
+        assert f"no log from pod {name}-a{n}-master-0: " in f_err, f_err
+    assert "the run is Cancelled" in f_err
+    t_rc, t_out, t_err = tail
+    assert t_rc == 0, t_err
+    assert f"attempt 1, pod {name}-a1-master-0" in t_out, (t_out, t_err)
+    assert f"attempt 2, pod {name}-a2-master-0" in t_out, (t_out, t_err)
+    assert f"no log from pod {name}-a2-master-0" in t_err
+
+
+def test_torchx_run_status_list_log_cancel(
+    cluster: Any,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    fleet: None,
+    checkpoint_pvc: str,
+    operator: Any,
+) -> None:
+    kc = cluster.kubeconfig
+    handle, name = submit(kc, namespace, checkpoint_pvc)
+    check_spec(get(custom, namespace, name)["spec"], name, checkpoint_pvc)
 
     # The operator runs it on the fleet; torchx sees it RUNNING with both replicas.
     running_gang(core, namespace, name, 1)
@@ -153,27 +177,12 @@ def test_torchx_run_status_list_log_cancel(
         poll("torchx: 1 restart", lambda: "Num Restarts: 1" in status_of(kc, handle), 60)
 
         torchx(kc, "cancel", handle)
-        run = get(custom, namespace, name)
-        assert run["spec"]["suspend"] is True
+        assert get(custom, namespace, name)["spec"]["suspend"] is True
         poll("torchx status CANCELLED", lambda: "State: CANCELLED" in status_of(kc, handle), 120)
-        t_rc, t_out, t_err = tail.wait(60)
-        f_rc, f_out, f_err = follow.wait(60)
+        check_followed(name, tail.wait(60), follow.wait(60))
     finally:
         tail.stop()
         follow.stop()
-    assert f_rc == 0, f_err
-    # Each attempt's master pod, in order, then the end of the run.
-    assert f_out.splitlines() == [
-        f"--- spotrun: attempt 1, pod {name}-a1-master-0 ---",
-        f"--- spotrun: attempt 2, pod {name}-a2-master-0 ---",
-    ], (f_out, f_err)
-    for n in (1, 2):
-        assert f"no log from pod {name}-a{n}-master-0: " in f_err, f_err
-    assert "the run is Cancelled" in f_err
-    assert t_rc == 0, t_err
-    assert f"attempt 1, pod {name}-a1-master-0" in t_out, (t_out, t_err)
-    assert f"attempt 2, pod {name}-a2-master-0" in t_out, (t_out, t_err)
-    assert f"no log from pod {name}-a2-master-0" in t_err
     # cancel kept the run and its ledger; the state is terminal for torchx.
     st = wait_status(custom, namespace, name, "Suspended", lambda s: s.get("phase") == "Suspended")
     assert (st["attempt"], st["preemptions"], st["failures"]) == (2, 1, 0)
