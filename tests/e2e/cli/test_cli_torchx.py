@@ -186,6 +186,11 @@ def test_torchx_run_status_list_log_cancel(
     # cancel kept the run and its ledger; the state is terminal for torchx.
     st = wait_status(custom, namespace, name, "Suspended", lambda s: s.get("phase") == "Suspended")
     assert (st["attempt"], st["preemptions"], st["failures"]) == (2, 1, 0)
+    # delete removes the run; torchx then no longer knows the app.
+    torchx(kc, "delete", handle)
+    poll("the run gone", lambda: not custom_items(cluster, namespace), 60)
+    gone = torchx(kc, "status", handle, ok=False)
+    assert gone.returncode == 1 and "does not exist" in gone.stderr, gone.stderr
 
 
 def _attempt_running(n: int) -> Any:
