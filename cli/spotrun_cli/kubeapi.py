@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from torchx.specs import AppState
@@ -179,6 +180,10 @@ def follow_logs(
                 # The node may be gone with the preemption; keep following the run.
                 if note:
                     note(f"no log from pod {pod}: {api_message(exc)}")
+            except urllib3.exceptions.HTTPError as exc:
+                # The stream broke (a node lost with its kubelet): the next attempt follows.
+                if note:
+                    note(f"log of pod {pod} cut off: {exc}")
             streamed = action.attempt
             continue
         time.sleep(poll_seconds)

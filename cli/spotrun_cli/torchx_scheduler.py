@@ -125,6 +125,12 @@ class SpotrunScheduler(Scheduler[SpotrunOpts]):  # type: ignore[misc]  # torchx 
             },
         )
 
+    def describe_native(self, app_id: str) -> AppDryRunInfo[SpotrunRequest, SpotrunOpts] | None:
+        """The TrainingRun itself, status included (what ``--dryrun`` showed, read back)."""
+        namespace, name = split_app_id(app_id)
+        run = self._runs().get(namespace, name)
+        return None if run is None else AppDryRunInfo(SpotrunRequest(run), str)
+
     def list(self, cfg: Mapping[str, CfgVal] | None = None) -> list[ListAppResponse]:
         namespace = str((cfg or {}).get("namespace") or kubeapi.default_namespace())
         return [

@@ -13,10 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
+from torchx.specs import AppState
 
 from controller_helpers import create, training_run
+from controller_process import CRD
+from spotrun_cli.torchx_scheduler import SpotrunScheduler
 from spotrun_operator import printer
+from spotrun_operator.kube import Kube
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[3]
@@ -65,6 +70,18 @@ STATUS: dict[str, Any] = {
 }
 
 
+def apply_crd(api: client.ApiClient) -> None:
+    """Server-side apply this checkout's CRD (the status fields and columns tested here)."""
+    body = yaml.safe_load(CRD.read_text())
+    Kube(api).request(
+        "PATCH",
+        f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{body['metadata']['name']}",
+        query={"fieldManager": "spotrun-e2e", "force": "true"},
+        body=body,
+        content_type="application/apply-patch+yaml",
+    )
+
+
 def kubectl(kubeconfig: Path, *args: str) -> str:
     path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     cmd = [str(KUBECTL), *args]
@@ -96,6 +113,7 @@ def cells(output: str) -> list[dict[str, str]]:
 @pytest.fixture
 def story(custom: client.CustomObjectsApi, namespace: str, crd: dict[str, Any]) -> str:
     """Run ``story`` with the status the operator would write (display strings included)."""
+    apply_crd(custom.api_client)  # again: on a shared cluster another checkout may differ
     create(custom, namespace, training_run("story"))
     status = copy.deepcopy(STATUS)
     status["display"] = printer.display(status)
@@ -179,3 +197,27 @@ def test_describe_unknown_run_fails_clearly(
     )
     assert done.returncode == 1
     assert f'trainingrun "nope" not found in {namespace}' in done.stderr
+
+
+def test_scheduler_reads_the_story(cluster: Any, namespace: str, story: str) -> None:
+    """The torchx scheduler's read side on the same object, in process."""
+    sched = SpotrunScheduler("e2e", api=cluster.api_client())
+    desc = sched.describe(f"{namespace}:{story}")
+    assert desc is not None
+    assert (desc.state, desc.num_restarts, desc.msg) == (AppState.RUNNING, 2, STATUS["message"])
+    assert desc.metadata == {
+        "phase": "Running",
+        "attempt": "3",
+        "preemptions": "1",
+        "failures": "1",
+    }
+    # No pods exist for attempt 3 here (no operator): both replicas read PENDING.
+    (role,) = desc.roles_statuses
+    assert [(r.id, r.state) for r in role.replicas] == [
+        (0, AppState.PENDING),
+        (1, AppState.PENDING),
+    ]
+    native = sched.describe_native(f"{namespace}:{story}")
+    assert native is not None
+    assert native.request.resource["status"]["display"]["cost"] == "$12.40"
+    assert sched.describe(f"{namespace}:nope") is None
