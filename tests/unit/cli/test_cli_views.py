@@ -232,3 +232,18 @@ def test_step_marks() -> None:
         == 15
     )
     assert printer.steps_done({"attempt": 1}, {"step": 5, "attempt": 1}) is None
+
+
+def test_api_message_prefers_the_apiservers_words() -> None:
+    from kubernetes.client.rest import ApiException
+
+    from spotrun_cli.kubeapi import api_message
+
+    status = ApiException(status=422, reason="Unprocessable Entity")
+    status.body = b'{"kind": "Status", "message": "spec.capacity.type: Unsupported value"}'
+    assert api_message(status) == "spec.capacity.type: Unsupported value"
+    plain = ApiException(status=500, reason="Internal Server Error")
+    plain.body = "no preferred addresses found\n"
+    assert api_message(plain) == "no preferred addresses found"
+    bare = ApiException(status=503, reason="Service Unavailable")
+    assert api_message(bare) == "Service Unavailable"
