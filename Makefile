@@ -27,7 +27,7 @@ help:
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/pip install -q uv==$(UV_VERSION)
-	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[operator,trainer,dev]'
+	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[operator,trainer,cli,dev]'
 	@touch $@
 
 venv: $(VENV)/.installed
@@ -71,7 +71,7 @@ lint: venv
 	bash hack/sync-chart-crds.sh --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy operator trainer hack/spotrun_dev bench tests
+	$(BIN)/mypy operator trainer hack/spotrun_dev cli bench tests
 
 fmt: venv
 	$(BIN)/ruff format .

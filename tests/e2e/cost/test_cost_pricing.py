@@ -35,6 +35,7 @@ from controller_helpers import (
     wait_status,
 )
 from kube_helpers import poll
+from spotrun_operator.printer import fmt_usd
 
 # Seeded newest Linux/UNIX spot prices per zone: far from the table's estimate (35% of
 # $32.77 = $11.4695/h) and from each other, so a wrong source or zone shows.
@@ -178,17 +179,17 @@ def test_spot_prices_from_aws_price_each_node_in_its_zone(
     assert cost["gpuHours"] == pytest.approx(ran * NODES * GPUS / 3600, abs=0.0051)
     assert condition(st, "WithinBudget")["reason"] == "WithinBudget"
 
-    # kubectl get tr: the COST column is status.cost.totalUSD of the same object.
+    # kubectl get tr: the COST column is status.cost.totalUSD of the same object, as dollars.
     row = printed_columns(api_client, namespace, "priced")
-    assert row["Phase"] == "Running"
-    assert row["Cost"] == row["object"]["status"]["cost"]["totalUSD"] > 0
+    assert row["Phase"] == "Running" and row["object"]["status"]["cost"]["totalUSD"] > 0
+    assert row["Cost"] == fmt_usd(row["object"]["status"]["cost"]["totalUSD"])
 
     # Stop the gang: the attempt's cost is frozen from its timestamps, exactly.
     st = suspend(custom, namespace, "priced")
     frozen = check_frozen(st, [SPOT[z] for z in st["attempts"][-1]["zones"]])
     assert condition(st, "PricingAvailable")["status"] == "True"
     row = printed_columns(api_client, namespace, "priced")
-    assert row["Phase"] == "Suspended" and row["Cost"] == st["cost"]["totalUSD"]
+    assert row["Phase"] == "Suspended" and row["Cost"] == fmt_usd(st["cost"]["totalUSD"])
 
     # /metrics: the run's figures, labelled with its namespace and name.
     run = {"namespace": namespace, "run": "priced"}

@@ -1,0 +1,223 @@
+"""``kubectl get tr`` printer columns and ``kubectl spotrun describe`` against the real
+apiserver: the test writes a run's status through the status subresource the way the
+operator does (display strings from ``spotrun_operator.printer``), then reads it back with
+the real kubectl (the plugin through kubectl's plugin mechanism when kubectl is built)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from torchx.specs import AppState
+
+from controller_helpers import create, training_run
+from controller_process import CRD
+from spotrun_cli.torchx_scheduler import SpotrunScheduler
+from spotrun_operator import printer
+from spotrun_operator.kube import Kube
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[3]
+KUBECTL = ROOT / ".cache" / "bin" / "kubectl"
+TR = ("spotrun.dev", "v1alpha1", "trainingruns")
+
+STATUS: dict[str, Any] = {
+    "phase": "Running",
+    "message": "attempt 3 running on spot-p4d-1, spot-p4d-4",
+    "attempt": 3,
+    "preemptions": 1,
+    "failures": 1,
+    "progress": {"step": 1620, "checkpointStep": 1600, "attempt": 3},
+    "cost": {"totalUSD": 12.4, "savingsPercent": 66.6, "gpuHours": 6.5},
+    "lastPreemption": {"attempt": 1, "time": "2026-11-22T11:31:00Z", "signal": "spot-interruption"},
+    "attempts": [
+        {
+            "attempt": 1,
+            "nodes": 2,
+            "zones": ["us-east-1a", "us-east-1b"],
+            "startedAt": "2026-11-22T10:01:00Z",
+            "endedAt": "2026-11-22T11:31:05Z",
+            "outcome": "Preempted",
+            "reason": "spot-interruption",
+            "lostWorkSeconds": 750,
+            "startStep": 0,
+            "endStep": 1800,
+            "spotUSD": 9.5,
+            "onDemandUSD": 0,
+        },
+        {
+            "attempt": 2,
+            "nodes": 2,
+            "zones": ["us-east-1c", "us-east-1c"],
+            "startedAt": "2026-11-22T11:35:00Z",
+            "endedAt": "2026-11-22T11:50:00Z",
+            "outcome": "Failed",
+            "reason": "OOMKilled",
+            "lostWorkSeconds": 65,
+            "startStep": 1500,
+            "endStep": 1700,
+            "spotUSD": 1.25,
+        },
+        {"attempt": 3, "nodes": 2, "startedAt": "2026-11-22T12:00:00Z", "startStep": 1500},
+    ],
+}
+
+
+def apply_crd(api: client.ApiClient) -> None:
+    """Server-side apply this checkout's CRD (the status fields and columns tested here)."""
+    body = yaml.safe_load(CRD.read_text())
+    Kube(api).request(
+        "PATCH",
+        f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{body['metadata']['name']}",
+        query={"fieldManager": "spotrun-e2e", "force": "true"},
+        body=body,
+        content_type="application/apply-patch+yaml",
+    )
+
+
+def kubectl(kubeconfig: Path, *args: str) -> str:
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    cmd = [str(KUBECTL), *args]
+    if not KUBECTL.exists():
+        assert args[0] == "spotrun", "kubectl itself is needed for kubectl get"
+        cmd = [str(BIN / "kubectl-spotrun"), *args[1:]]
+    done = subprocess.run(
+        cmd,
+        env={**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, f"{' '.join(cmd)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def cells(output: str) -> list[dict[str, str]]:
+    """kubectl's table as dicts; columns cut at the header's column starts."""
+    header, *rows = output.rstrip("\n").splitlines()
+    starts = [i for i, ch in enumerate(header) if ch != " " and (i == 0 or header[i - 1] == " ")]
+    bounds = [*starts[1:], None]
+    names = [header[a:b].strip() for a, b in zip(starts, bounds, strict=True)]
+    return [
+        {n: row[a:b].strip() for n, a, b in zip(names, starts, bounds, strict=True)} for row in rows
+    ]
+
+
+@pytest.fixture
+def story(custom: client.CustomObjectsApi, namespace: str, crd: dict[str, Any]) -> str:
+    """Run ``story`` with the status the operator would write (display strings included)."""
+    apply_crd(custom.api_client)  # again: on a shared cluster another checkout may differ
+    create(custom, namespace, training_run("story"))
+    status = copy.deepcopy(STATUS)
+    status["display"] = printer.display(status)
+    custom.patch_namespaced_custom_object_status(
+        *TR[:2], namespace, TR[2], "story", {"status": status}
+    )
+    return "story"
+
+
+def test_printer_columns(cluster: Any, namespace: str, story: str) -> None:
+    kc = cluster.kubeconfig
+    (row,) = cells(kubectl(kc, "get", "tr", "-n", namespace))
+    assert list(row) == [
+        "NAME", "PHASE", "ATTEMPT", "PREEMPTIONS", "FAILURES", "STEP", "CHECKPOINT",
+        "COST", "LAST", "LAST-AGE", "AGE",
+    ]  # fmt: skip
+    assert (row["PHASE"], row["ATTEMPT"], row["PREEMPTIONS"], row["FAILURES"]) == (
+        "Running",
+        "3",
+        "1",
+        "1",
+    )
+    assert (row["STEP"], row["CHECKPOINT"], row["COST"]) == ("1620", "1600", "$12.40")
+    assert row["LAST"] == "failed OOMKilled a2"
+    assert row["LAST-AGE"] not in ("", "<none>") and row["LAST-AGE"][-1] in "smhd"
+
+    (wide,) = cells(kubectl(kc, "get", "tr", "-n", namespace, "-o", "wide"))
+    assert (wide["SAVINGS"], wide["LOST-WORK"], wide["GPU-HOURS"]) == ("67%", "13m35s", "6.5")
+    assert wide["MESSAGE"] == STATUS["message"]
+
+
+def test_describe_ledger(cluster: Any, namespace: str, story: str) -> None:
+    text = kubectl(cluster.kubeconfig, "spotrun", "-n", namespace, "describe", story)
+    lines = text.splitlines()
+    assert "Phase:        Running" in lines
+    assert "Cost:         $12.40 (saving 67% against on-demand)" in lines
+    start = next(i for i, x in enumerate(lines) if x.startswith("ATTEMPT"))
+    table = cells("\n".join(lines[start:]))
+    assert [r["ATTEMPT"] for r in table] == ["1", "2", "3"]
+    assert table[0] == {
+        "ATTEMPT": "1",
+        "NODES": "2",
+        "ZONE": "us-east-1a,us-east-1b",
+        "START": "11-22 10:01:00",
+        "END": "11-22 11:31:05",
+        "OUTCOME": "Preempted",
+        "SIGNAL": "spot-interruption",
+        "STEPS": "1800 (0->1800)",
+        "LOST": "12m30s",
+        "COST": "$9.50",
+    }
+    assert (table[1]["ZONE"], table[1]["OUTCOME"], table[1]["SIGNAL"]) == (
+        "us-east-1c",
+        "Failed",
+        "OOMKilled",
+    )
+    assert (table[1]["STEPS"], table[1]["LOST"], table[1]["COST"]) == (
+        "200 (1500->1700)",
+        "1m05s",
+        "$1.25",
+    )
+    # The live attempt: still running, its steps from the trainer's progress.
+    assert (table[2]["END"], table[2]["OUTCOME"], table[2]["STEPS"]) == (
+        "-",
+        "Running",
+        "120 (1500->1620)",
+    )
+
+
+def test_describe_unknown_run_fails_clearly(
+    cluster: Any, namespace: str, crd: dict[str, Any]
+) -> None:
+    cmd = [str(KUBECTL), "spotrun"] if KUBECTL.exists() else [str(BIN / "kubectl-spotrun")]
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    done = subprocess.run(
+        [*cmd, "-n", namespace, "describe", "nope"],
+        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert f'trainingrun "nope" not found in {namespace}' in done.stderr
+
+
+def test_scheduler_reads_the_story(cluster: Any, namespace: str, story: str) -> None:
+    """The torchx scheduler's read side on the same object, in process."""
+    sched = SpotrunScheduler("e2e", api=cluster.api_client())
+    desc = sched.describe(f"{namespace}:{story}")
+    assert desc is not None
+    assert (desc.state, desc.num_restarts, desc.msg) == (AppState.RUNNING, 2, STATUS["message"])
+    assert desc.metadata == {
+        "phase": "Running",
+        "attempt": "3",
+        "preemptions": "1",
+        "failures": "1",
+    }
+    # No pods exist for attempt 3 here (no operator): both replicas read PENDING.
+    (role,) = desc.roles_statuses
+    assert [(r.id, r.state) for r in role.replicas] == [
+        (0, AppState.PENDING),
+        (1, AppState.PENDING),
+    ]
+    native = sched.describe_native(f"{namespace}:{story}")
+    assert native is not None
+    assert native.request.resource["status"]["display"]["cost"] == "$12.40"
+    assert sched.describe(f"{namespace}:nope") is None
