@@ -38,11 +38,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as dist
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from spotrun_trainer import contract
 from spotrun_trainer.integrations import commit
+from spotrun_trainer.integrations.ranks import Ranks
 from spotrun_trainer.preemption import SpotNoticePoller, StopGuard
 from spotrun_trainer.progress import ProgressReporter, reporter_from_env
 from spotrun_trainer.testhooks import TestHooks
@@ -55,29 +55,6 @@ HF_CHECKPOINT_PREFIX = "checkpoint-"  # transformers.trainer_utils.PREFIX_CHECKP
 def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     return float(raw) if raw else default
-
-
-class _Ranks:
-    """The few collectives the callback needs; no-ops without a process group."""
-
-    def __init__(self) -> None:
-        self.active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        self.group: Any = None
-        if self.active and dist.get_backend() != "gloo":
-            self.group = dist.new_group(backend="gloo")  # flags stay on CPU (no GPU sync)
-
-    def agree(self, flags: list[bool]) -> list[bool]:
-        if not self.active:
-            return flags
-        import torch
-
-        t = torch.tensor([int(f) for f in flags], dtype=torch.int32)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
-        return [bool(v) for v in t.tolist()]
-
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier(group=self.group)
 
 
 class SpotrunCallback(TrainerCallback):  # type: ignore[misc]
@@ -117,7 +94,7 @@ class SpotrunCallback(TrainerCallback):  # type: ignore[misc]
         self.stopping = False
         self.resumed_from: Path | None = None
         self._poller: SpotNoticePoller | None = None
-        self._ranks: _Ranks | None = None
+        self._ranks: Ranks | None = None
         self._hooks: TestHooks | None = None
         self._last_save = time.monotonic()
         self._t0: tuple[float, int] | None = None
@@ -127,15 +104,12 @@ class SpotrunCallback(TrainerCallback):  # type: ignore[misc]
     def resume_path(self) -> str | None:
         """The newest committed, intact checkpoint for ``resume_from_checkpoint``; None
         when there is none. Call it on every rank (rank 0 picks, the others follow)."""
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        ranks = Ranks()
         picked: Path | None = None
-        if rank == 0:
+        if ranks.rank == 0:
             commit.prepare(self.directory)
             picked = commit.newest_committed(self.directory)
-        if dist.is_available() and dist.is_initialized():
-            box: list[Any] = [picked]
-            dist.broadcast_object_list(box, src=0)
-            picked = box[0]
+        picked = ranks.broadcast_object(picked)
         self.resumed_from = picked
         if picked is not None:
             log.info("resuming from the committed checkpoint %s", picked)
@@ -147,7 +121,7 @@ class SpotrunCallback(TrainerCallback):  # type: ignore[misc]
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
     ) -> None:
         self.guard.install()
-        self._ranks = _Ranks()
+        self._ranks = Ranks()
         self._hooks = TestHooks(self.env, args.process_index)
         self._last_save = time.monotonic()
         if state.is_world_process_zero:

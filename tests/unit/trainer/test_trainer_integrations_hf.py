@@ -1,0 +1,112 @@
+"""Hugging Face Trainer and sentence-transformers integrations, through their examples.
+
+Each example trains in a real process, is SIGTERMed at a random step (a real signal), must
+commit that step in spotrun's layout and exit 143, and must resume from it (not from a
+half-written folder planted beside it) to the same losses, weights and optimizer state as
+an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from trainer_helpers import (
+    PYTHON,
+    REPO,
+    START_DEADLINE,
+    Trainer,
+    committed,
+    interruption_seed,
+    wait_for_events,
+)
+
+from spotrun_trainer.checkpoint_io import verify
+
+MAX_STEPS, SAVE_STEPS = 12, 4
+EXAMPLES = ["hf_trainer", "sentence_transformers"]
+
+
+def example_cmd(example: str, folder: Path, name: str) -> list[str]:
+    return [PYTHON, str(REPO / "examples" / example / "train.py"),
+            "--max-steps", str(MAX_STEPS), "--save-steps", str(SAVE_STEPS), "--seed", "3",
+            "--checkpoint-dir", str(folder / f"{name}-ckpt"),
+            "--output-dir", str(folder / f"{name}-out")]  # fmt: skip
+
+
+def losses(step_dir: Path) -> list[tuple[int, float]]:
+    state = json.loads((step_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == MAX_STEPS
+    return [(e["step"], e["loss"]) for e in state["log_history"] if "loss" in e]
+
+
+def plant_half_written(ckpt: Path, step: int) -> Path:
+    """A copy of ``step-<step>`` as ``step-<step+1>`` without the marker, whose optimizer
+    file is cut short and whose state claims one more step: resuming from it would fail."""
+    fake = ckpt / f"step-{step + 1}"
+    shutil.copytree(ckpt / f"step-{step}", fake)
+    (fake / "COMMITTED").unlink()
+    opt = fake / "optimizer.pt"
+    opt.write_bytes(opt.read_bytes()[:100])
+    state = json.loads((fake / "trainer_state.json").read_text())
+    state["global_step"] = step + 1
+    (fake / "trainer_state.json").write_text(json.dumps(state))
+    return fake
+
+
+def assert_tensors_close(a: dict[str, Any], b: dict[str, Any], what: str) -> None:
+    assert set(a) == set(b), what
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"{what}: {k}")
+        elif isinstance(a[k], dict):
+            assert_tensors_close(a[k], b[k], f"{what}.{k}")
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_sigterm_commits_exits_143_and_resumes_like_an_uninterrupted_run(
+    example: str, tmp_path: Path, launch: Callable[..., Trainer]
+) -> None:
+    k = random.Random(interruption_seed()).randrange(1, MAX_STEPS)
+    ref = launch(example_cmd(example, tmp_path, "ref"), name="ref")
+    cut = launch(
+        example_cmd(example, tmp_path, "run"),
+        name="cut",
+        env_extra={"SPOTRUN_TEST_PAUSE_AT_STEP": str(k)},
+    )
+    wait_for_events(cut, [("paused", 0, k)])
+    cut.signal_group(signal.SIGTERM)
+    assert cut.wait() == 143, cut.output()[-4000:]
+    ckpt = tmp_path / "run-ckpt"
+    assert committed(ckpt)[-1] == k, cut.output()[-4000:]
+    assert verify(ckpt / f"step-{k}", k) is None
+    assert not list((tmp_path / "run-out").glob("checkpoint-*")), "staging folder left"
+    plant_half_written(ckpt, k)
+
+    resumed = launch(example_cmd(example, tmp_path, "run"), name="resumed")
+    assert resumed.wait() == 0, resumed.output()[-4000:]
+    assert f"resuming from the committed checkpoint {ckpt / f'step-{k}'}" in resumed.output()
+    assert ref.wait(START_DEADLINE) == 0, ref.output()[-4000:]
+
+    got, want = ckpt / f"step-{MAX_STEPS}", tmp_path / "ref-ckpt" / f"step-{MAX_STEPS}"
+    assert verify(got, MAX_STEPS) is None
+    got_losses, want_losses = losses(got), losses(want)
+    assert [s for s, _ in got_losses] == [s for s, _ in want_losses] == list(range(1, 13))
+    assert [v for _, v in got_losses] == pytest.approx([v for _, v in want_losses], rel=1e-5)
+    assert_tensors_close(
+        load_file(got / "model.safetensors"), load_file(want / "model.safetensors"), "model"
+    )
+    opt_got = torch.load(got / "optimizer.pt", weights_only=True)
+    opt_want = torch.load(want / "optimizer.pt", weights_only=True)
+    assert opt_got["state"][0]["step"] == MAX_STEPS
+    assert_tensors_close(opt_got["state"], opt_want["state"], "optimizer")
+    sched = torch.load(got / "scheduler.pt", weights_only=True)
+    assert sched["last_epoch"] == MAX_STEPS
