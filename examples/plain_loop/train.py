@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from spotrun_trainer.integrations.loop import SpotrunLoop  # spotrun
+from spotrun_trainer.state import seed_everything
 
 VOCAB, BLOCK, BATCH = 64, 16, 8
 
@@ -58,7 +59,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     a = parse_args()
-    torch.manual_seed(a.seed)
+    seed_everything(a.seed)  # python, numpy and torch RNGs: all are checkpointed per rank
     data = torch.randint(0, VOCAB, (4096,), generator=torch.Generator().manual_seed(a.seed))
     model = TinyGPT()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)

@@ -9,6 +9,7 @@ an uninterrupted run.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -110,3 +111,62 @@ def test_sigterm_commits_exits_143_and_resumes_like_an_uninterrupted_run(
     assert_tensors_close(opt_got["state"], opt_want["state"], "optimizer")
     sched = torch.load(got / "scheduler.pt", weights_only=True)
     assert sched["last_epoch"] == MAX_STEPS
+
+
+def _tiny_trainer(
+    folder: Path, max_steps: int, callbacks: list[Any], seed: int = 1
+) -> tuple[Any, Any]:
+    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=8, n_embd=16, n_layer=1,
+                                       n_head=2))  # fmt: skip
+    tokens = torch.randint(0, 32, (32, 8), generator=torch.Generator().manual_seed(seed))
+    data = [{"input_ids": t, "labels": t} for t in tokens]
+    args = TrainingArguments(output_dir=str(folder / "out"), max_steps=max_steps,
+                             per_device_train_batch_size=4, save_strategy="no", seed=seed,
+                             use_cpu=True, report_to="none", disable_tqdm=True)  # fmt: skip
+    return Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks), model
+
+
+def test_callback_reports_progress_and_stops_on_a_real_sigterm(tmp_path: Path) -> None:
+    """In process, with an injected reporter (no cluster): a SIGTERM sent to this very
+    process at step 3 ends training with SystemExit(143) after committing step 3, and the
+    reports show it; the next attempt reports the checkpoint it resumed from first."""
+    from transformers import TrainerCallback
+
+    from spotrun_trainer.integrations.hf import SpotrunCallback
+    from spotrun_trainer.progress import ProgressReporter
+
+    class SigtermAt(TrainerCallback):  # type: ignore[misc]
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if state.global_step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    patches: list[dict[str, Any]] = []
+    reporter = ProgressReporter(patches.append, min_interval=0, attempt=2, background=False)
+    spot = SpotrunCallback(tmp_path / "ck", reporter=reporter, env={})
+    trainer, _ = _tiny_trainer(tmp_path, 8, [SigtermAt(), spot])
+    with pytest.raises(SystemExit) as stopped:
+        trainer.train(resume_from_checkpoint=spot.resume_path())
+    assert stopped.value.code == 143
+    assert signal.getsignal(signal.SIGTERM) == before  # the guard put the handler back
+    assert committed(tmp_path / "ck") == [3]
+    progress = [p["status"]["progress"] for p in patches]
+    assert [p["step"] for p in progress] == [1, 2, 3, 3]
+    assert progress[0]["samplesPerSecond"] is None and progress[1]["samplesPerSecond"] > 0
+    assert progress[-1]["checkpointStep"] == 3 and progress[-1]["attempt"] == 2
+    assert progress[-1]["checkpointPath"] == str(tmp_path / "ck" / "step-3")
+
+    patches.clear()
+    reporter = ProgressReporter(patches.append, min_interval=0, attempt=3, background=False)
+    spot = SpotrunCallback(tmp_path / "ck", reporter=reporter, env={})
+    trainer, model = _tiny_trainer(tmp_path, 5, [spot], seed=2)  # other init: overwritten
+    assert trainer.train(resume_from_checkpoint=spot.resume_path()).global_step == 5
+    progress = [p["status"]["progress"] for p in patches]
+    assert progress[0] == {"step": 3, "checkpointStep": 3, "attempt": 3,
+                           "samplesPerSecond": None, "checkpointPath": str(tmp_path / "ck" /
+                           "step-3"), "checkpointTime": progress[0]["checkpointTime"]}  # fmt: skip
+    assert [p["step"] for p in progress[1:]] == [4, 5, 5]
+    assert progress[-1]["checkpointStep"] == 5 and committed(tmp_path / "ck") == [3, 5]
