@@ -78,7 +78,7 @@ def main() -> None:
         x, y = get_batch(data)
         loss = F.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         sched.step()
         print(f"step {step + 1} loss {loss.item():.6f}", flush=True)

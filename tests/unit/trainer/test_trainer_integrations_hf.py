@@ -138,7 +138,7 @@ def test_callback_reports_progress_and_stops_on_a_real_sigterm(tmp_path: Path) -
     from spotrun_trainer.integrations.hf import SpotrunCallback
     from spotrun_trainer.progress import ProgressReporter
 
-    class SigtermAt(TrainerCallback):  # type: ignore[misc]
+    class SigtermAt(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             if state.global_step == 3:
                 os.kill(os.getpid(), signal.SIGTERM)
@@ -162,7 +162,7 @@ def test_callback_reports_progress_and_stops_on_a_real_sigterm(tmp_path: Path) -
     patches.clear()
     reporter = ProgressReporter(patches.append, min_interval=0, attempt=3, background=False)
     spot = SpotrunCallback(tmp_path / "ck", reporter=reporter, env={})
-    trainer, model = _tiny_trainer(tmp_path, 5, [spot], seed=2)  # other init: overwritten
+    trainer, _ = _tiny_trainer(tmp_path, 5, [spot], seed=2)  # other init: overwritten
     assert trainer.train(resume_from_checkpoint=spot.resume_path()).global_step == 5
     progress = [p["status"]["progress"] for p in patches]
     assert progress[0] == {"step": 3, "checkpointStep": 3, "attempt": 3,

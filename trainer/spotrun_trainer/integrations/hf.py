@@ -57,7 +57,7 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
     return float(raw) if raw else default
 
 
-class SpotrunCallback(TrainerCallback):  # type: ignore[misc]
+class SpotrunCallback(TrainerCallback):
     """spotrun's checkpoint, stop and progress handling for a Hugging Face ``Trainer``."""
 
     def __init__(
@@ -126,7 +126,7 @@ class SpotrunCallback(TrainerCallback):  # type: ignore[misc]
         self._last_save = time.monotonic()
         if state.is_world_process_zero:
             commit.prepare(self.directory)
-            for stale in Path(args.output_dir).glob(f"{HF_CHECKPOINT_PREFIX}*"):
+            for stale in Path(str(args.output_dir)).glob(f"{HF_CHECKPOINT_PREFIX}*"):
                 log.info("removing %s: a save that was never committed", stale)
                 shutil.rmtree(stale, ignore_errors=True)
             if self._own_reporter:
@@ -171,7 +171,7 @@ class SpotrunCallback(TrainerCallback):  # type: ignore[misc]
         self._ranks.barrier()  # every rank's files (rng_state_<r>.pth) are in the folder
         if state.is_world_process_zero:
             self._hooks.before_commit(step)
-            src = Path(args.output_dir) / f"{HF_CHECKPOINT_PREFIX}{step}"
+            src = Path(str(args.output_dir)) / f"{HF_CHECKPOINT_PREFIX}{step}"
             final = commit.commit_folder(
                 src,
                 self.directory,

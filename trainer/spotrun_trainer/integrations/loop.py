@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 def _stateful(part: Any) -> Stateful:
     # A (DDP-wrapped) module is saved unwrapped, so keys never carry "module.".
-    return ModelState(part) if isinstance(part, nn.Module) else part  # type: ignore[no-any-return]
+    return ModelState(part) if isinstance(part, nn.Module) else part
 
 
 class SpotrunLoop:

@@ -38,13 +38,13 @@ def word_level_tokenizer(words: Sequence[str], model_max_length: int) -> PreTrai
     text as ``<s> … </s>``; built in memory, nothing downloaded."""
     vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, *words])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # type: ignore[assignment]
-    tok.post_processor = processors.TemplateProcessing(  # type: ignore[assignment]
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>",
         pair="<s> $A </s> </s> $B </s>",
         special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])],
     )
-    return PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         model_max_length=model_max_length,
         pad_token="<pad>",
