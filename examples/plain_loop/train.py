@@ -2,9 +2,11 @@
 are all it adds.
 
 A tiny causal transformer on a synthetic token stream, batches drawn from the torch RNG
-(nanoGPT's ``get_batch``), AdamW and a cosine LR schedule.
+(nanoGPT's ``get_batch``), AdamW and a cosine LR schedule; under torchrun it trains with
+DDP (gloo), seeded per rank as nanoGPT does.
 
     PYTHONPATH=trainer python examples/plain_loop/train.py --checkpoint-dir /tmp/ck
+    PYTHONPATH=trainer torchrun --standalone --nproc-per-node 2 examples/plain_loop/train.py
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 import os
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
@@ -59,9 +62,15 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     a = parse_args()
-    seed_everything(a.seed)  # python, numpy and torch RNGs: all are checkpointed per rank
+    ddp = "RANK" in os.environ  # started by torchrun
+    if ddp:
+        dist.init_process_group("gloo")
+    rank = dist.get_rank() if ddp else 0
+    seed_everything(a.seed + rank)  # python, numpy, torch: all are checkpointed per rank
     data = torch.randint(0, VOCAB, (4096,), generator=torch.Generator().manual_seed(a.seed))
-    model = TinyGPT()
+    model: nn.Module = TinyGPT()
+    if ddp:
+        model = nn.parallel.DistributedDataParallel(model)  # rank 0's weights everywhere
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, a.max_steps) / a.max_steps))
@@ -70,7 +79,7 @@ def main() -> None:
         a.checkpoint_dir,
         shared={"model": model, "optimizer": opt, "scheduler": sched},
         interval_steps=a.save_steps,
-        samples_per_step=BATCH,
+        samples_per_step=BATCH * (dist.get_world_size() if ddp else 1),
     )
     start = spot.resume()  # spotrun
     model.train()
@@ -81,10 +90,12 @@ def main() -> None:
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         sched.step()
-        print(f"step {step + 1} loss {loss.item():.6f}", flush=True)
+        print(f"rank {rank} step {step + 1} loss {loss.item():.6f}", flush=True)
         spot.step_end(step + 1)  # spotrun: saves when due; SIGTERM: save, exit 143
     spot.finish(a.max_steps)  # spotrun
     print(f"done: {a.max_steps} steps", flush=True)
+    if ddp:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ exit 143 after committing that step, resume, and end bitwise equal to an uninter
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import random
 import signal
 from collections.abc import Callable
@@ -17,6 +20,7 @@ from trainer_helpers import (
     committed,
     interruption_seed,
     load_checkpoint,
+    read_events,
     wait_for_events,
 )
 
@@ -29,11 +33,12 @@ def loop_cmd(ckpt: Path) -> list[str]:
             "--checkpoint-dir", str(ckpt)]  # fmt: skip
 
 
-def step_losses(output: str) -> dict[int, str]:
+def step_losses(output: str, rank: int = 0) -> dict[int, str]:
+    """Per-step losses one process printed (single process: ranks share stdout)."""
     return {
-        int(p[1]): p[3]
+        int(p[3]): p[5]
         for line in output.splitlines()
-        if (p := line.split())[:1] == ["step"] and len(p) == 4
+        if (p := line.split())[:4:2] == ["rank", "step"] and len(p) == 6 and p[1] == str(rank)
     }
 
 
@@ -60,3 +65,52 @@ def test_plain_loop_sigterm_resume_is_bitwise_equal(
     assert_bitwise_equal(
         load_checkpoint(tmp_path / "run", MAX_STEPS), load_checkpoint(tmp_path / "ref", MAX_STEPS)
     )
+
+
+def ddp_cmd(ckpt: Path) -> list[str]:
+    return [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            *loop_cmd(ckpt)[1:]]  # fmt: skip
+
+
+def _kill_workers(*runs: Trainer) -> None:
+    # torchrun starts each worker in its own session; the launch fixture only reaps
+    # processes whose command line names spotrun_trainer.
+    for run in runs:
+        for event, _, pid in read_events(run.events):
+            with contextlib.suppress(OSError):
+                if event == "pid" and b"plain_loop" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.killpg(pid, signal.SIGKILL)
+
+
+def test_plain_loop_under_torchrun_ddp_stops_together_and_resumes_bitwise(
+    tmp_path: Path, launch: Callable[..., Trainer]
+) -> None:
+    """Two DDP ranks (gloo): both stop at the same step after one SIGTERM, rank 0 commits a
+    checkpoint holding both ranks' RNG, and the resumed gang ends bitwise equal."""
+    k = random.Random(interruption_seed()).randrange(1, MAX_STEPS)
+    ref = launch(ddp_cmd(tmp_path / "ref"), name="ref")
+    cut = launch(ddp_cmd(tmp_path / "run"), name="cut",
+                 env_extra={"SPOTRUN_TEST_PAUSE_AT_STEP": str(k)})  # fmt: skip
+    try:
+        wait_for_events(cut, [("paused", 0, k), ("paused", 1, k)])
+        cut.signal_group(signal.SIGTERM)  # torchrun forwards it to both workers
+        cut.wait()
+        assert cut.output().count("exiting 143") == 2, cut.output()[-4000:]
+        assert committed(tmp_path / "run")[-1] == k
+        manifest = json.loads((tmp_path / "run" / f"step-{k}" / "COMMITTED").read_text())
+        assert manifest["world_size"] == 2
+        assert {"shared.pt", "rank-0.pt", "rank-1.pt"} <= set(manifest["files"])
+
+        resumed = launch(ddp_cmd(tmp_path / "run"), name="resumed")
+        assert resumed.wait() == 0, resumed.output()[-4000:]
+        assert ref.wait() == 0, ref.output()[-4000:]
+        # Both ranks went on from step k (two ranks' stdout interleave: read the events).
+        resumed_steps = [(e, r, n) for e, r, n in read_events(resumed.events) if e != "pid"]
+        assert {("started", 0, k), ("started", 1, k)} <= set(resumed_steps)
+        assert min(n for e, _, n in resumed_steps if e == "step") == k + 1
+        assert_bitwise_equal(
+            load_checkpoint(tmp_path / "run", MAX_STEPS),
+            load_checkpoint(tmp_path / "ref", MAX_STEPS),
+        )
+    finally:
+        _kill_workers(ref, cut)
