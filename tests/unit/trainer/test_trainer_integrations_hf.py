@@ -8,6 +8,7 @@ an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -27,6 +28,7 @@ from trainer_helpers import (
     Trainer,
     committed,
     interruption_seed,
+    read_events,
     wait_for_events,
 )
 
@@ -36,8 +38,9 @@ MAX_STEPS, SAVE_STEPS = 12, 4
 EXAMPLES = ["hf_trainer", "sentence_transformers"]
 
 
-def example_cmd(example: str, folder: Path, name: str) -> list[str]:
-    return [PYTHON, str(REPO / "examples" / example / "train.py"),
+def example_cmd(example: str, folder: Path, name: str, nproc: int = 1) -> list[str]:
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    return [PYTHON, *(launcher if nproc > 1 else []), str(REPO / "examples" / example / "train.py"),
             "--max-steps", str(MAX_STEPS), "--save-steps", str(SAVE_STEPS), "--seed", "3",
             "--checkpoint-dir", str(folder / f"{name}-ckpt"),
             "--output-dir", str(folder / f"{name}-out")]  # fmt: skip
@@ -72,27 +75,61 @@ def assert_tensors_close(a: dict[str, Any], b: dict[str, Any], what: str) -> Non
             assert_tensors_close(a[k], b[k], f"{what}.{k}")
 
 
-@pytest.mark.parametrize("example", EXAMPLES)
+def kill_workers(*runs: Trainer) -> None:
+    """torchrun starts each worker in its own session; the launch fixture only reaps
+    processes whose command line names spotrun_trainer."""
+    for run in runs:
+        for event, _, pid in read_events(run.events):
+            with contextlib.suppress(OSError):
+                if event == "pid" and b"examples" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("example", "nproc"),
+    [("hf_trainer", 1), ("sentence_transformers", 1), ("hf_trainer", 2)],
+    ids=["hf_trainer", "sentence_transformers", "hf_trainer-torchrun-2"],
+)
 def test_sigterm_commits_exits_143_and_resumes_like_an_uninterrupted_run(
-    example: str, tmp_path: Path, launch: Callable[..., Trainer]
+    example: str, nproc: int, tmp_path: Path, launch: Callable[..., Trainer]
 ) -> None:
     k = random.Random(interruption_seed()).randrange(1, MAX_STEPS)
-    ref = launch(example_cmd(example, tmp_path, "ref"), name="ref")
+    ref = launch(example_cmd(example, tmp_path, "ref", nproc), name="ref")
     cut = launch(
-        example_cmd(example, tmp_path, "run"),
+        example_cmd(example, tmp_path, "run", nproc),
         name="cut",
         env_extra={"SPOTRUN_TEST_PAUSE_AT_STEP": str(k)},
     )
-    wait_for_events(cut, [("paused", 0, k)])
-    cut.signal_group(signal.SIGTERM)
-    assert cut.wait() == 143, cut.output()[-4000:]
+    try:
+        _interrupt_and_resume(example, nproc, k, tmp_path, launch, ref, cut)
+    finally:
+        kill_workers(ref, cut)
+
+
+def _interrupt_and_resume(
+    example: str,
+    nproc: int,
+    k: int,
+    tmp_path: Path,
+    launch: Callable[..., Trainer],
+    ref: Trainer,
+    cut: Trainer,
+) -> None:
+    wait_for_events(cut, [("paused", r, k) for r in range(nproc)])
+    cut.signal_group(signal.SIGTERM)  # torchrun forwards it to its workers
+    rc = cut.wait()
+    # torchrun exits 1 on SIGTERM whatever its workers did (trainer.md, launcher mode).
+    assert cut.output().count("exiting 143") == nproc, cut.output()[-4000:]
+    assert nproc > 1 or rc == 143, cut.output()[-4000:]
     ckpt = tmp_path / "run-ckpt"
     assert committed(ckpt)[-1] == k, cut.output()[-4000:]
     assert verify(ckpt / f"step-{k}", k) is None
+    rng_files = {f"rng_state_{r}.pth" for r in range(nproc)} if nproc > 1 else {"rng_state.pth"}
+    assert rng_files <= {p.name for p in (ckpt / f"step-{k}").iterdir()}
     assert not list((tmp_path / "run-out").glob("checkpoint-*")), "staging folder left"
     plant_half_written(ckpt, k)
 
-    resumed = launch(example_cmd(example, tmp_path, "run"), name="resumed")
+    resumed = launch(example_cmd(example, tmp_path, "run", nproc), name="resumed")
     assert resumed.wait() == 0, resumed.output()[-4000:]
     assert f"resuming from the committed checkpoint {ckpt / f'step-{k}'}" in resumed.output()
     assert ref.wait(START_DEADLINE) == 0, ref.output()[-4000:]
