@@ -71,6 +71,7 @@ class SpotrunCallback(TrainerCallback):
         progress_interval_seconds: float = 10.0,
         spot_notice: bool = False,
         spot_notice_endpoint: str = "http://169.254.169.254",
+        spot_notice_interval_seconds: float = 5.0,
         exit_on_stop: bool = True,
         env: Mapping[str, str] | None = None,
     ) -> None:
@@ -89,6 +90,7 @@ class SpotrunCallback(TrainerCallback):
         self._own_reporter = reporter is None
         self.progress_interval_seconds = progress_interval_seconds
         self.spot_notice, self.spot_notice_endpoint = spot_notice, spot_notice_endpoint
+        self.spot_notice_interval_seconds = spot_notice_interval_seconds
         self.exit_on_stop = exit_on_stop
         self.guard = StopGuard()
         self.stopping = False
@@ -137,6 +139,7 @@ class SpotrunCallback(TrainerCallback):
             self._poller = SpotNoticePoller(
                 lambda notice: self.guard.request_save(f"spot notice {notice}"),
                 endpoint=self.spot_notice_endpoint,
+                interval=self.spot_notice_interval_seconds,
             ).start()
         self._ranks.barrier()
         self._hooks.started(state.global_step, self.guard)

@@ -62,6 +62,7 @@ class SpotrunLoop:
         reporter: ProgressReporter | None = None,
         spot_notice: bool = False,
         spot_notice_endpoint: str = "http://169.254.169.254",
+        spot_notice_interval_seconds: float = 5.0,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.env = dict(os.environ if env is None else env)
@@ -96,6 +97,7 @@ class SpotrunLoop:
             self._poller = SpotNoticePoller(
                 lambda notice: self.guard.request_save(f"spot notice {notice}"),
                 endpoint=spot_notice_endpoint,
+                interval=spot_notice_interval_seconds,
             ).start()
         self._last_save = time.monotonic()
         self._saved_step: int | None = None
