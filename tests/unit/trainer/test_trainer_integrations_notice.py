@@ -10,12 +10,12 @@ from typing import Any
 import test_trainer_preemption as preemption_tests
 import torch
 from test_trainer_integrations_hf import _tiny_trainer
+from test_trainer_preemption import FakeIMDS
 from trainer_helpers import committed, poll_until
 
 from spotrun_trainer.integrations.loop import SpotrunLoop
 
 imds = preemption_tests.imds  # the fake instance-metadata server fixture
-FakeIMDS = preemption_tests.FakeIMDS
 
 
 def test_plain_loop_saves_at_the_step_after_the_spot_notice(tmp_path: Path, imds: FakeIMDS) -> None:
