@@ -4,14 +4,13 @@ exit 143 after committing that step, resume, and end bitwise equal to an uninter
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import random
 import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from test_trainer_integrations_hf import kill_workers
 from trainer_helpers import (
     PYTHON,
     REPO,
@@ -72,16 +71,6 @@ def ddp_cmd(ckpt: Path) -> list[str]:
             *loop_cmd(ckpt)[1:]]  # fmt: skip
 
 
-def _kill_workers(*runs: Trainer) -> None:
-    # torchrun starts each worker in its own session; the launch fixture only reaps
-    # processes whose command line names spotrun_trainer.
-    for run in runs:
-        for event, _, pid in read_events(run.events):
-            with contextlib.suppress(OSError):
-                if event == "pid" and b"plain_loop" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    os.killpg(pid, signal.SIGKILL)
-
-
 def test_plain_loop_under_torchrun_ddp_stops_together_and_resumes_bitwise(
     tmp_path: Path, launch: Callable[..., Trainer]
 ) -> None:
@@ -113,4 +102,4 @@ def test_plain_loop_under_torchrun_ddp_stops_together_and_resumes_bitwise(
             load_checkpoint(tmp_path / "ref", MAX_STEPS),
         )
     finally:
-        _kill_workers(ref, cut)
+        kill_workers(ref, cut)
