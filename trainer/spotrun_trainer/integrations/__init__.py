@@ -1,0 +1,12 @@
+"""Bring your own loop: spotrun's checkpoint commit protocol, stop handling and progress
+reporting for training loops spotrun does not own.
+
+- :mod:`.hf`: a ``TrainerCallback`` for Hugging Face ``Trainer`` (and every subclass,
+  ``SentenceTransformerTrainer`` included).
+- :mod:`.sentence_transformers`: an MPNet-style ``SentenceTransformer`` built from a
+  config (random init, local tokenizer, no hub download).
+- :mod:`.loop`: the few lines a plain (nanoGPT-style) loop adds.
+- :mod:`.commit`: turns a folder another framework wrote into a committed ``step-N``.
+
+Importing this package imports nothing heavy; each module imports what it integrates with.
+"""
