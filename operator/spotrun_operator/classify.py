@@ -68,7 +68,7 @@ KNOWN_FAILURE_REASONS: Final = frozenset(
 EXIT_SIGTERM: Final = 143
 
 
-class Kind(Enum):
+class VerdictKind(Enum):
     SUCCEEDED = "Succeeded"
     PREEMPTED = "Preempted"
     FAILED = "Failed"
@@ -81,7 +81,7 @@ class Kind(Enum):
 
 @dataclass(frozen=True)
 class Verdict:
-    kind: Kind
+    kind: VerdictKind
     reason: str = ""  # signal (preemption) or failure reason
     message: str = ""
     node: str = ""
@@ -281,7 +281,7 @@ def classify(
     """
     masters = [p for p in [*pods, *deleted_pods] if is_master(p)]
     if any(_phase(p) == "Succeeded" for p in masters) or _job_condition(job, "Succeeded"):
-        return Verdict(Kind.SUCCEEDED, message="the master finished (exit 0)")
+        return Verdict(VerdictKind.SUCCEEDED, message="the master finished (exit 0)")
 
     evidence = _evidence(
         pods,
@@ -298,7 +298,7 @@ def classify(
         if node is None:  # borrow a node from evidence of the same signal
             node = next((e.node for e in evidence if e.node and e.signal == best.signal), None)
         return Verdict(
-            Kind.PREEMPTED,
+            VerdictKind.PREEMPTED,
             reason=best.signal,
             message=best.message,
             node=node.name if node else "",
@@ -310,7 +310,7 @@ def classify(
     for pod in pods:
         msg = _config_error(pod)
         if msg:
-            return Verdict(Kind.CONFIG_ERROR, reason="ConfigurationError", message=msg)
+            return Verdict(VerdictKind.CONFIG_ERROR, reason="ConfigurationError", message=msg)
 
     failures = [f for f in (_failure(p) for p in [*pods, *deleted_pods]) if f]
     if failures:
@@ -318,16 +318,18 @@ def classify(
         reason, msg, finished = min(failures, key=lambda f: f[2] or epoch)
         until = (finished or now) + dt.timedelta(seconds=failure_settle_seconds)
         if finished is not None and until > now:
-            return Verdict(Kind.FAILURE_SETTLING, reason=reason, message=msg, until=until)
-        return Verdict(Kind.FAILED, reason=reason, message=msg)
+            return Verdict(VerdictKind.FAILURE_SETTLING, reason=reason, message=msg, until=until)
+        return Verdict(VerdictKind.FAILED, reason=reason, message=msg)
     failed_job = _job_condition(job, "Failed")
     if failed_job:
-        return Verdict(Kind.FAILED, reason="JobFailed", message=str(failed_job.get("message")))
+        return Verdict(
+            VerdictKind.FAILED, reason="JobFailed", message=str(failed_job.get("message"))
+        )
 
     for pod in pods:
         msg = _unschedulable(pod)
         if msg:
-            return Verdict(Kind.UNSCHEDULABLE, reason="Unschedulable", message=msg)
+            return Verdict(VerdictKind.UNSCHEDULABLE, reason="Unschedulable", message=msg)
 
     # An unreachable node still within its grace: look again when the grace ends.
     pending = [
@@ -338,8 +340,8 @@ def classify(
     wake = min((u for u in pending if u is not None), default=None)
     live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
     if len(live) >= expected and all(_phase(p) == "Running" for p in live):
-        return Verdict(Kind.RUNNING, until=wake)
-    return Verdict(Kind.STARTING, message=f"{len(live)}/{expected} pods created", until=wake)
+        return Verdict(VerdictKind.RUNNING, until=wake)
+    return Verdict(VerdictKind.STARTING, message=f"{len(live)}/{expected} pods created", until=wake)
 
 
 __all__ = [
@@ -353,9 +355,9 @@ __all__ = [
     "SIGNAL_PRIORITY",
     "SIGTERM",
     "SPOT_INTERRUPTION",
-    "Kind",
     "NodeInfo",
     "Verdict",
+    "VerdictKind",
     "classify",
     "is_master",
     "is_terminal",

@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from spotrun_api.spec import InvalidSpec, TrainingRunSpec, parse_spec
+from spotrun_api.status import parse_status
 from spotrun_operator import builders
 from spotrun_operator.builders import RunRef
 from spotrun_operator.common import utcnow
 from spotrun_operator.plan import Observed
 from spotrun_operator.signals import NodeInfo, node_info
-from spotrun_operator.spec import parse_spec
+from spotrun_operator.verdicts import BUILD_ERRORS
 
 Obj = dict[str, Any]
 
@@ -81,23 +83,39 @@ def observe(
                 ready_message=last.ready_message if last else "",
                 ready_since=last.ready_since if last else None,
             )
-    missing: list[str] = []
-    try:
-        spec = parse_spec(dict(run.get("spec") or {}))
-        missing = kube.missing(ref.namespace, builders.referenced_objects(spec, ref))
-    except ValueError:
-        pass  # decide() reports the invalid spec
+    spec, spec_error = parse_run_spec(run.get("spec"))
     return Observed(
         ref=ref,
-        spec=dict(run.get("spec") or {}),
-        status=dict(run.get("status") or {}),
+        spec=spec,
+        spec_error=spec_error,
+        status=parse_status(run.get("status")),
         now=utcnow(),
         jobs=jobs,
         pods=pods,
         deleted_pods=list(deleted_pods),
         nodes=nodes,
-        missing_refs=missing,
+        missing_refs=_missing(kube, ref, spec),
         interrupted_nodes=list(interrupted_nodes),
         deleting=bool((run.get("metadata") or {}).get("deletionTimestamp")),
         **extra,
     )
+
+
+def parse_run_spec(raw: Any) -> tuple[TrainingRunSpec | None, str]:
+    """The typed spec, or None and why the model rejects it (decide's InvalidSpec)."""
+    try:
+        return parse_spec(raw if raw is not None else {}), ""
+    except InvalidSpec as exc:
+        return None, str(exc)
+
+
+def _missing(kube: KubeReads, ref: RunRef, spec: TrainingRunSpec | None) -> list[str]:
+    """Objects the pods need that do not exist (none checked for an unusable spec: decide
+    reports that instead)."""
+    if spec is None:
+        return []
+    try:
+        refs = builders.referenced_objects(spec, ref)
+    except BUILD_ERRORS:
+        return []
+    return kube.missing(ref.namespace, refs)

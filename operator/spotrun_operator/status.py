@@ -1,5 +1,5 @@
-"""Pure reducers over ``TrainingRun.status``: the attempt history, conditions, backoff,
-lost work, checkpoint interval and cost.
+"""Pure reducers over the typed ``TrainingRun.status``: the attempt history, conditions,
+backoff, lost work, checkpoint interval and cost.
 
 ``status.attempts`` is keyed by attempt number. The operator writes an attempt's outcome
 there (and bumps the counters in the same write) before it acts on it, and only when the
@@ -12,112 +12,117 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any
 
+from spotrun_api.contract import DEFAULT_CHECKPOINT_INTERVAL_SECONDS
+from spotrun_api.enums import ConditionStatus, Outcome
+from spotrun_api.status import Archived, Attempt, Condition, Progress
 from spotrun_operator.common import fmt_time, parse_duration, parse_time
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.cost import Cost, Price, Prices, attempt_cost
 
 PriceSource = Mapping[str, Price] | Prices
-
-Entry = dict[str, Any]
-
-# Outcomes that end the run; the others lead to a next attempt.
-PREEMPTED: Final = "Preempted"
-FAILED: Final = "Failed"
-SUCCEEDED: Final = "Succeeded"
-CONFIG_ERROR: Final = "ConfigurationError"
-CAPACITY_FALLBACK: Final = "CapacityFallback"
-SUSPENDED: Final = "Suspended"
-BUDGET_EXCEEDED: Final = "BudgetExceeded"
-# Losses that grow the backoff (a fallback or a suspend is a decision, not a loss).
-LOSSES: Final = frozenset({PREEMPTED, FAILED})
+History = list[Attempt]
 
 
-def attempts_of(status: Mapping[str, Any]) -> list[Entry]:
-    return sorted((dict(e) for e in status.get("attempts") or []), key=lambda e: int(e["attempt"]))
+def get_attempt(history: Sequence[Attempt], n: int) -> Attempt | None:
+    """A copy of attempt ``n``'s entry (edit it through :func:`upsert_attempt`)."""
+    return next((e.model_copy(deep=True) for e in history if e.attempt == n), None)
 
 
-def get_attempt(history: Sequence[Entry], n: int) -> Entry | None:
-    return next((dict(e) for e in history if int(e["attempt"]) == n), None)
+def upsert_attempt(history: Sequence[Attempt], entry: Attempt) -> History:
+    """History with ``entry`` replacing the one of the same number, sorted by number."""
+    rest = [e for e in history if e.attempt != entry.attempt]
+    return sorted([*rest, entry], key=lambda e: e.attempt)
 
 
-def upsert_attempt(history: Sequence[Entry], entry: Entry) -> list[Entry]:
-    """History with ``entry`` replacing the one of the same number (None values dropped)."""
-    clean = {k: v for k, v in entry.items() if v is not None}
-    rest = [dict(e) for e in history if int(e["attempt"]) != int(entry["attempt"])]
-    return sorted([*rest, clean], key=lambda e: int(e["attempt"]))
+def cost_of(fields: Attempt | Archived | None) -> Cost:
+    """The frozen spend of an attempt or of the archived ones (absent fields count 0)."""
+    if fields is None:
+        return Cost()
+    return Cost.from_fields(fields.model_dump(by_alias=True, exclude_none=True))
+
+
+def cost_fields(cost: Cost) -> dict[str, float]:
+    """Attribute names and values that freeze ``cost`` into an Attempt or Archived."""
+    f = cost.to_attempt_fields()
+    return {
+        "spot_usd": f["spotUSD"],
+        "on_demand_usd": f["onDemandUSD"],
+        "on_demand_equivalent_usd": f["onDemandEquivalentUSD"],
+        "gpu_hours": f["gpuHours"],
+    }
 
 
 def trim_history(
-    history: Sequence[Entry], archived: Mapping[str, Any], limit: int
-) -> tuple[list[Entry], dict[str, Any]]:
+    history: Sequence[Attempt], archived: Archived | None, limit: int
+) -> tuple[History, Archived | None]:
     """Keep the newest ``limit`` attempts; fold the cost of the dropped ones into
     ``archived`` so totals survive. Only finished attempts (stoppedAt) are dropped."""
     keep = list(history)
-    arch = dict(archived)
-    while len(keep) > max(1, limit) and keep[0].get("stoppedAt"):
+    arch = archived
+    while len(keep) > max(1, limit) and keep[0].stopped_at:
         old = keep.pop(0)
-        total = Cost.from_fields(arch) + Cost.from_fields(old)
-        arch = {**total.to_attempt_fields(), "attempts": int(arch.get("attempts") or 0) + 1}
+        total = cost_of(arch) + cost_of(old)
+        count = (arch.attempts or 0) if arch else 0
+        arch = Archived(attempts=count + 1, **cost_fields(total))
     return keep, arch
 
 
 # --- conditions ----------------------------------------------------------------------
 
 
-def get_condition(conditions: Sequence[Mapping[str, Any]], ctype: str) -> dict[str, Any] | None:
-    return next((dict(c) for c in conditions if c.get("type") == ctype), None)
+def get_condition(conditions: Sequence[Condition] | None, ctype: str) -> Condition | None:
+    return next((c for c in conditions or () if c.type == ctype), None)
 
 
 def set_condition(
-    conditions: Sequence[Mapping[str, Any]],
+    conditions: Sequence[Condition] | None,
     ctype: str,
     status: bool | str,
     reason: str,
     message: str,
     now: dt.datetime,
     generation: int,
-) -> list[dict[str, Any]]:
+) -> list[Condition]:
     """Conditions with ``ctype`` set in place (a condition left as it was keeps the list
     as it was: no write); lastTransitionTime moves only when status changes."""
-    value = status if isinstance(status, str) else ("True" if status else "False")
+    value = ConditionStatus(status if isinstance(status, str) else str(bool(status)))
     old = get_condition(conditions, ctype)
-    changed = old is None or old.get("status") != value
-    new = {
-        "type": ctype,
-        "status": value,
-        "reason": reason,
-        "message": message[:1024],
-        "lastTransitionTime": fmt_time(now) if changed else old["lastTransitionTime"],  # type: ignore[index]
-        "observedGeneration": generation,
-    }
-    out = [new if c.get("type") == ctype else dict(c) for c in conditions]
-    if old is None:
-        out.append(new)
-    return out
+    new = Condition(
+        type=ctype,
+        status=value,
+        reason=reason,
+        message=message[:1024],
+        last_transition_time=(
+            old.last_transition_time if old is not None and old.status == value else fmt_time(now)
+        ),
+        observed_generation=generation,
+    )
+    out = [new if c.type == ctype else c for c in conditions or ()]
+    return out if old is not None else [*out, new]
 
 
 # --- backoff ---------------------------------------------------------------------------
 
 
-def _seconds(start: str | None, end: str | None) -> float:
+def seconds_between(start: str | None, end: str | None) -> float:
     a, b = parse_time(start), parse_time(end)
     if a is None or b is None:
         return 0.0
     return max(0.0, (b - a).total_seconds())
 
 
-def consecutive_losses(history: Sequence[Entry], reset_seconds: float) -> int:
+def consecutive_losses(history: Sequence[Attempt], reset_seconds: float) -> int:
     """Trailing attempts lost (preempted or failed) without a long healthy run between."""
     k = 0
     for e in reversed(history):
-        if e.get("outcome") not in LOSSES:
-            if e.get("outcome"):
-                break
+        if e.outcome is None:
             continue  # the live attempt
+        if not e.outcome.is_loss:
+            break
         k += 1
-        if _seconds(e.get("startedAt"), e.get("endedAt")) >= reset_seconds:
+        if seconds_between(e.started_at, e.ended_at) >= reset_seconds:
             break
     return k
 
@@ -138,90 +143,102 @@ def backoff_seconds(losses: int, cfg: OperatorConfig, rand: float) -> float:
 # --- work, intervals, cost -----------------------------------------------------------
 
 
-def lost_work_seconds(
-    entry: Mapping[str, Any], progress: Mapping[str, Any] | None, at: str
-) -> float:
+def lost_work_seconds(entry: Attempt, progress: Progress | None, at: str) -> float:
     """Training time of ``entry`` not covered by a committed checkpoint at time ``at``.
 
     Work counts from when the gang ran (startedAt); a checkpoint older than that covers
     none of this attempt's work."""
-    started = entry.get("startedAt")
-    if not started:
+    start = parse_time(entry.started_at)
+    if start is None:
         return 0.0
-    ckpt = parse_time((progress or {}).get("checkpointTime"))
-    start = parse_time(started)
-    assert start is not None
+    ckpt = parse_time(progress.checkpoint_time if progress else None)
     since = max(start, ckpt) if ckpt else start
     end = parse_time(at)
     assert end is not None
     return max(0.0, (end - since).total_seconds())
 
 
-def final_lost_work(entry: Mapping[str, Any], progress: Mapping[str, Any] | None) -> float:
+def final_lost_work(entry: Attempt, progress: Progress | None) -> float:
     """Lost work once the gang is gone: zero when this attempt committed a checkpoint at or
     after the interruption (it saved inside the notice), else the figure at the signal."""
-    provisional = float(entry.get("lostWorkSeconds") or 0.0)
-    prog = progress or {}
-    ckpt, ended = parse_time(prog.get("checkpointTime")), parse_time(entry.get("endedAt"))
-    if ckpt and ended and ckpt >= ended and int(prog.get("attempt") or 0) == int(entry["attempt"]):
+    provisional = entry.lost_work_seconds or 0.0
+    if progress is None:
+        return provisional
+    ckpt, ended = parse_time(progress.checkpoint_time), parse_time(entry.ended_at)
+    if ckpt and ended and ckpt >= ended and (progress.attempt or 0) == entry.attempt:
         return 0.0
     return provisional
 
 
 def checkpoint_interval_seconds(
-    interval: str, history: Sequence[Entry], checkpoint_cost_seconds: float, default: float = 900.0
+    interval: str,
+    history: Sequence[Attempt],
+    checkpoint_cost_seconds: float,
+    default: float = DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
 ) -> int:
     """The interval given to the trainer. ``auto`` uses Young/Daly, sqrt(2 * C * MTBF),
     with MTBF estimated from the run's own preemptions, clamped to [1 min, 1 h]."""
     if interval != "auto":
         return max(1, round(parse_duration(interval)))
-    ran = sum(_seconds(e.get("startedAt"), e.get("endedAt")) for e in history)
-    preempted = sum(1 for e in history if e.get("outcome") == PREEMPTED)
+    ran = sum(seconds_between(e.started_at, e.ended_at) for e in history)
+    preempted = sum(1 for e in history if e.outcome is Outcome.PREEMPTED)
     if preempted == 0 or ran <= 0:
         return int(default)
     mtbf = ran / preempted
     return int(min(3600.0, max(60.0, math.sqrt(2.0 * checkpoint_cost_seconds * mtbf))))
 
 
-def entry_cost(entry: Mapping[str, Any], now: dt.datetime, prices: PriceSource) -> Cost:
+def interval_of(entry: Attempt | None) -> int:
+    """The checkpoint interval an attempt was given (the default when unknown)."""
+    return (entry.checkpoint_interval_seconds if entry else None) or (
+        DEFAULT_CHECKPOINT_INTERVAL_SECONDS
+    )
+
+
+def entry_cost(entry: Attempt, now: dt.datetime, prices: PriceSource) -> Cost:
     """Frozen cost of a finished attempt, or the running figure of a live one.
 
     An attempt costs from the moment its whole gang ran (startedAt) to the moment its
     last pod was gone (stoppedAt; endedAt or now until then)."""
-    if "spotUSD" in entry:
-        return Cost.from_fields(entry)
-    if not entry.get("startedAt"):
+    if entry.frozen_cost:
+        return cost_of(entry)
+    if not entry.started_at:
         return Cost()
-    nodes = int(entry.get("nodes") or 1)
-    end = entry.get("stoppedAt") or entry.get("endedAt") or fmt_time(now)
+    nodes = entry.nodes or 1
+    end = entry.stopped_at or entry.ended_at or fmt_time(now)
     return attempt_cost(
-        seconds=_seconds(entry.get("startedAt"), end),
+        seconds=seconds_between(entry.started_at, end),
         nodes=nodes,
-        gpus_per_node=int(entry.get("gpus") or 0),
-        instance_type=str(entry.get("instanceType") or ""),
-        capacity_type="on-demand" if entry.get("capacityType") == "on-demand" else "spot",
+        gpus_per_node=entry.gpus or 0,
+        instance_type=entry.instance_type or "",
+        capacity_type="on-demand" if entry.capacity_type == "on-demand" else "spot",
         prices=prices,
-        zones=[str(z) for z in entry.get("zones") or ()][:nodes],
+        zones=list(entry.zones or ())[:nodes],
     )
 
 
 def total_cost(
-    history: Sequence[Entry], archived: Mapping[str, Any], now: dt.datetime, prices: PriceSource
+    history: Sequence[Attempt], archived: Archived | None, now: dt.datetime, prices: PriceSource
 ) -> Cost:
-    total = Cost.from_fields(archived)
+    total = cost_of(archived)
     for e in history:
         total = total + entry_cost(e, now, prices)
     return total
 
 
 def recent_interrupted_nodes(
-    history: Sequence[Entry], now: dt.datetime, window: float
+    history: Sequence[Attempt], now: dt.datetime, window: float
 ) -> list[str]:
     """Nodes behind recent preemptions: the next attempt's affinity avoids them."""
     out: list[str] = []
     for e in history:
-        ended = parse_time(e.get("endedAt"))
+        ended = parse_time(e.ended_at)
         recent = ended is not None and (now - ended).total_seconds() <= window
-        if e.get("outcome") == PREEMPTED and e.get("node") and recent:
-            out.extend([str(e["node"]), *(str(n) for n in e.get("interruptedNodes") or [])])
+        if e.outcome is Outcome.PREEMPTED and e.node and recent:
+            out.extend([e.node, *(e.interrupted_nodes or [])])
     return sorted(set(out))
+
+
+def attempts_json(history: Sequence[Attempt]) -> list[dict[str, Any]]:
+    """The JSON of ``status.attempts`` (for logs and tests)."""
+    return [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in history]
