@@ -295,14 +295,33 @@ class TrainingRunSpec(ApiModel):
         return parse_duration(raw) if raw else None
 
 
-def error_text(exc: ValidationError, root: str = "spec") -> str:
+def _field_path(obj: Any, loc: tuple[int | str, ...], missing: bool) -> list[str]:
+    """The part of an error's ``loc`` that names a place in the input (pydantic appends
+    union member tags such as ``int`` that the user never wrote)."""
+    path: list[str] = []
+    node = obj
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif not (missing and last):
+            break
+        path.append(str(part))
+    return path
+
+
+def error_text(exc: ValidationError, obj: Any = None, root: str = "spec") -> str:
     """``spec.a.b: message; ...`` for every error, naming the field as the CRD does."""
-    parts = []
+    by_path: dict[str, list[str]] = {}
     for err in exc.errors():
-        where = ".".join([root, *(str(p) for p in err["loc"])])
+        loc = tuple(err["loc"])
+        parts = _field_path(obj, loc, err["type"] == "missing") if obj is not None else loc
+        where = ".".join([root, *(str(p) for p in parts)])
         msg = str(err["msg"]).removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}")
-    return "; ".join(parts)
+        by_path.setdefault(where, []).append(msg)
+    return "; ".join(f"{where}: {' or '.join(msgs)}" for where, msgs in by_path.items())
 
 
 def parse_spec(obj: Any) -> TrainingRunSpec:
@@ -313,4 +332,4 @@ def parse_spec(obj: Any) -> TrainingRunSpec:
     try:
         return TrainingRunSpec.model_validate(obj)
     except ValidationError as exc:
-        raise InvalidSpec(error_text(exc)) from None
+        raise InvalidSpec(error_text(exc, obj)) from None
