@@ -9,8 +9,7 @@ from typing import Any
 
 from spotrun_api.contract import DEFAULT_TERMINATION_GRACE_SECONDS
 from spotrun_api.enums import Outcome
-from spotrun_operator import builders
-from spotrun_operator import status as st
+from spotrun_operator import builders, reducers
 from spotrun_operator.classify import is_terminal
 from spotrun_operator.common import job_name, parse_time, pod_meta, pod_name, pod_node
 from spotrun_operator.draft import Draft
@@ -92,7 +91,7 @@ def gang_gone(d: Draft, n: int) -> bool:
 
 def avoided_nodes(d: Draft) -> list[str]:
     """Nodes the next attempt must not land on: tainted now, or behind recent preemptions."""
-    recent = st.recent_interrupted_nodes(d.history, d.now, d.cfg.avoid_nodes_seconds)
+    recent = reducers.recent_interrupted_nodes(d.history, d.now, d.cfg.avoid_nodes_seconds)
     return sorted(set(d.obs.interrupted_nodes) | set(recent))
 
 
@@ -114,7 +113,7 @@ def create_job(d: Draft, n: int) -> None:
         spec,
         attempt=n,
         capacity_type=(entry.capacity_type if entry else None) or spec.capacity.type.value,
-        interval_seconds=st.interval_of(entry),
+        interval_seconds=reducers.interval_of(entry),
         avoid_nodes=avoided_nodes(d),
     )
     d.actions.append(CreateJob(body))

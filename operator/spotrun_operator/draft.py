@@ -2,7 +2,7 @@
 
 :class:`Draft` holds a copy of the observed status that the decision edits in place, and
 collects actions, events and metric events. What to do is decided elsewhere (the
-transitions in :mod:`reconcile` and :mod:`transitions`, policies in :mod:`status`,
+transitions in :mod:`reconcile` and :mod:`transitions`, policies in :mod:`reducers`,
 :mod:`children` and :mod:`finish`); the draft only records it.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 from spotrun_api.enums import ConditionType, Phase
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import Attempt, Progress, TrainingRunStatus
-from spotrun_operator import status as st
+from spotrun_operator import reducers
 from spotrun_operator.common import attempt_of, fmt_time
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.cost import DEFAULT_PRICES
@@ -34,7 +34,7 @@ class Draft:
         self.events: list[Event] = []
         self.metrics: list[MetricEvent] = []
         self.requeue_after: float = cfg.resync_seconds
-        self.prices: st.PriceSource = obs.prices if obs.prices is not None else DEFAULT_PRICES
+        self.prices: reducers.PriceSource = obs.prices if obs.prices is not None else DEFAULT_PRICES
         self.terminal_now = False
 
     # --- reads ---------------------------------------------------------------------
@@ -55,13 +55,13 @@ class Draft:
         return self.obs.status.progress
 
     def entry(self, n: int) -> Attempt | None:
-        return st.get_attempt(self.history, n)
+        return reducers.get_attempt(self.history, n)
 
     def pods_of(self, n: int) -> list[Mapping[str, Any]]:
         return [p for p in self.obs.pods if attempt_of(p) == n]
 
     def total_cost(self) -> float:
-        cost = st.total_cost(self.history, self.status.archived, self.now, self.prices)
+        cost = reducers.total_cost(self.history, self.status.archived, self.now, self.prices)
         return cost.total_usd
 
     def burn_rate(self, entry: Attempt) -> float:
@@ -75,21 +75,21 @@ class Draft:
             }
         )
         hour = self.now + dt.timedelta(hours=1)
-        return st.entry_cost(probe, hour, self.prices).total_usd / 3600.0
+        return reducers.entry_cost(probe, hour, self.prices).total_usd / 3600.0
 
     def budget_warned(self) -> bool:
-        cond = st.get_condition(self.status.conditions, ConditionType.WITHIN_BUDGET)
+        cond = reducers.get_condition(self.status.conditions, ConditionType.WITHIN_BUDGET)
         return cond is not None and cond.reason in ("BudgetWarning", "BudgetExceeded")
 
     # --- writes --------------------------------------------------------------------
     def update(self, n: int, **fields: Any) -> Attempt:
         """Set (or, with None, remove) fields of attempt ``n``'s history entry."""
         entry = (self.entry(n) or Attempt(attempt=n)).model_copy(update=fields)
-        self.status.attempts = st.upsert_attempt(self.history, entry)
+        self.status.attempts = reducers.upsert_attempt(self.history, entry)
         return entry
 
     def set_condition(self, ctype: str, status: bool, reason: str, message: str) -> None:
-        self.status.conditions = st.set_condition(
+        self.status.conditions = reducers.set_condition(
             self.status.conditions,
             ctype,
             status,

@@ -10,7 +10,7 @@ from spotrun_api.base import to_json
 from spotrun_api.enums import ConditionType, Outcome, Phase
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import OPERATOR_FIELDS, Attempt, CostStatus, TrainingRunStatus
-from spotrun_operator import status as st
+from spotrun_operator import reducers
 from spotrun_operator.common import fmt_time, parse_time
 from spotrun_operator.cost import Cost
 from spotrun_operator.draft import Draft
@@ -114,12 +114,12 @@ def finish(d: Draft) -> Decision:
         phase, s.message or str(phase), d.history, live
     ):
         d.set_condition(ctype, on, reason, message)
-    s.attempts, s.archived = st.trim_history(d.history, s.archived, d.cfg.history_limit)
+    s.attempts, s.archived = reducers.trim_history(d.history, s.archived, d.cfg.history_limit)
     s.observed_generation = d.obs.ref.generation
     pc = d.obs.pricing_condition
     if pc:
         d.set_condition(pc["type"], pc["status"] == "True", pc["reason"], pc["message"])
-    cost = st.total_cost(d.history, s.archived, d.now, d.prices)
+    cost = reducers.total_cost(d.history, s.archived, d.now, d.prices)
     _cost_status(d, cost, phase)
     progress = d.obs.status.progress
     return Decision(

@@ -7,8 +7,7 @@ from __future__ import annotations
 from spotrun_api.enums import CapacityType, ConditionType, Outcome, RunReason
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import Attempt, LastPreemption
-from spotrun_operator import budget
-from spotrun_operator import status as st
+from spotrun_operator import budget, reducers
 from spotrun_operator.children import create_job, gang_gone, stop_gang
 from spotrun_operator.classify import Verdict
 from spotrun_operator.common import fmt_time, job_name, parse_time
@@ -22,7 +21,7 @@ def where_of(v: Verdict) -> str:
 
 def preempted(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt, v: Verdict) -> None:
     now = fmt_time(d.now)
-    lost = round(st.lost_work_seconds(entry, d.progress, now), 1)
+    lost = round(reducers.lost_work_seconds(entry, d.progress, now), 1)
     itype = entry.instance_type or v.instance_type
     record(
         d,
@@ -157,13 +156,13 @@ def check_budget(d: Draft, spec: TrainingRunSpec, n: int) -> None:
         max_usd=spec.max_usd,
         spent_usd=d.total_cost(),
         burn_usd_per_second=d.burn_rate(entry) if entry.started_at else 0.0,
-        checkpoint_interval_seconds=float(st.interval_of(entry)),
+        checkpoint_interval_seconds=float(reducers.interval_of(entry)),
         warned=d.budget_warned(),
         grace_seconds=spec.termination_grace_period_seconds,
     )
     # The message names the spend, which moves every second: rewrite it no more often than
     # the cost itself (cost_update_seconds), unless the verdict or the spec changed.
-    old = st.get_condition(d.status.conditions, ConditionType.WITHIN_BUDGET)
+    old = reducers.get_condition(d.status.conditions, ConditionType.WITHIN_BUDGET)
     same = old is not None and (old.status, old.reason, old.observed_generation) == (
         "False" if verdict.stop else "True",
         verdict.reason,
@@ -226,7 +225,7 @@ def _resume_within_budget(d: Draft, spec: TrainingRunSpec, n: int, entry: Attemp
         max_usd=spec.max_usd,
         spent_usd=d.total_cost(),
         next_burn_usd_per_second=d.burn_rate(next_entry_preview(d, spec, n + 1)),
-        checkpoint_interval_seconds=float(st.interval_of(entry)),
+        checkpoint_interval_seconds=float(reducers.interval_of(entry)),
         grace_seconds=spec.termination_grace_period_seconds,
     )
     if verdict.stop:
@@ -243,7 +242,7 @@ def start_attempt(d: Draft, spec: TrainingRunSpec, n: int) -> None:
     fallback = prev is not None and prev.outcome is Outcome.CAPACITY_FALLBACK
     on_demand = spec.capacity.type is CapacityType.ON_DEMAND or fallback
     capacity = (CapacityType.ON_DEMAND if on_demand else CapacityType.SPOT).value
-    interval = st.checkpoint_interval_seconds(
+    interval = reducers.checkpoint_interval_seconds(
         spec.checkpoint.interval, d.history, d.cfg.checkpoint_cost_seconds
     )
     entry = Attempt(
@@ -254,7 +253,7 @@ def start_attempt(d: Draft, spec: TrainingRunSpec, n: int) -> None:
         created_at=fmt_time(d.now),
         checkpoint_interval_seconds=interval,
     )
-    d.status.attempts = st.upsert_attempt(d.history, entry)
+    d.status.attempts = reducers.upsert_attempt(d.history, entry)
     d.status.attempt = n
     d.status.start_time = d.status.start_time or fmt_time(d.now)
     d.say(f"attempt {n} created on {capacity}")

@@ -7,7 +7,7 @@ import datetime as dt
 from typing import Any
 
 from spotrun_api.enums import ConditionType, Outcome, Phase, RunReason
-from spotrun_operator import status as st
+from spotrun_operator import reducers
 from spotrun_operator.common import fmt_time, parse_time
 from spotrun_operator.draft import Draft
 
@@ -27,8 +27,8 @@ def record(d: Draft, n: int, outcome: Outcome, reason: str, message: str, **fiel
 
 
 def schedule_next(d: Draft, n: int, why: str) -> None:
-    losses = st.consecutive_losses(d.history, d.cfg.backoff_reset_seconds)
-    delay = st.backoff_seconds(losses, d.cfg, d.obs.rand)
+    losses = reducers.consecutive_losses(d.history, d.cfg.backoff_reset_seconds)
+    delay = reducers.backoff_seconds(losses, d.cfg, d.obs.rand)
     due = d.now + dt.timedelta(seconds=delay)
     d.update(n, next_attempt_at=fmt_time(due))
     d.say(f"{why}; attempt {n + 1} after a {delay:.1f}s backoff")
@@ -74,14 +74,14 @@ def finish_attempt(d: Draft, n: int) -> None:
     entry = d.entry(n) or d.update(n)
     fields: dict[str, Any] = {"stopped_at": fmt_time(d.now)}
     if entry.outcome is Outcome.PREEMPTED:
-        lost = st.final_lost_work(entry, d.progress)
+        lost = reducers.final_lost_work(entry, d.progress)
         fields["lost_work_seconds"] = round(lost, 1)
         last = d.status.last_preemption
         if last is not None and last.attempt == n:
             d.status.last_preemption = last.model_copy(update={"lost_work_seconds": round(lost, 1)})
         d.metric("lost_work", value=lost, signal=str(entry.reason))
     final = entry.model_copy(update=fields)
-    fields.update(st.cost_fields(st.entry_cost(final, d.now, d.prices)))
+    fields.update(reducers.cost_fields(reducers.entry_cost(final, d.now, d.prices)))
     d.update(n, **fields)
     due = parse_time(entry.next_attempt_at)
     wait = f"; next attempt in {max(0.0, (due - d.now).total_seconds()):.0f}s" if due else ""

@@ -12,7 +12,7 @@ from spotrun_api.status import parse_status
 from spotrun_dev import traces
 from spotrun_operator.plan import CreateJob, Decision, DeleteJob, DeletePods, EnsureObjects
 from spotrun_operator.reconcile import decide
-from spotrun_operator.status import get_condition
+from spotrun_operator.reducers import get_condition
 
 
 def merge(status: dict[str, Any], d: Decision) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from spotrun_api.base import to_json
 from spotrun_api.status import Attempt, Progress
-from spotrun_operator import status as s
+from spotrun_operator import reducers as s
 from spotrun_operator.cost import DEFAULT_PRICES
 from spotrun_operator.metrics import SIGNALS, Metrics
 from spotrun_operator.plan import Decision, MetricEvent, RunGauges
