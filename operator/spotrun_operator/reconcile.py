@@ -44,7 +44,18 @@ def decide(obs: Observed, cfg: OperatorConfig) -> Decision:
         fail_run(d, RunReason.INVALID_SPEC, problem)
     if obs.spec is not None:
         _decide(d, obs.spec)
+    else:
+        _wind_down(d)
     return finish(d)
+
+
+def _wind_down(d: Draft) -> None:
+    """A run whose spec cannot be read starts nothing; whatever still runs is stopped."""
+    live = live_attempt(d.obs)
+    _cleanup_older(d, live)
+    if live:
+        stop_gang(d, live, terminal=True)
+    d.requeue(max(d.cfg.resync_seconds, 300.0))
 
 
 def _decide(d: Draft, spec: TrainingRunSpec) -> None:

@@ -6,9 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from controller_fakes import CFG, gang, job, observed
+from controller_fakes import CFG, gang, job, observed, spec
 
-from spotrun_operator.plan import CreateJob, Decision, DeleteJob, Rejected
+from spotrun_api.status import parse_status
+from spotrun_operator.finish import status_patch
+from spotrun_operator.observe import observe
+from spotrun_operator.plan import CreateJob, Decision, DeleteJob, DeletePods, Rejected
 from spotrun_operator.reconcile import decide
 
 BAD_VALUES: list[Any] = ["x", 5, [1, "a"], {"a": 1}, True]
@@ -142,3 +145,59 @@ def test_an_invalid_spec_stops_a_running_gang_and_settles() -> None:
     done = {**st, **d.status}
     again = decide(observed(now=20, spec_over=bad, status=done), CFG)
     assert again.status is None and not again.events
+
+
+def test_a_spec_that_cannot_be_read_stops_the_running_gang() -> None:
+    st = {"attempt": 1, "phase": "Running", "attempts": [{"attempt": 1, "startedAt": "x"}]}
+    obs = observed(now=10, spec_over={"nodes": "two"}, status=st, jobs={1: job(1)}, pods=gang(1))
+    d = decide(obs, CFG)
+    assert "spec.nodes:" in _invalid(d)["message"]
+    assert DeleteJob("llm-a1") in d.actions
+    stopped = [a for a in d.actions if isinstance(a, DeletePods)]
+    assert stopped == [DeletePods(("llm-a1-master-0", "llm-a1-worker-0"), 110)]
+
+
+def test_the_status_diff_writes_only_what_changed_and_nulls_what_was_unset() -> None:
+    old = parse_status({"phase": "Running", "message": "m", "progress": {"step": 3}})
+    assert status_patch(old, old.model_copy(deep=True)) is None
+    new = old.model_copy(update={"message": None, "attempt": 2, "progress": None})
+    assert status_patch(old, new) == {"message": None, "attempt": 2}  # progress: the trainer's
+
+
+class _Reads:
+    """The reads observe() makes, of a run with no children yet."""
+
+    def list_jobs(self, namespace: str, run: str, owner_uid: str) -> dict[int, Any]:
+        return {}
+
+    def list_pods(self, namespace: str, run: str) -> list[dict[str, Any]]:
+        return []
+
+    def get_node(self, name: str) -> dict[str, Any] | None:
+        return None
+
+    def missing(self, namespace: str, refs: Any) -> list[str]:
+        return [f"{kind} {name}" for kind, name in refs]
+
+
+@pytest.mark.parametrize(
+    ("spec_over", "error"),
+    [
+        ({"nodes": "two"}, "spec.nodes: Input should be a valid integer"),
+        ({"podTemplate": {"spec": {"volumes": "data"}}}, ""),
+    ],
+)
+def test_observe_turns_bad_input_into_data_for_decide(
+    spec_over: dict[str, Any], error: str
+) -> None:
+    run = {"metadata": {"name": "llm", "namespace": "ml", "uid": "u"}, "spec": spec(**spec_over)}
+    obs = observe(_Reads(), run, remembered_nodes={}, seen_pods=[], interrupted_nodes=[])
+    assert error in obs.spec_error and (obs.spec is None) == bool(error)
+    assert obs.missing_refs == []  # nothing checked for an unusable spec
+    assert decide(obs, CFG).phase == "Failed"
+
+
+def test_observe_checks_the_objects_a_usable_spec_references() -> None:
+    run = {"metadata": {"name": "llm", "namespace": "ml", "uid": "u"}, "spec": spec()}
+    obs = observe(_Reads(), run, remembered_nodes={}, seen_pods=[], interrupted_nodes=[])
+    assert obs.spec is not None and obs.missing_refs == ["PersistentVolumeClaim ckpt"]
