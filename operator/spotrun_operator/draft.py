@@ -12,11 +12,11 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from spotrun_api.enums import ConditionType, Phase
+from spotrun_api.enums import Phase
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import Attempt, Progress, TrainingRunStatus
 from spotrun_operator import reducers
-from spotrun_operator.common import attempt_of, fmt_time
+from spotrun_operator.common import attempt_of
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.cost import DEFAULT_PRICES
 from spotrun_operator.plan import Action, Event, MetricEvent, Observed
@@ -59,27 +59,6 @@ class Draft:
 
     def pods_of(self, n: int) -> list[Mapping[str, Any]]:
         return [p for p in self.obs.pods if attempt_of(p) == n]
-
-    def total_cost(self) -> float:
-        cost = reducers.total_cost(self.history, self.status.archived, self.now, self.prices)
-        return cost.total_usd
-
-    def burn_rate(self, entry: Attempt) -> float:
-        """USD per second an attempt shaped like ``entry`` burns while it runs."""
-        probe = entry.model_copy(
-            update={
-                "started_at": fmt_time(self.now),
-                "spot_usd": None,
-                "stopped_at": None,
-                "ended_at": None,
-            }
-        )
-        hour = self.now + dt.timedelta(hours=1)
-        return reducers.entry_cost(probe, hour, self.prices).total_usd / 3600.0
-
-    def budget_warned(self) -> bool:
-        cond = reducers.get_condition(self.status.conditions, ConditionType.WITHIN_BUDGET)
-        return cond is not None and cond.reason in ("BudgetWarning", "BudgetExceeded")
 
     # --- writes --------------------------------------------------------------------
     def update(self, n: int, **fields: Any) -> Attempt:

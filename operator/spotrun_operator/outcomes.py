@@ -138,6 +138,15 @@ def unschedulable(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt, v: Ve
     stop_gang(d, n)
 
 
+def _spent(d: Draft) -> float:
+    return reducers.total_cost(d.history, d.status.archived, d.now, d.prices).total_usd
+
+
+def _budget_warned(d: Draft) -> bool:
+    cond = reducers.get_condition(d.status.conditions, ConditionType.WITHIN_BUDGET)
+    return cond is not None and cond.reason in ("BudgetWarning", "BudgetExceeded")
+
+
 def _cost_due(d: Draft) -> bool:
     """status.cost was last written cost_update_seconds ago or more (or never)."""
     cost = d.obs.status.cost
@@ -154,10 +163,10 @@ def check_budget(d: Draft, spec: TrainingRunSpec, n: int) -> None:
     entry = d.entry(n) or Attempt(attempt=n)
     verdict = budget.decide(
         max_usd=spec.max_usd,
-        spent_usd=d.total_cost(),
-        burn_usd_per_second=d.burn_rate(entry) if entry.started_at else 0.0,
+        spent_usd=_spent(d),
+        burn_usd_per_second=reducers.burn_rate(entry, d.now, d.prices) if entry.started_at else 0.0,
         checkpoint_interval_seconds=float(reducers.interval_of(entry)),
-        warned=d.budget_warned(),
+        warned=_budget_warned(d),
         grace_seconds=spec.termination_grace_period_seconds,
     )
     # The message names the spend, which moves every second: rewrite it no more often than
@@ -223,8 +232,10 @@ def next_entry_preview(d: Draft, spec: TrainingRunSpec, n: int) -> Attempt:
 def _resume_within_budget(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> None:
     verdict = budget.may_resume(
         max_usd=spec.max_usd,
-        spent_usd=d.total_cost(),
-        next_burn_usd_per_second=d.burn_rate(next_entry_preview(d, spec, n + 1)),
+        spent_usd=_spent(d),
+        next_burn_usd_per_second=reducers.burn_rate(
+            next_entry_preview(d, spec, n + 1), d.now, d.prices
+        ),
         checkpoint_interval_seconds=float(reducers.interval_of(entry)),
         grace_seconds=spec.termination_grace_period_seconds,
     )

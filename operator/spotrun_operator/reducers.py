@@ -217,6 +217,14 @@ def entry_cost(entry: Attempt, now: dt.datetime, prices: PriceSource) -> Cost:
     )
 
 
+def burn_rate(entry: Attempt, now: dt.datetime, prices: PriceSource) -> float:
+    """USD per second an attempt shaped like ``entry`` burns while it runs."""
+    probe = entry.model_copy(
+        update={"started_at": fmt_time(now), "spot_usd": None, "stopped_at": None, "ended_at": None}
+    )
+    return entry_cost(probe, now + dt.timedelta(hours=1), prices).total_usd / 3600.0
+
+
 def total_cost(
     history: Sequence[Attempt], archived: Archived | None, now: dt.datetime, prices: PriceSource
 ) -> Cost:
