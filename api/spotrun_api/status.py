@@ -116,6 +116,21 @@ class CostStatus(ApiModel):
     updated_at: Time | None = Field(None, description="When this estimate was computed.")
 
 
+class Display(ApiModel):
+    cost: str | None = Field(None, description="cost.totalUSD as dollars, for example $12.40.")
+    savings: str | None = Field(None, description="cost.savingsPercent rounded, for example 67%.")
+    lost_work: str | None = Field(
+        None, description="Training time lost over the recorded attempts, for example 12m30s."
+    )
+    gpu_hours: str | None = Field(None, description="cost.gpuHours with one decimal.")
+    last: str | None = Field(
+        None,
+        description="The newest attempt that ended in anything but success: its signal or "
+        "outcome and reason, and its number (spot-interruption a3); - when none.",
+    )
+    last_at: Time | None = Field(None, description="When that attempt's outcome was recorded.")
+
+
 class Condition(ApiModel):
     """One aspect of the run's state."""
 
@@ -158,6 +173,16 @@ class Attempt(ApiModel):
         list[Annotated[str, Field(description="A topology.kubernetes.io/zone value.")]] | None
     ) = Field(None, description="Zones of the attempt's nodes, one entry per node.")
     lost_work_seconds: float | None = Field(None, description="Work lost with this attempt.")
+    start_step: int | None = Field(
+        None,
+        description="Step this attempt resumed from (the newest committed checkpoint when it "
+        "was created; 0 for a fresh start).",
+    )
+    end_step: int | None = Field(
+        None,
+        description="Last step this attempt reported when its outcome was recorded; steps "
+        "trained are endStep - startStep.",
+    )
     unschedulable_since: Time | None = Field(
         None, description="Since when its pods are unschedulable (unset when they are not)."
     )
@@ -230,6 +255,11 @@ class TrainingRunStatus(ApiModel):
     )
     cost: CostStatus | None = Field(
         None, description="Estimated spend from node-hours and list prices."
+    )
+    display: Display | None = Field(
+        None,
+        description="Human-readable forms of the figures above, for kubectl's printer columns "
+        "(written by the operator from the rest of status).",
     )
     conditions: list[Condition] | None = Field(
         None, description="Conditions per Kubernetes API conventions."

@@ -28,6 +28,7 @@ STATUS: dict[str, Any] = {
     "lastPreemption": {"attempt": 1, "time": "2026-05-01T13:00:00Z", "signal": "sigterm"},
     "progress": {"step": 480, "checkpointStep": 450, "samplesPerSecond": 12.5, "attempt": 1},
     "cost": {"spotUSD": 1.5, "totalUSD": 1.5, "updatedAt": "2026-05-01T13:00:00Z"},
+    "display": {"cost": "$1.50", "last": "sigterm a1", "lastAt": "2026-05-01T13:00:00Z"},
     "conditions": [
         {
             "type": "Running",
@@ -47,6 +48,8 @@ STATUS: dict[str, Any] = {
             "onDemandEquivalentUSD": 4.5,
             "interruptedNodes": ["n1"],
             "checkpointIntervalSeconds": 900,
+            "startStep": 0,
+            "endStep": 480,
         },
         {"attempt": 2, "capacityType": "spot", "createdAt": "2026-05-01T13:00:05Z"},
     ],
