@@ -71,7 +71,7 @@ lint: venv
 	bash hack/sync-chart-crds.sh --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy operator trainer hack/spotrun_dev cli bench tests
+	$(BIN)/mypy api operator trainer hack/spotrun_dev cli bench tests
 
 fmt: venv
 	$(BIN)/ruff format .

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from spotrun_api import contract
+from spotrun_api.spec import TrainingRunSpec as RunSpec
 from spotrun_operator.common import (
     API_VERSION,
     CHECKPOINT_VOLUME,
@@ -33,8 +35,6 @@ from spotrun_operator.common import (
     trainer_sa_name,
 )
 from spotrun_operator.podtemplate import merge_pod_template
-from spotrun_operator.spec import RunSpec
-from spotrun_trainer import contract
 
 Obj = dict[str, Any]
 GPU_TOLERATION: Obj = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -77,7 +77,7 @@ def build_pvc(ref: RunRef, spec: RunSpec) -> Obj | None:
     if not vol.size:
         return None
     pvc_spec: Obj = {
-        "accessModes": [vol.access_mode],
+        "accessModes": [vol.effective_access_mode.value],
         "resources": {"requests": {"storage": vol.size}},
     }
     if vol.storage_class_name:
@@ -141,7 +141,7 @@ def trainer_env(ref: RunRef, spec: RunSpec, attempt: int, interval_seconds: int)
         contract.ENV_CHECKPOINT_KEEP: str(spec.checkpoint.keep),
         contract.ENV_METRICS_PORT: str(contract.DEFAULT_METRICS_PORT),
         contract.ENV_TERMINATION_GRACE_SECONDS: str(spec.termination_grace_period_seconds),
-        contract.ENV_PROCS_PER_NODE: str(spec.procs_per_node),
+        contract.ENV_PROCS_PER_NODE: str(spec.ranks_per_pod),
     }
     if spec.checkpoint.s3_uri:
         env[contract.ENV_S3_URI] = spec.checkpoint.s3_uri
@@ -187,7 +187,7 @@ def build_pod_template(
     interval_seconds: int,
     avoid_nodes: Sequence[str] = (),
 ) -> Obj:
-    resources: Obj = {k: dict(v) for k, v in spec.resources.items() if k in ("requests", "limits")}
+    resources: Obj = spec.resources.model_dump(exclude_none=True)
     if spec.gpus_per_node:
         resources.setdefault("limits", {})[GPU_RESOURCE] = str(spec.gpus_per_node)
     container: Obj = {
@@ -195,8 +195,11 @@ def build_pod_template(
         "image": spec.image,
         "command": list(spec.command),
         "args": list(spec.args),
-        "imagePullPolicy": spec.image_pull_policy,
-        "env": [*spec.env, *trainer_env(ref, spec, attempt, interval_seconds)],
+        "imagePullPolicy": spec.image_pull_policy.value if spec.image_pull_policy else None,
+        "env": [
+            *(e.to_json() for e in spec.env),
+            *trainer_env(ref, spec, attempt, interval_seconds),
+        ],
         "volumeMounts": [{"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.path}],
         "ports": [{"name": METRICS_PORT_NAME, "containerPort": contract.DEFAULT_METRICS_PORT}],
         "resources": resources,
@@ -211,7 +214,7 @@ def build_pod_template(
         container=container,
         volumes=[volume],
         tolerations=[GPU_TOLERATION] if spec.gpus_per_node else [],
-        node_terms=capacity_node_terms(capacity_type, spec.instance_types, avoid_nodes),
+        node_terms=capacity_node_terms(capacity_type, spec.capacity.instance_types, avoid_nodes),
         pod_fields={
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
@@ -257,7 +260,7 @@ def build_pytorchjob(
         "spec": {
             # PET_NPROC_PER_NODE and WORLD_SIZE (nodes x procs) for a plain torchrun command;
             # the spotrun trainer reads SPOTRUN_PROCS_PER_NODE (the same number).
-            "nprocPerNode": str(spec.procs_per_node),
+            "nprocPerNode": str(spec.ranks_per_pod),
             # No backoffLimit: with restartPolicy Never the training operator (v1.9) counts
             # 0 restarts >= a limit of 0 and deletes every pod of the job, logs included.
             "runPolicy": {"cleanPodPolicy": "None"},
@@ -282,7 +285,7 @@ def referenced_objects(spec: RunSpec, ref: RunRef) -> list[tuple[str, str]]:
             refs.append(("ConfigMap", vol["configMap"]["name"]))
         if (vol.get("persistentVolumeClaim") or {}).get("claimName"):
             refs.append(("PersistentVolumeClaim", vol["persistentVolumeClaim"]["claimName"]))
-    envs: list[Any] = list(spec.env)
+    envs: list[Any] = [e.to_json() for e in spec.env]
     env_from: list[Any] = []
     for c in list(pod.get("containers") or []) + list(pod.get("initContainers") or []):
         envs.extend(c.get("env") or [])

@@ -68,7 +68,7 @@ KNOWN_FAILURE_REASONS: Final = frozenset(
 EXIT_SIGTERM: Final = 143
 
 
-class Kind(Enum):
+class VerdictKind(Enum):
     SUCCEEDED = "Succeeded"
     PREEMPTED = "Preempted"
     FAILED = "Failed"
@@ -81,7 +81,7 @@ class Kind(Enum):
 
 @dataclass(frozen=True)
 class Verdict:
-    kind: Kind
+    kind: VerdictKind
     reason: str = ""  # signal (preemption) or failure reason
     message: str = ""
     node: str = ""
@@ -260,6 +260,67 @@ def _job_condition(job: Mapping[str, Any] | None, ctype: str) -> Mapping[str, An
     return None
 
 
+def _preemption(evidence: Sequence[_Evidence]) -> Verdict:
+    """The preemption the strongest evidence shows (its node, else one of the same signal)."""
+    best = min(evidence, key=lambda e: SIGNAL_PRIORITY.index(e.signal))
+    node = best.node
+    if node is None:  # borrow a node from evidence of the same signal
+        node = next((e.node for e in evidence if e.node and e.signal == best.signal), None)
+    return Verdict(
+        VerdictKind.PREEMPTED,
+        reason=best.signal,
+        message=best.message,
+        node=node.name if node else "",
+        zone=node.zone if node else "",
+        instance_type=node.instance_type if node else "",
+        nodes=tuple(sorted({e.node.name for e in evidence if e.node})),
+    )
+
+
+def _failed(
+    pods: Sequence[Mapping[str, Any]],
+    job: Mapping[str, Any] | None,
+    now: dt.datetime,
+    settle_seconds: float,
+) -> Verdict | None:
+    """The earliest application failure (settling while a dead node may yet explain it)."""
+    failures = [f for f in (_failure(p) for p in pods) if f]
+    if failures:
+        epoch = dt.datetime.min.replace(tzinfo=dt.UTC)
+        reason, msg, finished = min(failures, key=lambda f: f[2] or epoch)
+        until = (finished or now) + dt.timedelta(seconds=settle_seconds)
+        if finished is not None and until > now:
+            return Verdict(VerdictKind.FAILURE_SETTLING, reason=reason, message=msg, until=until)
+        return Verdict(VerdictKind.FAILED, reason=reason, message=msg)
+    failed_job = _job_condition(job, "Failed")
+    if failed_job:
+        return Verdict(
+            VerdictKind.FAILED, reason="JobFailed", message=str(failed_job.get("message"))
+        )
+    return None
+
+
+def _progress(
+    pods: Sequence[Mapping[str, Any]],
+    nodes: Mapping[str, NodeInfo],
+    expected: int,
+    now: dt.datetime,
+    node_lost_grace_seconds: float,
+) -> Verdict:
+    """Nothing went wrong: the gang is running, or still starting."""
+    # An unreachable node still within its grace: look again when the grace ends.
+    pending = [
+        lost_until(n, node_lost_grace_seconds, now)
+        for n in nodes.values()
+        if n.exists and (n.ready == "Unknown" or UNREACHABLE_TAINT in n.taints)
+    ]
+    wake = min((u for u in pending if u is not None), default=None)
+    live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    if len(live) >= expected and all(_phase(p) == "Running" for p in live):
+        return Verdict(VerdictKind.RUNNING, until=wake)
+    return Verdict(VerdictKind.STARTING, message=f"{len(live)}/{expected} pods created", until=wake)
+
+
 def classify(
     *,
     pods: Sequence[Mapping[str, Any]],
@@ -277,12 +338,13 @@ def classify(
 
     ``pods`` are the attempt's live pods, ``deleted_pods`` the last state of its pods that
     were deleted (remembered from the watch), ``nodes`` what is known of their nodes,
-    ``known_pod_uids`` the pods recorded when the gang first ran.
+    ``known_pod_uids`` the pods recorded when the gang first ran. In order: success, then
+    evidence of the infrastructure, configuration errors, application failures, missing
+    capacity, progress.
     """
     masters = [p for p in [*pods, *deleted_pods] if is_master(p)]
     if any(_phase(p) == "Succeeded" for p in masters) or _job_condition(job, "Succeeded"):
-        return Verdict(Kind.SUCCEEDED, message="the master finished (exit 0)")
-
+        return Verdict(VerdictKind.SUCCEEDED, message="the master finished (exit 0)")
     evidence = _evidence(
         pods,
         deleted_pods,
@@ -293,53 +355,19 @@ def classify(
         node_lost_grace_seconds,
     )
     if evidence:
-        best = min(evidence, key=lambda e: SIGNAL_PRIORITY.index(e.signal))
-        node = best.node
-        if node is None:  # borrow a node from evidence of the same signal
-            node = next((e.node for e in evidence if e.node and e.signal == best.signal), None)
-        return Verdict(
-            Kind.PREEMPTED,
-            reason=best.signal,
-            message=best.message,
-            node=node.name if node else "",
-            zone=node.zone if node else "",
-            instance_type=node.instance_type if node else "",
-            nodes=tuple(sorted({e.node.name for e in evidence if e.node})),
-        )
-
+        return _preemption(evidence)
     for pod in pods:
         msg = _config_error(pod)
         if msg:
-            return Verdict(Kind.CONFIG_ERROR, reason="ConfigurationError", message=msg)
-
-    failures = [f for f in (_failure(p) for p in [*pods, *deleted_pods]) if f]
-    if failures:
-        epoch = dt.datetime.min.replace(tzinfo=dt.UTC)
-        reason, msg, finished = min(failures, key=lambda f: f[2] or epoch)
-        until = (finished or now) + dt.timedelta(seconds=failure_settle_seconds)
-        if finished is not None and until > now:
-            return Verdict(Kind.FAILURE_SETTLING, reason=reason, message=msg, until=until)
-        return Verdict(Kind.FAILED, reason=reason, message=msg)
-    failed_job = _job_condition(job, "Failed")
-    if failed_job:
-        return Verdict(Kind.FAILED, reason="JobFailed", message=str(failed_job.get("message")))
-
+            return Verdict(VerdictKind.CONFIG_ERROR, reason="ConfigurationError", message=msg)
+    failed = _failed([*pods, *deleted_pods], job, now, failure_settle_seconds)
+    if failed is not None:
+        return failed
     for pod in pods:
         msg = _unschedulable(pod)
         if msg:
-            return Verdict(Kind.UNSCHEDULABLE, reason="Unschedulable", message=msg)
-
-    # An unreachable node still within its grace: look again when the grace ends.
-    pending = [
-        lost_until(n, node_lost_grace_seconds, now)
-        for n in nodes.values()
-        if n.exists and (n.ready == "Unknown" or UNREACHABLE_TAINT in n.taints)
-    ]
-    wake = min((u for u in pending if u is not None), default=None)
-    live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
-    if len(live) >= expected and all(_phase(p) == "Running" for p in live):
-        return Verdict(Kind.RUNNING, until=wake)
-    return Verdict(Kind.STARTING, message=f"{len(live)}/{expected} pods created", until=wake)
+            return Verdict(VerdictKind.UNSCHEDULABLE, reason="Unschedulable", message=msg)
+    return _progress(pods, nodes, expected, now, node_lost_grace_seconds)
 
 
 __all__ = [
@@ -353,9 +381,9 @@ __all__ = [
     "SIGNAL_PRIORITY",
     "SIGTERM",
     "SPOT_INTERRUPTION",
-    "Kind",
     "NodeInfo",
     "Verdict",
+    "VerdictKind",
     "classify",
     "is_master",
     "is_terminal",

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
-from spotrun_trainer.contract import GROUP, KIND, PLURAL, VERSION
+from spotrun_api.contract import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from spotrun_api.durations import parse_duration
 
-API_VERSION: Final = f"{GROUP}/{VERSION}"
-__all__ = ["API_VERSION", "GROUP", "KIND", "PLURAL", "VERSION"]
+__all__ = ["API_VERSION", "GROUP", "KIND", "PLURAL", "VERSION", "parse_duration"]
 
 # Labels on every child; selectors use them, so they must never change meaning.
 LABEL_RUN: Final = "spotrun.dev/run"
@@ -91,16 +92,30 @@ def parse_time(s: str | None) -> dt.datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
-_DURATION_RE: Final = re.compile(r"([0-9]+)(ms|s|m|h)")
-_DURATION_FULL_RE: Final = re.compile(r"^([0-9]+(ms|s|m|h))+$")
-_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# --- pods (Kubernetes JSON, read-only) ------------------------------------------------
 
 
-def parse_duration(s: str) -> float:
-    """Seconds in a Go-style duration (``90s``, ``15m``, ``1h30m``); ValueError otherwise.
+def pod_meta(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    return pod.get("metadata") or {}
 
-    The CRD validates the same grammar, so a ValueError here means a spec that bypassed
-    the apiserver's validation (unit tests, an older CRD)."""
-    if not _DURATION_FULL_RE.match(s):
-        raise ValueError(f"not a duration: {s!r} (expected e.g. 90s, 15m, 1h30m)")
-    return sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_RE.findall(s))
+
+def pod_name(pod: Mapping[str, Any]) -> str:
+    return str(pod_meta(pod).get("name"))
+
+
+def pod_uid(pod: Mapping[str, Any]) -> str:
+    return str(pod_meta(pod).get("uid"))
+
+
+def pod_node(pod: Mapping[str, Any]) -> str | None:
+    """The node a pod is bound to; None while it is unscheduled."""
+    name = (pod.get("spec") or {}).get("nodeName")
+    return str(name) if name else None
+
+
+def attempt_of(pod: Mapping[str, Any]) -> int:
+    """The attempt a pod belongs to (its spotrun.dev/attempt label; 0 when unlabelled)."""
+    try:
+        return int((pod_meta(pod).get("labels") or {}).get(LABEL_ATTEMPT, 0))
+    except ValueError:
+        return 0

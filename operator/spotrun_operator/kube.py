@@ -18,7 +18,7 @@ from urllib.parse import quote
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from spotrun_operator import __version__, builders
+from spotrun_operator import __version__
 from spotrun_operator.builders import RunRef
 from spotrun_operator.common import (
     GROUP,
@@ -41,10 +41,7 @@ from spotrun_operator.plan import (
     DeletePods,
     EnsureObjects,
     Event,
-    Observed,
 )
-from spotrun_operator.signals import NodeInfo, node_info
-from spotrun_operator.spec import parse_spec
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -263,73 +260,3 @@ class Kube:
             elif isinstance(action, DeletePods):
                 for name in action.names:
                     self.delete_pod(namespace, name, action.grace_seconds)
-
-
-def run_ref(run: Mapping[str, Any]) -> RunRef:
-    meta = run["metadata"]
-    return RunRef(
-        name=meta["name"],
-        namespace=meta["namespace"],
-        uid=meta["uid"],
-        generation=int(meta.get("generation") or 1),
-    )
-
-
-def observe(
-    kube: Kube,
-    run: Mapping[str, Any],
-    *,
-    remembered_nodes: Mapping[str, NodeInfo],
-    seen_pods: Sequence[Mapping[str, Any]],
-    interrupted_nodes: Sequence[str],
-    **extra: Any,
-) -> Observed:
-    """Everything :func:`reconcile.decide` needs about ``run``, read fresh from the API
-    (plus what only the watch saw: the last state of pods and nodes now gone)."""
-    ref = run_ref(run)
-    jobs = kube.list_jobs(ref.namespace, ref.name, ref.uid)
-    pods = kube.list_pods(ref.namespace, ref.name)
-    # A pod the watch saw that a fresh list no longer has is gone: keep its last state.
-    live = {str((p.get("metadata") or {}).get("uid")) for p in pods}
-    deleted_pods = [p for p in seen_pods if str((p.get("metadata") or {}).get("uid")) not in live]
-    names = {
-        str((p.get("spec") or {}).get("nodeName"))
-        for p in [*pods, *deleted_pods]
-        if (p.get("spec") or {}).get("nodeName")
-    }
-    nodes: dict[str, NodeInfo] = {}
-    for name in sorted(names):
-        obj = kube.get_node(name)
-        if obj is not None:
-            nodes[name] = node_info(obj)
-        else:
-            last = remembered_nodes.get(name)
-            nodes[name] = NodeInfo(
-                name=name,
-                exists=False,
-                labels=last.labels if last else {},
-                taints=last.taints if last else (),
-                ready=last.ready if last else "Unknown",
-                ready_message=last.ready_message if last else "",
-                ready_since=last.ready_since if last else None,
-            )
-    missing: list[str] = []
-    try:
-        spec = parse_spec(dict(run.get("spec") or {}))
-        missing = kube.missing(ref.namespace, builders.referenced_objects(spec, ref))
-    except ValueError:
-        pass  # decide() reports the invalid spec
-    return Observed(
-        ref=ref,
-        spec=dict(run.get("spec") or {}),
-        status=dict(run.get("status") or {}),
-        now=utcnow(),
-        jobs=jobs,
-        pods=pods,
-        deleted_pods=list(deleted_pods),
-        nodes=nodes,
-        missing_refs=missing,
-        interrupted_nodes=list(interrupted_nodes),
-        deleting=bool((run.get("metadata") or {}).get("deletionTimestamp")),
-        **extra,
-    )

@@ -1,10 +1,14 @@
-"""Data passed between observation (kube.py), decision (reconcile.py) and execution.
+"""Data passed between observation (observe.py), decision (reconcile.py) and execution.
 
-A reconcile is: observe everything into :class:`Observed`, decide purely into a
-:class:`Decision`, then write ``Decision.status`` (a compare-and-swap on the run's
-resourceVersion) *before* executing ``Decision.actions``. Every action is idempotent and
-derivable again from the written status, so a crash between any two API calls is
-repaired by the next reconcile.
+A reconcile is: observe everything into :class:`Observed` (the run's spec and status
+parsed once into the typed model), decide purely into a :class:`Decision`, then write
+``Decision.status`` (a compare-and-swap on the run's resourceVersion) *before* executing
+``Decision.actions``. Every action is idempotent and derivable again from the written
+status, so a crash between any two API calls is repaired by the next reconcile.
+
+Bad input is a verdict, never an exception: a spec the model rejects arrives as
+``Observed.spec_error``, and a child the apiserver refused to create (HTTP 422) as
+``Observed.rejected``; either ends the run ``Failed`` with reason ``InvalidSpec``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from spotrun_api.enums import Phase
+from spotrun_api.spec import TrainingRunSpec
+from spotrun_api.status import TrainingRunStatus
 from spotrun_operator.builders import RunRef
 from spotrun_operator.cost import Price, Prices
 from spotrun_operator.signals import NodeInfo
@@ -22,11 +29,24 @@ Obj = dict[str, Any]
 
 
 @dataclass(frozen=True)
+class Rejected:
+    """The apiserver refused to create a child of the run (HTTP 422 Invalid): what the
+    spec asks for cannot run. The I/O layer reports it by observing again with
+    ``Observed.rejected`` set; :func:`reconcile.decide` then fails the run (InvalidSpec)."""
+
+    kind: str  # PyTorchJob, PersistentVolumeClaim, ...
+    name: str
+    message: str  # the apiserver's message, naming the field
+
+
+@dataclass(frozen=True)
 class Observed:
     ref: RunRef
-    spec: Mapping[str, Any]
-    status: Mapping[str, Any]
+    spec: TrainingRunSpec | None  # None: the spec is invalid (spec_error says why)
+    status: TrainingRunStatus
     now: dt.datetime
+    spec_error: str = ""
+    rejected: Rejected | None = None
     jobs: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # attempt -> PyTorchJob
     pods: Sequence[Mapping[str, Any]] = ()  # live pods of the run, every attempt
     deleted_pods: Sequence[Mapping[str, Any]] = ()  # last state of pods seen deleted
@@ -105,6 +125,6 @@ class Decision:
     events: list[Event] = field(default_factory=list)
     metrics: list[MetricEvent] = field(default_factory=list)
     requeue_after: float = 30.0
-    phase: str | None = None
+    phase: Phase | None = None
     checkpoint_time: str | None = None
     gauges: RunGauges | None = None

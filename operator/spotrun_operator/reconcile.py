@@ -10,402 +10,198 @@ The live attempt is the highest of the existing PyTorchJobs and ``status.attempt
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any
 
-from spotrun_operator import budget
-from spotrun_operator import status as st_
-from spotrun_operator.classify import REBALANCE, Kind, Verdict, classify
-from spotrun_operator.common import LABEL_ATTEMPT, fmt_time, job_name, parse_time
+from spotrun_api.enums import ConditionType, Outcome, RunReason
+from spotrun_api.spec import TrainingRunSpec
+from spotrun_api.status import Attempt
+from spotrun_operator import outcomes
+from spotrun_operator.children import create_job, stop_gang, stop_pods
+from spotrun_operator.classify import REBALANCE, VerdictKind, classify
+from spotrun_operator.common import attempt_of, fmt_time, job_name, parse_time, pod_node, pod_uid
 from spotrun_operator.config import OperatorConfig
+from spotrun_operator.draft import Draft
+from spotrun_operator.finish import finish
 from spotrun_operator.plan import Decision, DeleteJob, Observed
-from spotrun_operator.recovery import Recovery
-from spotrun_operator.spec import RunSpec, parse_spec
+from spotrun_operator.transitions import adopt, fail_run, record, succeed_run
+from spotrun_operator.verdicts import invalid_spec
 
-TERMINAL: Final = ("Succeeded", "Failed")
-
-
-def attempt_of(pod: Mapping[str, Any]) -> int:
-    labels = (pod.get("metadata") or {}).get("labels") or {}
-    try:
-        return int(labels.get(LABEL_ATTEMPT, 0))
-    except ValueError:
-        return 0
+__all__ = ["attempt_of", "decide", "live_attempt"]
 
 
 def live_attempt(obs: Observed) -> int:
-    return max([int(obs.status.get("attempt") or 0), *obs.jobs.keys()])
+    return max([obs.status.attempt or 0, *obs.jobs.keys()])
 
 
 def decide(obs: Observed, cfg: OperatorConfig) -> Decision:
     """Everything the operator should do about one TrainingRun right now."""
     if obs.deleting:
         return Decision(requeue_after=cfg.resync_seconds)
-    try:
-        spec: RunSpec | None = parse_spec(dict(obs.spec))
-        error = ""
-    except (ValueError, KeyError, TypeError) as exc:
-        spec, error = None, str(exc)
-    r = Recovery(obs, cfg, spec)
-    if spec is None:
-        if r.phase not in TERMINAL:
-            r.fail_run("InvalidSpec", f"invalid spec: {error}")
-        return r.finish()
-    _decide(r, spec)
-    return r.finish()
+    d = Draft(obs, cfg)
+    problem = invalid_spec(obs)
+    terminal = d.phase is not None and d.phase.terminal
+    if problem is not None and not terminal:
+        fail_run(d, RunReason.INVALID_SPEC, problem)
+    if obs.spec is not None:
+        _decide(d, obs.spec)
+    else:
+        _wind_down(d)
+    return finish(d)
 
 
-def _decide(r: Recovery, spec: RunSpec) -> None:
-    obs = r.obs
+def _wind_down(d: Draft) -> None:
+    """A run whose spec cannot be read starts nothing; whatever still runs is stopped."""
+    live = live_attempt(d.obs)
+    _cleanup_older(d, live)
+    if live:
+        stop_gang(d, live, terminal=True)
+    d.requeue(max(d.cfg.resync_seconds, 300.0))
+
+
+def _decide(d: Draft, spec: TrainingRunSpec) -> None:
+    obs = d.obs
     live = live_attempt(obs)
-    if live and r.entry(live) is None:
-        r.adopt(live)
-    _cleanup_older(r, live)
-    if r.phase in TERMINAL:
+    if live and d.entry(live) is None:
+        adopt(d, live)
+    _cleanup_older(d, live)
+    if d.phase is not None and d.phase.terminal:
         if live:
-            r.stop_gang(live, terminal=True)
-        r.requeue(max(r.cfg.resync_seconds, 300.0))
+            stop_gang(d, live, terminal=True)
+        d.requeue(max(d.cfg.resync_seconds, 300.0))
         return
     if live == 0:
         if not spec.suspend:
-            _start_attempt(r, spec, 1)
+            outcomes.start_attempt(d, spec, 1)
         return
-    entry = r.entry(live)
+    entry = d.entry(live)
     assert entry is not None
-    if entry.get("outcome"):
-        _after_outcome(r, spec, live, entry)
+    if entry.outcome is not None:
+        outcomes.after_outcome(d, spec, live, entry)
     else:
-        _judge(r, spec, live, entry)
+        _judge(d, spec, live, entry)
 
 
-def _cleanup_older(r: Recovery, live: int) -> None:
+def _cleanup_older(d: Draft, live: int) -> None:
     """Jobs and pods of attempts before the live one must not run (a crash may have left
     them): delete them, gracefully."""
-    for n in sorted(r.obs.jobs):
+    for n in sorted(d.obs.jobs):
         if n < live:
-            r.actions.append(DeleteJob(job_name(r.obs.ref.name, n)))
-    for n in sorted({attempt_of(p) for p in r.obs.pods}):
+            d.actions.append(DeleteJob(job_name(d.obs.ref.name, n)))
+    for n in sorted({attempt_of(p) for p in d.obs.pods}):
         if n < live:
-            r.stop_pods(n)
+            stop_pods(d, n)
 
 
-def _judge(r: Recovery, spec: RunSpec, n: int, entry: dict[str, Any]) -> None:
-    obs = r.obs
+def _judge(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> None:
+    """The live attempt has no outcome yet: classify what its pods show, and act."""
+    obs = d.obs
     if spec.suspend:
-        r.record(n, st_.SUSPENDED, "Suspended", "spec.suspend is true")
-        r.event("Normal", "Suspending", f"attempt {n}: suspending, stopping the gang gracefully")
-        r.stop_gang(n)
+        record(d, n, Outcome.SUSPENDED, "Suspended", "spec.suspend is true")
+        d.event("Normal", "Suspending", f"attempt {n}: suspending, stopping the gang gracefully")
+        stop_gang(d, n)
         return
     job = obs.jobs.get(n)
     if job is None:
         if obs.missing_refs:
-            _config_error(r, n, entry, "missing " + ", ".join(obs.missing_refs))
+            outcomes.config_error(d, n, entry, "missing " + ", ".join(obs.missing_refs))
         else:
-            r.update(n, configErrorSince=None)
-            r.create_job(n)
+            d.update(n, config_error_since=None)
+            create_job(d, n)
         return
-    pods = r.pods_of(n)
+    pods = d.pods_of(n)
     verdict = classify(
         pods=pods,
         nodes=obs.nodes,
-        expected=int(entry.get("nodes") or spec.nodes),
+        expected=entry.nodes or spec.nodes,
         now=obs.now,
         job=job,
         deleted_pods=[p for p in obs.deleted_pods if attempt_of(p) == n],
-        known_pod_uids=entry.get("podUIDs") or (),
-        restart_on_rebalance=r.cfg.restart_on_rebalance,
-        failure_settle_seconds=r.cfg.failure_settle_seconds,
-        node_lost_grace_seconds=r.cfg.node_lost_grace_seconds,
+        known_pod_uids=entry.pod_uids or (),
+        restart_on_rebalance=d.cfg.restart_on_rebalance,
+        failure_settle_seconds=d.cfg.failure_settle_seconds,
+        node_lost_grace_seconds=d.cfg.node_lost_grace_seconds,
     )
-    _notice_rebalance(r, n, pods)
+    _notice_rebalance(d, n, pods)
     kind = verdict.kind
-    if kind is Kind.SUCCEEDED:
-        r.record(n, st_.SUCCEEDED, "Completed", verdict.message)
-        r.succeed_run(f"attempt {n} finished: {verdict.message}")
-        r.stop_gang(n, terminal=True)
-    elif kind is Kind.PREEMPTED:
-        _preempted(r, spec, n, entry, verdict)
-    elif kind is Kind.FAILED:
-        _failed(r, spec, n, verdict)
-    elif kind is Kind.FAILURE_SETTLING:
+    if kind is VerdictKind.SUCCEEDED:
+        record(d, n, Outcome.SUCCEEDED, "Completed", verdict.message)
+        succeed_run(d, f"attempt {n} finished: {verdict.message}")
+        stop_gang(d, n, terminal=True)
+    elif kind is VerdictKind.PREEMPTED:
+        outcomes.preempted(d, spec, n, entry, verdict)
+    elif kind is VerdictKind.FAILED:
+        outcomes.failed(d, spec, n, verdict)
+    elif kind is VerdictKind.FAILURE_SETTLING:
         assert verdict.until is not None
-        r.requeue((verdict.until - obs.now).total_seconds())
-    elif kind is Kind.CONFIG_ERROR:
-        _config_error(r, n, entry, verdict.message)
-    elif kind is Kind.UNSCHEDULABLE:
-        _unschedulable(r, spec, n, entry, verdict)
+        d.requeue((verdict.until - obs.now).total_seconds())
+    elif kind is VerdictKind.CONFIG_ERROR:
+        outcomes.config_error(d, n, entry, verdict.message)
+    elif kind is VerdictKind.UNSCHEDULABLE:
+        outcomes.unschedulable(d, spec, n, entry, verdict)
     else:
-        _progressing(r, n, entry, pods, running=kind is Kind.RUNNING)
+        _progressing(d, n, entry, pods, running=kind is VerdictKind.RUNNING)
         if verdict.until is not None:
-            r.requeue((verdict.until - obs.now).total_seconds())
-    if not r.terminal_now and not (r.entry(n) or {}).get("outcome"):
-        _budget(r, spec, n)
-
-
-def _budget(r: Recovery, spec: RunSpec, n: int) -> None:
-    """spec.budget.maxUSD: warn at 80%, stop (gracefully, with a checkpoint) before the
-    next checkpoint interval would overshoot; the run is Suspended until the budget is
-    raised."""
-    if spec.max_usd is None:
-        return
-    entry = r.entry(n) or {}
-    d = budget.decide(
-        max_usd=spec.max_usd,
-        spent_usd=r.total_cost(),
-        burn_usd_per_second=r.burn_rate(entry) if entry.get("startedAt") else 0.0,
-        checkpoint_interval_seconds=float(entry.get("checkpointIntervalSeconds") or 900),
-        warned=r.budget_warned(),
-        grace_seconds=spec.termination_grace_period_seconds,
-    )
-    # The message names the spend, which moves every second: rewrite it no more often than
-    # the cost itself (cost_update_seconds), unless the verdict or the spec changed.
-    old = st_.get_condition(r.st.get("conditions") or [], "WithinBudget") or {}
-    same = (old.get("status"), old.get("reason"), old.get("observedGeneration")) == (
-        "False" if d.stop else "True",
-        d.reason,
-        r.obs.ref.generation,
-    )
-    if not same or _cost_due(r):
-        r.set_condition("WithinBudget", not d.stop, d.reason, d.message)
-    if d.emit_warning:
-        r.event("Warning", d.reason, d.message)
-    if d.stop:
-        r.record(n, st_.BUDGET_EXCEEDED, d.reason, d.message)
-        r.event("Warning", d.reason, f"attempt {n}: {d.message}")
-        r.st["message"] = d.message
-        r.stop_gang(n)
-
-
-def _cost_due(r: Recovery) -> bool:
-    """status.cost was last written cost_update_seconds ago or more (or never)."""
-    at = parse_time((r.old.get("cost") or {}).get("updatedAt"))
-    return at is None or (r.obs.now - at).total_seconds() >= r.cfg.cost_update_seconds
-
-
-def _preempted(r: Recovery, spec: RunSpec, n: int, entry: dict[str, Any], v: Verdict) -> None:
-    now = fmt_time(r.obs.now)
-    lost = st_.lost_work_seconds(entry, r.progress, now)
-    r.record(
-        n,
-        st_.PREEMPTED,
-        v.reason,
-        v.message,
-        node=v.node or None,
-        zone=v.zone or None,
-        instanceType=entry.get("instanceType") or v.instance_type or None,
-        interruptedNodes=list(v.nodes) or None,
-        lostWorkSeconds=round(lost, 1),
-    )
-    r.st["preemptions"] = int(r.st.get("preemptions") or 0) + 1
-    r.st["lastPreemption"] = {
-        "attempt": n,
-        "time": now,
-        "node": v.node,
-        "zone": v.zone,
-        "instanceType": entry.get("instanceType") or v.instance_type,
-        "signal": v.reason,
-        "lostWorkSeconds": round(lost, 1),
-    }
-    r.metric("preemption", signal=v.reason, instance_type=v.instance_type, zone=v.zone)
-    where = f"node {v.node}" + (f" ({v.zone})" if v.zone else "") if v.node else "the gang"
-    r.event(
-        "Warning",
-        "Preempted",
-        f"attempt {n}: {v.reason} on {where}: {v.message}; stopping every rank gracefully "
-        f"(grace {spec.termination_grace_period_seconds}s)",
-    )
-    if r.st["preemptions"] >= spec.max_preemptions:
-        r.fail_run(
-            "MaxPreemptionsReached",
-            f"{r.st['preemptions']} preemptions reached spec.maxPreemptions "
-            f"{spec.max_preemptions}; last: {v.reason} on {where}",
-        )
-        r.stop_gang(n, terminal=True)
-        return
-    r.schedule_next(n, f"preempted by {v.reason} on {where}")
-    r.stop_gang(n)
-
-
-def _failed(r: Recovery, spec: RunSpec, n: int, v: Verdict) -> None:
-    r.record(n, st_.FAILED, v.reason, v.message)
-    r.st["failures"] = int(r.st.get("failures") or 0) + 1
-    r.metric("failure", reason=v.reason)
-    r.event("Warning", "ApplicationFailure", f"attempt {n}: {v.reason}: {v.message}")
-    if r.st["failures"] >= spec.max_failures:
-        r.fail_run(
-            "MaxFailuresReached",
-            f"{r.st['failures']} application failures reached spec.maxFailures "
-            f"{spec.max_failures}; last: {v.message}",
-        )
-        r.stop_gang(n, terminal=True)
-        return
-    r.schedule_next(n, f"application failure ({v.reason})")
-    r.stop_gang(n)
-
-
-def _config_error(r: Recovery, n: int, entry: dict[str, Any], message: str) -> None:
-    since = parse_time(entry.get("configErrorSince"))
-    grace = r.cfg.config_error_grace_seconds
-    if since is None:
-        since = r.obs.now
-        r.update(n, configErrorSince=fmt_time(since))
-        r.event(
-            "Warning",
-            "ConfigurationError",
-            f"attempt {n}: {message} (the run fails in {grace:.0f}s unless this is fixed)",
-        )
-    left = grace - (r.obs.now - since).total_seconds()
-    if left > 0:
-        r.st["message"] = f"configuration error: {message}"
-        r.requeue(left)
-        return
-    r.record(n, st_.CONFIG_ERROR, "ConfigurationError", message)
-    r.fail_run("ConfigurationError", message)
-    r.stop_gang(n, terminal=True)
-
-
-def _unschedulable(r: Recovery, spec: RunSpec, n: int, entry: dict[str, Any], v: Verdict) -> None:
-    since = parse_time(entry.get("unschedulableSince"))
-    if since is None:
-        since = r.obs.now
-        r.update(n, unschedulableSince=fmt_time(since), configErrorSince=None)
-        r.event("Warning", "Unschedulable", f"attempt {n}: waiting for capacity: {v.message}")
-    r.set_condition("CapacityAvailable", False, "Unschedulable", v.message)
-    fallback = spec.on_demand_fallback_after
-    if fallback is None or spec.capacity_type != "spot" or entry.get("capacityType") != "spot":
-        return
-    left = fallback - (r.obs.now - since).total_seconds()
-    if left > 0:
-        r.requeue(left)
-        return
-    msg = f"spot capacity unschedulable for {fallback:.0f}s; the next attempt runs on on-demand"
-    r.record(
-        n, st_.CAPACITY_FALLBACK, "Unschedulable", v.message, nextAttemptAt=fmt_time(r.obs.now)
-    )
-    r.event("Warning", "CapacityFallback", f"attempt {n}: {msg}")
-    r.st["message"] = msg
-    r.stop_gang(n)
+            d.requeue((verdict.until - obs.now).total_seconds())
+    after = d.entry(n)
+    if not d.terminal_now and not (after and after.outcome):
+        outcomes.check_budget(d, spec, n)
 
 
 def _progressing(
-    r: Recovery, n: int, entry: dict[str, Any], pods: Sequence[Mapping[str, Any]], running: bool
+    d: Draft, n: int, entry: Attempt, pods: Sequence[Mapping[str, Any]], running: bool
 ) -> None:
-    scheduled = bool(pods) and all((p.get("spec") or {}).get("nodeName") for p in pods)
-    if entry.get("unschedulableSince") or entry.get("configErrorSince"):
-        r.update(n, unschedulableSince=None, configErrorSince=None)
+    scheduled = bool(pods) and all(pod_node(p) for p in pods)
+    if entry.unschedulable_since or entry.config_error_since:
+        d.update(n, unschedulable_since=None, config_error_since=None)
     if scheduled or running:
-        r.set_condition(
-            "CapacityAvailable", True, "Scheduled", f"every pod of attempt {n} is placed"
+        d.set_condition(
+            ConditionType.CAPACITY_AVAILABLE,
+            True,
+            "Scheduled",
+            f"every pod of attempt {n} is placed",
         )
-    if not running or entry.get("startedAt"):
+    if not running or entry.started_at:
         return
-    nodes = sorted({str((p.get("spec") or {}).get("nodeName")) for p in pods})
-    known = [r.obs.nodes[x] for x in nodes if x in r.obs.nodes]
-    r.update(
+    nodes = sorted({str(pod_node(p)) for p in pods})
+    known = [d.obs.nodes[x] for x in nodes if x in d.obs.nodes]
+    d.update(
         n,
-        startedAt=fmt_time(r.obs.now),
-        podUIDs=sorted(str((p.get("metadata") or {}).get("uid")) for p in pods),
-        instanceType=next((x.instance_type for x in known if x.instance_type), None),
+        started_at=fmt_time(d.now),
+        pod_uids=sorted(pod_uid(p) for p in pods),
+        instance_type=next((x.instance_type for x in known if x.instance_type), None),
         zones=[x.zone for x in known if x.zone] or None,
     )
-    r.event("Normal", "AttemptRunning", f"attempt {n} running on {', '.join(nodes)}")
+    d.event("Normal", "AttemptRunning", f"attempt {n} running on {', '.join(nodes)}")
     # Zero-valued preemption series for where the gang runs, so that increase() over
     # spotrun_preemptions_total counts the first preemption there too.
     for itype, zone in sorted({(x.instance_type, x.zone) for x in known}):
-        r.metric("placement", instance_type=itype or "", zone=zone or "")
-    r.st["message"] = f"attempt {n} running"
-    prev = r.entry(n - 1)
-    last = r.st.get("lastPreemption") or {}
-    if prev and prev.get("outcome") == st_.PREEMPTED and last.get("attempt") == n - 1:
-        t = parse_time(last.get("time"))
-        if t is not None:
-            r.metric(
-                "recovery", value=(r.obs.now - t).total_seconds(), signal=str(prev.get("reason"))
-            )
+        d.metric("placement", instance_type=itype or "", zone=zone or "")
+    d.say(f"attempt {n} running")
+    _recovery_time(d, n)
 
 
-def _notice_rebalance(r: Recovery, n: int, pods: Sequence[Mapping[str, Any]]) -> None:
+def _recovery_time(d: Draft, n: int) -> None:
+    """Attempt ``n`` runs after attempt n-1 was preempted: time from signal to running."""
+    prev = d.entry(n - 1)
+    last = d.status.last_preemption
+    if prev is None or prev.outcome is not Outcome.PREEMPTED or last is None:
+        return
+    t = parse_time(last.time) if last.attempt == n - 1 else None
+    if t is not None:
+        d.metric("recovery", value=(d.now - t).total_seconds(), signal=str(prev.reason))
+
+
+def _notice_rebalance(d: Draft, n: int, pods: Sequence[Mapping[str, Any]]) -> None:
     """A rebalance recommendation alone does not restart (by default): say so, once."""
-    if r.cfg.restart_on_rebalance:
+    if d.cfg.restart_on_rebalance:
         return
     for p in pods:
-        node = r.obs.nodes.get(str((p.get("spec") or {}).get("nodeName")))
+        node = d.obs.nodes.get(str(pod_node(p)))
         if node and "aws-node-termination-handler/rebalance-recommendation" in node.taints:
-            r.event(
+            d.event(
                 "Warning",
                 "RebalanceRecommendation",
                 f"attempt {n}: node {node.name} got a {REBALANCE}; not restarting (only a "
                 "spot interruption notice does); the next attempt will avoid the node",
                 key=f"{REBALANCE}/{n}/{node.name}",
             )
-
-
-def _after_outcome(r: Recovery, spec: RunSpec, n: int, entry: dict[str, Any]) -> None:
-    r.stop_gang(n)
-    if not r.gang_gone(n):
-        r.requeue(2.0)
-        return
-    if not entry.get("stoppedAt"):
-        r.finish_attempt(n)
-        entry = r.entry(n) or entry
-    if spec.suspend:
-        return
-    if entry.get("outcome") == st_.BUDGET_EXCEEDED:
-        nxt = r.next_entry_preview(n + 1)
-        d = budget.may_resume(
-            max_usd=spec.max_usd,
-            spent_usd=r.total_cost(),
-            next_burn_usd_per_second=r.burn_rate(nxt),
-            checkpoint_interval_seconds=float(entry.get("checkpointIntervalSeconds") or 900),
-            grace_seconds=spec.termination_grace_period_seconds,
-        )
-        if d.stop:
-            r.st["message"] = d.message
-            r.set_condition("WithinBudget", False, d.reason, d.message)
-            return
-        r.set_condition("WithinBudget", True, d.reason, d.message)
-        r.event("Normal", "Resuming", f"budget raised: {d.message}; starting the next attempt")
-        _start_attempt(r, spec, n + 1)
-        return
-    due = parse_time(entry.get("nextAttemptAt")) or r.obs.now
-    wait = (due - r.obs.now).total_seconds()
-    if wait > 0 and entry.get("outcome") != st_.SUSPENDED:
-        r.st["message"] = f"attempt {n + 1} starts at {fmt_time(due)} (backoff)"
-        r.requeue(wait)
-        return
-    if entry.get("outcome") == st_.SUSPENDED:
-        r.event("Normal", "Resuming", "spec.suspend is false: starting the next attempt")
-    _start_attempt(r, spec, n + 1)
-
-
-def _start_attempt(r: Recovery, spec: RunSpec, n: int) -> None:
-    prev = r.entry(n - 1)
-    fallback = prev is not None and prev.get("outcome") == st_.CAPACITY_FALLBACK
-    capacity = "on-demand" if spec.capacity_type == "on-demand" or fallback else "spot"
-    interval = st_.checkpoint_interval_seconds(
-        spec.checkpoint.interval, r.history, r.cfg.checkpoint_cost_seconds
-    )
-    r.history = st_.upsert_attempt(
-        r.history,
-        {
-            "attempt": n,
-            "capacityType": capacity,
-            "nodes": spec.nodes,
-            "gpus": spec.gpus_per_node,
-            "createdAt": fmt_time(r.obs.now),
-            "checkpointIntervalSeconds": interval,
-        },
-    )
-    r.st["attempt"] = n
-    r.st.setdefault("startTime", fmt_time(r.obs.now))
-    r.st["message"] = f"attempt {n} created on {capacity}"
-    r.event(
-        "Normal",
-        "AttemptCreated",
-        f"creating attempt {n} (PyTorchJob {job_name(r.obs.ref.name, n)}) on {capacity}: "
-        f"{spec.nodes} node(s) x {spec.gpus_per_node} GPUs, {spec.procs_per_node} rank(s) per "
-        f"node, resuming from {spec.checkpoint.path}",
-    )
-    if r.obs.missing_refs:
-        _config_error(r, n, r.entry(n) or {}, "missing " + ", ".join(r.obs.missing_refs))
-        return
-    r.create_job(n)

@@ -20,8 +20,9 @@ from typing import Any
 
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.cost import Price, Prices
-from spotrun_operator.kube import Kube, observe, run_ref
+from spotrun_operator.kube import Kube
 from spotrun_operator.metrics import Metrics
+from spotrun_operator.observe import observe, run_ref
 from spotrun_operator.reconcile import decide
 from spotrun_operator.signals import INTERRUPTION_TAINTS, NodeInfo, node_info
 

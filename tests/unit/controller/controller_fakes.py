@@ -6,10 +6,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from spotrun_api.status import parse_status
 from spotrun_operator.builders import RunRef
 from spotrun_operator.classify import NodeInfo
 from spotrun_operator.common import LABEL_ATTEMPT, LABEL_REPLICA_TYPE, LABEL_RUN, fmt_time
 from spotrun_operator.config import OperatorConfig
+from spotrun_operator.observe import parse_run_spec
 from spotrun_operator.plan import Observed
 
 T0 = dt.datetime(2026, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -164,10 +166,12 @@ def observed(
     nodes: list[NodeInfo] | None = None,
     **kw: Any,
 ) -> Observed:
+    parsed, error = parse_run_spec(spec(**(spec_over or {})))
     return Observed(
         ref=REF,
-        spec=spec(**(spec_over or {})),
-        status=status or {},
+        spec=parsed,
+        spec_error=error,
+        status=parse_status(status),
         now=at(now),
         jobs=jobs or {},
         pods=pods or [],

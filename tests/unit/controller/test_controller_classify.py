@@ -11,7 +11,8 @@ from controller_fakes import at, gang, job, node, pod
 from spotrun_dev import traces
 from spotrun_operator import classify as c
 from spotrun_operator import signals
-from spotrun_operator.classify import Kind, NodeInfo
+from spotrun_operator.classify import NodeInfo
+from spotrun_operator.classify import VerdictKind as Kind
 
 
 def verdict(

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from controller_fakes import REF, spec
 
+from spotrun_api.spec import parse_spec
 from spotrun_operator import builders as b
-from spotrun_operator.spec import parse_spec
 from spotrun_trainer import contract
 from spotrun_trainer.config import load_config
 

@@ -7,10 +7,12 @@ from typing import Any
 
 from controller_fakes import CFG, REF, gang, job, node, observed, pod, ts
 
+from spotrun_api.base import to_json
+from spotrun_api.status import parse_status
 from spotrun_dev import traces
 from spotrun_operator.plan import CreateJob, Decision, DeleteJob, DeletePods, EnsureObjects
 from spotrun_operator.reconcile import decide
-from spotrun_operator.status import get_condition
+from spotrun_operator.reducers import get_condition
 
 
 def merge(status: dict[str, Any], d: Decision) -> dict[str, Any]:
@@ -32,9 +34,9 @@ def env_of(d: Decision) -> dict[str, str]:
 
 
 def cond(status: dict[str, Any], ctype: str) -> dict[str, Any]:
-    c = get_condition(status.get("conditions") or [], ctype)
+    c = get_condition(parse_status(status).conditions, ctype)
     assert c is not None, f"no {ctype} condition"
-    return c
+    return to_json(c)
 
 
 def running_status() -> dict[str, Any]:

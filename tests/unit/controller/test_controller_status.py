@@ -3,25 +3,41 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from controller_fakes import CFG, at, gang, job, observed, ts
 from prometheus_client import CollectorRegistry, generate_latest
+from pydantic import BaseModel
 
-from spotrun_operator import status as s
+from spotrun_api.base import to_json
+from spotrun_api.status import Attempt, Progress
+from spotrun_operator import reducers as s
 from spotrun_operator.cost import DEFAULT_PRICES
 from spotrun_operator.metrics import SIGNALS, Metrics
 from spotrun_operator.plan import Decision, MetricEvent, RunGauges
 from spotrun_operator.reconcile import decide
 
 
+def _json(model: BaseModel | None) -> dict[str, Any] | None:
+    return to_json(model) if model is not None else None
+
+
+def _attempts(raw: list[dict[str, Any]]) -> list[Attempt]:
+    return [Attempt.model_validate(e) for e in raw]
+
+
+def _progress(raw: dict[str, Any]) -> Progress | None:
+    return Progress.from_status(raw)
+
+
 def test_condition_transition_time_moves_only_on_change() -> None:
     conds = s.set_condition([], "Running", True, "AttemptRunning", "a", at(0), 1)
     conds = s.set_condition(conds, "Running", True, "AttemptRunning", "b", at(5), 2)
-    c = s.get_condition(conds, "Running")
+    c = _json(s.get_condition(conds, "Running"))
     assert c is not None
     assert (c["lastTransitionTime"], c["message"], c["observedGeneration"]) == (ts(0), "b", 2)
     conds = s.set_condition(conds, "Running", False, "Recovering", "c", at(9), 2)
-    assert s.get_condition(conds, "Running")["lastTransitionTime"] == ts(9)  # type: ignore[index]
+    assert _json(s.get_condition(conds, "Running"))["lastTransitionTime"] == ts(9)  # type: ignore[index]
 
 
 def test_backoff_exponential_capped_with_jitter() -> None:
@@ -40,23 +56,24 @@ def test_consecutive_losses_reset_after_a_long_run() -> None:
         {"attempt": 3, "outcome": "Failed", "startedAt": ts(4300), "endedAt": ts(4310)},
         {"attempt": 4},
     ]
-    assert s.consecutive_losses(hist, reset_seconds=1800) == 3
-    assert s.consecutive_losses(hist[:1], reset_seconds=1800) == 1
+    assert s.consecutive_losses(_attempts(hist), reset_seconds=1800) == 3
+    assert s.consecutive_losses(_attempts(hist[:1]), reset_seconds=1800) == 1
     hist[1]["outcome"] = "Suspended"
-    assert s.consecutive_losses(hist, reset_seconds=1800) == 1
+    assert s.consecutive_losses(_attempts(hist), reset_seconds=1800) == 1
 
 
 def test_lost_work() -> None:
-    entry = {"attempt": 2, "startedAt": ts(100), "endedAt": ts(1000)}
+    raw = {"attempt": 2, "startedAt": ts(100), "endedAt": ts(1000)}
+    entry = Attempt.model_validate(raw)
     assert s.lost_work_seconds(entry, None, ts(1000)) == 900
-    assert s.lost_work_seconds(entry, {"checkpointTime": ts(700)}, ts(1000)) == 300
-    assert s.lost_work_seconds(entry, {"checkpointTime": ts(50)}, ts(1000)) == 900
-    assert s.lost_work_seconds({"attempt": 2}, None, ts(1000)) == 0
+    assert s.lost_work_seconds(entry, _progress({"checkpointTime": ts(700)}), ts(1000)) == 300
+    assert s.lost_work_seconds(entry, _progress({"checkpointTime": ts(50)}), ts(1000)) == 900
+    assert s.lost_work_seconds(Attempt(attempt=2), None, ts(1000)) == 0
     # Saved inside the notice window by this attempt: nothing lost.
-    done = {**entry, "lostWorkSeconds": 300}
-    assert s.final_lost_work(done, {"checkpointTime": ts(1050), "attempt": 2}) == 0
-    assert s.final_lost_work(done, {"checkpointTime": ts(1050), "attempt": 1}) == 300
-    assert s.final_lost_work(done, {"checkpointTime": ts(700), "attempt": 2}) == 300
+    done = Attempt.model_validate({**raw, "lostWorkSeconds": 300})
+    assert s.final_lost_work(done, _progress({"checkpointTime": ts(1050), "attempt": 2})) == 0
+    assert s.final_lost_work(done, _progress({"checkpointTime": ts(1050), "attempt": 1})) == 300
+    assert s.final_lost_work(done, _progress({"checkpointTime": ts(700), "attempt": 2})) == 300
 
 
 def test_checkpoint_interval_auto_uses_young_daly() -> None:
@@ -72,7 +89,7 @@ def test_checkpoint_interval_auto_uses_young_daly() -> None:
         for i in range(1, 4)
     ]
     # MTBF 2 h, C = 60 s: sqrt(2 * 60 * 7200) = 929 s.
-    assert s.checkpoint_interval_seconds("auto", hist, 60) == 929
+    assert s.checkpoint_interval_seconds("auto", _attempts(hist), 60) == 929
 
 
 def test_trim_history_keeps_cost_totals() -> None:
@@ -88,10 +105,11 @@ def test_trim_history_keeps_cost_totals() -> None:
         for i in range(1, 6)
     ]
     hist.append({"attempt": 6})
-    kept, arch = s.trim_history(hist, {}, limit=3)
+    kept_attempts, archived = s.trim_history(_attempts(hist), None, limit=3)
+    kept, arch = s.attempts_json(kept_attempts), _json(archived) or {}
     assert [e["attempt"] for e in kept] == [4, 5, 6]
     assert arch["attempts"] == 3 and arch["spotUSD"] == 3.0 and arch["gpuHours"] == 6.0
-    total = s.total_cost(kept, arch, at(0), {})
+    total = s.total_cost(kept_attempts, archived, at(0), {})
     assert total.spot_usd == 5.0
 
 
@@ -104,11 +122,11 @@ def test_entry_cost_of_a_running_attempt() -> None:
         "instanceType": "p4d.24xlarge",
         "capacityType": "spot",
     }
-    cost = s.entry_cost(entry, at(3600), {})
+    cost = s.entry_cost(Attempt.model_validate(entry), at(3600), {})
     assert cost.total_usd == 0 and cost.gpu_hours == 16  # unknown prices count $0
     from spotrun_operator.cost import DEFAULT_PRICES
 
-    cost = s.entry_cost(entry, at(3600), DEFAULT_PRICES)
+    cost = s.entry_cost(Attempt.model_validate(entry), at(3600), DEFAULT_PRICES)
     assert 15 < cost.spot_usd < 30 and cost.on_demand_equivalent_usd > 60
 
 

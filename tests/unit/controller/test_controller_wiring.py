@@ -76,7 +76,7 @@ class _FakeKube:
 def test_observe_keeps_the_last_state_of_pods_a_fresh_list_no_longer_has() -> None:
     """An evicted pod deleted and replaced before the reconcile lists pods still names its
     node (and so the node's interruption taint) through the watch's last state."""
-    from spotrun_operator.kube import observe
+    from spotrun_operator.observe import observe
 
     evicted = {"metadata": {"uid": "old", "name": "r-a1-worker-0"}, "spec": {"nodeName": "spot-1"}}
     replacement = {"metadata": {"uid": "new", "name": "r-a1-worker-0"}, "spec": {}}
@@ -89,7 +89,7 @@ def test_observe_keeps_the_last_state_of_pods_a_fresh_list_no_longer_has() -> No
     }
     run = {"metadata": {"name": "r", "namespace": "ml", "uid": "ru"}, "spec": {}}
     obs = observe(
-        _FakeKube([replacement], {"spot-1": node}),  # type: ignore[arg-type]
+        _FakeKube([replacement], {"spot-1": node}),
         run,
         remembered_nodes={},
         seen_pods=[evicted, replacement],

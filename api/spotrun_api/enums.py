@@ -1,0 +1,88 @@
+"""The closed vocabularies of a TrainingRun's status (str enums: the JSON is the value)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    """``status.phase``."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RECOVERING = "Recovering"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+
+class Outcome(StrEnum):
+    """``status.attempts[].outcome``: how an attempt ended."""
+
+    SUCCEEDED = "Succeeded"
+    PREEMPTED = "Preempted"
+    FAILED = "Failed"
+    CONFIG_ERROR = "ConfigurationError"
+    CAPACITY_FALLBACK = "CapacityFallback"
+    SUSPENDED = "Suspended"
+    BUDGET_EXCEEDED = "BudgetExceeded"
+
+    @property
+    def is_loss(self) -> bool:
+        """A loss grows the backoff (a fallback or a suspend is a decision, not a loss)."""
+        return self in (Outcome.PREEMPTED, Outcome.FAILED)
+
+    @property
+    def recovering_from(self) -> bool:
+        """The next attempt of this outcome is a recovery (phase Recovering)."""
+        return self in (Outcome.PREEMPTED, Outcome.FAILED, Outcome.CAPACITY_FALLBACK)
+
+
+class ConditionType(StrEnum):
+    """``status.conditions[].type`` values the operator sets."""
+
+    RUNNING = "Running"
+    RECOVERING = "Recovering"
+    CAPACITY_AVAILABLE = "CapacityAvailable"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    WITHIN_BUDGET = "WithinBudget"
+    PRICING_AVAILABLE = "PricingAvailable"
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class RunReason(StrEnum):
+    """Reasons of a run's terminal condition (and its event)."""
+
+    COMPLETED = "Completed"
+    INVALID_SPEC = "InvalidSpec"
+    MAX_PREEMPTIONS = "MaxPreemptionsReached"
+    MAX_FAILURES = "MaxFailuresReached"
+    CONFIG_ERROR = "ConfigurationError"
+
+
+class CapacityType(StrEnum):
+    SPOT = "spot"
+    ON_DEMAND = "on-demand"
+
+
+class ImagePullPolicy(StrEnum):
+    ALWAYS = "Always"
+    IF_NOT_PRESENT = "IfNotPresent"
+    NEVER = "Never"
+
+
+class AccessMode(StrEnum):
+    READ_WRITE_ONCE = "ReadWriteOnce"
+    READ_WRITE_MANY = "ReadWriteMany"
+    READ_WRITE_ONCE_POD = "ReadWriteOncePod"

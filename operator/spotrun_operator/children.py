@@ -1,0 +1,119 @@
+"""What a decision does to the run's children: create an attempt's PyTorchJob (and the
+objects it needs), stop a gang gracefully, tell when it is gone (pure: actions only)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from spotrun_api.contract import DEFAULT_TERMINATION_GRACE_SECONDS
+from spotrun_api.enums import Outcome
+from spotrun_operator import builders, reducers
+from spotrun_operator.classify import is_terminal
+from spotrun_operator.common import job_name, parse_time, pod_meta, pod_name, pod_node
+from spotrun_operator.draft import Draft
+from spotrun_operator.plan import CreateJob, DeleteJob, DeletePods, EnsureObjects
+from spotrun_operator.signals import NodeInfo
+
+
+def node_gone(pod: Mapping[str, Any], nodes: Mapping[str, NodeInfo]) -> bool:
+    """The pod's node no longer exists: no kubelet will ever stop it or confirm it.
+
+    An unreachable node that still exists may yet run the pod (a partition): its pods
+    are only force-deleted once their grace period is long over, so that two gangs
+    never write the same checkpoint folder."""
+    name = pod_node(pod)
+    node = nodes.get(name) if name else None
+    return node is not None and not node.exists
+
+
+def pods_to_stop(
+    pods: Sequence[Mapping[str, Any]],
+    nodes: Mapping[str, NodeInfo],
+    now: dt.datetime,
+    overdue_seconds: float,
+) -> tuple[list[str], list[str]]:
+    """(graceful, force): pods to SIGTERM, and pods to force-delete (their node is gone,
+    or their graceful deletion is overdue by more than ``overdue_seconds``)."""
+    graceful, force = [], []
+    for p in pods:
+        if is_terminal(p):
+            continue  # already ended; the job's deletion lets the GC remove it
+        deleting = pod_meta(p).get("deletionTimestamp")
+        if node_gone(p, nodes):
+            force.append(pod_name(p))
+        elif not deleting:
+            graceful.append(pod_name(p))
+        else:
+            deadline = parse_time(deleting)
+            if deadline and (now - deadline).total_seconds() > overdue_seconds:
+                force.append(pod_name(p))
+    return sorted(graceful), sorted(force)
+
+
+def stop_pods(d: Draft, n: int) -> None:
+    """SIGTERM every rank of attempt ``n`` at once (graceful delete). Pods on a node
+    that is gone are force-deleted: no kubelet will ever confirm their end."""
+    grace = d.spec.termination_grace_period_seconds if d.spec else DEFAULT_TERMINATION_GRACE_SECONDS
+    graceful, force = pods_to_stop(
+        d.pods_of(n), d.obs.nodes, d.now, d.cfg.stop_timeout_slack_seconds
+    )
+    if graceful:
+        d.actions.append(DeletePods(tuple(graceful), int(grace)))
+    if force:
+        d.actions.append(DeletePods(tuple(force), 0))
+
+
+def job_finished(job: Mapping[str, Any] | None) -> bool:
+    conditions = ((job or {}).get("status") or {}).get("conditions") or []
+    return any(
+        c.get("type") in ("Succeeded", "Failed") and c.get("status") == "True" for c in conditions
+    )
+
+
+def stop_gang(d: Draft, n: int, terminal: bool = False) -> None:
+    """End attempt ``n``. The PyTorchJob goes first so that the training operator does
+    not recreate the pods we delete. A finished job of a finished run is kept (its
+    pods hold the logs); only its still-running pods are stopped."""
+    job = d.obs.jobs.get(n)
+    entry = d.entry(n)
+    finished = (entry is not None and entry.outcome is Outcome.SUCCEEDED) or job_finished(job)
+    if job is not None and not (terminal and finished):
+        d.actions.append(DeleteJob(job_name(d.obs.ref.name, n)))
+    stop_pods(d, n)
+
+
+def gang_gone(d: Draft, n: int) -> bool:
+    """No pod of attempt ``n`` can still run (or still be writing its checkpoint)."""
+    return all(is_terminal(p) or node_gone(p, d.obs.nodes) for p in d.pods_of(n))
+
+
+def avoided_nodes(d: Draft) -> list[str]:
+    """Nodes the next attempt must not land on: tainted now, or behind recent preemptions."""
+    recent = reducers.recent_interrupted_nodes(d.history, d.now, d.cfg.avoid_nodes_seconds)
+    return sorted(set(d.obs.interrupted_nodes) | set(recent))
+
+
+def create_job(d: Draft, n: int) -> None:
+    """Ensure the run's objects, then create attempt ``n``'s PyTorchJob."""
+    spec = d.spec
+    assert spec is not None
+    ref = d.obs.ref
+    entry = d.entry(n)
+    objs = [
+        builders.build_pvc(ref, spec),
+        builders.build_service_account(ref),
+        builders.build_role(ref),
+        builders.build_role_binding(ref),
+    ]
+    d.actions.append(EnsureObjects(tuple(o for o in objs if o is not None)))
+    body = builders.build_pytorchjob(
+        ref,
+        spec,
+        attempt=n,
+        capacity_type=(entry.capacity_type if entry else None) or spec.capacity.type.value,
+        interval_seconds=reducers.interval_of(entry),
+        avoid_nodes=avoided_nodes(d),
+    )
+    d.actions.append(CreateJob(body))

@@ -1,0 +1,121 @@
+"""Observation: everything :func:`reconcile.decide` needs about one TrainingRun, read
+fresh from the API through the I/O module's public read methods, plus what only the
+watch saw (the last state of pods and nodes now gone).
+
+This module never writes; it depends on the reads it needs (:class:`KubeReads`), not on
+the client class, so the I/O module can change without touching it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from spotrun_api.spec import InvalidSpec, TrainingRunSpec, parse_spec
+from spotrun_api.status import parse_status
+from spotrun_operator import builders
+from spotrun_operator.builders import RunRef
+from spotrun_operator.common import utcnow
+from spotrun_operator.plan import Observed
+from spotrun_operator.signals import NodeInfo, node_info
+from spotrun_operator.verdicts import BUILD_ERRORS
+
+Obj = dict[str, Any]
+
+
+class KubeReads(Protocol):
+    """The reads observation makes (implemented by ``kube.Kube``)."""
+
+    def list_jobs(self, namespace: str, run: str, owner_uid: str) -> dict[int, Obj]: ...
+
+    def list_pods(self, namespace: str, run: str) -> list[Obj]: ...
+
+    def get_node(self, name: str) -> Obj | None: ...
+
+    def missing(self, namespace: str, refs: Sequence[tuple[str, str]]) -> list[str]: ...
+
+
+def run_ref(run: Mapping[str, Any]) -> RunRef:
+    meta = run["metadata"]
+    return RunRef(
+        name=meta["name"],
+        namespace=meta["namespace"],
+        uid=meta["uid"],
+        generation=int(meta.get("generation") or 1),
+    )
+
+
+def observe(
+    kube: KubeReads,
+    run: Mapping[str, Any],
+    *,
+    remembered_nodes: Mapping[str, NodeInfo],
+    seen_pods: Sequence[Mapping[str, Any]],
+    interrupted_nodes: Sequence[str],
+    **extra: Any,
+) -> Observed:
+    """Everything :func:`reconcile.decide` needs about ``run``, read fresh from the API
+    (plus what only the watch saw: the last state of pods and nodes now gone)."""
+    ref = run_ref(run)
+    jobs = kube.list_jobs(ref.namespace, ref.name, ref.uid)
+    pods = kube.list_pods(ref.namespace, ref.name)
+    # A pod the watch saw that a fresh list no longer has is gone: keep its last state.
+    live = {str((p.get("metadata") or {}).get("uid")) for p in pods}
+    deleted_pods = [p for p in seen_pods if str((p.get("metadata") or {}).get("uid")) not in live]
+    names = {
+        str((p.get("spec") or {}).get("nodeName"))
+        for p in [*pods, *deleted_pods]
+        if (p.get("spec") or {}).get("nodeName")
+    }
+    nodes: dict[str, NodeInfo] = {}
+    for name in sorted(names):
+        obj = kube.get_node(name)
+        if obj is not None:
+            nodes[name] = node_info(obj)
+        else:
+            last = remembered_nodes.get(name)
+            nodes[name] = NodeInfo(
+                name=name,
+                exists=False,
+                labels=last.labels if last else {},
+                taints=last.taints if last else (),
+                ready=last.ready if last else "Unknown",
+                ready_message=last.ready_message if last else "",
+                ready_since=last.ready_since if last else None,
+            )
+    spec, spec_error = parse_run_spec(run.get("spec"))
+    return Observed(
+        ref=ref,
+        spec=spec,
+        spec_error=spec_error,
+        status=parse_status(run.get("status")),
+        now=utcnow(),
+        jobs=jobs,
+        pods=pods,
+        deleted_pods=list(deleted_pods),
+        nodes=nodes,
+        missing_refs=_missing(kube, ref, spec),
+        interrupted_nodes=list(interrupted_nodes),
+        deleting=bool((run.get("metadata") or {}).get("deletionTimestamp")),
+        **extra,
+    )
+
+
+def parse_run_spec(raw: Any) -> tuple[TrainingRunSpec | None, str]:
+    """The typed spec, or None and why the model rejects it (decide's InvalidSpec)."""
+    try:
+        return parse_spec(raw if raw is not None else {}), ""
+    except InvalidSpec as exc:
+        return None, str(exc)
+
+
+def _missing(kube: KubeReads, ref: RunRef, spec: TrainingRunSpec | None) -> list[str]:
+    """Objects the pods need that do not exist (none checked for an unusable spec: decide
+    reports that instead)."""
+    if spec is None:
+        return []
+    try:
+        refs = builders.referenced_objects(spec, ref)
+    except BUILD_ERRORS:
+        return []
+    return kube.missing(ref.namespace, refs)

@@ -1,0 +1,89 @@
+"""The run-level steps a decision takes, each a few edits of the :class:`Draft`: record
+an attempt's outcome, schedule the next one, adopt an unknown job, end the run."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from spotrun_api.enums import ConditionType, Outcome, Phase, RunReason
+from spotrun_operator import printer, reducers
+from spotrun_operator.common import fmt_time, parse_time
+from spotrun_operator.draft import Draft
+
+
+def record(d: Draft, n: int, outcome: Outcome, reason: str, message: str, **fields: Any) -> None:
+    """The outcome of attempt ``n``: written before anything acts on it."""
+    d.update(
+        n,
+        outcome=outcome,
+        reason=reason,
+        message=message[:1024],
+        ended_at=fmt_time(d.now),
+        end_step=printer.end_step(n, d.progress_json),
+        unschedulable_since=None,
+        config_error_since=None,
+        **fields,
+    )
+
+
+def schedule_next(d: Draft, n: int, why: str) -> None:
+    losses = reducers.consecutive_losses(d.history, d.cfg.backoff_reset_seconds)
+    delay = reducers.backoff_seconds(losses, d.cfg, d.obs.rand)
+    due = d.now + dt.timedelta(seconds=delay)
+    d.update(n, next_attempt_at=fmt_time(due))
+    d.say(f"{why}; attempt {n + 1} after a {delay:.1f}s backoff")
+
+
+def adopt(d: Draft, n: int) -> None:
+    """A PyTorchJob exists that status does not know (status lost or restored): take it
+    over as the live attempt instead of creating another."""
+    job = d.obs.jobs.get(n) or {}
+    created = (job.get("metadata") or {}).get("creationTimestamp") or fmt_time(d.now)
+    spec = d.spec
+    d.update(
+        n,
+        created_at=created,
+        capacity_type=spec.capacity.type.value if spec else "spot",
+        nodes=spec.nodes if spec else 1,
+        gpus=spec.gpus_per_node if spec else 0,
+    )
+    d.status.attempt = n
+
+
+def _end_run(d: Draft, phase: Phase, message: str) -> None:
+    d.status.phase = phase
+    d.say(message)
+    d.status.completion_time = fmt_time(d.now)
+    d.terminal_now = True
+
+
+def fail_run(d: Draft, reason: str, message: str) -> None:
+    _end_run(d, Phase.FAILED, message)
+    d.set_condition(ConditionType.FAILED, True, reason, message)
+    d.event("Warning", reason, message)
+
+
+def succeed_run(d: Draft, message: str) -> None:
+    _end_run(d, Phase.SUCCEEDED, message)
+    d.set_condition(ConditionType.SUCCEEDED, True, RunReason.COMPLETED, message)
+    d.event("Normal", "Succeeded", message)
+
+
+def finish_attempt(d: Draft, n: int) -> None:
+    """Every pod of attempt ``n`` is gone: fix its lost work and cost for good."""
+    entry = d.entry(n) or d.update(n)
+    fields: dict[str, Any] = {"stopped_at": fmt_time(d.now)}
+    if entry.outcome is Outcome.PREEMPTED:
+        lost = reducers.final_lost_work(entry, d.progress)
+        fields["lost_work_seconds"] = round(lost, 1)
+        last = d.status.last_preemption
+        if last is not None and last.attempt == n:
+            d.status.last_preemption = last.model_copy(update={"lost_work_seconds": round(lost, 1)})
+        d.metric("lost_work", value=lost, signal=str(entry.reason))
+    final = entry.model_copy(update=fields)
+    fields.update(reducers.cost_fields(reducers.entry_cost(final, d.now, d.prices)))
+    d.update(n, **fields)
+    due = parse_time(entry.next_attempt_at)
+    wait = f"; next attempt in {max(0.0, (due - d.now).total_seconds()):.0f}s" if due else ""
+    d.event("Normal", "AttemptStopped", f"attempt {n}: every pod is gone{wait}")
