@@ -197,9 +197,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # kopf logs every handled watch event at INFO; keep the log to our decisions.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    if args.kubeconfig:
-        # kopf's own login reads KUBECONFIG; keep both clients on the same cluster.
-        os.environ["KUBECONFIG"] = args.kubeconfig
     registry = CollectorRegistry()
     runner = build_runner(args, registry)
     if args.metrics_port:

@@ -37,6 +37,8 @@ class Observed:
     prices: Mapping[str, Price] | Prices | None = None  # None: cost.DEFAULT_PRICES
     pricing_condition: Mapping[str, str] | None = None  # PricingAvailable, when priced by AWS
     deleting: bool = False
+    # The apiserver's refusal of objects built from this generation's spec (InvalidSpec).
+    rejected: str = ""
 
 
 # --- actions, executed in order after the status write --------------------------------

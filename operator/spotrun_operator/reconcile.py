@@ -45,6 +45,8 @@ def decide(obs: Observed, cfg: OperatorConfig) -> Decision:
         error = ""
     except (ValueError, KeyError, TypeError) as exc:
         spec, error = None, str(exc)
+    if obs.rejected:
+        spec, error = None, obs.rejected
     r = Recovery(obs, cfg, spec)
     if spec is None:
         if r.phase not in TERMINAL:

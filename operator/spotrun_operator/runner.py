@@ -18,16 +18,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from spotrun_operator.apiserver import Rejected
+from spotrun_operator.common import utcnow
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.cost import Price, Prices
 from spotrun_operator.kube import Kube, observe, run_ref
 from spotrun_operator.metrics import Metrics
+from spotrun_operator.plan import Observed
 from spotrun_operator.reconcile import decide
 from spotrun_operator.signals import INTERRUPTION_TAINTS, NodeInfo, node_info
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
 # Prices for some instance types, and the PricingAvailable condition (None: not priced by AWS).
+# Code that turns a spec into objects, and the exceptions a value of the wrong shape raises
+# in it: see built_from_spec.
+SPEC_MODULES = frozenset(f"spotrun_operator.{m}" for m in ("builders", "podtemplate", "spec"))
+SPEC_ERRORS = (TypeError, AttributeError, KeyError, ValueError, IndexError)
 PriceSource = Callable[
     [Sequence[str]], tuple[Mapping[str, Price] | Prices, Mapping[str, str] | None]
 ]
@@ -47,6 +54,8 @@ class Memory:
         self._nodes: dict[str, _Seen] = {}
         self._pods: dict[Key, dict[str, tuple[float, dict[str, Any]]]] = {}
         self._announced: dict[str, float] = {}
+        # (namespace, run) -> (when, (uid, generation), why the apiserver refused its spec)
+        self._rejected: dict[Key, tuple[float, tuple[str, int], str]] = {}
         self.ttl = ttl_seconds
         self.max_items = max_items
 
@@ -96,6 +105,21 @@ class Memory:
     def forget_run(self, namespace: str, run: str) -> None:
         with self._lock:
             self._pods.pop((namespace, run), None)
+            self._rejected.pop((namespace, run), None)
+
+    def reject(self, run: Mapping[str, Any], message: str) -> None:
+        """Remember that the objects built from this generation of ``run`` were refused."""
+        key, version = _generation(run)
+        with self._lock:
+            self._rejected[key] = (time.monotonic(), version, message)
+            self._prune(time.monotonic())
+
+    def rejection(self, run: Mapping[str, Any]) -> str:
+        """Why this generation of ``run`` was refused ("" when it was not)."""
+        key, version = _generation(run)
+        with self._lock:
+            seen = self._rejected.get(key)
+        return seen[2] if seen and seen[1] == version else ""
 
     def first_time(self, key: str) -> bool:
         """True once per key (events announced once per process)."""
@@ -116,8 +140,16 @@ class Memory:
                 del self._pods[key]
         for k in [k for k, t in self._announced.items() if t < cutoff]:
             del self._announced[k]
+        for key in [k for k, r in self._rejected.items() if r[0] < cutoff]:
+            del self._rejected[key]
         while len(self._nodes) > self.max_items:
             del self._nodes[min(self._nodes, key=lambda n: self._nodes[n].at)]
+
+
+def _generation(run: Mapping[str, Any]) -> tuple[Key, tuple[str, int]]:
+    meta = run["metadata"]
+    key = (str(meta["namespace"]), str(meta["name"]))
+    return key, (str(meta.get("uid")), int(meta.get("generation") or 1))
 
 
 def table_prices(_types: Sequence[str]) -> tuple[Mapping[str, Price] | Prices, None]:
@@ -214,33 +246,83 @@ class Runner:
                 if run is None:
                     self.metrics.observe_run(namespace, name, None, None)
                     return None
-                ref = run_ref(run)
-                types = ((run.get("spec") or {}).get("capacity") or {}).get("instanceTypes") or []
-                prices, pricing_condition = self.prices(list(types))
-                obs = observe(
-                    self.kube,
-                    run,
-                    remembered_nodes=self.memory.nodes(),
-                    seen_pods=self.memory.seen_pods(namespace, name),
-                    interrupted_nodes=self.memory.interrupted_nodes(),
-                    rand=random.random(),
-                    prices=prices,
-                    pricing_condition=pricing_condition,
-                )
-                d = decide(obs, self.cfg)
-                if d.status is not None:
-                    rv = str(run["metadata"]["resourceVersion"])
-                    if not self.kube.patch_run_status(namespace, name, rv, d.status):
-                        continue  # someone (the trainer) wrote meanwhile: look again
-                self.metrics.record(d.metrics)
-                for ev in d.events:
-                    if ev.key is None or self.memory.first_time(ev.key):
-                        self.kube.post_event(ref, ev)
-                self.kube.execute(namespace, d.actions)
-                self.metrics.observe_run(namespace, name, d.phase, d.checkpoint_time, d.gauges)
-                for ev in d.events:
-                    log.info("%s/%s %s: %s", namespace, name, ev.reason, ev.message)
-                return d.requeue_after
+                delay = self._reconcile_once(run)
+                if delay is not None:
+                    return delay
             return 0.5
         finally:
             self.metrics.reconcile_duration.observe(time.monotonic() - started)
+
+    def _reconcile_once(self, run: Mapping[str, Any]) -> float | None:
+        """One observe-decide-write-act pass over ``run`` as read; None: look again (the
+        status write lost a race, or the apiserver refused what the spec builds)."""
+        ref = run_ref(run)
+        rejected = self.memory.rejection(run)
+        try:
+            d = decide(self._observe(run, rejected), self.cfg)
+        except Exception as exc:
+            if rejected or not built_from_spec(exc):
+                raise
+            self.memory.reject(run, f"the spec cannot be built ({type(exc).__name__}: {exc})")
+            return None
+        if d.status is not None:
+            rv = str(run["metadata"]["resourceVersion"])
+            if not self.kube.patch_run_status(ref.namespace, ref.name, rv, d.status):
+                return None  # someone (the trainer) wrote meanwhile: look again
+        self.metrics.record(d.metrics)
+        for ev in d.events:
+            if ev.key is None or self.memory.first_time(ev.key):
+                self.kube.post_event(ref, ev)
+        try:
+            self.kube.execute(ref.namespace, d.actions)
+        except Rejected as exc:
+            # A verdict on the spec, not a transient error: decide() makes it InvalidSpec.
+            self.memory.reject(run, f"the apiserver refused it: {exc}")
+            return None
+        self.metrics.observe_run(ref.namespace, ref.name, d.phase, d.checkpoint_time, d.gauges)
+        for ev in d.events:
+            log.info("%s/%s %s: %s", ref.namespace, ref.name, ev.reason, ev.message)
+        return d.requeue_after
+
+    def _observe(self, run: Mapping[str, Any], rejected: str) -> Observed:
+        ns, name = run["metadata"]["namespace"], run["metadata"]["name"]
+        types = ((run.get("spec") or {}).get("capacity") or {}).get("instanceTypes") or []
+        prices, pricing_condition = self.prices(list(types))
+        try:
+            return observe(
+                self.kube,
+                run,
+                remembered_nodes=self.memory.nodes(),
+                seen_pods=self.memory.seen_pods(ns, name),
+                interrupted_nodes=self.memory.interrupted_nodes(),
+                rand=random.random(),
+                prices=prices,
+                pricing_condition=pricing_condition,
+                rejected=rejected,
+            )
+        except Exception as exc:
+            if not (rejected and built_from_spec(exc)):
+                raise
+            # observe() itself cannot read this spec; a refused spec needs no more.
+            return Observed(
+                ref=run_ref(run),
+                spec=dict(run.get("spec") or {}),
+                status=dict(run.get("status") or {}),
+                now=utcnow(),
+                prices=prices,
+                rejected=rejected,
+            )
+
+
+def built_from_spec(exc: BaseException) -> bool:
+    """True when ``exc`` is a malformed user value meeting the code that builds objects
+    from the spec (a string where the pod template has a list...): the spec's fault, so a
+    verdict, where any other exception is retried."""
+    if not isinstance(exc, SPEC_ERRORS):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__") in SPEC_MODULES:
+            return True
+        tb = tb.tb_next
+    return False

@@ -1,0 +1,105 @@
+"""What the operator says to and hears from the apiserver, as pure functions: the kinds it
+uses, kopf's credentials from the client configuration, the pods a PyTorchJob will make,
+the message of a refusal. :mod:`spotrun_operator.kube` does the I/O."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from spotrun_operator.common import (
+    GROUP,
+    KIND,
+    PYTORCHJOB_GROUP,
+    PYTORCHJOB_KIND,
+    PYTORCHJOB_VERSION,
+    VERSION,
+)
+
+Obj = dict[str, Any]
+
+MERGE_PATCH = "application/merge-patch+json"
+# Existence checks of Secrets read metadata only: the operator never needs their data.
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+# apiVersion of each kind the operator reads, creates or checks.
+API_VERSIONS: Mapping[str, str] = {
+    "PersistentVolumeClaim": "v1",
+    "ServiceAccount": "v1",
+    "Secret": "v1",
+    "ConfigMap": "v1",
+    "Event": "v1",
+    "Pod": "v1",
+    "Node": "v1",
+    "Role": "rbac.authorization.k8s.io/v1",
+    "RoleBinding": "rbac.authorization.k8s.io/v1",
+    PYTORCHJOB_KIND: f"{PYTORCHJOB_GROUP}/{PYTORCHJOB_VERSION}",
+    KIND: f"{GROUP}/{VERSION}",
+}
+# The apiserver's answers that judge the request itself: retrying cannot help.
+REJECTED = frozenset({400, 422})
+
+
+class Rejected(Exception):
+    """The apiserver refused an object built from a run's spec (400/422, or a dry run of
+    its pods): a verdict on the spec (``InvalidSpec``), never a reason to retry."""
+
+
+def credentials(cfg: client.Configuration) -> dict[str, Any]:
+    """What kopf's ``ConnectionInfo`` needs, from the client's configuration, so that kopf's
+    watches and the operator's own calls reach one cluster with one identity.
+
+    The token is read through ``get_api_key_with_prefix``, which runs the configuration's
+    refresh hook (rotated service-account tokens, exec plugins); kopf calls the login
+    handler again on a 401. Mirrors kopf's own ``login_via_client`` (nolar/kopf,
+    kopf/_core/intents/piggybacking.py), minus its loading of the default configuration."""
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix(
+        "authorization"
+    )
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0] if parts else None)
+    return {
+        "server": cfg.host,
+        "ca_path": cfg.ssl_ca_cert,
+        "insecure": not cfg.verify_ssl,
+        "username": cfg.username or None,
+        "password": cfg.password or None,
+        "scheme": scheme,
+        "token": token,
+        "certificate_path": cfg.cert_file,
+        "private_key_path": cfg.key_file,
+    }
+
+
+def replica_pods(job: Mapping[str, Any]) -> list[Obj]:
+    """One pod per replica type of a PyTorchJob, as the training operator would make it
+    from the template (name ``<job>-<type>-0``): what a server-side dry run validates."""
+    meta = job["metadata"]
+    pods = []
+    for rtype, replica in sorted((job.get("spec") or {}).get("pytorchReplicaSpecs", {}).items()):
+        template = replica.get("template") or {}
+        tmeta = dict(template.get("metadata") or {})
+        pods.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    **tmeta,
+                    "name": f"{meta['name']}-{str(rtype).lower()}-0",
+                    "namespace": meta["namespace"],
+                },
+                "spec": template.get("spec") or {},
+            }
+        )
+    return pods
+
+
+def message_of(exc: ApiException) -> str:
+    """The apiserver's own message (a Status object's), else the HTTP reason."""
+    try:
+        return str(json.loads(exc.body or "")["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"{exc.status} {exc.reason}"
