@@ -4,7 +4,9 @@ the message of a refusal. :mod:`spotrun_operator.kube` does the I/O."""
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,6 +43,8 @@ API_VERSIONS: Mapping[str, str] = {
 }
 # The apiserver's answers that judge the request itself: retrying cannot help.
 REJECTED = frozenset({400, 422})
+# How RBAC says no (a 403 that is about the operator's grants, not about the object).
+_RBAC_DENIAL = re.compile(r'User ".*" cannot [a-z]+ resource')
 
 
 class Rejected(Exception):
@@ -97,9 +101,36 @@ def replica_pods(job: Mapping[str, Any]) -> list[Obj]:
     return pods
 
 
+def refused(exc: ApiException) -> bool:
+    """True when the apiserver judged the object itself (invalid, or denied by an admission
+    webhook or policy, PodSecurity included), not the operator's rights (RBAC)."""
+    if exc.status in REJECTED:
+        return True
+    return exc.status == 403 and not _RBAC_DENIAL.search(message_of(exc))
+
+
 def message_of(exc: ApiException) -> str:
     """The apiserver's own message (a Status object's), else the HTTP reason."""
     try:
         return str(json.loads(exc.body or "")["message"])
     except (ValueError, KeyError, TypeError):
         return f"{exc.status} {exc.reason}"
+
+
+def raw_template_job(run: Mapping[str, Any]) -> Obj:
+    """A PyTorchJob holding the run's pod template and env exactly as the user wrote them:
+    when spotrun cannot even merge them, a dry run of this lets the CRD's schema name the
+    field of the wrong type."""
+    meta, spec = run["metadata"], run.get("spec") or {}
+    template = copy.deepcopy(spec.get("podTemplate") or {})
+    if "env" in spec:
+        check = {"name": "env-check", "image": "env-check", "env": copy.deepcopy(spec["env"])}
+        pod = template.setdefault("spec", {}) if isinstance(template, dict) else {}
+        if isinstance(pod, dict) and isinstance(pod.get("containers", []), list):
+            pod["containers"] = [*pod.get("containers", []), check]
+    return {
+        "apiVersion": API_VERSIONS[PYTORCHJOB_KIND],
+        "kind": PYTORCHJOB_KIND,
+        "metadata": {"name": f"{meta['name']}-check", "namespace": meta["namespace"]},
+        "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "template": template}}},
+    }

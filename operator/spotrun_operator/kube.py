@@ -29,9 +29,9 @@ from spotrun_operator.apiserver import (
     API_VERSIONS,
     MERGE_PATCH,
     METADATA_ONLY,
-    REJECTED,
     Rejected,
     message_of,
+    refused,
     replica_pods,
 )
 from spotrun_operator.builders import RunRef
@@ -226,7 +226,7 @@ class Kube:
         except ApiException as exc:
             if exc.status == 409:
                 return False
-            if exc.status in REJECTED:
+            if refused(exc):
                 raise Rejected(message_of(exc)) from None
             raise
         return True
@@ -247,6 +247,14 @@ class Kube:
                 self._dry_run_pods = False
                 log.warning("no grant to dry-run pods (create pods): pod specs go unchecked")
                 return
+
+    def refusal(self, namespace: str, job: Mapping[str, Any]) -> str:
+        """The apiserver's objection to ``job`` (a dry run), "" when it has none."""
+        try:
+            self.create(job, dry_run=True)
+        except Rejected as exc:
+            return str(exc)
+        return ""
 
     def _delete(self, kind: str, namespace: str, name: str, **params: Any) -> None:
         try:
@@ -309,6 +317,8 @@ class Kube:
                 for obj in action.objects:
                     self.create(obj)
             elif isinstance(action, CreateJob):
+                # Types first (the PyTorchJob CRD's schema names the field), then values.
+                self.create(action.body, dry_run=True)
                 self.check_pods(action.body)
                 if self.create(action.body):
                     log.info("created PyTorchJob %s/%s", namespace, action.body["metadata"]["name"])

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from spotrun_operator.apiserver import Rejected
+from spotrun_operator.apiserver import Rejected, raw_template_job
 from spotrun_operator.common import utcnow
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.cost import Price, Prices
@@ -263,7 +263,8 @@ class Runner:
         except Exception as exc:
             if rejected or not built_from_spec(exc):
                 raise
-            self.memory.reject(run, f"the spec cannot be built ({type(exc).__name__}: {exc})")
+            why = self.kube.refusal(ref.namespace, raw_template_job(run))
+            self.memory.reject(run, why or f"cannot be built ({type(exc).__name__}: {exc})")
             return None
         if d.status is not None:
             rv = str(run["metadata"]["resourceVersion"])
@@ -277,7 +278,7 @@ class Runner:
             self.kube.execute(ref.namespace, d.actions)
         except Rejected as exc:
             # A verdict on the spec, not a transient error: decide() makes it InvalidSpec.
-            self.memory.reject(run, f"the apiserver refused it: {exc}")
+            self.memory.reject(run, str(exc))
             return None
         self.metrics.observe_run(ref.namespace, ref.name, d.phase, d.checkpoint_time, d.gauges)
         for ev in d.events:
