@@ -13,14 +13,17 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from spotrun_operator.builders import RunRef
 from spotrun_operator.common import (
     GROUP,
     KIND,
+    MANAGER,
     PYTORCHJOB_GROUP,
     PYTORCHJOB_KIND,
     PYTORCHJOB_VERSION,
     VERSION,
 )
+from spotrun_operator.plan import Event
 
 Obj = dict[str, Any]
 
@@ -133,4 +136,29 @@ def raw_template_job(run: Mapping[str, Any]) -> Obj:
         "kind": PYTORCHJOB_KIND,
         "metadata": {"name": f"{meta['name']}-check", "namespace": meta["namespace"]},
         "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "template": template}}},
+    }
+
+
+def event_body(ref: RunRef, ev: Event, name: str, now: str, instance: str) -> Obj:
+    """A core/v1 Event about the run (``ev.message`` cut to the apiserver's 1024 bytes)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name, "namespace": ref.namespace},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": ref.name,
+            "namespace": ref.namespace,
+            "uid": ref.uid,
+        },
+        "type": ev.type,
+        "reason": ev.reason,
+        "message": ev.message[:1024],
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "source": {"component": MANAGER},
+        "reportingComponent": MANAGER,
+        "reportingInstance": instance,
     }

@@ -30,18 +30,16 @@ from spotrun_operator.apiserver import (
     MERGE_PATCH,
     METADATA_ONLY,
     Rejected,
+    event_body,
     message_of,
     refused,
     replica_pods,
 )
 from spotrun_operator.builders import RunRef
 from spotrun_operator.common import (
-    GROUP,
     KIND,
     LABEL_RUN,
-    MANAGER,
     PYTORCHJOB_KIND,
-    VERSION,
     fmt_time,
     parse_job_name,
     utcnow,
@@ -84,6 +82,7 @@ class Kube:
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
         self._dyn: DynamicClient | None = None
         self._lock = threading.Lock()
+        self._resources: dict[str, Any] = {}
         self._dry_run_pods = True  # False once the apiserver said 403 (no grant)
 
     @property
@@ -95,7 +94,13 @@ class Kube:
             return self._dyn
 
     def _res(self, kind: str) -> Any:
-        return self.dyn.resources.get(api_version=API_VERSIONS[kind], kind=kind)
+        """The dynamic client's resource of ``kind``, looked up once (worker threads share
+        it; a kind not served yet, such as PyTorchJob before its CRD, is looked up again)."""
+        dyn = self.dyn
+        with self._lock:
+            if kind not in self._resources:
+                self._resources[kind] = dyn.resources.get(api_version=API_VERSIONS[kind], kind=kind)
+            return self._resources[kind]
 
     def _json(self, resp: Any) -> Any:
         data: bytes = resp.data or b""
@@ -279,29 +284,9 @@ class Kube:
         self._delete("Pod", namespace, name, grace_period_seconds=grace_seconds)
 
     def post_event(self, ref: RunRef, ev: Event) -> None:
-        now = fmt_time(utcnow())
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            # Names grow with time, so events of the same second still list in order.
-            "metadata": {"name": f"{ref.name}.{time.time_ns():x}", "namespace": ref.namespace},
-            "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
-                "name": ref.name,
-                "namespace": ref.namespace,
-                "uid": ref.uid,
-            },
-            "type": ev.type,
-            "reason": ev.reason,
-            "message": ev.message[:1024],
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "source": {"component": MANAGER},
-            "reportingComponent": MANAGER,
-            "reportingInstance": self.instance,
-        }
+        # Names grow with time, so events of the same second still list in order.
+        name = f"{ref.name}.{time.time_ns():x}"
+        body = event_body(ref, ev, name, fmt_time(utcnow()), self.instance)
         try:
             self.create(body)
         except (ApiException, Rejected) as exc:  # best effort: never fail a reconcile
