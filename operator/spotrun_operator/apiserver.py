@@ -23,7 +23,7 @@ from spotrun_operator.common import (
     PYTORCHJOB_VERSION,
     VERSION,
 )
-from spotrun_operator.plan import Event
+from spotrun_operator.plan import Event, Rejected
 
 Obj = dict[str, Any]
 
@@ -50,9 +50,13 @@ REJECTED = frozenset({400, 422})
 _RBAC_DENIAL = re.compile(r'User ".*" cannot [a-z]+ resource')
 
 
-class Rejected(Exception):
-    """The apiserver refused an object built from a run's spec (400/422, or a dry run of
-    its pods): a verdict on the spec (``InvalidSpec``), never a reason to retry."""
+class Refused(Exception):
+    """The apiserver refused an object built from a run's spec (400/422, or a denial that
+    is not RBAC's), maybe in a dry run: a verdict on the spec, never a reason to retry."""
+
+    def __init__(self, kind: str, name: str, message: str) -> None:
+        super().__init__(f"{kind} {name}: {message}")
+        self.rejected = Rejected(kind, name, message)
 
 
 def credentials(cfg: client.Configuration) -> dict[str, Any]:

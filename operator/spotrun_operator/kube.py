@@ -29,7 +29,7 @@ from spotrun_operator.apiserver import (
     API_VERSIONS,
     MERGE_PATCH,
     METADATA_ONLY,
-    Rejected,
+    Refused,
     event_body,
     message_of,
     refused,
@@ -52,6 +52,7 @@ from spotrun_operator.plan import (
     EnsureObjects,
     Event,
     Observed,
+    Rejected,
 )
 from spotrun_operator.signals import NodeInfo, node_info
 from spotrun_operator.spec import parse_spec
@@ -217,7 +218,7 @@ class Kube:
     def create(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> bool:
         """Create ``obj``; False when it already exists (deterministic names: a 409 means a
         previous reconcile, maybe of a killed operator, created it). Raises
-        :class:`Rejected` when the apiserver judges the object invalid (400, 422)."""
+        :class:`Refused` when the apiserver judges the object invalid (400, 422)."""
         meta = obj["metadata"]
         try:
             self.dyn.create(
@@ -232,14 +233,14 @@ class Kube:
             if exc.status == 409:
                 return False
             if refused(exc):
-                raise Rejected(message_of(exc)) from None
+                raise Refused(str(obj["kind"]), str(meta["name"]), message_of(exc)) from None
             raise
         return True
 
     def check_pods(self, job: Mapping[str, Any]) -> None:
         """Server-side dry run of the pods the training operator will make from ``job``:
         an invalid pod (a negative quantity, an unknown toleration operator, a volume
-        without a source) raises :class:`Rejected` now, instead of leaving the training
+        without a source) raises :class:`Refused` now, instead of leaving the training
         operator failing to create it and the run Pending."""
         if not self._dry_run_pods:
             return
@@ -253,13 +254,13 @@ class Kube:
                 log.warning("no grant to dry-run pods (create pods): pod specs go unchecked")
                 return
 
-    def refusal(self, namespace: str, job: Mapping[str, Any]) -> str:
-        """The apiserver's objection to ``job`` (a dry run), "" when it has none."""
+    def refusal(self, job: Mapping[str, Any]) -> Rejected | None:
+        """The apiserver's objection to ``job`` (a dry run), None when it has none."""
         try:
             self.create(job, dry_run=True)
-        except Rejected as exc:
-            return str(exc)
-        return ""
+        except Refused as exc:
+            return exc.rejected
+        return None
 
     def _delete(self, kind: str, namespace: str, name: str, **params: Any) -> None:
         try:
@@ -289,13 +290,13 @@ class Kube:
         body = event_body(ref, ev, name, fmt_time(utcnow()), self.instance)
         try:
             self.create(body)
-        except (ApiException, Rejected) as exc:  # best effort: never fail a reconcile
+        except (ApiException, Refused) as exc:  # best effort: never fail a reconcile
             log.warning(
                 "event %s for %s/%s not posted: %s", ev.reason, ref.namespace, ref.name, exc
             )
 
     def execute(self, namespace: str, actions: Sequence[Action]) -> None:
-        """Carry ``actions`` out in order; :class:`Rejected` when the apiserver refuses an
+        """Carry ``actions`` out in order; :class:`Refused` when the apiserver refuses an
         object built from the spec (the objects before it stay: the run owns them)."""
         for action in actions:
             if isinstance(action, EnsureObjects):

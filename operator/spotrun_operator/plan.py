@@ -22,6 +22,17 @@ Obj = dict[str, Any]
 
 
 @dataclass(frozen=True)
+class Rejected:
+    """The apiserver refused a child of the run (or a dry run of it): what the spec asks
+    for cannot run. The I/O layer observes again with ``Observed.rejected`` set, and
+    :func:`reconcile.decide` fails the run (InvalidSpec)."""
+
+    kind: str  # PyTorchJob, Pod, PersistentVolumeClaim, ...
+    name: str
+    message: str  # the apiserver's message, naming the field
+
+
+@dataclass(frozen=True)
 class Observed:
     ref: RunRef
     spec: Mapping[str, Any]
@@ -37,8 +48,7 @@ class Observed:
     prices: Mapping[str, Price] | Prices | None = None  # None: cost.DEFAULT_PRICES
     pricing_condition: Mapping[str, str] | None = None  # PricingAvailable, when priced by AWS
     deleting: bool = False
-    # The apiserver's refusal of objects built from this generation's spec (InvalidSpec).
-    rejected: str = ""
+    rejected: Rejected | None = None  # a child the apiserver refused: InvalidSpec
 
 
 # --- actions, executed in order after the status write --------------------------------

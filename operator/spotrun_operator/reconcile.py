@@ -45,8 +45,9 @@ def decide(obs: Observed, cfg: OperatorConfig) -> Decision:
         error = ""
     except (ValueError, KeyError, TypeError) as exc:
         spec, error = None, str(exc)
-    if obs.rejected:
-        spec, error = None, obs.rejected
+    if obs.rejected is not None:
+        why = obs.rejected
+        spec, error = None, f"the apiserver rejected {why.kind} {why.name}: {why.message}"
     r = Recovery(obs, cfg, spec)
     if spec is None:
         if r.phase not in TERMINAL:

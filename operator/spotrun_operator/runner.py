@@ -18,13 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from spotrun_operator.apiserver import Rejected, raw_template_job
+from spotrun_operator.apiserver import Refused, raw_template_job
 from spotrun_operator.common import utcnow
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.cost import Price, Prices
 from spotrun_operator.kube import Kube, observe, run_ref
 from spotrun_operator.metrics import Metrics
-from spotrun_operator.plan import Observed
+from spotrun_operator.plan import Observed, Rejected
 from spotrun_operator.reconcile import decide
 from spotrun_operator.signals import INTERRUPTION_TAINTS, NodeInfo, node_info
 
@@ -55,7 +55,7 @@ class Memory:
         self._pods: dict[Key, dict[str, tuple[float, dict[str, Any]]]] = {}
         self._announced: dict[str, float] = {}
         # (namespace, run) -> (when, (uid, generation), why the apiserver refused its spec)
-        self._rejected: dict[Key, tuple[float, tuple[str, int], str]] = {}
+        self._rejected: dict[Key, tuple[float, tuple[str, int], Rejected]] = {}
         self.ttl = ttl_seconds
         self.max_items = max_items
 
@@ -107,19 +107,19 @@ class Memory:
             self._pods.pop((namespace, run), None)
             self._rejected.pop((namespace, run), None)
 
-    def reject(self, run: Mapping[str, Any], message: str) -> None:
+    def reject(self, run: Mapping[str, Any], rejected: Rejected) -> None:
         """Remember that the objects built from this generation of ``run`` were refused."""
         key, version = _generation(run)
         with self._lock:
-            self._rejected[key] = (time.monotonic(), version, message)
+            self._rejected[key] = (time.monotonic(), version, rejected)
             self._prune(time.monotonic())
 
-    def rejection(self, run: Mapping[str, Any]) -> str:
-        """Why this generation of ``run`` was refused ("" when it was not)."""
+    def rejection(self, run: Mapping[str, Any]) -> Rejected | None:
+        """Why this generation of ``run`` was refused (None when it was not)."""
         key, version = _generation(run)
         with self._lock:
             seen = self._rejected.get(key)
-        return seen[2] if seen and seen[1] == version else ""
+        return seen[2] if seen and seen[1] == version else None
 
     def first_time(self, key: str) -> bool:
         """True once per key (events announced once per process)."""
@@ -261,10 +261,13 @@ class Runner:
         try:
             d = decide(self._observe(run, rejected), self.cfg)
         except Exception as exc:
-            if rejected or not built_from_spec(exc):
+            if rejected is not None or not built_from_spec(exc):
                 raise
-            why = self.kube.refusal(ref.namespace, raw_template_job(run))
-            self.memory.reject(run, why or f"cannot be built ({type(exc).__name__}: {exc})")
+            # Let the apiserver name the field: a dry run of the template as written.
+            job = raw_template_job(run)
+            why = f"cannot build the pods from it ({type(exc).__name__}: {exc})"
+            fallback = Rejected("TrainingRun", f"{ref.name} spec.podTemplate", why)
+            self.memory.reject(run, self.kube.refusal(job) or fallback)
             return None
         if d.status is not None:
             rv = str(run["metadata"]["resourceVersion"])
@@ -276,16 +279,16 @@ class Runner:
                 self.kube.post_event(ref, ev)
         try:
             self.kube.execute(ref.namespace, d.actions)
-        except Rejected as exc:
+        except Refused as exc:
             # A verdict on the spec, not a transient error: decide() makes it InvalidSpec.
-            self.memory.reject(run, str(exc))
+            self.memory.reject(run, exc.rejected)
             return None
         self.metrics.observe_run(ref.namespace, ref.name, d.phase, d.checkpoint_time, d.gauges)
         for ev in d.events:
             log.info("%s/%s %s: %s", ref.namespace, ref.name, ev.reason, ev.message)
         return d.requeue_after
 
-    def _observe(self, run: Mapping[str, Any], rejected: str) -> Observed:
+    def _observe(self, run: Mapping[str, Any], rejected: Rejected | None) -> Observed:
         ns, name = run["metadata"]["namespace"], run["metadata"]["name"]
         types = ((run.get("spec") or {}).get("capacity") or {}).get("instanceTypes") or []
         prices, pricing_condition = self.prices(list(types))
@@ -302,9 +305,10 @@ class Runner:
                 rejected=rejected,
             )
         except Exception as exc:
-            if not (rejected and built_from_spec(exc)):
+            if rejected is None or not built_from_spec(exc):
                 raise
             # observe() itself cannot read this spec; a refused spec needs no more.
+            # (spotrun_api's observe() never raises on a spec: this path is for the old.)
             return Observed(
                 ref=run_ref(run),
                 spec=dict(run.get("spec") or {}),

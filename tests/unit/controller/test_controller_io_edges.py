@@ -20,7 +20,7 @@ from spotrun_operator.apiserver import (
     replica_pods,
 )
 from spotrun_operator.metrics import Metrics, RunCollector, RunState
-from spotrun_operator.plan import RunGauges
+from spotrun_operator.plan import Rejected, RunGauges
 from spotrun_operator.runner import Memory, built_from_spec
 
 
@@ -155,10 +155,11 @@ def _spec_with_volumes(volumes: Any) -> Any:
 def test_a_rejection_holds_for_its_generation_only() -> None:
     m = Memory()
     run = {"metadata": {"namespace": "ml", "name": "r", "uid": "u", "generation": 2}}
-    assert m.rejection(run) == ""
-    m.reject(run, "spec.x: Invalid value")
-    assert m.rejection(run) == "spec.x: Invalid value"
-    assert m.rejection({"metadata": {**run["metadata"], "generation": 3}}) == ""
-    assert m.rejection({"metadata": {**run["metadata"], "uid": "v"}}) == ""
+    assert m.rejection(run) is None
+    why = Rejected("PyTorchJob", "r-a1", "spec.x: Invalid value")
+    m.reject(run, why)
+    assert m.rejection(run) == why
+    assert m.rejection({"metadata": {**run["metadata"], "generation": 3}}) is None
+    assert m.rejection({"metadata": {**run["metadata"], "uid": "v"}}) is None
     m.forget_run("ml", "r")
-    assert m.rejection(run) == ""
+    assert m.rejection(run) is None
