@@ -210,3 +210,28 @@ def test_each_image_keeps_only_its_own_console_script(name: str) -> None:
     for script in PYPROJECT["project"]["scripts"]:
         removed = f"/opt/spotrun/bin/{script}" in dockerfile
         assert removed == (script != own), script
+
+
+def _module_level_imports(package: Path) -> set[str]:
+    """Top-level names imported at module level (not inside functions) in ``package``."""
+    names: set[str] = set()
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_spotrun_dev_is_the_dev_extra() -> None:
+    """``pip install spotrun[dev]`` is enough to import every spotrun-dev module (torch,
+    imported inside the one function that reads a real checkpoint, excepted)."""
+    project = PYPROJECT["project"]
+    pins = {_dist(p) for p in [*project["dependencies"], *project["optional-dependencies"]["dev"]]}
+    owners = importlib.metadata.packages_distributions()
+    for module in _module_level_imports(paths.REPO_ROOT / "hack" / "spotrun_dev"):
+        if module in sys.stdlib_module_names or module.startswith("spotrun_"):
+            continue
+        dists = {_dist(d) for d in owners.get(module, [module])}
+        assert dists & pins, f"spotrun_dev imports {module}, not in the dev extra"
