@@ -69,6 +69,12 @@ def register(registry: kopf.OperatorRegistry, runner: Runner) -> None:
         else:
             runner.ensure(namespace, name)
 
+    _register_children(registry, runner)
+
+
+def _register_children(registry: kopf.OperatorRegistry, runner: Runner) -> None:
+    """Watches of what a run is made of or runs on: pods, nodes, PyTorchJobs."""
+
     @kopf.index("pods", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)
     async def pods_by_node(
         *, spec: kopf.Spec, namespace: str | None, labels: kopf.Labels, **_: Any
