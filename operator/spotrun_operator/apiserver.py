@@ -48,6 +48,9 @@ API_VERSIONS: Mapping[str, str] = {
 REJECTED = frozenset({400, 422})
 # How RBAC says no (a 403 that is about the operator's grants, not about the object).
 _RBAC_DENIAL = re.compile(r'User ".*" cannot [a-z]+ resource')
+# 403s about the moment, not the object: a full quota frees up, a namespace being deleted
+# takes the run with it. Neither is a verdict on the spec.
+_TRANSIENT_DENIAL = re.compile(r"exceeded quota|is being terminated")
 
 
 class Refused(Exception):
@@ -113,7 +116,15 @@ def refused(exc: ApiException) -> bool:
     webhook or policy, PodSecurity included), not the operator's rights (RBAC)."""
     if exc.status in REJECTED:
         return True
-    return exc.status == 403 and not _RBAC_DENIAL.search(message_of(exc))
+    message = message_of(exc)
+    return exc.status == 403 and not (
+        _RBAC_DENIAL.search(message) or _TRANSIENT_DENIAL.search(message)
+    )
+
+
+def rbac_denied(exc: ApiException) -> bool:
+    """True when RBAC said no: the operator lacks a grant."""
+    return exc.status == 403 and bool(_RBAC_DENIAL.search(message_of(exc)))
 
 
 def message_of(exc: ApiException) -> str:

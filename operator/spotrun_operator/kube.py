@@ -32,6 +32,7 @@ from spotrun_operator.apiserver import (
     Refused,
     event_body,
     message_of,
+    rbac_denied,
     refused,
     replica_pods,
 )
@@ -250,9 +251,10 @@ class Kube:
             except ApiException as exc:
                 if exc.status != 403:
                     raise
-                self._dry_run_pods = False
-                log.warning("no grant to dry-run pods (create pods): pod specs go unchecked")
-                return
+                if rbac_denied(exc):
+                    self._dry_run_pods = False
+                    log.warning("no grant to dry-run pods (create pods): pod specs go unchecked")
+                return  # a full quota: the real pods will wait for room, as without the check
 
     def refusal(self, job: Mapping[str, Any]) -> Rejected | None:
         """The apiserver's objection to ``job`` (a dry run), None when it has none."""

@@ -16,6 +16,7 @@ from spotrun_operator.apiserver import (
     credentials,
     message_of,
     raw_template_job,
+    rbac_denied,
     refused,
     replica_pods,
 )
@@ -107,7 +108,10 @@ def test_refusals_are_verdicts_and_rbac_is_not() -> None:
     assert refused(_error(403, 'admission webhook "v" denied the request: image required'))
     assert refused(_error(403, 'pods "p" is forbidden: violates PodSecurity "restricted"'))
     rbac = 'pods is forbidden: User "system:serviceaccount:s:o" cannot create resource "pods"'
-    assert not refused(_error(403, rbac))
+    assert not refused(_error(403, rbac)) and rbac_denied(_error(403, rbac))
+    quota = 'pods "p" is forbidden: exceeded quota: gpu, requested: nvidia.com/gpu=8'
+    assert not refused(_error(403, quota)) and not rbac_denied(_error(403, quota))
+    assert not rbac_denied(_error(422, "spec.x: Invalid value"))
     assert not refused(_error(409, "already exists")) and not refused(_error(500, "boom"))
     assert message_of(_error(422, "spec.x: Invalid value")) == "spec.x: Invalid value"
     assert message_of(ApiException(status=502, reason="Bad Gateway")) == "502 Bad Gateway"
