@@ -20,7 +20,10 @@ from controller_helpers import (
     training_run,
     wait_status,
 )
-from kube_helpers import poll
+from controller_helpers import (
+    status as get_status,
+)
+from kube_helpers import holds, poll
 
 # (run name, spec fields, text the Failed message must hold: the field at fault)
 WRONG_TYPES: list[tuple[str, dict[str, Any], str]] = [
@@ -165,3 +168,26 @@ def test_bad_passthrough_fields_fail_the_run_as_invalid_spec(
     # The operator is still healthy: a good run beside the bad ones gets its gang.
     create(custom, namespace, training_run("good"))
     running_gang(core, namespace, "good", 1)
+
+
+def test_a_full_quota_is_not_a_verdict_on_the_spec(
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    fleet: None,
+    checkpoint_pvc: str,
+    operator: Any,
+) -> None:
+    """The pod dry run is refused for lack of room, not for the spec: the attempt is
+    created and waits for room (as without the check), and gets it once room is made."""
+    quota = {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}
+    core.create_namespaced_resource_quota(namespace, quota)
+    create(custom, namespace, training_run("roomless"))
+    poll("attempt 1 created", lambda: jobs(custom, namespace, "roomless") == ["roomless-a1"], 30)
+    holds(
+        "the run is not Failed",
+        lambda: get_status(custom, namespace, "roomless").get("phase") != "Failed",
+        5,
+    )
+    core.delete_namespaced_resource_quota("no-pods", namespace)
+    running_gang(core, namespace, "roomless", 1)
