@@ -110,28 +110,34 @@ def _audit_writes(since: float, until: float) -> Counter[str]:
     return counts
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--nodes", type=int, default=120)
     ap.add_argument("--spread-seconds", type=float, default=60.0)
     ap.add_argument("--seed", type=int, default=7)
-    args = ap.parse_args()
-    rng = random.Random(args.seed)
+    return ap.parse_args(argv)
 
+
+def prepare_cluster(nodes: int) -> tuple[client.ApiClient, fleet.FleetSpec, str]:
+    """The local cluster with a spot fleet of ``nodes``, the CRD, a fresh namespace and its
+    checkpoint claim; returns the API client, the fleet and the claim's PV."""
     c = cluster.ensure_cluster(with_fleet=False)
     api = c.api_client()
-    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-    spec = fleet.FleetSpec(spot_nodes=args.nodes, on_demand_nodes=0)
-    print(f"fleet: {args.nodes} spot nodes", flush=True)
+    core = client.CoreV1Api(api)
+    spec = fleet.FleetSpec(spot_nodes=nodes, on_demand_nodes=0)
+    print(f"fleet: {nodes} spot nodes", flush=True)
     cluster.ensure_fleet(core, spec)
     crd = yaml.safe_load((paths.REPO_ROOT / "crds" / "trainingruns.spotrun.dev.yaml").read_text())
     cluster._apply(api, [crd])
     cluster.fresh_namespace(core, NAMESPACE)
     pv = storage.ensure_checkpoint_claim(core, NAMESPACE)
+    return api, spec, pv
 
+
+def start_operator() -> subprocess.Popen[bytes]:
     log = (paths.CLUSTER_DIR / "bench-operator.log").open("w")
-    op = subprocess.Popen(
+    return subprocess.Popen(
         [
             str(Path(sys.executable).parent / "spotrun-operator"),
             "--pricing",
@@ -149,55 +155,67 @@ def main() -> int:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    peak_rss, cpu = 0, 0.0
-    times: dict[str, RunTimes] = {}
-    stop = threading.Event()
-    lock = threading.Lock()
 
-    def sample() -> None:
-        nonlocal peak_rss, cpu
-        while not stop.is_set() and op.poll() is None:
-            rss, c_s = _proc_stats(op.pid)
-            peak_rss, cpu = max(peak_rss, rss), c_s
-            stop.wait(0.5)
 
-    def watch_jobs() -> None:
+def _job_attempt(name: str) -> tuple[str, str]:
+    """(run, attempt) of a PyTorchJob name ``<run>-a<attempt>``."""
+    run, _, attempt = name.rpartition("-a")
+    return run, attempt
+
+
+class Bench:
+    """What the watches and the sampler see while the benchmark runs (thread-safe)."""
+
+    def __init__(self, api: client.ApiClient, op: subprocess.Popen[bytes]) -> None:
+        self.core, self.custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+        self.op = op
+        self.times: dict[str, RunTimes] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.peak_rss, self.cpu = 0, 0.0
+
+    def start_threads(self) -> None:
+        for target in (self._sample, self._watch_jobs, self._watch_pods):
+            threading.Thread(target=target, daemon=True).start()
+
+    def _sample(self) -> None:
+        while not self.stop.is_set() and self.op.poll() is None:
+            rss, cpu = _proc_stats(self.op.pid)
+            self.peak_rss, self.cpu = max(self.peak_rss, rss), cpu
+            self.stop.wait(0.5)
+
+    def _watch_jobs(self) -> None:
         w = watch.Watch()
         for ev in w.stream(
-            custom.list_namespaced_custom_object,
+            self.custom.list_namespaced_custom_object,
             "kubeflow.org",
             "v1",
             NAMESPACE,
             "pytorchjobs",
             timeout_seconds=900,
         ):
-            if stop.is_set():
+            if self.stop.is_set():
                 w.stop()
                 break
-            name = ev["object"]["metadata"]["name"]
-            run, _, attempt = name.rpartition("-a")
-            with lock:
-                rt = times.get(run)
-                if (
-                    ev["type"] == "ADDED"
-                    and rt
-                    and rt.t_signal
-                    and attempt == "2"
-                    and rt.t_created is None
-                ):
+            run, attempt = _job_attempt(ev["object"]["metadata"]["name"])
+            with self.lock:
+                rt = self.times.get(run)
+                if ev["type"] != "ADDED" or attempt != "2" or rt is None:
+                    continue
+                if rt.t_signal and rt.t_created is None:
                     rt.t_created = time.time()
 
-    def watch_pods() -> None:
+    def _watch_pods(self) -> None:
         w = watch.Watch()
-        for ev in w.stream(core.list_namespaced_pod, NAMESPACE, timeout_seconds=900):
-            if stop.is_set():
+        for ev in w.stream(self.core.list_namespaced_pod, NAMESPACE, timeout_seconds=900):
+            if self.stop.is_set():
                 w.stop()
                 break
             pod = ev["object"]
             job = (pod.metadata.labels or {}).get("training.kubeflow.org/job-name", "")
-            run, _, attempt = job.rpartition("-a")
-            with lock:
-                rt = times.get(run)
+            run, attempt = _job_attempt(job)
+            with self.lock:
+                rt = self.times.get(run)
                 if not rt or attempt != "2" or rt.t_running is not None:
                     continue
                 rt.pods[pod.metadata.name] = (
@@ -206,77 +224,98 @@ def main() -> int:
                 if len(rt.pods) == 2 and all(rt.pods.values()):
                     rt.t_running = time.time()
 
-    threads = [threading.Thread(target=f, daemon=True) for f in (sample, watch_jobs, watch_pods)]
-    for t in threads:
-        t.start()
+    def create_runs(self, names: list[str]) -> None:
+        t0 = time.time()
+        for n in names:
+            self.times[n] = RunTimes()
+            self.custom.create_namespaced_custom_object(
+                "spotrun.dev", "v1alpha1", NAMESPACE, "trainingruns", _run_manifest(n)
+            )
 
-    names = [f"run-{i:03d}" for i in range(args.runs)]
-    t0 = time.time()
-    for n in names:
-        times[n] = RunTimes()
-        custom.create_namespaced_custom_object(
-            "spotrun.dev", "v1alpha1", NAMESPACE, "trainingruns", _run_manifest(n)
-        )
+        def all_running() -> bool:
+            pods = self.core.list_namespaced_pod(NAMESPACE).items
+            running = [
+                p
+                for p in pods
+                if p.status.phase == "Running"
+                and p.metadata.labels.get("training.kubeflow.org/job-name", "").endswith("-a1")
+            ]
+            return bool(len(running) == 2 * len(names))
 
-    def all_running() -> bool:
-        pods = core.list_namespaced_pod(NAMESPACE).items
-        running = [
-            p
-            for p in pods
-            if p.status.phase == "Running"
-            and p.metadata.labels.get("training.kubeflow.org/job-name", "").endswith("-a1")
-        ]
-        return bool(len(running) == 2 * args.runs)
+        cluster.wait_for("every first attempt Running", all_running, timeout=600, interval=2)
+        print(f"{len(names)} runs Running after {time.time() - t0:.1f}s", flush=True)
 
-    cluster.wait_for("every first attempt Running", all_running, timeout=600, interval=2)
-    print(f"{args.runs} runs Running after {time.time() - t0:.1f}s", flush=True)
-
-    # One node per run, so every run sees exactly one interruption.
-    victims: list[tuple[str, str]] = []
-    for n in names:
-        pods = [
-            p
-            for p in core.list_namespaced_pod(
+    def victims(self, names: list[str], rng: random.Random) -> list[tuple[str, str]]:
+        """One node per run, so every run sees exactly one interruption."""
+        out = []
+        for n in names:
+            pods = self.core.list_namespaced_pod(
                 NAMESPACE, label_selector=f"training.kubeflow.org/job-name={n}-a1"
             ).items
-        ]
-        victims.append((n, rng.choice(pods).spec.node_name))
-    gap = args.spread_seconds / max(1, len(victims))
-    workers: list[threading.Thread] = []
-    t_storm = time.time()
-    for i, (run, node) in enumerate(victims):
-        sig = SIGNALS[i % len(SIGNALS)]
+            out.append((n, rng.choice(pods).spec.node_name))
+        return out
 
-        def hit(run: str = run, node: str = node, sig: traces.Signal = sig, i: int = i) -> None:
-            with lock:
-                times[run].signal, times[run].t_signal = sig, time.time()
-            inject.interrupt(core, node, sig, drain_timeout=300)
-            # The ASG replaces the reclaimed instance with a fresh node.
-            zone = spec.zones[i % len(spec.zones)]
-            core.create_node(fleet.build_node(f"spot-p4d-r{i}", "spot", zone, spec.region))
+    def storm(
+        self, victims: list[tuple[str, str]], spec: fleet.FleetSpec, spread_seconds: float
+    ) -> None:
+        """Interrupt each victim node with the next signal, paced over ``spread_seconds``;
+        the ASG replaces each reclaimed instance with a fresh node."""
+        gap = spread_seconds / max(1, len(victims))
+        workers: list[threading.Thread] = []
+        for i, (run, node) in enumerate(victims):
+            th = threading.Thread(
+                target=self._hit, args=(i, run, node, SIGNALS[i % len(SIGNALS)], spec), daemon=True
+            )
+            th.start()
+            workers.append(th)
+            time.sleep(gap)  # the storm's pacing, not a wait for a condition
+        for th in workers:
+            th.join(600)
 
-        th = threading.Thread(target=hit, daemon=True)
-        th.start()
-        workers.append(th)
-        time.sleep(gap)  # the storm's pacing, not a wait for a condition
-    for th in workers:
-        th.join(600)
+    def _hit(self, i: int, run: str, node: str, sig: traces.Signal, spec: fleet.FleetSpec) -> None:
+        with self.lock:
+            self.times[run].signal, self.times[run].t_signal = sig, time.time()
+        inject.interrupt(self.core, node, sig, drain_timeout=300)
+        zone = spec.zones[i % len(spec.zones)]
+        self.core.create_node(fleet.build_node(f"spot-p4d-r{i}", "spot", zone, spec.region))
 
-    def recovered() -> bool:
-        with lock:
-            return all(rt.t_running is not None for rt in times.values())
+    def wait_recovered(self) -> None:
+        def recovered() -> bool:
+            with self.lock:
+                return all(rt.t_running is not None for rt in self.times.values())
 
-    try:
-        cluster.wait_for("every run's attempt 2 Running", recovered, timeout=600, interval=2)
-    except cluster.ClusterError as exc:
-        print(f"warning: {exc}", flush=True)
-    t_end = time.time()
-    stop.set()
-    rss, cpu_now = _proc_stats(op.pid) if op.poll() is None else (peak_rss, cpu)
-    peak_rss, cpu = max(peak_rss, rss), max(cpu, cpu_now)
-    op.terminate()
-    op.wait(30)
+        try:
+            cluster.wait_for("every run's attempt 2 Running", recovered, timeout=600, interval=2)
+        except cluster.ClusterError as exc:
+            print(f"warning: {exc}", flush=True)
 
+    def stop_operator(self) -> None:
+        self.stop.set()
+        rss, cpu_now = (
+            _proc_stats(self.op.pid) if self.op.poll() is None else (self.peak_rss, self.cpu)
+        )
+        self.peak_rss, self.cpu = max(self.peak_rss, rss), max(self.cpu, cpu_now)
+        self.op.terminate()
+        self.op.wait(30)
+
+
+def _spread(values: list[float]) -> dict[str, float | None]:
+    return {
+        "p50": _percentile(values, 50),
+        "p99": _percentile(values, 99),
+        "mean": round(statistics.mean(values), 3) if values else None,
+    }
+
+
+def summarize(
+    args: argparse.Namespace,
+    times: dict[str, RunTimes],
+    interruptions: int,
+    writes: Counter[str],
+    peak_rss: int,
+    cpu: float,
+) -> dict[str, Any]:
+    """The benchmark's JSON result (pure)."""
     created = [rt.t_created - rt.t_signal for rt in times.values() if rt.t_created]
     running = [rt.t_running - rt.t_signal for rt in times.values() if rt.t_running]
     by_signal: dict[str, dict[str, Any]] = {}
@@ -285,23 +324,14 @@ def main() -> int:
             rt.t_running - rt.t_signal for rt in times.values() if rt.signal == sig and rt.t_running
         ]
         by_signal[sig] = {"n": len(vals), "p50_running_s": _percentile(vals, 50)}
-    writes = _audit_writes(t_storm, t_end)
     recoveries = len(running)
-    result = {
+    return {
         "runs": args.runs,
         "nodes": args.nodes,
-        "interruptions": len(victims),
+        "interruptions": interruptions,
         "recoveries_observed": recoveries,
-        "signal_to_next_attempt_created_s": {
-            "p50": _percentile(created, 50),
-            "p99": _percentile(created, 99),
-            "mean": round(statistics.mean(created), 3) if created else None,
-        },
-        "signal_to_next_attempt_running_s": {
-            "p50": _percentile(running, 50),
-            "p99": _percentile(running, 99),
-            "mean": round(statistics.mean(running), 3) if running else None,
-        },
+        "signal_to_next_attempt_created_s": _spread(created),
+        "signal_to_next_attempt_running_s": _spread(running),
         "by_signal": by_signal,
         "operator_peak_rss_mib": round(peak_rss / 2**20, 1),
         "operator_cpu_seconds": round(cpu, 2),
@@ -311,11 +341,29 @@ def main() -> int:
         else None,
         "machine": {"cpus": os.cpu_count()},
     }
+
+
+def main() -> int:
+    args = parse_args()
+    rng = random.Random(args.seed)
+    api, spec, pv = prepare_cluster(args.nodes)
+    bench = Bench(api, start_operator())
+    bench.start_threads()
+    names = [f"run-{i:03d}" for i in range(args.runs)]
+    bench.create_runs(names)
+    victims = bench.victims(names, rng)
+    t_storm = time.time()
+    bench.storm(victims, spec, args.spread_seconds)
+    bench.wait_recovered()
+    t_end = time.time()
+    bench.stop_operator()
+    writes = _audit_writes(t_storm, t_end)
+    result = summarize(args, bench.times, len(victims), writes, bench.peak_rss, bench.cpu)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    core.delete_namespace(NAMESPACE)
-    storage.delete_volume(core, pv)
+    bench.core.delete_namespace(NAMESPACE)
+    storage.delete_volume(bench.core, pv)
     return 0
 
 

@@ -14,6 +14,7 @@ spotrun_dev.images`` builds them all and prints figures.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import fcntl
 import hashlib
@@ -75,6 +76,44 @@ def requirements(pyproject: Mapping[str, Any], extra: str) -> list[str]:
     project = pyproject["project"]
     pins = [*project["dependencies"], *project["optional-dependencies"][extra]]
     return sorted(set(pins))
+
+
+# Folders holding the project's top-level packages (pyproject's packages.find "where").
+SOURCE_ROOTS = ("api", "operator", "trainer", "hack")
+# The package each project image runs (its entry point's).
+IMAGE_ENTRY = {"operator": "spotrun_operator", "trainer": "spotrun_trainer"}
+
+
+def copied_packages(dockerfile: str) -> set[str]:
+    """The project packages a Dockerfile copies into its wheel build context
+    (``COPY <root>/<package> ./<root>/<package>``): what its wheel, so its image, holds."""
+    return set(re.findall(r"^COPY [\w-]+/(spotrun_\w+) ", dockerfile, re.MULTILINE))
+
+
+def imported_modules(package: Path) -> set[str]:
+    """Top-level names of every absolute import in ``package``'s modules."""
+    names: set[str] = set()
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def package_closure(entry: str, root: Path) -> set[str]:
+    """``entry`` and every project package it imports, transitively: what its image needs."""
+    found, todo = set(), [entry]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        dirs = [root / r / name for r in SOURCE_ROOTS if (root / r / name).is_dir()]
+        for d in dirs:
+            todo += [m for m in imported_modules(d) if m.startswith("spotrun_")]
+    return found
 
 
 def base_ref(packages: Sequence[str] = BASE_PACKAGES, suite: str = SUITE) -> str:

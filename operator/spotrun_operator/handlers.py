@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+from kubernetes.client import Configuration
 
+from spotrun_operator.apiserver import credentials
 from spotrun_operator.common import (
     GROUP,
     LABEL_RUN,
@@ -41,13 +43,19 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.networking.request_timeout = 60
 
 
+def connection_info(cfg: Configuration) -> kopf.ConnectionInfo:
+    """kopf's credentials, from the client configuration the operator's own calls use."""
+    return kopf.ConnectionInfo(**credentials(cfg))
+
+
 def register(registry: kopf.OperatorRegistry, runner: Runner) -> None:
     """Register the handlers on ``registry`` (never the global one: tests build many)."""
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # In-cluster service account, else the kubeconfig (KUBECONFIG), as kubectl does.
-        return kopf.login_via_client(**kwargs)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # The operator's own client configuration (--kubeconfig, KUBECONFIG or in-cluster),
+        # so kopf's watches and the operator's calls reach one cluster as one identity.
+        return connection_info(runner.kube.api.configuration)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
@@ -60,6 +68,12 @@ def register(registry: kopf.OperatorRegistry, runner: Runner) -> None:
             runner.forget(namespace, name)
         else:
             runner.ensure(namespace, name)
+
+    _register_children(registry, runner)
+
+
+def _register_children(registry: kopf.OperatorRegistry, runner: Runner) -> None:
+    """Watches of what a run is made of or runs on: pods, nodes, PyTorchJobs."""
 
     @kopf.index("pods", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)
     async def pods_by_node(

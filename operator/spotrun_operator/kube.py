@@ -1,7 +1,12 @@
 """The only module that talks to the Kubernetes API (synchronous; called from threads).
 
-Objects travel as plain JSON dicts: the pure modules never see client models, and raw
-requests let us choose content types (merge patch, metadata-only reads) precisely.
+One client: the official ``kubernetes`` package, through its public dynamic client
+(``kubernetes.dynamic.DynamicClient``). Objects travel as plain JSON dicts both ways (the
+pure modules never see client models), and the dynamic client sends them as they are,
+with the content type (merge patch) or ``Accept`` (metadata only) each call needs. The
+typed ``CoreV1Api`` would validate bodies against its own models first: a pod template
+the user passed through would then fail in the client with the client's words instead
+of the apiserver's message naming the field, which is what ``InvalidSpec`` reports.
 """
 
 from __future__ import annotations
@@ -10,26 +15,32 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
-from urllib.parse import quote
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
 
 from spotrun_operator import __version__
+from spotrun_operator.apiserver import (
+    API_VERSIONS,
+    MERGE_PATCH,
+    METADATA_ONLY,
+    Refused,
+    event_body,
+    message_of,
+    rbac_denied,
+    refused,
+    replica_pods,
+)
 from spotrun_operator.builders import RunRef
 from spotrun_operator.common import (
-    GROUP,
     KIND,
     LABEL_RUN,
-    MANAGER,
-    PLURAL,
-    PYTORCHJOB_GROUP,
-    PYTORCHJOB_PLURAL,
-    PYTORCHJOB_VERSION,
-    VERSION,
+    PYTORCHJOB_KIND,
     fmt_time,
     parse_job_name,
     utcnow,
@@ -41,28 +52,13 @@ from spotrun_operator.plan import (
     DeletePods,
     EnsureObjects,
     Event,
+    Rejected,
 )
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 USER_AGENT = f"spotrun-operator/{__version__}"
-MERGE_PATCH = "application/merge-patch+json"
-# Existence checks of Secrets read metadata only: the operator never needs their data.
-METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
-
-# Collection path of each kind the operator creates or checks (namespaced).
-_COLLECTIONS: Mapping[str, str] = {
-    "PersistentVolumeClaim": "/api/v1/namespaces/{ns}/persistentvolumeclaims",
-    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
-    "Secret": "/api/v1/namespaces/{ns}/secrets",
-    "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
-    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
-    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
-    "PyTorchJob": f"/apis/{PYTORCHJOB_GROUP}/{PYTORCHJOB_VERSION}/namespaces/{{ns}}/"
-    f"{PYTORCHJOB_PLURAL}",
-    "Event": "/api/v1/namespaces/{ns}/events",
-}
 
 
 def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -78,17 +74,38 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     return api
 
 
-def _q(s: str) -> str:
-    return quote(s, safe="")
-
-
 class Kube:
     def __init__(self, api: client.ApiClient, timeout: float = 30.0) -> None:
         self.api = api
         self.timeout = timeout
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
+        self._dyn: DynamicClient | None = None
+        self._lock = threading.Lock()
+        self._resources: dict[str, Any] = {}
+        self._dry_run_pods = True  # False once the apiserver said 403 (no grant)
 
-    # --- raw requests ---------------------------------------------------------------
+    @property
+    def dyn(self) -> DynamicClient:
+        """The dynamic client, made on first use (it reads the API's discovery once)."""
+        with self._lock:
+            if self._dyn is None:
+                self._dyn = DynamicClient(self.api)
+            return self._dyn
+
+    def _res(self, kind: str) -> Any:
+        """The dynamic client's resource of ``kind``, looked up once (worker threads share
+        it; a kind not served yet, such as PyTorchJob before its CRD, is looked up again)."""
+        dyn = self.dyn
+        with self._lock:
+            if kind not in self._resources:
+                self._resources[kind] = dyn.resources.get(api_version=API_VERSIONS[kind], kind=kind)
+            return self._resources[kind]
+
+    def _json(self, resp: Any) -> Any:
+        data: bytes = resp.data or b""
+        return json.loads(data) if data else None
+
+    # --- any request (tests use it for what the operator never asks) -----------------
     def request(
         self,
         method: str,
@@ -99,48 +116,55 @@ class Kube:
         content_type: str = "application/json",
         accept: str = "application/json",
     ) -> Any:
-        headers = {"Accept": accept}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        _, url, headers, payload, _ = self.api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=list((query or {}).items()) or None,
-            header_params=headers,
+        resp = self.dyn.request(
+            method.lower(),
+            path,
             body=body,
-            auth_settings=["BearerToken"],
+            query_params=list((query or {}).items()),
+            header_params={"Accept": accept},
+            content_type=content_type,
+            _request_timeout=self.timeout,
+            serialize=False,
         )
-        resp: Any = self.api.call_api(
-            method, url, header_params=headers, body=payload, _request_timeout=self.timeout
-        )
-        data: bytes = resp.read() or b""
-        if not 200 <= resp.status <= 299:
-            raise ApiException.from_response(
-                http_resp=resp, body=data.decode("utf-8", "replace"), data=None
-            )
-        return json.loads(data) if data else None
+        return self._json(resp)
 
-    def _get_or_none(self, path: str, accept: str = "application/json") -> Obj | None:
+    def _get(
+        self, kind: str, name: str, namespace: str | None = None, accept: str = "application/json"
+    ) -> Obj | None:
         try:
-            return dict(self.request("GET", path, accept=accept))
+            resp = self.dyn.get(
+                self._res(kind),
+                name=name,
+                namespace=namespace,
+                header_params={"Accept": accept},
+                _request_timeout=self.timeout,
+                serialize=False,
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
+        return dict(self._json(resp))
+
+    def _list(self, kind: str, namespace: str, run: str) -> list[Obj]:
+        resp = self.dyn.get(
+            self._res(kind),
+            namespace=namespace,
+            label_selector=f"{LABEL_RUN}={run}",
+            _request_timeout=self.timeout,
+            serialize=False,
+        )
+        return list(self._json(resp)["items"])
 
     # --- reads ----------------------------------------------------------------------
     def get_run(self, namespace: str, name: str) -> Obj | None:
-        return self._get_or_none(
-            f"/apis/{GROUP}/{VERSION}/namespaces/{_q(namespace)}/{PLURAL}/{_q(name)}"
-        )
+        return self._get(KIND, name, namespace)
 
     def list_jobs(self, namespace: str, run: str, owner_uid: str) -> dict[int, Obj]:
         """The run's PyTorchJobs by attempt number (only those the run owns: a job of an
         earlier run with the same name may still be on its way out)."""
-        path = _COLLECTIONS["PyTorchJob"].format(ns=_q(namespace))
-        items = self.request("GET", path, query={"labelSelector": f"{LABEL_RUN}={run}"})["items"]
         jobs: dict[int, Obj] = {}
-        for job in items:
+        for job in self._list(PYTORCHJOB_KIND, namespace, run):
             owners = (job.get("metadata") or {}).get("ownerReferences") or []
             if not any(o.get("uid") == owner_uid for o in owners):
                 continue
@@ -150,22 +174,18 @@ class Kube:
         return jobs
 
     def list_pods(self, namespace: str, run: str) -> list[Obj]:
-        path = f"/api/v1/namespaces/{_q(namespace)}/pods"
-        return list(
-            self.request("GET", path, query={"labelSelector": f"{LABEL_RUN}={run}"})["items"]
-        )
+        return self._list("Pod", namespace, run)
 
     def get_node(self, name: str) -> Obj | None:
-        return self._get_or_none(f"/api/v1/nodes/{_q(name)}")
+        return self._get("Node", name)
 
     def missing(self, namespace: str, refs: Sequence[tuple[str, str]]) -> list[str]:
         """``"Kind name"`` of each referenced object that does not exist."""
-        out = []
-        for kind, name in refs:
-            path = _COLLECTIONS[kind].format(ns=_q(namespace)) + f"/{_q(name)}"
-            if self._get_or_none(path, accept=METADATA_ONLY) is None:
-                out.append(f"{kind} {name}")
-        return out
+        return [
+            f"{kind} {name}"
+            for kind, name in refs
+            if self._get(kind, name, namespace, accept=METADATA_ONLY) is None
+        ]
 
     # --- writes ---------------------------------------------------------------------
     def patch_run_status(
@@ -177,31 +197,80 @@ class Kube:
         what makes recording an outcome (and bumping its counter) exactly-once. False on
         409 Conflict: re-observe and decide again."""
         body = {"metadata": {"resourceVersion": resource_version}, "status": status}
-        path = f"/apis/{GROUP}/{VERSION}/namespaces/{_q(namespace)}/{PLURAL}/{_q(name)}/status"
         try:
-            self.request("PATCH", path, body=body, content_type=MERGE_PATCH)
+            self.dyn.patch(
+                self._res(KIND).status,
+                body=body,
+                name=name,
+                namespace=namespace,
+                content_type=MERGE_PATCH,
+                _request_timeout=self.timeout,
+                serialize=False,
+            )
         except ApiException as exc:
             if exc.status == 409:
                 return False
             raise
         return True
 
-    def create(self, obj: Mapping[str, Any]) -> bool:
+    def create(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> bool:
         """Create ``obj``; False when it already exists (deterministic names: a 409 means a
-        previous reconcile, maybe of a killed operator, created it)."""
-        ns = obj["metadata"]["namespace"]
-        path = _COLLECTIONS[str(obj["kind"])].format(ns=_q(ns))
+        previous reconcile, maybe of a killed operator, created it). Raises
+        :class:`Refused` when the apiserver judges the object invalid (400, 422)."""
+        meta = obj["metadata"]
         try:
-            self.request("POST", path, body=dict(obj))
+            self.dyn.create(
+                self._res(str(obj["kind"])),
+                body=dict(obj),
+                namespace=meta["namespace"],
+                dry_run="All" if dry_run else None,
+                _request_timeout=self.timeout,
+                serialize=False,
+            )
         except ApiException as exc:
             if exc.status == 409:
                 return False
+            if refused(exc):
+                raise Refused(str(obj["kind"]), str(meta["name"]), message_of(exc)) from None
             raise
         return True
 
-    def _delete(self, path: str, body: Obj) -> None:
+    def check_pods(self, job: Mapping[str, Any]) -> None:
+        """Server-side dry run of the pods the training operator will make from ``job``:
+        an invalid pod (a negative quantity, an unknown toleration operator, a volume
+        without a source) raises :class:`Refused` now, instead of leaving the training
+        operator failing to create it and the run Pending."""
+        if not self._dry_run_pods:
+            return
+        for pod in replica_pods(job):
+            try:
+                self.create(pod, dry_run=True)
+            except ApiException as exc:
+                if exc.status != 403:
+                    raise
+                if rbac_denied(exc):
+                    self._dry_run_pods = False
+                    log.warning("no grant to dry-run pods (create pods): pod specs go unchecked")
+                return  # a full quota: the real pods will wait for room, as without the check
+
+    def refusal(self, job: Mapping[str, Any]) -> Rejected | None:
+        """The apiserver's objection to ``job`` (a dry run), None when it has none."""
         try:
-            self.request("DELETE", path, body=body)
+            self.create(job, dry_run=True)
+        except Refused as exc:
+            return exc.rejected
+        return None
+
+    def _delete(self, kind: str, namespace: str, name: str, **params: Any) -> None:
+        try:
+            self.dyn.delete(
+                self._res(kind),
+                name=name,
+                namespace=namespace,
+                _request_timeout=self.timeout,
+                serialize=False,
+                **params,
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -209,50 +278,33 @@ class Kube:
     def delete_job(self, namespace: str, name: str) -> None:
         # Background: the job is gone at once (so the training operator cannot recreate a
         # pod), its pods follow through the garbage collector with their grace period.
-        path = _COLLECTIONS["PyTorchJob"].format(ns=_q(namespace)) + f"/{_q(name)}"
-        self._delete(path, {"propagationPolicy": "Background"})
+        self._delete(PYTORCHJOB_KIND, namespace, name, propagation_policy="Background")
 
     def delete_pod(self, namespace: str, name: str, grace_seconds: int) -> None:
-        path = f"/api/v1/namespaces/{_q(namespace)}/pods/{_q(name)}"
-        self._delete(path, {"gracePeriodSeconds": grace_seconds})
+        self._delete("Pod", namespace, name, grace_period_seconds=grace_seconds)
 
     def post_event(self, ref: RunRef, ev: Event) -> None:
-        now = fmt_time(utcnow())
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            # Names grow with time, so events of the same second still list in order.
-            "metadata": {"name": f"{ref.name}.{time.time_ns():x}", "namespace": ref.namespace},
-            "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
-                "name": ref.name,
-                "namespace": ref.namespace,
-                "uid": ref.uid,
-            },
-            "type": ev.type,
-            "reason": ev.reason,
-            "message": ev.message[:1024],
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "source": {"component": MANAGER},
-            "reportingComponent": MANAGER,
-            "reportingInstance": self.instance,
-        }
+        # Names grow with time, so events of the same second still list in order.
+        name = f"{ref.name}.{time.time_ns():x}"
+        body = event_body(ref, ev, name, fmt_time(utcnow()), self.instance)
         try:
-            self.request("POST", _COLLECTIONS["Event"].format(ns=_q(ref.namespace)), body=body)
-        except ApiException as exc:  # events are best effort: never fail a reconcile
+            self.create(body)
+        except (ApiException, Refused) as exc:  # best effort: never fail a reconcile
             log.warning(
-                "event %s for %s/%s not posted: %s", ev.reason, ref.namespace, ref.name, exc.status
+                "event %s for %s/%s not posted: %s", ev.reason, ref.namespace, ref.name, exc
             )
 
     def execute(self, namespace: str, actions: Sequence[Action]) -> None:
+        """Carry ``actions`` out in order; :class:`Refused` when the apiserver refuses an
+        object built from the spec (the objects before it stay: the run owns them)."""
         for action in actions:
             if isinstance(action, EnsureObjects):
                 for obj in action.objects:
                     self.create(obj)
             elif isinstance(action, CreateJob):
+                # Types first (the PyTorchJob CRD's schema names the field), then values.
+                self.create(action.body, dry_run=True)
+                self.check_pods(action.body)
                 if self.create(action.body):
                     log.info("created PyTorchJob %s/%s", namespace, action.body["metadata"]["name"])
             elif isinstance(action, DeleteJob):

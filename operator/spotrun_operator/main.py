@@ -56,28 +56,8 @@ def _env_float(name: str) -> float | None:
     return float(value) if value else None
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="spotrun-operator",
-        description="Keeps PyTorch TrainingRuns alive on spot GPUs (kopf operator).",
-    )
-    scope = p.add_mutually_exclusive_group()
-    scope.add_argument(
-        "-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)"
-    )
-    scope.add_argument(
-        "-A", "--all-namespaces", action="store_true", help="watch every namespace (default)"
-    )
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG or ~/.kube/config)")
-    p.add_argument(
-        "--liveness",
-        metavar="URL",
-        help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
-    )
-    p.add_argument(
-        "--metrics-port", type=int, default=8000, help="Prometheus /metrics port (0: off)"
-    )
-    p.add_argument("--metrics-address", default="0.0.0.0", help="Prometheus listen address")
+def _pricing_flags(p: argparse.ArgumentParser) -> None:
+    """Where spot prices come from, and the on-demand table ([cost.md](../docs/cost.md))."""
     p.add_argument(
         "--pricing",
         choices=("aws", "table"),
@@ -117,6 +97,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=_env_float("SPOTRUN_PRICE_REFRESH_SECONDS"),
         help="reuse spot prices fetched from AWS this long (600)",
     )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="spotrun-operator",
+        description="Keeps PyTorch TrainingRuns alive on spot GPUs (kopf operator).",
+    )
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)"
+    )
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="watch every namespace (default)"
+    )
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG or ~/.kube/config)")
+    p.add_argument(
+        "--liveness",
+        metavar="URL",
+        help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=8000, help="Prometheus /metrics port (0: off)"
+    )
+    p.add_argument("--metrics-address", default="0.0.0.0", help="Prometheus listen address")
+    _pricing_flags(p)
     p.add_argument(
         "--restart-on-rebalance",
         action="store_true",
@@ -197,9 +202,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # kopf logs every handled watch event at INFO; keep the log to our decisions.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    if args.kubeconfig:
-        # kopf's own login reads KUBECONFIG; keep both clients on the same cluster.
-        os.environ["KUBECONFIG"] = args.kubeconfig
     registry = CollectorRegistry()
     runner = build_runner(args, registry)
     if args.metrics_port:

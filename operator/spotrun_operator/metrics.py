@@ -1,24 +1,34 @@
 """Prometheus metrics of the operator. Nothing registers at import: :class:`Metrics` takes
 the registry it writes to, so tests (and two operators in one process) never collide.
 
-Cardinality: signal, reason and phase come from bounded sets; instance_type and zone are
-bounded by the fleet. Per-run series (cost, savings, budget, checkpoint age and interval)
-are removed when the run is deleted; checkpoint age and interval already when the run is
-Suspended, Succeeded or Failed (nothing checkpoints then).
+Two kinds of series:
 
-Series of the bounded label sets start at 0 (every signal, every failure reason, every
-signal on each instance type and zone a gang ran on), so ``increase()``/``rate()`` see the
-first event too: Prometheus cannot count the first increment of a series that appears at 1.
+* events (preemptions, failures, recoveries, lost work, reconciles) are counters and
+  histograms, incremented as decisions happen;
+* per-run state (runs by phase, checkpoint age and interval, cost, savings, budget) comes
+  from :class:`RunCollector`, which renders a snapshot of each run's latest reconcile at
+  scrape time. Nothing is tracked series by series: a deleted run leaves the snapshot and
+  so every series of it goes; checkpoint age and interval are not rendered while the run
+  is Suspended, Succeeded or Failed (nothing checkpoints then); age is computed at scrape
+  time, so it grows between reconciles.
+
+Cardinality: signal, reason and phase come from bounded sets; instance_type and zone are
+bounded by the fleet. Series of the bounded label sets start at 0 (every signal, every
+failure reason, every signal on each instance type and zone a gang ran on), so
+``increase()``/``rate()`` see the first event too: Prometheus cannot count the first
+increment of a series that appears at 1.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from spotrun_operator.classify import KNOWN_FAILURE_REASONS
 from spotrun_operator.common import parse_time
@@ -35,10 +45,117 @@ RECOVERY_BUCKETS = (5, 10, 20, 30, 60, 120, 180, 300, 600, 1200, 3600)
 RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+@dataclass(frozen=True)
+class RunState:
+    """What one run's latest reconcile left for the per-run series."""
+
+    phase: str
+    checkpoint_ts: float | None = None  # epoch seconds of the newest committed checkpoint
+    gauges: RunGauges | None = None  # None: not figured yet (no per-run gauges)
+
+    @property
+    def checkpointing(self) -> bool:
+        return self.phase not in _NOT_CHECKPOINTING
+
+
+# name, help, labels of each per-run family (the order the collector renders them in).
+_RUN_FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("spotrun_runs", "TrainingRuns by phase.", ("phase",)),
+    (
+        "spotrun_checkpoint_age_seconds",
+        "Seconds since the run's newest committed checkpoint.",
+        ("namespace", "run"),
+    ),
+    (
+        "spotrun_checkpoint_interval_seconds",
+        "Checkpoint interval given to the run's live attempt (spec, or auto: Young/Daly).",
+        ("namespace", "run"),
+    ),
+    (
+        "spotrun_run_cost_usd",
+        "Estimated spend of the run so far (every attempt), by capacity type.",
+        ("namespace", "run", "capacity"),
+    ),
+    (
+        "spotrun_run_savings_ratio",
+        "1 - spend / the same node-hours on on-demand (0.65: 65% cheaper).",
+        ("namespace", "run"),
+    ),
+    (
+        "spotrun_budget_used_ratio",
+        "Spend / spec.budget.maxUSD (runs with a budget only).",
+        ("namespace", "run"),
+    ),
+)
+
+
+class RunCollector(Collector):
+    """Per-run gauges rendered from a snapshot of the runs at scrape time."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[tuple[str, str], RunState] = {}
+        self._clock = clock
+
+    def update(self, namespace: str, name: str, state: RunState | None) -> None:
+        """The run's latest state (None: the run is gone). Figures not given this time
+        (``gauges`` None) keep their last values."""
+        key = (namespace, name)
+        with self._lock:
+            old = self._runs.get(key)
+            if state is None:
+                self._runs.pop(key, None)
+                return
+            if state.gauges is None and old is not None:
+                state = RunState(state.phase, state.checkpoint_ts, old.gauges)
+            self._runs[key] = state
+
+    def snapshot(self) -> dict[tuple[str, str], RunState]:
+        with self._lock:
+            return dict(self._runs)
+
+    def describe(self) -> Iterator[Metric]:
+        for name, text, labels in _RUN_FAMILIES:
+            yield GaugeMetricFamily(name, text, labels=labels)
+
+    def collect(self) -> Iterator[Metric]:
+        runs = self.snapshot()
+        fams = {
+            name: GaugeMetricFamily(name, text, labels=labels)
+            for name, text, labels in _RUN_FAMILIES
+        }
+        for phase in PHASES:
+            count = sum(1 for st in runs.values() if st.phase == phase)
+            fams["spotrun_runs"].add_metric([phase], count)
+        now = self._clock()
+        for (ns, run), st in sorted(runs.items()):
+            if st.checkpointing and st.checkpoint_ts is not None:
+                age = max(0.0, now - st.checkpoint_ts)
+                fams["spotrun_checkpoint_age_seconds"].add_metric([ns, run], age)
+            g = st.gauges
+            if g is None:
+                continue
+            for capacity, usd in zip(CAPACITIES, (g.spot_usd, g.on_demand_usd), strict=True):
+                fams["spotrun_run_cost_usd"].add_metric([ns, run, capacity], usd)
+            optional = (
+                ("spotrun_run_savings_ratio", g.savings_ratio),
+                ("spotrun_budget_used_ratio", g.budget_used_ratio),
+                (
+                    "spotrun_checkpoint_interval_seconds",
+                    g.checkpoint_interval_seconds if st.checkpointing else None,
+                ),
+            )
+            for name, value in optional:
+                if value is not None:
+                    fams[name].add_metric([ns, run], value)
+        yield from fams.values()
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.runs = Gauge("spotrun_runs", "TrainingRuns by phase.", ["phase"], registry=registry)
+        self.runs = RunCollector()
+        registry.register(self.runs)
         self.preemptions = Counter(
             "spotrun_preemptions_total",
             "Attempts lost to the infrastructure, by interruption signal and node.",
@@ -64,36 +181,6 @@ class Metrics:
             ["signal"],
             registry=registry,
         )
-        self.checkpoint_age = Gauge(
-            "spotrun_checkpoint_age_seconds",
-            "Seconds since the run's newest committed checkpoint.",
-            ["namespace", "run"],
-            registry=registry,
-        )
-        self.checkpoint_interval = Gauge(
-            "spotrun_checkpoint_interval_seconds",
-            "Checkpoint interval given to the run's live attempt (spec, or auto: Young/Daly).",
-            ["namespace", "run"],
-            registry=registry,
-        )
-        self.run_cost = Gauge(
-            "spotrun_run_cost_usd",
-            "Estimated spend of the run so far (every attempt), by capacity type.",
-            ["namespace", "run", "capacity"],
-            registry=registry,
-        )
-        self.savings_ratio = Gauge(
-            "spotrun_run_savings_ratio",
-            "1 - spend / the same node-hours on on-demand (0.65: 65% cheaper).",
-            ["namespace", "run"],
-            registry=registry,
-        )
-        self.budget_used = Gauge(
-            "spotrun_budget_used_ratio",
-            "Spend / spec.budget.maxUSD (runs with a budget only).",
-            ["namespace", "run"],
-            registry=registry,
-        )
         self.reconcile_duration = Histogram(
             "spotrun_reconcile_duration_seconds",
             "Duration of one reconcile of a TrainingRun (observe, decide, act).",
@@ -106,11 +193,7 @@ class Metrics:
             registry=registry,
         )
         self._lock = threading.Lock()
-        self._phases: dict[tuple[str, str], str] = {}
-        self._series: dict[tuple[str, str], set[Gauge]] = {}
         self._placements: set[tuple[str, str]] = set()
-        for phase in PHASES:
-            self.runs.labels(phase=phase).set(0)
         for signal in SIGNALS:
             self.recovery.labels(signal=signal)
             self.lost_work.labels(signal=signal)
@@ -133,15 +216,17 @@ class Metrics:
             elif ev.name == "lost_work":
                 self.lost_work.labels(signal=_signal(labels.get("signal"))).inc(max(0.0, ev.value))
             elif ev.name == "placement":
-                where = (labels.get("instance_type") or "unknown", labels.get("zone") or "unknown")
-                with self._lock:
-                    new = where not in self._placements
-                    self._placements.add(where)
-                if new:
-                    for signal in SIGNALS:
-                        self.preemptions.labels(
-                            signal=signal, instance_type=where[0], zone=where[1]
-                        )
+                self._placed(labels.get("instance_type"), labels.get("zone"))
+
+    def _placed(self, instance_type: str | None, zone: str | None) -> None:
+        """A gang ran on this instance type and zone: its preemption series start at 0."""
+        where = (instance_type or "unknown", zone or "unknown")
+        with self._lock:
+            new = where not in self._placements
+            self._placements.add(where)
+        if new:
+            for signal in SIGNALS:
+                self.preemptions.labels(signal=signal, instance_type=where[0], zone=where[1])
 
     def observe_run(
         self,
@@ -153,66 +238,12 @@ class Metrics:
     ) -> None:
         """Latest phase, checkpoint and figures of a run (None phase: the run is gone, so
         every series of it goes)."""
-        key = (namespace, name)
-        with self._lock:
-            if phase is None:
-                self._phases.pop(key, None)
-            else:
-                self._phases[key] = phase
-            counts: Mapping[str, int] = {
-                p: sum(1 for v in self._phases.values() if v == p) for p in PHASES
-            }
-            ckpt = parse_time(checkpoint_time)
-            checkpointing = phase is not None and phase not in _NOT_CHECKPOINTING
-            if not checkpointing or ckpt is None:
-                self._drop(key, self.checkpoint_age)
-            else:
-                # Age is computed at scrape time, so it grows between reconciles.
-                self._set(key, self.checkpoint_age).set_function(_age(ckpt.timestamp()))
-            if phase is None:
-                for gauge in list(self._series.get(key, ())):
-                    self._drop(key, gauge)
-            elif gauges is not None:
-                self._export(key, gauges, checkpointing)
-        for p, n in counts.items():
-            self.runs.labels(phase=p).set(n)
-
-    def _export(self, key: tuple[str, str], g: RunGauges, checkpointing: bool) -> None:
-        """Per-run gauges of one reconcile (under the lock)."""
-        for capacity, usd in zip(CAPACITIES, (g.spot_usd, g.on_demand_usd), strict=True):
-            self._set(key, self.run_cost, capacity).set(usd)
-        optional = (
-            (self.savings_ratio, g.savings_ratio),
-            (self.budget_used, g.budget_used_ratio),
-            (self.checkpoint_interval, g.checkpoint_interval_seconds if checkpointing else None),
-        )
-        for gauge, value in optional:
-            if value is None:
-                self._drop(key, gauge)
-            else:
-                self._set(key, gauge).set(value)
-
-    def _set(self, key: tuple[str, str], gauge: Gauge, *extra: str) -> Gauge:
-        self._series.setdefault(key, set()).add(gauge)
-        child: Gauge = gauge.labels(*key, *extra)
-        return child
-
-    def _drop(self, key: tuple[str, str], gauge: Gauge) -> None:
-        """Remove every series of ``gauge`` for the run (each capacity of the cost)."""
-        series = self._series.get(key)
-        if series is None or gauge not in series:
+        if phase is None:
+            self.runs.update(namespace, name, None)
             return
-        series.discard(gauge)
-        if not series:
-            del self._series[key]
-        extras = [(c,) for c in CAPACITIES] if gauge is self.run_cost else [()]
-        for extra in extras:
-            with contextlib.suppress(KeyError):
-                gauge.remove(*key, *extra)
-
-
-def _age(ts: float) -> Callable[[], float]:
-    return lambda: max(0.0, time.time() - ts)
+        ckpt = parse_time(checkpoint_time)
+        state = RunState(phase, ckpt.timestamp() if ckpt else None, gauges)
+        self.runs.update(namespace, name, state)
 
 
 def _signal(value: str | None) -> str:

@@ -30,11 +30,11 @@ Obj = dict[str, Any]
 
 @dataclass(frozen=True)
 class Rejected:
-    """The apiserver refused to create a child of the run (HTTP 422 Invalid): what the
-    spec asks for cannot run. The I/O layer reports it by observing again with
-    ``Observed.rejected`` set; :func:`reconcile.decide` then fails the run (InvalidSpec)."""
+    """The apiserver refused a child of the run (or a dry run of it): what the spec asks
+    for cannot run. The I/O layer observes again with ``Observed.rejected`` set, and
+    :func:`reconcile.decide` fails the run (InvalidSpec)."""
 
-    kind: str  # PyTorchJob, PersistentVolumeClaim, ...
+    kind: str  # PyTorchJob, Pod, PersistentVolumeClaim, ...
     name: str
     message: str  # the apiserver's message, naming the field
 

@@ -18,17 +18,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from spotrun_operator.apiserver import Refused, raw_template_job
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.cost import Price, Prices
 from spotrun_operator.kube import Kube
 from spotrun_operator.metrics import Metrics
 from spotrun_operator.observe import observe, run_ref
+from spotrun_operator.plan import Observed, Rejected
 from spotrun_operator.reconcile import decide
 from spotrun_operator.signals import INTERRUPTION_TAINTS, NodeInfo, node_info
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
 # Prices for some instance types, and the PricingAvailable condition (None: not priced by AWS).
+# Code that turns a spec into objects, and the exceptions a value of the wrong shape raises
+# in it: see built_from_spec.
+SPEC_MODULES = frozenset(f"spotrun_operator.{m}" for m in ("builders", "podtemplate", "spec"))
+SPEC_ERRORS = (TypeError, AttributeError, KeyError, ValueError, IndexError)
 PriceSource = Callable[
     [Sequence[str]], tuple[Mapping[str, Price] | Prices, Mapping[str, str] | None]
 ]
@@ -48,6 +54,8 @@ class Memory:
         self._nodes: dict[str, _Seen] = {}
         self._pods: dict[Key, dict[str, tuple[float, dict[str, Any]]]] = {}
         self._announced: dict[str, float] = {}
+        # (namespace, run) -> (when, (uid, generation), why the apiserver refused its spec)
+        self._rejected: dict[Key, tuple[float, tuple[str, int], Rejected]] = {}
         self.ttl = ttl_seconds
         self.max_items = max_items
 
@@ -97,6 +105,21 @@ class Memory:
     def forget_run(self, namespace: str, run: str) -> None:
         with self._lock:
             self._pods.pop((namespace, run), None)
+            self._rejected.pop((namespace, run), None)
+
+    def reject(self, run: Mapping[str, Any], rejected: Rejected) -> None:
+        """Remember that the objects built from this generation of ``run`` were refused."""
+        key, version = _generation(run)
+        with self._lock:
+            self._rejected[key] = (time.monotonic(), version, rejected)
+            self._prune(time.monotonic())
+
+    def rejection(self, run: Mapping[str, Any]) -> Rejected | None:
+        """Why this generation of ``run`` was refused (None when it was not)."""
+        key, version = _generation(run)
+        with self._lock:
+            seen = self._rejected.get(key)
+        return seen[2] if seen and seen[1] == version else None
 
     def first_time(self, key: str) -> bool:
         """True once per key (events announced once per process)."""
@@ -117,8 +140,16 @@ class Memory:
                 del self._pods[key]
         for k in [k for k, t in self._announced.items() if t < cutoff]:
             del self._announced[k]
+        for key in [k for k, r in self._rejected.items() if r[0] < cutoff]:
+            del self._rejected[key]
         while len(self._nodes) > self.max_items:
             del self._nodes[min(self._nodes, key=lambda n: self._nodes[n].at)]
+
+
+def _generation(run: Mapping[str, Any]) -> tuple[Key, tuple[str, int]]:
+    meta = run["metadata"]
+    key = (str(meta["namespace"]), str(meta["name"]))
+    return key, (str(meta.get("uid")), int(meta.get("generation") or 1))
 
 
 def table_prices(_types: Sequence[str]) -> tuple[Mapping[str, Price] | Prices, None]:
@@ -215,33 +246,74 @@ class Runner:
                 if run is None:
                     self.metrics.observe_run(namespace, name, None, None)
                     return None
-                ref = run_ref(run)
-                types = ((run.get("spec") or {}).get("capacity") or {}).get("instanceTypes") or []
-                prices, pricing_condition = self.prices(list(types))
-                obs = observe(
-                    self.kube,
-                    run,
-                    remembered_nodes=self.memory.nodes(),
-                    seen_pods=self.memory.seen_pods(namespace, name),
-                    interrupted_nodes=self.memory.interrupted_nodes(),
-                    rand=random.random(),
-                    prices=prices,
-                    pricing_condition=pricing_condition,
-                )
-                d = decide(obs, self.cfg)
-                if d.status is not None:
-                    rv = str(run["metadata"]["resourceVersion"])
-                    if not self.kube.patch_run_status(namespace, name, rv, d.status):
-                        continue  # someone (the trainer) wrote meanwhile: look again
-                self.metrics.record(d.metrics)
-                for ev in d.events:
-                    if ev.key is None or self.memory.first_time(ev.key):
-                        self.kube.post_event(ref, ev)
-                self.kube.execute(namespace, d.actions)
-                self.metrics.observe_run(namespace, name, d.phase, d.checkpoint_time, d.gauges)
-                for ev in d.events:
-                    log.info("%s/%s %s: %s", namespace, name, ev.reason, ev.message)
-                return d.requeue_after
+                delay = self._reconcile_once(run)
+                if delay is not None:
+                    return delay
             return 0.5
         finally:
             self.metrics.reconcile_duration.observe(time.monotonic() - started)
+
+    def _reconcile_once(self, run: Mapping[str, Any]) -> float | None:
+        """One observe-decide-write-act pass over ``run`` as read; None: look again (the
+        status write lost a race, or the apiserver refused what the spec builds)."""
+        ref = run_ref(run)
+        rejected = self.memory.rejection(run)
+        try:
+            d = decide(self._observe(run, rejected), self.cfg)
+        except Exception as exc:
+            if rejected is not None or not built_from_spec(exc):
+                raise
+            # Let the apiserver name the field: a dry run of the template as written.
+            job = raw_template_job(run)
+            why = f"cannot build the pods from it ({type(exc).__name__}: {exc})"
+            fallback = Rejected("TrainingRun", f"{ref.name} spec.podTemplate", why)
+            self.memory.reject(run, self.kube.refusal(job) or fallback)
+            return None
+        if d.status is not None:
+            rv = str(run["metadata"]["resourceVersion"])
+            if not self.kube.patch_run_status(ref.namespace, ref.name, rv, d.status):
+                return None  # someone (the trainer) wrote meanwhile: look again
+        self.metrics.record(d.metrics)
+        for ev in d.events:
+            if ev.key is None or self.memory.first_time(ev.key):
+                self.kube.post_event(ref, ev)
+        try:
+            self.kube.execute(ref.namespace, d.actions)
+        except Refused as exc:
+            # A verdict on the spec, not a transient error: decide() makes it InvalidSpec.
+            self.memory.reject(run, exc.rejected)
+            return None
+        self.metrics.observe_run(ref.namespace, ref.name, d.phase, d.checkpoint_time, d.gauges)
+        for ev in d.events:
+            log.info("%s/%s %s: %s", ref.namespace, ref.name, ev.reason, ev.message)
+        return d.requeue_after
+
+    def _observe(self, run: Mapping[str, Any], rejected: Rejected | None) -> Observed:
+        ns, name = run["metadata"]["namespace"], run["metadata"]["name"]
+        types = ((run.get("spec") or {}).get("capacity") or {}).get("instanceTypes") or []
+        prices, pricing_condition = self.prices(list(types))
+        return observe(
+            self.kube,
+            run,
+            remembered_nodes=self.memory.nodes(),
+            seen_pods=self.memory.seen_pods(ns, name),
+            interrupted_nodes=self.memory.interrupted_nodes(),
+            rand=random.random(),
+            prices=prices,
+            pricing_condition=pricing_condition,
+            rejected=rejected,
+        )
+
+
+def built_from_spec(exc: BaseException) -> bool:
+    """True when ``exc`` is a malformed user value meeting the code that builds objects
+    from the spec (a string where the pod template has a list...): the spec's fault, so a
+    verdict, where any other exception is retried."""
+    if not isinstance(exc, SPEC_ERRORS):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__") in SPEC_MODULES:
+            return True
+        tb = tb.tb_next
+    return False

@@ -30,10 +30,12 @@ rule only with a comment saying which code needs it.
   resources: ["pytorchjobs"]
   verbs: ["list", "watch", "create", "delete"]
 # Trainer pods: kopf watches and indexes them by node, kube.list_pods classifies a loss,
-# kube.delete_pod stops a whole gang gracefully on an interruption notice.
+# kube.delete_pod stops a whole gang gracefully on an interruption notice; create is for
+# server-side dry runs only (kube.check_pods: a pod template the apiserver would refuse
+# fails the run as InvalidSpec instead of leaving it Pending).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch", "delete"]
+  verbs: ["list", "watch", "create", "delete"]
 # The run's checkpoint volume: created when the spec asks for a new claim; an existing
 # claim is checked (kube.missing) so a typo fails fast instead of a pod hanging Pending.
 - apiGroups: [""]

@@ -164,7 +164,7 @@ NAMESPACED_GRANTS = {
     (SPOTRUN, "trainingruns/status"): {"get", "patch"},
     (SPOTRUN, "trainingruns/finalizers"): {"update"},
     ("kubeflow.org", "pytorchjobs"): {"list", "watch", "create", "delete"},
-    ("", "pods"): {"list", "watch", "delete"},
+    ("", "pods"): {"list", "watch", "create", "delete"},
     ("", "persistentvolumeclaims"): {"get", "create"},
     ("", "configmaps"): {"get"},
     ("", "secrets"): {"get"},

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import re
 import shutil
 import subprocess
@@ -122,3 +124,114 @@ def test_host_pip_config_falls_back_to_the_environment(monkeypatch: pytest.Monke
     config = images.host_pip_config()
     assert config["index-url"] == "https://index.example/simple"
     assert "no-cache-dir" not in config
+
+
+@pytest.mark.parametrize("name", sorted(images.IMAGE_ENTRY))
+def test_each_image_holds_exactly_the_packages_its_code_imports(name: str) -> None:
+    """The operator image: the operator and what it imports (spotrun_api once it exists);
+    the trainer image likewise; neither ever the dev tools (spotrun_dev)."""
+    dockerfile = (paths.REPO_ROOT / name / "Dockerfile").read_text()
+    needed = images.package_closure(images.IMAGE_ENTRY[name], paths.REPO_ROOT)
+    assert "spotrun_dev" not in needed
+    assert images.copied_packages(dockerfile) == needed, (
+        f"{name}/Dockerfile must COPY exactly {sorted(needed)} into its wheel build"
+    )
+    assert "COPY hack" not in dockerfile and "COPY . " not in dockerfile
+
+
+def _dist(name: str) -> str:
+    return re.split(r"[<>=!~\[; ]", name, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _module_file(dotted: str) -> Path | None:
+    parts = dotted.split(".")
+    for root in images.SOURCE_ROOTS:
+        base = paths.REPO_ROOT / root / Path(*parts)
+        for path in (base.with_suffix(".py"), base / "__init__.py"):
+            if path.is_file():
+                return path
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    """Dotted names ``path`` imports (``from a.b import c`` gives a.b and a.b.c)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module)
+            out |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return out
+
+
+def _runtime_imports(entry: str) -> set[str]:
+    """Top-level modules imported by every module of ``entry`` and, transitively, by the
+    project modules those import (module by module, not whole packages)."""
+    root = next(
+        paths.REPO_ROOT / r / entry
+        for r in images.SOURCE_ROOTS
+        if (paths.REPO_ROOT / r / entry).is_dir()
+    )
+    todo, seen, out = sorted(root.rglob("*.py")), set(), set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _imports(path):
+            out.add(name.split(".")[0])
+            found = _module_file(name) if name.startswith("spotrun_") else None
+            if found is not None:
+                todo.append(found)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(images.IMAGE_ENTRY))
+def test_each_image_installs_the_third_party_packages_its_code_imports(name: str) -> None:
+    """Every third-party module the image's code imports comes from a pin of its extra
+    (or a requirement of one: botocore with boto3), so the image never lacks one."""
+    pins = {_dist(p) for p in images.requirements(PYPROJECT, name)}
+    provided = set(pins)
+    for dist in pins:
+        provided |= {_dist(r) for r in importlib.metadata.requires(dist) or () if "extra" not in r}
+    owners = importlib.metadata.packages_distributions()
+    for module in _runtime_imports(images.IMAGE_ENTRY[name]):
+        if module in sys.stdlib_module_names or module.startswith("spotrun_"):
+            continue
+        dists = {_dist(d) for d in owners.get(module, [module])}
+        assert dists & provided, f"the {name} image imports {module}, not in its extra"
+
+
+@pytest.mark.parametrize("name", sorted(images.IMAGE_ENTRY))
+def test_each_image_keeps_only_its_own_console_script(name: str) -> None:
+    dockerfile = (paths.REPO_ROOT / name / "Dockerfile").read_text().replace("\\\n", "")
+    own = f"spotrun-{name}"
+    for script in PYPROJECT["project"]["scripts"]:
+        removed = f"/opt/spotrun/bin/{script}" in dockerfile
+        assert removed == (script != own), script
+
+
+def _module_level_imports(package: Path) -> set[str]:
+    """Top-level names imported at module level (not inside functions) in ``package``."""
+    names: set[str] = set()
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_spotrun_dev_is_the_dev_extra() -> None:
+    """``pip install spotrun[dev]`` is enough to import every spotrun-dev module (torch,
+    imported inside the one function that reads a real checkpoint, excepted)."""
+    project = PYPROJECT["project"]
+    pins = {_dist(p) for p in [*project["dependencies"], *project["optional-dependencies"]["dev"]]}
+    owners = importlib.metadata.packages_distributions()
+    for module in _module_level_imports(paths.REPO_ROOT / "hack" / "spotrun_dev"):
+        if module in sys.stdlib_module_names or module.startswith("spotrun_"):
+            continue
+        dists = {_dist(d) for d in owners.get(module, [module])}
+        assert dists & pins, f"spotrun_dev imports {module}, not in the dev extra"
