@@ -138,6 +138,7 @@ class CheckpointManager:
         self.async_save = async_save
         self.async_mode = async_mode  # thread or process: how DCP writes sharded parts
         self.process_group = process_group  # DCP's group (gloo); None: the default group
+        self._dcp = sharded_io.DcpSaver(async_mode)
         self.commit_timeout = commit_timeout
         self.collectives: Collectives = collectives or LocalCollectives()
         self.restore_missing = restore_missing
@@ -236,9 +237,8 @@ class CheckpointManager:
         dcp_future = None
         if sharded:
             tmp = self.directory / f"{TMP_PREFIX}{contract.step_dir_name(step)}"
-            mode = self.async_mode if background else None
             folder = tmp / sharded_io.DCP_DIR
-            dcp_future = sharded_io.start_save(dict(sharded), folder, self.process_group, mode)
+            dcp_future = self._dcp.start(dict(sharded), folder, self.process_group, background)
         if background:
             memo: dict[tuple[Any, ...], torch.Tensor] = {}
             shared_sd, rank_sd = snapshot(shared_sd, memo), snapshot(rank_sd, memo)

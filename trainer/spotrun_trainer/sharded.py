@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_state_dict,
@@ -82,26 +83,52 @@ def _as_dcp(parts: dict[str, Stateful]) -> dict[str, Any]:
     return dict(parts)
 
 
-def start_save(
-    parts: dict[str, Stateful], folder: Path, group: Any, mode: str | None
-) -> Future[Any] | None:
-    """Write ``parts`` under ``folder`` with DCP: synchronously (``mode`` None; returns
-    None) or staged to CPU memory now and written in the background (returns the future
-    of the write). Every rank calls it at the same step; ``group`` is a gloo group kept
-    for checkpoints, so the background write never interleaves with training collectives."""
-    state = _as_dcp(parts)
-    if mode is None:
-        dcp_save(state, checkpoint_id=folder, process_group=group)
-        return None
-    kind = ASYNC_MODES[mode]
-    if kind is AsyncCheckpointerType.PROCESS and not dist.is_initialized():
-        kind = AsyncCheckpointerType.THREAD  # the checkpoint process needs a process group
-    future = async_save(
-        state, checkpoint_id=folder, process_group=group, async_checkpointer_type=kind
-    )
-    if not isinstance(future, Future):  # AsyncSaveResponse: only with an explicit stager
-        future = future.upload_completion
-    return future
+class DcpSaver:
+    """Starts DCP saves; keeps one stager, so the CPU copy of the state is allocated once
+    and reused by every save (in shared memory for the checkpoint process: it reaches the
+    process by handle, with no second copy)."""
+
+    def __init__(self, mode: str = "thread") -> None:
+        self.mode = mode
+        self._stager: DefaultStager | None = None
+
+    def _staging(self) -> DefaultStager:
+        if self._stager is None:
+            cuda = torch.cuda.is_available()
+            self._stager = DefaultStager(
+                StagingOptions(
+                    use_pinned_memory=cuda,
+                    use_shared_memory=self.mode == "process",
+                    use_async_staging=False,
+                    use_non_blocking_copy=False,
+                )
+            )
+        return self._stager
+
+    def start(
+        self, parts: dict[str, Stateful], folder: Path, group: Any, background: bool
+    ) -> Future[Any] | None:
+        """Write ``parts`` under ``folder``: synchronously (returns None), or staged to CPU
+        memory now and written in the background (returns the future of the write). Every
+        rank calls it at the same step; ``group`` is a gloo group kept for checkpoints, so
+        a background write never interleaves with training collectives."""
+        state = _as_dcp(parts)
+        if not background:
+            dcp_save(state, checkpoint_id=folder, process_group=group)
+            return None
+        kind = ASYNC_MODES[self.mode]
+        if kind is AsyncCheckpointerType.PROCESS and not dist.is_initialized():
+            kind = AsyncCheckpointerType.THREAD  # the checkpoint process needs a process group
+        future = async_save(state, checkpoint_id=folder, process_group=group,
+                            async_checkpointer_type=kind, async_stager=self._staging())  # fmt: skip
+        if not isinstance(future, Future):  # AsyncSaveResponse: only with async staging
+            future = future.upload_completion
+        return future
+
+    def close(self) -> None:
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
 
 
 def rank_files(folder: Path, rank: int) -> list[Path]:

@@ -8,6 +8,7 @@ Few and small on purpose: every 4-process run shares two CPU cores with everythi
 from __future__ import annotations
 
 import random
+import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,12 @@ import torch
 from test_trainer_resume import STOP_DEADLINE, _assert_resumed_at, _interrupt
 from trainer_helpers import (
     COMMON_ARGS,
+    EVERY,
     MAX_STEPS,
     PYTHON,
     START_DEADLINE,
     Trainer,
     assert_bitwise_equal,
-    committed,
     interruption_seed,
     trainer_env,
 )
@@ -119,12 +120,16 @@ def references(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, int],
 
 
 def _spawn(cmd: Sequence[str], folder: Path, name: str, env_extra: dict[str, str]) -> Trainer:
-    import subprocess
-
     log, events = folder / f"{name}.log", folder / f"{name}.events"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(list(cmd), cwd=folder, env=trainer_env(events, **env_extra),
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            list(cmd),
+            cwd=folder,
+            env=trainer_env(events, **env_extra),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return Trainer(proc, log, events)
 
 
@@ -158,12 +163,16 @@ def test_fsdp_resumes_on_another_world_size(
 ) -> None:
     reference = references("causal_lm", 2)
     ckpt = tmp_path / "ckpt"
-    step = _pick_step(f"reshard-{before}-{after}")
+    # After the first checkpoint, so the resumed run has a checkpoint of `before` ranks.
+    step = random.Random(f"{interruption_seed()}-reshard").randint(EVERY + 1, MAX_STEPS - 1)
+    print(f"reshard {before} -> {after}: interrupting after step {step}")
     samples = {ENV_SAMPLES_FILE: str(tmp_path / "samples-before")}
     cmd = fsdp_cmd(ckpt, before, *LM_ARGS, kind="causal_lm", launcher=sig == "SIGTERM")
     t = launch(cmd, "before",
                {ENV_PAUSE_AT_STEP: str(step), **samples})  # fmt: skip
+    t.wait_event("committed", 0, EVERY)
     resume_at = _interrupt(t, sig, before, step, ckpt, to_group=True)
+    assert resume_at >= EVERY
 
     r = launch(fsdp_cmd(ckpt, after, *LM_ARGS, kind="causal_lm"), "after",
                {ENV_SAMPLES_FILE: str(tmp_path / "samples-after")})  # fmt: skip
