@@ -97,8 +97,8 @@ class CheckpointConfig:
     keep_best: bool = True
     """Also keep the checkpoint with the best validation loss, and save one on each new best."""
     async_save: bool = False
-    """Snapshot state to CPU memory and write it in the background (one save in flight);
-    stop and final saves stay synchronous."""
+    """Snapshot state to CPU memory and write it in a background thread (or process, see
+    async_mode), one save in flight; stop and final saves stay synchronous."""
     async_mode: str = "thread"
     """How an async save of sharded (FSDP) state is written: ``thread`` (a writer thread in
     the trainer) or ``process`` (DCP's checkpoint process, which shares no GIL with training;
