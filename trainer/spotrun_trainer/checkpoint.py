@@ -109,9 +109,10 @@ class CheckpointManager:
     """Saves and loads ``{name: Stateful}`` dicts as ``step-N`` folders under ``directory``.
 
     ``shared`` parts are identical on every rank and written by rank 0; ``per_rank``
-    parts (RNG) are written by every rank. With ``async_save`` the state is copied to CPU
-    memory on the caller's thread and written by a background thread; a new save first
-    waits for the one in flight.
+    parts (RNG) are written by every rank; ``sharded`` parts (FSDP) by every rank through
+    DCP. With ``async_save`` the state is copied to CPU memory on the caller's thread and
+    written in the background (DCP's thread or process per ``async_mode``; the commit by a
+    thread of the manager); a new save first waits for the one in flight.
     """
 
     def __init__(
@@ -309,6 +310,13 @@ class CheckpointManager:
         write_json(part, {"files": files})
         if self.rank != 0:
             return None
+        return self._commit(tmp, step, metric, meta, t0, sharded)
+
+    def _commit(
+        self, tmp: Path, step: int, metric: float | None, meta: dict[str, Any], t0: float,
+        sharded: bool,
+    ) -> CheckpointInfo:  # fmt: skip
+        """Rank 0: wait for every part, write the manifest, rename to ``step-N``, prune."""
         all_files = gather_parts(tmp, self.world_size, self.commit_timeout)
         if sharded:
             fsync_dir(tmp / sharded_io.DCP_DIR)
