@@ -47,7 +47,6 @@ from spotrun_trainer.checkpoint_io import (
     TMP_PREFIX,
     CheckpointError,
     committed_steps,
-    file_entry,
     fsync_dir,
     gather_parts,
     now_rfc3339,
@@ -298,8 +297,7 @@ class CheckpointManager:
             if dcp_future is not None:
                 dcp_future.result()  # this rank's shards (and on rank 0 the metadata) are written
             if sharded:
-                for f in sharded_io.rank_files(tmp / sharded_io.DCP_DIR, self.rank):
-                    files[f"{sharded_io.DCP_DIR}/{f.name}"] = file_entry(f)
+                files.update(sharded_io.rank_entries(tmp / sharded_io.DCP_DIR, self.rank))
             if self.after_write is not None:
                 self.after_write(step)
         except BaseException as e:

@@ -14,15 +14,21 @@ written for this trainer, not copied.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.filesystem import FileSystem, FileSystemWriter
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -35,12 +41,14 @@ from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.checkpoint.stateful import Stateful as DcpStateful
 from torch.distributed.fsdp import fully_shard
 
+from spotrun_trainer.checkpoint_io import file_entry, write_json
 from spotrun_trainer.state import Stateful
 
 log = logging.getLogger(__name__)
 
 DCP_DIR = "dcp"
 DCP_METADATA = ".metadata"
+SIDECAR = ".sha256"  # beside each shard: its sha256 and size, from the writer
 ASYNC_MODES = {"thread": AsyncCheckpointerType.THREAD, "process": AsyncCheckpointerType.PROCESS}
 
 
@@ -113,13 +121,14 @@ class DcpSaver:
         rank calls it at the same step; ``group`` is a gloo group kept for checkpoints, so
         a background write never interleaves with training collectives."""
         state = _as_dcp(parts)
+        writer = HashingFileSystemWriter(folder)
         if not background:
-            dcp_save(state, checkpoint_id=folder, process_group=group)
+            dcp_save(state, storage_writer=writer, process_group=group)
             return None
         kind = ASYNC_MODES[self.mode]
         if kind is AsyncCheckpointerType.PROCESS and not dist.is_initialized():
             kind = AsyncCheckpointerType.THREAD  # the checkpoint process needs a process group
-        future = async_save(state, checkpoint_id=folder, process_group=group,
+        future = async_save(state, storage_writer=writer, process_group=group,
                             async_checkpointer_type=kind, async_stager=self._staging())  # fmt: skip
         if not isinstance(future, Future):  # AsyncSaveResponse: only with async staging
             future = future.upload_completion
@@ -137,6 +146,76 @@ def rank_files(folder: Path, rank: int) -> list[Path]:
     if rank == 0:
         mine.append(folder / DCP_METADATA)
     return mine
+
+
+class _HashingStream:
+    """A file written front to back, hashed on the way (no second read of the shard)."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.sequential = True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        if self._f.tell() != self.size:
+            self.sequential = False
+        self.sha.update(view)
+        self.size += view.nbytes
+        written: int = self._f.write(view)
+        return written
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        pos: int = self._f.seek(offset, whence)
+        if pos != self.size:
+            self.sequential = False
+        return pos
+
+    def __getattr__(self, name: str) -> Any:  # tell, flush, fileno, close, ...
+        return getattr(self._f, name)
+
+
+class HashingFileSystem(FileSystem):
+    """DCP's local file system, writing ``<shard>.sha256`` (sha256 and size) beside each
+    shard it writes, from the bytes as they were written: the manifest then needs no
+    second read of the shards in the training process."""
+
+    @contextmanager
+    def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[Any]:
+        p = Path(path)
+        if "w" not in mode or not p.name.endswith(".distcp"):
+            with super().create_stream(p, mode) as plain:
+                yield plain
+            return
+        with p.open(mode) as f:
+            hashing = _HashingStream(f)
+            yield hashing
+        if hashing.sequential and p.stat().st_size == hashing.size:
+            digest = {"sha256": hashing.sha.hexdigest(), "bytes": hashing.size}
+            write_json(p.with_name(p.name + SIDECAR), digest)
+
+
+class HashingFileSystemWriter(FileSystemWriter):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path)
+        self.fs = HashingFileSystem()
+
+
+def rank_entries(folder: Path, rank: int) -> dict[str, dict[str, Any]]:
+    """Manifest entries (sha256, bytes) of this rank's files in a DCP folder: from the
+    writer's sidecars where they are, by reading the file back otherwise."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in rank_files(folder, rank):
+        sidecar = f.with_name(f.name + SIDECAR)
+        try:
+            entry = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            entry = None
+        if entry is None or entry.get("bytes") != f.stat().st_size:
+            entry = file_entry(f)
+        out[f"{DCP_DIR}/{f.name}"] = entry
+    return out
 
 
 def load(parts: dict[str, Stateful], folder: Path, group: Any) -> None:

@@ -149,6 +149,8 @@ def test_fsdp_resume_is_bitwise_equal(
     if sig == "SIGTERM":
         files = {p.name for p in (ckpt / f"step-{step}" / "dcp").iterdir()}
         assert {".metadata", *(f"__{r}_0.distcp" for r in range(nproc))} <= files
+        # Hashed by the writer as it wrote (no read-back), and what verify() checked.
+        assert {f"__{r}_0.distcp.sha256" for r in range(nproc)} <= files
 
     r = launch(fsdp_cmd(ckpt, nproc, "--checkpoint.async-mode", mode), "resumed")
     assert r.wait() == contract.EXIT_DONE, r.output()[-4000:]
