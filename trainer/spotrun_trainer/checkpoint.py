@@ -4,13 +4,15 @@ Layout of a committed checkpoint (all ranks share the folder)::
 
     step-<N>/shared.pt      state replicated across DDP ranks, written once by rank 0
     step-<N>/rank-<r>.pt    per-rank state (RNG), written by rank r
+    step-<N>/dcp/           FSDP only: model and optimizer shards written by every rank
+                            through torch.distributed.checkpoint (DCP), see sharded.py
     step-<N>/part-<r>.json  what rank r wrote, with sha256 and size
     step-<N>/COMMITTED      manifest of every file with checksums, written and fsync'd last
 
-Why plain ``torch.save`` and not torch.distributed.checkpoint (DCP): under DDP every
-rank holds an identical replica, so DCP would buy nothing but its planner; one file per
-role lets us checksum each file, load without a process group (tools, S3 restore) and
-resume with another world size. A sharded (FSDP) model would want DCP instead.
+Replicated state (DDP model and optimizer, scheduler, sampler, counters) stays plain
+``torch.save``: every rank holds the same copy, so DCP would buy nothing but its
+planner, and one file per role loads without a process group. Sharded state (FSDP)
+goes through DCP, which also reshards it on load to another world size.
 
 Commit protocol: every rank writes into ``.tmp-step-N/``, fsyncs its files and then a
 part file; rank 0 waits for all parts (files on the shared volume, never a collective, so
@@ -23,13 +25,13 @@ never loaded.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -37,15 +39,18 @@ from typing import Any, Protocol, TypeVar
 import torch
 
 from spotrun_trainer import contract
+from spotrun_trainer import sharded as sharded_io
 from spotrun_trainer.checkpoint_io import (
     DELETING_PREFIX,
     FORMAT_VERSION,
-    QUARANTINE_PREFIX,
     SHARED_FILE,
     TMP_PREFIX,
+    CheckpointError,
     committed_steps,
     fsync_dir,
+    gather_parts,
     now_rfc3339,
+    pick_intact,
     read_marker,
     remove_dir,
     snapshot,
@@ -68,10 +73,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class CheckpointError(RuntimeError):
-    """A save that could not be committed, or a checkpoint that cannot be loaded."""
 
 
 class Collectives(Protocol):
@@ -107,9 +108,10 @@ class CheckpointManager:
     """Saves and loads ``{name: Stateful}`` dicts as ``step-N`` folders under ``directory``.
 
     ``shared`` parts are identical on every rank and written by rank 0; ``per_rank``
-    parts (RNG) are written by every rank. With ``async_save`` the state is copied to CPU
-    memory on the caller's thread and written by a background thread; a new save first
-    waits for the one in flight.
+    parts (RNG) are written by every rank; ``sharded`` parts (FSDP) by every rank through
+    DCP. With ``async_save`` the state is copied to CPU memory on the caller's thread and
+    written in the background (DCP's thread or process per ``async_mode``; the commit by a
+    thread of the manager); a new save first waits for the one in flight.
     """
 
     def __init__(
@@ -121,6 +123,8 @@ class CheckpointManager:
         keep: int = 3,
         keep_best: bool = True,
         async_save: bool = False,
+        async_mode: str = "thread",
+        process_group: Any = None,
         commit_timeout: float = 600.0,
         collectives: Collectives | None = None,
         restore_missing: Callable[[Path], object] | None = None,
@@ -132,6 +136,9 @@ class CheckpointManager:
         self.rank, self.world_size = rank, world_size
         self.keep, self.keep_best = keep, keep_best
         self.async_save = async_save
+        self.async_mode = async_mode  # thread or process: how DCP writes sharded parts
+        self.process_group = process_group  # DCP's group (gloo); None: the default group
+        self._dcp = sharded_io.DcpSaver(async_mode)
         self.commit_timeout = commit_timeout
         self.collectives: Collectives = collectives or LocalCollectives()
         self.restore_missing = restore_missing
@@ -155,40 +162,19 @@ class CheckpointManager:
                     shutil.rmtree(entry, ignore_errors=True)
         self.collectives.barrier()
 
-    def _pick(self) -> int | None:
-        """Rank 0: the newest intact checkpoint, quarantining damaged ones on the way."""
-        for attempt in ("local", "restored"):
-            for step, path in reversed(committed_steps(self.directory)):
-                reason = verify(path, step)
-                if reason is None:
-                    return step
-                quarantine = path.with_name(f"{QUARANTINE_PREFIX}{path.name}.{int(time.time())}")
-                log.error(
-                    "checkpoint %s is damaged (%s); moved to %s, falling back to the previous one",
-                    path,
-                    reason,
-                    quarantine.name,
-                )
-                with contextlib.suppress(OSError):
-                    os.rename(path, quarantine)
-            if attempt == "local" and self.restore_missing is not None:
-                log.info("no intact checkpoint in %s; trying the remote mirror", self.directory)
-                try:
-                    self.restore_missing(self.directory)
-                except Exception:
-                    log.exception("restoring from the remote mirror failed")
-            else:
-                break
-        return None
-
     def load(
         self,
         shared: Mapping[str, Stateful],
         per_rank: Mapping[str, Stateful],
         map_location: str | torch.device = "cpu",
+        *,
+        sharded: Mapping[str, Stateful] | None = None,
     ) -> CheckpointInfo | None:
-        """Load the newest intact checkpoint into the parts; None when there is none."""
-        step = self._pick() if self.rank == 0 else None
+        """Load the newest intact checkpoint into the parts; None when there is none.
+
+        ``sharded`` parts (FSDP model and optimizer) load through DCP, resharded to this
+        world size; every rank must call this with the same parts."""
+        step = pick_intact(self.directory, self.restore_missing) if self.rank == 0 else None
         step = self.collectives.broadcast_object(step)
         if step is None:
             return None
@@ -207,6 +193,11 @@ class CheckpointManager:
                 path,
                 self.rank,
             )
+        if sharded:
+            folder = path / sharded_io.DCP_DIR
+            if not (folder / sharded_io.DCP_METADATA).is_file():
+                raise CheckpointError(f"{path} holds no sharded state (saved without FSDP?)")
+            sharded_io.load(dict(sharded), folder, self.process_group)
         marker = read_marker(path) or {}
         return CheckpointInfo(
             step=step,
@@ -228,18 +219,31 @@ class CheckpointManager:
         *,
         metric: float | None = None,
         meta: Mapping[str, Any] | None = None,
+        sharded: Mapping[str, Stateful] | None = None,
+        blocking: bool = False,
     ) -> float:
-        """Start (async) or do (sync) a save; returns the seconds the caller was blocked."""
+        """Start (async) or do (sync) a save; returns the seconds the caller was blocked.
+
+        ``sharded`` parts are written by every rank through DCP (async: staged to CPU
+        memory here, written by DCP's thread or process). ``blocking`` makes this save
+        synchronous whatever ``async_save`` says (the save of a stop: nothing is left
+        running when the process exits)."""
         t0 = time.monotonic()
         self.wait(raise_errors=False)
+        background = self.async_save and not blocking
         shared_sd = {k: v.state_dict() for k, v in shared.items()} if self.rank == 0 else {}
         rank_sd = {k: v.state_dict() for k, v in per_rank.items()}
-        args = (step, shared_sd, rank_sd, metric, dict(meta or {}), t0)
         self._result, self._error = None, None
-        if self.async_save:
+        dcp_future = None
+        if sharded:
+            tmp = self.directory / f"{TMP_PREFIX}{contract.step_dir_name(step)}"
+            folder = tmp / sharded_io.DCP_DIR
+            dcp_future = self._dcp.start(dict(sharded), folder, self.process_group, background)
+        if background:
             memo: dict[tuple[Any, ...], torch.Tensor] = {}
-            args = (step, snapshot(shared_sd, memo), snapshot(rank_sd, memo), metric,
-                    dict(meta or {}), t0)  # fmt: skip
+            shared_sd, rank_sd = snapshot(shared_sd, memo), snapshot(rank_sd, memo)
+        args = (step, shared_sd, rank_sd, metric, dict(meta or {}), t0, bool(sharded), dcp_future)
+        if background:
             self._thread = threading.Thread(
                 target=self._run, args=args, name=f"ckpt-save-{step}", daemon=True
             )
@@ -279,6 +283,8 @@ class CheckpointManager:
         metric: float | None,
         meta: dict[str, Any],
         t0: float,
+        sharded: bool = False,
+        dcp_future: Future[Any] | None = None,
     ) -> CheckpointInfo | None:
         tmp = self.directory / f"{TMP_PREFIX}{contract.step_dir_name(step)}"
         tmp.mkdir(parents=True, exist_ok=True)
@@ -288,6 +294,10 @@ class CheckpointManager:
             if self.rank == 0:
                 files[SHARED_FILE] = write_torch(tmp / SHARED_FILE, shared_sd)
             files[f"rank-{self.rank}.pt"] = write_torch(tmp / f"rank-{self.rank}.pt", rank_sd)
+            if dcp_future is not None:
+                dcp_future.result()  # this rank's shards (and on rank 0 the metadata) are written
+            if sharded:
+                files.update(sharded_io.rank_entries(tmp / sharded_io.DCP_DIR, self.rank))
             if self.after_write is not None:
                 self.after_write(step)
         except BaseException as e:
@@ -298,7 +308,16 @@ class CheckpointManager:
         write_json(part, {"files": files})
         if self.rank != 0:
             return None
-        all_files = self._gather_parts(tmp)
+        return self._commit(tmp, step, metric, meta, t0, sharded)
+
+    def _commit(
+        self, tmp: Path, step: int, metric: float | None, meta: dict[str, Any], t0: float,
+        sharded: bool,
+    ) -> CheckpointInfo:  # fmt: skip
+        """Rank 0: wait for every part, write the manifest, rename to ``step-N``, prune."""
+        all_files = gather_parts(tmp, self.world_size, self.commit_timeout)
+        if sharded:
+            fsync_dir(tmp / sharded_io.DCP_DIR)
         if self.before_commit is not None:
             self.before_commit(step)
         committed_at = now_rfc3339()
@@ -308,6 +327,7 @@ class CheckpointManager:
                 "format": FORMAT_VERSION,
                 "step": step,
                 "world_size": self.world_size,
+                "sharded": sharded,
                 "committed_at": committed_at,
                 "metric": metric,
                 "meta": meta,
@@ -337,28 +357,6 @@ class CheckpointManager:
             except Exception:
                 log.exception("checkpoint commit callback failed")
         return info
-
-    def _gather_parts(self, tmp: Path) -> dict[str, Any]:
-        deadline = time.monotonic() + self.commit_timeout
-        pending = set(range(self.world_size))
-        files: dict[str, Any] = {}
-        delay = 0.005
-        while pending:
-            for r in sorted(pending):
-                try:
-                    part = json.loads((tmp / f"part-{r}.json").read_text())
-                except (OSError, ValueError):
-                    continue  # not there yet, or being written
-                if "error" in part:
-                    raise CheckpointError(f"save abandoned: {part['error']}")
-                files.update(part["files"])
-                pending.discard(r)
-            if pending:
-                if time.monotonic() > deadline:
-                    raise CheckpointError(f"ranks {sorted(pending)} did not write their part")
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
-        return files
 
     def prune(self) -> list[int]:
         """Delete committed checkpoints beyond the newest ``keep`` (and the best); rank 0."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -20,11 +22,17 @@ import torch
 
 from spotrun_trainer import contract
 
+log = logging.getLogger("spotrun_trainer.checkpoint")
+
 FORMAT_VERSION = 1
 SHARED_FILE = "shared.pt"
 TMP_PREFIX = ".tmp-"
 DELETING_PREFIX = ".deleting-"
 QUARANTINE_PREFIX = "corrupt-"
+
+
+class CheckpointError(RuntimeError):
+    """A save that could not be committed, or a checkpoint that cannot be loaded."""
 
 
 def fsync_dir(path: Path) -> None:
@@ -75,6 +83,11 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(8 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_entry(path: Path) -> dict[str, Any]:
+    """Size and sha256 of a file already written (and fsync'd) by someone else (DCP)."""
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def read_marker(step_dir: Path) -> dict[str, Any] | None:
@@ -156,3 +169,56 @@ def remove_dir(path: Path) -> None:
     except FileNotFoundError:
         return
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+def pick_intact(directory: Path, restore_missing: Callable[[Path], object] | None) -> int | None:
+    """Rank 0: the newest intact checkpoint, quarantining damaged ones on the way; when
+    none is intact, ``restore_missing`` (the S3 mirror) gets one chance to fill the folder."""
+    for attempt in ("local", "restored"):
+        for step, path in reversed(committed_steps(directory)):
+            reason = verify(path, step)
+            if reason is None:
+                return step
+            quarantine = path.with_name(f"{QUARANTINE_PREFIX}{path.name}.{int(time.time())}")
+            log.error(
+                "checkpoint %s is damaged (%s); moved to %s, falling back to the previous one",
+                path,
+                reason,
+                quarantine.name,
+            )
+            with contextlib.suppress(OSError):
+                os.rename(path, quarantine)
+        if attempt == "local" and restore_missing is not None:
+            log.info("no intact checkpoint in %s; trying the remote mirror", directory)
+            try:
+                restore_missing(directory)
+            except Exception:
+                log.exception("restoring from the remote mirror failed")
+        else:
+            break
+    return None
+
+
+def gather_parts(tmp: Path, world_size: int, timeout: float) -> dict[str, Any]:
+    """Rank 0: wait for every rank's ``part-<r>.json`` (files, not a collective, so it runs
+    beside training collectives); the union of the files they list."""
+    deadline = time.monotonic() + timeout
+    pending = set(range(world_size))
+    files: dict[str, Any] = {}
+    delay = 0.005
+    while pending:
+        for r in sorted(pending):
+            try:
+                part = json.loads((tmp / f"part-{r}.json").read_text())
+            except (OSError, ValueError):
+                continue  # not there yet, or being written
+            if "error" in part:
+                raise CheckpointError(f"save abandoned: {part['error']}")
+            files.update(part["files"])
+            pending.discard(r)
+        if pending:
+            if time.monotonic() > deadline:
+                raise CheckpointError(f"ranks {sorted(pending)} did not write their part")
+            time.sleep(delay)  # polling interval of the parts
+            delay = min(delay * 2, 0.1)
+    return files

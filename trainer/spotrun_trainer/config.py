@@ -97,7 +97,12 @@ class CheckpointConfig:
     keep_best: bool = True
     """Also keep the checkpoint with the best validation loss, and save one on each new best."""
     async_save: bool = False
-    """Snapshot state to CPU memory and write it in a background thread (one save in flight)."""
+    """Snapshot state to CPU memory and write it in a background thread (or process, see
+    async_mode), one save in flight; stop and final saves stay synchronous."""
+    async_mode: str = "thread"
+    """How an async save of sharded (FSDP) state is written: ``thread`` (a writer thread in
+    the trainer) or ``process`` (DCP's checkpoint process, which shares no GIL with training;
+    its first save pays the process start)."""
     commit_timeout_seconds: float = 600.0
     """How long rank 0 waits for the other ranks' files before abandoning a save."""
     s3_uri: str | None = None
@@ -157,6 +162,13 @@ class TrainConfig:
     """Optimizer steps to train; the run exits 0 after saving a final checkpoint."""
     batch_size: int = 8
     """Sequences per rank per step."""
+    global_batch_size: int = 0
+    """Sequences per step over all ranks; when set it overrides batch_size (global / world
+    size), so a run resumed with another world size keeps its global batch."""
+    parallel: str = "ddp"
+    """``ddp`` (replicated model, checkpoints written by rank 0) or ``fsdp`` (FSDP2
+    ``fully_shard``: parameters and optimizer state sharded over the ranks, checkpoints
+    written by every rank through torch.distributed.checkpoint and loadable at any world size)."""
     eval_every: int = 0
     """Evaluate on the validation split every this many steps; 0 disables."""
     eval_batches: int = 4
@@ -352,6 +364,14 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"model.kind: expected causal_lm or contrastive, got {cfg.model.kind!r}")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device: expected auto, cpu or cuda, got {cfg.device!r}")
+    if cfg.parallel not in ("ddp", "fsdp"):
+        raise ConfigError(f"parallel: expected ddp or fsdp, got {cfg.parallel!r}")
+    if cfg.checkpoint.async_mode not in ("thread", "process"):
+        raise ConfigError(
+            f"checkpoint.async_mode: expected thread or process, got {cfg.checkpoint.async_mode!r}"
+        )
+    if cfg.global_batch_size < 0:
+        raise ConfigError("global_batch_size must be >= 0")
     if cfg.checkpoint.keep < 1:
         raise ConfigError("checkpoint.keep must be >= 1")
     if cfg.max_steps < 0 or cfg.batch_size < 1:

@@ -114,11 +114,12 @@ class ResumableSampler:
 def validation_batches(
     val: npt.NDArray[Any], batch_size: int, batches: int, rank: int, world_size: int
 ) -> list[torch.Tensor]:
-    """A fixed list of this rank's validation batches (same every evaluation)."""
+    """A fixed list of this rank's validation batches (same every evaluation), as many on
+    every rank: a sharded (FSDP) forward is a collective, so no rank may skip one."""
     out: list[torch.Tensor] = []
     for b in range(batches):
-        start = (b * world_size + rank) * batch_size
-        if start + batch_size > len(val):
+        if (b + 1) * world_size * batch_size > len(val):
             break
+        start = (b * world_size + rank) * batch_size
         out.append(torch.from_numpy(np.asarray(val[start : start + batch_size], dtype=np.int64)))
     return out

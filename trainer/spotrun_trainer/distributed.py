@@ -26,6 +26,7 @@ class DistContext:
     device: torch.device
     backend: str | None
     control_group: Any = None
+    checkpoint_group: Any = None  # gloo, for DCP saves (their async writes run in a thread)
 
     @property
     def is_main(self) -> bool:
@@ -81,7 +82,8 @@ def init_distributed(device_preference: str, env: Mapping[str, str] = os.environ
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
     control = dist.new_group(backend="gloo") if backend == "nccl" else None
-    return DistContext(rank, world_size, local_rank, device, backend, control)
+    checkpoints = dist.new_group(backend="gloo")
+    return DistContext(rank, world_size, local_rank, device, backend, control, checkpoints)
 
 
 def shutdown(ctx: DistContext) -> None:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any, SupportsFloat
 
 from spotrun_trainer.preemption import StopGuard
 
 ENV_EVENTS_FILE = "SPOTRUN_TEST_EVENTS_FILE"  # append "<event> <rank> <step>" lines here
 ENV_PAUSE_AT_STEP = "SPOTRUN_TEST_PAUSE_AT_STEP"  # hold after this step until a request
 ENV_PAUSE_BEFORE_COMMIT = "SPOTRUN_TEST_PAUSE_BEFORE_COMMIT"  # hold forever before commit
+ENV_SAMPLES_FILE = "SPOTRUN_TEST_SAMPLES_FILE"  # append "<step> <rank> <loss> <ids>" lines here
 
 
 def _opt_int(value: str | None) -> int | None:
@@ -32,25 +34,31 @@ class TestHooks:
         self.pause_at = _opt_int(env.get(ENV_PAUSE_AT_STEP))
         self.pause_before_commit = _opt_int(env.get(ENV_PAUSE_BEFORE_COMMIT))
         self.rank = rank
+        samples = env.get(ENV_SAMPLES_FILE)
+        self.samples_file = Path(samples) if samples else None
+        self._ids: list[int] = []
         # torchrun starts each worker in its own session: a test that plays "node lost"
         # needs the pids to SIGKILL them along with the launcher.
         self.announce("pid", os.getpid())
 
     def announce(self, event: str, value: int) -> None:
-        if self.events is None:
-            return
-        # One small O_APPEND write per line: atomic across the ranks sharing the file.
-        fd = os.open(self.events, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, f"{event} {self.rank} {value}\n".encode())
-        finally:
-            os.close(fd)
+        if self.events is not None:
+            _append(self.events, f"{event} {self.rank} {value}\n")
+
+    def samples(self, step: int, ids: Iterable[Any]) -> None:
+        """Remember the sample ids of the step being taken (recorded with its loss)."""
+        if self.samples_file is not None:
+            self._ids = [int(i) for i in ids]
 
     def started(self, step: int, guard: StopGuard) -> None:
         self.announce("started", step)
         self._maybe_pause(step, guard)
 
-    def after_step(self, step: int, guard: StopGuard) -> None:
+    def after_step(self, step: int, guard: StopGuard, loss: SupportsFloat | None = None) -> None:
+        if self.samples_file is not None:
+            ids = ",".join(map(str, self._ids))
+            value = float(loss) if loss is not None else float("nan")
+            _append(self.samples_file, f"{step} {self.rank} {value!r} {ids}\n")
         self.announce("step", step)
         self._maybe_pause(step, guard)
 
@@ -65,3 +73,12 @@ class TestHooks:
         if step == self.pause_before_commit:
             self.announce("paused-commit", step)
             threading.Event().wait()  # until SIGKILL
+
+
+def _append(path: Path, line: str) -> None:
+    # One small O_APPEND write per line: atomic across the ranks sharing the file.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)

@@ -1,0 +1,191 @@
+"""The step loop: agree at each boundary, evaluate, save when due, take one optimizer step.
+
+At every step boundary the ranks agree (one all_reduce MAX) on three flags: stop (a
+signal), save-now (spot notice) and save-due (time interval). Agreement is what makes
+every rank write the same step, and a stop always lands between two optimizer steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from spotrun_trainer import contract
+from spotrun_trainer.checkpoint import CheckpointManager
+from spotrun_trainer.config import TrainConfig, to_dict
+from spotrun_trainer.data import to_batch, validation_batches
+from spotrun_trainer.distributed import DistContext
+from spotrun_trainer.faults import FaultInjector
+from spotrun_trainer.metrics import TrainerMetrics
+from spotrun_trainer.models import compute_loss
+from spotrun_trainer.parts import TrainParts
+from spotrun_trainer.preemption import StopGuard
+from spotrun_trainer.progress import ProgressReporter
+from spotrun_trainer.testhooks import TestHooks
+
+log = logging.getLogger("spotrun_trainer")
+
+
+@dataclass
+class Boundary:
+    """What the ranks agreed at a step boundary."""
+
+    step: int
+    stop: bool
+    notice: bool
+    due: bool
+    finished: bool
+
+
+@dataclass
+class LoopIO:
+    """The loop's companions: checkpoints, signals, test hooks, faults, reporting."""
+
+    manager: CheckpointManager
+    guard: StopGuard
+    hooks: TestHooks
+    faults: FaultInjector
+    metrics: TrainerMetrics
+    reporter: ProgressReporter | None
+    env: Mapping[str, str]
+
+
+class TrainLoop:
+    def __init__(
+        self, cfg: TrainConfig, ctx: DistContext, parts: TrainParts, io: LoopIO, last_saved: int
+    ) -> None:
+        self.cfg, self.ctx, self.p, self.io = cfg, ctx, parts, io
+        self.last_saved: int | None = last_saved if last_saved >= 0 else None
+        self.start_step = parts.progress.step
+        self.last_save_time = time.monotonic()
+        self.window_start, self.window_samples = time.monotonic(), 0
+        self.samples_per_second: float | None = None
+        self.global_batch = parts.batch_size * ctx.world_size
+        self.amp_dtype = torch.float16 if ctx.device.type == "cuda" else torch.bfloat16
+        self.val = validation_batches(
+            parts.val_rows, parts.batch_size, cfg.eval_batches, ctx.rank, ctx.world_size
+        )
+
+    def run(self) -> tuple[int, bool]:
+        """Train until a stop or max_steps; (the last step, whether it was a stop). The
+        save of that step is committed (or has failed) when this returns."""
+        self.io.hooks.started(self.start_step, self.io.guard)
+        self.p.train_model.train()
+        while True:
+            b = self.agree()
+            metric, new_best = self.maybe_evaluate(b.step)
+            self.maybe_save(b, metric, new_best)
+            if b.stop or b.finished:
+                return b.step, b.stop
+            loss = self.train_step()
+            self.after_step(loss)
+
+    def agree(self) -> Boundary:
+        step = self.p.progress.step
+        io, ck = self.io, self.cfg.checkpoint
+        io.faults.at_boundary(step, settle=lambda: io.manager.wait(raise_errors=False))
+        interval_due = (
+            ck.interval_seconds > 0
+            and time.monotonic() - self.last_save_time >= ck.interval_seconds
+        )
+        stop, notice, due = self.ctx.agree(
+            [io.guard.stop_requested.is_set(), io.guard.save_requested.is_set(), interval_due]
+        )
+        return Boundary(step, stop, notice, due, step >= self.cfg.max_steps)
+
+    def maybe_evaluate(self, step: int) -> tuple[float | None, bool]:
+        every = self.cfg.eval_every
+        if not every or step <= self.start_step or step % every:
+            return None, False
+        metric = self.evaluate()
+        prog, new_best = self.p.progress, False
+        if prog.best_metric is None or metric < prog.best_metric:
+            prog.best_metric, prog.best_step, new_best = metric, step, True
+        if self.ctx.is_main:
+            log.info("step %d: validation loss %.4f (best %.4f at step %s)",
+                     step, metric, prog.best_metric, prog.best_step)  # fmt: skip
+        return metric, new_best
+
+    def evaluate(self) -> float:
+        model, cfg, device = self.p.model, self.cfg, self.ctx.device
+        model.eval()
+        gen = torch.Generator().manual_seed(cfg.seed + 17)  # fixed views; global RNG untouched
+        total = 0.0
+        with torch.no_grad(), torch.autocast(device.type, dtype=self.amp_dtype, enabled=cfg.amp):
+            for batch in self.val:
+                total += float(compute_loss(model, batch.to(device), cfg.model, gen))
+        model.train()
+        return self.ctx.mean(total / max(1, len(self.val)))
+
+    def maybe_save(self, b: Boundary, metric: float | None, new_best: bool) -> None:
+        ck = self.cfg.checkpoint
+        n = ck.interval_steps
+        every = n > 0 and b.step > self.start_step and b.step % n == 0
+        if b.notice:
+            guard = self.io.guard
+            guard.take_save_request()
+            log.warning("saving at step %d: %s", b.step, guard.save_reason or "save requested")
+        wanted = b.stop or b.notice or b.due or b.finished or every or (new_best and ck.keep_best)
+        if wanted and b.step != self.last_saved:
+            # The last save of a run is synchronous: nothing may still be writing at exit.
+            self.save(b.step, metric, blocking=b.stop or b.finished)
+            self.last_saved, self.last_save_time = b.step, time.monotonic()
+
+    def save(self, step: int, metric: float | None, blocking: bool) -> None:
+        p, io = self.p, self.io
+        meta = {
+            "tokens_seen": p.progress.tokens_seen,
+            "attempt": io.env.get(contract.ENV_ATTEMPT),
+            "world_size": self.ctx.world_size,
+            "global_batch_size": self.global_batch,
+            "config": to_dict(self.cfg),
+            "model": self.cfg.model.kind,
+        }
+        stall = io.manager.save(step, p.shared, p.per_rank, metric=metric, meta=meta,
+                                sharded=p.sharded or None, blocking=blocking)  # fmt: skip
+        io.metrics.checkpoint_stall_seconds.observe(stall)
+
+    def train_step(self) -> torch.Tensor:
+        p, cfg, device = self.p, self.cfg, self.ctx.device
+        idx = p.sampler.next_indices()
+        self.io.hooks.samples(p.progress.step + 1, idx)
+        batch = to_batch(p.train_rows, idx).to(device)
+        with torch.autocast(device.type, dtype=self.amp_dtype, enabled=cfg.amp):
+            loss = compute_loss(p.train_model, batch, cfg.model)
+        p.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        if cfg.optim.grad_clip > 0:
+            p.scaler.unscale_(p.optimizer)
+            torch.nn.utils.clip_grad_norm_(p.model.parameters(), cfg.optim.grad_clip)
+        p.scaler.step(p.optimizer)
+        p.scaler.update()
+        p.scheduler.step()
+        p.optimizer.zero_grad(set_to_none=True)
+        prog = p.progress
+        prog.step += 1
+        prog.samples_seen += self.global_batch
+        prog.tokens_seen += self.global_batch * cfg.model.seq_len
+        self.window_samples += self.global_batch
+        return loss
+
+    def after_step(self, loss: torch.Tensor) -> None:
+        step, io = self.p.progress.step, self.io
+        io.hooks.after_step(step, io.guard, loss)
+        io.faults.after_step()
+        every = self.cfg.report.log_every
+        if every and step % every == 0:
+            now = time.monotonic()
+            self.samples_per_second = self.window_samples / max(now - self.window_start, 1e-9)
+            self.window_start, self.window_samples = now, 0
+            loss_value = float(loss.detach())
+            io.metrics.loss.set(loss_value)
+            io.metrics.samples_per_second.set(self.samples_per_second)
+            if self.ctx.is_main:
+                log.info("step %d: loss %.4f, %.1f samples/s, lr %.2e", step, loss_value,
+                         self.samples_per_second, self.p.scheduler.get_last_lr()[0])  # fmt: skip
+        io.metrics.step.set(step)
+        if io.reporter is not None:
+            io.reporter.step(step, self.samples_per_second)
