@@ -87,7 +87,7 @@ class CheckpointConfig:
     dir: str = "./checkpoints"
     """Folder holding ``step-<N>/`` checkpoints, shared by all ranks
     (env SPOTRUN_CHECKPOINT_DIR)."""
-    interval_seconds: float = 900.0
+    interval_seconds: float = float(contract.DEFAULT_CHECKPOINT_INTERVAL_SECONDS)
     """Save at the first step boundary this long after the previous save; 0 disables
     (env SPOTRUN_CHECKPOINT_INTERVAL_SECONDS)."""
     interval_steps: int = 0
