@@ -27,14 +27,11 @@ from spotrun_operator.observe import observe, run_ref
 from spotrun_operator.plan import Observed, Rejected
 from spotrun_operator.reconcile import decide
 from spotrun_operator.signals import INTERRUPTION_TAINTS, NodeInfo, node_info
+from spotrun_operator.verdicts import build_problem
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
 # Prices for some instance types, and the PricingAvailable condition (None: not priced by AWS).
-# Code that turns a spec into objects, and the exceptions a value of the wrong shape raises
-# in it: see built_from_spec.
-SPEC_MODULES = frozenset(f"spotrun_operator.{m}" for m in ("builders", "podtemplate", "spec"))
-SPEC_ERRORS = (TypeError, AttributeError, KeyError, ValueError, IndexError)
 PriceSource = Callable[
     [Sequence[str]], tuple[Mapping[str, Price] | Prices, Mapping[str, str] | None]
 ]
@@ -258,17 +255,15 @@ class Runner:
         status write lost a race, or the apiserver refused what the spec builds)."""
         ref = run_ref(run)
         rejected = self.memory.rejection(run)
-        try:
-            d = decide(self._observe(run, rejected), self.cfg)
-        except Exception as exc:
-            if rejected is not None or not built_from_spec(exc):
-                raise
-            # Let the apiserver name the field: a dry run of the template as written.
-            job = raw_template_job(run)
-            why = f"cannot build the pods from it ({type(exc).__name__}: {exc})"
-            fallback = Rejected("TrainingRun", f"{ref.name} spec.podTemplate", why)
-            self.memory.reject(run, self.kube.refusal(job) or fallback)
-            return None
+        obs = self._observe(run, rejected)
+        if rejected is None and obs.spec is not None:
+            problem = build_problem(ref, obs.spec)
+            if problem is not None:
+                # Let the apiserver name the field: a dry run of the template as written.
+                fallback = Rejected("TrainingRun", f"{ref.name} spec.podTemplate", problem)
+                self.memory.reject(run, self.kube.refusal(raw_template_job(run)) or fallback)
+                return None
+        d = decide(obs, self.cfg)
         if d.status is not None:
             rv = str(run["metadata"]["resourceVersion"])
             if not self.kube.patch_run_status(ref.namespace, ref.name, rv, d.status):
@@ -303,17 +298,3 @@ class Runner:
             pricing_condition=pricing_condition,
             rejected=rejected,
         )
-
-
-def built_from_spec(exc: BaseException) -> bool:
-    """True when ``exc`` is a malformed user value meeting the code that builds objects
-    from the spec (a string where the pod template has a list...): the spec's fault, so a
-    verdict, where any other exception is retried."""
-    if not isinstance(exc, SPEC_ERRORS):
-        return False
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_globals.get("__name__") in SPEC_MODULES:
-            return True
-        tb = tb.tb_next
-    return False

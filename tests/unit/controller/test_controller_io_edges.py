@@ -22,7 +22,7 @@ from spotrun_operator.apiserver import (
 )
 from spotrun_operator.metrics import Metrics, RunCollector, RunState
 from spotrun_operator.plan import Rejected, RunGauges
-from spotrun_operator.runner import Memory, built_from_spec
+from spotrun_operator.runner import Memory
 
 
 def test_the_collector_renders_a_snapshot_at_scrape_time() -> None:
@@ -127,33 +127,6 @@ def test_the_raw_template_job_holds_what_the_user_wrote() -> None:
     assert pod["tolerations"] == "all"
     assert pod["containers"][-1]["env"] == [{"name": "A"}]
     assert run["spec"]["podTemplate"] == {"spec": {"tolerations": "all"}}  # not mutated
-
-
-def test_only_errors_raised_building_from_the_spec_are_verdicts() -> None:
-    ref = builders.RunRef(name="r", namespace="ml", uid="u", generation=1)
-    try:
-        builders.referenced_objects(_spec_with_volumes("not-a-list"), ref)
-    except Exception as exc:
-        assert built_from_spec(exc)
-    else:
-        raise AssertionError("a string for volumes should not build")
-    empty: dict[str, int] = {}
-    try:
-        print(empty["missing"])
-    except KeyError as exc:
-        assert not built_from_spec(exc)
-
-
-def _spec_with_volumes(volumes: Any) -> Any:
-    from spotrun_api.spec import parse_spec
-
-    return parse_spec(
-        {
-            "image": "i",
-            "checkpoint": {"volume": {"claimName": "c"}},
-            "podTemplate": {"spec": {"volumes": volumes}},
-        }
-    )
 
 
 def test_a_rejection_holds_for_its_generation_only() -> None:
