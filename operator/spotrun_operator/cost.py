@@ -28,7 +28,7 @@ CapacityType = Literal["spot", "on-demand"]
 SECONDS_PER_HOUR: Final = 3600.0
 
 # us-east-1 Linux on-demand list prices, USD per instance-hour. Regions differ by a few
-# percent; the operator overrides entries through pricing.PricingConfig.on_demand_overrides.
+# percent; the operator overrides entries through aws_prices.PricingConfig.on_demand_overrides.
 DEFAULT_ON_DEMAND_USD_PER_HOUR: Final[Mapping[str, float]] = MappingProxyType({
     "p5.48xlarge": 98.32, "p4de.24xlarge": 40.97, "p4d.24xlarge": 32.77,
     "p3dn.24xlarge": 31.212, "p3.16xlarge": 24.48, "p3.8xlarge": 12.24, "p3.2xlarge": 3.06,

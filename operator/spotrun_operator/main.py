@@ -15,8 +15,9 @@ import kopf
 from prometheus_client import CollectorRegistry
 
 from spotrun_operator import __version__, config, handlers, kube, metrics
+from spotrun_operator.aws_prices import PricingConfig
 from spotrun_operator.cost import Price, Prices, price_table
-from spotrun_operator.pricing import PriceBook, PricingConfig
+from spotrun_operator.pricing import PriceBook
 from spotrun_operator.pricing_background import BackgroundPriceBook
 from spotrun_operator.runner import Memory, PriceSource, Runner
 

@@ -10,7 +10,8 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import MappingProxyType
 
-from spotrun_operator.pricing import REASON_UNREACHABLE, PriceBook, PriceSnapshot, PricingFailure
+from spotrun_operator.aws_prices import REASON_UNREACHABLE, PricingFailure
+from spotrun_operator.pricing import PriceBook, PriceSnapshot
 
 
 class BackgroundPriceBook:

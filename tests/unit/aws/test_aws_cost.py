@@ -9,6 +9,7 @@ from types import MappingProxyType
 
 import pytest
 
+from spotrun_operator.aws_prices import SpotPrice
 from spotrun_operator.cost import (
     DEFAULT_PRICES,
     Cost,
@@ -20,7 +21,7 @@ from spotrun_operator.cost import (
     format_usd,
     segments_cost,
 )
-from spotrun_operator.pricing import PriceSnapshot, SpotPrice
+from spotrun_operator.pricing import PriceSnapshot
 
 P4D = "p4d.24xlarge"
 A, B = "us-east-1a", "us-east-1b"

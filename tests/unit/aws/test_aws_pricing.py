@@ -1,4 +1,5 @@
-"""pricing.py against moto's server on loopback: every boto3 path, the cache, the fallback."""
+"""pricing.py and aws_prices.py against moto's server on loopback: every boto3 path, the cache
+and the fallback."""
 
 from __future__ import annotations
 
@@ -11,16 +12,9 @@ from typing import Any
 import pytest
 from aws_fakes import T0, ErrorProxy, FakeClock, SpotHistory, rec
 
+from spotrun_operator.aws_prices import PricingConfig, SpotPrice, make_ec2_client, parse_record
 from spotrun_operator.cost import Price
-from spotrun_operator.pricing import (
-    PriceBook,
-    PriceSnapshot,
-    PricingConfig,
-    Quote,
-    SpotPrice,
-    make_ec2_client,
-    parse_record,
-)
+from spotrun_operator.pricing import PriceBook, PriceSnapshot, Quote
 from spotrun_operator.pricing_background import BackgroundPriceBook
 
 P4D, P5 = "p4d.24xlarge", "p5.48xlarge"
