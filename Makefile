@@ -77,10 +77,12 @@ fmt: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test-unit: venv tools prometheus
+# tests/unit needs only the venv; tests/e2e needs the cluster (marker e2e) or, for the chart
+# tests in tests/e2e/chart, helm and promtool (marker tools).
+test-unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-test-e2e: cluster-up prometheus
+test-e2e: tools prometheus cluster-up
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
 # The cluster (with its real nodes and images) comes up before pytest, so no test's timeout

@@ -4,7 +4,7 @@
 #   crds/*.yaml            -> charts/spotrun/files/crds/        (the TrainingRun CRD)
 #   dashboards/*.json      -> charts/spotrun/files/dashboards/  (Grafana dashboards)
 #   alerts/*.rules.yaml    -> charts/spotrun/files/alerts/      (Prometheus alert rules)
-# The copies are byte-identical (tests/unit/chart/test_chart_sync.py checks it); edit the
+# The copies are byte-identical (tests/e2e/chart/test_chart_sync.py checks it); edit the
 # sources, never the copies. Stale copies whose source is gone are removed.
 #
 #   hack/sync-chart-crds.sh          sync

@@ -1,6 +1,6 @@
 """``TrainingRun.spec``: the typed model, with every default in exactly one place.
 
-Descriptions are the CRD's text (``kubectl explain``); ``tests/unit/api`` proves the
+Descriptions are the CRD's text (``kubectl explain``); ``tests/unit/spotrun_api`` proves the
 model's JSON schema and the CRD's openAPIV3Schema equal field for field. Validation
 mirrors the CRD's schema and the CEL rules the operator relies on, so a spec that skipped
 admission (an older CRD, a unit test) is rejected here the same way.

@@ -26,6 +26,20 @@ from spotrun_dev import storage
 from spotrun_dev.cluster import ClusterError, LocalCluster, ensure_cluster, ensure_fleet
 from spotrun_operator.kube import Kube
 
+_E2E = Path(__file__).resolve().parent
+_TOOLS_ONLY = _E2E / "chart"  # helm and promtool, no cluster
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``e2e`` on every test here that needs the cluster, ``tools`` on the chart's: so
+    ``pytest tests/unit`` needs only the venv, and ``-m "not e2e"`` skips the cluster."""
+    for item in items:
+        path = Path(str(item.path))
+        if _TOOLS_ONLY in path.parents:
+            item.add_marker(pytest.mark.tools)
+        elif _E2E in path.parents:
+            item.add_marker(pytest.mark.e2e)
+
 
 @pytest.fixture(scope="session")
 def cluster() -> LocalCluster:

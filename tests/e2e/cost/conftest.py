@@ -1,6 +1,7 @@
 """Fixtures of the cost and budget e2e tests (the operator fixtures are tests/e2e's): moto's EC2
-server on loopback seeded with spot price history (tests/unit/aws/aws_fakes.py), and an
-operator started with an environment of its own (AWS endpoint, fake credentials)."""
+server on loopback seeded with spot price history (aws_fakes.py, in tests/unit/spotrun_operator/aws
+on pytest's pythonpath), and an operator started with an environment of its own (AWS endpoint,
+fake credentials)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aws_fakes import SpotHistory, serve_spot_history
+from cost_helpers import StartOperator
+from moto.server import ThreadedMotoServer
 
-_E2E = Path(__file__).resolve().parents[1]
-for _dir in (_E2E.parent / "unit" / "aws",):
-    if str(_dir) not in sys.path:
-        sys.path.insert(0, str(_dir))
-
-from aws_fakes import SpotHistory, serve_spot_history  # noqa: E402
-from cost_helpers import StartOperator  # noqa: E402
-from moto.server import ThreadedMotoServer  # noqa: E402
-
-from controller_process import Operator  # noqa: E402
-from spotrun_dev.cluster import LocalCluster  # noqa: E402
+from controller_process import Operator
+from spotrun_dev.cluster import LocalCluster
 
 # What boto3 may read from the machine; the operator under test gets none of it.
 _AWS_LEAKS = (

@@ -1,7 +1,7 @@
 """Fixtures of the install-and-observe tests.
 
 The operator e2e fixtures (``crd``, ``checkpoint_pvc``, the ``Operator`` subprocess) come
-from tests/e2e/conftest.py; the dashboard parsing from tests/unit/chart/chartkit.py.
+from tests/e2e/conftest.py; the dashboard parsing from tests/e2e/chart/chartkit.py.
 """
 
 from __future__ import annotations
@@ -13,17 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from observe_helpers import HELM, AuditLog, Helm
 
-_E2E = Path(__file__).resolve().parents[1]
-# The RBAC tests replay the controller scenarios (test_controller_*.py) as the chart's
-# identity, so that folder must be importable too.
-for _dir in (_E2E / "controller", _E2E.parent / "unit" / "chart"):
-    if str(_dir) not in sys.path:
-        sys.path.insert(0, str(_dir))
-
-from observe_helpers import HELM, AuditLog, Helm  # noqa: E402
-
-from spotrun_dev.cluster import LocalCluster  # noqa: E402
+from spotrun_dev.cluster import LocalCluster
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -12,15 +10,11 @@ import pytest
 from trainer_helpers import (
     MAX_STEPS,
     START_DEADLINE,
-    TRAINER_SRC,
     Trainer,
     single_cmd,
     torchrun_cmd,
     trainer_env,
 )
-
-if importlib.util.find_spec("spotrun_trainer") is None:  # not pip-installed: use the tree
-    sys.path.insert(0, str(TRAINER_SRC))
 
 
 def _start(cmd: Sequence[str], folder: Path, name: str, env_extra: dict[str, str]) -> Trainer:
