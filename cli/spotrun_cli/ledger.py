@@ -1,9 +1,9 @@
 """``kubectl spotrun describe RUN``: the run's story as text (pure).
 
-The attempt ledger is ``status.attempts`` (written by the operator, see
-operator/spotrun_operator/status.py): one row per attempt with its nodes, zone, start,
-end, outcome, signal, the steps it trained, the work it lost and what it cost. Figures
-are formatted by ``spotrun_operator.printer``, the same functions behind ``kubectl get tr``.
+The attempt ledger is ``status.attempts`` (written by the operator; parsed once into
+``spotrun_api``'s typed status): one row per attempt with its nodes, zone, start, end,
+outcome, signal, the steps it trained, the work it lost and what it cost. Figures are
+formatted by ``spotrun_api.display``, the same functions behind ``kubectl get tr``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from spotrun_operator.printer import fmt_percent, fmt_seconds, fmt_usd, steps_done
+from spotrun_api.display import fmt_percent, fmt_seconds, fmt_usd, steps_done
+from spotrun_api.status import Attempt, TrainingRunStatus
 
 COLUMNS: Final = (
     "ATTEMPT",
@@ -39,37 +40,36 @@ def fmt_when(value: Any) -> str:
     return t.astimezone(dt.UTC).strftime("%m-%d %H:%M:%S")
 
 
-def _zone(entry: Mapping[str, Any]) -> str:
-    zones = sorted({str(z) for z in entry.get("zones") or []})
-    if entry.get("zone") and not zones:
-        zones = [str(entry["zone"])]
+def _zone(entry: Attempt) -> str:
+    zones = sorted(set(entry.zones or []))
+    if entry.zone and not zones:
+        zones = [entry.zone]
     return ",".join(zones) or "-"
 
 
-def _cost(entry: Mapping[str, Any]) -> str:
-    if "spotUSD" not in entry and "onDemandUSD" not in entry:
+def _cost(entry: Attempt) -> str:
+    if entry.spot_usd is None and entry.on_demand_usd is None:
         return "-"
-    return fmt_usd(float(entry.get("spotUSD") or 0.0) + float(entry.get("onDemandUSD") or 0.0))
+    return fmt_usd((entry.spot_usd or 0.0) + (entry.on_demand_usd or 0.0))
 
 
-def row(entry: Mapping[str, Any], status: Mapping[str, Any]) -> list[str]:
-    live = not entry.get("outcome")
-    n = int(entry["attempt"])
-    steps = steps_done(entry, status.get("progress"))
-    start = entry.get("startStep")
-    step_text = "-" if steps is None else f"{steps} ({start}->{int(start or 0) + steps})"
-    outcome = str(entry.get("outcome") or (status.get("phase") if live else "") or "-")
-    lost = entry.get("lostWorkSeconds")
+def row(entry: Attempt, status: TrainingRunStatus) -> list[str]:
+    live = entry.outcome is None
+    steps = steps_done(entry, status.progress)
+    start = entry.start_step or 0
+    step_text = "-" if steps is None else f"{steps} ({start}->{start + steps})"
+    outcome = entry.outcome or (status.phase if live else None)
+    lost = entry.lost_work_seconds
     return [
-        str(n),
-        str(entry.get("nodes") or "-"),
+        str(entry.attempt),
+        str(entry.nodes or "-"),
         _zone(entry),
-        fmt_when(entry.get("startedAt") or entry.get("createdAt")),
-        fmt_when(entry.get("endedAt")) if not live else "-",
-        outcome,
-        str(entry.get("reason") or "-"),
+        fmt_when(entry.started_at or entry.created_at),
+        fmt_when(entry.ended_at) if not live else "-",
+        str(outcome.value) if outcome else "-",
+        entry.reason or "-",
         step_text,
-        fmt_seconds(float(lost)) if lost is not None else "-",
+        fmt_seconds(lost) if lost is not None else "-",
         _cost(entry),
     ]
 
@@ -88,28 +88,32 @@ def describe(run: Mapping[str, Any]) -> str:
     """Header (phase, counters, progress, cost) then the attempt ledger."""
     meta = run.get("metadata") or {}
     spec = run.get("spec") or {}
-    st = run.get("status") or {}
-    prog = st.get("progress") or {}
-    cost = st.get("cost") or {}
-    archived = int((st.get("archived") or {}).get("attempts") or 0)
+    st = TrainingRunStatus.model_validate(run.get("status") or {})
+    prog, cost = st.progress, st.cost
+    archived = (st.archived.attempts if st.archived else None) or 0
     cap = spec.get("capacity") or {}
     lines = [
         f"Name:         {meta.get('name')}",
         f"Namespace:    {meta.get('namespace')}",
-        f"Phase:        {st.get('phase') or '-'}",
-        f"Message:      {st.get('message') or '-'}",
+        f"Phase:        {st.phase.value if st.phase else '-'}",
+        f"Message:      {st.message or '-'}",
         f"Nodes:        {spec.get('nodes', 1)} x {spec.get('gpusPerNode', 8)} GPUs, "
         f"{cap.get('type', 'spot')} {','.join(cap.get('instanceTypes') or [])}".rstrip(),
-        f"Attempt:      {st.get('attempt', 0)} (preemptions {st.get('preemptions', 0)}, "
-        f"failures {st.get('failures', 0)})",
-        f"Progress:     step {prog.get('step', '-')}, checkpoint {prog.get('checkpointStep', '-')}",
-        f"Cost:         {fmt_usd(cost.get('totalUSD'))} "
-        f"(saving {fmt_percent(cost.get('savingsPercent'))} against on-demand)",
+        f"Attempt:      {st.attempt or 0} (preemptions {st.preemptions or 0}, "
+        f"failures {st.failures or 0})",
+        f"Progress:     step {prog.step if prog else '-'}, checkpoint "
+        f"{_or_dash(prog.checkpoint_step if prog else None)}",
+        f"Cost:         {fmt_usd(cost.total_usd if cost else None)} "
+        f"(saving {fmt_percent(cost.savings_percent if cost else None)} against on-demand)",
         "",
     ]
     if archived:
         lines.append(f"{archived} older attempt(s) archived (their cost is in the totals).")
-    attempts = sorted(st.get("attempts") or [], key=lambda e: int(e["attempt"]))
+    attempts = sorted(st.attempts or [], key=lambda e: e.attempt)
     if not attempts:
         return "\n".join([*lines, "No attempts yet."]) + "\n"
     return "\n".join(lines) + "\n" + table([row(e, st) for e in attempts])
+
+
+def _or_dash(value: object) -> str:
+    return "-" if value is None else str(value)

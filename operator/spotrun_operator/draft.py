@@ -54,11 +54,6 @@ class Draft:
     def progress(self) -> Progress | None:
         return self.obs.status.progress
 
-    @property
-    def progress_json(self) -> dict[str, Any] | None:
-        """status.progress as the trainer wrote it (what printer's step marks read)."""
-        return self.progress.to_status() if self.progress else None
-
     def entry(self, n: int) -> Attempt | None:
         return reducers.get_attempt(self.history, n)
 

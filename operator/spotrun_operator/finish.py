@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from spotrun_api.base import to_json
+from spotrun_api.display import display
 from spotrun_api.enums import ConditionType, Outcome, Phase
 from spotrun_api.spec import TrainingRunSpec
-from spotrun_api.status import OPERATOR_FIELDS, Attempt, CostStatus, Display, TrainingRunStatus
-from spotrun_operator import printer, reducers
+from spotrun_api.status import OPERATOR_FIELDS, Attempt, CostStatus, TrainingRunStatus
+from spotrun_operator import reducers
 from spotrun_operator.common import fmt_time, parse_time
 from spotrun_operator.cost import Cost
 from spotrun_operator.draft import Draft
@@ -121,9 +122,9 @@ def finish(d: Draft) -> Decision:
         d.set_condition(pc["type"], pc["status"] == "True", pc["reason"], pc["message"])
     cost = reducers.total_cost(d.history, s.archived, d.now, d.prices)
     _cost_status(d, cost, phase)
-    # The printer columns' strings, from the figures just drafted (printer.py formats them
-    # for `kubectl get tr` and the kubectl plugin alike).
-    s.display = Display.model_validate(printer.display(to_json(s)))
+    # The printer columns' strings, from the figures just drafted (spotrun_api.display
+    # formats them for `kubectl get tr` and the kubectl plugin alike).
+    s.display = display(s)
     progress = d.obs.status.progress
     return Decision(
         status=status_patch(d.obs.status, s),

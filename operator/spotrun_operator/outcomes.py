@@ -4,10 +4,11 @@ attempt's outcome once its gang is gone (pure)."""
 
 from __future__ import annotations
 
+from spotrun_api.display import start_step
 from spotrun_api.enums import CapacityType, ConditionType, Outcome, RunReason
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import Attempt, LastPreemption
-from spotrun_operator import budget, printer, reducers
+from spotrun_operator import budget, reducers
 from spotrun_operator.children import create_job, gang_gone, stop_gang
 from spotrun_operator.classify import Verdict
 from spotrun_operator.common import fmt_time, job_name, parse_time
@@ -263,7 +264,7 @@ def start_attempt(d: Draft, spec: TrainingRunSpec, n: int) -> None:
         gpus=spec.gpus_per_node,
         created_at=fmt_time(d.now),
         checkpoint_interval_seconds=interval,
-        start_step=printer.start_step(d.progress_json),
+        start_step=start_step(d.progress),
     )
     d.status.attempts = reducers.upsert_attempt(d.history, entry)
     d.status.attempt = n

@@ -6,8 +6,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from spotrun_api.display import end_step
 from spotrun_api.enums import ConditionType, Outcome, Phase, RunReason
-from spotrun_operator import printer, reducers
+from spotrun_operator import reducers
 from spotrun_operator.common import fmt_time, parse_time
 from spotrun_operator.draft import Draft
 
@@ -20,7 +21,7 @@ def record(d: Draft, n: int, outcome: Outcome, reason: str, message: str, **fiel
         reason=reason,
         message=message[:1024],
         ended_at=fmt_time(d.now),
-        end_step=printer.end_step(n, d.progress_json),
+        end_step=end_step(n, d.progress),
         unschedulable_since=None,
         config_error_since=None,
         **fields,

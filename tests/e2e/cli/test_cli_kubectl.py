@@ -1,6 +1,6 @@
 """``kubectl get tr`` printer columns and ``kubectl spotrun describe`` against the real
 apiserver: the test writes a run's status through the status subresource the way the
-operator does (display strings from ``spotrun_operator.printer``), then reads it back with
+operator does (display strings from ``spotrun_api.display``), then reads it back with
 the real kubectl (the plugin through kubectl's plugin mechanism when kubectl is built)."""
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from torchx.specs import AppState
 
 from controller_helpers import create, training_run
 from controller_process import CRD
+from spotrun_api.base import to_json
+from spotrun_api.display import display
+from spotrun_api.status import TrainingRunStatus
 from spotrun_cli.torchx_scheduler import SpotrunScheduler
-from spotrun_operator import printer
 from spotrun_operator.kube import Kube
 
 BIN = Path(sys.executable).parent
@@ -116,7 +118,7 @@ def story(custom: client.CustomObjectsApi, namespace: str, crd: dict[str, Any]) 
     apply_crd(custom.api_client)  # again: on a shared cluster another checkout may differ
     create(custom, namespace, training_run("story"))
     status = copy.deepcopy(STATUS)
-    status["display"] = printer.display(status)
+    status["display"] = to_json(display(TrainingRunStatus.model_validate(status)))
     custom.patch_namespaced_custom_object_status(
         *TR[:2], namespace, TR[2], "story", {"status": status}
     )

@@ -1,4 +1,4 @@
-"""Pure views: TorchX states, the log-following plan, the ledger table, printer strings."""
+"""Pure views: TorchX states, the log-following plan, the ledger table, display strings."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from typing import Any
 import pytest
 from torchx.specs import AppState
 
+from spotrun_api import display as printer
+from spotrun_api.base import to_json
+from spotrun_api.status import Attempt, Progress, TrainingRunStatus
 from spotrun_cli import follow, ledger, runview
 from spotrun_cli.translate import ANN_CANCELLED
-from spotrun_operator import printer
 
 ATTEMPTS: list[dict[str, Any]] = [
     {
@@ -145,7 +147,8 @@ def test_follow_plan_without_follow() -> None:
 
 
 def test_ledger_rows() -> None:
-    rows = [ledger.row(e, STATUS) for e in ATTEMPTS]
+    status = TrainingRunStatus.model_validate(STATUS)
+    rows = [ledger.row(Attempt.model_validate(e), status) for e in ATTEMPTS]
     assert rows[0] == [
         "1",
         "2",
@@ -184,7 +187,7 @@ def test_describe_text() -> None:
 
 
 def test_printer_display() -> None:
-    d = printer.display(STATUS)
+    d = to_json(printer.display(TrainingRunStatus.model_validate(STATUS)))
     assert d == {
         "cost": "$1,204.40",
         "savings": "67%",
@@ -193,18 +196,19 @@ def test_printer_display() -> None:
         "last": "failed OOMKilled a2",
         "lastAt": "2026-11-22T11:50:00Z",
     }
-    assert printer.display({}) == {
+    assert to_json(printer.display(TrainingRunStatus())) == {
         "cost": "$0.00",
         "savings": "-",
         "lostWork": "0s",
         "gpuHours": "0.0",
         "last": "-",
     }
-    pre = printer.display({"attempts": ATTEMPTS[:1]})
-    assert pre["last"] == "spot-interruption a1"
-    sus = {"attempt": 4, "outcome": "Suspended", "reason": "Suspended"}
+    pre = printer.display(TrainingRunStatus.model_validate({"attempts": ATTEMPTS[:1]}))
+    assert pre.last == "spot-interruption a1"
+    sus = Attempt.model_validate({"attempt": 4, "outcome": "Suspended", "reason": "Suspended"})
     assert printer.last_label(sus) == "suspended a4"
-    assert printer.last_label({"attempt": 5, "outcome": "BudgetExceeded"}) == "budget-exceeded a5"
+    budget = Attempt.model_validate({"attempt": 5, "outcome": "BudgetExceeded"})
+    assert printer.last_label(budget) == "budget-exceeded a5"
 
 
 @pytest.mark.parametrize(
@@ -223,15 +227,20 @@ def test_fmt_seconds(seconds: float | None, text: str) -> None:
 
 
 def test_step_marks() -> None:
-    assert printer.start_step({"checkpointStep": 1600}) == 1600
+    assert printer.start_step(Progress.from_status({"checkpointStep": 1600})) == 1600
     assert printer.start_step(None) == 0
-    assert printer.end_step(3, {"step": 1620, "attempt": 3}) == 1620
-    assert printer.end_step(4, {"step": 1620, "attempt": 3}) is None
+    live = Progress.from_status({"step": 1620, "attempt": 3})
+    assert printer.end_step(3, live) == 1620
+    assert printer.end_step(4, live) is None
+    ended = {"attempt": 1, "startStep": 10, "endStep": 25, "outcome": "Failed"}
+    assert printer.steps_done(Attempt.model_validate(ended), None) == 15
     assert (
-        printer.steps_done({"attempt": 1, "startStep": 10, "endStep": 25, "outcome": "x"}, None)
-        == 15
+        printer.steps_done(Attempt(attempt=1), Progress.from_status({"step": 5, "attempt": 1}))
+        is None
     )
-    assert printer.steps_done({"attempt": 1}, {"step": 5, "attempt": 1}) is None
+    # A live attempt counts to the trainer's newest step.
+    running = Attempt.model_validate({"attempt": 1, "startStep": 10})
+    assert printer.steps_done(running, Progress.from_status({"step": 25, "attempt": 1})) == 15
 
 
 def test_api_message_prefers_the_apiservers_words() -> None:

@@ -1,5 +1,5 @@
 """Display strings of a TrainingRun for ``kubectl get tr`` and the ``kubectl spotrun`` plugin
-(pure, no I/O).
+(pure, over the typed status).
 
 Printer columns can only show a field as it is stored, so the operator stores the
 human form next to the figures in ``status.display`` (``cost: "$12.40"``); the kubectl
@@ -11,17 +11,20 @@ from which the ledger shows the steps each attempt trained.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Final
+
+from spotrun_api.enums import Outcome
+from spotrun_api.status import Attempt, Display, Progress, TrainingRunStatus
 
 # Outcomes that interrupted the run (Succeeded is an end, not an interruption).
 _LAST_LABELS: Final = {
-    "Preempted": "",
-    "Failed": "failed",
-    "ConfigurationError": "config-error",
-    "CapacityFallback": "capacity-fallback",
-    "BudgetExceeded": "budget-exceeded",
-    "Suspended": "suspended",
+    Outcome.PREEMPTED: "",
+    Outcome.FAILED: "failed",
+    Outcome.CONFIG_ERROR: "config-error",
+    Outcome.CAPACITY_FALLBACK: "capacity-fallback",
+    Outcome.BUDGET_EXCEEDED: "budget-exceeded",
+    Outcome.SUSPENDED: "suspended",
 }
 
 
@@ -50,76 +53,65 @@ def fmt_seconds(seconds: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def total_lost_work(attempts: Sequence[Mapping[str, Any]]) -> float:
+def total_lost_work(attempts: Sequence[Attempt]) -> float:
     """Seconds of training lost over the recorded attempts (archived ones kept no figure)."""
-    return sum(float(e.get("lostWorkSeconds") or 0.0) for e in attempts)
+    return sum(e.lost_work_seconds or 0.0 for e in attempts)
 
 
-def last_interruption(attempts: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+def last_interruption(attempts: Sequence[Attempt]) -> Attempt | None:
     """The newest attempt that ended in anything but success."""
-    ended = [e for e in attempts if e.get("outcome") in _LAST_LABELS]
-    return max(ended, key=lambda e: int(e["attempt"])) if ended else None
+    ended = [e for e in attempts if e.outcome in _LAST_LABELS]
+    return max(ended, key=lambda e: e.attempt) if ended else None
 
 
-def last_label(entry: Mapping[str, Any]) -> str:
+def last_label(entry: Attempt) -> str:
     """``spot-interruption a3``, ``failed OOMKilled a2``, ``suspended a4``."""
-    outcome = str(entry.get("outcome") or "")
-    kind = _LAST_LABELS.get(outcome, outcome.lower())
-    reason = str(entry.get("reason") or "")
+    kind = _LAST_LABELS.get(entry.outcome, "") if entry.outcome else ""
+    reason = entry.reason or ""
     words = [w for w in (kind, reason) if w] or ["preempted"]
     if kind and reason.lower().replace("-", "") == kind.replace("-", ""):
         words = [kind]
-    return " ".join([*words, f"a{int(entry['attempt'])}"])
+    return " ".join([*words, f"a{entry.attempt}"])
 
 
-def display(status: Mapping[str, Any]) -> dict[str, Any]:
+def display(status: TrainingRunStatus) -> Display:
     """``status.display``: the strings the printer columns show, from the rest of status."""
-    cost = status.get("cost") or {}
-    attempts = list(status.get("attempts") or [])
-    out: dict[str, Any] = {
-        "cost": fmt_usd(_float(cost.get("totalUSD")) if cost else 0.0),
-        "savings": fmt_percent(_float(cost.get("savingsPercent"))),
-        "lostWork": fmt_seconds(total_lost_work(attempts)),
-        "gpuHours": f"{float(cost.get('gpuHours') or 0.0):.1f}",
-        "last": "-",
-    }
+    cost = status.cost
+    attempts = status.attempts or []
     last = last_interruption(attempts)
-    if last is not None:
-        out["last"] = last_label(last)
-        when = last.get("endedAt") or last.get("stoppedAt")
-        if when:
-            out["lastAt"] = str(when)
-    return out
+    return Display(
+        cost=fmt_usd(cost.total_usd if cost else 0.0),
+        savings=fmt_percent(cost.savings_percent if cost else None),
+        lost_work=fmt_seconds(total_lost_work(attempts)),
+        gpu_hours=f"{(cost.gpu_hours if cost else None) or 0.0:.1f}",
+        last=last_label(last) if last else "-",
+        last_at=(last.ended_at or last.stopped_at) if last else None,
+    )
 
 
 # --- per-attempt step marks ---------------------------------------------------------------
 
 
-def start_step(progress: Mapping[str, Any] | None) -> int:
+def start_step(progress: Progress | None) -> int:
     """The step a new attempt resumes from: the newest committed checkpoint (0: none)."""
-    return int((progress or {}).get("checkpointStep") or 0)
+    return (progress.checkpoint_step if progress else None) or 0
 
 
-def end_step(attempt: int, progress: Mapping[str, Any] | None) -> int | None:
+def end_step(attempt: int, progress: Progress | None) -> int | None:
     """The last step attempt ``attempt`` reported, or None when the newest progress was
     written by another attempt (this one never reported)."""
-    prog = progress or {}
-    if int(prog.get("attempt") or 0) != attempt or prog.get("step") is None:
+    if progress is None or (progress.attempt or 0) != attempt:
         return None
-    return int(prog["step"])
+    return progress.step
 
 
-def steps_done(entry: Mapping[str, Any], progress: Mapping[str, Any] | None) -> int | None:
+def steps_done(entry: Attempt, progress: Progress | None) -> int | None:
     """Steps attempt ``entry`` trained: endStep (or the live step) minus startStep."""
-    if entry.get("startStep") is None:
+    if entry.start_step is None:
         return None
-    end = entry.get("endStep")
-    if end is None and not entry.get("outcome"):
-        end = end_step(int(entry["attempt"]), progress)
+    end = entry.end_step
+    if end is None and entry.outcome is None:
+        end = end_step(entry.attempt, progress)
     if end is None:
         return None
-    return max(0, int(end) - int(entry["startStep"]))
+    return max(0, end - entry.start_step)
