@@ -43,12 +43,19 @@ def value_matches(want: Any, got: Any) -> bool:
             value_matches(v, got.get(k)) for k, v in want.items()
         )
     if isinstance(want, list):
-        return (
-            isinstance(got, list)
-            and len(want) == len(got)
-            and all(value_matches(w, g) for w, g in zip(want, got, strict=True))
-        )
+        return isinstance(got, list) and len(want) == len(got) and _each_once(want, got)
     return bool(want == got)
+
+
+def _each_once(want: list[Any], got: list[Any]) -> bool:
+    """Lists match in any order (a node's conditions), each item used once."""
+    free = list(got)
+    for w in want:
+        hit = next((i for i, g in enumerate(free) if value_matches(w, g)), None)
+        if hit is None:
+            return False
+        free.pop(hit)
+    return True
 
 
 def played(fixture: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -110,7 +117,8 @@ def node_changes(
     ).get("deletionTimestamp"):
         out.append({"node_deleting": True})
     old_f = set((before.get("metadata") or {}).get("finalizers") or [])
-    new_f = set((after.get("metadata") or {}).get("finalizers") or [])
+    # A deleted object had no finalizer left, whatever its last state listed.
+    new_f = set() if event == "DELETED" else set((after.get("metadata") or {}).get("finalizers") or [])
     out += [{"finalizer_removed": f} for f in sorted(old_f - new_f)]
     old_c, new_c = _conds(before), _conds(after)
     changed = [
@@ -141,24 +149,37 @@ def pod_changes(
     phase_a = (after.get("status") or {}).get("phase")
     if phase_a != phase_b and phase_a in ("Failed", "Succeeded"):
         out.append({"pod_phase": phase_a})
+        out.append({"pod_status": pod_status_view(after)})
     if event == "DELETED":
         out.append({"pod_deleted": True})
     return out
 
 
+def pod_status_view(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """A pod's status in the shape of a plan's ``pod_status`` change."""
+    st = pod.get("status") or {}
+    dt_cond = _conds(pod).get("DisruptionTarget") or {}
+    codes = [
+        ((cs.get("state") or {}).get("terminated") or {}).get("exitCode")
+        for cs in st.get("containerStatuses") or []
+    ]
+    return {
+        "phase": st.get("phase"),
+        "reason": st.get("reason"),
+        "message": st.get("message"),
+        "disruptionTarget": {"reason": dt_cond.get("reason"), "message": dt_cond.get("message")},
+        "exitCode": codes[0] if codes else None,
+    }
+
+
 def changes_per_event(
-    events: Sequence[tuple[str, Mapping[str, Any]]], kind: str
+    initial: Mapping[str, Any], events: Sequence[tuple[str, Mapping[str, Any]]], kind: str
 ) -> list[list[dict[str, Any]]]:
-    """One list of changes per watch event (empty for heartbeats), from the first state."""
+    """One list of changes per watch event (empty for heartbeats), from ``initial``."""
     differ = node_changes if kind == "node" else pod_changes
     out: list[list[dict[str, Any]]] = []
-    prev: Mapping[str, Any] | None = None
+    prev = initial
     for typ, obj in events:
-        if prev is None:
-            prev = obj
-            if typ != "ADDED":
-                out.append(differ({}, obj, typ) if typ == "DELETED" else [])
-            continue
         out.append(differ(prev, obj, typ))
         prev = obj
     return out

@@ -107,18 +107,27 @@ def rfc3339(now: dt.datetime) -> str:
     return now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def interruption_taint(signal: Signal, event_id: str) -> dict[str, Any] | None:
-    """The taint the component behind ``signal`` adds, or None.
+# Effect of that taint when it is not NoSchedule, and the signals whose taint has no value.
+_TAINT_EFFECT: Final[dict[str, str]] = {
+    "ca-scale-down": "PreferNoSchedule",
+    "out-of-service": "NoExecute",
+}
+_NO_VALUE: Final = frozenset({"karpenter", "karpenter-drift", "aks-evict"})
 
-    NTH stores its event id as the taint value; Karpenter's disruption taint has none.
-    """
+
+def interruption_taint(signal: Signal, event_id: str) -> dict[str, Any] | None:
+    """The first taint the component behind ``signal`` adds, or None.
+
+    NTH stores its event id as the value, Cluster Autoscaler a unix time, the
+    out-of-service taint ``nodeshutdown``; Karpenter's and AKS's taints have none."""
     key = SIGNAL_TAINT[signal]
     if key is None:
         return None
-    value = "" if signal.startswith("karpenter") else event_id
-    taint: dict[str, Any] = {"key": key, "effect": "NoSchedule"}
-    if value:
-        taint["value"] = value
+    taint: dict[str, Any] = {"key": key, "effect": _TAINT_EFFECT.get(signal, "NoSchedule")}
+    if signal == "out-of-service":
+        taint["value"] = "nodeshutdown"
+    elif signal not in _NO_VALUE:
+        taint["value"] = event_id
     return taint
 
 
