@@ -65,9 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         help="wait for kube-controller-manager to mark the dead node NotReady (its "
         "node-monitor-grace-period) instead of writing its conditions and taints at once",
     )
-    i.add_argument(
-        "--keep-node", action="store_true", help="stop before the instance dies"
-    )
+    i.add_argument("--keep-node", action="store_true", help="stop before the instance dies")
 
     f = sub.add_parser("fail", help="make a pod's containers fail as the kubelet reports it")
     f.add_argument("pod")

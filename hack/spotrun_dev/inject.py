@@ -133,7 +133,7 @@ def _await_node_lifecycle(run: Run, write: Write) -> None:
     def seen() -> bool:
         node = node_ops.read_node(run.core, run.node)
         if "conditions" in want:
-            ready = next(
+            ready: dict[str, Any] = next(
                 (c for c in node["status"].get("conditions") or [] if c["type"] == "Ready"), {}
             )
             return bool(ready.get("status") == "Unknown")

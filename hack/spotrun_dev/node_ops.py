@@ -54,7 +54,11 @@ def _retry_conflicts(what: str, attempt: Callable[[], None]) -> None:
 def _with_taints(node: dict[str, Any], add: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """The node's taints plus ``add`` (by key and effect); None if nothing is new."""
     taints = list((node.get("spec") or {}).get("taints") or [])
-    new = [t for t in add if not any((o["key"], o["effect"]) == (t["key"], t["effect"]) for o in taints)]
+    new = [
+        t
+        for t in add
+        if not any((o["key"], o["effect"]) == (t["key"], t["effect"]) for o in taints)
+    ]
     return taints + new if new else None
 
 
@@ -95,7 +99,9 @@ def patch_node_locked(
         new_labels = {k: v for k, v in (labels or {}).items() if (k, v) not in have}
         if merged is None and not new_labels:
             return
-        body: dict[str, Any] = {"metadata": {"resourceVersion": node["metadata"]["resourceVersion"]}}
+        body: dict[str, Any] = {
+            "metadata": {"resourceVersion": node["metadata"]["resourceVersion"]}
+        }
         if new_labels:
             body["metadata"]["labels"] = new_labels
         if merged is not None:
@@ -148,9 +154,24 @@ def delete_node(core: client.CoreV1Api, name: str) -> None:
             raise
 
 
+NODE_LEASES = "kube-node-lease"
+GONE_HOLDER = "terminated-instance"
+NEVER_EXPIRES = 10 * 365 * 24 * 3600
+
+
 def stop_kubelet(core: client.CoreV1Api, name: str) -> None:
-    """The instance is gone: kwok stops heartbeating the node and its pods."""
+    """The instance is gone: kwok stops managing the node, and its node Lease is no longer
+    renewed, so the real node lifecycle controller sees the heartbeats stop. (kwok keeps
+    renewing the Lease of a node it stopped managing; a Lease held by another holder that
+    never expires is one nobody renews.)"""
     core.patch_node(name, {"metadata": {"annotations": {fleet.KWOK_ANNOTATION: None}}})
+    leases = client.CoordinationV1Api(core.api_client)
+    body = {"spec": {"holderIdentity": GONE_HOLDER, "leaseDurationSeconds": NEVER_EXPIRES}}
+    try:
+        leases.patch_namespaced_lease(name, NODE_LEASES, body)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
 
 
 def post_conditions(core: client.CoreV1Api, name: str, conditions: list[dict[str, Any]]) -> None:
@@ -167,7 +188,9 @@ def post_conditions(core: client.CoreV1Api, name: str, conditions: list[dict[str
     core.patch_node_status(name, {"status": {"conditions": full}})
 
 
-def set_pod_status(core: client.CoreV1Api, pod: client.V1Pod, mark: str, status: dict[str, Any]) -> None:
+def set_pod_status(
+    core: client.CoreV1Api, pod: client.V1Pod, mark: str, status: dict[str, Any]
+) -> None:
     name, ns = pod.metadata.name, pod.metadata.namespace
     # Mark first, so kwok's Stages leave the status the kubelet reported alone.
     core.patch_namespaced_pod(

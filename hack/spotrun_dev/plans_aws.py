@@ -75,7 +75,9 @@ def _event_bridge_id(opts: Options) -> str:
 
 
 def nth_taint(key: str, event_id: str) -> Write:
-    return Write(NTH, "PUT node", ({"taint_added": taint(key, "NoSchedule", taint_value(event_id))},))
+    return Write(
+        NTH, "PUT node", ({"taint_added": taint(key, "NoSchedule", taint_value(event_id))},)
+    )
 
 
 def nth_cordon_and_drain(opts: Options) -> list[Write]:

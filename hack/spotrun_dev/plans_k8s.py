@@ -106,7 +106,11 @@ def ca_scale_down(opts: Options) -> list[Write]:
     now = unix(opts.now)
     ca = "cluster-autoscaler"
     return [
-        Write(ca, "PUT node", ({"taint_added": taint(CA_DELETION_CANDIDATE, "PreferNoSchedule", now)},)),
+        Write(
+            ca,
+            "PUT node",
+            ({"taint_added": taint(CA_DELETION_CANDIDATE, "PreferNoSchedule", now)},),
+        ),
         Write(ca, "PUT node", ({"taint_added": taint(CA_TO_BE_DELETED, "NoSchedule", now)},)),
         evict(ca, f"min(pod,{CA_MAX_GRACE})"),
         *death("ec2-autoscaling", "previous", opts),
@@ -217,7 +221,10 @@ OPT_OUTS: Final[dict[str, tuple[str, str]]] = {
 }
 # Node labels (and taints) a node of that provider carries; ``inject`` adds them first.
 PROVIDER_LABELS: Final[dict[str, dict[str, str]]] = {
-    "gke-preempt": {"cloud.google.com/gke-spot": "true", "cloud.google.com/gke-provisioning": "spot"},
+    "gke-preempt": {
+        "cloud.google.com/gke-spot": "true",
+        "cloud.google.com/gke-provisioning": "spot",
+    },
     "aks-evict": {"kubernetes.azure.com/scalesetpriority": "spot"},
 }
 

@@ -118,7 +118,9 @@ def node_changes(
         out.append({"node_deleting": True})
     old_f = set((before.get("metadata") or {}).get("finalizers") or [])
     # A deleted object had no finalizer left, whatever its last state listed.
-    new_f = set() if event == "DELETED" else set((after.get("metadata") or {}).get("finalizers") or [])
+    new_f = (
+        set() if event == "DELETED" else set((after.get("metadata") or {}).get("finalizers") or [])
+    )
     out += [{"finalizer_removed": f} for f in sorted(old_f - new_f)]
     old_c, new_c = _conds(before), _conds(after)
     changed = [
@@ -144,7 +146,9 @@ def pod_changes(
         out.append({"disruption_target": view})
     meta_b, meta_a = before.get("metadata") or {}, after.get("metadata") or {}
     if meta_a.get("deletionTimestamp") and not meta_b.get("deletionTimestamp"):
-        out.append({"deletion_started": {"gracePeriodSeconds": meta_a.get("deletionGracePeriodSeconds")}})
+        out.append(
+            {"deletion_started": {"gracePeriodSeconds": meta_a.get("deletionGracePeriodSeconds")}}
+        )
     phase_b = (before.get("status") or {}).get("phase")
     phase_a = (after.get("status") or {}).get("phase")
     if phase_a != phase_b and phase_a in ("Failed", "Succeeded"):

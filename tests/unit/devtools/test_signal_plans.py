@@ -19,7 +19,9 @@ FIXTURE_FILES = sorted(p for p in FIXTURES.glob("*.yaml") if not p.name.startswi
 NOW = dt.datetime(2026, 11, 21, 8, 0, 0, tzinfo=dt.UTC)
 
 
-def _options(fixture: dict[str, Any], seed: str = "5f0c3a9e7b1d4c2e8a6f0b3d9c7e1a25") -> plans.Options:
+def _options(
+    fixture: dict[str, Any], seed: str = "5f0c3a9e7b1d4c2e8a6f0b3d9c7e1a25"
+) -> plans.Options:
     mode = (fixture.get("options") or {}).get("mode", "imds")
     # The fixtures carry the real timing: the node lifecycle controller waits its grace.
     return plans.Options(mode=mode, now=NOW, seed=seed, play_node_lifecycle=False)
@@ -44,7 +46,16 @@ def test_every_fixture_write_cites_its_source(path: Path) -> None:
 
 
 @pytest.mark.parametrize("seed", ["0" * 32, "f" * 32, "0123456789abcdef0123456789abcdef"])
-@pytest.mark.parametrize(("signal", "mode"), [("nth", "imds"), ("nth", "queue"), ("rebalance", "imds"), ("rebalance", "queue"), ("asg", "queue")])
+@pytest.mark.parametrize(
+    ("signal", "mode"),
+    [
+        ("nth", "imds"),
+        ("nth", "queue"),
+        ("rebalance", "imds"),
+        ("rebalance", "queue"),
+        ("asg", "queue"),
+    ],
+)
 def test_nth_taint_values_fit_a_label_value(signal: str, mode: plans.Mode, seed: str) -> None:
     """Event ids are longer than 63 characters; NTH cuts them (node.go maxTaintValueLength)."""
     first = plans_k8s.plan(signal, plans.Options(mode=mode, now=NOW, seed=seed))[0]

@@ -29,7 +29,9 @@ def _pod(containers: int = 1) -> dict[str, Any]:
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "signals"
 COMPONENT_FIXTURES = [
-    p for p in sorted(FIXTURES.glob("*.yaml")) if not p.name.startswith("_") and "queue" not in p.name
+    p
+    for p in sorted(FIXTURES.glob("*.yaml"))
+    if not p.name.startswith("_") and "queue" not in p.name
 ]
 CLUSTER_ACTORS = ("kube-controller-manager", "cloud-controller-manager", "kube-apiserver")
 
@@ -60,7 +62,9 @@ def test_signal_taint_is_the_components_first_taint(path: Path) -> None:
     assert ("value" in taint) == ("value" in want)
 
 
-@pytest.mark.parametrize("name", ["shutdown", "gke-preempt", "node-pressure", "critical-preemption"])
+@pytest.mark.parametrize(
+    "name", ["shutdown", "gke-preempt", "node-pressure", "critical-preemption"]
+)
 def test_kubelet_pod_status_matches_the_fixture(name: str) -> None:
     """The whole status spotrun-dev posts, read back, is what the kubelet reports."""
     fixture = trace_match.load_fixture(FIXTURES / f"{name}.yaml")
