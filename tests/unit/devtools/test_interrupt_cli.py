@@ -28,9 +28,11 @@ def test_defaults_keep_the_old_behaviour_and_the_notice_timing() -> None:
 
 @pytest.mark.parametrize(
     "signal",
-    ["nth", "karpenter", "rebalance", "asg", "loss", "shutdown"]
-    + ["mng-rebalance", "scheduled-maintenance", "state-change", "out-of-service"]
-    + ["ca-scale-down", "gke-preempt", "aks-evict", "node-pressure", "critical-preemption"],
+    [
+        *("nth", "karpenter", "rebalance", "asg", "loss", "shutdown"),
+        *("mng-rebalance", "scheduled-maintenance", "state-change", "out-of-service"),
+        *("ca-scale-down", "gke-preempt", "aks-evict", "node-pressure", "critical-preemption"),
+    ],
 )
 def test_every_signal_name_is_accepted(signal: str) -> None:
     assert _interrupt_args("--signal", signal).signal == signal
