@@ -58,7 +58,7 @@ def prepare_node(core: client.CoreV1Api, node: str, signal: str) -> None:
     """What the node carries before the component acts: Karpenter's finalizer (added at
     registration: kubernetes-sigs/karpenter pkg/controllers/nodeclaim/lifecycle/
     registration.go), the provider's capacity labels (GKE, AKS)."""
-    if signal in ("karpenter", "karpenter-drift"):
+    if signal.startswith("karpenter"):
         node_ops.add_finalizer(core, node, plans_k8s.KARPENTER_FINALIZER)
     labels = plans_k8s.PROVIDER_LABELS.get(signal)
     have = node_ops.read_node(core, node)["metadata"].get("labels") or {}
@@ -170,6 +170,8 @@ def perform(run: Run, write: Write) -> None:
     elif taints:
         labels = {label["key"]: label["value"]} if label else None
         node_ops.patch_node_locked(core, name, taints, labels)
+    elif "taint_removed" in merged:
+        node_ops.untaint_locked(core, name, merged["taint_removed"])
     elif label:
         node_ops.label_node(core, name, label["key"], label["value"])
     else:

@@ -111,6 +111,21 @@ def patch_node_locked(
     _retry_conflicts(f"patch node {name}", attempt)
 
 
+def untaint_locked(core: client.CoreV1Api, name: str, taint: dict[str, Any]) -> None:
+    """A merge PATCH with the resourceVersion dropping one taint (key and effect)."""
+
+    def attempt() -> None:
+        node = read_node(core, name)
+        taints = list((node.get("spec") or {}).get("taints") or [])
+        kept = [t for t in taints if (t["key"], t["effect"]) != (taint["key"], taint["effect"])]
+        if len(kept) == len(taints):
+            return
+        rv = node["metadata"]["resourceVersion"]
+        core.patch_node(name, {"metadata": {"resourceVersion": rv}, "spec": {"taints": kept}})
+
+    _retry_conflicts(f"untaint node {name}", attempt)
+
+
 def label_node(core: client.CoreV1Api, name: str, key: str, value: str) -> None:
     """A strategic merge PATCH of one label (NTH addLabel)."""
     core.patch_node(name, {"metadata": {"labels": {key: value}}})

@@ -96,6 +96,19 @@ def karpenter_drift(opts: Options) -> list[Write]:
     return [first, deleting, *_karpenter_termination(opts, tainted=True)]
 
 
+def karpenter_drift_aborted(opts: Options) -> list[Write]:
+    """A drift or consolidation command that fails (the replacement never initialises, or
+    the budget closes): the candidate is tainted, then the taint is removed again
+    (disruption/queue.go Reconcile L172: RequireNoScheduleTaint(..., false, ...); the
+    controller does the same for leftovers, controller.go L147-157). Nothing else."""
+    actor = "karpenter/disruption"
+    disrupted = taint(KARPENTER_DISRUPTED, "NoSchedule")
+    return [
+        Write(actor, "PATCH node", ({"taint_added": disrupted},)),
+        Write(actor, "PATCH node", ({"taint_removed": disrupted},)),
+    ]
+
+
 def ca_scale_down(opts: Options) -> list[Write]:
     """kubernetes/autoscaler cluster-autoscaler/utils/taints/taints.go: an unneeded node
     gets the soft DeletionCandidate taint, then MarkToBeDeleted (value: unix seconds;
@@ -204,6 +217,7 @@ PLANS: Final[dict[str, Callable[[Options], list[Write]]]] = {
     "mng-rebalance": plans_aws.mng_rebalance,
     "karpenter": karpenter_interruption,
     "karpenter-drift": karpenter_drift,
+    "karpenter-drift-aborted": karpenter_drift_aborted,
     "ca-scale-down": ca_scale_down,
     "out-of-service": out_of_service,
     "gke-preempt": gke_preempt,
@@ -217,6 +231,7 @@ SIGNALS: Final[tuple[str, ...]] = tuple(PLANS)
 # Signals whose component refuses a node when a pod opts out (annotation, value).
 OPT_OUTS: Final[dict[str, tuple[str, str]]] = {
     "karpenter-drift": (KARPENTER_DO_NOT_DISRUPT, "true"),
+    "karpenter-drift-aborted": (KARPENTER_DO_NOT_DISRUPT, "true"),
     "ca-scale-down": (CA_SAFE_TO_EVICT, "false"),
 }
 # Node labels (and taints) a node of that provider carries; ``inject`` adds them first.

@@ -20,6 +20,7 @@ Signal = Literal[
     "mng-rebalance",
     "karpenter",
     "karpenter-drift",
+    "karpenter-drift-aborted",
     "ca-scale-down",
     "out-of-service",
     "gke-preempt",
@@ -87,6 +88,7 @@ SIGNAL_TAINT: Final[dict[Signal, str | None]] = {
     "nth": NTH_SPOT_ITN,
     "karpenter": KARPENTER_DISRUPTED,
     "karpenter-drift": KARPENTER_DISRUPTED,
+    "karpenter-drift-aborted": KARPENTER_DISRUPTED,
     "rebalance": NTH_REBALANCE,
     "asg": NTH_ASG_TERMINATION,
     "scheduled-maintenance": NTH_SCHEDULED_MAINTENANCE,
@@ -112,7 +114,9 @@ _TAINT_EFFECT: Final[dict[str, str]] = {
     "ca-scale-down": "PreferNoSchedule",
     "out-of-service": "NoExecute",
 }
-_NO_VALUE: Final = frozenset({"karpenter", "karpenter-drift", "aks-evict"})
+_NO_VALUE: Final = frozenset(
+    {"karpenter", "karpenter-drift", "karpenter-drift-aborted", "aks-evict"}
+)
 
 
 def interruption_taint(signal: Signal, event_id: str) -> dict[str, Any] | None:

@@ -29,7 +29,7 @@ def test_defaults_keep_the_old_behaviour_and_the_notice_timing() -> None:
 @pytest.mark.parametrize(
     "signal",
     [
-        *("nth", "karpenter", "rebalance", "asg", "loss", "shutdown"),
+        *("nth", "karpenter", "rebalance", "asg", "loss", "shutdown", "karpenter-drift-aborted"),
         *("mng-rebalance", "scheduled-maintenance", "state-change", "out-of-service"),
         *("ca-scale-down", "gke-preempt", "aks-evict", "node-pressure", "critical-preemption"),
     ],
