@@ -221,3 +221,29 @@ def order_mismatches(
         else:
             cursor, group_end = hit, -1
     return problems
+
+
+# Changes only the component under test makes; the node lifecycle controller's taints
+# (node.kubernetes.io/...) and condition updates also come from the real cluster itself.
+_STRICT = ("cordoned", "label_added", "taint_added", "taint_removed", "node_deleting")
+_CLUSTER_TAINTS = "node.kubernetes.io/"
+
+
+def unclaimed(
+    writes: Sequence[Mapping[str, Any]], events: Sequence[Sequence[Mapping[str, Any]]]
+) -> list[str]:
+    """Changes the watch saw that no write of the fixture makes (an extra cordon, a taint
+    the component never adds)."""
+    claimed = [c for w in writes for c in w["changes"]]
+    problems = []
+    for i, event in enumerate(events):
+        for change in event:
+            kind = next(iter(change))
+            if kind not in _STRICT:
+                continue
+            body = change[kind]
+            if kind.startswith("taint") and str(body.get("key", "")).startswith(_CLUSTER_TAINTS):
+                continue
+            if not any(value_matches(c, change) for c in claimed):
+                problems.append(f"event {i}: {change!r} is not something the component writes")
+    return problems

@@ -172,6 +172,9 @@ def test_injected_trace_matches_the_real_component(
             problems = trace_match.order_mismatches(node_writes, seen["node"])
             problems += trace_match.order_mismatches(pod_writes, seen["pod"])
             pytest.fail(f"{path.name}: {problems}; watch saw {seen}", pytrace=False)
+        # Nothing more than the component writes: no cordon Karpenter never makes, no
+        # taint NTH's state-change path never adds.
+        assert trace_match.unclaimed(node_writes, _events(nodes, node, "node")) == []
         if not pod_writes:
             # Advice only (an IMDS rebalance recommendation): the pod keeps running.
             def untouched() -> bool:
