@@ -65,7 +65,20 @@ def _parser() -> argparse.ArgumentParser:
         help="wait for kube-controller-manager to mark the dead node NotReady (its "
         "node-monitor-grace-period) instead of writing its conditions and taints at once",
     )
-    i.add_argument("--keep-node", action="store_true", help="stop before the instance dies")
+    i.add_argument(
+        "--termination-grace-period",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="Karpenter: the NodePool's terminationGracePeriod; pods whose grace does not "
+        "fit are force-deleted with the time left (default: none, Karpenter waits)",
+    )
+    i.add_argument(
+        "--keep-node",
+        action="store_true",
+        help="stop before the instance dies (Karpenter: the node stays deleting, held by "
+        "its finalizer)",
+    )
 
     f = sub.add_parser("fail", help="make a pod's containers fail as the kubelet reports it")
     f.add_argument("pod")
@@ -79,7 +92,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _interrupt(args: argparse.Namespace) -> None:
-    opts = plans.Options(mode=args.mode, play_node_lifecycle=not args.real_node_lifecycle)
+    opts = plans.Options(
+        mode=args.mode,
+        play_node_lifecycle=not args.real_node_lifecycle,
+        termination_grace_period=args.termination_grace_period,
+    )
     writes = inject.interrupt(
         _core(),
         args.node,

@@ -187,6 +187,10 @@ def _taint(write: Write, taint: dict[str, Any]) -> dict[str, Any]:
 
 
 def _perform_pods(run: Run, merged: dict[str, Any]) -> None:
+    if "drained_by" in merged:
+        deadline = run.started + merged["drained_by"]["terminationGracePeriod"]
+        node_ops.drain_by_deadline(run.core, run.node, deadline, run.drain_timeout)
+        return
     if "evicted" in merged:
         grace = merged["evicted"]["gracePeriodSeconds"]
         node_ops.evict_pods(run.core, run.node, grace, timeout=run.drain_timeout)

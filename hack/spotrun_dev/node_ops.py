@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -270,3 +271,23 @@ def evict_pods(
         lambda: not any(p.metadata.uid in uids for p in pods_on_node(core, node)),
         timeout=timeout,
     )
+
+
+def drain_by_deadline(
+    core: client.CoreV1Api, node: str, deadline: float, timeout: float = 120
+) -> None:
+    """Karpenter's drain with a terminationGracePeriod (kubernetes-sigs/karpenter
+    pkg/controllers/node/termination/terminator/eviction.go needsForceDelete, forceDelete):
+    a pod whose own grace no longer fits before the deadline (a ``time.monotonic()``) is
+    deleted with the time left (at least 1 s); the others are evicted."""
+    left = deadline - time.monotonic()
+    for pod in pods_on_node(core, node):
+        if pod.metadata.deletion_timestamp:
+            continue
+        own = pod.spec.termination_grace_period_seconds
+        if (30 if own is None else int(own)) >= left:
+            core.delete_namespaced_pod(
+                pod.metadata.name, pod.metadata.namespace, grace_period_seconds=max(1, int(left))
+            )
+    evict_pods(core, node, None, timeout)
+    wait_for(f"pods on {node} to be gone", lambda: not pods_on_node(core, node), timeout=timeout)

@@ -10,7 +10,8 @@ Change vocabulary (one key per change):
   taint_added {key, value?, effect}   taint_removed {key}      label_added {key, value}
   cordoned true                       node_deleting true       finalizer_removed <name>
   node_deleted true                   conditions [{type, status, reason, message}]
-  evicted {gracePeriodSeconds}        pods_deleted {gracePeriodSeconds}
+  evicted {gracePeriodSeconds}       (every pod on the node, through the Eviction API)
+  drained_by {terminationGracePeriod} (Karpenter: evict, or force-delete what cannot fit)
   pod_status {phase, reason, message, disruptionTarget, exitCode}
   kubelet_stops true                  (the instance is gone: no more heartbeats)
 """
@@ -78,8 +79,9 @@ class Options:
     exclude_from_lb: bool = True
     # Play the node lifecycle controller's writes at once instead of waiting its grace.
     play_node_lifecycle: bool = True
-    # Seconds the pod gets from a graceful kubelet shutdown (GKE: 15).
-    shutdown_grace: int | None = None
+    # Karpenter NodePool/NodeClaim terminationGracePeriod: pods whose own grace does not
+    # fit in what is left of it are force-deleted instead of evicted (None: never).
+    termination_grace_period: int | None = None
 
 
 def render(plan: list[Write]) -> list[dict[str, Any]]:

@@ -64,9 +64,17 @@ def _karpenter_termination(opts: Options, *, tainted: bool) -> list[Write]:
         changes.append({"taint_added": taint(KARPENTER_DISRUPTED, "NoSchedule")})
     changes.append({"label_added": {"key": EXCLUDE_LB_LABEL, "value": "karpenter"}})
     finalizer = ({"finalizer_removed": KARPENTER_FINALIZER}, {"node_deleted": True})
+    drain = evict(K_TERMINATION)
+    if opts.termination_grace_period is not None:
+        # terminator/eviction.go needsForceDelete: a pod whose grace no longer fits before
+        # nodeTerminationTime is deleted (forceDelete, grace = the time left, at least 1 s).
+        tgp = {"terminationGracePeriod": opts.termination_grace_period}
+        drain = Write(
+            K_TERMINATION, "POST pods/eviction | DELETE pod", ({"drained_by": tgp},), obj="pods"
+        )
     return [
         Write(K_TERMINATION, "PATCH node", tuple(changes)),
-        evict(K_TERMINATION),
+        drain,
         instance_dies(K_TERMINATION, "previous"),
         Write(K_TERMINATION, "PATCH node", finalizer),
     ]

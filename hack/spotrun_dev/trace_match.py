@@ -34,10 +34,13 @@ def load_fixture(path: Path) -> dict[str, Any]:
 
 
 def value_matches(want: Any, got: Any) -> bool:
-    """Equality, with ``{regex: ...}`` matching strings and mappings compared key by key
-    (only the keys the fixture names)."""
+    """Equality, with ``{regex: ...}`` matching strings, ``{between: [a, b]}`` integers,
+    and mappings compared key by key (only the keys the fixture names)."""
     if isinstance(want, Mapping) and set(want) == {"regex"}:
         return isinstance(got, str) and re.search(str(want["regex"]), got) is not None
+    if isinstance(want, Mapping) and set(want) == {"between"}:
+        low, high = want["between"]
+        return isinstance(got, int) and low <= got <= high
     if isinstance(want, Mapping):
         return isinstance(got, Mapping) and all(
             value_matches(v, got.get(k)) for k, v in want.items()

@@ -36,7 +36,7 @@ FIXTURE_FILES = sorted(p for p in FIXTURES.glob("*.yaml") if not p.name.startswi
 OWNER = "spotrun.dev/e2e-owner"
 # Writes that leave nothing a watch can see: the eviction request itself (its effects on
 # the pod are the apiserver's observed writes) and the instance's death (no API call).
-UNSEEN = ("evicted", "kubelet_stops")
+UNSEEN = ("evicted", "drained_by", "kubelet_stops")
 
 
 def _start_job(
@@ -149,7 +149,11 @@ def test_injected_trace_matches_the_real_component(
     sel = {"field_selector": f"metadata.name={private_node}"}
     nodes = Recorder(api_client, core.list_node, sel).start()
     pods = Recorder(api_client, core.list_namespaced_pod, {"namespace": namespace}).start()
-    mode = (fixture.get("options") or {}).get("mode", "imds")
+    given = fixture.get("options") or {}
+    opts = plans.Options(
+        mode=given.get("mode", "imds"),
+        termination_grace_period=given.get("termination_grace_period"),
+    )
     try:
         inject.interrupt(
             core,
@@ -157,7 +161,7 @@ def test_injected_trace_matches_the_real_component(
             signal,
             drain_timeout=60,
             instance_dies_after=0,
-            opts=plans.Options(mode=mode),
+            opts=opts,
         )
 
         def matched() -> bool:

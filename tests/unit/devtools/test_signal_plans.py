@@ -22,9 +22,15 @@ NOW = dt.datetime(2026, 11, 21, 8, 0, 0, tzinfo=dt.UTC)
 def _options(
     fixture: dict[str, Any], seed: str = "5f0c3a9e7b1d4c2e8a6f0b3d9c7e1a25"
 ) -> plans.Options:
-    mode = (fixture.get("options") or {}).get("mode", "imds")
+    given = fixture.get("options") or {}
     # The fixtures carry the real timing: the node lifecycle controller waits its grace.
-    return plans.Options(mode=mode, now=NOW, seed=seed, play_node_lifecycle=False)
+    return plans.Options(
+        mode=given.get("mode", "imds"),
+        now=NOW,
+        seed=seed,
+        play_node_lifecycle=False,
+        termination_grace_period=given.get("termination_grace_period"),
+    )
 
 
 def test_every_signal_has_a_fixture() -> None:
