@@ -153,6 +153,9 @@ def perform(run: Run, write: Write) -> None:
     if write.obj == "pods":
         _perform_pods(run, merged)
         return
+    if write.obj in ("event", "pod-event"):
+        _perform_event(run, write, merged["event"])
+        return
     taints = [_taint(write, merged["taint_added"])] if "taint_added" in merged else []
     label = merged.get("label_added")
     if write.call.startswith("PUT node/status"):
@@ -184,6 +187,26 @@ def _taint(write: Write, taint: dict[str, Any]) -> dict[str, Any]:
     if write.actor == NODE_LIFECYCLE and taint["effect"] == "NoExecute":
         return {**taint, "timeAdded": traces.rfc3339(node_ops.now())}
     return dict(taint)
+
+
+def _perform_event(run: Run, write: Write, event: dict[str, Any]) -> None:
+    """Events go on the Node (namespace default, as NTH's recorder does) or on each pod."""
+    if write.obj == "event":
+        ref = client.V1ObjectReference(kind="Node", name=run.node, namespace="default")
+        node_ops.record_event(run.core, ref, event, write.actor, run.node)
+        return
+    for pod in node_ops.pods_on_node(run.core, run.node):
+        if pod.metadata.deletion_timestamp:
+            continue
+        ref = client.V1ObjectReference(
+            kind="Pod",
+            name=pod.metadata.name,
+            namespace=pod.metadata.namespace,
+            uid=pod.metadata.uid,
+            api_version="v1",
+        )
+        text = {**event, "message": str(event["message"]).format(node=run.node)}
+        node_ops.record_event(run.core, ref, text, write.actor, run.node)
 
 
 def _perform_pods(run: Run, merged: dict[str, Any]) -> None:

@@ -291,3 +291,28 @@ def drain_by_deadline(
             )
     evict_pods(core, node, None, timeout)
     wait_for(f"pods on {node} to be gone", lambda: not pods_on_node(core, node), timeout=timeout)
+
+
+def record_event(
+    core: client.CoreV1Api,
+    obj: client.V1ObjectReference,
+    event: dict[str, Any],
+    component: str,
+    host: str,
+) -> None:
+    """A core/v1 Event as client-go's record.EventRecorder posts it (name
+    ``<object>.<hex nanoseconds>``, count 1, first and last timestamp now)."""
+    stamp = now()
+    namespace = obj.namespace or "default"
+    body = client.CoreV1Event(
+        metadata=client.V1ObjectMeta(name=f"{obj.name}.{time.time_ns():x}", namespace=namespace),
+        involved_object=obj,
+        reason=event["reason"],
+        message=event["message"],
+        type=event["type"],
+        source=client.V1EventSource(component=component, host=host),
+        first_timestamp=stamp,
+        last_timestamp=stamp,
+        count=1,
+    )
+    core.create_namespaced_event(namespace, body)

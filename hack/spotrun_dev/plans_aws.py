@@ -74,24 +74,62 @@ def _event_bridge_id(opts: Options) -> str:
     return f"{s[:8]}-{s[8:12]}-{s[12:16]}-{s[16:20]}-{s[20:32]}"
 
 
+def nth_event(reason: str, message: str, obj: str = "event") -> Write:
+    """A Kubernetes Event NTH records (emitKubernetesEvents: true in nth-values.yaml):
+    pkg/observability/k8s-events.go Emit, source component aws-node-termination-handler,
+    on the Node (namespace default) or, for PodEviction, on each pod."""
+    change = {"event": {"type": "Normal", "reason": reason, "message": message}}
+    return Write(NTH, "POST event", (change,), obj=obj)
+
+
+def _notice_time(opts: Options) -> str:
+    return (opts.now + dt.timedelta(seconds=SPOT_NOTICE_SECONDS)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _instance_id(opts: Options) -> str:
+    return f"i-{opts.seed[:17]}"
+
+
+PRE_DRAIN = nth_event("PreDrain", "Pre-drain task successfully executed")
+CORDONED = nth_event("Cordon", "Node successfully cordoned")
+DRAINED = nth_event("CordonAndDrain", "Node successfully cordoned and drained")
+POST_DRAIN = nth_event("PostDrain", "Post-drain task successfully executed")
+POD_EVICTION = nth_event("PodEviction", "Pod evicted due to node drain (node {node})", "pod-event")
+
+
 def nth_taint(key: str, event_id: str) -> Write:
     return Write(
         NTH, "PUT node", ({"taint_added": taint(key, "NoSchedule", taint_value(event_id))},)
     )
 
 
-def nth_cordon_and_drain(opts: Options) -> list[Write]:
-    """node.go CordonAndDrain: label (when excludeFromLoadBalancers), cordon, drain."""
+def nth_cordon_and_drain(opts: Options, post_drain: bool = False) -> list[Write]:
+    """node.go CordonAndDrain: label (when excludeFromLoadBalancers), cordon, a PodEviction
+    Event per pod, the drain; then the CordonAndDrain Event (draincordon/handler.go
+    cordonAndDrainNode) and, for queue events, the PostDrain Event."""
     out: list[Write] = []
     if opts.exclude_from_lb:
         label = {"label_added": {"key": EXCLUDE_LB_LABEL, "value": NTH_LB_VALUE}}
         out.append(Write(NTH, "PATCH node", (label,)))
-    return [*out, cordon(NTH), evict(NTH)]
+    tail = [POST_DRAIN] if post_drain else []
+    return [*out, cordon(NTH), POD_EVICTION, evict(NTH), DRAINED, *tail]
 
 
 def nth_spot_itn(opts: Options) -> list[Write]:
-    taint_w = nth_taint(NTH_SPOT_ITN, spot_itn_event_id(opts))
-    return [taint_w, *nth_cordon_and_drain(opts), *death("ec2", AFTER_NOTICE, opts)]
+    """The Event first (cmd/node-termination-handler.go, when the event is picked up), then
+    the PreDrainTask's taint and its PreDrain Event, then CordonAndDrain."""
+    queue = opts.mode == "queue"
+    if queue:
+        what = f"Spot Interruption notice for instance {_instance_id(opts)} was sent at "
+    else:
+        what = "Spot ITN received. Instance will be interrupted at "
+    return [
+        nth_event("SpotInterruption", f"{what}{_notice_time(opts)} \n"),
+        nth_taint(NTH_SPOT_ITN, spot_itn_event_id(opts)),
+        PRE_DRAIN,
+        *nth_cordon_and_drain(opts, post_drain=queue),
+        *death("ec2", AFTER_NOTICE, opts),
+    ]
 
 
 def nth_rebalance(opts: Options) -> list[Write]:
@@ -99,15 +137,25 @@ def nth_rebalance(opts: Options) -> list[Write]:
     then the whole CordonAndDrain. The instance is not terminated by NTH either way."""
     taint_w = nth_taint(NTH_REBALANCE, rebalance_event_id(opts))
     if opts.mode == "imds":
-        return [taint_w, cordon(NTH)]
-    return [taint_w, *nth_cordon_and_drain(opts)]
+        what = "Rebalance recommendation received. Instance will be cordoned at "
+        event = nth_event("RebalanceRecommendation", f"{what}{_notice_time(opts)} \n")
+        return [event, taint_w, PRE_DRAIN, cordon(NTH), CORDONED]
+    what = f"Rebalance recommendation event received. Instance {_instance_id(opts)} will be "
+    event = nth_event("RebalanceRecommendation", f"{what}cordoned at {_notice_time(opts)} \n")
+    return [event, taint_w, PRE_DRAIN, *nth_cordon_and_drain(opts, post_drain=True)]
 
 
 def nth_asg(opts: Options) -> list[Write]:
     """ASG lifecycle termination (sqsevent/asg-lifecycle-event.go): taint, drain, then
     CompleteLifecycleAction lets the ASG terminate the instance right away."""
-    taint_w = nth_taint(NTH_ASG, asg_event_id(opts))
-    return [taint_w, *nth_cordon_and_drain(opts), *death("ec2-autoscaling", "previous", opts)]
+    what = "ASG Lifecycle Termination event received. Instance will be interrupted at "
+    return [
+        nth_event("ASGLifecycle", f"{what}{_notice_time(opts)} \n"),
+        nth_taint(NTH_ASG, asg_event_id(opts)),
+        PRE_DRAIN,
+        *nth_cordon_and_drain(opts, post_drain=True),
+        *death("ec2-autoscaling", "previous", opts),
+    ]
 
 
 def nth_scheduled_maintenance(opts: Options) -> list[Write]:
@@ -131,10 +179,14 @@ def nth_scheduled_maintenance(opts: Options) -> list[Write]:
             ({"label_added": {"key": NTH_ACTION_TIME_LABEL, "value": unix(opts.now)}},),
         ),
     ]
+    when = _notice_time(opts)
+    what = f"instance-stop will occur between {when} and {when} because The instance is "
     return [
+        nth_event("ScheduledEvent", f"{what}scheduled to be stopped\n"),
         *labels,
         nth_taint(NTH_SCHEDULED, event_id),
         *marks,
+        PRE_DRAIN,
         *nth_cordon_and_drain(opts),
         *death("ec2", AFTER_NOTICE, opts, stopped=True),
     ]
@@ -144,7 +196,9 @@ def nth_state_change(opts: Options) -> list[Write]:
     """EC2 instance state-change (stopping, stopped, shutting-down, terminated) from the
     queue (sqsevent/ec2-state-change-event.go): no PreDrainTask, so no taint; the drain
     races the instance, which is already on its way out."""
-    return [*nth_cordon_and_drain(opts), *death("ec2", "previous", opts)]
+    what = f"EC2 State Change event received. Instance {_instance_id(opts)} went into "
+    event = nth_event("StateChange", f"{what}stopping at {_notice_time(opts)} \n")
+    return [event, *nth_cordon_and_drain(opts, post_drain=True), *death("ec2", "previous", opts)]
 
 
 def mng_rebalance(opts: Options) -> list[Write]:

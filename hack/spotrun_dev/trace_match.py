@@ -179,6 +179,15 @@ def pod_status_view(pod: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def event_changes(events: Sequence[tuple[str, Mapping[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """Kubernetes Events recorded (ADDED), in the ``event`` change vocabulary."""
+    return [
+        [{"event": {k: obj.get(k) for k in ("type", "reason", "message")}}]
+        for typ, obj in events
+        if typ == "ADDED"
+    ]
+
+
 def changes_per_event(
     initial: Mapping[str, Any], events: Sequence[tuple[str, Mapping[str, Any]]], kind: str
 ) -> list[list[dict[str, Any]]]:

@@ -87,6 +87,8 @@ def private_node(core: client.CoreV1Api, namespace: str) -> Iterator[str]:
     except ApiException as exc:
         if exc.status != 404:
             raise
+    selector = f"involvedObject.name={name}"
+    core.delete_collection_namespaced_event("default", field_selector=selector)
 
 
 def _pod_on(
@@ -113,6 +115,14 @@ def _pod_on(
         lambda: core.read_namespaced_pod("trainer", namespace).status.phase == "Running",
     )
     return api_dict(core, core.read_namespaced_pod("trainer", namespace))
+
+
+def _event_recorder(
+    api_client: client.ApiClient, core: client.CoreV1Api, namespace: str, name: str
+) -> Recorder:
+    """Kubernetes Events about one object (a Node's live in namespace default)."""
+    sel = {"namespace": namespace, "field_selector": f"involvedObject.name={name}"}
+    return Recorder(api_client, core.list_namespaced_event, sel).start()
 
 
 def _seen(writes: list[dict[str, Any]], objects: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -146,9 +156,14 @@ def test_injected_trace_matches_the_real_component(
     node = api_dict(core, core.read_node(private_node))
     node_writes = _seen(fixture["writes"], ("node",))
     pod_writes = _seen(fixture["writes"], ("pod", "pods"))
+    event_writes = {kind: _seen(fixture["writes"], (kind,)) for kind in ("event", "pod-event")}
     sel = {"field_selector": f"metadata.name={private_node}"}
     nodes = Recorder(api_client, core.list_node, sel).start()
     pods = Recorder(api_client, core.list_namespaced_pod, {"namespace": namespace}).start()
+    events = {
+        "event": _event_recorder(api_client, core, "default", private_node),
+        "pod-event": _event_recorder(api_client, core, namespace, "trainer"),
+    }
     given = fixture.get("options") or {}
     opts = plans.Options(
         mode=given.get("mode", "imds"),
@@ -164,18 +179,22 @@ def test_injected_trace_matches_the_real_component(
             opts=opts,
         )
 
+        def problems() -> list[str]:
+            found = trace_match.order_mismatches(node_writes, _events(nodes, node, "node"))
+            found += trace_match.order_mismatches(pod_writes, _events(pods, pod, "pod"))
+            for kind, rec in events.items():
+                seen = trace_match.event_changes([(e.type, e.obj) for e in rec.snapshot()])
+                found += trace_match.order_mismatches(event_writes[kind], seen)
+            return found
+
         def matched() -> bool:
-            return not trace_match.order_mismatches(
-                node_writes, _events(nodes, node, "node")
-            ) and not trace_match.order_mismatches(pod_writes, _events(pods, pod, "pod"))
+            return not problems()
 
         try:
             poll(f"the {signal} trace", matched, timeout=90, interval=0.5)
         except AssertionError:
             seen = {"node": _events(nodes, node, "node"), "pod": _events(pods, pod, "pod")}
-            problems = trace_match.order_mismatches(node_writes, seen["node"])
-            problems += trace_match.order_mismatches(pod_writes, seen["pod"])
-            pytest.fail(f"{path.name}: {problems}; watch saw {seen}", pytrace=False)
+            pytest.fail(f"{path.name}: {problems()}; watch saw {seen}", pytrace=False)
         # Nothing more than the component writes: no cordon Karpenter never makes, no
         # taint NTH's state-change path never adds.
         assert trace_match.unclaimed(node_writes, _events(nodes, node, "node")) == []
@@ -187,8 +206,8 @@ def test_injected_trace_matches_the_real_component(
 
             holds("the pod still running", untouched, duration=3)
     finally:
-        nodes.stop()
-        pods.stop()
+        for rec in (nodes, pods, *events.values()):
+            rec.stop()
 
 
 def test_nth_waits_for_the_real_node_lifecycle_controller(
