@@ -46,6 +46,7 @@ class Run:
     instance_dies_after: float | None
     drain_timeout: float
     grace_timeout: float = 180
+    real_lifecycle: bool = False  # the real node lifecycle controller marks the node
 
     def notice_left(self) -> float:
         if self.instance_dies_after is not None:
@@ -100,8 +101,9 @@ def interrupt(
         log.info("%s leaves node %s alone: %s", signal, node, blocked)
         return []
     prepare_node(core, node, signal)
-    run = Run(core, node, signal, time.monotonic(), instance_dies_after, drain_timeout)
     opts = opts or Options()
+    run = Run(core, node, signal, time.monotonic(), instance_dies_after, drain_timeout)
+    run.real_lifecycle = not opts.play_node_lifecycle
     done: list[Write] = []
     for write in plans_k8s.plan(signal, opts):
         if _dies(write) and not delete_node_after:
@@ -162,10 +164,13 @@ def perform(run: Run, write: Write) -> None:
         node_ops.post_conditions(core, name, list(merged["conditions"]))
     elif "finalizer_removed" in merged:
         node_ops.remove_finalizer(core, name, str(merged["finalizer_removed"]))
+        node_ops.release_lease(core, name)
     elif "node_deleting" in merged or "node_deleted" in merged:
         node_ops.delete_node(core, name)
+        if "node_deleted" in merged:
+            node_ops.release_lease(core, name)
     elif "kubelet_stops" in merged:
-        node_ops.stop_kubelet(core, name)
+        node_ops.stop_kubelet(core, name, hold_lease=run.real_lifecycle)
     elif "cordoned" in merged:
         node_ops.cordon(core, name)
     elif write.call == "PUT node":

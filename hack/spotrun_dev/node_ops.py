@@ -175,16 +175,33 @@ GONE_HOLDER = "terminated-instance"
 NEVER_EXPIRES = 10 * 365 * 24 * 3600
 
 
-def stop_kubelet(core: client.CoreV1Api, name: str) -> None:
-    """The instance is gone: kwok stops managing the node, and its node Lease is no longer
-    renewed, so the real node lifecycle controller sees the heartbeats stop. (kwok keeps
-    renewing the Lease of a node it stopped managing; a Lease held by another holder that
-    never expires is one nobody renews.)"""
+def stop_kubelet(core: client.CoreV1Api, name: str, hold_lease: bool = False) -> None:
+    """The instance is gone: kwok stops managing the node and its pods.
+
+    kwok keeps renewing the node Lease of a node it stopped managing, so the real node
+    lifecycle controller would never see the heartbeats stop. With ``hold_lease`` the Lease
+    goes to a holder that never renews it and never expires (``release_lease`` undoes it
+    once the Node is gone): only for waiting on the real controller, since a recreated
+    node of the same name could not renew a held Lease."""
     core.patch_node(name, {"metadata": {"annotations": {fleet.KWOK_ANNOTATION: None}}})
+    if not hold_lease:
+        return
     leases = client.CoordinationV1Api(core.api_client)
     body = {"spec": {"holderIdentity": GONE_HOLDER, "leaseDurationSeconds": NEVER_EXPIRES}}
     try:
         leases.patch_namespaced_lease(name, NODE_LEASES, body)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def release_lease(core: client.CoreV1Api, name: str) -> None:
+    """Delete a Lease ``stop_kubelet`` held, as the garbage collector would with its Node."""
+    leases = client.CoordinationV1Api(core.api_client)
+    try:
+        lease = leases.read_namespaced_lease(name, NODE_LEASES)
+        if lease.spec.holder_identity == GONE_HOLDER:
+            leases.delete_namespaced_lease(name, NODE_LEASES)
     except ApiException as exc:
         if exc.status != 404:
             raise
