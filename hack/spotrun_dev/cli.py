@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from kubernetes import client
 
-from spotrun_dev import cluster, inject, paths, real_interrupt, realnodes, traces
+from spotrun_dev import cluster, inject, paths, plans, real_interrupt, realnodes, traces
 
 
 def _core() -> client.CoreV1Api:
@@ -34,21 +34,50 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("nodes", help="list the real nodes (name, address, zone, pids)")
     sub.add_parser("kubeconfig", help="print the local cluster's kubeconfig path")
 
-    i = sub.add_parser("interrupt", help="reclaim a node the way an EKS component does")
+    i = sub.add_parser("interrupt", help="take a node away the way a real component does")
     i.add_argument("node")
     i.add_argument(
         "--signal",
         choices=traces.SIGNALS,
         default="nth",
-        help="nth: NTH spot interruption; karpenter: Karpenter disruption; "
-        "rebalance: NTH rebalance recommendation (taint only); asg: ASG lifecycle "
-        "termination; loss: instance vanishes; shutdown: kubelet graceful shutdown. "
-        "On a real node (real-spot-N): nth, loss or shutdown, done for real (real "
-        "evictions, SIGTERMs, kills); the instance then dies and its Node is deleted; "
-        "`spotrun-dev fleet` starts the replacement",
+        help="which component's path; docs/signals.md lists what each one writes. On a "
+        "real node (real-spot-N): nth, loss or shutdown, done for real (real evictions, "
+        "SIGTERMs, kills); `spotrun-dev fleet` starts the replacement",
     )
     i.add_argument(
-        "--keep-node", action="store_true", help="leave the Node object in place afterwards"
+        "--mode",
+        choices=plans.MODES,
+        default="imds",
+        help="NTH's mode: imds (DaemonSet reading instance metadata) or queue (SQS): the "
+        "event id differs, and a queue-mode rebalance recommendation drains",
+    )
+    i.add_argument(
+        "--instance-dies-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds from the notice until the instance dies (default: the notice's "
+        "remainder, 120 s for EC2 spot, 30 s for AKS; 0 for signals with no notice)",
+    )
+    i.add_argument(
+        "--real-node-lifecycle",
+        action="store_true",
+        help="wait for kube-controller-manager to mark the dead node NotReady (its "
+        "node-monitor-grace-period) instead of writing its conditions and taints at once",
+    )
+    i.add_argument(
+        "--termination-grace-period",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="Karpenter: the NodePool's terminationGracePeriod; pods whose grace does not "
+        "fit are force-deleted with the time left (default: none, Karpenter waits)",
+    )
+    i.add_argument(
+        "--keep-node",
+        action="store_true",
+        help="stop before the instance dies (Karpenter: the node stays deleting, held by "
+        "its finalizer)",
     )
 
     f = sub.add_parser("fail", help="make a pod's containers fail as the kubelet reports it")
@@ -60,6 +89,24 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("pod")
     c.add_argument("-n", "--namespace", default="default")
     return p
+
+
+def _interrupt(args: argparse.Namespace) -> None:
+    opts = plans.Options(
+        mode=args.mode,
+        play_node_lifecycle=not args.real_node_lifecycle,
+        termination_grace_period=args.termination_grace_period,
+    )
+    writes = inject.interrupt(
+        _core(),
+        args.node,
+        args.signal,
+        delete_node_after=not args.keep_node,
+        instance_dies_after=args.instance_dies_after,
+        opts=opts,
+    )
+    for w in writes:
+        print(f"{w.actor}\t{w.call}\t{[dict(c) for c in w.changes]}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "interrupt" and args.node.startswith(realnodes.REAL_PREFIX):
             real_interrupt.interrupt_real(_core(), args.node, args.signal)
         elif args.command == "interrupt":
-            inject.interrupt(_core(), args.node, args.signal, delete_node_after=not args.keep_node)
+            _interrupt(args)
         elif args.command == "fail":
             inject.fail_pod(_core(), args.namespace, args.pod, args.reason)
         elif args.command == "complete":

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import Literal
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from spotrun_dev import inject, realnodes, traces
+from spotrun_dev import inject, realnodes
 from spotrun_dev.waiting import wait_for
 
 log = logging.getLogger("spotrun_dev.real_interrupt")
@@ -42,12 +41,10 @@ def node_ready(core: client.CoreV1Api, name: str) -> bool | None:
 
 
 def nth_drain(core: client.CoreV1Api, name: str, drain_timeout: float = 300) -> None:
-    """NTH on a spot interruption notice: taint, cordon, drain through the Eviction API
-    (each pod gets its own grace period from the real kubelet), and wait for the pods."""
-    taint = traces.interruption_taint("nth", f"spot-itn-{uuid.uuid4().hex}")
-    assert taint is not None
-    inject._add_taint(core, name, taint, cordon=True)
-    inject.evict_pods(core, name, timeout=drain_timeout)
+    """NTH on a spot interruption notice, exactly as ``plans_aws.nth_spot_itn``: the
+    taint (a PUT of the Node), the exclude-from-load-balancers label, the cordon, then the
+    drain through the Eviction API (the real kubelet gives each pod its own grace period)."""
+    inject.run_writes(core, name, inject.component_writes("nth"), drain_timeout)
 
 
 def instance_dies(core: client.CoreV1Api, name: str, notready_timeout: float = 180) -> float:

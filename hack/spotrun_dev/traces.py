@@ -9,53 +9,129 @@ conditions, the kubelet's pod status after a graceful node shutdown or a contain
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
-Signal = Literal["nth", "karpenter", "rebalance", "asg", "loss", "shutdown"]
+Signal = Literal[
+    "nth",
+    "rebalance",
+    "asg",
+    "scheduled-maintenance",
+    "state-change",
+    "mng-rebalance",
+    "karpenter",
+    "karpenter-drift",
+    "karpenter-drift-aborted",
+    "ca-scale-down",
+    "out-of-service",
+    "gke-preempt",
+    "aks-evict",
+    "loss",
+    "shutdown",
+    "node-pressure",
+    "critical-preemption",
+]
 FailReason = Literal["exit1", "oom", "imagepull"]
-SIGNALS: Final[tuple[Signal, ...]] = ("nth", "karpenter", "rebalance", "asg", "loss", "shutdown")
+SIGNALS: Final[tuple[Signal, ...]] = get_args(Signal)
 FAIL_REASONS: Final[tuple[FailReason, ...]] = ("exit1", "oom", "imagepull")
 
 NTH_SPOT_ITN: Final = "aws-node-termination-handler/spot-itn"
 NTH_REBALANCE: Final = "aws-node-termination-handler/rebalance-recommendation"
 NTH_ASG_TERMINATION: Final = "aws-node-termination-handler/asg-lifecycle-termination"
+NTH_SCHEDULED_MAINTENANCE: Final = "aws-node-termination-handler/scheduled-maintenance"
 KARPENTER_DISRUPTED: Final = "karpenter.sh/disrupted"
 UNREACHABLE: Final = "node.kubernetes.io/unreachable"
 NOT_READY: Final = "node.kubernetes.io/not-ready"
 
+# kubernetes/kubernetes pkg/kubelet/nodeshutdown/nodeshutdown_manager.go (nodeShutdownReason,
+# nodeShutdownMessage) and pkg/kubelet/nodestatus/setters.go (the Ready message).
 SHUTDOWN_MESSAGE: Final = "Pod was terminated in response to imminent node shutdown."
 NODE_SHUTDOWN_MESSAGE: Final = "node is shutting down"
 TERMINATION_BY_KUBELET: Final = "TerminationByKubelet"
+# pkg/kubelet/eviction/helpers.go: Reason, nodeLowMessageFmt, thresholdMetMessageFmt.
+EVICTED_MESSAGE: Final = (
+    "The node was low on resource: memory. Threshold quantity: 100Mi, available: 51200Ki. "
+)
+# pkg/kubelet/preemption/preemption.go: message and the DisruptionTarget terminationMsg.
+PREEMPTING_MESSAGE: Final = "Preempted in order to admit critical pod"
+PREEMPTING_CONDITION_MESSAGE: Final = "Pod was preempted by Kubelet to accommodate a critical pod."
 
-# Which taint each signal puts on the node (None: the signal carries no taint).
+# What the kubelet reports for a pod it stopped (the ``pod_status`` change of a plan).
+# Exit 143: the spotrun trainer checkpoints on SIGTERM and exits 128+15 inside its grace;
+# a hard node-pressure eviction gives 2 s at most, so the container is SIGKILLed (137).
+SHUTDOWN_POD_STATUS: Final[dict[str, Any]] = {
+    "phase": "Failed",
+    "reason": "Terminated",
+    "message": SHUTDOWN_MESSAGE,
+    "disruptionTarget": {"reason": TERMINATION_BY_KUBELET, "message": SHUTDOWN_MESSAGE},
+    "exitCode": 143,
+}
+NODE_PRESSURE_POD_STATUS: Final[dict[str, Any]] = {
+    "phase": "Failed",
+    "reason": "Evicted",
+    "message": EVICTED_MESSAGE,
+    "disruptionTarget": {"reason": TERMINATION_BY_KUBELET, "message": EVICTED_MESSAGE},
+    "exitCode": 137,
+}
+PREEMPTING_POD_STATUS: Final[dict[str, Any]] = {
+    "phase": "Failed",
+    "reason": "Preempting",
+    "message": PREEMPTING_MESSAGE,
+    "disruptionTarget": {
+        "reason": TERMINATION_BY_KUBELET,
+        "message": PREEMPTING_CONDITION_MESSAGE,
+    },
+    "exitCode": 143,
+}
+
+# Which taint each signal puts on the node first (None: the signal carries no taint).
 SIGNAL_TAINT: Final[dict[Signal, str | None]] = {
     "nth": NTH_SPOT_ITN,
     "karpenter": KARPENTER_DISRUPTED,
+    "karpenter-drift": KARPENTER_DISRUPTED,
+    "karpenter-drift-aborted": KARPENTER_DISRUPTED,
     "rebalance": NTH_REBALANCE,
     "asg": NTH_ASG_TERMINATION,
+    "scheduled-maintenance": NTH_SCHEDULED_MAINTENANCE,
+    "ca-scale-down": "DeletionCandidateOfClusterAutoscaler",
+    "aks-evict": "remediator.kubernetes.azure.com/unschedulable",
+    "out-of-service": "node.kubernetes.io/out-of-service",
+    "state-change": None,
+    "mng-rebalance": None,
+    "gke-preempt": None,
     "loss": None,
     "shutdown": None,
+    "node-pressure": None,
+    "critical-preemption": None,
 }
-# Signals after which the pods are evicted through the Eviction API and the node goes.
-EVICTING_SIGNALS: Final[frozenset[Signal]] = frozenset({"nth", "karpenter", "asg"})
 
 
 def rfc3339(now: dt.datetime) -> str:
     return now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def interruption_taint(signal: Signal, event_id: str) -> dict[str, Any] | None:
-    """The taint the component behind ``signal`` adds, or None.
+# Effect of that taint when it is not NoSchedule, and the signals whose taint has no value.
+_TAINT_EFFECT: Final[dict[str, str]] = {
+    "ca-scale-down": "PreferNoSchedule",
+    "out-of-service": "NoExecute",
+}
+_NO_VALUE: Final = frozenset(
+    {"karpenter", "karpenter-drift", "karpenter-drift-aborted", "aks-evict"}
+)
 
-    NTH stores its event id as the taint value; Karpenter's disruption taint has none.
-    """
+
+def interruption_taint(signal: Signal, event_id: str) -> dict[str, Any] | None:
+    """The first taint the component behind ``signal`` adds, or None.
+
+    NTH stores its event id as the value, Cluster Autoscaler a unix time, the
+    out-of-service taint ``nodeshutdown``; Karpenter's and AKS's taints have none."""
     key = SIGNAL_TAINT[signal]
     if key is None:
         return None
-    value = "" if signal == "karpenter" else event_id
-    taint: dict[str, Any] = {"key": key, "effect": "NoSchedule"}
-    if value:
-        taint["value"] = value
+    taint: dict[str, Any] = {"key": key, "effect": _TAINT_EFFECT.get(signal, "NoSchedule")}
+    if signal == "out-of-service":
+        taint["value"] = "nodeshutdown"
+    elif signal not in _NO_VALUE:
+        taint["value"] = event_id
     return taint
 
 
@@ -167,16 +243,28 @@ def terminated_pod_status(
 def shutdown_pod_status(pod: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
     """Graceful node shutdown: the kubelet SIGTERMs every container (the spotrun trainer
     checkpoints and exits 143) and marks the pod Failed with a DisruptionTarget."""
-    return terminated_pod_status(
+    return kubelet_stopped_pod_status(pod, SHUTDOWN_POD_STATUS, now)
+
+
+def kubelet_stopped_pod_status(
+    pod: dict[str, Any], change: dict[str, Any], now: dt.datetime
+) -> dict[str, Any]:
+    """The whole pod status the kubelet posts for a ``pod_status`` change of a plan."""
+    disruption = change.get("disruptionTarget") or {}
+    status = terminated_pod_status(
         pod,
         now=now,
-        exit_code=143,
+        exit_code=int(change["exitCode"]),
         container_reason="Error",
-        phase="Failed",
-        pod_reason="Terminated",
-        pod_message=SHUTDOWN_MESSAGE,
-        disruption_reason=TERMINATION_BY_KUBELET,
+        phase=str(change["phase"]),
+        pod_reason=change.get("reason"),
+        pod_message=change.get("message"),
+        disruption_reason=disruption.get("reason"),
     )
+    for cond in status["conditions"]:
+        if cond["type"] == "DisruptionTarget":
+            cond["message"] = disruption.get("message", "")
+    return status
 
 
 def failed_pod_status(pod: dict[str, Any], reason: FailReason, now: dt.datetime) -> dict[str, Any]:

