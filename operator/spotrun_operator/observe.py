@@ -8,6 +8,7 @@ the client class, so the I/O module can change without touching it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -74,15 +75,8 @@ def observe(
             nodes[name] = node_info(obj)
         else:
             last = remembered_nodes.get(name)
-            nodes[name] = NodeInfo(
-                name=name,
-                exists=False,
-                labels=last.labels if last else {},
-                taints=last.taints if last else (),
-                ready=last.ready if last else "Unknown",
-                ready_message=last.ready_message if last else "",
-                ready_since=last.ready_since if last else None,
-            )
+            gone = NodeInfo(name=name, exists=False, ready="Unknown")
+            nodes[name] = dataclasses.replace(last, exists=False) if last else gone
     spec, spec_error = parse_run_spec(run.get("spec"))
     return Observed(
         ref=ref,

@@ -36,6 +36,11 @@ INTERRUPTION_TAINTS: Final[Mapping[str, str]] = {
     "aws-node-termination-handler/rebalance-recommendation": REBALANCE,
 }
 UNREACHABLE_TAINT: Final = "node.kubernetes.io/unreachable"
+# Karpenter v1 deletes the NodeClaim of a node it disrupts, so the Node gets its
+# deletionTimestamp, held by this finalizer, before the karpenter.sh/disrupted taint
+# (kubernetes-sigs/karpenter pkg/apis/v1/labels.go TerminationFinalizer;
+# pkg/controllers/node/termination/controller.go; tests/fixtures/signals/karpenter.yaml).
+KARPENTER_TERMINATION_FINALIZER: Final = "karpenter.sh/termination"
 
 # Stronger evidence first: a taint names the cause, a vanished pod only hints at one.
 SIGNAL_PRIORITY: Final = (
@@ -67,6 +72,8 @@ class NodeInfo:
     ready: str = "True"  # status of the Ready condition
     ready_message: str = ""
     ready_since: dt.datetime | None = None  # lastTransitionTime of the Ready condition
+    deleting: bool = False  # deletionTimestamp set (the object may still exist, finalized)
+    finalizers: tuple[str, ...] = ()
 
     @property
     def zone(self) -> str:
@@ -92,6 +99,8 @@ def node_info(node: Mapping[str, Any], exists: bool = True) -> NodeInfo:
         ready=str(ready.get("status", "Unknown")),
         ready_message=str(ready.get("message") or ""),
         ready_since=parse_time(ready.get("lastTransitionTime")),
+        deleting=bool(meta.get("deletionTimestamp")),
+        finalizers=tuple(str(f) for f in meta.get("finalizers") or []),
     )
 
 
@@ -111,6 +120,8 @@ def node_signal(
         found = [s for s in found if s != REBALANCE]
     if node.ready == "False" and "shutting down" in node.ready_message:
         found.append(NODE_SHUTDOWN)
+    if node.deleting and KARPENTER_TERMINATION_FINALIZER in node.finalizers:
+        found.append(KARPENTER_DISRUPTION)  # before its taint lands: Karpenter's own order
     if not node.exists or (
         (node.ready == "Unknown" or UNREACHABLE_TAINT in node.taints)
         and lost_until(node, lost_grace_seconds, now) is None

@@ -41,17 +41,9 @@ def _one_live_attempt(
     )
 
 
-# Karpenter v1 marks the Node deleting before it taints it (docs/signals.md); the operator
-# reads a deleting Node as node-lost unless it happens to see the taint in the same pass
-# (a race, so not strict). Remove once classify reads deletionTimestamp + finalizer.
-_KARPENTER_XFAIL = pytest.mark.xfail(
-    strict=False, reason="operator may classify a deleting Karpenter node as node-lost"
-)
-
-
 @pytest.mark.parametrize(
     "signal",
-    ["nth", pytest.param("karpenter", marks=_KARPENTER_XFAIL), "asg", "loss", "shutdown"],
+    ["nth", "karpenter", "asg", "loss", "shutdown"],
 )
 def test_interruption_is_one_preemption_then_resume(
     signal: traces.Signal,

@@ -3,6 +3,7 @@ nor the other way round."""
 
 from __future__ import annotations
 
+from dataclasses import replace as dataclasses_replace
 from typing import Any
 
 import pytest
@@ -198,6 +199,22 @@ def test_node_info_from_a_node_object() -> None:
     }
     info = c.node_info(obj)
     assert info.zone == "us-east-1b" and c.node_signal(info) == c.SPOT_INTERRUPTION
+
+
+def test_a_node_karpenter_is_deleting_is_a_karpenter_disruption_before_its_taint() -> None:
+    # Karpenter v1's order (tests/fixtures/signals/karpenter.yaml): the NodeClaim delete
+    # gives the Node a deletionTimestamp held by its termination finalizer, then the taint.
+    meta = {"name": "n1", "deletionTimestamp": "2026-11-22T10:00:00Z"}
+    ready = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    held = {"metadata": {**meta, "finalizers": [signals.KARPENTER_TERMINATION_FINALIZER]}}
+    info = c.node_info({**held, **ready})
+    assert not info.exists and info.deleting
+    assert c.node_signal(info) == c.KARPENTER_DISRUPTION
+    # A node deleted by anything else (the cloud controller manager) is lost.
+    assert c.node_signal(c.node_info({"metadata": meta, **ready})) == c.NODE_LOST
+    # Deleted for good: the last state seen keeps the verdict.
+    gone = verdict(gang(), [dataclasses_replace(info, exists=False), node("n2")])
+    assert (gone.kind, gone.reason) == (Kind.PREEMPTED, c.KARPENTER_DISRUPTION)
 
 
 def test_signals_are_a_bounded_set() -> None:
