@@ -254,11 +254,10 @@ def _interval(d: Draft, spec: TrainingRunSpec, n: int, capacity: str) -> int:
     Young/Daly from the run's measured stall and the MTBF of the pools it will likely run in
     (the previous attempt's instance type and zones; else the first type, any zone)."""
     last = d.entry(n - 1)
-    same = last is not None and last.instance_type and last.capacity_type == capacity
-    itype = (last.instance_type if last and same else None) or next(
-        iter(spec.capacity.instance_types), ""
-    )
-    zones = last.zones if last and same and last.instance_type == itype else None
+    known = last if last and last.instance_type and last.capacity_type == capacity else None
+    first = next(iter(spec.capacity.instance_types), "")
+    itype = (known.instance_type if known else None) or first
+    zones = known.zones if known else None
     return pools.auto_interval(
         spec.checkpoint.interval,
         history=d.history,
