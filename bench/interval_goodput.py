@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spotrun_operator import pools
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 MIN_INTERVAL, MAX_INTERVAL, DEFAULT_INTERVAL = 60.0, 3600.0, 900.0
@@ -63,7 +65,7 @@ def auto_run(stall: float) -> Policy:
 
 
 def auto_pool(stall: float, mtbf: float) -> Policy:
-    return fixed(young_daly(stall, mtbf))
+    return fixed(float(pools.young_daly(stall, mtbf)))  # the operator's own function
 
 
 @dataclass

@@ -25,6 +25,7 @@ PROGRESS_FIELDS: Final = (
     "checkpointPath",  # path of that checkpoint folder on the volume
     "samplesPerSecond",  # float: recent training throughput, whole gang
     "attempt",  # int: SPOTRUN_ATTEMPT of the writer, so stale writers are recognisable
+    "checkpointStallSeconds",  # float: seconds the loop was blocked by the newest save
 )
 # Fields that describe the writing attempt only. status.progress is merge-patched, so an
 # absent key keeps the previous attempt's value: a patch sends these as null until the
@@ -53,6 +54,11 @@ class Progress:
     )
     attempt: int | None = Field(
         default=None, description="SPOTRUN_ATTEMPT of the trainer that wrote this."
+    )
+    checkpoint_stall_seconds: float | None = Field(
+        default=None,
+        description="Seconds the training loop was blocked by the newest periodic checkpoint "
+        "save (the C of checkpoint.interval auto).",
     )
 
     def to_status(self) -> dict[str, Any]:

@@ -98,6 +98,7 @@ def _gauges(d: Draft, cost: Cost) -> RunGauges:
         savings_ratio=1.0 - cost.total_usd / equivalent if equivalent > 0 else None,
         budget_used_ratio=cost.total_usd / max_usd if max_usd else None,
         checkpoint_interval_seconds=float(interval) if interval else None,
+        checkpoint_stall_seconds=d.progress.checkpoint_stall_seconds if d.progress else None,
     )
 
 

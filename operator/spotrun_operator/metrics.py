@@ -5,12 +5,14 @@ Two kinds of series:
 
 * events (preemptions, failures, recoveries, lost work, reconciles) are counters and
   histograms, incremented as decisions happen;
-* per-run state (runs by phase, checkpoint age and interval, cost, savings, budget) comes
+* per-run state (runs by phase, checkpoint age, interval and stall, cost, savings, budget) comes
   from :class:`RunCollector`, which renders a snapshot of each run's latest reconcile at
   scrape time. Nothing is tracked series by series: a deleted run leaves the snapshot and
   so every series of it goes; checkpoint age and interval are not rendered while the run
   is Suspended, Succeeded or Failed (nothing checkpoints then); age is computed at scrape
-  time, so it grows between reconciles.
+  time, so it grows between reconciles;
+* per capacity pool (instance type, zone, capacity), the interruptions, node-seconds and
+  MTBF behind ``checkpoint.interval: auto``, from :class:`PoolCollector`'s latest tally.
 
 Cardinality: signal, reason and phase come from bounded sets; instance_type and zone are
 bounded by the fleet. Series of the bounded label sets start at 0 (every signal, every
@@ -33,6 +35,7 @@ from prometheus_client.registry import Collector
 from spotrun_operator.classify import KNOWN_FAILURE_REASONS
 from spotrun_operator.common import parse_time
 from spotrun_operator.plan import MetricEvent, RunGauges
+from spotrun_operator.pools import Pool, PoolStats, PoolTally
 from spotrun_operator.signals import SIGNAL_PRIORITY
 
 PHASES = ("Pending", "Running", "Recovering", "Suspended", "Succeeded", "Failed")
@@ -69,6 +72,12 @@ _RUN_FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "spotrun_checkpoint_interval_seconds",
         "Checkpoint interval given to the run's live attempt (spec, or auto: Young/Daly).",
+        ("namespace", "run"),
+    ),
+    (
+        "spotrun_checkpoint_stall_seconds",
+        "Seconds the run's newest periodic checkpoint save blocked training (the trainer's "
+        "status.progress.checkpointStallSeconds; the C of checkpoint.interval auto).",
         ("namespace", "run"),
     ),
     (
@@ -144,6 +153,7 @@ class RunCollector(Collector):
                     "spotrun_checkpoint_interval_seconds",
                     g.checkpoint_interval_seconds if st.checkpointing else None,
                 ),
+                ("spotrun_checkpoint_stall_seconds", g.checkpoint_stall_seconds),
             )
             for name, value in optional:
                 if value is not None:
@@ -151,11 +161,61 @@ class RunCollector(Collector):
         yield from fams.values()
 
 
+_POOL_LABELS = ("instance_type", "zone", "capacity")
+# name, help of each per-pool family (figures over the finished attempts of every run).
+_POOL_FAMILIES: tuple[tuple[str, str], ...] = (
+    (
+        "spotrun_pool_interruptions",
+        "Preempted attempts in the capacity pool over the attempt histories of every run.",
+    ),
+    (
+        "spotrun_pool_node_seconds",
+        "Node-seconds attempts ran in the capacity pool over every run's attempt histories.",
+    ),
+    (
+        "spotrun_pool_mtbf_seconds",
+        "Observed mean time between interruptions of one node in the capacity pool "
+        "(node-seconds / interruptions; pools with an interruption only): the M of "
+        "checkpoint.interval auto.",
+    ),
+)
+
+
+class PoolCollector(Collector):
+    """Per-pool gauges rendered from the latest tally (:mod:`pools`) at scrape time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tally: dict[Pool, PoolStats] = {}
+
+    def update(self, tally: PoolTally) -> None:
+        with self._lock:
+            self._tally = dict(tally)
+
+    def describe(self) -> Iterator[Metric]:
+        for name, text in _POOL_FAMILIES:
+            yield GaugeMetricFamily(name, text, labels=_POOL_LABELS)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            tally = dict(self._tally)
+        fams = [GaugeMetricFamily(name, text, labels=_POOL_LABELS) for name, text in _POOL_FAMILIES]
+        for pool, st in sorted(tally.items()):
+            labels = [pool.instance_type, pool.zone or "unknown", pool.capacity_type]
+            fams[0].add_metric(labels, st.interruptions)
+            fams[1].add_metric(labels, st.node_seconds)
+            if st.rate is not None:
+                fams[2].add_metric(labels, 1.0 / st.rate)
+        yield from fams
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.runs = RunCollector()
         registry.register(self.runs)
+        self.pools = PoolCollector()
+        registry.register(self.pools)
         self.preemptions = Counter(
             "spotrun_preemptions_total",
             "Attempts lost to the infrastructure, by interruption signal and node.",
@@ -227,6 +287,10 @@ class Metrics:
         if new:
             for signal in SIGNALS:
                 self.preemptions.labels(signal=signal, instance_type=where[0], zone=where[1])
+
+    def observe_pools(self, tally: PoolTally) -> None:
+        """The latest per-pool interruption tally (rendered at scrape time)."""
+        self.pools.update(tally)
 
     def observe_run(
         self,

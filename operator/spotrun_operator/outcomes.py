@@ -8,7 +8,7 @@ from spotrun_api.display import start_step
 from spotrun_api.enums import CapacityType, ConditionType, Outcome, RunReason
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import Attempt, LastPreemption
-from spotrun_operator import budget, reducers
+from spotrun_operator import budget, pools, reducers
 from spotrun_operator.children import create_job, gang_gone, stop_gang
 from spotrun_operator.classify import Verdict
 from spotrun_operator.common import fmt_time, job_name, parse_time
@@ -249,14 +249,31 @@ def _resume_within_budget(d: Draft, spec: TrainingRunSpec, n: int, entry: Attemp
     start_attempt(d, spec, n + 1)
 
 
+def _interval(d: Draft, spec: TrainingRunSpec, n: int, capacity: str) -> int:
+    """SPOTRUN_CHECKPOINT_INTERVAL_SECONDS of attempt ``n``: the spec's, or for ``auto``
+    Young/Daly from the run's measured stall and the MTBF of the pools it will likely run in
+    (the previous attempt's instance type and zones; else the first type, any zone)."""
+    last = d.entry(n - 1)
+    known = last if last and last.instance_type and last.capacity_type == capacity else None
+    first = next(iter(spec.capacity.instance_types), "")
+    itype = (known.instance_type if known else None) or first
+    zones = known.zones if known else None
+    return pools.auto_interval(
+        spec.checkpoint.interval,
+        history=d.history,
+        planned=pools.planned_pools(itype, zones, capacity, spec.nodes) if itype else (),
+        tally=d.obs.pools,
+        stall_seconds=d.progress.checkpoint_stall_seconds if d.progress else None,
+        checkpoint_cost_seconds=d.cfg.checkpoint_cost_seconds,
+    )
+
+
 def start_attempt(d: Draft, spec: TrainingRunSpec, n: int) -> None:
     prev = d.entry(n - 1)
     fallback = prev is not None and prev.outcome is Outcome.CAPACITY_FALLBACK
     on_demand = spec.capacity.type is CapacityType.ON_DEMAND or fallback
     capacity = (CapacityType.ON_DEMAND if on_demand else CapacityType.SPOT).value
-    interval = reducers.checkpoint_interval_seconds(
-        spec.checkpoint.interval, d.history, d.cfg.checkpoint_cost_seconds
-    )
+    interval = _interval(d, spec, n, capacity)
     entry = Attempt(
         attempt=n,
         capacity_type=capacity,

@@ -23,6 +23,7 @@ from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import TrainingRunStatus
 from spotrun_operator.builders import RunRef
 from spotrun_operator.cost import Price, Prices
+from spotrun_operator.pools import PoolTally
 from spotrun_operator.signals import NodeInfo
 
 Obj = dict[str, Any]
@@ -56,6 +57,8 @@ class Observed:
     rand: float = 0.5  # uniform [0, 1): the backoff jitter, injected to keep this pure
     prices: Mapping[str, Price] | Prices | None = None  # None: cost.DEFAULT_PRICES
     pricing_condition: Mapping[str, str] | None = None  # PricingAvailable, when priced by AWS
+    # Interruptions and node-seconds per capacity pool over every run's finished attempts.
+    pools: PoolTally = field(default_factory=dict)
     deleting: bool = False
 
 
@@ -116,6 +119,7 @@ class RunGauges:
     savings_ratio: float | None = None  # 1 - paid / on-demand equivalent; None: nothing priced
     budget_used_ratio: float | None = None  # None: the run has no spec.budget.maxUSD
     checkpoint_interval_seconds: float | None = None  # of the live attempt
+    checkpoint_stall_seconds: float | None = None  # status.progress: the newest save's stall
 
 
 @dataclass

@@ -10,14 +10,14 @@ exactly-once across operator crashes.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from spotrun_api.contract import DEFAULT_CHECKPOINT_INTERVAL_SECONDS
 from spotrun_api.enums import ConditionStatus, Outcome
 from spotrun_api.status import Archived, Attempt, Condition, Progress
-from spotrun_operator.common import fmt_time, parse_duration, parse_time
+from spotrun_operator import pools
+from spotrun_operator.common import fmt_time, parse_time
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.cost import Cost, Price, Prices, attempt_cost
 
@@ -176,16 +176,17 @@ def checkpoint_interval_seconds(
     checkpoint_cost_seconds: float,
     default: float = DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
 ) -> int:
-    """The interval given to the trainer. ``auto`` uses Young/Daly, sqrt(2 * C * MTBF),
-    with MTBF estimated from the run's own preemptions, clamped to [1 min, 1 h]."""
-    if interval != "auto":
-        return max(1, round(parse_duration(interval)))
-    ran = sum(seconds_between(e.started_at, e.ended_at) for e in history)
-    preempted = sum(1 for e in history if e.outcome is Outcome.PREEMPTED)
-    if preempted == 0 or ran <= 0:
-        return int(default)
-    mtbf = ran / preempted
-    return int(min(3600.0, max(60.0, math.sqrt(2.0 * checkpoint_cost_seconds * mtbf))))
+    """The interval from the run's own history only (no pool knowledge, no measured stall):
+    :func:`pools.auto_interval` with an empty tally."""
+    return pools.auto_interval(
+        interval,
+        history=history,
+        planned=(),
+        tally={},
+        stall_seconds=None,
+        checkpoint_cost_seconds=checkpoint_cost_seconds,
+        default=default,
+    )
 
 
 def interval_of(entry: Attempt | None) -> int:

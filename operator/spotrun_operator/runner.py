@@ -15,9 +15,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from spotrun_api.status import Attempt
 from spotrun_operator.apiserver import Refused, raw_template_job
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.cost import Price, Prices
@@ -25,6 +26,7 @@ from spotrun_operator.kube import Kube
 from spotrun_operator.metrics import Metrics
 from spotrun_operator.observe import observe, run_ref
 from spotrun_operator.plan import Observed, Rejected
+from spotrun_operator.pools import Pool, PoolStats, PoolTally, pool_tally
 from spotrun_operator.reconcile import decide
 from spotrun_operator.signals import INTERRUPTION_TAINTS, NodeInfo, node_info
 from spotrun_operator.verdicts import build_problem
@@ -143,6 +145,36 @@ class Memory:
             del self._nodes[min(self._nodes, key=lambda n: self._nodes[n].at)]
 
 
+class PoolHistory:
+    """The finished attempts of every run this operator reconciled, for the per-pool
+    interruption tally (:mod:`pools`). Fed with each run's ``status.attempts`` as read, so
+    it is rebuilt from the runs' status after a restart (every run is reconciled at start)
+    and an attempt recorded twice counts once; a deleted run's attempts leave with it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[Key, tuple[Attempt, ...]] = {}
+        self._tally: dict[Pool, PoolStats] | None = {}
+
+    def record(self, key: Key, attempts: Sequence[Attempt]) -> None:
+        done = tuple(e for e in attempts if e.outcome is not None and e.started_at)
+        with self._lock:
+            if self._runs.get(key, ()) != done:
+                self._runs[key] = done
+                self._tally = None
+
+    def forget(self, key: Key) -> None:
+        with self._lock:
+            if self._runs.pop(key, None):
+                self._tally = None
+
+    def tally(self) -> PoolTally:
+        with self._lock:
+            if self._tally is None:
+                self._tally = pool_tally(self._runs.values())
+            return dict(self._tally)
+
+
 def _generation(run: Mapping[str, Any]) -> tuple[Key, tuple[str, int]]:
     meta = run["metadata"]
     key = (str(meta["namespace"]), str(meta["name"]))
@@ -169,6 +201,7 @@ class Runner:
         self.cfg = cfg
         self.metrics = metrics
         self.memory = memory or Memory()
+        self.pool_history = PoolHistory()
         self.prices = prices
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
         self._tasks: dict[Key, asyncio.Task[None]] = {}
@@ -196,6 +229,7 @@ class Runner:
         if task is not None:
             task.cancel()
         self.memory.forget_run(namespace, name)
+        self.pool_history.forget((namespace, name))
         self.metrics.observe_run(namespace, name, None, None)
 
     async def shutdown(self) -> None:
@@ -256,6 +290,10 @@ class Runner:
         ref = run_ref(run)
         rejected = self.memory.rejection(run)
         obs = self._observe(run, rejected)
+        self.pool_history.record((ref.namespace, ref.name), obs.status.attempts or ())
+        tally = self.pool_history.tally()
+        obs = replace(obs, pools=tally)
+        self.metrics.observe_pools(tally)
         if rejected is None and obs.spec is not None:
             problem = build_problem(ref, obs.spec)
             if problem is not None:

@@ -148,6 +148,8 @@ class TrainLoop:
         stall = io.manager.save(step, p.shared, p.per_rank, metric=metric, meta=meta,
                                 sharded=p.sharded or None, blocking=blocking)  # fmt: skip
         io.metrics.checkpoint_stall_seconds.observe(stall)
+        if io.reporter is not None and not blocking:  # a final save is not a periodic cost
+            io.reporter.save_stall(stall)
 
     def train_step(self) -> torch.Tensor:
         p, cfg, device = self.p, self.cfg, self.ctx.device

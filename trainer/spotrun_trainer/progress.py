@@ -88,6 +88,14 @@ class ProgressReporter:
             )
             return self._maybe_send_locked(force=True)
 
+    def save_stall(self, seconds: float) -> bool:
+        """Record how long the newest periodic save blocked the loop (checkpointStallSeconds,
+        the operator's C for checkpoint.interval auto); sent with the next patch."""
+        with self._lock:
+            stall = round(max(0.0, seconds), 3)
+            self._progress = replace(self._progress, checkpoint_stall_seconds=stall)
+            return self._maybe_send_locked(force=False)
+
     def _maybe_send_locked(self, force: bool) -> bool:
         now = self._clock()
         if not force and self._last_sent is not None and now - self._last_sent < self.min_interval:

@@ -128,6 +128,20 @@ def test_checkpoint_patches_immediately_with_its_fields() -> None:
     assert parsed is not None and parsed.checkpoint_step == 10
 
 
+def test_save_stall_rides_the_rate_limit_and_the_next_checkpoint_patch() -> None:
+    calls: list[dict[str, Any]] = []
+    clock = Clock()
+    r = _reporter(calls, clock)
+    r.step(10, 50.0)
+    assert not r.save_stall(1.23456)  # held back by the rate limit, not lost
+    assert r.checkpoint(10, "2026-11-21T08:00:00Z", "/checkpoints/step-10")
+    sent = contract.Progress.from_status(calls[-1]["status"]["progress"])
+    assert sent is not None and sent.checkpoint_stall_seconds == 1.235
+    clock.now += 11
+    assert r.save_stall(-0.5)  # a clock oddity never reports a negative stall
+    assert calls[-1]["status"]["progress"]["checkpointStallSeconds"] == 0.0
+
+
 def test_close_flushes_what_the_rate_limit_held_back() -> None:
     calls: list[dict[str, Any]] = []
     clock = Clock()
