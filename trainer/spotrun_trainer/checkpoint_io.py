@@ -171,32 +171,37 @@ def remove_dir(path: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
+def newest_intact(directory: Path) -> int | None:
+    """The newest committed step whose files verify; damaged ones are renamed
+    ``corrupt-…`` (kept for inspection) on the way and skipped."""
+    for step, path in reversed(committed_steps(directory)):
+        reason = verify(path, step)
+        if reason is None:
+            return step
+        quarantine = path.with_name(f"{QUARANTINE_PREFIX}{path.name}.{int(time.time())}")
+        log.error(
+            "checkpoint %s is damaged (%s); moved to %s, falling back to the previous one",
+            path,
+            reason,
+            quarantine.name,
+        )
+        with contextlib.suppress(OSError):
+            os.rename(path, quarantine)
+    return None
+
+
 def pick_intact(directory: Path, restore_missing: Callable[[Path], object] | None) -> int | None:
     """Rank 0: the newest intact checkpoint, quarantining damaged ones on the way; when
     none is intact, ``restore_missing`` (the S3 mirror) gets one chance to fill the folder."""
-    for attempt in ("local", "restored"):
-        for step, path in reversed(committed_steps(directory)):
-            reason = verify(path, step)
-            if reason is None:
-                return step
-            quarantine = path.with_name(f"{QUARANTINE_PREFIX}{path.name}.{int(time.time())}")
-            log.error(
-                "checkpoint %s is damaged (%s); moved to %s, falling back to the previous one",
-                path,
-                reason,
-                quarantine.name,
-            )
-            with contextlib.suppress(OSError):
-                os.rename(path, quarantine)
-        if attempt == "local" and restore_missing is not None:
-            log.info("no intact checkpoint in %s; trying the remote mirror", directory)
-            try:
-                restore_missing(directory)
-            except Exception:
-                log.exception("restoring from the remote mirror failed")
-        else:
-            break
-    return None
+    step = newest_intact(directory)
+    if step is not None or restore_missing is None:
+        return step
+    log.info("no intact checkpoint in %s; trying the remote mirror", directory)
+    try:
+        restore_missing(directory)
+    except Exception:
+        log.exception("restoring from the remote mirror failed")
+    return newest_intact(directory)
 
 
 def gather_parts(tmp: Path, world_size: int, timeout: float) -> dict[str, Any]:

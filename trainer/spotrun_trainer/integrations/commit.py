@@ -13,11 +13,9 @@ falling back past damaged ones, as the manager does.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,16 +24,15 @@ from spotrun_trainer import contract
 from spotrun_trainer.checkpoint_io import (
     DELETING_PREFIX,
     FORMAT_VERSION,
-    QUARANTINE_PREFIX,
     SHARED_FILE,
     TMP_PREFIX,
     committed_steps,
     fsync_dir,
+    newest_intact,
     now_rfc3339,
     read_marker,
     remove_dir,
     sha256_file,
-    verify,
     write_json,
     write_torch,
 )
@@ -57,20 +54,8 @@ def prepare(directory: Path) -> None:
 def newest_committed(directory: Path) -> Path | None:
     """The newest intact ``step-N`` folder; damaged ones are renamed ``corrupt-…`` (kept for
     inspection) and skipped. Folders without the ``COMMITTED`` marker are never considered."""
-    for step, path in reversed(committed_steps(directory)):
-        reason = verify(path, step)
-        if reason is None:
-            return path
-        quarantine = path.with_name(f"{QUARANTINE_PREFIX}{path.name}.{int(time.time())}")
-        log.error(
-            "checkpoint %s is damaged (%s); moved to %s, falling back to the previous one",
-            path,
-            reason,
-            quarantine.name,
-        )
-        with contextlib.suppress(OSError):
-            os.rename(path, quarantine)
-    return None
+    step = newest_intact(directory)
+    return None if step is None else directory / contract.step_dir_name(step)
 
 
 def _move(src: Path, dst: Path) -> None:
