@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ PLAN: tuple[tuple[int, str, int], ...] = (
     (2, "loss", 30),
     (4, "shutdown", 20),
 )
+# The trainer's resume line: "resumed from <path> (step N, written by R ranks) in Ts".
+RESUMED = re.compile(r"resumed from .*\(step (\d+)[,)]")
 SIGNAL_OF = {"nth": "spot-interruption", "loss": "node-lost", "shutdown": "node-shutdown"}
 
 
@@ -230,8 +233,9 @@ class Story:
         if (run, attempt) in self._resumed:
             return self._resumed[(run, attempt)]
         for line in self.master_log(run, attempt).splitlines():
-            if "resumed from" in line:
-                step = int(line.rsplit("(step ", 1)[1].split(")", 1)[0])
+            found = RESUMED.search(line)
+            if found:
+                step = int(found.group(1))
                 self._resumed[(run, attempt)] = step
                 return step
         raise ClusterError(f"attempt {attempt} of {run} did not resume from a checkpoint")
