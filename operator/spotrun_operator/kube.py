@@ -75,14 +75,18 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient, timeout: float = 30.0) -> None:
+    def __init__(
+        self, api: client.ApiClient, timeout: float = 30.0, dry_run_pods: bool = False
+    ) -> None:
         self.api = api
         self.timeout = timeout
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
         self._dyn: DynamicClient | None = None
         self._lock = threading.Lock()
         self._resources: dict[str, Any] = {}
-        self._dry_run_pods = True  # False once the apiserver said 403 (no grant)
+        # --pod-dry-run (needs create on pods, which the chart grants only with
+        # rbac.podDryRun); False again once the apiserver said 403 (no grant).
+        self._dry_run_pods = dry_run_pods
 
     @property
     def dyn(self) -> DynamicClient:

@@ -130,6 +130,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="treat a rebalance recommendation like an interruption notice",
     )
     p.add_argument("--workers", type=int, default=8, help="reconcile threads")
+    p.add_argument(
+        "--pod-dry-run",
+        action="store_true",
+        help="dry-run the pods of each attempt before creating it, so a pod the apiserver "
+        "would refuse fails the run as InvalidSpec at once (needs create on pods: the "
+        "chart grants it with rbac.podDryRun)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--version", action="version", version=f"spotrun-operator {__version__}")
     for name, typ, text in _TUNABLES:
@@ -188,7 +195,7 @@ def build_runner(args: argparse.Namespace, registry: CollectorRegistry) -> Runne
     pricing = pricing_config(args)
     prices = aws_prices(pricing) if args.pricing == "aws" else table_prices(pricing)
     return Runner(
-        kube.Kube(api),
+        kube.Kube(api, dry_run_pods=args.pod_dry_run),
         cfg,
         metrics.Metrics(registry),
         Memory(),

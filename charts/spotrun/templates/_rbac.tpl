@@ -30,12 +30,13 @@ rule only with a comment saying which code needs it.
   resources: ["pytorchjobs"]
   verbs: ["list", "watch", "create", "delete"]
 # Trainer pods: kopf watches and indexes them by node, kube.list_pods classifies a loss,
-# kube.delete_pod stops a whole gang gracefully on an interruption notice; create is for
-# server-side dry runs only (kube.check_pods: a pod template the apiserver would refuse
-# fails the run as InvalidSpec instead of leaving it Pending).
+# kube.delete_pod stops a whole gang gracefully on an interruption notice. create only with
+# rbac.podDryRun, for server-side dry runs (--pod-dry-run, kube.check_pods: a pod the
+# apiserver would refuse fails the run as InvalidSpec instead of leaving it Pending); off
+# by default, since RBAC cannot limit create to dry runs.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch", "create", "delete"]
+  verbs: ["list", "watch", {{- if .Values.rbac.podDryRun }} "create",{{- end }} "delete"]
 # The run's checkpoint volume: created when the spec asks for a new claim; an existing
 # claim is checked (kube.missing) so a typo fails fast instead of a pod hanging Pending.
 - apiGroups: [""]

@@ -164,7 +164,7 @@ NAMESPACED_GRANTS = {
     (SPOTRUN, "trainingruns/status"): {"get", "patch"},
     (SPOTRUN, "trainingruns/finalizers"): {"update"},
     ("kubeflow.org", "pytorchjobs"): {"list", "watch", "create", "delete"},
-    ("", "pods"): {"list", "watch", "create", "delete"},
+    ("", "pods"): {"list", "watch", "delete"},
     ("", "persistentvolumeclaims"): {"get", "create"},
     ("", "configmaps"): {"get"},
     ("", "secrets"): {"get"},
@@ -203,6 +203,21 @@ def test_clusterwide_rbac_grants_exactly_the_operators_verbs() -> None:
         {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "spotrun-system"}
     ]
     assert not find(docs, "Role") and not find(docs, "RoleBinding")
+
+
+def test_pod_dry_run_grants_create_on_pods_and_passes_the_flag() -> None:
+    """Off by default (RBAC cannot limit create to dry runs); rbac.podDryRun grants it and
+    turns the operator's --pod-dry-run on, together."""
+    default = render()
+    assert (
+        "--pod-dry-run"
+        not in one(default, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+    docs = render("--set=rbac.podDryRun=true")
+    pods = grants(one(docs, "ClusterRole")["rules"])[("", "pods")]
+    assert pods == NAMESPACED_GRANTS[("", "pods")] | {"create"}
+    args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--pod-dry-run" in args
 
 
 def test_namespaced_rbac_uses_a_role_per_namespace() -> None:

@@ -155,6 +155,13 @@ def _assert_invalid_spec(
     [WRONG_TYPES, IMPOSSIBLE],
     ids=["wrong-types", "impossible-values"],
 )
+@pytest.fixture
+def operator(operator_factory: Any) -> Any:
+    """The operator as the chart runs it with rbac.podDryRun: pods are dry-run before each
+    attempt, so impossible pod values fail the run at once (wrong types need no grant)."""
+    return operator_factory("--pod-dry-run").start()
+
+
 def test_bad_passthrough_fields_fail_the_run_as_invalid_spec(
     cases: list[tuple[str, dict[str, Any], str]],
     core: client.CoreV1Api,
