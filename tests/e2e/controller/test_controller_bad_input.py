@@ -150,11 +150,6 @@ def _assert_invalid_spec(
         assert jobs(custom, namespace, name) == [], name
 
 
-@pytest.mark.parametrize(
-    "cases",
-    [WRONG_TYPES, IMPOSSIBLE],
-    ids=["wrong-types", "impossible-values"],
-)
 @pytest.fixture
 def operator(operator_factory: Any) -> Any:
     """The operator as the chart runs it with rbac.podDryRun: pods are dry-run before each
@@ -162,6 +157,11 @@ def operator(operator_factory: Any) -> Any:
     return operator_factory("--pod-dry-run").start()
 
 
+@pytest.mark.parametrize(
+    "cases",
+    [WRONG_TYPES, IMPOSSIBLE],
+    ids=["wrong-types", "impossible-values"],
+)
 def test_bad_passthrough_fields_fail_the_run_as_invalid_spec(
     cases: list[tuple[str, dict[str, Any], str]],
     core: client.CoreV1Api,
