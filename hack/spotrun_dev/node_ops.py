@@ -332,4 +332,10 @@ def record_event(
         last_timestamp=stamp,
         count=1,
     )
-    core.create_namespaced_event(namespace, body)
+    try:
+        core.create_namespaced_event(namespace, body)
+    except ApiException as exc:
+        # client-go's recorder never fails its caller: recordToSink gives up on an event the
+        # apiserver refuses (kubernetes/client-go tools/record/event.go recordToSink,
+        # recordEvent), e.g. in a namespace being deleted (403).
+        log.warning("event %s on %s not recorded: %s", event["reason"], obj.name, exc.status)
