@@ -55,6 +55,13 @@ def build_node(name: str, capacity_type: CapacityType, zone: str, region: str) -
                 "kubernetes.io/hostname": name,
                 "kubernetes.io/os": "linux",
                 "kubernetes.io/arch": "amd64",
+                # The kubelet registers both the GA and the legacy beta OS/arch labels
+                # (kubernetes/kubernetes staging/src/k8s.io/api/core/v1/well_known_labels.go:
+                # "kubelet applies both beta and GA labels"). Without them the node
+                # lifecycle controller's reconcileNodeLabels adds them some time after
+                # registration: a write no interruption makes, racing every trace.
+                "beta.kubernetes.io/os": "linux",
+                "beta.kubernetes.io/arch": "amd64",
                 "node.kubernetes.io/instance-type": INSTANCE_TYPE,
                 "eks.amazonaws.com/capacityType": eks_capacity,
                 "eks.amazonaws.com/nodegroup": f"p4d-{capacity_type}",
