@@ -14,11 +14,11 @@ export ON_DEMAND_NODES ?= 2
 PYTEST_ARGS ?=
 
 .PHONY: help venv binaries tools prometheus chart-sync cluster-up cluster-down demo test \
-	test-unit test-e2e lint fmt bench clean images node-packages
+	test-unit test-integration test-e2e lint fmt bench clean images node-packages
 
 help:
 	@echo "make demo         a TrainingRun surviving spot interruptions on the local cluster"
-	@echo "make test         lint + unit + e2e tests (brings the local cluster up)"
+	@echo "make test         lint + unit + integration + e2e tests (brings the local cluster up)"
 	@echo "make cluster-up   build the control plane from Go modules and start it"
 	@echo "make cluster-down stop the local cluster"
 	@echo "make bench        run the benchmarks in bench/ (figures in bench/results/)"
@@ -35,7 +35,8 @@ venv: $(VENV)/.installed
 binaries:
 	@bash hack/build-binaries.sh
 
-# helm, kwok, kwokctl, training-operator only (what the unit tests need).
+# helm, kwok, kwokctl, coredns, training-operator and kueue only (no kube build): what the
+# unit tests need, and what `make test` builds before the cluster.
 tools:
 	@bash hack/build-binaries.sh tools
 
@@ -81,6 +82,9 @@ fmt: venv
 # tests in tests/e2e/chart, helm and promtool (marker tools).
 test-unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: venv
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 test-e2e: tools prometheus cluster-up
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)

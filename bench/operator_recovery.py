@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 from kubernetes import client, watch
 
-from spotrun_dev import cluster, fleet, inject, paths, storage, traces
+from spotrun_dev import cluster, cluster_apply, fleet, inject, paths, storage, traces
 
 RESULTS = paths.REPO_ROOT / "bench" / "results" / "operator_recovery.json"
 NAMESPACE = "spotrun-bench"
@@ -129,7 +129,7 @@ def prepare_cluster(nodes: int) -> tuple[client.ApiClient, fleet.FleetSpec, str]
     print(f"fleet: {nodes} spot nodes", flush=True)
     cluster.ensure_fleet(core, spec)
     crd = yaml.safe_load((paths.REPO_ROOT / "crds" / "trainingruns.spotrun.dev.yaml").read_text())
-    cluster._apply(api, [crd])
+    cluster_apply.apply_manifests(api, [crd])
     cluster.fresh_namespace(core, NAMESPACE)
     pv = storage.ensure_checkpoint_claim(core, NAMESPACE)
     return api, spec, pv

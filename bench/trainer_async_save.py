@@ -19,23 +19,21 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
+
+from spotrun_trainer.checkpoint import CheckpointManager
+from spotrun_trainer.config import ModelConfig
+from spotrun_trainer.models import build_model, compute_loss, count_parameters
+from spotrun_trainer.sharded import ShardedState, apply_fsdp
+from spotrun_trainer.state import RNGState, TrainProgress
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "trainer"))
-
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-
-from spotrun_trainer.checkpoint import CheckpointManager  # noqa: E402
-from spotrun_trainer.config import ModelConfig  # noqa: E402
-from spotrun_trainer.models import build_model, compute_loss, count_parameters  # noqa: E402
-from spotrun_trainer.sharded import ShardedState, apply_fsdp  # noqa: E402
-from spotrun_trainer.state import RNGState, TrainProgress  # noqa: E402
 
 MODES = ("sync", "thread", "process")
 

@@ -23,16 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from spotrun_trainer.checkpoint import CheckpointManager
+from spotrun_trainer.config import ModelConfig
+from spotrun_trainer.models import build_model, compute_loss, count_parameters
+from spotrun_trainer.state import ModelState, RNGState, TrainProgress
+from spotrun_trainer.testhooks import ENV_EVENTS_FILE
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "trainer"))
-
-import torch  # noqa: E402
-
-from spotrun_trainer.checkpoint import CheckpointManager  # noqa: E402
-from spotrun_trainer.config import ModelConfig  # noqa: E402
-from spotrun_trainer.models import build_model, compute_loss, count_parameters  # noqa: E402
-from spotrun_trainer.state import ModelState, RNGState, TrainProgress  # noqa: E402
-from spotrun_trainer.testhooks import ENV_EVENTS_FILE  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -114,7 +113,7 @@ def bench_mode(loop: Loop, folder: Path, async_save: bool, saves: int) -> dict[s
 def time_cli(folder: Path, args: list[str], until_step: int) -> dict[str, float]:
     """Seconds from process start to 'started' (state loaded) and to the first step."""
     events = folder / f"events-{until_step}"
-    env = {**os.environ, ENV_EVENTS_FILE: str(events), "PYTHONPATH": str(REPO / "trainer")}
+    env = {**os.environ, ENV_EVENTS_FILE: str(events)}
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "spotrun_trainer", *args],
@@ -171,6 +170,58 @@ def bench_resume(
     }
 
 
+def bench_saves(loop: Loop, folder: Path, saves: int) -> dict[str, Any]:
+    """Median step time, then sync and async saves measured against it (printed)."""
+    for _ in range(2):  # materialise optimizer state; first steps allocate and warm up
+        loop.step()
+    step_s = statistics.median(loop.step() for _ in range(5))
+    results: dict[str, Any] = {"step_seconds": step_s}
+    for mode in ("sync", "async"):
+        r = bench_mode(loop, folder / mode, mode == "async", saves)
+        r["stall_over_step"] = r["stall_seconds"] / step_s
+        during = r["step_seconds_during_async_write"]
+        r["step_slowdown_during_async_write"] = during / step_s if during else None
+        results[mode] = r
+        print(
+            f"{mode:>5}: stall {r['stall_seconds']:.2f}s per save = "
+            f"{100 * r['stall_over_save']:.0f}% of the save ({r['save_seconds']:.2f}s), "
+            f"{r['stall_over_step']:.2f} steps; "
+            f"checkpoint {r['checkpoint_bytes'] / 1e9:.2f} GB"
+        )
+    during = results["async"]["step_slowdown_during_async_write"]
+    print(
+        f" step: {step_s:.2f}s" + (f" ({during:.2f}x while an async write runs)" if during else "")
+    )
+    return results
+
+
+def write_report(
+    args: argparse.Namespace, cfg: ModelConfig, n_params: int, device: torch.device,
+    results: dict[str, Any],
+) -> None:  # fmt: skip
+    report = {
+        "params": n_params,
+        "config": {
+            "params": args.params,
+            "n_layer": cfg.n_layer,
+            "n_embd": cfg.n_embd,
+            "vocab_size": cfg.vocab_size,
+            "seq_len": cfg.seq_len,
+            "batch_size": args.batch_size,
+        },
+        "device": str(device),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **results,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     args = parse_args()
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
@@ -191,27 +242,7 @@ def main() -> None:
             f"model: {n_params / 1e6:.1f}M parameters ({cfg.n_layer} layers x {cfg.n_embd}), "
             f"device {device}, batch {args.batch_size}x{args.seq_len}"
         )
-        for _ in range(2):  # materialise optimizer state; first steps allocate and warm up
-            loop.step()
-        step_s = statistics.median(loop.step() for _ in range(5))
-        results: dict[str, Any] = {"step_seconds": step_s}
-        for mode in ("sync", "async"):
-            r = bench_mode(loop, folder / mode, mode == "async", args.saves)
-            r["stall_over_step"] = r["stall_seconds"] / step_s
-            during = r["step_seconds_during_async_write"]
-            r["step_slowdown_during_async_write"] = during / step_s if during else None
-            results[mode] = r
-            print(
-                f"{mode:>5}: stall {r['stall_seconds']:.2f}s per save = "
-                f"{100 * r['stall_over_save']:.0f}% of the save ({r['save_seconds']:.2f}s), "
-                f"{r['stall_over_step']:.2f} steps; "
-                f"checkpoint {r['checkpoint_bytes'] / 1e9:.2f} GB"
-            )
-        during = results["async"]["step_slowdown_during_async_write"]
-        print(
-            f" step: {step_s:.2f}s"
-            + (f" ({during:.2f}x while an async write runs)" if during else "")
-        )
+        results = bench_saves(loop, folder, args.saves)
         if not args.skip_resume:
             resume = bench_resume(args.params, args, device.type, folder)
             results["resume"] = resume
@@ -221,27 +252,7 @@ def main() -> None:
                 f"resumed {resume['resume_start_to_first_step_seconds']:.1f}s "
                 f"(loading the checkpoint adds {resume['resume_load_overhead_seconds']:.1f}s)"
             )
-        report = {
-            "params": n_params,
-            "config": {
-                "params": args.params,
-                "n_layer": cfg.n_layer,
-                "n_embd": cfg.n_embd,
-                "vocab_size": cfg.vocab_size,
-                "seq_len": cfg.seq_len,
-                "batch_size": args.batch_size,
-            },
-            "device": str(device),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **results,
-        }
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {out}")
+        write_report(args, cfg, n_params, device, results)
     finally:
         if not args.dir:
             shutil.rmtree(folder, ignore_errors=True)

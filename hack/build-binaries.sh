@@ -63,6 +63,16 @@ build_tools() {
   if [ -x "$bin/training-operator.v1" ]; then mv -f "$bin/training-operator.v1" "$bin/training-operator"; fi
 }
 
+build_kueue() {
+  STAMP=$KUEUE_VERSION
+  stamp_ok kueue "$STAMP" && return 0
+  grep -q "sigs.k8s.io/kueue $KUEUE_VERSION" "$root/hack/gomod/kueue/go.mod" \
+    || { log "hack/gomod/kueue/go.mod does not require kueue $KUEUE_VERSION"; return 1; }
+  log "building kueue $KUEUE_VERSION"
+  (cd "$root/hack/gomod/kueue" && go build -ldflags "-s -w" -o "$bin/kueue" sigs.k8s.io/kueue/cmd/kueue)
+  stamp kueue
+}
+
 # The fake-GPU device plugin of the real nodes: our own source, stamped by its hash.
 build_gpu_plugin() {
   STAMP=$(sha256sum "$root/hack/gomod/kube/cmd/spotrun-gpu-plugin/main.go" | cut -c1-16)
@@ -75,8 +85,9 @@ build_gpu_plugin() {
 case "${1:-all}" in
   kube) build_kube ;;
   etcd) build_etcd ;;
-  tools) build_tools ;;
+  tools) build_tools; build_kueue ;;
   plugin) build_gpu_plugin ;;
-  all) build_tools; build_etcd; build_kube; build_gpu_plugin ;;
-  *) echo "usage: $0 [all|kube|etcd|tools|plugin]" >&2; exit 2 ;;
+  kueue) build_kueue ;;
+  all) build_tools; build_kueue; build_etcd; build_kube; build_gpu_plugin ;;
+  *) echo "usage: $0 [all|kube|etcd|tools|plugin|kueue]" >&2; exit 2 ;;
 esac

@@ -25,6 +25,8 @@ _LAST_LABELS: Final = {
     Outcome.CAPACITY_FALLBACK: "capacity-fallback",
     Outcome.BUDGET_EXCEEDED: "budget-exceeded",
     Outcome.SUSPENDED: "suspended",
+    Outcome.QUEUE_PREEMPTED: "",  # its reason says it: queue-preemption
+    Outcome.INTERRUPTED: "",  # its reason says it: pod-deleted, deadline-exceeded, sigterm
 }
 
 

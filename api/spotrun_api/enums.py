@@ -30,16 +30,25 @@ class Outcome(StrEnum):
     CAPACITY_FALLBACK = "CapacityFallback"
     SUSPENDED = "Suspended"
     BUDGET_EXCEEDED = "BudgetExceeded"
+    QUEUE_PREEMPTED = "QueuePreempted"
+    # Stopped from outside with no infrastructure evidence (a plain pod delete, the pod's
+    # activeDeadlineSeconds, an unexplained SIGTERM): restarted, no budget spent.
+    INTERRUPTED = "Interrupted"
 
     @property
     def is_loss(self) -> bool:
         """A loss grows the backoff (a fallback or a suspend is a decision, not a loss)."""
-        return self in (Outcome.PREEMPTED, Outcome.FAILED)
+        return self in (Outcome.PREEMPTED, Outcome.FAILED, Outcome.INTERRUPTED)
 
     @property
     def recovering_from(self) -> bool:
         """The next attempt of this outcome is a recovery (phase Recovering)."""
-        return self in (Outcome.PREEMPTED, Outcome.FAILED, Outcome.CAPACITY_FALLBACK)
+        return self in (
+            Outcome.PREEMPTED,
+            Outcome.FAILED,
+            Outcome.CAPACITY_FALLBACK,
+            Outcome.INTERRUPTED,
+        )
 
 
 class ConditionType(StrEnum):
@@ -53,6 +62,7 @@ class ConditionType(StrEnum):
     FAILED = "Failed"
     WITHIN_BUDGET = "WithinBudget"
     PRICING_AVAILABLE = "PricingAvailable"
+    ADMITTED = "Admitted"  # Kueue admitted the live attempt (runs with spec.queueName only)
 
 
 class ConditionStatus(StrEnum):

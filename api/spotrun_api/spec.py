@@ -257,6 +257,21 @@ class TrainingRunSpec(ApiModel):
         description="true stops the current attempt gracefully (phase Suspended); false again "
         "starts the next attempt from the newest checkpoint.",
     )
+    protect_from_voluntary_disruption: bool = Field(
+        True,
+        description="true puts karpenter.sh/do-not-disrupt and cluster-autoscaler.kubernetes.io/"
+        "safe-to-evict=false on the trainer pods, so consolidation, drift and scale-down wait "
+        "for the run instead of costing a restart; spot interruptions still stop the gang at "
+        "once. false leaves the pods to them.",
+    )
+    queue_name: str | None = Field(
+        None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="The Kueue LocalQueue (in the run's namespace) that admits every attempt: "
+        "each PyTorchJob is created suspended with the kueue.x-k8s.io/queue-name label and "
+        "runs only once Kueue admits it. Unset: attempts start without Kueue.",
+    )
     termination_grace_period_seconds: int = Field(
         DEFAULT_TERMINATION_GRACE_SECONDS,
         ge=1,

@@ -95,9 +95,12 @@ class LastPreemption(ApiModel):
     )
     signal: str | None = Field(
         None,
-        description="What announced it: spot-interruption, rebalance-recommendation, "
-        "asg-termination, karpenter-disruption, node-shutdown, node-lost, eviction, "
-        "taint-eviction, scheduler-preemption, pod-deleted, pod-replaced, sigterm.",
+        description="What announced it (a bounded set, docs/signals.md): spot-interruption, "
+        "asg-termination, scheduled-maintenance, karpenter-disruption, gke-preemption, "
+        "aks-spot-eviction, rebalance-recommendation, ca-scale-down, instance-state-change, "
+        "mng-rebalance, out-of-service, node-shutdown, cloud-shutdown, node-lost, "
+        "node-pressure, kubelet-preemption, taint-eviction, scheduler-preemption, eviction, "
+        "disruption, pod-replaced, pod-stopped.",
     )
     lost_work_seconds: float | None = Field(
         None, description="Training time not covered by a committed checkpoint."
@@ -251,6 +254,11 @@ class TrainingRunStatus(ApiModel):
     )
     preemptions: int | None = Field(None, description="Attempts lost to the infrastructure so far.")
     failures: int | None = Field(None, description="Attempts lost to application failures so far.")
+    queue_preemptions: int | None = Field(
+        None,
+        description="Attempts Kueue preempted or evicted so far (spec.queueName): they spend "
+        "neither maxPreemptions nor maxFailures.",
+    )
     start_time: Time | None = Field(None, description="When the first attempt was created.")
     completion_time: Time | None = Field(
         None, description="When the run reached Succeeded or Failed."

@@ -100,7 +100,9 @@ def describe(run: Mapping[str, Any]) -> str:
         f"Nodes:        {spec.get('nodes', 1)} x {spec.get('gpusPerNode', 8)} GPUs, "
         f"{cap.get('type', 'spot')} {','.join(cap.get('instanceTypes') or [])}".rstrip(),
         f"Attempt:      {st.attempt or 0} (preemptions {st.preemptions or 0}, "
-        f"failures {st.failures or 0})",
+        f"failures {st.failures or 0}"
+        + (f", queue preemptions {st.queue_preemptions}" if st.queue_preemptions else "")
+        + ")",
         f"Progress:     step {prog.step if prog else '-'}, checkpoint "
         f"{_or_dash(prog.checkpoint_step if prog else None)}",
         f"Cost:         {fmt_usd(cost.total_usd if cost else None)} "

@@ -34,7 +34,23 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("nodes", help="list the real nodes (name, address, zone, pids)")
     sub.add_parser("kubeconfig", help="print the local cluster's kubeconfig path")
 
-    i = sub.add_parser("interrupt", help="take a node away the way a real component does")
+    _add_interrupt(
+        sub.add_parser("interrupt", help="take a node away the way a real component does")
+    )
+
+    f = sub.add_parser("fail", help="make a pod's containers fail as the kubelet reports it")
+    f.add_argument("pod")
+    f.add_argument("-n", "--namespace", default="default")
+    f.add_argument("--reason", choices=traces.FAIL_REASONS, required=True)
+
+    c = sub.add_parser("complete", help="make a pod's containers exit 0")
+    c.add_argument("pod")
+    c.add_argument("-n", "--namespace", default="default")
+    return p
+
+
+def _add_interrupt(i: argparse.ArgumentParser) -> None:
+    """The options of ``spotrun-dev interrupt``."""
     i.add_argument("node")
     i.add_argument(
         "--signal",
@@ -79,16 +95,6 @@ def _parser() -> argparse.ArgumentParser:
         help="stop before the instance dies (Karpenter: the node stays deleting, held by "
         "its finalizer)",
     )
-
-    f = sub.add_parser("fail", help="make a pod's containers fail as the kubelet reports it")
-    f.add_argument("pod")
-    f.add_argument("-n", "--namespace", default="default")
-    f.add_argument("--reason", choices=traces.FAIL_REASONS, required=True)
-
-    c = sub.add_parser("complete", help="make a pod's containers exit 0")
-    c.add_argument("pod")
-    c.add_argument("-n", "--namespace", default="default")
-    return p
 
 
 def _interrupt(args: argparse.Namespace) -> None:

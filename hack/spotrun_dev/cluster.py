@@ -11,11 +11,9 @@ import base64
 import json
 import logging
 import os
-import signal
 import socket
 import ssl
 import subprocess
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,8 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from spotrun_dev import images, kwok_config, node_host, paths, webhook_certs
+from spotrun_dev import images, kueue, kwok_config, paths, webhook_certs
+from spotrun_dev.cluster_apply import apply_manifests, free_port, pid_alive, stop_group
 
 # Re-exported: tests, the demo and the bench reach the whole local cluster through here.
 from spotrun_dev.fleet_state import ensure_fleet as ensure_fleet
@@ -71,12 +70,6 @@ def build_binaries() -> None:
         raise ClusterError("building the control-plane binaries failed (see output above)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _apiserver_healthy(kubeconfig: Path) -> bool:
     if not kubeconfig.exists():
         return False
@@ -94,10 +87,6 @@ def _load_state() -> dict[str, Any]:
         return dict(json.loads(STATE_FILE.read_text()))
     except (OSError, ValueError):
         return {}
-
-
-def _pid_alive(pid: int | None) -> bool:
-    return node_host.alive(pid)
 
 
 def create_control_plane() -> None:
@@ -133,26 +122,10 @@ def delete_cluster() -> None:
 
     realnodes.down(None)
     stop_training_operator()
+    kueue.stop(_load_state())
     _run([str(paths.binary("kwokctl")), "delete", "cluster", "--name", CLUSTER_NAME])
     paths.KUBECONFIG.unlink(missing_ok=True)
     STATE_FILE.unlink(missing_ok=True)
-
-
-def _apply(api: client.ApiClient, docs: list[dict[str, Any]]) -> None:
-    """Server-side apply of plain manifests through the dynamic client."""
-    from kubernetes.dynamic import DynamicClient
-
-    dyn = DynamicClient(api)
-    for doc in docs:
-        res = dyn.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
-        ns = doc["metadata"].get("namespace")
-        res.server_side_apply(
-            body=doc,
-            name=doc["metadata"]["name"],
-            namespace=ns,
-            field_manager="spotrun-dev",
-            force_conflicts=True,
-        )
 
 
 def install_training_operator_prereqs(api: client.ApiClient, webhook_port: int) -> None:
@@ -166,7 +139,7 @@ def install_training_operator_prereqs(api: client.ApiClient, webhook_port: int) 
     except ApiException as exc:
         if exc.status != 409:
             raise
-    _apply(api, [crd])
+    apply_manifests(api, [crd])
     ext = client.ApiextensionsV1Api(api)
     wait_for(
         "the PyTorchJob CRD to be established",
@@ -189,7 +162,7 @@ def install_training_operator_prereqs(api: client.ApiClient, webhook_port: int) 
             KUBEFLOW_NS,
             {"metadata": {"name": WEBHOOK_SECRET}, "type": "Opaque", "data": certs.secret_data()},
         )
-    _apply(api, [build_webhook_configuration(src, webhook_port)])
+    apply_manifests(api, [build_webhook_configuration(src, webhook_port)])
 
 
 def build_webhook_configuration(src: Path, port: int) -> dict[str, Any]:
@@ -220,14 +193,7 @@ def build_webhook_configuration(src: Path, port: int) -> dict[str, Any]:
 
 
 def stop_training_operator() -> None:
-    pid = _load_state().get("trainingOperatorPid")
-    if pid and _pid_alive(pid):
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _pid_alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+    stop_group(_load_state().get("trainingOperatorPid"))
 
 
 def _machine_webhook_certs() -> webhook_certs.WebhookCerts:
@@ -261,7 +227,7 @@ def mount_webhook_secret(core: client.CoreV1Api) -> None:
 
 def start_training_operator(webhook_port: int) -> dict[str, Any]:
     """Run the Kubeflow training operator as a local process against the cluster."""
-    probe_port, metrics_port = _free_port(), _free_port()
+    probe_port, metrics_port = free_port(), free_port()
     out = TRAINING_OPERATOR_LOG.open("ab")
     proc = subprocess.Popen(
         [
@@ -342,19 +308,23 @@ def ensure_cluster(with_fleet: bool = True, real_nodes: int | None = None) -> Lo
     state = _load_state()
     if not _apiserver_healthy(paths.KUBECONFIG):
         stop_training_operator()
+        kueue.stop(state)
         realnodes.down(None)  # their certificates and routes belong to the old cluster
         state = {}
         create_control_plane()
         wait_for("the apiserver", lambda: _apiserver_healthy(paths.KUBECONFIG), timeout=120)
     cluster = LocalCluster(CLUSTER_NAME, paths.KUBECONFIG)
     with cluster.api_client() as api:
-        webhook_port = int(state.get("webhookPort") or _free_port())
+        webhook_port = int(state.get("webhookPort") or free_port())
         install_training_operator_prereqs(api, webhook_port)
-        if not _pid_alive(state.get("trainingOperatorPid")):
+        if not pid_alive(state.get("trainingOperatorPid")):
             mount_webhook_secret(client.CoreV1Api(api))
-            state = start_training_operator(webhook_port)
-            STATE_FILE.write_text(json.dumps(state, indent=2))
+            state = {**state, **start_training_operator(webhook_port)}
+            STATE_FILE.write_text(json.dumps(state, indent=2))  # before anything else can fail
+        state = {**state, **kueue.ensure(api, state)}
+        STATE_FILE.write_text(json.dumps(state, indent=2))
         if with_fleet:
             ensure_fleet(client.CoreV1Api(api))
         realnodes.ensure_real_nodes(client.CoreV1Api(api), real_nodes)
+        kueue.ensure_fleet_queue(api)  # its quota is what the spot nodes now have
     return cluster

@@ -21,7 +21,16 @@ import time
 import yaml
 from kubernetes import client
 
-from spotrun_dev import chart_install, cluster, images, paths, real_story, realnodes, storage
+from spotrun_dev import (
+    chart_install,
+    cluster,
+    cluster_apply,
+    images,
+    paths,
+    real_story,
+    realnodes,
+    storage,
+)
 
 NAMESPACE = "spotrun-demo"
 CRD = paths.REPO_ROOT / "crds" / "trainingruns.spotrun.dev.yaml"
@@ -86,7 +95,7 @@ def _setup(
     cluster.fresh_namespace(core, NAMESPACE)
     for claim in ("ckpt", "ckpt-ref"):
         storage.ensure_checkpoint_claim(core, NAMESPACE, claim)
-    cluster._apply(api, [yaml.safe_load(CRD.read_text())])
+    cluster_apply.apply_manifests(api, [yaml.safe_load(CRD.read_text())])
     return chart_install.install_operator(core, NAMESPACE, built["operator"].ref)
 
 

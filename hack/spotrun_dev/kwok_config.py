@@ -95,7 +95,21 @@ def build_kwokctl_config(
         "bindAddress": "127.0.0.1",
         "disableQPSLimits": True,
     }
-    patches = [
+    options["kubeApiserverCertSANs"] = [node_config.API_SERVICE_IP, str(node_config.GATEWAY)]
+    if audit_policy is not None:
+        options["kubeAuditPolicy"] = str(audit_policy)
+    config = {
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "kind": "KwokctlConfiguration",
+        "options": options,
+        "componentsPatches": components_patches(pki_dir, node_monitor_grace),
+    }
+    return [config, *stages]
+
+
+def components_patches(pki_dir: Path, node_monitor_grace: str) -> list[dict[str, Any]]:
+    """The flags kwokctl's binary runtime needs changed for the local cluster."""
+    return [
         # The binary runtime hard-codes --manage-all-nodes=true; we need kwok to let go of
         # a node whose "instance" lost its kubelet (spotrun-dev removes the annotation).
         {
@@ -133,16 +147,6 @@ def build_kwokctl_config(
             ],
         },
     ]
-    options["kubeApiserverCertSANs"] = [node_config.API_SERVICE_IP, str(node_config.GATEWAY)]
-    if audit_policy is not None:
-        options["kubeAuditPolicy"] = str(audit_policy)
-    config = {
-        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
-        "kind": "KwokctlConfiguration",
-        "options": options,
-        "componentsPatches": patches,
-    }
-    return [config, *stages]
 
 
 def render(docs: list[dict[str, Any]]) -> str:

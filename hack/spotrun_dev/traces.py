@@ -170,6 +170,32 @@ def _started_at(container_status: dict[str, Any] | None, default: str) -> str:
     return str(running.get("startedAt") or default)
 
 
+def _terminated_container(
+    container: dict[str, Any],
+    old: dict[str, Any] | None,
+    stamp: str,
+    exit_code: int,
+    reason: str,
+) -> dict[str, Any]:
+    """One container's status once it terminated (imageID and startedAt kept)."""
+    return {
+        "name": container["name"],
+        "image": container.get("image", ""),
+        "imageID": (old or {}).get("imageID", ""),
+        "ready": False,
+        "started": False,
+        "restartCount": 0,
+        "state": {
+            "terminated": {
+                "exitCode": exit_code,
+                "reason": reason,
+                "startedAt": _started_at(old, stamp),
+                "finishedAt": stamp,
+            }
+        },
+    }
+
+
 def terminated_pod_status(
     pod: dict[str, Any],
     *,
@@ -183,40 +209,15 @@ def terminated_pod_status(
 ) -> dict[str, Any]:
     """Pod status after every container terminated, as the kubelet reports it."""
     stamp = rfc3339(now)
-    spec = pod.get("spec") or {}
     old = {c.get("name"): c for c in (pod.get("status") or {}).get("containerStatuses") or []}
     statuses = [
-        {
-            "name": c["name"],
-            "image": c.get("image", ""),
-            "imageID": (old.get(c["name"]) or {}).get("imageID", ""),
-            "ready": False,
-            "started": False,
-            "restartCount": 0,
-            "state": {
-                "terminated": {
-                    "exitCode": exit_code,
-                    "reason": container_reason,
-                    "startedAt": _started_at(old.get(c["name"]), stamp),
-                    "finishedAt": stamp,
-                }
-            },
-        }
-        for c in spec.get("containers") or []
+        _terminated_container(c, old.get(c["name"]), stamp, exit_code, container_reason)
+        for c in (pod.get("spec") or {}).get("containers") or []
     ]
+    ended = "PodFailed" if phase == "Failed" else "PodCompleted"
     conditions: list[dict[str, Any]] = [
-        {
-            "type": "Ready",
-            "status": "False",
-            "reason": "PodFailed" if phase == "Failed" else "PodCompleted",
-            "lastTransitionTime": stamp,
-        },
-        {
-            "type": "ContainersReady",
-            "status": "False",
-            "reason": "PodFailed" if phase == "Failed" else "PodCompleted",
-            "lastTransitionTime": stamp,
-        },
+        {"type": t, "status": "False", "reason": ended, "lastTransitionTime": stamp}
+        for t in ("Ready", "ContainersReady")
     ]
     if disruption_reason:
         conditions.append(

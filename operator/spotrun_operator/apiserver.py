@@ -17,6 +17,8 @@ from spotrun_operator.builders import RunRef
 from spotrun_operator.common import (
     GROUP,
     KIND,
+    KUEUE_GROUP,
+    KUEUE_VERSION,
     MANAGER,
     PYTORCHJOB_GROUP,
     PYTORCHJOB_KIND,
@@ -43,6 +45,7 @@ API_VERSIONS: Mapping[str, str] = {
     "RoleBinding": "rbac.authorization.k8s.io/v1",
     PYTORCHJOB_KIND: f"{PYTORCHJOB_GROUP}/{PYTORCHJOB_VERSION}",
     KIND: f"{GROUP}/{VERSION}",
+    "Workload": f"{KUEUE_GROUP}/{KUEUE_VERSION}",
 }
 # The apiserver's answers that judge the request itself: retrying cannot help.
 REJECTED = frozenset({400, 422})
@@ -51,6 +54,36 @@ _RBAC_DENIAL = re.compile(r'User ".*" cannot [a-z]+ resource')
 # 403s about the moment, not the object: a full quota frees up, a namespace being deleted
 # takes the run with it. Neither is a verdict on the spec.
 _TRANSIENT_DENIAL = re.compile(r"exceeded quota|is being terminated")
+
+
+# The training operator's Warning event when the apiserver refuses a pod it creates from a
+# PyTorchJob (kubeflow/training-operator v1.9.3 pkg/controller.v1/control/pod_control.go:
+# FailedCreatePodReason = "FailedCreatePod"; RealPodControl.createPods records
+# Eventf(job, Warning, FailedCreatePodReason, "Error creating: %v", err) on the job).
+FAILED_CREATE_POD = "FailedCreatePod"
+# The refusals in such a message that judge the pod itself: invalid (422), or denied by an
+# admission webhook or PodSecurity. Not a full quota or a namespace going away.
+_POD_REFUSAL = re.compile(
+    r'(?:pods? "[^"]*" is invalid|is forbidden: violates PodSecurity|admission webhook "[^"]*" '
+    r"denied the request)",
+    re.IGNORECASE,  # 422s name the kind ("Pod"), 403s the resource ("pods")
+)
+
+
+def pod_create_refusal(events: list[Mapping[str, Any]]) -> Rejected | None:
+    """The newest ``FailedCreatePod`` event (of one PyTorchJob) whose message is a verdict
+    on the pod, as :class:`Rejected`; None when there is none (or only transient ones)."""
+    found = [
+        e
+        for e in events
+        if e.get("reason") == FAILED_CREATE_POD and _POD_REFUSAL.search(str(e.get("message")))
+    ]
+    if not found:
+        return None
+    newest = max(found, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    message = str(newest.get("message") or "").removeprefix("Error creating: ")
+    name = str((newest.get("involvedObject") or {}).get("name") or "")
+    return Rejected("Pod", f"of PyTorchJob {name}", message)
 
 
 class Refused(Exception):

@@ -24,7 +24,9 @@ from spotrun_operator.common import (
     LABEL_HOSTNAME,
     LABEL_INSTANCE_TYPE,
     LABEL_KARPENTER_CAPACITY,
+    LABEL_KUEUE_QUEUE,
     PLURAL,
+    PROTECTING_ANNOTATIONS,
     PYTORCHJOB_GROUP,
     PYTORCHJOB_KIND,
     PYTORCHJOB_VERSION,
@@ -211,6 +213,7 @@ def build_pod_template(
     return merge_pod_template(
         spec.pod_template,
         labels=attempt_labels(ref.name, attempt),
+        annotations=PROTECTING_ANNOTATIONS if spec.protect_from_voluntary_disruption else None,
         container=container,
         volumes=[volume],
         tolerations=[GPU_TOLERATION] if spec.gpus_per_node else [],
@@ -253,17 +256,24 @@ def build_pytorchjob(
             "restartPolicy": "Never",
             "template": template,
         }
+    labels = attempt_labels(ref.name, attempt)
+    # No backoffLimit: with restartPolicy Never the training operator (v1.9) counts
+    # 0 restarts >= a limit of 0 and deletes every pod of the job, logs included.
+    run_policy: Obj = {"cleanPodPolicy": "None"}
+    if spec.queue_name:
+        # Kueue admits the attempt: created suspended (as Kueue's own webhook would make it,
+        # jobframework.ApplyDefaultForSuspend), Kueue unsuspends it once admitted.
+        labels[LABEL_KUEUE_QUEUE] = spec.queue_name
+        run_policy["suspend"] = True
     return {
         "apiVersion": f"{PYTORCHJOB_GROUP}/{PYTORCHJOB_VERSION}",
         "kind": PYTORCHJOB_KIND,
-        "metadata": _meta(ref, job_name(ref.name, attempt), attempt_labels(ref.name, attempt)),
+        "metadata": _meta(ref, job_name(ref.name, attempt), labels),
         "spec": {
             # PET_NPROC_PER_NODE and WORLD_SIZE (nodes x procs) for a plain torchrun command;
             # the spotrun trainer reads SPOTRUN_PROCS_PER_NODE (the same number).
             "nprocPerNode": str(spec.ranks_per_pod),
-            # No backoffLimit: with restartPolicy Never the training operator (v1.9) counts
-            # 0 restarts >= a limit of 0 and deletes every pod of the job, logs included.
-            "runPolicy": {"cleanPodPolicy": "None"},
+            "runPolicy": run_policy,
             "pytorchReplicaSpecs": replicas,
         },
     }

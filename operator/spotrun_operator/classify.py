@@ -16,39 +16,38 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
-from spotrun_operator.common import LABEL_REPLICA_TYPE, parse_time
+from spotrun_operator.common import parse_time
+from spotrun_operator.evidence import (
+    EXIT_SIGTERM,
+    Evidence,
+    app_error,
+    cond,
+    containers,
+    gather,
+    is_master,
+    is_terminal,
+    name,
+    phase,
+    pod_disruption_signal,
+)
 from spotrun_operator.signals import (
     ASG_TERMINATION,
-    DISRUPTION,
-    EVICTION,
     INTERRUPTION_TAINTS,
     KARPENTER_DISRUPTION,
+    NO_BUDGET_SIGNALS,
     NODE_LOST,
-    NODE_PRESSURE,
     NODE_SHUTDOWN,
-    POD_DELETED,
     POD_REPLACED,
     REBALANCE,
-    SCHEDULER_PREEMPTION,
     SIGNAL_PRIORITY,
     SIGTERM,
     SPOT_INTERRUPTION,
-    TAINT_EVICTION,
     UNREACHABLE_TAINT,
     NodeInfo,
     lost_until,
     node_info,
     node_signal,
 )
-
-_DISRUPTION_REASONS: Final[Mapping[str, str]] = {
-    "EvictionByEvictionAPI": EVICTION,
-    "PreemptionByScheduler": SCHEDULER_PREEMPTION,
-    "PreemptionByKubeScheduler": SCHEDULER_PREEMPTION,
-    "DeletionByTaintManager": TAINT_EVICTION,
-    "DeletionByPodGC": NODE_LOST,
-    "TerminationByKubelet": NODE_SHUTDOWN,
-}
 
 # Container waiting reasons no amount of waiting fixes without a human.
 CONFIG_WAITING_REASONS: Final = frozenset(
@@ -65,12 +64,12 @@ CONFIG_WAITING_REASONS: Final = frozenset(
 KNOWN_FAILURE_REASONS: Final = frozenset(
     {"OOMKilled", "Error", "ContainerCannotRun", "DeadlineExceeded", "StartError", "JobFailed"}
 )
-EXIT_SIGTERM: Final = 143
 
 
 class VerdictKind(Enum):
     SUCCEEDED = "Succeeded"
-    PREEMPTED = "Preempted"
+    PREEMPTED = "Preempted"  # spends the preemption budget
+    INTERRUPTED = "Interrupted"  # stopped from outside, no budget (signals.NO_BUDGET_SIGNALS)
     FAILED = "Failed"
     FAILURE_SETTLING = "FailureSettling"  # a failure, maybe caused by a node not yet seen dead
     CONFIG_ERROR = "ConfigurationError"
@@ -93,148 +92,32 @@ class Verdict:
     until: dt.datetime | None = None
 
 
-# --- pod helpers -----------------------------------------------------------------------
-
-
-def _cond(pod: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
-    for c in (pod.get("status") or {}).get("conditions") or []:
-        if c.get("type") == ctype:
-            return dict(c)
-    return None
-
-
-def _containers(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    st = pod.get("status") or {}
-    return list(st.get("initContainerStatuses") or []) + list(st.get("containerStatuses") or [])
-
-
-def _name(pod: Mapping[str, Any]) -> str:
-    return str((pod.get("metadata") or {}).get("name", ""))
-
-
-def _phase(pod: Mapping[str, Any]) -> str:
-    return str((pod.get("status") or {}).get("phase") or "Pending")
-
-
-def is_master(pod: Mapping[str, Any]) -> bool:
-    labels = (pod.get("metadata") or {}).get("labels") or {}
-    return str(labels.get(LABEL_REPLICA_TYPE, "")).lower() == "master"
-
-
-def is_terminal(pod: Mapping[str, Any]) -> bool:
-    return _phase(pod) in ("Succeeded", "Failed")
-
-
-def pod_disruption_signal(pod: Mapping[str, Any]) -> str | None:
-    """The signal a DisruptionTarget condition names, if the pod has one."""
-    cond = _cond(pod, "DisruptionTarget")
-    if not cond or cond.get("status") != "True":
-        return None
-    reason = str(cond.get("reason") or "")
-    if reason == "TerminationByKubelet" and (pod.get("status") or {}).get("reason") == "Evicted":
-        return NODE_PRESSURE  # kubelet node-pressure eviction, not a shutdown
-    return _DISRUPTION_REASONS.get(reason, DISRUPTION)
-
-
-def _exit_143(pod: Mapping[str, Any]) -> bool:
-    for cs in _containers(pod):
-        term = (cs.get("state") or {}).get("terminated") or {}
-        if term.get("exitCode") == EXIT_SIGTERM:
-            return True
-    return False
-
-
-# --- evidence --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Evidence:
-    signal: str
-    node: NodeInfo | None
-    message: str
-
-
-def _evidence(
-    pods: Sequence[Mapping[str, Any]],
-    deleted_pods: Sequence[Mapping[str, Any]],
-    nodes: Mapping[str, NodeInfo],
-    known_pod_uids: Iterable[str],
-    restart_on_rebalance: bool,
-    now: dt.datetime,
-    lost_grace_seconds: float,
-) -> list[_Evidence]:
-    found: list[_Evidence] = []
-
-    def node_of(pod: Mapping[str, Any]) -> NodeInfo | None:
-        name = (pod.get("spec") or {}).get("nodeName")
-        if not name:
-            return None
-        return nodes.get(name) or NodeInfo(name=name, exists=False)
-
-    for pod, deleted in [(p, False) for p in pods] + [(p, True) for p in deleted_pods]:
-        node = node_of(pod)
-        if node is not None:
-            sig = node_signal(node, restart_on_rebalance, now, lost_grace_seconds)
-            if sig:
-                found.append(_Evidence(sig, node, f"node {node.name}: {_node_text(node, sig)}"))
-        sig = pod_disruption_signal(pod)
-        cond = _cond(pod, "DisruptionTarget") or {}
-        if sig:
-            msg = f"pod {_name(pod)}: DisruptionTarget {cond.get('reason')}"
-            if cond.get("message"):
-                msg += f": {cond.get('message')}"
-            found.append(_Evidence(sig, node, msg))
-        elif is_terminal(pod) and not _exit_143(pod):
-            pass  # it ended on its own (crash, OOM, success) before anyone deleted it
-        elif deleted or (pod.get("metadata") or {}).get("deletionTimestamp"):
-            found.append(_Evidence(POD_DELETED, node, f"pod {_name(pod)} was deleted"))
-        elif _phase(pod) == "Failed" and _exit_143(pod):
-            found.append(_Evidence(SIGTERM, node, f"pod {_name(pod)} exited 143 (SIGTERM)"))
-    live_uids = {str((p.get("metadata") or {}).get("uid")) for p in pods}
-    gone_uids = {str((p.get("metadata") or {}).get("uid")) for p in deleted_pods}
-    replaced = [u for u in known_pod_uids if u not in live_uids and u not in gone_uids]
-    if replaced:
-        found.append(_Evidence(POD_REPLACED, None, f"{len(replaced)} pod(s) of the gang vanished"))
-    return found
-
-
-def _node_text(node: NodeInfo, sig: str) -> str:
-    if sig == NODE_LOST:
-        return "deleted" if not node.exists else "not reachable (Ready=Unknown)"
-    if sig == NODE_SHUTDOWN:
-        return node.ready_message or "shutting down"
-    taint = next(t for t, s in INTERRUPTION_TAINTS.items() if s == sig)
-    return f"tainted {taint}"
-
-
 def _failure(pod: Mapping[str, Any]) -> tuple[str, str, dt.datetime | None] | None:
-    """(reason, message, finishedAt) of a failed pod."""
-    if _phase(pod) != "Failed":
+    """(reason, message, finishedAt) of a pod one of whose containers exited with an
+    application error; None for any other pod: no application error, no failure."""
+    if phase(pod) != "Failed" or not app_error(pod):
         return None
-    for cs in _containers(pod):
+    for cs in containers(pod):
         term = (cs.get("state") or {}).get("terminated") or {}
         code = term.get("exitCode")
-        if code is None or code == 0:
+        if code is None or code in (0, EXIT_SIGTERM):
             continue
         reason = str(term.get("reason") or "Error")
         reason = reason if reason in KNOWN_FAILURE_REASONS else "Error"
-        msg = f"pod {_name(pod)} container {cs.get('name')} exited {code} ({term.get('reason')})"
+        msg = f"pod {name(pod)} container {cs.get('name')} exited {code} ({term.get('reason')})"
         if term.get("message"):
             msg += f": {str(term['message'])[:300]}"
         return reason, msg, parse_time(term.get("finishedAt"))
-    st = pod.get("status") or {}
-    reason = str(st.get("reason") or "Error")
-    reason = reason if reason in KNOWN_FAILURE_REASONS else "Error"
-    return reason, f"pod {_name(pod)} failed: {st.get('message') or reason}", None
+    return None
 
 
 def _config_error(pod: Mapping[str, Any]) -> str | None:
-    for cs in _containers(pod):
+    for cs in containers(pod):
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in CONFIG_WAITING_REASONS:
             msg = str(waiting.get("message") or "")
-            return f"pod {_name(pod)} container {cs.get('name')}: {waiting['reason']}: {msg}"
-    sched = _cond(pod, "PodScheduled")
+            return f"pod {name(pod)} container {cs.get('name')}: {waiting['reason']}: {msg}"
+    sched = cond(pod, "PodScheduled")
     text = str((sched or {}).get("message") or "")
     if (
         sched
@@ -242,12 +125,12 @@ def _config_error(pod: Mapping[str, Any]) -> str | None:
         and "persistentvolumeclaim" in text.lower()
         and ("not found" in text.lower())
     ):
-        return f"pod {_name(pod)}: {text}"
+        return f"pod {name(pod)}: {text}"
     return None
 
 
 def _unschedulable(pod: Mapping[str, Any]) -> str | None:
-    sched = _cond(pod, "PodScheduled")
+    sched = cond(pod, "PodScheduled")
     if sched and sched.get("status") == "False" and sched.get("reason") == "Unschedulable":
         return str(sched.get("message") or "Unschedulable")
     return None
@@ -260,14 +143,16 @@ def _job_condition(job: Mapping[str, Any] | None, ctype: str) -> Mapping[str, An
     return None
 
 
-def _preemption(evidence: Sequence[_Evidence]) -> Verdict:
-    """The preemption the strongest evidence shows (its node, else one of the same signal)."""
+def _preemption(evidence: Sequence[Evidence]) -> Verdict:
+    """The interruption the strongest evidence shows (its node, else one of the same signal);
+    PREEMPTED unless the signal spends no budget (INTERRUPTED)."""
     best = min(evidence, key=lambda e: SIGNAL_PRIORITY.index(e.signal))
     node = best.node
     if node is None:  # borrow a node from evidence of the same signal
         node = next((e.node for e in evidence if e.node and e.signal == best.signal), None)
+    no_budget = best.signal in NO_BUDGET_SIGNALS
     return Verdict(
-        VerdictKind.PREEMPTED,
+        VerdictKind.INTERRUPTED if no_budget else VerdictKind.PREEMPTED,
         reason=best.signal,
         message=best.message,
         node=node.name if node else "",
@@ -283,7 +168,12 @@ def _failed(
     now: dt.datetime,
     settle_seconds: float,
 ) -> Verdict | None:
-    """The earliest application failure (settling while a dead node may yet explain it)."""
+    """The earliest application failure (settling while a dead node may yet explain it).
+
+    Only a container that exited with an application error is one. A PyTorchJob the
+    training operator marked Failed with no such container left to show (its pods went
+    with their node while the operator was not watching) is a loss of the gang, charged
+    to the preemption budget, never to the failure budget."""
     failures = [f for f in (_failure(p) for p in pods) if f]
     if failures:
         epoch = dt.datetime.min.replace(tzinfo=dt.UTC)
@@ -295,7 +185,10 @@ def _failed(
     failed_job = _job_condition(job, "Failed")
     if failed_job:
         return Verdict(
-            VerdictKind.FAILED, reason="JobFailed", message=str(failed_job.get("message"))
+            VerdictKind.PREEMPTED,
+            reason=POD_REPLACED,
+            message=f"the PyTorchJob failed ({failed_job.get('message')}) but no container "
+            "of the attempt exited with an application error: its pods are gone",
         )
     return None
 
@@ -316,7 +209,7 @@ def _progress(
     ]
     wake = min((u for u in pending if u is not None), default=None)
     live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
-    if len(live) >= expected and all(_phase(p) == "Running" for p in live):
+    if len(live) >= expected and all(phase(p) == "Running" for p in live):
         return Verdict(VerdictKind.RUNNING, until=wake)
     return Verdict(VerdictKind.STARTING, message=f"{len(live)}/{expected} pods created", until=wake)
 
@@ -343,9 +236,9 @@ def classify(
     capacity, progress.
     """
     masters = [p for p in [*pods, *deleted_pods] if is_master(p)]
-    if any(_phase(p) == "Succeeded" for p in masters) or _job_condition(job, "Succeeded"):
+    if any(phase(p) == "Succeeded" for p in masters) or _job_condition(job, "Succeeded"):
         return Verdict(VerdictKind.SUCCEEDED, message="the master finished (exit 0)")
-    evidence = _evidence(
+    evidence = gather(
         pods,
         deleted_pods,
         nodes,
@@ -372,6 +265,7 @@ def classify(
 
 __all__ = [
     "ASG_TERMINATION",
+    "EXIT_SIGTERM",
     "INTERRUPTION_TAINTS",
     "KARPENTER_DISRUPTION",
     "NODE_LOST",

@@ -24,6 +24,22 @@ PYTORCHJOB_GROUP: Final = "kubeflow.org"
 PYTORCHJOB_VERSION: Final = "v1"
 PYTORCHJOB_PLURAL: Final = "pytorchjobs"
 PYTORCHJOB_KIND: Final = "PyTorchJob"
+# Voluntary disruptions wait for a pod with these (spec.protectFromVoluntaryDisruption):
+# Karpenter's consolidation and drift (kubernetes-sigs/karpenter pkg/apis/v1/labels.go,
+# DoNotDisruptAnnotationKey) and Cluster Autoscaler's scale-down (kubernetes/autoscaler
+# cluster-autoscaler/utils/drain/drain.go, PodSafeToEvictKey). Neither stops a spot
+# interruption: the instance goes anyway, and spotrun stops the gang on its notice.
+PROTECTING_ANNOTATIONS: Final = {
+    "karpenter.sh/do-not-disrupt": "true",
+    "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+}
+# Kueue (sigs.k8s.io/kueue pkg/controller/constants/constants.go QueueLabel, JobUIDLabel):
+# the LocalQueue a job asks for, and the label Kueue puts on the Workload of a job.
+LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
+LABEL_KUEUE_JOB_UID: Final = "kueue.x-k8s.io/job-uid"
+KUEUE_GROUP: Final = "kueue.x-k8s.io"
+KUEUE_VERSION: Final = "v1beta1"
+WORKLOAD_PLURAL: Final = "workloads"
 # The Kubeflow training operator finds the trainer container by this name.
 CONTAINER_NAME: Final = "pytorch"
 CHECKPOINT_VOLUME: Final = "spotrun-checkpoints"

@@ -10,7 +10,7 @@ Prices come either from a table ``Mapping[str, Price]`` (``DEFAULT_PRICES``, or
 :class:`Prices` methods (``pricing.PriceSnapshot`` itself).
 
 A running attempt is re-priced at each reconcile; once it ends the operator freezes its
-figures into ``status.attempts[]`` (``Cost.to_attempt_fields``) so later price changes never
+figures into ``status.attempts[]`` (``Cost.frozen_fields``) so later price changes never
 rewrite history. Run total = archived + frozen attempts + the running one.
 """
 
@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from types import MappingProxyType
-from typing import Any, Final, Literal, Protocol
+from typing import Final, Literal, Protocol
+
+from spotrun_api.status import Archived, Attempt, CostStatus
 
 CapacityType = Literal["spot", "on-demand"]
 SECONDS_PER_HOUR: Final = 3600.0
@@ -96,9 +98,9 @@ def round_half_up(value: float, places: int = 2) -> float:
     return float(Decimal(repr(value)).quantize(quantum, rounding=ROUND_HALF_UP))
 
 
-def _num(entry: Mapping[str, Any], key: str) -> float:
-    value = entry.get(key, 0.0)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+def _finite(value: float | None) -> float:
+    """A stored figure, or 0 when absent or not finite."""
+    if value is None or isinstance(value, bool) or not math.isfinite(value):
         return 0.0
     return float(value)
 
@@ -135,37 +137,38 @@ class Cost:
         )
 
     @classmethod
-    def from_fields(cls, entry: Mapping[str, Any]) -> Cost:
-        """Read a ``status.attempts[]`` entry or ``status.archived`` (bad fields count 0)."""
+    def of(cls, frozen: Attempt | Archived | None) -> Cost:
+        """The spend frozen into a ``status.attempts[]`` entry or ``status.archived``
+        (absent or non-finite figures count 0)."""
+        if frozen is None:
+            return cls()
         return cls(
-            _num(entry, "spotUSD"),
-            _num(entry, "onDemandUSD"),
-            _num(entry, "onDemandEquivalentUSD"),
-            _num(entry, "gpuHours"),
+            _finite(frozen.spot_usd),
+            _finite(frozen.on_demand_usd),
+            _finite(frozen.on_demand_equivalent_usd),
+            _finite(frozen.gpu_hours),
         )
 
-    def to_attempt_fields(self) -> dict[str, float]:
-        """Fields frozen into ``status.attempts[]`` / ``status.archived``.
-
-        Kept to 1e-6 so sums over many attempts do not drift by cents.
-        """
+    def frozen_fields(self) -> dict[str, float]:
+        """The fields (model attribute names) that freeze this spend into an Attempt or
+        Archived. Kept to 1e-6 so sums over many attempts do not drift by cents."""
         return {
-            "spotUSD": round(self.spot_usd, 6),
-            "onDemandUSD": round(self.on_demand_usd, 6),
-            "onDemandEquivalentUSD": round(self.on_demand_equivalent_usd, 6),
-            "gpuHours": round(self.gpu_hours, 6),
+            "spot_usd": round(self.spot_usd, 6),
+            "on_demand_usd": round(self.on_demand_usd, 6),
+            "on_demand_equivalent_usd": round(self.on_demand_equivalent_usd, 6),
+            "gpu_hours": round(self.gpu_hours, 6),
         }
 
-    def to_status(self) -> dict[str, float]:
+    def status(self) -> CostStatus:
         """``status.cost`` as the CRD defines it: USD to the cent, percent to 0.1."""
-        return {
-            "spotUSD": round_half_up(self.spot_usd),
-            "onDemandUSD": round_half_up(self.on_demand_usd),
-            "totalUSD": round_half_up(self.total_usd),
-            "onDemandEquivalentUSD": round_half_up(self.on_demand_equivalent_usd),
-            "savingsPercent": self.savings_percent,
-            "gpuHours": round_half_up(self.gpu_hours),
-        }
+        return CostStatus(
+            spot_usd=round_half_up(self.spot_usd),
+            on_demand_usd=round_half_up(self.on_demand_usd),
+            total_usd=round_half_up(self.total_usd),
+            on_demand_equivalent_usd=round_half_up(self.on_demand_equivalent_usd),
+            savings_percent=self.savings_percent,
+            gpu_hours=round_half_up(self.gpu_hours),
+        )
 
 
 def attempt_cost(

@@ -34,8 +34,8 @@ def derive_phase(
             return Phase.SUSPENDED
         if suspended and live.stopped_at:
             return Phase.SUSPENDED
-        if live.outcome is Outcome.SUSPENDED and not suspended:
-            return Phase.PENDING
+        if live.outcome in (Outcome.SUSPENDED, Outcome.QUEUE_PREEMPTED) and not suspended:
+            return Phase.PENDING  # waiting to resume: for spec.suspend, or for Kueue
         return Phase.RECOVERING
     if live.started_at:
         return Phase.RUNNING
@@ -74,7 +74,7 @@ def status_patch(old: TrainingRunStatus, new: TrainingRunStatus) -> Json | None:
 def _cost_status(d: Draft, cost: Cost, phase: Phase) -> None:
     """status.cost changes when the other fields change, or cost_update_seconds after
     it was last written (the spend moves every second: no write per reconcile)."""
-    new = CostStatus.model_validate(cost.to_status())
+    new = cost.status()
     old = d.obs.status.cost
     old_at = parse_time(old.updated_at if old else None)
     old_figures = old.model_copy(update={"updated_at": None}) if old else CostStatus()

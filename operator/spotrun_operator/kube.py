@@ -23,15 +23,18 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
 from spotrun_operator import __version__
 from spotrun_operator.apiserver import (
     API_VERSIONS,
+    FAILED_CREATE_POD,
     MERGE_PATCH,
     METADATA_ONLY,
     Refused,
     event_body,
     message_of,
+    pod_create_refusal,
     rbac_denied,
     refused,
     replica_pods,
@@ -39,6 +42,7 @@ from spotrun_operator.apiserver import (
 from spotrun_operator.builders import RunRef
 from spotrun_operator.common import (
     KIND,
+    LABEL_KUEUE_JOB_UID,
     LABEL_RUN,
     PYTORCHJOB_KIND,
     fmt_time,
@@ -87,6 +91,9 @@ class Kube:
         # --pod-dry-run (needs create on pods, which the chart grants only with
         # rbac.podDryRun); False again once the apiserver said 403 (no grant).
         self._dry_run_pods = dry_run_pods
+        # list on events (the chart grants it); False once the apiserver said 403 (no
+        # grant): a pod refused then leaves its run Pending, but every other run goes on.
+        self._read_pod_refusals = True
 
     @property
     def dyn(self) -> DynamicClient:
@@ -182,6 +189,51 @@ class Kube:
 
     def get_node(self, name: str) -> Obj | None:
         return self._get("Node", name)
+
+    def pod_refusal(self, namespace: str, job: Mapping[str, Any]) -> Rejected | None:
+        """Why the training operator could not create a pod of ``job``, when the apiserver
+        judged the pod itself (its FailedCreatePod events on this very job). None, with a
+        warning once, when RBAC grants no list on events: an older Role must not stop the
+        reconcile of every run whose gang has not started."""
+        if not self._read_pod_refusals:
+            return None
+        meta = job.get("metadata") or {}
+        selector = (
+            f"involvedObject.kind={PYTORCHJOB_KIND},involvedObject.name={meta.get('name')},"
+            f"involvedObject.uid={meta.get('uid')},reason={FAILED_CREATE_POD}"
+        )
+        try:
+            resp = self.dyn.get(
+                self._res("Event"),
+                namespace=namespace,
+                field_selector=selector,
+                _request_timeout=self.timeout,
+                serialize=False,
+            )
+        except ApiException as exc:
+            if not rbac_denied(exc):
+                raise
+            self._read_pod_refusals = False
+            log.warning("no grant to list events: pods the apiserver refuses go unreported")
+            return None
+        return pod_create_refusal(list(self._json(resp)["items"]))
+
+    def get_workload(self, namespace: str, job_uid: str) -> Obj | None:
+        """Kueue's Workload of a PyTorchJob (labelled with the job's UID), or None: not made
+        yet, or Kueue is not installed (no such resource)."""
+        try:
+            res = self._res("Workload")
+        except ResourceNotFoundError:
+            return None
+        resp = self.dyn.get(
+            res,
+            namespace=namespace,
+            label_selector=f"{LABEL_KUEUE_JOB_UID}={job_uid}",
+            _request_timeout=self.timeout,
+            serialize=False,
+        )
+        items = list(self._json(resp)["items"])
+        return dict(items[0]) if items else None
 
     def missing(self, namespace: str, refs: Sequence[tuple[str, str]]) -> list[str]:
         """``"Kind name"`` of each referenced object that does not exist."""

@@ -17,9 +17,10 @@ from prometheus_client import CollectorRegistry
 from spotrun_operator import __version__, config, handlers, kube, metrics
 from spotrun_operator.aws_prices import PricingConfig
 from spotrun_operator.cost import Price, Prices, price_table
+from spotrun_operator.observe import PriceSource
 from spotrun_operator.pricing import PriceBook
 from spotrun_operator.pricing_background import BackgroundPriceBook
-from spotrun_operator.runner import Memory, PriceSource, Runner
+from spotrun_operator.runner import Memory, Runner
 
 log = logging.getLogger("spotrun_operator")
 

@@ -36,6 +36,7 @@ from spotrun_operator.classify import KNOWN_FAILURE_REASONS
 from spotrun_operator.common import parse_time
 from spotrun_operator.plan import MetricEvent, RunGauges
 from spotrun_operator.pools import Pool, PoolStats, PoolTally
+from spotrun_operator.queueing import KUEUE_EVICTION_REASONS
 from spotrun_operator.signals import SIGNAL_PRIORITY
 
 PHASES = ("Pending", "Running", "Recovering", "Suspended", "Succeeded", "Failed")
@@ -241,6 +242,12 @@ class Metrics:
             ["signal"],
             registry=registry,
         )
+        self.queue_preemptions = Counter(
+            "spotrun_queue_preemptions_total",
+            "Attempts Kueue preempted or evicted (spec.queueName), by Kueue's eviction reason.",
+            ["reason"],
+            registry=registry,
+        )
         self.reconcile_duration = Histogram(
             "spotrun_reconcile_duration_seconds",
             "Duration of one reconcile of a TrainingRun (observe, decide, act).",
@@ -275,6 +282,11 @@ class Metrics:
                 self.recovery.labels(signal=_signal(labels.get("signal"))).observe(ev.value)
             elif ev.name == "lost_work":
                 self.lost_work.labels(signal=_signal(labels.get("signal"))).inc(max(0.0, ev.value))
+            elif ev.name == "queue_preemption":
+                reason = labels.get("reason") or "Other"
+                self.queue_preemptions.labels(
+                    reason=reason if reason in KUEUE_EVICTION_REASONS else "Other"
+                ).inc(ev.value)
             elif ev.name == "placement":
                 self._placed(labels.get("instance_type"), labels.get("zone"))
 

@@ -9,19 +9,26 @@ the client class, so the I/O module can change without touching it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from spotrun_api.spec import InvalidSpec, TrainingRunSpec, parse_spec
-from spotrun_api.status import parse_status
+from spotrun_api.status import TrainingRunStatus, parse_status
 from spotrun_operator import builders
 from spotrun_operator.builders import RunRef
 from spotrun_operator.common import utcnow
-from spotrun_operator.plan import Observed
+from spotrun_operator.cost import Price, Prices
+from spotrun_operator.plan import Observed, Rejected
 from spotrun_operator.signals import NodeInfo, node_info
 from spotrun_operator.verdicts import BUILD_ERRORS
 
 Obj = dict[str, Any]
+
+
+# Prices for some instance types, and the PricingAvailable condition (None: not priced by AWS).
+PriceSource = Callable[
+    [Sequence[str]], tuple[Mapping[str, Price] | Prices, Mapping[str, str] | None]
+]
 
 
 class KubeReads(Protocol):
@@ -32,6 +39,10 @@ class KubeReads(Protocol):
     def list_pods(self, namespace: str, run: str) -> list[Obj]: ...
 
     def get_node(self, name: str) -> Obj | None: ...
+
+    def get_workload(self, namespace: str, job_uid: str) -> Obj | None: ...
+
+    def pod_refusal(self, namespace: str, job: Mapping[str, Any]) -> Rejected | None: ...
 
     def missing(self, namespace: str, refs: Sequence[tuple[str, str]]) -> list[str]: ...
 
@@ -53,6 +64,7 @@ def observe(
     remembered_nodes: Mapping[str, NodeInfo],
     seen_pods: Sequence[Mapping[str, Any]],
     interrupted_nodes: Sequence[str],
+    price_source: PriceSource | None = None,
     **extra: Any,
 ) -> Observed:
     """Everything :func:`reconcile.decide` needs about ``run``, read fresh from the API
@@ -78,11 +90,18 @@ def observe(
             gone = NodeInfo(name=name, exists=False, ready="Unknown")
             nodes[name] = dataclasses.replace(last, exists=False) if last else gone
     spec, spec_error = parse_run_spec(run.get("spec"))
+    status = parse_status(run.get("status"))
+    rejected = extra.pop("rejected", None) or _pod_refusal(kube, ref, status, jobs)
+    if price_source is not None:  # the prices of the types the typed spec allows
+        types = list(spec.capacity.instance_types) if spec is not None else []
+        extra["prices"], extra["pricing_condition"] = price_source(types)
     return Observed(
+        workloads=_workloads(kube, ref, spec, jobs),
+        rejected=rejected,
         ref=ref,
         spec=spec,
         spec_error=spec_error,
-        status=parse_status(run.get("status")),
+        status=status,
         now=utcnow(),
         jobs=jobs,
         pods=pods,
@@ -93,6 +112,32 @@ def observe(
         deleting=bool((run.get("metadata") or {}).get("deletionTimestamp")),
         **extra,
     )
+
+
+def _pod_refusal(
+    kube: KubeReads, ref: RunRef, status: TrainingRunStatus, jobs: Mapping[int, Obj]
+) -> Rejected | None:
+    """The apiserver refused a pod of the live attempt (reported by the training operator):
+    looked for only while that attempt's gang has not run, the only time pods are made."""
+    if not jobs:
+        return None
+    live = max(jobs)
+    entry = next((e for e in status.attempts or () if e.attempt == live), None)
+    if entry is not None and (entry.started_at or entry.outcome):
+        return None
+    return kube.pod_refusal(ref.namespace, jobs[live])
+
+
+def _workloads(
+    kube: KubeReads, ref: RunRef, spec: TrainingRunSpec | None, jobs: Mapping[int, Obj]
+) -> dict[int, Obj]:
+    """Kueue's Workload of the live attempt's PyTorchJob, for a run with spec.queueName."""
+    if spec is None or not spec.queue_name or not jobs:
+        return {}
+    live = max(jobs)
+    uid = str((jobs[live].get("metadata") or {}).get("uid") or "")
+    workload = kube.get_workload(ref.namespace, uid) if uid else None
+    return {live: workload} if workload is not None else {}
 
 
 def parse_run_spec(raw: Any) -> tuple[TrainingRunSpec | None, str]:

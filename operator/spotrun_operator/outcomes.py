@@ -68,6 +68,31 @@ def preempted(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt, v: Verdic
     stop_gang(d, n)
 
 
+def interrupted(d: Draft, n: int, entry: Attempt, v: Verdict) -> None:
+    """Stopped from outside with no evidence of the infrastructure (signals.NO_BUDGET_SIGNALS):
+    neither budget is spent; the gang stops, the next attempt resumes from the checkpoint the
+    ranks saved on SIGTERM. The backoff still grows with each one (Outcome.is_loss)."""
+    lost = round(reducers.lost_work_seconds(entry, d.progress, fmt_time(d.now)), 1)
+    record(
+        d,
+        n,
+        Outcome.INTERRUPTED,
+        v.reason,
+        v.message,
+        node=v.node or None,
+        zone=v.zone or None,
+        lost_work_seconds=lost,
+    )
+    d.event(
+        "Warning",
+        "Interrupted",
+        f"attempt {n}: {v.reason} on {where_of(v)}: {v.message}; not the infrastructure, not "
+        "the application: no budget spent; stopping every rank gracefully",
+    )
+    schedule_next(d, n, f"interrupted ({v.reason})")
+    stop_gang(d, n)
+
+
 def failed(d: Draft, spec: TrainingRunSpec, n: int, v: Verdict) -> None:
     record(d, n, Outcome.FAILED, v.reason, v.message)
     count = (d.status.failures or 0) + 1

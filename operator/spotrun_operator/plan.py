@@ -49,6 +49,8 @@ class Observed:
     spec_error: str = ""
     rejected: Rejected | None = None
     jobs: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # attempt -> PyTorchJob
+    # attempt -> Kueue's Workload of its PyTorchJob (spec.queueName only; the live attempt)
+    workloads: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
     pods: Sequence[Mapping[str, Any]] = ()  # live pods of the run, every attempt
     deleted_pods: Sequence[Mapping[str, Any]] = ()  # last state of pods seen deleted
     nodes: Mapping[str, NodeInfo] = field(default_factory=dict)

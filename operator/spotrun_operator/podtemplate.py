@@ -105,11 +105,15 @@ def merge_pod_template(
     tolerations: Sequence[Mapping[str, Any]],
     node_terms: Sequence[Mapping[str, Any]],
     pod_fields: Mapping[str, Any],
+    annotations: Mapping[str, str] | None = None,
 ) -> Obj:
-    """A full PodTemplateSpec: ``user`` (spec.podTemplate) with spotrun's parts merged in."""
+    """A full PodTemplateSpec: ``user`` (spec.podTemplate) with spotrun's parts merged in
+    (``annotations`` are defaults: the user's own values win)."""
     tpl: Obj = copy.deepcopy(dict(user or {}))
     meta = tpl.setdefault("metadata", {})
     meta["labels"] = {**dict(meta.get("labels") or {}), **labels}
+    if annotations:
+        meta["annotations"] = {**dict(annotations), **dict(meta.get("annotations") or {})}
     spec = tpl.setdefault("spec", {})
     name = container["name"]
     containers = list(spec.get("containers") or [])

@@ -188,13 +188,14 @@ class PriceBook:
         """Prices of these types, fetching from AWS the ones whose cache entry is due."""
         types = tuple(dict.fromkeys(instance_types))
         with self._lock:
-            now = self._now()
+            now = self.now()
             due = [t for t in types if self._due(t, now)]
             if due:
                 self._fetch(due, now)
             return self._build(types, now)
 
-    def _now(self) -> datetime:
+    def now(self) -> datetime:
+        """The book's clock, in UTC (what its snapshots are stamped with)."""
         now = self._clock()
         if now.tzinfo is None:
             raise ValueError("PriceBook clock must return an aware datetime")

@@ -74,7 +74,7 @@ class BackgroundPriceBook:
             f"{self.wait_seconds:g}s yet (still asking)",
         )
         return PriceSnapshot(
-            taken_at=self.book._now(),
+            taken_at=self.book.now(),
             region=region,
             instance_types=key,
             spot=MappingProxyType({}),

@@ -15,7 +15,7 @@ from typing import Any
 from spotrun_api.enums import ConditionType, Outcome, RunReason
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import Attempt
-from spotrun_operator import outcomes
+from spotrun_operator import outcomes, queueing
 from spotrun_operator.children import create_job, stop_gang, stop_pods
 from spotrun_operator.classify import REBALANCE, VerdictKind, classify
 from spotrun_operator.common import attempt_of, fmt_time, job_name, parse_time, pod_node, pod_uid
@@ -108,6 +108,8 @@ def _judge(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> None:
             d.update(n, config_error_since=None)
             create_job(d, n)
         return
+    if queueing.held(d, spec, n, entry, job):
+        return
     pods = d.pods_of(n)
     verdict = classify(
         pods=pods,
@@ -129,6 +131,8 @@ def _judge(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> None:
         stop_gang(d, n, terminal=True)
     elif kind is VerdictKind.PREEMPTED:
         outcomes.preempted(d, spec, n, entry, verdict)
+    elif kind is VerdictKind.INTERRUPTED:
+        outcomes.interrupted(d, n, entry, verdict)
     elif kind is VerdictKind.FAILED:
         outcomes.failed(d, spec, n, verdict)
     elif kind is VerdictKind.FAILURE_SETTLING:
@@ -160,6 +164,12 @@ def _progressing(
             "Scheduled",
             f"every pod of attempt {n} is placed",
         )
+    # Record the gang's pods as soon as they exist, not once they run: pods that vanish
+    # while the operator is down (an image pull takes minutes) are then still a loss of the
+    # gang, never an application failure.
+    uids = {*(entry.pod_uids or ()), *(pod_uid(p) for p in pods)}
+    if uids != set(entry.pod_uids or ()):
+        d.update(n, pod_uids=sorted(uids))
     if not running or entry.started_at:
         return
     nodes = sorted({str(pod_node(p)) for p in pods})
@@ -167,7 +177,6 @@ def _progressing(
     d.update(
         n,
         started_at=fmt_time(d.now),
-        pod_uids=sorted(pod_uid(p) for p in pods),
         instance_type=next((x.instance_type for x in known if x.instance_type), None),
         zones=[x.zone for x in known if x.zone] or None,
     )
@@ -201,7 +210,8 @@ def _notice_rebalance(d: Draft, n: int, pods: Sequence[Mapping[str, Any]]) -> No
             d.event(
                 "Warning",
                 "RebalanceRecommendation",
-                f"attempt {n}: node {node.name} got a {REBALANCE}; not restarting (only a "
+                f"attempt {n}: node {node.name} got a {REBALANCE}; not restarting on the "
+                "recommendation alone (a drain of the node, as NTH's queue mode does, or a "
                 "spot interruption notice does); the next attempt will avoid the node",
                 key=f"{REBALANCE}/{n}/{node.name}",
             )

@@ -38,20 +38,12 @@ def upsert_attempt(history: Sequence[Attempt], entry: Attempt) -> History:
 
 def cost_of(fields: Attempt | Archived | None) -> Cost:
     """The frozen spend of an attempt or of the archived ones (absent fields count 0)."""
-    if fields is None:
-        return Cost()
-    return Cost.from_fields(fields.model_dump(by_alias=True, exclude_none=True))
+    return Cost.of(fields)
 
 
 def cost_fields(cost: Cost) -> dict[str, float]:
     """Attribute names and values that freeze ``cost`` into an Attempt or Archived."""
-    f = cost.to_attempt_fields()
-    return {
-        "spot_usd": f["spotUSD"],
-        "on_demand_usd": f["onDemandUSD"],
-        "on_demand_equivalent_usd": f["onDemandEquivalentUSD"],
-        "gpu_hours": f["gpuHours"],
-    }
+    return cost.frozen_fields()
 
 
 def trim_history(

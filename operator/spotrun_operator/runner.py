@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -24,7 +24,7 @@ from spotrun_operator.config import OperatorConfig
 from spotrun_operator.cost import Price, Prices
 from spotrun_operator.kube import Kube
 from spotrun_operator.metrics import Metrics
-from spotrun_operator.observe import observe, run_ref
+from spotrun_operator.observe import PriceSource, observe, run_ref
 from spotrun_operator.plan import Observed, Rejected
 from spotrun_operator.pools import Pool, PoolStats, PoolTally, pool_tally
 from spotrun_operator.reconcile import decide
@@ -33,10 +33,6 @@ from spotrun_operator.verdicts import build_problem
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
-# Prices for some instance types, and the PricingAvailable condition (None: not priced by AWS).
-PriceSource = Callable[
-    [Sequence[str]], tuple[Mapping[str, Price] | Prices, Mapping[str, str] | None]
-]
 
 
 @dataclass(frozen=True)
@@ -323,8 +319,6 @@ class Runner:
 
     def _observe(self, run: Mapping[str, Any], rejected: Rejected | None) -> Observed:
         ns, name = run["metadata"]["namespace"], run["metadata"]["name"]
-        types = ((run.get("spec") or {}).get("capacity") or {}).get("instanceTypes") or []
-        prices, pricing_condition = self.prices(list(types))
         return observe(
             self.kube,
             run,
@@ -332,7 +326,6 @@ class Runner:
             seen_pods=self.memory.seen_pods(ns, name),
             interrupted_nodes=self.memory.interrupted_nodes(),
             rand=random.random(),
-            prices=prices,
-            pricing_condition=pricing_condition,
+            price_source=self.prices,
             rejected=rejected,
         )

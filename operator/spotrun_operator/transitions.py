@@ -75,7 +75,7 @@ def finish_attempt(d: Draft, n: int) -> None:
     """Every pod of attempt ``n`` is gone: fix its lost work and cost for good."""
     entry = d.entry(n) or d.update(n)
     fields: dict[str, Any] = {"stopped_at": fmt_time(d.now)}
-    if entry.outcome is Outcome.PREEMPTED:
+    if entry.outcome in (Outcome.PREEMPTED, Outcome.QUEUE_PREEMPTED, Outcome.INTERRUPTED):
         lost = reducers.final_lost_work(entry, d.progress)
         fields["lost_work_seconds"] = round(lost, 1)
         last = d.status.last_preemption

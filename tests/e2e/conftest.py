@@ -22,7 +22,7 @@ from kubernetes.client.rest import ApiException
 
 from controller_process import CRD, Operator
 from kube_helpers import poll
-from spotrun_dev import storage
+from spotrun_dev import kueue, storage
 from spotrun_dev.cluster import ClusterError, LocalCluster, ensure_cluster, ensure_fleet
 from spotrun_operator.kube import Kube
 
@@ -162,3 +162,20 @@ def checkpoint_pvc(core: client.CoreV1Api, namespace: str) -> Iterator[str]:
     pv = storage.ensure_checkpoint_claim(core, namespace, "ckpt")
     yield "ckpt"
     storage.delete_volume(core, pv)
+
+
+@pytest.fixture
+def kueue_queue(
+    api_client: client.ApiClient, custom: client.CustomObjectsApi, namespace: str
+) -> Iterator[str]:
+    """A ClusterQueue of 16 GPUs (two whole p4d nodes) for this test, and LocalQueue
+    ``team`` over it in the test's namespace; returns the LocalQueue's name."""
+    name = f"cq-{namespace}"[:63]
+    kueue.apply(api_client, kueue.cluster_queue(name, gpus=16))
+    kueue.apply(api_client, kueue.local_queue(namespace, "team", name))
+    yield "team"
+    try:
+        custom.delete_cluster_custom_object("kueue.x-k8s.io", "v1beta1", "clusterqueues", name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise

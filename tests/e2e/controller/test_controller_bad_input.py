@@ -198,3 +198,43 @@ def test_a_full_quota_is_not_a_verdict_on_the_spec(
     )
     core.delete_namespaced_resource_quota("no-pods", namespace)
     running_gang(core, namespace, "roomless", 1)
+
+
+# Values only pod validation catches, in the top-level spec.resources (valid quantities the
+# CRD accepts) as well as passed through in the podTemplate.
+POD_ONLY: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "spec-requests-over-limits",
+        {"resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}},
+        "resources.requests",
+    ),
+    *[case for case in IMPOSSIBLE if case[0] in ("toleration-operator", "negative-cpu")],
+]
+
+
+def test_without_pod_dry_runs_a_pod_the_apiserver_refuses_still_fails_the_run(
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    fleet: None,
+    checkpoint_pvc: str,
+    operator_factory: Any,
+) -> None:
+    """The default operator may not create pods (least privilege), so the training operator
+    meets the refusal: the operator reads its FailedCreatePod event on the attempt's
+    PyTorchJob and fails the run as InvalidSpec with the apiserver's message."""
+    operator_factory().start()
+    for name, spec, _ in POD_ONLY:
+        create(custom, namespace, training_run(name, **spec))
+    for name, _, field in POD_ONLY:
+        st = wait_status(
+            custom, namespace, name, f"{name}: Failed", lambda s: s.get("phase") == "Failed", 60
+        )
+        failed = condition(st, "Failed")
+        assert failed["reason"] == "InvalidSpec", (name, failed)
+        assert field in failed["message"] and "is invalid" in failed["message"], failed
+        assert f"rejected Pod of PyTorchJob {name}-a1" in failed["message"], failed
+        poll(f"{name}: event InvalidSpec", partial(_has_event, core, namespace, name), 10)
+        poll(f"{name}: its PyTorchJob removed", lambda n=name: jobs(custom, namespace, n) == [], 30)
+    create(custom, namespace, training_run("good"))
+    running_gang(core, namespace, "good", 1)

@@ -22,6 +22,7 @@ import pytest
 import test_controller_failures as failures
 import test_controller_lifecycle as lifecycle
 import test_controller_preemption as preemption
+import test_kueue_admission as admission
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from observe_helpers import (
@@ -49,7 +50,7 @@ UNUSED_BY_DESIGN: dict[Grant, str] = {
     # and hardened clusters) checks it when children carry blockOwnerDeletion owner refs.
     ("spotrun.dev", "trainingruns/finalizers", "update"): "checked by an admission plugin",
 }
-SCENARIOS = {"happy", "nth", "failure", "suspend", "config-error", "delete-cascade"}
+SCENARIOS = {"happy", "nth", "failure", "suspend", "config-error", "delete-cascade", "kueue"}
 _passed: set[str] = set()
 
 
@@ -209,6 +210,23 @@ def test_delete_cascades_to_every_child(
         core, custom, api_client, namespace, fleet, op
     )
     _passed.add("delete-cascade")
+
+
+def test_kueue_admission(
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    fleet: None,
+    checkpoint_pvc: str,
+    kueue_queue: str,
+    chart_operator: ChartIdentity,
+) -> None:
+    """spec.queueName: the operator reads Kueue's Workloads (the grant's one use)."""
+    op = _alive(chart_operator)
+    admission.test_a_run_waits_in_the_queue_until_quota_frees(
+        core, custom, namespace, fleet, checkpoint_pvc, kueue_queue, op
+    )
+    _passed.add("kueue")
 
 
 def test_every_granted_verb_is_used(chart_operator: ChartIdentity, audit: AuditLog) -> None:

@@ -24,6 +24,7 @@ STATUS: dict[str, Any] = {
     "attempt": 2,
     "preemptions": 1,
     "failures": 0,
+    "queuePreemptions": 1,
     "startTime": "2026-05-01T12:00:00Z",
     "lastPreemption": {"attempt": 1, "time": "2026-05-01T13:00:00Z", "signal": "sigterm"},
     "progress": {"step": 480, "checkpointStep": 450, "samplesPerSecond": 12.5, "attempt": 1},

@@ -186,6 +186,13 @@ def test_describe_text() -> None:
     assert ledger.describe(run({"phase": "Pending"})).endswith("No attempts yet.\n")
 
 
+def test_describe_counts_kueue_preemptions_apart() -> None:
+    plain = ledger.describe(run({"phase": "Pending", "preemptions": 1, "failures": 0}))
+    assert "Attempt:      0 (preemptions 1, failures 0)" in plain.splitlines()
+    queued = ledger.describe(run({"phase": "Pending", "attempt": 3, "queuePreemptions": 2}))
+    assert "Attempt:      3 (preemptions 0, failures 0, queue preemptions 2)" in queued.splitlines()
+
+
 def test_printer_display() -> None:
     d = to_json(printer.display(TrainingRunStatus.model_validate(STATUS)))
     assert d == {

@@ -6,13 +6,16 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from spotrun_api.base import to_json
 from spotrun_api.status import parse_status
 from spotrun_operator.builders import RunRef
 from spotrun_operator.classify import NodeInfo
 from spotrun_operator.common import LABEL_ATTEMPT, LABEL_REPLICA_TYPE, LABEL_RUN, fmt_time
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.observe import parse_run_spec
-from spotrun_operator.plan import Observed
+from spotrun_operator.plan import Decision, Observed
+from spotrun_operator.reconcile import decide
+from spotrun_operator.reducers import get_condition
 
 T0 = dt.datetime(2026, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
 REF = RunRef(name="llm", namespace="ml", uid="uid-run-1", generation=1)
@@ -178,3 +181,32 @@ def observed(
         nodes={n.name: n for n in (nodes or [node("n1"), node("n2", zone="us-east-1b")])},
         **kw,
     )
+
+
+# --- decisions applied the way the apiserver does ------------------------------------
+
+
+def merge(status: dict[str, Any], d: Decision) -> dict[str, Any]:
+    """Apply a decision's merge patch the way the apiserver does (top level is enough:
+    the operator always writes whole values of the keys it changes)."""
+    out = dict(status)
+    for k, v in (d.status or {}).items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
+
+
+def cond(status: dict[str, Any], ctype: str) -> dict[str, Any]:
+    c = get_condition(parse_status(status).conditions, ctype)
+    assert c is not None, f"no {ctype} condition"
+    return to_json(c)
+
+
+def running_status() -> dict[str, Any]:
+    """Attempt 1 created and seen running on n1, n2."""
+    d = decide(observed(), CFG)
+    st = merge({}, d)
+    d = decide(observed(now=5, status=st, jobs={1: job(1)}, pods=gang(1)), CFG)
+    return merge(st, d)

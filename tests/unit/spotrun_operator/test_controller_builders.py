@@ -225,3 +225,21 @@ def test_names_and_durations() -> None:
         parse_duration("15 minutes")
     with pytest.raises(ValueError):
         parse_spec(spec(checkpoint={"volume": {}}))
+
+
+def test_pods_are_protected_from_voluntary_disruption_unless_turned_off() -> None:
+    """Karpenter consolidation/drift and Cluster Autoscaler scale-down wait for a gang whose
+    pods carry these (kubernetes-sigs/karpenter pkg/apis/v1/labels.go; kubernetes/autoscaler
+    cluster-autoscaler/utils/drain/drain.go); a user's own value wins."""
+    for replica in ("Master", "Worker"):
+        meta = template(job(), replica)["metadata"]
+        assert meta["annotations"] == {
+            "karpenter.sh/do-not-disrupt": "true",
+            "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+        }
+    mine = {"metadata": {"annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "true"}}}
+    meta = template(job(podTemplate=mine))["metadata"]
+    assert meta["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "true"
+    assert meta["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
+    off = template(job(protectFromVoluntaryDisruption=False))["metadata"]
+    assert "annotations" not in off

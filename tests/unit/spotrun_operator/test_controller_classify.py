@@ -37,8 +37,9 @@ def test_partial_gang_is_starting() -> None:
     ("signal", "expected"),
     [
         ("nth", c.SPOT_INTERRUPTION),
-        ("karpenter", c.KARPENTER_DISRUPTION),
         ("asg", c.ASG_TERMINATION),
+        ("scheduled-maintenance", signals.SCHEDULED_MAINTENANCE),
+        ("out-of-service", signals.OUT_OF_SERVICE),
     ],
 )
 def test_interruption_taints_are_preemptions(signal: traces.Signal, expected: str) -> None:
@@ -47,6 +48,22 @@ def test_interruption_taints_are_preemptions(signal: traces.Signal, expected: st
     v = verdict(gang(), [node("n1"), node("n2", taints=(taint,), zone="us-east-1b")])
     assert (v.kind, v.reason, v.node, v.zone) == (Kind.PREEMPTED, expected, "n2", "us-east-1b")
     assert v.instance_type == "p4d.24xlarge"
+
+
+def test_karpenter_taint_counts_only_once_the_node_is_deleted() -> None:
+    """karpenter-drift-aborted.yaml: drift taints first and un-taints when the command fails
+    (kubernetes-sigs/karpenter pkg/controllers/disruption/queue.go), so the taint alone is
+    no preemption; with the node's deletionTimestamp (karpenter.yaml) it is."""
+    tainted = node("n2", taints=(traces.KARPENTER_DISRUPTED,), zone="us-east-1b")
+    assert verdict(gang(), [node("n1"), tainted]).kind is Kind.RUNNING
+    deleting = dataclasses_replace(tainted, exists=False, deleting=True)
+    v = verdict(gang(), [node("n1"), deleting])
+    assert (v.kind, v.reason, v.node, v.zone) == (
+        Kind.PREEMPTED,
+        c.KARPENTER_DISRUPTION,
+        "n2",
+        "us-east-1b",
+    )
 
 
 def test_rebalance_alone_is_not_a_preemption_by_default() -> None:
@@ -134,10 +151,13 @@ def test_oomkilled_is_a_failure_not_a_preemption() -> None:
     assert (v.kind, v.reason) == (Kind.FAILED, "OOMKilled")
 
 
-def test_exit_143_without_disruption_is_a_sigterm_preemption() -> None:
+def test_exit_143_without_any_evidence_is_an_unexplained_sigterm_spending_no_budget() -> None:
+    """Issue 10: a bare exit 143 is no longer a preemption: reason sigterm, kind
+    INTERRUPTED (neither the preemption nor the failure budget)."""
     pods = gang()
     pods[0] = pod("m", node_name="n1", phase="Failed", exit_code=143)
-    assert verdict(pods).reason == c.SIGTERM
+    v = verdict(pods)
+    assert (v.kind, v.reason, v.node) == (Kind.INTERRUPTED, c.SIGTERM, "n1")
 
 
 @pytest.mark.parametrize(
@@ -186,9 +206,12 @@ def test_replaced_pod_is_a_preemption() -> None:
     assert (v.kind, v.reason) == (Kind.PREEMPTED, c.POD_REPLACED)
 
 
-def test_job_failed_without_pods() -> None:
+def test_job_failed_without_pods_is_a_loss_not_an_application_failure() -> None:
+    """Issue 10: the pods went (with their node) while the operator was down; no container
+    exited with an application error, so the failure budget is not charged."""
     v = verdict([], job=job(1, "Failed"))
-    assert (v.kind, v.reason) == (Kind.FAILED, "JobFailed")
+    assert (v.kind, v.reason) == (Kind.PREEMPTED, c.POD_REPLACED)
+    assert "job Failed" in v.message
 
 
 def test_node_info_from_a_node_object() -> None:
@@ -217,8 +240,26 @@ def test_a_node_karpenter_is_deleting_is_a_karpenter_disruption_before_its_taint
     assert (gone.kind, gone.reason) == (Kind.PREEMPTED, c.KARPENTER_DISRUPTION)
 
 
+def test_kubelet_critical_pod_preemption_is_its_own_reason_not_a_shutdown() -> None:
+    """tests/fixtures/signals/critical-preemption.yaml (kubernetes/kubernetes
+    pkg/kubelet/preemption/preemption.go): pod Failed/Preempting, DisruptionTarget
+    TerminationByKubelet, exit 143; the node stays Ready."""
+    pods = gang()
+    pods[0] = pod(
+        "m",
+        node_name="n1",
+        phase="Failed",
+        exit_code=143,
+        disruption=traces.TERMINATION_BY_KUBELET,
+        pod_reason="Preempting",
+    )
+    v = verdict(pods, [node("n1"), node("n2")])
+    assert (v.kind, v.reason, v.node) == (Kind.PREEMPTED, signals.KUBELET_PREEMPTION, "n1")
+
+
 def test_signals_are_a_bounded_set() -> None:
-    assert len(set(c.SIGNAL_PRIORITY)) == len(c.SIGNAL_PRIORITY) == 14
+    assert len(set(c.SIGNAL_PRIORITY)) == len(c.SIGNAL_PRIORITY) == 25
+    assert all(s == s.lower() and " " not in s and "_" not in s for s in c.SIGNAL_PRIORITY)
 
 
 def test_a_crashed_pod_deleted_afterwards_is_still_a_failure() -> None:

@@ -9,6 +9,7 @@ import pytest
 from controller_fakes import CFG, gang, job, observed, spec
 
 from spotrun_api.status import parse_status
+from spotrun_operator.apiserver import pod_create_refusal
 from spotrun_operator.finish import status_patch
 from spotrun_operator.observe import observe
 from spotrun_operator.plan import CreateJob, Decision, DeleteJob, DeletePods, Rejected
@@ -179,6 +180,12 @@ class _Reads:
     def missing(self, namespace: str, refs: Any) -> list[str]:
         return [f"{kind} {name}" for kind, name in refs]
 
+    def get_workload(self, namespace: str, job_uid: str) -> dict[str, Any] | None:
+        return None
+
+    def pod_refusal(self, namespace: str, job: Any) -> Any:
+        return None
+
 
 @pytest.mark.parametrize(
     ("spec_over", "error"),
@@ -201,3 +208,81 @@ def test_observe_checks_the_objects_a_usable_spec_references() -> None:
     run = {"metadata": {"name": "llm", "namespace": "ml", "uid": "u"}, "spec": spec()}
     obs = observe(_Reads(), run, remembered_nodes={}, seen_pods=[], interrupted_nodes=[])
     assert obs.spec is not None and obs.missing_refs == ["PersistentVolumeClaim ckpt"]
+
+
+# The training operator's event when the apiserver refuses a pod it makes (kubeflow/
+# training-operator pkg/controller.v1/control/pod_control.go: "Error creating: %v").
+INVALID_POD = (
+    'Error creating: Pod "llm-a1-master-0" is invalid: spec.containers[0].resources.requests: '
+    'Invalid value: "2": must be less than or equal to cpu limit of 1'
+)
+
+
+def failed_create(message: str, stamp: str = "2026-05-01T12:00:01Z") -> dict[str, Any]:
+    return {
+        "reason": "FailedCreatePod",
+        "type": "Warning",
+        "message": message,
+        "lastTimestamp": stamp,
+        "involvedObject": {"kind": "PyTorchJob", "name": "llm-a1"},
+    }
+
+
+def test_a_pod_the_apiserver_refused_is_read_from_the_training_operators_event() -> None:
+    quota = failed_create(
+        'Error creating: pods "llm-a1-master-0" is forbidden: exceeded quota: gpu',
+        "2026-05-01T12:00:09Z",
+    )
+    rejected = pod_create_refusal([quota, failed_create(INVALID_POD)])
+    assert rejected is not None and rejected.kind == "Pod"
+    assert rejected.message.startswith('Pod "llm-a1-master-0" is invalid: spec.containers[0]')
+    assert "llm-a1" in rejected.name
+    assert pod_create_refusal([quota]) is None  # a full quota is not a verdict on the spec
+    assert (
+        pod_create_refusal([{**failed_create(INVALID_POD), "reason": "SuccessfulCreatePod"}])
+        is None
+    )
+
+
+class _ReadsWithRefusedPods(_Reads):
+    """A run whose attempt 1 exists and whose pods the apiserver refuses."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def list_jobs(self, namespace: str, run: str, owner_uid: str) -> dict[int, Any]:
+        return {1: {"metadata": {"name": "llm-a1", "uid": "job-1"}}}
+
+    def missing(self, namespace: str, refs: Any) -> list[str]:
+        return []
+
+    def pod_refusal(self, namespace: str, job: Any) -> Rejected | None:
+        self.asked.append(job["metadata"]["name"])
+        return pod_create_refusal([failed_create(INVALID_POD)])
+
+
+def test_a_refused_pod_fails_the_run_as_invalid_spec_naming_the_field() -> None:
+    status: dict[str, Any] = {
+        "attempt": 1,
+        "attempts": [{"attempt": 1, "createdAt": "2026-05-01T12:00:00Z"}],
+    }
+    run = {
+        "metadata": {"name": "llm", "namespace": "ml", "uid": "u"},
+        "spec": spec(),
+        "status": status,
+    }
+    reads = _ReadsWithRefusedPods()
+    obs = observe(reads, run, remembered_nodes={}, seen_pods=[], interrupted_nodes=[])
+    assert reads.asked == ["llm-a1"] and obs.rejected is not None
+    d = decide(obs, CFG)
+    assert d.phase == "Failed" and d.status is not None
+    failed = next(c for c in d.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec"
+    assert "spec.containers[0].resources.requests" in failed["message"]
+    # Once the gang ran, pods are never made again: no event is read.
+    ran = {**status, "attempts": [{**status["attempts"][0], "startedAt": "2026-05-01T12:00:05Z"}]}
+    reads = _ReadsWithRefusedPods()
+    obs = observe(
+        reads, {**run, "status": ran}, remembered_nodes={}, seen_pods=[], interrupted_nodes=[]
+    )
+    assert reads.asked == [] and obs.rejected is None

@@ -72,6 +72,12 @@ class _FakeKube:
     def missing(self, namespace: str, refs: Any) -> list[str]:
         return []
 
+    def get_workload(self, namespace: str, job_uid: str) -> dict[str, Any] | None:
+        return None
+
+    def pod_refusal(self, namespace: str, job: Any) -> Any:
+        return None
+
 
 def test_observe_keeps_the_last_state_of_pods_a_fresh_list_no_longer_has() -> None:
     """An evicted pod deleted and replaced before the reconcile lists pods still names its

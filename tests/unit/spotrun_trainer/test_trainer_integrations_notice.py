@@ -7,15 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import test_trainer_preemption as preemption_tests
+import fake_imds
 import torch
-from test_trainer_integrations_hf import _tiny_trainer
-from test_trainer_preemption import FakeIMDS
-from trainer_helpers import committed, poll_until
+from fake_imds import FakeIMDS
+from trainer_helpers import committed, poll_until, tiny_hf_trainer
 
 from spotrun_trainer.integrations.loop import SpotrunLoop
 
-imds = preemption_tests.imds  # the fake instance-metadata server fixture
+imds = fake_imds.imds  # the fake instance-metadata server fixture
 
 
 def test_plain_loop_saves_at_the_step_after_the_spot_notice(tmp_path: Path, imds: FakeIMDS) -> None:
@@ -28,7 +27,7 @@ def test_plain_loop_saves_at_the_step_after_the_spot_notice(tmp_path: Path, imds
         assert spot.resume() == 0
         spot.step_end(1)
         assert committed(tmp_path / "ck") == []
-        imds.notice = preemption_tests.NOTICE
+        imds.notice = fake_imds.NOTICE
         poll_until(spot.guard.save_requested.is_set, 30, "the poller to see the notice")
         spot.step_end(2)  # saves; no exit
         assert committed(tmp_path / "ck") == [2]
@@ -54,9 +53,9 @@ def test_hf_callback_saves_at_the_step_after_the_spot_notice(
     class NoticeAt2(TrainerCallback):  # runs before spot's on_step_end
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             if state.global_step == 2:
-                imds.notice = preemption_tests.NOTICE
+                imds.notice = fake_imds.NOTICE
                 poll_until(spot.guard.save_requested.is_set, 30, "the notice")
 
-    trainer, _ = _tiny_trainer(tmp_path, 5, [NoticeAt2(), spot])
+    trainer, _ = tiny_hf_trainer(tmp_path, 5, [NoticeAt2(), spot])
     assert trainer.train(resume_from_checkpoint=spot.resume_path()).global_step == 5
     assert committed(tmp_path / "ck") == [2, 5]  # the notice's save, then the final one

@@ -219,3 +219,20 @@ def folder_digest(folder: Path) -> dict[str, str]:
         for p in sorted(folder.iterdir())
         if p.is_file()
     }
+
+
+def tiny_hf_trainer(
+    folder: Path, max_steps: int, callbacks: list[Any], seed: int = 1
+) -> tuple[Any, Any]:
+    """A 1-layer GPT-2 and a Hugging Face Trainer over random tokens (CPU, no hub)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=8, n_embd=16, n_layer=1,
+                                       n_head=2))  # fmt: skip
+    tokens = torch.randint(0, 32, (32, 8), generator=torch.Generator().manual_seed(seed))
+    data = [{"input_ids": t, "labels": t} for t in tokens]
+    args = TrainingArguments(output_dir=str(folder / "out"), max_steps=max_steps,
+                             per_device_train_batch_size=4, save_strategy="no", seed=seed,
+                             use_cpu=True, report_to="none", disable_tqdm=True)  # fmt: skip
+    return Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks), model

@@ -9,6 +9,8 @@ from types import MappingProxyType
 
 import pytest
 
+from spotrun_api.base import to_json
+from spotrun_api.status import Archived, Attempt
 from spotrun_operator.aws_prices import SpotPrice
 from spotrun_operator.cost import (
     DEFAULT_PRICES,
@@ -86,8 +88,8 @@ def test_spot_then_on_demand_fallback_run_total() -> None:
         8.0,
     )
     # The first attempt is frozen into status.attempts[] and read back.
-    total = Cost.from_fields(spot.to_attempt_fields()) + od
-    assert total.to_status() == {
+    total = Cost.of(Attempt(attempt=1, **spot.frozen_fields())) + od
+    assert to_json(total.status()) == {
         "spotUSD": 25.5,
         "onDemandUSD": 32.0,
         "totalUSD": 57.5,
@@ -103,7 +105,7 @@ def test_default_table_p4d_two_hours() -> None:
         seconds=7200, nodes=1, gpus_per_node=8, instance_type=P4D, capacity_type="spot"
     )
     assert DEFAULT_PRICES[P4D] == Price(32.77 * 0.35, 32.77)
-    assert c.to_status() == {
+    assert to_json(c.status()) == {
         "spotUSD": 22.94,  # 2 h x $11.4695/h = 22.939
         "onDemandUSD": 0.0,
         "totalUSD": 22.94,
@@ -119,7 +121,7 @@ def test_money_rounds_half_up_like_people_do() -> None:
         seconds=9000, nodes=1, gpus_per_node=8, instance_type=P4D, capacity_type="on-demand"
     )
     assert c.on_demand_usd == 9000 * 32.77 / 3600
-    assert c.to_status()["onDemandUSD"] == 81.93
+    assert c.status().on_demand_usd == 81.93
     assert format_usd(1003.125) == "$1,003.13"
     assert format_usd(0.00125) == "$0.0013"
 
@@ -217,18 +219,19 @@ def test_segments_running_and_finished_and_burn_rate() -> None:
 
 def test_attempt_fields_round_trip_and_bad_fields() -> None:
     c = Cost(spot_usd=1.0 / 3.0, on_demand_usd=2.5, on_demand_equivalent_usd=10.0, gpu_hours=0.125)
-    fields = c.to_attempt_fields()
-    assert fields == {
+    entry = Attempt(attempt=1, **c.frozen_fields())
+    assert to_json(entry) == {
+        "attempt": 1,
         "spotUSD": 0.333333,
         "onDemandUSD": 2.5,
         "onDemandEquivalentUSD": 10.0,
         "gpuHours": 0.125,
     }
-    assert Cost.from_fields(fields) == Cost(0.333333, 2.5, 10.0, 0.125)
-    garbage = {"spotUSD": "12", "onDemandUSD": True, "onDemandEquivalentUSD": math.nan}
-    assert Cost.from_fields(garbage) == Cost()
-    archived = {"attempts": 40, "spotUSD": 100.25, "onDemandEquivalentUSD": 300.5, "gpuHours": 80}
-    assert (Cost.from_fields(archived) + c).spot_usd == 100.25 + 1.0 / 3.0
+    assert Cost.of(entry) == Cost(0.333333, 2.5, 10.0, 0.125)
+    garbage = Attempt(attempt=2, spot_usd=math.inf, on_demand_equivalent_usd=math.nan)
+    assert Cost.of(garbage) == Cost() and Cost.of(None) == Cost()
+    archived = Archived(attempts=40, spot_usd=100.25, on_demand_equivalent_usd=300.5, gpu_hours=80)
+    assert (Cost.of(archived) + c).spot_usd == 100.25 + 1.0 / 3.0
 
 
 def test_formatting_and_validation() -> None:

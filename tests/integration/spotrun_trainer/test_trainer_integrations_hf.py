@@ -29,6 +29,7 @@ from trainer_helpers import (
     committed,
     interruption_seed,
     read_events,
+    tiny_hf_trainer,
     wait_for_events,
 )
 
@@ -150,22 +151,6 @@ def _interrupt_and_resume(
     assert sched["last_epoch"] == MAX_STEPS
 
 
-def _tiny_trainer(
-    folder: Path, max_steps: int, callbacks: list[Any], seed: int = 1
-) -> tuple[Any, Any]:
-    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
-
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=8, n_embd=16, n_layer=1,
-                                       n_head=2))  # fmt: skip
-    tokens = torch.randint(0, 32, (32, 8), generator=torch.Generator().manual_seed(seed))
-    data = [{"input_ids": t, "labels": t} for t in tokens]
-    args = TrainingArguments(output_dir=str(folder / "out"), max_steps=max_steps,
-                             per_device_train_batch_size=4, save_strategy="no", seed=seed,
-                             use_cpu=True, report_to="none", disable_tqdm=True)  # fmt: skip
-    return Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks), model
-
-
 def test_callback_reports_progress_and_stops_on_a_real_sigterm(tmp_path: Path) -> None:
     """In process, with an injected reporter (no cluster): a SIGTERM sent to this very
     process at step 3 ends training with SystemExit(143) after committing step 3, and the
@@ -184,7 +169,7 @@ def test_callback_reports_progress_and_stops_on_a_real_sigterm(tmp_path: Path) -
     patches: list[dict[str, Any]] = []
     reporter = ProgressReporter(patches.append, min_interval=0, attempt=2, background=False)
     spot = SpotrunCallback(tmp_path / "ck", reporter=reporter, env={})
-    trainer, _ = _tiny_trainer(tmp_path, 8, [SigtermAt(), spot])
+    trainer, _ = tiny_hf_trainer(tmp_path, 8, [SigtermAt(), spot])
     with pytest.raises(SystemExit) as stopped:
         trainer.train(resume_from_checkpoint=spot.resume_path())
     assert stopped.value.code == 143
@@ -199,7 +184,7 @@ def test_callback_reports_progress_and_stops_on_a_real_sigterm(tmp_path: Path) -
     patches.clear()
     reporter = ProgressReporter(patches.append, min_interval=0, attempt=3, background=False)
     spot = SpotrunCallback(tmp_path / "ck", reporter=reporter, env={})
-    trainer, _ = _tiny_trainer(tmp_path, 5, [spot], seed=2)  # other init: overwritten
+    trainer, _ = tiny_hf_trainer(tmp_path, 5, [spot], seed=2)  # other init: overwritten
     assert trainer.train(resume_from_checkpoint=spot.resume_path()).global_step == 5
     progress = [p["status"]["progress"] for p in patches]
     assert progress[0] == {"step": 3, "checkpointStep": 3, "attempt": 3,
