@@ -20,10 +20,9 @@ FAST_FLAGS = (
     "--failure-settle-seconds=1",
     "--config-error-grace-seconds=3",
     "--resync-seconds=5",
-    # kwok's fake nodes flap to Ready=Unknown for seconds about once a minute (heartbeats
-    # vs the controller-manager's grace); real node losses are injected as deletions,
-    # which count at once whatever this grace is.
-    "--node-lost-grace-seconds=600",
+    # No --node-lost-grace-seconds: the operator's default (30 s) applies, so a node that
+    # stops heartbeating is lost through the node lifecycle controller's own Ready=Unknown
+    # and unreachable taints, as in production (issue 10).
 )
 
 
