@@ -32,6 +32,7 @@ from spotrun_operator.signals import (
     drain_cause,
     node_signal,
     node_text,
+    shutdown_signal,
 )
 
 EXIT_SIGTERM: Final = 143
@@ -146,6 +147,8 @@ def _pod_evidence(
 ) -> Evidence | None:
     """What the pod itself shows (``rr``: a rebalance recommendation restarts)."""
     sig = pod_disruption_signal(pod)
+    if sig == NODE_SHUTDOWN:  # the kubelet's word, also when the node's Ready is not seen
+        sig = shutdown_signal(node)
     if sig:
         if sig == EVICTION and node is not None:
             sig = drain_cause(node, rr) or EVICTION  # what the drain was for
@@ -154,6 +157,8 @@ def _pod_evidence(
         return Evidence(sig, node, msg + (f": {c.get('message')}" if c.get("message") else ""))
     failed = phase(pod) == "Failed"
     sig = pod_reason_signal(pod) if failed else None
+    if sig == NODE_SHUTDOWN:
+        sig = shutdown_signal(node)
     if sig:  # the kubelet stopped it: its exit code (137 after SIGKILL) is not the app's
         st = pod.get("status") or {}
         return Evidence(sig, node, f"pod {name(pod)}: {st.get('reason')}: {st.get('message')}")

@@ -217,6 +217,12 @@ def _spot(node: NodeInfo) -> tuple[bool, bool]:
     return gke, node.labels.get(LABEL_AKS_PRIORITY) == "spot"
 
 
+def shutdown_signal(node: NodeInfo | None) -> str:
+    """What a graceful node shutdown is on ``node``: a GKE spot/preemptible VM's shutdown is
+    its preemption (ACPI soft-off), any other one a plain node shutdown."""
+    return GKE_PREEMPTION if node is not None and _spot(node)[0] else NODE_SHUTDOWN
+
+
 def _taint_signals(node: NodeInfo, restart_on_rebalance: bool) -> tuple[list[str], list[str]]:
     """(signals the node's taints announce by themselves, signals they only name)."""
     gke, aks = _spot(node)
@@ -246,7 +252,7 @@ def node_signal(
     and restarting a whole gang for that costs more than waiting. A deleted node is gone."""
     found, _ = _taint_signals(node, restart_on_rebalance)
     if node.ready == "False" and "shutting down" in node.ready_message:
-        found.append(GKE_PREEMPTION if _spot(node)[0] else NODE_SHUTDOWN)
+        found.append(shutdown_signal(node))
     if node.deleting and KARPENTER_TERMINATION_FINALIZER in node.finalizers:
         found.append(KARPENTER_DISRUPTION)  # before its taint lands: Karpenter's own order
     if not node.exists or (

@@ -91,6 +91,17 @@ def test_gke_impending_termination_taint_is_a_gke_preemption() -> None:
     assert (v.kind, v.reason, v.node) == (Kind.PREEMPTED, signals.GKE_PREEMPTION, "n2")
 
 
+def test_a_shutdown_pod_on_a_gke_spot_node_is_a_gke_preemption_whatever_its_ready() -> None:
+    """The kubelet's TerminationByKubelet on a gke-spot node names the preemption even when
+    the node's Ready=False "shutting down" is not seen (already reset, or never read)."""
+    shut = pod("w", node_name="n2", master=False, disruption="TerminationByKubelet")
+    gke = NodeInfo("n2", labels={"cloud.google.com/gke-spot": "true"})
+    v = verdict([gang()[0], shut], [node("n1"), gke])
+    assert (v.kind, v.reason, v.node) == (Kind.PREEMPTED, signals.GKE_PREEMPTION, "n2")
+    v = verdict([gang()[0], shut], [node("n1"), node("n2")])
+    assert (v.kind, v.reason) == (Kind.PREEMPTED, signals.NODE_SHUTDOWN)
+
+
 def test_interrupted_attempt_spends_no_budget_and_resumes() -> None:
     st = running_status()
     pods = gang(1)
