@@ -23,6 +23,7 @@ _LAST_LABELS: Final = {
     Outcome.FAILED: "failed",
     Outcome.CONFIG_ERROR: "config-error",
     Outcome.CAPACITY_FALLBACK: "capacity-fallback",
+    Outcome.CAPACITY_SHRINK: "capacity-shrink",
     Outcome.BUDGET_EXCEEDED: "budget-exceeded",
     Outcome.SUSPENDED: "suspended",
     Outcome.QUEUE_PREEMPTED: "",  # its reason says it: queue-preemption

@@ -28,6 +28,9 @@ class Outcome(StrEnum):
     FAILED = "Failed"
     CONFIG_ERROR = "ConfigurationError"
     CAPACITY_FALLBACK = "CapacityFallback"
+    # Unschedulable for spec.elasticity.waitBeforeShrink: the next attempt runs with fewer
+    # nodes (Attempt.shrinkTo); no budget spent, no backoff.
+    CAPACITY_SHRINK = "CapacityShrink"
     SUSPENDED = "Suspended"
     BUDGET_EXCEEDED = "BudgetExceeded"
     QUEUE_PREEMPTED = "QueuePreempted"
@@ -47,6 +50,7 @@ class Outcome(StrEnum):
             Outcome.PREEMPTED,
             Outcome.FAILED,
             Outcome.CAPACITY_FALLBACK,
+            Outcome.CAPACITY_SHRINK,
             Outcome.INTERRUPTED,
         )
 

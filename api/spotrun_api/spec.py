@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Self
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from spotrun_api.base import ApiModel
 from spotrun_api.contract import (
@@ -24,6 +31,7 @@ from spotrun_api.enums import AccessMode, CapacityType, ImagePullPolicy
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 Quantity = int | Annotated[str, Field(pattern=QUANTITY_PATTERN)]
 DEFAULT_INSTANCE_TYPES = ("p4d.24xlarge",)
+DEFAULT_WAIT_BEFORE_SHRINK = "10m"
 
 
 class InvalidSpec(ValueError):
@@ -87,6 +95,29 @@ class Capacity(ApiModel):
     def _duration(cls, v: str | None) -> str | None:
         if v is not None:
             parse_duration(v)
+        return v
+
+
+class Elasticity(ApiModel):
+    min_nodes: int = Field(
+        ge=1,
+        le=512,
+        description="The fewest nodes an attempt may run with (at most nodes). An attempt "
+        "whose gang stays unschedulable for waitBeforeShrink is stopped (no budget spent) "
+        "and the next one runs with as many nodes as fit, never fewer than this; any later "
+        "attempt asks for nodes again.",
+    )
+    wait_before_shrink: str = Field(
+        DEFAULT_WAIT_BEFORE_SHRINK,
+        max_length=32,
+        description="How long an attempt's pods may stay unschedulable (a duration such as "
+        "90s or 10m) before the next attempt runs with fewer nodes.",
+    )
+
+    @field_validator("wait_before_shrink")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)
         return v
 
 
@@ -238,6 +269,12 @@ class TrainingRunSpec(ApiModel):
         description="Which nodes the run may use.",
         json_schema_extra={"default": {}},
     )
+    elasticity: Elasticity | None = Field(
+        None,
+        description="Lets an attempt run with fewer nodes than nodes when the whole gang "
+        "does not fit (the trainer resumes the checkpoint at the new world size). Unset: "
+        "every attempt waits for all nodes.",
+    )
     checkpoint: Checkpoint = Field(description="Where and how often the trainer checkpoints.")
     max_preemptions: int = Field(
         100,
@@ -287,6 +324,15 @@ class TrainingRunSpec(ApiModel):
         "named pytorch is merged into the trainer container.",
     )
 
+    @field_validator("elasticity")
+    @classmethod
+    def _min_nodes(cls, v: Elasticity | None, info: ValidationInfo) -> Elasticity | None:
+        """elasticity.minNodes <= nodes (the CRD's CEL rule on the spec)."""
+        nodes = info.data.get("nodes")
+        if v is not None and isinstance(nodes, int) and v.min_nodes > nodes:
+            raise ValueError(f"minNodes {v.min_nodes} must be at most spec.nodes {nodes}")
+        return v
+
     @model_validator(mode="after")
     def _default_procs(self) -> Self:
         """procsPerNode's default follows gpusPerNode: one rank per GPU, or 1 without GPUs."""
@@ -302,6 +348,12 @@ class TrainingRunSpec(ApiModel):
     @property
     def max_usd(self) -> float | None:
         return self.budget.max_usd if self.budget else None
+
+    @property
+    def shrink_after_seconds(self) -> float | None:
+        """spec.elasticity.waitBeforeShrink in seconds; None: never shrink."""
+        e = self.elasticity
+        return parse_duration(e.wait_before_shrink) if e else None
 
     @property
     def fallback_seconds(self) -> float | None:

@@ -160,8 +160,17 @@ class Attempt(ApiModel):
 
     attempt: int = Field(description="Attempt number.")
     capacity_type: str | None = Field(None, description="spot or on-demand.")
-    nodes: int | None = Field(None, description="Number of nodes of the attempt.")
+    nodes: int | None = Field(
+        None,
+        description="Number of nodes of the attempt (fewer than spec.nodes when it runs "
+        "shrunk, spec.elasticity).",
+    )
     gpus: int | None = Field(None, description="GPUs per node of the attempt.")
+    shrink_to: int | None = Field(
+        None,
+        description="Nodes the next attempt runs with (spec.elasticity): set when this "
+        "attempt was stopped to shrink (outcome CapacityShrink).",
+    )
     created_at: Time | None = Field(None, description="When the operator decided to create it.")
     started_at: Time | None = Field(None, description="When every pod was first seen Running.")
     ended_at: Time | None = Field(None, description="When its outcome was recorded.")

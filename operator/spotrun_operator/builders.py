@@ -6,7 +6,7 @@ twice is a harmless 409 and deleting the run lets the garbage collector remove i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,11 +234,15 @@ def build_pytorchjob(
     capacity_type: str,
     interval_seconds: int,
     avoid_nodes: Sequence[str] = (),
+    nodes: int | None = None,
 ) -> Obj:
     """PyTorchJob ``<run>-a<attempt>``: 1 Master + (nodes-1) Workers, restartPolicy Never.
 
+    ``nodes``: the attempt's size (spec.nodes unless spec.elasticity shrank it); the
+    training operator derives WORLD_SIZE and PET_NNODES from these replicas.
     spotrun owns restarts (a lost pod ends the attempt), so the training operator must
     neither restart pods nor clean them up on its own."""
+    size = nodes or spec.nodes
     template = build_pod_template(
         ref,
         spec,
@@ -250,9 +254,9 @@ def build_pytorchjob(
     replicas: Obj = {
         "Master": {"replicas": 1, "restartPolicy": "Never", "template": template},
     }
-    if spec.nodes > 1:
+    if size > 1:
         replicas["Worker"] = {
-            "replicas": spec.nodes - 1,
+            "replicas": size - 1,
             "restartPolicy": "Never",
             "template": template,
         }
@@ -277,6 +281,16 @@ def build_pytorchjob(
             "pytorchReplicaSpecs": replicas,
         },
     }
+
+
+def job_nodes(job: Mapping[str, Any]) -> int | None:
+    """The nodes a PyTorchJob asks for (its Master and Worker replicas); None if unreadable."""
+    specs = (job.get("spec") or {}).get("pytorchReplicaSpecs") or {}
+    try:
+        total = sum(int((r or {}).get("replicas", 1)) for r in specs.values())
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return total or None
 
 
 def referenced_objects(spec: RunSpec, ref: RunRef) -> list[tuple[str, str]]:

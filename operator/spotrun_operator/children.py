@@ -115,5 +115,6 @@ def create_job(d: Draft, n: int) -> None:
         capacity_type=(entry.capacity_type if entry else None) or spec.capacity.type.value,
         interval_seconds=reducers.interval_of(entry),
         avoid_nodes=avoided_nodes(d),
+        nodes=entry.nodes if entry else None,
     )
     d.actions.append(CreateJob(body))

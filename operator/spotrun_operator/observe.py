@@ -107,11 +107,24 @@ def observe(
         pods=pods,
         deleted_pods=list(deleted_pods),
         nodes=nodes,
+        fleet=_fleet(spec, remembered_nodes, nodes),
         missing_refs=_missing(kube, ref, spec),
         interrupted_nodes=list(interrupted_nodes),
         deleting=bool((run.get("metadata") or {}).get("deletionTimestamp")),
         **extra,
     )
+
+
+def _fleet(
+    spec: TrainingRunSpec | None,
+    remembered: Mapping[str, NodeInfo],
+    fresh: Mapping[str, NodeInfo],
+) -> dict[str, NodeInfo]:
+    """The existing nodes the watch knows (fresh reads win), for spec.elasticity only."""
+    if spec is None or spec.elasticity is None:
+        return {}
+    known = {**remembered, **fresh}
+    return {name: n for name, n in known.items() if n.exists}
 
 
 def _pod_refusal(

@@ -8,7 +8,7 @@ from spotrun_api.display import start_step
 from spotrun_api.enums import CapacityType, ConditionType, Outcome, RunReason
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import Attempt, LastPreemption
-from spotrun_operator import budget, pools, reducers
+from spotrun_operator import budget, elasticity, pools, reducers
 from spotrun_operator.children import create_job, gang_gone, stop_gang
 from spotrun_operator.classify import Verdict
 from spotrun_operator.common import fmt_time, job_name, parse_time
@@ -140,16 +140,25 @@ def unschedulable(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt, v: Ve
         d.update(n, unschedulable_since=fmt_time(since), config_error_since=None)
         d.event("Warning", "Unschedulable", f"attempt {n}: waiting for capacity: {v.message}")
     d.set_condition(ConditionType.CAPACITY_AVAILABLE, False, "Unschedulable", v.message)
+    waited = (d.now - since).total_seconds()
+    if not _fall_back(d, spec, n, entry, v, waited):
+        elasticity.shrink_if_due(d, spec, n, entry, v, waited)
+
+
+def _fall_back(
+    d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt, v: Verdict, waited: float
+) -> bool:
+    """spec.capacity.onDemandFallbackAfter: True when attempt ``n`` ended to fall back."""
     fallback = spec.fallback_seconds
     spot = CapacityType.SPOT.value
     if fallback is None or spec.capacity.type is not CapacityType.SPOT:
-        return
+        return False
     if entry.capacity_type != spot:
-        return
-    left = fallback - (d.now - since).total_seconds()
+        return False
+    left = fallback - waited
     if left > 0:
         d.requeue(left)
-        return
+        return False
     msg = f"spot capacity unschedulable for {fallback:.0f}s; the next attempt runs on on-demand"
     record(
         d,
@@ -162,6 +171,7 @@ def unschedulable(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt, v: Ve
     d.event("Warning", "CapacityFallback", f"attempt {n}: {msg}")
     d.say(msg)
     stop_gang(d, n)
+    return True
 
 
 def _spent(d: Draft) -> float:
@@ -274,7 +284,7 @@ def _resume_within_budget(d: Draft, spec: TrainingRunSpec, n: int, entry: Attemp
     start_attempt(d, spec, n + 1)
 
 
-def _interval(d: Draft, spec: TrainingRunSpec, n: int, capacity: str) -> int:
+def _interval(d: Draft, spec: TrainingRunSpec, n: int, capacity: str, nodes: int) -> int:
     """SPOTRUN_CHECKPOINT_INTERVAL_SECONDS of attempt ``n``: the spec's, or for ``auto``
     Young/Daly from the run's measured stall and the MTBF of the pools it will likely run in
     (the previous attempt's instance type and zones; else the first type, any zone)."""
@@ -286,23 +296,32 @@ def _interval(d: Draft, spec: TrainingRunSpec, n: int, capacity: str) -> int:
     return pools.auto_interval(
         spec.checkpoint.interval,
         history=d.history,
-        planned=pools.planned_pools(itype, zones, capacity, spec.nodes) if itype else (),
+        planned=pools.planned_pools(itype, zones, capacity, nodes) if itype else (),
         tally=d.obs.pools,
         stall_seconds=d.progress.checkpoint_stall_seconds if d.progress else None,
         checkpoint_cost_seconds=d.cfg.checkpoint_cost_seconds,
     )
 
 
-def start_attempt(d: Draft, spec: TrainingRunSpec, n: int) -> None:
-    prev = d.entry(n - 1)
+def _capacity_of(spec: TrainingRunSpec, prev: Attempt | None) -> str:
+    """spot or on-demand for the next attempt: on-demand after a fallback; a shrink keeps
+    the capacity type of the attempt that shrank; else the spec's."""
+    if prev is not None and prev.outcome is Outcome.CAPACITY_SHRINK and prev.capacity_type:
+        return prev.capacity_type
     fallback = prev is not None and prev.outcome is Outcome.CAPACITY_FALLBACK
     on_demand = spec.capacity.type is CapacityType.ON_DEMAND or fallback
-    capacity = (CapacityType.ON_DEMAND if on_demand else CapacityType.SPOT).value
-    interval = _interval(d, spec, n, capacity)
+    return (CapacityType.ON_DEMAND if on_demand else CapacityType.SPOT).value
+
+
+def start_attempt(d: Draft, spec: TrainingRunSpec, n: int) -> None:
+    prev = d.entry(n - 1)
+    capacity = _capacity_of(spec, prev)
+    nodes = elasticity.attempt_size(spec, prev)
+    interval = _interval(d, spec, n, capacity, nodes)
     entry = Attempt(
         attempt=n,
         capacity_type=capacity,
-        nodes=spec.nodes,
+        nodes=nodes,
         gpus=spec.gpus_per_node,
         created_at=fmt_time(d.now),
         checkpoint_interval_seconds=interval,
@@ -311,12 +330,14 @@ def start_attempt(d: Draft, spec: TrainingRunSpec, n: int) -> None:
     d.status.attempts = reducers.upsert_attempt(d.history, entry)
     d.status.attempt = n
     d.status.start_time = d.status.start_time or fmt_time(d.now)
-    d.say(f"attempt {n} created on {capacity}")
+    note = elasticity.size_note(spec, entry)
+    d.say(f"attempt {n} created on {capacity}{note}")
+    size = f"{spec.nodes} node(s)" if not note else f"{nodes} of {spec.nodes} nodes (shrunk)"
     d.event(
         "Normal",
         "AttemptCreated",
         f"creating attempt {n} (PyTorchJob {job_name(d.obs.ref.name, n)}) on {capacity}: "
-        f"{spec.nodes} node(s) x {spec.gpus_per_node} GPUs, {spec.ranks_per_pod} rank(s) per "
+        f"{size} x {spec.gpus_per_node} GPUs, {spec.ranks_per_pod} rank(s) per "
         f"node, resuming from {spec.checkpoint.path}",
     )
     if d.obs.missing_refs:

@@ -15,7 +15,7 @@ from typing import Any
 from spotrun_api.enums import ConditionType, Outcome, RunReason
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import Attempt
-from spotrun_operator import outcomes, queueing
+from spotrun_operator import elasticity, outcomes, queueing
 from spotrun_operator.children import create_job, stop_gang, stop_pods
 from spotrun_operator.classify import REBALANCE, VerdictKind, classify
 from spotrun_operator.common import attempt_of, fmt_time, job_name, parse_time, pod_node, pod_uid
@@ -155,6 +155,7 @@ def _progressing(
     d: Draft, n: int, entry: Attempt, pods: Sequence[Mapping[str, Any]], running: bool
 ) -> None:
     scheduled = bool(pods) and all(pod_node(p) for p in pods)
+    note = elasticity.size_note(d.spec, entry) if d.spec else ""
     if entry.unschedulable_since or entry.config_error_since:
         d.update(n, unschedulable_since=None, config_error_since=None)
     if scheduled or running:
@@ -162,7 +163,7 @@ def _progressing(
             ConditionType.CAPACITY_AVAILABLE,
             True,
             "Scheduled",
-            f"every pod of attempt {n} is placed",
+            f"every pod of attempt {n} is placed{note}",
         )
     # Record the gang's pods as soon as they exist, not once they run: pods that vanish
     # while the operator is down (an image pull takes minutes) are then still a loss of the
@@ -180,12 +181,12 @@ def _progressing(
         instance_type=next((x.instance_type for x in known if x.instance_type), None),
         zones=[x.zone for x in known if x.zone] or None,
     )
-    d.event("Normal", "AttemptRunning", f"attempt {n} running on {', '.join(nodes)}")
+    d.event("Normal", "AttemptRunning", f"attempt {n} running{note} on {', '.join(nodes)}")
     # Zero-valued preemption series for where the gang runs, so that increase() over
     # spotrun_preemptions_total counts the first preemption there too.
     for itype, zone in sorted({(x.instance_type, x.zone) for x in known}):
         d.metric("placement", instance_type=itype or "", zone=zone or "")
-    d.say(f"attempt {n} running")
+    d.say(f"attempt {n} running{note}")
     _recovery_time(d, n)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from spotrun_operator.common import LABEL_INSTANCE_TYPE, LABEL_ZONE, parse_time
+from spotrun_operator.common import GPU_RESOURCE, LABEL_INSTANCE_TYPE, LABEL_ZONE, parse_time
 
 SPOT_INTERRUPTION: Final = "spot-interruption"
 REBALANCE: Final = "rebalance-recommendation"
@@ -119,6 +119,7 @@ DRAIN_TAINTS: Final[Mapping[str, str]] = {
     TAINT_KARPENTER_DISRUPTION_V1BETA1: KARPENTER_DISRUPTION,
 }
 UNREACHABLE_TAINT: Final = "node.kubernetes.io/unreachable"
+HARD_TAINT_EFFECTS: Final = ("NoSchedule", "NoExecute")
 # Karpenter v1 deletes the NodeClaim of a node it disrupts, so the Node gets its
 # deletionTimestamp, held by this finalizer, before the karpenter.sh/disrupted taint
 # (kubernetes-sigs/karpenter pkg/apis/v1/labels.go TerminationFinalizer;
@@ -180,6 +181,9 @@ class NodeInfo:
     deleting: bool = False  # deletionTimestamp set (the object may still exist, finalized)
     finalizers: tuple[str, ...] = ()
     unschedulable: bool = False  # spec.unschedulable: cordoned
+    # Taints that keep pods off (NoSchedule, NoExecute) as (key, value, effect).
+    hard_taints: tuple[tuple[str, str, str], ...] = ()
+    gpus: int = 0  # status.allocatable nvidia.com/gpu
 
     @property
     def zone(self) -> str:
@@ -208,7 +212,21 @@ def node_info(node: Mapping[str, Any], exists: bool = True) -> NodeInfo:
         deleting=bool(meta.get("deletionTimestamp")),
         finalizers=tuple(str(f) for f in meta.get("finalizers") or []),
         unschedulable=bool((node.get("spec") or {}).get("unschedulable")),
+        hard_taints=tuple(
+            (str(t.get("key") or ""), str(t.get("value") or ""), str(t.get("effect") or ""))
+            for t in (node.get("spec") or {}).get("taints") or []
+            if t.get("effect") in HARD_TAINT_EFFECTS
+        ),
+        gpus=_count(((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE)),
     )
+
+
+def _count(quantity: Any) -> int:
+    """An extended resource's quantity (always a whole number) as an int; 0 if unreadable."""
+    try:
+        return int(str(quantity))
+    except ValueError:
+        return 0
 
 
 def _spot(node: NodeInfo) -> tuple[bool, bool]:

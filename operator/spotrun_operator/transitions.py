@@ -8,7 +8,7 @@ from typing import Any
 
 from spotrun_api.display import end_step
 from spotrun_api.enums import ConditionType, Outcome, Phase, RunReason
-from spotrun_operator import reducers
+from spotrun_operator import builders, reducers
 from spotrun_operator.common import fmt_time, parse_time
 from spotrun_operator.draft import Draft
 
@@ -46,7 +46,8 @@ def adopt(d: Draft, n: int) -> None:
         n,
         created_at=created,
         capacity_type=spec.capacity.type.value if spec else "spot",
-        nodes=spec.nodes if spec else 1,
+        # The job's own size: a shrunk attempt (spec.elasticity) keeps its smaller gang.
+        nodes=builders.job_nodes(job) or (spec.nodes if spec else 1),
         gpus=spec.gpus_per_node if spec else 0,
     )
     d.status.attempt = n

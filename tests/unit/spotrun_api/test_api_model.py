@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from spotrun_api import Outcome, Phase
 from spotrun_api.base import to_json
@@ -17,6 +19,7 @@ from spotrun_api.contract import (
 from spotrun_api.spec import InvalidSpec, parse_spec
 from spotrun_api.status import OPERATOR_FIELDS, parse_status
 
+ROOT = Path(__file__).resolve().parents[3]
 STATUS: dict[str, Any] = {
     "phase": "Recovering",
     "message": "preempted",
@@ -103,3 +106,45 @@ def test_invalid_specs_name_the_field(spec: Any, message: str) -> None:
     with pytest.raises(InvalidSpec) as err:
         parse_spec(spec)
     assert message in str(err.value)
+
+
+ELASTIC_BASE: dict[str, Any] = {
+    "image": "i",
+    "nodes": 4,
+    "checkpoint": {"volume": {"claimName": "c"}},
+}
+
+
+def test_elasticity_is_optional_and_wait_before_shrink_defaults_to_ten_minutes() -> None:
+    assert parse_spec(ELASTIC_BASE).elasticity is None
+    assert parse_spec(ELASTIC_BASE).shrink_after_seconds is None
+    s = parse_spec({**ELASTIC_BASE, "elasticity": {"minNodes": 2}})
+    assert s.elasticity is not None and s.elasticity.min_nodes == 2
+    assert (s.elasticity.wait_before_shrink, s.shrink_after_seconds) == ("10m", 600.0)
+
+
+@pytest.mark.parametrize(
+    ("elasticity", "message"),
+    [
+        ({"minNodes": 5}, "spec.elasticity: minNodes 5 must be at most spec.nodes 4"),
+        ({"minNodes": 0}, "spec.elasticity.minNodes: Input should be greater than or equal to 1"),
+        ({}, "spec.elasticity.minNodes: Field required"),
+        ({"minNodes": 1, "waitBeforeShrink": "ten"}, "spec.elasticity.waitBeforeShrink: not a"),
+    ],
+)
+def test_bad_elasticity_names_the_field(elasticity: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidSpec) as err:
+        parse_spec({**ELASTIC_BASE, "elasticity": elasticity})
+    assert message in str(err.value)
+
+
+def test_the_crd_rejects_min_nodes_above_nodes_naming_the_field() -> None:
+    crd = yaml.safe_load((ROOT / "crds" / "trainingruns.spotrun.dev.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    rule = next(r for r in spec["x-kubernetes-validations"] if "elasticity" in r["rule"])
+    assert rule["rule"] == "!has(self.elasticity) || self.elasticity.minNodes <= self.nodes"
+    assert rule["fieldPath"] == ".elasticity.minNodes"
+    assert "spec.elasticity.minNodes" in rule["message"]
+    elasticity = spec["properties"]["elasticity"]
+    assert elasticity["required"] == ["minNodes"]
+    assert elasticity["properties"]["minNodes"]["minimum"] == 1
