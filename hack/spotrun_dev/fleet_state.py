@@ -25,18 +25,21 @@ def ensure_fleet(core: client.CoreV1Api, spec: fleet.FleetSpec | None = None) ->
         n.metadata.name: n for n in core.list_node(label_selector=f"{fleet.FLEET_LABEL}=true").items
     }
     for name, node in existing.items():
-        if name not in wanted or _drifted(node):
+        if name not in wanted or _drifted(node, wanted[name]):
             _delete_node(core, name)
     for name, body in wanted.items():
-        if name in existing and not _drifted(existing[name]):
+        if name in existing and not _drifted(existing[name], body):
             continue
         wait_for(f"node {name} to be gone", functools.partial(_node_absent, core, name), timeout=60)
         core.create_node(body)
     wait_for("every fleet node to be Ready", lambda: _all_ready(core, list(wanted)), timeout=120)
 
 
-def _drifted(node: Any) -> bool:
-    """A node an injection touched: cordoned, extra taints, unmanaged, or deleting."""
+def _drifted(node: Any, wanted: dict[str, Any]) -> bool:
+    """A node an injection touched: cordoned, extra taints, unmanaged, deleting, or labels
+    other than registration gave it (a provider's capacity labels, NTH's drain label)."""
+    if (node.metadata.labels or {}) != wanted["metadata"]["labels"]:
+        return True
     if node.metadata.deletion_timestamp:
         return True
     if node.spec.unschedulable:
