@@ -36,6 +36,16 @@ NAMESPACE = "spotrun-demo"
 CRD = paths.REPO_ROOT / "crds" / "trainingruns.spotrun.dev.yaml"
 
 
+# What spotrun does with each way a rebalance recommendation reaches a node (the e2e
+# tests named in docs/signals.md prove each line).
+REBALANCE_RULES = """\
+  NTH IMDS mode:    taint + cordon, no drain -> no restart; a Warning event, and the next
+                    attempt avoids the node (--restart-on-rebalance restarts at once)
+  NTH queue mode:   taint + cordon + drain   -> rebalance-recommendation: the whole gang is
+                    stopped gracefully at once (preemption budget), next attempt elsewhere
+  EKS managed group: cordon + drain, no taint -> mng-rebalance, the same as a queue-mode drain"""
+
+
 def say(msg: str) -> None:
     print(f"\n\033[1m==> {msg}\033[0m", flush=True)
 
@@ -141,6 +151,8 @@ def main() -> int:
     say("final weights vs the uninterrupted reference")
     verdict = "bitwise EQUAL" if not differing else f"DIFFERENT in {differing}"
     print(f"{len(want)} tensors: {verdict}")
+    say("and a rebalance recommendation (docs/signals.md)")
+    print(REBALANCE_RULES)
     print(f"\ndemo took {time.monotonic() - started:.0f}s")
     return 0 if not differing and run.get("phase") == "Succeeded" else 1
 
