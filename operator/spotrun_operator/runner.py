@@ -202,6 +202,10 @@ class Runner:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._wakers: dict[Key, asyncio.Event] = {}
+        # Set while this replica may act (always, without leader election); a standby's
+        # loops wait on it with their watch-fed knowledge kept warm.
+        self.leading = asyncio.Event()
+        self.leading.set()
 
     # --- called from kopf handlers (event loop) ------------------------------------
     def ensure(self, namespace: str, name: str) -> None:
@@ -240,6 +244,7 @@ class Runner:
         waker = self._wakers[key]
         failures = 0
         while True:
+            await self.leading.wait()
             waker.clear()
             try:
                 delay = await loop.run_in_executor(self.pool, self.reconcile, *key)
