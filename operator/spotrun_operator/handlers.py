@@ -16,6 +16,8 @@ from kubernetes.client import Configuration
 from spotrun_operator.apiserver import credentials
 from spotrun_operator.common import (
     GROUP,
+    KUEUE_GROUP,
+    KUEUE_VERSION,
     LABEL_RUN,
     PLURAL,
     PYTORCHJOB_GROUP,
@@ -62,14 +64,56 @@ def register(registry: kopf.OperatorRegistry, runner: Runner) -> None:
         await runner.shutdown()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def trainingrun_event(*, type: str, name: str, namespace: str | None, **_: Any) -> None:
+    async def trainingrun_event(
+        *, type: str, body: kopf.Body, name: str, namespace: str | None, **_: Any
+    ) -> None:
         assert namespace is not None  # TrainingRuns are namespaced
+        runner.cache.synced.set()  # kopf runs no such handler before every index is full
         if type == "DELETED":
+            runner.cache.runs.delete(body)
             runner.forget(namespace, name)
         else:
             runner.ensure(namespace, name)
 
+    _register_caches(registry, runner)
     _register_children(registry, runner)
+
+
+def _register_caches(registry: kopf.OperatorRegistry, runner: Runner) -> None:
+    """Index handlers that fill the runner's caches (:mod:`cache`) with every state the
+    watches see; the deletions come through the event handlers. kopf starts no event
+    handler before each of these has seen its resource's initial listing, so the first
+    reconcile after a start already reads complete caches."""
+    cache = runner.cache
+    run_label = {LABEL_RUN: kopf.PRESENT}
+
+    @kopf.index(GROUP, VERSION, PLURAL, registry=registry)
+    async def cached_runs(*, body: kopf.Body, **_: Any) -> None:
+        cache.runs.put(body)
+
+    @kopf.index(PYTORCHJOB_GROUP, PYTORCHJOB_VERSION, PYTORCHJOB_PLURAL, labels=run_label,
+                registry=registry)  # fmt: skip
+    async def cached_jobs(*, body: kopf.Body, **_: Any) -> None:
+        cache.jobs.put(body)
+
+    @kopf.index("pods", labels=run_label, registry=registry)
+    async def cached_pods(*, body: kopf.Body, **_: Any) -> None:
+        cache.pods.put(body)
+
+    @kopf.index("nodes", registry=registry)
+    async def cached_nodes(*, body: kopf.Body, **_: Any) -> None:
+        cache.nodes.put(body)
+
+    # Kueue's Workloads (runs with spec.queueName). Where Kueue is not installed kopf
+    # serves no such resource and the store stays empty, as the API would answer.
+    @kopf.index(KUEUE_GROUP, KUEUE_VERSION, "workloads", registry=registry)
+    async def cached_workloads(*, body: kopf.Body, **_: Any) -> None:
+        cache.workloads.put(body)
+
+    @kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, "workloads", registry=registry)
+    async def workload_event(*, type: str, body: kopf.Body, **_: Any) -> None:
+        if type == "DELETED":
+            cache.workloads.delete(body)
 
 
 def _register_children(registry: kopf.OperatorRegistry, runner: Runner) -> None:
@@ -88,6 +132,8 @@ def _register_children(registry: kopf.OperatorRegistry, runner: Runner) -> None:
     ) -> None:
         assert namespace is not None
         run = str(labels[LABEL_RUN])
+        if type == "DELETED":
+            runner.cache.pods.delete(body)
         # Remember every state, not only deletions: an evicted pod can be deleted and
         # replaced before the reconcile it woke lists pods, and its last state (node,
         # DisruptionTarget) is what names the signal.
@@ -103,6 +149,8 @@ def _register_children(registry: kopf.OperatorRegistry, runner: Runner) -> None:
         pods_by_node: kopf.Index[str, tuple[str, str]] | None = None,
         **_: Any,
     ) -> None:
+        if type == "DELETED":
+            runner.cache.nodes.delete(body)
         changed = runner.memory.remember_node(dict(body), deleted=type == "DELETED")
         if changed and pods_by_node is not None:
             for namespace, run in pods_by_node.get(name, []):
@@ -115,5 +163,9 @@ def _register_children(registry: kopf.OperatorRegistry, runner: Runner) -> None:
         labels={LABEL_RUN: kopf.PRESENT},
         registry=registry,
     )
-    async def job_event(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    async def job_event(
+        *, type: str, body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+    ) -> None:
+        if type == "DELETED":
+            runner.cache.jobs.delete(body)
         runner.wake(str(namespace), str(labels[LABEL_RUN]))

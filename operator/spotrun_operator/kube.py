@@ -40,13 +40,13 @@ from spotrun_operator.apiserver import (
     replica_pods,
 )
 from spotrun_operator.builders import RunRef
+from spotrun_operator.cache import Cache, owned_jobs
 from spotrun_operator.common import (
     KIND,
     LABEL_KUEUE_JOB_UID,
     LABEL_RUN,
     PYTORCHJOB_KIND,
     fmt_time,
-    parse_job_name,
     utcnow,
 )
 from spotrun_operator.plan import (
@@ -94,6 +94,9 @@ class Kube:
         # list on events (the chart grants it); False once the apiserver said 403 (no
         # grant): a pod refused then leaves its run Pending, but every other run goes on.
         self._read_pod_refusals = True
+        # Watch-fed caches that the answers to the operator's own writes go into (set by
+        # the runner): the next reconcile sees them before the watch event comes back.
+        self.cache: Cache | None = None
 
     @property
     def dyn(self) -> DynamicClient:
@@ -174,15 +177,7 @@ class Kube:
     def list_jobs(self, namespace: str, run: str, owner_uid: str) -> dict[int, Obj]:
         """The run's PyTorchJobs by attempt number (only those the run owns: a job of an
         earlier run with the same name may still be on its way out)."""
-        jobs: dict[int, Obj] = {}
-        for job in self._list(PYTORCHJOB_KIND, namespace, run):
-            owners = (job.get("metadata") or {}).get("ownerReferences") or []
-            if not any(o.get("uid") == owner_uid for o in owners):
-                continue
-            n = parse_job_name(run, job["metadata"]["name"])
-            if n is not None:
-                jobs[n] = job
-        return jobs
+        return owned_jobs(self._list(PYTORCHJOB_KIND, namespace, run), run, owner_uid)
 
     def list_pods(self, namespace: str, run: str) -> list[Obj]:
         return self._list("Pod", namespace, run)
@@ -254,7 +249,7 @@ class Kube:
         409 Conflict: re-observe and decide again."""
         body = {"metadata": {"resourceVersion": resource_version}, "status": status}
         try:
-            self.dyn.patch(
+            resp = self.dyn.patch(
                 self._res(KIND).status,
                 body=body,
                 name=name,
@@ -267,7 +262,12 @@ class Kube:
             if exc.status == 409:
                 return False
             raise
+        self._wrote(self._json(resp))
         return True
+
+    def _wrote(self, answer: Any) -> None:
+        if self.cache is not None and isinstance(answer, dict):
+            self.cache.wrote(answer)
 
     def create(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> bool:
         """Create ``obj``; False when it already exists (deterministic names: a 409 means a
@@ -275,7 +275,7 @@ class Kube:
         :class:`Refused` when the apiserver judges the object invalid (400, 422)."""
         meta = obj["metadata"]
         try:
-            self.dyn.create(
+            resp = self.dyn.create(
                 self._res(str(obj["kind"])),
                 body=dict(obj),
                 namespace=meta["namespace"],
@@ -289,6 +289,8 @@ class Kube:
             if refused(exc):
                 raise Refused(str(obj["kind"]), str(meta["name"]), message_of(exc)) from None
             raise
+        if not dry_run:
+            self._wrote(self._json(resp))
         return True
 
     def check_pods(self, job: Mapping[str, Any]) -> None:
@@ -319,7 +321,7 @@ class Kube:
 
     def _delete(self, kind: str, namespace: str, name: str, **params: Any) -> None:
         try:
-            self.dyn.delete(
+            resp = self.dyn.delete(
                 self._res(kind),
                 name=name,
                 namespace=namespace,
@@ -330,6 +332,11 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+            return
+        answer = self._json(resp)
+        # A DELETE answers with the object (its last state) or, for some kinds, a Status.
+        if self.cache is not None and isinstance(answer, dict) and answer.get("kind") == kind:
+            self.cache.removed(answer)
 
     def delete_job(self, namespace: str, name: str) -> None:
         # Background: the job is gone at once (so the training operator cannot recreate a

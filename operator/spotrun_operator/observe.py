@@ -1,6 +1,6 @@
-"""Observation: everything :func:`reconcile.decide` needs about one TrainingRun, read
-fresh from the API through the I/O module's public read methods, plus what only the
-watch saw (the last state of pods and nodes now gone).
+"""Observation: everything :func:`reconcile.decide` needs about one TrainingRun, through
+the reads of :class:`KubeReads` (the runner answers them from its watch caches,
+:mod:`cache`), plus what only the watch saw (the last state of pods and nodes now gone).
 
 This module never writes; it depends on the reads it needs (:class:`KubeReads`), not on
 the client class, so the I/O module can change without touching it.
@@ -16,7 +16,7 @@ from spotrun_api.spec import InvalidSpec, TrainingRunSpec, parse_spec
 from spotrun_api.status import TrainingRunStatus, parse_status
 from spotrun_operator import builders
 from spotrun_operator.builders import RunRef
-from spotrun_operator.common import utcnow
+from spotrun_operator.common import attempt_of, utcnow
 from spotrun_operator.cost import Price, Prices
 from spotrun_operator.plan import Observed, Rejected
 from spotrun_operator.signals import NodeInfo, node_info
@@ -67,12 +67,12 @@ def observe(
     price_source: PriceSource | None = None,
     **extra: Any,
 ) -> Observed:
-    """Everything :func:`reconcile.decide` needs about ``run``, read fresh from the API
+    """Everything :func:`reconcile.decide` needs about ``run``, through ``kube``'s reads
     (plus what only the watch saw: the last state of pods and nodes now gone)."""
     ref = run_ref(run)
     jobs = kube.list_jobs(ref.namespace, ref.name, ref.uid)
     pods = kube.list_pods(ref.namespace, ref.name)
-    # A pod the watch saw that a fresh list no longer has is gone: keep its last state.
+    # A pod the watch saw that the list no longer has is gone: keep its last state.
     live = {str((p.get("metadata") or {}).get("uid")) for p in pods}
     deleted_pods = [p for p in seen_pods if str((p.get("metadata") or {}).get("uid")) not in live]
     names = {
@@ -91,7 +91,7 @@ def observe(
             nodes[name] = dataclasses.replace(last, exists=False) if last else gone
     spec, spec_error = parse_run_spec(run.get("spec"))
     status = parse_status(run.get("status"))
-    rejected = extra.pop("rejected", None) or _pod_refusal(kube, ref, status, jobs)
+    rejected = extra.pop("rejected", None) or _pod_refusal(kube, ref, status, jobs, pods)
     if price_source is not None:  # the prices of the types the typed spec allows
         types = list(spec.capacity.instance_types) if spec is not None else []
         extra["prices"], extra["pricing_condition"] = price_source(types)
@@ -108,7 +108,7 @@ def observe(
         deleted_pods=list(deleted_pods),
         nodes=nodes,
         fleet=_fleet(spec, remembered_nodes, nodes),
-        missing_refs=_missing(kube, ref, spec),
+        missing_refs=_missing(kube, ref, spec) if _may_create(status, jobs) else [],
         interrupted_nodes=list(interrupted_nodes),
         deleting=bool((run.get("metadata") or {}).get("deletionTimestamp")),
         **extra,
@@ -127,18 +127,42 @@ def _fleet(
     return {name: n for name, n in known.items() if n.exists}
 
 
+def _may_create(status: TrainingRunStatus, jobs: Mapping[int, Obj]) -> bool:
+    """This decision may create an attempt's PyTorchJob: no live job, or the live attempt
+    has an outcome (the next one may start). Only then are the objects the pods need
+    read (from the API: no watch covers Secrets), so a running run makes no such read."""
+    live = status.attempt or 0
+    if live not in jobs:
+        return True
+    entry = next((e for e in status.attempts or () if e.attempt == live), None)
+    return entry is not None and entry.outcome is not None
+
+
 def _pod_refusal(
-    kube: KubeReads, ref: RunRef, status: TrainingRunStatus, jobs: Mapping[int, Obj]
+    kube: KubeReads,
+    ref: RunRef,
+    status: TrainingRunStatus,
+    jobs: Mapping[int, Obj],
+    pods: Sequence[Mapping[str, Any]],
 ) -> Rejected | None:
-    """The apiserver refused a pod of the live attempt (reported by the training operator):
-    looked for only while that attempt's gang has not run, the only time pods are made."""
+    """The apiserver refused a pod of the live attempt (reported by the training operator
+    in events, which no watch of ours covers): looked for only while that attempt's gang
+    has not run, is not held by a queue (suspended) and has fewer pods than it asks for,
+    the only time a refusal can be what holds it."""
     if not jobs:
         return None
     live = max(jobs)
     entry = next((e for e in status.attempts or () if e.attempt == live), None)
     if entry is not None and (entry.started_at or entry.outcome):
         return None
-    return kube.pod_refusal(ref.namespace, jobs[live])
+    job = jobs[live]
+    if ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"):
+        return None
+    made = sum(1 for p in pods if attempt_of(p) == live)
+    wanted = builders.job_nodes(job)
+    if wanted is not None and made >= wanted:
+        return None
+    return kube.pod_refusal(ref.namespace, job)
 
 
 def _workloads(

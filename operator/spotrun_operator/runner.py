@@ -20,6 +20,7 @@ from typing import Any
 
 from spotrun_api.status import Attempt
 from spotrun_operator.apiserver import Refused, raw_template_job
+from spotrun_operator.cache import Cache, CachedReads
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.cost import Price, Prices
 from spotrun_operator.kube import Kube
@@ -33,6 +34,9 @@ from spotrun_operator.verdicts import build_problem
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
+# After a status write conflict: the watch event of the newer run normally wakes the loop
+# sooner; this bounds the wait should that event be lost.
+CONFLICT_RETRY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,9 @@ class Memory:
 
     def _prune(self, now: float) -> None:
         cutoff = now - self.ttl
-        for name in [n for n, s in self._nodes.items() if s.at < cutoff]:
+        # A live node stays known however long it goes unchanged (elastic runs count the
+        # fleet from here); a deleted one is remembered for ``ttl``.
+        for name in [n for n, s in self._nodes.items() if s.at < cutoff and not s.node.exists]:
             del self._nodes[name]
         for key, pods in list(self._pods.items()):
             for uid in [u for u, (t, _) in pods.items() if t < cutoff]:
@@ -199,6 +205,10 @@ class Runner:
         self.memory = memory or Memory()
         self.pool_history = PoolHistory()
         self.prices = prices
+        # Every read of a reconcile comes from here (fed by kopf's watches, see handlers).
+        self.cache = Cache()
+        kube.cache = self.cache
+        self.reads = CachedReads(self.cache, kube)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._wakers: dict[Key, asyncio.Event] = {}
@@ -274,7 +284,7 @@ class Runner:
         started = time.monotonic()
         try:
             for _ in range(5):
-                run = self.kube.get_run(namespace, name)
+                run = self.cache.runs.get(namespace, name)
                 if run is None:
                     self.metrics.observe_run(namespace, name, None, None)
                     return None
@@ -306,7 +316,9 @@ class Runner:
         if d.status is not None:
             rv = str(run["metadata"]["resourceVersion"])
             if not self.kube.patch_run_status(ref.namespace, ref.name, rv, d.status):
-                return None  # someone (the trainer) wrote meanwhile: look again
+                # Someone (the trainer) wrote since the cached read: look again once the
+                # watch brings the newer run (its event wakes this loop before the delay).
+                return CONFLICT_RETRY_SECONDS
         self.metrics.record(d.metrics)
         for ev in d.events:
             if ev.key is None or self.memory.first_time(ev.key):
@@ -325,7 +337,7 @@ class Runner:
     def _observe(self, run: Mapping[str, Any], rejected: Rejected | None) -> Observed:
         ns, name = run["metadata"]["namespace"], run["metadata"]["name"]
         return observe(
-            self.kube,
+            self.reads,
             run,
             remembered_nodes=self.memory.nodes(),
             seen_pods=self.memory.seen_pods(ns, name),

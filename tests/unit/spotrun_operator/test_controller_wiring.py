@@ -6,11 +6,13 @@ from typing import Any
 
 import kopf
 import pytest
+from kubernetes.client import ApiClient
 from prometheus_client import CollectorRegistry
 
 from spotrun_operator import handlers, main
 from spotrun_operator.config import OperatorConfig, from_env, with_overrides
 from spotrun_operator.cost import Price
+from spotrun_operator.kube import Kube
 from spotrun_operator.metrics import Metrics
 from spotrun_operator.runner import Memory, Runner
 
@@ -107,8 +109,10 @@ def test_observe_keeps_the_last_state_of_pods_a_fresh_list_no_longer_has() -> No
 
 def test_memory_is_bounded_in_time() -> None:
     old = Memory(ttl_seconds=-1)  # everything is already too old: pruned on each write
+    old.remember_node(node("gone", ("karpenter.sh/disrupted",)), deleted=True)
     old.remember_node(node("n1", ("karpenter.sh/disrupted",)), deleted=False)
-    assert old.nodes() == {}
+    # A deleted node is forgotten after the ttl; a live one however long it goes unchanged.
+    assert set(old.nodes()) == {"n1"}
     small = Memory(max_items=1)
     small.remember_node(node("n1", ("karpenter.sh/disrupted",)), deleted=False)
     small.remember_node(node("n2", ("karpenter.sh/disrupted",)), deleted=False)
@@ -117,8 +121,13 @@ def test_memory_is_bounded_in_time() -> None:
 
 def test_handlers_register_on_a_private_registry() -> None:
     registry = kopf.OperatorRegistry()
-    runner = Runner(kube=None, cfg=OperatorConfig(), metrics=Metrics(CollectorRegistry()))  # type: ignore[arg-type]
+    kube = Kube(ApiClient())
+    runner = Runner(kube=kube, cfg=OperatorConfig(), metrics=Metrics(CollectorRegistry()))
     handlers.register(registry, runner)
+    # The operator's own writes land in the caches its reconciles read.
+    assert kube.cache is runner.cache
+    indexed = {h.id.rsplit(".", 1)[-1] for h in registry._indexing.get_all_handlers()}
+    assert {"cached_runs", "cached_jobs", "cached_pods", "cached_nodes"} <= indexed
     settings = kopf.OperatorSettings()
     handlers.configure(settings)
     assert settings.persistence.finalizer.startswith("spotrun.dev/")

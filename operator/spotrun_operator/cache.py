@@ -1,0 +1,221 @@
+"""Watch-fed caches of everything a reconcile reads: controller-runtime's informer cache.
+
+kopf's index handlers feed these stores (:mod:`handlers`), and kopf starts no other
+handler before every index has seen its resource's initial listing: the first reconcile
+after a (re)start therefore decides on a complete cache, and a reconcile in steady state
+makes no GET or LIST call at all (``observe`` reads :class:`CachedReads`).
+
+The operator's own successful writes go in too (client-go's ``MutationCache``): a status
+patch, a created PyTorchJob or a deleted pod is seen by the very next reconcile, before
+the watch event comes back. An object is only replaced by a newer resourceVersion. Like
+client-go's ``NewIntegerResourceVersionMutationCache``, this compares resourceVersions as
+integers (etcd revisions, which is what the kube-apiserver gives); a version that is not
+an integer is never judged older. A deleted object leaves a tombstone with the version
+of its deletion, so a late event from before the deletion cannot bring it back.
+Staleness left over is handled the controller way: status writes carry the
+resourceVersion read (a compare-and-swap), and a conflict means "look again".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from spotrun_operator.common import LABEL_KUEUE_JOB_UID, LABEL_RUN, parse_job_name
+from spotrun_operator.observe import KubeReads
+from spotrun_operator.plan import Rejected
+
+Obj = dict[str, Any]
+Key = tuple[str, str]  # (namespace or "", name)
+IndexKey = tuple[str, str]  # (namespace, label value)
+
+# How long a deleted object's tombstone outlives it (late watch events arrive in ms).
+TOMBSTONE_SECONDS = 600.0
+
+
+def _version(obj: Mapping[str, Any]) -> int | None:
+    rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+    return int(rv) if rv.isdigit() else None
+
+
+def _key(obj: Mapping[str, Any]) -> Key:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name"))
+
+
+class Store:
+    """The newest known state of each object of one kind, with an optional index by a
+    label's value (the run's name, a Kueue job UID). Safe to share between the event loop
+    (writer) and reconcile threads (readers)."""
+
+    def __init__(self, kind: str, index_label: str | None = None) -> None:
+        self.kind = kind
+        self.index_label = index_label
+        self._lock = threading.Lock()
+        self._objs: dict[Key, Obj] = {}
+        self._index: dict[IndexKey, set[Key]] = {}
+        self._tombstones: dict[Key, tuple[float, int]] = {}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._objs)
+
+    def put(self, obj: Mapping[str, Any]) -> bool:
+        """Keep ``obj`` unless what is known is newer; True when kept."""
+        key, version = _key(obj), _version(obj)
+        with self._lock:
+            if version is not None and not self._newer(key, version):
+                return False
+            self._tombstones.pop(key, None)
+            old = self._objs.get(key)
+            if old is not None:
+                self._unindex(key, old)
+            self._objs[key] = dict(obj)
+            self._reindex(key, obj)
+        return True
+
+    def delete(self, obj: Mapping[str, Any]) -> None:
+        """``obj`` is gone (its last state, as a DELETED event or a DELETE answer says)."""
+        key, version = _key(obj), _version(obj)
+        with self._lock:
+            if version is not None and not self._newer(key, version):
+                return
+            old = self._objs.pop(key, None)
+            if old is not None:
+                self._unindex(key, old)
+            now = time.monotonic()
+            self._tombstones[key] = (now, version or 0)
+            for k in [k for k, (t, _) in self._tombstones.items() if now - t > TOMBSTONE_SECONDS]:
+                del self._tombstones[k]
+
+    def get(self, namespace: str, name: str) -> Obj | None:
+        with self._lock:
+            return self._objs.get((namespace, name))
+
+    def indexed(self, namespace: str, value: str) -> list[Obj]:
+        """Objects in ``namespace`` whose index label has ``value``."""
+        with self._lock:
+            keys = self._index.get((namespace, value), set())
+            return [self._objs[k] for k in sorted(keys)]
+
+    def _newer(self, key: Key, version: int) -> bool:
+        old = self._objs.get(key)
+        known = _version(old) if old is not None else None
+        if known is None and key in self._tombstones:
+            known = self._tombstones[key][1]
+        return known is None or version >= known
+
+    def _label(self, obj: Mapping[str, Any]) -> str | None:
+        if self.index_label is None:
+            return None
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        value = labels.get(self.index_label)
+        return str(value) if value is not None else None
+
+    def _reindex(self, key: Key, obj: Mapping[str, Any]) -> None:
+        value = self._label(obj)
+        if value is not None:
+            self._index.setdefault((key[0], value), set()).add(key)
+
+    def _unindex(self, key: Key, obj: Mapping[str, Any]) -> None:
+        value = self._label(obj)
+        if value is None:
+            return
+        keys = self._index.get((key[0], value))
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._index[(key[0], value)]
+
+
+class Cache:
+    """The stores of every kind a reconcile reads, and whether kopf has filled them."""
+
+    def __init__(self) -> None:
+        self.runs = Store("TrainingRun")
+        self.jobs = Store("PyTorchJob", index_label=LABEL_RUN)
+        self.pods = Store("Pod", index_label=LABEL_RUN)
+        self.nodes = Store("Node")
+        self.workloads = Store("Workload", index_label=LABEL_KUEUE_JOB_UID)
+        self.synced = threading.Event()
+
+    def store(self, kind: str) -> Store | None:
+        return {
+            s.kind: s for s in (self.runs, self.jobs, self.pods, self.nodes, self.workloads)
+        }.get(kind)
+
+    def wrote(self, obj: Mapping[str, Any]) -> None:
+        """The apiserver's answer to one of the operator's own writes (create, patch)."""
+        store = self.store(str(obj.get("kind")))
+        if store is not None:
+            store.put(obj)
+
+    def removed(self, obj: Mapping[str, Any]) -> None:
+        """The apiserver's answer to a DELETE: the object's last state. A pod deleted
+        gracefully still exists (with deletionTimestamp); anything else is gone."""
+        store = self.store(str(obj.get("kind")))
+        if store is None:
+            return
+        meta = obj.get("metadata") or {}
+        if meta.get("deletionTimestamp") and not _deleted_for_good(obj):
+            store.put(obj)
+        else:
+            store.delete(obj)
+
+    def sizes(self) -> dict[str, int]:
+        return {s.kind: len(s) for s in (self.runs, self.jobs, self.pods, self.nodes)}
+
+
+def _deleted_for_good(obj: Mapping[str, Any]) -> bool:
+    """A DELETE answer is the object's final state when nothing holds it (no finalizers
+    and, for a pod, a zero grace period)."""
+    meta = obj.get("metadata") or {}
+    if meta.get("finalizers"):
+        return False
+    return str(obj.get("kind")) != "Pod" or meta.get("deletionGracePeriodSeconds") == 0
+
+
+class CachedReads:
+    """``observe``'s reads, answered from the caches. Only what no watch covers goes to
+    the API, and ``observe`` asks for it only when a decision needs it: the referenced
+    Secrets/ConfigMaps/PVCs before an attempt is created, and the training operator's
+    FailedCreatePod events while a live attempt has fewer pods than its gang."""
+
+    def __init__(self, cache: Cache, api: KubeReads) -> None:
+        self.cache = cache
+        self.api = api
+
+    def list_jobs(self, namespace: str, run: str, owner_uid: str) -> dict[int, Obj]:
+        return owned_jobs(self.cache.jobs.indexed(namespace, run), run, owner_uid)
+
+    def list_pods(self, namespace: str, run: str) -> list[Obj]:
+        return self.cache.pods.indexed(namespace, run)
+
+    def get_node(self, name: str) -> Obj | None:
+        return self.cache.nodes.get("", name)
+
+    def get_workload(self, namespace: str, job_uid: str) -> Obj | None:
+        found = self.cache.workloads.indexed(namespace, job_uid)
+        return found[0] if found else None
+
+    def pod_refusal(self, namespace: str, job: Mapping[str, Any]) -> Rejected | None:
+        return self.api.pod_refusal(namespace, job)
+
+    def missing(self, namespace: str, refs: Sequence[tuple[str, str]]) -> list[str]:
+        return self.api.missing(namespace, refs)
+
+
+def owned_jobs(jobs: Sequence[Mapping[str, Any]], run: str, owner_uid: str) -> dict[int, Obj]:
+    """The run's PyTorchJobs by attempt number (only those this run owns: a job of an
+    earlier run with the same name may still be on its way out)."""
+    by_attempt: dict[int, Obj] = {}
+    for job in jobs:
+        owners = (job.get("metadata") or {}).get("ownerReferences") or []
+        if not any(o.get("uid") == owner_uid for o in owners):
+            continue
+        n = parse_job_name(run, str(job["metadata"]["name"]))
+        if n is not None:
+            by_attempt[n] = dict(job)
+    return by_attempt

@@ -1,0 +1,188 @@
+"""The watch-fed caches reconciles read (cache.py), and the reads observe() still sends
+to the API only when a decision needs them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from spotrun_operator.cache import Cache, CachedReads, Store
+from spotrun_operator.common import LABEL_ATTEMPT, LABEL_RUN
+from spotrun_operator.observe import observe
+from spotrun_operator.plan import Rejected
+
+
+def obj(kind: str, name: str, rv: str, ns: str = "ml", **meta: Any) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "metadata": {"name": name, "namespace": ns, "resourceVersion": rv, **meta},
+    }
+
+
+def pod(name: str, rv: str, run: str = "r", attempt: int = 1, **meta: Any) -> dict[str, Any]:
+    labels = {LABEL_RUN: run, LABEL_ATTEMPT: str(attempt)}
+    return obj("Pod", name, rv, labels=labels, **meta)
+
+
+def test_an_older_version_never_replaces_a_newer_one() -> None:
+    s = Store("Pod")
+    assert s.put(obj("Pod", "p", "10"))
+    assert not s.put(obj("Pod", "p", "9"))  # a late watch event after our own write
+    assert s.get("ml", "p") == obj("Pod", "p", "10")
+    assert s.put(obj("Pod", "p", "11"))
+    # Not an integer: never judged older (the apiserver gives etcd revisions).
+    assert s.put(obj("Pod", "p", "x1"))
+    assert s.put(obj("Pod", "p", "5"))
+
+
+def test_a_tombstone_keeps_a_deleted_object_from_coming_back() -> None:
+    s = Store("Pod")
+    s.put(obj("Pod", "p", "10"))
+    s.delete(obj("Pod", "p", "12"))
+    assert s.get("ml", "p") is None
+    assert not s.put(obj("Pod", "p", "11"))  # an event from before the deletion
+    assert s.put(obj("Pod", "p", "13"))  # a new object of the same name
+
+
+def test_the_index_follows_label_changes_and_deletions() -> None:
+    s = Store("Pod", index_label=LABEL_RUN)
+    s.put(pod("a", "1", run="r1"))
+    s.put(pod("b", "2", run="r1"))
+    s.put(pod("c", "3", run="r1", ns="other"))
+    assert [p["metadata"]["name"] for p in s.indexed("ml", "r1")] == ["a", "b"]
+    s.put(pod("a", "4", run="r2"))
+    assert [p["metadata"]["name"] for p in s.indexed("ml", "r1")] == ["b"]
+    assert [p["metadata"]["name"] for p in s.indexed("ml", "r2")] == ["a"]
+    s.delete(pod("b", "5", run="r1"))
+    assert s.indexed("ml", "r1") == []
+    assert len(s) == 2
+
+
+def test_delete_answers_keep_a_pod_that_is_still_stopping() -> None:
+    c = Cache()
+    c.pods.put(pod("p", "1"))
+    stopping = pod(
+        "p", "2", deletionTimestamp="2026-01-01T00:00:00Z", deletionGracePeriodSeconds=110
+    )
+    c.removed(stopping)
+    assert c.pods.get("ml", "p") == stopping  # graceful: the kubelet still runs it
+    forced = pod("p", "3", deletionTimestamp="2026-01-01T00:00:00Z", deletionGracePeriodSeconds=0)
+    c.removed(forced)
+    assert c.pods.get("ml", "p") is None
+    c.jobs.put(obj("PyTorchJob", "r-a1", "4"))
+    c.removed(obj("PyTorchJob", "r-a1", "5"))  # no finalizer: gone at once
+    assert c.jobs.get("ml", "r-a1") is None
+    c.wrote(obj("PyTorchJob", "r-a2", "6"))
+    assert c.jobs.get("ml", "r-a2") is not None
+    c.wrote(obj("Secret", "s", "7"))  # not a cached kind: ignored
+
+
+class CountingApi:
+    """The reads CachedReads still sends to the API, counted."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def list_jobs(self, namespace: str, run: str, owner_uid: str) -> dict[int, Any]:
+        raise AssertionError("jobs come from the cache")
+
+    def list_pods(self, namespace: str, run: str) -> list[dict[str, Any]]:
+        raise AssertionError("pods come from the cache")
+
+    def get_node(self, name: str) -> dict[str, Any] | None:
+        raise AssertionError("nodes come from the cache")
+
+    def get_workload(self, namespace: str, job_uid: str) -> dict[str, Any] | None:
+        raise AssertionError("workloads come from the cache")
+
+    def missing(self, namespace: str, refs: Sequence[tuple[str, str]]) -> list[str]:
+        self.calls.append("missing")
+        return []
+
+    def pod_refusal(self, namespace: str, job: Any) -> Rejected | None:
+        self.calls.append("pod_refusal")
+        return None
+
+
+SPEC = {
+    "image": "i",
+    "nodes": 2,
+    "checkpoint": {"volume": {"claimName": "c"}},
+    "podTemplate": {"spec": {"imagePullSecrets": [{"name": "pull"}]}},
+}
+
+
+def run(attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    status = {"attempt": len(attempts), "attempts": attempts} if attempts else {}
+    return {
+        "metadata": {"name": "r", "namespace": "ml", "uid": "u", "resourceVersion": "1"},
+        "spec": SPEC,
+        "status": status,
+    }
+
+
+def job(n: int, suspend: bool = False) -> dict[str, Any]:
+    master = {"replicas": 1}
+    return {
+        "kind": "PyTorchJob",
+        "metadata": {
+            "name": f"r-a{n}",
+            "namespace": "ml",
+            "uid": f"j{n}",
+            "resourceVersion": str(10 + n),
+            "labels": {LABEL_RUN: "r"},
+            "ownerReferences": [{"uid": "u"}],
+        },
+        "spec": {
+            "runPolicy": {"suspend": suspend},
+            "pytorchReplicaSpecs": {"Master": master, "Worker": {"replicas": 1}},
+        },
+    }
+
+
+def look(cache: Cache, body: dict[str, Any]) -> list[str]:
+    api = CountingApi()
+    obs = observe(
+        CachedReads(cache, api), body, remembered_nodes={}, seen_pods=[], interrupted_nodes=[]
+    )
+    assert obs.ref.name == "r"
+    return api.calls
+
+
+def test_a_running_attempt_is_observed_without_any_api_read() -> None:
+    cache = Cache()
+    cache.jobs.put(job(1))
+    cache.pods.put(pod("r-a1-master-0", "20", spec={"nodeName": "n1"}))
+    cache.pods.put(pod("r-a1-worker-0", "21"))
+    cache.nodes.put({"kind": "Node", "metadata": {"name": "n1", "resourceVersion": "2"}})
+    started = [{"attempt": 1, "startedAt": "2026-01-01T00:00:00Z"}]
+    assert look(cache, run(started)) == []
+    # Not started yet, but every pod of the gang exists: nothing was refused.
+    assert look(cache, run([{"attempt": 1}])) == []
+
+
+def test_reads_the_api_only_where_a_decision_needs_it() -> None:
+    # No attempt yet: the objects the pods need are checked before one is created.
+    assert look(Cache(), run([])) == ["missing"]
+    # The live attempt has an outcome: the next one may be created in this decision.
+    cache = Cache()
+    cache.jobs.put(job(1))
+    ended = [{"attempt": 1, "outcome": "Preempted", "startedAt": "2026-01-01T00:00:00Z"}]
+    assert look(cache, run(ended)) == ["missing"]
+    # A job with fewer pods than its gang and not started: the refusal is looked for.
+    cache = Cache()
+    cache.jobs.put(job(1))
+    assert look(cache, run([{"attempt": 1}])) == ["pod_refusal"]
+    # ... unless Kueue holds it suspended (no pod is made then).
+    cache = Cache()
+    cache.jobs.put(job(1, suspend=True))
+    assert look(cache, run([{"attempt": 1}])) == []
+
+
+def test_jobs_of_another_owner_are_not_the_runs() -> None:
+    cache = Cache()
+    theirs = job(1)
+    theirs["metadata"]["ownerReferences"] = [{"uid": "an-earlier-run"}]
+    cache.jobs.put(theirs)
+    cache.jobs.put(job(2))
+    assert list(CachedReads(cache, CountingApi()).list_jobs("ml", "r", "u")) == [2]
