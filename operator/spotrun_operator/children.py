@@ -117,4 +117,4 @@ def create_job(d: Draft, n: int) -> None:
         avoid_nodes=avoided_nodes(d),
         nodes=entry.nodes if entry else None,
     )
-    d.actions.append(CreateJob(body))
+    d.actions.append(CreateJob(body, source=f"{ref.uid}/{ref.generation}"))

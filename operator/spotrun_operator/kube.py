@@ -97,6 +97,10 @@ class Kube:
         # Watch-fed caches that the answers to the operator's own writes go into (set by
         # the runner): the next reconcile sees them before the watch event comes back.
         self.cache: Cache | None = None
+        # Writes whose result is known (bounded): (namespace, kind, name, owner uid) of the
+        # objects ensured for a run, and the spec versions whose job passed a dry run.
+        self._ensured: dict[tuple[str, ...], None] = {}
+        self._dry_run_passed: dict[str, None] = {}
 
     @property
     def dyn(self) -> DynamicClient:
@@ -357,17 +361,29 @@ class Kube:
                 "event %s for %s/%s not posted: %s", ev.reason, ref.namespace, ref.name, exc
             )
 
+    def _ensure(self, objects: Sequence[Mapping[str, Any]]) -> None:
+        """Create what a run needs once per operator process: a 409 (made by an earlier
+        attempt or process) is success, and later attempts skip the write."""
+        for obj in objects:
+            meta = obj["metadata"]
+            owners = ",".join(str(o.get("uid")) for o in meta.get("ownerReferences") or [])
+            key = (str(meta["namespace"]), str(obj["kind"]), str(meta["name"]), owners)
+            if key not in self._ensured:
+                self.create(obj)
+                _remember(self._ensured, key)
+
     def execute(self, namespace: str, actions: Sequence[Action]) -> None:
         """Carry ``actions`` out in order; :class:`Refused` when the apiserver refuses an
         object built from the spec (the objects before it stay: the run owns them)."""
         for action in actions:
             if isinstance(action, EnsureObjects):
-                for obj in action.objects:
-                    self.create(obj)
+                self._ensure(action.objects)
             elif isinstance(action, CreateJob):
-                # Types first (the PyTorchJob CRD's schema names the field), then values.
-                self.create(action.body, dry_run=True)
-                self.check_pods(action.body)
+                if action.source not in self._dry_run_passed:
+                    # Types first (the PyTorchJob CRD's schema names the field), then values.
+                    self.create(action.body, dry_run=True)
+                    self.check_pods(action.body)
+                    _remember(self._dry_run_passed, action.source)
                 if self.create(action.body):
                     log.info("created PyTorchJob %s/%s", namespace, action.body["metadata"]["name"])
             elif isinstance(action, DeleteJob):
@@ -375,3 +391,10 @@ class Kube:
             elif isinstance(action, DeletePods):
                 for name in action.names:
                     self.delete_pod(namespace, name, action.grace_seconds)
+
+
+def _remember(seen: dict[Any, None], key: Any, limit: int = 20000) -> None:
+    """Add ``key`` to an insertion-ordered set, dropping the oldest beyond ``limit``."""
+    seen[key] = None
+    while len(seen) > limit:
+        del seen[next(iter(seen))]

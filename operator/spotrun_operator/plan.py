@@ -72,7 +72,8 @@ class Observed:
 
 @dataclass(frozen=True)
 class EnsureObjects:
-    """Create these if absent (409 is success): PVC, ServiceAccount, Role, RoleBinding."""
+    """Create these if absent (409 is success): PVC, ServiceAccount, Role, RoleBinding.
+    The I/O layer skips those it made (or found) before for the same run."""
 
     objects: tuple[Obj, ...]
 
@@ -80,6 +81,9 @@ class EnsureObjects:
 @dataclass(frozen=True)
 class CreateJob:
     body: Obj
+    # What the body is built from ("<run uid>/<generation>"): the apiserver's dry run of
+    # one attempt's job vouches for the next attempts' built from the same spec.
+    source: str = ""
 
 
 @dataclass(frozen=True)

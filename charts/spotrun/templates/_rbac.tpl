@@ -56,12 +56,12 @@ rule only with a comment saying which code needs it.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["create"]
-# Kueue's Workload of an attempt's PyTorchJob (spec.queueName only): kube.get_workload
-# lists the one labelled with the job's UID, to say why an attempt waits in the queue and
-# why Kueue took it back. Harmless where Kueue is not installed.
+# Kueue's Workloads (spec.queueName only), watched into the operator's cache: the one
+# labelled with an attempt's job UID says why it waits in the queue and why Kueue took it
+# back. Harmless where Kueue is not installed.
 - apiGroups: ["kueue.x-k8s.io"]
   resources: ["workloads"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 # Events on the TrainingRun (kube.post_event: preemptions, failures, recoveries); list for
 # kube.pod_refusal, which reads the training operator's FailedCreatePod events on the
 # run's own PyTorchJob (field selector) while an attempt's pods are being made: a pod the

@@ -1,0 +1,109 @@
+"""kube.Kube's writes: no write whose result is already known (objects ensured for a run,
+a dry run already passed for the same spec), and every write's answer lands in the
+watch caches before the watch brings it back."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from spotrun_operator.cache import Cache
+from spotrun_operator.kube import Kube
+from spotrun_operator.plan import CreateJob, DeleteJob, DeletePods, EnsureObjects
+
+OWNER = [{"uid": "run-1"}]
+
+
+def obj(kind: str, name: str, rv: str = "5", **meta: Any) -> dict[str, Any]:
+    body = {"name": name, "namespace": "ml", "ownerReferences": OWNER, **meta}
+    return {"kind": kind, "metadata": {**body, "resourceVersion": rv}}
+
+
+class _Dyn:
+    """The dynamic client's writes, answered like the apiserver: a create answers the
+    object (409 when it exists), a delete answers the object's last state."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        self.existing: set[tuple[str, str]] = set()
+        self.resources = SimpleNamespace(get=lambda api_version, kind: kind)
+
+    def create(self, resource: str, body: dict[str, Any], **params: Any) -> SimpleNamespace:
+        name = body["metadata"]["name"]
+        dry = "dry-run" if params.get("dry_run") else "create"
+        self.calls.append((dry, resource, name))
+        if not params.get("dry_run"):
+            if (resource, name) in self.existing:
+                raise ApiException(status=409, reason="AlreadyExists")
+            self.existing.add((resource, name))
+        answer = {**body, "metadata": {**body["metadata"], "resourceVersion": "7"}}
+        return SimpleNamespace(data=json.dumps(answer).encode())
+
+    def delete(self, resource: str, name: str, **params: Any) -> SimpleNamespace:
+        self.calls.append(("delete", resource, name))
+        meta: dict[str, Any] = {"deletionTimestamp": "2026-01-01T00:00:00Z"}
+        if resource == "Pod":
+            meta["deletionGracePeriodSeconds"] = params.get("grace_period_seconds")
+        return SimpleNamespace(data=json.dumps(obj(resource, name, "9", **meta)).encode())
+
+
+class _Kube(Kube):
+    def __init__(self, dyn: _Dyn) -> None:
+        super().__init__(client.ApiClient())
+        self.fake = dyn
+        self.cache = Cache()
+
+    @property
+    def dyn(self) -> Any:
+        return self.fake
+
+
+def attempt(n: int, generation: int = 1) -> list[Any]:
+    objects = (obj("ServiceAccount", "r"), obj("Role", "r"), obj("RoleBinding", "r"))
+    job = obj("PyTorchJob", f"r-a{n}")
+    return [EnsureObjects(objects), CreateJob(job, source=f"run-1/{generation}")]
+
+
+def test_later_attempts_write_only_their_job() -> None:
+    dyn = _Dyn()
+    kube = _Kube(dyn)
+    kube.execute("ml", attempt(1))
+    assert [c[0] for c in dyn.calls] == ["create", "create", "create", "dry-run", "create"]
+    dyn.calls.clear()
+    kube.execute("ml", attempt(2))
+    assert dyn.calls == [("create", "PyTorchJob", "r-a2")]
+    # A new generation of the spec is checked again; the run's objects are not.
+    dyn.calls.clear()
+    kube.execute("ml", attempt(3, generation=2))
+    assert dyn.calls == [("dry-run", "PyTorchJob", "r-a3"), ("create", "PyTorchJob", "r-a3")]
+
+
+def test_a_restarted_operator_ensures_once_and_takes_409_as_made() -> None:
+    dyn = _Dyn()
+    _Kube(dyn).execute("ml", attempt(1))
+    dyn.calls.clear()
+    again = _Kube(dyn)  # a new process: nothing remembered
+    again.execute("ml", attempt(2))
+    assert [c[0] for c in dyn.calls] == ["create", "create", "create", "dry-run", "create"]
+    dyn.calls.clear()
+    again.execute("ml", attempt(3))
+    assert dyn.calls == [("create", "PyTorchJob", "r-a3")]
+
+
+def test_write_answers_land_in_the_cache() -> None:
+    kube = _Kube(_Dyn())
+    assert kube.cache is not None
+    kube.execute("ml", attempt(1))
+    job = kube.cache.jobs.get("ml", "r-a1")
+    assert job is not None and job["metadata"]["resourceVersion"] == "7"
+    kube.cache.pods.put(obj("Pod", "p", "3"))
+    kube.cache.pods.put(obj("Pod", "q", "3"))
+    kube.execute("ml", [DeleteJob("r-a1"), DeletePods(("p",), 110), DeletePods(("q",), 0)])
+    assert kube.cache.jobs.get("ml", "r-a1") is None
+    stopping = kube.cache.pods.get("ml", "p")
+    assert stopping is not None and stopping["metadata"]["deletionTimestamp"]
+    assert kube.cache.pods.get("ml", "q") is None  # force-deleted: gone
