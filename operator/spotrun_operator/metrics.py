@@ -36,6 +36,7 @@ from spotrun_operator.classify import KNOWN_FAILURE_REASONS
 from spotrun_operator.common import parse_time
 from spotrun_operator.plan import MetricEvent, RunGauges
 from spotrun_operator.pools import Pool, PoolStats, PoolTally
+from spotrun_operator.queue_metrics import RESULTS
 from spotrun_operator.queueing import KUEUE_EVICTION_REASONS
 from spotrun_operator.signals import SIGNAL_PRIORITY
 
@@ -250,7 +251,9 @@ class Metrics:
         )
         self.reconcile_duration = Histogram(
             "spotrun_reconcile_duration_seconds",
-            "Duration of one reconcile of a TrainingRun (observe, decide, act).",
+            "Duration of one reconcile of a TrainingRun (observe, decide, act), by what it "
+            "came to (queue_metrics.RESULTS).",
+            ["result"],
             buckets=RECONCILE_BUCKETS,
             registry=registry,
         )
@@ -266,6 +269,8 @@ class Metrics:
             self.lost_work.labels(signal=signal)
         for reason in sorted(KNOWN_FAILURE_REASONS):
             self.failures.labels(reason=reason)
+        for result in RESULTS:
+            self.reconcile_duration.labels(result=result)
 
     def record(self, events: list[MetricEvent]) -> None:
         for ev in events:

@@ -28,6 +28,7 @@ from spotrun_operator.metrics import Metrics
 from spotrun_operator.observe import PriceSource, observe, run_ref
 from spotrun_operator.plan import Observed, Rejected
 from spotrun_operator.pools import Pool, PoolStats, PoolTally, pool_tally
+from spotrun_operator.queue_metrics import CacheCollector, QueueMetrics
 from spotrun_operator.reconcile import decide
 from spotrun_operator.signals import INTERRUPTION_TAINTS, NodeInfo, node_info
 from spotrun_operator.verdicts import build_problem
@@ -209,6 +210,8 @@ class Runner:
         self.cache = Cache()
         kube.cache = self.cache
         self.reads = CachedReads(self.cache, kube)
+        self.queue = QueueMetrics(metrics.registry, workers)
+        metrics.registry.register(CacheCollector(self.cache.synced.is_set, self.cache.sizes))
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._wakers: dict[Key, asyncio.Event] = {}
@@ -256,8 +259,9 @@ class Runner:
         while True:
             await self.leading.wait()
             waker.clear()
+            queued = self.queue.queued()
             try:
-                delay = await loop.run_in_executor(self.pool, self.reconcile, *key)
+                delay = await loop.run_in_executor(self.pool, self.reconcile, *key, queued)
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -278,26 +282,36 @@ class Runner:
                 pass
 
     # --- one reconcile (worker thread) ---------------------------------------------
-    def reconcile(self, namespace: str, name: str) -> float | None:
+    def reconcile(self, namespace: str, name: str, queued: float | None = None) -> float | None:
         """Observe, decide, write status, act. Returns the delay until the next look, or
-        None when the run no longer exists."""
-        started = time.monotonic()
-        try:
-            for _ in range(5):
-                run = self.cache.runs.get(namespace, name)
-                if run is None:
-                    self.metrics.observe_run(namespace, name, None, None)
-                    return None
-                delay = self._reconcile_once(run)
-                if delay is not None:
-                    return delay
-            return 0.5
-        finally:
-            self.metrics.reconcile_duration.observe(time.monotonic() - started)
+        None when the run no longer exists. ``queued``: when the run was woken."""
+        result = "error"
+        with self.queue.working(time.monotonic() if queued is None else queued):
+            started = time.monotonic()
+            try:
+                delay, result = self._reconcile_cached(namespace, name)
+                return delay
+            finally:
+                self.queue.finished(result)
+                self.metrics.reconcile_duration.labels(result=result).observe(
+                    time.monotonic() - started
+                )
 
-    def _reconcile_once(self, run: Mapping[str, Any]) -> float | None:
-        """One observe-decide-write-act pass over ``run`` as read; None: look again (the
-        status write lost a race, or the apiserver refused what the spec builds)."""
+    def _reconcile_cached(self, namespace: str, name: str) -> tuple[float | None, str]:
+        """(delay, result) of reconciling the run as the cache holds it."""
+        for _ in range(5):
+            run = self.cache.runs.get(namespace, name)
+            if run is None:
+                self.metrics.observe_run(namespace, name, None, None)
+                return None, "gone"
+            delay, result = self._reconcile_once(run)
+            if delay is not None:
+                return delay, result
+        return 0.5, "acted"
+
+    def _reconcile_once(self, run: Mapping[str, Any]) -> tuple[float | None, str]:
+        """One observe-decide-write-act pass over ``run`` as read, and what it came to;
+        delay None: look again at once (the apiserver refused what the spec builds)."""
         ref = run_ref(run)
         rejected = self.memory.rejection(run)
         obs = self._observe(run, rejected)
@@ -311,14 +325,14 @@ class Runner:
                 # Let the apiserver name the field: a dry run of the template as written.
                 fallback = Rejected("TrainingRun", f"{ref.name} spec.podTemplate", problem)
                 self.memory.reject(run, self.kube.refusal(raw_template_job(run)) or fallback)
-                return None
+                return None, "acted"
         d = decide(obs, self.cfg)
         if d.status is not None:
             rv = str(run["metadata"]["resourceVersion"])
             if not self.kube.patch_run_status(ref.namespace, ref.name, rv, d.status):
                 # Someone (the trainer) wrote since the cached read: look again once the
                 # watch brings the newer run (its event wakes this loop before the delay).
-                return CONFLICT_RETRY_SECONDS
+                return CONFLICT_RETRY_SECONDS, "conflict"
         self.metrics.record(d.metrics)
         for ev in d.events:
             if ev.key is None or self.memory.first_time(ev.key):
@@ -328,11 +342,12 @@ class Runner:
         except Refused as exc:
             # A verdict on the spec, not a transient error: decide() makes it InvalidSpec.
             self.memory.reject(run, exc.rejected)
-            return None
+            return None, "acted"
         self.metrics.observe_run(ref.namespace, ref.name, d.phase, d.checkpoint_time, d.gauges)
         for ev in d.events:
             log.info("%s/%s %s: %s", ref.namespace, ref.name, ev.reason, ev.message)
-        return d.requeue_after
+        acted = d.status is not None or d.actions or d.events
+        return d.requeue_after, "acted" if acted else "unchanged"
 
     def _observe(self, run: Mapping[str, Any], rejected: Rejected | None) -> Observed:
         ns, name = run["metadata"]["namespace"], run["metadata"]["name"]

@@ -150,7 +150,7 @@ def test_metrics_names_labels_and_per_run_cleanup() -> None:
         ]
     )
     m.observe_run("ml", "llm", "Running", ts(0))
-    m.reconcile_duration.observe(0.01)
+    m.reconcile_duration.labels(result="acted").observe(0.01)
     m.reconcile_errors.inc()
     text = generate_latest(reg).decode()
     for name in (
