@@ -38,8 +38,9 @@ class OperatorConfig:
     stop_timeout_slack_seconds: float = 30.0
     # How often an idle run is re-checked when no watch event woke it.
     resync_seconds: float = 30.0
-    # Minimum spacing between status writes that only refresh the cost estimate.
-    cost_update_seconds: float = 60.0
+    # Longest spacing of status writes that only refresh the cost estimate (it is also
+    # rewritten with every other status change and after each committed checkpoint).
+    cost_update_seconds: float = 900.0
     # Checkpoint cost assumed by checkpoint.interval=auto (Young/Daly).
     checkpoint_cost_seconds: float = 60.0
     # Attempts kept in status.attempts; older ones are folded into status.archived.

@@ -12,7 +12,7 @@ from spotrun_api.enums import ConditionType, Outcome, Phase
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import OPERATOR_FIELDS, Attempt, CostStatus, TrainingRunStatus
 from spotrun_operator import reducers
-from spotrun_operator.common import fmt_time, parse_time
+from spotrun_operator.common import fmt_time
 from spotrun_operator.cost import Cost
 from spotrun_operator.draft import Draft
 from spotrun_operator.plan import Decision, RunGauges
@@ -72,15 +72,14 @@ def status_patch(old: TrainingRunStatus, new: TrainingRunStatus) -> Json | None:
 
 
 def _cost_status(d: Draft, cost: Cost, phase: Phase) -> None:
-    """status.cost changes when the other fields change, or cost_update_seconds after
-    it was last written (the spend moves every second: no write per reconcile)."""
+    """status.cost changes when the other fields change, or when it is due
+    (:func:`reducers.cost_due`): the spend moves every second, with no write per reconcile."""
     new = cost.status()
     old = d.obs.status.cost
-    old_at = parse_time(old.updated_at if old else None)
     old_figures = old.model_copy(update={"updated_at": None}) if old else CostStatus()
     others = d.status.model_copy(update={"cost": d.obs.status.cost})
     changed = status_patch(d.obs.status, others) is not None
-    due = old_at is None or (d.now - old_at).total_seconds() >= d.cfg.cost_update_seconds
+    due = reducers.cost_due(d.obs.status, d.now, d.cfg)
     if new != old_figures and (changed or due):
         d.status.cost = new.model_copy(update={"updated_at": fmt_time(d.now)})
     if phase is Phase.RUNNING:

@@ -183,13 +183,6 @@ def _budget_warned(d: Draft) -> bool:
     return cond is not None and cond.reason in ("BudgetWarning", "BudgetExceeded")
 
 
-def _cost_due(d: Draft) -> bool:
-    """status.cost was last written cost_update_seconds ago or more (or never)."""
-    cost = d.obs.status.cost
-    at = parse_time(cost.updated_at if cost else None)
-    return at is None or (d.now - at).total_seconds() >= d.cfg.cost_update_seconds
-
-
 def check_budget(d: Draft, spec: TrainingRunSpec, n: int) -> None:
     """spec.budget.maxUSD: warn at 80%, stop (gracefully, with a checkpoint) before the
     next checkpoint interval would overshoot; the run is Suspended until the budget is
@@ -213,7 +206,7 @@ def check_budget(d: Draft, spec: TrainingRunSpec, n: int) -> None:
         verdict.reason,
         d.obs.ref.generation,
     )
-    if not same or _cost_due(d):
+    if not same or reducers.cost_due(d.obs.status, d.now, d.cfg):
         d.set_condition(
             ConditionType.WITHIN_BUDGET, not verdict.stop, verdict.reason, verdict.message
         )

@@ -15,7 +15,7 @@ from typing import Any
 
 from spotrun_api.contract import DEFAULT_CHECKPOINT_INTERVAL_SECONDS
 from spotrun_api.enums import ConditionStatus, Outcome
-from spotrun_api.status import Archived, Attempt, Condition, Progress
+from spotrun_api.status import Archived, Attempt, Condition, Progress, TrainingRunStatus
 from spotrun_operator import pools
 from spotrun_operator.common import fmt_time, parse_time
 from spotrun_operator.config import OperatorConfig
@@ -243,3 +243,17 @@ def recent_interrupted_nodes(
 def attempts_json(history: Sequence[Attempt]) -> list[dict[str, Any]]:
     """The JSON of ``status.attempts`` (for logs and tests)."""
     return [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in history]
+
+
+def cost_due(status: TrainingRunStatus, now: dt.datetime, cfg: OperatorConfig) -> bool:
+    """status.cost may be rewritten for the spend alone: never written, the trainer
+    committed a checkpoint since (its own write changed the run anyway), or
+    cost_update_seconds passed. Between checkpoints an idle run costs no write."""
+    cost = status.cost
+    at = parse_time(cost.updated_at if cost else None)
+    if at is None:
+        return True
+    saved = parse_time(status.progress.checkpoint_time if status.progress else None)
+    return (saved is not None and saved > at) or (now - at).total_seconds() >= (
+        cfg.cost_update_seconds
+    )

@@ -77,6 +77,12 @@ def test_budget_condition_is_rewritten_no_more_often_than_the_cost() -> None:
     d = at(1000 + CFG.cost_update_seconds, st)  # due with the cost
     assert d.status is not None and d.status["cost"]["totalUSD"] > st["cost"]["totalUSD"]
     assert cond(merge(st, d), "WithinBudget")["message"] != first["message"]
+    # A checkpoint the trainer committed since the last cost write makes the cost due:
+    # the run changed anyway, and between checkpoints an idle run costs no write.
+    saved = {**st, "progress": {"checkpointStep": 100, "checkpointTime": ts(1005)}}
+    d = at(1010, saved)
+    assert d.status is not None and d.status["cost"]["totalUSD"] > st["cost"]["totalUSD"]
+    assert at(1010, {**saved, "progress": {"checkpointTime": ts(999)}}).status is None
     # A new verdict is written at once.
     d = at(1010, st, budget={"maxUSD": 7})
     assert d.status is not None and cond(merge(st, d), "WithinBudget")["reason"] != "WithinBudget"
