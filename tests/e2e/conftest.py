@@ -19,6 +19,7 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from observe_helpers import AuditLog
 
 from controller_process import CRD, Operator
 from kube_helpers import poll
@@ -179,3 +180,13 @@ def kueue_queue(
     except ApiException as exc:
         if exc.status != 404:
             raise
+
+
+@pytest.fixture(scope="session")
+def audit(cluster: LocalCluster) -> AuditLog:
+    """The local cluster's apiserver audit log (every request but the control plane's)."""
+    log = AuditLog()
+    if cluster.name == "external":
+        pytest.fail("these tests read the local cluster's audit log", pytrace=False)
+    log.offset()  # fails when the log is missing
+    return log

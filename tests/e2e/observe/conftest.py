@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from observe_helpers import HELM, AuditLog, Helm
+from observe_helpers import HELM, Helm
 
 from spotrun_dev.cluster import LocalCluster
 
@@ -24,15 +24,6 @@ def helm(cluster: LocalCluster) -> Helm:
     if not os.access(HELM, os.X_OK):
         pytest.fail(f"{HELM} is missing: run `bash hack/build-binaries.sh tools`", pytrace=False)
     return Helm(cluster.kubeconfig)
-
-
-@pytest.fixture(scope="session")
-def audit(cluster: LocalCluster) -> AuditLog:
-    log = AuditLog()
-    if cluster.name == "external":
-        pytest.fail("these tests read the local cluster's audit log", pytrace=False)
-    log.offset()  # fails when the log is missing
-    return log
 
 
 @pytest.fixture

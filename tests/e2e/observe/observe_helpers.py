@@ -105,16 +105,22 @@ class AuditLog:
 
     def events(self, since: int, username: str) -> list[dict[str, Any]]:
         """Events of ``username`` written after byte ``since``."""
+        return [
+            ev
+            for ev in self.all_events(since)
+            if (ev.get("user") or {}).get("username") == username
+        ]
+
+    def all_events(self, since: int) -> list[dict[str, Any]]:
+        """Every event written after byte ``since``."""
         out = []
         with self.path.open("rb") as f:
             f.seek(since)
             for raw in f:
                 try:
-                    ev = json.loads(raw)
+                    out.append(json.loads(raw))
                 except ValueError:
                     continue  # a line still being written
-                if (ev.get("user") or {}).get("username") == username:
-                    out.append(ev)
         return out
 
 

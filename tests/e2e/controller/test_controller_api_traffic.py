@@ -1,0 +1,106 @@
+"""The operator's API traffic, counted in the apiserver's audit log by its user agent
+(kopf's watches say ``kopf/``, the operator's own calls ``spotrun-operator/``): in steady
+state a reconcile reads nothing (watch caches) and an idle run costs no write; a storm of
+spot interruptions costs a bounded number of writes per recovery (issue 11)."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any
+
+from kubernetes import client
+from observe_helpers import AuditLog
+
+from controller_helpers import create, pods, spot_nodes, status, training_run
+from kube_helpers import holds, poll
+from spotrun_dev import inject
+
+RUNS = 20
+AGENT = "spotrun-operator/"
+READS = {"get", "list"}
+WRITES = {"create", "update", "patch", "delete", "deletecollection"}
+# Writes of one recovery: the status write of the verdict, the job's deletion, the status
+# write creating the next attempt, its PyTorchJob, the status write of it Running, and
+# the Preempted and AttemptCreated events; the gang's pods go with the job (GC).
+WRITES_PER_RECOVERY = 7.0
+
+
+def operator_requests(audit: AuditLog, since: int) -> list[dict[str, Any]]:
+    return [
+        ev
+        for ev in audit.all_events(since)
+        if str(ev.get("userAgent") or "").startswith(AGENT)
+        and ev.get("stage") == "ResponseComplete"
+    ]
+
+
+def tally(events: list[dict[str, Any]], verbs: set[str]) -> collections.Counter[str]:
+    def what(ev: dict[str, Any]) -> str:
+        ref = ev.get("objectRef") or {}
+        sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
+        return f"{ev['verb']} {ref.get('resource')}{sub}"
+
+    return collections.Counter(what(ev) for ev in events if ev.get("verb") in verbs)
+
+
+def all_running(custom: client.CustomObjectsApi, namespace: str, names: list[str]) -> bool:
+    return all(status(custom, namespace, n).get("phase") == "Running" for n in names)
+
+
+def test_steady_state_reads_nothing_and_a_storm_writes_little_per_recovery(
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    fleet: None,
+    checkpoint_pvc: str,
+    operator: Any,
+    audit: AuditLog,
+) -> None:
+    names = [f"r{i:02d}" for i in range(RUNS)]
+    for name in names:
+        create(custom, namespace, training_run(name, nodes=1, gpusPerNode=1))
+    poll(f"{RUNS} runs Running", lambda: all_running(custom, namespace, names), timeout=240)
+
+    # Steady state: three resyncs (--resync-seconds=5) of every run, and not one request.
+    since = audit.offset()
+
+    def quiet() -> bool:
+        return not tally(operator_requests(audit, since), READS | WRITES)
+
+    holds("no read and no write of the operator", quiet, duration=20, interval=1)
+    steady = operator_requests(audit, since)
+    assert not tally(steady, READS), f"reads in steady state: {tally(steady, READS)}"
+    assert not tally(steady, WRITES), f"writes in steady state: {tally(steady, WRITES)}"
+
+    # The storm: spot interruption notices (NTH's taint, then the instance dies) on half the
+    # spot nodes at once.
+    where = {n: pods(core, namespace, n, 1)[0].spec.node_name for n in names}
+    victims = sorted(set(where.values()))[: max(1, len(set(where.values())) // 2)]
+    hit = [n for n in names if where[n] in victims]
+    since = audit.offset()
+    threads = [threading.Thread(target=inject.interrupt, args=(core, v, "nth")) for v in victims]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+
+    def recovered() -> bool:
+        return all(
+            (s := status(custom, namespace, n)).get("attempt") == 2 and s.get("phase") == "Running"
+            for n in hit
+        )
+
+    poll(f"{len(hit)} runs recovered", recovered, timeout=300)
+    storm = operator_requests(audit, since)
+    writes = tally(storm, WRITES)
+    per_recovery = sum(writes.values()) / len(hit)
+    print(f"\n{len(hit)} recoveries on {len(victims)} nodes: {per_recovery:.2f} writes each")
+    for request, count in sorted(writes.items()):
+        print(f"  {count:4d}  {request}  ({count / len(hit):.2f} per recovery)")
+    print(f"  reads: {dict(tally(storm, READS))}")
+    for n in names:
+        st = status(custom, namespace, n)
+        assert (st.get("preemptions"), st.get("failures")) == ((1, 0) if n in hit else (0, 0)), n
+    assert per_recovery <= WRITES_PER_RECOVERY, writes
+    assert spot_nodes(core)
