@@ -52,14 +52,16 @@ def pods_to_stop(
     return sorted(graceful), sorted(force)
 
 
-def stop_pods(d: Draft, n: int) -> None:
+def stop_pods(d: Draft, n: int, graceful_too: bool = True) -> None:
     """SIGTERM every rank of attempt ``n`` at once (graceful delete). Pods on a node
-    that is gone are force-deleted: no kubelet will ever confirm their end."""
+    that is gone are force-deleted: no kubelet will ever confirm their end.
+    ``graceful_too=False``: the garbage collector stops the others (their job is being
+    deleted, and takes them with it: no write per pod)."""
     grace = d.spec.termination_grace_period_seconds if d.spec else DEFAULT_TERMINATION_GRACE_SECONDS
     graceful, force = pods_to_stop(
         d.pods_of(n), d.obs.nodes, d.now, d.cfg.stop_timeout_slack_seconds
     )
-    if graceful:
+    if graceful and graceful_too:
         d.actions.append(DeletePods(tuple(graceful), int(grace)))
     if force:
         d.actions.append(DeletePods(tuple(force), 0))
@@ -73,15 +75,19 @@ def job_finished(job: Mapping[str, Any] | None) -> bool:
 
 
 def stop_gang(d: Draft, n: int, terminal: bool = False) -> None:
-    """End attempt ``n``. The PyTorchJob goes first so that the training operator does
-    not recreate the pods we delete. A finished job of a finished run is kept (its
-    pods hold the logs); only its still-running pods are stopped."""
+    """End attempt ``n``. Deleting the PyTorchJob stops its pods: the garbage collector
+    deletes them at once (background propagation), each with its own grace period, as a
+    graceful delete of ours would, and the training operator cannot recreate them. Only
+    pods the collector cannot end in time are deleted here (their node is gone, or
+    their grace is long overdue). A finished job of a finished run is kept (its pods
+    hold the logs); only its still-running pods are stopped."""
     job = d.obs.jobs.get(n)
     entry = d.entry(n)
     finished = (entry is not None and entry.outcome is Outcome.SUCCEEDED) or job_finished(job)
-    if job is not None and not (terminal and finished):
+    deleting = job is not None and not (terminal and finished)
+    if deleting:
         d.actions.append(DeleteJob(job_name(d.obs.ref.name, n)))
-    stop_pods(d, n)
+    stop_pods(d, n, graceful_too=not deleting)
 
 
 def gang_gone(d: Draft, n: int) -> bool:
