@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -58,6 +59,7 @@ from spotrun_operator.plan import (
     Event,
     Rejected,
 )
+from spotrun_operator.recorder import EventCorrelator, Send
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -101,6 +103,7 @@ class Kube:
         # objects ensured for a run, and the spec versions whose job passed a dry run.
         self._ensured: dict[tuple[str, ...], None] = {}
         self._dry_run_passed: dict[str, None] = {}
+        self.events = EventCorrelator(time.monotonic)
 
     @property
     def dyn(self) -> DynamicClient:
@@ -351,15 +354,48 @@ class Kube:
         self._delete("Pod", namespace, name, grace_period_seconds=grace_seconds)
 
     def post_event(self, ref: RunRef, ev: Event) -> None:
-        # Names grow with time, so events of the same second still list in order.
-        name = f"{ref.name}.{time.time_ns():x}"
-        body = event_body(ref, ev, name, fmt_time(utcnow()), self.instance)
+        """Post ``ev`` as the Kubernetes event recorder would (:mod:`recorder`): a repeat
+        patches the existing Event's count, a burst is rate-limited. Best effort: an
+        event that cannot be posted never fails a reconcile."""
+        send = self.events.correlate(ref, ev)
+        if send is None:
+            log.debug(
+                "event %s for %s/%s dropped (spam filter)", ev.reason, ref.namespace, ref.name
+            )
+            return
+        now = fmt_time(utcnow())
         try:
+            if send.name is not None and self._bump_event(ref.namespace, send, now):
+                return
+            # Names grow with time, so events of the same second still list in order.
+            name = f"{ref.name}.{time.time_ns():x}"
+            body = event_body(ref, replace(ev, message=send.message), name, now, self.instance)
             self.create(body)
-        except (ApiException, Refused) as exc:  # best effort: never fail a reconcile
+            self.events.posted(send.key, name)
+        except (ApiException, Refused) as exc:
             log.warning(
                 "event %s for %s/%s not posted: %s", ev.reason, ref.namespace, ref.name, exc
             )
+
+    def _bump_event(self, namespace: str, send: Send, now: str) -> bool:
+        """Patch the count of an Event posted before; False when it is gone (404)."""
+        body = {"count": send.count, "lastTimestamp": now, "message": send.message[:1024]}
+        try:
+            self.dyn.patch(
+                self._res("Event"),
+                body=body,
+                name=send.name,
+                namespace=namespace,
+                content_type=MERGE_PATCH,
+                _request_timeout=self.timeout,
+                serialize=False,
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self.events.forget(send.key)
+            return False
+        return True
 
     def _ensure(self, objects: Sequence[Mapping[str, Any]]) -> None:
         """Create what a run needs once per operator process: a 409 (made by an earlier

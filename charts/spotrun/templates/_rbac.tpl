@@ -66,9 +66,11 @@ rule only with a comment saying which code needs it.
 # kube.pod_refusal, which reads the training operator's FailedCreatePod events on the
 # run's own PyTorchJob (field selector) while an attempt's pods are being made: a pod the
 # apiserver refuses fails the run as InvalidSpec instead of leaving it Pending.
+# patch: an identical event posted again bumps the existing Event's count, as the
+# Kubernetes event recorder does (recorder.py).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "list"]
+  verbs: ["create", "list", "patch"]
 {{- end }}
 
 {{- define "spotrun.rbac.clusterRules" -}}

@@ -33,7 +33,7 @@ NAMESPACED_GRANTS = {
     ("", "serviceaccounts"): {"create"},
     ("rbac.authorization.k8s.io", "roles"): {"create"},
     ("rbac.authorization.k8s.io", "rolebindings"): {"create"},
-    ("", "events"): {"create", "list"},
+    ("", "events"): {"create", "list", "patch"},
     ("kueue.x-k8s.io", "workloads"): {"list"},
 }
 CLUSTER_GRANTS = {
