@@ -126,6 +126,7 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
         accept: str = "application/json",
+        timeout: float | None = None,
     ) -> Any:
         resp = self.dyn.request(
             method.lower(),
@@ -134,7 +135,7 @@ class Kube:
             query_params=list((query or {}).items()),
             header_params={"Accept": accept},
             content_type=content_type,
-            _request_timeout=self.timeout,
+            _request_timeout=self.timeout if timeout is None else timeout,
             serialize=False,
         )
         return self._json(resp)
@@ -368,3 +369,41 @@ class Kube:
             elif isinstance(action, DeletePods):
                 for name in action.names:
                     self.delete_pod(namespace, name, action.grace_seconds)
+
+    # --- leader election: one coordination.k8s.io/v1 Lease (leader.py) ---------------
+    def get_lease(self, namespace: str, name: str, timeout: float) -> Obj | None:
+        """The Lease, or None when there is none."""
+        try:
+            return dict(self.request("GET", _lease_path(namespace, name), timeout=timeout))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create_lease(self, body: Mapping[str, Any], timeout: float) -> Obj | None:
+        """Create the Lease; None when another candidate created it first (409)."""
+        meta = body["metadata"]
+        try:
+            path = _lease_path(str(meta["namespace"]))
+            return dict(self.request("POST", path, body=dict(body), timeout=timeout))
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+
+    def replace_lease(self, body: Mapping[str, Any], timeout: float) -> Obj | None:
+        """Replace the Lease if its resourceVersion is still ``body``'s (compare-and-swap);
+        None when someone wrote it since (409)."""
+        meta = body["metadata"]
+        path = _lease_path(str(meta["namespace"]), str(meta["name"]))
+        try:
+            return dict(self.request("PUT", path, body=dict(body), timeout=timeout))
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+
+
+def _lease_path(namespace: str, name: str | None = None) -> str:
+    base = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+    return f"{base}/{name}" if name else base
