@@ -73,14 +73,25 @@ def _started(op: Operator, name: str) -> Operator:
     return op.start()
 
 
-def _exact(custom: client.CustomObjectsApi, namespace: str) -> bool:
+def _state(custom: client.CustomObjectsApi, namespace: str) -> dict[str, tuple[Any, ...]]:
+    """Per run: its PyTorchJobs, attempt, preemptions, failures and phase."""
+    out = {}
     for run in RUNS:
         st = status(custom, namespace, run)
-        if jobs(custom, namespace, run) != [f"{run}-a2"] or st.get("attempt") != 2:
-            return False
-        if (st.get("preemptions"), st.get("failures"), st.get("phase")) != (1, 0, "Running"):
-            return False
-    return True
+        out[run] = (
+            jobs(custom, namespace, run),
+            st.get("attempt"),
+            st.get("preemptions"),
+            st.get("failures"),
+            st.get("phase"),
+        )
+    return out
+
+
+def _exact(custom: client.CustomObjectsApi, namespace: str) -> bool:
+    """Exactly one live attempt (the second) per run, one preemption, no failure."""
+    want = {run: ([f"{run}-a2"], 2, 1, 0, "Running") for run in RUNS}
+    return _state(custom, namespace) == want
 
 
 def test_standby_takes_over_a_burst_of_interruptions_exactly_once(
@@ -133,6 +144,7 @@ def test_standby_takes_over_a_burst_of_interruptions_exactly_once(
         t.join(180)
     for run, (n, _) in RUNS.items():
         running_gang(core, namespace, run, 2, n, timeout=120)
+    poll("every run Running in attempt 2", lambda: _exact(custom, namespace), timeout=30)
     holds(
         "exactly one live attempt per run and exact counters",
         lambda: _exact(custom, namespace),
@@ -151,9 +163,12 @@ def test_standby_takes_over_a_burst_of_interruptions_exactly_once(
     # client-go's rules: the standby takes over one lease duration after it last saw the
     # leader renew (at most a retry period, jittered, before the kill), at its next retry.
     assert acquired <= LEASE_SECONDS + 2 * 1.2 * RETRY_SECONDS + 1, acquired
+    signals = {}
     for run in RUNS:
         last = status(custom, namespace, run)["lastPreemption"]
         assert last["attempt"] == 1, last
+        signals[run] = last["signal"]
+    print(f"signals recorded: {signals}")
 
     # A graceful stop releases the Lease: op-a, back as the standby, takes it at once.
     again = _started(operator_factory(*_election(namespace)), "op-a2")
