@@ -136,6 +136,7 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
         accept: str = "application/json",
+        timeout: float | None = None,
     ) -> Any:
         resp = self.dyn.request(
             method.lower(),
@@ -144,7 +145,7 @@ class Kube:
             query_params=list((query or {}).items()),
             header_params={"Accept": accept},
             content_type=content_type,
-            _request_timeout=self.timeout,
+            _request_timeout=self.timeout if timeout is None else timeout,
             serialize=False,
         )
         return self._json(resp)
@@ -428,9 +429,47 @@ class Kube:
                 for name in action.names:
                     self.delete_pod(namespace, name, action.grace_seconds)
 
+    # --- leader election: one coordination.k8s.io/v1 Lease (leader.py) ---------------
+    def get_lease(self, namespace: str, name: str, timeout: float) -> Obj | None:
+        """The Lease, or None when there is none."""
+        try:
+            return dict(self.request("GET", _lease_path(namespace, name), timeout=timeout))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create_lease(self, body: Mapping[str, Any], timeout: float) -> Obj | None:
+        """Create the Lease; None when another candidate created it first (409)."""
+        meta = body["metadata"]
+        try:
+            path = _lease_path(str(meta["namespace"]))
+            return dict(self.request("POST", path, body=dict(body), timeout=timeout))
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+
+    def replace_lease(self, body: Mapping[str, Any], timeout: float) -> Obj | None:
+        """Replace the Lease if its resourceVersion is still ``body``'s (compare-and-swap);
+        None when someone wrote it since (409)."""
+        meta = body["metadata"]
+        path = _lease_path(str(meta["namespace"]), str(meta["name"]))
+        try:
+            return dict(self.request("PUT", path, body=dict(body), timeout=timeout))
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+
 
 def _remember(seen: dict[Any, None], key: Any, limit: int = 20000) -> None:
     """Add ``key`` to an insertion-ordered set, dropping the oldest beyond ``limit``."""
     seen[key] = None
     while len(seen) > limit:
         del seen[next(iter(seen))]
+
+
+def _lease_path(namespace: str, name: str | None = None) -> str:
+    base = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+    return f"{base}/{name}" if name else base

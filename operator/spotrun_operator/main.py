@@ -14,9 +14,10 @@ from typing import Any
 import kopf
 from prometheus_client import CollectorRegistry
 
-from spotrun_operator import __version__, config, handlers, kube, metrics
+from spotrun_operator import __version__, config, handlers, kube, leader, metrics
 from spotrun_operator.aws_prices import PricingConfig
 from spotrun_operator.cost import Price, Prices, price_table
+from spotrun_operator.election import ElectionConfig
 from spotrun_operator.observe import PriceSource
 from spotrun_operator.pricing import PriceBook
 from spotrun_operator.pricing_background import BackgroundPriceBook
@@ -101,6 +102,49 @@ def _pricing_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _leader_flags(p: argparse.ArgumentParser) -> None:
+    """Leader election on a coordination.k8s.io Lease, for more than one replica."""
+    d = ElectionConfig()
+    p.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="act only while holding a Lease (run two replicas: the standby keeps its "
+        "watches warm and takes over when the leader's lease expires or is released)",
+    )
+    p.add_argument(
+        "--leader-election-id",
+        default="spotrun-operator",
+        metavar="NAME",
+        help="name of the Lease (default: spotrun-operator)",
+    )
+    p.add_argument(
+        "--leader-election-namespace",
+        default=None,
+        metavar="NS",
+        help="namespace of the Lease (default: POD_NAMESPACE, else default)",
+    )
+    p.add_argument(
+        "--leader-election-lease-seconds",
+        type=int,
+        default=d.lease_seconds,
+        help=f"how long a standby waits, after the lease was last renewed, to take it over "
+        f"({d.lease_seconds})",
+    )
+    p.add_argument(
+        "--leader-election-renew-deadline-seconds",
+        type=float,
+        default=d.renew_deadline_seconds,
+        help=f"how long the leader retries a renewal before it gives up and exits "
+        f"({d.renew_deadline_seconds:g})",
+    )
+    p.add_argument(
+        "--leader-election-retry-period-seconds",
+        type=float,
+        default=d.retry_period_seconds,
+        help=f"time between tries to acquire or renew ({d.retry_period_seconds:g})",
+    )
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="spotrun-operator",
@@ -138,11 +182,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "would refuse fails the run as InvalidSpec at once (needs create on pods: the "
         "chart grants it with rbac.podDryRun)",
     )
+    _leader_flags(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--version", action="version", version=f"spotrun-operator {__version__}")
     for name, typ, text in _TUNABLES:
         p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None, help=text)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    problem = election_config(args).problem()
+    if args.leader_elect and problem:
+        p.error(f"leader election: {problem}")
+    return args
+
+
+def election_config(args: argparse.Namespace) -> ElectionConfig:
+    return ElectionConfig(
+        lease_seconds=args.leader_election_lease_seconds,
+        renew_deadline_seconds=args.leader_election_renew_deadline_seconds,
+        retry_period_seconds=args.leader_election_retry_period_seconds,
+    )
+
+
+def leader_elector(args: argparse.Namespace, runner: Runner) -> leader.Elector:
+    """The Lease candidate of this process. The runner waits until it leads."""
+    runner.leading.clear()
+    name = args.leader_election_id
+    return leader.Elector(
+        runner.kube,
+        args.leader_election_namespace or leader.default_namespace(),
+        name,
+        leader.identity(),
+        election_config(args),
+        runner.leading,
+        on_status=lambda on: runner.metrics.leading(name, on),
+    )
 
 
 def pricing_config(args: argparse.Namespace) -> PricingConfig:
@@ -217,13 +289,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics.serve(registry, args.metrics_port, args.metrics_address)
     kopf_registry = kopf.OperatorRegistry()
     handlers.register(kopf_registry, runner)
+    if args.leader_elect:
+        elector = leader_elector(args, runner)
+        # On SIGTERM: no new reconcile, those in flight finish, then the Lease is released.
+        leader.register(
+            kopf_registry,
+            elector,
+            drain=lambda: runner.pool.shutdown(wait=True, cancel_futures=True),
+        )
+        log.info("leader election: lease %s as %s", elector.describe, elector.identity)
     settings = kopf.OperatorSettings()
     handlers.configure(settings)
     log.info("spotrun-operator %s starting (%s)", __version__, runner.cfg)
     kopf.run(
         registry=kopf_registry,
         settings=settings,
-        standalone=True,  # one replica (Recreate strategy): no peering CRDs needed
+        # No kopf peering (priority-based pausing, not leader election): one replica, or
+        # several with --leader-elect, where only the Lease holder acts.
+        standalone=True,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=args.liveness,

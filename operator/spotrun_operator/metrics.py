@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -262,6 +262,15 @@ class Metrics:
             "Reconciles that raised (retried with backoff).",
             registry=registry,
         )
+        # controller-runtime's (client-go leaderelection metrics) name and label, so a
+        # dashboard or alert written for Go controllers reads it as is: 1 on the replica
+        # that holds the Lease, 0 on standbys; no series without --leader-elect.
+        self.leader_status = Gauge(
+            "leader_election_master_status",
+            "1 while this replica holds the leader election Lease `name`, else 0.",
+            ["name"],
+            registry=registry,
+        )
         self._lock = threading.Lock()
         self._placements: set[tuple[str, str]] = set()
         for signal in SIGNALS:
@@ -304,6 +313,10 @@ class Metrics:
         if new:
             for signal in SIGNALS:
                 self.preemptions.labels(signal=signal, instance_type=where[0], zone=where[1])
+
+    def leading(self, name: str, leading: bool) -> None:
+        """Whether this replica holds the Lease ``name`` (leader election)."""
+        self.leader_status.labels(name=name).set(1 if leading else 0)
 
     def observe_pools(self, tally: PoolTally) -> None:
         """The latest per-pool interruption tally (rendered at scrape time)."""

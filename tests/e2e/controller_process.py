@@ -36,6 +36,7 @@ class Operator:
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.env: dict[str, str] = {}  # over the test's environment (POD_NAME, ...)
 
     def command(self) -> list[str]:
         exe = shutil.which("spotrun-operator", path=str(Path(sys.executable).parent))
@@ -44,7 +45,12 @@ class Operator:
 
     def start(self) -> Operator:
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PYTHONUNBUFFERED": "1",
+            **self.env,
+        }
         log = self.log_path.open("ab")
         log.write(f"\n=== start #{self.starts + 1}: {' '.join(self.command())}\n".encode())
         log.flush()

@@ -45,6 +45,11 @@ app.kubernetes.io/part-of: spotrun
 {{- end }}
 {{- end }}
 
+{{/* Name of the leader election Lease (in the release namespace). */}}
+{{- define "spotrun.leaseName" -}}
+{{- include "spotrun.fullname" . }}
+{{- end }}
+
 {{/* Name of the operator's ServiceAccount. */}}
 {{- define "spotrun.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
@@ -94,6 +99,17 @@ true renders it, false never, "auto" only when the cluster serves monitoring.cor
 {{- end }}
 {{- if eq (int .Values.operator.healthPort) (int .Values.operator.metricsPort) }}
 {{- fail "operator.metricsPort: must differ from operator.healthPort" }}
+{{- end }}
+{{- if and (gt (int .Values.replicas) 1) (not .Values.leaderElection.enabled) }}
+{{- fail "replicas: more than 1 needs leaderElection.enabled (without it every replica would act on every TrainingRun)" }}
+{{- end }}
+{{- with .Values.leaderElection }}
+{{- if and .enabled (le (float64 .leaseDurationSeconds) (float64 .renewDeadlineSeconds)) }}
+{{- fail "leaderElection.renewDeadlineSeconds: must be below leaseDurationSeconds" }}
+{{- end }}
+{{- if and .enabled (le (float64 .renewDeadlineSeconds) (mulf 1.2 .retryPeriodSeconds)) }}
+{{- fail "leaderElection.retryPeriodSeconds: renewDeadlineSeconds must exceed 1.2 times it" }}
+{{- end }}
 {{- end }}
 {{- if and (eq .Values.watch.mode "clusterwide") .Values.watch.namespaces }}
 {{- fail "watch.namespaces: must be empty when watch.mode is clusterwide (set watch.mode: namespaced)" }}

@@ -93,3 +93,18 @@ rule only with a comment saying which code needs it.
   resources: ["namespaces"]
   verbs: ["list", "watch"]
 {{- end }}
+
+{{- define "spotrun.rbac.leaderElectionRules" -}}
+# Leader election (leaderElection.enabled): leader.py creates the release's Lease the first
+# time (kube.create_lease). create cannot be limited to a name (the name is in the body,
+# not in the URL RBAC matches), so it is granted on every Lease of the release namespace.
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["create"]
+# ... and then reads and renews (or takes over, or releases) that Lease alone
+# (kube.get_lease, kube.replace_lease: a compare-and-swap update).
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  resourceNames: [{{ include "spotrun.leaseName" . | quote }}]
+  verbs: ["get", "update"]
+{{- end }}

@@ -61,6 +61,8 @@ def test_defaults_render_the_core_objects_only() -> None:
         "ClusterRoleBinding",
         "CustomResourceDefinition",
         "Deployment",
+        "Role",  # the leader election Lease (leaderElection.enabled, the default)
+        "RoleBinding",
         "Service",
         "ServiceAccount",
     ]
@@ -71,7 +73,7 @@ def test_all_features_render_every_object() -> None:
     docs = render(*ALL)
     assert kinds(docs) == sorted(
         ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
-        + ["Role", "RoleBinding"] * 2
+        + ["Role", "RoleBinding"] * 3  # two watched namespaces, the Lease's
         + ["ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap", "ConfigMap"]
         + ["CustomResourceDefinition"]
     )
@@ -234,7 +236,15 @@ def test_dashboards_are_configmaps_for_the_grafana_sidecar() -> None:
     ("flag", "field", "why"),
     [
         ("--set=replicas=two", "/replicas", "want integer"),
-        ("--set=replicas=2", "/replicas", "maximum"),
+        ("--set=replicas=-1", "/replicas", "minimum"),
+        ("--set=leaderElection.enabled=yes", "/leaderElection/enabled", "want boolean"),
+        ("--set=leaderElection.leaseDurationSeconds=1", "/leaderElection/leaseDuration", "minimum"),
+        (
+            "--set=leaderElection.retryPeriodSeconds=0",
+            "/leaderElection/retryPeriod",
+            "exclusiveMin",
+        ),
+        ("--set=leaderElection.leaseName=x", "'leaseName' not allowed", ""),
         ("--set=image.pullPolicy=Sometimes", "/image/pullPolicy", "must be one of"),
         ("--set=image.digest=latest", "/image/digest", "does not match pattern"),
         ("--set=watch.mode=everywhere", "/watch/mode", "must be one of"),

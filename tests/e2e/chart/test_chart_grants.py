@@ -44,6 +44,14 @@ CLUSTER_GRANTS = {
 NAMESPACE_GRANTS = {("", "namespaces"): {"list", "watch"}}
 
 
+# The leader election Lease (leaderElection.enabled, the default): a Role in the release
+# namespace. create cannot be limited by name; get and update are limited to the Lease.
+LEASE_GRANTS = {
+    ("coordination.k8s.io", "leases", None): {"create"},
+    ("coordination.k8s.io", "leases", "spotrun"): {"get", "update"},
+}
+
+
 def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
     out: dict[tuple[str, str], set[str]] = {}
     for rule in rules:
@@ -65,7 +73,43 @@ def test_clusterwide_rbac_grants_exactly_the_operators_verbs() -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "spotrun-system"}
     ]
-    assert not find(docs, "Role") and not find(docs, "RoleBinding")
+    assert [r["metadata"]["name"] for r in find(docs, "Role")] == ["spotrun-leader-election"]
+    assert [b["metadata"]["name"] for b in find(docs, "RoleBinding")] == ["spotrun-leader-election"]
+
+
+def lease_role(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    role: dict[str, Any] = one(docs, "Role", "spotrun-leader-election")
+    return role
+
+
+def named_grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str, str | None], set[str]]:
+    out: dict[tuple[str, str, str | None], set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for name in rule.get("resourceNames") or [None]:
+                    out.setdefault((group, resource, name), set()).update(rule["verbs"])
+    return out
+
+
+@pytest.mark.parametrize("args", [(), ALL], ids=["clusterwide", "namespaced"])
+def test_leader_election_grants_its_lease_only_in_the_release_namespace(
+    args: tuple[str, ...],
+) -> None:
+    docs = render(*args)
+    role = lease_role(docs)
+    assert role["metadata"]["namespace"] == "spotrun-system"
+    assert named_grants(role["rules"]) == LEASE_GRANTS
+    binding = one(docs, "RoleBinding", "spotrun-leader-election")
+    assert binding["metadata"]["namespace"] == "spotrun-system"
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == one(docs, "ServiceAccount")["metadata"]["name"]
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert "--leader-election-id=spotrun" in container["args"]
+    assert "--leader-election-namespace=spotrun-system" in container["args"]
+    off = render(*args, "--set=leaderElection.enabled=false")
+    assert not find(off, "Role", "spotrun-leader-election")
+    assert not find(off, "RoleBinding", "spotrun-leader-election")
 
 
 def test_pod_dry_run_grants_create_on_pods_and_passes_the_flag() -> None:
@@ -88,11 +132,13 @@ def test_namespaced_rbac_uses_a_role_per_namespace() -> None:
     cluster_role = one(docs, "ClusterRole")
     assert grants(cluster_role["rules"]) == CLUSTER_GRANTS | NAMESPACE_GRANTS
     assert one(docs, "ClusterRoleBinding")["roleRef"]["name"] == cluster_role["metadata"]["name"]
-    roles = find(docs, "Role")
+    roles = [r for r in find(docs, "Role") if r != lease_role(docs)]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-team", "research"]
     for role in roles:
         assert grants(role["rules"]) == NAMESPACED_GRANTS
-    bindings = find(docs, "RoleBinding")
+    bindings = [
+        b for b in find(docs, "RoleBinding") if b["metadata"]["namespace"] != "spotrun-system"
+    ]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml-team", "research"]
     for binding in bindings:
         assert binding["roleRef"] == {
@@ -109,7 +155,7 @@ def test_rbac_rules_are_listed_once_with_a_comment_each() -> None:
     rule_lines = [i for i, line in enumerate(lines) if line.startswith("- apiGroups:")]
     # configmaps+secrets and roles+rolebindings share a rule each.
     assert len(rule_lines) == (
-        len(NAMESPACED_GRANTS) - 2 + len(CLUSTER_GRANTS) + len(NAMESPACE_GRANTS)
+        len(NAMESPACED_GRANTS) - 2 + len(CLUSTER_GRANTS) + len(NAMESPACE_GRANTS) + len(LEASE_GRANTS)
     )
     for i in rule_lines:
         assert lines[i - 1].startswith("# "), f"rule at _rbac.tpl:{i + 1} has no comment"

@@ -99,7 +99,10 @@ def chart_operator(
             core, cluster.kubeconfig, ns, fullname, tmp / "kubeconfig"
         )
         offset = audit.offset()
-        op = ClusterwideOperator(kubeconfig, ns, tmp / "operator.log", ()).start()
+        # As the Deployment runs it: leader election on the release's Lease (the default).
+        election = ("--leader-elect", f"--leader-election-id={fullname}",
+                    f"--leader-election-namespace={ns}")  # fmt: skip
+        op = ClusterwideOperator(kubeconfig, ns, tmp / "operator.log", election).start()
         yield ChartIdentity(
             release=release,
             namespace=ns,
