@@ -88,4 +88,6 @@ def finish_attempt(d: Draft, n: int) -> None:
     d.update(n, **fields)
     due = parse_time(entry.next_attempt_at)
     wait = f"; next attempt in {max(0.0, (due - d.now).total_seconds()):.0f}s" if due else ""
-    d.event("Normal", "AttemptStopped", f"attempt {n}: every pod is gone{wait}")
+    # No event: a step of the recovery the Preempted event announced (one write fewer per
+    # recovery); the status message says it.
+    d.say(f"attempt {n}: every pod is gone{wait}")
