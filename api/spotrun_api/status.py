@@ -87,7 +87,12 @@ _PROGRESS: Final = TypeAdapter(Progress)
 # --- the operator's part -----------------------------------------------------------------
 class LastPreemption(ApiModel):
     attempt: int | None = Field(None, description="Attempt that was preempted.")
-    time: Time | None = Field(None, description="When the operator saw the interruption signal.")
+    time: Time | None = Field(
+        None,
+        description="When the interruption signal was given: its own timestamp (a pod's "
+        "DisruptionTarget, a node's Ready transition, deletion or taint timeAdded), else when "
+        "the operator saw it.",
+    )
     node: str | None = Field(None, description="Node that was reclaimed.")
     zone: str | None = Field(None, description="topology.kubernetes.io/zone of that node.")
     instance_type: str | None = Field(

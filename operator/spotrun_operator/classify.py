@@ -90,6 +90,8 @@ class Verdict:
     # FAILURE_SETTLING: when the failure may be charged; RUNNING/STARTING: when a node that
     # stopped reporting counts as lost.
     until: dt.datetime | None = None
+    # PREEMPTED/INTERRUPTED: when the signal was given, by its own timestamp (None: none).
+    signal_at: dt.datetime | None = None
 
 
 def _failure(pod: Mapping[str, Any]) -> tuple[str, str, dt.datetime | None] | None:
@@ -151,6 +153,7 @@ def _preemption(evidence: Sequence[Evidence]) -> Verdict:
     if node is None:  # borrow a node from evidence of the same signal
         node = next((e.node for e in evidence if e.node and e.signal == best.signal), None)
     no_budget = best.signal in NO_BUDGET_SIGNALS
+    times = [e.at for e in evidence if e.at is not None and e.signal == best.signal]
     return Verdict(
         VerdictKind.INTERRUPTED if no_budget else VerdictKind.PREEMPTED,
         reason=best.signal,
@@ -159,6 +162,7 @@ def _preemption(evidence: Sequence[Evidence]) -> Verdict:
         zone=node.zone if node else "",
         instance_type=node.instance_type if node else "",
         nodes=tuple(sorted({e.node.name for e in evidence if e.node})),
+        signal_at=min(times) if times else None,
     )
 
 

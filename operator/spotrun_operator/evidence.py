@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from spotrun_operator.common import LABEL_REPLICA_TYPE
+from spotrun_operator.common import LABEL_REPLICA_TYPE, parse_time
 from spotrun_operator.signals import (
     DEADLINE_EXCEEDED,
     DISRUPTION,
@@ -33,6 +33,7 @@ from spotrun_operator.signals import (
     node_signal,
     node_text,
     shutdown_signal,
+    signal_time,
 )
 
 EXIT_SIGTERM: Final = 143
@@ -66,6 +67,8 @@ class Evidence:
     signal: str
     node: NodeInfo | None
     message: str
+    # When the signal was given, by its own timestamp (None: it carries none).
+    at: dt.datetime | None = None
 
 
 # --- pod helpers -----------------------------------------------------------------------
@@ -154,7 +157,8 @@ def _pod_evidence(
             sig = drain_cause(node, rr) or EVICTION  # what the drain was for
         c = cond(pod, "DisruptionTarget") or {}
         msg = f"pod {name(pod)}: DisruptionTarget {c.get('reason')}"
-        return Evidence(sig, node, msg + (f": {c.get('message')}" if c.get("message") else ""))
+        msg += f": {c.get('message')}" if c.get("message") else ""
+        return Evidence(sig, node, msg, parse_time(c.get("lastTransitionTime")))
     failed = phase(pod) == "Failed"
     sig = pod_reason_signal(pod) if failed else None
     if sig == NODE_SHUTDOWN:
@@ -193,7 +197,8 @@ def gather(
         if node is not None:
             sig = node_signal(node, restart_on_rebalance, now, lost_grace_seconds)
             if sig:
-                found.append(Evidence(sig, node, f"node {node.name}: {node_text(node, sig)}"))
+                text = f"node {node.name}: {node_text(node, sig)}"
+                found.append(Evidence(sig, node, text, signal_time(node, sig)))
         ev = _pod_evidence(pod, node, deleted, restart_on_rebalance)
         if ev is not None:
             found.append(ev)

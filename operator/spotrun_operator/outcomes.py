@@ -38,9 +38,12 @@ def preempted(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt, v: Verdic
     )
     count = (d.status.preemptions or 0) + 1
     d.status.preemptions = count
+    # From the signal's own timestamp where it has one (never after this decision): the
+    # recovery time (spotrun_recovery_seconds) then includes the time to detect it.
+    signal_at = min(v.signal_at, d.now) if v.signal_at else d.now
     d.status.last_preemption = LastPreemption(
         attempt=n,
-        time=now,
+        time=fmt_time(signal_at),
         node=v.node,
         zone=v.zone,
         instance_type=itype,

@@ -7,7 +7,7 @@ The signal names are a bounded set: they are label values of
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -179,6 +179,10 @@ class NodeInfo:
     ready_message: str = ""
     ready_since: dt.datetime | None = None  # lastTransitionTime of the Ready condition
     deleting: bool = False  # deletionTimestamp set (the object may still exist, finalized)
+    deleting_since: dt.datetime | None = None  # its deletionTimestamp
+    # The earliest timeAdded of its taints (set for NoExecute taints by the apiserver and
+    # the node lifecycle controller; NTH and Karpenter leave it empty).
+    tainted_since: dt.datetime | None = None
     finalizers: tuple[str, ...] = ()
     unschedulable: bool = False  # spec.unschedulable: cordoned
     # Taints that keep pods off (NoSchedule, NoExecute) as (key, value, effect).
@@ -210,6 +214,18 @@ def node_info(node: Mapping[str, Any], exists: bool = True) -> NodeInfo:
         ready_message=str(ready.get("message") or ""),
         ready_since=parse_time(ready.get("lastTransitionTime")),
         deleting=bool(meta.get("deletionTimestamp")),
+        deleting_since=parse_time(meta.get("deletionTimestamp")),
+        tainted_since=min(
+            (
+                t
+                for t in (
+                    parse_time(x.get("timeAdded"))
+                    for x in (node.get("spec") or {}).get("taints") or []
+                )
+                if t is not None
+            ),
+            default=None,
+        ),
         finalizers=tuple(str(f) for f in meta.get("finalizers") or []),
         unschedulable=bool((node.get("spec") or {}).get("unschedulable")),
         hard_taints=tuple(
@@ -219,6 +235,11 @@ def node_info(node: Mapping[str, Any], exists: bool = True) -> NodeInfo:
         ),
         gpus=_count(((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE)),
     )
+
+
+def _earliest(times: Iterable[Any]) -> dt.datetime | None:
+    parsed = [t for t in (parse_time(x) for x in times) if t is not None]
+    return min(parsed) if parsed else None
 
 
 def _count(quantity: Any) -> int:
@@ -279,6 +300,17 @@ def node_signal(
     ):
         found.append(NODE_LOST)
     return min(found, key=SIGNAL_PRIORITY.index) if found else None
+
+
+def signal_time(node: NodeInfo, sig: str) -> dt.datetime | None:
+    """When ``node`` gave ``sig``, by the node's own timestamps (None: it carries none, as
+    NTH's and Karpenter's taints do): its Ready transition for a shutdown or a lost node,
+    its deletionTimestamp for a deletion, its taints' timeAdded otherwise."""
+    if sig in (NODE_LOST, NODE_SHUTDOWN, GKE_PREEMPTION) and node.ready != "True":
+        return node.ready_since
+    if node.deleting:
+        return node.deleting_since
+    return node.tainted_since
 
 
 def drain_cause(node: NodeInfo, restart_on_rebalance: bool = False) -> str | None:
