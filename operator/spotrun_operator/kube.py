@@ -257,21 +257,24 @@ class Kube:
         409 Conflict: re-observe and decide again."""
         body = {"metadata": {"resourceVersion": resource_version}, "status": status}
         try:
-            resp = self.dyn.patch(
-                self._res(KIND).status,
-                body=body,
-                name=name,
-                namespace=namespace,
-                content_type=MERGE_PATCH,
-                _request_timeout=self.timeout,
-                serialize=False,
-            )
+            resp = self._merge_patch(self._res(KIND).status, name, namespace, body)
         except ApiException as exc:
             if exc.status == 409:
                 return False
             raise
         self._wrote(self._json(resp))
         return True
+
+    def _merge_patch(self, resource: Any, name: str, namespace: str, body: Obj) -> Any:
+        return self.dyn.patch(
+            resource,
+            body=body,
+            name=name,
+            namespace=namespace,
+            content_type=MERGE_PATCH,
+            _request_timeout=self.timeout,
+            serialize=False,
+        )
 
     def _wrote(self, answer: Any) -> None:
         if self.cache is not None and isinstance(answer, dict):
@@ -382,15 +385,7 @@ class Kube:
         """Patch the count of an Event posted before; False when it is gone (404)."""
         body = {"count": send.count, "lastTimestamp": now, "message": send.message[:1024]}
         try:
-            self.dyn.patch(
-                self._res("Event"),
-                body=body,
-                name=send.name,
-                namespace=namespace,
-                content_type=MERGE_PATCH,
-                _request_timeout=self.timeout,
-                serialize=False,
-            )
+            self._merge_patch(self._res("Event"), str(send.name), namespace, body)
         except ApiException as exc:
             if exc.status != 404:
                 raise

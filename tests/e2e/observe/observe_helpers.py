@@ -111,6 +111,12 @@ class AuditLog:
             if (ev.get("user") or {}).get("username") == username
         ]
 
+    def by_agent(self, since: int, prefix: str) -> list[dict[str, Any]]:
+        """Completed requests after byte ``since`` whose user agent starts with ``prefix``
+        (kopf's watches say ``kopf/``, the operator's own calls ``spotrun-operator/``)."""
+        done = [ev for ev in self.all_events(since) if ev.get("stage") == "ResponseComplete"]
+        return [ev for ev in done if str(ev.get("userAgent") or "").startswith(prefix)]
+
     def all_events(self, since: int) -> list[dict[str, Any]]:
         """Every event written after byte ``since``."""
         out = []
