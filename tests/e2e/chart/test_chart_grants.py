@@ -34,7 +34,7 @@ NAMESPACED_GRANTS = {
     ("rbac.authorization.k8s.io", "roles"): {"create"},
     ("rbac.authorization.k8s.io", "rolebindings"): {"create"},
     ("", "events"): {"create", "list", "patch"},
-    ("kueue.x-k8s.io", "workloads"): {"list"},
+    ("kueue.x-k8s.io", "workloads"): {"list", "watch"},
 }
 CLUSTER_GRANTS = {
     ("", "nodes"): {"get", "list", "watch"},
