@@ -21,10 +21,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from spotrun_operator.common import LABEL_KUEUE_JOB_UID, LABEL_RUN, parse_job_name
-from spotrun_operator.observe import KubeReads
 from spotrun_operator.plan import Rejected
 
 Obj = dict[str, Any]
@@ -177,13 +176,21 @@ def _deleted_for_good(obj: Mapping[str, Any]) -> bool:
     return str(obj.get("kind")) != "Pod" or meta.get("deletionGracePeriodSeconds") == 0
 
 
+class ApiReads(Protocol):
+    """The reads no watch of the operator covers (implemented by ``kube.Kube``)."""
+
+    def pod_refusal(self, namespace: str, job: Mapping[str, Any]) -> Rejected | None: ...
+
+    def missing(self, namespace: str, refs: Sequence[tuple[str, str]]) -> list[str]: ...
+
+
 class CachedReads:
     """``observe``'s reads, answered from the caches. Only what no watch covers goes to
     the API, and ``observe`` asks for it only when a decision needs it: the referenced
     Secrets/ConfigMaps/PVCs before an attempt is created, and the training operator's
     FailedCreatePod events while a live attempt has fewer pods than its gang."""
 
-    def __init__(self, cache: Cache, api: KubeReads) -> None:
+    def __init__(self, cache: Cache, api: ApiReads) -> None:
         self.cache = cache
         self.api = api
 

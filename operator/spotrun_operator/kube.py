@@ -24,7 +24,6 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
 from spotrun_operator import __version__
 from spotrun_operator.apiserver import (
@@ -41,11 +40,9 @@ from spotrun_operator.apiserver import (
     replica_pods,
 )
 from spotrun_operator.builders import RunRef
-from spotrun_operator.cache import Cache, owned_jobs
+from spotrun_operator.cache import Cache
 from spotrun_operator.common import (
     KIND,
-    LABEL_KUEUE_JOB_UID,
-    LABEL_RUN,
     PYTORCHJOB_KIND,
     fmt_time,
     utcnow,
@@ -168,31 +165,7 @@ class Kube:
             raise
         return dict(self._json(resp))
 
-    def _list(self, kind: str, namespace: str, run: str) -> list[Obj]:
-        resp = self.dyn.get(
-            self._res(kind),
-            namespace=namespace,
-            label_selector=f"{LABEL_RUN}={run}",
-            _request_timeout=self.timeout,
-            serialize=False,
-        )
-        return list(self._json(resp)["items"])
-
     # --- reads ----------------------------------------------------------------------
-    def get_run(self, namespace: str, name: str) -> Obj | None:
-        return self._get(KIND, name, namespace)
-
-    def list_jobs(self, namespace: str, run: str, owner_uid: str) -> dict[int, Obj]:
-        """The run's PyTorchJobs by attempt number (only those the run owns: a job of an
-        earlier run with the same name may still be on its way out)."""
-        return owned_jobs(self._list(PYTORCHJOB_KIND, namespace, run), run, owner_uid)
-
-    def list_pods(self, namespace: str, run: str) -> list[Obj]:
-        return self._list("Pod", namespace, run)
-
-    def get_node(self, name: str) -> Obj | None:
-        return self._get("Node", name)
-
     def pod_refusal(self, namespace: str, job: Mapping[str, Any]) -> Rejected | None:
         """Why the training operator could not create a pod of ``job``, when the apiserver
         judged the pod itself (its FailedCreatePod events on this very job). None, with a
@@ -220,23 +193,6 @@ class Kube:
             log.warning("no grant to list events: pods the apiserver refuses go unreported")
             return None
         return pod_create_refusal(list(self._json(resp)["items"]))
-
-    def get_workload(self, namespace: str, job_uid: str) -> Obj | None:
-        """Kueue's Workload of a PyTorchJob (labelled with the job's UID), or None: not made
-        yet, or Kueue is not installed (no such resource)."""
-        try:
-            res = self._res("Workload")
-        except ResourceNotFoundError:
-            return None
-        resp = self.dyn.get(
-            res,
-            namespace=namespace,
-            label_selector=f"{LABEL_KUEUE_JOB_UID}={job_uid}",
-            _request_timeout=self.timeout,
-            serialize=False,
-        )
-        items = list(self._json(resp)["items"])
-        return dict(items[0]) if items else None
 
     def missing(self, namespace: str, refs: Sequence[tuple[str, str]]) -> list[str]:
         """``"Kind name"`` of each referenced object that does not exist."""

@@ -8,11 +8,11 @@ rule only with a comment saying which code needs it.
 */}}
 
 {{- define "spotrun.rbac.namespacedRules" -}}
-# TrainingRuns: kopf lists and watches them (event handlers only, so kopf never patches
-# them); kube.get_run reads one.
+# TrainingRuns: kopf lists and watches them into the operator's cache (event and index
+# handlers only, so kopf never patches them); reconciles read the cache, never the API.
 - apiGroups: ["spotrun.dev"]
   resources: ["trainingruns"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 # TrainingRun status: kube.patch_run_status writes phase, attempts, counters, cost and
 # conditions. get too, because each run's trainer Role grants get+patch on it and RBAC never
 # lets a subject grant more than it holds.
@@ -74,11 +74,11 @@ rule only with a comment saying which code needs it.
 {{- end }}
 
 {{- define "spotrun.rbac.clusterRules" -}}
-# Nodes: kopf watches them for interruption taints (NTH, Karpenter), capacity-type and
-# zone labels, NotReady and deletion; kube.get_node reads one.
+# Nodes: kopf watches them into the operator's cache for interruption taints (NTH,
+# Karpenter), capacity-type and zone labels, NotReady and deletion.
 - apiGroups: [""]
   resources: ["nodes"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 # kopf scans CustomResourceDefinitions to find and follow the resources it serves.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]

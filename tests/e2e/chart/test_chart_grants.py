@@ -22,7 +22,7 @@ SPOTRUN = "spotrun.dev"
 # What operator/spotrun_operator uses (kube.py, handlers.py, builders.py). A change here
 # needs the same change in templates/_rbac.tpl, with a comment naming the code.
 NAMESPACED_GRANTS = {
-    (SPOTRUN, "trainingruns"): {"get", "list", "watch"},
+    (SPOTRUN, "trainingruns"): {"list", "watch"},
     (SPOTRUN, "trainingruns/status"): {"get", "patch"},
     (SPOTRUN, "trainingruns/finalizers"): {"update"},
     ("kubeflow.org", "pytorchjobs"): {"list", "watch", "create", "delete"},
@@ -37,7 +37,7 @@ NAMESPACED_GRANTS = {
     ("kueue.x-k8s.io", "workloads"): {"list", "watch"},
 }
 CLUSTER_GRANTS = {
-    ("", "nodes"): {"get", "list", "watch"},
+    ("", "nodes"): {"list", "watch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
 # Namespaced mode only: kopf watches namespaces when it is not cluster-wide.
