@@ -3,12 +3,21 @@ process, with the trainer's own CheckpointManager and FSDP2 on a one-rank gloo g
 
     python bench/trainer_async_save.py                  # ~100M-parameter GPT-2 on CPU
     python bench/trainer_async_save.py --params 10M     # quick run
+    python bench/trainer_async_save.py --nice 0 --crc32 --buffered
+                                    # the writer as it was before WriterOptions (comparison)
 
 For each mode: the stall (time the loop is blocked by ``save``), the duration of the whole
 save (to the commit), and the step time while a background save runs against the step
-time without one (the slowdown). The synchronous save in the same run is the yardstick of
-the stalls; the resume time is the time ``load`` takes to read the newest checkpoint back.
-Prints a table and writes bench/results/trainer_async_save-<params>.json. Not a test.
+time of the steps just before that save, with nothing in flight (the slowdown; a peer
+measured minutes apart would move with the load of a shared box). The synchronous save in
+the same run is the yardstick of the stalls; the resume time is the time ``load`` takes to
+read the newest checkpoint back (checksums verified, resharded by DCP).
+
+Where the CPU goes: for every step its wall time, the CPU time of the training thread and
+the time it waited for a CPU on the run queue (``/proc/thread-self/schedstat``); for every
+save the CPU seconds of the writer (the trainer process's other threads, plus DCP's
+checkpoint process in process mode) and the load average around each mode.
+Prints a table and writes bench/results/trainer_async_save-<params>[-<tag>].json. Not a test.
 """
 
 from __future__ import annotations
@@ -19,18 +28,21 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 import torch.distributed as dist
 
 from spotrun_trainer.checkpoint import CheckpointManager
 from spotrun_trainer.config import ModelConfig
 from spotrun_trainer.models import build_model, compute_loss, count_parameters
-from spotrun_trainer.sharded import ShardedState, apply_fsdp
+from spotrun_trainer.sharded import ShardedState, WriterOptions, apply_fsdp
 from spotrun_trainer.state import RNGState, TrainProgress
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +58,36 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the training loop")
     p.add_argument("--saves", type=int, default=2, help="saves timed per mode")
+    p.add_argument(
+        "--baseline-steps",
+        type=int,
+        default=3,
+        help="steps timed just before each save, nothing in flight: the baseline",
+    )
+    p.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help="comma-separated subset of "
+        + ",".join(MODES)
+        + " (sync always runs: it is the yardstick)",
+    )
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=WriterOptions.nice,
+        help="niceness of the background writer (0: the training's own)",
+    )
+    p.add_argument(
+        "--crc32",
+        action="store_true",
+        help="let torch.save write CRC32s into the shards (off by default)",
+    )
+    p.add_argument(
+        "--buffered",
+        action="store_true",
+        help="write shards through the page cache (default: O_DIRECT where possible)",
+    )
+    p.add_argument("--tag", default="", help="suffix of the JSON file name")
     p.add_argument("--dir", default=None, help="checkpoint scratch folder (default: a temp dir)")
     p.add_argument("--out", default=None, help="JSON output (default: bench/results/...)")
     return p.parse_args()
@@ -65,77 +107,154 @@ class Loop:
         self.per_rank: dict[str, Any] = {"rng": RNGState()}
         self.sharded: dict[str, Any] = {"train": ShardedState(self.model, self.opt)}
 
-    def step(self) -> float:
-        t0 = time.perf_counter()
+    def step(self) -> Step:
+        t0, c0, q0 = time.perf_counter(), time.thread_time(), _runqueue_wait()
         loss = compute_loss(self.model, self.batch, self.cfg)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.progress.step += 1
-        return time.perf_counter() - t0
+        return Step(time.perf_counter() - t0, time.thread_time() - c0, _runqueue_wait() - q0)
 
 
-def _manager(folder: Path, mode: str) -> CheckpointManager:
+@dataclass(frozen=True)
+class Step:
+    wall: float  # seconds
+    cpu: float  # CPU seconds of the training thread
+    wait: float  # seconds the training thread was runnable but waited for a CPU
+
+
+def _runqueue_wait() -> float:
+    """Seconds this thread has spent runnable, waiting for a CPU (Linux schedstat)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class CpuMeter:
+    """CPU seconds of everything but the training thread: the trainer process's other
+    threads (DCP's writer thread, the commit thread) and its children (DCP's checkpoint
+    process, which is started by the first process-mode save)."""
+
+    def __init__(self) -> None:
+        self.me = psutil.Process()
+
+    def _children(self) -> float:
+        total = 0.0
+        for c in self.me.children(recursive=True):
+            try:
+                t = c.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
+    def read(self) -> tuple[float, float]:
+        """(background CPU seconds in this process, CPU seconds of the children)."""
+        return time.process_time() - time.thread_time(), self._children()
+
+
+def _median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def _manager(folder: Path, mode: str, options: WriterOptions) -> CheckpointManager:
     m = CheckpointManager(folder, keep=2, keep_best=False, async_save=mode != "sync",
-                          async_mode="process" if mode == "process" else "thread")  # fmt: skip
+                          async_mode="process" if mode == "process" else "thread",
+                          writer_options=options)  # fmt: skip
     m.prepare()
     return m
 
 
-def bench_mode(loop: Loop, folder: Path, mode: str, saves: int) -> dict[str, Any]:
-    m = _manager(folder, mode)
-    first_save = None
-    if mode == "process":  # the first save starts DCP's checkpoint process: timed apart
+def bench_mode(
+    loop: Loop, folder: Path, mode: str, saves: int, baseline_steps: int, options: WriterOptions
+) -> dict[str, Any]:
+    m = _manager(folder, mode, options)
+    meter = CpuMeter()
+    load_before = os.getloadavg()
+    first_save = first_stall = None
+    if mode != "sync":
+        # Timed apart: the first async save allocates the staging buffers (reused by every
+        # later save) and, in process mode, starts DCP's checkpoint process.
         t0 = time.monotonic()
-        m.save(loop.progress.step, loop.shared, loop.per_rank, sharded=loop.sharded)
+        first_stall = m.save(loop.progress.step, loop.shared, loop.per_rank, sharded=loop.sharded)
         m.wait()
         first_save = time.monotonic() - t0
-    stalls, totals, during = [], [], []
+    stalls, stall_cpu, totals, writer_cpu = [], [], [], []
+    base: list[Step] = []
+    during: list[Step] = []
     size = 0
     for _ in range(saves):
-        loop.step()
+        base += [loop.step() for _ in range(baseline_steps)]  # the peer: same minutes, no save
+        in0, ch0 = meter.read()
+        c0 = time.thread_time()
         stalls.append(m.save(loop.progress.step, loop.shared, loop.per_rank, sharded=loop.sharded))
+        stall_cpu.append(time.thread_time() - c0)
         while m.in_flight:  # keep training while the write runs, as the trainer does
             during.append(loop.step())
         info = m.wait()
         assert info is not None
+        in1, ch1 = meter.read()
+        # A sync save runs in the training thread: its CPU is not background CPU.
+        writer_cpu.append((in1 - in0) + (ch1 - ch0))
         totals.append(info.seconds)
         size = info.bytes
+    b_wall = _median([s.wall for s in base])
+    d_wall = _median([s.wall for s in during])
     return {
         "stall_seconds": statistics.median(stalls),
+        "stall_cpu_seconds": statistics.median(stall_cpu),  # training thread, in save()
         "save_seconds": statistics.median(totals),
         "checkpoint_bytes": size,
+        "baseline_step_seconds": b_wall,
+        "baseline_step_cpu_seconds": _median([s.cpu for s in base]),
+        "baseline_step_runqueue_wait_seconds": _median([s.wait for s in base]),
         "steps_during_background_save": len(during),
-        "step_seconds_during_background_save": statistics.median(during) if during else None,
-        "first_save_seconds_with_process_start": first_save,
+        "step_seconds_during_background_save": d_wall,
+        "step_cpu_seconds_during_background_save": _median([s.cpu for s in during]),
+        "step_runqueue_wait_seconds_during_background_save": _median([s.wait for s in during]),
+        "step_slowdown_during_background_save": d_wall / b_wall - 1 if d_wall and b_wall else None,
+        "writer_cpu_seconds_per_save": statistics.median(writer_cpu),
+        "first_save_seconds": first_save,  # with the process start in process mode
+        "first_save_stall_seconds": first_stall,  # with the staging buffers' allocation
         "all_stalls": stalls,
+        "all_stall_cpu_seconds": stall_cpu,
         "all_saves": totals,
+        "all_writer_cpu_seconds": writer_cpu,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
     }
 
 
-def bench_resume(loop: Loop, folder: Path) -> float:
-    m = _manager(folder, "sync")
+def bench_resume(loop: Loop, folder: Path, options: WriterOptions) -> float:
+    m = _manager(folder, "sync", options)
     t0 = time.monotonic()
     info = m.load(loop.shared, loop.per_rank, sharded=loop.sharded)
     assert info is not None
     return time.monotonic() - t0
 
 
-def _print_table(results: dict[str, Any], step_s: float) -> None:
+def _print_table(results: dict[str, Any], modes: list[str]) -> None:
     sync_save = results["sync"]["save_seconds"]
-    print(f"{'mode':>8} {'stall s':>8} {'stall/sync':>10} {'save s':>7} {'steps':>5} "
-          f"{'step s':>7} {'slowdown':>8}")  # fmt: skip
-    for mode in MODES:
+    print(f"{'mode':>8} {'stall s':>8} {'stall/sync':>10} {'save s':>7} {'writer cpu':>10} "
+          f"{'base s':>7} {'steps':>5} {'step s':>7} {'cpu s':>6} {'wait s':>6} {'slowdown':>8} "
+          f"{'load':>5}")  # fmt: skip
+    for mode in modes:
         r = results[mode]
-        during = r["step_seconds_during_background_save"]
         r["stall_over_sync_save"] = r["stall_seconds"] / sync_save
-        r["step_slowdown_during_background_save"] = during / step_s - 1 if during else None
-        slow = f"{100 * (during / step_s - 1):+.0f}%" if during else "-"
+        slow = r["step_slowdown_during_background_save"]
         print(f"{mode:>8} {r['stall_seconds']:8.2f} {100 * r['stall_over_sync_save']:9.1f}% "
-              f"{r['save_seconds']:7.2f} {r['steps_during_background_save']:5d} "
-              f"{during or 0:7.2f} {slow:>8}")  # fmt: skip
-    print(f"baseline step {step_s:.2f}s; resume (load) {results['resume_seconds']:.2f}s")
+              f"{r['save_seconds']:7.2f} {r['writer_cpu_seconds_per_save']:10.2f} "
+              f"{r['baseline_step_seconds']:7.2f} {r['steps_during_background_save']:5d} "
+              f"{r['step_seconds_during_background_save'] or 0:7.2f} "
+              f"{r['step_cpu_seconds_during_background_save'] or 0:6.2f} "
+              f"{r['step_runqueue_wait_seconds_during_background_save'] or 0:6.2f} "
+              f"{'-' if slow is None else f'{100 * slow:+.0f}%':>8} "
+              f"{r['load_average_before'][0]:5.2f}")  # fmt: skip
+    print(f"resume (load) {results['resume_seconds']:.2f}s")
 
 
 def main() -> None:
@@ -147,6 +266,8 @@ def main() -> None:
     folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="spotrun-bench-"))
     cfg = ModelConfig(kind="causal_lm", params=args.params, vocab_size=args.vocab_size,
                       seq_len=args.seq_len, dropout=0.0)  # fmt: skip
+    options = WriterOptions(nice=args.nice, crc32=args.crc32, direct_io=not args.buffered)
+    modes = ["sync", *(m for m in args.modes.split(",") if m in MODES and m != "sync")]
     try:
         loop = Loop(cfg, args.batch_size)
         n_params = count_parameters(loop.model)
@@ -154,12 +275,13 @@ def main() -> None:
               f"CPU, {args.threads} training thread(s), {os.cpu_count()} cores")  # fmt: skip
         for _ in range(2):  # materialise optimizer state; first steps allocate and warm up
             loop.step()
-        step_s = statistics.median(loop.step() for _ in range(5))
+        step_s = statistics.median(loop.step().wall for _ in range(5))
         results: dict[str, Any] = {"step_seconds": step_s}
-        for mode in MODES:
-            results[mode] = bench_mode(loop, folder / mode, mode, args.saves)
-        results["resume_seconds"] = bench_resume(loop, folder / "sync")
-        _print_table(results, step_s)
+        for mode in modes:
+            results[mode] = bench_mode(loop, folder / mode, mode, args.saves,
+                                       args.baseline_steps, options)  # fmt: skip
+        results["resume_seconds"] = bench_resume(loop, folder / "sync", options)
+        _print_table(results, modes)
         report = {
             "params": n_params,
             "config": {
@@ -170,15 +292,21 @@ def main() -> None:
                 "seq_len": cfg.seq_len,
                 "batch_size": args.batch_size,
                 "threads": args.threads,
+                "writer_nice": options.nice,
+                "zip_crc32": options.crc32,
+                "direct_io": options.direct_io,
             },
+            "command": "python bench/trainer_async_save.py " + " ".join(sys.argv[1:]),
             "device": "cpu",
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
             "python": platform.python_version(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "load_average_at_end": os.getloadavg(),
             **results,
         }
-        default = REPO / "bench" / "results" / f"trainer_async_save-{args.params}.json"
+        tag = f"-{args.tag}" if args.tag else ""
+        default = REPO / "bench" / "results" / f"trainer_async_save-{args.params}{tag}.json"
         out = Path(args.out) if args.out else default
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")

@@ -112,6 +112,8 @@ class CheckpointManager:
     DCP. With ``async_save`` the state is copied to CPU memory on the caller's thread and
     written in the background (DCP's thread or process per ``async_mode``; the commit by a
     thread of the manager); a new save first waits for the one in flight.
+    ``writer_options`` (``sharded.WriterOptions``): the background writer's niceness and
+    whether ``torch.save`` writes CRC32s.
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class CheckpointManager:
         keep_best: bool = True,
         async_save: bool = False,
         async_mode: str = "thread",
+        writer_options: sharded_io.WriterOptions | None = None,
         process_group: Any = None,
         commit_timeout: float = 600.0,
         collectives: Collectives | None = None,
@@ -138,7 +141,11 @@ class CheckpointManager:
         self.async_save = async_save
         self.async_mode = async_mode  # thread or process: how DCP writes sharded parts
         self.process_group = process_group  # DCP's group (gloo); None: the default group
-        self._dcp = sharded_io.DcpSaver(async_mode)
+        self._dcp = sharded_io.DcpSaver(async_mode, writer_options)
+        # Every file of a checkpoint gets a sha256 in the manifest as it is written, so
+        # torch.save's per-record CRC32 is a second checksum of the same bytes: off by
+        # default (process-wide; a torch.load does not check it).
+        sharded_io.set_zip_crc32(self._dcp.options.crc32)
         self.commit_timeout = commit_timeout
         self.collectives: Collectives = collectives or LocalCollectives()
         self.restore_missing = restore_missing

@@ -14,7 +14,10 @@ written for this trainer, not copied.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
@@ -22,9 +25,11 @@ import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -50,6 +55,42 @@ DCP_DIR = "dcp"
 DCP_METADATA = ".metadata"
 SIDECAR = ".sha256"  # beside each shard: its sha256 and size, from the writer
 ASYNC_MODES = {"thread": AsyncCheckpointerType.THREAD, "process": AsyncCheckpointerType.PROCESS}
+
+
+@dataclass(frozen=True)
+class WriterOptions:
+    """How a background DCP writer shares the CPU with the training step.
+
+    ``nice``: the niceness the writer runs at (its thread in thread mode, DCP's
+    checkpoint process in process mode; raised, never lowered): it takes the CPU the
+    step leaves idle first, so the step keeps its share of a busy node. Synchronous saves
+    (a stop's) run in the training thread at its own priority. ``crc32``: whether
+    ``torch.save`` computes a CRC32 of every record of a shard; the manifest's sha256
+    (computed as the bytes are written) already covers every byte, so by default it does
+    not (``torch.serialization.set_crc32_options``: process-wide, see ``set_zip_crc32``).
+    The checkpoint process also runs torch with one intra-op thread: it only moves bytes."""
+
+    nice: int = 19
+    crc32: bool = False
+    direct_io: bool = True  # shards written with O_DIRECT where the file system takes it
+
+
+def set_zip_crc32(enabled: bool) -> None:
+    """Whether ``torch.save`` writes CRC32s in this process (a process-wide torch setting;
+    every file of a checkpoint is covered by a sha256 in its manifest either way, and
+    ``torch.load`` does not check them)."""
+    torch.serialization.set_crc32_options(enabled)
+
+
+def _lower_priority(nice: int) -> None:
+    """Raise the calling thread's niceness to ``nice`` (on Linux a per-thread setting;
+    threads it starts inherit it). Never lowers it: that needs privileges."""
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, 0)
+        if nice > current:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as e:  # pragma: no cover - seccomp or an odd platform: keep going
+        log.debug("could not renice the checkpoint writer: %s", e)
 
 
 def apply_fsdp(model: nn.Module) -> nn.Module:
@@ -96,8 +137,9 @@ class DcpSaver:
     and reused by every save (in shared memory for the checkpoint process: it reaches the
     process by handle, with no second copy)."""
 
-    def __init__(self, mode: str = "thread") -> None:
+    def __init__(self, mode: str = "thread", options: WriterOptions | None = None) -> None:
         self.mode = mode
+        self.options = options or WriterOptions()
         self._stager: DefaultStager | None = None
 
     def _staging(self) -> DefaultStager:
@@ -121,13 +163,15 @@ class DcpSaver:
         rank calls it at the same step; ``group`` is a gloo group kept for checkpoints, so
         a background write never interleaves with training collectives."""
         state = _as_dcp(parts)
-        writer = HashingFileSystemWriter(folder)
         if not background:
+            writer = HashingFileSystemWriter(folder, options=self.options)
             dcp_save(state, storage_writer=writer, process_group=group)
             return None
         kind = ASYNC_MODES[self.mode]
         if kind is AsyncCheckpointerType.PROCESS and not dist.is_initialized():
             kind = AsyncCheckpointerType.THREAD  # the checkpoint process needs a process group
+        where = "process" if kind is AsyncCheckpointerType.PROCESS else "thread"
+        writer = HashingFileSystemWriter(folder, background=where, options=self.options)
         future = async_save(state, storage_writer=writer, process_group=group,
                             async_checkpointer_type=kind, async_stager=self._staging())  # fmt: skip
         if not isinstance(future, Future):  # AsyncSaveResponse: only with async staging
@@ -176,10 +220,132 @@ class _HashingStream:
         return getattr(self._f, name)
 
 
+BLOCK = (
+    4096  # O_DIRECT alignment of buffers, offsets and sizes (a page; every block size divides it)
+)
+DIRECT_BUFFER = 8 << 20  # bytes gathered before each O_DIRECT write
+
+
+class _DirectHashingStream:
+    """A shard written front to back with ``O_DIRECT`` and hashed on the way.
+
+    Buffered writes make the kernel copy every byte into the page cache, in the writer's
+    own CPU time: ~3 of the ~5 CPU seconds a 1.3 GB shard cost on the 2-core test box
+    (the sha256 ~1). Here the bytes are copied (numpy, without the GIL) into one
+    page-aligned buffer, hashed there while still in cache, and each full buffer goes to
+    the disk by DMA. ``flush()`` keeps what has not filled the buffer (DCP calls it after
+    every item); ``close()`` writes the rest (the tail under a block without ``O_DIRECT``)
+    and fsyncs, so the commit protocol sees a durable file exactly as before. A file
+    system that refuses ``O_DIRECT`` writes gets buffered ones."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.sha = hashlib.sha256()
+        self.size = 0  # bytes taken: the stream's position
+        self.sequential = True
+        raw = np.empty(DIRECT_BUFFER + BLOCK, dtype=np.uint8)
+        start = -raw.ctypes.data % BLOCK
+        self._buf = raw[start : start + DIRECT_BUFFER]
+        self._view = memoryview(self._buf)  # type: ignore[arg-type]
+        self._fill = 0
+        self._direct = True
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        if memoryview(data).nbytes == 0:
+            return 0
+        src = np.frombuffer(data, dtype=np.uint8)
+        n, pos = src.size, 0
+        while pos < n:
+            take = min(n - pos, DIRECT_BUFFER - self._fill)
+            end = self._fill + take
+            np.copyto(self._buf[self._fill : end], src[pos : pos + take])
+            self.sha.update(self._view[self._fill : end])
+            self._fill, pos = end, pos + take
+            if self._fill == DIRECT_BUFFER:
+                self._write_out(self._view[:DIRECT_BUFFER])
+                self._fill = 0
+        self.size += n
+        return n
+
+    def _buffered(self) -> None:
+        if self._direct:
+            self._direct = False
+            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+
+    def _write_out(self, chunk: memoryview) -> None:
+        done = 0
+        while done < len(chunk):
+            try:
+                n = os.write(self.fd, chunk[done:])
+            except OSError as e:
+                if e.errno != errno.EINVAL or not self._direct:
+                    raise
+                log.info("O_DIRECT write refused (%s): writing buffered", e)
+                self._buffered()
+                continue
+            done += n
+            if n % BLOCK:  # a short write left the offset unaligned
+                self._buffered()
+
+    def tell(self) -> int:
+        return self.size
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        raise io.UnsupportedOperation("a shard is written front to back")
+
+    def flush(self) -> None:
+        """Nothing: a partial block stays in the buffer until close()."""
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        """Write what is left, fsync, close the file."""
+        if self.closed:
+            return
+        try:
+            whole = self._fill - self._fill % BLOCK
+            if whole:
+                self._write_out(self._view[:whole])
+            if whole < self._fill:
+                self._buffered()
+                self._write_out(self._view[whole : self._fill])
+            self._fill = 0
+            os.fsync(self.fd)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._view.release()
+            os.close(self.fd)
+
+
+def _open_direct(path: Path) -> int | None:
+    """A new file opened for O_DIRECT writes; None where that is not on offer (tmpfs)."""
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct:
+        return None
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | direct, 0o666)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        return None
+
+
 class HashingFileSystem(FileSystem):
     """DCP's local file system, writing ``<shard>.sha256`` (sha256 and size) beside each
     shard it writes, from the bytes as they were written: the manifest then needs no
-    second read of the shards in the training process."""
+    second read of the shards in the training process. Shards are written with
+    ``O_DIRECT`` where the file system takes it (``_DirectHashingStream``)."""
+
+    def __init__(self, direct_io: bool = True) -> None:
+        super().__init__()
+        self.direct_io = direct_io
 
     @contextmanager
     def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[Any]:
@@ -188,18 +354,49 @@ class HashingFileSystem(FileSystem):
             with super().create_stream(p, mode) as plain:
                 yield plain
             return
-        with p.open(mode) as f:
-            hashing = _HashingStream(f)
-            yield hashing
+        fd = _open_direct(p) if mode == "wb" and self.direct_io else None
+        if fd is None:
+            with p.open(mode) as f:
+                hashing: _HashingStream | _DirectHashingStream = _HashingStream(f)
+                yield hashing
+        else:
+            hashing = _DirectHashingStream(fd)
+            try:
+                yield hashing
+                hashing.close()
+            finally:
+                hashing.abort()
         if hashing.sequential and p.stat().st_size == hashing.size:
             digest = {"sha256": hashing.sha.hexdigest(), "bytes": hashing.size}
             write_json(p.with_name(p.name + SIDECAR), digest)
 
 
 class HashingFileSystemWriter(FileSystemWriter):
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    """DCP's file system writer over ``HashingFileSystem``. ``background`` says where it
+    writes (``thread``, ``process`` or None: the caller's thread, a synchronous save);
+    there it first applies ``options`` to the thread or process it runs in (it is pickled
+    to DCP's checkpoint process, so it configures that process from inside)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        background: str | None = None,
+        options: WriterOptions | None = None,
+    ) -> None:
         super().__init__(path)
-        self.fs = HashingFileSystem()
+        self.background = background
+        self.options = options or WriterOptions()
+        self.fs = HashingFileSystem(direct_io=self.options.direct_io)
+
+    def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        # Runs where the write runs: DCP's writer thread, or its checkpoint process.
+        if self.background == "process":
+            set_zip_crc32(self.options.crc32)  # the checkpoint process only writes shards
+            torch.set_num_threads(1)  # it moves bytes; no intra-op pool to spin
+        if self.background is not None:
+            _lower_priority(self.options.nice)
+        super().set_up_storage_writer(is_coordinator, *args, **kwargs)
 
 
 def rank_entries(folder: Path, rank: int) -> dict[str, dict[str, Any]]:

@@ -135,7 +135,12 @@ def _spawn(cmd: Sequence[str], folder: Path, name: str, env_extra: dict[str, str
 
 @pytest.mark.parametrize(
     ("sig", "nproc", "mode"),
-    [("SIGTERM", 2, "process"), ("SIGKILL", 2, "thread"), ("SIGKILL", 4, "thread")],
+    [
+        ("SIGTERM", 2, "process"),
+        ("SIGKILL", 2, "thread"),
+        ("SIGTERM", 4, "thread"),
+        ("SIGKILL", 4, "thread"),
+    ],
 )
 def test_fsdp_resume_is_bitwise_equal(
     sig: str, nproc: int, mode: str, launch: RunFn, tmp_path: Path, references: Any
