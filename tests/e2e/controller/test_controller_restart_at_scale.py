@@ -77,8 +77,9 @@ def test_a_restart_under_200_runs_resumes_exactly(
     operator.start()
 
     def recovered() -> bool:
-        runs = runs_by_status(custom, namespace)
-        return all(runs[n].get("attempt") == 2 for n in hit)
+        # The status names attempt 2 before its job is created (status first, then act).
+        runs, jobs = runs_by_status(custom, namespace), job_names(custom, namespace)
+        return all(runs[n].get("attempt") == 2 and jobs[n] == [f"{n}-a2"] for n in hit)
 
     poll(f"{len(hit)} reclaimed runs on attempt 2", recovered, timeout=240, interval=2)
     print(f"\nrestart under {RUNS} runs ({len(running)} Running): {len(hit)} reclaimed runs on "
