@@ -119,7 +119,10 @@ def master(ps: list[client.V1Pod]) -> client.V1Pod:
 
 
 def complete_all(core: client.CoreV1Api, namespace: str, ps: list[client.V1Pod]) -> None:
-    for p in ps:
+    """Every rank exits 0, the master last: once the master has finished, the run has
+    succeeded and the operator stops whatever rank still runs (within a watch round trip)."""
+    is_master = "training.kubeflow.org/replica-type"
+    for p in sorted(ps, key=lambda p: p.metadata.labels.get(is_master) == "master"):
         inject.complete_pod(core, namespace, p.metadata.name)
 
 
