@@ -48,6 +48,17 @@ def _held_by(
     return spec if spec is not None and (spec.holder_identity or "").startswith(prefix) else None
 
 
+def _noticed(core: client.CoreV1Api, node: str) -> bool:
+    """The interruption reached ``node``: tainted beyond the fleet's GPU taint, cordoned,
+    or being deleted (or gone)."""
+    try:
+        n = core.read_node(node)
+    except client.exceptions.ApiException as exc:
+        return bool(exc.status == 404)
+    taints = {t.key for t in n.spec.taints or []} - {"nvidia.com/gpu"}
+    return bool(taints or n.spec.unschedulable or n.metadata.deletion_timestamp)
+
+
 def _log_lines(op: Operator) -> list[tuple[float, str, str]]:
     """(epoch seconds, logger, message) of every line of the operator's log."""
     out = []
@@ -126,11 +137,12 @@ def test_standby_takes_over_a_burst_of_interruptions_exactly_once(
         t = threading.Thread(target=inject.interrupt, args=(core, victim, signal))
         t.start()
         threads.append(t)
+        # Each notice lands (the node's first write: a taint, a cordon or its deletion)
+        # before the next one starts; the leader dies right after the first.
+        poll(f"the {signal} notice on {victim}", lambda v=victim: _noticed(core, v), timeout=30)
         if i == 0:
-            time.sleep(0.5)
             killed_at = time.time()
             leader.kill()
-        time.sleep(0.5)
 
     spec = poll(
         "op-b to take the Lease over",
