@@ -13,7 +13,13 @@ from spotrun_operator.children import create_job, gang_gone, stop_gang
 from spotrun_operator.classify import Verdict
 from spotrun_operator.common import fmt_time, job_name, parse_time
 from spotrun_operator.draft import Draft
-from spotrun_operator.transitions import fail_run, finish_attempt, record, schedule_next
+from spotrun_operator.transitions import (
+    announces,
+    fail_run,
+    finish_attempt,
+    record,
+    schedule_next,
+)
 
 
 def where_of(v: Verdict) -> str:
@@ -52,13 +58,12 @@ def preempted(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt, v: Verdic
     )
     d.metric("preemption", signal=v.reason, instance_type=v.instance_type, zone=v.zone)
     where = where_of(v)
-    d.event(
-        "Warning",
-        "Preempted",
+    stopping = (
         f"attempt {n}: {v.reason} on {where}: {v.message}; stopping every rank gracefully "
-        f"(grace {spec.termination_grace_period_seconds}s)",
+        f"(grace {spec.termination_grace_period_seconds}s)"
     )
     if count >= spec.max_preemptions:
+        d.event("Warning", "Preempted", stopping)
         fail_run(
             d,
             RunReason.MAX_PREEMPTIONS,
@@ -67,7 +72,8 @@ def preempted(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt, v: Verdic
         )
         stop_gang(d, n, terminal=True)
         return
-    schedule_next(d, n, f"preempted by {v.reason} on {where}")
+    then = schedule_next(d, n, f"preempted by {v.reason} on {where}")
+    d.event("Warning", "Preempted", f"{stopping}; {then}")
     stop_gang(d, n)
 
 
@@ -86,13 +92,13 @@ def interrupted(d: Draft, n: int, entry: Attempt, v: Verdict) -> None:
         zone=v.zone or None,
         lost_work_seconds=lost,
     )
+    then = schedule_next(d, n, f"interrupted ({v.reason})")
     d.event(
         "Warning",
         "Interrupted",
         f"attempt {n}: {v.reason} on {where_of(v)}: {v.message}; not the infrastructure, not "
-        "the application: no budget spent; stopping every rank gracefully",
+        f"the application: no budget spent; stopping every rank gracefully; {then}",
     )
-    schedule_next(d, n, f"interrupted ({v.reason})")
     stop_gang(d, n)
 
 
@@ -101,8 +107,9 @@ def failed(d: Draft, spec: TrainingRunSpec, n: int, v: Verdict) -> None:
     count = (d.status.failures or 0) + 1
     d.status.failures = count
     d.metric("failure", reason=v.reason)
-    d.event("Warning", "ApplicationFailure", f"attempt {n}: {v.reason}: {v.message}")
+    failure = f"attempt {n}: {v.reason}: {v.message}"
     if count >= spec.max_failures:
+        d.event("Warning", "ApplicationFailure", failure)
         fail_run(
             d,
             RunReason.MAX_FAILURES,
@@ -111,7 +118,8 @@ def failed(d: Draft, spec: TrainingRunSpec, n: int, v: Verdict) -> None:
         )
         stop_gang(d, n, terminal=True)
         return
-    schedule_next(d, n, f"application failure ({v.reason})")
+    then = schedule_next(d, n, f"application failure ({v.reason})")
+    d.event("Warning", "ApplicationFailure", f"{failure}; {then}")
     stop_gang(d, n)
 
 
@@ -329,13 +337,14 @@ def start_attempt(d: Draft, spec: TrainingRunSpec, n: int) -> None:
     note = elasticity.size_note(spec, entry)
     d.say(f"attempt {n} created on {capacity}{note}")
     size = f"{spec.nodes} node(s)" if not note else f"{nodes} of {spec.nodes} nodes (shrunk)"
-    d.event(
-        "Normal",
-        "AttemptCreated",
-        f"creating attempt {n} (PyTorchJob {job_name(d.obs.ref.name, n)}) on {capacity}: "
-        f"{size} x {spec.gpus_per_node} GPUs, {spec.ranks_per_pod} rank(s) per "
-        f"node, resuming from {spec.checkpoint.path}",
-    )
+    if announces(d, n):
+        d.event(
+            "Normal",
+            "AttemptCreated",
+            f"creating attempt {n} (PyTorchJob {job_name(d.obs.ref.name, n)}) on {capacity}: "
+            f"{size} x {spec.gpus_per_node} GPUs, {spec.ranks_per_pod} rank(s) per "
+            f"node, resuming from {spec.checkpoint.path}",
+        )
     if d.obs.missing_refs:
         config_error(d, n, entry, "missing " + ", ".join(d.obs.missing_refs))
         return

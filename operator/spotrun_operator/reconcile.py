@@ -23,7 +23,7 @@ from spotrun_operator.config import OperatorConfig
 from spotrun_operator.draft import Draft
 from spotrun_operator.finish import finish
 from spotrun_operator.plan import Decision, DeleteJob, Observed
-from spotrun_operator.transitions import adopt, fail_run, record, succeed_run
+from spotrun_operator.transitions import adopt, announces, fail_run, record, succeed_run
 from spotrun_operator.verdicts import invalid_spec
 
 __all__ = ["attempt_of", "decide", "live_attempt"]
@@ -181,7 +181,8 @@ def _progressing(
         instance_type=next((x.instance_type for x in known if x.instance_type), None),
         zones=[x.zone for x in known if x.zone] or None,
     )
-    d.event("Normal", "AttemptRunning", f"attempt {n} running{note} on {', '.join(nodes)}")
+    if announces(d, n):
+        d.event("Normal", "AttemptRunning", f"attempt {n} running{note} on {', '.join(nodes)}")
     # Zero-valued preemption series for where the gang runs, so that increase() over
     # spotrun_preemptions_total counts the first preemption there too.
     for itype, zone in sorted({(x.instance_type, x.zone) for x in known}):

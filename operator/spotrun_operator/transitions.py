@@ -28,12 +28,32 @@ def record(d: Draft, n: int, outcome: Outcome, reason: str, message: str, **fiel
     )
 
 
-def schedule_next(d: Draft, n: int, why: str) -> None:
+def schedule_next(d: Draft, n: int, why: str) -> str:
+    """Attempt n+1 is due after the backoff; returns what to tell the user of it (the loss's
+    event says it: the next attempt itself announces nothing, see :func:`announces`)."""
     losses = reducers.consecutive_losses(d.history, d.cfg.backoff_reset_seconds)
     delay = reducers.backoff_seconds(losses, d.cfg, d.obs.rand)
     due = d.now + dt.timedelta(seconds=delay)
     d.update(n, next_attempt_at=fmt_time(due))
     d.say(f"{why}; attempt {n + 1} after a {delay:.1f}s backoff")
+    return (
+        f"attempt {n + 1} resumes from the newest checkpoint once every rank has stopped "
+        f"(backoff {delay:.1f}s)"
+    )
+
+
+def announces(d: Draft, n: int) -> bool:
+    """Whether attempt ``n`` gets its own AttemptCreated/AttemptRunning events.
+
+    The first attempt does, and one that differs from the attempt before it (a shrink, a
+    regrowth, on-demand after a fallback, ...). A plain recovery does not: the loss's
+    event (Preempted, Interrupted, ApplicationFailure) already named the next attempt, and
+    the status tells the rest. That keeps a recovery at one event (issue 11): a zone event
+    that reclaims hundreds of runs does not triple the events the apiserver stores."""
+    prev, entry = d.entry(n - 1), d.entry(n)
+    if prev is None or entry is None or prev.outcome is None or not prev.outcome.is_loss:
+        return True
+    return (prev.capacity_type, prev.nodes) != (entry.capacity_type, entry.nodes)
 
 
 def adopt(d: Draft, n: int) -> None:

@@ -63,6 +63,9 @@ def test_preemption_counted_once_then_attempt_2_resumes() -> None:
     assert d.actions == [DeleteJob("llm-a1")]
     assert [m.name for m in d.metrics] == ["preemption"]
     assert cond(st, "Recovering")["reason"] == "Preempted"
+    # One event for the whole recovery: it names the next attempt, which announces nothing.
+    assert [e.reason for e in d.events] == ["Preempted"]
+    assert "attempt 2 resumes from the newest checkpoint" in d.events[0].message
 
     # The same world again (the operator restarted, or another event): nothing is counted
     # twice, the gang is stopped again (idempotent deletes).
@@ -88,6 +91,7 @@ def test_preemption_counted_once_then_attempt_2_resumes() -> None:
     assert st["attempt"] == 2 and env_of(d)["SPOTRUN_ATTEMPT"] == "2"
     create = next(a for a in d.actions if isinstance(a, CreateJob))
     assert create.body["metadata"]["name"] == "llm-a2"
+    assert not d.events
     terms = create.body["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["affinity"][
         "nodeAffinity"
     ]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
@@ -107,7 +111,7 @@ def test_preemption_counted_once_then_attempt_2_resumes() -> None:
         CFG,
     )
     st = merge(st, d)
-    assert st["phase"] == "Running"
+    assert st["phase"] == "Running" and not d.events
     recovery = [m for m in d.metrics if m.name == "recovery"]
     assert recovery and recovery[0].value == 15.0
     assert recovery[0].labels == {"signal": "spot-interruption"}
