@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -113,11 +114,20 @@ def render_config(
 class Prometheus:
     """A running Prometheus process; stop it with ``stop()`` or by leaving the ``with``."""
 
-    def __init__(self, process: subprocess.Popen[bytes], port: int, workdir: Path) -> None:
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        port: int,
+        workdir: Path,
+        scrape_interval: str = "1s",
+        rule_files: Sequence[Path] = (),
+    ) -> None:
         self.process = process
         self.port = port
         self.workdir = workdir
         self.url = f"http://127.0.0.1:{port}"
+        self.scrape_interval = scrape_interval
+        self.rule_files = tuple(rule_files)
 
     @classmethod
     def start(
@@ -159,7 +169,7 @@ class Prometheus:
                 )
             finally:
                 log.close()
-            prom = cls(process, port, workdir)
+            prom = cls(process, port, workdir, scrape_interval, rule_files)
             try:
                 prom._wait_ready(ready_timeout)
                 return prom
@@ -187,6 +197,36 @@ class Prometheus:
             if time.monotonic() > deadline:
                 raise PrometheusError(
                     f"prometheus not ready after {timeout:.0f}s:\n{self.log_tail()}"
+                )
+            time.sleep(0.2)
+
+    def retarget(self, jobs: Mapping[str, Targets], timeout: float = 15.0) -> None:
+        """Scrape ``jobs`` from now on, as service discovery would (pods come and go): the
+        configuration is rewritten and reloaded (SIGHUP). Returns once Prometheus's active
+        targets are exactly those addresses."""
+        config = render_config(
+            jobs, scrape_interval=self.scrape_interval, rule_files=self.rule_files
+        )
+        (self.workdir / "prometheus.yml").write_text(config)
+        self.process.send_signal(signal.SIGHUP)
+        want = {
+            (job, addr)
+            for job, targets in jobs.items()
+            for group in _static_configs(targets)
+            for addr in group["targets"]
+        }
+        deadline = time.monotonic() + timeout
+        while True:
+            active = {
+                (t["labels"].get("job"), t["discoveredLabels"].get("__address__"))
+                for t in self.targets()
+            }
+            if active == want:
+                return
+            if time.monotonic() > deadline:
+                raise PrometheusError(
+                    f"targets {sorted(active)} after the reload, not {sorted(want)}:\n"
+                    f"{self.log_tail()}"
                 )
             time.sleep(0.2)
 

@@ -88,3 +88,24 @@ def test_target_labels_range_queries_and_rules(prometheus_bin: Path, tmp_path: P
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_retarget_follows_targets_that_come_and_go(prometheus_bin: Path) -> None:
+    """Pods come and go: a reload scrapes the new target with its labels, not the old one."""
+    servers = []
+    for attempt in (1, 2):
+        registry = CollectorRegistry()
+        Gauge("spotrun_trainer_step", "Steps.", registry=registry).set(100 * attempt)
+        servers.append(start_http_server(0, addr="127.0.0.1", registry=registry)[0])
+    first, second = (f"127.0.0.1:{s.server_port}" for s in servers)
+    try:
+        jobs = {"spotrun-trainer": [{"targets": [first], "labels": {"attempt": "1"}}]}
+        with Prometheus.start(jobs, binary=prometheus_bin) as prom:
+            prom.wait_for('spotrun_trainer_step{attempt="1"} == 100', timeout=30)
+            prom.retarget({"spotrun-trainer": [{"targets": [second], "labels": {"attempt": "2"}}]})
+            assert {t["discoveredLabels"]["__address__"] for t in prom.targets()} == {second}
+            prom.wait_for('spotrun_trainer_step{attempt="2"} == 200', timeout=30)
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()

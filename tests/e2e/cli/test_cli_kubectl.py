@@ -1,19 +1,21 @@
-"""``kubectl get tr`` printer columns and ``kubectl spotrun describe`` against the real
-apiserver: the test writes a run's status through the status subresource the way the
-operator does (display strings from ``spotrun_api.display``), then reads it back with
-the real kubectl (the plugin through kubectl's plugin mechanism when kubectl is built)."""
+"""``kubectl get tr`` printer columns and ``kubectl spotrun describe`` rendering a golden
+status: every column and ledger cell of a run with a preemption, an OOMKilled failure and a
+live attempt, exact to the cent, read back with the real kubectl (the plugin through
+kubectl's plugin mechanism when kubectl is built). The status is written through the status
+subresource with the display strings of ``spotrun_api.display``: a rendering test of fixed
+values that no interruption could make deterministic. The same commands on the status the
+real operator and the real trainer wrote: tests/e2e/realnodes/test_real_prometheus.py."""
 
 from __future__ import annotations
 
 import copy
 import os
 import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from kubectl_helpers import BIN, KUBECTL, cells, kubectl
 from kubernetes import client
 from torchx.specs import AppState
 
@@ -25,9 +27,6 @@ from spotrun_api.status import TrainingRunStatus
 from spotrun_cli.torchx_scheduler import SpotrunScheduler
 from spotrun_operator.kube import Kube
 
-BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[3]
-KUBECTL = ROOT / ".cache" / "bin" / "kubectl"
 TR = ("spotrun.dev", "v1alpha1", "trainingruns")
 
 STATUS: dict[str, Any] = {
@@ -82,34 +81,6 @@ def apply_crd(api: client.ApiClient) -> None:
         body=body,
         content_type="application/apply-patch+yaml",
     )
-
-
-def kubectl(kubeconfig: Path, *args: str) -> str:
-    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
-    cmd = [str(KUBECTL), *args]
-    if not KUBECTL.exists():
-        assert args[0] == "spotrun", "kubectl itself is needed for kubectl get"
-        cmd = [str(BIN / "kubectl-spotrun"), *args[1:]]
-    done = subprocess.run(
-        cmd,
-        env={**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": path},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, f"{' '.join(cmd)}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-def cells(output: str) -> list[dict[str, str]]:
-    """kubectl's table as dicts; columns cut at the header's column starts."""
-    header, *rows = output.rstrip("\n").splitlines()
-    starts = [i for i, ch in enumerate(header) if ch != " " and (i == 0 or header[i - 1] == " ")]
-    bounds = [*starts[1:], None]
-    names = [header[a:b].strip() for a, b in zip(starts, bounds, strict=True)]
-    return [
-        {n: row[a:b].strip() for n, a, b in zip(names, starts, bounds, strict=True)} for row in rows
-    ]
 
 
 @pytest.fixture

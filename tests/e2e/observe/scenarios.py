@@ -11,7 +11,6 @@ from typing import Any
 from kubernetes import client
 
 from controller_helpers import (
-    TR,
     complete_all,
     condition,
     create,
@@ -20,21 +19,10 @@ from controller_helpers import (
     training_run,
     wait_status,
 )
-from spotrun_trainer.contract import Progress
-from spotrun_trainer.progress import patch_body
-
-
-def report_progress(
-    custom: client.CustomObjectsApi, namespace: str, run: str, progress: Progress
-) -> None:
-    """What rank 0's ProgressReporter sends: a merge patch of status.progress."""
-    custom.patch_namespaced_custom_object_status(
-        TR[0], TR[1], namespace, TR[2], run, patch_body(progress)
-    )
 
 
 def happy_path(core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str) -> None:
-    """Created, Running, progress reported, Succeeded; the pod template references a
+    """Created, Running, Succeeded; the pod template references a
     ConfigMap, so the operator checks that it exists (kube.missing) before each attempt."""
     core.create_namespaced_config_map(
         namespace, {"metadata": {"name": "run-config"}, "data": {"run.yaml": "steps: 100\n"}}
@@ -48,26 +36,11 @@ def happy_path(core: client.CoreV1Api, custom: client.CustomObjectsApi, namespac
         custom, namespace, "happy", "phase Running", lambda s: s.get("phase") == "Running"
     )
     assert (st["attempt"], st["preemptions"], st["failures"]) == (1, 0, 0)
-    started = st["attempts"][0]["startedAt"]
-    report_progress(
-        custom,
-        namespace,
-        "happy",
-        Progress(
-            step=100,
-            checkpoint_step=100,
-            checkpoint_time=started,
-            checkpoint_path="/checkpoints/step-100",
-            samples_per_second=512.0,
-            attempt=1,
-        ),
-    )
     complete_all(core, namespace, gang)
     st = wait_status(
         custom, namespace, "happy", "phase Succeeded", lambda s: s.get("phase") == "Succeeded"
     )
     assert condition(st, "Succeeded")["reason"] == "Completed"
-    assert st["progress"]["checkpointStep"] == 100
     assert core.read_namespaced_service_account("happy-trainer", namespace)
     reasons = event_reasons(core, namespace, "happy")
     assert reasons[0] == "AttemptCreated" and reasons[-1] == "Succeeded"
