@@ -10,7 +10,7 @@ saw (an image that cannot be pulled stays Pending; it is not flipped back to Run
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
@@ -107,6 +107,13 @@ def build_kwokctl_config(
     return [config, *stages]
 
 
+# One scheduler and one controller manager, each a process nobody restarts: without leader
+# election. With it, an apiserver slowed by a burst (a 1,000-run bench on 2 cores) makes a
+# lease renewal miss its 10 s deadline, and the component exits ("Leaderelection lost"):
+# every pod after that stays Pending, unscheduled, for the rest of the session.
+SINGLE_INSTANCE: Final = ({"key": "leader-elect", "value": "false"},)
+
+
 def components_patches(pki_dir: Path, node_monitor_grace: str) -> list[dict[str, Any]]:
     """The flags kwokctl's binary runtime needs changed for the local cluster."""
     return [
@@ -132,8 +139,10 @@ def components_patches(pki_dir: Path, node_monitor_grace: str) -> list[dict[str,
             "extraArgs": [
                 {"key": "node-monitor-period", "value": "1s"},
                 {"key": "node-monitor-grace-period", "value": node_monitor_grace},
+                *SINGLE_INSTANCE,
             ],
         },
+        {"name": "kube-scheduler", "extraArgs": [*SINGLE_INSTANCE]},
         # Real nodes: the apiserver reaches kubelets by their InternalIP with a client
         # certificate their CA trusts (kubectl logs/exec), and the `kubernetes` Service's
         # ClusterIP is one the harness owns on the nodes' bridge (node_config.py).

@@ -19,6 +19,16 @@ def test_control_plane_reports_pinned_release(api_client: client.ApiClient) -> N
     assert info.git_version == paths.versions()["KUBE_VERSION"]
 
 
+def test_scheduler_and_controller_manager_run_without_leader_election(
+    api_client: client.ApiClient,
+) -> None:
+    """Single instances nobody restarts (kwok_config.SINGLE_INSTANCE): no Lease, so no
+    missed renewal under load can make either exit and leave every new pod Pending."""
+    coordination = client.CoordinationV1Api(api_client)
+    leases = {x.metadata.name for x in coordination.list_namespaced_lease("kube-system").items}
+    assert not leases & {"kube-scheduler", "kube-controller-manager"}, sorted(leases)
+
+
 def test_fleet_looks_like_eks_spot_p4d(core: client.CoreV1Api, fleet: None) -> None:
     spec = fleet_spec_from_env()
     nodes = {
