@@ -103,6 +103,10 @@ class CheckpointConfig:
     """How an async save of sharded (FSDP) state is written: ``thread`` (a writer thread in
     the trainer) or ``process`` (DCP's checkpoint process, which shares no GIL with training;
     its first save pays the process start)."""
+    overlap_staging: bool = True
+    """Async saves of sharded (FSDP) state: copy the state to CPU memory in a staging thread
+    while the next step's forward and backward run, and hold that step's optimizer update
+    until the copy is done (false: copy it before the loop goes on)."""
     commit_timeout_seconds: float = 600.0
     """How long rank 0 waits for the other ranks' files before abandoning a save."""
     s3_uri: str | None = None

@@ -86,6 +86,7 @@ def _train(
         keep_best=ck.keep_best,
         async_save=ck.async_save,
         async_mode=ck.async_mode,
+        overlap_staging=ck.overlap_staging,
         process_group=ctx.checkpoint_group,
         commit_timeout=ck.commit_timeout_seconds,
         collectives=ctx,
