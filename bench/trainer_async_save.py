@@ -66,7 +66,7 @@ def parse_args() -> argparse.Namespace:
         "--baseline-steps",
         type=int,
         default=3,
-        help="steps timed just before each save, nothing in flight: the baseline",
+        help="steps timed just before and just after each save, nothing in flight: the baseline",
     )
     p.add_argument(
         "--modes",
@@ -90,6 +90,12 @@ def parse_args() -> argparse.Namespace:
         "--buffered",
         action="store_true",
         help="write shards through the page cache (default: O_DIRECT where possible)",
+    )
+    p.add_argument(
+        "--write-mb-per-s",
+        type=float,
+        default=WriterOptions.max_write_mb_per_s,
+        help="pace of the background writer, MB/s per shard (0: unpaced)",
     )
     p.add_argument("--tag", default="", help="suffix of the JSON file name")
     p.add_argument("--dir", default=None, help="checkpoint scratch folder (default: a temp dir)")
@@ -214,6 +220,7 @@ def bench_mode(
         stalls.append(blocked + (fence or 0.0))
         info = m.wait()
         assert info is not None
+        base += [loop.step() for _ in range(baseline_steps)]  # and just after it
         in1, ch1 = meter.read()
         # A sync save runs in the training thread: its CPU is not background CPU.
         writer_cpu.append((in1 - in0) + (ch1 - ch0))
@@ -287,7 +294,8 @@ def main() -> None:
     folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="spotrun-bench-"))
     cfg = ModelConfig(kind="causal_lm", params=args.params, vocab_size=args.vocab_size,
                       seq_len=args.seq_len, dropout=0.0)  # fmt: skip
-    options = WriterOptions(nice=args.nice, crc32=args.crc32, direct_io=not args.buffered)
+    options = WriterOptions(nice=args.nice, crc32=args.crc32, direct_io=not args.buffered,
+                            max_write_mb_per_s=args.write_mb_per_s)  # fmt: skip
     modes = ["sync", *(m for m in args.modes.split(",") if m in MODES and m != "sync")]
     try:
         loop = Loop(cfg, args.batch_size)
@@ -316,6 +324,7 @@ def main() -> None:
                 "writer_nice": options.nice,
                 "zip_crc32": options.crc32,
                 "direct_io": options.direct_io,
+                "writer_max_mb_per_s": options.max_write_mb_per_s,
             },
             "command": "python bench/trainer_async_save.py " + " ".join(sys.argv[1:]),
             "device": "cpu",

@@ -80,6 +80,10 @@ class WriterOptions:
     nice: int = 19
     crc32: bool = False
     direct_io: bool = True  # shards written with O_DIRECT where the file system takes it
+    # A background writer's pace, MB/s per shard (0: as fast as it goes). Paced, the writer
+    # is busy a fraction of the time, so it competes less with the step on a small node;
+    # the save takes longer. Synchronous saves (a stop's) are never paced.
+    max_write_mb_per_s: float = 0.0
 
 
 def set_zip_crc32(enabled: bool) -> None:
@@ -304,8 +308,10 @@ class _DirectHashingStream:
     and fsyncs, so the commit protocol sees a durable file exactly as before. A file
     system that refuses ``O_DIRECT`` writes gets buffered ones."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, max_mb_per_s: float = 0.0) -> None:
         self.fd = fd
+        self._rate = max_mb_per_s * 1e6  # bytes per second; 0: unpaced
+        self._t0 = time.monotonic()
         self.sha = hashlib.sha256()
         self.size = 0  # bytes taken: the stream's position
         self.sequential = True
@@ -331,8 +337,16 @@ class _DirectHashingStream:
             if self._fill == DIRECT_BUFFER:
                 self._write_out(self._view[:DIRECT_BUFFER])
                 self._fill = 0
+                self._pace(self.size + pos)
         self.size += n
         return n
+
+    def _pace(self, done: int) -> None:
+        """Paced: sleep until ``done`` bytes are due at the set rate."""
+        if self._rate > 0:
+            ahead = done / self._rate - (time.monotonic() - self._t0)
+            if ahead > 0:
+                time.sleep(ahead)
 
     def _buffered(self) -> None:
         if self._direct:
@@ -409,9 +423,10 @@ class HashingFileSystem(FileSystem):
     second read of the shards in the training process. Shards are written with
     ``O_DIRECT`` where the file system takes it (``_DirectHashingStream``)."""
 
-    def __init__(self, direct_io: bool = True) -> None:
+    def __init__(self, direct_io: bool = True, max_write_mb_per_s: float = 0.0) -> None:
         super().__init__()
         self.direct_io = direct_io
+        self.max_write_mb_per_s = max_write_mb_per_s
 
     @contextmanager
     def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[Any]:
@@ -426,7 +441,7 @@ class HashingFileSystem(FileSystem):
                 hashing: _HashingStream | _DirectHashingStream = _HashingStream(f)
                 yield hashing
         else:
-            hashing = _DirectHashingStream(fd)
+            hashing = _DirectHashingStream(fd, self.max_write_mb_per_s)
             try:
                 yield hashing
                 hashing.close()
@@ -453,7 +468,8 @@ class HashingFileSystemWriter(FileSystemWriter):
         super().__init__(path)
         self.background = background
         self.options = options or WriterOptions()
-        self.fs = HashingFileSystem(direct_io=self.options.direct_io)
+        rate = self.options.max_write_mb_per_s if background is not None else 0.0
+        self.fs = HashingFileSystem(direct_io=self.options.direct_io, max_write_mb_per_s=rate)
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         # Runs where the write runs: DCP's writer thread, or its checkpoint process.
