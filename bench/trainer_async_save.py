@@ -285,6 +285,40 @@ def _print_table(results: dict[str, Any], modes: list[str]) -> None:
     print(f"resume (load) {results['resume_seconds']:.2f}s")
 
 
+def _report(
+    args: argparse.Namespace, cfg: ModelConfig, options: WriterOptions, n_params: int,
+    results: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "params": n_params,
+        "config": {
+            "params": args.params,
+            "n_layer": cfg.n_layer,
+            "n_embd": cfg.n_embd,
+            "vocab_size": cfg.vocab_size,
+            "seq_len": cfg.seq_len,
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "writer_nice": options.nice,
+            "zip_crc32": options.crc32,
+            "direct_io": options.direct_io,
+            "writer_max_mb_per_s": options.max_write_mb_per_s,
+        },
+        "command": "python bench/trainer_async_save.py " + " ".join(sys.argv[1:]),
+        "device": "cpu",
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average_at_end": os.getloadavg(),
+        **results,
+    }
+
+
+def _write(out: Path, report: dict[str, Any]) -> None:
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -306,40 +340,18 @@ def main() -> None:
             loop.step()
         step_s = statistics.median(loop.step().wall for _ in range(5))
         results: dict[str, Any] = {"step_seconds": step_s}
-        for mode in modes:
-            results[mode] = bench_mode(loop, folder / mode, mode, args.saves,
-                                       args.baseline_steps, options)  # fmt: skip
-        results["resume_seconds"] = bench_resume(loop, folder / "sync", options)
-        _print_table(results, modes)
-        report = {
-            "params": n_params,
-            "config": {
-                "params": args.params,
-                "n_layer": cfg.n_layer,
-                "n_embd": cfg.n_embd,
-                "vocab_size": cfg.vocab_size,
-                "seq_len": cfg.seq_len,
-                "batch_size": args.batch_size,
-                "threads": args.threads,
-                "writer_nice": options.nice,
-                "zip_crc32": options.crc32,
-                "direct_io": options.direct_io,
-                "writer_max_mb_per_s": options.max_write_mb_per_s,
-            },
-            "command": "python bench/trainer_async_save.py " + " ".join(sys.argv[1:]),
-            "device": "cpu",
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "load_average_at_end": os.getloadavg(),
-            **results,
-        }
         tag = f"-{args.tag}" if args.tag else ""
         default = REPO / "bench" / "results" / f"trainer_async_save-{args.params}{tag}.json"
         out = Path(args.out) if args.out else default
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        for mode in modes:
+            results[mode] = bench_mode(loop, folder / mode, mode, args.saves,
+                                       args.baseline_steps, options)  # fmt: skip
+            # Written after every mode: a run cut short (a time limit) keeps what it measured.
+            _write(out, _report(args, cfg, options, n_params, {**results, "complete": False}))
+        results["resume_seconds"] = bench_resume(loop, folder / "sync", options)
+        _print_table(results, modes)
+        _write(out, _report(args, cfg, options, n_params, {**results, "complete": True}))
         print(f"wrote {out}")
     finally:
         dist.destroy_process_group()
