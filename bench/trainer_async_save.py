@@ -1,12 +1,16 @@
 """Cost of sharded (DCP) checkpoints to the training loop: sync vs async thread vs async
-process, with the trainer's own CheckpointManager and FSDP2 on a one-rank gloo group.
+process, each async writer with the staging copy made before the loop goes on or
+overlapped with the next step (``overlap-*``: the copy runs in a staging thread and the
+optimizer step waits for it), with the trainer's own CheckpointManager and FSDP2 on a
+one-rank gloo group.
 
     python bench/trainer_async_save.py                  # ~100M-parameter GPT-2 on CPU
     python bench/trainer_async_save.py --params 10M     # quick run
     python bench/trainer_async_save.py --nice 0 --crc32 --buffered
                                     # the writer as it was before WriterOptions (comparison)
 
-For each mode: the stall (time the loop is blocked by ``save``), the duration of the whole
+For each mode: the stall (time the loop is blocked: in ``save``, plus, with overlapped
+staging, the wait before the next optimizer step for the copy to finish), the duration of the whole
 save (to the commit), and the step time while a background save runs against the step
 time of the steps just before that save, with nothing in flight (the slowdown; a peer
 measured minutes apart would move with the load of a shared box). The synchronous save in
@@ -47,7 +51,7 @@ from spotrun_trainer.state import RNGState, TrainProgress
 
 REPO = Path(__file__).resolve().parents[1]
 
-MODES = ("sync", "thread", "process")
+MODES = ("sync", "thread", "process", "overlap-thread", "overlap-process")
 
 
 def parse_args() -> argparse.Namespace:
@@ -62,7 +66,7 @@ def parse_args() -> argparse.Namespace:
         "--baseline-steps",
         type=int,
         default=3,
-        help="steps timed just before each save, nothing in flight: the baseline",
+        help="steps timed just before and just after each save, nothing in flight: the baseline",
     )
     p.add_argument(
         "--modes",
@@ -86,6 +90,12 @@ def parse_args() -> argparse.Namespace:
         "--buffered",
         action="store_true",
         help="write shards through the page cache (default: O_DIRECT where possible)",
+    )
+    p.add_argument(
+        "--write-mb-per-s",
+        type=float,
+        default=WriterOptions.max_write_mb_per_s,
+        help="pace of the background writer, MB/s per shard (0: unpaced)",
     )
     p.add_argument("--tag", default="", help="suffix of the JSON file name")
     p.add_argument("--dir", default=None, help="checkpoint scratch folder (default: a temp dir)")
@@ -163,7 +173,8 @@ def _median(xs: list[float]) -> float | None:
 
 def _manager(folder: Path, mode: str, options: WriterOptions) -> CheckpointManager:
     m = CheckpointManager(folder, keep=2, keep_best=False, async_save=mode != "sync",
-                          async_mode="process" if mode == "process" else "thread",
+                          async_mode="process" if mode.endswith("process") else "thread",
+                          overlap_staging=mode.startswith("overlap"),
                           writer_options=options)  # fmt: skip
     m.prepare()
     return m
@@ -180,10 +191,12 @@ def bench_mode(
         # Timed apart: the first async save allocates the staging buffers (reused by every
         # later save) and, in process mode, starts DCP's checkpoint process.
         t0 = time.monotonic()
-        first_stall = m.save(loop.progress.step, loop.shared, loop.per_rank, sharded=loop.sharded)
+        m.save(loop.progress.step, loop.shared, loop.per_rank, sharded=loop.sharded)
+        m.wait_staged()  # the first copy (which allocates) as if the loop waited for it
+        first_stall = m.last_stall_seconds
         m.wait()
         first_save = time.monotonic() - t0
-    stalls, stall_cpu, totals, writer_cpu = [], [], [], []
+    stalls, in_save, fence_waits, stall_cpu, totals, writer_cpu = [], [], [], [], [], []
     base: list[Step] = []
     during: list[Step] = []
     size = 0
@@ -191,12 +204,23 @@ def bench_mode(
         base += [loop.step() for _ in range(baseline_steps)]  # the peer: same minutes, no save
         in0, ch0 = meter.read()
         c0 = time.thread_time()
-        stalls.append(m.save(loop.progress.step, loop.shared, loop.per_rank, sharded=loop.sharded))
+        blocked = m.save(loop.progress.step, loop.shared, loop.per_rank, sharded=loop.sharded)
         stall_cpu.append(time.thread_time() - c0)
-        while m.in_flight:  # keep training while the write runs, as the trainer does
-            during.append(loop.step())
+        fence = None
+        # Keep training while the write runs, as the trainer does; with overlapped staging
+        # the first step's optimizer.step waits for the copy (that wait is stall, not step).
+        while m.in_flight or m.staging_in_flight:
+            s = loop.step()
+            if fence is None:
+                fence = m.last_stall_seconds - blocked
+                s = Step(s.wall - fence, s.cpu, s.wait)
+            during.append(s)
+        in_save.append(blocked)
+        fence_waits.append(fence or 0.0)
+        stalls.append(blocked + (fence or 0.0))
         info = m.wait()
         assert info is not None
+        base += [loop.step() for _ in range(baseline_steps)]  # and just after it
         in1, ch1 = meter.read()
         # A sync save runs in the training thread: its CPU is not background CPU.
         writer_cpu.append((in1 - in0) + (ch1 - ch0))
@@ -205,7 +229,9 @@ def bench_mode(
     b_wall = _median([s.wall for s in base])
     d_wall = _median([s.wall for s in during])
     return {
-        "stall_seconds": statistics.median(stalls),
+        "stall_seconds": statistics.median(stalls),  # in save() + wait before optimizer.step
+        "stall_in_save_seconds": statistics.median(in_save),
+        "stall_before_optimizer_step_seconds": statistics.median(fence_waits),
         "stall_cpu_seconds": statistics.median(stall_cpu),  # training thread, in save()
         "save_seconds": statistics.median(totals),
         "checkpoint_bytes": size,
@@ -221,6 +247,8 @@ def bench_mode(
         "first_save_seconds": first_save,  # with the process start in process mode
         "first_save_stall_seconds": first_stall,  # with the staging buffers' allocation
         "all_stalls": stalls,
+        "all_stalls_in_save": in_save,
+        "all_waits_before_optimizer_step": fence_waits,
         "all_stall_cpu_seconds": stall_cpu,
         "all_saves": totals,
         "all_writer_cpu_seconds": writer_cpu,
@@ -239,14 +267,14 @@ def bench_resume(loop: Loop, folder: Path, options: WriterOptions) -> float:
 
 def _print_table(results: dict[str, Any], modes: list[str]) -> None:
     sync_save = results["sync"]["save_seconds"]
-    print(f"{'mode':>8} {'stall s':>8} {'stall/sync':>10} {'save s':>7} {'writer cpu':>10} "
+    print(f"{'mode':>15} {'stall s':>8} {'stall/sync':>10} {'save s':>7} {'writer cpu':>10} "
           f"{'base s':>7} {'steps':>5} {'step s':>7} {'cpu s':>6} {'wait s':>6} {'slowdown':>8} "
           f"{'load':>5}")  # fmt: skip
     for mode in modes:
         r = results[mode]
         r["stall_over_sync_save"] = r["stall_seconds"] / sync_save
         slow = r["step_slowdown_during_background_save"]
-        print(f"{mode:>8} {r['stall_seconds']:8.2f} {100 * r['stall_over_sync_save']:9.1f}% "
+        print(f"{mode:>15} {r['stall_seconds']:8.2f} {100 * r['stall_over_sync_save']:9.1f}% "
               f"{r['save_seconds']:7.2f} {r['writer_cpu_seconds_per_save']:10.2f} "
               f"{r['baseline_step_seconds']:7.2f} {r['steps_during_background_save']:5d} "
               f"{r['step_seconds_during_background_save'] or 0:7.2f} "
@@ -255,6 +283,40 @@ def _print_table(results: dict[str, Any], modes: list[str]) -> None:
               f"{'-' if slow is None else f'{100 * slow:+.0f}%':>8} "
               f"{r['load_average_before'][0]:5.2f}")  # fmt: skip
     print(f"resume (load) {results['resume_seconds']:.2f}s")
+
+
+def _report(
+    args: argparse.Namespace, cfg: ModelConfig, options: WriterOptions, n_params: int,
+    results: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "params": n_params,
+        "config": {
+            "params": args.params,
+            "n_layer": cfg.n_layer,
+            "n_embd": cfg.n_embd,
+            "vocab_size": cfg.vocab_size,
+            "seq_len": cfg.seq_len,
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "writer_nice": options.nice,
+            "zip_crc32": options.crc32,
+            "direct_io": options.direct_io,
+            "writer_max_mb_per_s": options.max_write_mb_per_s,
+        },
+        "command": "python bench/trainer_async_save.py " + " ".join(sys.argv[1:]),
+        "device": "cpu",
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average_at_end": os.getloadavg(),
+        **results,
+    }
+
+
+def _write(out: Path, report: dict[str, Any]) -> None:
+    out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def main() -> None:
@@ -266,7 +328,8 @@ def main() -> None:
     folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="spotrun-bench-"))
     cfg = ModelConfig(kind="causal_lm", params=args.params, vocab_size=args.vocab_size,
                       seq_len=args.seq_len, dropout=0.0)  # fmt: skip
-    options = WriterOptions(nice=args.nice, crc32=args.crc32, direct_io=not args.buffered)
+    options = WriterOptions(nice=args.nice, crc32=args.crc32, direct_io=not args.buffered,
+                            max_write_mb_per_s=args.write_mb_per_s)  # fmt: skip
     modes = ["sync", *(m for m in args.modes.split(",") if m in MODES and m != "sync")]
     try:
         loop = Loop(cfg, args.batch_size)
@@ -277,39 +340,18 @@ def main() -> None:
             loop.step()
         step_s = statistics.median(loop.step().wall for _ in range(5))
         results: dict[str, Any] = {"step_seconds": step_s}
-        for mode in modes:
-            results[mode] = bench_mode(loop, folder / mode, mode, args.saves,
-                                       args.baseline_steps, options)  # fmt: skip
-        results["resume_seconds"] = bench_resume(loop, folder / "sync", options)
-        _print_table(results, modes)
-        report = {
-            "params": n_params,
-            "config": {
-                "params": args.params,
-                "n_layer": cfg.n_layer,
-                "n_embd": cfg.n_embd,
-                "vocab_size": cfg.vocab_size,
-                "seq_len": cfg.seq_len,
-                "batch_size": args.batch_size,
-                "threads": args.threads,
-                "writer_nice": options.nice,
-                "zip_crc32": options.crc32,
-                "direct_io": options.direct_io,
-            },
-            "command": "python bench/trainer_async_save.py " + " ".join(sys.argv[1:]),
-            "device": "cpu",
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "load_average_at_end": os.getloadavg(),
-            **results,
-        }
         tag = f"-{args.tag}" if args.tag else ""
         default = REPO / "bench" / "results" / f"trainer_async_save-{args.params}{tag}.json"
         out = Path(args.out) if args.out else default
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        for mode in modes:
+            results[mode] = bench_mode(loop, folder / mode, mode, args.saves,
+                                       args.baseline_steps, options)  # fmt: skip
+            # Written after every mode: a run cut short (a time limit) keeps what it measured.
+            _write(out, _report(args, cfg, options, n_params, {**results, "complete": False}))
+        results["resume_seconds"] = bench_resume(loop, folder / "sync", options)
+        _print_table(results, modes)
+        _write(out, _report(args, cfg, options, n_params, {**results, "complete": True}))
         print(f"wrote {out}")
     finally:
         dist.destroy_process_group()

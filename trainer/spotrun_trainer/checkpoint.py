@@ -112,6 +112,10 @@ class CheckpointManager:
     DCP. With ``async_save`` the state is copied to CPU memory on the caller's thread and
     written in the background (DCP's thread or process per ``async_mode``; the commit by a
     thread of the manager); a new save first waits for the one in flight.
+    ``overlap_staging`` (async, sharded parts): the CPU copy of the sharded state runs in
+    a staging thread while training goes on, and the manager blocks the next
+    ``optimizer.step`` of each sharded part's ``optimizer`` (a step pre-hook) until that
+    copy is done — the first point where the state changes; see ``wait_staged``.
     ``writer_options`` (``sharded.WriterOptions``): the background writer's niceness and
     whether ``torch.save`` writes CRC32s.
     """
@@ -126,6 +130,7 @@ class CheckpointManager:
         keep_best: bool = True,
         async_save: bool = False,
         async_mode: str = "thread",
+        overlap_staging: bool = False,
         writer_options: sharded_io.WriterOptions | None = None,
         process_group: Any = None,
         commit_timeout: float = 600.0,
@@ -141,7 +146,10 @@ class CheckpointManager:
         self.async_save = async_save
         self.async_mode = async_mode  # thread or process: how DCP writes sharded parts
         self.process_group = process_group  # DCP's group (gloo); None: the default group
-        self._dcp = sharded_io.DcpSaver(async_mode, writer_options)
+        self.overlap_staging = overlap_staging
+        self._dcp = sharded_io.DcpSaver(async_mode, writer_options, overlap=overlap_staging)
+        self._staging: Future[Any] | None = None  # overlapped staging copy in flight
+        self._fences: list[Any] = []  # optimizer step pre-hooks waiting for it
         # Every file of a checkpoint gets a sha256 in the manifest as it is written, so
         # torch.save's per-record CRC32 is a second checksum of the same bytes: off by
         # default (process-wide; a torch.load does not check it).
@@ -258,10 +266,52 @@ class CheckpointManager:
         else:
             self._run(*args)
         self.last_stall_seconds = time.monotonic() - t0
+        if background and self._dcp.staging is not None:
+            self._fence(self._dcp.staging, sharded or {})
         return self.last_stall_seconds
+
+    def _fence(self, staging: Future[Any], sharded: Mapping[str, Stateful]) -> None:
+        """Hold every sharded part's next ``optimizer.step`` until ``staging`` is done.
+
+        The staged copy must equal the state at the save step. Forward and backward only
+        read parameters and optimizer state (they write activations and gradients, which
+        are not saved); the optimizer step is the first thing that writes them, so that
+        is where the loop waits. RNG, sampler and the other shared and per-rank parts were
+        copied in ``save`` itself."""
+        self._staging = staging
+        for part in sharded.values():
+            optimizer = getattr(part, "optimizer", None)
+            if isinstance(optimizer, torch.optim.Optimizer):
+                self._fences.append(optimizer.register_step_pre_hook(self._fence_hook))
+
+    def _fence_hook(self, *_: Any) -> None:
+        self.wait_staged()  # a step pre-hook must return None
+
+    def wait_staged(self) -> float:
+        """Block until an overlapped staging copy is done (nothing when none runs); the
+        seconds blocked are added to ``last_stall_seconds``. A failed copy is not raised
+        here: the save fails with it, and ``wait`` reports that."""
+        staging, self._staging = self._staging, None
+        for hook in self._fences:
+            hook.remove()
+        self._fences.clear()
+        if staging is None:
+            return 0.0
+        t0 = time.monotonic()
+        with contextlib.suppress(BaseException):
+            staging.result()
+        waited = time.monotonic() - t0
+        self.last_stall_seconds += waited
+        return waited
+
+    @property
+    def staging_in_flight(self) -> bool:
+        """An overlapped staging copy was started and not yet waited for."""
+        return self._staging is not None
 
     def wait(self, raise_errors: bool = True) -> CheckpointInfo | None:
         """Block until the save in flight is done; its info on rank 0 (None elsewhere)."""
+        self.wait_staged()
         if self._thread is not None:
             self._thread.join()
             self._thread = None

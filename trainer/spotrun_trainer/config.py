@@ -103,6 +103,14 @@ class CheckpointConfig:
     """How an async save of sharded (FSDP) state is written: ``thread`` (a writer thread in
     the trainer) or ``process`` (DCP's checkpoint process, which shares no GIL with training;
     its first save pays the process start)."""
+    overlap_staging: bool = True
+    """Async saves of sharded (FSDP) state: copy the state to CPU memory in a staging thread
+    while the next step's forward and backward run, and hold that step's optimizer update
+    until the copy is done (false: copy it before the loop goes on)."""
+    writer_max_mb_per_s: float = 0.0
+    """Pace of the background checkpoint writer, MB/s per shard file (0: unpaced). Paced, it
+    competes less with training on a small node and the save takes longer; every async
+    save is paced (a spot notice's too), a stop's synchronous save never."""
     commit_timeout_seconds: float = 600.0
     """How long rank 0 waits for the other ranks' files before abandoning a save."""
     s3_uri: str | None = None
@@ -370,6 +378,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"checkpoint.async_mode: expected thread or process, got {cfg.checkpoint.async_mode!r}"
         )
+    if cfg.checkpoint.writer_max_mb_per_s < 0:
+        raise ConfigError("checkpoint.writer_max_mb_per_s must be >= 0")
     if cfg.global_batch_size < 0:
         raise ConfigError("global_batch_size must be >= 0")
     if cfg.checkpoint.keep < 1:

@@ -64,6 +64,7 @@ class TrainLoop:
         self.last_save_time = time.monotonic()
         self.window_start, self.window_samples = time.monotonic(), 0
         self.samples_per_second: float | None = None
+        self.stall_pending = False  # a save's stall is known once its staging is waited for
         self.global_batch = parts.batch_size * ctx.world_size
         self.amp_dtype = torch.float16 if ctx.device.type == "cuda" else torch.bfloat16
         self.val = validation_batches(
@@ -130,6 +131,8 @@ class TrainLoop:
             guard.take_save_request()
             log.warning("saving at step %d: %s", b.step, guard.save_reason or "save requested")
         wanted = b.stop or b.notice or b.due or b.finished or every or (new_best and ck.keep_best)
+        if self.stall_pending:  # a save at the very next boundary: report the previous one
+            self.report_stall()
         if wanted and b.step != self.last_saved:
             # The last save of a run is synchronous: nothing may still be writing at exit.
             self.save(b.step, metric, blocking=b.stop or b.finished)
@@ -145,10 +148,23 @@ class TrainLoop:
             "config": to_dict(self.cfg),
             "model": self.cfg.model.kind,
         }
-        stall = io.manager.save(step, p.shared, p.per_rank, metric=metric, meta=meta,
-                                sharded=p.sharded or None, blocking=blocking)  # fmt: skip
+        io.manager.save(step, p.shared, p.per_rank, metric=metric, meta=meta,
+                        sharded=p.sharded or None, blocking=blocking)  # fmt: skip
+        # With overlapped staging the loop may still block before the next optimizer
+        # step (CheckpointManager.wait_staged): the stall is reported after that step.
+        self.stall_pending = True
+        if blocking or not io.manager.staging_in_flight:
+            self.report_stall(periodic=not blocking)
+
+    def report_stall(self, periodic: bool = True) -> None:
+        """Report the newest save's stall: the time ``save`` blocked the loop plus any wait
+        for its staging copy before the optimizer step."""
+        self.stall_pending = False
+        io = self.io
+        io.manager.wait_staged()  # nothing left to wait for when a step ran since the save
+        stall = io.manager.last_stall_seconds
         io.metrics.checkpoint_stall_seconds.observe(stall)
-        if io.reporter is not None and not blocking:  # a final save is not a periodic cost
+        if io.reporter is not None and periodic:  # a final save is not a periodic cost
             io.reporter.save_stall(stall)
 
     def train_step(self) -> torch.Tensor:
@@ -162,6 +178,9 @@ class TrainLoop:
         if cfg.optim.grad_clip > 0:
             p.scaler.unscale_(p.optimizer)
             torch.nn.utils.clip_grad_norm_(p.model.parameters(), cfg.optim.grad_clip)
+        # An overlapped checkpoint staging copy must be done before the state changes
+        # (the optimizer's step pre-hook waits for it too; this makes the wait explicit).
+        self.io.manager.wait_staged()
         p.scaler.step(p.optimizer)
         p.scaler.update()
         p.scheduler.step()
@@ -175,6 +194,8 @@ class TrainLoop:
 
     def after_step(self, loss: torch.Tensor) -> None:
         step, io = self.p.progress.step, self.io
+        if self.stall_pending:
+            self.report_stall()
         io.hooks.after_step(step, io.guard, loss)
         io.faults.after_step()
         every = self.cfg.report.log_every

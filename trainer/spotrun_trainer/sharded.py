@@ -22,8 +22,9 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed._state_dict_utils import (
+    CompanionMismatch,
+    _copy_state_dict,
+    _create_cpu_state_dict,
+)
 from torch.distributed.checkpoint.filesystem import FileSystem, FileSystemWriter
-from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+from torch.distributed.checkpoint.staging import AsyncStager
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_state_dict,
@@ -48,6 +54,7 @@ from torch.distributed.fsdp import fully_shard
 
 from spotrun_trainer.checkpoint_io import file_entry, write_json
 from spotrun_trainer.state import Stateful
+from spotrun_trainer.testhooks import ENV_STAGING_DELAY
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +80,10 @@ class WriterOptions:
     nice: int = 19
     crc32: bool = False
     direct_io: bool = True  # shards written with O_DIRECT where the file system takes it
+    # A background writer's pace, MB/s per shard (0: as fast as it goes). Paced, the writer
+    # is busy a fraction of the time, so it competes less with the step on a small node;
+    # the save takes longer. Synchronous saves (a stop's) are never paced.
+    max_write_mb_per_s: float = 0.0
 
 
 def set_zip_crc32(enabled: bool) -> None:
@@ -132,26 +143,80 @@ def _as_dcp(parts: dict[str, Stateful]) -> dict[str, Any]:
     return dict(parts)
 
 
+class ReusedStager(AsyncStager):
+    """Stages a state dict into CPU buffers allocated once and reused by every save (in
+    shared memory for DCP's checkpoint process, which then gets them by handle; pinned
+    on CUDA).
+
+    The copy is ``Tensor.copy_``, which releases the GIL (DCP's ``DefaultStager`` copies
+    with ``UntypedStorage.copy_``, which holds it: a staging thread would then block the
+    training thread's Python). With ``overlap`` the copy runs in a thread of its own and
+    ``stage`` returns a future: the caller must not change the state before it is done
+    (the checkpoint manager waits for it right before the next ``optimizer.step``)."""
+
+    _synchronize_after_execute = False
+
+    def __init__(self, *, share_memory: bool, pin_memory: bool, overlap: bool) -> None:
+        self.share_memory, self.pin_memory = share_memory, pin_memory
+        self._buffers: dict[str, Any] | None = None
+        # Test only: hold each overlapped copy, so a test sees the fence hold the step.
+        self._delay = float(os.environ.get(ENV_STAGING_DELAY) or 0) if overlap else 0.0
+        self._executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-stage") if overlap else None
+        )
+
+    def stage(self, state_dict: dict[str, Any]) -> dict[str, Any] | Future[dict[str, Any]]:
+        if self._executor is not None:
+            return self._executor.submit(self._copy, state_dict)
+        return self._copy(state_dict)
+
+    def _copy(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        if self._delay:
+            time.sleep(self._delay)
+        if self._buffers is not None:
+            try:
+                staged: dict[str, Any] = _copy_state_dict(state_dict, self._buffers,
+                                                          type_check=False)  # fmt: skip
+                return staged
+            except CompanionMismatch:  # the state's shape changed: allocate anew
+                self._buffers = None
+        self._buffers = _create_cpu_state_dict(
+            state_dict, pin_memory=self.pin_memory, share_memory=self.share_memory
+        )
+        staged = _copy_state_dict(state_dict, self._buffers, type_check=False)
+        return staged
+
+    def synchronize_staging(self) -> None:
+        """Nothing: the checkpoint manager waits for the staging future itself."""
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self._buffers = None
+
+
 class DcpSaver:
     """Starts DCP saves; keeps one stager, so the CPU copy of the state is allocated once
     and reused by every save (in shared memory for the checkpoint process: it reaches the
-    process by handle, with no second copy)."""
+    process by handle, with no second copy). With ``overlap`` the staging copy of an async
+    save runs in a thread of its own; ``staging`` is then the future of that copy (None
+    when nothing is being staged), and the state must not change until it is done."""
 
-    def __init__(self, mode: str = "thread", options: WriterOptions | None = None) -> None:
+    def __init__(
+        self, mode: str = "thread", options: WriterOptions | None = None, overlap: bool = False
+    ) -> None:
         self.mode = mode
         self.options = options or WriterOptions()
-        self._stager: DefaultStager | None = None
+        self.overlap = overlap
+        self.staging: Future[None] | None = None
+        self._stager: ReusedStager | None = None
 
-    def _staging(self) -> DefaultStager:
+    def _staging(self, kind: AsyncCheckpointerType) -> ReusedStager:
         if self._stager is None:
-            cuda = torch.cuda.is_available()
-            self._stager = DefaultStager(
-                StagingOptions(
-                    use_pinned_memory=cuda,
-                    use_shared_memory=self.mode == "process",
-                    use_async_staging=False,
-                    use_non_blocking_copy=False,
-                )
+            self._stager = ReusedStager(
+                share_memory=kind is AsyncCheckpointerType.PROCESS,
+                pin_memory=torch.cuda.is_available(),
+                overlap=self.overlap,
             )
         return self._stager
 
@@ -159,10 +224,12 @@ class DcpSaver:
         self, parts: dict[str, Stateful], folder: Path, group: Any, background: bool
     ) -> Future[Any] | None:
         """Write ``parts`` under ``folder``: synchronously (returns None), or staged to CPU
-        memory now and written in the background (returns the future of the write). Every
-        rank calls it at the same step; ``group`` is a gloo group kept for checkpoints, so
-        a background write never interleaves with training collectives."""
+        memory (now, or with ``overlap`` in the staging thread: see ``staging``) and
+        written in the background (returns the future of the write). Every rank calls it
+        at the same step; ``group`` is a gloo group kept for checkpoints, so a background
+        write never interleaves with training collectives."""
         state = _as_dcp(parts)
+        self.staging = None
         if not background:
             writer = HashingFileSystemWriter(folder, options=self.options)
             dcp_save(state, storage_writer=writer, process_group=group)
@@ -172,10 +239,13 @@ class DcpSaver:
             kind = AsyncCheckpointerType.THREAD  # the checkpoint process needs a process group
         where = "process" if kind is AsyncCheckpointerType.PROCESS else "thread"
         writer = HashingFileSystemWriter(folder, background=where, options=self.options)
-        future = async_save(state, storage_writer=writer, process_group=group,
-                            async_checkpointer_type=kind, async_stager=self._staging())  # fmt: skip
-        if not isinstance(future, Future):  # AsyncSaveResponse: only with async staging
-            future = future.upload_completion
+        response = async_save(state, storage_writer=writer, process_group=group,
+                              async_checkpointer_type=kind,
+                              async_stager=self._staging(kind))  # fmt: skip
+        if isinstance(response, Future):
+            return response
+        self.staging = response.staging_completion  # overlap: the copy is still running
+        future: Future[Any] = response.upload_completion
         return future
 
     def close(self) -> None:
@@ -238,8 +308,10 @@ class _DirectHashingStream:
     and fsyncs, so the commit protocol sees a durable file exactly as before. A file
     system that refuses ``O_DIRECT`` writes gets buffered ones."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, max_mb_per_s: float = 0.0) -> None:
         self.fd = fd
+        self._rate = max_mb_per_s * 1e6  # bytes per second; 0: unpaced
+        self._t0 = time.monotonic()
         self.sha = hashlib.sha256()
         self.size = 0  # bytes taken: the stream's position
         self.sequential = True
@@ -265,8 +337,16 @@ class _DirectHashingStream:
             if self._fill == DIRECT_BUFFER:
                 self._write_out(self._view[:DIRECT_BUFFER])
                 self._fill = 0
+                self._pace(self.size + pos)
         self.size += n
         return n
+
+    def _pace(self, done: int) -> None:
+        """Paced: sleep until ``done`` bytes are due at the set rate."""
+        if self._rate > 0:
+            ahead = done / self._rate - (time.monotonic() - self._t0)
+            if ahead > 0:
+                time.sleep(ahead)
 
     def _buffered(self) -> None:
         if self._direct:
@@ -343,9 +423,10 @@ class HashingFileSystem(FileSystem):
     second read of the shards in the training process. Shards are written with
     ``O_DIRECT`` where the file system takes it (``_DirectHashingStream``)."""
 
-    def __init__(self, direct_io: bool = True) -> None:
+    def __init__(self, direct_io: bool = True, max_write_mb_per_s: float = 0.0) -> None:
         super().__init__()
         self.direct_io = direct_io
+        self.max_write_mb_per_s = max_write_mb_per_s
 
     @contextmanager
     def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[Any]:
@@ -360,7 +441,7 @@ class HashingFileSystem(FileSystem):
                 hashing: _HashingStream | _DirectHashingStream = _HashingStream(f)
                 yield hashing
         else:
-            hashing = _DirectHashingStream(fd)
+            hashing = _DirectHashingStream(fd, self.max_write_mb_per_s)
             try:
                 yield hashing
                 hashing.close()
@@ -387,7 +468,8 @@ class HashingFileSystemWriter(FileSystemWriter):
         super().__init__(path)
         self.background = background
         self.options = options or WriterOptions()
-        self.fs = HashingFileSystem(direct_io=self.options.direct_io)
+        rate = self.options.max_write_mb_per_s if background is not None else 0.0
+        self.fs = HashingFileSystem(direct_io=self.options.direct_io, max_write_mb_per_s=rate)
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         # Runs where the write runs: DCP's writer thread, or its checkpoint process.

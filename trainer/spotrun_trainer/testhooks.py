@@ -19,6 +19,8 @@ ENV_EVENTS_FILE = "SPOTRUN_TEST_EVENTS_FILE"  # append "<event> <rank> <step>" l
 ENV_PAUSE_AT_STEP = "SPOTRUN_TEST_PAUSE_AT_STEP"  # hold after this step until a request
 ENV_PAUSE_BEFORE_COMMIT = "SPOTRUN_TEST_PAUSE_BEFORE_COMMIT"  # hold forever before commit
 ENV_SAMPLES_FILE = "SPOTRUN_TEST_SAMPLES_FILE"  # append "<step> <rank> <loss> <ids>" lines here
+# hold every overlapped checkpoint staging copy this long before it copies (sharded.py)
+ENV_STAGING_DELAY = "SPOTRUN_TEST_STAGING_DELAY_SECONDS"
 
 
 def _opt_int(value: str | None) -> int | None:

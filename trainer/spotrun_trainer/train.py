@@ -28,6 +28,7 @@ from spotrun_trainer.parts import TrainParts, WarmupCosine, build_parts, wrap_fo
 from spotrun_trainer.preemption import SpotNoticePoller, StopGuard
 from spotrun_trainer.progress import ProgressReporter, reporter_from_env
 from spotrun_trainer.s3mirror import S3Mirror
+from spotrun_trainer.sharded import WriterOptions
 from spotrun_trainer.testhooks import TestHooks
 
 __all__ = ["WarmupCosine", "run", "setup_logging"]
@@ -86,6 +87,8 @@ def _train(
         keep_best=ck.keep_best,
         async_save=ck.async_save,
         async_mode=ck.async_mode,
+        overlap_staging=ck.overlap_staging,
+        writer_options=WriterOptions(max_write_mb_per_s=ck.writer_max_mb_per_s),
         process_group=ctx.checkpoint_group,
         commit_timeout=ck.commit_timeout_seconds,
         collectives=ctx,

@@ -27,6 +27,7 @@ def test_global_batch_size_splits_over_the_ranks() -> None:
         (["--parallel", "zero3"], "parallel: expected ddp or fsdp"),
         (["--checkpoint.async-mode", "fork"], "checkpoint.async_mode: expected thread or process"),
         (["--global-batch-size", "-1"], "global_batch_size must be >= 0"),
+        (["--checkpoint.writer-max-mb-per-s", "-1"], "writer_max_mb_per_s must be >= 0"),
     ],
 )
 def test_bad_parallel_settings_are_rejected(argv: list[str], message: str) -> None:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -154,3 +155,25 @@ def test_file_systems_without_o_direct_get_the_buffered_stream(
     stream = _write_shard(tmp_path / "__0_0.distcp", pieces)
     assert isinstance(stream, sharded._HashingStream)
     _assert_sidecar_matches(tmp_path / "__0_0.distcp", b"".join(pieces))
+
+
+def test_paced_writer_keeps_its_rate_and_sync_saves_are_never_paced(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    options = WriterOptions(max_write_mb_per_s=0.2)
+    unpaced = HashingFileSystemWriter("unused", options=options).fs
+    paced = HashingFileSystemWriter("unused", background="thread", options=options).fs
+    assert isinstance(unpaced, sharded.HashingFileSystem)
+    assert isinstance(paced, sharded.HashingFileSystem)
+    assert unpaced.max_write_mb_per_s == 0.0
+    assert paced.max_write_mb_per_s == 0.2
+    if sharded._open_direct(tmp_path / "probe") is None:
+        return  # no O_DIRECT here: the buffered stream is not paced
+    monkeypatch.setattr(sharded, "DIRECT_BUFFER", 4 * sharded.BLOCK)  # 16 KiB buffers
+    data = bytes(range(256)) * 400  # 102,400 bytes: 6 full buffers, due at 0.2 MB/s by 0.49 s
+    t0 = time.monotonic()
+    with paced.create_stream(tmp_path / "__0_0.distcp", "wb") as stream:
+        stream.write(memoryview(data))
+        stream.close()
+    assert time.monotonic() - t0 >= 0.45
+    _assert_sidecar_matches(tmp_path / "__0_0.distcp", data)
