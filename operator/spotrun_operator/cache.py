@@ -101,10 +101,14 @@ class Store:
 
     def _newer(self, key: Key, version: int) -> bool:
         old = self._objs.get(key)
-        known = _version(old) if old is not None else None
-        if known is None and key in self._tombstones:
-            known = self._tombstones[key][1]
-        return known is None or version >= known
+        if old is not None:
+            known = _version(old)
+            return known is None or version >= known
+        if key in self._tombstones:
+            # The deleted object's own last state (a watch event that arrives after the
+            # DELETE's answer) is no news: only a newer version is a new object.
+            return version > self._tombstones[key][1]
+        return True
 
     def _label(self, obj: Mapping[str, Any]) -> str | None:
         if self.index_label is None:

@@ -85,7 +85,9 @@ def stop_gang(d: Draft, n: int, terminal: bool = False) -> None:
     entry = d.entry(n)
     finished = (entry is not None and entry.outcome is Outcome.SUCCEEDED) or job_finished(job)
     deleting = job is not None and not (terminal and finished)
-    if deleting:
+    # A job already being deleted (a finalizer holds it) needs no second DELETE: its
+    # deletionTimestamp is the answer to the first one.
+    if deleting and not (job or {}).get("metadata", {}).get("deletionTimestamp"):
         d.actions.append(DeleteJob(job_name(d.obs.ref.name, n)))
     stop_pods(d, n, graceful_too=not deleting)
 

@@ -87,9 +87,10 @@ def test_interruption_is_one_preemption_then_resume(
     )
     assert (st["attempt"], st["preemptions"], st["failures"]) == (2, 1, 0)
     reasons = event_reasons(core, namespace, "spot")
-    # One event per recovery: Preempted names attempt 2, which announces nothing itself.
+    # One event per recovery: Preempted names attempt 2, which announces nothing itself
+    # (attempt 1 may be interrupted before the operator saw it Running: at most one).
     assert reasons.count("Preempted") == 1
-    assert reasons.count("AttemptCreated") == 1 and reasons.count("AttemptRunning") == 1
+    assert reasons.count("AttemptCreated") == 1 and reasons.count("AttemptRunning") <= 1
 
 
 def test_rebalance_recommendation_alone_does_not_restart(

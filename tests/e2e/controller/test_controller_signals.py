@@ -92,9 +92,10 @@ def test_every_path_is_one_preemption_with_its_reason_then_success(
     )
     assert (st["attempt"], st["preemptions"], st["failures"]) == (2, 1, 0)
     reasons = event_reasons(core, namespace, "spot")
-    # One event per recovery: Preempted names attempt 2, which announces nothing itself.
+    # One event per recovery: Preempted names attempt 2, which announces nothing itself
+    # (attempt 1 may be interrupted before the operator saw it Running: at most one).
     assert reasons.count("Preempted") == 1
-    assert reasons.count("AttemptCreated") == 1 and reasons.count("AttemptRunning") == 1
+    assert reasons.count("AttemptCreated") == 1 and reasons.count("AttemptRunning") <= 1
 
 
 # What befalls each attempt of the chaos run, in order: node interruptions of four kinds and

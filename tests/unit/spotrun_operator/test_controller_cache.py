@@ -41,6 +41,11 @@ def test_a_tombstone_keeps_a_deleted_object_from_coming_back() -> None:
     s.delete(obj("Pod", "p", "12"))
     assert s.get("ml", "p") is None
     assert not s.put(obj("Pod", "p", "11"))  # an event from before the deletion
+    # The DELETE's answer is the object's last state; the watch event of that same
+    # state, arriving after it, does not bring the deleted object back (it did: the
+    # operator deleted a job twice, the second answered 404).
+    assert not s.put(obj("Pod", "p", "12"))
+    assert s.get("ml", "p") is None
     assert s.put(obj("Pod", "p", "13"))  # a new object of the same name
 
 

@@ -297,3 +297,14 @@ def test_max_preemptions() -> None:
     )
     st = merge(st, d)
     assert st["phase"] == "Failed" and cond(st, "Failed")["reason"] == "MaxPreemptionsReached"
+
+
+def test_a_job_being_deleted_is_not_deleted_again() -> None:
+    deleting = job(1)
+    deleting["metadata"]["deletionTimestamp"] = "2026-11-22T00:00:30Z"
+    tainted = [node("n1"), node("n2", taints=(traces.NTH_SPOT_ITN,))]
+    world = {"status": running_status(), "pods": gang(1), "nodes": tainted}
+    first = decide(observed(now=65, jobs={1: job(1)}, **world), CFG)
+    assert DeleteJob("llm-a1") in first.actions
+    again = decide(observed(now=65, jobs={1: deleting}, **world), CFG)
+    assert not any(isinstance(a, DeleteJob) for a in again.actions)
