@@ -905,6 +905,9 @@ def interruption_step(
         "first_visible_as": {
             sig: dict(Counter(r.visible_by for r in recs if r.signal == sig)) for sig in signals
         },
+        "operator_reason": {
+            sig: dict(Counter(r.reason for r in recs if r.signal == sig)) for sig in signals
+        },
         "throughput": rates(recs, t0),
         "api_requests": api_table(counts, t_end - t0, sum(1 for r in recs if r.t_created)),
     }
