@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -944,8 +945,13 @@ def peers_step(bench: Bench, peers: list[str], sizes: list[int]) -> dict[str, An
     return out
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # SIGTERM too runs the cleanup in ``main``'s finally
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)
     bench = Bench(args)
     res: dict[str, Any] = {
         "sizes": {
@@ -1000,8 +1006,8 @@ def main(argv: list[str] | None = None) -> int:
         res["resources"] = bench.sampler.report()
         res["interrupt_failures"] = bench.failures
         res["targets"] = targets(res)
-    except KeyboardInterrupt:
-        bench.notes.append("interrupted (Ctrl-C)")
+    except (KeyboardInterrupt, SystemExit):
+        bench.notes.append("interrupted (Ctrl-C or SIGTERM)")
         raise
     finally:
         res["notes"] = bench.notes
