@@ -1,0 +1,492 @@
+"""Shared pieces of the operator benchmarks: where a recovery's time goes, percentiles, the
+apiserver audit log, process and machine statistics, raw watches.
+
+A recovery of a TrainingRun is the time from an interruption signal on one of its nodes to
+every pod of its next attempt Running. The benchmark observes each boundary itself,
+through its own watches, with its own clock (``time.time()`` when the watch event arrives;
+the API's timestamps have one-second precision, too coarse for sub-second phases):
+
+====================  =======================================================================
+boundary              observed as
+====================  =======================================================================
+``signal``            the injection starts: just before the first write of the signal's
+                      plan (the NTH taint, Karpenter's taint, the instance dying, ...)
+``visible``           the first trace of the signal in the API: on the node (a taint other
+                      than the fleet's own, ``unschedulable``, Ready not True, a deletion)
+                      or on a pod of the attempt (a deletion, ``DisruptionTarget``, a
+                      terminal phase). An instance that dies without notice (``loss``)
+                      becomes visible only when the node lifecycle controller misses its
+                      heartbeats (``--node-monitor-grace-period``) or the CCM deletes it
+``detected``          the run's ``status.attempts[n]`` first carries an ``outcome``: the
+                      operator has recognised the loss and written it (TrainingRun watch)
+``stopped``           the attempt's PyTorchJob ``<run>-a<n>`` is deleted or being deleted
+                      (PyTorchJob watch: ``DELETED`` or a ``deletionTimestamp``)
+``pods_gone``         the last pod of attempt n is deleted (pod watch ``DELETED``)
+``backoff_over``      ``status.attempts[n].nextAttemptAt`` (the operator's due time, whole
+                      seconds as written), clamped into [pods_gone, created]
+``created``           the PyTorchJob ``<run>-a<n+1>`` is ``ADDED``
+``admitted``          the last pod of attempt n+1 is ``ADDED`` (the training operator has
+                      created the whole gang; no Kueue in these benchmarks)
+``scheduled``         every pod of attempt n+1 has a ``spec.nodeName`` (bound)
+``running``           every pod of attempt n+1 is ``status.phase: Running``
+====================  =======================================================================
+
+Each boundary is taken as ``max(previous boundary, observed)``, so the phases are never
+negative and add up exactly to signal → running (a loss whose pods vanished with their
+node is "gone" before the job is deleted: its ``pods_gone`` phase is then 0). The phases:
+
+* **notice** = visible - signal: the cluster's own components making the signal visible
+  (nothing an operator can shorten: heartbeat timeouts for a silent loss).
+* **detect** = detected - visible: the event reaching the operator and its decision.
+* **stop** = stopped - detected: the gang's stop (one job delete).
+* **pods_gone** = pods_gone - stopped: graceful deletion of the gang's pods.
+* **backoff** = backoff_over - pods_gone: what remains of the backoff once the gang is gone.
+  The backoff itself (``nextAttemptAt - endedAt``, from the status) is reported apart as
+  ``configured_backoff``: it runs from the outcome, in parallel with the stop, and counts
+  only the run's own consecutive losses, so it equals the first-loss backoff for every run.
+* **create** = created - backoff_over: the operator's reaction once the next attempt is due
+  (PVC/secret checks, status write of ``createdAt``, the job's create).
+* **admit** = admitted - created: the training operator creating the pods.
+* **schedule** = scheduled - admitted: kube-scheduler binding them.
+* **running** = running - scheduled: the (kwok) kubelet starting them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+PHASES: tuple[str, ...] = (
+    "notice",
+    "detect",
+    "stop",
+    "pods_gone",
+    "backoff",
+    "create",
+    "admit",
+    "schedule",
+    "running",
+)
+# The operator's own client and kopf's watch/event client.
+OPERATOR_AGENTS: tuple[str, ...] = ("spotrun-operator/", "kopf/")
+WRITE_VERBS = frozenset(("create", "update", "patch", "delete", "deletecollection"))
+READ_VERBS = frozenset(("get", "list", "watch"))
+JOB_LABEL = "training.kubeflow.org/job-name"
+
+
+# --- statistics -------------------------------------------------------------------------
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """Nearest-rank percentile ``q`` (0-100) of ``values``; None when empty."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return round(ordered[k], 3)
+
+
+def spread(values: list[float]) -> dict[str, float | int | None]:
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "max": round(max(values), 3) if values else None,
+        "mean": round(statistics.mean(values), 3) if values else None,
+    }
+
+
+def parse_time(stamp: str | None) -> float | None:
+    """Epoch seconds of an RFC 3339 time, None for none."""
+    if not stamp:
+        return None
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def job_attempt(name: str) -> tuple[str, int]:
+    """(run, attempt) of a PyTorchJob name ``<run>-a<attempt>``; attempt 0 if none."""
+    run, _, attempt = name.rpartition("-a")
+    return (run, int(attempt)) if attempt.isdigit() else (name, 0)
+
+
+# --- one recovery -----------------------------------------------------------------------
+
+
+@dataclass
+class Recovery:
+    """The observed boundaries of one recovery (epoch seconds, bench clock)."""
+
+    run: str
+    size: int
+    signal: str = ""
+    node: str = ""
+    group: str = "storm"
+    attempt: int = 1
+    t_signal: float | None = None
+    t_visible: float | None = None
+    visible_by: str = ""
+    t_detected: float | None = None
+    t_stopped: float | None = None
+    t_pods_gone: float | None = None
+    next_attempt_at: float | None = None
+    ended_at: float | None = None
+    reason: str = ""
+    t_created: float | None = None
+    t_admitted: float | None = None
+    t_scheduled: float | None = None
+    t_running: float | None = None
+    old_pods: set[str] = field(default_factory=set)
+    new_pods: dict[str, dict[str, bool]] = field(default_factory=dict)
+
+    def configured_backoff(self) -> float | None:
+        if self.next_attempt_at is None or self.ended_at is None:
+            return None
+        return self.next_attempt_at - self.ended_at
+
+    def boundaries(self) -> list[float] | None:
+        """signal, visible, detected, stopped, pods_gone, backoff_over, created, admitted,
+        scheduled, running (monotonic, see the module docstring); None until it ran."""
+        if self.t_signal is None or self.t_running is None or self.t_created is None:
+            return None
+        out = [self.t_signal]
+
+        def step(t: float | None) -> None:
+            out.append(max(out[-1], t if t is not None else out[-1]))
+
+        step(self.t_visible)
+        step(self.t_detected)
+        step(self.t_stopped)
+        step(self.t_pods_gone)
+        due = self.next_attempt_at if self.next_attempt_at is not None else out[-1]
+        out.append(min(max(out[-1], due), max(out[-1], self.t_created)))
+        step(self.t_created)
+        step(self.t_admitted)
+        step(self.t_scheduled)
+        step(self.t_running)
+        return out
+
+    def phases(self) -> dict[str, float] | None:
+        b = self.boundaries()
+        if b is None:
+            return None
+        return {name: b[i + 1] - b[i] for i, name in enumerate(PHASES)}
+
+
+def phase_table(recoveries: list[Recovery], signals: Iterable[str]) -> dict[str, Any]:
+    """p50/p99 of each phase, of signal → created and → running and of the configured
+    backoff, for every signal and for all together."""
+    out: dict[str, Any] = {}
+    signals = list(signals)
+    rows = {s: {s} for s in signals} | {"all": set(signals)}
+    if "loss" in signals:  # the signals with a notice: what the operator can act on early
+        rows["all_but_loss"] = set(signals) - {"loss"}
+    for sig, members in rows.items():
+        group = [r for r in recoveries if r.signal in members]
+        done = [r for r in group if r.phases() is not None]
+        row: dict[str, Any] = {"interrupted": len(group), "recovered": len(done)}
+        for name in PHASES:
+            row[name] = spread([p[name] for r in done if (p := r.phases()) is not None])
+        row["signal_to_created"] = spread(
+            [r.t_created - r.t_signal for r in group if r.t_created and r.t_signal]
+        )
+        row["visible_to_created"] = spread(
+            [r.t_created - r.t_visible for r in group if r.t_created and r.t_visible]
+        )
+        row["signal_to_running"] = spread(
+            [r.t_running - r.t_signal for r in done if r.t_running and r.t_signal]
+        )
+        row["configured_backoff"] = spread(
+            [b for r in group if (b := r.configured_backoff()) is not None]
+        )
+        out[sig] = row
+    return out
+
+
+def format_phase_table(table: dict[str, Any]) -> str:
+    """The phase table as text: one line per signal, p50/p99 seconds per column."""
+    cols = [
+        *PHASES,
+        "signal_to_created",
+        "visible_to_created",
+        "signal_to_running",
+        "configured_backoff",
+    ]
+    short = {
+        "signal_to_created": "sig→created",
+        "visible_to_created": "vis→created",
+        "signal_to_running": "sig→running",
+        "configured_backoff": "cfg backoff",
+    }
+    head = f"{'signal':<10} {'n':>9} " + " ".join(f"{short.get(c, c)[:11]:>11}" for c in cols)
+    lines = [head, " " * 20 + " ".join(f"{'p50/p99':>11}" for _ in cols)]
+    for sig, row in table.items():
+        cells = []
+        for c in cols:
+            s = row[c]
+            cells.append(f"{_fmt(s['p50'])}/{_fmt(s['p99'])}".rjust(11))
+        n = f"{row['recovered']}/{row['interrupted']}"
+        lines.append(f"{sig:<10} {n:>9} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else (f"{v:.1f}" if v >= 10 else f"{v:.2f}")
+
+
+# --- the apiserver's audit log --------------------------------------------------------
+
+
+def audit_offset(log: Path) -> int:
+    """Where the audit log ends now (read from there later)."""
+    return log.stat().st_size if log.exists() else 0
+
+
+def audit_requests(
+    log: Path,
+    since: float,
+    until: float,
+    agents: tuple[str, ...] = OPERATOR_AGENTS,
+    offset: int = 0,
+) -> Counter[str]:
+    """Requests of the given user agents between two wall-clock times, by
+    ``"<verb> <resource>[/<subresource>]"`` (one audit event per request: the policy omits
+    the RequestReceived stage)."""
+    counts: Counter[str] = Counter()
+    if not log.exists():
+        return counts
+    needles = [f'"userAgent":"{a}' for a in agents]
+    with log.open("rb") as fh:
+        fh.seek(offset)
+        for raw in fh:
+            line = raw.decode("utf-8", "replace")
+            if not any(n in line for n in needles):
+                continue
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if not str(ev.get("userAgent", "")).startswith(agents):
+                continue
+            t = parse_time(ev.get("requestReceivedTimestamp"))
+            if t is None or not since <= t <= until:
+                continue
+            res = ev.get("objectRef") or {}
+            sub = f"/{res['subresource']}" if res.get("subresource") else ""
+            counts[f"{ev.get('verb')} {res.get('resource', '?')}{sub}"] += 1
+    return counts
+
+
+def split_reads_writes(counts: Counter[str]) -> tuple[int, int]:
+    reads = sum(v for k, v in counts.items() if k.split(" ", 1)[0] in READ_VERBS)
+    writes = sum(v for k, v in counts.items() if k.split(" ", 1)[0] in WRITE_VERBS)
+    return reads, writes
+
+
+# --- processes and the machine ----------------------------------------------------------
+
+
+def proc_stats(pid: int) -> tuple[int, int, float]:
+    """(RSS, peak RSS = VmHWM, CPU seconds user+system) of a live process, bytes."""
+    rss = hwm = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) * 1024
+        elif line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) * 1024
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return rss, hwm, (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _comm(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def find_pids(names: Iterable[str]) -> dict[str, int]:
+    """The pid of each named process (``/proc/<pid>/comm``), where one runs (read only)."""
+    want = set(names)
+    out: dict[str, int] = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and (c := _comm(pid)) in want and c not in out:
+            out[c] = int(pid)
+    return out
+
+
+def mem_used_bytes() -> int:
+    info = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        info[key] = int(rest.split()[0]) * 1024
+    return info["MemTotal"] - info["MemAvailable"]
+
+
+def machine() -> dict[str, Any]:
+    total = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            total = int(line.split()[1]) * 1024
+    return {"cpus": os.cpu_count(), "memory_gib": round(total / 2**30, 1)}
+
+
+class Sampler:
+    """Samples, every ``period`` seconds, the operator's RSS and CPU, the control plane's
+    processes, the machine's memory and load, and this process."""
+
+    CONTROL_PLANE = (
+        "kube-apiserver",
+        "etcd",
+        "kwok-controller",
+        "kube-controller",
+        "kube-scheduler",
+        "training-operat",
+    )
+
+    def __init__(self, period: float = 0.5) -> None:
+        self.period = period
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.op_rss = self.op_peak = 0
+        self.op_cpu = 0.0
+        self.op_rss_at: dict[str, float] = {}
+        self.peaks: dict[str, int] = {}
+        self.cpu_start: dict[str, float] = {}
+        self.cpu_end: dict[str, float] = {}
+        self.mem_peak = 0
+        self.load_peak = 0.0
+        self.stop = threading.Event()
+        self.pids = find_pids(self.CONTROL_PLANE)
+        self.pids["bench"] = os.getpid()
+        for name, pid in self.pids.items():
+            try:
+                self.cpu_start[name] = proc_stats(pid)[2]
+            except OSError:
+                continue
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, daemon=True, name="sampler").start()
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            self.sample()
+            self.stop.wait(self.period)
+
+    def sample(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                rss, hwm, cpu = proc_stats(self.proc.pid)
+                self.op_rss, self.op_peak, self.op_cpu = rss, max(self.op_peak, hwm), cpu
+            except OSError:
+                pass
+        for name, pid in self.pids.items():
+            try:
+                _, hwm, cpu = proc_stats(pid)
+            except OSError:
+                continue
+            self.peaks[name] = max(self.peaks.get(name, 0), hwm)
+            self.cpu_end[name] = cpu
+        self.mem_peak = max(self.mem_peak, mem_used_bytes())
+        self.load_peak = max(self.load_peak, os.getloadavg()[0])
+
+    def mark(self, label: str) -> None:
+        """Remember the operator's RSS now (after cold start, after the storm...)."""
+        self.sample()
+        self.op_rss_at[label] = round(self.op_rss / 2**20, 1)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "operator_peak_rss_mib": round(self.op_peak / 2**20, 1),
+            "operator_rss_mib_at": self.op_rss_at,
+            "operator_cpu_seconds": round(self.op_cpu, 2),
+            "processes_peak_rss_mib": {k: round(v / 2**20, 1) for k, v in self.peaks.items()},
+            "processes_cpu_seconds": {
+                k: round(self.cpu_end[k] - self.cpu_start.get(k, 0.0), 1) for k in self.cpu_end
+            },
+            "machine_memory_used_peak_gib": round(self.mem_peak / 2**30, 2),
+            "loadavg_1m_peak": round(self.load_peak, 2),
+        }
+
+
+# --- watches ----------------------------------------------------------------------------
+
+Handler = Callable[[str, dict[str, Any], float], None]
+
+
+def watch_forever(
+    lister: Callable[..., Any], args: tuple[Any, ...], handler: Handler, stop: threading.Event
+) -> None:
+    """List then watch (raw JSON objects), forever until ``stop``: every object of the
+    listing is handed over as ``ADDED``; a watch that ends is resumed at the last
+    resourceVersion, a 410 relists. ``handler(type, object, arrival time)``."""
+    rv = ""
+    while not stop.is_set():
+        try:
+            if not rv:
+                resp = lister(*args, _preload_content=False)
+                listing = json.loads(resp.data)
+                now = time.time()
+                for obj in listing.get("items") or []:
+                    handler("ADDED", obj, now)
+                rv = listing["metadata"]["resourceVersion"]
+            w = watch.Watch()
+            for ev in w.stream(
+                lister,
+                *args,
+                resource_version=rv,
+                timeout_seconds=120,
+                allow_watch_bookmarks=True,
+                deserialize=False,
+            ):
+                now = time.time()
+                obj = ev["raw_object"] if "raw_object" in ev else ev["object"]
+                if ev["type"] == "ERROR":
+                    rv = ""
+                    break
+                rv = obj.get("metadata", {}).get("resourceVersion", rv)
+                if ev["type"] != "BOOKMARK":
+                    handler(ev["type"], obj, now)
+                if stop.is_set():
+                    w.stop()
+                    break
+        except ApiException as exc:
+            if exc.status == 410:
+                rv = ""
+            else:
+                time.sleep(1)
+        except Exception:  # a dropped connection, an ERROR event: relist
+            rv = ""
+            time.sleep(1)
+
+
+def start_watch(
+    lister: Callable[..., Any], args: tuple[Any, ...], handler: Handler, stop: threading.Event
+) -> threading.Thread:
+    th = threading.Thread(
+        target=watch_forever, args=(lister, args, handler, stop), daemon=True, name="watch"
+    )
+    th.start()
+    return th
+
+
+def api_client(kubeconfig: Path, pool: int = 64) -> client.ApiClient:
+    """A client with a connection pool big enough for the storm's threads."""
+    from kubernetes import config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+    cfg.connection_pool_maxsize = pool
+    return client.ApiClient(cfg)
