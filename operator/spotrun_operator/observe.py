@@ -9,6 +9,7 @@ the client class, so the I/O module can change without touching it.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -16,7 +17,9 @@ from spotrun_api.spec import InvalidSpec, TrainingRunSpec, parse_spec
 from spotrun_api.status import TrainingRunStatus, parse_status
 from spotrun_operator import builders
 from spotrun_operator.builders import RunRef
-from spotrun_operator.common import attempt_of, utcnow
+from spotrun_operator.children import node_gone
+from spotrun_operator.classify import is_terminal
+from spotrun_operator.common import attempt_of, parse_time, utcnow
 from spotrun_operator.cost import Price, Prices
 from spotrun_operator.plan import Observed, Rejected
 from spotrun_operator.signals import NodeInfo, node_info
@@ -92,6 +95,7 @@ def observe(
     spec, spec_error = parse_run_spec(run.get("spec"))
     status = parse_status(run.get("status"))
     rejected = extra.pop("rejected", None) or _pod_refusal(kube, ref, status, jobs, pods)
+    now = utcnow()
     if price_source is not None:  # the prices of the types the typed spec allows
         types = list(spec.capacity.instance_types) if spec is not None else []
         extra["prices"], extra["pricing_condition"] = price_source(types)
@@ -102,13 +106,15 @@ def observe(
         spec=spec,
         spec_error=spec_error,
         status=status,
-        now=utcnow(),
+        now=now,
         jobs=jobs,
         pods=pods,
         deleted_pods=list(deleted_pods),
         nodes=nodes,
         fleet=_fleet(spec, remembered_nodes, nodes),
-        missing_refs=_missing(kube, ref, spec) if _may_create(status, jobs) else [],
+        missing_refs=_missing(kube, ref, spec)
+        if _may_create(status, jobs, pods, nodes, now)
+        else [],
         interrupted_nodes=list(interrupted_nodes),
         deleting=bool((run.get("metadata") or {}).get("deletionTimestamp")),
         **extra,
@@ -127,15 +133,30 @@ def _fleet(
     return {name: n for name, n in known.items() if n.exists}
 
 
-def _may_create(status: TrainingRunStatus, jobs: Mapping[int, Obj]) -> bool:
-    """This decision may create an attempt's PyTorchJob: no live job, or the live attempt
-    has an outcome (the next one may start). Only then are the objects the pods need
-    read (from the API: no watch covers Secrets), so a running run makes no such read."""
+def _may_create(
+    status: TrainingRunStatus,
+    jobs: Mapping[int, Obj],
+    pods: Sequence[Mapping[str, Any]],
+    nodes: Mapping[str, NodeInfo],
+    now: dt.datetime,
+) -> bool:
+    """This decision may create an attempt's PyTorchJob. Only then are the objects the pods
+    need read (from the API: no watch covers Secrets), so a running or finished run makes
+    no such read, and a recovery makes one: not while its gang stops or its backoff runs.
+    The rules are those of reconcile: a live attempt without its job is (re)created; after
+    an outcome the next one waits for every rank to stop (children.gang_gone) and for
+    ``nextAttemptAt`` (outcomes.after_outcome)."""
+    if status.phase is not None and status.phase.terminal:
+        return False
     live = status.attempt or 0
-    if live not in jobs:
-        return True
     entry = next((e for e in status.attempts or () if e.attempt == live), None)
-    return entry is not None and entry.outcome is not None
+    if entry is None or entry.outcome is None:
+        return live not in jobs
+    stopping = any(
+        attempt_of(p) == live and not is_terminal(p) and not node_gone(p, nodes) for p in pods
+    )
+    due = parse_time(entry.next_attempt_at)
+    return not stopping and (due is None or due <= now)
 
 
 def _pod_refusal(

@@ -174,6 +174,19 @@ def test_reads_the_api_only_where_a_decision_needs_it() -> None:
     cache.jobs.put(job(1))
     ended = [{"attempt": 1, "outcome": "Preempted", "startedAt": "2026-01-01T00:00:00Z"}]
     assert look(cache, run(ended)) == ["missing"]
+    # ... but not while a rank of it still runs on a live node, nor during its backoff:
+    # a recovery checks once, when the next attempt is due.
+    cache.pods.put(pod("r-a1-master-0", "20", spec={"nodeName": "n1"}))
+    cache.nodes.put({"kind": "Node", "metadata": {"name": "n1", "resourceVersion": "2"}})
+    assert look(cache, run(ended)) == []
+    cache.pods.delete(pod("r-a1-master-0", "22", spec={"nodeName": "n1"}))
+    assert look(cache, run(ended)) == ["missing"]
+    later = [{**ended[0], "nextAttemptAt": "2999-01-01T00:00:00Z"}]
+    assert look(cache, run(later)) == []
+    # A finished run creates nothing: its kept job and pods cost no read.
+    done = run([{"attempt": 1, "outcome": "Succeeded"}])
+    done["status"]["phase"] = "Succeeded"
+    assert look(cache, done) == []
     # A job with fewer pods than its gang and not started: the refusal is looked for.
     cache = Cache()
     cache.jobs.put(job(1))
