@@ -39,6 +39,23 @@ def _version(obj: Mapping[str, Any]) -> int | None:
     return int(rv) if rv.isdigit() else None
 
 
+# Client bookkeeping no decision reads, often the larger part of an object: dropped before
+# an object is stored, as controller-runtime's cache.TransformStripManagedFields does
+# (memory grows with every run, pod and node the operator watches).
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def _trimmed(obj: Mapping[str, Any]) -> Obj:
+    stored = dict(obj)
+    meta = dict(stored.get("metadata") or {})
+    meta.pop("managedFields", None)
+    annotations = meta.get("annotations")
+    if annotations and LAST_APPLIED in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+    stored["metadata"] = meta
+    return stored
+
+
 def _key(obj: Mapping[str, Any]) -> Key:
     meta = obj.get("metadata") or {}
     return str(meta.get("namespace") or ""), str(meta.get("name"))
@@ -71,7 +88,7 @@ class Store:
             old = self._objs.get(key)
             if old is not None:
                 self._unindex(key, old)
-            self._objs[key] = dict(obj)
+            self._objs[key] = _trimmed(obj)
             self._reindex(key, obj)
         return True
 

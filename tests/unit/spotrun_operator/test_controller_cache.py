@@ -35,6 +35,20 @@ def test_an_older_version_never_replaces_a_newer_one() -> None:
     assert s.put(obj("Pod", "p", "5"))
 
 
+def test_client_bookkeeping_is_not_kept() -> None:
+    """managedFields and kubectl's last-applied copy of the spec are dropped (memory)."""
+    applied = {"kubectl.kubernetes.io/last-applied-configuration": "{...}", "team": "ml"}
+    s = Store("TrainingRun")
+    body = obj("TrainingRun", "r", "3", managedFields=[{"manager": "kubectl"}])
+    body["metadata"]["annotations"] = applied
+    assert s.put(body)
+    kept = s.get("ml", "r")
+    assert kept is not None and "managedFields" not in kept["metadata"]
+    assert kept["metadata"]["annotations"] == {"team": "ml"}
+    assert kept["metadata"]["resourceVersion"] == "3"
+    assert body["metadata"]["managedFields"]  # the caller's object is left as it was
+
+
 def test_a_tombstone_keeps_a_deleted_object_from_coming_back() -> None:
     s = Store("Pod")
     s.put(obj("Pod", "p", "10"))
