@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -223,6 +224,8 @@ def write_report(
 
 
 def main() -> None:
+    # `timeout` and Ctrl-C alike leave no checkpoint folder behind (they are gigabytes).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args()
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")

@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -132,6 +133,8 @@ def run_phase(world: int, cfg: ModelConfig, folder: Path, phase: str) -> dict[st
 
 
 def main() -> None:
+    # `timeout` and Ctrl-C alike leave no checkpoint folder behind (they are gigabytes).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--params", default="100M")
     p.add_argument("--save-ranks", type=int, default=4)
