@@ -43,6 +43,7 @@ from typing import Any
 import psutil
 import torch
 import torch.distributed as dist
+from model_fields import model_fields
 
 from spotrun_trainer.checkpoint import CheckpointManager
 from spotrun_trainer.config import ModelConfig
@@ -293,11 +294,7 @@ def _report(
     return {
         "params": n_params,
         "config": {
-            "params": args.params,
-            "n_layer": cfg.n_layer,
-            "n_embd": cfg.n_embd,
-            "vocab_size": cfg.vocab_size,
-            "seq_len": cfg.seq_len,
+            **model_fields(args.params, cfg),
             "batch_size": args.batch_size,
             "threads": args.threads,
             "writer_nice": options.nice,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from model_fields import model_fields
 
 from spotrun_trainer.checkpoint import CheckpointManager
 from spotrun_trainer.config import ModelConfig
@@ -203,11 +204,7 @@ def write_report(
     report = {
         "params": n_params,
         "config": {
-            "params": args.params,
-            "n_layer": cfg.n_layer,
-            "n_embd": cfg.n_embd,
-            "vocab_size": cfg.vocab_size,
-            "seq_len": cfg.seq_len,
+            **model_fields(args.params, cfg),
             "batch_size": args.batch_size,
         },
         "device": str(device),

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from model_fields import model_fields
 
 from spotrun_trainer.checkpoint import CheckpointManager
 from spotrun_trainer.config import ModelConfig
@@ -160,11 +161,7 @@ def main() -> None:
         report = {
             "params": count_parameters(build_model(cfg)),
             "config": {
-                "params": args.params,
-                "n_layer": cfg.n_layer,
-                "n_embd": cfg.n_embd,
-                "vocab_size": cfg.vocab_size,
-                "seq_len": cfg.seq_len,
+                **model_fields(args.params, cfg),
                 "threads_per_rank": 1,
             },
             "command": "python bench/trainer_reshard_resume.py " + " ".join(sys.argv[1:]),
