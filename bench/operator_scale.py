@@ -90,6 +90,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--burst", type=int, default=100, help="runs interrupted all at once")
     ap.add_argument("--peer-jobs", type=int, default=50, help="peer (a): Kubeflow-only jobs")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument(
+        "--signals",
+        type=lambda v: tuple(x for x in v.split(",") if x),
+        default=SIGNALS,
+        help=f"the storm's signals, comma-separated (default {','.join(SIGNALS)})",
+    )
     ap.add_argument("--resync-seconds", type=float, default=30.0)
     ap.add_argument("--timeout", type=float, default=600.0, help="per waiting step, seconds")
     ap.add_argument("--seed", type=int, default=7)
@@ -964,7 +970,7 @@ def main(argv: list[str] | None = None) -> int:
             "spread_seconds": args.spread_seconds,
             "burst": args.burst,
             "peer_jobs": 0 if args.no_peers else args.peer_jobs,
-            "signals": list(SIGNALS),
+            "signals": list(args.signals),
             "burst_signals": list(BURST_SIGNALS),
             "zones": list(ZONES),
         },
@@ -984,7 +990,7 @@ def main(argv: list[str] | None = None) -> int:
         peers = [] if args.no_peers else bench.create_peer_jobs()
         res["cold_start"] = bench.cold_start(runs)
         res["storm"] = interruption_step(
-            bench, runs, args.interruptions, SIGNALS, "storm", args.spread_seconds
+            bench, runs, args.interruptions, args.signals, "storm", args.spread_seconds
         )
         if args.burst:
             res["burst"] = interruption_step(bench, runs, args.burst, BURST_SIGNALS, "burst", 0)

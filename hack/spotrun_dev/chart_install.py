@@ -39,6 +39,12 @@ class Release:
         live = [p for p in pods if not p.metadata.deletion_timestamp]
         return live[0] if live else None
 
+    def restarts(self, core: client.CoreV1Api) -> int:
+        """How often the kubelet restarted the operator's container (0: no live pod)."""
+        pod = self.pod(core)
+        statuses = (pod.status.container_statuses or []) if pod and pod.status else []
+        return sum(int(c.restart_count or 0) for c in statuses)
+
     def log(self, core: client.CoreV1Api, lines: int = 100) -> str:
         pod = self.pod(core)
         if pod is None:

@@ -19,6 +19,12 @@ from spotrun_dev import fleet
 BRIDGE: Final = "spotrun0"
 # The harness's own networks; nothing outside them is ever a target.
 NODE_NET: Final = ipaddress.IPv4Network("10.250.0.0/24")
+# The bridge's own MAC address (locally administered). Left unset, a Linux bridge takes the
+# lowest MAC of its ports and changes it whenever a port comes or goes
+# (net/bridge/br_stp_if.c, br_stp_recalculate_bridge_id; it stops doing so once the address
+# is set: addr_assign_type NET_ADDR_SET). Every node replacement then moved the gateway's
+# MAC under the other nodes' ARP caches, and their pods lost the apiserver for seconds.
+BRIDGE_MAC: Final = "02:73:70:6f:74:00"
 GATEWAY: Final = ipaddress.IPv4Address("10.250.0.1")  # the host's side: CoreDNS, apiserver LB
 POD_NET: Final = ipaddress.IPv4Network("10.244.0.0/16")
 SERVICE_NET: Final = "10.96.0.0/16"

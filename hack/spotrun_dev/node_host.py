@@ -25,6 +25,7 @@ from pathlib import Path
 from spotrun_dev.node_config import (
     API_SERVICE_IP,
     BRIDGE,
+    BRIDGE_MAC,
     GATEWAY,
     NODE_NET,
     SERVICE_NET,
@@ -57,6 +58,9 @@ def ensure_bridge() -> None:
     """The bridge with the gateway address and the `kubernetes` Service address."""
     if ip("link", "show", BRIDGE, check=False).returncode != 0:
         ip("link", "add", BRIDGE, "type", "bridge")
+    # A fixed address: see BRIDGE_MAC (the gateway's MAC must not follow the ports).
+    if Path(f"/sys/class/net/{BRIDGE}/address").read_text().strip() != BRIDGE_MAC:
+        ip("link", "set", BRIDGE, "address", BRIDGE_MAC)
     addrs = ip("-o", "addr", "show", "dev", BRIDGE).stdout
     for cidr in (f"{GATEWAY}/{NODE_NET.prefixlen}", f"{API_SERVICE_IP}/32"):
         if f" {cidr} " not in addrs:
