@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from spotrun_operator.common import LABEL_KUEUE_JOB_UID, LABEL_RUN, parse_job_name
@@ -45,6 +45,21 @@ def _version(obj: Mapping[str, Any]) -> int | None:
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
+# Of a pod's spec a decision reads only where it runs (``nodeName``); its containers, env,
+# volumes and tolerations, most of a pod's bytes, are the PyTorchJob's and the template's
+# (controller-runtime's cache.Options.ByObject Transform, for the same reason).
+POD_SPEC_KEPT: tuple[str, ...] = ("nodeName",)
+
+
+def trimmed_pod(obj: Mapping[str, Any]) -> Obj:
+    """A pod as the operator keeps it: no client bookkeeping, only the spec it reads."""
+    stored = _trimmed(obj)
+    spec = stored.get("spec")
+    if spec:
+        stored["spec"] = {k: spec[k] for k in POD_SPEC_KEPT if k in spec}
+    return stored
+
+
 def _trimmed(obj: Mapping[str, Any]) -> Obj:
     stored = dict(obj)
     meta = dict(stored.get("metadata") or {})
@@ -66,9 +81,15 @@ class Store:
     label's value (the run's name, a Kueue job UID). Safe to share between the event loop
     (writer) and reconcile threads (readers)."""
 
-    def __init__(self, kind: str, index_label: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        index_label: str | None = None,
+        transform: Callable[[Mapping[str, Any]], Obj] = _trimmed,
+    ) -> None:
         self.kind = kind
         self.index_label = index_label
+        self._transform = transform
         self._lock = threading.Lock()
         self._objs: dict[Key, Obj] = {}
         self._index: dict[IndexKey, set[Key]] = {}
@@ -88,7 +109,7 @@ class Store:
             old = self._objs.get(key)
             if old is not None:
                 self._unindex(key, old)
-            self._objs[key] = _trimmed(obj)
+            self._objs[key] = self._transform(obj)
             self._reindex(key, obj)
         return True
 
@@ -156,7 +177,7 @@ class Cache:
     def __init__(self) -> None:
         self.runs = Store("TrainingRun")
         self.jobs = Store("PyTorchJob", index_label=LABEL_RUN)
-        self.pods = Store("Pod", index_label=LABEL_RUN)
+        self.pods = Store("Pod", index_label=LABEL_RUN, transform=trimmed_pod)
         self.nodes = Store("Node")
         self.workloads = Store("Workload", index_label=LABEL_KUEUE_JOB_UID)
         self.synced = threading.Event()

@@ -14,6 +14,7 @@ import kopf
 from kubernetes.client import Configuration
 
 from spotrun_operator.apiserver import credentials
+from spotrun_operator.cache import trimmed_pod
 from spotrun_operator.common import (
     GROUP,
     KUEUE_GROUP,
@@ -137,7 +138,7 @@ def _register_children(registry: kopf.OperatorRegistry, runner: Runner) -> None:
         # Remember every state, not only deletions: an evicted pod can be deleted and
         # replaced before the reconcile it woke lists pods, and its last state (node,
         # DisruptionTarget) is what names the signal.
-        runner.memory.remember_pod(namespace, run, dict(body))
+        runner.memory.remember_pod(namespace, run, trimmed_pod(body))
         runner.wake(namespace, run)
 
     @kopf.on.event("nodes", registry=registry)

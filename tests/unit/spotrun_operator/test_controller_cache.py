@@ -49,6 +49,32 @@ def test_client_bookkeeping_is_not_kept() -> None:
     assert body["metadata"]["managedFields"]  # the caller's object is left as it was
 
 
+def test_a_pod_keeps_only_the_spec_decisions_read() -> None:
+    """Pods are most of the cache: of their spec only nodeName is kept; status and
+    metadata (labels, deletion, uid) stay whole, in the store and the watch's memory."""
+    cache = Cache()
+    body = pod("p", "4", managedFields=[{"manager": "kubelet"}])
+    body["spec"] = {
+        "nodeName": "n1",
+        "containers": [{"name": "pytorch", "env": [{"name": "MASTER_ADDR", "value": "x"}]}],
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+    }
+    body["status"] = {"phase": "Running", "containerStatuses": [{"name": "pytorch"}]}
+    cache.wrote(body)
+    kept = cache.pods.get("ml", "p")
+    assert kept is not None
+    assert kept["spec"] == {"nodeName": "n1"}
+    assert kept["status"] == body["status"]
+    assert "managedFields" not in kept["metadata"] and kept["metadata"]["labels"]
+    assert [p["metadata"]["name"] for p in cache.pods.indexed("ml", "r")] == ["p"]
+    assert "containers" in body["spec"]  # the caller's object is left as it was
+    # Other kinds keep their spec: a PyTorchJob's is what the operator compares.
+    job = obj("PyTorchJob", "r-a1", "5", labels={LABEL_RUN: "r"})
+    job["spec"] = {"runPolicy": {"suspend": False}, "pytorchReplicaSpecs": {}}
+    cache.wrote(job)
+    assert cache.jobs.get("ml", "r-a1") == job
+
+
 def test_a_tombstone_keeps_a_deleted_object_from_coming_back() -> None:
     s = Store("Pod")
     s.put(obj("Pod", "p", "10"))
