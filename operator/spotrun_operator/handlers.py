@@ -120,7 +120,9 @@ def _register_caches(registry: kopf.OperatorRegistry, runner: Runner) -> None:
 def _register_children(registry: kopf.OperatorRegistry, runner: Runner) -> None:
     """Watches of what a run is made of or runs on: pods, nodes, PyTorchJobs."""
 
-    @kopf.index("pods", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)
+    # kopf passes an index to handlers under its id; a nested function's default id is
+    # its __qualname__ ("_register_children.<locals>.pods_by_node"), so name it.
+    @kopf.index("pods", id="pods_by_node", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)
     async def pods_by_node(
         *, spec: kopf.Spec, namespace: str | None, labels: kopf.Labels, **_: Any
     ) -> dict[str, tuple[str, str]] | None:
@@ -153,7 +155,10 @@ def _register_children(registry: kopf.OperatorRegistry, runner: Runner) -> None:
         if type == "DELETED":
             runner.cache.nodes.delete(body)
         changed = runner.memory.remember_node(dict(body), deleted=type == "DELETED")
-        if changed and pods_by_node is not None:
+        if changed:
+            # Never None once wired (kopf's calling convention makes it optional):
+            # test_every_index_a_handler_takes_is_registered_under_that_name.
+            assert pods_by_node is not None, "kopf passed no pods_by_node index"
             for namespace, run in pods_by_node.get(name, []):
                 runner.wake(namespace, run)
 
