@@ -43,7 +43,6 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,30 +50,31 @@ import recovery_phases as rp
 import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from scale_objects import (
+    BENCH_LABEL,
+    BENCH_VALUE,
+    BURST_SIGNALS,
+    GROUP,
+    NODE_PREFIX,
+    NS,
+    PEER_NS,
+    SIGNALS,
+    VERSION,
+    ZONE_LABEL,
+    ZONES,
+    Observer,
+    PeerJob,
+    bench_node,
+    pytorchjob,
+    run_manifest,
+)
+from scale_report import api_table, peer_table, per_second, print_report, rates, targets
 
-from spotrun_dev import cluster_apply, fleet, inject, paths, storage, traces
+from spotrun_dev import cluster_apply, inject, paths, storage
 
 RESULTS = paths.REPO_ROOT / "bench" / "results" / "operator_scale.json"
-NS = "spotrun-scale"
-PEER_NS = "spotrun-scale-peer"
-BENCH_LABEL = "spotrun.dev/bench"
-BENCH_VALUE = "operator-scale"
-NODE_PREFIX = "bench-p4d-"
-ZONES = ("us-east-1a", "us-east-1b", "us-east-1c")
-REGION = "us-east-1"
-ZONE_LABEL = "topology.kubernetes.io/zone"
-SIGNALS: tuple[traces.Signal, ...] = ("nth", "karpenter", "asg", "loss", "shutdown")
-# The burst measures the operator's throughput: signals the operator sees at once (a silent
-# instance loss waits for the node lifecycle controller's heartbeat timeout).
-BURST_SIGNALS: tuple[traces.Signal, ...] = ("nth", "karpenter", "asg", "shutdown")
-GROUP, VERSION = "spotrun.dev", "v1alpha1"
-IMAGE = "spotrun/trainer:dev"
-TOLERATIONS = [
-    {"key": BENCH_LABEL, "operator": "Equal", "value": BENCH_VALUE, "effect": "NoSchedule"},
-    {"key": fleet.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
-]
-OWN_TAINTS = {BENCH_LABEL, fleet.GPU_RESOURCE}
-PLACEMENT = {"nodeSelector": {BENCH_LABEL: BENCH_VALUE}, "tolerations": TOLERATIONS}
+
+
 KUBECTL = paths.binary("kubectl")
 
 
@@ -101,265 +101,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=RESULTS)
     return ap.parse_args(argv)
-
-
-# --- objects ----------------------------------------------------------------------------
-
-
-def bench_node(name: str, zone: str) -> dict[str, Any]:
-    """An EKS spot p4d node, kept apart: the bench label and a taint only its pods
-    tolerate, and no default-fleet label."""
-    node = fleet.build_node(name, "spot", zone, REGION)
-    labels = node["metadata"]["labels"]
-    labels.pop(fleet.FLEET_LABEL, None)
-    labels[BENCH_LABEL] = BENCH_VALUE
-    node["spec"]["taints"].append(
-        {"key": BENCH_LABEL, "value": BENCH_VALUE, "effect": "NoSchedule"}
-    )
-    return node
-
-
-def run_manifest(name: str, size: int) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingRun",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "image": IMAGE,
-            "nodes": size,
-            "gpusPerNode": 8,
-            "capacity": {"type": "spot", "instanceTypes": [fleet.INSTANCE_TYPE]},
-            "checkpoint": {"volume": {"claimName": "ckpt"}},
-            "maxPreemptions": 10,
-            "podTemplate": {"spec": PLACEMENT},
-        },
-    }
-
-
-def pytorchjob(name: str, size: int, restart_policy: str, gpus: int) -> dict[str, Any]:
-    """A plain Kubeflow PyTorchJob on the bench's nodes: 1 Master + size-1 Workers."""
-    limits = {fleet.GPU_RESOURCE: gpus} if gpus else {}
-    template = {
-        "spec": {
-            "containers": [{"name": "pytorch", "image": IMAGE, "resources": {"limits": limits}}],
-            **PLACEMENT,
-        }
-    }
-    replicas: dict[str, Any] = {
-        "Master": {"replicas": 1, "restartPolicy": restart_policy, "template": template}
-    }
-    if size > 1:
-        replicas["Worker"] = {
-            "replicas": size - 1,
-            "restartPolicy": restart_policy,
-            "template": template,
-        }
-    return {
-        "apiVersion": "kubeflow.org/v1",
-        "kind": "PyTorchJob",
-        "metadata": {"name": name, "namespace": PEER_NS},
-        "spec": {"runPolicy": {"backoffLimit": 20}, "pytorchReplicaSpecs": replicas},
-    }
-
-
-# --- what the watches see ---------------------------------------------------------------
-
-
-@dataclass
-class PeerJob:
-    """Peer (a) or (b): one plain PyTorchJob."""
-
-    name: str
-    size: int
-    policy: str = ""
-    signal: str = ""
-    t_signal: float | None = None
-    t_create_call: float | None = None
-    t_created: float | None = None
-    old_uids: set[str] = field(default_factory=set)
-    t_replaced: float | None = None
-    t_running: float | None = None
-    pods: dict[str, tuple[str, bool]] = field(default_factory=dict)  # name -> (uid, running)
-
-
-class Observer:
-    """Every watch event of the bench's namespaces, turned into timestamps (thread-safe)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.sizes: dict[str, int] = {}
-        self.recs: dict[str, rp.Recovery] = {}
-        self.pods_by_job: dict[str, dict[str, dict[str, Any]]] = {}
-        self.t_op_start: float | None = None
-        self.t_first_decision: float | None = None
-        self.first_created: dict[str, float] = {}
-        self.first_running: dict[str, float] = {}
-        self.peers: dict[str, PeerJob] = {}
-        self.victim_nodes: dict[str, str] = {}  # node -> run
-
-    @staticmethod
-    def _visible(rec: rp.Recovery, now: float, why: str) -> None:
-        if rec.t_signal is not None and rec.t_visible is None:
-            rec.t_visible, rec.visible_by = now, why
-
-    # the bench's nodes: the first trace of a signal
-    def on_node(self, kind: str, obj: dict[str, Any], now: float) -> None:
-        meta = obj["metadata"]
-        with self.lock:
-            run = self.victim_nodes.get(meta["name"])
-            rec = self.recs.get(run or "")
-            if rec is None or rec.t_signal is None or rec.t_visible is not None:
-                return
-            spec, status = obj.get("spec") or {}, obj.get("status") or {}
-            taints = {t["key"] for t in spec.get("taints") or []} - OWN_TAINTS
-            ready = [c for c in status.get("conditions") or [] if c["type"] == "Ready"]
-            why = [
-                ("node deleted", kind == "DELETED" or bool(meta.get("deletionTimestamp"))),
-                ("node unschedulable", bool(spec.get("unschedulable"))),
-                (f"node taint {sorted(taints)}", bool(taints)),
-                ("node not Ready", bool(ready) and ready[0]["status"] != "True"),
-            ]
-            hit = [w for w, yes in why if yes]
-            if hit:
-                self._visible(rec, now, hit[0])
-
-    # TrainingRuns
-    def on_run(self, kind: str, obj: dict[str, Any], now: float) -> None:
-        name = obj["metadata"]["name"]
-        attempts = (obj.get("status") or {}).get("attempts") or []
-        with self.lock:
-            if attempts and self.t_op_start and self.t_first_decision is None:
-                self.t_first_decision = now
-            rec = self.recs.get(name)
-            if rec is None or rec.t_signal is None:
-                return
-            for a in attempts:
-                if a.get("attempt") != rec.attempt or not a.get("outcome"):
-                    continue
-                if rec.t_detected is None:
-                    rec.t_detected = now
-                    rec.reason = str(a.get("reason") or "")
-                rec.ended_at = rp.parse_time(a.get("endedAt"))
-                rec.next_attempt_at = rp.parse_time(a.get("nextAttemptAt"))
-
-    # PyTorchJobs of the runs
-    def on_job(self, kind: str, obj: dict[str, Any], now: float) -> None:
-        run, attempt = rp.job_attempt(obj["metadata"]["name"])
-        with self.lock:
-            if attempt == 1 and kind == "ADDED":
-                self.first_created.setdefault(run, now)
-                if self.t_op_start and self.t_first_decision is None:
-                    self.t_first_decision = now
-            rec = self.recs.get(run)
-            if rec is None or rec.t_signal is None:
-                return
-            gone = kind == "DELETED" or bool(obj["metadata"].get("deletionTimestamp"))
-            if attempt == rec.attempt and gone and rec.t_stopped is None:
-                rec.t_stopped = now
-            if attempt == rec.attempt + 1 and kind == "ADDED" and rec.t_created is None:
-                rec.t_created = now
-
-    # pods of the runs
-    def on_pod(self, kind: str, obj: dict[str, Any], now: float) -> None:
-        meta = obj["metadata"]
-        job = (meta.get("labels") or {}).get(rp.JOB_LABEL, "")
-        if not job:
-            return
-        run, attempt = rp.job_attempt(job)
-        running = (obj.get("status") or {}).get("phase") == "Running"
-        with self.lock:
-            pods = self.pods_by_job.setdefault(job, {})
-            if kind == "DELETED":
-                pods.pop(meta["name"], None)
-            else:
-                pods[meta["name"]] = {
-                    "node": (obj.get("spec") or {}).get("nodeName") or "",
-                    "running": running and not meta.get("deletionTimestamp"),
-                }
-            size = self.sizes.get(run, 0)
-            if (
-                attempt == 1
-                and run not in self.first_running
-                and len(pods) == size
-                and all(p["running"] for p in pods.values())
-            ):
-                self.first_running[run] = now
-            rec = self.recs.get(run)
-            if rec is None or rec.t_signal is None:
-                return
-            if attempt == rec.attempt and (hit := _pod_hit(kind, obj)):
-                self._visible(rec, now, hit)
-            if attempt == rec.attempt and kind == "DELETED":
-                rec.old_pods.discard(meta["name"])
-                if not rec.old_pods and rec.t_pods_gone is None:
-                    rec.t_pods_gone = now
-            if attempt == rec.attempt + 1:
-                self._next_attempt_pods(rec, pods, now)
-
-    @staticmethod
-    def _next_attempt_pods(rec: rp.Recovery, pods: dict[str, dict[str, Any]], now: float) -> None:
-        if len(pods) < rec.size:
-            return
-        if rec.t_admitted is None:
-            rec.t_admitted = now
-        if rec.t_scheduled is None and all(p["node"] for p in pods.values()):
-            rec.t_scheduled = now
-        if rec.t_running is None and all(p["running"] for p in pods.values()):
-            rec.t_running = now
-
-    # the peers' PyTorchJobs and pods
-    def on_peer_job(self, kind: str, obj: dict[str, Any], now: float) -> None:
-        with self.lock:
-            peer = self.peers.get(obj["metadata"]["name"])
-            if peer is not None and kind == "ADDED" and peer.t_created is None:
-                peer.t_created = now
-
-    def on_peer_pod(self, kind: str, obj: dict[str, Any], now: float) -> None:
-        meta = obj["metadata"]
-        job = (meta.get("labels") or {}).get(rp.JOB_LABEL, "")
-        with self.lock:
-            peer = self.peers.get(job)
-            if peer is None:
-                return
-            if kind == "DELETED":
-                peer.pods.pop(meta["name"], None)
-                return
-            running = (obj.get("status") or {}).get("phase") == "Running" and not meta.get(
-                "deletionTimestamp"
-            )
-            peer.pods[meta["name"]] = (meta["uid"], running)
-            if peer.t_signal is None:
-                # peer (b): the whole job Running; peer (a) before its interruption
-                if (
-                    peer.t_running is None
-                    and len(peer.pods) == peer.size
-                    and all(r for _, r in peer.pods.values())
-                ):
-                    peer.t_running = now
-                return
-            fresh = [r for uid, r in peer.pods.values() if uid not in peer.old_uids]
-            if fresh and peer.t_replaced is None:
-                peer.t_replaced = now
-            if (
-                len(fresh) == peer.size
-                and all(fresh)
-                and peer.t_running is not None
-                and peer.t_running < peer.t_signal
-            ):
-                peer.t_running = now
-
-
-def _pod_hit(kind: str, obj: dict[str, Any]) -> str:
-    """What shows a signal on a pod: deleted or being deleted, DisruptionTarget, a terminal
-    phase; "" for nothing."""
-    status = obj.get("status") or {}
-    if kind == "DELETED" or obj["metadata"].get("deletionTimestamp"):
-        return "pod deleted"
-    if any(c.get("type") == "DisruptionTarget" for c in status.get("conditions") or []):
-        return "pod DisruptionTarget"
-    if status.get("phase") in ("Failed", "Succeeded"):
-        return f"pod {status['phase']}"
-    return ""
 
 
 # --- the benchmark ----------------------------------------------------------------------
@@ -770,128 +511,6 @@ class Bench:
         return t0, t_loop, jobs
 
 
-# --- results ----------------------------------------------------------------------------
-
-
-def _rate(n: int, t0: float, ts: list[float]) -> float | None:
-    if not ts or n == 0:
-        return None
-    span = max(ts) - t0
-    return round(n / span, 3) if span > 0 else None
-
-
-def peer_table(peers: list[PeerJob]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for sig in [*SIGNALS, "all"]:
-        group = [p for p in peers if sig in ("all", p.signal)]
-        rec = [p for p in group if p.t_signal and p.t_running and p.t_running > p.t_signal]
-        out[sig] = {
-            "interrupted": len(group),
-            "recovered": len(rec),
-            "signal_to_pod_created": rp.spread(
-                [p.t_replaced - p.t_signal for p in group if p.t_replaced and p.t_signal]
-            ),
-            "signal_to_running": rp.spread(
-                [p.t_running - p.t_signal for p in rec if p.t_running and p.t_signal]
-            ),
-        }
-    return out
-
-
-def print_report(res: dict[str, Any]) -> None:
-    for group in ("storm", "burst"):
-        if group not in res:
-            continue
-        g = res[group]
-        print(
-            f"\n== {group}: {g['interruptions']} interruptions over {g['spread_seconds']} s, "
-            f"zones {g['zones']}; where the time goes (s, p50/p99; recovered/interrupted) =="
-        )
-        print(rp.format_phase_table(g["phases"]))
-        a = g["api_requests"]
-        print(
-            f"operator API requests per recovery: reads {a['reads_per_recovery']}, writes "
-            f"{a['writes_per_recovery']}; recoveries/s: {g['throughput']}"
-        )
-    s = res["resources"]
-    print(
-        f"\noperator: peak RSS {s['operator_peak_rss_mib']} MiB, CPU {s['operator_cpu_seconds']} s"
-        f"; RSS at {s['operator_rss_mib_at']}"
-    )
-    print(
-        f"machine {res['machine']}: memory used peak {s['machine_memory_used_peak_gib']} GiB, "
-        f"load peak {s['loadavg_1m_peak']}; peak RSS MiB {s['processes_peak_rss_mib']}; "
-        f"CPU s {s['processes_cpu_seconds']}"
-    )
-    c = res["cold_start"]
-    print(
-        f"cold start, {c['runs']} runs: operator start → first decision "
-        f"{c['operator_start_to_first_decision_s']} s; → all first attempts created "
-        f"{c['operator_start_to_all_first_attempts_created_s']} s, Running "
-        f"{c['operator_start_to_all_first_attempts_running_s']} s"
-    )
-    if "peer_kubeflow" in res:
-        print("\n== peer (a): the Kubeflow training operator alone (OnFailure/ExitCode) ==")
-        for sig, row in res["peer_kubeflow"]["by_signal"].items():
-            pc, pr = row["signal_to_pod_created"], row["signal_to_running"]
-            print(
-                f"{sig:<10} {row['recovered']:>3}/{row['interrupted']:<3} signal→pod created "
-                f"p50/p99 {pc['p50']}/{pc['p99']}  →Running {pr['p50']}/{pr['p99']}"
-            )
-        f = res["peer_create_loop"]
-        print(
-            f"\n== peer (b): kubectl create loop == {f['jobs']} jobs {f['sizes']}: "
-            f"{f['created_per_s']}/s created, {f['running_per_s']}/s Running"
-        )
-        t = res["throughput_ratio"]
-        print(f"recoveries ({t['basis']}) / create loop: {t}")
-    print("\n== targets ==")
-    for k, v in res["targets"].items():
-        print(f"{k}: {v}")
-    print(f"notes: {res['notes']}; interrupt failures: {len(res.get('interrupt_failures', []))}")
-
-
-def targets(res: dict[str, Any]) -> dict[str, Any]:
-    rows = res["storm"]["phases"]
-    p99 = rows["all"]["signal_to_created"]["p99"]
-    ratio = (res.get("throughput_ratio") or {}).get("created_per_s")
-    rss = res["resources"]["operator_peak_rss_mib"]
-    out = {
-        "p99_signal_to_created_le_5s": {"value": p99, "met": p99 is not None and p99 <= 5},
-        "throughput_ratio_ge_0.8": {"value": ratio, "met": ratio is not None and ratio >= 0.8},
-        "rss_le_150mib": {"value": rss, "met": rss <= 150},
-    }
-    if "all_but_loss" in rows:
-        v = rows["all_but_loss"]["signal_to_created"]["p99"]
-        out["p99_signal_to_created_le_5s_signals_with_notice"] = {
-            "value": v,
-            "met": v is not None and v <= 5,
-        }
-    return out
-
-
-def api_table(counts: Counter[str], window: float, recoveries: int) -> dict[str, Any]:
-    reads, writes = rp.split_reads_writes(counts)
-    return {
-        "window_s": round(window, 1),
-        "recoveries": recoveries,
-        "by_request": dict(counts.most_common()),
-        "reads": reads,
-        "writes": writes,
-        "reads_per_recovery": round(reads / recoveries, 2) if recoveries else None,
-        "writes_per_recovery": round(writes / recoveries, 2) if recoveries else None,
-    }
-
-
-def rates(recs: list[rp.Recovery], t0: float) -> dict[str, float | None]:
-    created = [r.t_created for r in recs if r.t_created]
-    running = [r.t_running for r in recs if r.t_running]
-    return {
-        "created_per_s": _rate(len(created), t0, created),
-        "running_per_s": _rate(len(running), t0, running),
-    }
-
-
 def interruption_step(
     bench: Bench, runs: list[str], count: int, signals: tuple[str, ...], group: str, spread: float
 ) -> dict[str, Any]:
@@ -942,8 +561,8 @@ def peers_step(bench: Bench, peers: list[str], sizes: list[int]) -> dict[str, An
         "jobs": len(jobs),
         "sizes": dict(Counter(sizes)),
         "loop_s": round(t_loop - t0, 2),
-        "created_per_s": _rate(len(fc), t0, fc),
-        "running_per_s": _rate(len(fr), t0, fr),
+        "created_per_s": per_second(len(fc), t0, fc),
+        "running_per_s": per_second(len(fr), t0, fr),
         "create_to_running": rp.spread(
             [j.t_running - j.t_create_call for j in jobs if j.t_running and j.t_create_call]
         ),

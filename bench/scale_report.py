@@ -1,0 +1,131 @@
+"""The scale benchmark's results: rates, the peers' table, the targets and the printed
+report. Used by ``operator_scale.py``."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import recovery_phases as rp
+from scale_objects import SIGNALS, PeerJob
+
+# --- results ----------------------------------------------------------------------------
+
+
+def per_second(n: int, t0: float, ts: list[float]) -> float | None:
+    if not ts or n == 0:
+        return None
+    span = max(ts) - t0
+    return round(n / span, 3) if span > 0 else None
+
+
+def peer_table(peers: list[PeerJob]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for sig in [*SIGNALS, "all"]:
+        group = [p for p in peers if sig in ("all", p.signal)]
+        rec = [p for p in group if p.t_signal and p.t_running and p.t_running > p.t_signal]
+        out[sig] = {
+            "interrupted": len(group),
+            "recovered": len(rec),
+            "signal_to_pod_created": rp.spread(
+                [p.t_replaced - p.t_signal for p in group if p.t_replaced and p.t_signal]
+            ),
+            "signal_to_running": rp.spread(
+                [p.t_running - p.t_signal for p in rec if p.t_running and p.t_signal]
+            ),
+        }
+    return out
+
+
+def print_report(res: dict[str, Any]) -> None:
+    for group in ("storm", "burst"):
+        if group not in res:
+            continue
+        g = res[group]
+        print(
+            f"\n== {group}: {g['interruptions']} interruptions over {g['spread_seconds']} s, "
+            f"zones {g['zones']}; where the time goes (s, p50/p99; recovered/interrupted) =="
+        )
+        print(rp.format_phase_table(g["phases"]))
+        a = g["api_requests"]
+        print(
+            f"operator API requests per recovery: reads {a['reads_per_recovery']}, writes "
+            f"{a['writes_per_recovery']}; recoveries/s: {g['throughput']}"
+        )
+    s = res["resources"]
+    print(
+        f"\noperator: peak RSS {s['operator_peak_rss_mib']} MiB, CPU {s['operator_cpu_seconds']} s"
+        f"; RSS at {s['operator_rss_mib_at']}"
+    )
+    print(
+        f"machine {res['machine']}: memory used peak {s['machine_memory_used_peak_gib']} GiB, "
+        f"load peak {s['loadavg_1m_peak']}; peak RSS MiB {s['processes_peak_rss_mib']}; "
+        f"CPU s {s['processes_cpu_seconds']}"
+    )
+    c = res["cold_start"]
+    print(
+        f"cold start, {c['runs']} runs: operator start → first decision "
+        f"{c['operator_start_to_first_decision_s']} s; → all first attempts created "
+        f"{c['operator_start_to_all_first_attempts_created_s']} s, Running "
+        f"{c['operator_start_to_all_first_attempts_running_s']} s"
+    )
+    if "peer_kubeflow" in res:
+        print("\n== peer (a): the Kubeflow training operator alone (OnFailure/ExitCode) ==")
+        for sig, row in res["peer_kubeflow"]["by_signal"].items():
+            pc, pr = row["signal_to_pod_created"], row["signal_to_running"]
+            print(
+                f"{sig:<10} {row['recovered']:>3}/{row['interrupted']:<3} signal→pod created "
+                f"p50/p99 {pc['p50']}/{pc['p99']}  →Running {pr['p50']}/{pr['p99']}"
+            )
+        f = res["peer_create_loop"]
+        print(
+            f"\n== peer (b): kubectl create loop == {f['jobs']} jobs {f['sizes']}: "
+            f"{f['created_per_s']}/s created, {f['running_per_s']}/s Running"
+        )
+        t = res["throughput_ratio"]
+        print(f"recoveries ({t['basis']}) / create loop: {t}")
+    print("\n== targets ==")
+    for k, v in res["targets"].items():
+        print(f"{k}: {v}")
+    print(f"notes: {res['notes']}; interrupt failures: {len(res.get('interrupt_failures', []))}")
+
+
+def targets(res: dict[str, Any]) -> dict[str, Any]:
+    rows = res["storm"]["phases"]
+    p99 = rows["all"]["signal_to_created"]["p99"]
+    ratio = (res.get("throughput_ratio") or {}).get("created_per_s")
+    rss = res["resources"]["operator_peak_rss_mib"]
+    out = {
+        "p99_signal_to_created_le_5s": {"value": p99, "met": p99 is not None and p99 <= 5},
+        "throughput_ratio_ge_0.8": {"value": ratio, "met": ratio is not None and ratio >= 0.8},
+        "rss_le_150mib": {"value": rss, "met": rss <= 150},
+    }
+    if "all_but_loss" in rows:
+        v = rows["all_but_loss"]["signal_to_created"]["p99"]
+        out["p99_signal_to_created_le_5s_signals_with_notice"] = {
+            "value": v,
+            "met": v is not None and v <= 5,
+        }
+    return out
+
+
+def api_table(counts: Counter[str], window: float, recoveries: int) -> dict[str, Any]:
+    reads, writes = rp.split_reads_writes(counts)
+    return {
+        "window_s": round(window, 1),
+        "recoveries": recoveries,
+        "by_request": dict(counts.most_common()),
+        "reads": reads,
+        "writes": writes,
+        "reads_per_recovery": round(reads / recoveries, 2) if recoveries else None,
+        "writes_per_recovery": round(writes / recoveries, 2) if recoveries else None,
+    }
+
+
+def rates(recs: list[rp.Recovery], t0: float) -> dict[str, float | None]:
+    created = [r.t_created for r in recs if r.t_created]
+    running = [r.t_running for r in recs if r.t_running]
+    return {
+        "created_per_s": per_second(len(created), t0, created),
+        "running_per_s": per_second(len(running), t0, running),
+    }
