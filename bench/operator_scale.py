@@ -636,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         res["notes"] = bench.notes
+        with bench.obs.lock:  # also when interrupted: why a too-large run went wrong
+            res["unprovoked_outcomes"] = dict(Counter(bench.obs.unprovoked.values()))
         try:
             bench.teardown()
         finally:

@@ -127,6 +127,9 @@ class Observer:
         self.first_running: dict[str, float] = {}
         self.peers: dict[str, PeerJob] = {}
         self.victim_nodes: dict[str, str] = {}  # node -> run
+        # Outcomes the bench did not cause, (run, attempt) -> reason: the cluster itself
+        # lost nodes (kwok missing heartbeats under load): the machine is too small.
+        self.unprovoked: dict[tuple[str, int], str] = {}
 
     @staticmethod
     def _visible(rec: rp.Recovery, now: float, why: str) -> None:
@@ -162,10 +165,11 @@ class Observer:
             if attempts and self.t_op_start and self.t_first_decision is None:
                 self.t_first_decision = now
             rec = self.recs.get(name)
-            if rec is None or rec.t_signal is None:
-                return
             for a in attempts:
-                if a.get("attempt") != rec.attempt or not a.get("outcome"):
+                if not a.get("outcome"):
+                    continue
+                if rec is None or rec.t_signal is None or a.get("attempt") != rec.attempt:
+                    self.unprovoked[(name, int(a.get("attempt") or 0))] = str(a.get("reason"))
                     continue
                 if rec.t_detected is None:
                     rec.t_detected = now

@@ -88,6 +88,11 @@ def print_report(res: dict[str, Any]) -> None:
     for k, v in res["targets"].items():
         print(f"{k}: {v}")
     print(f"notes: {res['notes']}; interrupt failures: {len(res.get('interrupt_failures', []))}")
+    if res.get("unprovoked_outcomes"):
+        print(
+            "outcomes the bench did not cause (the cluster lost nodes by itself: too large "
+            f"for this machine): {res['unprovoked_outcomes']}"
+        )
 
 
 def targets(res: dict[str, Any]) -> dict[str, Any]:
