@@ -60,6 +60,21 @@ def trimmed_pod(obj: Mapping[str, Any]) -> Obj:
     return stored
 
 
+# Of a node's status a decision reads Ready and the GPUs it offers (``signals.node_info``);
+# its image list, addresses and system info (tens of KB on a GPU node with many images)
+# are not kept.
+NODE_STATUS_KEPT: tuple[str, ...] = ("conditions", "allocatable")
+
+
+def trimmed_node(obj: Mapping[str, Any]) -> Obj:
+    """A node as the operator keeps it: no client bookkeeping, only the status it reads."""
+    stored = _trimmed(obj)
+    status = stored.get("status")
+    if status:
+        stored["status"] = {k: status[k] for k in NODE_STATUS_KEPT if k in status}
+    return stored
+
+
 def _trimmed(obj: Mapping[str, Any]) -> Obj:
     stored = dict(obj)
     meta = dict(stored.get("metadata") or {})
@@ -178,7 +193,7 @@ class Cache:
         self.runs = Store("TrainingRun")
         self.jobs = Store("PyTorchJob", index_label=LABEL_RUN)
         self.pods = Store("Pod", index_label=LABEL_RUN, transform=trimmed_pod)
-        self.nodes = Store("Node")
+        self.nodes = Store("Node", transform=trimmed_node)
         self.workloads = Store("Workload", index_label=LABEL_KUEUE_JOB_UID)
         self.synced = threading.Event()
 

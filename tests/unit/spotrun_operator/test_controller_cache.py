@@ -10,6 +10,7 @@ from spotrun_operator.cache import Cache, CachedReads, Store
 from spotrun_operator.common import LABEL_ATTEMPT, LABEL_RUN
 from spotrun_operator.observe import observe
 from spotrun_operator.plan import Rejected
+from spotrun_operator.signals import node_info
 
 
 def obj(kind: str, name: str, rv: str, ns: str = "ml", **meta: Any) -> dict[str, Any]:
@@ -73,6 +74,27 @@ def test_a_pod_keeps_only_the_spec_decisions_read() -> None:
     job["spec"] = {"runPolicy": {"suspend": False}, "pytorchReplicaSpecs": {}}
     cache.wrote(job)
     assert cache.jobs.get("ml", "r-a1") == job
+
+
+def test_a_node_keeps_only_the_status_decisions_read() -> None:
+    """Ready and the allocatable GPUs stay; the image list and system info go."""
+    cache = Cache()
+    body = obj("Node", "n1", "7", ns="")
+    body["spec"] = {"taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]}
+    ready = {"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-23T10:00:00Z"}
+    body["status"] = {
+        "conditions": [ready],
+        "allocatable": {"nvidia.com/gpu": "8"},
+        "images": [{"names": ["registry.example/trainer:1"], "sizeBytes": 6 << 30}],
+        "nodeInfo": {"kubeletVersion": "v1.36.0"},
+    }
+    cache.nodes.put(body)
+    kept = cache.nodes.get("", "n1")
+    assert kept is not None
+    assert kept["status"] == {"conditions": [ready], "allocatable": {"nvidia.com/gpu": "8"}}
+    assert kept["spec"] == body["spec"]
+    assert node_info(kept) == node_info(body)  # what every decision sees is unchanged
+    assert "images" in body["status"]  # the caller's object is left as it was
 
 
 def test_a_tombstone_keeps_a_deleted_object_from_coming_back() -> None:
