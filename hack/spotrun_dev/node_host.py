@@ -145,11 +145,14 @@ def remove_cgroups(paths: Sequence[str]) -> None:
 def create_netns(node: RealNode, peers: Sequence[RealNode]) -> None:
     """The node's namespace, its veth on the bridge, and routes to every peer's pods."""
     ns = node.netns
-    if (
-        ip("netns", "pid", ns, check=False).returncode != 0
-        and not Path(f"/run/netns/{ns}").exists()
-    ):
-        ip("netns", "add", ns)
+    # Every node is new (add_node): a namespace of its name is a leftover of an earlier
+    # cluster, whose node names restarted with a new state folder. Its CNI bridge keeps
+    # that node's pod CIDR, and every sandbox then failed ("cni0" already has an IP address
+    # different from ...): a new node starts in a new namespace.
+    if Path(f"/run/netns/{ns}").exists():
+        log.info("removing the leftover network namespace %s", ns)
+        ip("netns", "del", ns, check=False)
+    ip("netns", "add", ns)
     if ip("-n", ns, "link", "show", "eth0", check=False).returncode != 0:
         # A host-side veth left by a node of an earlier session (same slot) has its peer in
         # another namespace; deleting it removes the pair and frees the slot's address.
