@@ -37,5 +37,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def exit_now_if_teardown_blocked(code: int) -> None:
+    """End the process with ``code`` at once when the process group's teardown was left
+    blocked (distributed.shutdown): interpreter finalization could wait on it too."""
+    from spotrun_trainer import distributed
+
+    if distributed.TEARDOWN_BLOCKED.is_set():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    exit_now_if_teardown_blocked(exit_code)
+    sys.exit(exit_code)

@@ -7,13 +7,17 @@ it forces no device synchronisation.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -86,6 +90,26 @@ def init_distributed(device_preference: str, env: Mapping[str, str] = os.environ
     return DistContext(rank, world_size, local_rank, device, backend, control, checkpoints)
 
 
-def shutdown(ctx: DistContext) -> None:
-    if ctx.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+# How long a rank waits for its process group's teardown before it leaves it behind.
+DESTROY_TIMEOUT_SECONDS = 10.0
+# Set when a teardown was left behind: the process then ends with os._exit (__main__), as
+# interpreter finalization could block on the same process group.
+TEARDOWN_BLOCKED = threading.Event()
+
+
+def shutdown(ctx: DistContext, timeout: float = DESTROY_TIMEOUT_SECONDS) -> bool:
+    """Tear the process group down, waiting ``timeout`` at most; False when it did not
+    finish. Every checkpoint is committed and every exit code decided by now. A rank whose
+    teardown still needs rank 0's TCPStore after rank 0 exited blocked here until the
+    kubelet's SIGKILL (exit 137 instead of 143), so the teardown runs in a daemon thread
+    that the process may leave behind."""
+    if not (ctx.distributed and dist.is_initialized()):
+        return True
+    done = threading.Thread(target=dist.destroy_process_group, name="pg-destroy", daemon=True)
+    done.start()
+    done.join(timeout)
+    if done.is_alive():
+        log.warning("process group teardown still blocked after %.0fs; exiting without it", timeout)
+        TEARDOWN_BLOCKED.set()
+        return False
+    return True
