@@ -53,11 +53,7 @@ POD_SPEC_KEPT: tuple[str, ...] = ("nodeName",)
 
 def trimmed_pod(obj: Mapping[str, Any]) -> Obj:
     """A pod as the operator keeps it: no client bookkeeping, only the spec it reads."""
-    stored = _trimmed(obj)
-    spec = stored.get("spec")
-    if spec:
-        stored["spec"] = {k: spec[k] for k in POD_SPEC_KEPT if k in spec}
-    return stored
+    return _keeping(_trimmed(obj), "spec", POD_SPEC_KEPT)
 
 
 # Of a node's status a decision reads Ready and the GPUs it offers (``signals.node_info``);
@@ -68,10 +64,14 @@ NODE_STATUS_KEPT: tuple[str, ...] = ("conditions", "allocatable")
 
 def trimmed_node(obj: Mapping[str, Any]) -> Obj:
     """A node as the operator keeps it: no client bookkeeping, only the status it reads."""
-    stored = _trimmed(obj)
-    status = stored.get("status")
-    if status:
-        stored["status"] = {k: status[k] for k in NODE_STATUS_KEPT if k in status}
+    return _keeping(_trimmed(obj), "status", NODE_STATUS_KEPT)
+
+
+def _keeping(stored: Obj, section: str, keys: tuple[str, ...]) -> Obj:
+    """``stored`` with only ``keys`` of its ``section`` (an absent or empty one stays)."""
+    part = stored.get(section)
+    if part:
+        stored[section] = {k: part[k] for k in keys if k in part}
     return stored
 
 

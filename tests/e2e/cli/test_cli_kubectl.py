@@ -4,7 +4,7 @@ live attempt, exact to the cent, read back with the real kubectl (the plugin thr
 kubectl's plugin mechanism when kubectl is built). The status is written through the status
 subresource with the display strings of ``spotrun_api.display``: a rendering test of fixed
 values that no interruption could make deterministic. The golden status holds only what the
-operator writes: ``progress`` is the trainer's, and the columns and ledger cells it fills are
+operator writes: the step fields are the trainer's, and the columns and ledger cells they fill are
 checked on what the real trainer wrote, in tests/e2e/realnodes/test_real_prometheus.py."""
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def test_printer_columns(cluster: Any, namespace: str, story: str) -> None:
         "1",
         "1",
     )
-    # No trainer wrote progress here: kubectl leaves a CRD column of an absent field blank.
+    # No trainer reported steps here: kubectl leaves a CRD column of an absent field blank.
     assert (row["STEP"], row["CHECKPOINT"], row["COST"]) == ("", "", "$12.40")
     assert row["LAST"] == "failed OOMKilled a2"
     assert row["LAST-AGE"] not in ("", "<none>") and row["LAST-AGE"][-1] in "smhd"
