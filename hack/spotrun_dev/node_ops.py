@@ -246,8 +246,15 @@ def evict_pods(
 ) -> None:
     """A drain: one eviction per pod, all at once (kubectl pkg/drain/drain.go evictPods
     starts a goroutine per pod), retrying while a PodDisruptionBudget answers 429, then
-    waiting for every pod to be gone."""
-    pods = [p for p in pods_on_node(core, node) if not p.metadata.deletion_timestamp]
+    waiting for every pod to be gone.
+
+    Pods someone else is already deleting are drained too: kubectl's skipDeletedFilter
+    (pkg/drain/filters.go) skips them only past SkipWaitForDeleteTimeoutSeconds, which NTH
+    leaves at 0 (pkg/node/node.go getDrainHelper). So the drain evicts them as well (the
+    apiserver ignores PDBs for them: pkg/registry/core/pod/storage/eviction.go
+    canIgnorePDB) and waits for them. A drain that returned at once there let the
+    instance die under pods still saving their checkpoint."""
+    pods = pods_on_node(core, node)
     errors: list[BaseException] = []
 
     def one(pod: client.V1Pod) -> None:

@@ -120,6 +120,12 @@ class PodExits:
     order: list[tuple[str, str, str, str]] = field(default_factory=list)
     finished: dict[tuple[str, str, str], list[dt.datetime]] = field(default_factory=dict)
     created: dict[tuple[str, str, str], dt.datetime] = field(default_factory=dict)
+    # For failure messages: each pod's node, its containers' terminated states, and the
+    # tail of its log read when it ended (the log goes with the pod).
+    nodes: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    terminations: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    log_tails: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    restarts: list[str] = field(default_factory=list)  # when and why the watch broke
 
     def __post_init__(self) -> None:
         self._watch = watch.Watch()
@@ -143,7 +149,8 @@ class PodExits:
                     self._record(ev["object"])
                     self._order(ev["type"], ev["object"])
             except Exception as exc:  # a broken watch stream: start a new one
-                log.debug("pod watch ended (%s); watching again", exc)
+                self.restarts.append(f"{dt.datetime.now(dt.UTC):%H:%M:%S} {exc!r}")
+                log.warning("pod watch ended (%r); watching again", exc)
                 time.sleep(0.5)
 
     def _order(self, kind: str, pod: client.V1Pod) -> None:
@@ -156,9 +163,17 @@ class PodExits:
             bool(statuses) and all(c.state and c.state.terminated for c in statuses)
         )
         events = [kind] if kind in ("ADDED", "DELETED") else []
+        if pod.spec.node_name:
+            self.nodes[key] = pod.spec.node_name
         if ended:
             events.append("ENDED")
-            self.finished[key] = [c.state.terminated.finished_at for c in statuses]
+            self.finished[key] = [
+                c.state.terminated.finished_at for c in statuses if c.state and c.state.terminated
+            ]
+            self.terminations[key] = "; ".join(_terminated(c) for c in statuses)
+            if key not in self.log_tails and key[0]:
+                self.log_tails[key] = ""
+                threading.Thread(target=self._keep_log_tail, args=(key,), daemon=True).start()
         for ev in events:
             if ev == "DELETED" or (ev, *key) not in self.order:
                 self.order.append((ev, *key))
@@ -170,8 +185,36 @@ class PodExits:
             if cs.state and cs.state.terminated:
                 self.codes[(*key, pod.metadata.name)] = int(cs.state.terminated.exit_code)
 
+    def _keep_log_tail(self, key: tuple[str, str, str], lines: int = 25) -> None:
+        try:
+            tail = self.core.read_namespaced_pod_log(key[2], self.namespace, tail_lines=lines)
+        except Exception as exc:  # the pod may be gone already
+            tail = f"(log not read: {exc})"
+        self.log_tails[key] = str(tail)
+
     def of(self, run: str, attempt: int) -> list[int]:
         return sorted(c for (r, a, _), c in self.codes.items() if (r, a) == (run, str(attempt)))
+
+    def describe(self, run: str, attempt: int) -> str:
+        """Every pod of the attempt as the watch saw it: node, exit, events, log tail."""
+        out = []
+        for key in sorted(k for k in self.created if k[:2] == (run, str(attempt))):
+            events = [ev for ev, *k in self.order if tuple(k) == key]
+            out.append(
+                f"pod {key[2]} on {self.nodes.get(key, '?')}: exit {self.codes.get(key)} "
+                f"({self.terminations.get(key, 'not seen terminated')}); events {events}\n"
+                f"{self.log_tails.get(key, '(no log read)')}"
+            )
+        if not out:
+            out.append(f"no pod of {run} attempt {attempt} was seen")
+        return "\n".join([*out, f"watch restarts: {self.restarts}"])
+
+
+def _terminated(status: client.V1ContainerStatus) -> str:
+    t = status.state.terminated if status.state else None
+    if t is None:
+        return f"{status.name}: not terminated"
+    return f"{status.name}: {t.exit_code} {t.reason or ''} at {t.finished_at}"
 
 
 class Story:

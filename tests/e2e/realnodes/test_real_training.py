@@ -55,7 +55,8 @@ def test_real_run_survives_interruptions_bitwise(
     # NTH and shutdown: every rank saved at the next step boundary inside its grace
     # period and exited 143; the next attempt resumed from exactly that checkpoint.
     for rec, grace in ((nth, 60), (shutdown, SHUTDOWN_POD_GRACE)):
-        assert story.exits.of("run", rec.attempt) == [143, 143], rec
+        exits = story.exits.of("run", rec.attempt)
+        assert exits == [143, 143], f"{rec}\n{story.exits.describe('run', rec.attempt)}"
         assert rec.lost_steps == 0, rec
         # Signal -> the trainer's commit of that checkpoint, inside the pod's grace period
         # (checkpointTime has whole seconds, so a sub-second save can read as -0.x).
@@ -63,7 +64,7 @@ def test_real_run_survives_interruptions_bitwise(
     # Loss: SIGKILL, no final save; resumed from the newest periodic checkpoint.
     assert 0 <= loss.resumed_from <= loss.last_step, loss
     # The crash: both ranks exit 1 at CRASH_AT in attempt 3; one failure, no preemption.
-    assert story.exits.of("run", 3) == [1, 1]
+    assert story.exits.of("run", 3) == [1, 1], story.exits.describe("run", 3)
     assert int(crashed["preemptions"]) == 2 and int(crashed["failures"]) == 1, crashed
     assert story.resumed_from("run", 4) <= CRASH_AT
 
@@ -105,7 +106,7 @@ def test_next_gang_waits_for_ranks_still_saving(
     story.replace_nodes()
     story.exits.stop()
 
-    assert story.exits.of("run", 1) == [143, 143], story.exits.codes
+    assert story.exits.of("run", 1) == [143, 143], story.exits.describe("run", 1)
     assert nth.lost_steps == 0 and nth.resumed_from == nth.last_step, nth
     # The 20 s save commits inside the 60 s grace (checkpointTime has whole seconds: -1).
     assert nth.save_seconds is not None and 20 - 1 < nth.save_seconds < 60, nth

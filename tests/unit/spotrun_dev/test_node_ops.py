@@ -47,3 +47,48 @@ def test_a_refused_event_never_fails_the_component() -> None:
     core = _Core(refuse=True)
     _record(core)
     assert core.created == []
+
+
+class _Node:
+    """One node's pods as the apiserver lists them: listed ``lists_until_gone`` times,
+    then gone (their kubelet confirmed the end)."""
+
+    def __init__(self, pods: list[client.V1Pod], lists_until_gone: int) -> None:
+        self.pods = pods
+        self.lists_until_gone = lists_until_gone
+        self.lists = 0
+        self.evicted: list[str] = []
+
+    def list_pod_for_all_namespaces(self, field_selector: str) -> client.V1PodList:
+        assert field_selector == "spec.nodeName=n1"
+        self.lists += 1
+        gone = self.lists > self.lists_until_gone
+        return client.V1PodList(items=[] if gone else list(self.pods))
+
+    def create_namespaced_pod_eviction(self, name: str, namespace: str, body: Any) -> None:
+        self.evicted.append(name)
+
+
+def _pod(name: str, deleting: bool) -> client.V1Pod:
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(
+            name=name, namespace="ns", uid=f"uid-{name}",
+            deletion_timestamp="2026-01-01T00:00:00Z" if deleting else None,
+        ),
+        spec=client.V1PodSpec(containers=[], termination_grace_period_seconds=60),
+    )  # fmt: skip
+
+
+def test_a_drain_waits_for_pods_someone_else_is_already_deleting() -> None:
+    # NTH's drain helper (SkipWaitForDeleteTimeoutSeconds 0) evicts and waits for a pod
+    # whose graceful deletion began before the drain: the instance must not die under it.
+    node = _Node([_pod("saving", deleting=True)], 3)
+    node_ops.evict_pods(node, "n1", None, timeout=30)  # type: ignore[arg-type]
+    assert node.evicted == ["saving"]
+    assert node.lists > 3  # it returned only once the node listed no pod
+
+
+def test_a_drain_evicts_every_pod_at_once() -> None:
+    node = _Node([_pod("a", deleting=False), _pod("b", deleting=False)], 1)
+    node_ops.evict_pods(node, "n1", None, timeout=30)  # type: ignore[arg-type]
+    assert sorted(node.evicted) == ["a", "b"] and node.lists == 2
