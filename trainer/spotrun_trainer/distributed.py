@@ -99,10 +99,10 @@ TEARDOWN_BLOCKED = threading.Event()
 
 def shutdown(ctx: DistContext, timeout: float = DESTROY_TIMEOUT_SECONDS) -> bool:
     """Tear the process group down, waiting ``timeout`` at most; False when it did not
-    finish. Every checkpoint is committed and every exit code decided by now. A rank whose
-    teardown still needs rank 0's TCPStore after rank 0 exited blocked here until the
-    kubelet's SIGKILL (exit 137 instead of 143), so the teardown runs in a daemon thread
-    that the process may leave behind."""
+    finish. Every checkpoint is committed and every exit code decided by now. A teardown
+    that blocks (a peer's TCPStore already gone) would hold the rank until the kubelet's
+    SIGKILL (exit 137 instead of 143), so it runs in a daemon thread that the process
+    may leave behind."""
     if not (ctx.distributed and dist.is_initialized()):
         return True
     done = threading.Thread(target=dist.destroy_process_group, name="pg-destroy", daemon=True)

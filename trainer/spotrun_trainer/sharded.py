@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed._state_dict_utils import (
-    CompanionMismatch,
-    _copy_state_dict,
-    _create_cpu_state_dict,
-)
 from torch.distributed.checkpoint.filesystem import FileSystem, FileSystemWriter
-from torch.distributed.checkpoint.staging import AsyncStager
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_state_dict,
@@ -53,8 +47,8 @@ from torch.distributed.checkpoint.stateful import Stateful as DcpStateful
 from torch.distributed.fsdp import fully_shard
 
 from spotrun_trainer.checkpoint_io import file_entry, write_json
+from spotrun_trainer.staging import ReusedStager
 from spotrun_trainer.state import Stateful
-from spotrun_trainer.testhooks import ENV_STAGING_DELAY
 
 log = logging.getLogger(__name__)
 
@@ -141,58 +135,6 @@ def _as_dcp(parts: dict[str, Stateful]) -> dict[str, Any]:
         if not isinstance(part, DcpStateful):
             raise TypeError(f"sharded part {name!r} has no state_dict/load_state_dict")
     return dict(parts)
-
-
-class ReusedStager(AsyncStager):
-    """Stages a state dict into CPU buffers allocated once and reused by every save (in
-    shared memory for DCP's checkpoint process, which then gets them by handle; pinned
-    on CUDA).
-
-    The copy is ``Tensor.copy_``, which releases the GIL (DCP's ``DefaultStager`` copies
-    with ``UntypedStorage.copy_``, which holds it: a staging thread would then block the
-    training thread's Python). With ``overlap`` the copy runs in a thread of its own and
-    ``stage`` returns a future: the caller must not change the state before it is done
-    (the checkpoint manager waits for it right before the next ``optimizer.step``)."""
-
-    _synchronize_after_execute = False
-
-    def __init__(self, *, share_memory: bool, pin_memory: bool, overlap: bool) -> None:
-        self.share_memory, self.pin_memory = share_memory, pin_memory
-        self._buffers: dict[str, Any] | None = None
-        # Test only: hold each overlapped copy, so a test sees the fence hold the step.
-        self._delay = float(os.environ.get(ENV_STAGING_DELAY) or 0) if overlap else 0.0
-        self._executor = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-stage") if overlap else None
-        )
-
-    def stage(self, state_dict: dict[str, Any]) -> dict[str, Any] | Future[dict[str, Any]]:
-        if self._executor is not None:
-            return self._executor.submit(self._copy, state_dict)
-        return self._copy(state_dict)
-
-    def _copy(self, state_dict: dict[str, Any]) -> dict[str, Any]:
-        if self._delay:
-            time.sleep(self._delay)
-        if self._buffers is not None:
-            try:
-                staged: dict[str, Any] = _copy_state_dict(state_dict, self._buffers,
-                                                          type_check=False)  # fmt: skip
-                return staged
-            except CompanionMismatch:  # the state's shape changed: allocate anew
-                self._buffers = None
-        self._buffers = _create_cpu_state_dict(
-            state_dict, pin_memory=self.pin_memory, share_memory=self.share_memory
-        )
-        staged = _copy_state_dict(state_dict, self._buffers, type_check=False)
-        return staged
-
-    def synchronize_staging(self) -> None:
-        """Nothing: the checkpoint manager waits for the staging future itself."""
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-        self._buffers = None
 
 
 class DcpSaver:

@@ -17,7 +17,7 @@ from torch import nn
 from torch.distributed._state_dict_utils import _copy_state_dict as real_copy
 from trainer_helpers import assert_bitwise_equal
 
-from spotrun_trainer import sharded
+from spotrun_trainer import staging
 from spotrun_trainer.checkpoint import CheckpointManager, verify
 from spotrun_trainer.sharded import ShardedState, read_full
 
@@ -62,7 +62,7 @@ def test_optimizer_step_waits_for_the_staging_copy(tmp_path: Path, monkeypatch: 
         gate.wait(60)  # the staging copy cannot start before the test lets it
         return real_copy(*args, **kwargs)
 
-    monkeypatch.setattr(sharded, "_copy_state_dict", held_copy)
+    monkeypatch.setattr(staging, "_copy_state_dict", held_copy)
     m = CheckpointManager(tmp_path / "overlap", keep_best=False, async_save=True,
                           overlap_staging=True)  # fmt: skip
     m.prepare()
