@@ -83,12 +83,12 @@ def test_a_drain_waits_for_pods_someone_else_is_already_deleting() -> None:
     # NTH's drain helper (SkipWaitForDeleteTimeoutSeconds 0) evicts and waits for a pod
     # whose graceful deletion began before the drain: the instance must not die under it.
     node = _Node([_pod("saving", deleting=True)], 3)
-    node_ops.evict_pods(node, "n1", None, timeout=30)  # type: ignore[arg-type]
+    node_ops.evict_pods(node, "n1", None, timeout=30)
     assert node.evicted == ["saving"]
     assert node.lists > 3  # it returned only once the node listed no pod
 
 
 def test_a_drain_evicts_every_pod_at_once() -> None:
     node = _Node([_pod("a", deleting=False), _pod("b", deleting=False)], 1)
-    node_ops.evict_pods(node, "n1", None, timeout=30)  # type: ignore[arg-type]
+    node_ops.evict_pods(node, "n1", None, timeout=30)
     assert sorted(node.evicted) == ["a", "b"] and node.lists == 2
