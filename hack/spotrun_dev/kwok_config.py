@@ -16,6 +16,9 @@ import yaml
 
 from spotrun_dev import node_config, paths
 
+# The Lease duration of kwok's fake nodes (kubelet and kwok default).
+NODE_LEASE_SECONDS: Final = 40
+
 # Pods carrying this annotation have a container state written by spotrun-dev acting as
 # the kubelet; kwok's pod Stages skip them.
 SIMULATED_ANNOTATION = "spotrun.dev/simulated"
@@ -94,6 +97,15 @@ def build_kwokctl_config(
         "kubeAdmission": True,
         "bindAddress": "127.0.0.1",
         "disableQPSLimits": True,
+        # kwok renews each fake node's Lease every quarter of its duration. kwokctl's
+        # heartbeatFactor (default 5) made that 200 s: a renewal every ~50 s against the
+        # node lifecycle controller's 60 s grace, and a node re-created under a lost
+        # node's name waited for that renewal (up to ~50 s) before kwok marked it Ready.
+        # 40 s is the kubelet's own default (nodeLeaseDurationSeconds) and kwok's; node
+        # status updates keep kwokctl's 50 s (5 x 10 s), so a big fleet writes no more.
+        "heartbeatFactor": 1,
+        "nodeLeaseDurationSeconds": NODE_LEASE_SECONDS,
+        "nodeStatusUpdateFrequencyMilliseconds": 50_000,
     }
     options["kubeApiserverCertSANs"] = [node_config.API_SERVICE_IP, str(node_config.GATEWAY)]
     if audit_policy is not None:
