@@ -224,12 +224,23 @@ def post_conditions(core: client.CoreV1Api, name: str, conditions: list[dict[str
 def set_pod_status(
     core: client.CoreV1Api, pod: client.V1Pod, mark: str, status: dict[str, Any]
 ) -> None:
+    """The status the kubelet reports for a pod it stopped; nothing for a pod already gone.
+
+    A pod the operator's job deletion removed while the node shut down is skipped, as the
+    kubelet's status manager skips it (kubernetes pkg/kubelet/status/status_manager.go,
+    syncPod: ``errors.IsNotFound`` -> "Pod does not exist on the server", return).
+    """
     name, ns = pod.metadata.name, pod.metadata.namespace
-    # Mark first, so kwok's Stages leave the status the kubelet reported alone.
-    core.patch_namespaced_pod(
-        name, ns, {"metadata": {"annotations": {kwok_config.SIMULATED_ANNOTATION: mark}}}
-    )
-    core.patch_namespaced_pod_status(name, ns, {"status": status})
+    try:
+        # Mark first, so kwok's Stages leave the status the kubelet reported alone.
+        core.patch_namespaced_pod(
+            name, ns, {"metadata": {"annotations": {kwok_config.SIMULATED_ANNOTATION: mark}}}
+        )
+        core.patch_namespaced_pod_status(name, ns, {"status": status})
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        log.info("pod %s/%s is gone: no status to report", ns, name)
 
 
 def grace_for(pod: client.V1Pod, grace: int | str | None) -> int | None:

@@ -92,3 +92,45 @@ def test_a_drain_evicts_every_pod_at_once() -> None:
     node = _Node([_pod("a", deleting=False), _pod("b", deleting=False)], 1)
     node_ops.evict_pods(node, "n1", None, timeout=30)
     assert sorted(node.evicted) == ["a", "b"] and node.lists == 2
+
+
+class _PodStatusCore:
+    """Answers a pod's patches with ``status`` (200: recorded) like the apiserver."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.patched: list[tuple[str, Any]] = []
+
+    def _answer(self, name: str, body: Any) -> None:
+        if self.status != 200:
+            raise ApiException(status=self.status)
+        self.patched.append((name, body))
+
+    def patch_namespaced_pod(self, name: str, namespace: str, body: Any) -> None:
+        self._answer(name, body)
+
+    def patch_namespaced_pod_status(self, name: str, namespace: str, body: Any) -> None:
+        self._answer(name, body)
+
+
+def _stopped(core: _PodStatusCore) -> None:
+    pod = client.V1Pod(metadata=client.V1ObjectMeta(name="w0", namespace="ns"))
+    node_ops.set_pod_status(core, pod, "terminated", {"phase": "Failed"})
+
+
+def test_the_kubelet_reports_a_stopped_pods_status_after_marking_it() -> None:
+    core = _PodStatusCore(200)
+    _stopped(core)
+    assert [body for _, body in core.patched][1] == {"status": {"phase": "Failed"}}
+    assert "spotrun.dev/simulated" in core.patched[0][1]["metadata"]["annotations"]
+
+
+def test_a_pod_deleted_meanwhile_has_no_status_to_report_but_other_errors_surface() -> None:
+    # The kubelet's status manager skips a pod the apiserver no longer has (syncPod).
+    _stopped(_PodStatusCore(404))
+    try:
+        _stopped(_PodStatusCore(500))
+    except ApiException as exc:
+        assert exc.status == 500
+    else:
+        raise AssertionError("a 500 must not be swallowed")
