@@ -33,6 +33,11 @@ def ensure_fleet(core: client.CoreV1Api, spec: fleet.FleetSpec | None = None) ->
         wait_for(f"node {name} to be gone", functools.partial(_node_absent, core, name), timeout=60)
         core.create_node(body)
     wait_for("every fleet node to be Ready", lambda: _all_ready(core, list(wanted)), timeout=120)
+    wait_for(
+        "pods of namespaces being deleted to leave the fleet",
+        lambda: not _leftover_pods(core, set(wanted)),
+        timeout=120,
+    )
 
 
 def _drifted(node: Any, wanted: dict[str, Any]) -> bool:
@@ -75,6 +80,27 @@ def _all_ready(core: client.CoreV1Api, names: list[str]) -> bool:
         if conds.get("Ready") != "True":
             return False
     return True
+
+
+def _leftover_pods(core: client.CoreV1Api, nodes: set[str]) -> list[str]:
+    """Pods still bound to a fleet node whose namespace is being deleted.
+
+    A namespace's deletion returns before its pods are gone. Until they are, they hold
+    GPUs a new user cannot get, and a disruption (a Karpenter do-not-disrupt pod, an NTH
+    drain) would see them on the node: the fleet is not yet as freshly registered.
+    """
+    leaving = {
+        ns.metadata.name
+        for ns in core.list_namespace().items
+        if ns.metadata.deletion_timestamp or (ns.status and ns.status.phase == "Terminating")
+    }
+    if not leaving:
+        return []
+    return [
+        f"{p.metadata.namespace}/{p.metadata.name}"
+        for p in core.list_pod_for_all_namespaces().items
+        if p.metadata.namespace in leaving and p.spec.node_name in nodes
+    ]
 
 
 def fleet_spec_from_env() -> fleet.FleetSpec:
