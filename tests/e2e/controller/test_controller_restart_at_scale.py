@@ -36,6 +36,17 @@ def runs_by_status(custom: client.CustomObjectsApi, namespace: str) -> dict[str,
     return {r["metadata"]["name"]: r.get("status") or {} for r in items["items"]}
 
 
+def running_pod(pod: client.V1Pod) -> bool:
+    return pod.status.phase == "Running" and not pod.metadata.deletion_timestamp
+
+
+def unschedulable(pod: client.V1Pod) -> bool:
+    conds = {c.type: c for c in pod.status.conditions or []}
+    scheduled = conds.get("PodScheduled")
+    waiting = {"Unschedulable", "SchedulingGated"}
+    return bool(scheduled and scheduled.status == "False" and scheduled.reason in waiting)
+
+
 def test_a_restart_under_200_runs_resumes_exactly(
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
@@ -50,27 +61,34 @@ def test_a_restart_under_200_runs_resumes_exactly(
         create(custom, namespace, training_run(name, nodes=1, gpusPerNode=1))
 
     def settled() -> dict[str, dict[str, Any]] | None:
-        """Every run has attempt 1, and the operator has seen every gang that runs (a pod
-        it never saw cannot be counted when it vanishes while the operator is down)."""
+        """Every run has attempt 1, every pod is Running or unschedulable (the fleet is
+        full: nothing is on its way to Running), and the operator has seen every gang
+        that runs (a pod it never saw cannot be counted when it vanishes while the
+        operator is down)."""
         runs = runs_by_status(custom, namespace)
         jobs = job_names(custom, namespace)
         made = len(runs) == RUNS and all(jobs.get(n) == [f"{n}-a1"] for n in names)
+        pods = core.list_namespaced_pod(namespace).items
+        still = [p.metadata.name for p in pods if not (running_pod(p) or unschedulable(p))]
         seen = {n for n, s in runs.items() if s.get("phase") == "Running"}
-        pods = core.list_namespaced_pod(namespace, field_selector="status.phase=Running").items
-        running = {p.metadata.labels[LABEL_RUN] for p in pods}
-        return runs if made and seen and seen == running else None
+        running = {p.metadata.labels[LABEL_RUN] for p in pods if running_pod(p)}
+        return runs if made and not still and seen and seen == running else None
 
-    before = poll(f"{RUNS} runs with attempt 1, gangs seen", settled, timeout=420, interval=3)
-    running = sorted(n for n, s in before.items() if s.get("phase") == "Running")
+    poll(f"{RUNS} runs with attempt 1, gangs seen", settled, timeout=420, interval=3)
 
     # The operator dies; while it is down, a spot node is reclaimed (NTH drain, instance
-    # gone): its runs' pods end without anyone watching.
+    # gone): its runs' pods end without anyone watching. What it last wrote is read now
+    # that nothing can change it.
     operator.kill()
-    pods = core.list_namespaced_pod(namespace, field_selector="status.phase=Running").items
+    before = runs_by_status(custom, namespace)
+    running = sorted(n for n, s in before.items() if s.get("phase") == "Running")
+    pods = [p for p in core.list_namespaced_pod(namespace).items if running_pod(p)]
     on_node = collections.Counter(p.spec.node_name for p in pods)
     victim = on_node.most_common(1)[0][0]
     hit = sorted({p.metadata.labels[LABEL_RUN] for p in pods if p.spec.node_name == victim})
-    assert set(hit) <= set(running)
+    assert set(hit) <= set(running), {
+        p.metadata.name: p.status.phase for p in pods if p.metadata.labels[LABEL_RUN] not in running
+    }
     inject.interrupt(core, victim, "nth")
     since = audit.offset()
     started = time.monotonic()
