@@ -11,7 +11,7 @@ the watch event comes back. An object is only replaced by a newer resourceVersio
 client-go's ``NewIntegerResourceVersionMutationCache``, this compares resourceVersions as
 integers (etcd revisions, which is what the kube-apiserver gives); a version that is not
 an integer is never judged older. A deleted object leaves a tombstone with the version
-of its deletion, so a late event from before the deletion cannot bring it back.
+and UID of its deletion, so a late event from before the deletion cannot bring it back.
 Staleness left over is handled the controller way: status writes carry the
 resourceVersion read (a compare-and-swap), and a conflict means "look again".
 """
@@ -37,6 +37,10 @@ TOMBSTONE_SECONDS = 600.0
 def _version(obj: Mapping[str, Any]) -> int | None:
     rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
     return int(rv) if rv.isdigit() else None
+
+
+def _uid(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
 
 
 # Client bookkeeping no decision reads, often the larger part of an object: dropped before
@@ -108,7 +112,8 @@ class Store:
         self._lock = threading.Lock()
         self._objs: dict[Key, Obj] = {}
         self._index: dict[IndexKey, set[Key]] = {}
-        self._tombstones: dict[Key, tuple[float, int]] = {}
+        # key -> (when, the version and the UID of the deleted object)
+        self._tombstones: dict[Key, tuple[float, int, str]] = {}
 
     def __len__(self) -> int:
         with self._lock:
@@ -118,7 +123,7 @@ class Store:
         """Keep ``obj`` unless what is known is newer; True when kept."""
         key, version = _key(obj), _version(obj)
         with self._lock:
-            if version is not None and not self._newer(key, version):
+            if version is not None and not self._newer(key, version, _uid(obj)):
                 return False
             self._tombstones.pop(key, None)
             old = self._objs.get(key)
@@ -132,15 +137,29 @@ class Store:
         """``obj`` is gone (its last state, as a DELETED event or a DELETE answer says)."""
         key, version = _key(obj), _version(obj)
         with self._lock:
-            if version is not None and not self._newer(key, version):
+            if version is not None and not self._newer(key, version, _uid(obj)):
                 return
-            old = self._objs.pop(key, None)
-            if old is not None:
-                self._unindex(key, old)
-            now = time.monotonic()
-            self._tombstones[key] = (now, version or 0)
-            for k in [k for k, (t, _) in self._tombstones.items() if now - t > TOMBSTONE_SECONDS]:
-                del self._tombstones[k]
+            self._bury(key, version or 0, _uid(obj))
+
+    def forget(self, namespace: str, name: str, uid: str) -> None:
+        """The object ``uid`` is gone, known without its last state (a DELETE answered
+        with a Status): every event of that object still on its way is old news."""
+        key = (namespace, name)
+        with self._lock:
+            old = self._objs.get(key)
+            if old is not None and _uid(old) not in ("", uid):
+                return  # a newer object of the same name is already known
+            known = _version(old) if old is not None else None
+            self._bury(key, known or 0, uid)
+
+    def _bury(self, key: Key, version: int, uid: str) -> None:
+        old = self._objs.pop(key, None)
+        if old is not None:
+            self._unindex(key, old)
+        now = time.monotonic()
+        self._tombstones[key] = (now, version, uid or (_uid(old) if old is not None else ""))
+        for k in [k for k, (t, *_) in self._tombstones.items() if now - t > TOMBSTONE_SECONDS]:
+            del self._tombstones[k]
 
     def get(self, namespace: str, name: str) -> Obj | None:
         with self._lock:
@@ -152,15 +171,18 @@ class Store:
             keys = self._index.get((namespace, value), set())
             return [self._objs[k] for k in sorted(keys)]
 
-    def _newer(self, key: Key, version: int) -> bool:
+    def _newer(self, key: Key, version: int, uid: str) -> bool:
         old = self._objs.get(key)
         if old is not None:
             known = _version(old)
             return known is None or version >= known
         if key in self._tombstones:
-            # The deleted object's own last state (a watch event that arrives after the
-            # DELETE's answer) is no news: only a newer version is a new object.
-            return version > self._tombstones[key][1]
+            # The deleted object's own states (watch events that arrive after the DELETE's
+            # answer) are no news: only another object (UID), or a newer version, is.
+            _, buried, buried_uid = self._tombstones[key]
+            if uid and buried_uid:
+                return uid != buried_uid
+            return version > buried
         return True
 
     def _label(self, obj: Mapping[str, Any]) -> str | None:
@@ -219,6 +241,14 @@ class Cache:
             store.put(obj)
         else:
             store.delete(obj)
+
+    def deleted(self, kind: str, namespace: str, name: str, uid: str) -> None:
+        """A DELETE answered with a Status of success: the object is gone for good. A
+        custom resource's DELETE answers so (the generic registry's finalizeDelete returns
+        the object only where ReturnDeletedObject is set, which the CRD store does not)."""
+        store = self.store(kind)
+        if store is not None:
+            store.forget(namespace, name, uid)
 
     def sizes(self) -> dict[str, int]:
         return {s.kind: len(s) for s in (self.runs, self.jobs, self.pods, self.nodes)}

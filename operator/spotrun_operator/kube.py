@@ -301,9 +301,16 @@ class Kube:
                 raise
             return
         answer = self._json(resp)
-        # A DELETE answers with the object (its last state) or, for some kinds, a Status.
-        if self.cache is not None and isinstance(answer, dict) and answer.get("kind") == kind:
+        if self.cache is None or not isinstance(answer, dict):
+            return
+        # A DELETE answers with the object (its last state) or, once a custom resource is
+        # gone for good, a Status naming it: either way the next reconcile must not see it
+        # (a second DELETE would answer 404).
+        if answer.get("kind") == kind:
             self.cache.removed(answer)
+        elif answer.get("kind") == "Status" and answer.get("status") == "Success":
+            uid = str((answer.get("details") or {}).get("uid") or "")
+            self.cache.deleted(kind, namespace, name, uid)
 
     def delete_job(self, namespace: str, name: str) -> None:
         # Background: the job is gone at once (so the training operator cannot recreate a

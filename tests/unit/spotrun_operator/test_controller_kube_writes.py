@@ -25,7 +25,9 @@ def obj(kind: str, name: str, rv: str = "5", **meta: Any) -> dict[str, Any]:
 
 class _Dyn:
     """The dynamic client's writes, answered like the apiserver: a create answers the
-    object (409 when it exists), a delete answers the object's last state."""
+    object (409 when it exists); a delete answers a pod's last state, and for a custom
+    resource gone for good a Status naming it (the generic registry's finalizeDelete: only
+    stores with ReturnDeletedObject, not the CRD store, answer with the object)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, str]] = []
@@ -40,11 +42,16 @@ class _Dyn:
             if (resource, name) in self.existing:
                 raise ApiException(status=409, reason="AlreadyExists")
             self.existing.add((resource, name))
-        answer = {**body, "metadata": {**body["metadata"], "resourceVersion": "7"}}
+        meta = {**body["metadata"], "resourceVersion": "7", "uid": f"uid-{name}"}
+        answer = {**body, "metadata": meta}
         return SimpleNamespace(data=json.dumps(answer).encode())
 
     def delete(self, resource: str, name: str, **params: Any) -> SimpleNamespace:
         self.calls.append(("delete", resource, name))
+        if resource == "PyTorchJob":
+            details = {"name": name, "kind": "pytorchjobs", "uid": f"uid-{name}"}
+            status = {"kind": "Status", "status": "Success", "details": details}
+            return SimpleNamespace(data=json.dumps(status).encode())
         meta: dict[str, Any] = {"deletionTimestamp": "2026-01-01T00:00:00Z"}
         if resource == "Pod":
             meta["deletionGracePeriodSeconds"] = params.get("grace_period_seconds")
@@ -107,3 +114,20 @@ def test_write_answers_land_in_the_cache() -> None:
     stopping = kube.cache.pods.get("ml", "p")
     assert stopping is not None and stopping["metadata"]["deletionTimestamp"]
     assert kube.cache.pods.get("ml", "q") is None  # force-deleted: gone
+
+
+def test_a_job_deleted_for_good_stays_gone_until_another_object_takes_its_name() -> None:
+    # The job's DELETE answers a Status, not the job: without it the cache kept the job
+    # until the watch's DELETED event, and a reconcile before that deleted it again (404).
+    kube = _Kube(_Dyn())
+    assert kube.cache is not None
+    kube.execute("ml", attempt(1))
+    kube.execute("ml", [DeleteJob("r-a1")])
+    assert kube.cache.jobs.get("ml", "r-a1") is None
+    # Events of the deleted job still on their way, even with a newer resourceVersion (a
+    # status update the watch had not delivered yet), do not bring it back.
+    late = obj("PyTorchJob", "r-a1", "8", uid="uid-r-a1")
+    assert not kube.cache.jobs.put(late)
+    assert kube.cache.jobs.get("ml", "r-a1") is None
+    again = obj("PyTorchJob", "r-a1", "20", uid="uid-other")
+    assert kube.cache.jobs.put(again)  # a new job of the same name is news
