@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
 from spotrun_api.status import Attempt
@@ -47,11 +48,21 @@ class _Seen:
 
 
 class Memory:
-    """Thread-safe knowledge from the watch streams, bounded in time and size."""
+    """Thread-safe knowledge from the watch streams, bounded in time and size.
+
+    Every reconcile reads the nodes and the interrupted ones, and every node event writes
+    one: reads are answered from a snapshot made again only when a node's state changed
+    (not at each heartbeat), and old entries are pruned every ``PRUNE_SECONDS``, so
+    neither costs a pass over the whole fleet per event or per reconcile."""
+
+    PRUNE_SECONDS = 10.0
 
     def __init__(self, ttl_seconds: float = 3600.0, max_items: int = 10000) -> None:
         self._lock = threading.Lock()
         self._nodes: dict[str, _Seen] = {}
+        self._nodes_view: Mapping[str, NodeInfo] | None = None
+        self._interrupted: set[str] = set()
+        self._pruned_at = float("-inf")
         self._pods: dict[Key, dict[str, tuple[float, dict[str, Any]]]] = {}
         self._announced: dict[str, float] = {}
         # (namespace, run) -> (when, (uid, generation), why the apiserver refused its spec)
@@ -67,6 +78,12 @@ class Memory:
         with self._lock:
             old = self._nodes.get(info.name)
             self._nodes[info.name] = _Seen(now, info)
+            if old is None or old.node != info:
+                self._nodes_view = None
+                if set(info.taints) & set(INTERRUPTION_TAINTS):
+                    self._interrupted.add(info.name)
+                else:
+                    self._interrupted.discard(info.name)
             self._prune(now)
         if old is None:
             return (
@@ -80,17 +97,18 @@ class Memory:
             info.ready_message,
         )
 
-    def nodes(self) -> dict[str, NodeInfo]:
+    def nodes(self) -> Mapping[str, NodeInfo]:
+        """The last known state of each node (read-only, shared by reconciles)."""
         with self._lock:
-            return {k: v.node for k, v in self._nodes.items()}
+            if self._nodes_view is None:
+                self._nodes_view = MappingProxyType({k: v.node for k, v in self._nodes.items()})
+            return self._nodes_view
 
     def interrupted_nodes(self) -> list[str]:
         """Nodes whose last known state carries an interruption taint (rebalance included:
         a new attempt should not land on a node that is likely to go)."""
         with self._lock:
-            return sorted(
-                n for n, s in self._nodes.items() if set(s.node.taints) & set(INTERRUPTION_TAINTS)
-            )
+            return sorted(self._interrupted)
 
     def remember_pod(self, namespace: str, run: str, body: Mapping[str, Any]) -> None:
         """The last state the watch saw of a pod of ``run`` (kept after its deletion)."""
@@ -130,11 +148,16 @@ class Memory:
             return True
 
     def _prune(self, now: float) -> None:
+        while len(self._nodes) > self.max_items:
+            self._forget_node(min(self._nodes, key=lambda n: self._nodes[n].at))
+        if now - self._pruned_at < min(self.PRUNE_SECONDS, max(self.ttl, 0.0)):
+            return
+        self._pruned_at = now
         cutoff = now - self.ttl
         # A live node stays known however long it goes unchanged (elastic runs count the
         # fleet from here); a deleted one is remembered for ``ttl``.
         for name in [n for n, s in self._nodes.items() if s.at < cutoff and not s.node.exists]:
-            del self._nodes[name]
+            self._forget_node(name)
         for key, pods in list(self._pods.items()):
             for uid in [u for u, (t, _) in pods.items() if t < cutoff]:
                 del pods[uid]
@@ -144,8 +167,11 @@ class Memory:
             del self._announced[k]
         for key in [k for k, r in self._rejected.items() if r[0] < cutoff]:
             del self._rejected[key]
-        while len(self._nodes) > self.max_items:
-            del self._nodes[min(self._nodes, key=lambda n: self._nodes[n].at)]
+
+    def _forget_node(self, name: str) -> None:
+        del self._nodes[name]
+        self._interrupted.discard(name)
+        self._nodes_view = None
 
 
 class PoolHistory:

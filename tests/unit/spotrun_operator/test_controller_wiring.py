@@ -43,6 +43,21 @@ def test_memory_wakes_only_on_what_matters() -> None:
     assert m.remember_node(node("n2", ready="Unknown"), deleted=False)
 
 
+def test_memory_snapshots_the_nodes_again_only_when_one_changed() -> None:
+    m = Memory()
+    itn = ("aws-node-termination-handler/spot-itn",)
+    m.remember_node(node("n1"), deleted=False)
+    m.remember_node(node("n2", itn), deleted=False)
+    first = m.nodes()
+    m.remember_node(node("n1"), deleted=False)  # a heartbeat: the same snapshot
+    assert m.nodes() is first
+    m.remember_node(node("n2"), deleted=False)  # the taint is gone
+    assert m.nodes() is not first and m.nodes()["n2"].taints == ()
+    assert m.interrupted_nodes() == []
+    m.remember_node(node("n1", itn), deleted=True)  # deleted while tainted: still avoided
+    assert m.interrupted_nodes() == ["n1"] and not m.nodes()["n1"].exists
+
+
 def test_memory_keeps_the_last_state_of_each_pod_per_run_and_announces_once() -> None:
     m = Memory()
     m.remember_pod("ml", "llm", {"metadata": {"uid": "u1", "name": "p"}, "status": {}})
@@ -133,6 +148,14 @@ def test_handlers_register_on_a_private_registry() -> None:
     handlers.configure(settings)
     assert settings.persistence.finalizer.startswith("spotrun.dev/")
     assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+    # kopf's diff base serves changing and spawning handlers only; with none registered,
+    # building it (a deep copy of every watch event) is skipped.
+    assert isinstance(settings.persistence.diffbase_storage, handlers.NoDiffBase)
+    assert not registry._changing.get_all_handlers()
+    assert not registry._spawning.get_all_handlers()
+    body = kopf.Body({"metadata": {"name": "r"}, "spec": {"nodes": 2}})
+    assert settings.persistence.diffbase_storage.build(body=body) == {}
+    assert settings.persistence.diffbase_storage.fetch(body=body) is None
     assert not settings.posting.enabled
     runner.pool.shutdown()
 
