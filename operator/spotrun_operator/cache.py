@@ -71,6 +71,31 @@ def trimmed_node(obj: Mapping[str, Any]) -> Obj:
     return _keeping(_trimmed(obj), "status", NODE_STATUS_KEPT)
 
 
+# Of a PyTorchJob a decision reads its metadata, status, ``runPolicy`` (suspend) and the
+# size of each replica type (``builders.job_nodes``); the pod template, most of a job's
+# bytes (~16 KB as Python objects for one node, ~26 KB for four), is the operator's own
+# build and is never read back.
+JOB_REPLICA_KEPT: tuple[str, ...] = ("replicas", "restartPolicy")
+
+
+def trimmed_job(obj: Mapping[str, Any]) -> Obj:
+    """A PyTorchJob as the operator keeps it: no client bookkeeping, no pod templates."""
+    stored = _trimmed(obj)
+    spec = stored.get("spec")
+    if spec:
+        spec = dict(spec)
+        replicas = spec.get("pytorchReplicaSpecs")
+        if isinstance(replicas, Mapping):
+            spec["pytorchReplicaSpecs"] = {
+                rtype: {k: r[k] for k in JOB_REPLICA_KEPT if k in r}
+                if isinstance(r, Mapping)
+                else r
+                for rtype, r in replicas.items()
+            }
+        stored["spec"] = spec
+    return stored
+
+
 def _keeping(stored: Obj, section: str, keys: tuple[str, ...]) -> Obj:
     """``stored`` with only ``keys`` of its ``section`` (an absent or empty one stays)."""
     part = stored.get(section)
@@ -213,7 +238,7 @@ class Cache:
 
     def __init__(self) -> None:
         self.runs = Store("TrainingRun")
-        self.jobs = Store("PyTorchJob", index_label=LABEL_RUN)
+        self.jobs = Store("PyTorchJob", index_label=LABEL_RUN, transform=trimmed_job)
         self.pods = Store("Pod", index_label=LABEL_RUN, transform=trimmed_pod)
         self.nodes = Store("Node", transform=trimmed_node)
         self.workloads = Store("Workload", index_label=LABEL_KUEUE_JOB_UID)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from spotrun_operator.builders import job_nodes
 from spotrun_operator.cache import Cache, CachedReads, Store
 from spotrun_operator.common import LABEL_ATTEMPT, LABEL_RUN
 from spotrun_operator.observe import observe
@@ -69,11 +70,37 @@ def test_a_pod_keeps_only_the_spec_decisions_read() -> None:
     assert "managedFields" not in kept["metadata"] and kept["metadata"]["labels"]
     assert [p["metadata"]["name"] for p in cache.pods.indexed("ml", "r")] == ["p"]
     assert "containers" in body["spec"]  # the caller's object is left as it was
-    # Other kinds keep their spec: a PyTorchJob's is what the operator compares.
+
+
+def test_a_job_keeps_its_gang_size_and_run_policy_not_its_pod_templates() -> None:
+    """What decisions read of a PyTorchJob stays (job_nodes, suspend, status, metadata);
+    the pod template, most of its bytes, is not kept."""
+    cache = Cache()
+    template = {"spec": {"containers": [{"name": "pytorch", "env": [{"name": "A"}]}]}}
     job = obj("PyTorchJob", "r-a1", "5", labels={LABEL_RUN: "r"})
-    job["spec"] = {"runPolicy": {"suspend": False}, "pytorchReplicaSpecs": {}}
+    job["spec"] = {
+        "nprocPerNode": "8",
+        "runPolicy": {"suspend": True, "cleanPodPolicy": "None"},
+        "pytorchReplicaSpecs": {
+            "Master": {"replicas": 1, "restartPolicy": "Never", "template": template},
+            "Worker": {"replicas": 3, "restartPolicy": "Never", "template": template},
+        },
+    }
+    job["status"] = {"conditions": [{"type": "Running", "status": "True"}]}
     cache.wrote(job)
-    assert cache.jobs.get("ml", "r-a1") == job
+    kept = cache.jobs.get("ml", "r-a1")
+    assert kept is not None
+    assert kept["spec"] == {
+        "nprocPerNode": "8",
+        "runPolicy": {"suspend": True, "cleanPodPolicy": "None"},
+        "pytorchReplicaSpecs": {
+            "Master": {"replicas": 1, "restartPolicy": "Never"},
+            "Worker": {"replicas": 3, "restartPolicy": "Never"},
+        },
+    }
+    assert kept["status"] == job["status"] and kept["metadata"]["labels"] == {LABEL_RUN: "r"}
+    assert job_nodes(kept) == 4
+    assert "template" in job["spec"]["pytorchReplicaSpecs"]["Master"]  # caller's untouched
 
 
 def test_a_node_keeps_only_the_status_decisions_read() -> None:
