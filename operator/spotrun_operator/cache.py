@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from spotrun_operator.common import LABEL_KUEUE_JOB_UID, LABEL_RUN, parse_job_name
 from spotrun_operator.plan import Rejected
+from spotrun_operator.trim import trimmed, trimmed_job, trimmed_node, trimmed_pod
 
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace or "", name)
@@ -43,78 +44,6 @@ def _uid(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("uid") or "")
 
 
-# Client bookkeeping no decision reads, often the larger part of an object: dropped before
-# an object is stored, as controller-runtime's cache.TransformStripManagedFields does
-# (memory grows with every run, pod and node the operator watches).
-LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
-
-
-# Of a pod's spec a decision reads only where it runs (``nodeName``); its containers, env,
-# volumes and tolerations, most of a pod's bytes, are the PyTorchJob's and the template's
-# (controller-runtime's cache.Options.ByObject Transform, for the same reason).
-POD_SPEC_KEPT: tuple[str, ...] = ("nodeName",)
-
-
-def trimmed_pod(obj: Mapping[str, Any]) -> Obj:
-    """A pod as the operator keeps it: no client bookkeeping, only the spec it reads."""
-    return _keeping(_trimmed(obj), "spec", POD_SPEC_KEPT)
-
-
-# Of a node's status a decision reads Ready and the GPUs it offers (``signals.node_info``);
-# its image list, addresses and system info (tens of KB on a GPU node with many images)
-# are not kept.
-NODE_STATUS_KEPT: tuple[str, ...] = ("conditions", "allocatable")
-
-
-def trimmed_node(obj: Mapping[str, Any]) -> Obj:
-    """A node as the operator keeps it: no client bookkeeping, only the status it reads."""
-    return _keeping(_trimmed(obj), "status", NODE_STATUS_KEPT)
-
-
-# Of a PyTorchJob a decision reads its metadata, status, ``runPolicy`` (suspend) and the
-# size of each replica type (``builders.job_nodes``); the pod template, most of a job's
-# bytes (~16 KB as Python objects for one node, ~26 KB for four), is the operator's own
-# build and is never read back.
-JOB_REPLICA_KEPT: tuple[str, ...] = ("replicas", "restartPolicy")
-
-
-def trimmed_job(obj: Mapping[str, Any]) -> Obj:
-    """A PyTorchJob as the operator keeps it: no client bookkeeping, no pod templates."""
-    stored = _trimmed(obj)
-    spec = stored.get("spec")
-    if spec:
-        spec = dict(spec)
-        replicas = spec.get("pytorchReplicaSpecs")
-        if isinstance(replicas, Mapping):
-            spec["pytorchReplicaSpecs"] = {
-                rtype: {k: r[k] for k in JOB_REPLICA_KEPT if k in r}
-                if isinstance(r, Mapping)
-                else r
-                for rtype, r in replicas.items()
-            }
-        stored["spec"] = spec
-    return stored
-
-
-def _keeping(stored: Obj, section: str, keys: tuple[str, ...]) -> Obj:
-    """``stored`` with only ``keys`` of its ``section`` (an absent or empty one stays)."""
-    part = stored.get(section)
-    if part:
-        stored[section] = {k: part[k] for k in keys if k in part}
-    return stored
-
-
-def _trimmed(obj: Mapping[str, Any]) -> Obj:
-    stored = dict(obj)
-    meta = dict(stored.get("metadata") or {})
-    meta.pop("managedFields", None)
-    annotations = meta.get("annotations")
-    if annotations and LAST_APPLIED in annotations:
-        meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
-    stored["metadata"] = meta
-    return stored
-
-
 def _key(obj: Mapping[str, Any]) -> Key:
     meta = obj.get("metadata") or {}
     return str(meta.get("namespace") or ""), str(meta.get("name"))
@@ -129,7 +58,7 @@ class Store:
         self,
         kind: str,
         index_label: str | None = None,
-        transform: Callable[[Mapping[str, Any]], Obj] = _trimmed,
+        transform: Callable[[Mapping[str, Any]], Obj] = trimmed,
     ) -> None:
         self.kind = kind
         self.index_label = index_label
@@ -243,6 +172,19 @@ class Cache:
         self.nodes = Store("Node", transform=trimmed_node)
         self.workloads = Store("Workload", index_label=LABEL_KUEUE_JOB_UID)
         self.synced = threading.Event()
+
+    def pod_as_kept(self, body: Mapping[str, Any]) -> Obj:
+        """``body`` as the pod store keeps it: the stored object itself when the store
+        holds this very version (kopf runs the index handlers before the event handlers),
+        so the watch's memory of pods shares it rather than keeping a copy; a trimmed copy
+        otherwise (a deleted pod, or a newer version from the operator's own write)."""
+        meta = body.get("metadata") or {}
+        kept = self.pods.get(str(meta.get("namespace") or ""), str(meta.get("name")))
+        if kept is not None and kept["metadata"].get("resourceVersion") == meta.get(
+            "resourceVersion"
+        ):
+            return kept
+        return trimmed_pod(body)
 
     def store(self, kind: str) -> Store | None:
         return {

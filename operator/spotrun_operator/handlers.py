@@ -14,7 +14,6 @@ import kopf
 from kubernetes.client import Configuration
 
 from spotrun_operator.apiserver import credentials
-from spotrun_operator.cache import trimmed_pod
 from spotrun_operator.common import (
     GROUP,
     KUEUE_GROUP,
@@ -157,7 +156,7 @@ def _register_children(registry: kopf.OperatorRegistry, runner: Runner) -> None:
         # Remember every state, not only deletions: an evicted pod can be deleted and
         # replaced before the reconcile it woke lists pods, and its last state (node,
         # DisruptionTarget) is what names the signal.
-        runner.memory.remember_pod(namespace, run, trimmed_pod(body))
+        runner.memory.remember_pod(namespace, run, runner.cache.pod_as_kept(body))
         runner.wake(namespace, run)
 
     @kopf.on.event("nodes", registry=registry)

@@ -12,6 +12,7 @@ from spotrun_operator.common import LABEL_ATTEMPT, LABEL_RUN
 from spotrun_operator.observe import observe
 from spotrun_operator.plan import Rejected
 from spotrun_operator.signals import node_info
+from spotrun_operator.trim import Strings
 
 
 def obj(kind: str, name: str, rv: str, ns: str = "ml", **meta: Any) -> dict[str, Any]:
@@ -104,13 +105,15 @@ def test_a_job_keeps_its_gang_size_and_run_policy_not_its_pod_templates() -> Non
 
 
 def test_a_node_keeps_only_the_status_decisions_read() -> None:
-    """Ready and the allocatable GPUs stay; the image list and system info go."""
+    """Ready and the allocatable GPUs stay; the other conditions, the image list and
+    system info go."""
     cache = Cache()
     body = obj("Node", "n1", "7", ns="")
     body["spec"] = {"taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]}
     ready = {"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-23T10:00:00Z"}
+    pressure = {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficient"}
     body["status"] = {
-        "conditions": [ready],
+        "conditions": [pressure, ready],
         "allocatable": {"nvidia.com/gpu": "8"},
         "images": [{"names": ["registry.example/trainer:1"], "sizeBytes": 6 << 30}],
         "nodeInfo": {"kubeletVersion": "v1.36.0"},
@@ -122,6 +125,50 @@ def test_a_node_keeps_only_the_status_decisions_read() -> None:
     assert kept["spec"] == body["spec"]
     assert node_info(kept) == node_info(body)  # what every decision sees is unchanged
     assert "images" in body["status"]  # the caller's object is left as it was
+    assert body["status"]["conditions"] == [pressure, ready]
+
+
+def test_kept_objects_share_one_copy_of_each_repeated_string() -> None:
+    """Keys and short values are shared between kept objects (half the stores' memory at
+    1,100 runs on 1,500 nodes); values unique to one object or version are not put in the
+    table, and the table is bounded."""
+    table = Strings(max_entries=100)
+
+    def node(name: str) -> dict[str, Any]:
+        # Built from new strings each time, as a parsed watch event is.
+        zone, key = "".join(["us-east-", "1a"]), "".join(["topology.kubernetes.io/", "zone"])
+        return {
+            "metadata": {"name": name, "uid": f"u-{name}", "labels": {key: zone}},
+            "status": {"conditions": [{"type": "Ready", "lastTransitionTime": f"t-{name}"}]},
+        }
+
+    a, b = table.copy(node("n1")), table.copy(node("n2"))
+    assert a == node("n1") and b == node("n2")  # equal to what came in
+    (ka, za), (kb, zb) = a["metadata"]["labels"].popitem(), b["metadata"]["labels"].popitem()
+    assert ka is kb and za is zb  # one copy of the label key and of the zone
+    assert a["status"]["conditions"][0]["type"] is b["status"]["conditions"][0]["type"]
+    # uid and times are unique: kept as they came, never added to the table
+    assert "u-n1" not in table and "t-n1" not in table and "us-east-1a" in table
+    long_value = "x" * (Strings.MAX_LENGTH + 1)
+    assert table.copy({"k": long_value})["k"] is long_value and long_value not in table
+    for i in range(150):
+        table.one(f"name-{i}")
+    assert len(table) <= 100  # started again once full
+
+
+def test_a_pod_in_the_watch_memory_is_the_cached_one_not_a_copy() -> None:
+    """The watch's memory of a pod (kept for deleted pods' last state) shares the cached
+    object of the same version; a deleted pod's last state is its own trimmed copy."""
+    cache = Cache()
+    body = pod("p", "4")
+    body["spec"] = {"nodeName": "n1", "containers": [{"name": "pytorch"}]}
+    cache.pods.put(body)
+    assert cache.pod_as_kept(body) is cache.pods.get("ml", "p")
+    cache.pods.delete(pod("p", "5"))
+    gone = pod("p", "5")
+    gone["spec"] = {"nodeName": "n1", "containers": [{"name": "pytorch"}]}
+    last = cache.pod_as_kept(gone)
+    assert last["metadata"]["resourceVersion"] == "5" and last["spec"] == {"nodeName": "n1"}
 
 
 def test_a_tombstone_keeps_a_deleted_object_from_coming_back() -> None:
