@@ -59,8 +59,10 @@ class Store:
         kind: str,
         index_label: str | None = None,
         transform: Callable[[Mapping[str, Any]], Obj] = trimmed,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kind = kind
+        self._clock = clock
         self.index_label = index_label
         self._transform = transform
         self._lock = threading.Lock()
@@ -110,10 +112,17 @@ class Store:
         old = self._objs.pop(key, None)
         if old is not None:
             self._unindex(key, old)
-        now = time.monotonic()
+        now = self._clock()
+        # Re-inserted at the end, so the dict stays in burial order and expiry looks only
+        # at its oldest entries (a scan of every tombstone per deletion was O(n^2) in a
+        # storm: py-spy, operator_scale at 1,100 runs).
+        self._tombstones.pop(key, None)
         self._tombstones[key] = (now, version, uid or (_uid(old) if old is not None else ""))
-        for k in [k for k, (t, *_) in self._tombstones.items() if now - t > TOMBSTONE_SECONDS]:
-            del self._tombstones[k]
+        while self._tombstones:
+            oldest = next(iter(self._tombstones))
+            if now - self._tombstones[oldest][0] <= TOMBSTONE_SECONDS:
+                break
+            del self._tombstones[oldest]
 
     def get(self, namespace: str, name: str) -> Obj | None:
         with self._lock:
@@ -244,9 +253,18 @@ class CachedReads:
     Secrets/ConfigMaps/PVCs before an attempt is created, and the training operator's
     FailedCreatePod events while a live attempt has fewer pods than its gang."""
 
-    def __init__(self, cache: Cache, api: ApiReads) -> None:
+    # A gang being admitted wakes its run at every pod and job event; the training
+    # operator's refusals are looked for at most this often per job (a refusal found acts
+    # at once; "none yet" is what is remembered). The run's resync looks again after it.
+    REFUSAL_RECHECK_SECONDS = 5.0
+
+    def __init__(
+        self, cache: Cache, api: ApiReads, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.cache = cache
         self.api = api
+        self._clock = clock
+        self._no_refusal: dict[str, float] = {}  # job UID -> when no refusal was found
 
     def list_jobs(self, namespace: str, run: str, owner_uid: str) -> dict[int, Obj]:
         return owned_jobs(self.cache.jobs.indexed(namespace, run), run, owner_uid)
@@ -262,7 +280,18 @@ class CachedReads:
         return found[0] if found else None
 
     def pod_refusal(self, namespace: str, job: Mapping[str, Any]) -> Rejected | None:
-        return self.api.pod_refusal(namespace, job)
+        now, uid = self._clock(), _uid(job)
+        while self._no_refusal:  # in insertion order, so the oldest come first
+            oldest = next(iter(self._no_refusal))
+            if now - self._no_refusal[oldest] < self.REFUSAL_RECHECK_SECONDS:
+                break
+            del self._no_refusal[oldest]
+        if uid and uid in self._no_refusal:
+            return None
+        refusal = self.api.pod_refusal(namespace, job)
+        if refusal is None and uid:
+            self._no_refusal[uid] = now
+        return refusal
 
     def missing(self, namespace: str, refs: Sequence[tuple[str, str]]) -> list[str]:
         return self.api.missing(namespace, refs)

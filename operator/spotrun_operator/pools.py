@@ -52,6 +52,14 @@ class PoolStats:
             self.interruptions + other.interruptions, self.node_seconds + other.node_seconds
         )
 
+    def __sub__(self, other: PoolStats) -> PoolStats:
+        """What is left once ``other``'s share is taken out (never below zero: durations
+        are summed in whole seconds, so nothing is lost to rounding in between)."""
+        return PoolStats(
+            max(0, self.interruptions - other.interruptions),
+            max(0.0, self.node_seconds - other.node_seconds),
+        )
+
     @property
     def rate(self) -> float | None:
         """Interruptions per node-second; None until one interruption was seen."""

@@ -178,30 +178,45 @@ class PoolHistory:
     """The finished attempts of every run this operator reconciled, for the per-pool
     interruption tally (:mod:`pools`). Fed with each run's ``status.attempts`` as read, so
     it is rebuilt from the runs' status after a restart (every run is reconciled at start)
-    and an attempt recorded twice counts once; a deleted run's attempts leave with it."""
+    and an attempt recorded twice counts once; a deleted run's attempts leave with it.
+
+    The tally is kept up to date run by run (a run's old share out, its new one in): a
+    storm changes hundreds of runs' histories, and summing every run's again after each
+    one was a third of the reconcile threads' CPU at 1,100 runs (py-spy, operator_scale)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._runs: dict[Key, tuple[Attempt, ...]] = {}
-        self._tally: dict[Pool, PoolStats] | None = {}
+        self._shares: dict[Key, dict[Pool, PoolStats]] = {}
+        self._tally: dict[Pool, PoolStats] = {}
 
     def record(self, key: Key, attempts: Sequence[Attempt]) -> None:
         done = tuple(e for e in attempts if e.outcome is not None and e.started_at)
         with self._lock:
             if self._runs.get(key, ()) != done:
                 self._runs[key] = done
-                self._tally = None
+                self._replace_share(key, pool_tally([done]))
 
     def forget(self, key: Key) -> None:
         with self._lock:
             if self._runs.pop(key, None):
-                self._tally = None
+                self._replace_share(key, {})
 
     def tally(self) -> PoolTally:
         with self._lock:
-            if self._tally is None:
-                self._tally = pool_tally(self._runs.values())
             return dict(self._tally)
+
+    def _replace_share(self, key: Key, share: dict[Pool, PoolStats]) -> None:
+        old = self._shares.pop(key, {})
+        if share:
+            self._shares[key] = share
+        for pool in old.keys() | share.keys():
+            total = self._tally.get(pool, PoolStats()) - old.get(pool, PoolStats())
+            total = total + share.get(pool, PoolStats())
+            if total.interruptions or total.node_seconds > 1e-6:
+                self._tally[pool] = total
+            else:
+                self._tally.pop(pool, None)
 
 
 def _generation(run: Mapping[str, Any]) -> tuple[Key, tuple[str, int]]:

@@ -340,3 +340,41 @@ def test_jobs_of_another_owner_are_not_the_runs() -> None:
     cache.jobs.put(theirs)
     cache.jobs.put(job(2))
     assert list(CachedReads(cache, CountingApi()).list_jobs("ml", "r", "u")) == [2]
+
+
+def test_tombstones_expire_oldest_first_and_a_reburial_renews_one() -> None:
+    now = [0.0]
+    s = Store("Pod", clock=lambda: now[0])
+
+    def bury(name: str, rv: str, at: float) -> None:
+        now[0] = at
+        s.delete(obj("Pod", name, rv))
+
+    bury("a", "10", 0.0)
+    bury("b", "20", 300.0)
+    bury("a", "11", 500.0)  # buried again: its tombstone is renewed, not the first kept
+    bury("c", "30", 950.0)  # b (650 s old) expires; a (450 s) does not
+    assert s.put(obj("Pod", "b", "19"))  # no tombstone left to refuse an older version
+    assert not s.put(obj("Pod", "a", "9"))
+    assert not s.put(obj("Pod", "c", "29"))
+
+
+def test_a_gang_being_admitted_looks_for_refusals_at_most_every_few_seconds() -> None:
+    """Every pod and job event of a gang being admitted wakes its run; the events list
+    is sent at most once per REFUSAL_RECHECK_SECONDS per job, and a refusal found is
+    never held back."""
+    now = [0.0]
+    api = CountingApi()
+    reads = CachedReads(Cache(), api, clock=lambda: now[0])
+    for t in (0.0, 1.0, 4.9):
+        now[0] = t
+        assert reads.pod_refusal("ml", job(1)) is None
+    assert api.calls == ["pod_refusal"]
+    reads.pod_refusal("ml", job(2))  # another job is looked at on its own
+    now[0] = 5.0
+    reads.pod_refusal("ml", job(1))
+    assert api.calls == ["pod_refusal"] * 3
+    refused = Rejected("Pod", "r-a3-master-0", "quota exceeded")
+    api.pod_refusal = lambda namespace, job: refused  # type: ignore[method-assign]
+    assert reads.pod_refusal("ml", job(3)) == refused
+    assert reads.pod_refusal("ml", job(3)) == refused  # a refusal is never remembered as none

@@ -3,6 +3,7 @@ Young/Daly interval with its fallbacks and clamp, the runner's tally and its met
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from controller_fakes import CFG, observed, ts
@@ -118,6 +119,30 @@ def test_runner_pool_history_counts_each_attempt_once_and_forgets_deleted_runs()
     assert h.tally() == {P4D_A: p.PoolStats(2, 9000)}
     h.forget(("ns", "b"))
     assert h.tally() == {P4D_A: p.PoolStats(2, 5400)}
+
+
+def test_runner_pool_history_kept_run_by_run_equals_the_sum_over_every_run() -> None:
+    """The tally is updated run by run; after any sequence of records and forgets it is
+    the sum over the histories it holds."""
+    rng = random.Random(7)
+    h = PoolHistory()
+    histories: dict[tuple[str, str], list[Attempt]] = {}
+    for _ in range(300):
+        key = ("ns", f"r{rng.randrange(12)}")
+        if rng.random() < 0.15:
+            h.forget(key)
+            histories.pop(key, None)
+            continue
+        n = rng.randrange(1, 5)
+        outcomes = ["Preempted", "Failed", "Succeeded", None]
+        zones = ["us-east-1a", "us-east-1b", "us-east-1c"]
+        history = [
+            attempt(i, rng.randrange(1, 5000), outcome=rng.choice(outcomes), zones=[z], zone=z)
+            for i, z in ((i, rng.choice(zones)) for i in range(1, n))
+        ]
+        h.record(key, history)
+        histories[key] = history
+        assert h.tally() == p.pool_tally(histories.values())
 
 
 def test_pool_and_stall_metrics() -> None:
