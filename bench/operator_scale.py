@@ -68,7 +68,15 @@ from scale_objects import (
     pytorchjob,
     run_manifest,
 )
-from scale_report import api_table, peer_table, per_second, print_report, rates, targets
+from scale_report import (
+    api_table,
+    peer_table,
+    per_second,
+    print_report,
+    rates,
+    steady_per_second,
+    targets,
+)
 
 from spotrun_dev import cluster_apply, inject, paths, storage
 
@@ -563,6 +571,8 @@ def peers_step(bench: Bench, peers: list[str], sizes: list[int]) -> dict[str, An
         "loop_s": round(t_loop - t0, 2),
         "created_per_s": per_second(len(fc), t0, fc),
         "running_per_s": per_second(len(fr), t0, fr),
+        "created_per_s_steady": steady_per_second(fc),
+        "running_per_s_steady": steady_per_second(fr),
         "create_to_running": rp.spread(
             [j.t_running - j.t_create_call for j in jobs if j.t_running and j.t_create_call]
         ),
@@ -625,7 +635,12 @@ def main(argv: list[str] | None = None) -> int:
                 "basis": basis,
                 **{
                     k: round(mine[k] / floor[k], 3) if mine[k] and floor[k] else None
-                    for k in ("created_per_s", "running_per_s")
+                    for k in (
+                        "created_per_s",
+                        "running_per_s",
+                        "created_per_s_steady",
+                        "running_per_s_steady",
+                    )
                 },
             }
         res["resources"] = bench.sampler.report()

@@ -268,7 +268,35 @@ def audit_requests(
     if not log.exists():
         return counts
     needles = [f'"userAgent":"{a}' for a in agents]
-    with log.open("rb") as fh:
+    for path, start in _audit_files(log, since, offset):
+        _count_requests(path, start, since, until, agents, needles, counts)
+    return counts
+
+
+def _audit_files(log: Path, since: float, offset: int) -> list[tuple[Path, int]]:
+    """(file, where to start) to read for requests since ``since``: the log from
+    ``offset``; when the apiserver rotated it since (``--audit-log-maxsize``: the log is
+    shorter than the offset, or was renamed ``audit-<time>.log``), the rotated files
+    written after ``since`` and the new log, whole (the time window picks the requests)."""
+    rotated = sorted(
+        (p for p in log.parent.glob(f"{log.stem}-*{log.suffix}") if p.stat().st_mtime >= since),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not rotated and log.stat().st_size >= offset:
+        return [(log, offset)]
+    return [*((p, 0) for p in rotated), (log, 0)]
+
+
+def _count_requests(
+    path: Path,
+    offset: int,
+    since: float,
+    until: float,
+    agents: tuple[str, ...],
+    needles: list[str],
+    counts: Counter[str],
+) -> None:
+    with path.open("rb") as fh:
         fh.seek(offset)
         for raw in fh:
             line = raw.decode("utf-8", "replace")
@@ -286,7 +314,6 @@ def audit_requests(
             res = ev.get("objectRef") or {}
             sub = f"/{res['subresource']}" if res.get("subresource") else ""
             counts[f"{ev.get('verb')} {res.get('resource', '?')}{sub}"] += 1
-    return counts
 
 
 def split_reads_writes(counts: Counter[str]) -> tuple[int, int]:
