@@ -141,3 +141,21 @@ class Pacer:
     def _drop(self) -> None:
         self._rate, self.hurried = 0.0, True
         log.info("checkpoint writer hurried: pace dropped after %.1fs of sleep", self.slept)
+
+
+def leave_process_group() -> None:
+    """Move DCP's checkpoint process (the caller) into a process group of its own.
+
+    torchrun stops a worker with ``killpg(SIGTERM)`` on the worker's group, and the
+    checkpoint process, spawned by the worker, is in that group: the signal killed it
+    mid-write, so the save in flight at a stop was lost (the stop's own save, written by
+    the trainer, still committed). In its own group the checkpoint process is reached by
+    no group signal; the trainer's guard handles the stop and raises the hurry, and the
+    process still ends with the trainer: multiprocessing terminates a daemonic child when
+    its parent exits, and the child's pipe closes when the parent dies. Until the first
+    save sets it up, a stop still reaches a starting checkpoint process."""
+    try:
+        if os.getpgrp() != os.getpid():
+            os.setpgid(0, 0)
+    except OSError as e:  # pragma: no cover - a session leader, or a sandbox that refuses
+        log.debug("checkpoint process keeps its process group: %s", e)

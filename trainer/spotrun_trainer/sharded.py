@@ -47,7 +47,7 @@ from torch.distributed.fsdp import fully_shard
 
 from spotrun_trainer.checkpoint_io import file_entry, write_json
 from spotrun_trainer.config import DEFAULT_WRITER_MB_PER_S
-from spotrun_trainer.pacing import Hurry, Pacer
+from spotrun_trainer.pacing import Hurry, Pacer, leave_process_group
 from spotrun_trainer.staging import ReusedStager
 from spotrun_trainer.state import Stateful
 
@@ -418,6 +418,7 @@ class HashingFileSystemWriter(FileSystemWriter):
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         # Runs where the write runs: DCP's writer thread, or its checkpoint process.
         if self.background == "process":
+            leave_process_group()  # a stop's killpg must not kill the write in flight
             set_zip_crc32(self.options.crc32)  # the checkpoint process only writes shards
             torch.set_num_threads(1)  # it moves bytes; no intra-op pool to spin
         if self.background is not None:
