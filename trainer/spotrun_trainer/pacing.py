@@ -32,6 +32,7 @@ import secrets
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ class Hurry:
         self.path = base / f"spotrun-hurry-{os.getpid()}-{secrets.token_hex(8)}"
         self._event = threading.Event()
         self._owner = True
+        self._remove: weakref.finalize[[Path], Hurry] | None = None
 
     def set(self) -> None:
         """Raise the flag (idempotent; safe in a Python signal handler: no locks held)."""
@@ -64,6 +66,9 @@ class Hurry:
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
             except OSError as e:  # the checkpoint process keeps its pace; the thread does not
                 log.warning("could not create the hurry flag %s: %s", self.path, e)
+                return
+            # Removed by close(), else when this object goes or the interpreter exits.
+            self._remove = weakref.finalize(self, _unlink, self.path)
 
     def is_set(self) -> bool:
         if self._event.is_set():
@@ -85,11 +90,8 @@ class Hurry:
 
     def close(self) -> None:
         """Remove the flag file (owner only); the flag stays raised in this object."""
-        if self._owner:
-            try:
-                self.path.unlink(missing_ok=True)
-            except OSError as e:  # pragma: no cover - a vanished temp folder
-                log.debug("could not remove %s: %s", self.path, e)
+        if self._remove is not None:
+            self._remove()
 
     def __getstate__(self) -> dict[str, Any]:
         # The Event cannot cross a process boundary; the file can. Raised before pickling,
@@ -102,6 +104,14 @@ class Hurry:
         if state["set"]:
             self._event.set()
         self._owner = False
+        self._remove = None
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:  # pragma: no cover - a vanished temp folder
+        log.debug("could not remove %s: %s", path, e)
 
 
 class Pacer:

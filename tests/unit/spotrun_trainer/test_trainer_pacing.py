@@ -7,6 +7,7 @@ second would hold a write for hours, so a test that finishes shows the pace was 
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import pickle
@@ -145,6 +146,16 @@ def test_hurry_copies_read_the_flag_file_and_only_the_owner_removes_it(tmp_path:
     assert pickle.loads(pickle.dumps(hurry)).is_set()  # raised before pickling
     hurry.close()
     assert not hurry.path.exists() and hurry.is_set()
+
+
+def test_a_hurry_left_unclosed_removes_its_flag_file_when_it_goes(tmp_path: Path) -> None:
+    hurry = Hurry(tmp_path)
+    hurry.set()
+    path = hurry.path
+    assert path.exists()
+    del hurry
+    gc.collect()
+    assert not path.exists()
 
 
 @pytest.mark.parametrize("request_", ["stop", "notice"])
