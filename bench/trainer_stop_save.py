@@ -13,6 +13,7 @@ blocking=True)``, which first waits for the save in flight, then writes the stop
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import signal
 import time
@@ -67,6 +68,9 @@ def bench_stop_variant(
         in_flight = m.in_flight
         t_stop = time.monotonic()
         os.kill(os.getpid(), signal.SIGTERM)  # the guard's handler raises the hurry
+        if variant == "paced-not-hurried":  # as before: wait() now hurries the write too
+            while m.in_flight:
+                time.sleep(0.01)
         previous = m.wait(raise_errors=False)  # what save(blocking=True) does first
         t_waited = time.monotonic()
         _save(m, loop, blocking=True)
@@ -75,6 +79,7 @@ def bench_stop_variant(
     finally:
         guard.uninstall()
         m.hurry.close()
+        m.close()  # its staging buffers: 1.3 GB at 100M
     assert guard.stop_requested.is_set() and stop is not None
     return {
         "in_flight_at_sigterm": in_flight,
@@ -92,8 +97,11 @@ def bench_stop(
     loop: Trainable, make: ManagerFactory, folder: Path, mode: str, options: WriterOptions,
     stop_after: float,
 ) -> dict[str, Any]:  # fmt: skip
-    return {v: bench_stop_variant(loop, make, folder / f"stop-{v}", mode, options, v, stop_after)
-            for v in VARIANTS}  # fmt: skip
+    out = {}
+    for v in VARIANTS:
+        out[v] = bench_stop_variant(loop, make, folder / f"stop-{v}", mode, options, v, stop_after)
+        gc.collect()
+    return out
 
 
 def print_stop_table(stops: dict[str, dict[str, Any]]) -> None:

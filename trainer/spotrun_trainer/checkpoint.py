@@ -314,8 +314,11 @@ class CheckpointManager:
         return self._staging is not None
 
     def wait(self, raise_errors: bool = True) -> CheckpointInfo | None:
-        """Block until the save in flight is done; its info on rank 0 (None elsewhere)."""
+        """Block until the save in flight is done; its info on rank 0 (None elsewhere). A
+        paced write still running then drops its pace: the caller is blocked on it."""
         self.wait_staged()
+        if self.in_flight:
+            self._dcp.hurries.hurry_write()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -328,6 +331,11 @@ class CheckpointManager:
     @property
     def in_flight(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def close(self) -> None:
+        """After the last save: release the staging buffers."""
+        self.wait(raise_errors=False)
+        self._dcp.close()
 
     def _run(self, *args: Any) -> None:
         try:

@@ -47,11 +47,15 @@ class Hurry:
     """A one-way flag: the node is going (or the run is ending), writes must not be paced.
 
     The object made in the trainer process owns the flag file; a copy unpickled elsewhere
-    (DCP's checkpoint process) only reads it."""
+    (DCP's checkpoint process) only reads it. A hurry with a ``parent`` (one write's, under
+    the node's) is also raised when its parent is."""
 
-    def __init__(self, folder: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, folder: str | os.PathLike[str] | None = None, parent: Hurry | None = None
+    ) -> None:
         base = Path(folder) if folder is not None else Path(tempfile.gettempdir())
         self.path = base / f"spotrun-hurry-{os.getpid()}-{secrets.token_hex(8)}"
+        self.parent = parent
         self._event = threading.Event()
         self._owner = True
         self._remove: weakref.finalize[[Path], Hurry] | None = None
@@ -73,7 +77,9 @@ class Hurry:
     def is_set(self) -> bool:
         if self._event.is_set():
             return True
-        if not self._owner and self.path.exists():
+        if (not self._owner and self.path.exists()) or (
+            self.parent is not None and self.parent.is_set()
+        ):
             self._event.set()  # seen once, no more stat calls
             return True
         return False
@@ -85,8 +91,10 @@ class Hurry:
             left = end - time.monotonic()
             if left <= 0:
                 return
-            # The owner's Event is set by set(); a copy's only by is_set() seeing the file.
-            self._event.wait(left if self._owner else min(left, POLL_SECONDS))
+            # The owner's Event is set by set(); a copy's, or a parent's raise, is seen
+            # only by is_set() looking.
+            polled = not self._owner or self.parent is not None
+            self._event.wait(min(left, POLL_SECONDS) if polled else left)
 
     def close(self) -> None:
         """Remove the flag file (owner only); the flag stays raised in this object."""
@@ -96,10 +104,11 @@ class Hurry:
     def __getstate__(self) -> dict[str, Any]:
         # The Event cannot cross a process boundary; the file can. Raised before pickling,
         # the copy starts raised.
-        return {"path": str(self.path), "set": self._event.is_set()}
+        return {"path": str(self.path), "set": self._event.is_set(), "parent": self.parent}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.path = Path(state["path"])
+        self.parent = state["parent"]
         self._event = threading.Event()
         if state["set"]:
             self._event.set()
@@ -169,3 +178,28 @@ def leave_process_group() -> None:
             os.setpgid(0, 0)
     except OSError as e:  # pragma: no cover - a session leader, or a sandbox that refuses
         log.debug("checkpoint process keeps its process group: %s", e)
+
+
+class WriteHurries:
+    """The node's hurry and one more for each background write, under it: raising the
+    write's own (``hurry_write``: the loop now waits for that write, so its pace only
+    adds to the stall) leaves the node's down, and the next write is paced again."""
+
+    def __init__(self, node: Hurry | None = None) -> None:
+        self.node = node or Hurry()
+        self._write: Hurry | None = None
+
+    def next_write(self) -> Hurry:
+        """The hurry of a new write (the previous write's is done with)."""
+        self.close()
+        self._write = Hurry(parent=self.node)
+        return self._write
+
+    def hurry_write(self) -> None:
+        if self._write is not None:
+            self._write.set()
+
+    def close(self) -> None:
+        if self._write is not None:
+            self._write.close()
+            self._write = None

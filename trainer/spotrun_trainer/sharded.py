@@ -47,7 +47,7 @@ from torch.distributed.fsdp import fully_shard
 
 from spotrun_trainer.checkpoint_io import file_entry, write_json
 from spotrun_trainer.config import DEFAULT_WRITER_MB_PER_S
-from spotrun_trainer.pacing import Hurry, Pacer, leave_process_group
+from spotrun_trainer.pacing import Hurry, Pacer, WriteHurries, leave_process_group
 from spotrun_trainer.staging import ReusedStager
 from spotrun_trainer.state import Stateful
 
@@ -77,8 +77,7 @@ class WriterOptions:
     direct_io: bool = True  # shards written with O_DIRECT where the file system takes it
     # A background writer's pace, MB/s per shard (0: as fast as it goes). Paced, the writer
     # is busy a fraction of the time, so it competes less with the step on a small node;
-    # the save takes longer. Synchronous saves (a stop's) are never paced, and a paced
-    # write drops its pace once the node is going (pacing.Hurry). The default is config's.
+    # the save takes longer; never a synchronous save, nor once hurried (pacing.py).
     max_write_mb_per_s: float = DEFAULT_WRITER_MB_PER_S
 
 
@@ -145,14 +144,15 @@ class DcpSaver:
     process by handle, with no second copy). With ``overlap`` the staging copy of an async
     save runs in a thread of its own; ``staging`` is then the future of that copy (None
     when nothing is being staged), and the state must not change until it is done.
-    ``hurry``: once raised, background writes drop their pace (``pacing.Hurry``)."""
+    ``hurry``: the node's ``pacing.Hurry``; ``hurries`` adds one per background write."""
 
     def __init__(self, mode: str = "thread", options: WriterOptions | None = None,
                  overlap: bool = False, hurry: Hurry | None = None) -> None:  # fmt: skip
         self.mode = mode
         self.options = options or WriterOptions()
         self.overlap = overlap
-        self.hurry = hurry or Hurry()
+        self.hurries = WriteHurries(hurry)
+        self.hurry = self.hurries.node
         self.staging: Future[None] | None = None
         self._stager: ReusedStager | None = None
 
@@ -184,7 +184,7 @@ class DcpSaver:
             kind = AsyncCheckpointerType.THREAD  # the checkpoint process needs a process group
         where = "process" if kind is AsyncCheckpointerType.PROCESS else "thread"
         writer = HashingFileSystemWriter(folder, background=where, options=self.options,
-                                         hurry=self.hurry)  # fmt: skip
+                                         hurry=self.hurries.next_write())  # fmt: skip
         response = async_save(state, storage_writer=writer, process_group=group,
                               async_checkpointer_type=kind,
                               async_stager=self._staging(kind))  # fmt: skip
@@ -195,6 +195,7 @@ class DcpSaver:
         return future
 
     def close(self) -> None:
+        self.hurries.close()
         if self._stager is not None:
             self._stager.close()
             self._stager = None

@@ -178,17 +178,12 @@ def test_a_save_started_after_a_notice_is_not_paced(
     the writer is created unpaced and never sleeps."""
     monkeypatch.setattr(sharded, "DIRECT_BUFFER", SMALL_BUFFER)
     spy = SleepSpy(monkeypatch)
-    torch.manual_seed(0)
-    model = nn.Linear(64, 64)
-    opt = torch.optim.AdamW(model.parameters())
-    model(torch.randn(2, 64)).sum().backward()
-    opt.step()
     m = CheckpointManager(tmp_path, keep_best=False, async_save=True, writer_options=CRAWL)
     m.prepare()
     m.hurry.set()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # DCP: no process group, single process
-        m.save(1, {}, {}, sharded={"train": ShardedState(model, opt)})
+        m.save(1, {}, {}, sharded=_trained_linear())
     done = threading.Thread(target=m.wait)
     done.start()
     done.join(LIVENESS)
@@ -198,6 +193,49 @@ def test_a_save_started_after_a_notice_is_not_paced(
     fs = HashingFileSystemWriter("x", background="process", options=CRAWL, hurry=m.hurry).fs
     assert isinstance(fs, sharded.HashingFileSystem) and fs.max_write_mb_per_s == 0
     m.hurry.close()
+
+
+def _trained_linear() -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = nn.Linear(64, 64)  # 16 KiB of weights, 33 KiB with both AdamW moments
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 64)).sum().backward()
+    opt.step()
+    return {"train": ShardedState(model, opt)}
+
+
+def _in_thread(fn: Any) -> threading.Thread:
+    t = threading.Thread(target=fn)
+    t.start()
+    return t
+
+
+def test_a_save_that_must_wait_for_a_paced_write_hurries_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop blocks on the write in flight (a save due before the previous one is
+    written, the run's end): pacing it then only adds to the stall, so the wait drops its
+    pace; the node-wide hurry stays down and the next write is paced again."""
+    monkeypatch.setattr(sharded, "DIRECT_BUFFER", SMALL_BUFFER)
+    spy = SleepSpy(monkeypatch)
+    parts = _trained_linear()
+    m = CheckpointManager(tmp_path, keep_best=False, async_save=True, writer_options=CRAWL)
+    m.prepare()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DCP: no process group, single process
+        m.save(1, {}, {}, sharded=parts)
+        assert spy.asleep.wait(LIVENESS), "the paced writer never slept"
+        spy.asleep.clear()
+        second = _in_thread(lambda: m.save(2, {}, {}, sharded=parts))
+        second.join(LIVENESS)
+    assert not second.is_alive(), "the save waited for a write that kept its pace"
+    assert verify(tmp_path / "step-1", 1) is None
+    assert not m.hurry.is_set()
+    assert spy.asleep.wait(LIVENESS), "the next write was not paced"
+    done = _in_thread(m.wait)
+    done.join(LIVENESS)
+    assert not done.is_alive() and verify(tmp_path / "step-2", 2) is None
+    m.close()
 
 
 @pytest.mark.parametrize(
