@@ -10,7 +10,8 @@ drops its pace at once; a write that starts after it is not paced at all.
 Where the write runs decides how the flag reaches it:
 
 - thread mode: DCP's writer thread is in the trainer process and shares the
-  :class:`Hurry` object; ``threading.Event`` wakes a writer asleep in its pace at once.
+  :class:`Hurry` objects; a writer asleep in its pace sees the node's hurry within
+  ``POLL_SECONDS`` (its write's own hurry, an ``Event``, wakes it at once).
 - process mode: DCP spawns its checkpoint process once, at the first async save, and
   pickles the storage writer (with its ``Hurry``) to it through a pipe with every save.
   ``multiprocessing`` events and shared values can reach a process only when it is
@@ -38,8 +39,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# How often a writer in another process looks for the flag file while asleep in its pace:
-# the most a hurry waits there (in the trainer process an Event wakes it at once).
+# How often a writer asleep in its pace looks for a flag it cannot be woken by (the flag
+# file from another process, a parent's Event): the most a hurry waits there.
 POLL_SECONDS = 0.05
 
 
@@ -61,7 +62,7 @@ class Hurry:
         self._remove: weakref.finalize[[Path], Hurry] | None = None
 
     def set(self) -> None:
-        """Raise the flag (idempotent; safe in a Python signal handler: no locks held)."""
+        """Raise the flag (idempotent; the stop guard calls it from its signal handler)."""
         if self._event.is_set():
             return
         self._event.set()
