@@ -44,10 +44,12 @@ import psutil
 import torch
 import torch.distributed as dist
 from model_fields import model_fields
+from trainer_stop_save import bench_stop, print_stop_table
 
 from spotrun_trainer.checkpoint import CheckpointManager
 from spotrun_trainer.config import ModelConfig
 from spotrun_trainer.models import build_model, compute_loss, count_parameters
+from spotrun_trainer.pacing import Hurry
 from spotrun_trainer.sharded import ShardedState, WriterOptions, apply_fsdp
 from spotrun_trainer.state import RNGState, TrainProgress
 
@@ -98,6 +100,13 @@ def parse_args() -> argparse.Namespace:
         type=float,
         default=WriterOptions.max_write_mb_per_s,
         help="pace of the background writer, MB/s per shard (0: unpaced)",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=float,
+        default=0.0,
+        help="also time a SIGTERM this many seconds into a background save, per async mode:\n"
+        "unpaced, paced and hurried, paced and not hurried (trainer_stop_save.py); 0: not",
     )
     p.add_argument("--tag", default="", help="suffix of the JSON file name")
     p.add_argument("--dir", default=None, help="checkpoint scratch folder (default: a temp dir)")
@@ -173,11 +182,13 @@ def _median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
-def _manager(folder: Path, mode: str, options: WriterOptions) -> CheckpointManager:
+def _manager(
+    folder: Path, mode: str, options: WriterOptions, hurry: Hurry | None = None
+) -> CheckpointManager:
     m = CheckpointManager(folder, keep=2, keep_best=False, async_save=mode != "sync",
                           async_mode="process" if mode.endswith("process") else "thread",
                           overlap_staging=mode.startswith("overlap"),
-                          writer_options=options)  # fmt: skip
+                          writer_options=options, hurry=hurry)  # fmt: skip
     m.prepare()
     return m
 
@@ -349,8 +360,16 @@ def main() -> None:
                                        args.baseline_steps, options)  # fmt: skip
             # Written after every mode: a run cut short (a time limit) keeps what it measured.
             _write(out, _report(args, cfg, options, n_params, {**results, "complete": False}))
+        if args.stop_after > 0:
+            stops = results["stop"] = {}
+            for mode in modes[1:]:
+                stops[mode] = bench_stop(loop, _manager, folder / mode, mode, options,
+                                         args.stop_after)  # fmt: skip
+                _write(out, _report(args, cfg, options, n_params, {**results, "complete": False}))
         results["resume_seconds"] = bench_resume(loop, folder / "sync", options)
         _print_table(results, modes)
+        if args.stop_after > 0:
+            print_stop_table(results["stop"])
         _write(out, _report(args, cfg, options, n_params, {**results, "complete": True}))
         print(f"wrote {out}")
     finally:

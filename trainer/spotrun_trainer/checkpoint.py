@@ -58,6 +58,7 @@ from spotrun_trainer.checkpoint_io import (
     write_json,
     write_torch,
 )
+from spotrun_trainer.pacing import Hurry
 from spotrun_trainer.state import Stateful
 
 __all__ = [
@@ -116,8 +117,9 @@ class CheckpointManager:
     a staging thread while training goes on, and the manager blocks the next
     ``optimizer.step`` of each sharded part's ``optimizer`` (a step pre-hook) until that
     copy is done — the first point where the state changes; see ``wait_staged``.
-    ``writer_options`` (``sharded.WriterOptions``): the background writer's niceness and
-    whether ``torch.save`` writes CRC32s.
+    ``writer_options`` (``sharded.WriterOptions``): the background writer's niceness, pace
+    and whether ``torch.save`` writes CRC32s; ``hurry`` (``pacing.Hurry``, the stop guard's):
+    once raised, paced writes go as fast as they can (``self.hurry``).
     """
 
     def __init__(
@@ -132,6 +134,7 @@ class CheckpointManager:
         async_mode: str = "thread",
         overlap_staging: bool = False,
         writer_options: sharded_io.WriterOptions | None = None,
+        hurry: Hurry | None = None,
         process_group: Any = None,
         commit_timeout: float = 600.0,
         collectives: Collectives | None = None,
@@ -147,7 +150,8 @@ class CheckpointManager:
         self.async_mode = async_mode  # thread or process: how DCP writes sharded parts
         self.process_group = process_group  # DCP's group (gloo); None: the default group
         self.overlap_staging = overlap_staging
-        self._dcp = sharded_io.DcpSaver(async_mode, writer_options, overlap=overlap_staging)
+        self._dcp = sharded_io.DcpSaver(async_mode, writer_options, overlap_staging, hurry)
+        self.hurry = self._dcp.hurry  # raise it when the node is going or the run ends
         self._staging: Future[Any] | None = None  # overlapped staging copy in flight
         self._fences: list[Any] = []  # optimizer step pre-hooks waiting for it
         # Every file of a checkpoint gets a sha256 in the manifest as it is written, so
@@ -310,8 +314,11 @@ class CheckpointManager:
         return self._staging is not None
 
     def wait(self, raise_errors: bool = True) -> CheckpointInfo | None:
-        """Block until the save in flight is done; its info on rank 0 (None elsewhere)."""
+        """Block until the save in flight is done; its info on rank 0 (None elsewhere). A
+        paced write still running then drops its pace: the caller is blocked on it."""
         self.wait_staged()
+        if self.in_flight:
+            self._dcp.hurries.hurry_write()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -324,6 +331,11 @@ class CheckpointManager:
     @property
     def in_flight(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def close(self) -> None:
+        """After the last save: release the staging buffers."""
+        self.wait(raise_errors=False)
+        self._dcp.close()
 
     def _run(self, *args: Any) -> None:
         try:

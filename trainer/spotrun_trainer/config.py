@@ -26,6 +26,9 @@ import yaml
 from spotrun_trainer import contract
 from spotrun_trainer.faults import FaultConfig
 
+# Background checkpoint writer's pace, MB/s per shard (why this value: docs/trainer.md).
+DEFAULT_WRITER_MB_PER_S = 150.0
+
 
 @dataclass
 class ModelConfig:
@@ -107,10 +110,10 @@ class CheckpointConfig:
     """Async saves of sharded (FSDP) state: copy the state to CPU memory in a staging thread
     while the next step's forward and backward run, and hold that step's optimizer update
     until the copy is done (false: copy it before the loop goes on)."""
-    writer_max_mb_per_s: float = 0.0
-    """Pace of the background checkpoint writer, MB/s per shard file (0: unpaced). Paced, it
-    competes less with training on a small node and the save takes longer; every async
-    save is paced (a spot notice's too), a stop's synchronous save never."""
+    writer_max_mb_per_s: float = DEFAULT_WRITER_MB_PER_S
+    """Pace of the background checkpoint writer, MB/s per shard file (0: unpaced): it then
+    competes less with training and the save takes longer. Once a stop, a spot notice or the
+    run's end comes, the write in flight drops its pace; their saves are never paced."""
     commit_timeout_seconds: float = 600.0
     """How long rank 0 waits for the other ranks' files before abandoning a save."""
     s3_uri: str | None = None
@@ -378,8 +381,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"checkpoint.async_mode: expected thread or process, got {cfg.checkpoint.async_mode!r}"
         )
-    if cfg.checkpoint.writer_max_mb_per_s < 0:
-        raise ConfigError("checkpoint.writer_max_mb_per_s must be >= 0")
+    pace = cfg.checkpoint.writer_max_mb_per_s
+    if not 0 <= pace < float("inf"):  # NaN fails too
+        raise ConfigError(f"checkpoint.writer_max_mb_per_s must be >= 0 and finite, got {pace}")
     if cfg.global_batch_size < 0:
         raise ConfigError("global_batch_size must be >= 0")
     if cfg.checkpoint.keep < 1:

@@ -130,6 +130,10 @@ class TrainLoop:
             guard = self.io.guard
             guard.take_save_request()
             log.warning("saving at step %d: %s", b.step, guard.save_reason or "save requested")
+        if b.stop or b.notice or b.finished:
+            # The node is going or the run ends (some rank's guard may have raised it
+            # already): a paced write in flight, and this save, go as fast as they can.
+            self.io.manager.hurry.set()
         wanted = b.stop or b.notice or b.due or b.finished or every or (new_best and ck.keep_best)
         if self.stall_pending:  # a save at the very next boundary: report the previous one
             self.report_stall()

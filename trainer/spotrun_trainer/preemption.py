@@ -1,7 +1,10 @@
 """Stop requests: SIGTERM/SIGINT, and the EC2 spot interruption notice.
 
 The guard only raises flags; the training loop reads them at step boundaries, where all
-ranks agree on them (all_reduce MAX) so every rank saves the same step.
+ranks agree on them (all_reduce MAX) so every rank saves the same step. One flag is read
+at once, not at a boundary: ``hurry`` (``pacing.Hurry``), which a stop or a save request
+(the spot notice: the node is going) raises, so a paced checkpoint write already in
+flight drops its pace without waiting for the step to end.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
+
+from spotrun_trainer.pacing import Hurry
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,7 @@ class StopGuard:
         self._previous: dict[signal.Signals, Any] = {}
         self.stop_requested = threading.Event()
         self.save_requested = threading.Event()
+        self.hurry = Hurry()  # the node is going: checkpoint writes in flight drop their pace
         self._wake = threading.Event()
         self.stop_time: float | None = None
         self.stop_reason: str | None = None
@@ -46,6 +52,7 @@ class StopGuard:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        self.hurry.close()  # every save has been waited for by now
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         # Signal context: set flags only; the loop logs when it sees them.
@@ -56,11 +63,13 @@ class StopGuard:
             self.stop_time = time.monotonic()
             self.stop_reason = reason
         self.stop_requested.set()
+        self.hurry.set()
         self._wake.set()
 
     def request_save(self, reason: str) -> None:
         self.save_reason = reason
         self.save_requested.set()
+        self.hurry.set()  # the spot notice: the node is going
         self._wake.set()
 
     def take_save_request(self) -> bool:

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -47,6 +46,8 @@ from torch.distributed.checkpoint.stateful import Stateful as DcpStateful
 from torch.distributed.fsdp import fully_shard
 
 from spotrun_trainer.checkpoint_io import file_entry, write_json
+from spotrun_trainer.config import DEFAULT_WRITER_MB_PER_S
+from spotrun_trainer.pacing import Hurry, Pacer, WriteHurries, leave_process_group
 from spotrun_trainer.staging import ReusedStager
 from spotrun_trainer.state import Stateful
 
@@ -76,8 +77,8 @@ class WriterOptions:
     direct_io: bool = True  # shards written with O_DIRECT where the file system takes it
     # A background writer's pace, MB/s per shard (0: as fast as it goes). Paced, the writer
     # is busy a fraction of the time, so it competes less with the step on a small node;
-    # the save takes longer. Synchronous saves (a stop's) are never paced.
-    max_write_mb_per_s: float = 0.0
+    # the save takes longer; never a synchronous save, nor once hurried (pacing.py).
+    max_write_mb_per_s: float = DEFAULT_WRITER_MB_PER_S
 
 
 def set_zip_crc32(enabled: bool) -> None:
@@ -142,14 +143,16 @@ class DcpSaver:
     and reused by every save (in shared memory for the checkpoint process: it reaches the
     process by handle, with no second copy). With ``overlap`` the staging copy of an async
     save runs in a thread of its own; ``staging`` is then the future of that copy (None
-    when nothing is being staged), and the state must not change until it is done."""
+    when nothing is being staged), and the state must not change until it is done.
+    ``hurry``: the node's ``pacing.Hurry``; ``hurries`` adds one per background write."""
 
-    def __init__(
-        self, mode: str = "thread", options: WriterOptions | None = None, overlap: bool = False
-    ) -> None:
+    def __init__(self, mode: str = "thread", options: WriterOptions | None = None,
+                 overlap: bool = False, hurry: Hurry | None = None) -> None:  # fmt: skip
         self.mode = mode
         self.options = options or WriterOptions()
         self.overlap = overlap
+        self.hurries = WriteHurries(hurry)
+        self.hurry = self.hurries.node
         self.staging: Future[None] | None = None
         self._stager: ReusedStager | None = None
 
@@ -180,7 +183,8 @@ class DcpSaver:
         if kind is AsyncCheckpointerType.PROCESS and not dist.is_initialized():
             kind = AsyncCheckpointerType.THREAD  # the checkpoint process needs a process group
         where = "process" if kind is AsyncCheckpointerType.PROCESS else "thread"
-        writer = HashingFileSystemWriter(folder, background=where, options=self.options)
+        writer = HashingFileSystemWriter(folder, background=where, options=self.options,
+                                         hurry=self.hurries.next_write())  # fmt: skip
         response = async_save(state, storage_writer=writer, process_group=group,
                               async_checkpointer_type=kind,
                               async_stager=self._staging(kind))  # fmt: skip
@@ -191,6 +195,7 @@ class DcpSaver:
         return future
 
     def close(self) -> None:
+        self.hurries.close()
         if self._stager is not None:
             self._stager.close()
             self._stager = None
@@ -232,9 +237,7 @@ class _HashingStream:
         return getattr(self._f, name)
 
 
-BLOCK = (
-    4096  # O_DIRECT alignment of buffers, offsets and sizes (a page; every block size divides it)
-)
+BLOCK = 4096  # O_DIRECT alignment of buffers, offsets and sizes (a page: every block divides it)
 DIRECT_BUFFER = 8 << 20  # bytes gathered before each O_DIRECT write
 
 
@@ -248,12 +251,12 @@ class _DirectHashingStream:
     the disk by DMA. ``flush()`` keeps what has not filled the buffer (DCP calls it after
     every item); ``close()`` writes the rest (the tail under a block without ``O_DIRECT``)
     and fsyncs, so the commit protocol sees a durable file exactly as before. A file
-    system that refuses ``O_DIRECT`` writes gets buffered ones."""
+    system that refuses ``O_DIRECT`` writes gets buffered ones. ``pacer`` (none: unpaced)
+    may hold it after each full buffer."""
 
-    def __init__(self, fd: int, max_mb_per_s: float = 0.0) -> None:
+    def __init__(self, fd: int, pacer: Pacer | None = None) -> None:
         self.fd = fd
-        self._rate = max_mb_per_s * 1e6  # bytes per second; 0: unpaced
-        self._t0 = time.monotonic()
+        self.pacer = pacer or Pacer(0.0)
         self.sha = hashlib.sha256()
         self.size = 0  # bytes taken: the stream's position
         self.sequential = True
@@ -279,16 +282,9 @@ class _DirectHashingStream:
             if self._fill == DIRECT_BUFFER:
                 self._write_out(self._view[:DIRECT_BUFFER])
                 self._fill = 0
-                self._pace(self.size + pos)
+                self.pacer.pace(self.size + pos)
         self.size += n
         return n
-
-    def _pace(self, done: int) -> None:
-        """Paced: sleep until ``done`` bytes are due at the set rate."""
-        if self._rate > 0:
-            ahead = done / self._rate - (time.monotonic() - self._t0)
-            if ahead > 0:
-                time.sleep(ahead)
 
     def _buffered(self) -> None:
         if self._direct:
@@ -363,12 +359,16 @@ class HashingFileSystem(FileSystem):
     """DCP's local file system, writing ``<shard>.sha256`` (sha256 and size) beside each
     shard it writes, from the bytes as they were written: the manifest then needs no
     second read of the shards in the training process. Shards are written with
-    ``O_DIRECT`` where the file system takes it (``_DirectHashingStream``)."""
+    ``O_DIRECT`` where the file system takes it (``_DirectHashingStream``), paced to
+    ``max_write_mb_per_s`` until ``hurry`` is raised."""
 
-    def __init__(self, direct_io: bool = True, max_write_mb_per_s: float = 0.0) -> None:
+    def __init__(
+        self, direct_io: bool = True, max_write_mb_per_s: float = 0.0, hurry: Hurry | None = None
+    ) -> None:
         super().__init__()
         self.direct_io = direct_io
         self.max_write_mb_per_s = max_write_mb_per_s
+        self.hurry = hurry
 
     @contextmanager
     def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[Any]:
@@ -383,7 +383,7 @@ class HashingFileSystem(FileSystem):
                 hashing: _HashingStream | _DirectHashingStream = _HashingStream(f)
                 yield hashing
         else:
-            hashing = _DirectHashingStream(fd, self.max_write_mb_per_s)
+            hashing = _DirectHashingStream(fd, Pacer(self.max_write_mb_per_s, self.hurry))
             try:
                 yield hashing
                 hashing.close()
@@ -398,7 +398,8 @@ class HashingFileSystemWriter(FileSystemWriter):
     """DCP's file system writer over ``HashingFileSystem``. ``background`` says where it
     writes (``thread``, ``process`` or None: the caller's thread, a synchronous save);
     there it first applies ``options`` to the thread or process it runs in (it is pickled
-    to DCP's checkpoint process, so it configures that process from inside)."""
+    to DCP's checkpoint process, so it configures that process from inside). Only a
+    background write is paced, and not once ``hurry`` is raised (a notice's save)."""
 
     def __init__(
         self,
@@ -406,16 +407,19 @@ class HashingFileSystemWriter(FileSystemWriter):
         *,
         background: str | None = None,
         options: WriterOptions | None = None,
+        hurry: Hurry | None = None,
     ) -> None:
         super().__init__(path)
         self.background = background
         self.options = options or WriterOptions()
-        rate = self.options.max_write_mb_per_s if background is not None else 0.0
-        self.fs = HashingFileSystem(direct_io=self.options.direct_io, max_write_mb_per_s=rate)
+        paced = background is not None and not (hurry is not None and hurry.is_set())
+        rate = self.options.max_write_mb_per_s if paced else 0.0
+        self.fs = HashingFileSystem(self.options.direct_io, rate, hurry)
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         # Runs where the write runs: DCP's writer thread, or its checkpoint process.
         if self.background == "process":
+            leave_process_group()  # a stop's killpg must not kill the write in flight
             set_zip_crc32(self.options.crc32)  # the checkpoint process only writes shards
             torch.set_num_threads(1)  # it moves bytes; no intra-op pool to spin
         if self.background is not None:

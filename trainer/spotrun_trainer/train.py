@@ -89,6 +89,7 @@ def _train(
         async_mode=ck.async_mode,
         overlap_staging=ck.overlap_staging,
         writer_options=WriterOptions(max_write_mb_per_s=ck.writer_max_mb_per_s),
+        hurry=guard.hurry,  # a stop or notice unpaces the write in flight at once
         process_group=ctx.checkpoint_group,
         commit_timeout=ck.commit_timeout_seconds,
         collectives=ctx,
