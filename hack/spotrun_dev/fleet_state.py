@@ -10,6 +10,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from spotrun_dev import fleet
+from spotrun_dev.plans import NOT_READY, UNREACHABLE
 from spotrun_dev.waiting import wait_for
 
 
@@ -74,10 +75,16 @@ def _node_absent(core: client.CoreV1Api, name: str) -> bool:
 
 
 def _all_ready(core: client.CoreV1Api, names: list[str]) -> bool:
+    """Ready, and the node lifecycle controller has taken its not-ready/unreachable taint
+    off again: a node just created (or one whose heartbeat was late) carries it for up to
+    a monitor period after kwok reports Ready, and a test reading the fleet then saw
+    ``node.kubernetes.io/not-ready:NoSchedule`` beside the GPU taint."""
     for name in names:
         node = core.read_node(name)
         conds = {c.type: c.status for c in (node.status.conditions or [])}
         if conds.get("Ready") != "True":
+            return False
+        if any(t.key in (NOT_READY, UNREACHABLE) for t in node.spec.taints or []):
             return False
     return True
 
