@@ -21,13 +21,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from spotrun_operator.common import LABEL_KUEUE_JOB_UID, LABEL_RUN, parse_job_name
 from spotrun_operator.plan import Rejected
 from spotrun_operator.trim import trimmed, trimmed_job, trimmed_node, trimmed_pod
 
 Obj = dict[str, Any]
+V = TypeVar("V")
 Key = tuple[str, str]  # (namespace or "", name)
 IndexKey = tuple[str, str]  # (namespace, label value)
 
@@ -42,6 +43,16 @@ def _version(obj: Mapping[str, Any]) -> int | None:
 
 def _uid(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("uid") or "")
+
+
+def _drop_oldest_while(entries: dict[Any, V], expired: Callable[[V], bool]) -> None:
+    """Drop entries of an insertion-ordered dict from its oldest on, while ``expired``
+    says so (entries go in in time order, so the first one kept ends the pass)."""
+    while entries:
+        oldest = next(iter(entries))
+        if not expired(entries[oldest]):
+            return
+        del entries[oldest]
 
 
 def _key(obj: Mapping[str, Any]) -> Key:
@@ -118,11 +129,7 @@ class Store:
         # storm: py-spy, operator_scale at 1,100 runs).
         self._tombstones.pop(key, None)
         self._tombstones[key] = (now, version, uid or (_uid(old) if old is not None else ""))
-        while self._tombstones:
-            oldest = next(iter(self._tombstones))
-            if now - self._tombstones[oldest][0] <= TOMBSTONE_SECONDS:
-                break
-            del self._tombstones[oldest]
+        _drop_oldest_while(self._tombstones, lambda t: now - t[0] > TOMBSTONE_SECONDS)
 
     def get(self, namespace: str, name: str) -> Obj | None:
         with self._lock:
@@ -281,11 +288,7 @@ class CachedReads:
 
     def pod_refusal(self, namespace: str, job: Mapping[str, Any]) -> Rejected | None:
         now, uid = self._clock(), _uid(job)
-        while self._no_refusal:  # in insertion order, so the oldest come first
-            oldest = next(iter(self._no_refusal))
-            if now - self._no_refusal[oldest] < self.REFUSAL_RECHECK_SECONDS:
-                break
-            del self._no_refusal[oldest]
+        _drop_oldest_while(self._no_refusal, lambda t: now - t >= self.REFUSAL_RECHECK_SECONDS)
         if uid and uid in self._no_refusal:
             return None
         refusal = self.api.pod_refusal(namespace, job)
