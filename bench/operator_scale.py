@@ -544,6 +544,7 @@ def interruption_step(
         },
         "throughput": rates(recs, t0),
         "api_requests": api_table(counts, t_end - t0, sum(1 for r in recs if r.t_created)),
+        "status_writes": rp.status_write_table(recs),
     }
 
 

@@ -150,6 +150,9 @@ class Recovery:
     t_running: float | None = None
     old_pods: set[str] = field(default_factory=set)
     new_pods: dict[str, dict[str, bool]] = field(default_factory=dict)
+    # What each status write of the run changed, from the signal to the next attempt's
+    # Running phase (:func:`status_change`): where the writes per recovery go.
+    status_writes: list[str] = field(default_factory=list)
 
     def configured_backoff(self) -> float | None:
         if self.next_attempt_at is None or self.ended_at is None:
@@ -183,6 +186,47 @@ class Recovery:
         if b is None:
             return None
         return {name: b[i + 1] - b[i] for i, name in enumerate(PHASES)}
+
+
+# Status fields that change with any write (the operator's derived strings and figures):
+# named in a write's label only when nothing else changed.
+_DERIVED = frozenset(("display", "conditions", "message", "cost", "observedGeneration"))
+
+
+def status_change(before: dict[str, Any], after: dict[str, Any], attempt: int) -> str:
+    """A label for one status write of a recovery of attempt ``attempt``: the fields of the
+    lost attempt ("old.") and of the next one ("new.") that changed, and the other
+    top-level fields, sorted; the derived fields only when nothing else changed."""
+    names: set[str] = set()
+    entries = {
+        side: [
+            {e.get("attempt"): e for e in st.get("attempts") or []}.get(attempt + offset) or {}
+            for st in (before, after)
+        ]
+        for side, offset in (("old", 0), ("new", 1))
+    }
+    for side, (b, a) in entries.items():
+        if not b and a:
+            names.add(f"{side}.created")
+            continue
+        names |= {f"{side}.{k}" for k in set(a) | set(b) if a.get(k) != b.get(k)}
+    keys = (set(before) | set(after)) - {"attempts"}
+    changed = {k for k in keys if before.get(k) != after.get(k)}
+    names |= changed - _DERIVED
+    return ",".join(sorted(names or changed)) or "nothing"
+
+
+def status_write_table(recoveries: list[Recovery]) -> dict[str, Any]:
+    """Status writes per recovery, and how often each kind of write (its label) occurs per
+    recovery, over the recoveries that reached Running."""
+    done = [r for r in recoveries if r.t_running is not None]
+    kinds = Counter(w for r in done for w in r.status_writes)
+    n = len(done) or 1
+    return {
+        "recoveries": len(done),
+        "per_recovery": round(sum(len(r.status_writes) for r in done) / n, 2),
+        "by_change": {k: round(v / n, 2) for k, v in kinds.most_common()},
+    }
 
 
 def phase_table(recoveries: list[Recovery], signals: Iterable[str]) -> dict[str, Any]:

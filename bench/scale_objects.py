@@ -127,6 +127,7 @@ class Observer:
         self.first_running: dict[str, float] = {}
         self.peers: dict[str, PeerJob] = {}
         self.victim_nodes: dict[str, str] = {}  # node -> run
+        self.run_status: dict[str, dict[str, Any]] = {}  # run -> its newest status
         # Outcomes the bench did not cause, (run, attempt) -> reason: the cluster itself
         # lost nodes (kwok missing heartbeats under load): the machine is too small.
         self.unprovoked: dict[tuple[str, int], str] = {}
@@ -160,11 +161,16 @@ class Observer:
     # TrainingRuns
     def on_run(self, kind: str, obj: dict[str, Any], now: float) -> None:
         name = obj["metadata"]["name"]
-        attempts = (obj.get("status") or {}).get("attempts") or []
+        status = obj.get("status") or {}
+        attempts = status.get("attempts") or []
         with self.lock:
             if attempts and self.t_op_start and self.t_first_decision is None:
                 self.t_first_decision = now
             rec = self.recs.get(name)
+            before = self.run_status.get(name)
+            self.run_status[name] = status
+            if rec is not None and before is not None and kind == "MODIFIED":
+                self._status_write(rec, before, status)
             for a in attempts:
                 if not a.get("outcome"):
                     continue
@@ -176,6 +182,15 @@ class Observer:
                     rec.reason = str(a.get("reason") or "")
                 rec.ended_at = rp.parse_time(a.get("endedAt"))
                 rec.next_attempt_at = rp.parse_time(a.get("nextAttemptAt"))
+
+    @staticmethod
+    def _status_write(rec: rp.Recovery, before: dict[str, Any], after: dict[str, Any]) -> None:
+        """Count a status write from the signal until the next attempt reads Running."""
+        if rec.t_signal is None or before == after:
+            return
+        running_next = before.get("phase") == "Running" and before.get("attempt") == rec.attempt + 1
+        if not running_next:
+            rec.status_writes.append(rp.status_change(before, after, rec.attempt))
 
     # PyTorchJobs of the runs
     def on_job(self, kind: str, obj: dict[str, Any], now: float) -> None:

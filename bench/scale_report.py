@@ -63,6 +63,11 @@ def print_report(res: dict[str, Any]) -> None:
             f"operator API requests per recovery: reads {a['reads_per_recovery']}, writes "
             f"{a['writes_per_recovery']}; recoveries/s: {g['throughput']}"
         )
+        w = g.get("status_writes") or {}
+        print(
+            f"status writes per recovery (the run's watch): {w.get('per_recovery')}, by what "
+            f"changed: {w.get('by_change')}"
+        )
     s = res["resources"]
     print(
         f"\noperator: peak RSS {s['operator_peak_rss_mib']} MiB, CPU {s['operator_cpu_seconds']} s"

@@ -19,6 +19,18 @@ from spotrun_dev import node_config, paths
 # The Lease duration of kwok's fake nodes (kubelet and kwok default).
 NODE_LEASE_SECONDS: Final = 40
 
+# kwok's workers (its defaults are 4 each). A fake node's Lease is renewed every quarter
+# of its duration: 1,500 nodes (bench/operator_scale.py) make 150 renewals a second, and 4
+# workers keep up only while a renewal's round trip stays under ~27 ms. On 2 busy cores it
+# does not: the renewals fell behind until the node lifecycle controller saw untouched
+# nodes' Leases expire and marked them NotReady (1,132 unprovoked node losses in one run).
+# More workers make no more requests; they stop a slow apiserver from queueing them.
+KWOK_PARALLELISM: Final = {
+    "nodeLeaseParallelism": 32,
+    "nodePlayStageParallelism": 16,
+    "podPlayStageParallelism": 16,
+}
+
 # Pods carrying this annotation have a container state written by spotrun-dev acting as
 # the kubelet; kwok's pod Stages skip them.
 SIMULATED_ANNOTATION = "spotrun.dev/simulated"
@@ -116,7 +128,12 @@ def build_kwokctl_config(
         "options": options,
         "componentsPatches": components_patches(pki_dir, node_monitor_grace),
     }
-    return [config, *stages]
+    kwok = {
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "kind": "KwokConfiguration",
+        "options": dict(KWOK_PARALLELISM),
+    }
+    return [config, kwok, *stages]
 
 
 # One scheduler and one controller manager, each a process nobody restarts: without leader

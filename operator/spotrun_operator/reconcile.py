@@ -26,7 +26,14 @@ from spotrun_operator.plan import Decision, DeleteJob, Observed
 from spotrun_operator.transitions import adopt, announces, fail_run, record, succeed_run
 from spotrun_operator.verdicts import invalid_spec
 
-__all__ = ["attempt_of", "decide", "live_attempt"]
+__all__ = ["PLACEMENT_WRITE_SECONDS", "attempt_of", "decide", "live_attempt"]
+
+# A gang's placement (its pods placed, their UIDs) is no state a user waits on: it is
+# written with the Running phase when the gang runs within this many seconds of its newest
+# pod's creation, which spares a recovery one of its status writes (issue 11), and on its
+# own after that (an image pull takes minutes; the UIDs must be recorded before the pods
+# can vanish while the operator is down).
+PLACEMENT_WRITE_SECONDS = 10.0
 
 
 def live_attempt(obs: Observed) -> int:
@@ -158,18 +165,21 @@ def _progressing(
     note = elasticity.size_note(d.spec, entry) if d.spec else ""
     if entry.unschedulable_since or entry.config_error_since:
         d.update(n, unschedulable_since=None, config_error_since=None)
-    if scheduled or running:
+    # The placement and the pods' UIDs are written with Running when the gang runs at once,
+    # else once its newest pod is PLACEMENT_WRITE_SECONDS old (see there).
+    due = running or _placement_due(d, pods)
+    if (scheduled or running) and due:
         d.set_condition(
             ConditionType.CAPACITY_AVAILABLE,
             True,
             "Scheduled",
             f"every pod of attempt {n} is placed{note}",
         )
-    # Record the gang's pods as soon as they exist, not once they run: pods that vanish
-    # while the operator is down (an image pull takes minutes) are then still a loss of the
-    # gang, never an application failure.
+    # Record the gang's pods before they run: pods that vanish while the operator is down
+    # (an image pull takes minutes) are then still a loss of the gang, never an application
+    # failure.
     uids = {*(entry.pod_uids or ()), *(pod_uid(p) for p in pods)}
-    if uids != set(entry.pod_uids or ()):
+    if uids != set(entry.pod_uids or ()) and due:
         d.update(n, pod_uids=sorted(uids))
     if not running or entry.started_at:
         return
@@ -189,6 +199,20 @@ def _progressing(
         d.metric("placement", instance_type=itype or "", zone=zone or "")
     d.say(f"attempt {n} running{note}")
     _recovery_time(d, n)
+
+
+def _placement_due(d: Draft, pods: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the gang's placement (pods placed, their UIDs) is written now although the
+    gang does not run yet: once its newest pod is PLACEMENT_WRITE_SECONDS old. Until then a
+    requeue comes back for it."""
+    born = [t for p in pods if (t := parse_time(p["metadata"].get("creationTimestamp")))]
+    if not born:
+        return True
+    wait = PLACEMENT_WRITE_SECONDS - (d.now - max(born)).total_seconds()
+    if wait <= 0:
+        return True
+    d.requeue(wait)
+    return False
 
 
 def _recovery_time(d: Draft, n: int) -> None:

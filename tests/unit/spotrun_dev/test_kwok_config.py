@@ -60,3 +60,16 @@ def test_config_uses_local_binaries_and_rbac(tmp_path: Path) -> None:
         "kubectlBinary",
     ):
         assert opts[key].startswith(str(tmp_path)), key
+
+
+def test_kwok_gets_enough_workers_for_a_1500_node_fleet(tmp_path: Path) -> None:
+    """kwok's default of 4 lease workers let 1,500 fake nodes' Leases expire under load."""
+    docs = kwok_config.build_kwokctl_config(tmp_path, "v1.36.3", [])
+    kwok = [d for d in docs if d["kind"] == "KwokConfiguration"]
+    assert len(kwok) == 1 and kwok[0]["apiVersion"] == "config.kwok.x-k8s.io/v1alpha1"
+    opts = kwok[0]["options"]
+    lease_seconds = docs[0]["options"]["nodeLeaseDurationSeconds"]
+    renewals_per_second = 1500 / (lease_seconds / 4)
+    # Each worker may then take 200 ms a renewal and still keep up.
+    assert opts["nodeLeaseParallelism"] >= renewals_per_second * 0.2
+    assert opts["nodePlayStageParallelism"] > 4 and opts["podPlayStageParallelism"] > 4

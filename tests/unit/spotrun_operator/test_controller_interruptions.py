@@ -10,6 +10,7 @@ import pytest
 from controller_fakes import CFG, at, gang, job, merge, node, observed, pod, running_status, ts
 
 from spotrun_operator import classify as c
+from spotrun_operator import reconcile as R
 from spotrun_operator import signals
 from spotrun_operator.classify import NodeInfo
 from spotrun_operator.classify import VerdictKind as Kind
@@ -117,13 +118,27 @@ def test_interrupted_attempt_spends_no_budget_and_resumes() -> None:
     assert not [m for m in d.metrics if m.name in ("preemption", "failure")]
 
 
-def test_pod_uids_are_recorded_as_soon_as_the_pods_exist() -> None:
+def _born(pods: list[dict[str, Any]], seconds: float) -> list[dict[str, Any]]:
+    for p in pods:
+        p["metadata"]["creationTimestamp"] = ts(seconds)
+    return pods
+
+
+def test_pod_uids_are_recorded_before_the_pods_run() -> None:
     d = decide(observed(), CFG)
     st = merge({}, d)
-    pending = [
-        pod(p["metadata"]["name"], phase="Pending", master=i == 0) for i, p in enumerate(gang(1))
-    ]
-    d = decide(observed(now=5, status=st, jobs={1: job(1)}, pods=pending), CFG)
+    pending = _born(
+        [pod(p["metadata"]["name"], phase="Pending", master=i == 0) for i, p in enumerate(gang(1))],
+        5,
+    )
+    # Just created: nothing a user waits on, so no write of its own; a look comes back.
+    d = decide(observed(now=7, status=st, jobs={1: job(1)}, pods=pending), CFG)
+    assert d.status is None
+    assert d.requeue_after == pytest.approx(R.PLACEMENT_WRITE_SECONDS - 2)
+    # Still not running (an image pull): recorded once the newest pod is old enough.
+    d = decide(
+        observed(now=5 + R.PLACEMENT_WRITE_SECONDS, status=st, jobs={1: job(1)}, pods=pending), CFG
+    )
     st = merge(st, d)
     entry = st["attempts"][0]
     assert "startedAt" not in entry
@@ -133,6 +148,18 @@ def test_pod_uids_are_recorded_as_soon_as_the_pods_exist() -> None:
     st = merge(st, d)
     assert (st["preemptions"], st["failures"]) == (1, 0)
     assert st["attempts"][0]["reason"] == signals.POD_REPLACED
+
+
+def test_a_gang_that_runs_at_once_is_placed_and_running_in_one_write() -> None:
+    st = merge({}, decide(observed(), CFG))
+    pods = _born(gang(1), 3)
+    d = decide(observed(now=4, status=st, jobs={1: job(1)}, pods=pods), CFG)
+    assert d.status is not None
+    entry = d.status["attempts"][0]
+    assert entry["startedAt"] == ts(4)
+    assert entry["podUIDs"] == sorted(p["metadata"]["uid"] for p in pods)
+    placed = {c["type"]: c for c in d.status["conditions"]}["CapacityAvailable"]
+    assert (placed["status"], placed["reason"]) == ("True", "Scheduled")
 
 
 def test_two_lost_nodes_of_one_gang_are_both_in_the_attempts_record() -> None:
