@@ -272,6 +272,7 @@ class CachedReads:
         self.api = api
         self._clock = clock
         self._no_refusal: dict[str, float] = {}  # job UID -> when no refusal was found
+        self._seen_jobs: dict[str, None] = {}  # job UIDs looked at before (bounded, ordered)
 
     def list_jobs(self, namespace: str, run: str, owner_uid: str) -> dict[int, Obj]:
         return owned_jobs(self.cache.jobs.indexed(namespace, run), run, owner_uid)
@@ -291,6 +292,12 @@ class CachedReads:
         _drop_oldest_while(self._no_refusal, lambda t: now - t >= self.REFUSAL_RECHECK_SECONDS)
         if uid and uid in self._no_refusal:
             return None
+        if uid and uid not in self._seen_jobs:
+            # The job's first look comes with its creation (its ADDED event), before the
+            # training operator has tried a pod: nothing to find yet, so no list.
+            _remember_job(self._seen_jobs, uid)
+            self._no_refusal[uid] = now
+            return None
         refusal = self.api.pod_refusal(namespace, job)
         if refusal is None and uid:
             self._no_refusal[uid] = now
@@ -298,6 +305,12 @@ class CachedReads:
 
     def missing(self, namespace: str, refs: Sequence[tuple[str, str]]) -> list[str]:
         return self.api.missing(namespace, refs)
+
+
+def _remember_job(seen: dict[str, None], uid: str, limit: int = 20000) -> None:
+    seen[uid] = None
+    while len(seen) > limit:
+        del seen[next(iter(seen))]
 
 
 def owned_jobs(jobs: Sequence[Mapping[str, Any]], run: str, owner_uid: str) -> dict[int, Obj]:

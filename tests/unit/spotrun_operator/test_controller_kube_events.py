@@ -65,6 +65,8 @@ def test_reads_the_failed_create_pod_events_of_that_job_only() -> None:
     assert rejected.message.startswith('Pod "llm-a1-master-0" is invalid: spec.containers[0]')
     [call] = dyn.calls
     assert call["resource"] == "v1/Event" and call["namespace"] == "ml"
+    # From the apiserver's watch cache: no wait for it to catch up with etcd.
+    assert call["resource_version"] == "0"
     assert set(call["field_selector"].split(",")) == {
         "involvedObject.kind=PyTorchJob",
         "involvedObject.name=llm-a1",
