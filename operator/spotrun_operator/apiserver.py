@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kubernetes import client
@@ -70,7 +70,7 @@ _POD_REFUSAL = re.compile(
 )
 
 
-def pod_create_refusal(events: list[Mapping[str, Any]]) -> Rejected | None:
+def pod_create_refusal(events: Sequence[Mapping[str, Any]]) -> Rejected | None:
     """The newest ``FailedCreatePod`` event (of one PyTorchJob) whose message is a verdict
     on the pod, as :class:`Rejected`; None when there is none (or only transient ones)."""
     found = [

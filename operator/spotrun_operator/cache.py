@@ -23,7 +23,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from spotrun_operator.common import LABEL_KUEUE_JOB_UID, LABEL_RUN, parse_job_name
+from spotrun_operator.apiserver import pod_create_refusal
+from spotrun_operator.common import (
+    LABEL_KUEUE_JOB_UID,
+    LABEL_RUN,
+    PYTORCHJOB_KIND,
+    parse_job_name,
+)
 from spotrun_operator.plan import Rejected
 from spotrun_operator.trim import trimmed, trimmed_job, trimmed_node, trimmed_pod
 
@@ -71,10 +77,12 @@ class Store:
         index_label: str | None = None,
         transform: Callable[[Mapping[str, Any]], Obj] = trimmed,
         clock: Callable[[], float] = time.monotonic,
+        index_by: Callable[[Mapping[str, Any]], str | None] | None = None,
     ) -> None:
         self.kind = kind
         self._clock = clock
         self.index_label = index_label
+        self._index_by = index_by
         self._transform = transform
         self._lock = threading.Lock()
         self._objs: dict[Key, Obj] = {}
@@ -156,6 +164,8 @@ class Store:
         return True
 
     def _label(self, obj: Mapping[str, Any]) -> str | None:
+        if self._index_by is not None:
+            return self._index_by(obj)
         if self.index_label is None:
             return None
         labels = (obj.get("metadata") or {}).get("labels") or {}
@@ -187,6 +197,9 @@ class Cache:
         self.pods = Store("Pod", index_label=LABEL_RUN, transform=trimmed_pod)
         self.nodes = Store("Node", transform=trimmed_node)
         self.workloads = Store("Workload", index_label=LABEL_KUEUE_JOB_UID)
+        # The training operator's FailedCreatePod events, by the UID of their PyTorchJob
+        # (the watch asks the apiserver for those alone: handlers.REFUSAL_EVENTS).
+        self.refusals = Store("Event", index_by=_involved_job_uid)
         self.synced = threading.Event()
 
     def pod_as_kept(self, body: Mapping[str, Any]) -> Obj:
@@ -201,6 +214,15 @@ class Cache:
         ):
             return kept
         return trimmed_pod(body)
+
+    def jobs_owning(self, event: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(namespace, run) of the cached PyTorchJob an Event is about, if any."""
+        involved = event.get("involvedObject") or {}
+        job = self.jobs.get(str(involved.get("namespace") or ""), str(involved.get("name")))
+        if job is None or _uid(job) != involved.get("uid"):
+            return []
+        run = (job["metadata"].get("labels") or {}).get(LABEL_RUN)
+        return [(str(job["metadata"]["namespace"]), str(run))] if run else []
 
     def store(self, kind: str) -> Store | None:
         return {
@@ -237,6 +259,13 @@ class Cache:
         return {s.kind: len(s) for s in (self.runs, self.jobs, self.pods, self.nodes)}
 
 
+def _involved_job_uid(event: Mapping[str, Any]) -> str | None:
+    involved = event.get("involvedObject") or {}
+    if involved.get("kind") != PYTORCHJOB_KIND or not involved.get("uid"):
+        return None
+    return str(involved["uid"])
+
+
 def _deleted_for_good(obj: Mapping[str, Any]) -> bool:
     """A DELETE answer is the object's final state when nothing holds it (no finalizers
     and, for a pod, a zero grace period)."""
@@ -249,30 +278,17 @@ def _deleted_for_good(obj: Mapping[str, Any]) -> bool:
 class ApiReads(Protocol):
     """The reads no watch of the operator covers (implemented by ``kube.Kube``)."""
 
-    def pod_refusal(self, namespace: str, job: Mapping[str, Any]) -> Rejected | None: ...
-
     def missing(self, namespace: str, refs: Sequence[tuple[str, str]]) -> list[str]: ...
 
 
 class CachedReads:
     """``observe``'s reads, answered from the caches. Only what no watch covers goes to
     the API, and ``observe`` asks for it only when a decision needs it: the referenced
-    Secrets/ConfigMaps/PVCs before an attempt is created, and the training operator's
-    FailedCreatePod events while a live attempt has fewer pods than its gang."""
+    Secrets/ConfigMaps/PVCs before an attempt is created."""
 
-    # A gang being admitted wakes its run at every pod and job event; the training
-    # operator's refusals are looked for at most this often per job (a refusal found acts
-    # at once; "none yet" is what is remembered). The run's resync looks again after it.
-    REFUSAL_RECHECK_SECONDS = 5.0
-
-    def __init__(
-        self, cache: Cache, api: ApiReads, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, cache: Cache, api: ApiReads) -> None:
         self.cache = cache
         self.api = api
-        self._clock = clock
-        self._no_refusal: dict[str, float] = {}  # job UID -> when no refusal was found
-        self._seen_jobs: dict[str, None] = {}  # job UIDs looked at before (bounded, ordered)
 
     def list_jobs(self, namespace: str, run: str, owner_uid: str) -> dict[int, Obj]:
         return owned_jobs(self.cache.jobs.indexed(namespace, run), run, owner_uid)
@@ -288,29 +304,13 @@ class CachedReads:
         return found[0] if found else None
 
     def pod_refusal(self, namespace: str, job: Mapping[str, Any]) -> Rejected | None:
-        now, uid = self._clock(), _uid(job)
-        _drop_oldest_while(self._no_refusal, lambda t: now - t >= self.REFUSAL_RECHECK_SECONDS)
-        if uid and uid in self._no_refusal:
-            return None
-        if uid and uid not in self._seen_jobs:
-            # The job's first look comes with its creation (its ADDED event), before the
-            # training operator has tried a pod: nothing to find yet, so no list.
-            _remember_job(self._seen_jobs, uid)
-            self._no_refusal[uid] = now
-            return None
-        refusal = self.api.pod_refusal(namespace, job)
-        if refusal is None and uid:
-            self._no_refusal[uid] = now
-        return refusal
+        """Why the training operator could not create a pod of ``job``, when the apiserver
+        judged the pod itself: its FailedCreatePod events on this very job."""
+        uid = _uid(job)
+        return pod_create_refusal(self.cache.refusals.indexed(namespace, uid)) if uid else None
 
     def missing(self, namespace: str, refs: Sequence[tuple[str, str]]) -> list[str]:
         return self.api.missing(namespace, refs)
-
-
-def _remember_job(seen: dict[str, None], uid: str, limit: int = 20000) -> None:
-    seen[uid] = None
-    while len(seen) > limit:
-        del seen[next(iter(seen))]
 
 
 def owned_jobs(jobs: Sequence[Mapping[str, Any]], run: str, owner_uid: str) -> dict[int, Obj]:

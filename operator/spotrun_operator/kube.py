@@ -28,13 +28,11 @@ from kubernetes.dynamic import DynamicClient
 from spotrun_operator import __version__
 from spotrun_operator.apiserver import (
     API_VERSIONS,
-    FAILED_CREATE_POD,
     MERGE_PATCH,
     METADATA_ONLY,
     Refused,
     event_body,
     message_of,
-    pod_create_refusal,
     rbac_denied,
     refused,
     replica_pods,
@@ -90,9 +88,6 @@ class Kube:
         # --pod-dry-run (needs create on pods, which the chart grants only with
         # rbac.podDryRun); False again once the apiserver said 403 (no grant).
         self._dry_run_pods = dry_run_pods
-        # list on events (the chart grants it); False once the apiserver said 403 (no
-        # grant): a pod refused then leaves its run Pending, but every other run goes on.
-        self._read_pod_refusals = True
         # Watch-fed caches that the answers to the operator's own writes go into (set by
         # the runner): the next reconcile sees them before the watch event comes back.
         self.cache: Cache | None = None
@@ -166,39 +161,6 @@ class Kube:
         return dict(self._json(resp))
 
     # --- reads ----------------------------------------------------------------------
-    def pod_refusal(self, namespace: str, job: Mapping[str, Any]) -> Rejected | None:
-        """Why the training operator could not create a pod of ``job``, when the apiserver
-        judged the pod itself (its FailedCreatePod events on this very job). None, with a
-        warning once, when RBAC grants no list on events: an older Role must not stop the
-        reconcile of every run whose gang has not started."""
-        if not self._read_pod_refusals:
-            return None
-        meta = job.get("metadata") or {}
-        selector = (
-            f"involvedObject.kind={PYTORCHJOB_KIND},involvedObject.name={meta.get('name')},"
-            f"involvedObject.uid={meta.get('uid')},reason={FAILED_CREATE_POD}"
-        )
-        try:
-            # resourceVersion "0": served from the apiserver's watch cache. A consistent
-            # list waits for that cache to catch up with etcd first: 0.5 s a list on a busy
-            # apiserver, 45 % of the reconcile threads' time at 1,100 runs (py-spy, issue
-            # 11). An event not in the cache yet is found by the next look.
-            resp = self.dyn.get(
-                self._res("Event"),
-                namespace=namespace,
-                field_selector=selector,
-                resource_version="0",
-                _request_timeout=self.timeout,
-                serialize=False,
-            )
-        except ApiException as exc:
-            if not rbac_denied(exc):
-                raise
-            self._read_pod_refusals = False
-            log.warning("no grant to list events: pods the apiserver refuses go unreported")
-            return None
-        return pod_create_refusal(list(self._json(resp)["items"]))
-
     def missing(self, namespace: str, refs: Sequence[tuple[str, str]]) -> list[str]:
         """``"Kind name"`` of each referenced object that does not exist."""
         return [

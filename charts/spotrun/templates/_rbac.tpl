@@ -62,15 +62,15 @@ rule only with a comment saying which code needs it.
 - apiGroups: ["kueue.x-k8s.io"]
   resources: ["workloads"]
   verbs: ["list", "watch"]
-# Events on the TrainingRun (kube.post_event: preemptions, failures, recoveries); list for
-# kube.pod_refusal, which reads the training operator's FailedCreatePod events on the
-# run's own PyTorchJob (field selector) while an attempt's pods are being made: a pod the
-# apiserver refuses fails the run as InvalidSpec instead of leaving it Pending.
-# patch: an identical event posted again bumps the existing Event's count, as the
-# Kubernetes event recorder does (recorder.py).
+# Events on the TrainingRun (kube.post_event: preemptions, failures, recoveries); list and
+# watch for the training operator's FailedCreatePod events on PyTorchJobs (a field
+# selector: only those come), which a reconcile reads from the watch's cache while an
+# attempt's pods are being made: a pod the apiserver refuses fails the run as InvalidSpec
+# instead of leaving it Pending. patch: an identical event posted again bumps the existing
+# Event's count, as the Kubernetes event recorder does (recorder.py).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "list", "patch"]
+  verbs: ["create", "list", "watch", "patch"]
 {{- end }}
 
 {{- define "spotrun.rbac.clusterRules" -}}

@@ -33,7 +33,7 @@ NAMESPACED_GRANTS = {
     ("", "serviceaccounts"): {"create"},
     ("rbac.authorization.k8s.io", "roles"): {"create"},
     ("rbac.authorization.k8s.io", "rolebindings"): {"create"},
-    ("", "events"): {"create", "list", "patch"},
+    ("", "events"): {"create", "list", "watch", "patch"},
     ("kueue.x-k8s.io", "workloads"): {"list", "watch"},
 }
 CLUSTER_GRANTS = {

@@ -323,18 +323,11 @@ def test_reads_the_api_only_where_a_decision_needs_it() -> None:
     done = run([{"attempt": 1, "outcome": "Succeeded"}])
     done["status"]["phase"] = "Succeeded"
     assert look(cache, done) == []
-    # A job with fewer pods than its gang and not started: the refusal is looked for.
-    # The first look comes with the job's creation and lists nothing; the next one does.
+    # A job with fewer pods than its gang and not started: its refusals are read from the
+    # watch-fed store (test_controller_refusals.py), not from the API.
     cache = Cache()
     cache.jobs.put(job(1))
-    now = [0.0]
-    api = CountingApi()
-    reads = CachedReads(cache, api, clock=lambda: now[0])
-    for t in (0.0, CachedReads.REFUSAL_RECHECK_SECONDS):
-        now[0] = t
-        observe(reads, run([{"attempt": 1}]), remembered_nodes={}, seen_pods=[],
-                interrupted_nodes=[])  # fmt: skip
-    assert api.calls == ["pod_refusal"]
+    assert look(cache, run([{"attempt": 1}])) == []
     # ... unless Kueue holds it suspended (no pod is made then).
     cache = Cache()
     cache.jobs.put(job(1, suspend=True))
@@ -365,33 +358,3 @@ def test_tombstones_expire_oldest_first_and_a_reburial_renews_one() -> None:
     assert s.put(obj("Pod", "b", "19"))  # no tombstone left to refuse an older version
     assert not s.put(obj("Pod", "a", "9"))
     assert not s.put(obj("Pod", "c", "29"))
-
-
-def test_a_gang_being_admitted_looks_for_refusals_at_most_every_few_seconds() -> None:
-    """Every pod and job event of a gang being admitted wakes its run; the events list
-    is sent at most once per REFUSAL_RECHECK_SECONDS per job, and a refusal found is
-    never held back."""
-    now = [0.0]
-    api = CountingApi()
-    reads = CachedReads(Cache(), api, clock=lambda: now[0])
-    # A job's first look comes with its creation: the training operator has not tried a
-    # pod yet, so nothing is listed until REFUSAL_RECHECK_SECONDS later.
-    for t in (0.0, 1.0, 4.9):
-        now[0] = t
-        assert reads.pod_refusal("ml", job(1)) is None
-    assert api.calls == []
-    reads.pod_refusal("ml", job(2))  # another job is looked at on its own
-    for t in (5.0, 6.0, 9.9):
-        now[0] = t
-        reads.pod_refusal("ml", job(1))
-    assert api.calls == ["pod_refusal"]
-    now[0] = 10.0
-    reads.pod_refusal("ml", job(1))
-    reads.pod_refusal("ml", job(2))
-    assert api.calls == ["pod_refusal"] * 3
-    refused = Rejected("Pod", "r-a3-master-0", "quota exceeded")
-    api.pod_refusal = lambda namespace, job: refused  # type: ignore[method-assign]
-    assert reads.pod_refusal("ml", job(3)) is None  # its first look
-    now[0] = 15.0
-    assert reads.pod_refusal("ml", job(3)) == refused
-    assert reads.pod_refusal("ml", job(3)) == refused  # a refusal is never remembered as none
