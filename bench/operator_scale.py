@@ -105,6 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"the storm's signals, comma-separated (default {','.join(SIGNALS)})",
     )
     ap.add_argument("--resync-seconds", type=float, default=30.0)
+    ap.add_argument("--workers", type=int, default=None, help="operator reconcile threads")
     ap.add_argument("--timeout", type=float, default=600.0, help="per waiting step, seconds")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -284,6 +285,8 @@ class Bench:
             "--failure-settle-seconds=1",
             f"--resync-seconds={self.args.resync_seconds}",
         ]
+        if self.args.workers is not None:
+            cmd.append(f"--workers={self.args.workers}")
         env = {
             **os.environ,
             "KUBECONFIG": str(paths.KUBECONFIG),
@@ -610,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
             "backoff_jitter": 0,
             "failure_settle_seconds": 1,
             "resync_seconds": args.resync_seconds,
+            "workers": args.workers if args.workers is not None else "default (8)",
         },
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
