@@ -81,8 +81,8 @@ class Store:
     ) -> None:
         self.kind = kind
         self._clock = clock
-        self.index_label = index_label
-        self._index_by = index_by
+        # One index mechanism: a label's value is one way to say what an object is filed by.
+        self._index_by = index_by or (_label_value(index_label) if index_label else None)
         self._transform = transform
         self._lock = threading.Lock()
         self._objs: dict[Key, Obj] = {}
@@ -164,13 +164,7 @@ class Store:
         return True
 
     def _label(self, obj: Mapping[str, Any]) -> str | None:
-        if self._index_by is not None:
-            return self._index_by(obj)
-        if self.index_label is None:
-            return None
-        labels = (obj.get("metadata") or {}).get("labels") or {}
-        value = labels.get(self.index_label)
-        return str(value) if value is not None else None
+        return self._index_by(obj) if self._index_by is not None else None
 
     def _reindex(self, key: Key, obj: Mapping[str, Any]) -> None:
         value = self._label(obj)
@@ -198,7 +192,7 @@ class Cache:
         self.nodes = Store("Node", transform=trimmed_node)
         self.workloads = Store("Workload", index_label=LABEL_KUEUE_JOB_UID)
         # The training operator's FailedCreatePod events, by the UID of their PyTorchJob
-        # (the watch asks the apiserver for those alone: handlers.REFUSAL_EVENTS).
+        # (the watch asks the apiserver for those alone: handlers.SERVER_FIELD_SELECTORS).
         self.refusals = Store("Event", index_by=_involved_job_uid)
         self.synced = threading.Event()
 
@@ -257,6 +251,14 @@ class Cache:
 
     def sizes(self) -> dict[str, int]:
         return {s.kind: len(s) for s in (self.runs, self.jobs, self.pods, self.nodes)}
+
+
+def _label_value(label: str) -> Callable[[Mapping[str, Any]], str | None]:
+    def value(obj: Mapping[str, Any]) -> str | None:
+        found = ((obj.get("metadata") or {}).get("labels") or {}).get(label)
+        return str(found) if found is not None else None
+
+    return value
 
 
 def _involved_job_uid(event: Mapping[str, Any]) -> str | None:

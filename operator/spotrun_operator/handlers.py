@@ -75,8 +75,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # Watches are re-established at least this often, so a silently dead connection
     # cannot leave the operator blind for long.
     settings.watching.server_timeout = 300
-    # The initial listings come in pages: a fleet's 1,500 nodes as one response were a
-    # parsed body of tens of MiB at once, and the operator's RSS keeps its high-water mark.
+    # The initial listings come in pages, as client-go's reflector asks for them: neither
+    # the apiserver nor the operator holds a whole fleet's listing at once. (Measured: it
+    # did not change the operator's RSS at 1,500 nodes.)
     settings.watching.chunk_size = LIST_CHUNK_SIZE
     # Server-side selectors: the apiserver sends only what the handlers would keep.
     for fields_of, fields in SERVER_FIELD_SELECTORS.items():
@@ -167,7 +168,7 @@ def _register_caches(registry: kopf.OperatorRegistry, runner: Runner) -> None:
             cache.refusals.delete(body)
         else:
             # A refusal ends the run (InvalidSpec): look at its run now, not at the resync.
-            for owner in runner.cache.jobs_owning(body):
+            for owner in cache.jobs_owning(body):
                 runner.wake(*owner)
 
 
