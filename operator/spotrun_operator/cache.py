@@ -31,13 +31,14 @@ from spotrun_operator.common import (
     parse_job_name,
 )
 from spotrun_operator.plan import Rejected
-from spotrun_operator.trim import trimmed, trimmed_job, trimmed_node, trimmed_pod
+from spotrun_operator.trim import trimmed, trimmed_claim, trimmed_job, trimmed_node, trimmed_pod
 
 Obj = dict[str, Any]
 V = TypeVar("V")
 Key = tuple[str, str]  # (namespace or "", name)
 IndexKey = tuple[str, str]  # (namespace, label value)
 
+CLAIM_KIND = "PersistentVolumeClaim"
 # How long a deleted object's tombstone outlives it (late watch events arrive in ms).
 TOMBSTONE_SECONDS = 600.0
 
@@ -191,6 +192,8 @@ class Cache:
         self.pods = Store("Pod", index_label=LABEL_RUN, transform=trimmed_pod)
         self.nodes = Store("Node", transform=trimmed_node)
         self.workloads = Store("Workload", index_label=LABEL_KUEUE_JOB_UID)
+        # Whether a claim a run references exists (its metadata only).
+        self.claims = Store(CLAIM_KIND, transform=trimmed_claim)
         # The training operator's FailedCreatePod events, by the UID of their PyTorchJob
         # (the watch asks the apiserver for those alone: handlers.SERVER_FIELD_SELECTORS).
         self.refusals = Store("Event", index_by=_involved_job_uid)
@@ -220,7 +223,8 @@ class Cache:
 
     def store(self, kind: str) -> Store | None:
         return {
-            s.kind: s for s in (self.runs, self.jobs, self.pods, self.nodes, self.workloads)
+            s.kind: s
+            for s in (self.runs, self.jobs, self.pods, self.nodes, self.workloads, self.claims)
         }.get(kind)
 
     def wrote(self, obj: Mapping[str, Any]) -> None:
@@ -286,7 +290,9 @@ class ApiReads(Protocol):
 class CachedReads:
     """``observe``'s reads, answered from the caches. Only what no watch covers goes to
     the API, and ``observe`` asks for it only when a decision needs it: the referenced
-    Secrets/ConfigMaps/PVCs before an attempt is created."""
+    Secrets and ConfigMaps before an attempt is created. (Watching those would need list
+    and watch on every Secret of the namespace: far more than a metadata-only GET of the
+    ones a run names. Claims are watched: their existence is all the cache keeps.)"""
 
     def __init__(self, cache: Cache, api: ApiReads) -> None:
         self.cache = cache
@@ -312,7 +318,16 @@ class CachedReads:
         return pod_create_refusal(self.cache.refusals.indexed(namespace, uid)) if uid else None
 
     def missing(self, namespace: str, refs: Sequence[tuple[str, str]]) -> list[str]:
-        return self.api.missing(namespace, refs)
+        """``"Kind name"`` of each referenced object that does not exist, in ``refs``'
+        order: claims from the cache, the others from the API."""
+        asked = [r for r in refs if r[0] != CLAIM_KIND]
+        absent = set(self.api.missing(namespace, asked)) if asked else set()
+        absent |= {
+            f"{kind} {name}"
+            for kind, name in refs
+            if kind == CLAIM_KIND and self.cache.claims.get(namespace, name) is None
+        }
+        return [f"{kind} {name}" for kind, name in refs if f"{kind} {name}" in absent]
 
 
 def owned_jobs(jobs: Sequence[Mapping[str, Any]], run: str, owner_uid: str) -> dict[int, Obj]:

@@ -70,7 +70,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.persistence.finalizer = f"{PREFIX}/kopf-finalizer"
-    # Our events come from kube.post_event, one per decision; kopf's would be noise.
+    # Our events come from the event sink (event_sink.py), one per decision; kopf's would be noise.
     settings.posting.enabled = False
     # Watches are re-established at least this often, so a silently dead connection
     # cannot leave the operator blind for long.
@@ -157,6 +157,15 @@ def _register_caches(registry: kopf.OperatorRegistry, runner: Runner) -> None:
     async def workload_event(*, type: str, body: kopf.Body, **_: Any) -> None:
         if type == "DELETED":
             cache.workloads.delete(body)
+
+    @kopf.index("persistentvolumeclaims", registry=registry)
+    async def cached_claims(*, body: kopf.Body, **_: Any) -> None:
+        cache.claims.put(body)
+
+    @kopf.on.event("persistentvolumeclaims", registry=registry)
+    async def claim_event(*, type: str, body: kopf.Body, **_: Any) -> None:
+        if type == "DELETED":
+            cache.claims.delete(body)
 
     @kopf.index(*EVENTS, registry=registry)
     async def cached_refusals(*, body: kopf.Body, **_: Any) -> None:

@@ -24,6 +24,7 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
+from urllib3.exceptions import HTTPError
 
 from spotrun_operator import __version__
 from spotrun_operator.apiserver import (
@@ -287,29 +288,30 @@ class Kube:
     def delete_pod(self, namespace: str, name: str, grace_seconds: int) -> None:
         self._delete("Pod", namespace, name, grace_period_seconds=grace_seconds)
 
-    def post_event(self, ref: RunRef, ev: Event) -> None:
-        """Post ``ev`` as the Kubernetes event recorder would (:mod:`recorder`): a repeat
-        patches the existing Event's count, a burst is rate-limited. Best effort: an
-        event that cannot be posted never fails a reconcile."""
-        send = self.events.correlate(ref, ev)
-        if send is None:
-            log.debug(
-                "event %s for %s/%s dropped (spam filter)", ev.reason, ref.namespace, ref.name
-            )
-            return
+    def correlate_event(self, ref: RunRef, ev: Event) -> Send | None:
+        """What to write for ``ev`` (:mod:`recorder`); None: the spam filter dropped it."""
+        return self.events.correlate(ref, ev)
+
+    def write_event(self, ref: RunRef, ev: Event, send: Send) -> bool:
+        """Write ``ev`` as ``send`` says (a repeat patches the existing Event's count), from
+        the event sink's thread (:mod:`event_sink`). True when done: written, or refused by
+        the apiserver (never tried again, as client-go's ``recordEvent``); False when the
+        apiserver could not be reached (try again)."""
         now = fmt_time(utcnow())
         try:
             if send.name is not None and self._bump_event(ref.namespace, send, now):
-                return
+                return True
             # Names grow with time, so events of the same second still list in order.
             name = f"{ref.name}.{time.time_ns():x}"
             body = event_body(ref, replace(ev, message=send.message), name, now, self.instance)
             self.create(body)
             self.events.posted(send.key, name)
         except (ApiException, Refused) as exc:
-            log.warning(
-                "event %s for %s/%s not posted: %s", ev.reason, ref.namespace, ref.name, exc
-            )
+            log.warning("event %s for %s/%s refused: %s", ev.reason, ref.namespace, ref.name, exc)
+        except HTTPError as exc:
+            log.warning("event %s for %s/%s not sent: %s", ev.reason, ref.namespace, ref.name, exc)
+            return False
+        return True
 
     def _bump_event(self, namespace: str, send: Send, now: str) -> bool:
         """Patch the count of an Event posted before; False when it is gone (404)."""

@@ -24,6 +24,7 @@ from spotrun_operator.apiserver import Refused, raw_template_job
 from spotrun_operator.cache import Cache, CachedReads
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.cost import Price, Prices
+from spotrun_operator.event_sink import EventSink
 from spotrun_operator.kube import Kube
 from spotrun_operator.metrics import Metrics
 from spotrun_operator.observe import PriceSource, observe, run_ref
@@ -254,6 +255,9 @@ class Runner:
         self.queue = QueueMetrics(metrics.registry, workers)
         metrics.registry.register(CacheCollector(self.cache.synced.is_set, self.cache.sizes))
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
+        # Events are queued and written by the sink's own thread, as client-go's recorder
+        # does: a reconcile never waits for one.
+        self.events = EventSink(kube)
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._wakers: dict[Key, asyncio.Event] = {}
         # Set while this replica may act (always, without leader election); a standby's
@@ -292,6 +296,7 @@ class Runner:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        await asyncio.get_running_loop().run_in_executor(None, self.events.shutdown)
 
     async def _loop(self, key: Key) -> None:
         loop = asyncio.get_running_loop()
@@ -377,7 +382,7 @@ class Runner:
         self.metrics.record(d.metrics)
         for ev in d.events:
             if ev.key is None or self.memory.first_time(ev.key):
-                self.kube.post_event(ref, ev)
+                self.events.record(ref, ev)
         try:
             self.kube.execute(ref.namespace, d.actions)
         except Refused as exc:

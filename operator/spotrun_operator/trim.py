@@ -107,6 +107,12 @@ def trimmed(obj: Mapping[str, Any]) -> Obj:
     return copied
 
 
+def trimmed_claim(obj: Mapping[str, Any]) -> Obj:
+    """A PersistentVolumeClaim as the operator keeps it: whether it exists is all a
+    decision reads (``CachedReads.missing``), so only its metadata."""
+    return trimmed({"kind": obj.get("kind"), "metadata": obj.get("metadata") or {}})
+
+
 def trimmed_pod(obj: Mapping[str, Any]) -> Obj:
     """A pod as the operator keeps it: only the spec it reads."""
     return trimmed(_keeping(obj, "spec", POD_SPEC_KEPT))

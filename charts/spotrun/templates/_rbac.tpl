@@ -37,11 +37,12 @@ rule only with a comment saying which code needs it.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", {{- if .Values.rbac.podDryRun }} "create",{{- end }} "delete"]
-# The run's checkpoint volume: created when the spec asks for a new claim; an existing
-# claim is checked (kube.missing) so a typo fails fast instead of a pod hanging Pending.
+# The run's checkpoint volume: created when the spec asks for a new claim; the claims a
+# run references are watched into the operator's cache (handlers.cached_claims) and
+# checked there (CachedReads.missing), so a typo fails fast instead of a pod hanging Pending.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "create"]
+  verbs: ["list", "watch", "create"]
 # Secrets and ConfigMaps the pod template references: kube.missing checks (metadata only)
 # that they exist, so a run fails fast with a clear message. NOTE: get on secrets lets the
 # operator read them; drop this rule only once the operator treats 403 as "unknown".

@@ -27,7 +27,7 @@ NAMESPACED_GRANTS = {
     (SPOTRUN, "trainingruns/finalizers"): {"update"},
     ("kubeflow.org", "pytorchjobs"): {"list", "watch", "create", "delete"},
     ("", "pods"): {"list", "watch", "delete"},
-    ("", "persistentvolumeclaims"): {"get", "create"},
+    ("", "persistentvolumeclaims"): {"list", "watch", "create"},
     ("", "configmaps"): {"get"},
     ("", "secrets"): {"get"},
     ("", "serviceaccounts"): {"create"},

@@ -50,29 +50,42 @@ def test_a_refused_event_never_fails_the_component() -> None:
 
 
 class _Node:
-    """One node's pods as the apiserver lists them: listed ``lists_until_gone`` times,
-    then gone (their kubelet confirmed the end)."""
+    """One node's pods as the apiserver answers for them: each pod is there for
+    ``gets_until_gone`` GETs after its eviction, then 404 (its kubelet confirmed the end);
+    a pod named in ``replaced`` is answered with a new UID instead (a new pod, same name)."""
 
-    def __init__(self, pods: list[client.V1Pod], lists_until_gone: int) -> None:
-        self.pods = pods
-        self.lists_until_gone = lists_until_gone
+    def __init__(
+        self, pods: list[client.V1Pod], gets_until_gone: int, replaced: tuple[str, ...] = ()
+    ) -> None:
+        self.pods = {p.metadata.name: p for p in pods}
+        self.gets_until_gone = gets_until_gone
+        self.replaced = replaced
         self.lists = 0
+        self.gets: dict[str, int] = {}
         self.evicted: list[str] = []
 
     def list_pod_for_all_namespaces(self, field_selector: str) -> client.V1PodList:
         assert field_selector == "spec.nodeName=n1"
         self.lists += 1
-        gone = self.lists > self.lists_until_gone
-        return client.V1PodList(items=[] if gone else list(self.pods))
+        return client.V1PodList(items=list(self.pods.values()))
 
     def create_namespaced_pod_eviction(self, name: str, namespace: str, body: Any) -> None:
         self.evicted.append(name)
 
+    def read_namespaced_pod(self, name: str, namespace: str) -> client.V1Pod:
+        assert name in self.evicted, "waitForDelete starts after the pod's eviction"
+        self.gets[name] = self.gets.get(name, 0) + 1
+        if self.gets[name] <= self.gets_until_gone:
+            return self.pods[name]
+        if name in self.replaced:
+            return _pod(name, deleting=False, uid="uid-new")
+        raise ApiException(status=404, reason="NotFound")
 
-def _pod(name: str, deleting: bool) -> client.V1Pod:
+
+def _pod(name: str, deleting: bool, uid: str = "") -> client.V1Pod:
     return client.V1Pod(
         metadata=client.V1ObjectMeta(
-            name=name, namespace="ns", uid=f"uid-{name}",
+            name=name, namespace="ns", uid=uid or f"uid-{name}",
             deletion_timestamp="2026-01-01T00:00:00Z" if deleting else None,
         ),
         spec=client.V1PodSpec(containers=[], termination_grace_period_seconds=60),
@@ -82,16 +95,19 @@ def _pod(name: str, deleting: bool) -> client.V1Pod:
 def test_a_drain_waits_for_pods_someone_else_is_already_deleting() -> None:
     # NTH's drain helper (SkipWaitForDeleteTimeoutSeconds 0) evicts and waits for a pod
     # whose graceful deletion began before the drain: the instance must not die under it.
-    node = _Node([_pod("saving", deleting=True)], 3)
+    node = _Node([_pod("saving", deleting=True)], 2)
     node_ops.evict_pods(node, "n1", None, timeout=30)
     assert node.evicted == ["saving"]
-    assert node.lists > 3  # it returned only once the node listed no pod
+    assert node.gets == {"saving": 3}  # it returned only once the pod answered 404
 
 
-def test_a_drain_evicts_every_pod_at_once() -> None:
-    node = _Node([_pod("a", deleting=False), _pod("b", deleting=False)], 1)
+def test_a_drain_evicts_every_pod_at_once_and_waits_for_each_by_name() -> None:
+    # kubectl's waitForDelete GETs each pod by name (the first poll at once); the node's
+    # pods are listed once, to find them (GetPodsForDeletion).
+    node = _Node([_pod("a", deleting=False), _pod("b", deleting=False)], 0, replaced=("b",))
     node_ops.evict_pods(node, "n1", None, timeout=30)
-    assert sorted(node.evicted) == ["a", "b"] and node.lists == 2
+    assert sorted(node.evicted) == ["a", "b"] and node.lists == 1
+    assert node.gets == {"a": 1, "b": 1}  # b: another pod (new UID) holds the name
 
 
 class _PodStatusCore:

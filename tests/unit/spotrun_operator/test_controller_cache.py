@@ -249,7 +249,12 @@ SPEC = {
     "image": "i",
     "nodes": 2,
     "checkpoint": {"volume": {"claimName": "c"}},
-    "podTemplate": {"spec": {"imagePullSecrets": [{"name": "pull"}]}},
+    "podTemplate": {
+        "spec": {
+            "imagePullSecrets": [{"name": "pull"}],
+            "volumes": [{"name": "creds", "secret": {"secretName": "creds"}}],
+        }
+    },
 }
 
 
@@ -332,6 +337,39 @@ def test_reads_the_api_only_where_a_decision_needs_it() -> None:
     cache = Cache()
     cache.jobs.put(job(1, suspend=True))
     assert look(cache, run([{"attempt": 1}])) == []
+
+
+class AbsentSecrets(CountingApi):
+    def missing(self, namespace: str, refs: Sequence[tuple[str, str]]) -> list[str]:
+        assert all(kind != "PersistentVolumeClaim" for kind, _ in refs), "claims are cached"
+        self.calls.append("missing")
+        return [f"{kind} {name}" for kind, name in refs]
+
+
+def test_claims_are_checked_in_the_cache_and_the_rest_at_the_api() -> None:
+    cache = Cache()
+    reads = CachedReads(cache, AbsentSecrets())
+    refs = [("PersistentVolumeClaim", "ckpt"), ("Secret", "creds"), ("PersistentVolumeClaim", "x")]
+    assert reads.missing("ml", refs) == [
+        "PersistentVolumeClaim ckpt",
+        "Secret creds",
+        "PersistentVolumeClaim x",
+    ]
+    claim = {"kind": "PersistentVolumeClaim", "spec": {"resources": {}}, "status": {}}
+    cache.claims.put({**claim, "metadata": {"name": "ckpt", "namespace": "ml", "uid": "c1",
+                                            "resourceVersion": "4"}})  # fmt: skip
+    assert reads.missing("ml", refs) == ["Secret creds", "PersistentVolumeClaim x"]
+    assert cache.claims.get("ml", "ckpt") == {
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "ckpt", "namespace": "ml", "uid": "c1", "resourceVersion": "4"},
+    }  # its existence is all that is kept
+    assert reads.missing("other", refs[:1]) == ["PersistentVolumeClaim ckpt"]  # per namespace
+    # Only claims: no API call at all.
+    api = AbsentSecrets()
+    assert CachedReads(cache, api).missing("ml", refs[:1]) == [] and api.calls == []
+    # The operator's own create of a claim lands in the cache at once (Cache.wrote).
+    cache.wrote({**claim, "metadata": {"name": "x", "namespace": "ml", "resourceVersion": "5"}})
+    assert reads.missing("ml", refs) == ["Secret creds"]
 
 
 def test_jobs_of_another_owner_are_not_the_runs() -> None:

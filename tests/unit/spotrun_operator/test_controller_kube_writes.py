@@ -10,10 +10,12 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import NewConnectionError
 
+from spotrun_operator.builders import RunRef
 from spotrun_operator.cache import Cache
 from spotrun_operator.kube import Kube
-from spotrun_operator.plan import CreateJob, DeleteJob, DeletePods, EnsureObjects
+from spotrun_operator.plan import CreateJob, DeleteJob, DeletePods, EnsureObjects, Event
 
 OWNER = [{"uid": "run-1"}]
 
@@ -33,9 +35,19 @@ class _Dyn:
         self.calls: list[tuple[str, str, str]] = []
         self.existing: set[tuple[str, str]] = set()
         self.resources = SimpleNamespace(get=lambda api_version, kind: kind)
+        self.failing: Exception | None = None  # raised by the next create
+
+    def patch(self, resource: str, name: str, **params: Any) -> SimpleNamespace:
+        self.calls.append(("patch", resource, name))
+        if (resource, name) not in self.existing:
+            raise ApiException(status=404, reason="NotFound")
+        return SimpleNamespace(data=json.dumps(obj(resource, name, "8")).encode())
 
     def create(self, resource: str, body: dict[str, Any], **params: Any) -> SimpleNamespace:
         name = body["metadata"]["name"]
+        if self.failing is not None:
+            failing, self.failing = self.failing, None
+            raise failing
         dry = "dry-run" if params.get("dry_run") else "create"
         self.calls.append((dry, resource, name))
         if not params.get("dry_run"):
@@ -131,3 +143,35 @@ def test_a_job_deleted_for_good_stays_gone_until_another_object_takes_its_name()
     assert kube.cache.jobs.get("ml", "r-a1") is None
     again = obj("PyTorchJob", "r-a1", "20", uid="uid-other")
     assert kube.cache.jobs.put(again)  # a new job of the same name is news
+
+
+def test_an_event_is_created_once_then_its_count_patched() -> None:
+    dyn = _Dyn()
+    kube = _Kube(dyn)
+    ref, ev = RunRef("r", "ml", "run-1"), Event("Warning", "Preempted", "node n1 reclaimed")
+    send = kube.correlate_event(ref, ev)
+    assert send is not None and kube.write_event(ref, ev, send)
+    assert [c[:2] for c in dyn.calls] == [("create", "Event")]
+    again = kube.correlate_event(ref, ev)
+    assert again is not None and again.count == 2
+    assert kube.write_event(ref, ev, again)
+    assert dyn.calls[-1] == ("patch", "Event", dyn.calls[0][2])
+    # The Event was deleted (its TTL): the patch answers 404 and a new one is created.
+    dyn.existing.clear()
+    third = kube.correlate_event(ref, ev)
+    assert third is not None and kube.write_event(ref, ev, third)
+    assert [c[0] for c in dyn.calls[-2:]] == ["patch", "create"]
+
+
+def test_an_event_write_is_retried_only_when_the_apiserver_was_not_reached() -> None:
+    dyn = _Dyn()
+    kube = _Kube(dyn)
+    ref, ev = RunRef("r", "ml", "run-1"), Event("Normal", "AttemptCreated", "attempt 2")
+    send = kube.correlate_event(ref, ev)
+    assert send is not None
+    dyn.failing = NewConnectionError(None, "connection refused")  # type: ignore[arg-type]
+    assert not kube.write_event(ref, ev, send)  # try again
+    dyn.failing = ApiException(status=500, reason="InternalError")
+    assert kube.write_event(ref, ev, send)  # answered: abandoned, as client-go does
+    assert kube.write_event(ref, ev, send)
+    assert [c[:2] for c in dyn.calls] == [("create", "Event")]
