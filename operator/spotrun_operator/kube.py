@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -63,14 +63,23 @@ Obj = dict[str, Any]
 USER_AGENT = f"spotrun-operator/{__version__}"
 
 
-def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG)."""
+def load_api_client(
+    kubeconfig: str | None = None, connections: int | None = None
+) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG).
+
+    ``connections``: how many threads call the API at once. The client keeps that many
+    connections open (its default is 5 per CPU): a thread finding none free opens, and
+    throws away, a connection of its own, a TLS handshake per request."""
+    cfg = client.Configuration()
     loader: Any = config  # partly untyped across client versions
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        loader.load_incluster_config()
-        api = client.ApiClient()
+        loader.load_incluster_config(client_configuration=cfg)
     else:
-        api = cast(client.ApiClient, loader.new_client_from_config(config_file=kubeconfig))
+        loader.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    if connections is not None:
+        cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, connections)
+    api = client.ApiClient(configuration=cfg)
     # Names the operator in audit logs and apiserver metrics (kopf's own calls say "kopf/").
     api.user_agent = USER_AGENT
     return api

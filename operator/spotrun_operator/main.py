@@ -264,7 +264,8 @@ def build_runner(args: argparse.Namespace, registry: CollectorRegistry) -> Runne
     overrides = {name: getattr(args, name) for name, _, _ in _TUNABLES}
     overrides["restart_on_rebalance"] = args.restart_on_rebalance
     cfg = config.with_overrides(config.from_env(), overrides)
-    api = kube.load_api_client(args.kubeconfig)
+    # The reconcile workers, the event sink and the Lease's calls (kopf's executor).
+    api = kube.load_api_client(args.kubeconfig, connections=args.workers + 2)
     pricing = pricing_config(args)
     prices = aws_prices(pricing) if args.pricing == "aws" else table_prices(pricing)
     return Runner(

@@ -11,7 +11,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
-from spotrun_operator import builders, handlers
+from spotrun_operator import builders, handlers, kube
 from spotrun_operator.apiserver import (
     credentials,
     message_of,
@@ -140,3 +140,31 @@ def test_a_rejection_holds_for_its_generation_only() -> None:
     assert m.rejection({"metadata": {**run["metadata"], "uid": "v"}}) is None
     m.forget_run("ml", "r")
     assert m.rejection(run) is None
+
+
+def test_the_client_keeps_a_connection_per_calling_thread(tmp_path: Any) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    default = kube.load_api_client(str(kubeconfig))
+    assert default.configuration.host == "https://127.0.0.1:6443"
+    assert default.user_agent.startswith("spotrun-operator/")
+    size = default.configuration.connection_pool_maxsize
+    wide = kube.load_api_client(str(kubeconfig), connections=size + 10)
+    assert wide.configuration.connection_pool_maxsize == size + 10
+    assert wide.rest_client.pool_manager.connection_pool_kw["maxsize"] == size + 10
+    # Never fewer than the client's own default.
+    assert (
+        kube.load_api_client(str(kubeconfig), connections=1).configuration.connection_pool_maxsize
+        == size
+    )
