@@ -70,6 +70,7 @@ from scale_objects import (
 )
 from scale_report import (
     api_table,
+    apiserver_clients,
     peer_table,
     per_second,
     print_report,
@@ -548,6 +549,7 @@ def interruption_step(
         "throughput": rates(recs, t0),
         "api_requests": api_table(counts, t_end - t0, sum(1 for r in recs if r.t_created)),
         "status_writes": rp.status_write_table(recs),
+        "apiserver_clients": apiserver_clients(paths.AUDIT_LOG, t0, t_end, offset),
     }
 
 

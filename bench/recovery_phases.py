@@ -312,12 +312,12 @@ def audit_requests(
     if not log.exists():
         return counts
     needles = [f'"userAgent":"{a}' for a in agents]
-    for path, start in _audit_files(log, since, offset):
+    for path, start in audit_files(log, since, offset):
         _count_requests(path, start, since, until, agents, needles, counts)
     return counts
 
 
-def _audit_files(log: Path, since: float, offset: int) -> list[tuple[Path, int]]:
+def audit_files(log: Path, since: float, offset: int) -> list[tuple[Path, int]]:
     """(file, where to start) to read for requests since ``since``: the log from
     ``offset``; when the apiserver rotated it since (``--audit-log-maxsize``: the log is
     shorter than the offset, or was renamed ``audit-<time>.log``), the rotated files

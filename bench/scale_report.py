@@ -3,13 +3,51 @@ report. Used by ``operator_scale.py``."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import recovery_phases as rp
 from scale_objects import SIGNALS, PeerJob
 
 # --- results ----------------------------------------------------------------------------
+
+# The Python Kubernetes client's user agent: the bench itself and the components it plays
+# (NTH, Karpenter, the ASG, a stopping kubelet), whose calls are transcribed from theirs.
+BENCH_AGENT = "OpenAPI-Generator"
+OPERATOR_CLIENTS = frozenset(("spotrun-operator", "kopf"))
+
+
+def apiserver_clients(log: Path, since: float, until: float, offset: int = 0) -> dict[str, Any]:
+    """Every client's requests to the apiserver between two times (watches aside), by
+    the product of its user agent: how much of the apiserver's load while runs recover is
+    the operator's, and how much the cluster's reaction to the same interruptions (the
+    garbage collector, kwok's kubelets, the scheduler, the training operator) and the
+    injected components."""
+    counts: Counter[str] = Counter()
+    if not log.exists():
+        return {}
+    for path, start in rp.audit_files(log, since, offset):
+        with path.open("rb") as fh:
+            fh.seek(start)
+            for raw in fh:
+                try:
+                    ev = json.loads(raw)
+                except ValueError:
+                    continue
+                t = rp.parse_time(ev.get("requestReceivedTimestamp"))
+                if ev.get("verb") == "watch" or t is None or not since <= t <= until:
+                    continue
+                product = str(ev.get("userAgent") or "?").split("/", 1)[0]
+                counts["bench" if product == BENCH_AGENT else product] += 1
+    total = sum(counts.values())
+    ours = sum(v for k, v in counts.items() if k in OPERATOR_CLIENTS)
+    return {
+        "by_client": dict(counts.most_common()),
+        "total": total,
+        "operator_share": round(ours / total, 3) if total else None,
+    }
 
 
 def per_second(n: int, t0: float, ts: list[float]) -> float | None:
@@ -62,6 +100,11 @@ def print_report(res: dict[str, Any]) -> None:
         print(
             f"operator API requests per recovery: reads {a['reads_per_recovery']}, writes "
             f"{a['writes_per_recovery']}; recoveries/s: {g['throughput']}"
+        )
+        c = g.get("apiserver_clients") or {}
+        print(
+            f"apiserver requests in the window, every client ({c.get('total')}; the operator's "
+            f"share {c.get('operator_share')}): {c.get('by_client')}"
         )
         w = g.get("status_writes") or {}
         print(
