@@ -30,6 +30,7 @@ from spotrun_operator.runner import Runner
 
 PREFIX = "spotrun.dev"
 LIST_CHUNK_SIZE = 200
+WORKER_IDLE_SECONDS = 0.2
 # Core Events: the training operator's FailedCreatePod on a PyTorchJob, the apiserver's
 # refusal of a pod a run's spec builds (observe reads them while a gang is being made).
 # A list of Events goes to etcd whatever its resourceVersion (the apiserver keeps no watch
@@ -85,6 +86,12 @@ def configure(settings: kopf.OperatorSettings) -> None:
     for labels_of, labels in SERVER_LABEL_SELECTORS.items():
         settings.watching.label_selectors[labels_of] = labels
     settings.watching.client_timeout = 330
+    # kopf keeps a worker per object for a while after its last event, and that worker
+    # holds the event, the whole object as the watch sent it, until it exits. Every handler
+    # here only files the object away and wakes a loop, so a worker has nothing to wait
+    # for: with kopf's 5 s, every node heartbeat and every object of a storm or an initial
+    # listing stayed in memory, untrimmed, for 5 s.
+    settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     settings.networking.request_timeout = 60
 
 

@@ -157,6 +157,8 @@ def test_handlers_register_on_a_private_registry() -> None:
     assert settings.persistence.diffbase_storage.build(body=body) == {}
     assert settings.persistence.diffbase_storage.fetch(body=body) is None
     assert not settings.posting.enabled
+    # kopf's per-object workers hold their last raw event while idle: they must not linger.
+    assert settings.queueing.idle_timeout == handlers.WORKER_IDLE_SECONDS < 1.0
     runner.pool.shutdown()
 
 
