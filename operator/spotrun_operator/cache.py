@@ -254,7 +254,8 @@ class Cache:
             store.forget(namespace, name, uid)
 
     def sizes(self) -> dict[str, int]:
-        return {s.kind: len(s) for s in (self.runs, self.jobs, self.pods, self.nodes)}
+        kept = (self.runs, self.jobs, self.pods, self.nodes, self.claims)
+        return {s.kind: len(s) for s in kept}
 
 
 def _label_value(label: str) -> Callable[[Mapping[str, Any]], str | None]:

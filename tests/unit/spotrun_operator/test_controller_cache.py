@@ -370,6 +370,7 @@ def test_claims_are_checked_in_the_cache_and_the_rest_at_the_api() -> None:
     # The operator's own create of a claim lands in the cache at once (Cache.wrote).
     cache.wrote({**claim, "metadata": {"name": "x", "namespace": "ml", "resourceVersion": "5"}})
     assert reads.missing("ml", refs) == ["Secret creds"]
+    assert cache.sizes()["PersistentVolumeClaim"] == 2  # spotrun_cache_objects{kind}
 
 
 def test_jobs_of_another_owner_are_not_the_runs() -> None:
