@@ -323,12 +323,13 @@ class CachedReads:
         order: claims from the cache, the others from the API."""
         asked = [r for r in refs if r[0] != CLAIM_KIND]
         absent = set(self.api.missing(namespace, asked)) if asked else set()
-        absent |= {
-            f"{kind} {name}"
-            for kind, name in refs
-            if kind == CLAIM_KIND and self.cache.claims.get(namespace, name) is None
-        }
-        return [f"{kind} {name}" for kind, name in refs if f"{kind} {name}" in absent]
+
+        def gone(kind: str, name: str) -> bool:
+            if kind == CLAIM_KIND:
+                return self.cache.claims.get(namespace, name) is None
+            return f"{kind} {name}" in absent
+
+        return [f"{kind} {name}" for kind, name in refs if gone(kind, name)]
 
 
 def owned_jobs(jobs: Sequence[Mapping[str, Any]], run: str, owner_uid: str) -> dict[int, Obj]:

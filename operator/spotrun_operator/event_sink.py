@@ -124,6 +124,6 @@ class EventSink:
                 log.error("%s not written: retry limit exceeded", what)
                 return
             delay = self._sleep * (self._rand() if tries == 1 else 1.0)
-            if self._stopping.is_set() or self._stopping.wait(delay):
+            if self._stopping.wait(delay):  # at once when shutting down
                 log.error("%s not written: shutting down", what)
                 return

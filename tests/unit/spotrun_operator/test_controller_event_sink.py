@@ -7,8 +7,6 @@ tried once after shutdown."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 from spotrun_operator.builders import RunRef
 from spotrun_operator.event_sink import MAX_QUEUED_EVENTS, MAX_TRIES_PER_EVENT, EventSink
@@ -16,13 +14,6 @@ from spotrun_operator.plan import Event
 from spotrun_operator.recorder import Send
 
 REF = RunRef("r", "ml", "uid-1")
-
-
-def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def ev(reason: str) -> Event:
@@ -38,12 +29,14 @@ class Writer:
         self.writes: list[tuple[str, str]] = []  # (reason, thread name)
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()  # a write has begun (the sink thread holds it)
 
     def correlate_event(self, ref: RunRef, e: Event) -> Send | None:
         self.correlated.append(e.reason)
         return None if e.reason == "Spam" else Send((e.reason,), e.message)
 
     def write_event(self, ref: RunRef, e: Event, send: Send) -> bool:
+        self.entered.set()
         assert self.gate.wait(10)
         self.writes.append((e.reason, threading.current_thread().name))
         return self.answers.pop(0) if self.answers else True
@@ -103,7 +96,7 @@ def test_a_full_queue_drops_the_event_without_waiting() -> None:
     writer.gate.clear()  # the sink thread holds the first event
     sink = EventSink(writer)
     assert sink.record(REF, ev("First"))
-    until(lambda: sink._queue.qsize() == 0)  # the sink thread took it (and blocks)
+    assert writer.entered.wait(10)  # the sink thread took it (and blocks)
     for i in range(MAX_QUEUED_EVENTS):
         assert sink.record(REF, ev(f"E{i}"))
     assert not sink.record(REF, ev("Dropped"))
@@ -123,7 +116,7 @@ def test_after_shutdown_an_event_is_tried_once() -> None:
     sink.record(REF, ev("AttemptCreated"))
     stopper = threading.Thread(target=sink.shutdown, kwargs={"timeout": 10})
     stopper.start()
-    until(sink._stopping.is_set)
+    assert sink._stopping.wait(10)
     writer.gate.set()
     stopper.join(15)
     assert not stopper.is_alive()
