@@ -14,17 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import (
-    ClientError,
-    NoCredentialsError,
-    NoRegionError,
-    PartialCredentialsError,
-    ReadTimeoutError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
-
 from spotrun_operator.cost import DEFAULT_ON_DEMAND_USD_PER_HOUR, DEFAULT_SPOT_FRACTION
 
 LINUX_PRODUCT: Final = "Linux/UNIX"
@@ -118,6 +107,15 @@ class PricingFailure:
 
 def classify_error(exc: Exception, region: str | None) -> PricingFailure:
     """Map a boto3/botocore exception to a condition reason and a message naming the cause."""
+    from botocore.exceptions import (  # see make_ec2_client on why imported here
+        ClientError,
+        NoCredentialsError,
+        NoRegionError,
+        PartialCredentialsError,
+        ReadTimeoutError,
+    )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
     where = f"DescribeSpotPriceHistory in {region or '(no region)'}"
     if isinstance(exc, NoRegionError):
         hint = "no AWS region configured (set the operator's region or AWS_REGION)"
@@ -147,7 +145,13 @@ def make_ec2_client(config: PricingConfig) -> Any:
 
     A fresh Session per client: boto3's default session is not safe to share across the
     threads kopf runs handlers in. Raises NoRegionError when no region can be resolved.
+
+    boto3 is imported here, not with the module: an operator with ``--pricing table``
+    never talks to AWS, and boto3 with botocore costs ~8 MiB of resident memory.
     """
+    import boto3
+    from botocore.config import Config
+
     # botocore reads only AWS_DEFAULT_REGION; the EKS pod identity webhook sets AWS_REGION too,
     # and other runtimes set only AWS_REGION.
     env = os.environ
