@@ -54,16 +54,20 @@ def golden_key(archives: Sequence[Archive]) -> str:
 
 
 def golden_root(archives: Sequence[Archive]) -> Path:
-    """A containerd root holding every image, unpacked; built once per set of image ids."""
+    """A containerd root holding every image, unpacked; built once per set of image ids,
+    from the previous set's root when there is one."""
     base = machine_cache() / "containerd-golden" / golden_key(archives)
     if (base / "READY").exists():
         return base / "root"
-    # Older image sets cost ~6 GB each; running nodes keep their hard links regardless.
-    for old in base.parent.glob("*"):
-        if old != base:
-            shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
+    # An older set's root is the start: its images whose id is unchanged (the 5 GB trainer
+    # when only the operator changed) are already unpacked there and are not imported again.
+    previous = _newest_ready(base.parent, base)
+    have: set[str] = set()
+    if previous is not None:
+        seed_root(previous / "root", base / "root")
+        have = set((previous / "READY").read_text().splitlines())
     with tempfile.TemporaryDirectory(prefix="spotrun-golden-") as tmp:
         sock = Path(tmp) / "containerd.sock"
         cfg = Path(tmp) / "config.toml"
@@ -83,6 +87,9 @@ def golden_root(archives: Sequence[Archive]) -> Path:
         try:
             wait_for("the golden containerd", sock.exists, timeout=30)
             for a in archives:
+                if _ready_line(a) in have:
+                    log.info("%s is in the previous golden root", a.ref)
+                    continue
                 started = time.monotonic()
                 run = subprocess.run(
                     ["ctr", "--address", str(sock), "-n", "k8s.io", "images", "import",
@@ -99,8 +106,22 @@ def golden_root(archives: Sequence[Archive]) -> Path:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    (base / "READY").write_text("\n".join(f"{a.ref} {a.image_id}" for a in archives) + "\n")
+    (base / "READY").write_text("".join(_ready_line(a) + "\n" for a in archives))
+    # Older image sets cost ~6 GB each; running nodes keep their hard links regardless.
+    for old in base.parent.glob("*"):
+        if old != base:
+            shutil.rmtree(old, ignore_errors=True)
     return base / "root"
+
+
+def _ready_line(archive: Archive) -> str:
+    return f"{archive.ref} {archive.image_id}"
+
+
+def _newest_ready(parent: Path, other_than: Path) -> Path | None:
+    """The most recently finished golden root besides ``other_than``, if any."""
+    done = [d for d in parent.glob("*") if d != other_than and (d / "READY").exists()]
+    return max(done, key=lambda d: (d / "READY").stat().st_mtime, default=None)
 
 
 def seed_root(golden: Path, node_root: Path) -> None:
