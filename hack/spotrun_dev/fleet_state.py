@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 from typing import Any
@@ -12,15 +11,7 @@ from kubernetes.client.rest import ApiException
 
 from spotrun_dev import fleet
 from spotrun_dev.plans import NOT_READY, UNREACHABLE
-from spotrun_dev.waiting import ClusterError, wait_for
-
-# How a recreated node is checked: a pod bound to it must be Running (played by kwok) within
-# PLAY_SECONDS, or the node is registered again, at most PLAY_TRIES times.
-PROBE_NAMESPACE = "default"
-PROBE_PREFIX = "kwok-probe-"
-PROBE_LABEL = "spotrun.dev/kwok-probe"
-PLAY_SECONDS = 20.0
-PLAY_TRIES = 3
+from spotrun_dev.waiting import wait_for
 
 
 def ensure_fleet(core: client.CoreV1Api, spec: fleet.FleetSpec | None = None) -> None:
@@ -37,64 +28,17 @@ def ensure_fleet(core: client.CoreV1Api, spec: fleet.FleetSpec | None = None) ->
     for name, node in existing.items():
         if name not in wanted or _drifted(node, wanted[name]):
             _delete_node(core, name)
-    fresh = [n for n, b in wanted.items() if n not in existing or _drifted(existing[n], b)]
-    for attempt in range(PLAY_TRIES):
-        for name in fresh:
-            wait_for(f"node {name} to be gone", functools.partial(_node_absent, core, name), 60)
-            core.create_node(wanted[name])
-        wait_for("every fleet node to be Ready", lambda: _all_ready(core, list(wanted)), 120)
-        fresh = _not_played(core, fresh) if fresh else []
-        if not fresh:
-            break
-        if attempt + 1 == PLAY_TRIES:
-            raise ClusterError(f"kwok plays no pod on the recreated nodes {fresh}")
-        for name in fresh:
-            _delete_node(core, name)
+    for name, body in wanted.items():
+        if name in existing and not _drifted(existing[name], body):
+            continue
+        wait_for(f"node {name} to be gone", functools.partial(_node_absent, core, name), timeout=60)
+        core.create_node(body)
+    wait_for("every fleet node to be Ready", lambda: _all_ready(core, list(wanted)), timeout=120)
     wait_for(
         "pods of namespaces being deleted to leave the fleet",
         lambda: not _leftover_pods(core, set(wanted)),
         timeout=120,
     )
-
-
-def _not_played(core: client.CoreV1Api, names: list[str]) -> list[str]:
-    """The nodes among ``names`` on which kwok has not played a probe pod within
-    PLAY_SECONDS. A node deleted and at once created again under its name is Ready, but
-    kwok sometimes still treats it as the deleted one and never runs its pods (a test's
-    gang then stayed Pending on it for 90 s); such a node is registered once more."""
-    probes = {name: f"{PROBE_PREFIX}{name}" for name in names}
-    for node, pod in probes.items():
-        core.create_namespaced_pod(PROBE_NAMESPACE, _probe_pod(pod, node))
-
-    def phases() -> dict[str, str | None]:
-        pods = core.list_namespaced_pod(PROBE_NAMESPACE, label_selector=PROBE_LABEL).items
-        return {p.spec.node_name: p.status.phase for p in pods}
-
-    with contextlib.suppress(ClusterError):  # the nodes not played are answered below
-        wait_for(
-            "kwok to run a probe pod on each recreated node",
-            lambda: all(phases().get(n) == "Running" for n in names),
-            PLAY_SECONDS,
-        )
-    played = phases()
-    for pod in probes.values():
-        core.delete_namespaced_pod(pod, PROBE_NAMESPACE, grace_period_seconds=0)
-    wait_for("the probe pods to be gone", lambda: not phases(), 60)
-    return [n for n in names if played.get(n) != "Running"]
-
-
-def _probe_pod(name: str, node: str) -> dict[str, Any]:
-    """A pod bound to ``node`` (no scheduler), tolerating its taints, asking for nothing."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {PROBE_LABEL: "true"}},
-        "spec": {
-            "nodeName": node,
-            "tolerations": [{"operator": "Exists"}],
-            "containers": [{"name": "probe", "image": "kwok-probe"}],
-        },
-    }
 
 
 def _drifted(node: Any, wanted: dict[str, Any]) -> bool:
