@@ -13,14 +13,19 @@ from spotrun_dev import fleet
 from spotrun_dev.plans import NOT_READY, UNREACHABLE
 from spotrun_dev.waiting import wait_for
 
+# Where kubelets (and kwok for its fake nodes) keep each node's heartbeat Lease.
+NODE_LEASE_NAMESPACE = "kube-node-lease"
+
 
 def ensure_fleet(core: client.CoreV1Api, spec: fleet.FleetSpec | None = None) -> None:
     """Make the fleet exactly as configured: recreate lost nodes, clear taints and cordons.
 
     Nodes a test interrupted are deleted or tainted; this puts every one back the way a
-    fresh EKS node group would register it.
+    fresh EKS node group would register it. A node is created again only once the garbage
+    collector has deleted the old one's Lease (see :func:`_lease_absent`).
     """
     spec = spec or fleet_spec_from_env()
+    leases = client.CoordinationV1Api(core.api_client)
     wanted = {n["metadata"]["name"]: n for n in fleet.build_fleet(spec)}
     existing = {
         n.metadata.name: n for n in core.list_node(label_selector=f"{fleet.FLEET_LABEL}=true").items
@@ -32,6 +37,11 @@ def ensure_fleet(core: client.CoreV1Api, spec: fleet.FleetSpec | None = None) ->
         if name in existing and not _drifted(existing[name], body):
             continue
         wait_for(f"node {name} to be gone", functools.partial(_node_absent, core, name), timeout=60)
+        wait_for(
+            f"the Lease of the deleted node {name} to be gone",
+            functools.partial(_lease_absent, leases, name),
+            timeout=60,
+        )
         core.create_node(body)
     wait_for("every fleet node to be Ready", lambda: _all_ready(core, list(wanted)), timeout=120)
     wait_for(
@@ -67,6 +77,27 @@ def _delete_node(core: client.CoreV1Api, name: str) -> None:
 def _node_absent(core: client.CoreV1Api, name: str) -> bool:
     try:
         core.read_node(name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
+
+
+def _lease_absent(leases: client.CoordinationV1Api, name: str) -> bool:
+    """The deleted node's Lease is gone (the garbage collector follows its owner reference).
+
+    kwok (v0.8.0, pkg/kwok/controllers) plays a pod only while its node's Lease in kwok's
+    informer cache names kwok as holder (``NodeLeaseController.Held``). A node created
+    again while the old Lease still exists is managed at once through that Lease; the
+    garbage collector then deletes it, kwok skips every pod bound meanwhile as "read only",
+    creates a new Lease one renew interval (10 s) later and re-lists the node's pods at
+    once, before its own cache has the new Lease, so it skips them again. They wait for
+    kwok's next relist, minutes later (seen: 160-210 s; tests timed out after 90). With the
+    old Lease gone first, kwok creates the new one before it manages the node at all.
+    """
+    try:
+        leases.read_namespaced_lease(name, NODE_LEASE_NAMESPACE)
     except ApiException as exc:
         if exc.status == 404:
             return True
