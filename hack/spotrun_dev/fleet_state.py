@@ -22,7 +22,7 @@ def ensure_fleet(core: client.CoreV1Api, spec: fleet.FleetSpec | None = None) ->
 
     Nodes a test interrupted are deleted or tainted; this puts every one back the way a
     fresh EKS node group would register it. A node is created again only once the garbage
-    collector has deleted the old one's Lease (see :func:`_lease_absent`).
+    collector has deleted the old one's Lease (see :func:`_lease_released`).
     """
     spec = spec or fleet_spec_from_env()
     leases = client.CoordinationV1Api(core.api_client)
@@ -38,8 +38,8 @@ def ensure_fleet(core: client.CoreV1Api, spec: fleet.FleetSpec | None = None) ->
             continue
         wait_for(f"node {name} to be gone", functools.partial(_node_absent, core, name), timeout=60)
         wait_for(
-            f"the Lease of the deleted node {name} to be gone",
-            functools.partial(_lease_absent, leases, name),
+            f"the garbage collector to delete the Lease of the deleted node {name}",
+            functools.partial(_lease_released, leases, name),
             timeout=60,
         )
         core.create_node(body)
@@ -84,25 +84,29 @@ def _node_absent(core: client.CoreV1Api, name: str) -> bool:
     return False
 
 
-def _lease_absent(leases: client.CoordinationV1Api, name: str) -> bool:
-    """The deleted node's Lease is gone (the garbage collector follows its owner reference).
+def _lease_released(leases: client.CoordinationV1Api, name: str) -> bool:
+    """No Lease of a deleted node is waiting for the garbage collector.
 
     kwok (v0.8.0, pkg/kwok/controllers) plays a pod only while its node's Lease in kwok's
     informer cache names kwok as holder (``NodeLeaseController.Held``). A node created
     again while the old Lease still exists is managed at once through that Lease; the
-    garbage collector then deletes it, kwok skips every pod bound meanwhile as "read only",
-    creates a new Lease one renew interval (10 s) later and re-lists the node's pods at
-    once, before its own cache has the new Lease, so it skips them again. They wait for
-    kwok's next relist, minutes later (seen: 160-210 s; tests timed out after 90). With the
-    old Lease gone first, kwok creates the new one before it manages the node at all.
+    garbage collector then deletes it (its owner is the old node), kwok skips every pod
+    bound meanwhile as "read only", creates a new Lease one renew interval (10 s) later and
+    re-lists the node's pods at once, before its own cache has the new Lease, so it skips
+    them again. They wait for kwok's next relist, minutes later (seen: 160-210 s; tests
+    timed out after 90). So the node is created once the old Lease is gone.
+
+    A Lease with no owner is not waited for: kwok sometimes creates one for a node it has
+    just seen deleted and renews it for good (nothing deletes it). Created again, the node
+    is managed through it, and kwok's next renewal makes the new node its owner.
     """
     try:
-        leases.read_namespaced_lease(name, NODE_LEASE_NAMESPACE)
+        lease = leases.read_namespaced_lease(name, NODE_LEASE_NAMESPACE)
     except ApiException as exc:
         if exc.status == 404:
             return True
         raise
-    return False
+    return not lease.metadata.owner_references
 
 
 def _all_ready(core: client.CoreV1Api, names: list[str]) -> bool:

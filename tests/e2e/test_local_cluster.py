@@ -68,7 +68,7 @@ def test_a_node_registered_again_runs_pods_at_once(
     """ensure_fleet replaces a drifted node by deleting and creating it under the same
     name; kwok must play the next pod scheduled there within seconds. Created again while
     the old node's Lease was still there, one node in eight ran nothing for 160-210 s
-    (fleet_state._lease_absent says why)."""
+    (fleet_state._lease_released says why)."""
     spot = [n for n in fleet_spec_from_env().node_names() if n.startswith(fleet_mod.SPOT_PREFIX)]
     for name in spot:
         core.patch_node(name, {"spec": {"unschedulable": True}})  # drifted: replaced
