@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -12,6 +13,8 @@ from kubernetes.client.rest import ApiException
 from spotrun_dev import fleet
 from spotrun_dev.plans import NOT_READY, UNREACHABLE
 from spotrun_dev.waiting import wait_for
+
+T = TypeVar("T")
 
 # Where kubelets (and kwok for its fake nodes) keep each node's heartbeat Lease.
 NODE_LEASE_NAMESPACE = "kube-node-lease"
@@ -74,14 +77,18 @@ def _delete_node(core: client.CoreV1Api, name: str) -> None:
             raise
 
 
-def _node_absent(core: client.CoreV1Api, name: str) -> bool:
+def _found(read: Callable[..., T], *args: str) -> T | None:
+    """What ``read(*args)`` returns, or None where the API answers 404."""
     try:
-        core.read_node(name)
+        return read(*args)
     except ApiException as exc:
         if exc.status == 404:
-            return True
+            return None
         raise
-    return False
+
+
+def _node_absent(core: client.CoreV1Api, name: str) -> bool:
+    return _found(core.read_node, name) is None
 
 
 def _lease_released(leases: client.CoordinationV1Api, name: str) -> bool:
@@ -100,13 +107,8 @@ def _lease_released(leases: client.CoordinationV1Api, name: str) -> bool:
     just seen deleted and renews it for good (nothing deletes it). Created again, the node
     is managed through it, and kwok's next renewal makes the new node its owner.
     """
-    try:
-        lease = leases.read_namespaced_lease(name, NODE_LEASE_NAMESPACE)
-    except ApiException as exc:
-        if exc.status == 404:
-            return True
-        raise
-    return not lease.metadata.owner_references
+    lease = _found(leases.read_namespaced_lease, name, NODE_LEASE_NAMESPACE)
+    return lease is None or not lease.metadata.owner_references
 
 
 def _all_ready(core: client.CoreV1Api, names: list[str]) -> bool:
