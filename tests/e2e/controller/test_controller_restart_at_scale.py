@@ -61,14 +61,16 @@ def test_a_restart_under_200_runs_resumes_exactly(
         create(custom, namespace, training_run(name, nodes=1, gpusPerNode=1))
 
     def settled() -> dict[str, dict[str, Any]] | None:
-        """Every run has attempt 1, every pod is Running or unschedulable (the fleet is
-        full: nothing is on its way to Running), and the operator has seen every gang
-        that runs (a pod it never saw cannot be counted when it vanishes while the
-        operator is down)."""
+        """Every run has attempt 1 and its pod (the training operator creates pods a few
+        a second, so a job can exist well before its pod), every pod is Running or
+        unschedulable (the fleet is full: nothing is on its way to Running), and the
+        operator has seen every gang that runs (a pod it never saw cannot be counted
+        when it vanishes while the operator is down)."""
         runs = runs_by_status(custom, namespace)
         jobs = job_names(custom, namespace)
-        made = len(runs) == RUNS and all(jobs.get(n) == [f"{n}-a1"] for n in names)
         pods = core.list_namespaced_pod(namespace).items
+        made = len(runs) == RUNS and all(jobs.get(n) == [f"{n}-a1"] for n in names)
+        made = made and sorted(p.metadata.labels[LABEL_RUN] for p in pods) == names
         still = [p.metadata.name for p in pods if not (running_pod(p) or unschedulable(p))]
         seen = {n for n, s in runs.items() if s.get("phase") == "Running"}
         running = {p.metadata.labels[LABEL_RUN] for p in pods if running_pod(p)}
