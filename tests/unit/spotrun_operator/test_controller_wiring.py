@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import gc
 import inspect
+import weakref
 from typing import Any
 
 import kopf
@@ -160,6 +164,42 @@ def test_handlers_register_on_a_private_registry() -> None:
     # kopf's per-object workers hold their last raw event while idle: they must not linger.
     assert settings.queueing.idle_timeout == handlers.WORKER_IDLE_SECONDS < 1.0
     runner.pool.shutdown()
+
+
+def test_a_runs_loop_keeps_nothing_of_the_event_that_started_it() -> None:
+    """kopf calls a handler in a context that holds the watch event it handles (the cause,
+    the whole parsed body); the run's loop that handler starts lives as long as the run,
+    so it must not keep a copy of that context."""
+
+    class WatchEvent:
+        pass
+
+    cause: contextvars.ContextVar[WatchEvent] = contextvars.ContextVar("cause")
+    metrics = Metrics(CollectorRegistry())
+    runner = Runner(kube=Kube(ApiClient()), cfg=OperatorConfig(), metrics=metrics)
+    forever = asyncio.Event()
+
+    async def idle_loop(_key: tuple[str, str]) -> None:
+        await forever.wait()
+
+    runner._loop = idle_loop  # type: ignore[method-assign,assignment]
+
+    async def handler() -> weakref.ref[WatchEvent]:
+        event = WatchEvent()
+        cause.set(event)  # as kopf's invocation does for every handler
+        runner.ensure("ns", "r")
+        return weakref.ref(event)
+
+    async def scenario() -> None:
+        handled = await asyncio.create_task(handler())
+        await asyncio.sleep(0)  # the handler's task finishes its last step
+        gc.collect()
+        task = runner._tasks[("ns", "r")]
+        assert not task.done()
+        assert handled() is None
+        await runner.shutdown()
+
+    asyncio.run(scenario())
 
 
 def test_every_index_a_handler_takes_is_registered_under_that_name() -> None:
