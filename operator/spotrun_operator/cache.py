@@ -144,6 +144,19 @@ class Store:
         with self._lock:
             return self._objs.get((namespace, name))
 
+    def as_kept(self, obj: Mapping[str, Any]) -> Obj:
+        """``obj`` as this store keeps it: the stored object itself when the store holds
+        this very version (kopf runs the index handlers before the event handlers), so
+        what else remembers it shares the kept copy and its shared strings rather than
+        the watch event's; a transformed copy otherwise (a deleted object, or a newer
+        version from the operator's own write)."""
+        key = _key(obj)
+        kept = self.get(*key)
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if kept is not None and kept["metadata"].get("resourceVersion") == version:
+            return kept
+        return self._transform(obj)
+
     def indexed(self, namespace: str, value: str) -> list[Obj]:
         """Objects in ``namespace`` whose index label has ``value``."""
         with self._lock:
@@ -198,19 +211,6 @@ class Cache:
         # (the watch asks the apiserver for those alone: handlers.SERVER_FIELD_SELECTORS).
         self.refusals = Store("Event", index_by=_involved_job_uid)
         self.synced = threading.Event()
-
-    def pod_as_kept(self, body: Mapping[str, Any]) -> Obj:
-        """``body`` as the pod store keeps it: the stored object itself when the store
-        holds this very version (kopf runs the index handlers before the event handlers),
-        so the watch's memory of pods shares it rather than keeping a copy; a trimmed copy
-        otherwise (a deleted pod, or a newer version from the operator's own write)."""
-        meta = body.get("metadata") or {}
-        kept = self.pods.get(str(meta.get("namespace") or ""), str(meta.get("name")))
-        if kept is not None and kept["metadata"].get("resourceVersion") == meta.get(
-            "resourceVersion"
-        ):
-            return kept
-        return trimmed_pod(body)
 
     def jobs_owning(self, event: Mapping[str, Any]) -> list[tuple[str, str]]:
         """(namespace, run) of the cached PyTorchJob an Event is about, if any."""

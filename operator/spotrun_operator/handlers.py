@@ -211,7 +211,7 @@ def _register_children(registry: kopf.OperatorRegistry, runner: Runner) -> None:
         # Remember every state, not only deletions: an evicted pod can be deleted and
         # replaced before the reconcile it woke lists pods, and its last state (node,
         # DisruptionTarget) is what names the signal.
-        runner.memory.remember_pod(namespace, run, runner.cache.pod_as_kept(body))
+        runner.memory.remember_pod(namespace, run, runner.cache.pods.as_kept(body))
         runner.wake(namespace, run)
 
     @kopf.on.event("nodes", registry=registry)
@@ -225,7 +225,10 @@ def _register_children(registry: kopf.OperatorRegistry, runner: Runner) -> None:
     ) -> None:
         if type == "DELETED":
             runner.cache.nodes.delete(body)
-        changed = runner.memory.remember_node(dict(body), deleted=type == "DELETED")
+        # The kept node, not the event: what the memory holds (labels, taints) then shares
+        # the store's strings instead of keeping the event's copies, one set per node.
+        kept = runner.cache.nodes.as_kept(body)
+        changed = runner.memory.remember_node(kept, deleted=type == "DELETED")
         if changed:
             # Never None once wired (kopf's calling convention makes it optional):
             # test_every_index_a_handler_takes_is_registered_under_that_name.

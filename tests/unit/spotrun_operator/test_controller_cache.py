@@ -3,6 +3,7 @@ to the API only when a decision needs them."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +12,7 @@ from spotrun_operator.cache import Cache, CachedReads, Store
 from spotrun_operator.common import LABEL_ATTEMPT, LABEL_RUN
 from spotrun_operator.observe import observe
 from spotrun_operator.plan import Rejected
+from spotrun_operator.runner import Memory
 from spotrun_operator.signals import node_info
 from spotrun_operator.trim import Strings
 
@@ -163,12 +165,34 @@ def test_a_pod_in_the_watch_memory_is_the_cached_one_not_a_copy() -> None:
     body = pod("p", "4")
     body["spec"] = {"nodeName": "n1", "containers": [{"name": "pytorch"}]}
     cache.pods.put(body)
-    assert cache.pod_as_kept(body) is cache.pods.get("ml", "p")
+    assert cache.pods.as_kept(body) is cache.pods.get("ml", "p")
     cache.pods.delete(pod("p", "5"))
     gone = pod("p", "5")
     gone["spec"] = {"nodeName": "n1", "containers": [{"name": "pytorch"}]}
-    last = cache.pod_as_kept(gone)
+    last = cache.pods.as_kept(gone)
     assert last["metadata"]["resourceVersion"] == "5" and last["spec"] == {"nodeName": "n1"}
+
+
+def test_a_node_in_the_watch_memory_shares_the_cached_nodes_strings() -> None:
+    """The node the event handler remembers is the cached one, whose strings the store
+    shares, not the event's own copies (one set of labels per node, 1,500 nodes)."""
+    cache = Cache()
+    zone = "topology.kubernetes.io/zone"
+    node = {
+        "kind": "Node",
+        "metadata": {"name": "n1", "resourceVersion": "7", "labels": {zone: "us-east-1a"}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    cache.nodes.put(json.loads(json.dumps(node)))  # the index handler's event
+    event = json.loads(json.dumps(node))  # the event handler's: same version, new strings
+    kept = cache.nodes.as_kept(event)
+    assert kept is cache.nodes.get("", "n1")
+    memory = Memory()
+    memory.remember_node(kept, deleted=False)
+    [(key, value)] = memory.nodes()["n1"].labels.items()
+    stored_key, stored_value = next(iter(kept["metadata"]["labels"].items()))
+    assert key is stored_key and value is stored_value
+    assert value is not event["metadata"]["labels"][zone]
 
 
 def test_a_tombstone_keeps_a_deleted_object_from_coming_back() -> None:
