@@ -274,8 +274,8 @@ class Runner:
             self._wakers[key] = asyncio.Event()
             # An empty context, not a copy of the caller's: kopf's handler context holds
             # the watch event that woke it (its cause, the whole parsed body), and a run's
-            # loop lives as long as the run. Copied, ~1 body per run stayed referenced:
-            # most of the decoded strings the operator kept at 1,100 runs.
+            # loop lives as long as the run. Copied, ~1 body per run stayed referenced
+            # (decoded strings still held at the medium bench's cold start: 7.8 -> 1.1 MiB).
             self._tasks[key] = asyncio.get_running_loop().create_task(
                 self._loop(key), name=f"run {namespace}/{name}", context=contextvars.Context()
             )
