@@ -39,7 +39,7 @@ def ensure_fleet(core: client.CoreV1Api, spec: fleet.FleetSpec | None = None) ->
     for name, body in wanted.items():
         if name in existing and not _drifted(existing[name], body):
             continue
-        wait_for(f"node {name} to be gone", functools.partial(_node_absent, core, name), timeout=60)
+        wait_node_gone(core, name)
         wait_for(
             f"the garbage collector to delete the Lease of the deleted node {name}",
             functools.partial(_lease_released, leases, name),
@@ -87,8 +87,13 @@ def _found(read: Callable[..., T], *args: str) -> T | None:
         raise
 
 
-def _node_absent(core: client.CoreV1Api, name: str) -> bool:
-    return _found(core.read_node, name) is None
+def wait_node_gone(core: client.CoreV1Api, name: str, timeout: float = 60) -> None:
+    """Wait until the API answers 404 for node ``name``."""
+
+    def absent() -> bool:
+        return _found(core.read_node, name) is None
+
+    wait_for(f"node {name} to be deleted", absent, timeout=timeout)
 
 
 def _lease_released(leases: client.CoordinationV1Api, name: str) -> bool:

@@ -18,6 +18,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from spotrun_dev import inject, realnodes
+from spotrun_dev.fleet_state import wait_node_gone
 from spotrun_dev.waiting import wait_for
 
 log = logging.getLogger("spotrun_dev.real_interrupt")
@@ -63,7 +64,7 @@ def instance_dies(core: client.CoreV1Api, name: str, notready_timeout: float = 1
     # whose instance no longer exists (k8s.io/cloud-provider
     # controllers/nodelifecycle/node_lifecycle_controller.go, MonitorNodes).
     realnodes.cloud_delete(core, name)
-    realnodes.wait_node_gone(core, name)
+    wait_node_gone(core, name)
     return notready
 
 

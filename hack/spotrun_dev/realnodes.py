@@ -335,14 +335,3 @@ def _all_ready(core: client.CoreV1Api, nodes: list[RealNode]) -> bool:
         if node.role == "spot" and gpus != "8":
             return False
     return True
-
-
-def wait_node_gone(core: client.CoreV1Api, name: str, timeout: float = 60) -> None:
-    def gone() -> bool:
-        try:
-            core.read_node(name)
-        except ApiException as exc:
-            return bool(exc.status == 404)
-        return False
-
-    wait_for(f"node {name} to be deleted", gone, timeout=timeout)
