@@ -62,7 +62,7 @@ class Hurry:
         self._remove: weakref.finalize[[Path], Hurry] | None = None
 
     def set(self) -> None:
-        """Raise the flag (idempotent; the stop guard calls it from its signal handler)."""
+        """Raise the flag (idempotent; the stop guard calls it on a stop or save request)."""
         if self._event.is_set():
             return
         self._event.set()

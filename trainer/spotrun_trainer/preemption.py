@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import signal
 import threading
 import time
@@ -42,8 +43,16 @@ class StopGuard:
         self.stop_time: float | None = None
         self.stop_reason: str | None = None
         self.save_reason: str | None = None
+        # Signals caught, as (signal, monotonic time), for the dispatch thread; None ends it.
+        self._caught: queue.SimpleQueue[tuple[signal.Signals, float] | None] = queue.SimpleQueue()
+        self._dispatcher: threading.Thread | None = None
 
     def install(self) -> StopGuard:
+        if self._dispatcher is None:
+            self._dispatcher = threading.Thread(
+                target=self._dispatch, name="stop-signals", daemon=True
+            )
+            self._dispatcher.start()
         for sig in self._signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -52,15 +61,28 @@ class StopGuard:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        if self._dispatcher is not None:
+            self._caught.put(None)
+            self._dispatcher.join()
+            self._dispatcher = None
         self.hurry.close()  # every save has been waited for by now
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        # Signal context: set flags only; the loop logs when it sees them.
-        self.request_stop(signal.Signals(signum).name)
+        # A Python signal handler runs in the main thread between two bytecodes, possibly
+        # while that thread holds a threading lock (inside Event.wait or Event.clear of
+        # the very events below). Taking such a lock here would deadlock, so the handler
+        # only hands the signal to the dispatch thread: SimpleQueue.put is reentrant.
+        self._caught.put((signal.Signals(signum), time.monotonic()))
 
-    def request_stop(self, reason: str) -> None:
+    def _dispatch(self) -> None:
+        while (caught := self._caught.get()) is not None:
+            sig, at = caught
+            self.request_stop(sig.name, at)
+
+    def request_stop(self, reason: str, at: float | None = None) -> None:
+        """Raise the stop flag; ``at`` is when it was asked for (monotonic; default now)."""
         if not self.stop_requested.is_set():
-            self.stop_time = time.monotonic()
+            self.stop_time = time.monotonic() if at is None else at
             self.stop_reason = reason
         self.stop_requested.set()
         self.hurry.set()

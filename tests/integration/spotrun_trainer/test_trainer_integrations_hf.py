@@ -28,6 +28,7 @@ from trainer_helpers import (
     Trainer,
     committed,
     interruption_seed,
+    poll_until,
     read_events,
     tiny_hf_trainer,
     wait_for_events,
@@ -164,6 +165,9 @@ def test_callback_reports_progress_and_stops_on_a_real_sigterm(tmp_path: Path) -
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             if state.global_step == 3:
                 os.kill(os.getpid(), signal.SIGTERM)
+                # The guard's thread raises the flag a moment later: the signal came in
+                # step 3 once it has (a kubelet's SIGTERM comes at any time anyway).
+                poll_until(spot.guard.stop_requested.is_set, 30, "the guard to see SIGTERM")
 
     before = signal.getsignal(signal.SIGTERM)
     patches: list[dict[str, Any]] = []

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 from typing import Any
 
 import fake_imds
@@ -63,6 +66,33 @@ def test_stop_guard_turns_sigterm_into_a_flag() -> None:
     finally:
         guard.uninstall()
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# The main thread holds the lock of the guard's own wake event (as inside Event.wait or
+# Event.clear, which the paused or sleeping trainer runs all the time) when SIGTERM lands:
+# the handler runs right there, in that thread. A handler that set the event itself
+# waited forever for that lock (a trainer seen hanging in CI after a SIGTERM).
+_SIGTERM_WHILE_THE_WAKE_LOCK_IS_HELD = textwrap.dedent("""
+    import os, signal
+    from spotrun_trainer.preemption import StopGuard
+    guard = StopGuard().install()
+    with guard._wake._cond:
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # bytecodes: the handler runs among them
+            pass
+    print(guard.wait_for_request(30), guard.stop_reason)
+""")
+
+
+def test_sigterm_landing_while_the_main_thread_holds_a_guard_lock_still_stops() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    try:
+        done = subprocess.run([sys.executable, "-c", _SIGTERM_WHILE_THE_WAKE_LOCK_IS_HELD],
+                              env=env, capture_output=True, text=True, timeout=30)  # fmt: skip
+    except subprocess.TimeoutExpired:  # run() has SIGKILLed it
+        pytest.fail("the SIGTERM handler deadlocked on a lock its own thread held")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "SIGTERM"]
 
 
 def test_save_requests_are_consumed_once() -> None:
