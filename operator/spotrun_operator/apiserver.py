@@ -32,6 +32,7 @@ Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 # Existence checks of Secrets read metadata only: the operator never needs their data.
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 # apiVersion of each kind the operator reads, creates or checks.
 API_VERSIONS: Mapping[str, str] = {
     "PersistentVolumeClaim": "v1",

@@ -1,9 +1,10 @@
 """Watch-fed caches of everything a reconcile reads: controller-runtime's informer cache.
 
-kopf's index handlers feed these stores (:mod:`handlers`), and kopf starts no other
-handler before every index has seen its resource's initial listing: the first reconcile
-after a (re)start therefore decides on a complete cache, and a reconcile in steady state
-makes no GET or LIST call at all (``observe`` reads :class:`CachedReads`).
+kopf's event handlers feed these stores (:mod:`handlers`), and each store knows when it
+holds every object its resource had when the operator started (client-go's
+``HasSynced``, :mod:`initial_sync`): no reconcile runs before every store is synced, so
+the first decision after a (re)start is made on a complete cache, and a reconcile in
+steady state makes no GET or LIST call at all (``observe`` reads :class:`CachedReads`).
 
 The operator's own successful writes go in too (client-go's ``MutationCache``): a status
 patch, a created PyTorchJob or a deleted pod is seen by the very next reconcile, before
@@ -36,7 +37,12 @@ from spotrun_operator.trim import trimmed, trimmed_claim, trimmed_job, trimmed_n
 Obj = dict[str, Any]
 V = TypeVar("V")
 Key = tuple[str, str]  # (namespace or "", name)
-IndexKey = tuple[str, str]  # (namespace, label value)
+IndexKey = tuple[str, str]  # (namespace, value): ("", value) for a cluster-wide index
+Indexer = Callable[[Mapping[str, Any]], IndexKey | None]
+# The stores' indexes, by name.
+BY_RUN = "run"  # (namespace, the run's label)
+BY_NODE = "node"  # ("", spec.nodeName) of a pod
+BY_JOB = "job"  # (namespace, a PyTorchJob's UID) of a Kueue Workload or a refusal
 
 CLAIM_KIND = "PersistentVolumeClaim"
 # How long a deleted object's tombstone outlives it (late watch events arrive in ms).
@@ -68,28 +74,29 @@ def _key(obj: Mapping[str, Any]) -> Key:
 
 
 class Store:
-    """The newest known state of each object of one kind, with an optional index by a
-    label's value (the run's name, a Kueue job UID). Safe to share between the event loop
+    """The newest known state of each object of one kind, with optional indexes (by the
+    run's label, a node's name, a Kueue job UID). Safe to share between the event loop
     (writer) and reconcile threads (readers)."""
 
     def __init__(
         self,
         kind: str,
-        index_label: str | None = None,
         transform: Callable[[Mapping[str, Any]], Obj] = trimmed,
         clock: Callable[[], float] = time.monotonic,
-        index_by: Callable[[Mapping[str, Any]], str | None] | None = None,
+        indexes: Mapping[str, Indexer] | None = None,
     ) -> None:
         self.kind = kind
         self._clock = clock
-        # One index mechanism: a label's value is one way to say what an object is filed by.
-        self._index_by = index_by or (_label_value(index_label) if index_label else None)
+        self._indexers = dict(indexes or {})
         self._transform = transform
         self._lock = threading.Lock()
         self._objs: dict[Key, Obj] = {}
-        self._index: dict[IndexKey, set[Key]] = {}
+        self._index: dict[str, dict[IndexKey, set[Key]]] = {i: {} for i in self._indexers}
         # key -> (when, the version and the UID of the deleted object)
         self._tombstones: dict[Key, tuple[float, int, str]] = {}
+        # The objects listed at start that no event has brought yet (key -> UID); None
+        # until that listing is known (:meth:`expect`).
+        self._pending: dict[Key, str] | None = None
 
     def __len__(self) -> int:
         with self._lock:
@@ -107,6 +114,8 @@ class Store:
                 self._unindex(key, old)
             self._objs[key] = self._transform(obj)
             self._reindex(key, obj)
+            if self._pending:
+                self._pending.pop(key, None)
         return True
 
     def delete(self, obj: Mapping[str, Any]) -> None:
@@ -136,9 +145,12 @@ class Store:
         # Re-inserted at the end, so the dict stays in burial order and expiry looks only
         # at its oldest entries (a scan of every tombstone per deletion was O(n^2) in a
         # storm: py-spy, operator_scale at 1,100 runs).
+        buried_uid = uid or (_uid(old) if old is not None else "")
         self._tombstones.pop(key, None)
-        self._tombstones[key] = (now, version, uid or (_uid(old) if old is not None else ""))
+        self._tombstones[key] = (now, version, buried_uid)
         _drop_oldest_while(self._tombstones, lambda t: now - t[0] > TOMBSTONE_SECONDS)
+        if self._pending and self._pending.get(key) in (buried_uid, ""):
+            del self._pending[key]
 
     def get(self, namespace: str, name: str) -> Obj | None:
         with self._lock:
@@ -146,7 +158,7 @@ class Store:
 
     def as_kept(self, obj: Mapping[str, Any]) -> Obj:
         """``obj`` as this store keeps it: the stored object itself when the store holds
-        this very version (kopf runs the index handlers before the event handlers), so
+        this very version (each handler files the event before it reads it back), so
         what else remembers it shares the kept copy and its shared strings rather than
         the watch event's; a transformed copy otherwise (a deleted object, or a newer
         version from the operator's own write)."""
@@ -157,11 +169,45 @@ class Store:
             return kept
         return self._transform(obj)
 
-    def indexed(self, namespace: str, value: str) -> list[Obj]:
-        """Objects in ``namespace`` whose index label has ``value``."""
+    def indexed(self, index: str, namespace: str, value: str) -> list[Obj]:
+        """Objects filed under (``namespace``, ``value``) in ``index`` (namespace "" for a
+        cluster-wide index)."""
         with self._lock:
-            keys = self._index.get((namespace, value), set())
+            keys = self._index[index].get((namespace, value), set())
             return [self._objs[k] for k in sorted(keys)]
+
+    # --- the initial sync (client-go's HasSynced) ------------------------------------
+    def expect(self, listed: Sequence[tuple[Key, str]]) -> None:
+        """The (key, UID) of every object a listing found: the store is synced once each
+        is here, or its deletion was seen."""
+        with self._lock:
+            self._pending = {
+                key: uid
+                for key, uid in listed
+                if key not in self._objs and not self._buried(key, uid)
+            }
+
+    def confirm(self, listed: Sequence[tuple[Key, str]]) -> None:
+        """A later listing: what was pending and is no longer listed was deleted before
+        the watch's own listing, so no event of it will ever come."""
+        alive = set(listed)
+        with self._lock:
+            if self._pending:
+                self._pending = {k: u for k, u in self._pending.items() if (k, u) in alive}
+
+    @property
+    def synced(self) -> bool:
+        with self._lock:
+            return self._pending is not None and not self._pending
+
+    def pending(self) -> int | None:
+        """How many listed objects no event has brought yet (None: not listed yet)."""
+        with self._lock:
+            return None if self._pending is None else len(self._pending)
+
+    def _buried(self, key: Key, uid: str) -> bool:
+        tomb = self._tombstones.get(key)
+        return tomb is not None and tomb[2] in (uid, "")
 
     def _newer(self, key: Key, version: int, uid: str) -> bool:
         old = self._objs.get(key)
@@ -177,40 +223,53 @@ class Store:
             return version > buried
         return True
 
-    def _label(self, obj: Mapping[str, Any]) -> str | None:
-        return self._index_by(obj) if self._index_by is not None else None
-
     def _reindex(self, key: Key, obj: Mapping[str, Any]) -> None:
-        value = self._label(obj)
-        if value is not None:
-            self._index.setdefault((key[0], value), set()).add(key)
+        for name, filed_by in self._indexers.items():
+            at = filed_by(obj)
+            if at is not None:
+                self._index[name].setdefault(at, set()).add(key)
 
     def _unindex(self, key: Key, obj: Mapping[str, Any]) -> None:
-        value = self._label(obj)
-        if value is None:
-            return
-        keys = self._index.get((key[0], value))
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._index[(key[0], value)]
+        for name, filed_by in self._indexers.items():
+            at = filed_by(obj)
+            keys = self._index[name].get(at) if at is not None else None
+            if at is not None and keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._index[name][at]
 
 
 class Cache:
-    """The stores of every kind a reconcile reads, and whether kopf has filled them."""
+    """The stores of every kind a reconcile reads, and whether they are all synced."""
 
     def __init__(self) -> None:
+        by_run = {BY_RUN: by_label(LABEL_RUN)}
         self.runs = Store("TrainingRun")
-        self.jobs = Store("PyTorchJob", index_label=LABEL_RUN, transform=trimmed_job)
-        self.pods = Store("Pod", index_label=LABEL_RUN, transform=trimmed_pod)
+        self.jobs = Store("PyTorchJob", transform=trimmed_job, indexes=by_run)
+        # By node too: the runs to wake when a node is tainted, lost or deleted.
+        self.pods = Store("Pod", transform=trimmed_pod, indexes={**by_run, BY_NODE: _pod_node})
         self.nodes = Store("Node", transform=trimmed_node)
-        self.workloads = Store("Workload", index_label=LABEL_KUEUE_JOB_UID)
+        self.workloads = Store("Workload", indexes={BY_JOB: by_label(LABEL_KUEUE_JOB_UID)})
         # Whether a claim a run references exists (its metadata only).
         self.claims = Store(CLAIM_KIND, transform=trimmed_claim)
         # The training operator's FailedCreatePod events, by the UID of their PyTorchJob
         # (the watch asks the apiserver for those alone: handlers.SERVER_FIELD_SELECTORS).
-        self.refusals = Store("Event", index_by=_involved_job_uid)
+        self.refusals = Store("Event", indexes={BY_JOB: _involved_job_uid})
+        # Set once every store is synced (initial_sync); never cleared.
         self.synced = threading.Event()
+
+    def all_stores(self) -> tuple[Store, ...]:
+        return (
+            self.runs, self.jobs, self.pods, self.nodes, self.workloads, self.claims,
+            self.refusals,
+        )  # fmt: skip
+
+    def runs_on(self, node: str) -> set[tuple[str, str]]:
+        """(namespace, run) of every cached pod of a run bound to ``node``."""
+        return {
+            (str(p["metadata"]["namespace"]), str(p["metadata"]["labels"][LABEL_RUN]))
+            for p in self.pods.indexed(BY_NODE, "", node)
+        }
 
     def jobs_owning(self, event: Mapping[str, Any]) -> list[tuple[str, str]]:
         """(namespace, run) of the cached PyTorchJob an Event is about, if any."""
@@ -258,19 +317,28 @@ class Cache:
         return {s.kind: len(s) for s in kept}
 
 
-def _label_value(label: str) -> Callable[[Mapping[str, Any]], str | None]:
-    def value(obj: Mapping[str, Any]) -> str | None:
-        found = ((obj.get("metadata") or {}).get("labels") or {}).get(label)
-        return str(found) if found is not None else None
+def by_label(label: str) -> Indexer:
+    """Files an object under (its namespace, the value of its ``label``)."""
 
-    return value
+    def filed_at(obj: Mapping[str, Any]) -> IndexKey | None:
+        meta = obj.get("metadata") or {}
+        found = (meta.get("labels") or {}).get(label)
+        return (str(meta.get("namespace") or ""), str(found)) if found is not None else None
+
+    return filed_at
 
 
-def _involved_job_uid(event: Mapping[str, Any]) -> str | None:
+def _pod_node(pod: Mapping[str, Any]) -> IndexKey | None:
+    node = (pod.get("spec") or {}).get("nodeName")
+    return ("", str(node)) if node else None
+
+
+def _involved_job_uid(event: Mapping[str, Any]) -> IndexKey | None:
     involved = event.get("involvedObject") or {}
     if involved.get("kind") != PYTORCHJOB_KIND or not involved.get("uid"):
         return None
-    return str(involved["uid"])
+    namespace = str((event.get("metadata") or {}).get("namespace") or "")
+    return namespace, str(involved["uid"])
 
 
 def _deleted_for_good(obj: Mapping[str, Any]) -> bool:
@@ -300,23 +368,24 @@ class CachedReads:
         self.api = api
 
     def list_jobs(self, namespace: str, run: str, owner_uid: str) -> dict[int, Obj]:
-        return owned_jobs(self.cache.jobs.indexed(namespace, run), run, owner_uid)
+        return owned_jobs(self.cache.jobs.indexed(BY_RUN, namespace, run), run, owner_uid)
 
     def list_pods(self, namespace: str, run: str) -> list[Obj]:
-        return self.cache.pods.indexed(namespace, run)
+        return self.cache.pods.indexed(BY_RUN, namespace, run)
 
     def get_node(self, name: str) -> Obj | None:
         return self.cache.nodes.get("", name)
 
     def get_workload(self, namespace: str, job_uid: str) -> Obj | None:
-        found = self.cache.workloads.indexed(namespace, job_uid)
+        found = self.cache.workloads.indexed(BY_JOB, namespace, job_uid)
         return found[0] if found else None
 
     def pod_refusal(self, namespace: str, job: Mapping[str, Any]) -> Rejected | None:
         """Why the training operator could not create a pod of ``job``, when the apiserver
         judged the pod itself: its FailedCreatePod events on this very job."""
         uid = _uid(job)
-        return pod_create_refusal(self.cache.refusals.indexed(namespace, uid)) if uid else None
+        refusals = self.cache.refusals.indexed(BY_JOB, namespace, uid) if uid else []
+        return pod_create_refusal(refusals)
 
     def missing(self, namespace: str, refs: Sequence[tuple[str, str]]) -> list[str]:
         """``"Kind name"`` of each referenced object that does not exist, in ``refs``'

@@ -8,14 +8,17 @@ writes ``status.progress``; the operator owns the rest through its own merge pat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 import kopf
 from kubernetes.client import Configuration
 
 from spotrun_operator.apiserver import FAILED_CREATE_POD, credentials
+from spotrun_operator.cache import Cache, Store
 from spotrun_operator.common import (
     GROUP,
+    KIND,
     KUEUE_GROUP,
     KUEUE_VERSION,
     LABEL_RUN,
@@ -26,6 +29,7 @@ from spotrun_operator.common import (
     PYTORCHJOB_VERSION,
     VERSION,
 )
+from spotrun_operator.initial_sync import Listing
 from spotrun_operator.runner import Runner
 
 PREFIX = "spotrun.dev"
@@ -42,9 +46,10 @@ SERVER_FIELD_SELECTORS: Final[dict[str | tuple[str, str], str]] = {
 }
 # Pods and PyTorchJobs of runs only (the handlers' own filters are client-side: without
 # these every pod of the cluster came down the watch).
+JOBS: Final = (PYTORCHJOB_GROUP, PYTORCHJOB_PLURAL)
 SERVER_LABEL_SELECTORS: Final[dict[str | tuple[str, str], str]] = {
     "pods": LABEL_RUN,
-    (PYTORCHJOB_GROUP, PYTORCHJOB_PLURAL): LABEL_RUN,
+    JOBS: LABEL_RUN,
 }
 
 
@@ -100,14 +105,40 @@ def connection_info(cfg: Configuration) -> kopf.ConnectionInfo:
     return kopf.ConnectionInfo(**credentials(cfg))
 
 
-def register(registry: kopf.OperatorRegistry, runner: Runner) -> None:
-    """Register the handlers on ``registry`` (never the global one: tests build many)."""
+def listings(cache: Cache, namespaces: Sequence[str]) -> list[Listing]:
+    """What the initial sync lists: each watched resource with its watch's own selectors,
+    once per namespace watched (namespaced kinds) or cluster-wide."""
+    where: list[str | None] = list(namespaces) or [None]
+    namespaced = [
+        (cache.runs, KIND, None, None),
+        (cache.jobs, PYTORCHJOB_KIND, SERVER_LABEL_SELECTORS[JOBS], None),
+        (cache.pods, "Pod", SERVER_LABEL_SELECTORS["pods"], None),
+        (cache.workloads, "Workload", None, None),
+        (cache.claims, "PersistentVolumeClaim", None, None),
+        (cache.refusals, "Event", None, SERVER_FIELD_SELECTORS[EVENTS]),
+    ]
+    return [
+        Listing(store, kind, ns, labels, fields)
+        for store, kind, labels, fields in namespaced
+        for ns in where
+    ] + [Listing(cache.nodes, "Node", None)]
+
+
+def register(
+    registry: kopf.OperatorRegistry, runner: Runner, namespaces: Sequence[str] = ()
+) -> None:
+    """Register the handlers on ``registry`` (never the global one: tests build many).
+    ``namespaces``: those watched (none: every namespace)."""
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
         # The operator's own client configuration (--kubeconfig, KUBECONFIG or in-cluster),
         # so kopf's watches and the operator's calls reach one cluster as one identity.
         return connection_info(runner.kube.api.configuration)
+
+    @kopf.on.startup(registry=registry)
+    async def sync_caches(**_: Any) -> None:
+        runner.start_sync(listings(runner.cache, namespaces))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
@@ -118,87 +149,56 @@ def register(registry: kopf.OperatorRegistry, runner: Runner) -> None:
         *, type: str, body: kopf.Body, name: str, namespace: str | None, **_: Any
     ) -> None:
         assert namespace is not None  # TrainingRuns are namespaced
-        runner.cache.synced.set()  # kopf runs no such handler before every index is full
         if type == "DELETED":
             runner.cache.runs.delete(body)
             runner.forget(namespace, name)
         else:
+            runner.cache.runs.put(body)
             runner.ensure(namespace, name)
 
-    _register_caches(registry, runner)
+    _register_references(registry, runner)
     _register_children(registry, runner)
 
 
-def _register_caches(registry: kopf.OperatorRegistry, runner: Runner) -> None:
-    """Index handlers that fill the runner's caches (:mod:`cache`) with every state the
-    watches see; the deletions come through the event handlers. kopf starts no event
-    handler before each of these has seen its resource's initial listing, so the first
-    reconcile after a start already reads complete caches."""
+# No kopf index anywhere: one would make kopf hold every listed object's event of every
+# kind until all indexed kinds are listed (initial_sync says why). Each handler files the
+# event in its store first, then acts on what the store keeps.
+
+
+def _register_references(registry: kopf.OperatorRegistry, runner: Runner) -> None:
+    """Watches of what a run references or is refused for: Kueue Workloads, claims, the
+    training operator's FailedCreatePod events."""
     cache = runner.cache
-    run_label = {LABEL_RUN: kopf.PRESENT}
-
-    @kopf.index(GROUP, VERSION, PLURAL, registry=registry)
-    async def cached_runs(*, body: kopf.Body, **_: Any) -> None:
-        cache.runs.put(body)
-
-    @kopf.index(PYTORCHJOB_GROUP, PYTORCHJOB_VERSION, PYTORCHJOB_PLURAL, labels=run_label,
-                registry=registry)  # fmt: skip
-    async def cached_jobs(*, body: kopf.Body, **_: Any) -> None:
-        cache.jobs.put(body)
-
-    @kopf.index("pods", labels=run_label, registry=registry)
-    async def cached_pods(*, body: kopf.Body, **_: Any) -> None:
-        cache.pods.put(body)
-
-    @kopf.index("nodes", registry=registry)
-    async def cached_nodes(*, body: kopf.Body, **_: Any) -> None:
-        cache.nodes.put(body)
 
     # Kueue's Workloads (runs with spec.queueName). Where Kueue is not installed kopf
     # serves no such resource and the store stays empty, as the API would answer.
-    @kopf.index(KUEUE_GROUP, KUEUE_VERSION, "workloads", registry=registry)
-    async def cached_workloads(*, body: kopf.Body, **_: Any) -> None:
-        cache.workloads.put(body)
-
     @kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, "workloads", registry=registry)
     async def workload_event(*, type: str, body: kopf.Body, **_: Any) -> None:
-        if type == "DELETED":
-            cache.workloads.delete(body)
-
-    @kopf.index("persistentvolumeclaims", registry=registry)
-    async def cached_claims(*, body: kopf.Body, **_: Any) -> None:
-        cache.claims.put(body)
+        _file(cache.workloads, type, body)
 
     @kopf.on.event("persistentvolumeclaims", registry=registry)
     async def claim_event(*, type: str, body: kopf.Body, **_: Any) -> None:
-        if type == "DELETED":
-            cache.claims.delete(body)
-
-    @kopf.index(*EVENTS, registry=registry)
-    async def cached_refusals(*, body: kopf.Body, **_: Any) -> None:
-        cache.refusals.put(body)
+        _file(cache.claims, type, body)
 
     @kopf.on.event(*EVENTS, registry=registry)
     async def refusal_event(*, type: str, body: kopf.Body, **_: Any) -> None:
-        if type == "DELETED":
-            cache.refusals.delete(body)
-        else:
+        _file(cache.refusals, type, body)
+        if type != "DELETED":
             # A refusal ends the run (InvalidSpec): look at its run now, not at the resync.
             for owner in cache.jobs_owning(body):
                 runner.wake(*owner)
 
 
+def _file(store: Store, type: str | None, body: kopf.Body) -> None:
+    """Keep a watch event's object in ``store``, or its deletion."""
+    if type == "DELETED":
+        store.delete(body)
+    else:
+        store.put(body)
+
+
 def _register_children(registry: kopf.OperatorRegistry, runner: Runner) -> None:
     """Watches of what a run is made of or runs on: pods, nodes, PyTorchJobs."""
-
-    # kopf passes an index to handlers under its id; a nested function's default id is
-    # its __qualname__ ("_register_children.<locals>.pods_by_node"), so name it.
-    @kopf.index("pods", id="pods_by_node", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)
-    async def pods_by_node(
-        *, spec: kopf.Spec, namespace: str | None, labels: kopf.Labels, **_: Any
-    ) -> dict[str, tuple[str, str]] | None:
-        node = spec.get("nodeName")
-        return {str(node): (str(namespace), str(labels[LABEL_RUN]))} if node else None
 
     @kopf.on.event("pods", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)
     async def pod_event(
@@ -206,8 +206,7 @@ def _register_children(registry: kopf.OperatorRegistry, runner: Runner) -> None:
     ) -> None:
         assert namespace is not None
         run = str(labels[LABEL_RUN])
-        if type == "DELETED":
-            runner.cache.pods.delete(body)
+        _file(runner.cache.pods, type, body)
         # Remember every state, not only deletions: an evicted pod can be deleted and
         # replaced before the reconcile it woke lists pods, and its last state (node,
         # DisruptionTarget) is what names the signal.
@@ -215,25 +214,13 @@ def _register_children(registry: kopf.OperatorRegistry, runner: Runner) -> None:
         runner.wake(namespace, run)
 
     @kopf.on.event("nodes", registry=registry)
-    async def node_event(
-        *,
-        type: str,
-        body: kopf.Body,
-        name: str,
-        pods_by_node: kopf.Index[str, tuple[str, str]] | None = None,
-        **_: Any,
-    ) -> None:
-        if type == "DELETED":
-            runner.cache.nodes.delete(body)
+    async def node_event(*, type: str, body: kopf.Body, name: str, **_: Any) -> None:
+        _file(runner.cache.nodes, type, body)
         # The kept node, not the event: what the memory holds (labels, taints) then shares
         # the store's strings instead of keeping the event's copies, one set per node.
         kept = runner.cache.nodes.as_kept(body)
-        changed = runner.memory.remember_node(kept, deleted=type == "DELETED")
-        if changed:
-            # Never None once wired (kopf's calling convention makes it optional):
-            # test_every_index_a_handler_takes_is_registered_under_that_name.
-            assert pods_by_node is not None, "kopf passed no pods_by_node index"
-            for namespace, run in pods_by_node.get(name, []):
+        if runner.memory.remember_node(kept, deleted=type == "DELETED"):
+            for namespace, run in runner.cache.runs_on(name):
                 runner.wake(namespace, run)
 
     @kopf.on.event(
@@ -246,6 +233,5 @@ def _register_children(registry: kopf.OperatorRegistry, runner: Runner) -> None:
     async def job_event(
         *, type: str, body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
     ) -> None:
-        if type == "DELETED":
-            runner.cache.jobs.delete(body)
+        _file(runner.cache.jobs, type, body)
         runner.wake(str(namespace), str(labels[LABEL_RUN]))

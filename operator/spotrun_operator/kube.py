@@ -24,12 +24,14 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from urllib3.exceptions import HTTPError
 
 from spotrun_operator import __version__
 from spotrun_operator.apiserver import (
     API_VERSIONS,
     MERGE_PATCH,
+    METADATA_LIST,
     METADATA_ONLY,
     Refused,
     event_body,
@@ -61,6 +63,8 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 USER_AGENT = f"spotrun-operator/{__version__}"
+# Objects per page of a listing (client-go's reflector asks for 500).
+LIST_PAGE = 500
 
 
 def load_api_client(
@@ -178,6 +182,40 @@ class Kube:
             for kind, name in refs
             if self._get(kind, name, namespace, accept=METADATA_ONLY) is None
         ]
+
+    def list_keys(
+        self, kind: str, namespace: str | None, labels: str | None, fields: str | None
+    ) -> list[tuple[tuple[str, str], str]]:
+        """((namespace, name), UID) of every object of ``kind`` the selectors match, in
+        ``namespace`` or everywhere: metadata only, in pages. [] where the API serves no
+        such kind (Kueue not installed), as a watch of it would find nothing."""
+        try:
+            resource = self._res(kind)
+        except ResourceNotFoundError:
+            return []
+        keys: list[tuple[tuple[str, str], str]] = []
+        token: str | None = None
+        while True:
+            page = self._json(
+                self.dyn.get(
+                    resource,
+                    namespace=namespace,
+                    label_selector=labels,
+                    field_selector=fields,
+                    limit=LIST_PAGE,
+                    _continue=token,
+                    header_params={"Accept": METADATA_LIST},
+                    _request_timeout=self.timeout,
+                    serialize=False,
+                )
+            )
+            for item in page.get("items") or []:
+                meta = item["metadata"]
+                key = (str(meta.get("namespace") or ""), str(meta["name"]))
+                keys.append((key, str(meta["uid"])))
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return keys
 
     # --- writes ---------------------------------------------------------------------
     def patch_run_status(

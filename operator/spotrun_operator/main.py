@@ -289,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.metrics_port:
         metrics.serve(registry, args.metrics_port, args.metrics_address)
     kopf_registry = kopf.OperatorRegistry()
-    handlers.register(kopf_registry, runner)
+    handlers.register(kopf_registry, runner, args.namespace)
     if args.leader_elect:
         elector = leader_elector(args, runner)
         # On SIGTERM: no new reconcile, those in flight finish, then the Lease is released.

@@ -26,6 +26,7 @@ from spotrun_operator.cache import Cache, CachedReads
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.cost import Price, Prices
 from spotrun_operator.event_sink import EventSink
+from spotrun_operator.initial_sync import Listing, sync_caches
 from spotrun_operator.kube import Kube
 from spotrun_operator.metrics import Metrics
 from spotrun_operator.observe import PriceSource, observe, run_ref
@@ -265,8 +266,26 @@ class Runner:
         # loops wait on it with their watch-fed knowledge kept warm.
         self.leading = asyncio.Event()
         self.leading.set()
+        # Set once every cache holds what its resource had at start (initial_sync): no
+        # loop decides before, so the first decision after a start reads complete caches.
+        self.synced = asyncio.Event()
+        self._sync: asyncio.Task[None] | None = None
 
     # --- called from kopf handlers (event loop) ------------------------------------
+    def start_sync(self, listings: Sequence[Listing]) -> None:
+        """List the watched resources and set :attr:`synced` once the caches hold them."""
+
+        def synced() -> None:
+            self.cache.synced.set()
+            self.synced.set()
+
+        self._sync = asyncio.get_running_loop().create_task(
+            sync_caches(listings, self._list_keys, synced), name="initial sync"
+        )
+
+    def _list_keys(self, listing: Listing) -> list[tuple[tuple[str, str], str]]:
+        return self.kube.list_keys(listing.kind, listing.namespace, listing.labels, listing.fields)
+
     def ensure(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         task = self._tasks.get(key)
@@ -296,7 +315,7 @@ class Runner:
         self.metrics.observe_run(namespace, name, None, None)
 
     async def shutdown(self) -> None:
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *([self._sync] if self._sync else [])]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -307,6 +326,7 @@ class Runner:
         loop = asyncio.get_running_loop()
         waker = self._wakers[key]
         failures = 0
+        await self.synced.wait()
         while True:
             await self.leading.wait()
             waker.clear()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from spotrun_operator.builders import job_nodes
-from spotrun_operator.cache import Cache, CachedReads, Store
+from spotrun_operator.cache import BY_RUN, Cache, CachedReads, Store, by_label
 from spotrun_operator.common import LABEL_ATTEMPT, LABEL_RUN
 from spotrun_operator.observe import observe
 from spotrun_operator.plan import Rejected
@@ -71,7 +71,7 @@ def test_a_pod_keeps_only_the_spec_decisions_read() -> None:
     assert kept["spec"] == {"nodeName": "n1"}
     assert kept["status"] == body["status"]
     assert "managedFields" not in kept["metadata"] and kept["metadata"]["labels"]
-    assert [p["metadata"]["name"] for p in cache.pods.indexed("ml", "r")] == ["p"]
+    assert [p["metadata"]["name"] for p in cache.pods.indexed(BY_RUN, "ml", "r")] == ["p"]
     assert "containers" in body["spec"]  # the caller's object is left as it was
 
 
@@ -210,17 +210,39 @@ def test_a_tombstone_keeps_a_deleted_object_from_coming_back() -> None:
 
 
 def test_the_index_follows_label_changes_and_deletions() -> None:
-    s = Store("Pod", index_label=LABEL_RUN)
+    s = Store("Pod", indexes={BY_RUN: by_label(LABEL_RUN)})
     s.put(pod("a", "1", run="r1"))
     s.put(pod("b", "2", run="r1"))
     s.put(pod("c", "3", run="r1", ns="other"))
-    assert [p["metadata"]["name"] for p in s.indexed("ml", "r1")] == ["a", "b"]
+    assert [p["metadata"]["name"] for p in s.indexed(BY_RUN, "ml", "r1")] == ["a", "b"]
     s.put(pod("a", "4", run="r2"))
-    assert [p["metadata"]["name"] for p in s.indexed("ml", "r1")] == ["b"]
-    assert [p["metadata"]["name"] for p in s.indexed("ml", "r2")] == ["a"]
+    assert [p["metadata"]["name"] for p in s.indexed(BY_RUN, "ml", "r1")] == ["b"]
+    assert [p["metadata"]["name"] for p in s.indexed(BY_RUN, "ml", "r2")] == ["a"]
     s.delete(pod("b", "5", run="r1"))
-    assert s.indexed("ml", "r1") == []
+    assert s.indexed(BY_RUN, "ml", "r1") == []
     assert len(s) == 2
+
+
+def on_node(name: str, rv: str, node: str | None, run: str = "r", ns: str = "ml") -> dict[str, Any]:
+    body = pod(name, rv, run=run, ns=ns)
+    body["spec"] = {"nodeName": node} if node else {}
+    return body
+
+
+def test_the_runs_on_a_node_follow_binding_moves_and_deletions() -> None:
+    """What a node's taint or loss wakes: the runs whose pods are bound to it, in every
+    namespace; an unbound pod is on no node."""
+    c = Cache()
+    c.pods.put(on_node("a", "1", "n1", run="r1"))
+    c.pods.put(on_node("b", "2", "n1", run="r2", ns="other"))
+    c.pods.put(on_node("c", "3", None, run="r3"))
+    assert c.runs_on("n1") == {("ml", "r1"), ("other", "r2")}
+    c.pods.put(on_node("c", "4", "n1", run="r3"))  # bound by the scheduler
+    c.pods.put(on_node("a", "5", "n2", run="r1"))  # a new pod of that name elsewhere
+    assert c.runs_on("n1") == {("other", "r2"), ("ml", "r3")}
+    assert c.runs_on("n2") == {("ml", "r1")}
+    c.pods.delete(on_node("b", "6", "n1", run="r2", ns="other"))
+    assert c.runs_on("n1") == {("ml", "r3")} and c.runs_on("n9") == set()
 
 
 def test_delete_answers_keep_a_pod_that_is_still_stopping() -> None:
