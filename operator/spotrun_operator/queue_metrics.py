@@ -6,8 +6,9 @@ SRE's existing dashboards and alerts for Go controllers read spotrun too:
   adds, time queued, time worked, retries (client-go's workqueue metrics);
 * ``controller_runtime_reconcile_total{controller, result}`` and
   ``controller_runtime_reconcile_time_seconds{controller}``, plus the workers;
-* ``spotrun_cache_synced`` and ``spotrun_cache_objects{kind}``: whether kopf has filled
-  the watch caches reconciles read (:mod:`cache`), and how much they hold.
+* ``spotrun_cache_synced`` and ``spotrun_cache_objects{kind}``: whether the watch caches
+  reconciles read hold their initial listing (:mod:`cache`, :mod:`initial_sync`), and how
+  much they hold.
 
 Leader status (``leader_election_master_status``) comes with leader election.
 """

@@ -183,7 +183,7 @@ def test_a_node_in_the_watch_memory_shares_the_cached_nodes_strings() -> None:
         "metadata": {"name": "n1", "resourceVersion": "7", "labels": {zone: "us-east-1a"}},
         "status": {"conditions": [{"type": "Ready", "status": "True"}]},
     }
-    cache.nodes.put(json.loads(json.dumps(node)))  # the index handler's event
+    cache.nodes.put(json.loads(json.dumps(node)))  # the event handler's event
     event = json.loads(json.dumps(node))  # the event handler's: same version, new strings
     kept = cache.nodes.as_kept(event)
     assert kept is cache.nodes.get("", "n1")
