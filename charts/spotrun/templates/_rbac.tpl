@@ -38,7 +38,7 @@ rule only with a comment saying which code needs it.
   resources: ["pods"]
   verbs: ["list", "watch", {{- if .Values.rbac.podDryRun }} "create",{{- end }} "delete"]
 # The run's checkpoint volume: created when the spec asks for a new claim; the claims a
-# run references are watched into the operator's cache (handlers.cached_claims) and
+# run references are watched into the operator's cache (handlers.claim_event) and
 # checked there (CachedReads.missing), so a typo fails fast instead of a pod hanging Pending.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
