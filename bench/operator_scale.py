@@ -12,7 +12,9 @@ On the local cluster (kwok nodes: pods do not execute), in one run:
    a new node in its zone. Each recovery is cut into phases (``recovery_phases``):
    p50/p99 per phase per signal, signal → next attempt created, → all pods Running;
 3. the operator's peak RSS and CPU seconds, and its API requests per recovery (reads and
-   writes, from the apiserver's audit log, by user agent);
+   writes, from the apiserver's audit log, by user agent); inside the operator, from its
+   own /metrics over each storm (``operator_metrics``): how long woken runs waited for a
+   reconcile thread, how long reconciles and each verb's requests took;
 4. peer (a): the Kubeflow training operator alone, PyTorchJobs with
    ``restartPolicy: OnFailure`` / ``ExitCode`` whose node is interrupted the same way:
    signal → replacement pod created → Running (what users get without spotrun);
@@ -46,6 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import operator_metrics as om
 import recovery_phases as rp
 import yaml
 from kubernetes import client
@@ -80,6 +83,7 @@ from scale_report import (
 )
 
 from spotrun_dev import cluster_apply, inject, paths, storage
+from spotrun_dev.prometheus import free_port
 
 RESULTS = paths.REPO_ROOT / "bench" / "results" / "operator_scale.json"
 
@@ -134,6 +138,7 @@ class Bench:
         self.stop = threading.Event()
         self.sampler = rp.Sampler()
         self.op: subprocess.Popen[bytes] | None = None
+        self.metrics_port = free_port()
         self.pv: str | None = None
         self.replacements = 0
         self.zone_of: dict[str, str] = {}
@@ -279,7 +284,8 @@ class Bench:
             "spotrun_operator.main",
             "-n",
             NS,
-            "--metrics-port=0",
+            f"--metrics-port={self.metrics_port}",
+            "--metrics-address=127.0.0.1",
             "--pricing=table",
             "--backoff-base-seconds=1",
             "--backoff-jitter=0",
@@ -530,8 +536,10 @@ def interruption_step(
     victims = bench.pick_victims(runs, count, signals, group)
     say(f"{group}: {len(victims)} interruptions over {spread} s")
     offset = rp.audit_offset(paths.AUDIT_LOG)
+    scraped = om.scrape(bench.metrics_port)
     t0, _ = bench.storm(victims, spread)
     t_end = bench.wait_recovered(group)
+    inside = om.inside_operator(scraped, om.scrape(bench.metrics_port))
     bench.sampler.mark(f"after_{group}")
     recs = [r for r in bench.obs.recs.values() if r.group == group]
     counts = rp.audit_requests(paths.AUDIT_LOG, t0, t_end, offset=offset)
@@ -549,6 +557,7 @@ def interruption_step(
         "throughput": rates(recs, t0),
         "api_requests": api_table(counts, t_end - t0, sum(1 for r in recs if r.t_created)),
         "status_writes": rp.status_write_table(recs),
+        "inside_operator": inside,
         "apiserver_clients": apiserver_clients(paths.AUDIT_LOG, t0, t_end, offset),
     }
 

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import operator_metrics as om
 import recovery_phases as rp
 from scale_objects import SIGNALS, PeerJob
 
@@ -111,6 +112,9 @@ def print_report(res: dict[str, Any]) -> None:
             f"status writes per recovery (the run's watch): {w.get('per_recovery')}, by what "
             f"changed: {w.get('by_change')}"
         )
+        if g.get("inside_operator"):
+            print("inside the operator (its /metrics over the window; seconds):")
+            print(om.format_inside(g["inside_operator"]))
     s = res["resources"]
     print(
         f"\noperator: peak RSS {s['operator_peak_rss_mib']} MiB, CPU {s['operator_cpu_seconds']} s"

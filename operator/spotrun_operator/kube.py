@@ -42,6 +42,7 @@ from spotrun_operator.apiserver import (
 )
 from spotrun_operator.builders import RunRef
 from spotrun_operator.cache import Cache
+from spotrun_operator.client_metrics import ClientMetrics, MeasuredApiClient
 from spotrun_operator.common import (
     KIND,
     PYTORCHJOB_KIND,
@@ -68,13 +69,16 @@ LIST_PAGE = 500
 
 
 def load_api_client(
-    kubeconfig: str | None = None, connections: int | None = None
+    kubeconfig: str | None = None,
+    connections: int | None = None,
+    measured: ClientMetrics | None = None,
 ) -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG).
 
     ``connections``: how many threads call the API at once. The client keeps that many
     connections open (its default is 5 per CPU): a thread finding none free opens, and
-    throws away, a connection of its own, a TLS handshake per request."""
+    throws away, a connection of its own, a TLS handshake per request. ``measured``:
+    where each request's latency and answer are counted (client_metrics)."""
     cfg = client.Configuration()
     loader: Any = config  # partly untyped across client versions
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -83,7 +87,11 @@ def load_api_client(
         loader.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
     if connections is not None:
         cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, connections)
-    api = client.ApiClient(configuration=cfg)
+    api = (
+        client.ApiClient(configuration=cfg)
+        if measured is None
+        else MeasuredApiClient(cfg, measured)
+    )
     # Names the operator in audit logs and apiserver metrics (kopf's own calls say "kopf/").
     api.user_agent = USER_AGENT
     return api

@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 from prometheus_client import CollectorRegistry
 
-from spotrun_operator import __version__, config, handlers, kube, leader, metrics
+from spotrun_operator import __version__, client_metrics, config, handlers, kube, leader, metrics
 from spotrun_operator.aws_prices import PricingConfig
 from spotrun_operator.cost import Price, Prices, price_table
 from spotrun_operator.election import ElectionConfig
@@ -265,7 +265,11 @@ def build_runner(args: argparse.Namespace, registry: CollectorRegistry) -> Runne
     overrides["restart_on_rebalance"] = args.restart_on_rebalance
     cfg = config.with_overrides(config.from_env(), overrides)
     # The reconcile workers, the event sink and the Lease's calls (kopf's executor).
-    api = kube.load_api_client(args.kubeconfig, connections=args.workers + 2)
+    api = kube.load_api_client(
+        args.kubeconfig,
+        connections=args.workers + 2,
+        measured=client_metrics.ClientMetrics(registry),
+    )
     pricing = pricing_config(args)
     prices = aws_prices(pricing) if args.pricing == "aws" else table_prices(pricing)
     return Runner(
