@@ -11,15 +11,22 @@ from typing import Any
 
 from kubernetes import client
 from observe_helpers import AuditLog
+from operator_metrics import REQUESTS, Samples, scrape
 
 from controller_helpers import create, pods, spot_nodes, status, training_run
 from kube_helpers import holds, poll
 from spotrun_dev import inject
+from spotrun_dev.prometheus import free_port
 
 RUNS = 20
 AGENT = "spotrun-operator/"
 READS = {"get", "list"}
 WRITES = {"create", "update", "patch", "delete", "deletecollection"}
+# The HTTP method of each verb the audit log names (the apiserver's RequestInfo).
+METHODS = {
+    "get": "GET", "list": "GET", "watch": "GET", "create": "POST", "update": "PUT",
+    "patch": "PATCH", "delete": "DELETE", "deletecollection": "DELETE",
+}  # fmt: skip
 # Writes of one recovery, as the operator makes them: at most one status write per state a
 # user sees (the verdict, before anything acts on it; every pod gone; the next attempt,
 # named before its job is created; Running, with the gang's placement when its pods run
@@ -58,6 +65,23 @@ def _of_runs(ev: dict[str, Any], runs: list[str]) -> bool:
     return any(name == r or name.startswith((f"{r}-a", f"{r}.")) for r in runs)
 
 
+def audited(events: list[dict[str, Any]]) -> collections.Counter[tuple[str, str]]:
+    """The operator's requests the apiserver logged, by HTTP method and answer code."""
+    return collections.Counter(
+        (METHODS[ev["verb"]], str((ev.get("responseStatus") or {}).get("code"))) for ev in events
+    )
+
+
+def counted(before: Samples, after: Samples) -> collections.Counter[tuple[str, str]]:
+    """The requests the operator counted itself (``rest_client_requests_total``)."""
+    out: collections.Counter[tuple[str, str]] = collections.Counter()
+    for (name, labels), value in after.items():
+        if name == REQUESTS and (grown := int(value - before.get((name, labels), 0.0))):
+            have = dict(labels)
+            out[(have["method"], have["code"])] += grown
+    return out
+
+
 def all_running(custom: client.CustomObjectsApi, namespace: str, names: list[str]) -> bool:
     return all(status(custom, namespace, n).get("phase") == "Running" for n in names)
 
@@ -68,9 +92,11 @@ def test_steady_state_reads_nothing_and_a_storm_writes_little_per_recovery(
     namespace: str,
     fleet: None,
     checkpoint_pvc: str,
-    operator: Any,
+    operator_factory: Any,
     audit: AuditLog,
 ) -> None:
+    port = free_port()
+    operator_factory(f"--metrics-port={port}", "--metrics-address=127.0.0.1").start()
     names = [f"r{i:02d}" for i in range(RUNS)]
     for name in names:
         create(custom, namespace, training_run(name, nodes=1, gpusPerNode=1))
@@ -95,7 +121,7 @@ def test_steady_state_reads_nothing_and_a_storm_writes_little_per_recovery(
     while sum(1 for n in names if where[n] in victims) < RUNS // 2:
         victims.append(busiest[len(victims)][0])
     hit = [n for n in names if where[n] in victims]
-    since = audit.offset()
+    since, scraped = audit.offset(), scrape(port)
     threads = [threading.Thread(target=inject.interrupt, args=(core, v, "nth")) for v in victims]
     for t in threads:
         t.start()
@@ -131,3 +157,12 @@ def test_steady_state_reads_nothing_and_a_storm_writes_little_per_recovery(
     assert max(per_run.values()) <= STATUS_WRITES_PER_RECOVERY, per_run
     assert per_recovery <= WRITES_PER_RECOVERY, writes
     assert spot_nodes(core)
+
+    # The operator's own request metrics count what the apiserver logged of it, request
+    # by request (method and code; conflicts included), once the last writes are logged.
+    poll(
+        "rest_client_requests_total matches the audit log",
+        lambda: counted(scraped, scrape(port)) == audited(operator_requests(audit, since)),
+        timeout=30,
+    )
+    assert counted(scraped, scrape(port))[("PATCH", "200")] >= len(hit)
