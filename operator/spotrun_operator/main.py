@@ -18,10 +18,11 @@ from spotrun_operator import __version__, client_metrics, config, handlers, kube
 from spotrun_operator.aws_prices import PricingConfig
 from spotrun_operator.cost import Price, Prices, price_table
 from spotrun_operator.election import ElectionConfig
+from spotrun_operator.memory import Memory
 from spotrun_operator.observe import PriceSource
 from spotrun_operator.pricing import PriceBook
 from spotrun_operator.pricing_background import BackgroundPriceBook
-from spotrun_operator.runner import Memory, Runner
+from spotrun_operator.runner import Runner
 
 log = logging.getLogger("spotrun_operator")
 

@@ -10,9 +10,9 @@ from typing import Any
 from spotrun_operator.builders import job_nodes
 from spotrun_operator.cache import BY_RUN, Cache, CachedReads, Store, by_label
 from spotrun_operator.common import LABEL_ATTEMPT, LABEL_RUN
+from spotrun_operator.memory import Memory
 from spotrun_operator.observe import observe
 from spotrun_operator.plan import Rejected
-from spotrun_operator.runner import Memory
 from spotrun_operator.signals import node_info
 from spotrun_operator.trim import Strings
 

@@ -20,9 +20,9 @@ from spotrun_operator.apiserver import (
     refused,
     replica_pods,
 )
+from spotrun_operator.memory import Memory
 from spotrun_operator.metrics import Metrics, RunCollector, RunState
 from spotrun_operator.plan import Rejected, RunGauges
-from spotrun_operator.runner import Memory
 
 
 def test_the_collector_renders_a_snapshot_at_scrape_time() -> None:

@@ -18,8 +18,9 @@ from spotrun_operator.common import LABEL_RUN
 from spotrun_operator.config import OperatorConfig, from_env, with_overrides
 from spotrun_operator.cost import Price
 from spotrun_operator.kube import Kube
+from spotrun_operator.memory import Memory
 from spotrun_operator.metrics import Metrics
-from spotrun_operator.runner import Memory, Runner
+from spotrun_operator.runner import Runner
 
 
 def node(name: str, taints: tuple[str, ...] = (), ready: str = "True") -> dict[str, Any]:
