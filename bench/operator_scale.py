@@ -84,6 +84,7 @@ from scale_report import (
 
 from spotrun_dev import cluster_apply, inject, paths, storage
 from spotrun_dev.prometheus import free_port
+from spotrun_operator.runner import DEFAULT_WORKERS
 
 RESULTS = paths.REPO_ROOT / "bench" / "results" / "operator_scale.json"
 
@@ -624,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
             "backoff_jitter": 0,
             "failure_settle_seconds": 1,
             "resync_seconds": args.resync_seconds,
-            "workers": args.workers if args.workers is not None else "default (8)",
+            "workers": args.workers if args.workers is not None else f"default ({DEFAULT_WORKERS})",
         },
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -1,17 +1,15 @@
 """One reconcile loop per TrainingRun, woken by watch events.
 
 Each run has its own asyncio task, so one run is never reconciled twice at once; the
-reconcile itself (blocking API calls) runs in a thread pool, taken in order of priority
-(:mod:`dispatch`). Handlers only *wake* loops, which keeps reaction to a taint or a
-DisruptionTarget within one round trip. What only the watch sees (the last state of
-deleted nodes and pods) is kept in :mod:`memory`.
+reconcile itself (blocking API calls) runs in a thread pool. Handlers only *wake* loops,
+which keeps reaction to a taint or a DisruptionTarget within one round trip. What only
+the watch sees (the last state of deleted nodes and pods) is kept in :mod:`memory`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import logging
 import random
 import threading
@@ -26,7 +24,6 @@ from spotrun_operator.apiserver import Refused, raw_template_job
 from spotrun_operator.cache import Cache, CachedReads
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.cost import Price, Prices
-from spotrun_operator.dispatch import EVENT_PRIORITY, LOW_PRIORITY, Dispatcher
 from spotrun_operator.event_sink import EventSink
 from spotrun_operator.initial_sync import Listing, sync_caches
 from spotrun_operator.kube import Kube
@@ -43,6 +40,12 @@ log = logging.getLogger(__name__)
 # After a status write conflict: the watch event of the newer run normally wakes the loop
 # sooner; this bounds the wait should that event be lost.
 CONFLICT_RETRY_SECONDS = 1.0
+# Reconcile threads. A reconcile that acts spends most of its time waiting on the apiserver
+# (a job's DELETE, then its POST, the status PATCHes: 0.1-0.6 s each under a storm's load),
+# with the GIL released: at 1,100 runs, 8 threads were all waiting so through a 300-node
+# storm, and the runs just hit queued behind them (0.49 s on average, 14 % over 1 s; 1.8 ms
+# with 32, at 8 MiB more; bench/operator_scale.py, docs/operator.md "Stop 29").
+DEFAULT_WORKERS = 32
 
 
 class PoolHistory:
@@ -104,7 +107,7 @@ class Runner:
         metrics: Metrics,
         memory: Memory | None = None,
         prices: PriceSource = table_prices,
-        workers: int = 8,
+        workers: int = DEFAULT_WORKERS,
     ) -> None:
         self.kube = kube
         self.cfg = cfg
@@ -128,8 +131,6 @@ class Runner:
         # loops wait on it with their watch-fed knowledge kept warm.
         self.leading = asyncio.Event()
         self.leading.set()
-        # Which woken run a free thread takes: events and deadlines before periodic looks.
-        self.dispatch: Dispatcher[Key] = Dispatcher(self.pool, workers, gate=self.leading)
         # Set once every cache holds what its resource had at start (initial_sync): no
         # loop decides before, so the first decision after a start reads complete caches.
         self.synced = asyncio.Event()
@@ -159,13 +160,8 @@ class Runner:
             # the watch event that woke it (its cause, the whole parsed body), and a run's
             # loop lives as long as the run. Copied, ~1 body per run stayed referenced
             # (decoded strings still held at the medium bench's cold start: 7.8 -> 1.1 MiB).
-            # A run of the initial listing is looked at first at LowPriority, as
-            # controller-runtime adds the initial list's objects: no event asked for it.
-            first = EVENT_PRIORITY if self.synced.is_set() else LOW_PRIORITY
             self._tasks[key] = asyncio.get_running_loop().create_task(
-                self._loop(key, first),
-                name=f"run {namespace}/{name}",
-                context=contextvars.Context(),
+                self._loop(key), name=f"run {namespace}/{name}", context=contextvars.Context()
             )
         self.wake(namespace, name)
 
@@ -173,7 +169,6 @@ class Runner:
         waker = self._wakers.get((namespace, name))
         if waker is not None:
             waker.set()
-            self.dispatch.bump((namespace, name))
 
     def forget(self, namespace: str, name: str) -> None:
         task = self._tasks.pop((namespace, name), None)
@@ -189,11 +184,11 @@ class Runner:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.dispatch.shutdown()
         self.pool.shutdown(wait=False, cancel_futures=True)
         await asyncio.get_running_loop().run_in_executor(None, self.events.shutdown)
 
-    async def _loop(self, key: Key, priority: int) -> None:
+    async def _loop(self, key: Key) -> None:
+        loop = asyncio.get_running_loop()
         waker = self._wakers[key]
         failures = 0
         await self.synced.wait()
@@ -201,13 +196,9 @@ class Runner:
             await self.leading.wait()
             waker.clear()
             queued = self.queue.queued()
-            periodic = False
             try:
-                call = functools.partial(self.reconcile, *key, queued)
-                delay = await self.dispatch.run(key, priority, call)
+                delay = await loop.run_in_executor(self.pool, self.reconcile, *key, queued)
                 failures = 0
-                # The decision asked for no deadline of its own: the next look is periodic.
-                periodic = delay is not None and delay >= self.cfg.resync_seconds
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -223,9 +214,8 @@ class Runner:
                 await asyncio.wait_for(waker.wait(), timeout=delay)
                 # Coalesce a burst of watch events (a drain touches every pod at once).
                 await asyncio.sleep(0.05)
-                priority = EVENT_PRIORITY
             except TimeoutError:
-                priority = LOW_PRIORITY if periodic else EVENT_PRIORITY
+                pass
 
     # --- one reconcile (worker thread) ---------------------------------------------
     def reconcile(self, namespace: str, name: str, queued: float | None = None) -> float | None:

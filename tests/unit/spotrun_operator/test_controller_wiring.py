@@ -186,7 +186,7 @@ def test_a_runs_loop_keeps_nothing_of_the_event_that_started_it() -> None:
     runner = Runner(kube=Kube(ApiClient()), cfg=OperatorConfig(), metrics=metrics)
     forever = asyncio.Event()
 
-    async def idle_loop(_key: tuple[str, str], _priority: int) -> None:
+    async def idle_loop(_key: tuple[str, str]) -> None:
         await forever.wait()
 
     runner._loop = idle_loop  # type: ignore[method-assign,assignment]
