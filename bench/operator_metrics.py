@@ -31,7 +31,11 @@ RESULTS = "controller_runtime_reconcile_total"
 def scrape(port: int, host: str = "127.0.0.1") -> Samples:
     """Every sample of the operator's /metrics."""
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
+        return parse(resp.read().decode())
+
+
+def parse(text: str) -> Samples:
+    """Every sample of a Prometheus text exposition."""
     out: Samples = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:

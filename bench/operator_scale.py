@@ -84,7 +84,7 @@ from scale_report import (
 
 from spotrun_dev import cluster_apply, inject, paths, storage
 from spotrun_dev.prometheus import free_port
-from spotrun_operator.runner import DEFAULT_WORKERS
+from spotrun_operator.config import DEFAULT_WORKERS
 
 RESULTS = paths.REPO_ROOT / "bench" / "results" / "operator_scale.json"
 

@@ -10,6 +10,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
+# Reconcile threads. A reconcile that acts spends most of its time waiting on the apiserver
+# (a job's DELETE, then its POST, the status PATCHes: 0.1-0.6 s each under a storm's load),
+# with the GIL released: at 1,100 runs, 8 threads were all waiting so through a 300-node
+# storm, and the runs just hit queued behind them (0.49 s on average, 14 % over 1 s; 1.8 ms
+# with 32, at 8 MiB more; bench/operator_scale.py, docs/operator.md "Stop 29").
+DEFAULT_WORKERS = 32
+
 
 @dataclass(frozen=True)
 class OperatorConfig:

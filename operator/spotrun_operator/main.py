@@ -22,7 +22,7 @@ from spotrun_operator.memory import Memory
 from spotrun_operator.observe import PriceSource
 from spotrun_operator.pricing import PriceBook
 from spotrun_operator.pricing_background import BackgroundPriceBook
-from spotrun_operator.runner import DEFAULT_WORKERS, Runner
+from spotrun_operator.runner import Runner
 
 log = logging.getLogger("spotrun_operator")
 
@@ -175,7 +175,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="treat a rebalance recommendation like an interruption notice",
     )
-    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="reconcile threads")
+    p.add_argument("--workers", type=int, default=config.DEFAULT_WORKERS, help="reconcile threads")
     p.add_argument(
         "--pod-dry-run",
         action="store_true",

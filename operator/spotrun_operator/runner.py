@@ -22,7 +22,7 @@ from typing import Any
 from spotrun_api.status import Attempt
 from spotrun_operator.apiserver import Refused, raw_template_job
 from spotrun_operator.cache import Cache, CachedReads
-from spotrun_operator.config import OperatorConfig
+from spotrun_operator.config import DEFAULT_WORKERS, OperatorConfig
 from spotrun_operator.cost import Price, Prices
 from spotrun_operator.event_sink import EventSink
 from spotrun_operator.initial_sync import Listing, sync_caches
@@ -40,12 +40,6 @@ log = logging.getLogger(__name__)
 # After a status write conflict: the watch event of the newer run normally wakes the loop
 # sooner; this bounds the wait should that event be lost.
 CONFLICT_RETRY_SECONDS = 1.0
-# Reconcile threads. A reconcile that acts spends most of its time waiting on the apiserver
-# (a job's DELETE, then its POST, the status PATCHes: 0.1-0.6 s each under a storm's load),
-# with the GIL released: at 1,100 runs, 8 threads were all waiting so through a 300-node
-# storm, and the runs just hit queued behind them (0.49 s on average, 14 % over 1 s; 1.8 ms
-# with 32, at 8 MiB more; bench/operator_scale.py, docs/operator.md "Stop 29").
-DEFAULT_WORKERS = 32
 
 
 class PoolHistory:

@@ -1,16 +1,15 @@
 """Helpers of the cost and budget e2e tests: timestamps from status, the Table view of
-``kubectl get tr``, the operator's /metrics, the run's events."""
+``kubectl get tr``, a sample of the operator's /metrics (read with
+``operator_metrics.scrape``), the run's events."""
 
 from __future__ import annotations
 
 import socket
-import urllib.request
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from kubernetes import client
-from prometheus_client.parser import text_string_to_metric_families
 
 from spotrun_operator.common import parse_time
 from spotrun_operator.kube import Kube
@@ -62,17 +61,6 @@ def printed_columns(api: client.ApiClient, namespace: str, name: str) -> dict[st
     (row,) = table["rows"]
     names = [c["name"] for c in table["columnDefinitions"]]
     return {**dict(zip(names, row["cells"], strict=True)), "object": row["object"]}
-
-
-def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """The operator's /metrics: (sample name, labels) -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = float(s.value)
-    return out
 
 
 def sample(

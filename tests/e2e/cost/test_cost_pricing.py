@@ -21,10 +21,10 @@ from cost_helpers import (
     node_usd,
     printed_columns,
     sample,
-    scrape,
     seconds,
 )
 from kubernetes import client
+from operator_metrics import scrape
 
 from controller_helpers import (
     condition,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import operator_metrics as om
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from spotrun_operator.client_metrics import ClientMetrics
 from spotrun_operator.queue_metrics import QueueMetrics
@@ -14,11 +13,7 @@ from spotrun_operator.queue_metrics import QueueMetrics
 
 def samples(registry: CollectorRegistry) -> om.Samples:
     """What ``om.scrape`` makes of the registry's /metrics text."""
-    out: om.Samples = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = float(s.value)
-    return out
+    return om.parse(generate_latest(registry).decode())
 
 
 def test_only_what_was_observed_between_the_scrapes_counts() -> None:
