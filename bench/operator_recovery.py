@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import audit_log
 import yaml
 from kubernetes import client, watch
 
@@ -36,8 +37,6 @@ from spotrun_dev import cluster, cluster_apply, fleet, inject, paths, storage, t
 RESULTS = paths.REPO_ROOT / "bench" / "results" / "operator_recovery.json"
 NAMESPACE = "spotrun-bench"
 SIGNALS: tuple[traces.Signal, ...] = ("nth", "karpenter", "asg", "loss", "shutdown")
-# The operator's own client and kopf's watch/event client.
-OPERATOR_AGENTS = ("spotrun-operator/", "kopf/")
 
 
 @dataclass
@@ -87,27 +86,8 @@ def _run_manifest(name: str) -> dict[str, Any]:
 
 def _audit_writes(since: float, until: float) -> Counter[str]:
     """Operator write requests in the audit log between two wall-clock times."""
-    counts: Counter[str] = Counter()
-    if not paths.AUDIT_LOG.exists():
-        return counts
-    import datetime as dt
-
-    for line in paths.AUDIT_LOG.read_text().splitlines():
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue
-        if not ev.get("userAgent", "").startswith(OPERATOR_AGENTS):
-            continue
-        if ev.get("verb") not in ("create", "update", "patch", "delete", "deletecollection"):
-            continue
-        stamp = ev.get("requestReceivedTimestamp", "")
-        t = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-        if since <= t <= until:
-            res = ev.get("objectRef", {})
-            sub = f"/{res['subresource']}" if res.get("subresource") else ""
-            counts[f"{ev['verb']} {res.get('resource', '?')}{sub}"] += 1
-    return counts
+    counts = audit_log.requests(paths.AUDIT_LOG, since, until)
+    return Counter({k: v for k, v in counts.items() if k.split(" ", 1)[0] in audit_log.WRITE_VERBS})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -274,8 +254,13 @@ class Bench:
 
     def _hit(self, i: int, run: str, node: str, sig: traces.Signal, spec: fleet.FleetSpec) -> None:
         with self.lock:
-            self.times[run].signal, self.times[run].t_signal = sig, time.time()
-        inject.interrupt(self.core, node, sig, drain_timeout=300)
+            self.times[run].signal = sig
+
+        def started() -> None:  # just before the plan's first write: the signal
+            with self.lock:
+                self.times[run].t_signal = time.time()
+
+        inject.interrupt(self.core, node, sig, drain_timeout=300, on_start=started)
         zone = spec.zones[i % len(spec.zones)]
         self.core.create_node(fleet.build_node(f"spot-p4d-r{i}", "spot", zone, spec.region))
 

@@ -44,10 +44,12 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import audit_log
 import operator_metrics as om
 import recovery_phases as rp
 import yaml
@@ -410,13 +412,15 @@ class Bench:
         say(f"{len(victims)} interruptions in {t_last - t_start:.1f}s")
         return t_start, t_last
 
-    def _interrupt(self, node: str, sig: str) -> None:
-        """One interruption, then the ASG's replacement instance in the same zone."""
+    def _interrupt(self, node: str, sig: str, on_start: Callable[[], None]) -> None:
+        """One interruption, then the ASG's replacement instance in the same zone.
+        ``on_start`` stamps the signal: just before the plan's first write, after the
+        injector's own reads (on a loaded apiserver they took most of a second)."""
         zone = (self.core.read_node(node).metadata.labels or {}).get(
             "topology.kubernetes.io/zone", ZONES[0]
         )
         try:
-            inject.interrupt(self.core, node, sig, drain_timeout=300)
+            inject.interrupt(self.core, node, sig, drain_timeout=300, on_start=on_start)
         except Exception as exc:
             with self.fail_lock:
                 self.failures.append(f"{sig} on {node}: {exc!r}"[:300])
@@ -425,17 +429,31 @@ class Bench:
             name = f"{NODE_PREFIX}r{self.replacements}"
         self.core.create_node(bench_node(name, zone))
 
+    def _stamp(self, target: rp.Recovery | PeerJob) -> Callable[[], None]:
+        """The injector's ``on_start``: the signal's time on ``target``."""
+
+        def started() -> None:
+            with self.obs.lock:
+                target.t_signal = time.time()
+
+        return started
+
     def _hit(self, run: str, node: str, sig: str) -> None:
         with self.obs.lock:
             rec = self.obs.recs[run]
-            rec.signal, rec.t_signal = sig, time.time()
-        self._interrupt(node, sig)
+            rec.signal = sig
+        self._interrupt(node, sig, self._stamp(rec))
 
     def wait_recovered(self, group: str) -> float:
+        """Until every interrupted run's next attempt runs, or was itself lost before it
+        ran (it landed on a node the same storm took next; ``unprovoked_outcomes``)."""
+
         def done() -> bool:
             with self.obs.lock:
                 return all(
-                    r.t_running is not None for r in self.obs.recs.values() if r.group == group
+                    r.t_running is not None or (r.run, r.attempt + 1) in self.obs.unprovoked
+                    for r in self.obs.recs.values()
+                    if r.group == group
                 )
 
         self.wait("every interrupted run's next attempt Running", done)
@@ -480,8 +498,10 @@ class Bench:
         for n, node, sig in victims:
             with self.obs.lock:
                 peer = self.obs.peers[n]
-                peer.signal, peer.t_signal = sig, time.time()
-            th = threading.Thread(target=self._interrupt, args=(node, sig), daemon=True)
+                peer.signal = sig
+            th = threading.Thread(
+                target=self._interrupt, args=(node, sig, self._stamp(peer)), daemon=True
+            )
             th.start()
             workers.append(th)
             time.sleep(gap)  # same pacing as the spotrun storm
@@ -536,14 +556,18 @@ def interruption_step(
     """One storm (paced) or burst (spread 0): phases, rates, API requests."""
     victims = bench.pick_victims(runs, count, signals, group)
     say(f"{group}: {len(victims)} interruptions over {spread} s")
-    offset = rp.audit_offset(paths.AUDIT_LOG)
+    offset = audit_log.offset(paths.AUDIT_LOG)
     scraped = om.scrape(bench.metrics_port)
     t0, _ = bench.storm(victims, spread)
     t_end = bench.wait_recovered(group)
     inside = om.inside_operator(scraped, om.scrape(bench.metrics_port))
     bench.sampler.mark(f"after_{group}")
     recs = [r for r in bench.obs.recs.values() if r.group == group]
-    counts = rp.audit_requests(paths.AUDIT_LOG, t0, t_end, offset=offset)
+    counts = audit_log.requests(paths.AUDIT_LOG, t0, t_end, start=offset)
+    stored = audit_log.created_at(paths.AUDIT_LOG, t0, t_end, "pytorchjobs", start=offset)
+    with bench.obs.lock:
+        for r in recs:
+            r.t_created_stored = stored.get(f"{r.run}-a{r.attempt + 1}")
     return {
         "interruptions": len(victims),
         "spread_seconds": spread,

@@ -1,5 +1,5 @@
-"""Shared pieces of the operator benchmarks: where a recovery's time goes, percentiles, the
-apiserver audit log, process and machine statistics, raw watches.
+"""Shared pieces of the operator benchmarks: where a recovery's time goes, percentiles,
+process and machine statistics, raw watches (the audit log: ``audit_log``).
 
 A recovery of a TrainingRun is the time from an interruption signal on one of its nodes to
 every pod of its next attempt Running. The benchmark observes each boundary itself,
@@ -10,7 +10,8 @@ the API's timestamps have one-second precision, too coarse for sub-second phases
 boundary              observed as
 ====================  =======================================================================
 ``signal``            the injection starts: just before the first write of the signal's
-                      plan (the NTH taint, Karpenter's taint, the instance dying, ...)
+                      plan (the NTH taint, Karpenter's taint, the instance dying, ...),
+                      after the injector's own reads (``inject.interrupt``'s ``on_start``)
 ``visible``           the first trace of the signal in the API: on the node (a taint other
                       than the fleet's own, ``unschedulable``, Ready not True, a deletion)
                       or on a pod of the attempt (a deletion, ``DisruptionTarget``, a
@@ -49,6 +50,12 @@ node is "gone" before the job is deleted: its ``pods_gone`` phase is then 0). Th
 * **admit** = admitted - created: the training operator creating the pods.
 * **schedule** = scheduled - admitted: kube-scheduler binding them.
 * **running** = running - scheduled: the (kwok) kubelet starting them.
+
+Every boundary after ``signal`` is late by the bench's own watch delivery (one Python
+process, its watches busy in a storm). For the one the target is on, the next attempt's
+creation, the apiserver's audit log also says when it was stored (``t_created_stored``,
+microseconds): ``signal_to_stored`` is signal → created without that delay, and
+``watch_lag_created`` the delay itself.
 """
 
 from __future__ import annotations
@@ -80,10 +87,6 @@ PHASES: tuple[str, ...] = (
     "schedule",
     "running",
 )
-# The operator's own client and kopf's watch/event client.
-OPERATOR_AGENTS: tuple[str, ...] = ("spotrun-operator/", "kopf/")
-WRITE_VERBS = frozenset(("create", "update", "patch", "delete", "deletecollection"))
-READ_VERBS = frozenset(("get", "list", "watch"))
 JOB_LABEL = "training.kubeflow.org/job-name"
 
 
@@ -145,6 +148,9 @@ class Recovery:
     ended_at: float | None = None
     reason: str = ""
     t_created: float | None = None
+    # When the apiserver stored the next attempt (the operator's create in the audit log):
+    # ``t_created`` less the bench's own watch delivery.
+    t_created_stored: float | None = None
     t_admitted: float | None = None
     t_scheduled: float | None = None
     t_running: float | None = None
@@ -246,6 +252,12 @@ def phase_table(recoveries: list[Recovery], signals: Iterable[str]) -> dict[str,
         row["signal_to_created"] = spread(
             [r.t_created - r.t_signal for r in group if r.t_created and r.t_signal]
         )
+        row["signal_to_stored"] = spread(
+            [r.t_created_stored - r.t_signal for r in group if r.t_created_stored and r.t_signal]
+        )
+        row["watch_lag_created"] = spread(
+            [r.t_created - r.t_created_stored for r in group if r.t_created and r.t_created_stored]
+        )
         row["visible_to_created"] = spread(
             [r.t_created - r.t_visible for r in group if r.t_created and r.t_visible]
         )
@@ -264,12 +276,16 @@ def format_phase_table(table: dict[str, Any]) -> str:
     cols = [
         *PHASES,
         "signal_to_created",
+        "signal_to_stored",
+        "watch_lag_created",
         "visible_to_created",
         "signal_to_running",
         "configured_backoff",
     ]
     short = {
         "signal_to_created": "sig→created",
+        "signal_to_stored": "sig→stored",
+        "watch_lag_created": "watch lag",
         "visible_to_created": "vis→created",
         "signal_to_running": "sig→running",
         "configured_backoff": "cfg backoff",
@@ -288,82 +304,6 @@ def format_phase_table(table: dict[str, Any]) -> str:
 
 def _fmt(v: float | None) -> str:
     return "-" if v is None else (f"{v:.1f}" if v >= 10 else f"{v:.2f}")
-
-
-# --- the apiserver's audit log --------------------------------------------------------
-
-
-def audit_offset(log: Path) -> int:
-    """Where the audit log ends now (read from there later)."""
-    return log.stat().st_size if log.exists() else 0
-
-
-def audit_requests(
-    log: Path,
-    since: float,
-    until: float,
-    agents: tuple[str, ...] = OPERATOR_AGENTS,
-    offset: int = 0,
-) -> Counter[str]:
-    """Requests of the given user agents between two wall-clock times, by
-    ``"<verb> <resource>[/<subresource>]"`` (one audit event per request: the policy omits
-    the RequestReceived stage)."""
-    counts: Counter[str] = Counter()
-    if not log.exists():
-        return counts
-    needles = [f'"userAgent":"{a}' for a in agents]
-    for path, start in audit_files(log, since, offset):
-        _count_requests(path, start, since, until, agents, needles, counts)
-    return counts
-
-
-def audit_files(log: Path, since: float, offset: int) -> list[tuple[Path, int]]:
-    """(file, where to start) to read for requests since ``since``: the log from
-    ``offset``; when the apiserver rotated it since (``--audit-log-maxsize``: the log is
-    shorter than the offset, or was renamed ``audit-<time>.log``), the rotated files
-    written after ``since`` and the new log, whole (the time window picks the requests)."""
-    rotated = sorted(
-        (p for p in log.parent.glob(f"{log.stem}-*{log.suffix}") if p.stat().st_mtime >= since),
-        key=lambda p: p.stat().st_mtime,
-    )
-    if not rotated and log.stat().st_size >= offset:
-        return [(log, offset)]
-    return [*((p, 0) for p in rotated), (log, 0)]
-
-
-def _count_requests(
-    path: Path,
-    offset: int,
-    since: float,
-    until: float,
-    agents: tuple[str, ...],
-    needles: list[str],
-    counts: Counter[str],
-) -> None:
-    with path.open("rb") as fh:
-        fh.seek(offset)
-        for raw in fh:
-            line = raw.decode("utf-8", "replace")
-            if not any(n in line for n in needles):
-                continue
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if not str(ev.get("userAgent", "")).startswith(agents):
-                continue
-            t = parse_time(ev.get("requestReceivedTimestamp"))
-            if t is None or not since <= t <= until:
-                continue
-            res = ev.get("objectRef") or {}
-            sub = f"/{res['subresource']}" if res.get("subresource") else ""
-            counts[f"{ev.get('verb')} {res.get('resource', '?')}{sub}"] += 1
-
-
-def split_reads_writes(counts: Counter[str]) -> tuple[int, int]:
-    reads = sum(v for k, v in counts.items() if k.split(" ", 1)[0] in READ_VERBS)
-    writes = sum(v for k, v in counts.items() if k.split(" ", 1)[0] in WRITE_VERBS)
-    return reads, writes
 
 
 # --- processes and the machine ----------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,10 +89,14 @@ def interrupt(
     drain_timeout: float = 120,
     instance_dies_after: float | None = 0.0,
     opts: Options | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> list[Write]:
     """Take ``node`` away the way the component behind ``signal`` does; returns the writes
     made. ``instance_dies_after``: seconds from the start until the instance dies (None:
     at the end of the notice); ``delete_node_after=False`` stops before the instance dies.
+    ``on_start`` is called once the node is prepared, just before the plan's first write:
+    the moment the component acts (what a benchmark times as the signal; the checks and
+    the node's earlier state, e.g. Karpenter's registration finalizer, come before it).
     """
     if signal not in traces.SIGNALS:
         raise ValueError(f"signal must be one of {', '.join(traces.SIGNALS)}, got {signal!r}")
@@ -104,6 +109,8 @@ def interrupt(
     opts = opts or Options()
     run = Run(core, node, signal, time.monotonic(), instance_dies_after, drain_timeout)
     run.real_lifecycle = not opts.play_node_lifecycle
+    if on_start is not None:
+        on_start()
     done: list[Write] = []
     for write in plans_k8s.plan(signal, opts):
         if _dies(write) and not delete_node_after:

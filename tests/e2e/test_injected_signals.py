@@ -169,6 +169,9 @@ def test_injected_trace_matches_the_real_component(
         mode=given.get("mode", "imds"),
         termination_grace_period=given.get("termination_grace_period"),
     )
+    # ``on_start`` (a benchmark's signal time) comes after the injector's preparation and
+    # before the component's first write: the node is still as it was prepared.
+    at_start: list[dict[str, Any]] = []
     try:
         inject.interrupt(
             core,
@@ -177,7 +180,10 @@ def test_injected_trace_matches_the_real_component(
             drain_timeout=60,
             instance_dies_after=0,
             opts=opts,
+            on_start=lambda: at_start.append(api_dict(core, core.read_node(private_node))),
         )
+        assert [n["spec"] for n in at_start] == [node["spec"]]
+        assert at_start[0]["metadata"].get("finalizers") == node["metadata"].get("finalizers")
 
         def problems() -> list[str]:
             found = trace_match.order_mismatches(node_writes, _events(nodes, node, "node"))
