@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from spotrun_operator.plan import Rejected
-from spotrun_operator.signals import INTERRUPTION_TAINTS, NodeInfo, node_info
+from spotrun_operator.signals import INTERRUPTION_TAINTS, NodeInfo, node_info, node_signal
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -22,6 +22,19 @@ Key = tuple[str, str]  # (namespace, name)
 class _Seen:
     at: float
     node: NodeInfo
+
+
+def going(node: NodeInfo) -> bool:
+    """The node is going away: it carries an interruption taint (rebalance included), or
+    still exists and shows a signal that would preempt a gang on it (shutting down,
+    unreachable, being deleted by Karpenter). A node that is shutting down stays
+    schedulable until the node lifecycle controller taints it not-ready; a next attempt
+    placed there in that window is lost with it (seen in a 100-node burst). A node that
+    is not Ready for another reason (one still joining, say) is capacity, not avoided;
+    a deleted one takes no pods (kept only when it was tainted, as before)."""
+    if set(node.taints) & set(INTERRUPTION_TAINTS):
+        return True
+    return node.exists and node_signal(node, restart_on_rebalance=True) is not None
 
 
 class Memory:
@@ -57,7 +70,7 @@ class Memory:
             self._nodes[info.name] = _Seen(now, info)
             if old is None or old.node != info:
                 self._nodes_view = None
-                if set(info.taints) & set(INTERRUPTION_TAINTS):
+                if going(info):
                     self._interrupted.add(info.name)
                 else:
                     self._interrupted.discard(info.name)
@@ -82,8 +95,7 @@ class Memory:
             return self._nodes_view
 
     def interrupted_nodes(self) -> list[str]:
-        """Nodes whose last known state carries an interruption taint (rebalance included:
-        a new attempt should not land on a node that is likely to go)."""
+        """Nodes a new attempt must not land on: their last known state is :func:`going`."""
         with self._lock:
             return sorted(self._interrupted)
 

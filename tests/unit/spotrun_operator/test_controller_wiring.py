@@ -23,15 +23,19 @@ from spotrun_operator.metrics import Metrics
 from spotrun_operator.runner import Runner
 
 
-def node(name: str, taints: tuple[str, ...] = (), ready: str = "True") -> dict[str, Any]:
+def node(
+    name: str, taints: tuple[str, ...] = (), ready: str = "True", message: str = ""
+) -> dict[str, Any]:
+    ready_condition = {
+        "type": "Ready",
+        "status": ready,
+        "lastTransitionTime": "2026-05-01T12:00:00Z",
+        "message": message,
+    }
     return {
         "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": "us-east-1a"}},
         "spec": {"taints": [{"key": t, "effect": "NoSchedule"} for t in taints]},
-        "status": {
-            "conditions": [
-                {"type": "Ready", "status": ready, "lastTransitionTime": "2026-05-01T12:00:00Z"}
-            ]
-        },
+        "status": {"conditions": [ready_condition]},
     }
 
 
@@ -46,6 +50,23 @@ def test_memory_wakes_only_on_what_matters() -> None:
     last = m.nodes()["n1"]
     assert not last.exists and last.taints == itn and last.zone == "us-east-1a"
     assert m.remember_node(node("n2", ready="Unknown"), deleted=False)
+
+
+def test_memory_avoids_nodes_that_are_going_not_nodes_that_are_joining() -> None:
+    """A next attempt must not land on a node that shows a signal (shutting down: the
+    kubelet's own message; unreachable; deleted), even before the node lifecycle
+    controller taints it; a node still joining (NotReady for another reason) is capacity."""
+    m = Memory()
+    m.remember_node(node("down", ready="False", message="node is shutting down"), False)
+    m.remember_node(node("silent", ready="Unknown"), deleted=False)
+    m.remember_node(
+        node("joining", ready="False", message="container runtime network not ready"), False
+    )
+    m.remember_node(node("healthy"), deleted=False)
+    m.remember_node(node("gone"), deleted=True)
+    assert m.interrupted_nodes() == ["down", "silent"]
+    m.remember_node(node("silent"), deleted=False)  # its kubelet came back
+    assert m.interrupted_nodes() == ["down"]
 
 
 def test_memory_snapshots_the_nodes_again_only_when_one_changed() -> None:
