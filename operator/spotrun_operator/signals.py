@@ -256,6 +256,11 @@ def _spot(node: NodeInfo) -> tuple[bool, bool]:
     return gke, node.labels.get(LABEL_AKS_PRIORITY) == "spot"
 
 
+def shutting_down(node: NodeInfo) -> bool:
+    """The kubelet's shutdown manager reports the node NotReady, "node is shutting down"."""
+    return node.ready == "False" and "shutting down" in node.ready_message
+
+
 def shutdown_signal(node: NodeInfo | None) -> str:
     """What a graceful node shutdown is on ``node``: a GKE spot/preemptible VM's shutdown is
     its preemption (ACPI soft-off), any other one a plain node shutdown."""
@@ -290,7 +295,7 @@ def node_signal(
     ``lost_grace_seconds``: kubelets (and kwok) miss heartbeats under load and come back,
     and restarting a whole gang for that costs more than waiting. A deleted node is gone."""
     found, _ = _taint_signals(node, restart_on_rebalance)
-    if node.ready == "False" and "shutting down" in node.ready_message:
+    if shutting_down(node):
         found.append(shutdown_signal(node))
     if node.deleting and KARPENTER_TERMINATION_FINALIZER in node.finalizers:
         found.append(KARPENTER_DISRUPTION)  # before its taint lands: Karpenter's own order

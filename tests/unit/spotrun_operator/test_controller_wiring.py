@@ -53,20 +53,24 @@ def test_memory_wakes_only_on_what_matters() -> None:
 
 
 def test_memory_avoids_nodes_that_are_going_not_nodes_that_are_joining() -> None:
-    """A next attempt must not land on a node that shows a signal (shutting down: the
-    kubelet's own message; unreachable; deleted), even before the node lifecycle
-    controller taints it; a node still joining (NotReady for another reason) is capacity."""
+    """A next attempt must not land on a node that is shutting down (the kubelet's own
+    message) or being deleted, even before the node lifecycle controller taints it; a
+    node still joining or missing a heartbeat (NotReady for another reason) is capacity,
+    and a deleted one with no taint takes no pods."""
     m = Memory()
     m.remember_node(node("down", ready="False", message="node is shutting down"), False)
+    deleting = node("deleting")
+    deleting["metadata"]["deletionTimestamp"] = "2026-05-01T12:00:00Z"
+    m.remember_node(deleting, deleted=False)
     m.remember_node(node("silent", ready="Unknown"), deleted=False)
     m.remember_node(
         node("joining", ready="False", message="container runtime network not ready"), False
     )
     m.remember_node(node("healthy"), deleted=False)
     m.remember_node(node("gone"), deleted=True)
-    assert m.interrupted_nodes() == ["down", "silent"]
-    m.remember_node(node("silent"), deleted=False)  # its kubelet came back
-    assert m.interrupted_nodes() == ["down"]
+    assert m.interrupted_nodes() == ["deleting", "down"]
+    m.remember_node(node("down"), deleted=False)  # the shutdown was cancelled
+    assert m.interrupted_nodes() == ["deleting"]
 
 
 def test_memory_snapshots_the_nodes_again_only_when_one_changed() -> None:
