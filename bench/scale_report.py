@@ -145,8 +145,9 @@ def print_report(res: dict[str, Any]) -> None:
     print(f"notes: {res['notes']}; interrupt failures: {len(res.get('interrupt_failures', []))}")
     if res.get("unprovoked_outcomes"):
         print(
-            "outcomes the bench did not cause (the cluster lost nodes by itself: too large "
-            f"for this machine): {res['unprovoked_outcomes']}"
+            "outcomes of attempts the bench did not interrupt (a next attempt placed on a "
+            "node the same storm took next, or a node the cluster lost by itself): "
+            f"{res['unprovoked_outcomes']}"
         )
 
 
