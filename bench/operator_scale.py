@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -144,6 +145,12 @@ class Bench:
         self.metrics_port = free_port()
         self.pv: str | None = None
         self.replacements = 0
+        # Node names of this run only: kwok (v0.8) keeps renewing the cached Lease of a
+        # node deleted under it (a reclaimed one) against a UID that no longer exists, and
+        # a later node of the same name then never gets its Lease renewed: it flaps to
+        # Unknown every minute (24 names and 31 lost attempts in one full-size run after
+        # three medium runs in the same cluster).
+        self.node_prefix = f"{NODE_PREFIX}{secrets.token_hex(2)}-"
         self.zone_of: dict[str, str] = {}
         self.notes: list[str] = []
         self.failures: list[str] = []
@@ -168,7 +175,7 @@ class Bench:
         self.pv = storage.ensure_checkpoint_claim(self.core, NS)
         self._delete_nodes()  # leftovers of an interrupted earlier run
         t0 = time.time()
-        names = [(f"{NODE_PREFIX}{i}", ZONES[i % len(ZONES)]) for i in range(self.args.nodes)]
+        names = [(f"{self.node_prefix}{i}", ZONES[i % len(ZONES)]) for i in range(self.args.nodes)]
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda nz: self.core.create_node(bench_node(*nz)), names))
         self.wait("every bench node Ready", self._nodes_ready)
@@ -426,7 +433,7 @@ class Bench:
                 self.failures.append(f"{sig} on {node}: {exc!r}"[:300])
         with self.fail_lock:
             self.replacements += 1
-            name = f"{NODE_PREFIX}r{self.replacements}"
+            name = f"{self.node_prefix}r{self.replacements}"
         self.core.create_node(bench_node(name, zone))
 
     def _stamp(self, target: rp.Recovery | PeerJob) -> Callable[[], None]:
