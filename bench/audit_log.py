@@ -84,10 +84,14 @@ def requests(
     return counts
 
 
+def writes(counts: Counter[str]) -> Counter[str]:
+    """The write requests of ``counts`` (as :func:`requests` counts them)."""
+    return Counter({k: v for k, v in counts.items() if k.split(" ", 1)[0] in WRITE_VERBS})
+
+
 def split_reads_writes(counts: Counter[str]) -> tuple[int, int]:
     reads = sum(v for k, v in counts.items() if k.split(" ", 1)[0] in READ_VERBS)
-    writes = sum(v for k, v in counts.items() if k.split(" ", 1)[0] in WRITE_VERBS)
-    return reads, writes
+    return reads, sum(writes(counts).values())
 
 
 def created_at(

@@ -86,8 +86,8 @@ def _run_manifest(name: str) -> dict[str, Any]:
 
 def _audit_writes(since: float, until: float) -> Counter[str]:
     """Operator write requests in the audit log between two wall-clock times."""
-    counts = audit_log.requests(paths.AUDIT_LOG, since, until)
-    return Counter({k: v for k, v in counts.items() if k.split(" ", 1)[0] in audit_log.WRITE_VERBS})
+    counts: Counter[str] = audit_log.writes(audit_log.requests(paths.AUDIT_LOG, since, until))
+    return counts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from spotrun_operator.plan import Rejected
-from spotrun_operator.signals import INTERRUPTION_TAINTS, NodeInfo, node_info, shutting_down
+from spotrun_operator.signals import INTERRUPTION_TAINTS, NodeInfo, going, node_info
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -22,19 +22,6 @@ Key = tuple[str, str]  # (namespace, name)
 class _Seen:
     at: float
     node: NodeInfo
-
-
-def going(node: NodeInfo) -> bool:
-    """The node is going away: it carries an interruption taint (rebalance included), or
-    it still exists and is shutting down or being deleted. A node that is shutting down
-    stays schedulable until the node lifecycle controller taints it not-ready; a next
-    attempt placed there in that window is lost with it (6 of 99 in a 100-node burst).
-    A node NotReady for another reason (still joining, a missed heartbeat) is capacity
-    and not avoided: the node lifecycle controller's own taints keep pods off it when it
-    stays away. A deleted node takes no pods (kept only when it was tainted, as before)."""
-    if set(node.taints) & set(INTERRUPTION_TAINTS):
-        return True
-    return node.deleting or (node.exists and shutting_down(node))
 
 
 class Memory:

@@ -58,7 +58,7 @@ class Observed:
     # gang could fit (elasticity.fitting_nodes).
     fleet: Mapping[str, NodeInfo] = field(default_factory=dict)
     missing_refs: Sequence[str] = ()  # "Secret foo" the pods would need and that is absent
-    interrupted_nodes: Sequence[str] = ()  # nodes that are going (memory.going)
+    interrupted_nodes: Sequence[str] = ()  # nodes that are going (signals.going)
     rand: float = 0.5  # uniform [0, 1): the backoff jitter, injected to keep this pure
     prices: Mapping[str, Price] | Prices | None = None  # None: cost.DEFAULT_PRICES
     pricing_condition: Mapping[str, str] | None = None  # PricingAvailable, when priced by AWS

@@ -261,6 +261,19 @@ def shutting_down(node: NodeInfo) -> bool:
     return node.ready == "False" and "shutting down" in node.ready_message
 
 
+def going(node: NodeInfo) -> bool:
+    """The node is going away: it carries an interruption taint (rebalance included), or
+    it still exists and is shutting down or being deleted. A node that is shutting down
+    stays schedulable until the node lifecycle controller taints it not-ready; a next
+    attempt placed there in that window is lost with it (6 of 99 in a 100-node burst).
+    A node NotReady for another reason (still joining, a missed heartbeat) is capacity
+    and not avoided: the node lifecycle controller's own taints keep pods off it when it
+    stays away. A deleted node takes no pods (kept only when it was tainted, as before)."""
+    if set(node.taints) & set(INTERRUPTION_TAINTS):
+        return True
+    return node.deleting or (node.exists and shutting_down(node))
+
+
 def shutdown_signal(node: NodeInfo | None) -> str:
     """What a graceful node shutdown is on ``node``: a GKE spot/preemptible VM's shutdown is
     its preemption (ACPI soft-off), any other one a plain node shutdown."""
