@@ -88,6 +88,13 @@ PHASES: tuple[str, ...] = (
     "running",
 )
 JOB_LABEL = "training.kubeflow.org/job-name"
+# Who owns each phase up to the next attempt's creation: the operator (its watch, decision,
+# job delete and create) or the cluster's own components (the signal's component and the
+# apiserver making it visible; the garbage collector and the kubelets ending the old gang).
+# The backoff is neither: it is configured. Summed per recovery, so the p99 of each share
+# is one recovery's, not a sum of p99s.
+OPERATOR_PHASES: tuple[str, ...] = ("detect", "stop", "create")
+CLUSTER_PHASES: tuple[str, ...] = ("notice", "pods_gone")
 
 
 # --- statistics -------------------------------------------------------------------------
@@ -267,6 +274,11 @@ def phase_table(recoveries: list[Recovery], signals: Iterable[str]) -> dict[str,
         row["configured_backoff"] = spread(
             [b for r in group if (b := r.configured_backoff()) is not None]
         )
+        shares = (("operator_share", OPERATOR_PHASES), ("cluster_share", CLUSTER_PHASES))
+        for share, names in shares:
+            row[share] = spread(
+                [sum(p[n] for n in names) for r in done if (p := r.phases()) is not None]
+            )
         out[sig] = row
     return out
 
@@ -281,6 +293,8 @@ def format_phase_table(table: dict[str, Any]) -> str:
         "visible_to_created",
         "signal_to_running",
         "configured_backoff",
+        "operator_share",
+        "cluster_share",
     ]
     short = {
         "signal_to_created": "sig→created",
@@ -289,6 +303,8 @@ def format_phase_table(table: dict[str, Any]) -> str:
         "visible_to_created": "vis→created",
         "signal_to_running": "sig→running",
         "configured_backoff": "cfg backoff",
+        "operator_share": "operator",
+        "cluster_share": "cluster",
     }
     head = f"{'signal':<10} {'n':>9} " + " ".join(f"{short.get(c, c)[:11]:>11}" for c in cols)
     lines = [head, " " * 20 + " ".join(f"{'p50/p99':>11}" for _ in cols)]
