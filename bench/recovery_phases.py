@@ -22,7 +22,9 @@ boundary              observed as
                       operator has recognised the loss and written it (TrainingRun watch)
 ``stopped``           the attempt's PyTorchJob ``<run>-a<n>`` is deleted or being deleted
                       (PyTorchJob watch: ``DELETED`` or a ``deletionTimestamp``)
-``pods_gone``         the last pod of attempt n is deleted (pod watch ``DELETED``)
+``pods_gone``         the last pod of attempt n is deleted or terminal (pod watch ``DELETED``
+                      or phase ``Failed``/``Succeeded``: every container has exited, the
+                      operator's own rule; a graceful shutdown's pods end Failed first)
 ``backoff_over``      ``status.attempts[n].nextAttemptAt`` (the operator's due time, whole
                       seconds as written), clamped into [pods_gone, created]
 ``created``           the PyTorchJob ``<run>-a<n+1>`` is ``ADDED``
@@ -40,7 +42,8 @@ node is "gone" before the job is deleted: its ``pods_gone`` phase is then 0). Th
   (nothing an operator can shorten: heartbeat timeouts for a silent loss).
 * **detect** = detected - visible: the event reaching the operator and its decision.
 * **stop** = stopped - detected: the gang's stop (one job delete).
-* **pods_gone** = pods_gone - stopped: graceful deletion of the gang's pods.
+* **pods_gone** = pods_gone - stopped: the gang's pods ending (graceful deletion, or the
+  kubelet reporting them terminal).
 * **backoff** = backoff_over - pods_gone: what remains of the backoff once the gang is gone.
   The backoff itself (``nextAttemptAt - endedAt``, from the status) is reported apart as
   ``configured_backoff``: it runs from the outcome, in parallel with the stop, and counts

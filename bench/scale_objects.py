@@ -239,7 +239,10 @@ class Observer:
                 return
             if attempt == rec.attempt and (hit := _pod_hit(kind, obj)):
                 self._visible(rec, now, hit)
-            if attempt == rec.attempt and kind == "DELETED":
+            # Gone as the operator counts it (children.gang_gone): deleted, or terminal (every
+            # container exited: a graceful shutdown's pods end Failed and are deleted later).
+            phase = (obj.get("status") or {}).get("phase")
+            if attempt == rec.attempt and (kind == "DELETED" or phase in ("Failed", "Succeeded")):
                 rec.old_pods.discard(meta["name"])
                 if not rec.old_pods and rec.t_pods_gone is None:
                     rec.t_pods_gone = now
