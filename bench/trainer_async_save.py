@@ -2,10 +2,13 @@
 process, each async writer with the staging copy made before the loop goes on or
 overlapped with the next step (``overlap-*``: the copy runs in a staging thread and the
 optimizer step waits for it), with the trainer's own CheckpointManager and FSDP2 on a
-one-rank gloo group.
+one-rank gloo group (``--device cuda``: model, optimizer and batch on the GPU, the group
+NCCL with a gloo group for the checkpoints, as the trainer's ``distributed`` sets them up;
+the async modes stage to pinned CPU memory).
 
     python bench/trainer_async_save.py                  # ~100M-parameter GPT-2 on CPU
     python bench/trainer_async_save.py --params 10M     # quick run
+    python bench/trainer_async_save.py --device cuda    # on the GPU
     python bench/trainer_async_save.py --nice 0 --crc32 --buffered
                                     # the writer as it was before WriterOptions (comparison)
 
@@ -20,13 +23,17 @@ read the newest checkpoint back (checksums verified, resharded by DCP).
 Where the CPU goes: for every step its wall time, the CPU time of the training thread and
 the time it waited for a CPU on the run queue (``/proc/thread-self/schedstat``); for every
 save the CPU seconds of the writer (the trainer process's other threads, plus DCP's
-checkpoint process in process mode) and the load average around each mode.
+checkpoint process in process mode) and the load average around each mode. On CUDA each
+step ends with a device synchronisation before its timers are read. Each async mode's
+checkpoints and staging buffers are released when the mode is done (a 1B checkpoint with
+AdamW state is 12 GB); the sync mode's stay for the resume.
 Prints a table and writes bench/results/trainer_async_save-<params>[-<tag>].json. Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -61,6 +68,7 @@ MODES = ("sync", "thread", "process", "overlap-thread", "overlap-process")
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--params", default="100M", help="model size, e.g. 10M, 100M, 1B")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where it trains")
     p.add_argument("--vocab-size", type=int, default=32000)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=1)
@@ -115,15 +123,18 @@ def parse_args() -> argparse.Namespace:
 
 
 class Loop:
-    """The trainer's step on one FSDP2 rank (AdamW, grad clip), and its checkpoint parts."""
+    """The trainer's step on one FSDP2 rank (AdamW, grad clip), and its checkpoint parts.
+    ``group``: DCP's process group (None: the default group)."""
 
-    def __init__(self, cfg: ModelConfig, batch_size: int) -> None:
+    def __init__(
+        self, cfg: ModelConfig, batch_size: int, device: torch.device, group: Any = None
+    ) -> None:
         torch.manual_seed(0)
-        self.cfg = cfg
-        self.model = apply_fsdp(build_model(cfg))
+        self.cfg, self.device, self.group = cfg, device, group
+        self.model = apply_fsdp(build_model(cfg).to(device))  # as parts.build_parts does
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.progress = TrainProgress()
-        self.batch = torch.randint(1, cfg.vocab_size, (batch_size, cfg.seq_len))
+        self.batch = torch.randint(1, cfg.vocab_size, (batch_size, cfg.seq_len), device=device)
         self.shared: dict[str, Any] = {"progress": self.progress}
         self.per_rank: dict[str, Any] = {"rng": RNGState()}
         self.sharded: dict[str, Any] = {"train": ShardedState(self.model, self.opt)}
@@ -135,6 +146,8 @@ class Loop:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the step's kernels are done, not queued
         self.progress.step += 1
         return Step(time.perf_counter() - t0, time.thread_time() - c0, _runqueue_wait() - q0)
 
@@ -183,12 +196,13 @@ def _median(xs: list[float]) -> float | None:
 
 
 def _manager(
-    folder: Path, mode: str, options: WriterOptions, hurry: Hurry | None = None
-) -> CheckpointManager:
+    folder: Path, mode: str, options: WriterOptions, hurry: Hurry | None = None,
+    group: Any = None,
+) -> CheckpointManager:  # fmt: skip
     m = CheckpointManager(folder, keep=2, keep_best=False, async_save=mode != "sync",
                           async_mode="process" if mode.endswith("process") else "thread",
                           overlap_staging=mode.startswith("overlap"),
-                          writer_options=options, hurry=hurry)  # fmt: skip
+                          writer_options=options, hurry=hurry, process_group=group)  # fmt: skip
     m.prepare()
     return m
 
@@ -196,7 +210,7 @@ def _manager(
 def bench_mode(
     loop: Loop, folder: Path, mode: str, saves: int, baseline_steps: int, options: WriterOptions
 ) -> dict[str, Any]:
-    m = _manager(folder, mode, options)
+    m = _manager(folder, mode, options, group=loop.group)
     meter = CpuMeter()
     load_before = os.getloadavg()
     first_save = first_stall = None
@@ -239,6 +253,7 @@ def bench_mode(
         writer_cpu.append((in1 - in0) + (ch1 - ch0))
         totals.append(info.seconds)
         size = info.bytes
+    m.close()  # the staging buffers (pinned on CUDA): 12 GB at 1B
     b_wall = _median([s.wall for s in base])
     d_wall = _median([s.wall for s in during])
     return {
@@ -271,7 +286,7 @@ def bench_mode(
 
 
 def bench_resume(loop: Loop, folder: Path, options: WriterOptions) -> float:
-    m = _manager(folder, "sync", options)
+    m = _manager(folder, "sync", options, group=loop.group)
     t0 = time.monotonic()
     info = m.load(loop.shared, loop.per_rank, sharded=loop.sharded)
     assert info is not None
@@ -314,8 +329,10 @@ def _report(
             "writer_max_mb_per_s": options.max_write_mb_per_s,
         },
         "command": "python bench/trainer_async_save.py " + " ".join(sys.argv[1:]),
-        "device": "cpu",
+        "device": args.device,
+        **({"gpu": torch.cuda.get_device_name()} if args.device == "cuda" else {}),
         "cpus": os.cpu_count(),
+        "cpus_allowed": len(os.sched_getaffinity(0)),  # taskset
         "torch": torch.__version__,
         "python": platform.python_version(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -328,14 +345,29 @@ def _write(out: Path, report: dict[str, Any]) -> None:
     out.write_text(json.dumps(report, indent=2) + "\n")
 
 
+def _init_group(device: str) -> tuple[torch.device, Any]:
+    """A one-rank process group as ``spotrun_trainer.distributed`` sets one up for a rank:
+    on CUDA NCCL bound to the GPU, with a gloo group for DCP (the checkpoints' group);
+    on CPU gloo alone. Returns the device and DCP's group (None: the default group)."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29581")
+    if device == "cpu":
+        dist.init_process_group("gloo", rank=0, world_size=1)
+        return torch.device("cpu"), None
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device")
+    dev = torch.device("cuda", 0)
+    torch.cuda.set_device(dev)
+    dist.init_process_group("nccl", rank=0, world_size=1, device_id=dev)
+    return dev, dist.new_group(backend="gloo")
+
+
 def main() -> None:
     # `timeout` and Ctrl-C alike leave no checkpoint folder behind (they are gigabytes).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args()
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29581")
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    device, group = _init_group(args.device)
     folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="spotrun-bench-"))
     cfg = ModelConfig(kind="causal_lm", params=args.params, vocab_size=args.vocab_size,
                       seq_len=args.seq_len, dropout=0.0)  # fmt: skip
@@ -343,10 +375,12 @@ def main() -> None:
                             max_write_mb_per_s=args.write_mb_per_s)  # fmt: skip
     modes = ["sync", *(m for m in args.modes.split(",") if m in MODES and m != "sync")]
     try:
-        loop = Loop(cfg, args.batch_size)
+        loop = Loop(cfg, args.batch_size, device, group)
         n_params = count_parameters(loop.model)
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
         print(f"model: {n_params / 1e6:.1f}M parameters ({cfg.n_layer} layers x {cfg.n_embd}), "
-              f"CPU, {args.threads} training thread(s), {os.cpu_count()} cores")  # fmt: skip
+              f"{where}, {args.threads} training thread(s), "
+              f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} cores")  # fmt: skip
         for _ in range(2):  # materialise optimizer state; first steps allocate and warm up
             loop.step()
         step_s = statistics.median(loop.step().wall for _ in range(5))
@@ -358,13 +392,16 @@ def main() -> None:
         for mode in modes:
             results[mode] = bench_mode(loop, folder / mode, mode, args.saves,
                                        args.baseline_steps, options)  # fmt: skip
+            if mode != "sync":  # its checkpoints are not read again; sync's are, by resume
+                shutil.rmtree(folder / mode, ignore_errors=True)
             # Written after every mode: a run cut short (a time limit) keeps what it measured.
             _write(out, _report(args, cfg, options, n_params, {**results, "complete": False}))
         if args.stop_after > 0:
             stops = results["stop"] = {}
             for mode in modes[1:]:
-                stops[mode] = bench_stop(loop, _manager, folder / mode, mode, options,
-                                         args.stop_after)  # fmt: skip
+                stops[mode] = bench_stop(loop, functools.partial(_manager, group=group),
+                                         folder / mode, mode, options, args.stop_after)  # fmt: skip
+                shutil.rmtree(folder / mode, ignore_errors=True)
                 _write(out, _report(args, cfg, options, n_params, {**results, "complete": False}))
         results["resume_seconds"] = bench_resume(loop, folder / "sync", options)
         _print_table(results, modes)
