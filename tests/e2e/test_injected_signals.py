@@ -71,10 +71,14 @@ def private_node(core: client.CoreV1Api, namespace: str) -> Iterator[str]:
     core.create_node(body)
 
     def ready() -> bool:
+        # Ready, and the node lifecycle controller's not-ready taint gone too: it lifts it a
+        # moment after Ready, and a test that snapshots the node must not race it.
         n = core.read_node(name)
-        return any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+        tainted = any(t.key == "node.kubernetes.io/not-ready" for t in n.spec.taints or [])
+        up = any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+        return up and not tainted
 
-    poll(f"node {name} Ready", ready, timeout=60)
+    poll(f"node {name} Ready and untainted", ready, timeout=60)
     yield name
     try:
         core.patch_node(name, [{"op": "replace", "path": "/metadata/finalizers", "value": []}])
