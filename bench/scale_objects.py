@@ -96,6 +96,10 @@ def pytorchjob(name: str, size: int, restart_policy: str, gpus: int) -> dict[str
 # --- what the watches see ---------------------------------------------------------------
 
 
+# A pod whose containers have all exited (the kubelet sets these phases only then).
+TERMINAL_PHASES: tuple[str, ...] = ("Failed", "Succeeded")
+
+
 @dataclass
 class PeerJob:
     """Peer (a) or (b): one plain PyTorchJob."""
@@ -242,7 +246,7 @@ class Observer:
             # Gone as the operator counts it (children.gang_gone): deleted, or terminal (every
             # container exited: a graceful shutdown's pods end Failed and are deleted later).
             phase = (obj.get("status") or {}).get("phase")
-            if attempt == rec.attempt and (kind == "DELETED" or phase in ("Failed", "Succeeded")):
+            if attempt == rec.attempt and (kind == "DELETED" or phase in TERMINAL_PHASES):
                 rec.old_pods.discard(meta["name"])
                 if not rec.old_pods and rec.t_pods_gone is None:
                     rec.t_pods_gone = now
@@ -310,6 +314,6 @@ def _pod_hit(kind: str, obj: dict[str, Any]) -> str:
         return "pod deleted"
     if any(c.get("type") == "DisruptionTarget" for c in status.get("conditions") or []):
         return "pod DisruptionTarget"
-    if status.get("phase") in ("Failed", "Succeeded"):
+    if status.get("phase") in TERMINAL_PHASES:
         return f"pod {status['phase']}"
     return ""
