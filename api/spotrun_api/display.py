@@ -28,6 +28,7 @@ _LAST_LABELS: Final = {
     Outcome.SUSPENDED: "suspended",
     Outcome.QUEUE_PREEMPTED: "",  # its reason says it: queue-preemption
     Outcome.INTERRUPTED: "",  # its reason says it: pod-deleted, deadline-exceeded, sigterm
+    Outcome.INCOMPLETE_GANG: "incomplete-gang",
 }
 
 

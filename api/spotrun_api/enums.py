@@ -37,6 +37,9 @@ class Outcome(StrEnum):
     # Stopped from outside with no infrastructure evidence (a plain pod delete, the pod's
     # activeDeadlineSeconds, an unexplained SIGTERM): restarted, no budget spent.
     INTERRUPTED = "Interrupted"
+    # A pod of the gang could not be placed and the training operator's wait for it gave
+    # up (its init container failed): capacity, no budget spent, no backoff.
+    INCOMPLETE_GANG = "IncompleteGang"
 
     @property
     def is_loss(self) -> bool:
@@ -52,6 +55,7 @@ class Outcome(StrEnum):
             Outcome.CAPACITY_FALLBACK,
             Outcome.CAPACITY_SHRINK,
             Outcome.INTERRUPTED,
+            Outcome.INCOMPLETE_GANG,
         )
 
 

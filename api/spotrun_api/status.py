@@ -160,6 +160,13 @@ class Condition(ApiModel):
     )
 
 
+class NodeInterruption(ApiModel):
+    """One node of an attempt's gang that was lost, with its own signal."""
+
+    node: str = Field(description="Node name.")
+    signal: str = Field(description="The signal the node gave (docs/signals.md).")
+
+
 class Attempt(ApiModel):
     """One attempt (PyTorchJob <run>-a<attempt>)."""
 
@@ -189,7 +196,14 @@ class Attempt(ApiModel):
     node: str | None = Field(None, description="Node behind the outcome, when one.")
     zone: str | None = Field(None, description="Zone of that node.")
     interrupted_nodes: list[Annotated[str, Field(description="A node name.")]] | None = Field(
-        None, description="Every node of the gang that announced the interruption."
+        None,
+        description="Every node of the gang lost in this attempt: the nodes that announced "
+        "the interruption, and those lost after it before the next attempt was created.",
+    )
+    interruptions: list[NodeInterruption] | None = Field(
+        None,
+        description="The signal each node of interruptedNodes gave, as first seen on the "
+        "node (nodes whose loss shows only on their pods are not listed).",
     )
     instance_type: str | None = Field(None, description="Instance type the attempt ran on.")
     zones: (

@@ -154,7 +154,7 @@ def capacity_node_terms(
     capacity_type: str, instance_types: Sequence[str], avoid_nodes: Sequence[str]
 ) -> list[Obj]:
     """Required nodeSelectorTerms: the capacity type (EKS managed node groups or Karpenter
-    labels, either suffices), an allowed instance type, and not an interrupted node."""
+    labels, either suffices), an allowed instance type, and not a node that is going away."""
     common: list[Obj] = [
         {"key": LABEL_INSTANCE_TYPE, "operator": "In", "values": list(instance_types)}
     ]
@@ -180,6 +180,16 @@ def capacity_node_terms(
     ]
 
 
+def prefer_not_terms(nodes: Sequence[str]) -> list[Obj]:
+    """Preferred scheduling terms steering pods away from ``nodes`` (nodes behind recent
+    preemptions that are not going away: the scheduler still uses them when nothing else
+    fits, so avoiding them never makes a gang unschedulable)."""
+    if not nodes:
+        return []
+    expr = {"key": LABEL_HOSTNAME, "operator": "NotIn", "values": sorted(nodes)}
+    return [{"weight": 100, "preference": {"matchExpressions": [expr]}}]
+
+
 def build_pod_template(
     ref: RunRef,
     spec: RunSpec,
@@ -188,6 +198,7 @@ def build_pod_template(
     capacity_type: str,
     interval_seconds: int,
     avoid_nodes: Sequence[str] = (),
+    prefer_not_nodes: Sequence[str] = (),
 ) -> Obj:
     resources: Obj = spec.resources.model_dump(exclude_none=True)
     if spec.gpus_per_node:
@@ -218,6 +229,7 @@ def build_pod_template(
         volumes=[volume],
         tolerations=[GPU_TOLERATION] if spec.gpus_per_node else [],
         node_terms=capacity_node_terms(capacity_type, spec.capacity.instance_types, avoid_nodes),
+        preferred=prefer_not_terms(prefer_not_nodes),
         pod_fields={
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
@@ -234,6 +246,7 @@ def build_pytorchjob(
     capacity_type: str,
     interval_seconds: int,
     avoid_nodes: Sequence[str] = (),
+    prefer_not_nodes: Sequence[str] = (),
     nodes: int | None = None,
 ) -> Obj:
     """PyTorchJob ``<run>-a<attempt>``: 1 Master + (nodes-1) Workers, restartPolicy Never.
@@ -250,6 +263,7 @@ def build_pytorchjob(
         capacity_type=capacity_type,
         interval_seconds=interval_seconds,
         avoid_nodes=avoid_nodes,
+        prefer_not_nodes=prefer_not_nodes,
     )
     replicas: Obj = {
         "Master": {"replicas": 1, "restartPolicy": "Never", "template": template},

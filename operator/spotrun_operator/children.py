@@ -14,7 +14,7 @@ from spotrun_operator.classify import is_terminal
 from spotrun_operator.common import job_name, parse_time, pod_meta, pod_name, pod_node
 from spotrun_operator.draft import Draft
 from spotrun_operator.plan import CreateJob, DeleteJob, DeletePods, EnsureObjects
-from spotrun_operator.signals import NodeInfo
+from spotrun_operator.signals import NodeInfo, going
 
 
 def node_gone(pod: Mapping[str, Any], nodes: Mapping[str, NodeInfo]) -> bool:
@@ -98,9 +98,20 @@ def gang_gone(d: Draft, n: int) -> bool:
 
 
 def avoided_nodes(d: Draft) -> list[str]:
-    """Nodes the next attempt must not land on: tainted now, or behind recent preemptions."""
+    """Nodes the next attempt must not land on (a required affinity): those going away now
+    (:func:`signals.going`, as the watch knows every node and as this run's nodes read).
+    Only these: a healthy node excluded by a required term could leave the gang
+    unschedulable while capacity exists."""
+    here = {name for name, node in d.obs.nodes.items() if going(node)}
+    return sorted(set(d.obs.interrupted_nodes) | here)
+
+
+def disfavored_nodes(d: Draft) -> list[str]:
+    """Nodes the next attempt prefers not to land on: those behind the run's recent
+    preemptions (a node the preemption named) that are not going away (those are avoided
+    outright)."""
     recent = reducers.recent_interrupted_nodes(d.history, d.now, d.cfg.avoid_nodes_seconds)
-    return sorted(set(d.obs.interrupted_nodes) | set(recent))
+    return sorted(set(recent) - set(avoided_nodes(d)))
 
 
 def create_job(d: Draft, n: int) -> None:
@@ -123,6 +134,7 @@ def create_job(d: Draft, n: int) -> None:
         capacity_type=(entry.capacity_type if entry else None) or spec.capacity.type.value,
         interval_seconds=reducers.interval_of(entry),
         avoid_nodes=avoided_nodes(d),
+        prefer_not_nodes=disfavored_nodes(d),
         nodes=entry.nodes if entry else None,
     )
     d.actions.append(CreateJob(body, source=f"{ref.uid}/{ref.generation}"))

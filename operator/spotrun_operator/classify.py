@@ -33,6 +33,7 @@ from spotrun_operator.evidence import (
 from spotrun_operator.signals import (
     ASG_TERMINATION,
     INTERRUPTION_TAINTS,
+    JOB_DELETED,
     KARPENTER_DISRUPTION,
     NO_BUDGET_SIGNALS,
     NODE_LOST,
@@ -76,6 +77,16 @@ class VerdictKind(Enum):
     UNSCHEDULABLE = "Unschedulable"
     RUNNING = "Running"
     STARTING = "Starting"
+    # A pod of the gang could not be placed and the training operator's own wait for it
+    # gave up: capacity, no budget (docs/signals.md).
+    INCOMPLETE_GANG = "IncompleteGang"
+
+
+# The training operator's init container on every Worker: it waits for the Master's DNS
+# name and exits 1 after its tries, 100 by default, each an nslookup and a 2 s sleep
+# (kubeflow/training-operator v1.9 pkg/controller.v1/pytorch/initcontainer.go
+# initContainerTemplate; pkg/config/config.go PyTorchInitContainerMaxTriesDefault).
+TRAINING_OPERATOR_INIT: Final = "init-pytorch"
 
 
 @dataclass(frozen=True)
@@ -87,11 +98,62 @@ class Verdict:
     zone: str = ""
     instance_type: str = ""
     nodes: tuple[str, ...] = ()  # every node of the gang that announced an interruption
+    # (node, its strongest signal) for each of ``nodes``
+    node_signals: tuple[tuple[str, str], ...] = ()
     # FAILURE_SETTLING: when the failure may be charged; RUNNING/STARTING: when a node that
     # stopped reporting counts as lost.
     until: dt.datetime | None = None
     # PREEMPTED/INTERRUPTED: when the signal was given, by its own timestamp (None: none).
     signal_at: dt.datetime | None = None
+
+
+def _failed_containers(pod: Mapping[str, Any]) -> list[str]:
+    """Names of the pod's containers (init containers first) that exited with an
+    application error (an exit code other than 0 and 143)."""
+    out = []
+    for cs in containers(pod):
+        code = ((cs.get("state") or {}).get("terminated") or {}).get("exitCode")
+        if code is not None and code not in (0, EXIT_SIGTERM):
+            out.append(str(cs.get("name")))
+    return out
+
+
+def _incomplete_gang(pods: Sequence[Mapping[str, Any]], expected: int) -> Verdict | None:
+    """Pods failed only in the training operator's init container (it gave up waiting for
+    the Master) while a pod of the gang has no node, or was never created: the gang could
+    not be placed, which is capacity, never the application."""
+    failed = {name(p): _failed_containers(p) for p in pods if phase(p) == "Failed"}
+    failed = {k: v for k, v in failed.items() if v}
+    if not failed or any(v != [TRAINING_OPERATOR_INIT] for v in failed.values()):
+        return None
+    waiting = [p for p in pods if not is_terminal(p) and not (p.get("spec") or {}).get("nodeName")]
+    missing = expected - len(pods)
+    if not waiting and missing <= 0:
+        return None
+    peer = (
+        f"pod {name(waiting[0])} had no node ({_unschedulable(waiting[0]) or 'Pending'})"
+        if waiting
+        else f"{missing} pod(s) of the gang were never created"
+    )
+    return Verdict(
+        VerdictKind.INCOMPLETE_GANG,
+        reason="IncompleteGang",
+        message=f"pod {sorted(failed)[0]} container {TRAINING_OPERATOR_INIT} gave up waiting "
+        f"for the master while {peer}: the gang could not be placed",
+    )
+
+
+def job_deleted(verdict: Verdict, job: str) -> Verdict:
+    """The verdict on an attempt whose PyTorchJob was seen and is gone: deleted by someone
+    other than spotrun (spotrun deletes a job only after recording the attempt's outcome).
+    Unless its pods already tell more, the attempt ends, no budget spent."""
+    if verdict.kind not in (VerdictKind.RUNNING, VerdictKind.STARTING, VerdictKind.UNSCHEDULABLE):
+        return verdict
+    return Verdict(
+        VerdictKind.INTERRUPTED,
+        reason=JOB_DELETED,
+        message=f"PyTorchJob {job} was deleted (not by spotrun)",
+    )
 
 
 def _failure(pod: Mapping[str, Any]) -> tuple[str, str, dt.datetime | None] | None:
@@ -162,8 +224,21 @@ def _preemption(evidence: Sequence[Evidence]) -> Verdict:
         zone=node.zone if node else "",
         instance_type=node.instance_type if node else "",
         nodes=tuple(sorted({e.node.name for e in evidence if e.node})),
+        node_signals=node_signals(evidence),
         signal_at=min(times) if times else None,
     )
+
+
+def node_signals(evidence: Iterable[Evidence]) -> tuple[tuple[str, str], ...]:
+    """(node, the strongest signal seen on it) for every node the evidence names."""
+    best: dict[str, str] = {}
+    for e in evidence:
+        if e.node is None:
+            continue
+        old = best.get(e.node.name)
+        if old is None or SIGNAL_PRIORITY.index(e.signal) < SIGNAL_PRIORITY.index(old):
+            best[e.node.name] = e.signal
+    return tuple(sorted(best.items()))
 
 
 def _failed(
@@ -257,6 +332,9 @@ def classify(
         msg = _config_error(pod)
         if msg:
             return Verdict(VerdictKind.CONFIG_ERROR, reason="ConfigurationError", message=msg)
+    incomplete = _incomplete_gang(pods, expected)
+    if incomplete is not None:
+        return incomplete
     failed = _failed([*pods, *deleted_pods], job, now, failure_settle_seconds)
     if failed is not None:
         return failed
@@ -285,7 +363,9 @@ __all__ = [
     "classify",
     "is_master",
     "is_terminal",
+    "job_deleted",
     "node_info",
     "node_signal",
+    "node_signals",
     "pod_disruption_signal",
 ]

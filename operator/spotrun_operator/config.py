@@ -52,8 +52,12 @@ class OperatorConfig:
     checkpoint_cost_seconds: float = 60.0
     # Attempts kept in status.attempts; older ones are folded into status.archived.
     history_limit: int = 10
-    # Nodes interrupted within this window are avoided by the next attempt's affinity.
+    # Nodes behind a preemption within this window are disfavoured by the next attempt's
+    # preferred affinity (nodes going away are avoided outright, at any age).
     avoid_nodes_seconds: float = 3600.0
+    # How often a next attempt whose gang cannot be placed yet looks for capacity again (a
+    # node joining wakes no run by itself).
+    capacity_poll_seconds: float = 5.0
 
 
 def _coerce(value: str, like: object) -> object:

@@ -32,7 +32,7 @@ from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import Attempt
 from spotrun_operator.builders import GPU_TOLERATION
 from spotrun_operator.children import avoided_nodes, stop_gang
-from spotrun_operator.classify import Verdict
+from spotrun_operator.classify import Verdict, VerdictKind
 from spotrun_operator.common import (
     EKS_CAPACITY_VALUES,
     LABEL_EKS_CAPACITY,
@@ -136,6 +136,32 @@ def fitting_nodes(
     )
 
 
+def unplaceable(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> Verdict | None:
+    """Why attempt ``n``'s gang cannot be placed now (None: every pod has a node).
+
+    Checked before its PyTorchJob is created, so that a gang never starts half placed:
+    the pods that were placed would wait for their peers, and the training operator's
+    ``init-pytorch`` gives up after its tries (about 3.5 minutes) and fails the job. The
+    check counts the nodes a pod of the attempt could land on (:func:`fits`, going nodes
+    excluded); it cannot see GPUs other workloads hold, for which
+    ``classify`` knows an incomplete gang is capacity, not the application. With no view
+    of the fleet (``Observed.fleet`` None) nothing is checked."""
+    if d.obs.fleet is None:
+        return None
+    want = entry.nodes or spec.nodes
+    capacity = entry.capacity_type or spec.capacity.type.value
+    need = pod_needs(spec, capacity, avoided_nodes(d))
+    fit = sum(1 for node in d.obs.fleet.values() if fits(node, need))
+    if fit >= want:
+        return None
+    return Verdict(
+        VerdictKind.UNSCHEDULABLE,
+        reason="Unschedulable",
+        message=f"{fit} of {want} node(s) fit ({need.describe()}); attempt {n}'s PyTorchJob "
+        "is created once every pod of its gang can be placed",
+    )
+
+
 def attempt_size(spec: TrainingRunSpec, prev: Attempt | None) -> int:
     """Nodes a new attempt asks for: the shrunk size right after a ``CapacityShrink``,
     else ``spec.nodes`` (so any later restart grows back)."""
@@ -166,7 +192,7 @@ def shrink_if_due(
     want = entry.nodes or spec.nodes
     capacity = entry.capacity_type or spec.capacity.type.value
     need = pod_needs(spec, capacity, avoided_nodes(d))
-    fit, why = fitting_nodes(d.obs.fleet, d.pods_of(n), need, want)
+    fit, why = fitting_nodes(d.obs.fleet or {}, d.pods_of(n), need, want)
     target = min(fit, want - 1)
     least = spec.elasticity.min_nodes
     if target < least:

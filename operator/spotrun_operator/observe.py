@@ -111,7 +111,7 @@ def observe(
         pods=pods,
         deleted_pods=list(deleted_pods),
         nodes=nodes,
-        fleet=_fleet(spec, remembered_nodes, nodes),
+        fleet=_fleet(remembered_nodes, nodes),
         missing_refs=_missing(kube, ref, spec)
         if _may_create(status, jobs, pods, nodes, now)
         else [],
@@ -122,13 +122,9 @@ def observe(
 
 
 def _fleet(
-    spec: TrainingRunSpec | None,
-    remembered: Mapping[str, NodeInfo],
-    fresh: Mapping[str, NodeInfo],
+    remembered: Mapping[str, NodeInfo], fresh: Mapping[str, NodeInfo]
 ) -> dict[str, NodeInfo]:
-    """The existing nodes the watch knows (fresh reads win), for spec.elasticity only."""
-    if spec is None or spec.elasticity is None:
-        return {}
+    """The existing nodes the watch knows (fresh reads win)."""
     known = {**remembered, **fresh}
     return {name: n for name, n in known.items() if n.exists}
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from spotrun_api.display import start_step
 from spotrun_api.enums import CapacityType, ConditionType, Outcome, RunReason
 from spotrun_api.spec import TrainingRunSpec
-from spotrun_api.status import Attempt, LastPreemption
-from spotrun_operator import budget, elasticity, pools, reducers
+from spotrun_api.status import Attempt, LastPreemption, NodeInterruption
+from spotrun_operator import budget, elasticity, late_losses, pools, reducers
 from spotrun_operator.children import create_job, gang_gone, stop_gang
 from spotrun_operator.classify import Verdict
 from spotrun_operator.common import fmt_time, job_name, parse_time
@@ -40,6 +40,7 @@ def preempted(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt, v: Verdic
         zone=v.zone or None,
         instance_type=itype or None,
         interrupted_nodes=list(v.nodes) or None,
+        interruptions=[NodeInterruption(node=x, signal=sig) for x, sig in v.node_signals] or None,
         lost_work_seconds=lost,
     )
     count = (d.status.preemptions or 0) + 1
@@ -99,6 +100,22 @@ def interrupted(d: Draft, n: int, entry: Attempt, v: Verdict) -> None:
         f"attempt {n}: {v.reason} on {where_of(v)}: {v.message}; not the infrastructure, not "
         f"the application: no budget spent; stopping every rank gracefully; {then}",
     )
+    stop_gang(d, n)
+
+
+def incomplete_gang(d: Draft, n: int, v: Verdict) -> None:
+    """The training operator gave up on a gang that could not be placed: capacity, not the
+    application and not an interruption. No budget, no backoff: the next attempt is
+    created as soon as every pod of its gang can be placed (elasticity.unplaceable)."""
+    record(d, n, Outcome.INCOMPLETE_GANG, v.reason, v.message, next_attempt_at=fmt_time(d.now))
+    d.set_condition(ConditionType.CAPACITY_AVAILABLE, False, v.reason, v.message)
+    d.event(
+        "Warning",
+        v.reason,
+        f"attempt {n}: {v.message}; capacity, not the application: no budget spent; "
+        f"attempt {n + 1} is created once every pod of its gang can be placed",
+    )
+    d.say(f"attempt {n}: {v.message}")
     stop_gang(d, n)
 
 
@@ -234,6 +251,8 @@ def after_outcome(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> No
     """Attempt ``n`` has an outcome: stop its gang; once gone, start the next attempt
     (after the backoff, or when the budget or spec.suspend allows)."""
     stop_gang(d, n)
+    if entry.outcome is Outcome.PREEMPTED:
+        entry = late_losses.record_late_losses(d, n, entry)
     if not gang_gone(d, n):
         d.requeue(2.0)
         return
@@ -345,7 +364,21 @@ def start_attempt(d: Draft, spec: TrainingRunSpec, n: int) -> None:
             f"{size} x {spec.gpus_per_node} GPUs, {spec.ranks_per_pod} rank(s) per "
             f"node, resuming from {spec.checkpoint.path}",
         )
+    create_when_placeable(d, spec, n, entry)
+
+
+def create_when_placeable(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> None:
+    """Create attempt ``n``'s PyTorchJob once every object it references exists and every
+    pod of its gang can be placed (elasticity.unplaceable); until then it waits as an
+    unschedulable attempt does (onDemandFallbackAfter and waitBeforeShrink count)."""
     if d.obs.missing_refs:
         config_error(d, n, entry, "missing " + ", ".join(d.obs.missing_refs))
+        return
+    if entry.config_error_since:
+        entry = d.update(n, config_error_since=None)
+    short = elasticity.unplaceable(d, spec, n, entry)
+    if short is not None:
+        unschedulable(d, spec, n, entry, short)
+        d.requeue(d.cfg.capacity_poll_seconds)
         return
     create_job(d, n)

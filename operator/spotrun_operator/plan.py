@@ -54,9 +54,10 @@ class Observed:
     pods: Sequence[Mapping[str, Any]] = ()  # live pods of the run, every attempt
     deleted_pods: Sequence[Mapping[str, Any]] = ()  # last state of pods seen deleted
     nodes: Mapping[str, NodeInfo] = field(default_factory=dict)
-    # Every existing node the watch knows (runs with spec.elasticity only): where a smaller
-    # gang could fit (elasticity.fitting_nodes).
-    fleet: Mapping[str, NodeInfo] = field(default_factory=dict)
+    # Every existing node the watch knows: whether a gang can be placed before its job is
+    # created (elasticity.unplaceable), where a smaller one could fit (fitting_nodes).
+    # None: no view of the fleet (nothing is checked).
+    fleet: Mapping[str, NodeInfo] | None = None
     missing_refs: Sequence[str] = ()  # "Secret foo" the pods would need and that is absent
     interrupted_nodes: Sequence[str] = ()  # nodes that are going (signals.going)
     rand: float = 0.5  # uniform [0, 1): the backoff jitter, injected to keep this pure

@@ -57,13 +57,21 @@ def and_node_terms(
     return out
 
 
-def merge_affinity(user: Mapping[str, Any] | None, node_terms: Sequence[Mapping[str, Any]]) -> Obj:
-    """The user's affinity with our required node terms ANDed in."""
+def merge_affinity(
+    user: Mapping[str, Any] | None,
+    node_terms: Sequence[Mapping[str, Any]],
+    preferred: Sequence[Mapping[str, Any]] = (),
+) -> Obj:
+    """The user's affinity with our required node terms ANDed in and our preferred
+    scheduling terms added to the user's."""
     aff: Obj = copy.deepcopy(dict(user or {}))
     node_aff = aff.setdefault("nodeAffinity", {})
     req = node_aff.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
     terms = and_node_terms(req.get("nodeSelectorTerms") or [], node_terms)
     node_aff["requiredDuringSchedulingIgnoredDuringExecution"] = {"nodeSelectorTerms": terms}
+    if preferred:
+        key = "preferredDuringSchedulingIgnoredDuringExecution"
+        node_aff[key] = [*(node_aff.get(key) or []), *copy.deepcopy(list(preferred))]
     return aff
 
 
@@ -106,6 +114,7 @@ def merge_pod_template(
     node_terms: Sequence[Mapping[str, Any]],
     pod_fields: Mapping[str, Any],
     annotations: Mapping[str, str] | None = None,
+    preferred: Sequence[Mapping[str, Any]] = (),
 ) -> Obj:
     """A full PodTemplateSpec: ``user`` (spec.podTemplate) with spotrun's parts merged in
     (``annotations`` are defaults: the user's own values win)."""
@@ -123,6 +132,6 @@ def merge_pod_template(
     spec["containers"] = [merge_container(mine, container), *others]
     spec["volumes"] = merge_named(spec.get("volumes") or [], volumes)
     spec["tolerations"] = merge_tolerations(spec.get("tolerations") or [], tolerations)
-    spec["affinity"] = merge_affinity(spec.get("affinity"), node_terms)
+    spec["affinity"] = merge_affinity(spec.get("affinity"), node_terms, preferred)
     spec.update(copy.deepcopy(dict(pod_fields)))
     return tpl

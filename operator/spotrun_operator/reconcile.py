@@ -10,14 +10,14 @@ The live attempt is the highest of the existing PyTorchJobs and ``status.attempt
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from spotrun_api.enums import ConditionType, Outcome, RunReason
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import Attempt
 from spotrun_operator import elasticity, outcomes, queueing
-from spotrun_operator.children import create_job, stop_gang, stop_pods
-from spotrun_operator.classify import REBALANCE, VerdictKind, classify
+from spotrun_operator.children import stop_gang, stop_pods
+from spotrun_operator.classify import REBALANCE, VerdictKind, classify, job_deleted
 from spotrun_operator.common import attempt_of, fmt_time, job_name, parse_time, pod_node, pod_uid
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.draft import Draft
@@ -108,14 +108,14 @@ def _judge(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> None:
         stop_gang(d, n)
         return
     job = obs.jobs.get(n)
-    if job is None:
-        if obs.missing_refs:
-            outcomes.config_error(d, n, entry, "missing " + ", ".join(obs.missing_refs))
-        else:
-            d.update(n, config_error_since=None)
-            create_job(d, n)
+    existed = "yes" if job is not None else _job_existed(d, n, entry)
+    if existed == "maybe":  # pods ahead of a job the cache has not seen yet
+        d.requeue(1.0)
         return
-    if queueing.held(d, spec, n, entry, job):
+    if existed == "no":
+        outcomes.create_when_placeable(d, spec, n, entry)
+        return
+    if job is not None and queueing.held(d, spec, n, entry, job):
         return
     pods = d.pods_of(n)
     verdict = classify(
@@ -130,6 +130,8 @@ def _judge(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> None:
         failure_settle_seconds=d.cfg.failure_settle_seconds,
         node_lost_grace_seconds=d.cfg.node_lost_grace_seconds,
     )
+    if job is None:
+        verdict = job_deleted(verdict, job_name(obs.ref.name, n))
     _notice_rebalance(d, n, pods)
     kind = verdict.kind
     if kind is VerdictKind.SUCCEEDED:
@@ -149,6 +151,8 @@ def _judge(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> None:
         outcomes.config_error(d, n, entry, verdict.message)
     elif kind is VerdictKind.UNSCHEDULABLE:
         outcomes.unschedulable(d, spec, n, entry, verdict)
+    elif kind is VerdictKind.INCOMPLETE_GANG:
+        outcomes.incomplete_gang(d, n, verdict)
     else:
         _progressing(d, n, entry, pods, running=kind is VerdictKind.RUNNING)
         if verdict.until is not None:
@@ -156,6 +160,23 @@ def _judge(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> None:
     after = d.entry(n)
     if not d.terminal_now and not (after and after.outcome):
         outcomes.check_budget(d, spec, n)
+
+
+def _job_existed(d: Draft, n: int, entry: Attempt) -> Literal["yes", "no", "maybe"]:
+    """Whether attempt ``n``'s PyTorchJob, absent from the cache, existed: its gang ran or
+    was recorded, or its pods are being deleted or are gone (the garbage collector follows
+    the job's deletion). Such a job was deleted, never "not yet created": creating it again
+    would start a gang only to stop it, racing the old pods under the same names. Live pods
+    not being deleted prove a job too, but may be ahead of a job the cache has not seen
+    yet: "maybe", decided when one or the other shows."""
+    if entry.started_at or entry.pod_uids:
+        return "yes"
+    if any(attempt_of(p) == n for p in d.obs.deleted_pods):
+        return "yes"
+    pods = d.pods_of(n)
+    if any((p.get("metadata") or {}).get("deletionTimestamp") for p in pods):
+        return "yes"
+    return "maybe" if pods else "no"
 
 
 def _progressing(

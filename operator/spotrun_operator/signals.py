@@ -70,11 +70,13 @@ DEADLINE_EXCEEDED: Final = "deadline-exceeded"
 POD_DELETED: Final = "pod-deleted"
 # The container exited 143 (SIGTERM, checkpoint saved), nothing deleted or evicted it.
 SIGTERM: Final = "sigterm"
+# Someone other than spotrun deleted the live attempt's PyTorchJob (its gang is stopped).
+JOB_DELETED: Final = "job-deleted"
 
 # Signals that stop an attempt without spending either budget (docs/signals.md): neither the
 # infrastructure (no evidence of it) nor the application (it exited on SIGTERM after a
 # checkpoint, the trainer's contract) is to blame.
-NO_BUDGET_SIGNALS: Final = frozenset({DEADLINE_EXCEEDED, POD_DELETED, SIGTERM})
+NO_BUDGET_SIGNALS: Final = frozenset({DEADLINE_EXCEEDED, POD_DELETED, JOB_DELETED, SIGTERM})
 
 TAINT_SPOT_ITN: Final = "aws-node-termination-handler/spot-itn"
 TAINT_REBALANCE: Final = "aws-node-termination-handler/rebalance-recommendation"
@@ -163,6 +165,7 @@ SIGNAL_PRIORITY: Final = (
     POD_STOPPED,
     DEADLINE_EXCEEDED,
     POD_DELETED,
+    JOB_DELETED,
     SIGTERM,
 )
 
@@ -261,15 +264,22 @@ def shutting_down(node: NodeInfo) -> bool:
     return node.ready == "False" and "shutting down" in node.ready_message
 
 
+# Every taint that says a node is going away, also those that alone restart nothing (a
+# rebalance recommendation, Karpenter's disrupted taint, AKS's drain): a next attempt
+# placed there would be lost with the node (docs/signals.md, "Nodes a next attempt avoids").
+GOING_TAINTS: Final = frozenset({*INTERRUPTION_TAINTS, *DRAIN_TAINTS, TAINT_AKS_DRAIN})
+
+
 def going(node: NodeInfo) -> bool:
-    """The node is going away: it carries an interruption taint (rebalance included), or
-    it still exists and is shutting down or being deleted. A node that is shutting down
+    """The node is going away: it carries one of :data:`GOING_TAINTS` (a rebalance
+    recommendation included), or it still exists and is shutting down or being deleted.
+    A node that is shutting down
     stays schedulable until the node lifecycle controller taints it not-ready; a next
     attempt placed there in that window is lost with it (6 of 99 in a 100-node burst).
     A node NotReady for another reason (still joining, a missed heartbeat) is capacity
     and not avoided: the node lifecycle controller's own taints keep pods off it when it
     stays away. A deleted node takes no pods (kept only when it was tainted, as before)."""
-    if set(node.taints) & set(INTERRUPTION_TAINTS):
+    if GOING_TAINTS.intersection(node.taints):
         return True
     return node.deleting or (node.exists and shutting_down(node))
 

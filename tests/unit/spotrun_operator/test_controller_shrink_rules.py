@@ -362,11 +362,14 @@ class _Kube:
 
 
 @pytest.mark.parametrize("elastic", [True, False])
-def test_observe_hands_the_watched_fleet_to_elastic_runs_only(elastic: bool) -> None:
+def test_observe_hands_the_watched_fleet_to_every_run(elastic: bool) -> None:
+    """Every run's next attempt is created only once its gang can be placed (placement
+    gate, elasticity.unplaceable), so every run sees the existing nodes, not only elastic
+    ones; deleted nodes are not capacity."""
     spec: dict[str, Any] = {"image": "i", "nodes": 2, "checkpoint": {"volume": {"claimName": "c"}}}
     if elastic:
         spec["elasticity"] = {"minNodes": 1}
     run = {"metadata": {"name": "r", "namespace": "ml", "uid": "u"}, "spec": spec}
     known = {"n1": fleet_node("n1"), "gone": NodeInfo("gone", exists=False)}
     obs = observe(_Kube(), run, remembered_nodes=known, seen_pods=[], interrupted_nodes=[])
-    assert list(obs.fleet) == (["n1"] if elastic else [])
+    assert obs.fleet is not None and list(obs.fleet) == ["n1"]
