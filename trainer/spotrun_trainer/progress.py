@@ -1,7 +1,9 @@
 """``status.progress`` of the run's TrainingRun, patched by rank 0 and rate-limited.
 
 The patch goes out on a background thread with a one-slot mailbox (newest wins), so a
-slow or absent API server never stalls training; failures are logged, never raised.
+slow or absent API server never stalls training; failures are logged (the first one as a
+warning), never raised. The client config comes from the usual order: the in-cluster
+service account, else ``KUBECONFIG``, else ``~/.kube/config``.
 
 Each attempt is a new process with a new reporter. A JSON merge patch keeps every key it
 does not mention, so the per-attempt fields (``contract.PER_ATTEMPT_PROGRESS_FIELDS``:
@@ -12,14 +14,18 @@ first report of an attempt never shows the previous attempt's throughput.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spotrun_trainer import contract
 from spotrun_trainer.contract import Progress
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +123,10 @@ class ProgressReporter:
             self.sent += 1
         except Exception as e:
             self.failures += 1
-            if self.failures in (1, 10) or self.failures % 100 == 0:
-                log.warning("patching status.progress failed (%d so far): %s", self.failures, e)
+            if self.failures == 1:
+                log.warning("patching status.progress failed (later failures at debug): %s", e)
+            else:
+                log.debug("patching status.progress failed (%d so far): %s", self.failures, e)
 
     def _sender(self) -> None:
         while True:
@@ -143,12 +151,37 @@ class ProgressReporter:
             self._thread.join(timeout)
 
 
-def kube_patch_fn(name: str, namespace: str, timeout: float = 5.0) -> PatchFn:
-    """A merge patch of ``trainingruns/<name>/status`` with the in-cluster service account."""
+DEFAULT_KUBECONFIG = "~/.kube/config"
+
+
+def kube_api_client() -> ApiClient:
+    """A client from the standard loading order: the in-cluster service account, else
+    ``KUBECONFIG`` (read now: the library reads it once, at import), else ~/.kube/config.
+    Raises ``ConfigException`` saying why each failed."""
     from kubernetes import client, config
 
-    config.load_incluster_config()  # type: ignore[no-untyped-call,unused-ignore]
-    api = client.CustomObjectsApi()
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException as in_cluster:
+        path = os.environ.get("KUBECONFIG")
+        where = f"KUBECONFIG={path}" if path else f"{DEFAULT_KUBECONFIG} (KUBECONFIG unset)"
+        try:
+            config.load_kube_config(
+                config_file=path or DEFAULT_KUBECONFIG, client_configuration=configuration
+            )
+        except Exception as e:
+            raise config.ConfigException(
+                f"no in-cluster config ({in_cluster}) and no usable kubeconfig at {where} ({e})"
+            ) from e
+    return client.ApiClient(configuration)
+
+
+def kube_patch_fn(name: str, namespace: str, timeout: float = 5.0) -> PatchFn:
+    """A merge patch of ``trainingruns/<name>/status`` with ``kube_api_client()``."""
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(kube_api_client())
 
     def patch(body: dict[str, Any]) -> None:
         api.patch_namespaced_custom_object_status(
@@ -171,15 +204,15 @@ def reporter_from_env(
     patch_factory: Callable[[str, str], PatchFn] = kube_patch_fn,
     background: bool = True,
 ) -> ProgressReporter | None:
-    """A reporter for this run when running in a cluster (SPOTRUN_RUN/NAMESPACE set), whose
-    patches carry ``attempt`` = SPOTRUN_ATTEMPT."""
+    """A reporter for this run (SPOTRUN_RUN/NAMESPACE set) whose patches carry ``attempt`` =
+    SPOTRUN_ATTEMPT; None, with one warning, when no Kubernetes config can be loaded."""
     name, namespace = env.get(contract.ENV_RUN), env.get(contract.ENV_NAMESPACE)
     if not name or not namespace:
         return None
     try:
         patch = patch_factory(name, namespace)
     except Exception as e:
-        log.warning("status.progress reporting off: no in-cluster Kubernetes config (%s)", e)
+        log.warning("progress not reported to TrainingRun %s/%s: %s", namespace, name, e)
         return None
     attempt = contract.attempt_from_env(env)
     if attempt is None:

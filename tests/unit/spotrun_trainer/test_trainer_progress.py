@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import threading
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -172,13 +179,148 @@ def test_background_sender_delivers_newest_progress() -> None:
         r.close()
 
 
-def test_reporter_is_off_outside_a_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+STATUS_PATH = "/apis/spotrun.dev/v1alpha1/namespaces/ns/trainingruns/r/status"
+RUN_ENV = {contract.ENV_RUN: "r", contract.ENV_NAMESPACE: "ns", contract.ENV_ATTEMPT: "2"}
+
+
+@dataclass
+class FakeAPIServer:
+    """Records PATCH requests; answers ``code`` with a JSON body."""
+
+    url: str = ""
+    code: int = 200
+    patches: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+
+@pytest.fixture
+def apiserver() -> Iterator[FakeAPIServer]:
+    state = FakeAPIServer()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            return None
+
+        def do_PATCH(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            state.patches.append((self.path, self.headers["Content-Type"], body))
+            reply = json.dumps({"kind": "TrainingRun"} if state.code == 200 else {}).encode()
+            self.send_response(state.code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Outside a pod: no in-cluster env, no KUBECONFIG, an empty HOME."""
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+def write_kubeconfig(path: Path, server: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(  # JSON is YAML
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+
+
+def progress_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "spotrun_trainer.progress" and r.levelno == logging.WARNING
+    ]
+
+
+@pytest.mark.parametrize("source", ["KUBECONFIG", "~/.kube/config"])
+def test_progress_is_patched_with_a_kubeconfig_outside_a_pod(
+    source: str,
+    apiserver: FakeAPIServer,
+    home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if source == "KUBECONFIG":
+        write_kubeconfig(tmp_path / "kubeconfig", apiserver.url)
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    else:
+        write_kubeconfig(home / ".kube" / "config", apiserver.url)
+    r = reporter_from_env(RUN_ENV, 0.0)  # the real kube_patch_fn, on the background sender
+    assert r is not None, "a kubeconfig is enough to report progress"
+    try:
+        assert r.step(5, 12.5)
+        poll_until(lambda: len(apiserver.patches) > 0, 10, "the status PATCH")
+    finally:
+        r.close()
+    path, content_type, body = apiserver.patches[0]
+    assert path == STATUS_PATH
+    assert content_type == "application/merge-patch+json"
+    assert body == {"status": {"progress": {"step": 5, "samplesPerSecond": 12.5, "attempt": 2}}}
+    assert r.sent >= 1 and r.failures == 0
+
+
+def test_reporter_is_off_without_any_config_with_one_warning(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     assert reporter_from_env({}, 10.0) is None
     assert reporter_from_env({contract.ENV_RUN: "r"}, 10.0) is None
-    # Inside the env but without a service account: logged and off, not a crash.
-    env = {contract.ENV_RUN: "r", contract.ENV_NAMESPACE: "ns"}
-    assert reporter_from_env(env, 10.0) is None
+    assert progress_warnings(caplog) == [], "not a run: nothing to report, nothing to say"
+    missing = tmp_path / "missing-kubeconfig"
+    monkeypatch.setenv("KUBECONFIG", str(missing))
+    assert reporter_from_env(RUN_ENV, 10.0) is None  # logged and off, not a crash
+    (warning,) = progress_warnings(caplog)
+    assert warning.startswith("progress not reported to TrainingRun ns/r: no in-cluster config")
+    assert f"KUBECONFIG={missing}" in warning
+    monkeypatch.delenv("KUBECONFIG")
+    caplog.clear()
+    assert reporter_from_env(RUN_ENV, 10.0) is None
+    (warning,) = progress_warnings(caplog)
+    assert "~/.kube/config (KUBECONFIG unset)" in warning
+
+
+def test_api_errors_are_logged_once_across_reports(
+    apiserver: FakeAPIServer,
+    home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    apiserver.code = 403
+    write_kubeconfig(tmp_path / "kubeconfig", apiserver.url)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    r = reporter_from_env(RUN_ENV, 0.0, background=False)
+    assert r is not None
+    for step in range(1, 6):
+        assert r.step(step)  # never raises
+    assert r.checkpoint(5, "2026-11-21T08:00:00Z", "/checkpoints/step-5")
+    assert len(apiserver.patches) == 6 and r.failures == 6 and r.sent == 0
+    (warning,) = progress_warnings(caplog)
+    assert "patching status.progress failed" in warning and "403" in warning
 
 
 def test_metrics_names_on_a_private_registry() -> None:
