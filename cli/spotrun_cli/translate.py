@@ -17,10 +17,12 @@ training operator on every pod).
 from __future__ import annotations
 
 import copy
+import math
 import re
 import shlex
 import uuid
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any, Final
 
 from torchx.specs import AppDef, BindMount, DeviceMount, Role, VolumeMount, macros
@@ -36,6 +38,7 @@ DEFAULT_CHECKPOINT_PATH: Final = "/checkpoints"
 MAX_NAME: Final = 40
 MAX_NODES: Final = 512
 MAX_GPUS: Final = 16
+MIB: Final = 2**20
 
 LABEL_CREATED_BY: Final = "app.kubernetes.io/created-by"
 CREATED_BY: Final = "torchx"
@@ -251,7 +254,11 @@ def _capacity(opts: SpotrunOpts, types: list[str]) -> dict[str, Any]:
 
 def _optional_fields(role: Role, opts: SpotrunOpts) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    failures = opts.max_failures or (role.max_retries if role.max_retries > 0 else None)
+    # 0 is a budget (stop at the first failure), so only None falls back to max_retries;
+    # TorchX's max_retries defaults to 0, which there means "unset" and keeps the CRD's default.
+    failures = opts.max_failures
+    if failures is None and role.max_retries > 0:
+        failures = role.max_retries
     for key, value in (
         ("maxPreemptions", opts.max_preemptions),
         ("maxFailures", failures),
@@ -304,14 +311,27 @@ def to_trainingrun(
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": meta, "spec": spec}
 
 
+def _whole_units(quantity: object, unit: int) -> int:
+    """A Kubernetes quantity (``500m``, ``1.5``, ``1Gi``, ``1G``, ``1073741824``) in whole
+    ``unit``s, rounded up so a role read back never asks for less than the run requests."""
+    from kubernetes.utils.quantity import parse_quantity
+
+    amount: Decimal = parse_quantity(str(quantity))
+    return math.ceil(amount / unit)
+
+
 def role_of(run: Mapping[str, Any]) -> Role:
-    """The TorchX Role a TrainingRun runs (``torchx describe``)."""
+    """The TorchX Role a TrainingRun runs (``torchx describe``).
+
+    Requests are Kubernetes quantities; TorchX's Resource counts whole cpus and memMB.
+    Both are rounded up (``500m`` -> 1 cpu, ``1G`` -> 954). memMB is read as MiB because
+    ``resources`` writes it as ``<memMB>Mi``, which keeps AppDef -> run -> Role exact.
+    """
     from torchx.specs import Resource
 
     spec = run.get("spec") or {}
     ann = (run.get("metadata") or {}).get("annotations") or {}
     req = (spec.get("resources") or {}).get("requests") or {}
-    mem = str(req.get("memory", "0Mi"))
     command = list(spec.get("command") or [])
     return Role(
         name=ann.get(ANN_ROLE, "trainer"),
@@ -321,8 +341,8 @@ def role_of(run: Mapping[str, Any]) -> Role:
         env={e["name"]: str(e.get("value", "")) for e in spec.get("env") or [] if "name" in e},
         num_replicas=int(spec.get("nodes") or 1),
         resource=Resource(
-            cpu=int(float(str(req.get("cpu", "0")).rstrip("m") or 0)),
+            cpu=_whole_units(req.get("cpu", 0), 1),
             gpu=int(spec.get("gpusPerNode", 8)),
-            memMB=int(mem[:-2]) if mem.endswith("Mi") and mem[:-2].isdigit() else 0,
+            memMB=_whole_units(req.get("memory", 0), MIB),
         ),
     )

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Final
 
 from kubernetes import client
 
@@ -20,7 +21,21 @@ def _core() -> client.CoreV1Api:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
+# Options of `interrupt` that only kwok nodes honour: (dest, flag, value that a real node
+# does anyway, why a real node cannot). The real path (real_interrupt) runs NTH's IMDS-mode
+# writes, kills the instance right after them and always deletes its Node.
+_KWOK_ONLY: Final[tuple[tuple[str, str, object, str], ...]] = (
+    ("mode", "--mode", "imds", "real nodes get NTH's IMDS-mode writes"),
+    ("instance_dies_after", "--instance-dies-after", None,
+     "the instance dies as soon as the signal's writes are done"),
+    ("termination_grace_period", "--termination-grace-period", None,
+     "it is Karpenter's, which real nodes do not run"),
+    ("keep_node", "--keep-node", False, "the instance always dies and its Node is deleted"),
+)  # fmt: skip
+
+
+def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The command line and its ``interrupt`` subcommand, whose usage its errors print."""
     p = argparse.ArgumentParser(prog="spotrun-dev", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log every step")
     sub = p.add_subparsers(dest="command", required=True)
@@ -34,9 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("nodes", help="list the real nodes (name, address, zone, pids)")
     sub.add_parser("kubeconfig", help="print the local cluster's kubeconfig path")
 
-    _add_interrupt(
-        sub.add_parser("interrupt", help="take a node away the way a real component does")
-    )
+    i = sub.add_parser("interrupt", help="take a node away the way a real component does")
+    _add_interrupt(i)
 
     f = sub.add_parser("fail", help="make a pod's containers fail as the kubelet reports it")
     f.add_argument("pod")
@@ -46,7 +60,32 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("complete", help="make a pod's containers exit 0")
     c.add_argument("pod")
     c.add_argument("-n", "--namespace", default="default")
-    return p
+    return p, i
+
+
+def _real_node_error(args: argparse.Namespace) -> str | None:
+    """Why ``interrupt`` cannot do what ``args`` ask on a real node (None: it can)."""
+    if args.signal not in real_interrupt.REAL_SIGNALS:
+        return (
+            f"argument --signal: {args.signal!r} is not supported on real node {args.node} "
+            f"(choose from {', '.join(real_interrupt.REAL_SIGNALS)}; the others run on kwok nodes)"
+        )
+    for dest, flag, does_anyway, why in _KWOK_ONLY:
+        if getattr(args, dest) != does_anyway:
+            return f"argument {flag}: not supported on real node {args.node}: {why}"
+    return None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; a signal or option a real node cannot honour is a usage
+    error (exit 2), found before anything touches the cluster."""
+    parser, interrupt = _parsers()
+    args = parser.parse_args(argv)
+    if args.command == "interrupt" and args.node.startswith(realnodes.REAL_PREFIX):
+        error = _real_node_error(args)
+        if error is not None:
+            interrupt.error(error)
+    return args
 
 
 def _add_interrupt(i: argparse.ArgumentParser) -> None:
@@ -65,7 +104,8 @@ def _add_interrupt(i: argparse.ArgumentParser) -> None:
         choices=plans.MODES,
         default="imds",
         help="NTH's mode: imds (DaemonSet reading instance metadata) or queue (SQS): the "
-        "event id differs, and a queue-mode rebalance recommendation drains",
+        "event id differs, and a queue-mode rebalance recommendation drains (real nodes: "
+        "imds only)",
     )
     i.add_argument(
         "--instance-dies-after",
@@ -73,13 +113,15 @@ def _add_interrupt(i: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SECONDS",
         help="seconds from the notice until the instance dies (default: the notice's "
-        "remainder, 120 s for EC2 spot, 30 s for AKS; 0 for signals with no notice)",
+        "remainder, 120 s for EC2 spot, 30 s for AKS; 0 for signals with no notice); kwok "
+        "nodes only",
     )
     i.add_argument(
         "--real-node-lifecycle",
         action="store_true",
         help="wait for kube-controller-manager to mark the dead node NotReady (its "
-        "node-monitor-grace-period) instead of writing its conditions and taints at once",
+        "node-monitor-grace-period) instead of writing its conditions and taints at once "
+        "(what real nodes always do)",
     )
     i.add_argument(
         "--termination-grace-period",
@@ -87,13 +129,14 @@ def _add_interrupt(i: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SECONDS",
         help="Karpenter: the NodePool's terminationGracePeriod; pods whose grace does not "
-        "fit are force-deleted with the time left (default: none, Karpenter waits)",
+        "fit are force-deleted with the time left (default: none, Karpenter waits); kwok "
+        "nodes only",
     )
     i.add_argument(
         "--keep-node",
         action="store_true",
         help="stop before the instance dies (Karpenter: the node stays deleting, held by "
-        "its finalizer)",
+        "its finalizer); kwok nodes only",
     )
 
 
@@ -116,7 +159,7 @@ def _interrupt(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(message)s",

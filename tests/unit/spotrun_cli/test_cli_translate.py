@@ -213,3 +213,55 @@ def test_pod_template_merged_with_extra_mounts() -> None:
     assert "volumeMounts" not in user["spec"]["containers"][0]  # the caller's dict is untouched
     alone = t.to_trainingrun(AppDef("a", roles=[_role()]), opts(), "r", user)["spec"]
     assert alone["podTemplate"] == user
+
+
+def _run_requesting(requests: dict[str, object]) -> dict[str, Any]:
+    return {"spec": {"image": "img", "nodes": 1, "resources": {"requests": requests}}}
+
+
+@pytest.mark.parametrize(
+    ("cpu", "cores"),
+    [("500m", 1), ("1.5", 2), ("2", 2), (2, 2), ("100m", 1), ("2000m", 2), ("0", 0)],
+)
+def test_role_of_reads_cpu_quantities_rounding_up(cpu: object, cores: int) -> None:
+    """Whole cores (TorchX's Resource.cpu is an int), rounded up: never under the request."""
+    assert t.role_of(_run_requesting({"cpu": cpu})).resource.cpu == cores
+
+
+@pytest.mark.parametrize(
+    ("memory", "mib"),
+    [
+        ("1Gi", 1024),
+        ("512Mi", 512),
+        ("1G", 954),  # 10^9 bytes = 953.67 MiB, rounded up
+        ("1073741824", 1024),
+        (1073741824, 1024),
+        ("1.5Gi", 1536),
+        ("1000000Mi", 1_000_000),
+    ],
+)
+def test_role_of_reads_memory_quantities_as_mib(memory: object, mib: int) -> None:
+    assert t.role_of(_run_requesting({"memory": memory})).resource.memMB == mib
+
+
+def test_role_of_without_requests_is_zero() -> None:
+    res = t.role_of(_run_requesting({})).resource
+    assert (res.cpu, res.memMB) == (0, 0)
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_max_failures_zero_is_kept(retries: int) -> None:
+    """maxFailures 0 (stop at the first failure) is a value, not "unset"."""
+    app = ddp(script="t.py", j="1x1", max_retries=retries)
+    spec = t.to_trainingrun(app, opts(checkpoint_claim="ck", max_failures=0), "r")["spec"]
+    assert spec["maxFailures"] == 0
+
+
+def test_max_failures_zero_through_the_scheduler_dryrun() -> None:
+    from spotrun_cli.torchx_scheduler import SpotrunScheduler
+
+    app = ddp(script="t.py", j="1x1", max_retries=3)
+    cfg = {"namespace": "ml", "checkpoint_claim": "ck", "max_failures": 0}
+    # The namespace is given, so the dry run never reads a kubeconfig or calls a cluster.
+    info = SpotrunScheduler("test").submit_dryrun(app, cfg)
+    assert info.request.resource["spec"]["maxFailures"] == 0

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from spotrun_dev import cli, inject, plans, trace_match
+from spotrun_dev import cli, inject, plans, real_interrupt, trace_match
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "signals"
 
 
 def _interrupt_args(*argv: str) -> argparse.Namespace:
-    return cli._parser().parse_args(["interrupt", "spot-p4d-3", *argv])
+    return cli.parse_args(["interrupt", "spot-p4d-3", *argv])
 
 
 def test_defaults_keep_the_old_behaviour_and_the_notice_timing() -> None:
@@ -65,3 +65,71 @@ def test_notice_remainder_is_the_default_death_time() -> None:
     assert loss.notice_left() == 0
     fixed = inject.Run(None, "n", "nth", now, instance_dies_after=5, drain_timeout=1)
     assert fixed.notice_left() <= 5
+
+
+@pytest.fixture
+def no_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any cluster access fails the test: the checks must come before it."""
+
+    def touched(*_: object, **__: object) -> None:
+        raise AssertionError("the command reached the cluster")
+
+    monkeypatch.setattr(cli, "_core", touched)
+    monkeypatch.setattr(real_interrupt, "interrupt_real", touched)
+    monkeypatch.setattr(inject, "interrupt", touched)
+
+
+def _exit_of(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["interrupt", "real-spot-1", *argv])
+    return int(str(exc.value.code)), capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("no_cluster")
+@pytest.mark.parametrize("signal", ["karpenter", "rebalance", "gke-preempt", "out-of-service"])
+def test_real_node_refuses_a_signal_it_cannot_do(
+    capsys: pytest.CaptureFixture[str], signal: str
+) -> None:
+    code, err = _exit_of(capsys, "--signal", signal)
+    assert code == 2
+    assert "usage: spotrun-dev interrupt" in err
+    assert f"argument --signal: {signal!r}" in err
+    assert "choose from nth, loss, shutdown" in err
+
+
+@pytest.mark.usefixtures("no_cluster")
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--mode", "queue"],
+        ["--instance-dies-after", "30"],
+        ["--instance-dies-after", "0"],
+        ["--termination-grace-period", "60"],
+        ["--keep-node"],
+    ],
+)
+def test_real_node_refuses_kwok_only_options(
+    capsys: pytest.CaptureFixture[str], option: list[str]
+) -> None:
+    code, err = _exit_of(capsys, "--signal", "nth", *option)
+    assert code == 2
+    assert f"argument {option[0]}: " in err and "real node" in err
+
+
+def test_real_node_accepts_what_it_does() -> None:
+    """IMDS mode and the real node lifecycle controller are what a real node always does."""
+    for argv in (
+        ["--signal", "loss"],
+        ["--signal", "shutdown", "--real-node-lifecycle"],
+        ["--signal", "nth", "--mode", "imds"],
+    ):
+        args = cli.parse_args(["interrupt", "real-spot-2", *argv])
+        assert args.node == "real-spot-2"
+
+
+def test_kwok_nodes_keep_every_signal_and_option() -> None:
+    args = _interrupt_args(
+        *("--signal", "karpenter", "--keep-node"),
+        *("--termination-grace-period", "60", "--instance-dies-after", "5"),
+    )
+    assert (args.signal, args.keep_node, args.termination_grace_period) == ("karpenter", True, 60)
