@@ -146,3 +146,39 @@ def spot_nodes(core: client.CoreV1Api) -> list[str]:
         for n in core.list_node(label_selector=sel).items
         if not n.metadata.deletion_timestamp
     )
+
+
+def hold_gpus(core: client.CoreV1Api, namespace: str, nodes: list[str]) -> list[str]:
+    """Another workload's pod bound to each of ``nodes``, holding its 8 GPUs: the nodes
+    still fit a gang by everything the operator watches (it does not see other workloads'
+    pods), but the scheduler places nothing more there. Returns the pods' names; they are
+    Running when this returns."""
+    names = []
+    for node in nodes:
+        name = f"gpu-holder-{node}"
+        core.create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {"name": name},
+                "spec": {
+                    "nodeName": node,
+                    "tolerations": [{"operator": "Exists"}],
+                    "containers": [
+                        {
+                            "name": "hold",
+                            "image": "holder",
+                            "resources": {"limits": {"nvidia.com/gpu": "8"}},
+                        }
+                    ],
+                },
+            },
+        )
+        names.append(name)
+    poll(
+        "the GPU holders Running",
+        lambda: all(
+            core.read_namespaced_pod(n, namespace).status.phase == "Running" for n in names
+        ),
+        timeout=60,
+    )
+    return names

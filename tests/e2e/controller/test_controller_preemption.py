@@ -3,6 +3,7 @@ exactly one preemption and resumes in the next attempt; operator crashes change 
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -18,11 +19,11 @@ from controller_helpers import (
     create,
     env,
     event_reasons,
+    hold_gpus,
     jobs,
     master,
     pods,
     running_gang,
-    set_cordon,
     spot_nodes,
     status,
     training_run,
@@ -164,7 +165,9 @@ def test_interruption_while_the_next_attempt_is_still_pending(
     gang = running_gang(core, namespace, "pend", 1)
     a, b = (p.spec.node_name for p in gang)
     others = [n for n in spot_nodes(core) if n not in (a, b)]
-    set_cordon(core, others, True)
+    # Another workload holds every other node's GPUs: attempt 2's gang passes the
+    # operator's placement check (the nodes fit by all it sees) but half of it stays Pending.
+    holders = hold_gpus(core, namespace, others)
     try:
         inject.interrupt(core, a, "nth")
         # Attempt 2 gets node b and waits for a second spot node.
@@ -189,7 +192,8 @@ def test_interruption_while_the_next_attempt_is_still_pending(
         assert (st["preemptions"], st["failures"]) == (2, 0)
         assert st["attempts"][1]["outcome"] == "Preempted"
         assert st["lastPreemption"]["node"] == b
-        set_cordon(core, others, False)
+        for name in holders:
+            core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
         gang3 = running_gang(core, namespace, "pend", 3)
         complete_all(core, namespace, gang3)
         st = wait_status(
@@ -197,7 +201,9 @@ def test_interruption_while_the_next_attempt_is_still_pending(
         )
         assert (st["attempt"], st["preemptions"], st["failures"]) == (3, 2, 0)
     finally:
-        set_cordon(core, [n for n in others if n in spot_nodes(core)], False)
+        for name in holders:
+            with contextlib.suppress(client.ApiException):
+                core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
 
 
 def test_operator_killed_mid_recovery_keeps_one_attempt_and_exact_counts(
