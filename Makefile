@@ -14,7 +14,7 @@ export ON_DEMAND_NODES ?= 2
 PYTEST_ARGS ?=
 
 .PHONY: help venv binaries tools prometheus chart-sync cluster-up cluster-down demo test \
-	test-unit test-integration test-e2e lint fmt bench clean images node-packages
+	test-unit test-integration test-e2e lint fmt bench clean images node-packages release
 
 help:
 	@echo "make demo         a TrainingRun surviving spot interruptions on the local cluster"
@@ -67,6 +67,16 @@ demo: cluster-up
 # Debian base from mmdebstrap; docs/images.md), cached machine-wide.
 images: venv node-packages
 	$(BIN)/python -m spotrun_dev.images
+
+# A release (docs/release.md): the operator and trainer images and the chart pushed to
+# REGISTRY (host[:port][/namespace]) as <REGISTRY>/spotrun/{operator,trainer}:<VERSION> and
+# oci://<REGISTRY>/spotrun/charts/spotrun, the Python distributions built into
+# build/release/dist. VERSION (semver) defaults to pyproject.toml's and must equal it.
+# INSECURE=1 for a plain-HTTP registry; REGISTRY_USERNAME/REGISTRY_PASSWORD to log in.
+# Plan only: .venv/bin/python -m spotrun_dev.release run --dry-run --registry ...
+release: venv node-packages tools
+	$(BIN)/python -m spotrun_dev.release run --registry "$(REGISTRY)" --version "$(VERSION)" \
+		$(if $(filter-out 0,$(INSECURE)),--insecure)
 
 lint: venv
 	bash hack/sync-chart-crds.sh --check

@@ -13,8 +13,8 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from torchx.specs import AppState
 
+from spotrun_api.contract import GROUP, PLURAL, VERSION
 from spotrun_cli import follow, runview
-from spotrun_trainer.contract import GROUP, PLURAL, VERSION
 
 Obj = dict[str, Any]
 CONTAINER = "pytorch"

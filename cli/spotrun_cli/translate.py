@@ -27,8 +27,8 @@ from typing import Any, Final
 
 from torchx.specs import AppDef, BindMount, DeviceMount, Role, VolumeMount, macros
 
+from spotrun_api.contract import GROUP, KIND, VERSION
 from spotrun_cli.opts import SpotrunOpts
-from spotrun_trainer.contract import GROUP, KIND, VERSION
 
 RANK0_ENV: Final = "MASTER_ADDR"
 INSTANCE_TYPE_CAPABILITY: Final = "node.kubernetes.io/instance-type"

@@ -22,10 +22,10 @@ from typing import Any
 
 from kubernetes import client, watch
 
+from spotrun_api import contract
 from spotrun_dev import real_interrupt, realnodes
 from spotrun_dev.node_config import GPU_TAINT_KEY, REAL_NODE_LABEL
 from spotrun_dev.waiting import ClusterError, wait_for
-from spotrun_trainer import contract
 
 log = logging.getLogger("spotrun_dev.real_story")
 

@@ -38,6 +38,7 @@ from spotrun_operator.signals import (
     NO_BUDGET_SIGNALS,
     NODE_LOST,
     NODE_SHUTDOWN,
+    POD_DELETED,
     POD_REPLACED,
     REBALANCE,
     SIGNAL_PRIORITY,
@@ -146,8 +147,11 @@ def _incomplete_gang(pods: Sequence[Mapping[str, Any]], expected: int) -> Verdic
 def job_deleted(verdict: Verdict, job: str) -> Verdict:
     """The verdict on an attempt whose PyTorchJob was seen and is gone: deleted by someone
     other than spotrun (spotrun deletes a job only after recording the attempt's outcome).
-    Unless its pods already tell more, the attempt ends, no budget spent."""
-    if verdict.kind not in (VerdictKind.RUNNING, VerdictKind.STARTING, VerdictKind.UNSCHEDULABLE):
+    Unless its pods already tell more, the attempt ends, no budget spent: pods deleted
+    with no other cause (the garbage collector follows the job's deletion) tell less."""
+    explained = verdict.kind is VerdictKind.INTERRUPTED and verdict.reason in (POD_DELETED, SIGTERM)
+    waiting = (VerdictKind.RUNNING, VerdictKind.STARTING, VerdictKind.UNSCHEDULABLE)
+    if not explained and verdict.kind not in waiting:
         return verdict
     return Verdict(
         VerdictKind.INTERRUPTED,

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from spotrun_trainer.contract import GROUP, PLURAL, VERSION
+from spotrun_api.contract import GROUP, PLURAL, VERSION
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[3] / "manifests" / "examples").glob("*.yaml"))
 

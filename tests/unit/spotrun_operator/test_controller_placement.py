@@ -213,6 +213,24 @@ def test_a_job_whose_pods_are_terminating_was_deleted() -> None:
     assert merge(st, d)["attempts"][0]["outcome"] == "Interrupted"
 
 
+def test_pods_the_collector_deleted_after_the_job_name_the_jobs_deletion() -> None:
+    st = running_status()
+    gone = [
+        pod(
+            p["metadata"]["name"],
+            node_name=p["spec"]["nodeName"],
+            phase="Failed",
+            exit_code=143,
+            master=i == 0,
+        )
+        for i, p in enumerate(gang(1))
+    ]
+    d = decide(observed(now=30, status=st, jobs={}, pods=[], deleted_pods=gone), CFG)
+    assert not any(isinstance(a, CreateJob) for a in d.actions)
+    entry = merge(st, d)["attempts"][0]
+    assert (entry["outcome"], entry["reason"]) == ("Interrupted", signals.JOB_DELETED)
+
+
 def test_pods_ahead_of_their_job_in_the_cache_create_nothing() -> None:
     st = merge({}, decide(observed(), CFG))
     d = decide(observed(now=1, status=st, jobs={}, pods=gang(1)), CFG)
