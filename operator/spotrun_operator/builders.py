@@ -41,6 +41,28 @@ from spotrun_operator.podtemplate import merge_pod_template
 Obj = dict[str, Any]
 GPU_TOLERATION: Obj = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 METRICS_PORT_NAME = "spotrun-metrics"
+# Pod Security Standards "restricted" by default (docs/security.md): a non-root uid (the
+# spotrun trainer image's user), RuntimeDefault seccomp, no capabilities, no privilege
+# escalation. fsGroup makes a volume that supports it (EBS, most CSI block volumes) writable
+# by that group; OnRootMismatch skips the recursive chown of a large checkpoint volume
+# when its root already has the group. Each field a user sets in spec.podTemplate's pod or
+# "pytorch" container securityContext replaces ours (runAsUser for an image of another
+# uid, readOnlyRootFilesystem where the image allows it).
+TRAINER_UID = 65532
+POD_SECURITY_CONTEXT: Obj = {
+    "runAsNonRoot": True,
+    "runAsUser": TRAINER_UID,
+    "runAsGroup": TRAINER_UID,
+    "fsGroup": TRAINER_UID,
+    "fsGroupChangePolicy": "OnRootMismatch",
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT: Obj = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 @dataclass(frozen=True)
@@ -230,6 +252,8 @@ def build_pod_template(
         tolerations=[GPU_TOLERATION] if spec.gpus_per_node else [],
         node_terms=capacity_node_terms(capacity_type, spec.capacity.instance_types, avoid_nodes),
         preferred=prefer_not_terms(prefer_not_nodes),
+        pod_security=POD_SECURITY_CONTEXT,
+        container_security=CONTAINER_SECURITY_CONTEXT,
         pod_fields={
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 # (a job's DELETE, then its POST, the status PATCHes: 0.1-0.6 s each under a storm's load),
 # with the GIL released: at 1,100 runs, 8 threads were all waiting so through a 300-node
 # storm, and the runs just hit queued behind them (0.49 s on average, 14 % over 1 s; 1.8 ms
-# with 32, at 8 MiB more; bench/operator_scale.py, docs/operator.md "Stop 29").
+# with 32, at 8 MiB more; bench/operator_scale.py, docs/operator.md, the benchmarks).
 DEFAULT_WORKERS = 32
 
 

@@ -3,7 +3,9 @@
 Rules: spotrun's must-haves win (labels, contract env, the checkpoint mount, GPU limits,
 restartPolicy, grace period, service account); user additions are kept (extra
 containers, volumes, tolerations, nodeSelector keys); required node-affinity terms are
-ANDed (every user term combined with every spotrun term, since terms are ORed).
+ANDed (every user term combined with every spotrun term, since terms are ORed). The
+security contexts are defaults instead: each field the user sets in the pod's or the
+trainer container's ``securityContext`` replaces spotrun's field of that name.
 """
 
 from __future__ import annotations
@@ -75,6 +77,11 @@ def merge_affinity(
     return aff
 
 
+def merge_defaults(defaults: Mapping[str, Any], user: Mapping[str, Any] | None) -> Obj:
+    """``defaults`` with each top-level field the user set replaced by the user's."""
+    return {**copy.deepcopy(dict(defaults)), **copy.deepcopy(dict(user or {}))}
+
+
 def merge_resources(user: Mapping[str, Any] | None, ours: Mapping[str, Any]) -> Obj:
     """Container resources: ours (spec.resources + GPUs) override per resource name."""
     out: Obj = {}
@@ -115,9 +122,12 @@ def merge_pod_template(
     pod_fields: Mapping[str, Any],
     annotations: Mapping[str, str] | None = None,
     preferred: Sequence[Mapping[str, Any]] = (),
+    pod_security: Mapping[str, Any] | None = None,
+    container_security: Mapping[str, Any] | None = None,
 ) -> Obj:
     """A full PodTemplateSpec: ``user`` (spec.podTemplate) with spotrun's parts merged in
-    (``annotations`` are defaults: the user's own values win)."""
+    (``annotations``, ``pod_security`` and ``container_security`` are defaults: the
+    user's own values win, field by field)."""
     tpl: Obj = copy.deepcopy(dict(user or {}))
     meta = tpl.setdefault("metadata", {})
     meta["labels"] = {**dict(meta.get("labels") or {}), **labels}
@@ -129,7 +139,14 @@ def merge_pod_template(
     mine = next((c for c in containers if c.get("name") == name), None)
     others = [c for c in containers if c.get("name") != name]
     # The trainer goes first: tools that read "the" container (kubectl logs) pick it.
-    spec["containers"] = [merge_container(mine, container), *others]
+    trainer = merge_container(mine, container)
+    if container_security:
+        trainer["securityContext"] = merge_defaults(
+            container_security, trainer.get("securityContext")
+        )
+    spec["containers"] = [trainer, *others]
+    if pod_security:
+        spec["securityContext"] = merge_defaults(pod_security, spec.get("securityContext"))
     spec["volumes"] = merge_named(spec.get("volumes") or [], volumes)
     spec["tolerations"] = merge_tolerations(spec.get("tolerations") or [], tolerations)
     spec["affinity"] = merge_affinity(spec.get("affinity"), node_terms, preferred)

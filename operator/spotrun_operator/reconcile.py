@@ -17,7 +17,7 @@ from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import Attempt
 from spotrun_operator import elasticity, outcomes, queueing
 from spotrun_operator.children import stop_gang, stop_pods
-from spotrun_operator.classify import REBALANCE, VerdictKind, classify, job_deleted
+from spotrun_operator.classify import REBALANCE, Verdict, VerdictKind, classify, job_deleted
 from spotrun_operator.common import attempt_of, fmt_time, job_name, parse_time, pod_node, pod_uid
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.draft import Draft
@@ -30,7 +30,7 @@ __all__ = ["PLACEMENT_WRITE_SECONDS", "attempt_of", "decide", "live_attempt"]
 
 # A gang's placement (its pods placed, their UIDs) is no state a user waits on: it is
 # written with the Running phase when the gang runs within this many seconds of its newest
-# pod's creation, which spares a recovery one of its status writes (issue 11), and on its
+# pod's creation, which spares a recovery one of its status writes, and on its
 # own after that (an image pull takes minutes; the UIDs must be recorded before the pods
 # can vanish while the operator is down).
 PLACEMENT_WRITE_SECONDS = 10.0
@@ -118,20 +118,7 @@ def _judge(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> None:
     if job is not None and queueing.held(d, spec, n, entry, job):
         return
     pods = d.pods_of(n)
-    verdict = classify(
-        pods=pods,
-        nodes=obs.nodes,
-        expected=entry.nodes or spec.nodes,
-        now=obs.now,
-        job=job,
-        deleted_pods=[p for p in obs.deleted_pods if attempt_of(p) == n],
-        known_pod_uids=entry.pod_uids or (),
-        restart_on_rebalance=d.cfg.restart_on_rebalance,
-        failure_settle_seconds=d.cfg.failure_settle_seconds,
-        node_lost_grace_seconds=d.cfg.node_lost_grace_seconds,
-    )
-    if job is None:
-        verdict = job_deleted(verdict, job_name(obs.ref.name, n))
+    verdict = _verdict(d, spec, n, entry, job)
     _notice_rebalance(d, n, pods)
     kind = verdict.kind
     if kind is VerdictKind.SUCCEEDED:
@@ -162,13 +149,34 @@ def _judge(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> None:
         outcomes.check_budget(d, spec, n)
 
 
+def _verdict(
+    d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt, job: Mapping[str, Any] | None
+) -> Verdict:
+    """The verdict on live attempt ``n`` (``job`` None: its job existed and is gone)."""
+    obs = d.obs
+    verdict = classify(
+        pods=d.pods_of(n),
+        nodes=obs.nodes,
+        expected=entry.nodes or spec.nodes,
+        now=obs.now,
+        job=job,
+        deleted_pods=[p for p in obs.deleted_pods if attempt_of(p) == n],
+        known_pod_uids=entry.pod_uids or (),
+        restart_on_rebalance=d.cfg.restart_on_rebalance,
+        failure_settle_seconds=d.cfg.failure_settle_seconds,
+        node_lost_grace_seconds=d.cfg.node_lost_grace_seconds,
+    )
+    return verdict if job is not None else job_deleted(verdict, job_name(obs.ref.name, n))
+
+
 def _job_existed(d: Draft, n: int, entry: Attempt) -> Literal["yes", "no", "maybe"]:
     """Whether attempt ``n``'s PyTorchJob, absent from the cache, existed: its gang ran or
     was recorded, or its pods are being deleted or are gone (the garbage collector follows
     the job's deletion). Such a job was deleted, never "not yet created": creating it again
     would start a gang only to stop it, racing the old pods under the same names. Live pods
     not being deleted prove a job too, but may be ahead of a job the cache has not seen
-    yet: "maybe", decided when one or the other shows."""
+    yet: "maybe" while the newest is younger than PLACEMENT_WRITE_SECONDS (a watch lags
+    seconds, not more), "yes" after that (the job was deleted and its pods orphaned)."""
     if entry.started_at or entry.pod_uids:
         return "yes"
     if any(attempt_of(p) == n for p in d.obs.deleted_pods):
@@ -176,7 +184,11 @@ def _job_existed(d: Draft, n: int, entry: Attempt) -> Literal["yes", "no", "mayb
     pods = d.pods_of(n)
     if any((p.get("metadata") or {}).get("deletionTimestamp") for p in pods):
         return "yes"
-    return "maybe" if pods else "no"
+    if not pods:
+        return "no"
+    born = [t for p in pods if (t := parse_time(p["metadata"].get("creationTimestamp")))]
+    young = not born or (d.now - max(born)).total_seconds() < PLACEMENT_WRITE_SECONDS
+    return "maybe" if young else "yes"
 
 
 def _progressing(

@@ -172,6 +172,7 @@ def test_a_reclaim_then_a_capacity_shortage_charges_no_failure(
         attempt = int(
             story.wait_status(RUN, "a next attempt", lambda st: st["attempt"] > 2, 120)["attempt"]
         )
+        story.wait_training(RUN, attempt, 1)  # its trainer runs (and logged its resume)
         story.wait_training(RUN, attempt, story.resumed_from(RUN, attempt) + 5)
         st = story.status(RUN)
         assert (st.get("failures", 0), st["preemptions"]) == (0, 1), st

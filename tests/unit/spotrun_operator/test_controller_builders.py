@@ -243,3 +243,62 @@ def test_pods_are_protected_from_voluntary_disruption_unless_turned_off() -> Non
     assert meta["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
     off = template(job(protectFromVoluntaryDisruption=False))["metadata"]
     assert "annotations" not in off
+
+
+RESTRICTED_CONTAINER = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def test_pods_are_restricted_by_default() -> None:
+    """Pod Security Standards "restricted": a non-root uid with the checkpoint volume's
+    group, RuntimeDefault seccomp, every capability dropped, no privilege escalation."""
+    pod = template(job())["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod["containers"][0]["securityContext"] == RESTRICTED_CONTAINER
+    # The defaults are copies: one template's edit never leaks into the next.
+    pod["securityContext"]["runAsUser"] = 0
+    pod["containers"][0]["securityContext"]["capabilities"]["drop"].clear()
+    again = template(job())["spec"]
+    assert again["securityContext"]["runAsUser"] == 65532
+    assert again["containers"][0]["securityContext"] == RESTRICTED_CONTAINER
+
+
+def test_user_security_context_fields_win_one_by_one() -> None:
+    user = {
+        "spec": {
+            "securityContext": {"runAsUser": 1000, "fsGroup": 2000},
+            "containers": [
+                {"name": "pytorch", "securityContext": {"readOnlyRootFilesystem": True}},
+                {"name": "sidecar", "image": "busybox", "securityContext": {"runAsUser": 7}},
+            ],
+        }
+    }
+    pod = template(job(podTemplate=user), "Worker")["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 65532,
+        "fsGroup": 2000,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    trainer, sidecar = pod["containers"]
+    assert trainer["securityContext"] == {**RESTRICTED_CONTAINER, "readOnlyRootFilesystem": True}
+    # The user's other containers are theirs: spotrun adds nothing to them.
+    assert sidecar["securityContext"] == {"runAsUser": 7}
+    # A user who needs root says so, field by field (and cannot run in a restricted namespace).
+    root = {"spec": {"securityContext": {"runAsNonRoot": False, "runAsUser": 0}}}
+    pod = template(job(podTemplate=root))["spec"]
+    assert pod["securityContext"]["runAsUser"] == 0
+    assert pod["securityContext"]["runAsNonRoot"] is False

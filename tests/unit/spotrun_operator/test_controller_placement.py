@@ -238,6 +238,17 @@ def test_pods_ahead_of_their_job_in_the_cache_create_nothing() -> None:
     assert "outcome" not in merge(st, d)["attempts"][0]
 
 
+def test_pods_long_without_their_job_were_orphaned_by_its_deletion() -> None:
+    st = merge({}, decide(observed(), CFG))
+    orphans = gang(1)
+    for p in orphans:
+        p["metadata"]["creationTimestamp"] = ts(0)
+    d = decide(observed(now=30, status=st, jobs={}, pods=orphans), CFG)
+    assert not any(isinstance(a, CreateJob) for a in d.actions)
+    entry = merge(st, d)["attempts"][0]
+    assert (entry["outcome"], entry["reason"]) == ("Interrupted", signals.JOB_DELETED)
+
+
 def test_a_job_never_seen_is_created() -> None:
     st = merge({}, decide(observed(), CFG))
     d = decide(observed(now=1, status=st, jobs={}, pods=[]), CFG)
