@@ -71,6 +71,33 @@ def attempt_from_env(env: Mapping[str, str]) -> int | None:
 # --- exit codes ---------------------------------------------------------------------------
 EXIT_DONE: Final = 0  # training finished
 EXIT_STOPPED: Final = 143  # 128 + SIGTERM: stopped on request after a committed checkpoint
+# A peer rank of the gang stopped heartbeating (its node or process is gone): this rank left
+# at once rather than wait in a collective. Not an application error: the operator reads
+# it as evidence that the gang is broken (signal peer-lost). Chosen clear of every
+# convention a real failure could produce: 1 (Python's uncaught exception), 2 (argparse and
+# this CLI's usage errors), 64-78 (sysexits.h), 126/127 (shell: not executable / not
+# found), 128+n (killed by signal n: 137 SIGKILL/OOM, 143 SIGTERM, 134 SIGABRT, 139 SIGSEGV)
+# and 255 (exit(-1)).
+EXIT_PEER_LOST: Final = 86
+
+# --- lost peers (docs/trainer.md, "Lost peers") ------------------------------------------
+# Not set by the operator (a user's podTemplate env may set them); the trainer reads them.
+# The floor of how long a peer may send no heartbeat before the survivors leave with
+# EXIT_PEER_LOST; the limit is max(floor, PEER_TIMEOUT_STEP_FACTOR x the median step
+# time). 0 turns the heartbeat off.
+ENV_PEER_TIMEOUT_SECONDS: Final = "SPOTRUN_PEER_TIMEOUT_SECONDS"
+DEFAULT_PEER_TIMEOUT_SECONDS: Final = 30
+PEER_TIMEOUT_STEP_FACTOR: Final = 10
+# The process groups' timeout: the bound of every collective (and of the store's ops) while
+# every peer still heartbeats, i.e. a hang of the application, not a lost peer.
+ENV_COLLECTIVE_TIMEOUT_SECONDS: Final = "SPOTRUN_COLLECTIVE_TIMEOUT_SECONDS"
+DEFAULT_COLLECTIVE_TIMEOUT_SECONDS: Final = 300
+# Where a rank that leaves with EXIT_PEER_LOST writes its one-line reason: the container's
+# terminationMessagePath (Kubernetes' default), which the kubelet copies into the
+# container status the operator reads. Outside a pod the file does not exist and nothing is
+# written unless the variable names a path (tests).
+ENV_TERMINATION_MESSAGE_PATH: Final = "SPOTRUN_TERMINATION_MESSAGE_PATH"
+DEFAULT_TERMINATION_MESSAGE_PATH: Final = "/dev/termination-log"
 
 # --- checkpoint layout on the run's volume ------------------------------------------------
 # <dir>/step-<N>/...files...  and  <dir>/step-<N>/COMMITTED written (and fsync'd) last.

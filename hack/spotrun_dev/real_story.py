@@ -63,7 +63,10 @@ PLAN: tuple[tuple[int, str, int], ...] = (
 )
 # The trainer's resume line: "resumed from <path> (step N, written by R ranks) in Ts".
 RESUMED = re.compile(r"resumed from .*\(step (\d+)[,)]")
-SIGNAL_OF = {"nth": "spot-interruption", "loss": "node-lost", "shutdown": "node-shutdown"}
+# What the operator records for each. A lost instance is named by the surviving rank: its
+# heartbeat sees the peer vanish (exit 86, peer-lost) long before the node lifecycle
+# controller marks the node Unknown (docs/trainer.md, "Lost peers").
+SIGNAL_OF = {"nth": "spot-interruption", "loss": "peer-lost", "shutdown": "node-shutdown"}
 
 
 def trainer_run(

@@ -19,6 +19,7 @@ from typing import Any, Final
 from spotrun_operator.common import parse_time
 from spotrun_operator.evidence import (
     EXIT_SIGTERM,
+    NOT_APP_ERRORS,
     Evidence,
     app_error,
     cond,
@@ -38,6 +39,7 @@ from spotrun_operator.signals import (
     NO_BUDGET_SIGNALS,
     NODE_LOST,
     NODE_SHUTDOWN,
+    PEER_LOST,
     POD_DELETED,
     POD_REPLACED,
     REBALANCE,
@@ -110,11 +112,11 @@ class Verdict:
 
 def _failed_containers(pod: Mapping[str, Any]) -> list[str]:
     """Names of the pod's containers (init containers first) that exited with an
-    application error (an exit code other than 0 and 143)."""
+    application error (an exit code other than 0, 143 and 86)."""
     out = []
     for cs in containers(pod):
         code = ((cs.get("state") or {}).get("terminated") or {}).get("exitCode")
-        if code is not None and code not in (0, EXIT_SIGTERM):
+        if code is not None and code not in NOT_APP_ERRORS:
             out.append(str(cs.get("name")))
     return out
 
@@ -168,7 +170,7 @@ def _failure(pod: Mapping[str, Any]) -> tuple[str, str, dt.datetime | None] | No
     for cs in containers(pod):
         term = (cs.get("state") or {}).get("terminated") or {}
         code = term.get("exitCode")
-        if code is None or code in (0, EXIT_SIGTERM):
+        if code is None or code in NOT_APP_ERRORS:
             continue
         reason = str(term.get("reason") or "Error")
         reason = reason if reason in KNOWN_FAILURE_REASONS else "Error"
@@ -330,6 +332,10 @@ def classify(
         now,
         node_lost_grace_seconds,
     )
+    if any(_failure(p) for p in [*pods, *deleted_pods]):
+        # A survivor's peer-lost is the gang's word, not the infrastructure's: a rank that
+        # failed with an application error explains it, and the attempt is that failure.
+        evidence = [e for e in evidence if e.signal != PEER_LOST]
     if evidence:
         return _preemption(evidence)
     for pod in pods:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from spotrun_api.contract import EXIT_PEER_LOST
 from spotrun_operator.common import LABEL_REPLICA_TYPE, parse_time
 from spotrun_operator.signals import (
     DEADLINE_EXCEEDED,
@@ -22,6 +23,7 @@ from spotrun_operator.signals import (
     NODE_LOST,
     NODE_PRESSURE,
     NODE_SHUTDOWN,
+    PEER_LOST,
     POD_DELETED,
     POD_REPLACED,
     POD_STOPPED,
@@ -37,6 +39,9 @@ from spotrun_operator.signals import (
 )
 
 EXIT_SIGTERM: Final = 143
+# Exit codes that are not an application error: done, stopped after a saved checkpoint, left
+# because a peer of the gang was lost (spotrun_api contract).
+NOT_APP_ERRORS: Final = (0, EXIT_SIGTERM, EXIT_PEER_LOST)
 
 # DisruptionTarget reasons (kubernetes/kubernetes pkg/apis/core/types.go
 # PodReasonPreemptionByScheduler, PodReasonDeletionByTaintManager, ...).
@@ -114,9 +119,21 @@ def exit_codes(pod: Mapping[str, Any]) -> list[int]:
 
 
 def app_error(pod: Mapping[str, Any]) -> bool:
-    """A container exited with an application error: any code but 0 and 143 (the trainer's
-    "stopped after a saved checkpoint", spotrun_api contract)."""
-    return any(code not in (0, EXIT_SIGTERM) for code in exit_codes(pod))
+    """A container exited with an application error: any code but 0, 143 (the trainer's
+    "stopped after a saved checkpoint") and 86 (a peer was lost), spotrun_api contract."""
+    return any(code not in NOT_APP_ERRORS for code in exit_codes(pod))
+
+
+def _peer_lost(pod: Mapping[str, Any]) -> Evidence | None:
+    """A rank of this pod left because a peer stopped heartbeating. No node: the pod's own
+    node is the healthy one; which peer went is in the rank's termination message."""
+    for cs in containers(pod):
+        term = (cs.get("state") or {}).get("terminated") or {}
+        if term.get("exitCode") == EXIT_PEER_LOST:
+            said = str(term.get("message") or "").strip()[:300] or "a peer stopped heartbeating"
+            msg = f"pod {name(pod)} exited {EXIT_PEER_LOST}: {said}"
+            return Evidence(PEER_LOST, None, msg, parse_time(term.get("finishedAt")))
+    return None
 
 
 def pod_disruption_signal(pod: Mapping[str, Any]) -> str | None:
@@ -168,6 +185,9 @@ def _pod_evidence(
         return Evidence(sig, node, f"pod {name(pod)}: {st.get('reason')}: {st.get('message')}")
     if is_terminal(pod) and (phase(pod) == "Succeeded" or app_error(pod)):
         return None  # it ended on its own (crash, OOM, success) before anyone deleted it
+    peer_lost = _peer_lost(pod) if failed else None
+    if peer_lost is not None:  # also on its own, before any delete
+        return peer_lost
     if deleted or (pod.get("metadata") or {}).get("deletionTimestamp"):
         return Evidence(POD_DELETED, node, f"pod {name(pod)} was deleted")
     if failed and EXIT_SIGTERM in exit_codes(pod):

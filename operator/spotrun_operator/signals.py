@@ -59,6 +59,10 @@ EVICTION: Final = "eviction"
 TAINT_EVICTION: Final = "taint-eviction"
 SCHEDULER_PREEMPTION: Final = "scheduler-preemption"
 DISRUPTION: Final = "disruption"
+# A trainer rank saw a peer of its gang stop heartbeating and exited EXIT_PEER_LOST
+# (spotrun_api contract; docs/trainer.md "Lost peers"): the gang is broken now, before any
+# node condition shows it. The cause is unnamed: a node's own evidence, once it shows, wins.
+PEER_LOST: Final = "peer-lost"
 POD_REPLACED: Final = "pod-replaced"
 # A pod Failed with no container exit at all and no known reason (the kubelet rejected it at
 # admission, or the pod GC failed it): outside the application, cause unnamed.
@@ -161,6 +165,7 @@ SIGNAL_PRIORITY: Final = (
     SCHEDULER_PREEMPTION,
     EVICTION,
     DISRUPTION,
+    PEER_LOST,
     POD_REPLACED,
     POD_STOPPED,
     DEADLINE_EXCEEDED,

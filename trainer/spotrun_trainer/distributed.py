@@ -3,19 +3,27 @@
 Control traffic (stop flags, checkpoint agreement, eval averages) runs on a gloo group
 over CPU tensors: with NCCL that keeps the per-step flag exchange off the GPU stream, so
 it forces no device synchronisation.
+
+Every process group gets a bounded timeout (``SPOTRUN_COLLECTIVE_TIMEOUT_SECONDS``), and
+each rank heartbeats its peers (peers.py): a dead peer ends the survivors with
+``EXIT_PEER_LOST`` within seconds instead of leaving them in a collective.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from spotrun_trainer.peers import PeerMonitor, collective_timeout, start_monitor
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +39,7 @@ class DistContext:
     backend: str | None
     control_group: Any = None
     checkpoint_group: Any = None  # gloo, for DCP saves (their async writes run in a thread)
+    peers: PeerMonitor | None = None  # heartbeats; None when alone or turned off
 
     @property
     def is_main(self) -> bool:
@@ -42,15 +51,41 @@ class DistContext:
 
     def barrier(self) -> None:
         if self.distributed:
-            dist.barrier(group=self.control_group)
+            with self.peers_checked():
+                self._all_arrived()
+                dist.barrier(group=self.control_group)
 
     def broadcast_object(self, obj: T) -> T:
         if not self.distributed:
             return obj
         box: list[Any] = [obj]
-        dist.broadcast_object_list(box, src=0, group=self.control_group)
+        with self.peers_checked():
+            self._all_arrived()  # rank 0 may have verified or restored a checkpoint alone
+            dist.broadcast_object_list(box, src=0, group=self.control_group)
         result: T = box[0]
         return result
+
+    def _all_arrived(self) -> None:
+        """Wait for every rank through the store, bounded by the peers' heartbeats rather
+        than by the collective timeout (PeerMonitor.arrive)."""
+        if self.peers is not None:
+            self.peers.arrive()
+
+    @contextmanager
+    def peers_checked(self) -> Iterator[None]:
+        """A collective inside that fails because a peer is gone ends the rank with
+        EXIT_PEER_LOST (once the heartbeat confirms it); any other error goes on."""
+        try:
+            yield
+        except RuntimeError as e:  # gloo's errors and torch's DistError are RuntimeErrors
+            if self.peers is not None:
+                self.peers.after_error(e)
+            raise
+
+    def observe_step(self, seconds: float) -> None:
+        """A step's duration: a peer's allowed silence grows with the median step."""
+        if self.peers is not None:
+            self.peers.observe_step(seconds)
 
     def agree(self, flags: Sequence[bool]) -> list[bool]:
         """Element-wise OR of ``flags`` over all ranks (all_reduce MAX)."""
@@ -84,10 +119,16 @@ def init_distributed(device_preference: str, env: Mapping[str, str] = os.environ
     if world_size <= 1:
         return DistContext(0, 1, 0, device, None)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
-    control = dist.new_group(backend="gloo") if backend == "nccl" else None
-    checkpoints = dist.new_group(backend="gloo")
-    return DistContext(rank, world_size, local_rank, device, backend, control, checkpoints)
+    # Bounded (torch's default is 30 minutes): a collective that hangs while every peer
+    # still heartbeats is the application's. new_group does not inherit it: pass it on.
+    timeout = collective_timeout(env)
+    device_id = device if device.type == "cuda" else None
+    dist.init_process_group(backend=backend, device_id=device_id, timeout=timeout)
+    control = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None
+    checkpoints = dist.new_group(backend="gloo", timeout=timeout)
+    ctx = DistContext(rank, world_size, local_rank, device, backend, control, checkpoints)
+    ctx.peers = start_monitor(rank, world_size, env)
+    return ctx
 
 
 # How long a rank waits for its process group's teardown before it leaves it behind.
@@ -103,6 +144,10 @@ def shutdown(ctx: DistContext, timeout: float = DESTROY_TIMEOUT_SECONDS) -> bool
     that blocks (a peer's TCPStore already gone) would hold the rank until the kubelet's
     SIGKILL (exit 137 instead of 143), so it runs in a daemon thread that the process
     may leave behind."""
+    if ctx.peers is not None:
+        # Called from a ``finally``: an exception on its way out means this rank fails, and
+        # its peers must see it go silent (they leave with EXIT_PEER_LOST, it with its error).
+        ctx.peers.stop(clean=sys.exc_info()[0] is None)
     if not (ctx.distributed and dist.is_initialized()):
         return True
     done = threading.Thread(target=dist.destroy_process_group, name="pg-destroy", daemon=True)

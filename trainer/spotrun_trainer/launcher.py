@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,14 @@ def record_exit(code: int, env: Mapping[str, str] = os.environ) -> None:
 
 
 def decide_exit(launcher_rc: int, worker_codes: Sequence[int], nproc: int) -> int:
-    """0 when every worker finished; 143 when all stopped after a checkpoint (or finished)."""
+    """0 when every worker finished; 143 when all stopped after a checkpoint (or finished);
+    EXIT_PEER_LOST when a worker saw a peer rank vanish and no worker reported an error of
+    its own (torchrun then stops the rest, which may report nothing: the pod must still
+    say a peer was lost, not fail as the application)."""
+    lost = contract.EXIT_PEER_LOST
+    ok = (contract.EXIT_DONE, contract.EXIT_STOPPED, lost)
+    if lost in worker_codes and all(c in ok for c in worker_codes):
+        return lost
     if len(worker_codes) == nproc:
         if all(c == contract.EXIT_DONE for c in worker_codes):
             return contract.EXIT_DONE

@@ -76,14 +76,20 @@ class TrainLoop:
         save of that step is committed (or has failed) when this returns."""
         self.io.hooks.started(self.start_step, self.io.guard)
         self.p.train_model.train()
-        while True:
-            b = self.agree()
-            metric, new_best = self.maybe_evaluate(b.step)
-            self.maybe_save(b, metric, new_best)
-            if b.stop or b.finished:
-                return b.step, b.stop
-            loss = self.train_step()
-            self.after_step(loss)
+        # A collective that fails because a peer is gone (gloo: "Connection reset by peer")
+        # ends this rank with EXIT_PEER_LOST rather than as an application error.
+        with self.ctx.peers_checked():
+            while True:
+                b = self.agree()
+                metric, new_best = self.maybe_evaluate(b.step)
+                self.maybe_save(b, metric, new_best)
+                if b.stop or b.finished:
+                    return b.step, b.stop
+                started = time.monotonic()
+                loss = self.train_step()
+                # The measured step time scales how long a peer may be silent (peers.py).
+                self.ctx.observe_step(time.monotonic() - started)
+                self.after_step(loss)
 
     def agree(self) -> Boundary:
         step = self.p.progress.step

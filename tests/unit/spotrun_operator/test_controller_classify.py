@@ -258,7 +258,7 @@ def test_kubelet_critical_pod_preemption_is_its_own_reason_not_a_shutdown() -> N
 
 
 def test_signals_are_a_bounded_set() -> None:
-    assert len(set(c.SIGNAL_PRIORITY)) == len(c.SIGNAL_PRIORITY) == 26  # job-deleted added
+    assert len(set(c.SIGNAL_PRIORITY)) == len(c.SIGNAL_PRIORITY) == 27  # peer-lost added
     assert all(s == s.lower() and " " not in s and "_" not in s for s in c.SIGNAL_PRIORITY)
 
 

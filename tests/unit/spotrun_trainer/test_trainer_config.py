@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from spotrun_api import contract as contract_api
 from spotrun_trainer import contract, launcher
 from spotrun_trainer.__main__ import main
 from spotrun_trainer.config import (
@@ -150,6 +151,11 @@ def test_contrastive_loss_is_finite_and_uses_the_rng() -> None:
 def test_launcher_exit_mapping() -> None:
     assert decide_exit(0, [0, 0], 2) == contract.EXIT_DONE
     assert decide_exit(1, [143, 143], 2) == contract.EXIT_STOPPED  # torchrun's own rc is 1
+    # A worker saw its peer vanish; torchrun stopped the other, which reported nothing.
+    assert decide_exit(1, [contract_api.EXIT_PEER_LOST], 2) == contract_api.EXIT_PEER_LOST
+    assert decide_exit(1, [contract_api.EXIT_PEER_LOST, 143], 2) == contract_api.EXIT_PEER_LOST
+    # Any worker's own error still fails the pod.
+    assert decide_exit(1, [contract_api.EXIT_PEER_LOST, 1], 2) == 1
     assert decide_exit(1, [143, 0], 2) == contract.EXIT_STOPPED
     assert decide_exit(1, [143], 2) == 1  # a worker died without reporting
     assert decide_exit(1, [143, 1], 2) == 1

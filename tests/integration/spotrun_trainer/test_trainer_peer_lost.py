@@ -1,0 +1,94 @@
+"""A peer SIGKILLed mid-training (its node gone, say): the survivor leaves with
+EXIT_PEER_LOST within seconds, not after the process group's timeout, and its termination
+message names the lost rank. Two real trainer processes, one per "pod" (env rendezvous
+over gloo, as a PyTorchJob with one process per pod starts them), so the survivor is not
+stopped by a torchrun that saw its sibling die."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from trainer_helpers import COMMON_ARGS, PYTHON, Trainer
+
+from spotrun_api import contract
+from spotrun_trainer.testhooks import ENV_PAUSE_AT_STEP
+
+PAUSE_STEP = 3
+# Generous: the survivor needs the peer timeout (2 s) or the confirm window (5 s) after the
+# kill; the rest is a busy 2-core box.
+EXIT_DEADLINE = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _rank_cmd(ckpt: Path) -> list[str]:
+    # Far more steps than the test waits for: the run never finishes on its own.
+    return [PYTHON, "-m", "spotrun_trainer", *COMMON_ARGS, "--model.kind", "contrastive",
+            "--checkpoint.dir", str(ckpt), "--max-steps", "100000",
+            "--checkpoint.interval-steps", "50"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("victim", "paused", "peer_timeout", "lost", "how"),
+    [
+        # Training: the next collective fails at once (gloo: connection reset) and the
+        # heartbeat confirms the peer is gone within its confirm window; the peer timeout
+        # is far away, so only that path can end the survivor in time.
+        (1, False, "600", "rank 1 ", "after a failed collective ("),
+        # Held still outside any collective (a test hook): only the silence limit tells.
+        (1, True, "2", "rank 1 ", "(limit 2.0s)"),
+        # Rank 0 hosts the TCPStore: with it the store goes, which names rank 0's node.
+        (0, False, "600", "rank 0's node (the c10d store at 127.0.0.1:", "answered nothing"),
+    ],
+    ids=["in-a-collective", "between-steps", "store-host"],
+)
+def test_survivor_of_a_sigkilled_peer_exits_peer_lost_naming_it(
+    victim: int,
+    paused: bool,
+    peer_timeout: str,
+    lost: str,
+    how: str,
+    launch: Callable[..., Trainer],
+    tmp_path: Path,
+) -> None:
+    port = _free_port()
+    messages = {r: tmp_path / f"termination-log-{r}" for r in (0, 1)}
+    ranks = []
+    for r in (0, 1):
+        env = {
+            "RANK": str(r),
+            "LOCAL_RANK": "0",  # one process per pod: no launcher, no torchrun
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            contract.ENV_PEER_TIMEOUT_SECONDS: peer_timeout,
+            contract.ENV_TERMINATION_MESSAGE_PATH: str(messages[r]),
+        }
+        if paused:
+            env[ENV_PAUSE_AT_STEP] = str(PAUSE_STEP)
+        ranks.append(launch(_rank_cmd(tmp_path / "ckpt"), f"rank{r}", env))
+    alive = 1 - victim
+    # In a collective: the victim is past a step, so both train; between steps: both hold.
+    ranks[victim].wait_event("paused" if paused else "step", victim, PAUSE_STEP)
+    if paused:
+        ranks[alive].wait_event("paused", alive, PAUSE_STEP)
+    ranks[victim].proc.send_signal(signal.SIGKILL)
+    assert ranks[victim].wait(EXIT_DEADLINE) == -signal.SIGKILL
+
+    code = ranks[alive].wait(EXIT_DEADLINE)
+    out = ranks[alive].output()
+    assert code == contract.EXIT_PEER_LOST, out[-4000:]
+    assert f"peer lost: {lost}" in out
+    message = messages[alive].read_text()
+    assert message.startswith(f"peer lost: {lost}") and message.count("\n") == 1, message
+    assert f"rank {alive} exits {contract.EXIT_PEER_LOST}" in message and how in message
+    assert not messages[victim].exists()
