@@ -105,7 +105,7 @@ class LastPreemption(ApiModel):
         "aks-spot-eviction, rebalance-recommendation, ca-scale-down, instance-state-change, "
         "mng-rebalance, out-of-service, node-shutdown, cloud-shutdown, node-lost, "
         "node-pressure, kubelet-preemption, taint-eviction, scheduler-preemption, eviction, "
-        "disruption, pod-replaced, pod-stopped.",
+        "disruption, peer-lost, pod-replaced, pod-stopped.",
     )
     lost_work_seconds: float | None = Field(
         None, description="Training time not covered by a committed checkpoint."
