@@ -59,6 +59,9 @@ build_tools() {
   # CoreDNS runs as a host process on the real nodes' bridge; it resolves the headless
   # Service names a PyTorchJob gives as MASTER_ADDR.
   install_at coredns "$COREDNS_VERSION" github.com/coredns/coredns
+  # The OCI registry on the same bridge (plain HTTP): the nodes' containerd pulls from it.
+  install_at registry "$DISTRIBUTION_VERSION" \
+    github.com/distribution/distribution/v3/cmd/registry
   # go install names the binary after its package folder.
   if [ -x "$bin/training-operator.v1" ]; then mv -f "$bin/training-operator.v1" "$bin/training-operator"; fi
 }

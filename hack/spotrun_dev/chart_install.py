@@ -2,12 +2,14 @@
 
 The production install path: the chart's Deployment, ServiceAccount and RBAC as shipped,
 the locally built operator image (``imagePullPolicy: Never``: nodes have it, nothing is
-pulled), in-cluster config from the environment the kubelet gives the pod.
+pulled) or, for a released chart, the image its registry serves (pulled by the node),
+in-cluster config from the environment the kubelet gives the pod.
 """
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kubernetes import client
@@ -66,16 +68,28 @@ def helm(*args: str, timeout: float = 300) -> str:
 
 
 def install_operator(
-    core: client.CoreV1Api, namespace: str, image: str, release: str = "spotrun"
+    core: client.CoreV1Api,
+    namespace: str,
+    image: str,
+    release: str = "spotrun",
+    *,
+    chart: str = str(CHART),
+    chart_args: Sequence[str] = (),
+    pull_policy: str = "Never",
 ) -> Release:
-    """helm install (or upgrade) the chart watching ``namespace``; wait for the pod."""
+    """helm install (or upgrade) the chart watching ``namespace``; wait for the pod.
+
+    ``chart`` is the repository's chart folder by default, or a released one
+    (``oci://<registry>/spotrun/charts/spotrun`` with ``chart_args`` such as ``--version``
+    and ``--plain-http``); ``pull_policy`` Never runs the image the nodes were seeded with,
+    IfNotPresent lets their containerd pull it."""
     repo, _, tag = image.rpartition(":")
     escaped = REAL_NODE_LABEL.replace(".", "\\.")
     sets = [
         f"--set=fullnameOverride={release}-{namespace}",  # cluster-scoped names stay unique
         f"--set=image.repository={repo}",
         f"--set=image.tag={tag}",
-        "--set=image.pullPolicy=Never",
+        f"--set=image.pullPolicy={pull_policy}",
         "--set=watch.mode=namespaced",
         f"--set=watch.namespaces[0]={namespace}",
         # The on-demand system node group, never the spot nodes being reclaimed.
@@ -85,7 +99,10 @@ def install_operator(
         "--set=tolerations[0].operator=Exists",
     ]
     sets += [f"--set=operator.extraArgs[{i}]={a}" for i, a in enumerate(FAST_ARGS)]
-    helm("upgrade", "--install", release, str(CHART), "-n", namespace, "--take-ownership", *sets)
+    helm(
+        "upgrade", "--install", release, chart, *chart_args,
+        "-n", namespace, "--take-ownership", *sets,
+    )  # fmt: skip
     rel = Release(release, namespace)
 
     def ready() -> bool:

@@ -9,6 +9,7 @@ docs/real-nodes.md; the ones that matter most are repeated next to the values be
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,12 @@ NODE_NET: Final = ipaddress.IPv4Network("10.250.0.0/24")
 # is set: addr_assign_type NET_ADDR_SET). Every node replacement then moved the gateway's
 # MAC under the other nodes' ARP caches, and their pods lost the apiserver for seconds.
 BRIDGE_MAC: Final = "02:73:70:6f:74:00"
-GATEWAY: Final = ipaddress.IPv4Address("10.250.0.1")  # the host's side: CoreDNS, apiserver LB
+GATEWAY: Final = ipaddress.IPv4Address("10.250.0.1")  # the host: CoreDNS, apiserver LB, registry
+# The CNCF distribution registry (plain HTTP) on the gateway: the nodes' containerd pulls
+# from it through its hosts.toml, the host pushes to it (the release e2e).
+REGISTRY_PORT: Final = 5000
+REGISTRY_HOST: Final = f"{GATEWAY}:{REGISTRY_PORT}"
+CERTS_DIR: Final = "certs.d"  # containerd's config_path under a node's state folder
 POD_NET: Final = ipaddress.IPv4Network("10.244.0.0/16")
 SERVICE_NET: Final = "10.96.0.0/16"
 # The `kubernetes` Service's ClusterIP (first address of SERVICE_NET). There is no
@@ -162,7 +168,28 @@ state = "{state}/containerd/state"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{state}/cni"
+  # Per-registry hosts.toml files (containerd docs/hosts.md): the harness's plain-HTTP
+  # registry is {REGISTRY_HOST}/hosts.toml here.
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{state}/{CERTS_DIR}"
 """
+
+
+def registry_hosts(host: str = REGISTRY_HOST) -> str:
+    """containerd's hosts.toml for a plain-HTTP registry: an ``http://`` server is spoken to
+    without TLS (no skip_verify needed); pulls and resolves only."""
+    return f"""server = "http://{host}"
+
+[host."http://{host}"]
+  capabilities = ["pull", "resolve"]
+"""
+
+
+def config_key(pause_ref: str) -> str:
+    """What a node's containerd started from besides its images (its config and the
+    registry hosts): a node with another key is replaced, as one with older images is."""
+    text = containerd_config(Path("/state"), pause_ref) + registry_hosts()
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def cni_config(node: RealNode) -> dict[str, Any]:
@@ -245,6 +272,21 @@ def kubeconfig(server: str, ca_file: Path, cert: Path, key: Path, user: str) -> 
         ],
         "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
         "current-context": "local",
+    }
+
+
+def registry_config(storage: Path, addr: str = REGISTRY_HOST) -> dict[str, Any]:
+    """The distribution registry's configuration: plain HTTP on the gateway, blobs under
+    ``storage`` (the harness's .cache), deletes allowed (a test may clean up)."""
+    return {
+        "version": 0.1,
+        "log": {"level": "info", "formatter": "text"},
+        "storage": {
+            "filesystem": {"rootdirectory": str(storage)},
+            "delete": {"enabled": True},
+            "cache": {"blobdescriptor": "inmemory"},
+        },
+        "http": {"addr": addr, "headers": {"X-Content-Type-Options": ["nosniff"]}},
     }
 
 

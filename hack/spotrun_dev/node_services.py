@@ -1,4 +1,5 @@
-"""Host services on the real nodes' bridge: CoreDNS and the apiserver's load balancer.
+"""Host services on the real nodes' bridge: CoreDNS, the apiserver's load balancer and
+an OCI registry.
 
 - CoreDNS (built from its Go module) answers the cluster's names on the bridge gateway;
   the kubelets give it to pods as their nameserver. PyTorchJob's ``MASTER_ADDR`` is a
@@ -7,6 +8,9 @@
   bridge and socat forwards its :443 to the apiserver, as EKS's endpoint load balancer
   does. In-cluster clients (the operator's pod, the trainers' status patches) use the
   environment the kubelet gives them, unmodified.
+- The CNCF distribution registry (built from its Go module) serves plain HTTP on the
+  gateway, as ECR serves a cluster's nodes: the nodes' containerd pulls from it through
+  its ``hosts.toml`` (node_config.registry_hosts), the host pushes releases to it.
 """
 
 from __future__ import annotations
@@ -16,15 +20,24 @@ import os
 import signal
 import socket
 import subprocess
+import urllib.request
 from pathlib import Path
 
+import yaml
+
 from spotrun_dev import paths
-from spotrun_dev.node_config import API_SERVICE_IP, GATEWAY, corefile
+from spotrun_dev.node_config import (
+    API_SERVICE_IP,
+    GATEWAY,
+    REGISTRY_HOST,
+    corefile,
+    registry_config,
+)
 from spotrun_dev.node_host import alive
-from spotrun_dev.waiting import wait_for
+from spotrun_dev.waiting import ClusterError, wait_for
 
 
-def _spawn(argv: list[str], log_file: Path) -> int:
+def _spawn(argv: list[str], log_file: Path, env: dict[str, str] | None = None) -> int:
     with log_file.open("ab") as out:
         proc = subprocess.Popen(
             argv,
@@ -32,6 +45,7 @@ def _spawn(argv: list[str], log_file: Path) -> int:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env=env,
         )
     return proc.pid
 
@@ -62,6 +76,28 @@ def start_api_lb(state_dir: Path, apiserver_port: int) -> int:
         state_dir / "api-lb.log",
     )
     wait_for("the apiserver load balancer", lambda: _listening(API_SERVICE_IP, 443), timeout=15)
+    return pid
+
+
+def registry_ready(host: str = REGISTRY_HOST) -> bool:
+    """The registry answers its API's base endpoint (``GET /v2/``: 200, no auth)."""
+    with urllib.request.urlopen(f"http://{host}/v2/", timeout=2) as r:
+        return bool(r.status == 200)
+
+
+def start_registry(state_dir: Path, storage: Path) -> int:
+    """The distribution registry on the gateway, its blobs under ``storage``."""
+    storage.mkdir(parents=True, exist_ok=True)
+    cfg = state_dir / "registry.yaml"
+    cfg.write_text(yaml.safe_dump(registry_config(storage)))
+    # No telemetry exporter: nothing here to send traces to (and nothing leaves).
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
+    pid = _spawn(
+        [str(paths.binary("registry")), "serve", str(cfg)], state_dir / "registry.log", env
+    )
+    wait_for(f"the registry on {REGISTRY_HOST}", registry_ready, timeout=30)
+    if not alive(pid):  # another process answered on the address: not ours to record
+        raise ClusterError(f"the registry exited; see {state_dir / 'registry.log'}")
     return pid
 
 

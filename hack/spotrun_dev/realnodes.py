@@ -5,7 +5,8 @@ makes one vanish as an EC2 instance does (network first, then every process SIGK
 ``cloud_delete`` removes a dead node's Node object as the cloud controller manager does,
 and ``ensure_real_nodes`` then starts a replacement with a new name, as the ASG would.
 Everything a node made (namespaces, veth, cgroups, mounts, processes) goes with
-``remove_node``; ``down`` removes the bridge and the host services too.
+``remove_node``; ``down`` removes the bridge and the host services too (CoreDNS, the
+apiserver's load balancer, the registry on ``REGISTRY_HOST``; its blobs stay in .cache).
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ from kubernetes.client.rest import ApiException
 from spotrun_dev import images, node_certs, node_host, node_images, node_services, paths
 from spotrun_dev.node_config import (
     API_SERVICE_IP,
+    CERTS_DIR,
+    REGISTRY_HOST,
     SHUTDOWN_GRACE_SECONDS,
     RealNode,
     cni_config,
+    config_key,
     containerd_config,
     dbus_config,
     free_slot,
@@ -38,6 +42,7 @@ from spotrun_dev.node_config import (
     kubelet_config,
     node_labels,
     node_taints,
+    registry_hosts,
     taint_flag,
 )
 from spotrun_dev.waiting import ClusterError, wait_for
@@ -52,6 +57,7 @@ REAL_PREFIX = "real-"  # every real node's name starts with this
 ZONES = ("us-east-1a", "us-east-1b", "us-east-1c")
 REGION = "us-east-1"
 PKI_DIR = paths.KWOK_WORKDIR / "clusters" / "spotrun" / "pki"
+REGISTRY_STORAGE = paths.CACHE_DIR / "registry"  # the local registry's blobs (kept by down)
 
 
 SYSTEM_NODES = 1  # one on-demand node for the operator's pod
@@ -69,6 +75,7 @@ class NodeRecord:
     pids: dict[str, int] = field(default_factory=dict)
     images: str = ""  # the golden key (image set) the node's containerd started from
     role: str = "spot"
+    config: str = ""  # node_config.config_key: its containerd config and registry hosts
 
     def node(self, name: str) -> RealNode:
         return RealNode(name=name, slot=self.slot, zone=self.zone, role=self.role)
@@ -117,6 +124,8 @@ def _ensure_services(state: FleetState) -> None:
         state.services["apiLb"] = node_services.start_api_lb(svc_dir, _apiserver_port())
     if not node_host.alive(state.services.get("coredns")):
         state.services["coredns"] = node_services.start_coredns(svc_dir, paths.KUBECONFIG)
+    if not node_host.alive(state.services.get("registry")):
+        state.services["registry"] = node_services.start_registry(svc_dir, REGISTRY_STORAGE)
     state.save()
 
 
@@ -131,20 +140,23 @@ def ensure_real_nodes(core: client.CoreV1Api, count: int | None = None) -> list[
     _ensure_services(state)
     built = _built_images()
     key = node_images.golden_key(list(built.values()))
+    config = config_key(built["pause"].ref)
     for name, record in list(state.nodes.items()):
         if not _healthy(record):
             log.info("real node %s is dead: removing it", name)
             remove_node(core, state, name)
-        elif record.images != key:
-            # An AMI update: nodes with an older image set are replaced, not patched.
-            log.info("real node %s has older images: replacing it", name)
+        elif record.images != key or record.config != config:
+            # An AMI update: nodes with older images or an older containerd config (its
+            # registry hosts) are replaced, not patched.
+            log.info("real node %s has older images or config: replacing it", name)
             remove_node(core, state, name)
     wanted = {"spot": count, "system": SYSTEM_NODES}
     if any(state.count(role) < n for role, n in wanted.items()):
         golden = node_images.golden_root(list(built.values()))
         for role, n in wanted.items():
             while state.count(role) < n:
-                add_node(core, state, golden, built["pause"].ref, role).images = key
+                record = add_node(core, state, golden, built["pause"].ref, role)
+                record.images, record.config = key, config
                 state.save()
     nodes = state.real_nodes()
     wait_for("every real node to be Ready", lambda: _all_ready(core, nodes), timeout=120)
@@ -227,6 +239,9 @@ def _write_configs(node: RealNode, node_dir: Path, pause: str) -> None:
     (node_dir / "cni").mkdir(parents=True, exist_ok=True)
     (node_dir / "pod-logs").mkdir(parents=True, exist_ok=True)
     (node_dir / "containerd.toml").write_text(containerd_config(node_dir, pause))
+    hosts = node_dir / CERTS_DIR / REGISTRY_HOST
+    hosts.mkdir(parents=True, exist_ok=True)
+    (hosts / "hosts.toml").write_text(registry_hosts())
     (node_dir / "cni" / "10-spotrun.conflist").write_text(json.dumps(cni_config(node), indent=2))
     (node_dir / "resolv.conf").write_text("nameserver 127.0.0.53\n")  # pods use clusterDNS
     ca = PKI_DIR / "ca.crt"

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from spotrun_dev import images, paths, release
+from spotrun_dev import images, paths, release_dists, release_plan
 
 ROOT = paths.REPO_ROOT
 VERSION = "1.2.3-rc.4"  # not the repository's: the version must flow from the argument
 PYVERSION = "1.2.3rc4"
-DISTS = release.distributions(ROOT)
+DISTS = release_dists.distributions(ROOT)
 pytestmark = pytest.mark.timeout(300)
 
 with (ROOT / "pyproject.toml").open("rb") as f:
@@ -34,11 +34,11 @@ with (ROOT / "pyproject.toml").open("rb") as f:
 
 
 def _dist_name(requirement: str) -> str:
-    return release._requirement_name(requirement)
+    return release_dists.requirement_name(requirement)
 
 
 def _template(name: str) -> dict[str, object]:
-    with (ROOT / "packaging" / name / "pyproject.toml").open("rb") as f:
+    with (ROOT / "packaging" / name / "pyproject.toml.in").open("rb") as f:
         return tomllib.load(f)
 
 
@@ -51,13 +51,13 @@ def _requirements(name: str) -> list[str]:
 
 # ------------------------------------------------------------------------ the templates
 def test_the_distributions_cover_every_shipped_package() -> None:
-    assert set(DISTS) == set(release.DISTRIBUTIONS)
+    assert set(DISTS) == set(release_dists.DISTRIBUTIONS)
     shipped = [p for d in DISTS.values() for p in d.packages]
     assert sorted(shipped) == ["spotrun_api", "spotrun_cli", "spotrun_operator", "spotrun_trainer"]
     assert "spotrun_dev" not in shipped  # the dev harness is never published
 
 
-@pytest.mark.parametrize("name", release.DISTRIBUTIONS)
+@pytest.mark.parametrize("name", release_dists.DISTRIBUTIONS)
 def test_pins_are_the_root_pyproject_s(name: str) -> None:
     """Third-party requirements are pins of the root pyproject.toml at their tested version:
     ``>=`` for the libraries, ``==`` for the operator; spotrun ones ``==@VERSION@``."""
@@ -71,14 +71,14 @@ def test_pins_are_the_root_pyproject_s(name: str) -> None:
     op = "==" if name == "spotrun-operator" else ">="
     for req in _requirements(name):
         dist = _dist_name(req)
-        if dist in release.DISTRIBUTIONS:
-            assert req == f"{dist}=={release.VERSION_PLACEHOLDER}", req
+        if dist in release_dists.DISTRIBUTIONS:
+            assert req == f"{dist}=={release_dists.VERSION_PLACEHOLDER}", req
         else:
             assert dist in pinned, f"{name} requires {dist}, which pyproject.toml does not pin"
             assert req == f"{dist}{op}{pinned[dist]}", f"{name}: {req}, the pin is {pinned[dist]}"
 
 
-@pytest.mark.parametrize("name", release.DISTRIBUTIONS)
+@pytest.mark.parametrize("name", release_dists.DISTRIBUTIONS)
 def test_each_distribution_requires_the_third_party_packages_its_code_imports(name: str) -> None:
     """Every third-party module imported anywhere in its packages (lazily too) comes from a
     requirement, of an extra or of the spotrun distributions it requires (or from one of
@@ -86,10 +86,10 @@ def test_each_distribution_requires_the_third_party_packages_its_code_imports(na
 
     def requirements(dist: str) -> set[str]:
         own = {_dist_name(r) for r in _requirements(dist)}
-        return own.union(*(requirements(d) for d in own if d in release.DISTRIBUTIONS))
+        return own.union(*(requirements(d) for d in own if d in release_dists.DISTRIBUTIONS))
 
     provided = requirements(name)
-    for third_party in list(provided - set(release.DISTRIBUTIONS)):
+    for third_party in list(provided - set(release_dists.DISTRIBUTIONS)):
         provided |= {
             _dist_name(r)
             for r in importlib.metadata.requires(third_party) or ()
@@ -106,9 +106,9 @@ def test_each_distribution_requires_the_third_party_packages_its_code_imports(na
             )
 
 
-@pytest.mark.parametrize("name", list(release.DISTRIBUTIONS))
+@pytest.mark.parametrize("name", list(release_dists.DISTRIBUTIONS))
 def test_each_distribution_ships_the_project_packages_its_code_imports(name: str) -> None:
-    problems = [p for p in release.closure_problems(ROOT) if p.startswith(f"{name}:")]
+    problems = [p for p in release_dists.closure_problems(ROOT) if p.startswith(f"{name}:")]
     assert problems == []
 
 
@@ -118,9 +118,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every distribution at VERSION, built as a release builds it: staged, then ``uv
     build`` (an sdist, then the wheel from it) into one folder."""
     out = tmp_path_factory.mktemp("release")
-    tools = release.default_tools()
-    for project in release.stage_distributions(VERSION, out):
-        step = release.uv_build(tools, project, out / "dist", isolated=False)
+    tools = release_plan.default_tools()
+    for project in release_dists.stage_distributions(VERSION, out):
+        step = release_plan.uv_build(tools, project, out / "dist", isolated=False)
         proc = subprocess.run(step.argv, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
     yield out / "dist"
@@ -145,7 +145,7 @@ def _metadata(wheel: Path, member: str) -> str:
 
 def _install(wheels: list[Path], target: Path) -> None:
     argv = [
-        release.default_tools().uv,
+        release_plan.default_tools().uv,
         "pip",
         "install",
         "--python",
@@ -175,7 +175,7 @@ def test_every_distribution_has_an_sdist_and_a_wheel(built: Path) -> None:
     names = sorted(p.name for p in built.iterdir() if not p.name.startswith("."))
     expected = [
         f"{d.replace('-', '_')}-{PYVERSION}{ext}"
-        for d in release.DISTRIBUTIONS
+        for d in release_dists.DISTRIBUTIONS
         for ext in ("-py3-none-any.whl", ".tar.gz")
     ]
     assert names == sorted(expected)

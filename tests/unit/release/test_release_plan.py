@@ -12,17 +12,17 @@ from typing import Any
 import pytest
 import yaml
 
-from spotrun_dev import images, paths, release
+from spotrun_dev import images, paths, release, release_dists, release_plan, release_version
 
 ROOT = paths.REPO_ROOT
-TOOLS = release.Tools(python="py", uv="uv", helm="helm")
+TOOLS = release_plan.Tools(python="py", uv="uv", helm="helm")
 ME = ["py", "-m", "spotrun_dev.release"]
 
 
 def _argvs(
     registry: str = "registry.example:5000/team", version: str = "1.2.3", **kw: Any
 ) -> list[list[str]]:
-    return [list(s.argv) for s in release.plan(registry, version, tools=TOOLS, **kw)]
+    return [list(s.argv) for s in release_plan.plan(registry, version, tools=TOOLS, **kw)]
 
 
 def test_the_plan() -> None:
@@ -89,14 +89,14 @@ def test_an_insecure_registry_is_reached_over_plain_http() -> None:
 
 
 def test_logins_read_the_password_from_stdin_only() -> None:
-    steps = release.plan("ghcr.io/acme", "1.0.0", username="bot", tools=TOOLS)
+    steps = release_plan.plan("ghcr.io/acme", "1.0.0", username="bot", tools=TOOLS)
     logins = [s for s in steps if s.stdin_env]
     assert [list(s.argv) for s in logins] == [
         ["buildah", "login", "--username", "bot", "--password-stdin", "ghcr.io"],
         ["helm", "registry", "login", "--username", "bot", "--password-stdin", "ghcr.io"],
     ]
-    assert {s.stdin_env for s in logins} == {release.PASSWORD_ENV}
-    assert not [s for s in release.plan("ghcr.io/acme", "1.0.0", tools=TOOLS) if s.stdin_env]
+    assert {s.stdin_env for s in logins} == {release_plan.PASSWORD_ENV}
+    assert not [s for s in release_plan.plan("ghcr.io/acme", "1.0.0", tools=TOOLS) if s.stdin_env]
 
 
 @pytest.mark.parametrize(
@@ -112,7 +112,7 @@ def test_logins_read_the_password_from_stdin_only() -> None:
     ],
 )
 def test_a_good_registry(registry: str) -> None:
-    assert release.validate_registry(registry) == registry.rstrip("/")
+    assert release_version.validate_registry(registry) == registry.rstrip("/")
 
 
 @pytest.mark.parametrize(
@@ -127,8 +127,8 @@ def test_a_good_registry(registry: str) -> None:
     ],
 )
 def test_a_bad_registry_is_refused_naming_registry(registry: str, why: str) -> None:
-    with pytest.raises(release.ReleaseError, match=r"^REGISTRY ") as err:
-        release.validate_registry(registry)
+    with pytest.raises(release_version.ReleaseError, match=r"^REGISTRY ") as err:
+        release_version.validate_registry(registry)
     assert why in str(err.value)
 
 
@@ -147,12 +147,12 @@ def test_dry_run_prints_the_plan_and_runs_nothing(
 
     monkeypatch.setattr(subprocess, "run", refuse)
     # The repository's own readiness has its tests (test_release_dists, test_release_versions).
-    monkeypatch.setattr(release, "closure_problems", lambda root=ROOT: [])
-    monkeypatch.delenv(release.USERNAME_ENV, raising=False)
-    version = release.source_version()
+    monkeypatch.setattr(release_dists, "closure_problems", lambda root=ROOT: [])
+    monkeypatch.delenv(release_plan.USERNAME_ENV, raising=False)
+    version = release_version.source_version()
     assert release.main(["run", "--registry", "localhost:5000", "--insecure", "--dry-run"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    expected = release.plan("localhost:5000", version, insecure=True)
+    expected = release_plan.plan("localhost:5000", version, insecure=True)
     assert printed == [
         f"# release {version} to localhost:5000 (dry run: nothing is run)",
         *map(str, expected),
@@ -160,7 +160,7 @@ def test_dry_run_prints_the_plan_and_runs_nothing(
 
 
 def test_the_staged_chart_defaults_to_the_registry_s_operator_image(tmp_path: Path) -> None:
-    staged = release.stage_chart("localhost:5000/team", tmp_path)
+    staged = release_plan.stage_chart("localhost:5000/team", tmp_path)
     source = ROOT / "charts/spotrun"
     values = yaml.safe_load((staged / "values.yaml").read_text())
     original = yaml.safe_load((source / "values.yaml").read_text())
@@ -189,7 +189,7 @@ def test_tag_images_tags_the_built_image_ids(
     calls: list[list[str]] = []
     monkeypatch.setattr(images, "ensure_images", built)
     monkeypatch.setattr(subprocess, "run", lambda argv, check: calls.append(argv))
-    refs = release.tag_images("ghcr.io/acme", "2.0.0")
+    refs = release_plan.tag_images("ghcr.io/acme", "2.0.0")
     assert refs == {
         "operator": "ghcr.io/acme/spotrun/operator:2.0.0",
         "trainer": "ghcr.io/acme/spotrun/trainer:2.0.0",
@@ -218,9 +218,9 @@ def test_the_workflow_is_a_thin_wrapper_of_make_release() -> None:
     job = workflow["jobs"]["release"]
     runs = [s["run"] for s in job["steps"] if "run" in s]
     assert runs == ['make release REGISTRY="$REGISTRY" VERSION="${GITHUB_REF_NAME#v}"']
-    assert {release.USERNAME_ENV, release.PASSWORD_ENV} <= set(job["env"])
-    assert "secrets." in job["env"][release.PASSWORD_ENV]
+    assert {release_plan.USERNAME_ENV, release_plan.PASSWORD_ENV} <= set(job["env"])
+    assert "secrets." in job["env"][release_plan.PASSWORD_ENV]
     upload = next(
         s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact")
     )
-    assert upload["with"]["path"].rstrip("/") == (release.DEFAULT_OUT / "dist").as_posix()
+    assert upload["with"]["path"].rstrip("/") == (release_plan.DEFAULT_OUT / "dist").as_posix()

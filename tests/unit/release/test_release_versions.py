@@ -9,25 +9,25 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spotrun_dev import paths, release
+from spotrun_dev import paths, release, release_version
 
 ROOT = paths.REPO_ROOT
 
 
 def _copy_version_files(tmp: Path) -> Path:
-    for field in release.VERSION_FIELDS:
+    for field in release_version.VERSION_FIELDS:
         (tmp / field.path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / field.path, tmp / field.path)
     return tmp
 
 
 def test_the_repository_versions_agree() -> None:
-    assert release.version_problems(ROOT) == []
+    assert release_version.version_problems(ROOT) == []
 
 
 def test_the_chart_follows_the_version() -> None:
     chart = yaml.safe_load((ROOT / "charts/spotrun/Chart.yaml").read_text())
-    version = release.source_version(ROOT)
+    version = release_version.source_version(ROOT)
     assert chart["version"] == chart["appVersion"] == version
 
 
@@ -47,17 +47,17 @@ def test_a_disagreeing_copy_is_named(tmp_path: Path) -> None:
     root = _copy_version_files(tmp_path)
     chart = root / "charts/spotrun/Chart.yaml"
     chart.write_text(chart.read_text().replace('appVersion: "', 'appVersion: "9', 1))
-    problems = release.version_problems(root)
+    problems = release_version.version_problems(root)
     assert len(problems) == 1 and problems[0].startswith("charts/spotrun/Chart.yaml: '9")
 
 
 def test_set_version_rewrites_the_source_and_every_copy(tmp_path: Path) -> None:
     root = _copy_version_files(tmp_path)
-    before = {f.path: (root / f.path).read_text() for f in release.VERSION_FIELDS}
-    written = release.set_version("1.2.0-rc.3", root)
+    before = {f.path: (root / f.path).read_text() for f in release_version.VERSION_FIELDS}
+    written = release_version.set_version("1.2.0-rc.3", root)
     assert {p.relative_to(root).as_posix() for p in written} == set(before)
-    assert release.source_version(root) == "1.2.0-rc.3"
-    assert release.version_problems(root) == []
+    assert release_version.source_version(root) == "1.2.0-rc.3"
+    assert release_version.version_problems(root) == []
     chart = yaml.safe_load((root / "charts/spotrun/Chart.yaml").read_text())
     assert chart["version"] == chart["appVersion"] == "1.2.0-rc.3"
     assert '__version__ = "1.2.0rc3"' in (root / "cli/spotrun_cli/__init__.py").read_text()
@@ -77,8 +77,8 @@ def test_set_version_rewrites_the_source_and_every_copy(tmp_path: Path) -> None:
     ],
 )
 def test_python_and_semver_spellings(semver: str, python: str) -> None:
-    assert release.python_version(semver) == python
-    assert release.semver_of(python) == semver
+    assert release_version.python_version(semver) == python
+    assert release_version.semver_of(python) == semver
 
 
 @pytest.mark.parametrize(
@@ -95,14 +95,14 @@ def test_python_and_semver_spellings(semver: str, python: str) -> None:
     ],
 )
 def test_a_bad_version_is_refused_naming_version(version: str, hint: str) -> None:
-    with pytest.raises(release.ReleaseError, match=r"^VERSION must be") as err:
-        release.validate_version(version)
+    with pytest.raises(release_version.ReleaseError, match=r"^VERSION must be") as err:
+        release_version.validate_version(version)
     assert hint in str(err.value)
 
 
 def test_a_source_version_semver_cannot_spell_is_refused() -> None:
-    with pytest.raises(release.ReleaseError, match=r"pyproject\.toml"):
-        release.semver_of("0.1.0.dev1")
+    with pytest.raises(release_version.ReleaseError, match=r"pyproject\.toml"):
+        release_version.semver_of("0.1.0.dev1")
 
 
 def test_release_refuses_a_version_other_than_the_repository_s(

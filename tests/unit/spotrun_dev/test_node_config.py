@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,30 @@ def test_the_apiserver_serves_the_in_cluster_address_real_pods_use(tmp_path: Pat
     first = next(ipaddress.ip_network(node_config.SERVICE_NET).hosts())
     assert str(first) == node_config.API_SERVICE_IP  # the `kubernetes` Service's ClusterIP
     assert args["kubelet-preferred-address-types"] == "InternalIP"
+
+
+def test_containerd_pulls_from_the_harness_registry_over_plain_http(tmp_path: Path) -> None:
+    """containerd reads per-registry hosts.toml files under config_path; the harness's
+    registry is on the bridge's gateway (inside the harness's network) and speaks HTTP."""
+    containerd = tomllib.loads(node_config.containerd_config(tmp_path, "p"))
+    cri = containerd["plugins"]["io.containerd.grpc.v1.cri"]
+    assert cri["registry"]["config_path"] == str(tmp_path / node_config.CERTS_DIR)
+    host = node_config.REGISTRY_HOST
+    assert host == f"{node_config.GATEWAY}:{node_config.REGISTRY_PORT}"
+    assert ipaddress.IPv4Address(host.split(":")[0]) in node_config.NODE_NET
+    hosts = tomllib.loads(node_config.registry_hosts())
+    assert hosts["server"] == f"http://{host}"
+    assert hosts["host"][f"http://{host}"] == {"capabilities": ["pull", "resolve"]}
+    registry = node_config.registry_config(tmp_path / "blobs")
+    assert registry["http"] == {
+        "addr": host,
+        "headers": {"X-Content-Type-Options": ["nosniff"]},
+    }
+    assert "tls" not in registry["http"]
+    assert registry["storage"]["filesystem"] == {"rootdirectory": str(tmp_path / "blobs")}
+
+
+def test_a_node_config_change_changes_the_key_nodes_are_replaced_on() -> None:
+    key = node_config.config_key("localhost/spotrun/pause:a")
+    assert key == node_config.config_key("localhost/spotrun/pause:a")
+    assert key != node_config.config_key("localhost/spotrun/pause:b")

@@ -1,0 +1,188 @@
+"""The release's plan (a list of commands, computed without running anything) and the
+steps it runs through ``python -m spotrun_dev.release``: the staged chart and the tagged
+images (docs/release.md)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from spotrun_dev import images, paths
+from spotrun_dev.release_dists import DISTRIBUTIONS
+from spotrun_dev.release_version import (
+    NAMESPACE,
+    ReleaseError,
+    chart_repository,
+    image_ref,
+    registry_host,
+)
+
+# Images a release pushes, as <REGISTRY>/spotrun/<name>:<VERSION>.
+RELEASE_IMAGES = ("operator", "trainer")
+CHART_DIR = Path("charts/spotrun")
+DEFAULT_OUT = Path("build/release")
+# Registry credentials for the login steps; the password only ever goes to stdin.
+USERNAME_ENV = "REGISTRY_USERNAME"
+PASSWORD_ENV = "REGISTRY_PASSWORD"
+
+
+# ---------------------------------------------------------------------------------------
+# Chart
+
+
+def stage_chart(registry: str, out: Path, root: Path = paths.REPO_ROOT) -> Path:
+    """``out/spotrun/``: the chart with ``image.repository`` defaulting to the operator image
+    in ``registry`` (its tag stays empty: the chart's appVersion, the release's VERSION)."""
+    target = out / CHART_DIR.name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(root / CHART_DIR, target)
+    values = target / "values.yaml"
+    repository = f"{registry}/{NAMESPACE}/operator"
+    text, count = re.subn(
+        r"(?m)^(image:\n(?:(?:  .*)?\n)*?  repository: )\S+$",
+        lambda m: m[1] + repository,
+        values.read_text(),
+        count=1,
+    )
+    loaded = yaml.safe_load(text) if count else None
+    image = loaded.get("image") if isinstance(loaded, dict) else None
+    if not isinstance(image, dict) or image.get("repository") != repository:
+        raise ReleaseError(f"{CHART_DIR}/values.yaml: no image.repository line to set")
+    values.write_text(text)
+    return target
+
+
+# ---------------------------------------------------------------------------------------
+# Images
+
+
+def tag_images(registry: str, version: str) -> dict[str, str]:
+    """Builds the release images through :func:`spotrun_dev.images.ensure_images` and tags
+    each built image id as ``<registry>/spotrun/<name>:<version>`` in containers-storage."""
+    built = images.ensure_images(RELEASE_IMAGES)
+    refs = {}
+    for name in RELEASE_IMAGES:
+        ref = image_ref(registry, name, version)
+        subprocess.run(["buildah", "tag", built[name].image_id, ref], check=True)
+        print(
+            f"{name}: {built[name].ref} (id {built[name].image_id[:12]}) tagged {ref}", flush=True
+        )
+        refs[name] = ref
+    return refs
+
+
+# ---------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass(frozen=True)
+class Tools:
+    python: str
+    uv: str
+    helm: str
+    buildah: str = "buildah"
+    bash: str = "bash"
+
+
+def default_tools() -> Tools:
+    """This venv's python and uv (``make venv``), helm from ``.cache/bin`` (``make tools``)."""
+    return Tools(
+        python=sys.executable,
+        uv=str(Path(sys.executable).with_name("uv")),
+        helm=str(paths.binary("helm")),
+    )
+
+
+@dataclass(frozen=True)
+class Step:
+    argv: tuple[str, ...]
+    stdin_env: str | None = None  # the command reads this environment variable on stdin
+
+    def __str__(self) -> str:
+        cmd = shlex.join(self.argv)
+        return f'{cmd} <<< "${self.stdin_env}"' if self.stdin_env else cmd
+
+
+def uv_build(tools: Tools, project: Path, out: Path, *, isolated: bool = True) -> Step:
+    """An sdist, then a wheel built from that sdist (so the sdist is proven complete)."""
+    argv = [tools.uv, "build", "--python", tools.python, "--out-dir", str(out)]
+    if not isolated:
+        argv.append("--no-build-isolation")
+    return Step((*argv, str(project)))
+
+
+def plan(
+    registry: str,
+    version: str,
+    *,
+    insecure: bool = False,
+    username: str | None = None,
+    out: Path = DEFAULT_OUT,
+    tools: Tools | None = None,
+) -> list[Step]:
+    """The release's commands, in order, run from the repository root. Pure: it reads no
+    file and runs nothing; ``registry`` and ``version`` must be validated already."""
+    t = tools or default_tools()
+    me = (t.python, "-m", "spotrun_dev.release")
+    steps = [Step((t.bash, "hack/sync-chart-crds.sh", "--check"))]
+    # Python distributions.
+    steps.append(Step((*me, "stage-dists", "--version", version, "--out", str(out))))
+    steps += [uv_build(t, out / "src" / name, out / "dist") for name in DISTRIBUTIONS]
+    # Chart.
+    chart = out / "chart" / CHART_DIR.name
+    steps.append(Step((*me, "stage-chart", "--registry", registry, "--out", str(out / "chart"))))
+    steps.append(Step((t.helm, "lint", "--strict", str(chart))))
+    steps.append(
+        Step(
+            (
+                t.helm,
+                "package",
+                str(chart),
+                "--version",
+                version,
+                "--app-version",
+                version,
+                "--destination",
+                str(out),
+            )
+        )
+    )
+    # Images.
+    steps.append(Step((*me, "tag-images", "--registry", registry, "--version", version)))
+    # Publish.
+    host = registry_host(registry)
+    tls = ("--tls-verify=false",) if insecure else ()
+    plain = ("--plain-http",) if insecure else ()
+    if username:
+        login = ("login", "--username", username, "--password-stdin")
+        steps.append(Step((t.buildah, *login, *tls, host), PASSWORD_ENV))
+        steps.append(Step((t.helm, "registry", *login, *plain, host), PASSWORD_ENV))
+    for name in RELEASE_IMAGES:
+        ref = image_ref(registry, name, version)
+        digest = out / f"{name}.digest"
+        steps.append(
+            Step((t.buildah, "push", *tls, "--digestfile", str(digest), ref, f"docker://{ref}"))
+        )
+    package = out / f"{CHART_DIR.name}-{version}.tgz"
+    steps.append(Step((t.helm, "push", *plain, str(package), chart_repository(registry))))
+    return steps
+
+
+def summary(registry: str, version: str, out: Path) -> list[str]:
+    """What a release published, for the log (digests where the push wrote them)."""
+    lines = []
+    for name in RELEASE_IMAGES:
+        digest = out / f"{name}.digest"
+        pinned = f"@{digest.read_text().strip()}" if digest.is_file() else ""
+        lines.append(f"image   {image_ref(registry, name, version)}{pinned}")
+    lines.append(f"chart   {chart_repository(registry)}/{CHART_DIR.name} --version {version}")
+    dists = sorted(p.name for p in (out / "dist").glob("*") if p.suffix in (".whl", ".gz"))
+    lines += [f"python  {out / 'dist' / d}" for d in dists]
+    return lines

@@ -1,0 +1,65 @@
+"""ensure_real_nodes replaces a node whose images or containerd config (its registry hosts)
+are older than the harness's, as an AMI update does; it keeps a current one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spotrun_dev import images, node_config, node_images, realnodes
+
+
+@pytest.fixture
+def fleet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str]]:
+    monkeypatch.setattr(realnodes, "STATE_DIR", tmp_path)
+    monkeypatch.setattr(realnodes, "STATE_FILE", tmp_path / "fleet.json")
+    built = {
+        name: images.ImageArchive(f"localhost/spotrun/{name}:x", tmp_path / name, f"id-{name}")
+        for name in ("pause", "operator", "trainer")
+    }
+    monkeypatch.setattr(realnodes, "_built_images", lambda: built)
+    monkeypatch.setattr(realnodes, "_ensure_services", lambda state: None)
+    monkeypatch.setattr(node_images, "golden_root", lambda archives: tmp_path / "golden")
+    monkeypatch.setattr(realnodes, "wait_for", lambda *a, **kw: None)
+    calls: dict[str, list[str]] = {"removed": [], "added": []}
+
+    def remove(core: Any, state: realnodes.FleetState, name: str) -> None:
+        calls["removed"].append(name)
+        del state.nodes[name]
+
+    def add(
+        core: Any, state: realnodes.FleetState, golden: Path, pause: str, role: str = "spot"
+    ) -> realnodes.NodeRecord:
+        name = f"{role}-{state.next_index}"
+        state.next_index += 1
+        record = realnodes.NodeRecord(slot=len(state.nodes), zone="z", role=role)
+        state.nodes[name] = record
+        calls["added"].append(name)
+        return record
+
+    monkeypatch.setattr(realnodes, "remove_node", remove)
+    monkeypatch.setattr(realnodes, "add_node", add)
+    monkeypatch.setattr(realnodes, "_healthy", lambda record: True)
+    key = node_images.golden_key(list(built.values()))
+    config = node_config.config_key(built["pause"].ref)
+    state = realnodes.FleetState(next_index=10)
+    state.nodes = {
+        "current": realnodes.NodeRecord(0, "z", images=key, config=config),
+        "old-config": realnodes.NodeRecord(1, "z", images=key, config=""),
+        "old-images": realnodes.NodeRecord(2, "z", images="old", config=config),
+        "system": realnodes.NodeRecord(3, "z", images=key, config=config, role="system"),
+    }
+    state.save()
+    return calls
+
+
+def test_nodes_with_an_older_config_or_images_are_replaced(fleet: dict[str, list[str]]) -> None:
+    realnodes.ensure_real_nodes(core=None, count=3)
+    assert sorted(fleet["removed"]) == ["old-config", "old-images"]
+    assert fleet["added"] == ["spot-10", "spot-11"]
+    state = realnodes.FleetState.load()
+    assert {r.config for r in state.nodes.values()} == {
+        node_config.config_key("localhost/spotrun/pause:x")
+    }
