@@ -8,6 +8,7 @@ freely.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -41,6 +42,10 @@ WEBHOOK_CONFIG = "validator.training-operator.kubeflow.org"  # the name the oper
 PYTORCHJOB_WEBHOOK_PATH = "/validate-kubeflow-org-v1-pytorchjob"
 STATE_FILE = paths.CLUSTER_DIR / "state.json"
 TRAINING_OPERATOR_LOG = paths.CLUSTER_DIR / "training-operator.log"
+# The Worker pods' init container `init-pytorch` with the restricted Pod Security settings
+# (the file explains why); the process reads it once, so a changed file restarts it.
+PYTORCH_INIT_TEMPLATE = paths.REPO_ROOT / "manifests" / "eks" / "pytorch-init-container.yaml"
+
 # cert-controller expects the kubelet to mount its Secret here (a fixed path in the binary).
 WEBHOOK_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
 
@@ -192,6 +197,10 @@ def build_webhook_configuration(src: Path, port: int) -> dict[str, Any]:
     }
 
 
+def _init_template_key() -> str:
+    return hashlib.sha256(PYTORCH_INIT_TEMPLATE.read_bytes()).hexdigest()[:16]
+
+
 def stop_training_operator() -> None:
     stop_group(_load_state().get("trainingOperatorPid"))
 
@@ -236,6 +245,7 @@ def start_training_operator(webhook_port: int) -> dict[str, Any]:
             # Worker pods wait for the master's DNS name in this init container; its
             # default image (alpine:3.10) is on no registry reachable here.
             f"--pytorch-init-container-image={images.PYTORCH_INIT_REF}",
+            f"--pytorch-init-container-template-file={PYTORCH_INIT_TEMPLATE}",
             f"--webhook-server-port={webhook_port}",
             f"--health-probe-bind-address=127.0.0.1:{probe_port}",
             f"--metrics-bind-address=127.0.0.1:{metrics_port}",
@@ -247,6 +257,7 @@ def start_training_operator(webhook_port: int) -> dict[str, Any]:
     )
     state = {
         "trainingOperatorPid": proc.pid,
+        "pytorchInitTemplate": _init_template_key(),
         "webhookPort": webhook_port,
         "probePort": probe_port,
         "metricsPort": metrics_port,
@@ -317,6 +328,8 @@ def ensure_cluster(with_fleet: bool = True, real_nodes: int | None = None) -> Lo
     with cluster.api_client() as api:
         webhook_port = int(state.get("webhookPort") or free_port())
         install_training_operator_prereqs(api, webhook_port)
+        if state.get("pytorchInitTemplate") != _init_template_key():
+            stop_training_operator()  # started with another init-container template
         if not pid_alive(state.get("trainingOperatorPid")):
             mount_webhook_secret(client.CoreV1Api(api))
             state = {**state, **start_training_operator(webhook_port)}

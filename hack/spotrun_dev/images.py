@@ -250,10 +250,18 @@ PYTORCH_INIT_PACKAGES = ("bind9-dnsutils",)
 PYTORCH_INIT_REF = f"{REPO}/pytorch-init:{SUITE}"
 
 
+# It runs as a non-root user (restricted Pod Security: manifests/eks/pytorch-init-container.yaml
+# also sets runAsUser, for images like upstream's alpine whose user is root).
+PYTORCH_INIT_USER = "65532:65532"
+
+
 def build_pytorch_init() -> str:
-    """The init-container image: Debian minbase + ISC nslookup, tagged with a fixed ref."""
-    ref = ensure_base(PYTORCH_INIT_PACKAGES, "pytorch-init-base")
-    _run(["podman", "tag", ref, PYTORCH_INIT_REF])
+    """The init-container image: Debian minbase + ISC nslookup, user 65532, a fixed ref."""
+    base = ensure_base(PYTORCH_INIT_PACKAGES, "pytorch-init-base")
+    with tempfile.TemporaryDirectory(prefix="spotrun-pytorch-init-") as tmp:
+        (Path(tmp) / "Containerfile").write_text(f"FROM {base}\nUSER {PYTORCH_INIT_USER}\n")
+        log = cache_dir() / "logs" / "pytorch-init.log"
+        _run(["buildah", "bud", "--layers", "-t", PYTORCH_INIT_REF, tmp], log=log)
     return PYTORCH_INIT_REF
 
 

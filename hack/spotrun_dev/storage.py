@@ -7,6 +7,7 @@ ReadWriteMany PersistentVolume — the shape of an EFS/FSx volume shared by the 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from kubernetes import client
@@ -15,6 +16,9 @@ from kubernetes.client.rest import ApiException
 from spotrun_dev.cluster import wait_for
 
 LOCAL_ROOT = Path("/tmp/spotrun-local")
+# The uid and gid trainer pods run as (the operator's default pod securityContext and the
+# trainer image's user): the owner of every checkpoint folder here.
+TRAINER_UID = TRAINER_GID = 65532
 
 
 def host_path(namespace: str, name: str) -> Path:
@@ -25,12 +29,16 @@ def host_path(namespace: str, name: str) -> Path:
 def ensure_checkpoint_claim(core: client.CoreV1Api, namespace: str, name: str = "ckpt") -> str:
     """A Bound RWX claim ``name`` in ``namespace``; returns the PV's name (delete it after).
 
-    The folder is made world-writable, as an EFS access point or an NFS export for a
-    training team is: trainer images run as a non-root user."""
+    Trainer pods run as uid 65532 (non-root, restricted Pod Security). The kubelet applies
+    a pod's ``fsGroup`` to volumes that support ownership management, never to hostPath,
+    so the folder is made the trainer's here: this stands in for what an EFS access point
+    (its POSIX user and root directory owner) or an FSx/NFS export prepared for a training
+    team does on EKS (docs/security.md)."""
     pv = f"{name}-{namespace}"
     folder = host_path(namespace, name)
     folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o777)
+    os.chown(folder, TRAINER_UID, TRAINER_GID)
+    folder.chmod(0o775)
     try:
         core.create_persistent_volume(
             {

@@ -277,6 +277,31 @@ def test_template_checks_reject_clashing_ports() -> None:
     assert "operator.metricsPort: must differ from operator.healthPort" in result.stderr
 
 
+def test_security_contexts_are_values() -> None:
+    # The defaults above are values: a platform's own uid or a Localhost seccomp profile.
+    pod = one(
+        render(
+            "--set=podSecurityContext.runAsUser=1001",
+            "--set=securityContext.runAsUser=1001",
+            "--set=securityContext.seccompProfile.type=Localhost",
+            "--set=securityContext.seccompProfile.localhostProfile=profiles/spotrun.json",
+        ),
+        "Deployment",
+    )["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 1001
+    assert pod["securityContext"]["fsGroup"] == 65532
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["runAsUser"] == 1001 and sc["readOnlyRootFilesystem"] is True
+    assert sc["seccompProfile"] == {
+        "type": "Localhost",
+        "localhostProfile": "profiles/spotrun.json",
+    }
+    for bad in ("podSecurityContext.runAsUser=-1", "securityContext.seccompProfile.type=Any"):
+        result = helm_template(f"--set={bad}")
+        assert result.returncode != 0, bad
+        assert "values don't meet the specifications of the schema" in result.stderr, bad
+
+
 # --------------------------------------------------------------------- values docs, NOTES
 def test_every_value_has_a_comment_above_it() -> None:
     lines = (CHART_DIR / "values.yaml").read_text().splitlines()
