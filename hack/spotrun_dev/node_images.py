@@ -11,6 +11,7 @@ the node's own containerd, and nothing of the host is mounted into it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -55,8 +56,18 @@ def golden_key(archives: Sequence[Archive]) -> str:
 
 def golden_root(archives: Sequence[Archive]) -> Path:
     """A containerd root holding every image, unpacked; built once per set of image ids,
-    from the previous set's root when there is one."""
-    base = machine_cache() / "containerd-golden" / golden_key(archives)
+    from the previous set's root when there is one. One builder at a time, machine-wide:
+    two processes building the same set would delete each other's half-imported trees and
+    one of them could mark a root READY that lacks an image."""
+    parent = machine_cache() / "containerd-golden"
+    parent.mkdir(parents=True, exist_ok=True)
+    with (parent / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _golden_root(archives, parent)
+
+
+def _golden_root(archives: Sequence[Archive], parent: Path) -> Path:
+    base = parent / golden_key(archives)
     if (base / "READY").exists():
         return base / "root"
     shutil.rmtree(base, ignore_errors=True)
@@ -108,7 +119,7 @@ def golden_root(archives: Sequence[Archive]) -> Path:
                 proc.wait()
     (base / "READY").write_text("".join(_ready_line(a) + "\n" for a in archives))
     # Older image sets cost ~6 GB each; running nodes keep their hard links regardless.
-    for old in base.parent.glob("*"):
+    for old in base.parent.glob("[!.]*"):
         if old != base:
             shutil.rmtree(old, ignore_errors=True)
     return base / "root"
@@ -120,7 +131,7 @@ def _ready_line(archive: Archive) -> str:
 
 def _newest_ready(parent: Path, other_than: Path) -> Path | None:
     """The most recently finished golden root besides ``other_than``, if any."""
-    done = [d for d in parent.glob("*") if d != other_than and (d / "READY").exists()]
+    done = [d for d in parent.glob("[!.]*") if d != other_than and (d / "READY").exists()]
     return max(done, key=lambda d: (d / "READY").stat().st_mtime, default=None)
 
 
