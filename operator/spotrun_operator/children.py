@@ -13,7 +13,7 @@ from spotrun_operator import builders, reducers
 from spotrun_operator.classify import is_terminal
 from spotrun_operator.common import job_name, parse_time, pod_meta, pod_name, pod_node
 from spotrun_operator.draft import Draft
-from spotrun_operator.plan import CreateJob, DeleteJob, DeletePods, EnsureObjects
+from spotrun_operator.plan import CreateJob, DeleteJob, DeletePods, EnsureObjects, ValidateJob
 from spotrun_operator.signals import NodeInfo, going
 
 
@@ -114,8 +114,9 @@ def disfavored_nodes(d: Draft) -> list[str]:
     return sorted(set(recent) - set(avoided_nodes(d)))
 
 
-def create_job(d: Draft, n: int) -> None:
-    """Ensure the run's objects, then create attempt ``n``'s PyTorchJob."""
+def create_job(d: Draft, n: int, validate_only: bool = False) -> None:
+    """Ensure the run's objects, then create attempt ``n``'s PyTorchJob (``validate_only``:
+    only have the apiserver judge it, see :class:`plan.ValidateJob`)."""
     spec = d.spec
     assert spec is not None
     ref = d.obs.ref
@@ -126,7 +127,8 @@ def create_job(d: Draft, n: int) -> None:
         builders.build_role(ref),
         builders.build_role_binding(ref),
     ]
-    d.actions.append(EnsureObjects(tuple(o for o in objs if o is not None)))
+    if not validate_only:
+        d.actions.append(EnsureObjects(tuple(o for o in objs if o is not None)))
     body = builders.build_pytorchjob(
         ref,
         spec,
@@ -137,4 +139,5 @@ def create_job(d: Draft, n: int) -> None:
         prefer_not_nodes=disfavored_nodes(d),
         nodes=entry.nodes if entry else None,
     )
-    d.actions.append(CreateJob(body, source=f"{ref.uid}/{ref.generation}"))
+    source = f"{ref.uid}/{ref.generation}"
+    d.actions.append(ValidateJob(body, source) if validate_only else CreateJob(body, source))

@@ -57,6 +57,7 @@ from spotrun_operator.plan import (
     EnsureObjects,
     Event,
     Rejected,
+    ValidateJob,
 )
 from spotrun_operator.recorder import EventCorrelator, Send
 
@@ -391,18 +392,24 @@ class Kube:
                 self.create(obj)
                 _remember(self._ensured, key)
 
+    def _validate(self, body: Mapping[str, Any], source: str) -> None:
+        """The apiserver's dry run of a job and its pods, once per spec it is built from:
+        types first (the PyTorchJob CRD's schema names the field), then values."""
+        if source not in self._dry_run_passed:
+            self.create(body, dry_run=True)
+            self.check_pods(body)
+            _remember(self._dry_run_passed, source)
+
     def execute(self, namespace: str, actions: Sequence[Action]) -> None:
         """Carry ``actions`` out in order; :class:`Refused` when the apiserver refuses an
         object built from the spec (the objects before it stay: the run owns them)."""
         for action in actions:
             if isinstance(action, EnsureObjects):
                 self._ensure(action.objects)
+            elif isinstance(action, ValidateJob):
+                self._validate(action.body, action.source)
             elif isinstance(action, CreateJob):
-                if action.source not in self._dry_run_passed:
-                    # Types first (the PyTorchJob CRD's schema names the field), then values.
-                    self.create(action.body, dry_run=True)
-                    self.check_pods(action.body)
-                    _remember(self._dry_run_passed, action.source)
+                self._validate(action.body, action.source)
                 if self.create(action.body):
                     log.info("created PyTorchJob %s/%s", namespace, action.body["metadata"]["name"])
             elif isinstance(action, DeleteJob):

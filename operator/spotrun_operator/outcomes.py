@@ -378,6 +378,9 @@ def create_when_placeable(d: Draft, spec: TrainingRunSpec, n: int, entry: Attemp
         entry = d.update(n, config_error_since=None)
     short = elasticity.unplaceable(d, spec, n, entry)
     if short is not None:
+        # The apiserver still judges the spec now: a refused one fails the run at once
+        # (InvalidSpec), not once capacity comes (a bad nodeSelector fits no node at all).
+        create_job(d, n, validate_only=True)
         unschedulable(d, spec, n, entry, short)
         d.requeue(d.cfg.capacity_poll_seconds)
         return

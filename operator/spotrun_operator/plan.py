@@ -88,6 +88,16 @@ class CreateJob:
 
 
 @dataclass(frozen=True)
+class ValidateJob:
+    """The apiserver's dry run of a job not created yet (its gang cannot be placed): a spec
+    it refuses fails the run at once instead of waiting for capacity. Once per ``source``,
+    as for :class:`CreateJob`."""
+
+    body: Obj
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class DeleteJob:
     name: str
 
@@ -100,7 +110,7 @@ class DeletePods:
     grace_seconds: int
 
 
-Action = EnsureObjects | CreateJob | DeleteJob | DeletePods
+Action = EnsureObjects | CreateJob | ValidateJob | DeleteJob | DeletePods
 
 
 @dataclass(frozen=True)

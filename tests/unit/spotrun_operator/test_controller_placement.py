@@ -15,7 +15,7 @@ from controller_fakes import CFG, at, gang, job, merge, node, observed, pod, run
 from spotrun_operator import signals
 from spotrun_operator.classify import NodeInfo, classify
 from spotrun_operator.classify import VerdictKind as Kind
-from spotrun_operator.plan import CreateJob, Decision
+from spotrun_operator.plan import CreateJob, Decision, ValidateJob
 from spotrun_operator.reconcile import decide
 
 GPU_TAINT = ("nvidia.com/gpu", "present", "NoSchedule")
@@ -129,6 +129,15 @@ def test_an_attempt_is_created_only_once_every_pod_can_be_placed() -> None:
     assert any(isinstance(a, CreateJob) for a in d.actions)
     st = merge(st, d)
     assert (st.get("preemptions", 0), st.get("failures", 0)) == (0, 0)
+
+
+def test_a_gang_waiting_for_capacity_is_still_judged_by_the_apiserver() -> None:
+    # A spec the apiserver refuses (a nodeSelector no node has, a bad value) must fail the
+    # run at once (InvalidSpec from the dry run), not wait for capacity that never comes.
+    d = decide(observed(fleet=fleet("n1", "n2", cordoned=("n2",))), CFG)
+    checks = [a for a in d.actions if isinstance(a, ValidateJob)]
+    assert len(checks) == 1 and checks[0].body["metadata"]["name"] == "llm-a1"
+    assert not any(isinstance(a, CreateJob) for a in d.actions)
 
 
 def test_nodes_going_away_do_not_count_as_capacity() -> None:
