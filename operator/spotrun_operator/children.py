@@ -127,8 +127,8 @@ def create_job(d: Draft, n: int, validate_only: bool = False) -> None:
         builders.build_role(ref),
         builders.build_role_binding(ref),
     ]
-    if not validate_only:
-        d.actions.append(EnsureObjects(tuple(o for o in objs if o is not None)))
+    # Also before a dry run: the apiserver's pod admission looks the ServiceAccount up.
+    d.actions.append(EnsureObjects(tuple(o for o in objs if o is not None)))
     body = builders.build_pytorchjob(
         ref,
         spec,
