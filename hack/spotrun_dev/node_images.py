@@ -63,10 +63,17 @@ def golden_root(archives: Sequence[Archive]) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     with (parent / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _golden_root(archives, parent)
+        try:
+            return _golden_root(archives, parent, seeded=True)
+        except ClusterError as exc:
+            # A seed whose snapshots do not hold together ("parent snapshot ... does not
+            # exist") must not stop the cluster: build the set from its archives alone.
+            log.warning("golden root from the previous set failed (%s): importing all", exc)
+            shutil.rmtree(parent / golden_key(archives), ignore_errors=True)
+            return _golden_root(archives, parent, seeded=False)
 
 
-def _golden_root(archives: Sequence[Archive], parent: Path) -> Path:
+def _golden_root(archives: Sequence[Archive], parent: Path, seeded: bool) -> Path:
     base = parent / golden_key(archives)
     if (base / "READY").exists():
         return base / "root"
@@ -74,7 +81,7 @@ def _golden_root(archives: Sequence[Archive], parent: Path) -> Path:
     base.mkdir(parents=True)
     # An older set's root is the start: its images whose id is unchanged (the 5 GB trainer
     # when only the operator changed) are already unpacked there and are not imported again.
-    previous = _newest_ready(base.parent, base)
+    previous = _newest_ready(base.parent, base) if seeded else None
     have: set[str] = set()
     if previous is not None:
         seed_root(previous / "root", base / "root")
