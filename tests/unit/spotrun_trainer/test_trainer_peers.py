@@ -190,12 +190,21 @@ def test_a_peer_that_stops_beating_is_lost_and_named(server: TCPStore) -> None:
         monitor.stop(clean=False)
 
 
+def _until_peers_beat(monitor: PeerMonitor) -> None:
+    """Poll, with a deadline, until the monitor has seen every peer beat since now."""
+    since = time.monotonic()
+    deadline = since + DEADLINE
+    while not monitor._watch.beat_since(since):
+        assert time.monotonic() < deadline, "the monitor saw no beat from its peers"
+        time.sleep(0.05)  # poll interval, bounded by the deadline
+
+
 def test_a_peer_that_left_cleanly_is_not_lost(server: TCPStore) -> None:
     losses = Losses()
     leaving = _monitor(_client(server), 1, 0.5, losses).start()
     monitor = _monitor(_client(server), 0, 0.5, losses).start()
     try:
-        time.sleep(0.3)
+        _until_peers_beat(monitor)
         leaving.stop(clean=True)
         assert not losses.event.wait(2.0)  # four times the floor
     finally:
@@ -209,7 +218,7 @@ def test_a_store_that_goes_away_is_lost(server: TCPStore) -> None:
     peer = Peer(_client(own), 0)
     monitor = _monitor(_client(own), 1, 0.5, losses).start()
     try:
-        time.sleep(0.3)
+        _until_peers_beat(monitor)
         peer.stop.set()
         peer.thread.join()
         del peer, own  # the server goes with its last reference
@@ -225,7 +234,7 @@ def test_a_collective_error_confirms_a_dead_peer_in_the_confirm_window(server: T
     # A floor far away: only the error's confirm window can decide within the test.
     monitor = _monitor(_client(server), 0, 600, losses).start()
     try:
-        time.sleep(0.3)
+        _until_peers_beat(monitor)
         alive = RuntimeError("Connection reset by peer")
         monitor.after_error(alive)  # the peer still beats: the error is the application's
         assert losses.messages == [] and "no peer lost" in alive.__notes__[0]
