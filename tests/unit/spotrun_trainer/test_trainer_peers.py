@@ -258,8 +258,8 @@ def test_arrive_waits_for_every_rank_without_a_timeout(server: TCPStore) -> None
 
     late = threading.Thread(target=rank1, daemon=True)
     late.start()
-    time.sleep(0.3)
-    assert arrived == []  # rank 1 waits for rank 0
+    late.join(0.3)  # a bounded look: rank 1 must still be waiting for rank 0
+    assert late.is_alive() and arrived == []
     ranks[0].arrive()
     late.join(DEADLINE)
     assert arrived == [1]
