@@ -67,6 +67,25 @@ def stop_pods(d: Draft, n: int, graceful_too: bool = True) -> None:
         d.actions.append(DeletePods(tuple(force), 0))
 
 
+# The garbage collector deletes a deleted job's pods within a second or two, longer in a
+# storm of deletions (many gangs lost at once). Only when it is later than this does the
+# operator SIGTERM them itself: a write per pod that the collector makes anyway.
+COLLECTOR_GRACE_SECONDS = 10.0
+
+
+def _collector_late(d: Draft, n: int) -> bool:
+    """The collector had its time to stop attempt ``n``'s pods (counted from the outcome;
+    an attempt with none, such as one left over by a crash, has had it); else look again
+    when it is over."""
+    entry = d.entry(n)
+    ended = parse_time(entry.ended_at) if entry is not None else None
+    waited = (d.now - ended).total_seconds() if ended is not None else COLLECTOR_GRACE_SECONDS
+    if waited >= COLLECTOR_GRACE_SECONDS:
+        return True
+    d.requeue(COLLECTOR_GRACE_SECONDS - waited)
+    return False
+
+
 def job_finished(job: Mapping[str, Any] | None) -> bool:
     conditions = ((job or {}).get("status") or {}).get("conditions") or []
     return any(
@@ -89,7 +108,9 @@ def stop_gang(d: Draft, n: int, terminal: bool = False) -> None:
     # deletionTimestamp is the answer to the first one.
     if deleting and not (job or {}).get("metadata", {}).get("deletionTimestamp"):
         d.actions.append(DeleteJob(job_name(d.obs.ref.name, n)))
-    stop_pods(d, n, graceful_too=not deleting)
+    # A job already gone leaves its pods to the collector, for a while (the cache may see
+    # the job's deletion before the pods'); a job kept leaves them to no one.
+    stop_pods(d, n, graceful_too=not deleting and (job is not None or _collector_late(d, n)))
 
 
 def gang_gone(d: Draft, n: int) -> bool:

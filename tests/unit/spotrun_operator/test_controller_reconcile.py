@@ -17,6 +17,7 @@ from controller_fakes import (
 )
 
 from spotrun_dev import traces
+from spotrun_operator.children import COLLECTOR_GRACE_SECONDS
 from spotrun_operator.plan import CreateJob, Decision, DeleteJob, DeletePods, EnsureObjects
 from spotrun_operator.reconcile import decide
 
@@ -71,8 +72,13 @@ def test_preemption_counted_once_then_attempt_2_resumes() -> None:
     # twice, the gang is stopped again (idempotent deletes).
     again = decide(observed(now=66, status=st, jobs={1: job(1)}, pods=gang(1), nodes=tainted), CFG)
     assert merge(st, again)["preemptions"] == 1 and not again.metrics
-    # The job gone and its pods still not stopping (the collector is behind): stopped here.
-    behind = decide(observed(now=66, status=st, jobs={}, pods=gang(1), nodes=tainted), CFG)
+    # The job gone and its pods not stopping yet: the garbage collector gets its time to
+    # stop them (no write of ours), then, when it is that late, they are stopped here.
+    soon = decide(observed(now=66, status=st, jobs={}, pods=gang(1), nodes=tainted), CFG)
+    assert not [a for a in soon.actions if isinstance(a, DeletePods)]
+    assert soon.requeue_after <= COLLECTOR_GRACE_SECONDS - 1
+    late = 65 + COLLECTOR_GRACE_SECONDS
+    behind = decide(observed(now=late, status=st, jobs={}, pods=gang(1), nodes=tainted), CFG)
     assert DeletePods(("llm-a1-master-0", "llm-a1-worker-0"), 110) in behind.actions
     # A second node of the gang interrupted a second later: still one preemption.
     both = [node("n1", taints=(traces.NTH_SPOT_ITN,)), tainted[1]]
