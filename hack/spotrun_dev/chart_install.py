@@ -36,10 +36,27 @@ class Release:
     name: str
     namespace: str
 
-    def pod(self, core: client.CoreV1Api) -> client.V1Pod | None:
+    def pods(self, core: client.CoreV1Api) -> list[client.V1Pod]:
+        """The operator's pods not being deleted (two with ``replicas: 2``)."""
         pods = core.list_namespaced_pod(self.namespace, label_selector=POD_SELECTOR).items
-        live = [p for p in pods if not p.metadata.deletion_timestamp]
+        return [p for p in pods if not p.metadata.deletion_timestamp]
+
+    def pod(self, core: client.CoreV1Api) -> client.V1Pod | None:
+        live = self.pods(core)
         return live[0] if live else None
+
+    def leader(self, api: client.ApiClient) -> str | None:
+        """The pod holding the chart's Lease (its holderIdentity is ``<pod>_<uuid>``)."""
+        try:
+            lease = client.CoordinationV1Api(api).read_namespaced_lease(
+                f"{self.name}-{self.namespace}", self.namespace
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        holder = str(lease.spec.holder_identity or "")
+        return holder.rpartition("_")[0] or None
 
     def restarts(self, core: client.CoreV1Api) -> int:
         """How often the kubelet restarted the operator's container (0: no live pod)."""
@@ -76,13 +93,15 @@ def install_operator(
     chart: str = str(CHART),
     chart_args: Sequence[str] = (),
     pull_policy: str = "Never",
+    replicas: int = 1,
 ) -> Release:
     """helm install (or upgrade) the chart watching ``namespace``; wait for the pod.
 
     ``chart`` is the repository's chart folder by default, or a released one
     (``oci://<registry>/spotrun/charts/spotrun`` with ``chart_args`` such as ``--version``
     and ``--plain-http``); ``pull_policy`` Never runs the image the nodes were seeded with,
-    IfNotPresent lets their containerd pull it."""
+    IfNotPresent lets their containerd pull it; ``replicas: 2`` runs a leader and a
+    standby."""
     repo, _, tag = image.rpartition(":")
     escaped = REAL_NODE_LABEL.replace(".", "\\.")
     sets = [
@@ -90,6 +109,7 @@ def install_operator(
         f"--set=image.repository={repo}",
         f"--set=image.tag={tag}",
         f"--set=image.pullPolicy={pull_policy}",
+        f"--set=replicas={replicas}",
         "--set=watch.mode=namespaced",
         f"--set=watch.namespaces[0]={namespace}",
         # The on-demand system node group, never the spot nodes being reclaimed.
@@ -106,11 +126,11 @@ def install_operator(
     rel = Release(release, namespace)
 
     def ready() -> bool:
-        pod = rel.pod(core)
-        statuses = (pod.status.container_statuses or []) if pod else []
-        return bool(statuses) and all(c.ready for c in statuses)
+        pods = rel.pods(core)
+        statuses = [c for p in pods for c in (p.status.container_statuses or [])]
+        return len(pods) == replicas and bool(statuses) and all(c.ready for c in statuses)
 
-    wait_for("the operator pod to be Ready on a real node", ready, timeout=180, interval=1)
+    wait_for(f"{replicas} operator pod(s) Ready on a real node", ready, timeout=180, interval=1)
     return rel
 
 

@@ -39,31 +39,7 @@ def ensure_checkpoint_claim(core: client.CoreV1Api, namespace: str, name: str = 
     folder.mkdir(parents=True, exist_ok=True)
     os.chown(folder, TRAINER_UID, TRAINER_GID)
     folder.chmod(0o775)
-    try:
-        core.create_persistent_volume(
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolume",
-                "metadata": {"name": pv, "labels": {"spotrun.dev/local": "true"}},
-                "spec": {
-                    "capacity": {"storage": "10Gi"},
-                    "accessModes": ["ReadWriteMany"],
-                    "storageClassName": "",
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "hostPath": {"path": str(folder)},
-                    "claimRef": {"namespace": namespace, "name": name},
-                },
-            }
-        )
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-        # Left Released by an earlier claim of the same name (a recreated namespace): free
-        # it for the new claim, as an admin does, by dropping the old claim's uid.
-        if core.read_persistent_volume(pv).status.phase == "Released":
-            core.patch_persistent_volume(
-                pv, {"spec": {"claimRef": {"uid": None, "resourceVersion": None}}}
-            )
+    _ensure_volume(core, pv, folder, namespace, name)
     try:
         core.create_namespaced_persistent_volume_claim(
             namespace,
@@ -90,6 +66,37 @@ def ensure_checkpoint_claim(core: client.CoreV1Api, namespace: str, name: str = 
         timeout=60,
     )
     return pv
+
+
+def _ensure_volume(
+    core: client.CoreV1Api, pv: str, folder: Path, namespace: str, name: str
+) -> None:
+    """The hostPath PV ``pv`` on ``folder``, reserved for claim ``namespace/name``."""
+    try:
+        core.create_persistent_volume(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": pv, "labels": {"spotrun.dev/local": "true"}},
+                "spec": {
+                    "capacity": {"storage": "10Gi"},
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "hostPath": {"path": str(folder)},
+                    "claimRef": {"namespace": namespace, "name": name},
+                },
+            }
+        )
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        # Left Released by an earlier claim of the same name (a recreated namespace): free
+        # it for the new claim, as an admin does, by dropping the old claim's uid.
+        if core.read_persistent_volume(pv).status.phase == "Released":
+            core.patch_persistent_volume(
+                pv, {"spec": {"claimRef": {"uid": None, "resourceVersion": None}}}
+            )
 
 
 def delete_volume(core: client.CoreV1Api, pv: str) -> None:

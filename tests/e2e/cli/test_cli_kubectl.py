@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 import yaml
-from kubectl_helpers import BIN, KUBECTL, cells, kubectl
 from kubernetes import client
 from torchx.specs import AppState
 
 from controller_helpers import create, training_run
 from controller_process import CRD
+from kubectl_helpers import BIN, KUBECTL, cells, kubectl
 from spotrun_api.base import to_json
 from spotrun_api.display import display
 from spotrun_api.status import TrainingRunStatus

@@ -27,10 +27,10 @@ from types import TracebackType
 from typing import Any
 
 from dashboard_check import check_every_query, scenario_end
-from kubectl_helpers import cells, kubectl
 from kubernetes import client
 from observe_helpers import ALERTS_FILE
 
+from kubectl_helpers import cells, kubectl
 from spotrun_api import contract
 from spotrun_dev import chart_install, images, paths
 from spotrun_dev.node_config import RealNode
