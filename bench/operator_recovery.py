@@ -31,6 +31,8 @@ from typing import Any
 import audit_log
 import yaml
 from kubernetes import client, watch
+from process_stats import proc_stats
+from recovery_phases import percentile
 
 from spotrun_dev import cluster, cluster_apply, fleet, inject, paths, storage, traces
 
@@ -46,26 +48,6 @@ class RunTimes:
     t_created: float | None = None
     t_running: float | None = None
     pods: dict[str, bool] = field(default_factory=dict)
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
-    return round(ordered[k], 3)
-
-
-def _proc_stats(pid: int) -> tuple[int, float]:
-    """Peak RSS (bytes, VmHWM) and CPU seconds (user+system) of a live process."""
-    hwm = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            hwm = int(line.split()[1]) * 1024
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
-    return hwm, cpu
 
 
 def _run_manifest(name: str) -> dict[str, Any]:
@@ -160,8 +142,8 @@ class Bench:
 
     def _sample(self) -> None:
         while not self.stop.is_set() and self.op.poll() is None:
-            rss, cpu = _proc_stats(self.op.pid)
-            self.peak_rss, self.cpu = max(self.peak_rss, rss), cpu
+            _, peak, cpu = proc_stats(self.op.pid)
+            self.peak_rss, self.cpu = max(self.peak_rss, peak), cpu
             self.stop.wait(0.5)
 
     def _watch_jobs(self) -> None:
@@ -277,7 +259,9 @@ class Bench:
     def stop_operator(self) -> None:
         self.stop.set()
         rss, cpu_now = (
-            _proc_stats(self.op.pid) if self.op.poll() is None else (self.peak_rss, self.cpu)
+            proc_stats(self.op.pid)[1:]  # (peak RSS, CPU seconds)
+            if self.op.poll() is None
+            else (self.peak_rss, self.cpu)
         )
         self.peak_rss, self.cpu = max(self.peak_rss, rss), max(self.cpu, cpu_now)
         self.op.terminate()
@@ -286,8 +270,8 @@ class Bench:
 
 def _spread(values: list[float]) -> dict[str, float | None]:
     return {
-        "p50": _percentile(values, 50),
-        "p99": _percentile(values, 99),
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
         "mean": round(statistics.mean(values), 3) if values else None,
     }
 
@@ -308,7 +292,7 @@ def summarize(
         vals = [
             rt.t_running - rt.t_signal for rt in times.values() if rt.signal == sig and rt.t_running
         ]
-        by_signal[sig] = {"n": len(vals), "p50_running_s": _percentile(vals, 50)}
+        by_signal[sig] = {"n": len(vals), "p50_running_s": percentile(vals, 50)}
     recoveries = len(running)
     return {
         "runs": args.runs,

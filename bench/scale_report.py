@@ -80,32 +80,52 @@ def peer_table(peers: list[PeerJob]) -> dict[str, Any]:
 
 def print_report(res: dict[str, Any]) -> None:
     for group in ("storm", "burst"):
-        if group not in res:
-            continue
-        g = res[group]
+        if group in res:
+            _print_interruptions(group, res[group])
+    _print_resources(res)
+    if "peer_kubeflow" in res:
+        _print_peers(res)
+    print("\n== targets ==")
+    for k, v in res["targets"].items():
+        print(f"{k}: {v}")
+    print(f"notes: {res['notes']}; interrupt failures: {len(res.get('interrupt_failures', []))}")
+    if res.get("unprovoked_outcomes"):
         print(
-            f"\n== {group}: {g['interruptions']} interruptions over {g['spread_seconds']} s, "
-            f"zones {g['zones']}; where the time goes (s, p50/p99; recovered/interrupted) =="
+            "outcomes of attempts the bench did not interrupt (a next attempt placed on a "
+            "node the same storm took next, or a node the cluster lost by itself): "
+            f"{res['unprovoked_outcomes']}"
         )
-        print(rp.format_phase_table(g["phases"]))
-        a = g["api_requests"]
-        print(
-            f"operator API requests per recovery: reads {a['reads_per_recovery']}, writes "
-            f"{a['writes_per_recovery']}; recoveries/s: {g['throughput']}"
-        )
-        c = g.get("apiserver_clients") or {}
-        print(
-            f"apiserver requests in the window, every client ({c.get('total')}; the operator's "
-            f"share {c.get('operator_share')}): {c.get('by_client')}"
-        )
-        w = g.get("status_writes") or {}
-        print(
-            f"status writes per recovery (the run's watch): {w.get('per_recovery')}, by what "
-            f"changed: {w.get('by_change')}"
-        )
-        if g.get("inside_operator"):
-            print("inside the operator (its /metrics over the window; seconds):")
-            print(om.format_inside(g["inside_operator"]))
+
+
+def _print_interruptions(group: str, g: dict[str, Any]) -> None:
+    """One storm's or burst's phases, API requests, status writes and inside figures."""
+    print(
+        f"\n== {group}: {g['interruptions']} interruptions over {g['spread_seconds']} s, "
+        f"zones {g['zones']}; where the time goes (s, p50/p99; recovered/interrupted) =="
+    )
+    print(rp.format_phase_table(g["phases"]))
+    a = g["api_requests"]
+    print(
+        f"operator API requests per recovery: reads {a['reads_per_recovery']}, writes "
+        f"{a['writes_per_recovery']}; recoveries/s: {g['throughput']}"
+    )
+    c = g.get("apiserver_clients") or {}
+    print(
+        f"apiserver requests in the window, every client ({c.get('total')}; the operator's "
+        f"share {c.get('operator_share')}): {c.get('by_client')}"
+    )
+    w = g.get("status_writes") or {}
+    print(
+        f"status writes per recovery (the run's watch): {w.get('per_recovery')}, by what "
+        f"changed: {w.get('by_change')}"
+    )
+    if g.get("inside_operator"):
+        print("inside the operator (its /metrics over the window; seconds):")
+        print(om.format_inside(g["inside_operator"]))
+
+
+def _print_resources(res: dict[str, Any]) -> None:
+    """The operator's and the machine's memory and CPU, and the cold start."""
     s = res["resources"]
     print(
         f"\noperator: peak RSS {s['operator_peak_rss_mib']} MiB, CPU {s['operator_cpu_seconds']} s"
@@ -123,32 +143,24 @@ def print_report(res: dict[str, Any]) -> None:
         f"{c['operator_start_to_all_first_attempts_created_s']} s, Running "
         f"{c['operator_start_to_all_first_attempts_running_s']} s"
     )
-    if "peer_kubeflow" in res:
-        print("\n== peer (a): the Kubeflow training operator alone (OnFailure/ExitCode) ==")
-        for sig, row in res["peer_kubeflow"]["by_signal"].items():
-            pc, pr = row["signal_to_pod_created"], row["signal_to_running"]
-            print(
-                f"{sig:<10} {row['recovered']:>3}/{row['interrupted']:<3} signal→pod created "
-                f"p50/p99 {pc['p50']}/{pc['p99']}  →Running {pr['p50']}/{pr['p99']}"
-            )
-        f = res["peer_create_loop"]
+
+
+def _print_peers(res: dict[str, Any]) -> None:
+    print("\n== peer (a): the Kubeflow training operator alone (OnFailure/ExitCode) ==")
+    for sig, row in res["peer_kubeflow"]["by_signal"].items():
+        pc, pr = row["signal_to_pod_created"], row["signal_to_running"]
         print(
-            f"\n== peer (b): kubectl create loop == {f['jobs']} jobs {f['sizes']}: "
-            f"{f['created_per_s']}/s created, {f['running_per_s']}/s Running "
-            f"(steady: {f.get('created_per_s_steady')}/s, {f.get('running_per_s_steady')}/s)"
+            f"{sig:<10} {row['recovered']:>3}/{row['interrupted']:<3} signal→pod created "
+            f"p50/p99 {pc['p50']}/{pc['p99']}  →Running {pr['p50']}/{pr['p99']}"
         )
-        t = res["throughput_ratio"]
-        print(f"recoveries ({t['basis']}) / create loop: {t}")
-    print("\n== targets ==")
-    for k, v in res["targets"].items():
-        print(f"{k}: {v}")
-    print(f"notes: {res['notes']}; interrupt failures: {len(res.get('interrupt_failures', []))}")
-    if res.get("unprovoked_outcomes"):
-        print(
-            "outcomes of attempts the bench did not interrupt (a next attempt placed on a "
-            "node the same storm took next, or a node the cluster lost by itself): "
-            f"{res['unprovoked_outcomes']}"
-        )
+    f = res["peer_create_loop"]
+    print(
+        f"\n== peer (b): kubectl create loop == {f['jobs']} jobs {f['sizes']}: "
+        f"{f['created_per_s']}/s created, {f['running_per_s']}/s Running "
+        f"(steady: {f.get('created_per_s_steady')}/s, {f.get('running_per_s_steady')}/s)"
+    )
+    t = res["throughput_ratio"]
+    print(f"recoveries ({t['basis']}) / create loop: {t}")
 
 
 def targets(res: dict[str, Any]) -> dict[str, Any]:
@@ -198,4 +210,20 @@ def rates(recs: list[rp.Recovery], t0: float) -> dict[str, float | None]:
         "running_per_s": per_second(len(running), t0, running),
         "created_per_s_steady": steady_per_second(created),
         "running_per_s_steady": steady_per_second(running),
+    }
+
+
+def throughput_ratio(basis: str, mine: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
+    """The recoveries' rates (of ``basis``, the storm or the burst) over the create loop's."""
+    return {
+        "basis": basis,
+        **{
+            k: round(mine[k] / floor[k], 3) if mine[k] and floor[k] else None
+            for k in (
+                "created_per_s",
+                "running_per_s",
+                "created_per_s_steady",
+                "running_per_s_steady",
+            )
+        },
     }

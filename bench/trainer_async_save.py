@@ -43,22 +43,21 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 import torch.distributed as dist
+from fsdp_loop import CpuMeter, Loop, Step, init_group
 from model_fields import model_fields
 from trainer_stop_save import bench_stop, print_stop_table
 
 from spotrun_trainer.checkpoint import CheckpointManager
 from spotrun_trainer.config import ModelConfig
-from spotrun_trainer.models import build_model, compute_loss, count_parameters
+from spotrun_trainer.models import count_parameters
 from spotrun_trainer.pacing import Hurry
-from spotrun_trainer.sharded import ShardedState, WriterOptions, apply_fsdp
-from spotrun_trainer.state import RNGState, TrainProgress
+from spotrun_trainer.sharded import WriterOptions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,75 +121,6 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-class Loop:
-    """The trainer's step on one FSDP2 rank (AdamW, grad clip), and its checkpoint parts.
-    ``group``: DCP's process group (None: the default group)."""
-
-    def __init__(
-        self, cfg: ModelConfig, batch_size: int, device: torch.device, group: Any = None
-    ) -> None:
-        torch.manual_seed(0)
-        self.cfg, self.device, self.group = cfg, device, group
-        self.model = apply_fsdp(build_model(cfg).to(device))  # as parts.build_parts does
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
-        self.progress = TrainProgress()
-        self.batch = torch.randint(1, cfg.vocab_size, (batch_size, cfg.seq_len), device=device)
-        self.shared: dict[str, Any] = {"progress": self.progress}
-        self.per_rank: dict[str, Any] = {"rng": RNGState()}
-        self.sharded: dict[str, Any] = {"train": ShardedState(self.model, self.opt)}
-
-    def step(self) -> Step:
-        t0, c0, q0 = time.perf_counter(), time.thread_time(), _runqueue_wait()
-        loss = compute_loss(self.model, self.batch, self.cfg)
-        loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # the step's kernels are done, not queued
-        self.progress.step += 1
-        return Step(time.perf_counter() - t0, time.thread_time() - c0, _runqueue_wait() - q0)
-
-
-@dataclass(frozen=True)
-class Step:
-    wall: float  # seconds
-    cpu: float  # CPU seconds of the training thread
-    wait: float  # seconds the training thread was runnable but waited for a CPU
-
-
-def _runqueue_wait() -> float:
-    """Seconds this thread has spent runnable, waiting for a CPU (Linux schedstat)."""
-    try:
-        with open("/proc/thread-self/schedstat") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-class CpuMeter:
-    """CPU seconds of everything but the training thread: the trainer process's other
-    threads (DCP's writer thread, the commit thread) and its children (DCP's checkpoint
-    process, which is started by the first process-mode save)."""
-
-    def __init__(self) -> None:
-        self.me = psutil.Process()
-
-    def _children(self) -> float:
-        total = 0.0
-        for c in self.me.children(recursive=True):
-            try:
-                t = c.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
-        return total
-
-    def read(self) -> tuple[float, float]:
-        """(background CPU seconds in this process, CPU seconds of the children)."""
-        return time.process_time() - time.thread_time(), self._children()
-
-
 def _median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
@@ -207,6 +137,21 @@ def _manager(
     return m
 
 
+@dataclass
+class SaveTimes:
+    """What the timed saves of one mode measured, save by save (seconds unless named)."""
+
+    stalls: list[float] = field(default_factory=list)  # in save() + wait before optimizer.step
+    in_save: list[float] = field(default_factory=list)
+    fence_waits: list[float] = field(default_factory=list)
+    stall_cpu: list[float] = field(default_factory=list)  # training thread, in save()
+    totals: list[float] = field(default_factory=list)
+    writer_cpu: list[float] = field(default_factory=list)
+    base: list[Step] = field(default_factory=list)
+    during: list[Step] = field(default_factory=list)
+    size: int = 0
+
+
 def bench_mode(
     loop: Loop, folder: Path, mode: str, saves: int, baseline_steps: int, options: WriterOptions
 ) -> dict[str, Any]:
@@ -215,71 +160,86 @@ def bench_mode(
     load_before = os.getloadavg()
     first_save = first_stall = None
     if mode != "sync":
-        # Timed apart: the first async save allocates the staging buffers (reused by every
-        # later save) and, in process mode, starts DCP's checkpoint process.
-        t0 = time.monotonic()
-        m.save(loop.progress.step, loop.shared, loop.per_rank, sharded=loop.sharded)
-        m.wait_staged()  # the first copy (which allocates) as if the loop waited for it
-        first_stall = m.last_stall_seconds
-        m.wait()
-        first_save = time.monotonic() - t0
-    stalls, in_save, fence_waits, stall_cpu, totals, writer_cpu = [], [], [], [], [], []
-    base: list[Step] = []
-    during: list[Step] = []
-    size = 0
+        first_save, first_stall = _first_save(loop, m)
+    times = SaveTimes()
     for _ in range(saves):
-        base += [loop.step() for _ in range(baseline_steps)]  # the peer: same minutes, no save
-        in0, ch0 = meter.read()
-        c0 = time.thread_time()
-        blocked = m.save(loop.progress.step, loop.shared, loop.per_rank, sharded=loop.sharded)
-        stall_cpu.append(time.thread_time() - c0)
-        fence = None
-        # Keep training while the write runs, as the trainer does; with overlapped staging
-        # the first step's optimizer.step waits for the copy (that wait is stall, not step).
-        while m.in_flight or m.staging_in_flight:
-            s = loop.step()
-            if fence is None:
-                fence = m.last_stall_seconds - blocked
-                s = Step(s.wall - fence, s.cpu, s.wait)
-            during.append(s)
-        in_save.append(blocked)
-        fence_waits.append(fence or 0.0)
-        stalls.append(blocked + (fence or 0.0))
-        info = m.wait()
-        assert info is not None
-        base += [loop.step() for _ in range(baseline_steps)]  # and just after it
-        in1, ch1 = meter.read()
-        # A sync save runs in the training thread: its CPU is not background CPU.
-        writer_cpu.append((in1 - in0) + (ch1 - ch0))
-        totals.append(info.seconds)
-        size = info.bytes
+        _timed_save(loop, m, meter, baseline_steps, times)
     m.close()  # the staging buffers (pinned on CUDA): 12 GB at 1B
-    b_wall = _median([s.wall for s in base])
-    d_wall = _median([s.wall for s in during])
+    return _mode_result(times, first_save, first_stall, load_before)
+
+
+def _first_save(loop: Loop, m: CheckpointManager) -> tuple[float, float]:
+    """(save, stall) of the first async save, timed apart: it allocates the staging buffers
+    (reused by every later save) and, in process mode, starts DCP's checkpoint process."""
+    t0 = time.monotonic()
+    m.save(loop.progress.step, loop.shared, loop.per_rank, sharded=loop.sharded)
+    m.wait_staged()  # the first copy (which allocates) as if the loop waited for it
+    first_stall = m.last_stall_seconds
+    m.wait()
+    return time.monotonic() - t0, first_stall
+
+
+def _timed_save(
+    loop: Loop, m: CheckpointManager, meter: CpuMeter, baseline_steps: int, t: SaveTimes
+) -> None:
+    """One save with training beside it, and the baseline steps just before and after it."""
+    t.base += [loop.step() for _ in range(baseline_steps)]  # the peer: same minutes, no save
+    in0, ch0 = meter.read()
+    c0 = time.thread_time()
+    blocked = m.save(loop.progress.step, loop.shared, loop.per_rank, sharded=loop.sharded)
+    t.stall_cpu.append(time.thread_time() - c0)
+    fence = None
+    # Keep training while the write runs, as the trainer does; with overlapped staging
+    # the first step's optimizer.step waits for the copy (that wait is stall, not step).
+    while m.in_flight or m.staging_in_flight:
+        s = loop.step()
+        if fence is None:
+            fence = m.last_stall_seconds - blocked
+            s = Step(s.wall - fence, s.cpu, s.wait)
+        t.during.append(s)
+    t.in_save.append(blocked)
+    t.fence_waits.append(fence or 0.0)
+    t.stalls.append(blocked + (fence or 0.0))
+    info = m.wait()
+    assert info is not None
+    t.base += [loop.step() for _ in range(baseline_steps)]  # and just after it
+    in1, ch1 = meter.read()
+    # A sync save runs in the training thread: its CPU is not background CPU.
+    t.writer_cpu.append((in1 - in0) + (ch1 - ch0))
+    t.totals.append(info.seconds)
+    t.size = info.bytes
+
+
+def _mode_result(
+    t: SaveTimes, first_save: float | None, first_stall: float | None,
+    load_before: tuple[float, float, float],
+) -> dict[str, Any]:  # fmt: skip
+    b_wall = _median([s.wall for s in t.base])
+    d_wall = _median([s.wall for s in t.during])
     return {
-        "stall_seconds": statistics.median(stalls),  # in save() + wait before optimizer.step
-        "stall_in_save_seconds": statistics.median(in_save),
-        "stall_before_optimizer_step_seconds": statistics.median(fence_waits),
-        "stall_cpu_seconds": statistics.median(stall_cpu),  # training thread, in save()
-        "save_seconds": statistics.median(totals),
-        "checkpoint_bytes": size,
+        "stall_seconds": statistics.median(t.stalls),  # in save() + wait before optimizer.step
+        "stall_in_save_seconds": statistics.median(t.in_save),
+        "stall_before_optimizer_step_seconds": statistics.median(t.fence_waits),
+        "stall_cpu_seconds": statistics.median(t.stall_cpu),  # training thread, in save()
+        "save_seconds": statistics.median(t.totals),
+        "checkpoint_bytes": t.size,
         "baseline_step_seconds": b_wall,
-        "baseline_step_cpu_seconds": _median([s.cpu for s in base]),
-        "baseline_step_runqueue_wait_seconds": _median([s.wait for s in base]),
-        "steps_during_background_save": len(during),
+        "baseline_step_cpu_seconds": _median([s.cpu for s in t.base]),
+        "baseline_step_runqueue_wait_seconds": _median([s.wait for s in t.base]),
+        "steps_during_background_save": len(t.during),
         "step_seconds_during_background_save": d_wall,
-        "step_cpu_seconds_during_background_save": _median([s.cpu for s in during]),
-        "step_runqueue_wait_seconds_during_background_save": _median([s.wait for s in during]),
+        "step_cpu_seconds_during_background_save": _median([s.cpu for s in t.during]),
+        "step_runqueue_wait_seconds_during_background_save": _median([s.wait for s in t.during]),
         "step_slowdown_during_background_save": d_wall / b_wall - 1 if d_wall and b_wall else None,
-        "writer_cpu_seconds_per_save": statistics.median(writer_cpu),
+        "writer_cpu_seconds_per_save": statistics.median(t.writer_cpu),
         "first_save_seconds": first_save,  # with the process start in process mode
         "first_save_stall_seconds": first_stall,  # with the staging buffers' allocation
-        "all_stalls": stalls,
-        "all_stalls_in_save": in_save,
-        "all_waits_before_optimizer_step": fence_waits,
-        "all_stall_cpu_seconds": stall_cpu,
-        "all_saves": totals,
-        "all_writer_cpu_seconds": writer_cpu,
+        "all_stalls": t.stalls,
+        "all_stalls_in_save": t.in_save,
+        "all_waits_before_optimizer_step": t.fence_waits,
+        "all_stall_cpu_seconds": t.stall_cpu,
+        "all_saves": t.totals,
+        "all_writer_cpu_seconds": t.writer_cpu,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
     }
@@ -345,29 +305,12 @@ def _write(out: Path, report: dict[str, Any]) -> None:
     out.write_text(json.dumps(report, indent=2) + "\n")
 
 
-def _init_group(device: str) -> tuple[torch.device, Any]:
-    """A one-rank process group as ``spotrun_trainer.distributed`` sets one up for a rank:
-    on CUDA NCCL bound to the GPU, with a gloo group for DCP (the checkpoints' group);
-    on CPU gloo alone. Returns the device and DCP's group (None: the default group)."""
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29581")
-    if device == "cpu":
-        dist.init_process_group("gloo", rank=0, world_size=1)
-        return torch.device("cpu"), None
-    if not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device")
-    dev = torch.device("cuda", 0)
-    torch.cuda.set_device(dev)
-    dist.init_process_group("nccl", rank=0, world_size=1, device_id=dev)
-    return dev, dist.new_group(backend="gloo")
-
-
 def main() -> None:
     # `timeout` and Ctrl-C alike leave no checkpoint folder behind (they are gigabytes).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args()
     torch.set_num_threads(args.threads)
-    device, group = _init_group(args.device)
+    device, group = init_group(args.device)
     folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="spotrun-bench-"))
     cfg = ModelConfig(kind="causal_lm", params=args.params, vocab_size=args.vocab_size,
                       seq_len=args.seq_len, dropout=0.0)  # fmt: skip
