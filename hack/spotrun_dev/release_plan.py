@@ -63,17 +63,41 @@ def stage_chart(registry: str, out: Path, root: Path = paths.REPO_ROOT) -> Path:
 # Images
 
 
+# The repository a release's images name as their source (Chart.yaml's ``sources``).
+SOURCE = "https://github.com/spotrun/spotrun"
+
+
+def oci_labels(name: str, version: str) -> list[str]:
+    """The OCI annotation keys, as image labels: what the image is and which release.
+
+    They also give each release image its own image id (its config differs). That matters
+    beside a local build of the same config under another name: containerd's CRI keeps one
+    record per image id, and a node holding ``localhost/spotrun/<name>:dev`` loses that name
+    to CRI lookups once it pulls a release image of the same id (it then answers
+    ErrImageNeverPull for the local name)."""
+    labels = {
+        "org.opencontainers.image.title": f"spotrun-{name}",
+        "org.opencontainers.image.version": version,
+        "org.opencontainers.image.source": SOURCE,
+    }
+    return [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
+
+
 def tag_images(registry: str, version: str) -> dict[str, str]:
-    """Builds the release images through :func:`spotrun_dev.images.ensure_images` and tags
-    each built image id as ``<registry>/spotrun/<name>:<version>`` in containers-storage."""
+    """Builds the release images through :func:`spotrun_dev.images.ensure_images` and
+    commits each built image, with :func:`oci_labels`, as ``<registry>/spotrun/<name>:
+    <version>`` in containers-storage (the layers are the built ones: nothing is rebuilt)."""
     built = images.ensure_images(RELEASE_IMAGES)
     refs = {}
     for name in RELEASE_IMAGES:
         ref = image_ref(registry, name, version)
-        subprocess.run(["buildah", "tag", built[name].image_id, ref], check=True)
-        print(
-            f"{name}: {built[name].ref} (id {built[name].image_id[:12]}) tagged {ref}", flush=True
-        )
+        container = subprocess.run(
+            ["buildah", "from", "--pull=never", built[name].image_id],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+        subprocess.run(["buildah", "config", *oci_labels(name, version), container], check=True)
+        subprocess.run(["buildah", "commit", "--rm", "--quiet", container, ref], check=True)
+        print(f"{name}: {built[name].ref} (id {built[name].image_id[:12]}) as {ref}", flush=True)
         refs[name] = ref
     return refs
 

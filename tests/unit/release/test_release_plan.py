@@ -175,7 +175,7 @@ def test_the_staged_chart_defaults_to_the_registry_s_operator_image(tmp_path: Pa
     assert different == ["values.yaml"]
 
 
-def test_tag_images_tags_the_built_image_ids(
+def test_tag_images_commits_the_built_images_with_their_release_labels(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     def built(names: tuple[str, ...]) -> dict[str, images.ImageArchive]:
@@ -187,17 +187,32 @@ def test_tag_images_tags_the_built_image_ids(
         }
 
     calls: list[list[str]] = []
+
+    def run(argv: list[str], check: bool, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, stdout=f"{argv[-1]}-working-container\n")
+
     monkeypatch.setattr(images, "ensure_images", built)
-    monkeypatch.setattr(subprocess, "run", lambda argv, check: calls.append(argv))
+    monkeypatch.setattr(subprocess, "run", run)
     refs = release_plan.tag_images("ghcr.io/acme", "2.0.0")
     assert refs == {
         "operator": "ghcr.io/acme/spotrun/operator:2.0.0",
         "trainer": "ghcr.io/acme/spotrun/trainer:2.0.0",
     }
-    assert calls == [
-        ["buildah", "tag", "sha256:operator", refs["operator"]],
-        ["buildah", "tag", "sha256:trainer", refs["trainer"]],
+    labels = [
+        "--label", "org.opencontainers.image.title=spotrun-operator",
+        "--label", "org.opencontainers.image.version=2.0.0",
+        "--label", "org.opencontainers.image.source=https://github.com/spotrun/spotrun",
+    ]  # fmt: skip
+    working = "sha256:operator-working-container"
+    assert calls[:3] == [
+        ["buildah", "from", "--pull=never", "sha256:operator"],
+        ["buildah", "config", *labels, working],
+        ["buildah", "commit", "--rm", "--quiet", working, refs["operator"]],
     ]
+    assert calls[3][-1] == "sha256:trainer"
+    assert "org.opencontainers.image.title=spotrun-trainer" in calls[4]
+    assert calls[5][-1] == refs["trainer"]
 
 
 def test_the_makefile_target_runs_the_tested_command() -> None:
