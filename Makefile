@@ -22,6 +22,7 @@ help:
 	@echo "make cluster-up   build the control plane from Go modules and start it"
 	@echo "make cluster-down stop the local cluster"
 	@echo "make bench        run the benchmarks in bench/ (figures in bench/results/)"
+	@echo "make crds         regenerate the TrainingRun CRD (and the chart's copy) from api/spotrun_api"
 
 # The venv is rebuilt only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
