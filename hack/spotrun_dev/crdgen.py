@@ -131,16 +131,21 @@ KEY_ORDER = (
     "maxLength",
     "minItems",
     "maxItems",
+    "multipleOf",
+    "minProperties",
     "maxProperties",
     "pattern",
     "default",
+    "nullable",
     "description",
     "required",
     "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-embedded-resource",
     "x-kubernetes-int-or-string",
     "anyOf",
     "x-kubernetes-list-type",
     "x-kubernetes-list-map-keys",
+    "x-kubernetes-map-type",
     "x-kubernetes-validations",
     "properties",
     "items",
@@ -204,12 +209,11 @@ def structural(raw: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             node["properties"] = props
     if "items" in node:
         node["items"] = structural(node["items"], defs)
-    if "x-kubernetes-validations" in node:
-        node["x-kubernetes-validations"] = [
-            {k: rule[k] for k in RULE_KEY_ORDER if k in rule}
-            for rule in node["x-kubernetes-validations"]
-        ]
-    unknown = set(node) - set(KEY_ORDER)
+    rules = node.get("x-kubernetes-validations", [])
+    node["x-kubernetes-validations"] = [{k: r[k] for k in RULE_KEY_ORDER if k in r} for r in rules]
+    if not rules:
+        del node["x-kubernetes-validations"]
+    unknown = set(node) - set(KEY_ORDER) | {k for r in rules for k in r} - set(RULE_KEY_ORDER)
     if unknown:
         raise ValueError(f"no CRD form for {sorted(unknown)} in {raw}")
     return {k: node[k] for k in KEY_ORDER if k in node}

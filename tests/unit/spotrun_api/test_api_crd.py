@@ -127,6 +127,15 @@ def test_a_union_a_crd_cannot_say_is_refused() -> None:
         crdgen.structural(raw, {})
 
 
+def test_a_key_the_generator_does_not_know_is_refused() -> None:
+    """A misspelt rule key (or a schema keyword a CRD lacks) fails loudly, never vanishes."""
+    node = {"type": "string", "x-kubernetes-validations": [{"rule": "true", "mesage": "m"}]}
+    with pytest.raises(ValueError, match="mesage"):
+        crdgen.structural(node, {})
+    with pytest.raises(ValueError, match="const"):
+        crdgen.structural({"type": "string", "const": "x"}, {})
+
+
 def test_check_fails_on_any_difference_and_a_run_fixes_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
