@@ -14,7 +14,7 @@ export ON_DEMAND_NODES ?= 2
 PYTEST_ARGS ?=
 
 .PHONY: help venv binaries tools prometheus chart-sync cluster-up cluster-down demo test \
-	test-unit test-integration test-e2e lint fmt bench clean images node-packages release
+	test-unit test-integration test-e2e lint fmt crds bench clean images node-packages release
 
 help:
 	@echo "make demo         a TrainingRun surviving spot interruptions on the local cluster"
@@ -22,6 +22,7 @@ help:
 	@echo "make cluster-up   build the control plane from Go modules and start it"
 	@echo "make cluster-down stop the local cluster"
 	@echo "make bench        run the benchmarks in bench/ (figures in bench/results/)"
+	@echo "make crds         regenerate the TrainingRun CRD (and the chart's copy) from api/spotrun_api"
 
 # The venv is rebuilt only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -52,6 +53,12 @@ prometheus:
 chart-sync:
 	bash hack/sync-chart-crds.sh
 
+# Regenerate the TrainingRun CRD from the pydantic models in api/spotrun_api (the models are
+# its single source; docs/operator.md, "Changing the API") and its copy in the chart.
+crds: venv
+	$(BIN)/python -m spotrun_dev.crdgen
+	bash hack/sync-chart-crds.sh
+
 # The control plane, the kwok fleet and REAL_NODES (default 3) real nodes; the first run
 # also builds the images (docs/images.md) and caches them machine-wide.
 cluster-up: venv binaries node-packages images
@@ -79,6 +86,7 @@ release: venv node-packages tools
 		$(if $(filter-out 0,$(INSECURE)),--insecure)
 
 lint: venv
+	$(BIN)/python -m spotrun_dev.crdgen --check
 	bash hack/sync-chart-crds.sh --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

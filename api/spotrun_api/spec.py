@@ -1,9 +1,10 @@
 """``TrainingRun.spec``: the typed model, with every default in exactly one place.
 
-Descriptions are the CRD's text (``kubectl explain``); ``tests/unit/spotrun_api`` proves the
-model's JSON schema and the CRD's openAPIV3Schema equal field for field. Validation
-mirrors the CRD's schema and the CEL rules the operator relies on, so a spec that skipped
-admission (an older CRD, a unit test) is rejected here the same way.
+The model is the CRD's single source: ``python -m spotrun_dev.crdgen`` (``make crds``)
+writes ``crds/`` from its JSON schema, descriptions (``kubectl explain``), defaults, bounds,
+formats and CEL rules included. Validation mirrors the CEL rules the operator relies on, so
+a spec that skipped admission (an older CRD, a unit test) is rejected here the same way.
+The objects inside the spec live in :mod:`spotrun_api.spec_parts`.
 """
 
 from __future__ import annotations
@@ -19,197 +20,46 @@ from pydantic import (
     model_validator,
 )
 
-from spotrun_api.base import ApiModel
-from spotrun_api.contract import (
-    DEFAULT_CHECKPOINT_INTERVAL,
-    DEFAULT_TERMINATION_GRACE_SECONDS,
-    MIN_CHECKPOINT_INTERVAL_SECONDS,
-)
+from spotrun_api.base import ApiModel, Int32, Int64, cel, crd_extra
+from spotrun_api.contract import DEFAULT_TERMINATION_GRACE_SECONDS
 from spotrun_api.durations import parse_duration
-from spotrun_api.enums import AccessMode, CapacityType, ImagePullPolicy
-
-QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
-Quantity = int | Annotated[str, Field(pattern=QUANTITY_PATTERN)]
-DEFAULT_INSTANCE_TYPES = ("p4d.24xlarge",)
-DEFAULT_WAIT_BEFORE_SHRINK = "10m"
+from spotrun_api.enums import ImagePullPolicy
+from spotrun_api.spec_parts import (
+    Budget,
+    Capacity,
+    Checkpoint,
+    Elasticity,
+    EnvVar,
+    Resources,
+)
 
 
 class InvalidSpec(ValueError):
     """A spec the model rejects; the message names every offending field."""
 
 
-class EnvVar(ApiModel):
-    """A Kubernetes EnvVar (name plus value or valueFrom)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str = Field(min_length=1, max_length=256, description="Name of the environment variable.")
-
-    def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-class Resources(ApiModel):
-    requests: dict[str, Quantity] | None = Field(
-        None,
-        max_length=16,
-        description="Minimum resources the scheduler reserves, by resource name.",
-    )
-    limits: dict[str, Quantity] | None = Field(
-        None, max_length=16, description="Maximum resources of the container, by resource name."
-    )
-
-
-class Capacity(ApiModel):
-    type: CapacityType = Field(
-        CapacityType.SPOT,
-        description="Capacity type: spot (cheap, reclaimable with a 2-minute notice) or "
-        "on-demand. Matched against eks.amazonaws.com/capacityType and "
-        "karpenter.sh/capacity-type node labels.",
-    )
-    instance_types: list[
-        Annotated[
-            str,
-            Field(
-                min_length=1,
-                max_length=63,
-                description="An EC2 instance type, for example p4d.24xlarge.",
-            ),
-        ]
-    ] = Field(
-        list(DEFAULT_INSTANCE_TYPES),
-        min_length=1,
-        max_length=20,
-        description="Allowed node.kubernetes.io/instance-type values.",
-    )
-    on_demand_fallback_after: str | None = Field(
-        None,
-        max_length=32,
-        description="When an attempt's pods stay unschedulable on spot this long (a duration "
-        "such as 30m or 1h30m), the next attempt runs on on-demand nodes; the attempt after "
-        "that tries spot again. Unset: never fall back.",
-    )
-
-    @field_validator("on_demand_fallback_after")
-    @classmethod
-    def _duration(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_duration(v)
-        return v
-
-
-class Elasticity(ApiModel):
-    min_nodes: int = Field(
-        ge=1,
-        le=512,
-        description="The fewest nodes an attempt may run with (at most nodes). An attempt "
-        "whose gang stays unschedulable for waitBeforeShrink is stopped (no budget spent) "
-        "and the next one runs with as many nodes as fit, never fewer than this; any later "
-        "attempt asks for nodes again.",
-    )
-    wait_before_shrink: str = Field(
-        DEFAULT_WAIT_BEFORE_SHRINK,
-        max_length=32,
-        description="How long an attempt's pods may stay unschedulable (a duration such as "
-        "90s or 10m) before the next attempt runs with fewer nodes.",
-    )
-
-    @field_validator("wait_before_shrink")
-    @classmethod
-    def _duration(cls, v: str) -> str:
-        parse_duration(v)
-        return v
-
-
-class Volume(ApiModel):
-    claim_name: str | None = Field(
-        None,
-        min_length=1,
-        max_length=253,
-        description="Name of an existing PersistentVolumeClaim in the run's namespace.",
-    )
-    size: str | None = Field(
-        None,
-        max_length=32,
-        description="Size of a new PVC named <run>-checkpoints, for example 500Gi.",
-    )
-    storage_class_name: str | None = Field(
-        None,
-        max_length=253,
-        description="StorageClass of the new PVC; the cluster default when unset.",
-    )
-    access_mode: AccessMode | None = Field(
-        None,
-        description="Access mode of the new PVC; ReadWriteMany (EFS, FSx for Lustre) when "
-        "unset, which multi-node runs need.",
-    )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> Self:
-        if bool(self.claim_name) == bool(self.size):
-            raise ValueError("set exactly one of claimName or size")
-        return self
-
-    @property
-    def effective_access_mode(self) -> AccessMode:
-        return self.access_mode or AccessMode.READ_WRITE_MANY
-
-
-class Checkpoint(ApiModel):
-    volume: Volume = Field(
-        description="The volume holding step-<N>/ checkpoint folders, mounted at path on "
-        "every node. Either an existing PersistentVolumeClaim (claimName) or a new one the "
-        "operator creates (size, storageClassName)."
-    )
-    path: str = Field(
-        "/checkpoints",
-        max_length=1024,
-        description="Mount path of the volume in the trainer (SPOTRUN_CHECKPOINT_DIR).",
-    )
-    interval: str = Field(
-        DEFAULT_CHECKPOINT_INTERVAL,
-        max_length=32,
-        description="Time between periodic checkpoints (a duration of at least 1s such as 15m; "
-        "SPOTRUN_CHECKPOINT_INTERVAL_SECONDS), or auto to pick it from the preemptions "
-        "observed so far (Young/Daly).",
-    )
-    keep: int = Field(
-        3, ge=1, le=1000, description="How many committed step-<N> folders the trainer keeps."
-    )
-    s3_uri: str | None = Field(
-        None,
-        max_length=1024,
-        description="Optional s3://bucket/prefix the trainer mirrors checkpoints to.",
-    )
-
-    @field_validator("interval")
-    @classmethod
-    def _interval(cls, v: str) -> str:
-        """``auto`` or a duration of at least 1s (the trainer reads an interval of 0 as
-        "no timed checkpoints", so shorter ones mean nothing)."""
-        if v == "auto":
-            return v
-        if parse_duration(v) < MIN_CHECKPOINT_INTERVAL_SECONDS:
-            raise ValueError(
-                f"must be auto or at least {MIN_CHECKPOINT_INTERVAL_SECONDS}s, got {v!r}"
-            )
-        return v
-
-
-class Budget(ApiModel):
-    max_usd: float | None = Field(
-        None,
-        alias="maxUSD",
-        gt=0,
-        description="Estimated GPU-node spend (USD) the run may reach. A warning event at 80%; "
-        "before the next checkpoint interval would overshoot it, the gang is stopped "
-        "gracefully (checkpointing) and the run is Suspended with reason BudgetExceeded "
-        "until the budget is raised.",
-    )
-
-
 class TrainingRunSpec(ApiModel):
     """What to train and how to survive losing nodes."""
+
+    model_config = ConfigDict(
+        json_schema_extra=crd_extra(
+            cel(
+                "self.nodes == 1 || !has(self.checkpoint.volume.accessMode) "
+                "|| self.checkpoint.volume.accessMode == 'ReadWriteMany'",
+                "a run with more than one node needs a checkpoint volume every node can "
+                "mount: use accessMode ReadWriteMany (or an existing RWX claimName)",
+                field_path=".checkpoint.volume.accessMode",
+                reason="FieldValueInvalid",
+            ),
+            cel(
+                "!has(self.elasticity) || self.elasticity.minNodes <= self.nodes",
+                "spec.elasticity.minNodes must be at most spec.nodes: an attempt never runs "
+                "with more nodes than the run asks for",
+                field_path=".elasticity.minNodes",
+                reason="FieldValueInvalid",
+            ),
+        )
+    )
 
     image: str = Field(
         min_length=1,
@@ -237,20 +87,20 @@ class TrainingRunSpec(ApiModel):
         "objects). The SPOTRUN_* variables of the trainer contract are set by the operator "
         "and cannot be overridden.",
     )
-    nodes: int = Field(
+    nodes: Int32 = Field(
         1,
         ge=1,
         le=512,
         description="Number of nodes (PyTorchJob replicas): one Master plus nodes-1 Workers, "
         "one pod per node.",
     )
-    gpus_per_node: int = Field(
+    gpus_per_node: Int32 = Field(
         8,
         ge=0,
         le=16,
         description="nvidia.com/gpu limit of each pod (8 for a whole p4d.24xlarge).",
     )
-    procs_per_node: int | None = Field(
+    procs_per_node: Int32 | None = Field(
         None,
         ge=1,
         le=128,
@@ -276,13 +126,13 @@ class TrainingRunSpec(ApiModel):
         "every attempt waits for all nodes.",
     )
     checkpoint: Checkpoint = Field(description="Where and how often the trainer checkpoints.")
-    max_preemptions: int = Field(
+    max_preemptions: Int32 = Field(
         100,
         ge=1,
         description="Preemptions (attempts lost to the infrastructure) the run may spend; the "
         "run fails when this many have happened. Separate from maxFailures.",
     )
-    max_failures: int = Field(
+    max_failures: Int32 = Field(
         3,
         ge=1,
         description="Application failures (crashes, OOM kills) the run may spend; the run "
@@ -309,7 +159,7 @@ class TrainingRunSpec(ApiModel):
         "each PyTorchJob is created suspended with the kueue.x-k8s.io/queue-name label and "
         "runs only once Kueue admits it. Unset: attempts start without Kueue.",
     )
-    termination_grace_period_seconds: int = Field(
+    termination_grace_period_seconds: Int64 = Field(
         DEFAULT_TERMINATION_GRACE_SECONDS,
         ge=1,
         le=3600,

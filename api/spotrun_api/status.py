@@ -12,10 +12,8 @@ from pydantic import ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_camel
 from pydantic.dataclasses import dataclass
 
-from spotrun_api.base import ApiModel, no_schema_default
+from spotrun_api.base import ApiModel, Int32, Int64, Time, crd_extra, no_schema_default
 from spotrun_api.enums import ConditionStatus, Outcome, Phase
-
-Time = str  # RFC 3339 (format: date-time in the CRD)
 
 # --- status.progress, written by the trainer (rank 0) ---------------------------------
 PROGRESS_FIELDS: Final = (
@@ -37,10 +35,10 @@ PER_ATTEMPT_PROGRESS_FIELDS: Final = ("samplesPerSecond", "attempt")
 class Progress:
     """Training progress, written by the trainer (rank 0)."""
 
-    step: int = Field(
+    step: Int64 = Field(
         default=0, description="Optimizer steps done.", json_schema_extra=no_schema_default
     )
-    checkpoint_step: int | None = Field(
+    checkpoint_step: Int64 | None = Field(
         default=None, description="Step of the newest committed checkpoint."
     )
     checkpoint_time: Time | None = Field(
@@ -52,7 +50,7 @@ class Progress:
     samples_per_second: float | None = Field(
         default=None, description="Recent training throughput of the whole gang."
     )
-    attempt: int | None = Field(
+    attempt: Int32 | None = Field(
         default=None, description="SPOTRUN_ATTEMPT of the trainer that wrote this."
     )
     checkpoint_stall_seconds: float | None = Field(
@@ -155,7 +153,7 @@ class Condition(ApiModel):
     reason: str = Field(description="CamelCase reason of the last transition.")
     message: str = Field(description="Human-readable details.")
     last_transition_time: Time = Field(description="When the status last changed.")
-    observed_generation: int | None = Field(
+    observed_generation: Int64 | None = Field(
         None, description="The metadata.generation the condition was set from."
     )
 
@@ -210,12 +208,12 @@ class Attempt(ApiModel):
         list[Annotated[str, Field(description="A topology.kubernetes.io/zone value.")]] | None
     ) = Field(None, description="Zones of the attempt's nodes, one entry per node.")
     lost_work_seconds: float | None = Field(None, description="Work lost with this attempt.")
-    start_step: int | None = Field(
+    start_step: Int64 | None = Field(
         None,
         description="Step this attempt resumed from (the newest committed checkpoint when it "
         "was created; 0 for a fresh start).",
     )
-    end_step: int | None = Field(
+    end_step: Int64 | None = Field(
         None,
         description="Last step this attempt reported when its outcome was recorded; steps "
         "trained are endStep - startStep.",
@@ -274,15 +272,19 @@ class TrainingRunStatus(ApiModel):
         "attempt and the next one running), Suspended, Succeeded or Failed.",
     )
     message: str | None = Field(None, description="Human-readable summary of the latest decision.")
-    observed_generation: int | None = Field(
+    observed_generation: Int64 | None = Field(
         None, description="The metadata.generation this status was computed from."
     )
-    attempt: int | None = Field(
+    attempt: Int32 | None = Field(
         None, description="Number of the current attempt; its PyTorchJob is <run>-a<attempt>."
     )
-    preemptions: int | None = Field(None, description="Attempts lost to the infrastructure so far.")
-    failures: int | None = Field(None, description="Attempts lost to application failures so far.")
-    queue_preemptions: int | None = Field(
+    preemptions: Int32 | None = Field(
+        None, description="Attempts lost to the infrastructure so far."
+    )
+    failures: Int32 | None = Field(
+        None, description="Attempts lost to application failures so far."
+    )
+    queue_preemptions: Int32 | None = Field(
         None,
         description="Attempts Kueue preempted or evicted so far (spec.queueName): they spend "
         "neither maxPreemptions nor maxFailures.",
@@ -304,12 +306,15 @@ class TrainingRunStatus(ApiModel):
         "(written by the operator from the rest of status).",
     )
     conditions: list[Condition] | None = Field(
-        None, description="Conditions per Kubernetes API conventions."
+        None,
+        description="Conditions per Kubernetes API conventions.",
+        json_schema_extra=crd_extra(list_type="map", list_map_keys=["type"]),
     )
     attempts: list[Attempt] | None = Field(
         None,
         description="Recent attempts, keyed by number; the operator records each attempt's "
         "outcome here before acting on it, which makes counting exactly-once.",
+        json_schema_extra=crd_extra(list_type="map", list_map_keys=["attempt"]),
     )
     archived: Archived | None = Field(
         None, description="Totals of older attempts dropped from the attempts list."

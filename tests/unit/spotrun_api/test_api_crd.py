@@ -1,10 +1,5 @@
-"""The CRD and the typed model cannot drift: their schemas are equal field for field.
-
-Compared: property names, types, required fields, defaults, enums, descriptions and the
-bounds (minimum/maximum, lengths, item and property counts, patterns). The CRD alone
-carries what the model cannot say: CEL rules, formats, printer columns and the
-``x-kubernetes-*`` markers (list types, int-or-string, preserved unknown fields).
-"""
+"""The CRD is generated from the typed model (``python -m spotrun_dev.crdgen``) and the
+committed file is exactly what the generator writes, so the two cannot drift."""
 
 from __future__ import annotations
 
@@ -15,147 +10,153 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 
+from spotrun_api.base import Int32, Time, cel, crd_extra
 from spotrun_api.spec import TrainingRunSpec
-from spotrun_api.status import Progress, TrainingRunStatus
+from spotrun_dev import crdgen, paths
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD = ROOT / "crds" / "trainingruns.spotrun.dev.yaml"
-COMPARED = (
-    "type",
-    "description",
-    "default",
-    "enum",
-    "required",
-    "minimum",
-    "maximum",
-    "exclusiveMinimum",
-    "minLength",
-    "maxLength",
-    "minItems",
-    "maxItems",
-    "maxProperties",
-    "pattern",
-)
 
 
-def _crd_root() -> dict[str, Any]:
+def _schema() -> dict[str, Any]:
     crd = yaml.safe_load(CRD.read_text())
     schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     return schema
 
 
-def norm_crd(node: dict[str, Any]) -> dict[str, Any]:
-    """The compared part of a CRD schema node."""
-    out = {k: node[k] for k in COMPARED if k in node}
-    if "required" in out:
-        out["required"] = sorted(out["required"])  # a set
-    if node.get("x-kubernetes-int-or-string"):
-        out["type"] = "int-or-string"
-    if out.pop("exclusiveMinimum", False):
-        out["exclusiveMinimum"] = out.pop("minimum")
-    if node.get("x-kubernetes-preserve-unknown-fields") and "properties" not in node:
-        out["open"] = True
-    if "properties" in node:
-        out["properties"] = {k: norm_crd(v) for k, v in node["properties"].items()}
-    if "items" in node:
-        out["items"] = norm_crd(node["items"])
-    if isinstance(node.get("additionalProperties"), dict):
-        out["values"] = norm_crd(node["additionalProperties"])
-    return out
+def _spec() -> dict[str, Any]:
+    spec: dict[str, Any] = _schema()["properties"]["spec"]
+    return spec
 
 
-def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    """Inline ``$ref`` and collapse ``anyOf [X, null]`` (an optional field) into X; the
-    referring field's keys (its description, default) win over the definition's."""
-    node = dict(node)
-    if "$ref" in node:
-        target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
-        node = {**_resolve(target, defs), **node}
-    variants = [v for v in node.get("anyOf", []) if v.get("type") != "null"]
-    if "anyOf" in node and len(variants) == 1:
-        rest = {k: v for k, v in node.items() if k != "anyOf"}
-        node = {**_resolve(variants[0], defs), **rest}
-    return node
+def _keys(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        return set(node) | {k for v in node.values() for k in _keys(v)}
+    if isinstance(node, list):
+        return {k for v in node for k in _keys(v)}
+    return set()
 
 
-def norm_model(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    """The compared part of a pydantic JSON schema node, shaped like :func:`norm_crd`."""
-    node = _resolve(node, defs)
-    types = sorted(v.get("type", "") for v in node.get("anyOf", []))
-    out = {k: node[k] for k in COMPARED if k in node}
-    if "required" in out:
-        out["required"] = sorted(out["required"])
-    if types == ["integer", "string"]:
-        out["type"] = "int-or-string"
-        out.update({k: v for s in node["anyOf"] for k, v in s.items() if k == "pattern"})
-    if out.get("default") is None or out.get("default") == []:
-        out.pop("default", None)  # an optional field: unset, not a CRD default
-    if (
-        out.get("type") == "object"
-        and "properties" not in node
-        and node.get("additionalProperties", True) is True
-    ):
-        out["open"] = True  # dict[str, Any]: x-kubernetes-preserve-unknown-fields
-    if "properties" in node:
-        out["properties"] = {k: norm_model(v, defs) for k, v in node["properties"].items()}
-    if "items" in node:
-        out["items"] = norm_model(node["items"], defs)
-    if isinstance(node.get("additionalProperties"), dict):
-        out["values"] = norm_model(node["additionalProperties"], defs)
-    return out
+def test_the_committed_crd_is_the_generators_output() -> None:
+    assert CRD.read_text() == crdgen.render(), "run make crds"
+    assert CRD.read_text().startswith("# The TrainingRun CRD, GENERATED")
 
 
-def _model_schema(model: Any) -> dict[str, Any]:
-    schema: dict[str, Any] = TypeAdapter(model).json_schema(by_alias=True)
-    return norm_model(schema, schema.get("$defs", {}))
+def test_the_schema_is_structural() -> None:
+    """No $ref (a CRD forbids them), no pydantic titles, no null types."""
+    keys = _keys(_schema())
+    assert not keys & {"$ref", "$defs", "title", "nullable"}
+    assert '"null"' not in str(_schema()) and "'null'" not in str(_schema())
 
 
-def _diff(a: Any, b: Any, path: str) -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            if k not in a or k not in b:
-                out.append(f"{path}.{k}: only in {'CRD' if k in a else 'model'}")
-            else:
-                out.extend(_diff(a[k], b[k], f"{path}.{k}"))
-        return out
-    return [] if a == b else [f"{path}: CRD {a!r} != model {b!r}"]
+def test_cel_rules_and_descriptions_come_from_the_model() -> None:
+    spec = _spec()
+    rules = [r["rule"] for r in spec["x-kubernetes-validations"]]
+    assert "!has(self.elasticity) || self.elasticity.minNodes <= self.nodes" in rules
+    volume = spec["properties"]["checkpoint"]["properties"]["volume"]
+    assert volume["x-kubernetes-validations"][2]["rule"] == "self == oldSelf"
+    interval = spec["properties"]["checkpoint"]["properties"]["interval"]
+    assert interval["x-kubernetes-validations"][0]["rule"] == (
+        "self == 'auto' || self.matches('^([0-9]+(ms|s|m|h))+$')"
+    )
+    nodes = TrainingRunSpec.model_fields["nodes"]
+    assert spec["properties"]["nodes"]["description"] == nodes.description
+    assert _schema()["description"].startswith("TrainingRun runs a PyTorch training job")
+    assert "\n" not in _schema()["description"]  # a docstring's line breaks are not kept
 
 
-@pytest.mark.parametrize(
-    ("field", "model"), [("spec", TrainingRunSpec), ("status", TrainingRunStatus)]
-)
-def test_crd_schema_equals_the_model_field_for_field(field: str, model: Any) -> None:
-    crd = norm_crd(_crd_root()["properties"][field])
-    crd.pop("required", None) if field == "status" else None
-    assert _diff(crd, _model_schema(model), field) == []
+def test_formats_defaults_and_markers() -> None:
+    props = _spec()["properties"]
+    status = _schema()["properties"]["status"]["properties"]
+    assert props["terminationGracePeriodSeconds"]["format"] == "int64"
+    assert props["nodes"] == {**props["nodes"], "format": "int32", "default": 1}
+    assert status["startTime"]["format"] == "date-time"
+    assert "default" not in status["progress"]["properties"]["step"]
+    assert props["capacity"]["default"] == {}
+    assert props["podTemplate"]["x-kubernetes-preserve-unknown-fields"] is True
+    assert props["env"]["items"]["x-kubernetes-preserve-unknown-fields"] is True
+    cpu = props["resources"]["properties"]["limits"]["additionalProperties"]
+    assert cpu["x-kubernetes-int-or-string"] is True
+    assert cpu["anyOf"] == [{"type": "integer"}, {"type": "string"}]
+    assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
+    assert props["budget"]["properties"]["maxUSD"]["exclusiveMinimum"] is True
+    assert _schema()["required"] == ["spec"]
 
 
-def test_the_comparison_sees_a_drift() -> None:
-    """A description, a default or an enum that differs is reported, with its path."""
-    crd = norm_crd(_crd_root()["properties"]["spec"])
-    crd["properties"]["nodes"]["default"] = 2
-    crd["properties"]["capacity"]["properties"]["type"]["enum"] = ["spot"]
-    crd["properties"]["image"]["description"] = "changed"
-    del crd["properties"]["suspend"]
-    diff = _diff(crd, _model_schema(TrainingRunSpec), "spec")
-    assert "spec.properties.nodes.default: CRD 2 != model 1" in diff
-    assert any(d.startswith("spec.properties.capacity.properties.type.enum") for d in diff)
-    assert any(d.startswith("spec.properties.image.description") for d in diff)
-    assert "spec.properties.suspend: only in model" in diff
+class _Toy(BaseModel):
+    model_config = ConfigDict(json_schema_extra=crd_extra(cel("self.n > 0", "positive")))
+
+    n: Int32 | None = Field(None, description="A\n   number.")
+    at: Time = Field(description="When.")
+    size: int | str = Field(0, description="A quantity.")
+    items: list[str] = Field(default_factory=list, json_schema_extra=crd_extra(list_type="set"))
 
 
-def test_progress_schema_is_the_crds() -> None:
-    crd = norm_crd(_crd_root()["properties"]["status"]["properties"]["progress"])
-    assert _diff(crd, _model_schema(Progress), "progress") == []
+def test_structural_turns_a_model_into_a_crd_schema() -> None:
+    raw = _Toy.model_json_schema(by_alias=True)
+    assert crdgen.structural(raw, raw.get("$defs", {})) == {
+        "type": "object",
+        "required": ["at"],
+        "x-kubernetes-validations": [{"rule": "self.n > 0", "message": "positive"}],
+        "properties": {
+            "n": {"type": "integer", "format": "int32", "description": "A number."},
+            "at": {"type": "string", "format": "date-time", "description": "When."},
+            "size": {
+                "default": 0,
+                "description": "A quantity.",
+                "x-kubernetes-int-or-string": True,
+                "anyOf": [{"type": "integer"}, {"type": "string"}],
+            },
+            "items": {
+                "type": "array",
+                "x-kubernetes-list-type": "set",
+                "items": {"type": "string"},
+            },
+        },
+    }
+
+
+def test_a_union_a_crd_cannot_say_is_refused() -> None:
+    class Bad(BaseModel):
+        x: int | list[int]
+
+    raw = Bad.model_json_schema()
+    with pytest.raises(ValueError, match="cannot say"):
+        crdgen.structural(raw, {})
+
+
+def test_a_key_the_generator_does_not_know_is_refused() -> None:
+    """A misspelt rule key (or a schema keyword a CRD lacks) fails loudly, never vanishes."""
+    node = {"type": "string", "x-kubernetes-validations": [{"rule": "true", "mesage": "m"}]}
+    with pytest.raises(ValueError, match="mesage"):
+        crdgen.structural(node, {})
+    with pytest.raises(ValueError, match="const"):
+        crdgen.structural({"type": "string", "const": "x"}, {})
+
+
+def test_check_fails_on_any_difference_and_a_run_fixes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stale = tmp_path / "crds" / CRD.name
+    stale.parent.mkdir()
+    stale.write_text(CRD.read_text().replace("Optimizer steps done.", "Steps."))
+    monkeypatch.setattr(paths, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(crdgen, "CRD_PATH", stale)
+    assert crdgen.main(["--check"]) == 1
+    err = capsys.readouterr().err
+    assert "Steps." in err and "Optimizer steps done." in err  # the diff, both sides
+    assert "run make crds" in err
+    assert crdgen.main([]) == 0
+    assert stale.read_text() == CRD.read_text()
+    assert crdgen.main(["--check"]) == 0
 
 
 def test_api_imports_without_kopf_kubernetes_or_torch() -> None:
     code = (
         "import sys, spotrun_api, spotrun_api.spec, spotrun_api.status, spotrun_api.contract\n"
-        "import spotrun_trainer.contract\n"
+        "import spotrun_api.resource, spotrun_trainer.contract\n"
         "bad = sorted(m for m in ('kopf', 'kubernetes', 'torch', 'spotrun_operator') "
         "if m in sys.modules)\n"
         "assert not bad, bad\n"
