@@ -38,7 +38,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 from spotrun_trainer import sharded as sharded_io
 from spotrun_trainer.checkpoint_io import (
     DELETING_PREFIX,

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 from spotrun_trainer.faults import FaultConfig
 
 # Background checkpoint writer's pace, MB/s per shard (why this value: docs/trainer.md).

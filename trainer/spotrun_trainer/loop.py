@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 from spotrun_trainer.checkpoint import CheckpointManager
 from spotrun_trainer.config import TrainConfig, to_dict
 from spotrun_trainer.data import to_batch, validation_batches

@@ -16,7 +16,7 @@ from contextlib import ExitStack
 import torch
 from prometheus_client import CollectorRegistry
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 from spotrun_trainer.checkpoint import CheckpointError, CheckpointInfo, CheckpointManager
 from spotrun_trainer.config import TrainConfig
 from spotrun_trainer.distributed import DistContext, init_distributed, shutdown

@@ -21,7 +21,7 @@ from trainer_helpers import (
     single_cmd,
 )
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 from spotrun_trainer.checkpoint import CheckpointInfo, CheckpointManager, verify
 from spotrun_trainer.config import TrainConfig
 from spotrun_trainer.faults import FaultConfig, FaultInjector, InjectedCrash

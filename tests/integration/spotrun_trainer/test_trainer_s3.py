@@ -21,7 +21,7 @@ from trainer_helpers import (
     single_cmd,
 )
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 from spotrun_trainer.checkpoint import CheckpointManager, verify
 from spotrun_trainer.s3mirror import S3Mirror, parse_s3_uri
 from spotrun_trainer.testhooks import ENV_PAUSE_AT_STEP

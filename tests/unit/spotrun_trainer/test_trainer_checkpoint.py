@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from trainer_helpers import assert_bitwise_equal, poll_until
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 from spotrun_trainer.checkpoint import (
     CheckpointError,
     CheckpointManager,

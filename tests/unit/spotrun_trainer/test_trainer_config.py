@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from spotrun_api import contract
 from spotrun_api import contract as contract_api
-from spotrun_trainer import contract, launcher
+from spotrun_trainer import launcher
 from spotrun_trainer.__main__ import main
 from spotrun_trainer.config import (
     CheckpointConfig,

@@ -40,7 +40,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 from spotrun_trainer.integrations import commit
 from spotrun_trainer.integrations.ranks import Ranks
 from spotrun_trainer.preemption import SpotNoticePoller, StopGuard

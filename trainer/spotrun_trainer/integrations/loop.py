@@ -29,7 +29,7 @@ from typing import Any
 
 from torch import nn
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 from spotrun_trainer.checkpoint import CheckpointInfo, CheckpointManager
 from spotrun_trainer.integrations.ranks import Ranks
 from spotrun_trainer.preemption import SpotNoticePoller, StopGuard
