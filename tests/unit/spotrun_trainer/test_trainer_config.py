@@ -20,9 +20,9 @@ from spotrun_trainer.config import (
     TrainConfig,
     _all_fields,
     build_parser,
-    field_docs,
     load_config,
 )
+from spotrun_trainer.config_fields import field_docs
 from spotrun_trainer.data import ResumableSampler, load_tokens, synthetic_tokens
 from spotrun_trainer.faults import FaultConfig
 from spotrun_trainer.launcher import decide_exit, torchrun_command

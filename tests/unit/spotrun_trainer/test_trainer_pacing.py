@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 from spotrun_trainer import pacing, sharded
-from spotrun_trainer.checkpoint import CheckpointManager, verify
+from spotrun_trainer.checkpoint import CheckpointManager, CheckpointSettings, verify
 from spotrun_trainer.config import DEFAULT_WRITER_MB_PER_S, ConfigError, load_config
-from spotrun_trainer.loop import Boundary, TrainLoop
+from spotrun_trainer.core import Boundary
+from spotrun_trainer.loop import TrainLoop
 from spotrun_trainer.pacing import Hurry, Pacer
 from spotrun_trainer.preemption import StopGuard
 from spotrun_trainer.sharded import HashingFileSystemWriter, ShardedState, WriterOptions
@@ -182,7 +183,9 @@ def test_a_save_started_after_a_notice_is_not_paced(
     the writer is created unpaced and never sleeps."""
     monkeypatch.setattr(sharded, "DIRECT_BUFFER", SMALL_BUFFER)
     spy = SleepSpy(monkeypatch)
-    m = CheckpointManager(tmp_path, keep_best=False, async_save=True, writer_options=CRAWL)
+    m = CheckpointManager(
+        tmp_path, CheckpointSettings(keep_best=False, async_save=True, writer=CRAWL)
+    )
     m.prepare()
     m.hurry.set()
     with warnings.catch_warnings():
@@ -223,7 +226,9 @@ def test_a_save_that_must_wait_for_a_paced_write_hurries_it(
     monkeypatch.setattr(sharded, "DIRECT_BUFFER", SMALL_BUFFER)
     spy = SleepSpy(monkeypatch)
     parts = _trained_linear()
-    m = CheckpointManager(tmp_path, keep_best=False, async_save=True, writer_options=CRAWL)
+    m = CheckpointManager(
+        tmp_path, CheckpointSettings(keep_best=False, async_save=True, writer=CRAWL)
+    )
     m.prepare()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # DCP: no process group, single process
@@ -254,11 +259,11 @@ def test_the_loop_hurries_before_the_save_of_a_notice_a_stop_or_the_end(
     hurry = Hurry()
     seen: list[bool] = []
     manager = SimpleNamespace(hurry=hurry)
-    guard = SimpleNamespace(take_save_request=lambda: True, save_reason="spot notice")
+    core = SimpleNamespace(last_saved=None, saved=lambda step: None)
     loop = cast(Any, TrainLoop.__new__(TrainLoop))
     loop.cfg = SimpleNamespace(checkpoint=SimpleNamespace(interval_steps=0, keep_best=False))
-    loop.io = SimpleNamespace(manager=manager, guard=guard)
-    loop.start_step, loop.last_saved, loop.stall_pending = 0, None, False
+    loop.io = SimpleNamespace(manager=manager, core=core)
+    loop.start_step, loop.stall_pending = 0, False
     loop.save = lambda step, metric, blocking: seen.append(hurry.is_set())
     flags = {"stop": False, "notice": False, "due": False, "finished": False, **agreed}
     TrainLoop.maybe_save(loop, Boundary(step=5, **flags), None, False)
