@@ -62,7 +62,8 @@ from spotrun_trainer.checkpoint import (
 from spotrun_trainer.config import ModelConfig
 from spotrun_trainer.models import build_model, compute_loss, count_parameters
 from spotrun_trainer.pacing import Hurry
-from spotrun_trainer.sharded import ShardedState, WriterOptions, apply_fsdp, set_zip_crc32
+from spotrun_trainer.shard_writer import WriterOptions, set_zip_crc32
+from spotrun_trainer.sharded import ShardedState, apply_fsdp
 from spotrun_trainer.state import RNGState, TrainProgress
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,7 +30,7 @@ from model_fields import model_fields
 from spotrun_trainer.checkpoint import CheckpointManager, CheckpointSettings
 from spotrun_trainer.config import ModelConfig
 from spotrun_trainer.models import build_model, compute_loss, count_parameters
-from spotrun_trainer.sharded import set_zip_crc32
+from spotrun_trainer.shard_writer import set_zip_crc32
 from spotrun_trainer.state import ModelState, RNGState, TrainProgress
 from spotrun_trainer.testhooks import ENV_EVENTS_FILE
 

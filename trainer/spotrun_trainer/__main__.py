@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s launcher %(message)s")
         return launcher.launch(args, cfg.nproc_per_node, cfg.preemption.grace_period_seconds)
 
-    from spotrun_trainer.sharded import WriterOptions, set_zip_crc32
+    from spotrun_trainer.shard_writer import WriterOptions, set_zip_crc32
     from spotrun_trainer.train import run
 
     # Every file of a checkpoint gets a sha256 in its manifest as it is written, so

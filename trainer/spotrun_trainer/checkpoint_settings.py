@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from spotrun_trainer.pacing import Hurry
-from spotrun_trainer.sharded import WriterOptions
+from spotrun_trainer.shard_writer import WriterOptions
 
 T = TypeVar("T")
 

@@ -31,7 +31,7 @@ from spotrun_trainer.config import CheckpointConfig, TrainConfig
 from spotrun_trainer.distributed import DistContext
 from spotrun_trainer.preemption import SpotNoticePoller, StopGuard
 from spotrun_trainer.progress import ProgressReporter, reporter_from_env
-from spotrun_trainer.sharded import WriterOptions
+from spotrun_trainer.shard_writer import WriterOptions
 from spotrun_trainer.testhooks import TestHooks
 
 __all__ = ["INTEGRATION_INTERVAL_SECONDS", "Boundary", "TrainerCore", "checkpoint_settings"]

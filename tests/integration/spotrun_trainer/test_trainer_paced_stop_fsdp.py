@@ -24,7 +24,7 @@ from trainer_helpers import (
 
 from spotrun_api import contract
 from spotrun_trainer.checkpoint import verify
-from spotrun_trainer.sharded import DIRECT_BUFFER
+from spotrun_trainer.shard_writer import DIRECT_BUFFER
 from spotrun_trainer.testhooks import ENV_PAUSE_AT_STEP
 
 NPROC = 2
