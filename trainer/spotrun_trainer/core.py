@@ -23,18 +23,26 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 from spotrun_api import contract
 from spotrun_trainer.checkpoint import CheckpointInfo, CheckpointSettings, RankPlace
-from spotrun_trainer.config import CheckpointConfig, TrainConfig
+from spotrun_trainer.config import CheckpointConfig, TrainConfig, env_config
 from spotrun_trainer.distributed import DistContext
 from spotrun_trainer.preemption import SpotNoticePoller, StopGuard
 from spotrun_trainer.progress import ProgressReporter, reporter_from_env
 from spotrun_trainer.shard_writer import WriterOptions
 from spotrun_trainer.testhooks import TestHooks
 
-__all__ = ["INTEGRATION_INTERVAL_SECONDS", "Boundary", "TrainerCore", "checkpoint_settings"]
+__all__ = [
+    "INTEGRATION_INTERVAL_SECONDS",
+    "Boundary",
+    "TrainerCore",
+    "checkpoint_settings",
+    "integration_config",
+    "spot_notice_args",
+]
 
 log = logging.getLogger("spotrun_trainer")
 
@@ -54,6 +62,31 @@ class Boundary:
     notice: bool
     due: bool
     finished: bool = False
+
+
+def integration_config(
+    env: Mapping[str, str], checkpoint_dir: str | Path | None, given: Mapping[str, Any]
+) -> TrainConfig:
+    """The config of a loop spotrun does not own: the operator's env over the defaults (no
+    timed saves unless the env names an interval), then ``checkpoint_dir`` and each
+    argument in ``given`` (dotted config key -> value; None: not given)."""
+    cfg = env_config(env, interval_seconds=INTEGRATION_INTERVAL_SECONDS)
+    if checkpoint_dir:
+        cfg.checkpoint.dir = str(checkpoint_dir)
+    for dotted, value in given.items():
+        if value is not None:
+            section, key = dotted.split(".")
+            setattr(getattr(cfg, section), key, value)
+    return cfg
+
+
+def spot_notice_args(enabled: bool, endpoint: str, interval: float) -> dict[str, Any]:
+    """The integrations' spot-notice arguments as config keys."""
+    return {
+        "preemption.spot_notice": enabled,
+        "preemption.spot_notice_endpoint": endpoint,
+        "preemption.spot_notice_interval_seconds": interval,
+    }
 
 
 def checkpoint_settings(ck: CheckpointConfig, keep_best: bool | None = None) -> CheckpointSettings:

@@ -44,8 +44,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from spotrun_api import contract
 from spotrun_trainer import commit
 from spotrun_trainer.checkpoint_io import read_marker
-from spotrun_trainer.config import TrainConfig, env_config
-from spotrun_trainer.core import INTEGRATION_INTERVAL_SECONDS, TrainerCore
+from spotrun_trainer.core import TrainerCore, integration_config, spot_notice_args
 from spotrun_trainer.distributed import DistContext
 from spotrun_trainer.preemption import StopGuard
 from spotrun_trainer.progress import ProgressReporter
@@ -53,24 +52,6 @@ from spotrun_trainer.progress import ProgressReporter
 log = logging.getLogger(__name__)
 
 HF_CHECKPOINT_PREFIX = "checkpoint-"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
-
-
-def _config(env: Mapping[str, str], checkpoint_dir: str | Path | None, **given: Any) -> TrainConfig:
-    """The env's config (no timed saves unless it names an interval), then the arguments
-    that were given."""
-    cfg = env_config(env, interval_seconds=INTEGRATION_INTERVAL_SECONDS)
-    ck, pre = cfg.checkpoint, cfg.preemption
-    if checkpoint_dir:
-        ck.dir = str(checkpoint_dir)
-    ck.keep = given["keep"] or ck.keep
-    if given["interval_seconds"] is not None:
-        ck.interval_seconds = given["interval_seconds"]
-    pre.grace_period_seconds = given["grace_period_seconds"] or pre.grace_period_seconds
-    pre.spot_notice = given["spot_notice"]
-    pre.spot_notice_endpoint = given["spot_notice_endpoint"]
-    pre.spot_notice_interval_seconds = given["spot_notice_interval_seconds"]
-    cfg.report.progress_interval_seconds = given["progress_interval_seconds"]
-    return cfg
 
 
 class SpotrunCallback(TrainerCallback):
@@ -94,11 +75,14 @@ class SpotrunCallback(TrainerCallback):
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.env = dict(os.environ if env is None else env)
-        self.cfg = _config(self.env, checkpoint_dir, keep=keep, interval_seconds=interval_seconds,
-                           grace_period_seconds=grace_period_seconds,
-                           progress_interval_seconds=progress_interval_seconds,
-                           spot_notice=spot_notice, spot_notice_endpoint=spot_notice_endpoint,
-                           spot_notice_interval_seconds=spot_notice_interval_seconds)  # fmt: skip
+        given = {
+            "checkpoint.keep": keep or None,
+            "checkpoint.interval_seconds": interval_seconds,
+            "preemption.grace_period_seconds": grace_period_seconds or None,
+            "report.progress_interval_seconds": progress_interval_seconds,
+            **spot_notice_args(spot_notice, spot_notice_endpoint, spot_notice_interval_seconds),
+        }
+        self.cfg = integration_config(self.env, checkpoint_dir, given)
         self.directory = Path(self.cfg.checkpoint.dir)
         self.reporter = reporter
         self._given_reporter = reporter  # None: the core builds one from the env on rank 0

@@ -29,8 +29,12 @@ from typing import Any
 from torch import nn
 
 from spotrun_trainer.checkpoint import CheckpointHooks, CheckpointManager
-from spotrun_trainer.config import TrainConfig, env_config
-from spotrun_trainer.core import INTEGRATION_INTERVAL_SECONDS, TrainerCore, checkpoint_settings
+from spotrun_trainer.core import (
+    TrainerCore,
+    checkpoint_settings,
+    integration_config,
+    spot_notice_args,
+)
 from spotrun_trainer.distributed import DistContext
 from spotrun_trainer.progress import ProgressReporter
 from spotrun_trainer.state import ModelState, RNGState, Stateful
@@ -41,24 +45,6 @@ log = logging.getLogger(__name__)
 def _stateful(part: Any) -> Stateful:
     # A (DDP-wrapped) module is saved unwrapped, so keys never carry "module.".
     return ModelState(part) if isinstance(part, nn.Module) else part
-
-
-def _config(env: Mapping[str, str], checkpoint_dir: str | Path | None, **given: Any) -> TrainConfig:
-    """The env's config (no timed saves unless it names an interval), then the arguments
-    that were given."""
-    cfg = env_config(env, interval_seconds=INTEGRATION_INTERVAL_SECONDS)
-    ck, pre = cfg.checkpoint, cfg.preemption
-    if checkpoint_dir:
-        ck.dir = str(checkpoint_dir)
-    ck.interval_steps = given["interval_steps"]
-    if given["interval_seconds"] is not None:
-        ck.interval_seconds = given["interval_seconds"]
-    ck.keep = given["keep"] or ck.keep
-    ck.async_save = given["async_save"]
-    pre.spot_notice = given["spot_notice"]
-    pre.spot_notice_endpoint = given["spot_notice_endpoint"]
-    pre.spot_notice_interval_seconds = given["spot_notice_interval_seconds"]
-    return cfg
 
 
 class SpotrunLoop:
@@ -83,10 +69,14 @@ class SpotrunLoop:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.env = dict(os.environ if env is None else env)
-        cfg = _config(self.env, checkpoint_dir, interval_steps=interval_steps,
-                      interval_seconds=interval_seconds, keep=keep, async_save=async_save,
-                      spot_notice=spot_notice, spot_notice_endpoint=spot_notice_endpoint,
-                      spot_notice_interval_seconds=spot_notice_interval_seconds)  # fmt: skip
+        given = {
+            "checkpoint.interval_steps": interval_steps,
+            "checkpoint.interval_seconds": interval_seconds,
+            "checkpoint.keep": keep or None,
+            "checkpoint.async_save": async_save,
+            **spot_notice_args(spot_notice, spot_notice_endpoint, spot_notice_interval_seconds),
+        }
+        cfg = integration_config(self.env, checkpoint_dir, given)
         self.samples_per_step = samples_per_step
         self.shared = {k: _stateful(v) for k, v in shared.items()}
         self.per_rank: dict[str, Stateful] = dict(per_rank or {"rng": RNGState()})
