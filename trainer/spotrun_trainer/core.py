@@ -188,8 +188,13 @@ class TrainerCore:
         """A save of ``step`` started: the interval counts from now."""
         self.last_saved, self.last_save_time = step, time.monotonic()
 
+    def seconds_since_stop(self) -> float:
+        """Since the stop request this rank saw (0 when the stop came from a peer)."""
+        stop_time = self.guard.stop_time
+        return 0.0 if stop_time is None else time.monotonic() - stop_time
+
     def stop_message(self, step: int) -> str:
-        since = time.monotonic() - (self.guard.stop_time or time.monotonic())
+        since = self.seconds_since_stop()
         return (
             f"stopped ({self.guard.stop_reason or 'peer rank'}): step {step} committed "
             f"{since:.1f}s after the request (grace period "

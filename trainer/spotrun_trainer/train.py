@@ -177,7 +177,13 @@ def _finish(
     # A rank that exits before the commit would make torchrun kill the others mid-save.
     ctx.barrier()
     if stopped and ctx.is_main:
-        log.warning("%s", core.stop_message(step))
+        log.warning(
+            "stopped at step %d (%s): checkpoint committed %.1fs after the request (grace %.0fs)",
+            step,
+            guard.stop_reason or "peer rank",
+            core.seconds_since_stop(),
+            cfg.preemption.grace_period_seconds,
+        )
     elif ctx.is_main:
         log.info("finished %d steps", step)
     return code
