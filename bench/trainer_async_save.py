@@ -53,11 +53,16 @@ from fsdp_loop import CpuMeter, Loop, Step, init_group
 from model_fields import model_fields
 from trainer_stop_save import bench_stop, print_stop_table
 
-from spotrun_trainer.checkpoint import CheckpointManager
+from spotrun_trainer.checkpoint import (
+    CheckpointHooks,
+    CheckpointManager,
+    CheckpointSettings,
+    RankPlace,
+)
 from spotrun_trainer.config import ModelConfig
 from spotrun_trainer.models import count_parameters
 from spotrun_trainer.pacing import Hurry
-from spotrun_trainer.sharded import WriterOptions
+from spotrun_trainer.shard_writer import WriterOptions, set_zip_crc32
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,10 +134,16 @@ def _manager(
     folder: Path, mode: str, options: WriterOptions, hurry: Hurry | None = None,
     group: Any = None,
 ) -> CheckpointManager:  # fmt: skip
-    m = CheckpointManager(folder, keep=2, keep_best=False, async_save=mode != "sync",
-                          async_mode="process" if mode.endswith("process") else "thread",
-                          overlap_staging=mode.startswith("overlap"),
-                          writer_options=options, hurry=hurry, process_group=group)  # fmt: skip
+    settings = CheckpointSettings(
+        keep=2,
+        keep_best=False,
+        async_save=mode != "sync",
+        async_mode="process" if mode.endswith("process") else "thread",
+        overlap_staging=mode.startswith("overlap"),
+        writer=options,
+    )
+    m = CheckpointManager(folder, settings, place=RankPlace(process_group=group),
+                          hooks=CheckpointHooks(hurry=hurry))  # fmt: skip
     m.prepare()
     return m
 
@@ -316,6 +327,8 @@ def main() -> None:
                       seq_len=args.seq_len, dropout=0.0)  # fmt: skip
     options = WriterOptions(nice=args.nice, crc32=args.crc32, direct_io=not args.buffered,
                             max_write_mb_per_s=args.write_mb_per_s)  # fmt: skip
+    # The zip CRC32 is a process-wide torch setting: set once here, as the trainer does.
+    set_zip_crc32(options.crc32)
     modes = ["sync", *(m for m in args.modes.split(",") if m in MODES and m != "sync")]
     try:
         loop = Loop(cfg, args.batch_size, device, group)

@@ -27,9 +27,10 @@ from typing import Any
 import torch
 from model_fields import model_fields
 
-from spotrun_trainer.checkpoint import CheckpointManager
+from spotrun_trainer.checkpoint import CheckpointManager, CheckpointSettings
 from spotrun_trainer.config import ModelConfig
 from spotrun_trainer.models import build_model, compute_loss, count_parameters
+from spotrun_trainer.shard_writer import set_zip_crc32
 from spotrun_trainer.state import ModelState, RNGState, TrainProgress
 from spotrun_trainer.testhooks import ENV_EVENTS_FILE
 
@@ -84,7 +85,7 @@ class Loop:
 
 
 def bench_mode(loop: Loop, folder: Path, async_save: bool, saves: int) -> dict[str, Any]:
-    m = CheckpointManager(folder, keep=2, async_save=async_save)
+    m = CheckpointManager(folder, CheckpointSettings(keep=2, async_save=async_save))
     m.prepare()
     stalls, totals, overlapped_steps = [], [], []
     size = 0
@@ -224,6 +225,9 @@ def main() -> None:
     # `timeout` and Ctrl-C alike leave no checkpoint folder behind (they are gigabytes).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args()
+    # As the trainer's entry point does: the manifest's sha256 covers every byte, so
+    # torch.save's CRC32 (a process-wide torch setting) is off.
+    set_zip_crc32(False)
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
     folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="spotrun-bench-"))

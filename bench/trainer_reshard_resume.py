@@ -35,9 +35,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from model_fields import model_fields
 
-from spotrun_trainer.checkpoint import CheckpointManager
+from spotrun_trainer.checkpoint import CheckpointManager, CheckpointSettings, RankPlace
 from spotrun_trainer.config import ModelConfig
 from spotrun_trainer.models import build_model, compute_loss, count_parameters
+from spotrun_trainer.shard_writer import set_zip_crc32
 from spotrun_trainer.sharded import ShardedState, apply_fsdp
 from spotrun_trainer.state import RNGState, TrainProgress
 
@@ -69,6 +70,7 @@ def _worker(
 ) -> None:
     t_start = time.monotonic()
     torch.set_num_threads(1)
+    set_zip_crc32(False)  # as the trainer's entry point: the manifest's sha256 covers it
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -79,8 +81,8 @@ def _worker(
         shared: dict[str, Any] = {"progress": progress}
         per_rank: dict[str, Any] = {"rng": RNGState()}
         sharded: dict[str, Any] = {"train": ShardedState(model, opt)}
-        m = CheckpointManager(folder, rank=rank, world_size=world, keep=1, keep_best=False,
-                              collectives=DistCollectives())  # fmt: skip
+        m = CheckpointManager(folder, CheckpointSettings(keep=1, keep_best=False),
+                              place=RankPlace(rank, world, DistCollectives()))  # fmt: skip
         m.prepare()
         result: dict[str, Any] = {"rank": rank}
         if phase == "save":

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from spotrun_trainer.checkpoint import CheckpointManager
 from spotrun_trainer.pacing import Hurry
 from spotrun_trainer.preemption import StopGuard
-from spotrun_trainer.sharded import WriterOptions
+from spotrun_trainer.shard_writer import WriterOptions
 from spotrun_trainer.state import TrainProgress
 
 VARIANTS = ("unpaced", "paced-hurried", "paced-not-hurried")

@@ -1,5 +1,5 @@
 """spotrun trainer: preemption-safe checkpoint/resume for PyTorch training loops.
 
-Importing this package is cheap: it pulls in neither torch nor kopf, so the operator can
-import :mod:`spotrun_trainer.contract` without the training stack.
+Importing this package is cheap: it pulls in neither torch nor kopf. The operator <->
+trainer contract is :mod:`spotrun_api.contract`, which both sides import directly.
 """

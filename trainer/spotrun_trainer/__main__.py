@@ -24,8 +24,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s launcher %(message)s")
         return launcher.launch(args, cfg.nproc_per_node, cfg.preemption.grace_period_seconds)
 
+    from spotrun_trainer.shard_writer import WriterOptions, set_zip_crc32
     from spotrun_trainer.train import run
 
+    # Every file of a checkpoint gets a sha256 in its manifest as it is written, so
+    # torch.save's per-record CRC32 would be a second checksum of the same bytes (and
+    # torch.load does not check it). The switch is process-wide, so it is set here, at the
+    # entry point of a process that is spotrun's, never by a library object in a process
+    # it shares with a user's code (DCP's checkpoint process sets its own).
+    set_zip_crc32(WriterOptions().crc32)
     try:
         code = run(cfg)
     except Exception:

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 
 log = logging.getLogger("spotrun_trainer.checkpoint")
 

@@ -1,30 +1,43 @@
 """Run configuration: dataclasses, layered as defaults < operator env < YAML file < CLI flags.
 
-Every field carries an attribute docstring; :func:`field_docs` reads them back from the
-source so ``--help`` and docs/trainer.md never drift from the code.
+Every field carries an attribute docstring; ``config_fields.field_docs`` reads them back
+from the source so ``--help`` and docs/trainer.md never drift from the code.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import inspect
-import itertools
 import os
-import textwrap
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from spotrun_trainer import contract
+from spotrun_api import contract
+from spotrun_trainer.config_fields import ConfigError, coerce, field_docs, hints, is_section
 from spotrun_trainer.faults import FaultConfig
+
+__all__ = [
+    "DEFAULT_WRITER_MB_PER_S",
+    "CheckpointConfig",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PreemptionConfig",
+    "ReportConfig",
+    "TrainConfig",
+    "apply_env",
+    "apply_yaml",
+    "build_parser",
+    "env_config",
+    "load_config",
+    "to_dict",
+    "validate",
+]
 
 # Background checkpoint writer's pace, MB/s per shard (why this value: docs/trainer.md).
 DEFAULT_WRITER_MB_PER_S = 150.0
@@ -207,83 +220,19 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
 }
 
 
-class ConfigError(ValueError):
-    """A bad key or value in the YAML file, a flag or an environment variable."""
-
-
-@cache
-def field_docs(cls: type) -> dict[str, str]:
-    """The attribute docstrings of a dataclass, read from its source."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
-    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-    docs: dict[str, str] = {}
-    for node, nxt in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _is_section(tp: Any) -> bool:
-    return dataclasses.is_dataclass(tp) and isinstance(tp, type)
-
-
-def coerce(value: Any, tp: Any, name: str) -> Any:
-    """Convert a YAML/env/flag value to the field type ``tp``."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
-        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return coerce(value, inner[0], name)
-    try:
-        if tp is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"not a boolean: {value!r}")
-        if tp is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(f"not an integer: {value!r}")
-            return int(value)
-        if tp is float:
-            return float(value)
-        if tp is str:
-            return str(value)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{name}: {e}") from e
-    raise ConfigError(f"{name}: unsupported type {tp!r}")
-
-
 def _set(cfg: TrainConfig, dotted: str, raw: Any) -> None:
     parts = dotted.replace("-", "_").split(".")
     obj: Any = cfg
     for i, part in enumerate(parts):
-        hints = _hints(type(obj))
-        if part not in hints:
+        types_of = hints(type(obj))
+        if part not in types_of:
             raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r}")
         if i == len(parts) - 1:
-            if _is_section(hints[part]):
+            if is_section(types_of[part]):
                 raise ConfigError(f"{dotted!r} is a section, give one of its fields")
-            setattr(obj, part, coerce(raw, hints[part], dotted))
+            setattr(obj, part, coerce(raw, types_of[part], dotted))
         else:
-            if not _is_section(hints[part]):
+            if not is_section(types_of[part]):
                 raise ConfigError(f"{'.'.join(parts[: i + 1])!r} is not a section")
             obj = getattr(obj, part)
 
@@ -301,12 +250,24 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def apply_env(cfg: TrainConfig, env: Mapping[str, str]) -> None:
+    """The operator's env over ``cfg``; an unset, empty or blank variable leaves its field."""
     for name, (section, key) in _ENV_FIELDS.items():
-        if env.get(name, "") != "":
+        if env.get(name, "").strip() != "":
             try:
                 _set(cfg, f"{section}.{key}" if section else key, env[name])
             except ConfigError as e:
                 raise ConfigError(f"{e} (from env {name})") from e
+
+
+def env_config(env: Mapping[str, str], *, interval_seconds: float | None = None) -> TrainConfig:
+    """The config the operator's env alone makes, over the defaults (``spotrun_api.contract``
+    's where the contract has one): what a loop spotrun does not own reads.
+    ``interval_seconds`` replaces the default checkpoint interval (when the env names none)."""
+    cfg = TrainConfig()
+    if interval_seconds is not None:
+        cfg.checkpoint.interval_seconds = interval_seconds
+    apply_env(cfg, env)
+    return cfg
 
 
 def apply_yaml(cfg: TrainConfig, path: str | Path) -> None:
@@ -321,8 +282,8 @@ def _all_fields(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, An
     out: list[tuple[str, Any, str]] = []
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
-        tp = _hints(cls)[f.name]
-        if _is_section(tp):
+        tp = hints(cls)[f.name]
+        if is_section(tp):
             out.extend(_all_fields(tp, f"{prefix}{f.name}."))
         else:
             out.append((f"{prefix}{f.name}", tp, docs.get(f.name, "")))

@@ -1,4 +1,5 @@
-"""Process-group set-up and the few collectives the loop needs.
+"""Process-group set-up and the few collectives every loop needs (the CLI's own, and the
+integrations' over a process group a framework set up: ``DistContext.of_framework``).
 
 Control traffic (stop flags, checkpoint agreement, eval averages) runs on a gloo group
 over CPU tensors: with NCCL that keeps the per-step flag exchange off the GPU stream, so
@@ -40,6 +41,20 @@ class DistContext:
     control_group: Any = None
     checkpoint_group: Any = None  # gloo, for DCP saves (their async writes run in a thread)
     peers: PeerMonitor | None = None  # heartbeats; None when alone or turned off
+
+    @classmethod
+    def of_framework(cls, env: Mapping[str, str] = os.environ) -> DistContext:
+        """The process group a framework (accelerate, torchrun, the user's script) already
+        set up, alone when there is none. Control traffic goes over a gloo group of its own
+        when that group is not gloo (``new_group`` is collective: every rank must call this
+        at the same point). No heartbeat and no checkpoint group: they are the CLI's."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return cls(0, 1, 0, torch.device("cpu"), None)
+        backend = str(dist.get_backend())
+        control = dist.new_group(backend="gloo") if backend != "gloo" else None
+        local_rank = int(env.get("LOCAL_RANK", "0"))
+        device = torch.device("cpu")  # of the control traffic; the framework owns the model's
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank, device, backend, control)
 
     @property
     def is_main(self) -> bool:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 
 log = logging.getLogger(__name__)
 

@@ -1,57 +1,42 @@
 """The step loop: agree at each boundary, evaluate, save when due, take one optimizer step.
 
-At every step boundary the ranks agree (one all_reduce MAX) on three flags: stop (a
-signal), save-now (spot notice) and save-due (time interval). Agreement is what makes
-every rank write the same step, and a stop always lands between two optimizer steps.
+The boundary protocol (the ranks agree on stop, save-now and save-due; a stop lands between
+two optimizer steps) is :class:`spotrun_trainer.core.TrainerCore`'s; this loop adds what
+spotrun's own loop does beside it: evaluation, the best checkpoint, the stall of each save,
+the faults and metrics.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 from spotrun_trainer.checkpoint import CheckpointManager
 from spotrun_trainer.config import TrainConfig, to_dict
+from spotrun_trainer.core import Boundary, TrainerCore
 from spotrun_trainer.data import to_batch, validation_batches
 from spotrun_trainer.distributed import DistContext
 from spotrun_trainer.faults import FaultInjector
 from spotrun_trainer.metrics import TrainerMetrics
 from spotrun_trainer.models import compute_loss
 from spotrun_trainer.parts import TrainParts
-from spotrun_trainer.preemption import StopGuard
-from spotrun_trainer.progress import ProgressReporter
-from spotrun_trainer.testhooks import TestHooks
 
 log = logging.getLogger("spotrun_trainer")
 
 
 @dataclass
-class Boundary:
-    """What the ranks agreed at a step boundary."""
-
-    step: int
-    stop: bool
-    notice: bool
-    due: bool
-    finished: bool
-
-
-@dataclass
 class LoopIO:
-    """The loop's companions: checkpoints, signals, test hooks, faults, reporting."""
+    """The loop's companions: checkpoints, the core (signals, test hooks, reporting),
+    faults, metrics."""
 
     manager: CheckpointManager
-    guard: StopGuard
-    hooks: TestHooks
+    core: TrainerCore
     faults: FaultInjector
     metrics: TrainerMetrics
-    reporter: ProgressReporter | None
-    env: Mapping[str, str]
 
 
 class TrainLoop:
@@ -59,9 +44,8 @@ class TrainLoop:
         self, cfg: TrainConfig, ctx: DistContext, parts: TrainParts, io: LoopIO, last_saved: int
     ) -> None:
         self.cfg, self.ctx, self.p, self.io = cfg, ctx, parts, io
-        self.last_saved: int | None = last_saved if last_saved >= 0 else None
+        io.core.last_saved = last_saved if last_saved >= 0 else None
         self.start_step = parts.progress.step
-        self.last_save_time = time.monotonic()
         self.window_start, self.window_samples = time.monotonic(), 0
         self.samples_per_second: float | None = None
         self.stall_pending = False  # a save's stall is known once its staging is waited for
@@ -74,7 +58,7 @@ class TrainLoop:
     def run(self) -> tuple[int, bool]:
         """Train until a stop or max_steps; (the last step, whether it was a stop). The
         save of that step is committed (or has failed) when this returns."""
-        self.io.hooks.started(self.start_step, self.io.guard)
+        self.io.core.started(self.start_step)
         self.p.train_model.train()
         # A collective that fails because a peer is gone (gloo: "Connection reset by peer")
         # ends this rank with EXIT_PEER_LOST rather than as an application error.
@@ -92,17 +76,10 @@ class TrainLoop:
                 self.after_step(loss)
 
     def agree(self) -> Boundary:
-        step = self.p.progress.step
-        io, ck = self.io, self.cfg.checkpoint
+        step, io = self.p.progress.step, self.io
         io.faults.at_boundary(step, settle=lambda: io.manager.wait(raise_errors=False))
-        interval_due = (
-            ck.interval_seconds > 0
-            and time.monotonic() - self.last_save_time >= ck.interval_seconds
-        )
-        stop, notice, due = self.ctx.agree(
-            [io.guard.stop_requested.is_set(), io.guard.save_requested.is_set(), interval_due]
-        )
-        return Boundary(step, stop, notice, due, step >= self.cfg.max_steps)
+        due = io.core.due(step, self.start_step)
+        return io.core.agree(step, due, finished=step >= self.cfg.max_steps)
 
     def maybe_evaluate(self, step: int) -> tuple[float | None, bool]:
         every = self.cfg.eval_every
@@ -129,30 +106,25 @@ class TrainLoop:
         return self.ctx.mean(total / max(1, len(self.val)))
 
     def maybe_save(self, b: Boundary, metric: float | None, new_best: bool) -> None:
-        ck = self.cfg.checkpoint
-        n = ck.interval_steps
-        every = n > 0 and b.step > self.start_step and b.step % n == 0
-        if b.notice:
-            guard = self.io.guard
-            guard.take_save_request()
-            log.warning("saving at step %d: %s", b.step, guard.save_reason or "save requested")
+        core = self.io.core
         if b.stop or b.notice or b.finished:
             # The node is going or the run ends (some rank's guard may have raised it
             # already): a paced write in flight, and this save, go as fast as they can.
             self.io.manager.hurry.set()
-        wanted = b.stop or b.notice or b.due or b.finished or every or (new_best and ck.keep_best)
+        keep_best = self.cfg.checkpoint.keep_best
+        wanted = b.stop or b.notice or b.due or b.finished or (new_best and keep_best)
         if self.stall_pending:  # a save at the very next boundary: report the previous one
             self.report_stall()
-        if wanted and b.step != self.last_saved:
+        if wanted and b.step != core.last_saved:
             # The last save of a run is synchronous: nothing may still be writing at exit.
             self.save(b.step, metric, blocking=b.stop or b.finished)
-            self.last_saved, self.last_save_time = b.step, time.monotonic()
+            core.saved(b.step)
 
     def save(self, step: int, metric: float | None, blocking: bool) -> None:
         p, io = self.p, self.io
         meta = {
             "tokens_seen": p.progress.tokens_seen,
-            "attempt": io.env.get(contract.ENV_ATTEMPT),
+            "attempt": io.core.env.get(contract.ENV_ATTEMPT),
             "world_size": self.ctx.world_size,
             "global_batch_size": self.global_batch,
             "config": to_dict(self.cfg),
@@ -174,13 +146,14 @@ class TrainLoop:
         io.manager.wait_staged()  # nothing left to wait for when a step ran since the save
         stall = io.manager.last_stall_seconds
         io.metrics.checkpoint_stall_seconds.observe(stall)
-        if io.reporter is not None and periodic:  # a final save is not a periodic cost
-            io.reporter.save_stall(stall)
+        reporter = io.core.reporter
+        if reporter is not None and periodic:  # a final save is not a periodic cost
+            reporter.save_stall(stall)
 
     def train_step(self) -> torch.Tensor:
         p, cfg, device = self.p, self.cfg, self.ctx.device
         idx = p.sampler.next_indices()
-        self.io.hooks.samples(p.progress.step + 1, idx)
+        self.io.core.hooks.samples(p.progress.step + 1, idx)
         batch = to_batch(p.train_rows, idx).to(device)
         with torch.autocast(device.type, dtype=self.amp_dtype, enabled=cfg.amp):
             loss = compute_loss(p.train_model, batch, cfg.model)
@@ -206,7 +179,7 @@ class TrainLoop:
         step, io = self.p.progress.step, self.io
         if self.stall_pending:
             self.report_stall()
-        io.hooks.after_step(step, io.guard, loss)
+        io.core.hooks.after_step(step, io.core.guard, loss)
         io.faults.after_step()
         every = self.cfg.report.log_every
         if every and step % every == 0:
@@ -220,5 +193,4 @@ class TrainLoop:
                 log.info("step %d: loss %.4f, %.1f samples/s, lr %.2e", step, loss_value,
                          self.samples_per_second, self.p.scheduler.get_last_lr()[0])  # fmt: skip
         io.metrics.step.set(step)
-        if io.reporter is not None:
-            io.reporter.step(step, self.samples_per_second)
+        io.core.report_step(step, self.samples_per_second)

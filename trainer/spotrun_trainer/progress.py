@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from spotrun_trainer import contract
-from spotrun_trainer.contract import Progress
+from spotrun_api import contract
+from spotrun_api.status import Progress
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient

@@ -17,7 +17,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 from spotrun_trainer.checkpoint_io import TMP_PREFIX, fsync_dir, verify
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,10 @@ writes every key, so a checkpoint loads the same way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -109,3 +111,49 @@ class ReusedStager(AsyncStager):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         self._buffers = None
+
+
+class StagingFence:
+    """Holds the next ``optimizer.step`` of each sharded part until an overlapped staging
+    copy is done.
+
+    The staged copy must equal the state at the save step. Forward and backward only read
+    parameters and optimizer state (they write activations and gradients, which are not
+    saved); the optimizer step is the first thing that writes them, so that is where the
+    loop waits. ``on_wait`` gets the seconds each wait blocked (the caller's stall)."""
+
+    def __init__(self, on_wait: Callable[[float], object]) -> None:
+        self.on_wait = on_wait
+        self._staging: Future[Any] | None = None  # the copy in flight
+        self._hooks: list[Any] = []  # optimizer step pre-hooks waiting for it
+
+    def hold(self, staging: Future[Any], parts: Mapping[str, Any]) -> None:
+        self._staging = staging
+        for part in parts.values():
+            optimizer = getattr(part, "optimizer", None)
+            if isinstance(optimizer, torch.optim.Optimizer):
+                self._hooks.append(optimizer.register_step_pre_hook(self._hook))
+
+    def _hook(self, *_: Any) -> None:
+        self.wait()  # a step pre-hook must return None
+
+    def wait(self) -> float:
+        """Block until the copy is done (nothing when none runs); the seconds blocked. A
+        failed copy is not raised here: the save fails with it."""
+        staging, self._staging = self._staging, None
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        if staging is None:
+            return 0.0
+        t0 = time.monotonic()
+        with contextlib.suppress(BaseException):
+            staging.result()
+        waited = time.monotonic() - t0
+        self.on_wait(waited)
+        return waited
+
+    @property
+    def in_flight(self) -> bool:
+        """A copy was started and not yet waited for."""
+        return self._staging is not None

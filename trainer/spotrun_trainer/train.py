@@ -16,20 +16,24 @@ from contextlib import ExitStack
 import torch
 from prometheus_client import CollectorRegistry
 
-from spotrun_trainer import contract
-from spotrun_trainer.checkpoint import CheckpointError, CheckpointInfo, CheckpointManager
+from spotrun_api import contract
+from spotrun_trainer.checkpoint import (
+    CheckpointError,
+    CheckpointHooks,
+    CheckpointInfo,
+    CheckpointManager,
+)
 from spotrun_trainer.config import TrainConfig
+from spotrun_trainer.core import TrainerCore, checkpoint_settings
 from spotrun_trainer.distributed import DistContext, init_distributed, shutdown
 from spotrun_trainer.faults import FaultInjector
 from spotrun_trainer.loop import LoopIO, TrainLoop
 from spotrun_trainer.metrics import TrainerMetrics
 from spotrun_trainer.models import count_parameters
 from spotrun_trainer.parts import TrainParts, WarmupCosine, build_parts, wrap_for_training
-from spotrun_trainer.preemption import SpotNoticePoller, StopGuard
-from spotrun_trainer.progress import ProgressReporter, reporter_from_env
+from spotrun_trainer.preemption import StopGuard
+from spotrun_trainer.progress import ProgressReporter
 from spotrun_trainer.s3mirror import S3Mirror
-from spotrun_trainer.sharded import WriterOptions
-from spotrun_trainer.testhooks import TestHooks
 
 __all__ = ["WarmupCosine", "run", "setup_logging"]
 
@@ -65,51 +69,34 @@ def run(cfg: TrainConfig, env: Mapping[str, str] = os.environ) -> int:
 def _train(
     cfg: TrainConfig, ctx: DistContext, env: Mapping[str, str], stack: ExitStack, guard: StopGuard
 ) -> int:
-    hooks = TestHooks(env, ctx.rank)
+    core = TrainerCore(cfg, ctx, env, guard=guard)
     faults = FaultInjector(cfg.fault, ctx.rank, env)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     parts = build_parts(cfg, ctx)
     metrics = _start_metrics(cfg, ctx, stack)
-    reporter = reporter_from_env(env, cfg.report.progress_interval_seconds) if ctx.is_main else None
+    reporter = core.reporter
     if reporter is not None:
         stack.callback(reporter.close)
     ck = cfg.checkpoint
     mirror = S3Mirror(ck.s3_uri, ck.s3_endpoint_url) if ck.s3_uri and ctx.is_main else None
     if mirror is not None:
         stack.callback(_close_mirror, mirror, cfg, guard)
-    on_commit = _commit_callback(cfg, metrics, reporter, mirror, hooks)
-    manager = CheckpointManager(
-        ck.dir,
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-        keep=ck.keep,
-        keep_best=ck.keep_best,
-        async_save=ck.async_save,
-        async_mode=ck.async_mode,
-        overlap_staging=ck.overlap_staging,
-        writer_options=WriterOptions(max_write_mb_per_s=ck.writer_max_mb_per_s),
+    hooks = CheckpointHooks(
         hurry=guard.hurry,  # a stop or notice unpaces the write in flight at once
-        process_group=ctx.checkpoint_group,
-        commit_timeout=ck.commit_timeout_seconds,
-        collectives=ctx,
         restore_missing=mirror.restore_latest if mirror is not None else None,
-        on_commit=on_commit,
-        before_commit=hooks.before_commit,
+        on_commit=_commit_callback(cfg, metrics, core, mirror),
+        before_commit=core.hooks.before_commit,
         after_write=faults.slow_save,
     )
+    manager = CheckpointManager(ck.dir, checkpoint_settings(ck), place=core.place(), hooks=hooks)
     last_saved = _resume(cfg, ctx, parts, manager, metrics, reporter)
     wrap_for_training(parts, ctx)
-    if cfg.preemption.spot_notice and ctx.local_rank == 0:
-        poller = SpotNoticePoller(
-            lambda notice: guard.request_save(f"spot notice {notice}"),
-            endpoint=cfg.preemption.spot_notice_endpoint,
-            interval=cfg.preemption.spot_notice_interval_seconds,
-        ).start()
-        stack.callback(poller.stop)
-    io = LoopIO(manager, guard, hooks, faults, metrics, reporter, env)
+    core.start_notice_poller()
+    stack.callback(core.stop_notice_poller)
+    io = LoopIO(manager, core, faults, metrics)
     step, stopped = TrainLoop(cfg, ctx, parts, io, last_saved).run()
-    return _finish(ctx, manager, mirror, guard, cfg, step, stopped=stopped)
+    return _finish(core, manager, mirror, step, stopped=stopped)
 
 
 def _start_metrics(cfg: TrainConfig, ctx: DistContext, stack: ExitStack) -> TrainerMetrics:
@@ -125,11 +112,7 @@ def _start_metrics(cfg: TrainConfig, ctx: DistContext, stack: ExitStack) -> Trai
 
 
 def _commit_callback(
-    cfg: TrainConfig,
-    metrics: TrainerMetrics,
-    reporter: ProgressReporter | None,
-    mirror: S3Mirror | None,
-    hooks: TestHooks,
+    cfg: TrainConfig, metrics: TrainerMetrics, core: TrainerCore, mirror: S3Mirror | None
 ) -> Callable[[CheckpointInfo], None]:
     """What rank 0 does after each commit (in the writer thread when saves are async)."""
     grace_warned = False
@@ -139,11 +122,10 @@ def _commit_callback(
         nonlocal grace_warned
         metrics.observe_checkpoint(info.seconds, info.bytes, time.time())
         grace_warned = _warn_if_past_grace(info, cfg.preemption.grace_period_seconds, grace_warned)
-        if reporter is not None:
-            reporter.checkpoint(info.step, info.committed_at, str(info.path))
+        core.report_checkpoint(info.step, info.committed_at, str(info.path))
         if mirror is not None:
             mirror.enqueue(info.path, ck.keep, ck.keep_best)
-        hooks.announce("committed", info.step)
+        core.hooks.announce("committed", info.step)
 
     return on_commit
 
@@ -179,15 +161,10 @@ def _resume(
 
 
 def _finish(
-    ctx: DistContext,
-    manager: CheckpointManager,
-    mirror: S3Mirror | None,
-    guard: StopGuard,
-    cfg: TrainConfig,
-    step: int,
-    stopped: bool,
+    core: TrainerCore, manager: CheckpointManager, mirror: S3Mirror | None, step: int, stopped: bool
 ) -> int:
     """Wait for the last save (and its upload); every rank leaves only after the commit."""
+    ctx, cfg, guard = core.ctx, core.cfg, core.guard
     code = contract.EXIT_STOPPED if stopped else contract.EXIT_DONE
     try:
         manager.wait()
@@ -200,12 +177,11 @@ def _finish(
     # A rank that exits before the commit would make torchrun kill the others mid-save.
     ctx.barrier()
     if stopped and ctx.is_main:
-        since = time.monotonic() - guard.stop_time if guard.stop_time is not None else 0.0
         log.warning(
             "stopped at step %d (%s): checkpoint committed %.1fs after the request (grace %.0fs)",
             step,
             guard.stop_reason or "peer rank",
-            since,
+            core.seconds_since_stop(),
             cfg.preemption.grace_period_seconds,
         )
     elif ctx.is_main:

@@ -21,8 +21,14 @@ from trainer_helpers import (
     single_cmd,
 )
 
-from spotrun_trainer import contract
-from spotrun_trainer.checkpoint import CheckpointInfo, CheckpointManager, verify
+from spotrun_api import contract
+from spotrun_trainer.checkpoint import (
+    CheckpointHooks,
+    CheckpointInfo,
+    CheckpointManager,
+    CheckpointSettings,
+    verify,
+)
 from spotrun_trainer.config import TrainConfig
 from spotrun_trainer.faults import FaultConfig, FaultInjector, InjectedCrash
 from spotrun_trainer.preemption import StopGuard
@@ -70,7 +76,11 @@ def test_slow_save_holds_the_marker_after_the_files(tmp_path: Path) -> None:
     injector = FaultInjector(FaultConfig(slow_save_seconds=hold), 0, {})
     shared = {"model": ModelState(nn.Linear(4, 2))}
     per_rank = {"rng": RNGState()}
-    m = CheckpointManager(tmp_path, async_save=True, after_write=injector.slow_save)
+    m = CheckpointManager(
+        tmp_path,
+        CheckpointSettings(async_save=True),
+        hooks=CheckpointHooks(after_write=injector.slow_save),
+    )
     m.prepare()
     start = time.monotonic()
     m.save(3, shared, per_rank)

@@ -28,7 +28,7 @@ from trainer_helpers import (
     trainer_env,
 )
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 from spotrun_trainer.checkpoint import verify
 from spotrun_trainer.sharded import read_full
 from spotrun_trainer.testhooks import ENV_PAUSE_AT_STEP, ENV_SAMPLES_FILE

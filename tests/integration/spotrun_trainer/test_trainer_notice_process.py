@@ -11,7 +11,7 @@ import fake_imds
 from fake_imds import NOTICE, FakeIMDS
 from trainer_helpers import Trainer, committed, read_events, single_cmd
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 from spotrun_trainer.checkpoint import verify
 from spotrun_trainer.testhooks import ENV_PAUSE_AT_STEP
 

@@ -22,9 +22,9 @@ from trainer_helpers import (
     poll_until,
 )
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 from spotrun_trainer.checkpoint import verify
-from spotrun_trainer.sharded import DIRECT_BUFFER
+from spotrun_trainer.shard_writer import DIRECT_BUFFER
 from spotrun_trainer.testhooks import ENV_PAUSE_AT_STEP
 
 NPROC = 2

@@ -26,7 +26,7 @@ from trainer_helpers import (
     torchrun_cmd,
 )
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 from spotrun_trainer.checkpoint import verify
 from spotrun_trainer.testhooks import ENV_PAUSE_AT_STEP, ENV_PAUSE_BEFORE_COMMIT
 

@@ -21,8 +21,8 @@ from trainer_helpers import (
     single_cmd,
 )
 
-from spotrun_trainer import contract
-from spotrun_trainer.checkpoint import CheckpointManager, verify
+from spotrun_api import contract
+from spotrun_trainer.checkpoint import CheckpointManager, CheckpointSettings, verify
 from spotrun_trainer.s3mirror import S3Mirror, parse_s3_uri
 from spotrun_trainer.testhooks import ENV_PAUSE_AT_STEP
 
@@ -51,7 +51,7 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 def _local_checkpoints(directory: Path, steps: list[int]) -> None:
-    m = CheckpointManager(directory, keep=10)
+    m = CheckpointManager(directory, CheckpointSettings(keep=10))
     m.prepare()
     model = torch.nn.Linear(4, 4)
     for step in steps:

@@ -14,10 +14,13 @@ import torch
 from torch import nn
 from trainer_helpers import assert_bitwise_equal, poll_until
 
-from spotrun_trainer import contract
+from spotrun_api import contract
 from spotrun_trainer.checkpoint import (
     CheckpointError,
+    CheckpointHooks,
     CheckpointManager,
+    CheckpointSettings,
+    RankPlace,
     committed_steps,
     verify,
 )
@@ -52,8 +55,14 @@ class Parts:
         }
 
 
-def _manager(directory: Path, **kw: Any) -> CheckpointManager:
-    m = CheckpointManager(directory, **kw)
+def _manager(
+    directory: Path,
+    settings: CheckpointSettings | None = None,
+    *,
+    place: RankPlace | None = None,
+    hooks: CheckpointHooks | None = None,
+) -> CheckpointManager:
+    m = CheckpointManager(directory, settings, place=place, hooks=hooks)
     m.prepare()
     return m
 
@@ -83,7 +92,7 @@ def test_damaged_newest_falls_back_to_previous(
     tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     a = Parts()
-    m = _manager(tmp_path, keep=5)
+    m = _manager(tmp_path, CheckpointSettings(keep=5))
     states = {}
     for _ in range(2):
         a.train_step()
@@ -136,7 +145,7 @@ def test_half_written_and_unmarked_folders_are_never_loaded(tmp_path: Path) -> N
 
 def test_keeps_last_k_and_the_best(tmp_path: Path) -> None:
     a = Parts()
-    m = _manager(tmp_path, keep=2, keep_best=True)
+    m = _manager(tmp_path, CheckpointSettings(keep=2, keep_best=True))
     metrics = {1: 5.0, 2: 1.0, 3: 4.0, 4: 3.0, 5: None}
     for step, metric in metrics.items():
         a.train_step()
@@ -160,7 +169,11 @@ def test_async_save_snapshots_state_at_call_time(tmp_path: Path) -> None:
     a = Parts()
     a.train_step()
     release = threading.Event()
-    m = _manager(tmp_path, async_save=True, before_commit=lambda step: release.wait(60))
+    m = _manager(
+        tmp_path,
+        CheckpointSettings(async_save=True),
+        hooks=CheckpointHooks(before_commit=lambda step: release.wait(60)),
+    )
     expected = a.state()
     m.save(1, a.shared, a.per_rank)
     assert m.in_flight, "the write runs in the background"
@@ -184,7 +197,7 @@ def test_async_snapshot_keeps_tied_weights_shared(tmp_path: Path) -> None:
     model = Tied()
     sizes = {}
     for async_save in (False, True):
-        m = _manager(tmp_path / str(async_save), async_save=async_save)
+        m = _manager(tmp_path / str(async_save), CheckpointSettings(async_save=async_save))
         m.save(1, {"model": ModelState(model)}, {})
         info = m.wait()
         assert info is not None
@@ -198,7 +211,11 @@ def test_async_allows_one_save_in_flight(tmp_path: Path) -> None:
     a = Parts()
     gate = {1: threading.Event(), 2: threading.Event()}
     gate[2].set()
-    m = _manager(tmp_path, async_save=True, before_commit=lambda step: gate[step].wait(60))
+    m = _manager(
+        tmp_path,
+        CheckpointSettings(async_save=True),
+        hooks=CheckpointHooks(before_commit=lambda step: gate[step].wait(60)),
+    )
     original_wait = m.wait
     seen_when_second_started: list[list[int]] = []
 
@@ -222,8 +239,8 @@ def test_async_allows_one_save_in_flight(tmp_path: Path) -> None:
 
 def test_two_ranks_commit_only_when_both_parts_are_written(tmp_path: Path) -> None:
     a = Parts()
-    r0 = _manager(tmp_path, rank=0, world_size=2, async_save=True)
-    r1 = CheckpointManager(tmp_path, rank=1, world_size=2)
+    r0 = _manager(tmp_path, CheckpointSettings(async_save=True), place=RankPlace(0, 2))
+    r1 = CheckpointManager(tmp_path, place=RankPlace(1, 2))
     r0.save(1, a.shared, a.per_rank)
     poll_until(lambda: (tmp_path / ".tmp-step-1" / "part-0.json").exists(), 30, "rank 0 part")
     assert r0.in_flight and not (tmp_path / "step-1").exists(), "rank 0 waits for rank 1"
@@ -242,7 +259,7 @@ def test_two_ranks_commit_only_when_both_parts_are_written(tmp_path: Path) -> No
             return 1
 
     b = Parts(seed=1)
-    m2 = CheckpointManager(tmp_path, rank=2, world_size=3, collectives=FromRank0())
+    m2 = CheckpointManager(tmp_path, place=RankPlace(2, 3, FromRank0()))
     loaded = m2.load(b.shared, b.per_rank)
     assert loaded is not None
     assert_bitwise_equal(a.state()["model"], b.state()["model"])
@@ -250,7 +267,9 @@ def test_two_ranks_commit_only_when_both_parts_are_written(tmp_path: Path) -> No
 
 def test_a_failed_rank_aborts_the_commit_at_once(tmp_path: Path) -> None:
     a = Parts()
-    r0 = _manager(tmp_path, rank=0, world_size=2, async_save=True, commit_timeout=120)
+    r0 = _manager(
+        tmp_path, CheckpointSettings(async_save=True, commit_timeout=120), place=RankPlace(0, 2)
+    )
     r0.save(1, a.shared, a.per_rank)
 
     class Broken:
@@ -260,7 +279,7 @@ def test_a_failed_rank_aborts_the_commit_at_once(tmp_path: Path) -> None:
         def load_state_dict(self, state: dict[str, Any], /) -> None:
             raise AssertionError
 
-    r1 = CheckpointManager(tmp_path, rank=1, world_size=2)
+    r1 = CheckpointManager(tmp_path, place=RankPlace(1, 2))
     r1.save(1, {}, {"broken": Broken()})
     with pytest.raises(CheckpointError, match="pickle"):
         r1.wait()

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from spotrun_api import contract
 from spotrun_api import contract as contract_api
-from spotrun_trainer import contract, launcher
+from spotrun_trainer import launcher
 from spotrun_trainer.__main__ import main
 from spotrun_trainer.config import (
     CheckpointConfig,
@@ -19,9 +20,9 @@ from spotrun_trainer.config import (
     TrainConfig,
     _all_fields,
     build_parser,
-    field_docs,
     load_config,
 )
+from spotrun_trainer.config_fields import field_docs
 from spotrun_trainer.data import ResumableSampler, load_tokens, synthetic_tokens
 from spotrun_trainer.faults import FaultConfig
 from spotrun_trainer.launcher import decide_exit, torchrun_command

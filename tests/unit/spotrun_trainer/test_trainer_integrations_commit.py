@@ -1,5 +1,5 @@
 """spotrun's commit protocol applied to folders another framework wrote
-(spotrun_trainer.integrations.commit), on real files."""
+(spotrun_trainer.commit), on real files."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from spotrun_trainer.checkpoint_io import committed_steps, verify
-from spotrun_trainer.integrations import commit
+from spotrun_trainer import commit
+from spotrun_trainer.checkpoint_io import committed_steps, read_marker, verify
 
 
 def framework_save(folder: Path, step: int) -> Path:
@@ -27,7 +27,7 @@ def test_commit_folder_moves_the_save_and_writes_a_verifiable_manifest(tmp_path:
     final = commit.commit_folder(src, ckpt, 7, meta={"integration": "test"})
     assert final == ckpt / "step-7" and not src.exists()
     assert verify(final, 7) is None
-    marker = commit.read_marker(final)
+    marker = read_marker(final)
     assert marker is not None and marker["step"] == 7 and marker["meta"]["integration"] == "test"
     assert {"optimizer.pt", "trainer_state.json", "1_Pooling/config.json", "shared.pt"} == set(
         marker["files"]

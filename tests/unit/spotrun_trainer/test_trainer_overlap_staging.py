@@ -18,8 +18,10 @@ from torch.distributed._state_dict_utils import _copy_state_dict as real_copy
 from trainer_helpers import assert_bitwise_equal
 
 from spotrun_trainer import staging
-from spotrun_trainer.checkpoint import CheckpointManager, verify
+from spotrun_trainer.checkpoint import CheckpointManager, CheckpointSettings, verify
 from spotrun_trainer.sharded import ShardedState, read_full
+
+OVERLAP = CheckpointSettings(keep_best=False, async_save=True, overlap_staging=True)
 
 
 class Tiny:
@@ -52,7 +54,7 @@ def _save(m: CheckpointManager, step: int, tiny: Tiny) -> float:
 def test_optimizer_step_waits_for_the_staging_copy(tmp_path: Path, monkeypatch: Any) -> None:
     tiny = Tiny()
     tiny.step()  # AdamW state exists
-    sync = CheckpointManager(tmp_path / "sync", keep_best=False)
+    sync = CheckpointManager(tmp_path / "sync", CheckpointSettings(keep_best=False))
     sync.prepare()
     _save(sync, 1, tiny)  # the yardstick: the state at step 1, written synchronously
 
@@ -63,8 +65,7 @@ def test_optimizer_step_waits_for_the_staging_copy(tmp_path: Path, monkeypatch: 
         return real_copy(*args, **kwargs)
 
     monkeypatch.setattr(staging, "_copy_state_dict", held_copy)
-    m = CheckpointManager(tmp_path / "overlap", keep_best=False, async_save=True,
-                          overlap_staging=True)  # fmt: skip
+    m = CheckpointManager(tmp_path / "overlap", OVERLAP)
     m.prepare()
     stall = _save(m, 1, tiny)
     assert m.staging_in_flight
@@ -87,9 +88,8 @@ def test_optimizer_step_waits_for_the_staging_copy(tmp_path: Path, monkeypatch: 
 def test_staging_buffers_are_reused_and_each_save_is_its_own_step(tmp_path: Path) -> None:
     tiny = Tiny()
     tiny.step()
-    m = CheckpointManager(tmp_path / "overlap", keep_best=False, async_save=True,
-                          overlap_staging=True)  # fmt: skip
-    sync = CheckpointManager(tmp_path / "sync", keep_best=False)
+    m = CheckpointManager(tmp_path / "overlap", OVERLAP)
+    sync = CheckpointManager(tmp_path / "sync", CheckpointSettings(keep_best=False))
     m.prepare()
     sync.prepare()
     for step in (1, 2, 3):

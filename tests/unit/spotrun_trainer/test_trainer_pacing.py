@@ -23,23 +23,25 @@ import pytest
 import torch
 from torch import nn
 
-from spotrun_trainer import pacing, sharded
-from spotrun_trainer.checkpoint import CheckpointManager, verify
+from spotrun_trainer import pacing, shard_writer
+from spotrun_trainer.checkpoint import CheckpointManager, CheckpointSettings, verify
 from spotrun_trainer.config import DEFAULT_WRITER_MB_PER_S, ConfigError, load_config
-from spotrun_trainer.loop import Boundary, TrainLoop
+from spotrun_trainer.core import Boundary
+from spotrun_trainer.loop import TrainLoop
 from spotrun_trainer.pacing import Hurry, Pacer
 from spotrun_trainer.preemption import StopGuard
-from spotrun_trainer.sharded import HashingFileSystemWriter, ShardedState, WriterOptions
+from spotrun_trainer.shard_writer import HashingFileSystemWriter, WriterOptions
+from spotrun_trainer.sharded import ShardedState
 
 CRAWL = WriterOptions(max_write_mb_per_s=1e-6)  # one byte a second: hours per buffer
-SMALL_BUFFER = 4 * sharded.BLOCK  # 16 KiB, so a few KiB of data fill several buffers
+SMALL_BUFFER = 4 * shard_writer.BLOCK  # 16 KiB, so a few KiB of data fill several buffers
 DATA = bytes(range(256)) * 400  # 102,400 bytes: 6 full buffers
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "trainer.md"
 LIVENESS = 120.0  # seconds: a hang guard for a write that should finish, not a timing
 
 
 def _need_direct(tmp_path: Path) -> None:
-    fd = sharded._open_direct(tmp_path / "probe")
+    fd = shard_writer._open_direct(tmp_path / "probe")
     if fd is None:  # a missing capability fails, never skips (CI must not pass blind)
         pytest.fail(
             f"{tmp_path} refuses O_DIRECT, and only O_DIRECT shards are paced: run pytest "
@@ -77,7 +79,7 @@ def test_a_paced_write_in_flight_stops_sleeping_once_hurried(
 ) -> None:
     """Thread mode: the writer shares the guard's Hurry; raising it wakes the pace."""
     _need_direct(tmp_path)
-    monkeypatch.setattr(sharded, "DIRECT_BUFFER", SMALL_BUFFER)
+    monkeypatch.setattr(shard_writer, "DIRECT_BUFFER", SMALL_BUFFER)
     spy = SleepSpy(monkeypatch)
     hurry = Hurry(tmp_path)
     fs = HashingFileSystemWriter("unused", background="thread", options=CRAWL, hurry=hurry).fs
@@ -98,7 +100,7 @@ def test_a_paced_write_in_flight_stops_sleeping_once_hurried(
 def _child_write(conn: Connection, path: str) -> None:
     """In a spawned process, like DCP's checkpoint process: the writer arrives pickled
     through a pipe, after the process started."""
-    sharded.DIRECT_BUFFER = SMALL_BUFFER
+    shard_writer.DIRECT_BUFFER = SMALL_BUFFER
     real = Hurry.sleep
 
     def sleep(self: Hurry, seconds: float) -> None:
@@ -180,9 +182,11 @@ def test_a_save_started_after_a_notice_is_not_paced(
 ) -> None:
     """Through the manager and DCP (thread mode): the hurry is up before the save, so
     the writer is created unpaced and never sleeps."""
-    monkeypatch.setattr(sharded, "DIRECT_BUFFER", SMALL_BUFFER)
+    monkeypatch.setattr(shard_writer, "DIRECT_BUFFER", SMALL_BUFFER)
     spy = SleepSpy(monkeypatch)
-    m = CheckpointManager(tmp_path, keep_best=False, async_save=True, writer_options=CRAWL)
+    m = CheckpointManager(
+        tmp_path, CheckpointSettings(keep_best=False, async_save=True, writer=CRAWL)
+    )
     m.prepare()
     m.hurry.set()
     with warnings.catch_warnings():
@@ -195,7 +199,7 @@ def test_a_save_started_after_a_notice_is_not_paced(
     assert verify(tmp_path / "step-1", 1) is None
     assert spy.calls == 0
     fs = HashingFileSystemWriter("x", background="process", options=CRAWL, hurry=m.hurry).fs
-    assert isinstance(fs, sharded.HashingFileSystem) and fs.max_write_mb_per_s == 0
+    assert isinstance(fs, shard_writer.HashingFileSystem) and fs.max_write_mb_per_s == 0
     m.hurry.close()
 
 
@@ -220,10 +224,12 @@ def test_a_save_that_must_wait_for_a_paced_write_hurries_it(
     """The loop blocks on the write in flight (a save due before the previous one is
     written, the run's end): pacing it then only adds to the stall, so the wait drops its
     pace; the node-wide hurry stays down and the next write is paced again."""
-    monkeypatch.setattr(sharded, "DIRECT_BUFFER", SMALL_BUFFER)
+    monkeypatch.setattr(shard_writer, "DIRECT_BUFFER", SMALL_BUFFER)
     spy = SleepSpy(monkeypatch)
     parts = _trained_linear()
-    m = CheckpointManager(tmp_path, keep_best=False, async_save=True, writer_options=CRAWL)
+    m = CheckpointManager(
+        tmp_path, CheckpointSettings(keep_best=False, async_save=True, writer=CRAWL)
+    )
     m.prepare()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # DCP: no process group, single process
@@ -254,11 +260,11 @@ def test_the_loop_hurries_before_the_save_of_a_notice_a_stop_or_the_end(
     hurry = Hurry()
     seen: list[bool] = []
     manager = SimpleNamespace(hurry=hurry)
-    guard = SimpleNamespace(take_save_request=lambda: True, save_reason="spot notice")
+    core = SimpleNamespace(last_saved=None, saved=lambda step: None)
     loop = cast(Any, TrainLoop.__new__(TrainLoop))
     loop.cfg = SimpleNamespace(checkpoint=SimpleNamespace(interval_steps=0, keep_best=False))
-    loop.io = SimpleNamespace(manager=manager, guard=guard)
-    loop.start_step, loop.last_saved, loop.stall_pending = 0, None, False
+    loop.io = SimpleNamespace(manager=manager, core=core)
+    loop.start_step, loop.stall_pending = 0, False
     loop.save = lambda step, metric, blocking: seen.append(hurry.is_set())
     flags = {"stop": False, "notice": False, "due": False, "finished": False, **agreed}
     TrainLoop.maybe_save(loop, Boundary(step=5, **flags), None, False)

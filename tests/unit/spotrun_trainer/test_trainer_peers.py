@@ -17,9 +17,10 @@ import torch.distributed as dist
 from torch._C._distributed_c10d import PrefixStore, TCPStore
 
 from spotrun_api import contract
-from spotrun_trainer import distributed, peers
+from spotrun_trainer import distributed, peer_watch, peers
 from spotrun_trainer.distributed import DistContext
-from spotrun_trainer.peers import Lost, PeerMonitor, PeerWatch
+from spotrun_trainer.peer_watch import Lost, PeerWatch
+from spotrun_trainer.peers import PeerMonitor
 
 DEADLINE = 30.0  # generous: a busy 2-core box
 
@@ -51,12 +52,12 @@ def test_a_silent_store_is_named_before_the_peers_it_hides() -> None:
 
 def test_a_peer_that_left_cleanly_is_never_lost() -> None:
     w = PeerWatch([1, 2], now=0.0)
-    w.saw({1: b"3", 2: peers.LEFT}, 1.0)
-    w.saw({1: b"4", 2: peers.LEFT}, 100.0)
+    w.saw({1: b"3", 2: peer_watch.LEFT}, 1.0)
+    w.saw({1: b"4", 2: peer_watch.LEFT}, 100.0)
     assert w.silent(101.0, limit=5.0) is None
     # Once rank 0 (the store's host) left, the store going away is expected too.
     w0 = PeerWatch([0], now=0.0)
-    w0.saw({0: peers.LEFT}, 1.0)
+    w0.saw({0: peer_watch.LEFT}, 1.0)
     assert w0.silent(100.0, limit=5.0) is None
 
 
@@ -75,14 +76,14 @@ def test_after_an_error_silence_counts_from_the_error_and_a_beat_must_follow_it(
 
 
 def test_the_limit_is_the_floor_or_k_median_steps() -> None:
-    steps = peers.StepTimes(window=3)
+    steps = peer_watch.StepTimes(window=3)
     assert steps.median() is None
-    assert peers.peer_limit(30.0, steps.median(), 10) == 30.0
+    assert peer_watch.peer_limit(30.0, steps.median(), 10) == 30.0
     for s in (0.5, 9.0, 4.0, 5.0):  # the first falls out of the window
         steps.add(s)
     assert steps.median() == 5.0
-    assert peers.peer_limit(30.0, steps.median(), 10) == 50.0
-    assert peers.peer_limit(30.0, 0.1, 10) == 30.0
+    assert peer_watch.peer_limit(30.0, steps.median(), 10) == 50.0
+    assert peer_watch.peer_limit(30.0, 0.1, 10) == 30.0
 
 
 # --- the contract and the environment ------------------------------------------------------

@@ -16,7 +16,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from trainer_helpers import poll_until
 
-from spotrun_trainer import contract
+from spotrun_api import contract
+from spotrun_api.status import Progress
 from spotrun_trainer.metrics import TrainerMetrics
 from spotrun_trainer.progress import ProgressReporter, patch_body, reporter_from_env
 
@@ -36,7 +37,7 @@ def _reporter(calls: list[dict[str, Any]], clock: Clock, **kw: Any) -> ProgressR
 
 
 def test_patch_body_is_a_merge_patch_of_status_progress() -> None:
-    body = patch_body(contract.Progress(step=5, samples_per_second=2.5, attempt=1))
+    body = patch_body(Progress(step=5, samples_per_second=2.5, attempt=1))
     assert body == {"status": {"progress": {"step": 5, "samplesPerSecond": 2.5, "attempt": 1}}}
 
 
@@ -131,7 +132,7 @@ def test_checkpoint_patches_immediately_with_its_fields() -> None:
     # The checkpoint patch restarts the interval.
     clock.now += 5
     assert not r.step(11)
-    parsed = contract.Progress.from_status(calls[-1]["status"]["progress"])
+    parsed = Progress.from_status(calls[-1]["status"]["progress"])
     assert parsed is not None and parsed.checkpoint_step == 10
 
 
@@ -142,7 +143,7 @@ def test_save_stall_rides_the_rate_limit_and_the_next_checkpoint_patch() -> None
     r.step(10, 50.0)
     assert not r.save_stall(1.23456)  # held back by the rate limit, not lost
     assert r.checkpoint(10, "2026-11-21T08:00:00Z", "/checkpoints/step-10")
-    sent = contract.Progress.from_status(calls[-1]["status"]["progress"])
+    sent = Progress.from_status(calls[-1]["status"]["progress"])
     assert sent is not None and sent.checkpoint_stall_seconds == 1.235
     clock.now += 11
     assert r.save_stall(-0.5)  # a clock oddity never reports a negative stall

@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from spotrun_trainer import sharded
-from spotrun_trainer.sharded import DcpSaver, HashingFileSystemWriter, WriterOptions
+from spotrun_trainer import shard_writer, sharded
+from spotrun_trainer.shard_writer import HashingFileSystemWriter, WriterOptions
+from spotrun_trainer.sharded import DcpSaver
 
 
 class Holder:
@@ -57,7 +58,7 @@ def test_sync_writer_keeps_the_callers_priority() -> None:
 def test_async_save_without_crc32_round_trips_with_writer_checksums(tmp_path: Path) -> None:
     torch.manual_seed(0)
     tensors = {"w": torch.randn(64, 32), "b": torch.randn(32), "step": torch.tensor(3)}
-    sharded.set_zip_crc32(False)
+    shard_writer.set_zip_crc32(False)
     saver = DcpSaver("thread", WriterOptions(nice=5, crc32=False))
     try:
         with warnings.catch_warnings():
@@ -67,7 +68,7 @@ def test_async_save_without_crc32_round_trips_with_writer_checksums(tmp_path: Pa
             future.result()
     finally:
         saver.close()
-        sharded.set_zip_crc32(True)
+        shard_writer.set_zip_crc32(True)
     full = sharded.read_full(tmp_path / "dcp")["train"]
     assert set(full) == set(tensors)
     for k, v in tensors.items():
@@ -75,7 +76,7 @@ def test_async_save_without_crc32_round_trips_with_writer_checksums(tmp_path: Pa
     shards = sorted((tmp_path / "dcp").glob("*.distcp"))
     assert shards
     for shard in shards:
-        digest = json.loads(shard.with_name(shard.name + sharded.SIDECAR).read_text())
+        digest = json.loads(shard.with_name(shard.name + shard_writer.SIDECAR).read_text())
         assert digest == {
             "sha256": hashlib.sha256(shard.read_bytes()).hexdigest(),
             "bytes": shard.stat().st_size,
@@ -83,7 +84,7 @@ def test_async_save_without_crc32_round_trips_with_writer_checksums(tmp_path: Pa
 
 
 def _write_shard(path: Path, pieces: list[bytes]) -> Any:
-    with sharded.HashingFileSystem().create_stream(path, "wb") as stream:
+    with shard_writer.HashingFileSystem().create_stream(path, "wb") as stream:
         for piece in pieces:
             stream.write(memoryview(piece))
             stream.flush()  # DCP flushes after every item: must not break alignment
@@ -93,26 +94,26 @@ def _write_shard(path: Path, pieces: list[bytes]) -> Any:
 
 def _pieces(seed: int) -> list[bytes]:
     g = torch.Generator().manual_seed(seed)
-    sizes = [1, 4095, 4097, 3 * sharded.BLOCK, 70_001, 0, 12_345, 2 * sharded.BLOCK + 5]
+    sizes = [1, 4095, 4097, 3 * shard_writer.BLOCK, 70_001, 0, 12_345, 2 * shard_writer.BLOCK + 5]
     return [torch.randint(0, 256, (n,), generator=g, dtype=torch.uint8).numpy().tobytes()
             for n in sizes]  # fmt: skip
 
 
 def _assert_sidecar_matches(path: Path, expected: bytes) -> None:
     assert path.read_bytes() == expected
-    digest = json.loads(path.with_name(path.name + sharded.SIDECAR).read_text())
+    digest = json.loads(path.with_name(path.name + shard_writer.SIDECAR).read_text())
     assert digest == {"sha256": hashlib.sha256(expected).hexdigest(), "bytes": len(expected)}
 
 
 def test_direct_stream_writes_every_byte_across_buffer_boundaries(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(sharded, "DIRECT_BUFFER", 4 * sharded.BLOCK)  # many full buffers
+    monkeypatch.setattr(shard_writer, "DIRECT_BUFFER", 4 * shard_writer.BLOCK)  # many full buffers
     pieces = _pieces(1)
     stream = _write_shard(tmp_path / "__0_0.distcp", pieces)
-    if sharded._open_direct(tmp_path / "probe") is None:
+    if shard_writer._open_direct(tmp_path / "probe") is None:
         return  # this file system takes no O_DIRECT: the buffered stream wrote it
-    assert isinstance(stream, sharded._DirectHashingStream)
+    assert isinstance(stream, shard_writer._DirectHashingStream)
     assert stream._direct is False  # the tail under a block went out buffered
     _assert_sidecar_matches(tmp_path / "__0_0.distcp", b"".join(pieces))
 
@@ -120,7 +121,7 @@ def test_direct_stream_writes_every_byte_across_buffer_boundaries(
 def test_direct_stream_falls_back_to_buffered_writes_when_refused(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
-    if sharded._open_direct(tmp_path / "probe") is None:
+    if shard_writer._open_direct(tmp_path / "probe") is None:
         return
     real_write = os.write
 
@@ -130,7 +131,7 @@ def test_direct_stream_falls_back_to_buffered_writes_when_refused(
         return real_write(fd, data)
 
     monkeypatch.setattr(os, "write", refuse_direct)
-    monkeypatch.setattr(sharded, "DIRECT_BUFFER", 2 * sharded.BLOCK)
+    monkeypatch.setattr(shard_writer, "DIRECT_BUFFER", 2 * shard_writer.BLOCK)
     pieces = _pieces(2)
     _write_shard(tmp_path / "__1_0.distcp", pieces)
     _assert_sidecar_matches(tmp_path / "__1_0.distcp", b"".join(pieces))
@@ -153,7 +154,7 @@ def test_file_systems_without_o_direct_get_the_buffered_stream(
     monkeypatch.setattr(os, "open", no_direct)
     pieces = _pieces(3)
     stream = _write_shard(tmp_path / "__0_0.distcp", pieces)
-    assert isinstance(stream, sharded._HashingStream)
+    assert isinstance(stream, shard_writer._HashingStream)
     _assert_sidecar_matches(tmp_path / "__0_0.distcp", b"".join(pieces))
 
 
@@ -163,13 +164,13 @@ def test_paced_writer_keeps_its_rate_and_sync_saves_are_never_paced(
     options = WriterOptions(max_write_mb_per_s=0.2)
     unpaced = HashingFileSystemWriter("unused", options=options).fs
     paced = HashingFileSystemWriter("unused", background="thread", options=options).fs
-    assert isinstance(unpaced, sharded.HashingFileSystem)
-    assert isinstance(paced, sharded.HashingFileSystem)
+    assert isinstance(unpaced, shard_writer.HashingFileSystem)
+    assert isinstance(paced, shard_writer.HashingFileSystem)
     assert unpaced.max_write_mb_per_s == 0.0
     assert paced.max_write_mb_per_s == 0.2
-    if sharded._open_direct(tmp_path / "probe") is None:
+    if shard_writer._open_direct(tmp_path / "probe") is None:
         return  # no O_DIRECT here: the buffered stream is not paced
-    monkeypatch.setattr(sharded, "DIRECT_BUFFER", 4 * sharded.BLOCK)  # 16 KiB buffers
+    monkeypatch.setattr(shard_writer, "DIRECT_BUFFER", 4 * shard_writer.BLOCK)  # 16 KiB buffers
     data = bytes(range(256)) * 400  # 102,400 bytes: 6 full buffers, due at 0.2 MB/s by 0.49 s
     t0 = time.monotonic()
     with paced.create_stream(tmp_path / "__0_0.distcp", "wb") as stream:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from trainer_helpers import assert_bitwise_equal
 
-from spotrun_trainer.checkpoint import CheckpointManager
+from spotrun_trainer.checkpoint import CheckpointManager, CheckpointSettings
 from spotrun_trainer.sharded import ShardedState
 from spotrun_trainer.staging import ReusedStager, canonical_keys
 
@@ -66,7 +66,7 @@ def test_a_tied_embedding_is_staged_once_and_copied_faithfully() -> None:
 
 def test_a_tied_model_resumes_bitwise_from_an_async_save(tmp_path: Path) -> None:
     model, opt = _trained()
-    manager = CheckpointManager(tmp_path, keep_best=False, async_save=True)
+    manager = CheckpointManager(tmp_path, CheckpointSettings(keep_best=False, async_save=True))
     manager.prepare()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # DCP: no process group, single process

@@ -6,7 +6,10 @@ reporting for training loops spotrun does not own.
 - :mod:`.sentence_transformers`: an MPNet-style ``SentenceTransformer`` built from a
   config (random init, local tokenizer, no hub download).
 - :mod:`.loop`: the few lines a plain (nanoGPT-style) loop adds.
-- :mod:`.commit`: turns a folder another framework wrote into a committed ``step-N``.
+
+Both are thin adapters over :class:`spotrun_trainer.core.TrainerCore` (agreement, the
+save / stop / exit-143 protocol, progress); :mod:`spotrun_trainer.commit` turns a folder
+another framework wrote into a committed ``step-N``.
 
 Importing this package imports nothing heavy; each module imports what it integrates with.
 """
