@@ -85,6 +85,7 @@ from scale_report import (
     targets,
 )
 
+from spotrun_api.naming import job_name
 from spotrun_dev import cluster_apply, inject, paths, storage
 from spotrun_dev.prometheus import free_port
 from spotrun_operator.config import DEFAULT_WORKERS
@@ -574,7 +575,7 @@ def interruption_step(
     stored = audit_log.created_at(paths.AUDIT_LOG, t0, t_end, "pytorchjobs", start=offset)
     with bench.obs.lock:
         for r in recs:
-            r.t_created_stored = stored.get(f"{r.run}-a{r.attempt + 1}")
+            r.t_created_stored = stored.get(job_name(r.run, r.attempt + 1))
     return {
         "interruptions": len(victims),
         "spread_seconds": spread,

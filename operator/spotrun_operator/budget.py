@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from spotrun_operator.cost import SECONDS_PER_HOUR, format_usd
+from spotrun_api.money import fmt_usd
+from spotrun_operator.cost import SECONDS_PER_HOUR
 
 DEFAULT_WARN_FRACTION: Final = 0.8
 
@@ -78,11 +79,11 @@ def format_duration(seconds: float) -> str:
 
 def _share(spent_usd: float, max_usd: float) -> str:
     pct = spent_usd / max_usd
-    return f"{format_usd(spent_usd)} of the {format_usd(max_usd)} budget ({pct:.1%})"
+    return f"{fmt_usd(spent_usd)} of the {fmt_usd(max_usd)} budget ({pct:.1%})"
 
 
 def _rate(usd_per_second: float) -> str:
-    return f"{format_usd(usd_per_second * SECONDS_PER_HOUR)}/h"
+    return f"{fmt_usd(usd_per_second * SECONDS_PER_HOUR)}/h"
 
 
 def _check(name: str, value: float) -> None:
@@ -117,9 +118,7 @@ def decide(
         BudgetDecision, max_usd=max_usd, spent_usd=spent_usd, projected_usd=projected
     )
     if max_usd is None:
-        return mk(
-            BudgetAction.OK, REASON_NO_BUDGET, f"no budget set; spent {format_usd(spent_usd)}"
-        )
+        return mk(BudgetAction.OK, REASON_NO_BUDGET, f"no budget set; spent {fmt_usd(spent_usd)}")
     if not (math.isfinite(max_usd) and max_usd > 0):
         raise ValueError(f"max_usd must be > 0, got {max_usd}")
 
@@ -131,7 +130,7 @@ def decide(
     if projected > max_usd:
         msg = (
             f"spent {share}; at {rate} the next {format_duration(horizon)} would bring it to "
-            f"{format_usd(projected)}: stopping now with a checkpoint; {resume}"
+            f"{fmt_usd(projected)}: stopping now with a checkpoint; {resume}"
         )
         return mk(BudgetAction.STOP, REASON_EXCEEDED, msg, warned=True)
     if spent_usd >= warn_fraction * max_usd:
@@ -172,7 +171,7 @@ def may_resume(
         msg = (
             f"spent {_share(spent_usd, max_usd)}; the next attempt burns "
             f"{_rate(next_burn_usd_per_second)}, so resuming for one {horizon} interval needs "
-            f"spec.budget.maxUSD above {format_usd(d.projected_usd)}"
+            f"spec.budget.maxUSD above {fmt_usd(d.projected_usd)}"
         )
         return dataclasses.replace(d, message=msg)
     return d

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spotrun_api import contract
+from spotrun_api.naming import job_name
 from spotrun_api.spec import TrainingRunSpec as RunSpec
 from spotrun_operator.common import (
     API_VERSION,
@@ -31,7 +32,6 @@ from spotrun_operator.common import (
     PYTORCHJOB_KIND,
     PYTORCHJOB_VERSION,
     attempt_labels,
-    job_name,
     pvc_name,
     run_labels,
     trainer_sa_name,

@@ -24,12 +24,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
+from spotrun_api.naming import parse_job_name
 from spotrun_operator.apiserver import pod_create_refusal
 from spotrun_operator.common import (
     LABEL_KUEUE_JOB_UID,
     LABEL_RUN,
     PYTORCHJOB_KIND,
-    parse_job_name,
 )
 from spotrun_operator.plan import Rejected
 from spotrun_operator.trim import trimmed, trimmed_claim, trimmed_job, trimmed_node, trimmed_pod

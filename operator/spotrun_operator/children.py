@@ -9,9 +9,10 @@ from typing import Any
 
 from spotrun_api.contract import DEFAULT_TERMINATION_GRACE_SECONDS
 from spotrun_api.enums import Outcome
+from spotrun_api.naming import job_name
 from spotrun_operator import builders, reducers
 from spotrun_operator.classify import is_terminal
-from spotrun_operator.common import job_name, parse_time, pod_meta, pod_name, pod_node
+from spotrun_operator.common import name_of, parse_time, pod_meta, pod_node
 from spotrun_operator.draft import Draft
 from spotrun_operator.plan import CreateJob, DeleteJob, DeletePods, EnsureObjects, ValidateJob
 from spotrun_operator.signals import NodeInfo, going
@@ -42,13 +43,13 @@ def pods_to_stop(
             continue  # already ended; the job's deletion lets the GC remove it
         deleting = pod_meta(p).get("deletionTimestamp")
         if node_gone(p, nodes):
-            force.append(pod_name(p))
+            force.append(name_of(p))
         elif not deleting:
-            graceful.append(pod_name(p))
+            graceful.append(name_of(p))
         else:
             deadline = parse_time(deleting)
             if deadline and (now - deadline).total_seconds() > overdue_seconds:
-                force.append(pod_name(p))
+                force.append(name_of(p))
     return sorted(graceful), sorted(force)
 
 

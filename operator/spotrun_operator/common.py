@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -51,21 +50,6 @@ LABEL_HOSTNAME: Final = "kubernetes.io/hostname"
 LABEL_EKS_CAPACITY: Final = "eks.amazonaws.com/capacityType"
 LABEL_KARPENTER_CAPACITY: Final = "karpenter.sh/capacity-type"
 EKS_CAPACITY_VALUES: Final = {"spot": "SPOT", "on-demand": "ON_DEMAND"}
-
-_JOB_RE: Final = re.compile(r"^(?P<run>.+)-a(?P<n>[1-9][0-9]*)$")
-
-
-def job_name(run: str, attempt: int) -> str:
-    """Deterministic PyTorchJob name of an attempt: every create is idempotent."""
-    return f"{run}-a{attempt}"
-
-
-def parse_job_name(run: str, name: str) -> int | None:
-    """The attempt number of ``<run>-a<N>``; None for any other name."""
-    m = _JOB_RE.match(name)
-    if not m or m.group("run") != run:
-        return None
-    return int(m.group("n"))
 
 
 def pvc_name(run: str) -> str:
@@ -115,7 +99,7 @@ def pod_meta(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     return pod.get("metadata") or {}
 
 
-def pod_name(pod: Mapping[str, Any]) -> str:
+def name_of(pod: Mapping[str, Any]) -> str:
     return str(pod_meta(pod).get("name"))
 
 

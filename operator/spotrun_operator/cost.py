@@ -20,10 +20,10 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
 from types import MappingProxyType
 from typing import Final, Literal, Protocol
 
+from spotrun_api.money import round_half_up
 from spotrun_api.status import Archived, Attempt, CostStatus
 
 CapacityType = Literal["spot", "on-demand"]
@@ -87,15 +87,6 @@ class PriceTable:
 
 def as_prices(prices: Mapping[str, Price] | Prices) -> Prices:
     return PriceTable(prices) if isinstance(prices, Mapping) else prices
-
-
-def round_half_up(value: float, places: int = 2) -> float:
-    """Round as people do with money (81.925 -> 81.93), not half-even on the binary value
-    (``round(81.925, 2)`` is 81.92): the decimal the float prints as is what is rounded."""
-    if not math.isfinite(value):
-        return value
-    quantum = Decimal(1).scaleb(-places)
-    return float(Decimal(repr(value)).quantize(quantum, rounding=ROUND_HALF_UP))
 
 
 def _finite(value: float | None) -> float:
@@ -261,15 +252,6 @@ def segment_cost(segment: Segment, prices: Mapping[str, Price] | Prices, now: da
     )
 
 
-def segments_cost(
-    segments: Iterable[Segment], prices: Mapping[str, Price] | Prices, now: datetime
-) -> Cost:
-    total = Cost()
-    for seg in segments:
-        total = total + segment_cost(seg, prices, now)
-    return total
-
-
 def burn_rate_usd_per_second(
     segments: Iterable[Segment], prices: Mapping[str, Price] | Prices
 ) -> float:
@@ -287,22 +269,3 @@ def burn_rate_usd_per_second(
                 hourly = p.on_demand_usd_per_hour(seg.instance_type)
             rate += (hourly or 0.0) / SECONDS_PER_HOUR
     return rate
-
-
-def format_usd(usd: float) -> str:
-    """``$1,234.56``; sub-cent amounts keep four decimals so a $0.004 run is not "$0.00"."""
-    if 0.0 < abs(usd) < 0.01:
-        return f"${round_half_up(usd, 4):.4f}"
-    return f"${round_half_up(usd):,.2f}"
-
-
-def format_cost(cost: Cost) -> str:
-    """``$12.34 (-64%)``: spend and its change against on-demand (-64% = 64% cheaper).
-
-    Just ``$12.34`` when there is nothing to compare with.
-    """
-    text = format_usd(cost.total_usd)
-    if cost.on_demand_equivalent_usd <= 0.0:
-        return text
-    change = round(-cost.savings_percent)
-    return f"{text} (±0%)" if change == 0 else f"{text} ({change:+d}%)"

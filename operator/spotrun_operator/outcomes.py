@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from spotrun_api.display import start_step
 from spotrun_api.enums import CapacityType, ConditionType, Outcome, RunReason
+from spotrun_api.naming import job_name
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import Attempt, LastPreemption, NodeInterruption
 from spotrun_operator import budget, elasticity, late_losses, pools, reducers
 from spotrun_operator.children import create_job, gang_gone, stop_gang
 from spotrun_operator.classify import Verdict
-from spotrun_operator.common import fmt_time, job_name, parse_time
+from spotrun_operator.common import fmt_time, parse_time
 from spotrun_operator.draft import Draft
 from spotrun_operator.transitions import (
     announces,

@@ -12,13 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from spotrun_api import naming
 from spotrun_api.enums import ConditionType, Outcome, RunReason
+from spotrun_api.naming import job_name
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import Attempt
 from spotrun_operator import elasticity, outcomes, queueing
 from spotrun_operator.children import stop_gang, stop_pods
 from spotrun_operator.classify import REBALANCE, Verdict, VerdictKind, classify, job_deleted
-from spotrun_operator.common import attempt_of, fmt_time, job_name, parse_time, pod_node, pod_uid
+from spotrun_operator.common import attempt_of, fmt_time, parse_time, pod_node, pod_uid
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.draft import Draft
 from spotrun_operator.finish import finish
@@ -37,7 +39,7 @@ PLACEMENT_WRITE_SECONDS = 10.0
 
 
 def live_attempt(obs: Observed) -> int:
-    return max([obs.status.attempt or 0, *obs.jobs.keys()])
+    return naming.live_attempt(obs.status.attempt, obs.jobs.keys())
 
 
 def decide(obs: Observed, cfg: OperatorConfig) -> Decision:
