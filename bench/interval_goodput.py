@@ -13,8 +13,8 @@ the interval.
 
 Policies: fixed 5, 15 and 60 min; ``auto (run)``, the Young/Daly interval from the run's
 own history (900 s until its first interruption; what the operator does today); and
-``auto (pool)``, Young/Daly from the pool's interruption rate, known from the start (what
-issue 12 asks for). Young/Daly is sqrt(2 * C * MTBF), clamped to [60 s, 3600 s].
+``auto (pool)``, Young/Daly from the pool's interruption rate, known from the start (the
+pool tally of `pools.py`). Young/Daly is sqrt(2 * C * MTBF), clamped to [60 s, 3600 s].
 
 Each cell is the mean goodput (useful time / wall time) over ``--trials`` seeded runs,
 next to Daly's closed form for a fixed interval (exponential failures, failures during

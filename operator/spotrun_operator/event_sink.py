@@ -14,7 +14,7 @@ sends them (k8s.io/client-go tools/record/event.go, transcribed):
 
 A recovery posts one event between its status write and the deletion of the old gang:
 written inline it held a reconcile thread for a round trip that decides nothing
-(issue 11, the burst of 100 recoveries).
+(in a burst of 100 recoveries every thread waited on these posts).
 """
 
 from __future__ import annotations

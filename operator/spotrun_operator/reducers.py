@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from spotrun_api.contract import DEFAULT_CHECKPOINT_INTERVAL_SECONDS
 from spotrun_api.enums import ConditionStatus, Outcome
 from spotrun_api.status import Archived, Attempt, Condition, Progress, TrainingRunStatus
-from spotrun_operator import pools
 from spotrun_operator.common import fmt_time, parse_time
 from spotrun_operator.config import OperatorConfig
 from spotrun_operator.cost import Cost, Price, Prices, attempt_cost
@@ -162,25 +160,6 @@ def final_lost_work(entry: Attempt, progress: Progress | None) -> float:
     return provisional
 
 
-def checkpoint_interval_seconds(
-    interval: str,
-    history: Sequence[Attempt],
-    checkpoint_cost_seconds: float,
-    default: float = DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
-) -> int:
-    """The interval from the run's own history only (no pool knowledge, no measured stall):
-    :func:`pools.auto_interval` with an empty tally."""
-    return pools.auto_interval(
-        interval,
-        history=history,
-        planned=(),
-        tally={},
-        stall_seconds=None,
-        checkpoint_cost_seconds=checkpoint_cost_seconds,
-        default=default,
-    )
-
-
 def interval_of(entry: Attempt | None) -> int:
     """The checkpoint interval an attempt was given (the default when unknown)."""
     return (entry.checkpoint_interval_seconds if entry else None) or (
@@ -238,11 +217,6 @@ def recent_interrupted_nodes(
         if e.outcome is Outcome.PREEMPTED and e.node and recent:
             out.extend([e.node, *(e.interrupted_nodes or [])])
     return sorted(set(out))
-
-
-def attempts_json(history: Sequence[Attempt]) -> list[dict[str, Any]]:
-    """The JSON of ``status.attempts`` (for logs and tests)."""
-    return [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in history]
 
 
 def cost_due(status: TrainingRunStatus, now: dt.datetime, cfg: OperatorConfig) -> bool:

@@ -7,7 +7,7 @@ The signal names are a bounded set: they are label values of
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -243,11 +243,6 @@ def node_info(node: Mapping[str, Any], exists: bool = True) -> NodeInfo:
         ),
         gpus=_count(((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE)),
     )
-
-
-def _earliest(times: Iterable[Any]) -> dt.datetime | None:
-    parsed = [t for t in (parse_time(x) for x in times) if t is not None]
-    return min(parsed) if parsed else None
 
 
 def _count(quantity: Any) -> int:

@@ -48,7 +48,7 @@ def announces(d: Draft, n: int) -> bool:
     The first attempt does, and one that differs from the attempt before it (a shrink, a
     regrowth, on-demand after a fallback, ...). A plain recovery does not: the loss's
     event (Preempted, Interrupted, ApplicationFailure) already named the next attempt, and
-    the status tells the rest. That keeps a recovery at one event (issue 11): a zone event
+    the status tells the rest. That keeps a recovery at one event, its writes bounded: a zone event
     that reclaims hundreds of runs does not triple the events the apiserver stores."""
     prev, entry = d.entry(n - 1), d.entry(n)
     if prev is None or entry is None or prev.outcome is None or not prev.outcome.is_loss:

@@ -22,7 +22,7 @@ FAST_FLAGS = (
     "--resync-seconds=5",
     # No --node-lost-grace-seconds: the operator's default (30 s) applies, so a node that
     # stops heartbeating is lost through the node lifecycle controller's own Ready=Unknown
-    # and unreachable taints, as in production (issue 10).
+    # and unreachable taints, as in production.
 )
 
 

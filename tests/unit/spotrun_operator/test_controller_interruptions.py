@@ -1,6 +1,6 @@
 """Stops with no infrastructure evidence get their own reasons and spend no budget; the
 failure budget is charged only for a container that exited with an application error,
-also when the operator was not watching (issue 10)."""
+also when the operator was not watching."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The training operator's FailedCreatePod events of a run's PyTorchJob: a watch the
 apiserver filters (handlers.SERVER_FIELD_SELECTORS) fills ``Cache.refusals``, and observe
-reads the refusal of the live job from there, with no request per look (issue 11)."""
+reads the refusal of the live job from there, with no request per look."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """lastPreemption.time and spotrun_recovery_seconds start at the signal's own timestamp
 (a pod's DisruptionTarget, a node's Ready transition or deletion, a taint's timeAdded),
-so the time the operator took to see it is part of the recovery it reports (issue 11)."""
+so the time the operator took to see it is part of the recovery it reports."""
 
 from __future__ import annotations
 
