@@ -159,7 +159,7 @@ def follow_logs(
         run = runs.get(namespace, name)
         attempt = runview.live_attempt(run) if run else 0
         pod = naming.pod_name(name, attempt, replica)
-        observed = follow.Observed(
+        observed = follow.Snapshot(
             exists=run is not None,
             phase=_phase(run),
             attempt=attempt,

@@ -1,6 +1,6 @@
 """Budget decisions for ``spec.budget.maxUSD`` (pure: numbers in, a typed decision out).
 
-The operator calls :func:`decide` at each reconcile of a running attempt with the spend
+The operator calls :func:`assess` at each reconcile of a running attempt with the spend
 so far (``cost.Cost.total_usd``), the running attempt's burn rate
 (``cost.burn_rate_usd_per_second``) and the attempt's checkpoint interval:
 
@@ -91,7 +91,7 @@ def _check(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
-def decide(
+def assess(
     *,
     max_usd: float | None,
     spent_usd: float,
@@ -158,7 +158,7 @@ def may_resume(
     its capacity type). The result's ``action`` is ``stop`` while the budget has no room
     for one checkpoint interval; its message says how much to raise it.
     """
-    d = decide(
+    d = assess(
         max_usd=max_usd,
         spent_usd=spent_usd,
         burn_usd_per_second=next_burn_usd_per_second,

@@ -45,7 +45,7 @@ class ClientMetrics:
             registry=registry,
         )
 
-    def observe(self, method: str, host: str, seconds: float, code: str) -> None:
+    def record(self, method: str, host: str, seconds: float, code: str) -> None:
         self.latency.labels(verb=method, host=host).observe(seconds)
         self.results.labels(code=code, method=method, host=host).inc()
 
@@ -73,4 +73,4 @@ class MeasuredApiClient(client.ApiClient):  # type: ignore[misc]  # kubernetes s
             code = str(exc.status) if exc.status else NO_ANSWER
             raise
         finally:
-            self.measured.observe(str(method), self.host, time.monotonic() - started, code)
+            self.measured.record(str(method), self.host, time.monotonic() - started, code)

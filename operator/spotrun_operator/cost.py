@@ -255,7 +255,7 @@ def segment_cost(segment: Segment, prices: Mapping[str, Price] | Prices, now: da
 def burn_rate_usd_per_second(
     segments: Iterable[Segment], prices: Mapping[str, Price] | Prices
 ) -> float:
-    """Spend rate of the still-running segments (USD/s): what budget.decide needs."""
+    """Spend rate of the still-running segments (USD/s): what budget.assess needs."""
     p = as_prices(prices)
     rate = 0.0
     for seg in segments:

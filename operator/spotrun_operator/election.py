@@ -105,7 +105,7 @@ class Seen:
         return self.at + self.record.lease_seconds > now
 
 
-def observe(prev: Seen | None, record: LeaseRecord, resource_version: str, now: float) -> Seen:
+def note_read(prev: Seen | None, record: LeaseRecord, resource_version: str, now: float) -> Seen:
     """What a read tells: the observed time moves only when the record changed (client-go
     compares the raw record, ``observedRawRecord``)."""
     if prev is not None and prev.record == record:

@@ -48,7 +48,7 @@ from spotrun_operator.election import (
     lease_body,
     micro_time,
     next_step,
-    observe,
+    note_read,
     released,
     renew_lost,
 )
@@ -157,7 +157,7 @@ class Elector:
         now = self.clock()
         if lease is not None:
             rv = str((lease.get("metadata") or {}).get("resourceVersion") or "")
-            self._seen = observe(self._seen, LeaseRecord.of(lease), rv, now)
+            self._seen = note_read(self._seen, LeaseRecord.of(lease), rv, now)
             self._lease = lease
             self._report()
         current = self._seen if lease is not None else None

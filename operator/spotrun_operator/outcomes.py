@@ -219,7 +219,7 @@ def check_budget(d: Draft, spec: TrainingRunSpec, n: int) -> None:
     if spec.max_usd is None:
         return
     entry = d.entry(n) or Attempt(attempt=n)
-    verdict = budget.decide(
+    verdict = budget.assess(
         max_usd=spec.max_usd,
         spent_usd=_spent(d),
         burn_usd_per_second=reducers.burn_rate(entry, d.now, d.prices) if entry.started_at else 0.0,

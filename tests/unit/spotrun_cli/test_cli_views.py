@@ -108,7 +108,7 @@ def test_restarts_message_and_replicas() -> None:
     ]
 
 
-def obs(**kw: Any) -> follow.Observed:
+def obs(**kw: Any) -> follow.Snapshot:
     base: dict[str, Any] = {
         "exists": True,
         "phase": "Running",
@@ -117,7 +117,7 @@ def obs(**kw: Any) -> follow.Observed:
         "streamed": 0,
         "follow": True,
     }
-    return follow.Observed(**{**base, **kw})
+    return follow.Snapshot(**{**base, **kw})
 
 
 def test_follow_plan_across_attempts() -> None:
