@@ -88,7 +88,7 @@ from scale_report import (
 from spotrun_api.naming import job_name
 from spotrun_dev import cluster_apply, inject, paths, storage
 from spotrun_dev.prometheus import free_port
-from spotrun_operator.config import DEFAULT_WORKERS
+from spotrun_operator.facts.config import DEFAULT_WORKERS
 
 RESULTS = paths.REPO_ROOT / "bench" / "results" / "operator_scale.json"
 

@@ -7,8 +7,8 @@ import operator_metrics as om
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from spotrun_operator.client_metrics import ClientMetrics
-from spotrun_operator.queue_metrics import QueueMetrics
+from spotrun_operator.telemetry.client_metrics import ClientMetrics
+from spotrun_operator.telemetry.queue_metrics import QueueMetrics
 
 
 def samples(registry: CollectorRegistry) -> om.Samples:

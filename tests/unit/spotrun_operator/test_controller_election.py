@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from spotrun_operator.election import (
+from spotrun_operator.kubeio.election import (
     Create,
     ElectionConfig,
     LeaseRecord,
@@ -24,9 +24,9 @@ from spotrun_operator.election import (
     released,
     renew_lost,
 )
-from spotrun_operator.leader import Elector, identity
+from spotrun_operator.kubeio.leader import Elector, identity
 from spotrun_operator.main import parse_args
-from spotrun_operator.metrics import Metrics
+from spotrun_operator.telemetry.metrics import Metrics
 
 CFG = ElectionConfig()  # 15 / 10 / 2
 T0, T1 = "2030-01-01T00:00:00.000000Z", "2030-01-01T00:00:05.000000Z"

@@ -17,8 +17,8 @@ from controller_fakes import (
 )
 
 from spotrun_dev import traces
-from spotrun_operator.plan import CreateJob, Decision, DeleteJob, DeletePods, EnsureObjects
-from spotrun_operator.reconcile import decide
+from spotrun_operator.decisions.reconcile import decide
+from spotrun_operator.model.plan import CreateJob, Decision, DeleteJob, DeletePods, EnsureObjects
 
 
 def env_of(d: Decision) -> dict[str, str]:

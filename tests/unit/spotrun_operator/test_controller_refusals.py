@@ -9,8 +9,8 @@ from typing import Any
 import kopf
 
 from spotrun_operator import handlers
-from spotrun_operator.cache import Cache, CachedReads
-from spotrun_operator.common import LABEL_RUN
+from spotrun_operator.facts.common import LABEL_RUN
+from spotrun_operator.watching.cache import Cache, CachedReads
 
 INVALID_POD = (
     'Error creating: Pod "llm-a1-master-0" is invalid: spec.containers[0].resources.requests: '

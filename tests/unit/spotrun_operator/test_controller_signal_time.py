@@ -9,8 +9,8 @@ import dataclasses
 from controller_fakes import CFG, gang, job, merge, node, observed, running_status, ts
 
 from spotrun_dev import traces
-from spotrun_operator.reconcile import decide
-from spotrun_operator.signals import node_info
+from spotrun_operator.decisions.reconcile import decide
+from spotrun_operator.facts.signals import node_info
 
 
 def test_an_eviction_counts_from_its_disruption_target() -> None:

@@ -12,12 +12,12 @@ from pydantic import BaseModel
 from spotrun_api.base import to_json
 from spotrun_api.contract import DEFAULT_CHECKPOINT_INTERVAL_SECONDS
 from spotrun_api.status import Attempt, Progress
-from spotrun_operator import pools
-from spotrun_operator import reducers as s
-from spotrun_operator.cost import DEFAULT_PRICES
-from spotrun_operator.metrics import SIGNALS, Metrics
-from spotrun_operator.plan import Decision, MetricEvent, RunGauges
-from spotrun_operator.reconcile import decide
+from spotrun_operator.decisions.reconcile import decide
+from spotrun_operator.facts import pools
+from spotrun_operator.model import reducers as s
+from spotrun_operator.model.plan import Decision, MetricEvent, RunGauges
+from spotrun_operator.money.cost import DEFAULT_PRICES
+from spotrun_operator.telemetry.metrics import SIGNALS, Metrics
 
 
 def _json(model: BaseModel | None) -> dict[str, Any] | None:
@@ -144,7 +144,7 @@ def test_entry_cost_of_a_running_attempt() -> None:
     }
     cost = s.entry_cost(Attempt.model_validate(entry), at(3600), {})
     assert cost.total_usd == 0 and cost.gpu_hours == 16  # unknown prices count $0
-    from spotrun_operator.cost import DEFAULT_PRICES
+    from spotrun_operator.money.cost import DEFAULT_PRICES
 
     cost = s.entry_cost(Attempt.model_validate(entry), at(3600), DEFAULT_PRICES)
     assert 15 < cost.spot_usd < 30 and cost.on_demand_equivalent_usd > 60

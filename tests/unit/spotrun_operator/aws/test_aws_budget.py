@@ -6,7 +6,7 @@ import functools
 
 import pytest
 
-from spotrun_operator.budget import BudgetAction, assess, format_duration, may_resume
+from spotrun_operator.money.budget import BudgetAction, assess, format_duration, may_resume
 
 # $225/h: about a 2-node p4d gang at on-demand-ish prices; 0.0625 $/s is exact in binary.
 BURN = 0.0625

@@ -12,8 +12,8 @@ import pytest
 from spotrun_api.base import to_json
 from spotrun_api.money import fmt_usd
 from spotrun_api.status import Archived, Attempt
-from spotrun_operator.aws_prices import SpotPrice
-from spotrun_operator.cost import (
+from spotrun_operator.money.aws_prices import SpotPrice
+from spotrun_operator.money.cost import (
     DEFAULT_PRICES,
     Cost,
     Price,
@@ -22,7 +22,7 @@ from spotrun_operator.cost import (
     burn_rate_usd_per_second,
     segment_cost,
 )
-from spotrun_operator.pricing import PriceSnapshot
+from spotrun_operator.money.pricing import PriceSnapshot
 
 P4D = "p4d.24xlarge"
 A, B = "us-east-1a", "us-east-1b"
