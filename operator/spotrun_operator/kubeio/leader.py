@@ -1,7 +1,7 @@
 """Leader election for two (or more) operator replicas: the one that holds a
 ``coordination.k8s.io/v1`` Lease acts, the others keep their watches and memory warm and
 wait (``Runner.leading``). The rules are :mod:`election` (client-go's, pure); this module
-runs them: reads and writes the Lease through :class:`kube.Kube`, sets and clears the
+runs them: reads and writes the Lease through :class:`leases.Leases`, sets and clears the
 leading flag, and wires both into kopf's event loop.
 
 Why not ``kubernetes.leaderelection`` (the official client's port): its ``LeaderElection``
