@@ -49,7 +49,7 @@ from scale_report import print_report, targets, throughput_ratio
 from scale_storm import Bench, interruption_step
 
 from spotrun_dev import paths
-from spotrun_operator.config import DEFAULT_WORKERS
+from spotrun_operator.facts.config import DEFAULT_WORKERS
 
 RESULTS = paths.REPO_ROOT / "bench" / "results" / "operator_scale.json"
 

@@ -19,6 +19,7 @@ from scale_cluster import ScaleCluster, say
 from scale_objects import GROUP, NS, VERSION, ZONE_LABEL, ZONES, PeerJob, bench_node, run_manifest
 from scale_report import api_table, apiserver_clients, rates
 
+from spotrun_api.naming import job_name
 from spotrun_dev import inject, paths
 
 
@@ -185,7 +186,7 @@ def interruption_step(
     stored = audit_log.created_at(paths.AUDIT_LOG, t0, t_end, "pytorchjobs", start=offset)
     with bench.obs.lock:
         for r in recs:
-            r.t_created_stored = stored.get(f"{r.run}-a{r.attempt + 1}")
+            r.t_created_stored = stored.get(job_name(r.run, r.attempt + 1))
     return {
         "interruptions": len(victims),
         "spread_seconds": spread,

@@ -1,4 +1,6 @@
-"""spotrun_api: the TrainingRun's typed model and the operator <-> trainer contract.
+"""spotrun_api: the TrainingRun's typed model and the contract every other package reads:
+the operator <-> trainer env and exit codes, the children's names and the live attempt
+(``naming``), money (``money``) and the display strings.
 
 The bottom floor of both images: it imports pydantic and the standard library only (no
 kopf, no kubernetes client, no torch).

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from spotrun_api.enums import Outcome
+from spotrun_api.money import fmt_usd
 from spotrun_api.status import Attempt, Display, Progress, TrainingRunStatus
 
 # Outcomes that interrupted the run (Succeeded is an end, not an interruption).
@@ -30,13 +31,6 @@ _LAST_LABELS: Final = {
     Outcome.INTERRUPTED: "",  # its reason says it: pod-deleted, deadline-exceeded, sigterm
     Outcome.INCOMPLETE_GANG: "incomplete-gang",
 }
-
-
-def fmt_usd(usd: float | None) -> str:
-    """``$12.40``; thousands grouped (``$1,204.00``); ``-`` when unknown."""
-    if usd is None:
-        return "-"
-    return f"${usd:,.2f}"
 
 
 def fmt_percent(pct: float | None) -> str:

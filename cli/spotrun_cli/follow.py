@@ -18,7 +18,7 @@ TERMINAL: Final = frozenset({"Succeeded", "Failed", "Cancelled"})
 
 
 @dataclass(frozen=True)
-class Observed:
+class Snapshot:
     """What the follower sees after reading the run and the live attempt's pod."""
 
     exists: bool
@@ -48,7 +48,7 @@ class Done:
 Action = Stream | Wait | Done
 
 
-def next_action(o: Observed) -> Action:
+def next_action(o: Snapshot) -> Action:
     """Stream the live attempt's log, wait for the next one, or stop."""
     if not o.exists:
         return Done("the run is gone")

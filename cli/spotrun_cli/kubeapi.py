@@ -13,6 +13,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from torchx.specs import AppState
 
+from spotrun_api import naming
 from spotrun_api.contract import GROUP, PLURAL, VERSION
 from spotrun_cli import follow, runview
 
@@ -103,7 +104,7 @@ class RunAPI:
                 raise
 
     def attempt_pods(self, namespace: str, run: str, attempt: int) -> list[Obj]:
-        sel = f"{runview.JOB_LABEL}={runview.job_name(run, attempt)}"
+        sel = f"{runview.JOB_LABEL}={naming.job_name(run, attempt)}"
         pods = self.core.list_namespaced_pod(namespace, label_selector=sel).items
         return [self.api.sanitize_for_serialization(p) for p in pods]
 
@@ -157,8 +158,8 @@ def follow_logs(
     while True:
         run = runs.get(namespace, name)
         attempt = runview.live_attempt(run) if run else 0
-        pod = runview.pod_name(name, attempt, replica)
-        observed = follow.Observed(
+        pod = naming.pod_name(name, attempt, replica)
+        observed = follow.Snapshot(
             exists=run is not None,
             phase=_phase(run),
             attempt=attempt,

@@ -12,7 +12,8 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from spotrun_api.display import fmt_percent, fmt_seconds, fmt_usd, steps_done
+from spotrun_api.display import fmt_percent, fmt_seconds, steps_done
+from spotrun_api.money import fmt_usd
 from spotrun_api.status import Attempt, TrainingRunStatus
 
 COLUMNS: Final = (

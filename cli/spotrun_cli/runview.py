@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from torchx.specs import AppState
 
+from spotrun_api import naming
 from spotrun_cli.translate import ANN_CANCELLED
 
 PHASE_STATES: Final = {
@@ -65,19 +66,8 @@ def restarts(run: Mapping[str, Any]) -> int:
 
 
 def live_attempt(run: Mapping[str, Any]) -> int:
-    """Number of the current attempt (0: none created yet)."""
-    return int((run.get("status") or {}).get("attempt") or 0)
-
-
-def job_name(run: str, attempt: int) -> str:
-    return f"{run}-a{attempt}"
-
-
-def pod_name(run: str, attempt: int, replica: int) -> str:
-    """Pod of replica ``replica`` (0: the master) of an attempt's PyTorchJob, named the way
-    the Kubeflow training operator names them (<job>-master-0, <job>-worker-<i>)."""
-    job = job_name(run, attempt)
-    return f"{job}-master-0" if replica == 0 else f"{job}-worker-{replica - 1}"
+    """Number of the current attempt (0: none created yet), from the run's JSON."""
+    return naming.live_attempt(int((run.get("status") or {}).get("attempt") or 0))
 
 
 def replica_index(pod: Mapping[str, Any]) -> int | None:

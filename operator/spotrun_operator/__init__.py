@@ -1,8 +1,11 @@
 """spotrun operator: runs TrainingRuns as gangs of PyTorchJob attempts on spot GPUs.
 
-Only :mod:`spotrun_operator.kube` talks to the Kubernetes API and only
-:mod:`spotrun_operator.handlers` knows about kopf; every decision is a pure function in
-``builders``, ``classify``, ``status`` and ``reconcile`` that unit tests call directly.
+One subpackage per floor (docs/operator.md, "Architecture"): ``facts``, ``model``,
+``judging`` and ``decisions`` are pure and unit tests call them directly, as ``money`` is
+but for its AWS client and refresh thread;
+``telemetry``, ``watching`` and ``kubeio`` are the process's I/O (only
+:mod:`spotrun_operator.kubeio.kube` talks to the Kubernetes API); ``runner``, ``handlers``
+and ``main`` sit on top (kopf: there and in ``kubeio.leader``).
 """
 
 __version__ = "0.1.0"

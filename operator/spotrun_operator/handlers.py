@@ -14,9 +14,7 @@ from typing import Any, Final
 import kopf
 from kubernetes.client import Configuration
 
-from spotrun_operator.apiserver import FAILED_CREATE_POD, credentials
-from spotrun_operator.cache import Cache, Store
-from spotrun_operator.common import (
+from spotrun_operator.facts.common import (
     GROUP,
     KIND,
     KUEUE_GROUP,
@@ -29,8 +27,12 @@ from spotrun_operator.common import (
     PYTORCHJOB_VERSION,
     VERSION,
 )
-from spotrun_operator.initial_sync import Listing
+from spotrun_operator.kubeio.apiserver import credentials
 from spotrun_operator.runner import Runner
+from spotrun_operator.watching.cache import Cache
+from spotrun_operator.watching.initial_sync import Listing
+from spotrun_operator.watching.refusals import FAILED_CREATE_POD
+from spotrun_operator.watching.store import Store
 
 PREFIX = "spotrun.dev"
 LIST_CHUNK_SIZE = 200

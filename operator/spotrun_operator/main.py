@@ -14,15 +14,19 @@ from typing import Any
 import kopf
 from prometheus_client import CollectorRegistry
 
-from spotrun_operator import __version__, client_metrics, config, handlers, kube, leader, metrics
-from spotrun_operator.aws_prices import PricingConfig
-from spotrun_operator.cost import Price, Prices, price_table
-from spotrun_operator.election import ElectionConfig
-from spotrun_operator.memory import Memory
-from spotrun_operator.observe import PriceSource
-from spotrun_operator.pricing import PriceBook
-from spotrun_operator.pricing_background import BackgroundPriceBook
+from spotrun_operator import __version__, handlers
+from spotrun_operator.facts import config
+from spotrun_operator.kubeio import connection, kube, leader
+from spotrun_operator.kubeio.election import ElectionConfig
+from spotrun_operator.kubeio.leases import Leases
+from spotrun_operator.money.aws_prices import PricingConfig
+from spotrun_operator.money.cost import Price, Prices, price_table
+from spotrun_operator.money.pricing import PriceBook
+from spotrun_operator.money.pricing_background import BackgroundPriceBook
 from spotrun_operator.runner import Runner
+from spotrun_operator.telemetry import client_metrics, metrics
+from spotrun_operator.watching.memory import Memory
+from spotrun_operator.watching.observe import PriceSource
 
 log = logging.getLogger("spotrun_operator")
 
@@ -208,7 +212,7 @@ def leader_elector(args: argparse.Namespace, runner: Runner) -> leader.Elector:
     runner.leading.clear()
     name = args.leader_election_id
     return leader.Elector(
-        runner.kube,
+        Leases(runner.kube),
         args.leader_election_namespace or leader.default_namespace(),
         name,
         leader.identity(),
@@ -266,7 +270,7 @@ def build_runner(args: argparse.Namespace, registry: CollectorRegistry) -> Runne
     overrides["restart_on_rebalance"] = args.restart_on_rebalance
     cfg = config.with_overrides(config.from_env(), overrides)
     # The reconcile workers, the event sink and the Lease's calls (kopf's executor).
-    api = kube.load_api_client(
+    api = connection.load_api_client(
         args.kubeconfig,
         connections=args.workers + 2,
         measured=client_metrics.ClientMetrics(registry),

@@ -20,21 +20,21 @@ from dataclasses import replace
 from typing import Any
 
 from spotrun_api.status import Attempt
-from spotrun_operator.apiserver import Refused, raw_template_job
-from spotrun_operator.cache import Cache, CachedReads
-from spotrun_operator.config import DEFAULT_WORKERS, OperatorConfig
-from spotrun_operator.cost import Price, Prices
-from spotrun_operator.event_sink import EventSink
-from spotrun_operator.initial_sync import Listing, sync_caches
-from spotrun_operator.kube import Kube
-from spotrun_operator.memory import Key, Memory
-from spotrun_operator.metrics import Metrics
-from spotrun_operator.observe import PriceSource, observe, run_ref
-from spotrun_operator.plan import Observed, Rejected
-from spotrun_operator.pools import Pool, PoolStats, PoolTally, pool_tally
-from spotrun_operator.queue_metrics import CacheCollector, QueueMetrics
-from spotrun_operator.reconcile import decide
-from spotrun_operator.verdicts import build_problem
+from spotrun_operator.decisions.reconcile import decide
+from spotrun_operator.facts.config import DEFAULT_WORKERS, OperatorConfig
+from spotrun_operator.facts.pools import Pool, PoolStats, PoolTally, pool_tally
+from spotrun_operator.judging.verdicts import build_problem
+from spotrun_operator.kubeio.apiserver import Refused, raw_template_job
+from spotrun_operator.kubeio.event_sink import EventSink
+from spotrun_operator.kubeio.kube import Kube
+from spotrun_operator.model.plan import Observed, Rejected
+from spotrun_operator.money.cost import Price, Prices
+from spotrun_operator.telemetry.metrics import Metrics
+from spotrun_operator.telemetry.queue_metrics import CacheCollector, QueueMetrics
+from spotrun_operator.watching.cache import Cache, CachedReads
+from spotrun_operator.watching.initial_sync import Listing, sync_caches
+from spotrun_operator.watching.memory import Key, Memory
+from spotrun_operator.watching.observe import PriceSource, observe, run_ref
 
 log = logging.getLogger(__name__)
 # After a status write conflict: the watch event of the newer run normally wakes the loop
@@ -88,7 +88,7 @@ class PoolHistory:
 
 
 def table_prices(_types: Sequence[str]) -> tuple[Mapping[str, Price] | Prices, None]:
-    from spotrun_operator.cost import DEFAULT_PRICES
+    from spotrun_operator.money.cost import DEFAULT_PRICES
 
     return DEFAULT_PRICES, None
 

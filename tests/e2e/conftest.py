@@ -25,7 +25,7 @@ from controller_process import CRD, Operator
 from kube_helpers import poll
 from spotrun_dev import kueue, storage
 from spotrun_dev.cluster import ClusterError, LocalCluster, ensure_cluster, ensure_fleet
-from spotrun_operator.kube import Kube
+from spotrun_operator.kubeio.kube import Kube
 
 _E2E = Path(__file__).resolve().parent
 _TOOLS_ONLY = _E2E / "chart"  # helm and promtool, no cluster

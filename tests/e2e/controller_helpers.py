@@ -9,7 +9,7 @@ from kubernetes import client
 
 from kube_helpers import PYTORCHJOB, poll, running_pods
 from spotrun_dev import inject
-from spotrun_operator.common import LABEL_ATTEMPT, LABEL_RUN
+from spotrun_operator.facts.common import LABEL_ATTEMPT, LABEL_RUN
 
 TR = ("spotrun.dev", "v1alpha1", "trainingruns")
 SIGNAL_OF = {

@@ -12,6 +12,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "trainingruns.spotrun.dev.yaml"
+# The operator under test runs from this checkout's sources, whatever the venv's install
+# points at (an editable install may name another checkout).
+SOURCES = tuple(str(ROOT / folder) for folder in ("api", "operator"))
 # Short delays so a whole recovery takes seconds; the logic is the production one.
 FAST_FLAGS = (
     "--pricing=table",
@@ -22,7 +25,7 @@ FAST_FLAGS = (
     "--resync-seconds=5",
     # No --node-lost-grace-seconds: the operator's default (30 s) applies, so a node that
     # stops heartbeating is lost through the node lifecycle controller's own Ready=Unknown
-    # and unreachable taints, as in production (issue 10).
+    # and unreachable taints, as in production.
 )
 
 
@@ -45,8 +48,10 @@ class Operator:
 
     def start(self) -> Operator:
         assert self.proc is None or self.proc.poll() is not None, "already running"
+        inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         env = {
             **os.environ,
+            "PYTHONPATH": os.pathsep.join([*SOURCES, *inherited]),
             "KUBECONFIG": str(self.kubeconfig),
             "PYTHONUNBUFFERED": "1",
             **self.env,

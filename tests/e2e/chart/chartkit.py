@@ -26,7 +26,7 @@ SYNC_SCRIPT = REPO_ROOT / "hack" / "sync-chart-crds.sh"
 HELM = REPO_ROOT / ".cache" / "bin" / "helm"
 PROMTOOL = Path("/usr/bin/promtool")
 
-# The metric names agreed with the operator and trainer engineers (issue 5).
+# The metric names the chart's alerts and dashboards read: the operator and trainer export them.
 OPERATOR_METRICS = {
     "spotrun_runs",
     "spotrun_preemptions_total",

@@ -26,7 +26,7 @@ from spotrun_api.base import to_json
 from spotrun_api.display import display
 from spotrun_api.status import TrainingRunStatus
 from spotrun_cli.torchx_scheduler import SpotrunScheduler
-from spotrun_operator.kube import Kube
+from spotrun_operator.kubeio.kube import Kube
 
 TR = ("spotrun.dev", "v1alpha1", "trainingruns")
 

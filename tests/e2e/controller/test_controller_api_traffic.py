@@ -1,7 +1,7 @@
 """The operator's API traffic, counted in the apiserver's audit log by its user agent
 (kopf's watches say ``kopf/``, the operator's own calls ``spotrun-operator/``): in steady
 state a reconcile reads nothing (watch caches) and an idle run costs no write; a storm of
-spot interruptions costs a bounded number of writes per recovery (issue 11); and the
+spot interruptions costs a bounded number of writes per recovery; and the
 operator's own request metrics (``rest_client_requests_total``) count what the apiserver
 logged of it."""
 

@@ -1,7 +1,7 @@
 """An operator restarted under 200 existing TrainingRuns rebuilds its watch caches before
 its first decision and resumes with exact counters: no run gets a second live attempt,
 runs whose node was reclaimed while it was down count exactly one preemption, and the
-runs nothing happened to cost no write (issue 11)."""
+runs nothing happened to cost no write."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from kubernetes import client
 
-from spotrun_operator.common import parse_time
-from spotrun_operator.kube import Kube
+from spotrun_operator.facts.common import parse_time
+from spotrun_operator.kubeio.kube import Kube
 
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
 P4D = "p4d.24xlarge"

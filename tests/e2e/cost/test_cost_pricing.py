@@ -35,7 +35,7 @@ from controller_helpers import (
     wait_status,
 )
 from kube_helpers import poll
-from spotrun_api.display import fmt_usd
+from spotrun_api.money import fmt_usd
 
 # Seeded newest Linux/UNIX spot prices per zone: far from the table's estimate (35% of
 # $32.77 = $11.4695/h) and from each other, so a wrong source or zone shows.

@@ -7,8 +7,8 @@ import operator_metrics as om
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from spotrun_operator.client_metrics import ClientMetrics
-from spotrun_operator.queue_metrics import QueueMetrics
+from spotrun_operator.telemetry.client_metrics import ClientMetrics
+from spotrun_operator.telemetry.queue_metrics import QueueMetrics
 
 
 def samples(registry: CollectorRegistry) -> om.Samples:
@@ -50,12 +50,12 @@ def test_a_rank_in_the_inf_bucket_reads_as_the_highest_bound() -> None:
 def test_the_operators_queue_reconcile_and_requests_are_read_apart() -> None:
     reg = CollectorRegistry()
     queue, client = QueueMetrics(reg, workers=2), ClientMetrics(reg)
-    client.observe("PATCH", "h:1", 9.0, "200")  # before the window
+    client.record("PATCH", "h:1", 9.0, "200")  # before the window
     before = samples(reg)
     with queue.working(queue.queued() - 2.0):  # waited two seconds for a thread
-        client.observe("PATCH", "h:1", 0.3, "200")
-        client.observe("PATCH", "h:1", 0.2, "409")
-        client.observe("DELETE", "h:1", 0.02, "200")
+        client.record("PATCH", "h:1", 0.3, "200")
+        client.record("PATCH", "h:1", 0.2, "409")
+        client.record("DELETE", "h:1", 0.02, "200")
     queue.finished("acted")
     got = om.inside_operator(before, samples(reg))
     assert got["queue_wait"]["n"] == 1 and got["queue_wait"]["mean"] == pytest.approx(2.0, 0.01)

@@ -8,6 +8,7 @@ import pytest
 from torchx.specs import AppState
 
 from spotrun_api import display as printer
+from spotrun_api import naming
 from spotrun_api.base import to_json
 from spotrun_api.status import Attempt, Progress, TrainingRunStatus
 from spotrun_cli import follow, ledger, runview
@@ -87,8 +88,8 @@ def test_restarts_message_and_replicas() -> None:
     assert runview.message(r).startswith("cancelling:") and "attempt 3 running" in runview.message(
         r
     )
-    assert runview.pod_name("r", 3, 0) == "r-a3-master-0"
-    assert runview.pod_name("r", 3, 2) == "r-a3-worker-1"
+    assert naming.pod_name("r", 3, 0) == "r-a3-master-0"
+    assert naming.pod_name("r", 3, 2) == "r-a3-worker-1"
 
     def pod(kind: str, idx: int, phase: str, deleting: bool = False) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -107,7 +108,7 @@ def test_restarts_message_and_replicas() -> None:
     ]
 
 
-def obs(**kw: Any) -> follow.Observed:
+def obs(**kw: Any) -> follow.Snapshot:
     base: dict[str, Any] = {
         "exists": True,
         "phase": "Running",
@@ -116,7 +117,7 @@ def obs(**kw: Any) -> follow.Observed:
         "streamed": 0,
         "follow": True,
     }
-    return follow.Observed(**{**base, **kw})
+    return follow.Snapshot(**{**base, **kw})
 
 
 def test_follow_plan_across_attempts() -> None:

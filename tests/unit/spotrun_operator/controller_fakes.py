@@ -8,14 +8,13 @@ from typing import Any
 
 from spotrun_api.base import to_json
 from spotrun_api.status import parse_status
-from spotrun_operator.builders import RunRef
-from spotrun_operator.classify import NodeInfo
-from spotrun_operator.common import LABEL_ATTEMPT, LABEL_REPLICA_TYPE, LABEL_RUN, fmt_time
-from spotrun_operator.config import OperatorConfig
-from spotrun_operator.observe import parse_run_spec
-from spotrun_operator.plan import Decision, Observed
-from spotrun_operator.reconcile import decide
-from spotrun_operator.reducers import get_condition
+from spotrun_operator.decisions.reconcile import decide
+from spotrun_operator.facts.common import LABEL_ATTEMPT, LABEL_REPLICA_TYPE, LABEL_RUN, fmt_time
+from spotrun_operator.facts.config import OperatorConfig
+from spotrun_operator.judging.classify import NodeInfo
+from spotrun_operator.model.plan import Decision, Observed, RunRef
+from spotrun_operator.model.reducers import get_condition
+from spotrun_operator.watching.observe import parse_run_spec
 
 T0 = dt.datetime(2026, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
 REF = RunRef(name="llm", namespace="ml", uid="uid-run-1", generation=1)

@@ -18,8 +18,8 @@ from typing import Any
 from controller_fakes import SPOT_LABELS, at, gang, ts
 
 from spotrun_dev.trace_match import load_fixture
-from spotrun_operator import classify as c
-from spotrun_operator import signals
+from spotrun_operator.facts import signals
+from spotrun_operator.judging import classify as c
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "signals"
 VICTIM = "n1"

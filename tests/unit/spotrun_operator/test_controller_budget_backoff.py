@@ -21,8 +21,8 @@ from controller_fakes import (
 )
 
 from spotrun_dev import traces
-from spotrun_operator.plan import CreateJob, Decision, DeleteJob, DeletePods
-from spotrun_operator.reconcile import decide
+from spotrun_operator.decisions.reconcile import decide
+from spotrun_operator.model.plan import CreateJob, Decision, DeleteJob, DeletePods
 
 
 def test_budget_warns_then_suspends_then_resumes_when_raised() -> None:

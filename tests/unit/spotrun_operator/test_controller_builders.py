@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 from controller_fakes import REF, spec
 
+from spotrun_api.naming import parse_job_name
 from spotrun_api.spec import parse_spec
-from spotrun_operator import builders as b
-from spotrun_operator.common import parse_duration, parse_job_name
+from spotrun_operator.facts.common import parse_duration
+from spotrun_operator.model import builders as b
 
 
 def job(**over: Any) -> dict[str, Any]:

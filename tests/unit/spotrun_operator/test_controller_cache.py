@@ -7,14 +7,15 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from spotrun_operator.builders import job_nodes
-from spotrun_operator.cache import BY_RUN, Cache, CachedReads, Store, by_label
-from spotrun_operator.common import LABEL_ATTEMPT, LABEL_RUN
-from spotrun_operator.memory import Memory
-from spotrun_operator.observe import observe
-from spotrun_operator.plan import Rejected
-from spotrun_operator.signals import node_info
-from spotrun_operator.trim import Strings
+from spotrun_operator.facts.common import LABEL_ATTEMPT, LABEL_RUN
+from spotrun_operator.facts.signals import node_info
+from spotrun_operator.model.builders import job_nodes
+from spotrun_operator.model.plan import Rejected
+from spotrun_operator.watching.cache import BY_RUN, Cache, CachedReads, by_label
+from spotrun_operator.watching.memory import Memory
+from spotrun_operator.watching.observe import observe
+from spotrun_operator.watching.store import Store
+from spotrun_operator.watching.trim import Strings
 
 
 def obj(kind: str, name: str, rv: str, ns: str = "ml", **meta: Any) -> dict[str, Any]:

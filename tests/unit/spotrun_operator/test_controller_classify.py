@@ -10,10 +10,10 @@ import pytest
 from controller_fakes import at, gang, job, node, pod
 
 from spotrun_dev import traces
-from spotrun_operator import classify as c
-from spotrun_operator import signals
-from spotrun_operator.classify import NodeInfo
-from spotrun_operator.classify import VerdictKind as Kind
+from spotrun_operator.facts import signals
+from spotrun_operator.judging import classify as c
+from spotrun_operator.judging.classify import NodeInfo
+from spotrun_operator.judging.classify import VerdictKind as Kind
 
 
 def verdict(

@@ -15,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 from urllib3.exceptions import HTTPError
 
-from spotrun_operator.client_metrics import NO_ANSWER, ClientMetrics, MeasuredApiClient
+from spotrun_operator.telemetry.client_metrics import NO_ANSWER, ClientMetrics, MeasuredApiClient
 
 VERSION = {
     **dict.fromkeys(("buildDate", "compiler", "gitCommit", "gitTreeState", "platform"), "-"),

@@ -8,8 +8,8 @@ from typing import Any
 from controller_fakes import CFG, gang, job, node, observed
 
 from spotrun_dev import traces
-from spotrun_operator.plan import Decision
-from spotrun_operator.reconcile import decide
+from spotrun_operator.decisions.reconcile import decide
+from spotrun_operator.model.plan import Decision
 
 
 def _merge(status: dict[str, Any], d: Decision) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from spotrun_operator.election import (
+from spotrun_operator.kubeio.election import (
     Create,
     ElectionConfig,
     LeaseRecord,
@@ -20,13 +20,13 @@ from spotrun_operator.election import (
     Wait,
     lease_body,
     next_step,
-    observe,
+    note_read,
     released,
     renew_lost,
 )
-from spotrun_operator.leader import Elector, identity
+from spotrun_operator.kubeio.leader import Elector, identity
 from spotrun_operator.main import parse_args
-from spotrun_operator.metrics import Metrics
+from spotrun_operator.telemetry.metrics import Metrics
 
 CFG = ElectionConfig()  # 15 / 10 / 2
 T0, T1 = "2030-01-01T00:00:00.000000Z", "2030-01-01T00:00:05.000000Z"
@@ -70,13 +70,13 @@ def test_the_holder_renews_keeping_acquire_time_and_transitions() -> None:
 
 def test_expiry_is_measured_from_when_the_record_last_changed_on_our_clock() -> None:
     # The Lease's own timestamps are another host's clock: only a change counts.
-    first = observe(None, LeaseRecord("other", 15, T0, T0, 3), "1", now=100.0)
-    again = observe(first, LeaseRecord("other", 15, T0, T0, 3), "1", now=110.0)
+    first = note_read(None, LeaseRecord("other", 15, T0, T0, 3), "1", now=100.0)
+    again = note_read(first, LeaseRecord("other", 15, T0, T0, 3), "1", now=110.0)
     assert again.at == 100.0 and not again.live(115.0)
-    renewed = observe(again, LeaseRecord("other", 15, T0, T1, 3), "2", now=112.0)
+    renewed = note_read(again, LeaseRecord("other", 15, T0, T1, 3), "2", now=112.0)
     assert renewed.at == 112.0 and renewed.live(126.9) and not renewed.live(127.0)
     # The holder's own lease duration counts, not ours (a release writes 1 s).
-    short = observe(None, LeaseRecord("other", 1, T0, T0, 3), "3", now=100.0)
+    short = note_read(None, LeaseRecord("other", 1, T0, T0, 3), "3", now=100.0)
     assert next_step(short, "me", 101.0, T1, CFG) == Update(
         LeaseRecord("me", 15, T1, T1, 4), "3", acquired=True
     )

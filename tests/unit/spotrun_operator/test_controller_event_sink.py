@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import threading
 
-from spotrun_operator.builders import RunRef
-from spotrun_operator.event_sink import MAX_QUEUED_EVENTS, MAX_TRIES_PER_EVENT, EventSink
-from spotrun_operator.plan import Event
-from spotrun_operator.recorder import Send
+from spotrun_operator.kubeio.event_sink import MAX_QUEUED_EVENTS, MAX_TRIES_PER_EVENT, EventSink
+from spotrun_operator.kubeio.recorder import Send
+from spotrun_operator.model.plan import Event, RunRef
 
 REF = RunRef("r", "ml", "uid-1")
 

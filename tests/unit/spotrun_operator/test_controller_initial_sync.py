@@ -12,13 +12,15 @@ import pytest
 from kubernetes.client import ApiClient
 from prometheus_client import CollectorRegistry
 
-from spotrun_operator import handlers, initial_sync
-from spotrun_operator.cache import Cache, Key, Store
-from spotrun_operator.config import OperatorConfig
-from spotrun_operator.initial_sync import Listing, sync_caches
-from spotrun_operator.kube import Kube
-from spotrun_operator.metrics import Metrics
+from spotrun_operator import handlers
+from spotrun_operator.facts.config import OperatorConfig
+from spotrun_operator.kubeio.kube import Kube
 from spotrun_operator.runner import Runner
+from spotrun_operator.telemetry.metrics import Metrics
+from spotrun_operator.watching import initial_sync
+from spotrun_operator.watching.cache import Cache
+from spotrun_operator.watching.initial_sync import Listing, sync_caches
+from spotrun_operator.watching.store import Key, Store
 
 
 def obj(name: str, rv: str, uid: str = "", ns: str = "ml") -> dict[str, Any]:

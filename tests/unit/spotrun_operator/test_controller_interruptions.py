@@ -1,6 +1,6 @@
 """Stops with no infrastructure evidence get their own reasons and spend no budget; the
 failure budget is charged only for a container that exited with an application error,
-also when the operator was not watching (issue 10)."""
+also when the operator was not watching."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from controller_fakes import CFG, at, gang, job, merge, node, observed, pod, running_status, ts
 
-from spotrun_operator import classify as c
-from spotrun_operator import reconcile as R
-from spotrun_operator import signals
-from spotrun_operator.classify import NodeInfo
-from spotrun_operator.classify import VerdictKind as Kind
-from spotrun_operator.plan import DeleteJob
-from spotrun_operator.reconcile import decide
+from spotrun_operator.decisions import reconcile as R
+from spotrun_operator.decisions.reconcile import decide
+from spotrun_operator.facts import signals
+from spotrun_operator.judging import classify as c
+from spotrun_operator.judging.classify import NodeInfo
+from spotrun_operator.judging.classify import VerdictKind as Kind
+from spotrun_operator.model.plan import DeleteJob
 
 
 def verdict(

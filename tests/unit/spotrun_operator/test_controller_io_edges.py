@@ -11,8 +11,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
-from spotrun_operator import builders, handlers, kube
-from spotrun_operator.apiserver import (
+from spotrun_operator import handlers
+from spotrun_operator.kubeio import connection
+from spotrun_operator.kubeio.apiserver import (
     credentials,
     message_of,
     raw_template_job,
@@ -20,9 +21,9 @@ from spotrun_operator.apiserver import (
     refused,
     replica_pods,
 )
-from spotrun_operator.memory import Memory
-from spotrun_operator.metrics import Metrics, RunCollector, RunState
-from spotrun_operator.plan import Rejected, RunGauges
+from spotrun_operator.model.plan import Rejected, RunGauges, RunRef
+from spotrun_operator.telemetry.metrics import Metrics, RunCollector, RunState
+from spotrun_operator.watching.memory import Memory
 
 
 def test_the_collector_renders_a_snapshot_at_scrape_time() -> None:
@@ -79,7 +80,7 @@ def test_kopf_logs_in_with_the_clients_own_configuration() -> None:
 
 
 def test_a_dry_run_checks_one_pod_per_replica_type() -> None:
-    ref = builders.RunRef(name="r", namespace="ml", uid="u", generation=1)
+    ref = RunRef(name="r", namespace="ml", uid="u", generation=1)
     template = {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c"}]}}
     job = {
         "metadata": {"name": f"{ref.name}-a1", "namespace": "ml"},
@@ -156,15 +157,17 @@ def test_the_client_keeps_a_connection_per_calling_thread(tmp_path: Any) -> None
             }
         )
     )
-    default = kube.load_api_client(str(kubeconfig))
+    default = connection.load_api_client(str(kubeconfig))
     assert default.configuration.host == "https://127.0.0.1:6443"
     assert default.user_agent.startswith("spotrun-operator/")
     size = default.configuration.connection_pool_maxsize
-    wide = kube.load_api_client(str(kubeconfig), connections=size + 10)
+    wide = connection.load_api_client(str(kubeconfig), connections=size + 10)
     assert wide.configuration.connection_pool_maxsize == size + 10
     assert wide.rest_client.pool_manager.connection_pool_kw["maxsize"] == size + 10
     # Never fewer than the client's own default.
     assert (
-        kube.load_api_client(str(kubeconfig), connections=1).configuration.connection_pool_maxsize
+        connection.load_api_client(
+            str(kubeconfig), connections=1
+        ).configuration.connection_pool_maxsize
         == size
     )

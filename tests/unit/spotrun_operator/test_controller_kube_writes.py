@@ -12,10 +12,16 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import NewConnectionError
 
-from spotrun_operator.builders import RunRef
-from spotrun_operator.cache import Cache
-from spotrun_operator.kube import Kube
-from spotrun_operator.plan import CreateJob, DeleteJob, DeletePods, EnsureObjects, Event
+from spotrun_operator.kubeio.kube import Kube
+from spotrun_operator.model.plan import (
+    CreateJob,
+    DeleteJob,
+    DeletePods,
+    EnsureObjects,
+    Event,
+    RunRef,
+)
+from spotrun_operator.watching.cache import Cache
 
 OWNER = [{"uid": "run-1"}]
 

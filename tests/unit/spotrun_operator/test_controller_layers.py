@@ -14,7 +14,11 @@ from pathlib import Path
 
 import pytest
 
-PURE = ("spotrun_operator.reconcile", "spotrun_operator.observe", "spotrun_operator.finish")
+PURE = (
+    "spotrun_operator.decisions.reconcile",
+    "spotrun_operator.watching.observe",
+    "spotrun_operator.decisions.finish",
+)
 FORBIDDEN = (
     "kopf",
     "kubernetes",
@@ -22,7 +26,7 @@ FORBIDDEN = (
     "boto3",
     "torch",
     "spotrun_trainer",
-    "spotrun_operator.kube",
+    "spotrun_operator.kubeio.kube",
     "spotrun_operator.runner",
 )
 
@@ -47,27 +51,39 @@ PACKAGES = {
 
 
 def documented_floors() -> dict[str, tuple[int, int]]:
-    """Module -> (floor, position on its floor), as docs/operator.md's table lists them."""
+    """Module -> (floor, position on its floor), as docs/operator.md's table lists them: a
+    row per floor, naming its package (an operator subpackage, ``spotrun_api``, or
+    ``spotrun_operator`` itself for the top) and its modules in import order."""
     found: dict[str, tuple[int, int]] = {}
     for line in (ROOT / "docs/operator.md").read_text().splitlines():
-        row = re.match(r"\| (\d)[^|]*\| (.*?) \|", line)
+        row = re.match(r"\| (\d) \| `(\w+)`[^|]*\| (.*?) \|", line)
         if not row:
             continue
-        floor, cell = int(row.group(1)), row.group(2)
-        package = "spotrun_api" if cell.startswith("`spotrun_api`") else "spotrun_operator"
-        names = re.findall(r"`(\w+)`", cell.split(":", 1)[1] if floor == 0 else cell)
-        for pos, name in enumerate(names):
+        floor, package, cell = int(row.group(1)), row.group(2), row.group(3)
+        if package not in PACKAGES:
+            package = f"spotrun_operator.{package}"
+        for pos, name in enumerate(re.findall(r"`(\w+)`", cell)):
             found[f"{package}.{name}"] = (floor, pos)
     return found
 
 
 def project_modules() -> dict[str, Path]:
+    """Every module of spotrun_api and the operator, by dotted name (``__init__`` aside:
+    they hold docstrings and the version, and import nothing of the project)."""
     return {
-        f"{package}.{path.stem}": path
+        ".".join((package, *path.relative_to(folder).with_suffix("").parts)): path
         for package, folder in PACKAGES.items()
-        for path in sorted(folder.glob("*.py"))
+        for path in sorted(folder.rglob("*.py"))
         if path.stem != "__init__"
     }
+
+
+def test_package_inits_import_nothing_of_the_project() -> None:
+    inits = [p for folder in PACKAGES.values() for p in sorted(folder.rglob("__init__.py"))]
+    operator_inits = [p for p in inits if "spotrun_operator" in p.parts]
+    assert len(operator_inits) > 1
+    for path in operator_inits:
+        assert not imports_of(path, project_modules()), path
 
 
 def imports_of(path: Path, modules: Iterable[str]) -> set[tuple[str, str | None]]:

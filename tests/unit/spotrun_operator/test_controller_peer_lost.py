@@ -10,13 +10,13 @@ from typing import Any
 from controller_fakes import CFG, at, gang, job, merge, node, observed, pod, running_status
 
 from spotrun_api import contract
-from spotrun_operator import classify as c
-from spotrun_operator import signals
-from spotrun_operator.classify import NodeInfo
-from spotrun_operator.classify import VerdictKind as Kind
-from spotrun_operator.evidence import app_error
-from spotrun_operator.plan import DeleteJob
-from spotrun_operator.reconcile import decide
+from spotrun_operator.decisions.reconcile import decide
+from spotrun_operator.facts import signals
+from spotrun_operator.judging import classify as c
+from spotrun_operator.judging.classify import NodeInfo
+from spotrun_operator.judging.classify import VerdictKind as Kind
+from spotrun_operator.judging.evidence import app_error
+from spotrun_operator.model.plan import DeleteJob
 
 SAID = (
     "peer lost: rank 1 (llm-a1-worker-0) sent no heartbeat for 30.2s (limit 30.0s); rank 0 exits 86"

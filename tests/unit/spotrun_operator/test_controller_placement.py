@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from controller_fakes import CFG, at, gang, job, merge, node, observed, pod, running_status, ts
 
-from spotrun_operator import signals
-from spotrun_operator.classify import NodeInfo, classify
-from spotrun_operator.classify import VerdictKind as Kind
-from spotrun_operator.plan import CreateJob, Decision, ValidateJob
-from spotrun_operator.reconcile import decide
+from spotrun_operator.decisions.reconcile import decide
+from spotrun_operator.facts import signals
+from spotrun_operator.judging.classify import NodeInfo, classify
+from spotrun_operator.judging.classify import VerdictKind as Kind
+from spotrun_operator.model.plan import CreateJob, Decision, ValidateJob
 
 GPU_TAINT = ("nvidia.com/gpu", "present", "NoSchedule")
 

@@ -11,11 +11,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from spotrun_api.enums import Outcome
 from spotrun_api.status import Attempt
-from spotrun_operator import pools as p
-from spotrun_operator.metrics import Metrics
-from spotrun_operator.plan import RunGauges
-from spotrun_operator.reconcile import decide
+from spotrun_operator.decisions.reconcile import decide
+from spotrun_operator.facts import pools as p
+from spotrun_operator.model.plan import RunGauges
 from spotrun_operator.runner import PoolHistory
+from spotrun_operator.telemetry.metrics import Metrics
 
 P4D_A = p.Pool("p4d.24xlarge", "us-east-1a", "spot")
 P4D_B = p.Pool("p4d.24xlarge", "us-east-1b", "spot")

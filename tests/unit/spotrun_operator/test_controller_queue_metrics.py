@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from spotrun_operator.queue_metrics import NAME, CacheCollector, QueueMetrics
+from spotrun_operator.telemetry.queue_metrics import NAME, CacheCollector, QueueMetrics
 
 
 def value(reg: CollectorRegistry, series: str, **labels: str) -> float:

@@ -9,9 +9,9 @@ from typing import Any
 
 from controller_fakes import CFG, cond, gang, job, merge, observed, ts
 
-from spotrun_operator.plan import CreateJob, DeleteJob
-from spotrun_operator.queueing import admission_of
-from spotrun_operator.reconcile import decide
+from spotrun_operator.decisions.queueing import admission_of
+from spotrun_operator.decisions.reconcile import decide
+from spotrun_operator.model.plan import CreateJob, DeleteJob
 
 QUEUE = {"queueName": "team-a"}
 

@@ -17,9 +17,9 @@ from controller_fakes import (
 )
 
 from spotrun_dev import traces
-from spotrun_operator.children import COLLECTOR_GRACE_SECONDS
-from spotrun_operator.plan import CreateJob, Decision, DeleteJob, DeletePods, EnsureObjects
-from spotrun_operator.reconcile import decide
+from spotrun_operator.decisions.children import COLLECTOR_GRACE_SECONDS
+from spotrun_operator.decisions.reconcile import decide
+from spotrun_operator.model.plan import CreateJob, Decision, DeleteJob, DeletePods, EnsureObjects
 
 
 def env_of(d: Decision) -> dict[str, str]:

@@ -3,9 +3,7 @@ deduplication by count, aggregation of similar events, the per-object spam filte
 
 from __future__ import annotations
 
-from spotrun_operator.builders import RunRef
-from spotrun_operator.plan import Event
-from spotrun_operator.recorder import (
+from spotrun_operator.kubeio.recorder import (
     AGGREGATE_INTERVAL_SECONDS,
     AGGREGATE_MAX_EVENTS,
     COMBINED,
@@ -14,6 +12,7 @@ from spotrun_operator.recorder import (
     EventCorrelator,
     Send,
 )
+from spotrun_operator.model.plan import Event, RunRef
 
 RUN = RunRef("llm", "ml", "uid-1")
 OTHER = RunRef("other", "ml", "uid-2")

@@ -1,6 +1,6 @@
 """The training operator's FailedCreatePod events of a run's PyTorchJob: a watch the
 apiserver filters (handlers.SERVER_FIELD_SELECTORS) fills ``Cache.refusals``, and observe
-reads the refusal of the live job from there, with no request per look (issue 11)."""
+reads the refusal of the live job from there, with no request per look."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import kopf
 
 from spotrun_operator import handlers
-from spotrun_operator.cache import Cache, CachedReads
-from spotrun_operator.common import LABEL_RUN
+from spotrun_operator.facts.common import LABEL_RUN
+from spotrun_operator.watching.cache import Cache, CachedReads
 
 INVALID_POD = (
     'Error creating: Pod "llm-a1-master-0" is invalid: spec.containers[0].resources.requests: '

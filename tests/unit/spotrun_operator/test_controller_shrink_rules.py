@@ -10,12 +10,18 @@ import pytest
 from controller_fakes import CFG, REF, SPOT_LABELS, cond, merge, observed, pod, ts
 
 from spotrun_dev import traces
-from spotrun_operator.builders import job_nodes
-from spotrun_operator.elasticity import PodNeeds, fits, fitting_nodes, pod_needs, tolerates
-from spotrun_operator.observe import observe
-from spotrun_operator.plan import CreateJob, Decision, DeleteJob
-from spotrun_operator.reconcile import decide
-from spotrun_operator.signals import NodeInfo, node_info
+from spotrun_operator.decisions.elasticity import (
+    PodNeeds,
+    fits,
+    fitting_nodes,
+    pod_needs,
+    tolerates,
+)
+from spotrun_operator.decisions.reconcile import decide
+from spotrun_operator.facts.signals import NodeInfo, node_info
+from spotrun_operator.model.builders import job_nodes
+from spotrun_operator.model.plan import CreateJob, Decision, DeleteJob
+from spotrun_operator.watching.observe import observe
 
 GPU_TAINT = ("nvidia.com/gpu", "present", "NoSchedule")
 ELASTIC: dict[str, Any] = {"nodes": 4, "elasticity": {"minNodes": 2, "waitBeforeShrink": "60s"}}

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 from signal_replay import GRACE, Snapshot, fixture_names, replay
 
-from spotrun_operator import signals as s
-from spotrun_operator.classify import Verdict
-from spotrun_operator.classify import VerdictKind as Kind
+from spotrun_operator.facts import signals as s
+from spotrun_operator.judging.classify import Verdict
+from spotrun_operator.judging.classify import VerdictKind as Kind
 
 # fixture -> (the change that triggers the verdict, the reason); None: the gang keeps running.
 EXPECTED: dict[str, tuple[str, str] | None] = {

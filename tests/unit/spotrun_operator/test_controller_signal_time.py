@@ -1,6 +1,6 @@
 """lastPreemption.time and spotrun_recovery_seconds start at the signal's own timestamp
 (a pod's DisruptionTarget, a node's Ready transition or deletion, a taint's timeAdded),
-so the time the operator took to see it is part of the recovery it reports (issue 11)."""
+so the time the operator took to see it is part of the recovery it reports."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import dataclasses
 from controller_fakes import CFG, gang, job, merge, node, observed, running_status, ts
 
 from spotrun_dev import traces
-from spotrun_operator.reconcile import decide
-from spotrun_operator.signals import node_info
+from spotrun_operator.decisions.reconcile import decide
+from spotrun_operator.facts.signals import node_info
 
 
 def test_an_eviction_counts_from_its_disruption_target() -> None:

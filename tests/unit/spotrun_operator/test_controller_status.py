@@ -10,12 +10,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
 from spotrun_api.base import to_json
+from spotrun_api.contract import DEFAULT_CHECKPOINT_INTERVAL_SECONDS
 from spotrun_api.status import Attempt, Progress
-from spotrun_operator import reducers as s
-from spotrun_operator.cost import DEFAULT_PRICES
-from spotrun_operator.metrics import SIGNALS, Metrics
-from spotrun_operator.plan import Decision, MetricEvent, RunGauges
-from spotrun_operator.reconcile import decide
+from spotrun_operator.decisions.reconcile import decide
+from spotrun_operator.facts import pools
+from spotrun_operator.model import reducers as s
+from spotrun_operator.model.plan import Decision, MetricEvent, RunGauges
+from spotrun_operator.money.cost import DEFAULT_PRICES
+from spotrun_operator.telemetry.metrics import SIGNALS, Metrics
 
 
 def _json(model: BaseModel | None) -> dict[str, Any] | None:
@@ -28,6 +30,24 @@ def _attempts(raw: list[dict[str, Any]]) -> list[Attempt]:
 
 def _progress(raw: dict[str, Any]) -> Progress | None:
     return Progress.from_status(raw)
+
+
+def _attempts_json(history: list[Attempt]) -> list[dict[str, Any]]:
+    return [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in history]
+
+
+def _interval(interval: str, history: list[Attempt], checkpoint_cost_seconds: float) -> int:
+    """``interval: auto`` from the run's own history only (no pool knowledge, no measured
+    stall): :func:`pools.auto_interval` with an empty tally."""
+    return pools.auto_interval(
+        interval,
+        history=history,
+        planned=(),
+        tally={},
+        stall_seconds=None,
+        checkpoint_cost_seconds=checkpoint_cost_seconds,
+        default=DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
+    )
 
 
 def test_condition_transition_time_moves_only_on_change() -> None:
@@ -77,8 +97,8 @@ def test_lost_work() -> None:
 
 
 def test_checkpoint_interval_auto_uses_young_daly() -> None:
-    assert s.checkpoint_interval_seconds("15m", [], 60) == 900
-    assert s.checkpoint_interval_seconds("auto", [], 60) == 900
+    assert _interval("15m", [], 60) == 900
+    assert _interval("auto", [], 60) == 900
     hist = [
         {
             "attempt": i,
@@ -89,7 +109,7 @@ def test_checkpoint_interval_auto_uses_young_daly() -> None:
         for i in range(1, 4)
     ]
     # MTBF 2 h, C = 60 s: sqrt(2 * 60 * 7200) = 929 s.
-    assert s.checkpoint_interval_seconds("auto", _attempts(hist), 60) == 929
+    assert _interval("auto", _attempts(hist), 60) == 929
 
 
 def test_trim_history_keeps_cost_totals() -> None:
@@ -106,7 +126,7 @@ def test_trim_history_keeps_cost_totals() -> None:
     ]
     hist.append({"attempt": 6})
     kept_attempts, archived = s.trim_history(_attempts(hist), None, limit=3)
-    kept, arch = s.attempts_json(kept_attempts), _json(archived) or {}
+    kept, arch = _attempts_json(kept_attempts), _json(archived) or {}
     assert [e["attempt"] for e in kept] == [4, 5, 6]
     assert arch["attempts"] == 3 and arch["spotUSD"] == 3.0 and arch["gpuHours"] == 6.0
     total = s.total_cost(kept_attempts, archived, at(0), {})
@@ -124,7 +144,7 @@ def test_entry_cost_of_a_running_attempt() -> None:
     }
     cost = s.entry_cost(Attempt.model_validate(entry), at(3600), {})
     assert cost.total_usd == 0 and cost.gpu_hours == 16  # unknown prices count $0
-    from spotrun_operator.cost import DEFAULT_PRICES
+    from spotrun_operator.money.cost import DEFAULT_PRICES
 
     cost = s.entry_cost(Attempt.model_validate(entry), at(3600), DEFAULT_PRICES)
     assert 15 < cost.spot_usd < 30 and cost.on_demand_equivalent_usd > 60

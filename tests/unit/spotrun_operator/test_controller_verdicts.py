@@ -9,11 +9,11 @@ import pytest
 from controller_fakes import CFG, gang, job, observed, spec
 
 from spotrun_api.status import parse_status
-from spotrun_operator.apiserver import pod_create_refusal
-from spotrun_operator.finish import status_patch
-from spotrun_operator.observe import observe
-from spotrun_operator.plan import CreateJob, Decision, DeleteJob, DeletePods, Rejected
-from spotrun_operator.reconcile import decide
+from spotrun_operator.decisions.finish import status_patch
+from spotrun_operator.decisions.reconcile import decide
+from spotrun_operator.model.plan import CreateJob, Decision, DeleteJob, DeletePods, Rejected
+from spotrun_operator.watching.observe import observe
+from spotrun_operator.watching.refusals import pod_create_refusal
 
 BAD_VALUES: list[Any] = ["x", 5, [1, "a"], {"a": 1}, True]
 # Every passthrough place in spec.podTemplate a user can give the wrong shape.

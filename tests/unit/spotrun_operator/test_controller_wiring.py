@@ -14,13 +14,13 @@ from kubernetes.client import ApiClient
 from prometheus_client import CollectorRegistry
 
 from spotrun_operator import handlers, main
-from spotrun_operator.common import LABEL_RUN
-from spotrun_operator.config import OperatorConfig, from_env, with_overrides
-from spotrun_operator.cost import Price
-from spotrun_operator.kube import Kube
-from spotrun_operator.memory import Memory
-from spotrun_operator.metrics import Metrics
+from spotrun_operator.facts.common import LABEL_RUN
+from spotrun_operator.facts.config import OperatorConfig, from_env, with_overrides
+from spotrun_operator.kubeio.kube import Kube
+from spotrun_operator.money.cost import Price
 from spotrun_operator.runner import Runner
+from spotrun_operator.telemetry.metrics import Metrics
+from spotrun_operator.watching.memory import Memory
 
 
 def node(
@@ -130,7 +130,7 @@ class _FakeKube:
 def test_observe_keeps_the_last_state_of_pods_a_fresh_list_no_longer_has() -> None:
     """An evicted pod deleted and replaced before the reconcile lists pods still names its
     node (and so the node's interruption taint) through the watch's last state."""
-    from spotrun_operator.observe import observe
+    from spotrun_operator.watching.observe import observe
 
     evicted = {"metadata": {"uid": "old", "name": "r-a1-worker-0"}, "spec": {"nodeName": "spot-1"}}
     replacement = {"metadata": {"uid": "new", "name": "r-a1-worker-0"}, "spec": {}}

@@ -6,14 +6,14 @@ import functools
 
 import pytest
 
-from spotrun_operator.budget import BudgetAction, decide, format_duration, may_resume
+from spotrun_operator.money.budget import BudgetAction, assess, format_duration, may_resume
 
 # $225/h: about a 2-node p4d gang at on-demand-ish prices; 0.0625 $/s is exact in binary.
 BURN = 0.0625
 
 
 def test_no_budget_is_always_ok() -> None:
-    d = decide(
+    d = assess(
         max_usd=None, spent_usd=5000.0, burn_usd_per_second=BURN, checkpoint_interval_seconds=900
     )
     assert (d.action, d.reason, d.stop) == (BudgetAction.OK, "NoBudget", False)
@@ -21,7 +21,7 @@ def test_no_budget_is_always_ok() -> None:
 
 
 def test_within_budget() -> None:
-    d = decide(
+    d = assess(
         max_usd=1000.0, spent_usd=500.0, burn_usd_per_second=BURN, checkpoint_interval_seconds=900
     )
     assert (d.action, d.reason, d.projected_usd) == (BudgetAction.OK, "WithinBudget", 556.25)
@@ -30,7 +30,7 @@ def test_within_budget() -> None:
 
 
 def test_warning_at_80_percent_is_emitted_once() -> None:
-    first = decide(
+    first = assess(
         max_usd=1000.0, spent_usd=800.0, burn_usd_per_second=BURN, checkpoint_interval_seconds=900
     )
     assert (first.action, first.reason) == (BudgetAction.WARN, "BudgetWarning")
@@ -39,7 +39,7 @@ def test_warning_at_80_percent_is_emitted_once() -> None:
     assert first.message == (
         "spent $800.00 of the $1,000.00 budget (80.0%); about 53m left at $225.00/h"
     )
-    again = decide(
+    again = assess(
         max_usd=1000.0,
         spent_usd=810.0,
         burn_usd_per_second=BURN,
@@ -47,14 +47,14 @@ def test_warning_at_80_percent_is_emitted_once() -> None:
         warned=first.warned,
     )
     assert (again.action, again.emit_warning, again.warned) == (BudgetAction.WARN, False, True)
-    idle = decide(
+    idle = assess(
         max_usd=1000.0, spent_usd=810.0, burn_usd_per_second=0.0, checkpoint_interval_seconds=900
     )
     assert idle.message == "spent $810.00 of the $1,000.00 budget (81.0%)"
 
 
 def test_stop_when_the_next_interval_would_pass_the_budget() -> None:
-    d = decide(
+    d = assess(
         max_usd=1000.0, spent_usd=950.0, burn_usd_per_second=BURN, checkpoint_interval_seconds=900
     )
     assert (d.action, d.reason, d.stop) == (BudgetAction.STOP, "BudgetExceeded", True)
@@ -66,7 +66,7 @@ def test_stop_when_the_next_interval_would_pass_the_budget() -> None:
 
 
 def test_landing_exactly_on_the_budget_is_not_a_stop() -> None:
-    d = decide(
+    d = assess(
         max_usd=1000.0, spent_usd=943.75, burn_usd_per_second=BURN, checkpoint_interval_seconds=900
     )
     assert (d.projected_usd, d.action) == (1000.0, BudgetAction.WARN)
@@ -74,7 +74,7 @@ def test_landing_exactly_on_the_budget_is_not_a_stop() -> None:
 
 def test_grace_period_extends_the_horizon() -> None:
     at_940 = functools.partial(
-        decide,
+        assess,
         max_usd=1000.0,
         spent_usd=940.0,
         burn_usd_per_second=BURN,
@@ -89,7 +89,7 @@ def test_grace_period_extends_the_horizon() -> None:
 
 
 def test_spent_budget_stops_even_when_idle() -> None:
-    d = decide(
+    d = assess(
         max_usd=1000.0, spent_usd=1000.0, burn_usd_per_second=0.0, checkpoint_interval_seconds=900
     )
     assert d.stop
@@ -127,13 +127,13 @@ def test_format_duration_and_validation() -> None:
         "0s",
     ]
     with pytest.raises(ValueError, match="spent_usd"):
-        decide(
+        assess(
             max_usd=10.0, spent_usd=-1.0, burn_usd_per_second=0.0, checkpoint_interval_seconds=900
         )
     with pytest.raises(ValueError, match="max_usd"):
-        decide(max_usd=0.0, spent_usd=0.0, burn_usd_per_second=0.0, checkpoint_interval_seconds=900)
+        assess(max_usd=0.0, spent_usd=0.0, burn_usd_per_second=0.0, checkpoint_interval_seconds=900)
     with pytest.raises(ValueError, match="burn_usd_per_second"):
-        decide(
+        assess(
             max_usd=10.0,
             spent_usd=0.0,
             burn_usd_per_second=float("nan"),

@@ -10,20 +10,19 @@ from types import MappingProxyType
 import pytest
 
 from spotrun_api.base import to_json
+from spotrun_api.money import fmt_usd
 from spotrun_api.status import Archived, Attempt
-from spotrun_operator.aws_prices import SpotPrice
-from spotrun_operator.cost import (
+from spotrun_operator.money.aws_prices import SpotPrice
+from spotrun_operator.money.cost import (
     DEFAULT_PRICES,
     Cost,
     Price,
     Segment,
     attempt_cost,
     burn_rate_usd_per_second,
-    format_cost,
-    format_usd,
-    segments_cost,
+    segment_cost,
 )
-from spotrun_operator.pricing import PriceSnapshot
+from spotrun_operator.money.pricing import PriceSnapshot
 
 P4D = "p4d.24xlarge"
 A, B = "us-east-1a", "us-east-1b"
@@ -60,7 +59,6 @@ def test_spot_gang_across_two_zones() -> None:
     assert c.gpu_hours == 16.0
     assert c.total_usd == 25.5
     assert c.savings_percent == 60.2  # 100 * (1 - 25.5 / 64) = 60.15625
-    assert format_cost(c) == "$25.50 (-60%)"
 
 
 def test_spot_then_on_demand_fallback_run_total() -> None:
@@ -97,7 +95,6 @@ def test_spot_then_on_demand_fallback_run_total() -> None:
         "savingsPercent": 40.1,  # 100 * (1 - 57.5 / 96) = 40.104...
         "gpuHours": 24.0,
     }
-    assert format_cost(total) == "$57.50 (-40%)"
 
 
 def test_default_table_p4d_two_hours() -> None:
@@ -122,8 +119,8 @@ def test_money_rounds_half_up_like_people_do() -> None:
     )
     assert c.on_demand_usd == 9000 * 32.77 / 3600
     assert c.status().on_demand_usd == 81.93
-    assert format_usd(1003.125) == "$1,003.13"
-    assert format_usd(0.00125) == "$0.0013"
+    assert fmt_usd(1003.125) == "$1,003.13"
+    assert fmt_usd(0.00125) == "$0.0013"
 
 
 def test_unknown_or_missing_zones_pay_the_dearest_zone() -> None:
@@ -161,7 +158,6 @@ def test_unpriced_instance_type_counts_gpu_hours_but_no_dollars() -> None:
     assert (c.total_usd, c.on_demand_equivalent_usd) == (0.0, 0.0)
     assert (c.gpu_hours, c.unpriced_node_seconds) == (8.0, 7200.0)
     assert c.savings_percent == 0.0
-    assert format_cost(c) == "$0.00"
 
 
 def test_no_on_demand_price_claims_no_saving_and_dearer_spot_shows_plus() -> None:
@@ -175,7 +171,6 @@ def test_no_on_demand_price_claims_no_saving_and_dearer_spot_shows_plus() -> Non
         zones=[B],
     )
     assert (c.spot_usd, c.on_demand_equivalent_usd, c.savings_percent) == (13.0, 13.0, 0.0)
-    assert format_cost(c) == "$13.00 (±0%)"
     dear = attempt_cost(
         seconds=3600,
         nodes=1,
@@ -185,7 +180,6 @@ def test_no_on_demand_price_claims_no_saving_and_dearer_spot_shows_plus() -> Non
         prices={P4D: Price(40.0, 32.0)},
     )
     assert dear.savings_percent == -25.0
-    assert format_cost(dear) == "$40.00 (+25%)"
 
 
 def test_segments_running_and_finished_and_burn_rate() -> None:
@@ -207,7 +201,7 @@ def test_segments_running_and_finished_and_burn_rate() -> None:
         instance_type=P4D,
         capacity_type="on-demand",
     )
-    c = segments_cost([done, running, future], snapshot(), now)
+    c = sum((segment_cost(s, snapshot(), now) for s in (done, running, future)), Cost())
     # 1 h at 12.5, then 0.5 h at 12.5 + 13.0; the future segment has not run yet.
     assert c.spot_usd == 12.5 + (6.25 + 6.5)
     assert c.on_demand_usd == 0.0
@@ -235,9 +229,9 @@ def test_attempt_fields_round_trip_and_bad_fields() -> None:
 
 
 def test_formatting_and_validation() -> None:
-    assert format_usd(1234.5) == "$1,234.50"
-    assert format_usd(0.004) == "$0.0040"
-    assert format_usd(0.0) == "$0.00"
+    assert fmt_usd(1234.5) == "$1,234.50"
+    assert fmt_usd(0.004) == "$0.0040"
+    assert fmt_usd(0.0) == "$0.00"
     with pytest.raises(ValueError, match="capacity_type"):
         attempt_cost(
             seconds=1, nodes=1, gpus_per_node=8, instance_type=P4D, capacity_type="preemptible"

@@ -12,10 +12,15 @@ from typing import Any
 import pytest
 from aws_fakes import T0, ErrorProxy, FakeClock, SpotHistory, rec
 
-from spotrun_operator.aws_prices import PricingConfig, SpotPrice, make_ec2_client, parse_record
-from spotrun_operator.cost import Price
-from spotrun_operator.pricing import PriceBook, PriceSnapshot, Quote
-from spotrun_operator.pricing_background import BackgroundPriceBook
+from spotrun_operator.money.aws_prices import (
+    PricingConfig,
+    SpotPrice,
+    make_ec2_client,
+    parse_record,
+)
+from spotrun_operator.money.cost import Price
+from spotrun_operator.money.pricing import PriceBook, PriceSnapshot, Quote
+from spotrun_operator.money.pricing_background import BackgroundPriceBook
 
 P4D, P5 = "p4d.24xlarge", "p5.48xlarge"
 MIN = timedelta(minutes=1)
