@@ -9,7 +9,7 @@ in-cluster config from the environment the kubelet gives the pod.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kubernetes import client
@@ -84,6 +84,11 @@ def helm(*args: str, timeout: float = 300) -> str:
     return done.stdout
 
 
+def _escaped(key: str) -> str:
+    """A label key as one ``--set`` path element (helm splits paths at dots)."""
+    return key.replace(".", "\\.")
+
+
 def install_operator(
     core: client.CoreV1Api,
     namespace: str,
@@ -94,6 +99,7 @@ def install_operator(
     chart_args: Sequence[str] = (),
     pull_policy: str = "Never",
     replicas: int = 1,
+    node_selector: Mapping[str, str] | None = None,
 ) -> Release:
     """helm install (or upgrade) the chart watching ``namespace``; wait for the pod.
 
@@ -101,9 +107,9 @@ def install_operator(
     (``oci://<registry>/spotrun/charts/spotrun`` with ``chart_args`` such as ``--version``
     and ``--plain-http``); ``pull_policy`` Never runs the image the nodes were seeded with,
     IfNotPresent lets their containerd pull it; ``replicas: 2`` runs a leader and a
-    standby."""
+    standby; ``node_selector`` adds to the system group's selector."""
     repo, _, tag = image.rpartition(":")
-    escaped = REAL_NODE_LABEL.replace(".", "\\.")
+    escaped = _escaped(REAL_NODE_LABEL)
     sets = [
         f"--set=fullnameOverride={release}-{namespace}",  # cluster-scoped names stay unique
         f"--set=image.repository={repo}",
@@ -115,6 +121,7 @@ def install_operator(
         # The on-demand system node group, never the spot nodes being reclaimed.
         f"--set-string=nodeSelector.{escaped}=true",
         "--set-string=nodeSelector.eks\\.amazonaws\\.com/capacityType=ON_DEMAND",
+        *(f"--set-string=nodeSelector.{_escaped(k)}={v}" for k, v in (node_selector or {}).items()),
         f"--set=tolerations[0].key={REAL_NODE_LABEL}",
         "--set=tolerations[0].operator=Exists",
     ]

@@ -41,6 +41,8 @@ API_SERVICE_IP: Final = "10.96.0.1"
 CLUSTER_DOMAIN: Final = "cluster.local"
 GPU_TAINT_KEY: Final = fleet.GPU_RESOURCE
 REAL_NODE_LABEL: Final = "spotrun.dev/real-node"
+# "false" on a node started without the project's images (role "bare").
+PRELOADED_LABEL: Final = "spotrun.dev/preloaded-images"
 # Real nodes carry this taint besides the spot group's own, so the kwok-fleet tests' pods
 # (which never execute and name images no node has) never land on them.
 REAL_NODE_TAINT: Final = {"key": REAL_NODE_LABEL, "value": "true", "effect": "NoSchedule"}
@@ -57,6 +59,8 @@ class RealNode:
     ``spot`` nodes are the p4d spot group trainers run on; a ``system`` node is the
     on-demand node group a cluster keeps for controllers (the operator's pod), as the
     chart's nodeSelector advice says: never put the operator on the nodes being reclaimed.
+    A ``bare`` node is a system-group node started without the project's images (only the
+    sandbox image): what it runs, it pulls from a registry, as a fresh EKS node does.
     """
 
     name: str
@@ -111,11 +115,12 @@ def node_labels(node: RealNode, region: str) -> dict[str, str]:
         "topology.kubernetes.io/region": region,
         REAL_NODE_LABEL: "true",
     }
-    if node.role == "system":
+    if node.role in ("system", "bare"):
         return {
             "node.kubernetes.io/instance-type": SYSTEM_INSTANCE_TYPE,
             "eks.amazonaws.com/capacityType": "ON_DEMAND",
             "eks.amazonaws.com/nodegroup": "system",
+            **({PRELOADED_LABEL: "false"} if node.role == "bare" else {}),
             **common,
         }
     return {
@@ -128,7 +133,7 @@ def node_labels(node: RealNode, region: str) -> dict[str, str]:
 
 
 def node_taints(node: RealNode) -> list[dict[str, str]]:
-    if node.role == "system":
+    if node.role in ("system", "bare"):
         return [dict(REAL_NODE_TAINT)]
     return [dict(fleet.GPU_TAINT), dict(REAL_NODE_TAINT)]
 

@@ -108,15 +108,7 @@ def _golden_root(archives: Sequence[Archive], parent: Path, seeded: bool) -> Pat
                 if _ready_line(a) in have:
                     log.info("%s is in the previous golden root", a.ref)
                     continue
-                started = time.monotonic()
-                run = subprocess.run(
-                    ["ctr", "--address", str(sock), "-n", "k8s.io", "images", "import",
-                     str(a.archive)],
-                    text=True, capture_output=True,
-                )  # fmt: skip
-                if run.returncode != 0:
-                    raise ClusterError(f"importing {a.ref}: {run.stderr.strip()}")
-                log.info("imported %s in %.1fs", a.ref, time.monotonic() - started)
+                import_archive(sock, a.archive)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -130,6 +122,19 @@ def _golden_root(archives: Sequence[Archive], parent: Path, seeded: bool) -> Pat
         if old != base:
             shutil.rmtree(old, ignore_errors=True)
     return base / "root"
+
+
+def import_archive(sock: Path, archive: Path) -> None:
+    """``ctr images import`` of a docker-archive into the containerd at ``sock`` (the
+    namespace the CRI uses)."""
+    started = time.monotonic()
+    run = subprocess.run(
+        ["ctr", "--address", str(sock), "-n", "k8s.io", "images", "import", str(archive)],
+        text=True, capture_output=True,
+    )  # fmt: skip
+    if run.returncode != 0:
+        raise ClusterError(f"importing {archive.name}: {run.stderr.strip()}")
+    log.info("imported %s in %.1fs", archive.name, time.monotonic() - started)
 
 
 def _ready_line(archive: Archive) -> str:

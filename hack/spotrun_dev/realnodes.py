@@ -19,6 +19,7 @@ import shutil
 import signal
 import sys
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -138,13 +139,15 @@ def ensure_real_nodes(core: client.CoreV1Api, count: int | None = None) -> list[
     count = wanted_count() if count is None else count
     state = FleetState.load()
     _ensure_services(state)
-    built = _built_images()
+    built = built_images()
     key = node_images.golden_key(list(built.values()))
     config = config_key(built["pause"].ref)
     for name, record in list(state.nodes.items()):
         if not _healthy(record):
             log.info("real node %s is dead: removing it", name)
             remove_node(core, state, name)
+        elif record.role == "bare":
+            continue  # started by a test without images; it removes it (bare_nodes.py)
         elif record.images != key or record.config != config:
             # An AMI update: nodes with older images or an older containerd config (its
             # registry hosts) are replaced, not patched.
@@ -159,20 +162,27 @@ def ensure_real_nodes(core: client.CoreV1Api, count: int | None = None) -> list[
                 record.images, record.config = key, config
                 state.save()
     nodes = state.real_nodes()
-    wait_for("every real node to be Ready", lambda: _all_ready(core, nodes), timeout=120)
+    wait_for("every real node to be Ready", lambda: all_ready(core, nodes), timeout=120)
     return [n for n in nodes if n.role == "spot"]
 
 
 @functools.cache
-def _built_images() -> dict[str, images.ImageArchive]:
+def built_images() -> dict[str, images.ImageArchive]:
     """The images, built or found once per process (a check costs ~10 s)."""
     return images.ensure_images()
 
 
 def add_node(
-    core: client.CoreV1Api, state: FleetState, golden: Path, pause: str, role: str = "spot"
+    core: client.CoreV1Api,
+    state: FleetState,
+    golden: Path | None,
+    pause: str,
+    role: str = "spot",
+    imports: Sequence[Path] = (),
 ) -> NodeRecord:
-    """Start a new real node with the next name; it registers itself with its kubelet."""
+    """Start a new real node with the next name; it registers itself with its kubelet.
+    Its containerd starts from the ``golden`` root (every image, as a pre-baked AMI), or
+    empty with only the archives of ``imports`` imported (the sandbox image)."""
     name = f"{SYSTEM_PREFIX if role == 'system' else NAME_PREFIX}{state.next_index}"
     state.next_index += 1
     slot = free_slot({r.slot for r in state.nodes.values()})
@@ -183,7 +193,8 @@ def add_node(
     node_dir = STATE_DIR / name
     shutil.rmtree(node_dir, ignore_errors=True)
     _write_configs(node, node_dir, pause)
-    node_images.seed_root(golden, node_dir / "containerd" / "root")
+    if golden is not None:
+        node_images.seed_root(golden, node_dir / "containerd" / "root")
     for cg in (node.system_cgroup, node.cgroup_root):
         node_host.make_cgroup(cg)
     node_host.create_netns(node, state.real_nodes())
@@ -195,6 +206,8 @@ def add_node(
     )  # fmt: skip
     sock = node_dir / "containerd.sock"
     wait_for(f"{name}'s containerd", sock.exists, timeout=30)
+    for archive in imports:
+        node_images.import_archive(sock, archive)
     _start_logind(node, node_dir, holder, record)
     record.pids["kubelet"] = node_host.spawn(
         node, _kubelet_argv(node, node_dir), node_dir / "kubelet.log", holder
@@ -336,7 +349,7 @@ def down(core: client.CoreV1Api | None) -> None:
     node_host.remove_bridge()
 
 
-def _all_ready(core: client.CoreV1Api, nodes: list[RealNode]) -> bool:
+def all_ready(core: client.CoreV1Api, nodes: list[RealNode]) -> bool:
     """Ready, and spot nodes advertise their 8 GPUs (the device plugin registered)."""
     for node in nodes:
         try:

@@ -5,8 +5,11 @@ harness runs on its bridge's gateway (plain HTTP, ``node_config.REGISTRY_HOST``)
 real node's containerd pulls from it through its ``hosts.toml`` (docs/eks.md "Publishing
 to ECR" is the same path on AWS). The chart is installed from
 ``oci://<registry>/spotrun/charts/spotrun`` with two replicas (a leader and a standby,
-docs/operator.md "High availability") and ``imagePullPolicy: IfNotPresent``: nothing is
-pre-imported, the operator's and the trainer's pods run images their node pulled.
+docs/operator.md "High availability") and ``imagePullPolicy: IfNotPresent``, on a bare
+system node (``bare_nodes``: a fresh node with no image but the sandbox's), so the
+operator's image is downloaded whole. The trainer's pods run on the spot nodes, which hold
+the local build's layers (the pre-baked AMI): they pull the release's own image, whose
+layers they already have.
 
 The run is the README's "Use with TorchX" walkthrough: ``torchx run -s spotrun dist.ddp``
 with dist.ddp's own resources (cpu=2, memMB=1024 as a limit, gpu=0), its log followed by
@@ -30,7 +33,14 @@ from kubernetes import client
 from kubernetes.utils import parse_quantity
 
 from kubectl_helpers import BIN, Follower, cli_env, spotrun_cmd, torchx
-from spotrun_dev import chart_install, node_services, real_story, release, release_version
+from spotrun_dev import (
+    bare_nodes,
+    chart_install,
+    node_services,
+    real_story,
+    release,
+    release_version,
+)
 from spotrun_dev.cluster import LocalCluster
 from spotrun_dev.node_config import REAL_NODE_LABEL, REGISTRY_HOST, RealNode
 from spotrun_dev.release_plan import CHART_DIR, RELEASE_IMAGES
@@ -44,10 +54,10 @@ README_ARGS = (
 )  # fmt: skip
 
 
-def _node_images(core: client.CoreV1Api) -> set[str]:
-    """Every image name a real node's kubelet reports its containerd holds."""
+def _node_images(core: client.CoreV1Api, selector: str = f"{REAL_NODE_LABEL}=true") -> set[str]:
+    """Every image name the kubelets of the nodes ``selector`` picks report."""
     names: set[str] = set()
-    for node in core.list_node(label_selector=f"{REAL_NODE_LABEL}=true").items:
+    for node in core.list_node(label_selector=selector).items:
         for image in node.status.images or []:
             names.update(image.names or [])
     return names
@@ -172,19 +182,24 @@ def test_release_from_the_registry_ha_and_the_torchx_walkthrough_through_nth(
 ) -> None:
     registry, version, refs, digests = _release(tmp_path / "release")
     assert not set(refs.values()) & _node_images(core), "a node already holds a pushed ref"
+    bare = bare_nodes.add_bare_node(core)
     chart = f"{release_version.chart_repository(registry)}/{CHART_DIR.name}"
     story = real_story.Story(api_client, namespace, len(real_nodes))
     operator = chart_install.Release("spotrun", namespace)
     kc = cluster.kubeconfig
     followers: list[Follower] = []
     try:
+        held = _node_images(core, f"kubernetes.io/hostname={bare}")
+        assert not [n for n in held if "/spotrun/" in n and "pause" not in n], held
         # helm install spotrun oci://<registry>/spotrun/charts/spotrun --version VERSION
         chart_install.install_operator(
             core, namespace, refs["operator"], operator.name, chart=chart,
             chart_args=("--version", version, "--plain-http"), pull_policy="IfNotPresent",
-            replicas=2,
+            replicas=2, node_selector={"kubernetes.io/hostname": bare},
         )  # fmt: skip
         for pod in operator.pods(core):
+            assert pod.spec.node_name == bare, pod.spec.node_name
+            assert _pulled(core, namespace, pod.metadata.name, refs["operator"])
             assert pod.spec.containers[0].image == refs["operator"]
             assert _from_registry(_image_id(pod), digests["operator"]), _image_id(pod)
         wait_for("a leader", lambda: operator.leader(api_client) is not None, timeout=60)
@@ -236,10 +251,9 @@ def test_release_from_the_registry_ha_and_the_torchx_walkthrough_through_nth(
             rc, out, err = follower.wait(120)
             assert rc == 0, err
             _check_followed(name, resumed, out)
-        # The nodes that pulled the release still run the images they hold under their
-        # local names (the release's images have ids of their own: release_plan.oci_labels).
-        for node in {pod.spec.node_name, *(p.spec.node_name for p in operator.pods(core))}:
-            _runs_local_image(core, namespace, node, "localhost/spotrun/trainer:dev")
+        # The node that pulled the release still runs the image it holds under its local
+        # name (the release's images have ids of their own: release_plan.oci_labels).
+        _runs_local_image(core, namespace, pod.spec.node_name, "localhost/spotrun/trainer:dev")
     except (AssertionError, ClusterError):
         for pod in operator.pods(core):
             log = core.read_namespaced_pod_log(pod.metadata.name, namespace, tail_lines=200)
@@ -253,3 +267,4 @@ def test_release_from_the_registry_ha_and_the_torchx_walkthrough_through_nth(
         )
         story.replace_nodes()  # the interrupted node died: the ASG replaces it
         chart_install.uninstall(operator)
+        bare_nodes.remove_bare_node(core, bare)

@@ -19,7 +19,7 @@ def fleet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str
         name: images.ImageArchive(f"localhost/spotrun/{name}:x", tmp_path / name, f"id-{name}")
         for name in ("pause", "operator", "trainer")
     }
-    monkeypatch.setattr(realnodes, "_built_images", lambda: built)
+    monkeypatch.setattr(realnodes, "built_images", lambda: built)
     monkeypatch.setattr(realnodes, "_ensure_services", lambda state: None)
     monkeypatch.setattr(node_images, "golden_root", lambda archives: tmp_path / "golden")
     monkeypatch.setattr(realnodes, "wait_for", lambda *a, **kw: None)
@@ -63,3 +63,22 @@ def test_nodes_with_an_older_config_or_images_are_replaced(fleet: dict[str, list
     assert {r.config for r in state.nodes.values()} == {
         node_config.config_key("localhost/spotrun/pause:x")
     }
+
+
+def test_a_bare_node_is_neither_replaced_nor_counted(fleet: dict[str, list[str]]) -> None:
+    state = realnodes.FleetState.load()
+    state.nodes["bare"] = realnodes.NodeRecord(4, "z", images="", config="", role="bare")
+    state.save()
+    realnodes.ensure_real_nodes(core=None, count=3)
+    assert "bare" not in fleet["removed"]
+    assert fleet["added"] == ["spot-10", "spot-11"]  # the system node is there, no second one
+    assert realnodes.FleetState.load().nodes["bare"].role == "bare"
+
+
+def test_a_bare_node_is_labelled_and_tainted_as_the_system_group() -> None:
+    bare = node_config.RealNode(name="real-system-9", slot=9, zone="z", role="bare")
+    system = node_config.RealNode(name="real-system-8", slot=8, zone="z", role="system")
+    labels = node_config.node_labels(bare, "r")
+    assert labels.pop(node_config.PRELOADED_LABEL) == "false"
+    assert labels == node_config.node_labels(system, "r")
+    assert node_config.node_taints(bare) == node_config.node_taints(system)
