@@ -118,8 +118,11 @@ def main() -> None:
     while step < total:
         epoch, res = cursor.epoch, cursor.resolution
         view = D.TrainEpoch(train, a.seed, epoch, res, a.scale_min)
+        # Its own generator: a DataLoader draws a worker seed per iter(), which would move the
+        # global torch RNG once more in an epoch cut by a stop than in one that was not.
+        gen = torch.Generator().manual_seed(a.seed * 100_003 + epoch)
         loader = DataLoader(
-            view, batch_sampler=cursor.remaining_batches(rank), num_workers=a.workers
+            view, batch_sampler=cursor.remaining_batches(rank), num_workers=a.workers, generator=gen
         )
         for x, y, ids in loader:
             x, y = x.to(device, memory_format=fmt, non_blocking=True), y.to(device)
