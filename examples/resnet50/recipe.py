@@ -91,7 +91,7 @@ def scheduler(
     marks = [round(float(f) * total) for f in str(a.step_milestones).split(",")]
 
     def factor(s: int) -> float:  # linear warm-up, then x0.1 at each milestone
-        return min(1.0, (s + 1) / warm) * 0.1 ** sum(s >= m for m in marks)
+        return float(min(1.0, (s + 1) / warm) * 0.1 ** sum(s >= m for m in marks))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
@@ -105,12 +105,12 @@ class EMA:
         for p in self.model.parameters():
             p.requires_grad_(False)
 
-    @torch.no_grad()  # type: ignore[misc]
+    @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         for e, p in zip(self.model.parameters(), model.parameters(), strict=True):
             e.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
-        for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
-            e.copy_(b)
+        for eb, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            eb.copy_(b)
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.model.state_dict())
@@ -119,7 +119,7 @@ class EMA:
         self.model.load_state_dict(state)
 
 
-@torch.no_grad()  # type: ignore[misc]
+@torch.no_grad()
 def evaluate(
     model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: str, amp: bool
 ) -> tuple[float, float]:

@@ -74,7 +74,7 @@ def main() -> None:
     net = resnet(a.depth, a.num_classes, a.width)
     if a.init_weights:  # a torchvision ResNet state dict loads as is
         net.load_state_dict(torch.load(a.init_weights, map_location="cpu", weights_only=True))
-    net = net.to(device, memory_format=fmt)
+    net = net.to(device).to(memory_format=fmt)
     model: nn.Module = nn.parallel.DistributedDataParallel(net) if ddp else net
     ema = None if a.no_ema else R.EMA(net, a.ema_decay)
 
