@@ -89,7 +89,7 @@ def main() -> None:
     shared = {"model": model, "optimizer": opt, "scheduler": sched, "data": cursor}
     spot = SpotrunLoop(  # spotrun: the data cursor and resize stage travel with the weights
         a.checkpoint_dir,
-        shared={**shared, **({"ema": ema} if ema else {})},
+        shared={**shared, **({"ema": ema} if ema is not None else {})},
         interval_steps=a.save_steps,
         samples_per_step=cursor.global_batch,
     )
