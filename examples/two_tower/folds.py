@@ -157,9 +157,7 @@ def table(s: dict[str, Any]) -> str:
     for m in s["folds"]:
         vals = "  ".join(f"{m[c]:>17.4f}" for c in cols)
         lines.append(f"{m['fold']:>4}  {vals}  {m['users']:>5}")
-    lines.append(
-        "mean  " + "  ".join(f"{s['mean'][c]:>8.4f} ± {s['std'][c]:<6.4f}" for c in cols)
-    )
+    lines.append("mean  " + "  ".join(f"{s['mean'][c]:>8.4f} ± {s['std'][c]:<6.4f}" for c in cols))
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -30,6 +31,12 @@ from towers import TwoTower
 from spotrun_trainer.integrations.loop import SpotrunLoop  # spotrun
 
 RESULTS_FILE = "cv_results.json"
+
+
+def line(msg: str) -> None:
+    """One write per line: two ranks sharing a log never split each other's lines."""
+    sys.stdout.write(msg + "\n")
+    sys.stdout.flush()
 
 
 def parse_args() -> argparse.Namespace:
@@ -65,7 +72,7 @@ def main() -> None:
 
     def say(msg: str) -> None:
         if rank == 0:
-            print(msg, flush=True)
+            line(msg)
 
     if a.data_csv is not None:
         data = load_csv(a.data_csv, a.item_text, a.min_label)
@@ -101,8 +108,8 @@ def main() -> None:
     for step in range(start, total):
         assert step // per == cv.fold, (step, cv.fold)
         loss = cv.train_step()
-        print(f"rank {rank} fold {cv.fold} step {step % per + 1}/{per} global {step + 1} "
-              f"loss {loss:.6f}", flush=True)  # fmt: skip
+        line(f"rank {rank} fold {cv.fold} step {step % per + 1}/{per} global {step + 1} "
+             f"loss {loss:.6f}")  # fmt: skip
         fold_done = (step + 1) % per == 0
         if fold_done:
             cv.end_fold()  # metrics recorded, the next fold built before the save
