@@ -92,7 +92,6 @@ def main() -> None:
 
     cv = CrossValidation(data, fold_ids(len(data.user), a.folds, a.seed), tensors(data),
                          recipe, build, wrap, say)  # fmt: skip
-    cv.start_fold(0)
     spot = SpotrunLoop(  # spotrun: one shared part (the CV), every RNG per rank
         a.checkpoint_dir,
         shared={"cv": cv},
@@ -101,7 +100,9 @@ def main() -> None:
     )
     start = spot.resume()  # spotrun
     total, per = a.folds * a.steps_per_fold, a.steps_per_fold
-    if start:
+    if start == 0:
+        cv.start_fold(0)  # no checkpoint: fold 0 starts (a load built the fold it holds)
+    else:
         done = [m["fold"] for m in cv.results]
         say(f"resumed at step {start}: fold {cv.fold} step {start - cv.fold * per}/{per}, "
             f"folds done {done}")  # fmt: skip
