@@ -102,14 +102,10 @@ class CrossValidation:
     def end_fold(self) -> None:
         """Evaluate the fold on its held-out rows, record it, start the next fold."""
         f = self.fold
-        test = self.fold_of == f
+        test = torch.from_numpy(self.fold_of == f)
         user, item = torch.from_numpy(self.data.user), torch.from_numpy(self.data.item)
-        m = rank_metrics(
-            self.model,
-            self.feats,
-            (user[~torch.from_numpy(test)], item[~torch.from_numpy(test)]),
-            (user[torch.from_numpy(test)], item[torch.from_numpy(test)]),
-        )
+        train_pairs, test_pairs = (user[~test], item[~test]), (user[test], item[test])
+        m = rank_metrics(self.model, self.feats, train_pairs, test_pairs)
         tail = self.losses[-max(len(self.losses) // 10, 1) :]
         m = {"fold": f, **m, "train_loss": sum(tail) / max(len(tail), 1)}
         self.results.append(m)

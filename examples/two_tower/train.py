@@ -122,6 +122,9 @@ def main() -> None:
     else:
         spot.close()  # a finished CV started again: nothing to train or save
     s = summary(cv.results)
+    s["config"] = {  # the recipe (not where it ran: the file lies in that folder)
+        k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items() if k != "checkpoint_dir"
+    }
     if rank == 0:
         write_json(Path(spot.manager.directory) / RESULTS_FILE, s)
     say(f"cross-validation: {len(cv.results)} folds\n{table(s)}")
