@@ -36,6 +36,12 @@ class Release:
     name: str
     namespace: str
 
+    @property
+    def fullname(self) -> str:
+        """The chart's ``fullnameOverride`` (its Deployment and Lease are named so):
+        release and namespace, so cluster-scoped names of two installs never collide."""
+        return f"{self.name}-{self.namespace}"
+
     def pods(self, core: client.CoreV1Api) -> list[client.V1Pod]:
         """The operator's pods not being deleted (two with ``replicas: 2``)."""
         pods = core.list_namespaced_pod(self.namespace, label_selector=POD_SELECTOR).items
@@ -49,7 +55,7 @@ class Release:
         """The pod holding the chart's Lease (its holderIdentity is ``<pod>_<uuid>``)."""
         try:
             lease = client.CoordinationV1Api(api).read_namespaced_lease(
-                f"{self.name}-{self.namespace}", self.namespace
+                self.fullname, self.namespace
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -108,10 +114,11 @@ def install_operator(
     and ``--plain-http``); ``pull_policy`` Never runs the image the nodes were seeded with,
     IfNotPresent lets their containerd pull it; ``replicas: 2`` runs a leader and a
     standby; ``node_selector`` adds to the system group's selector."""
+    rel = Release(release, namespace)
     repo, _, tag = image.rpartition(":")
     escaped = _escaped(REAL_NODE_LABEL)
     sets = [
-        f"--set=fullnameOverride={release}-{namespace}",  # cluster-scoped names stay unique
+        f"--set=fullnameOverride={rel.fullname}",
         f"--set=image.repository={repo}",
         f"--set=image.tag={tag}",
         f"--set=image.pullPolicy={pull_policy}",
@@ -130,7 +137,6 @@ def install_operator(
         "upgrade", "--install", release, chart, *chart_args,
         "-n", namespace, "--take-ownership", *sets,
     )  # fmt: skip
-    rel = Release(release, namespace)
 
     def ready() -> bool:
         pods = rel.pods(core)
