@@ -68,7 +68,7 @@ cluster-down: venv
 	$(BIN)/spotrun-dev down
 
 demo: cluster-up
-	$(BIN)/python -m spotrun_dev.demo
+	$(BIN)/python -m spotrun_dev.demo $(if $(EXAMPLE),--example $(EXAMPLE))
 
 # Pause, PyTorch init, operator and trainer images as docker-archive tarballs (buildah on a
 # Debian base from mmdebstrap; docs/images.md), cached machine-wide.

@@ -312,7 +312,7 @@ def fresh_namespace(core: client.CoreV1Api, name: str, timeout: float = 180) -> 
 def ensure_cluster(with_fleet: bool = True, real_nodes: int | None = None) -> LocalCluster:
     """A healthy local cluster with the training operator, the kwok fleet and ``real_nodes``
     real nodes (default: $REAL_NODES, 3); reuse what is healthy."""
-    from spotrun_dev import realnodes
+    from spotrun_dev import example_images, realnodes
 
     build_binaries()
     paths.CLUSTER_DIR.mkdir(parents=True, exist_ok=True)
@@ -339,5 +339,7 @@ def ensure_cluster(with_fleet: bool = True, real_nodes: int | None = None) -> Lo
         if with_fleet:
             ensure_fleet(client.CoreV1Api(api))
         realnodes.ensure_real_nodes(client.CoreV1Api(api), real_nodes)
+        # The examples' images, where the real nodes pull them from (the registry runs now).
+        example_images.ensure_examples()
         kueue.ensure_fleet_queue(api)  # its quota is what the spot nodes now have
     return cluster

@@ -55,10 +55,10 @@ class WatchTable:
     """``kubectl get tr -w``, printing a row only when a run's NAME, PHASE, ATTEMPT,
     PREEMPTIONS or FAILURES changed (the trainer updates STEP twice a second)."""
 
-    def __init__(self) -> None:
+    def __init__(self, namespace: str = NAMESPACE) -> None:
         kubectl = [str(paths.binary("kubectl")), "--kubeconfig", str(paths.KUBECONFIG)]
         self.proc = subprocess.Popen(
-            [*kubectl, "get", "tr", "-n", NAMESPACE, "-w"], stdout=subprocess.PIPE, text=True
+            [*kubectl, "get", "tr", "-n", namespace, "-w"], stdout=subprocess.PIPE, text=True
         )
         self.thread = threading.Thread(target=self._print, daemon=True)
         self.thread.start()
@@ -124,7 +124,13 @@ def _setup(
 
 
 def main() -> int:
-    argparse.ArgumentParser(description=__doc__).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--example", help="run examples/<name> instead (make demo EXAMPLE=<name>)")
+    example = parser.parse_args().example
+    if example:
+        from spotrun_dev import demo_example
+
+        return demo_example.run(example)
     started = time.monotonic()
     local = cluster.ensure_cluster()
     with local.api_client() as api:

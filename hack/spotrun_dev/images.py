@@ -157,7 +157,7 @@ def archive_path(name: str, image_id: str, cache: Path) -> Path:
     return cache / f"{name}-{image_id.removeprefix('sha256:')[:16]}.tar"
 
 
-def _run(cmd: Sequence[str], log: Path | None = None, **kwargs: Any) -> str:
+def run_logged(cmd: Sequence[str], log: Path | None = None, **kwargs: Any) -> str:
     """Run ``cmd``; its output goes to ``log`` when given (shown in the error if it fails)."""
     if log is None:
         proc = subprocess.run(cmd, check=True, capture_output=True, text=True, **kwargs)
@@ -183,7 +183,7 @@ def image_id(ref: str) -> str | None:
 
 
 def image_size(ref: str) -> int:
-    return int(_run(["podman", "image", "inspect", "--format", "{{.Size}}", ref]).strip())
+    return int(run_logged(["podman", "image", "inspect", "--format", "{{.Size}}", ref]).strip())
 
 
 def _apt_sources() -> list[str]:
@@ -232,12 +232,12 @@ def build_pause() -> str:
     with tempfile.TemporaryDirectory(prefix="spotrun-pause-") as tmp:
         ctx = Path(tmp)
         flags = ["-Os", "-Wall", "-Werror", "-static", "-s", f"-DVERSION=v{version}-spotrun"]
-        _run(["gcc", *flags, "-o", str(ctx / "pause"), str(src / "linux/pause.c")])
+        run_logged(["gcc", *flags, "-o", str(ctx / "pause"), str(src / "linux/pause.c")])
         (ctx / "Containerfile").write_text(
             'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n'
         )
         log = cache_dir() / "logs" / "pause.log"
-        _run(["buildah", "bud", "--layers", "-t", ref, str(ctx)], log=log)
+        run_logged(["buildah", "bud", "--layers", "-t", ref, str(ctx)], log=log)
     return ref
 
 
@@ -261,14 +261,14 @@ def build_pytorch_init() -> str:
     with tempfile.TemporaryDirectory(prefix="spotrun-pytorch-init-") as tmp:
         (Path(tmp) / "Containerfile").write_text(f"FROM {base}\nUSER {PYTORCH_INIT_USER}\n")
         log = cache_dir() / "logs" / "pytorch-init.log"
-        _run(["buildah", "bud", "--layers", "-t", PYTORCH_INIT_REF, tmp], log=log)
+        run_logged(["buildah", "bud", "--layers", "-t", PYTORCH_INIT_REF, tmp], log=log)
     return PYTORCH_INIT_REF
 
 
 def host_pip_config() -> dict[str, str]:
     """This machine's pip settings (files and PIP_* environment), as pip itself reads them."""
     try:
-        return parse_pip_config(_run([sys.executable, "-m", "pip", "config", "list"]))
+        return parse_pip_config(run_logged([sys.executable, "-m", "pip", "config", "list"]))
     except (OSError, subprocess.CalledProcessError):  # a venv without pip
         env = {k[4:].lower().replace("_", "-"): v for k, v in os.environ.items()}
         return {k: v for k, v in env.items() if k in (*PIP_ARGS, "cert", "find-links")}
@@ -279,7 +279,9 @@ def build_project(name: str, base: str) -> str:
     ref = f"{REPO}/{name}:{TAG}"
     cmd = ["buildah", "bud", "--layers", "--network", "host", "-f", f"{name}/Dockerfile"]
     cmd += ["--build-arg", f"BASE_IMAGE={base}", *pip_build_options(host_pip_config())]
-    _run([*cmd, "-t", ref, "."], log=cache_dir() / "logs" / f"{name}.log", cwd=paths.REPO_ROOT)
+    run_logged(
+        [*cmd, "-t", ref, "."], log=cache_dir() / "logs" / f"{name}.log", cwd=paths.REPO_ROOT
+    )
     return ref
 
 
@@ -294,7 +296,7 @@ def export(name: str, ref: str) -> ImageArchive:
         cache.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.unlink(missing_ok=True)
-        _run(["podman", "save", "--quiet", "--format", "docker-archive", "-o", str(tmp), ref])
+        run_logged(["podman", "save", "--quiet", "--format", "docker-archive", "-o", str(tmp), ref])
         tmp.rename(path)
         for old in cache.glob(f"{name}-*.tar"):
             if old != path:
@@ -303,7 +305,7 @@ def export(name: str, ref: str) -> ImageArchive:
 
 
 @contextlib.contextmanager
-def _machine_lock() -> Iterator[None]:
+def machine_lock() -> Iterator[None]:
     """One build at a time per machine (clones share containers-storage and the cache)."""
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
@@ -321,7 +323,7 @@ def ensure_images(names: Sequence[str] = ALL_IMAGES) -> dict[str, ImageArchive]:
     if unknown:
         raise ValueError(f"unknown images: {sorted(unknown)}")
     out: dict[str, ImageArchive] = {}
-    with _machine_lock():
+    with machine_lock():
         base = ensure_base() if set(names) & set(PROJECT_IMAGES) else ""
         for name in names:
             if name == "pause":
@@ -336,7 +338,7 @@ def ensure_images(names: Sequence[str] = ALL_IMAGES) -> dict[str, ImageArchive]:
 
 def main() -> None:
     started = time.monotonic()
-    with _machine_lock():
+    with machine_lock():
         base = ensure_base()
     print(f"base      {base}  {time.monotonic() - started:.1f}s", flush=True)
     for name in ALL_IMAGES:

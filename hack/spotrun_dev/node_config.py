@@ -190,10 +190,24 @@ def registry_hosts(host: str = REGISTRY_HOST) -> str:
 """
 
 
+# The registry namespace of the images built here (``localhost/spotrun/...``): a node that
+# does not hold one pulls it from the harness's registry (example_images.py pushes them
+# there), as an EKS node pulls from ECR what its AMI does not hold.
+LOCAL_IMAGES_NAMESPACE: Final = "localhost"
+
+
+def registry_hosts_dirs() -> dict[str, str]:
+    """A node's ``certs.d`` folders and their hosts.toml: the registry under its own address,
+    and the same registry as the server of the ``localhost`` namespace."""
+    return {REGISTRY_HOST: registry_hosts(), LOCAL_IMAGES_NAMESPACE: registry_hosts()}
+
+
 def config_key(pause_ref: str) -> str:
     """What a node's containerd started from besides its images (its config and the
     registry hosts): a node with another key is replaced, as one with older images is."""
-    text = containerd_config(Path("/state"), pause_ref) + registry_hosts()
+    hosts = registry_hosts_dirs()
+    text = containerd_config(Path("/state"), pause_ref)
+    text += "".join(f"{name}\n{hosts[name]}" for name in sorted(hosts))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -31,7 +31,6 @@ from spotrun_dev import images, node_certs, node_host, node_images, node_service
 from spotrun_dev.node_config import (
     API_SERVICE_IP,
     CERTS_DIR,
-    REGISTRY_HOST,
     SHUTDOWN_GRACE_SECONDS,
     RealNode,
     cni_config,
@@ -43,7 +42,7 @@ from spotrun_dev.node_config import (
     kubelet_config,
     node_labels,
     node_taints,
-    registry_hosts,
+    registry_hosts_dirs,
     taint_flag,
 )
 from spotrun_dev.waiting import ClusterError, wait_for
@@ -252,9 +251,10 @@ def _write_configs(node: RealNode, node_dir: Path, pause: str) -> None:
     (node_dir / "cni").mkdir(parents=True, exist_ok=True)
     (node_dir / "pod-logs").mkdir(parents=True, exist_ok=True)
     (node_dir / "containerd.toml").write_text(containerd_config(node_dir, pause))
-    hosts = node_dir / CERTS_DIR / REGISTRY_HOST
-    hosts.mkdir(parents=True, exist_ok=True)
-    (hosts / "hosts.toml").write_text(registry_hosts())
+    for host, text in registry_hosts_dirs().items():
+        hosts = node_dir / CERTS_DIR / host
+        hosts.mkdir(parents=True, exist_ok=True)
+        (hosts / "hosts.toml").write_text(text)
     (node_dir / "cni" / "10-spotrun.conflist").write_text(json.dumps(cni_config(node), indent=2))
     (node_dir / "resolv.conf").write_text("nameserver 127.0.0.53\n")  # pods use clusterDNS
     ca = PKI_DIR / "ca.crt"

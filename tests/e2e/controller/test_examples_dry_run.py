@@ -23,10 +23,10 @@ def test_every_workload_has_an_example() -> None:
     names = {p.stem for p in EXAMPLES}
     assert {
         "quickstart",
-        "resnet50-imagenet-ffcv",
+        "resnet50",
         "mpnet-ablations",
         "gpt-4b-pretrain",
-        "two-tower-recsys",
+        "two-tower",
     } <= names
     assert len(_runs(EXAMPLES[[p.stem for p in EXAMPLES].index("mpnet-ablations")])) == 3
 

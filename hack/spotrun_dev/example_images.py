@@ -1,0 +1,76 @@
+"""The example workloads' images: built on the trainer image, served by the harness registry.
+
+Each ``examples/<name>/Dockerfile`` is built by the same pipeline as the project images
+(``buildah bud --layers``, layer-cached, one build at a time per machine) ``FROM`` the local
+trainer build, as ``localhost/spotrun/example-<name>:dev``: the trainer's layers plus one
+small layer of the example's code.
+
+The real nodes hold the trainer's layers already (their golden containerd root, as a
+pre-baked AMI holds a base image) and pull an example image from the harness's registry the
+way an EKS node pulls from ECR: each node's containerd resolves the ``localhost`` namespace
+through the registry (``node_config.local_images_hosts``). The images are pushed with
+uncompressed layers, so a layer's digest is its diff id, the digest the node's content store
+already holds for the trainer's layers: a pull fetches the manifest, the config and the
+example's own layer only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+from spotrun_dev import images, paths
+from spotrun_dev.node_config import REGISTRY_HOST
+
+EXAMPLES_DIR: Final = paths.REPO_ROOT / "examples"
+IMAGE_PREFIX: Final = "example-"
+
+
+def example_names(root: Path = EXAMPLES_DIR) -> list[str]:
+    """The example folders that have a Dockerfile, i.e. an image."""
+    return sorted(d.name for d in root.iterdir() if (d / "Dockerfile").is_file())
+
+
+def image_ref(name: str) -> str:
+    """``localhost/spotrun/example-<name>:dev`` (folder underscores become dashes)."""
+    return f"{images.REPO}/{IMAGE_PREFIX}{name.replace('_', '-')}:{images.TAG}"
+
+
+def registry_ref(ref: str, registry: str = REGISTRY_HOST) -> str:
+    """Where the registry serves ``ref``: the ``localhost`` namespace is the registry's root,
+    the path the nodes' containerd asks for a ``localhost/...`` image."""
+    return f"{registry}/{ref.removeprefix('localhost/')}"
+
+
+def build_example(name: str, trainer_ref: str) -> str:
+    """``buildah bud --layers`` of ``examples/<name>/Dockerfile`` on ``trainer_ref``."""
+    ref = image_ref(name)
+    cmd = ["buildah", "bud", "--layers", "-f", f"examples/{name}/Dockerfile"]
+    cmd += ["--build-arg", f"TRAINER_IMAGE={trainer_ref}", "-t", ref, "."]
+    log = images.cache_dir() / "logs" / f"{IMAGE_PREFIX}{name}.log"
+    images.run_logged(cmd, log=log, cwd=paths.REPO_ROOT)
+    return ref
+
+
+def push_command(ref: str, registry: str = REGISTRY_HOST) -> list[str]:
+    """Plain HTTP, uncompressed layers (their digests are the nodes' diff ids)."""
+    dest = f"docker://{registry_ref(ref, registry)}"
+    return ["buildah", "push", "--tls-verify=false", "--disable-compression", ref, dest]
+
+
+def ensure_examples(
+    names: Sequence[str] | None = None, registry: str = REGISTRY_HOST
+) -> dict[str, str]:
+    """Build every example image on the local trainer image and push it to ``registry``
+    (blobs the registry holds are not sent again). Returns {name: local ref}."""
+    trainer = images.ensure_images(["trainer"])["trainer"].ref
+    out: dict[str, str] = {}
+    with images.machine_lock():
+        for name in example_names() if names is None else names:
+            ref = build_example(name, trainer)
+            log = images.cache_dir() / "logs" / f"{IMAGE_PREFIX}{name}-push.log"
+            images.run_logged(push_command(ref, registry), log=log)
+            out[name] = ref
+    return out
+

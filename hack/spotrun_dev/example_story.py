@@ -1,0 +1,191 @@
+"""An example workload on the real nodes through one interruption, as a user runs it.
+
+Shared by ``make demo EXAMPLE=<name>`` and the real-node e2e test of the examples. The
+TrainingRuns are the ones in ``manifests/examples/``, changed only where the local cluster
+is not EKS: the checkpoint volume is a claim on a folder every real node mounts (an EFS
+stand-in, storage.py) instead of the manifest's storage class, and the pods go to the real
+nodes (their harness taint and label). The image is the manifest's own; the real nodes pull
+it from the harness's registry (example_images.py). Nothing is played: the example's code
+writes its checkpoints and its log, the trainer integration patches ``status.progress``,
+the operator counts the interruption, and this module reads what they wrote.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+from kubernetes import client
+
+from spotrun_api import contract
+from spotrun_dev import paths, real_interrupt, realnodes, storage
+from spotrun_dev.node_config import REAL_NODE_LABEL
+from spotrun_dev.real_interrupt import RealSignal
+from spotrun_dev.real_story import REAL_TOLERATIONS, TR, Story
+from spotrun_dev.waiting import ClusterError, wait_for
+
+log = logging.getLogger("spotrun_dev.example_story")
+
+MANIFESTS: Final = paths.REPO_ROOT / "manifests" / "examples"
+# The integrations' resume line: "resumed from <dir>/step-<N>".
+RESUMED: Final = re.compile(r"resumed from \S*step-(\d+)")
+
+
+@dataclass(frozen=True)
+class ExamplePlan:
+    """How the e2e test and the demo take one example through an interruption."""
+
+    name: str  # the folder under examples/
+    manifest: str  # its file in manifests/examples/
+    signal: RealSignal  # what happens to the node of its (first) run
+    at_step: int  # once every run reported this step
+    final: re.Pattern[str]  # the final-metric line of the master's log (group 1: the value)
+    metric: str  # what group 1 of ``final`` is
+
+    def runs(self) -> list[dict[str, Any]]:
+        docs = yaml.safe_load_all((MANIFESTS / self.manifest).read_text())
+        return [d for d in docs if d and d.get("kind") == contract.KIND]
+
+
+PLANS: Final = {
+    "resnet50": ExamplePlan(
+        "resnet50", "resnet50.yaml", "shutdown", 150,
+        re.compile(r"^final top1 ([\d.]+) top5 [\d.]+", re.M), "top-1",
+    ),
+    "two_tower": ExamplePlan(
+        "two_tower", "two-tower.yaml", "nth", 1000,
+        re.compile(r"^mean\s+([\d.]+) ±", re.M), "recall@10 (mean of 10 folds)",
+    ),
+}  # fmt: skip
+
+
+def on_real_nodes(run: dict[str, Any], claim: str) -> dict[str, Any]:
+    """The manifest's run with the local cluster's volume and node placement."""
+    body = copy.deepcopy(run)
+    spec = body["spec"]
+    spec["checkpoint"]["volume"] = {"claimName": claim}
+    pod = spec.setdefault("podTemplate", {}).setdefault("spec", {})
+    pod.setdefault("nodeSelector", {})[REAL_NODE_LABEL] = "true"
+    pod["tolerations"] = [*pod.get("tolerations", []), *(dict(t) for t in REAL_TOLERATIONS)]
+    return body
+
+
+@dataclass
+class RunResult:
+    """One TrainingRun of the example, from what the trainer and the operator wrote."""
+
+    name: str
+    node: str = ""  # where attempt 1 ran
+    last_step: int = 0  # the newest step attempt 1 reported before it stopped
+    resumed_from: int = -1  # the step attempt 2's trainer loaded (its own log line)
+    seconds_to_training: float = 0.0  # signal -> attempt 2 reports a step
+    status: dict[str, Any] = field(default_factory=dict)
+    metric: float | None = None  # from the final line of the last attempt's log
+    log_tail: str = ""
+
+    @property
+    def lost_steps(self) -> int:
+        return self.last_step - self.resumed_from
+
+
+class ExampleStory:
+    """Creates the example's runs, interrupts their node once, waits for the end."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, plan: ExamplePlan) -> None:
+        self.plan = plan
+        self.namespace = namespace
+        self.story = Story(api, namespace, realnodes.wanted_count())
+        names = [r["metadata"]["name"] for r in plan.runs()]
+        self.results = {name: RunResult(name) for name in names}
+        self.volumes: list[str] = []
+
+    def start(self) -> None:
+        core, custom = self.story.core, self.story.custom
+        for run in self.plan.runs():
+            claim = f"{run['metadata']['name']}-ckpt"
+            self.volumes.append(storage.ensure_checkpoint_claim(core, self.namespace, claim))
+            body = on_real_nodes(run, claim)
+            body["metadata"].pop("namespace", None)
+            custom.create_namespaced_custom_object(*TR[:2], self.namespace, TR[2], body)
+
+    def interrupt(self) -> None:
+        """``plan.signal`` on the node of the first run's attempt 1, once every run is at
+        ``plan.at_step``; returns when every run trains in attempt 2."""
+        for name in self.results:
+            self.story.wait_training(name, 1, self.plan.at_step)
+        first = next(iter(self.results))
+        node = self.story.gang_nodes(first, 1)[0]
+        hit = [n for n in self.results if node in self.story.gang_nodes(n, 1)]
+        before = {n: self.story.progress(n) for n in hit}
+        log.info("%s on %s (runs %s)", self.plan.signal, node, hit)
+        t0 = time.monotonic()
+        if self.plan.signal == "nth":
+            self.story.nth_notice(node)
+        else:
+            real_interrupt.interrupt_real(self.story.core, node, self.plan.signal)
+            self.story.replace_nodes()
+        for name in hit:
+            res = self.results[name]
+            last = before[name] if self.plan.signal == "loss" else self.story.progress(name)
+            res.node, res.last_step = node, int(last.get("step", 0))
+            self.story.wait_training(name, 2, 0)
+            res.seconds_to_training = round(time.monotonic() - t0, 1)
+            res.resumed_from = self._resumed_from(name, 2)
+
+    def _resumed_from(self, run: str, attempt: int, timeout: float = 120) -> int:
+        found: list[int] = []
+
+        def logged() -> bool:
+            match = RESUMED.search(self.story.master_log(run, attempt))
+            found[:] = [int(match.group(1))] if match else []
+            return bool(found)
+
+        wait_for(f"attempt {attempt} of {run} to log its resume", logged, timeout=timeout)
+        return found[0]
+
+    def finish(self, timeout: float = 900) -> dict[str, RunResult]:
+        self.story.replace_nodes()
+        done = ("Succeeded", "Failed")
+        for name, res in self.results.items():
+            res.status = self.story.wait_status(
+                name, "the end", lambda s: s.get("phase") in done, timeout
+            )
+            text = self.story.master_log(name, int(res.status.get("attempt", 0)))
+            res.log_tail = "\n".join(text.splitlines()[-30:])
+            match = self.plan.final.search(text)
+            res.metric = float(match.group(1)) if match else None
+        return self.results
+
+    def cleanup(self) -> None:
+        for pv in self.volumes:
+            storage.delete_volume(self.story.core, pv)
+
+    def claim_folder(self, run: str) -> Path:
+        return storage.host_path(self.namespace, f"{run}-ckpt")
+
+
+def describe(plan: ExamplePlan, results: dict[str, RunResult]) -> str:
+    """The story's table: one row per run."""
+    rows = [("run", "signal", "node", "last step", "resumed from", "steps lost",
+             "to training", "phase", "attempt", "preempt.", "failures", plan.metric)]  # fmt: skip
+    for r in results.values():
+        s = r.status
+        metric = "-" if r.metric is None else f"{r.metric:.4f}"
+        rows.append((r.name, plan.signal if r.node else "-", r.node or "-", str(r.last_step),
+                     f"step-{r.resumed_from}", str(r.lost_steps), f"{r.seconds_to_training}s",
+                     str(s.get("phase")), str(s.get("attempt")), str(s.get("preemptions")),
+                     str(s.get("failures")), metric))  # fmt: skip
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def plan_of(name: str) -> ExamplePlan:
+    if name not in PLANS:
+        raise ClusterError(f"no example {name!r}; one of {', '.join(sorted(PLANS))}")
+    return PLANS[name]
