@@ -91,9 +91,9 @@ class PriceSnapshot:
         if zone is not None and zone in zones:
             rec = zones[zone]
             return Quote(rec.usd_per_hour, "aws", rec.timestamp)
-        rec = dearest_zone(zones)  # zone unknown or unpriced: never an under-count
-        if rec is not None:
-            return Quote(rec.usd_per_hour, "aws-other-zone", rec.timestamp)
+        dearest = dearest_zone(zones)  # zone unknown or unpriced: never an under-count
+        if dearest is not None:
+            return Quote(dearest.usd_per_hour, "aws-other-zone", dearest.timestamp)
         od = self.on_demand_usd_per_hour(instance_type)
         if od is None:
             return Quote(None, "unknown")
