@@ -24,8 +24,8 @@ from typing import NamedTuple
 from spotrun_api.checkpoint_interval import (
     MAX_AUTO_INTERVAL_SECONDS,
     MIN_AUTO_INTERVAL_SECONDS,
-    young_daly,
 )
+from spotrun_api.checkpoint_interval import young_daly as young_daly  # re-exported
 from spotrun_api.contract import DEFAULT_CHECKPOINT_INTERVAL_SECONDS
 from spotrun_api.enums import Outcome
 from spotrun_api.status import Attempt
