@@ -46,7 +46,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         default=None,
         metavar="R",
         help=f"spot interruption rate (default {rate:.6f}: AWS Spot Instance Advisor's "
-        f"highest band, >{share:.0%} of instances a month)",
+        f"highest band, >{share * 100:.0f}%% of instances a month)",
     )
     e.add_argument(
         "--recovery-seconds",

@@ -208,6 +208,16 @@ def test_quickstart_manifest_needs_no_cluster(
     assert run["expectedHours"] == pytest.approx(24 / (1 - 0.2 * 644 / 3600), abs=1e-4)
 
 
+def test_help_names_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        kubectl_plugin.main(["estimate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert done.value.code == 0
+    assert "default 0.000306: AWS Spot Instance Advisor's highest band, >20% of instances" in out
+    assert "84 s + the run's terminationGracePeriodSeconds" in out
+    assert "table: 35% of the on-demand table" in out
+
+
 def write(tmp_path: Path, docs: list[Any]) -> str:
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump_all(docs))
