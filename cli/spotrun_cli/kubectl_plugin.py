@@ -2,6 +2,7 @@
 
   kubectl spotrun describe RUN [-n NS]          the run and its attempt ledger
   kubectl spotrun logs RUN [-f] [-r K] [-n NS]  the live attempt's log, -f across attempts
+  kubectl spotrun estimate -f RUN.yaml --hours H  what the run will cost (no cluster needed)
 
 kubectl hands plugins their arguments and environment unchanged, so the kubeconfig comes
 from $KUBECONFIG (or --kubeconfig/--context given after the plugin name).
@@ -16,11 +17,13 @@ from collections.abc import Sequence
 from kubernetes.client.rest import ApiException
 from kubernetes.config import ConfigException
 
-from spotrun_cli import kubeapi, ledger
+from spotrun_cli import estimate, kubeapi, ledger
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kubectl spotrun", description="Inspect spotrun TrainingRuns.")
+    p = argparse.ArgumentParser(
+        prog="kubectl spotrun", description="Inspect spotrun TrainingRuns and estimate their cost."
+    )
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG)")
     p.add_argument("--context", help="kubeconfig context (default: the current one)")
     p.add_argument("-n", "--namespace", help="namespace (default: the context's)")
@@ -39,11 +42,14 @@ def parser() -> argparse.ArgumentParser:
     )
     for sp in (d, lg):
         sp.add_argument("-n", "--namespace", dest="sub_namespace", help=argparse.SUPPRESS)
+    estimate.add_parser(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "estimate":  # a manifest and prices: no kubeconfig, no cluster
+        return estimate.run(args)
     namespace = (
         args.sub_namespace
         or args.namespace

@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
+from spotrun_api.checkpoint_interval import DEFAULT_CHECKPOINT_COST_SECONDS
+
 # Reconcile threads. A reconcile that acts spends most of its time waiting on the apiserver
 # (a job's DELETE, then its POST, the status PATCHes: 0.1-0.6 s each under a storm's load),
 # with the GIL released: at 1,100 runs, 8 threads were all waiting so through a 300-node
@@ -49,7 +51,7 @@ class OperatorConfig:
     # rewritten with every other status change and after each committed checkpoint).
     cost_update_seconds: float = 900.0
     # Checkpoint cost assumed by checkpoint.interval=auto (Young/Daly).
-    checkpoint_cost_seconds: float = 60.0
+    checkpoint_cost_seconds: float = DEFAULT_CHECKPOINT_COST_SECONDS
     # Attempts kept in status.attempts; older ones are folded into status.archived.
     history_limit: int = 10
     # Nodes behind a preemption within this window are disfavoured by the next attempt's

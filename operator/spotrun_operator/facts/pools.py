@@ -17,18 +17,23 @@ pools saw none, then the default interval), clamped to [60 s, 3600 s].
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from spotrun_api.checkpoint_interval import (
+    MAX_AUTO_INTERVAL_SECONDS,
+    MIN_AUTO_INTERVAL_SECONDS,
+)
+from spotrun_api.checkpoint_interval import young_daly as young_daly  # re-exported
 from spotrun_api.contract import DEFAULT_CHECKPOINT_INTERVAL_SECONDS
 from spotrun_api.enums import Outcome
 from spotrun_api.status import Attempt
 from spotrun_operator.facts.common import parse_duration, parse_time
 
-MIN_INTERVAL_SECONDS = 60.0
-MAX_INTERVAL_SECONDS = 3600.0
+# young_daly and its bounds are shared with the kubectl plugin's estimate (spotrun_api).
+MIN_INTERVAL_SECONDS = MIN_AUTO_INTERVAL_SECONDS
+MAX_INTERVAL_SECONDS = MAX_AUTO_INTERVAL_SECONDS
 ANY_ZONE = ""  # a pool key whose zone is not known yet (a new attempt before scheduling)
 
 
@@ -143,12 +148,6 @@ def own_mtbf(history: Sequence[Attempt]) -> float | None:
     ran = sum(ran_seconds(e) for e in history)
     preempted = sum(1 for e in history if e.outcome is Outcome.PREEMPTED)
     return ran / preempted if preempted and ran > 0 else None
-
-
-def young_daly(cost_seconds: float, mtbf_seconds: float) -> int:
-    """sqrt(2 * C * M), clamped to [60 s, 3600 s]."""
-    raw = math.sqrt(2.0 * max(0.0, cost_seconds) * max(0.0, mtbf_seconds))
-    return int(min(MAX_INTERVAL_SECONDS, max(MIN_INTERVAL_SECONDS, raw)))
 
 
 def auto_interval(

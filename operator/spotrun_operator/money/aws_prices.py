@@ -1,22 +1,42 @@
 """Spot prices from EC2 ``DescribeSpotPriceHistory``: the only module of the operator doing
 AWS I/O (boto3, default credential chain, which is the pod's IRSA role on EKS).
 
-How prices are fetched (:class:`PricingConfig`), the records AWS returns, and the errors it
-raises mapped to ``PricingAvailable`` condition reasons; ``pricing.PriceBook`` caches them.
+How prices are fetched (:class:`PricingConfig`) and the errors AWS raises mapped to
+``PricingAvailable`` condition reasons; ``pricing.PriceBook`` caches the prices. The records
+AWS returns are read by ``spotrun_api.prices``, which the kubectl plugin shares.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-from spotrun_operator.money.cost import DEFAULT_ON_DEMAND_USD_PER_HOUR, DEFAULT_SPOT_FRACTION
+# The records and their parsing are shared with the kubectl plugin's estimate (spotrun_api);
+# re-exported here, where the rest of the operator finds its price pieces.
+from spotrun_api.prices import (
+    DEFAULT_ON_DEMAND_USD_PER_HOUR,
+    DEFAULT_SPOT_FRACTION,
+    LINUX_PRODUCT,
+    SpotPrice,
+    fetch_spot_price_history,
+    newest_per_zone,
+    parse_record,
+)
 
-LINUX_PRODUCT: Final = "Linux/UNIX"
+__all__ = [
+    "LINUX_PRODUCT",
+    "PricingConfig",
+    "PricingFailure",
+    "SpotPrice",
+    "classify_error",
+    "fetch_spot_price_history",
+    "make_ec2_client",
+    "newest_per_zone",
+    "parse_record",
+]
 
 # Condition reasons (CamelCase, Kubernetes API conventions).
 REASON_OK: Final = "SpotPriceHistory"
@@ -90,14 +110,6 @@ class PricingConfig:
 
 
 @dataclass(frozen=True)
-class SpotPrice:
-    instance_type: str
-    zone: str
-    usd_per_hour: float
-    timestamp: datetime
-
-
-@dataclass(frozen=True)
 class PricingFailure:
     """Why AWS gave no prices: ``reason`` is the condition reason, ``message`` for humans."""
 
@@ -166,53 +178,3 @@ def make_ec2_client(config: PricingConfig) -> Any:
     return boto3.session.Session().client(
         "ec2", region_name=region, endpoint_url=config.endpoint_url, config=botocore_config
     )
-
-
-def _as_utc(ts: datetime) -> datetime:
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-
-
-def parse_record(rec: Mapping[str, Any]) -> SpotPrice | None:
-    """One SpotPriceHistory entry, or None when it is not a usable Linux price."""
-    # "Linux/UNIX" and "Linux/UNIX (Amazon VPC)" are the same product; SUSE/RHEL are not.
-    if not str(rec.get("ProductDescription", "")).startswith(LINUX_PRODUCT):
-        return None
-    try:
-        price = float(rec["SpotPrice"])
-        itype, zone, ts = str(rec["InstanceType"]), str(rec["AvailabilityZone"]), rec["Timestamp"]
-    except (KeyError, TypeError, ValueError):
-        return None
-    if not (math.isfinite(price) and price > 0) or not isinstance(ts, datetime):
-        return None
-    return SpotPrice(itype, zone, price, _as_utc(ts))
-
-
-def fetch_spot_price_history(
-    client: Any, instance_types: Iterable[str], *, start: datetime, page_size: int
-) -> list[SpotPrice]:
-    """Every Linux spot price record since ``start``, across all pages (may raise)."""
-    paginator = client.get_paginator("describe_spot_price_history")
-    pages = paginator.paginate(
-        InstanceTypes=sorted(set(instance_types)),
-        ProductDescriptions=[LINUX_PRODUCT],
-        StartTime=start,
-        PaginationConfig={"PageSize": page_size},
-    )
-    out: list[SpotPrice] = []
-    for page in pages:
-        for rec in page.get("SpotPriceHistory", []):
-            parsed = parse_record(rec)
-            if parsed is not None:
-                out.append(parsed)
-    return out
-
-
-def newest_per_zone(records: Iterable[SpotPrice]) -> dict[str, dict[str, SpotPrice]]:
-    """instance type -> zone -> the newest record; on equal times the higher price wins."""
-    out: dict[str, dict[str, SpotPrice]] = {}
-    for rec in records:
-        zones = out.setdefault(rec.instance_type, {})
-        cur = zones.get(rec.zone)
-        if cur is None or (rec.timestamp, rec.usd_per_hour) > (cur.timestamp, cur.usd_per_hour):
-            zones[rec.zone] = rec
-    return out

@@ -24,22 +24,13 @@ from types import MappingProxyType
 from typing import Final, Literal, Protocol
 
 from spotrun_api.money import round_half_up
+from spotrun_api.prices import DEFAULT_ON_DEMAND_USD_PER_HOUR, DEFAULT_SPOT_FRACTION
 from spotrun_api.status import Archived, Attempt, CostStatus
 
+# The on-demand table and the spot fraction live in spotrun_api.prices, shared with the
+# kubectl plugin's estimate.
 CapacityType = Literal["spot", "on-demand"]
 SECONDS_PER_HOUR: Final = 3600.0
-
-# us-east-1 Linux on-demand list prices, USD per instance-hour. Regions differ by a few
-# percent; the operator overrides entries through aws_prices.PricingConfig.on_demand_overrides.
-DEFAULT_ON_DEMAND_USD_PER_HOUR: Final[Mapping[str, float]] = MappingProxyType({
-    "p5.48xlarge": 98.32, "p4de.24xlarge": 40.97, "p4d.24xlarge": 32.77,
-    "p3dn.24xlarge": 31.212, "p3.16xlarge": 24.48, "p3.8xlarge": 12.24, "p3.2xlarge": 3.06,
-    "g5.48xlarge": 16.288, "g5.24xlarge": 8.144, "g5.12xlarge": 5.672, "g5.16xlarge": 4.096,
-    "g5.8xlarge": 2.448, "g5.4xlarge": 1.624, "g5.2xlarge": 1.212, "g5.xlarge": 1.006,
-    "g4dn.12xlarge": 3.912, "g4dn.2xlarge": 0.752, "g4dn.xlarge": 0.526,
-})  # fmt: skip
-# Spot p4d has long traded near a third of on-demand ($10-13/h against $32.77/h).
-DEFAULT_SPOT_FRACTION: Final = 0.35
 
 
 @dataclass(frozen=True)

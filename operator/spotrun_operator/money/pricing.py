@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
+from spotrun_api.prices import dearest_zone
 from spotrun_operator.money.aws_prices import (
     LINUX_PRODUCT,
     REASON_NO_DATA,
@@ -90,10 +91,9 @@ class PriceSnapshot:
         if zone is not None and zone in zones:
             rec = zones[zone]
             return Quote(rec.usd_per_hour, "aws", rec.timestamp)
-        if zones:
-            # Zone unknown or unpriced: the dearest zone, so budgets never under-count.
-            rec = max(zones.values(), key=lambda r: (r.usd_per_hour, r.timestamp))
-            return Quote(rec.usd_per_hour, "aws-other-zone", rec.timestamp)
+        dearest = dearest_zone(zones)  # zone unknown or unpriced: never an under-count
+        if dearest is not None:
+            return Quote(dearest.usd_per_hour, "aws-other-zone", dearest.timestamp)
         od = self.on_demand_usd_per_hour(instance_type)
         if od is None:
             return Quote(None, "unknown")
