@@ -12,10 +12,11 @@ imports, computes the plan (:func:`plan`: a list of commands, pure) and runs it 
 3. the chart is staged with its default operator image in REGISTRY, linted and packaged
    (``helm package --version V --app-version V``);
 4. the operator and trainer images are built by :mod:`spotrun_dev.images` and tagged
-   ``<REGISTRY>/spotrun/<image>:<VERSION>`` (no example has an image of its own yet);
+   ``<REGISTRY>/spotrun/<image>:<VERSION>``; each example's Dockerfile is built on that
+   trainer image as ``<REGISTRY>/spotrun/example-<name>:<VERSION>``;
 5. with ``REGISTRY_USERNAME`` set, ``buildah login`` and ``helm registry login`` (the
-   password is read from ``REGISTRY_PASSWORD`` on stdin), then ``buildah push`` of both
-   images and ``helm push`` of the chart to ``oci://<REGISTRY>/spotrun/charts``.
+   password is read from ``REGISTRY_PASSWORD`` on stdin), then ``buildah push`` of every
+   image and ``helm push`` of the chart to ``oci://<REGISTRY>/spotrun/charts``.
 
 Nothing is pushed before everything is built. ``--dry-run`` prints the plan and runs nothing.
 
@@ -41,13 +42,14 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from spotrun_dev import paths, release_dists
+from spotrun_dev import example_images, paths, release_dists
 from spotrun_dev.release_plan import (
     DEFAULT_OUT,
     PASSWORD_ENV,
     USERNAME_ENV,
     Step,
     Tools,
+    build_example_images,
     default_tools,
     plan,
     stage_chart,
@@ -106,7 +108,11 @@ def run(
     if username and not dry_run and not os.environ.get(PASSWORD_ENV):
         raise ReleaseError(f"{USERNAME_ENV} is set but {PASSWORD_ENV} is not")
     tools = default_tools()
-    steps = plan(registry, version, insecure=insecure, username=username, out=out, tools=tools)
+    examples = example_images.example_names()
+    steps = plan(
+        registry, version, insecure=insecure, username=username, out=out, tools=tools,
+        examples=examples,
+    )  # fmt: skip
     if dry_run:
         print(f"# release {version} to {registry} (dry run: nothing is run)")
         for step in steps:
@@ -125,7 +131,7 @@ def run(
             )
             return proc.returncode
     print(f"==> released {version}")
-    for line in summary(registry, version, root / out):
+    for line in summary(registry, version, root / out, examples):
         print(f"    {line}")
     return 0
 
@@ -161,6 +167,10 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("tag-images", help="(a release step) build and tag the images")
     i.add_argument("--registry", required=True)
     i.add_argument("--version", required=True)
+    e = sub.add_parser("build-examples", help="(a release step) the examples' images")
+    e.add_argument("--registry", required=True)
+    e.add_argument("--version", required=True)
+    e.add_argument("examples", nargs="+", help="folders under examples/")
     return p
 
 
@@ -186,6 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"staged {stage_chart(validate_registry(args.registry), args.out)}")
         elif args.command == "tag-images":
             tag_images(validate_registry(args.registry), validate_version(args.version))
+        elif args.command == "build-examples":
+            registry, version = validate_registry(args.registry), validate_version(args.version)
+            build_example_images(registry, version, args.examples)
     except ReleaseError as err:
         print(f"release: error: {err}", file=sys.stderr)
         return 2

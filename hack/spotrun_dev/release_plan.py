@@ -9,12 +9,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from spotrun_dev import images, paths
+from spotrun_dev import example_images, images, paths
 from spotrun_dev.release_dists import DISTRIBUTIONS
 from spotrun_dev.release_version import (
     NAMESPACE,
@@ -24,8 +25,20 @@ from spotrun_dev.release_version import (
     registry_host,
 )
 
-# Images a release pushes, as <REGISTRY>/spotrun/<name>:<VERSION>.
+# Images a release pushes, as <REGISTRY>/spotrun/<name>:<VERSION>: the project's, then one
+# per example (example_images.py), built on the release's trainer image.
 RELEASE_IMAGES = ("operator", "trainer")
+
+
+def release_images(examples: Sequence[str]) -> tuple[str, ...]:
+    """Every image name a release pushes: the project's and ``example-<name>`` each."""
+    return (*RELEASE_IMAGES, *(example_image_name(n) for n in examples))
+
+
+def example_image_name(example: str) -> str:
+    return example_images.image_ref(example).split("/")[-1].split(":")[0]
+
+
 CHART_DIR = Path("charts/spotrun")
 DEFAULT_OUT = Path("build/release")
 # Registry credentials for the login steps; the password only ever goes to stdin.
@@ -102,6 +115,25 @@ def tag_images(registry: str, version: str) -> dict[str, str]:
     return refs
 
 
+def build_example_images(
+    registry: str, version: str, examples: Sequence[str] | None = None
+) -> dict[str, str]:
+    """Each example's Dockerfile built on the release's trainer image (already tagged by
+    :func:`tag_images`), with the release labels, as ``<registry>/spotrun/example-<name>:
+    <version>``: the layers below the example's own are the trainer's, pushed once."""
+    trainer = image_ref(registry, "trainer", version)
+    refs = {}
+    for example in example_images.example_names() if examples is None else examples:
+        name = example_image_name(example)
+        ref = image_ref(registry, name, version)
+        cmd = ["buildah", "bud", "--layers", "-f", f"examples/{example}/Dockerfile"]
+        cmd += ["--build-arg", f"TRAINER_IMAGE={trainer}", *oci_labels(name, version)]
+        subprocess.run([*cmd, "-t", ref, "."], check=True, cwd=paths.REPO_ROOT)
+        print(f"{name}: examples/{example} on {trainer} as {ref}", flush=True)
+        refs[name] = ref
+    return refs
+
+
 # ---------------------------------------------------------------------------------------
 # The plan
 
@@ -150,9 +182,11 @@ def plan(
     username: str | None = None,
     out: Path = DEFAULT_OUT,
     tools: Tools | None = None,
+    examples: Sequence[str] = (),
 ) -> list[Step]:
     """The release's commands, in order, run from the repository root. Pure: it reads no
-    file and runs nothing; ``registry`` and ``version`` must be validated already."""
+    file and runs nothing; ``registry`` and ``version`` must be validated already;
+    ``examples`` are the example folders whose images it builds and pushes."""
     t = tools or default_tools()
     me = (t.python, "-m", "spotrun_dev.release")
     steps = [Step((t.bash, "hack/sync-chart-crds.sh", "--check"))]
@@ -180,6 +214,10 @@ def plan(
     )
     # Images.
     steps.append(Step((*me, "tag-images", "--registry", registry, "--version", version)))
+    if examples:
+        steps.append(
+            Step((*me, "build-examples", "--registry", registry, "--version", version, *examples))
+        )
     # Publish.
     host = registry_host(registry)
     tls = ("--tls-verify=false",) if insecure else ()
@@ -188,7 +226,7 @@ def plan(
         login = ("login", "--username", username, "--password-stdin")
         steps.append(Step((t.buildah, *login, *tls, host), PASSWORD_ENV))
         steps.append(Step((t.helm, "registry", *login, *plain, host), PASSWORD_ENV))
-    for name in RELEASE_IMAGES:
+    for name in release_images(examples):
         ref = image_ref(registry, name, version)
         digest = out / f"{name}.digest"
         steps.append(
@@ -199,10 +237,10 @@ def plan(
     return steps
 
 
-def summary(registry: str, version: str, out: Path) -> list[str]:
+def summary(registry: str, version: str, out: Path, examples: Sequence[str] = ()) -> list[str]:
     """What a release published, for the log (digests where the push wrote them)."""
     lines = []
-    for name in RELEASE_IMAGES:
+    for name in release_images(examples):
         digest = out / f"{name}.digest"
         pinned = f"@{digest.read_text().strip()}" if digest.is_file() else ""
         lines.append(f"image   {image_ref(registry, name, version)}{pinned}")

@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 import yaml
 
-from spotrun_dev import images, paths, release, release_dists, release_plan, release_version
+from spotrun_dev import (
+    example_images,
+    images,
+    paths,
+    release,
+    release_dists,
+    release_plan,
+    release_version,
+)
 
 ROOT = paths.REPO_ROOT
 TOOLS = release_plan.Tools(python="py", uv="uv", helm="helm")
@@ -70,12 +78,48 @@ def test_the_plan() -> None:
 
 
 def test_nothing_is_pushed_before_everything_is_built() -> None:
-    kinds = [
-        "push" if a[1] in ("push", "login", "registry") else "build" for a in _argvs(username="u")
-    ]
+    argvs = _argvs(username="u", examples=("resnet50", "two_tower"))
+    kinds = ["push" if a[1] in ("push", "login", "registry") else "build" for a in argvs]
     first_push = kinds.index("push")
     assert "build" not in kinds[first_push:]
-    assert kinds.count("push") == 5  # 2 logins, 2 images, 1 chart
+    assert kinds.count("push") == 7  # 2 logins, 2 images, 2 example images, 1 chart
+
+
+def test_examples_are_built_on_the_release_trainer_and_pushed() -> None:
+    reg, version = "registry.example:5000/team", "1.2.3"
+    argvs = _argvs(reg, version, examples=("resnet50", "two_tower"))
+    build = [*ME, "build-examples", "--registry", reg, "--version", version]
+    assert [*build, "resnet50", "two_tower"] in argvs
+    assert argvs.index([*build, "resnet50", "two_tower"]) > argvs.index(
+        [*ME, "tag-images", "--registry", reg, "--version", version]
+    )
+    pushed = [a[-1] for a in argvs if a[:2] == ["buildah", "push"]]
+    assert pushed == [
+        f"docker://{reg}/spotrun/{name}:{version}"
+        for name in ("operator", "trainer", "example-resnet50", "example-two-tower")
+    ]
+    about_examples = ("build-examples", "/spotrun/example-", "/example-")
+    without = [a for a in argvs if not any(m in " ".join(a) for m in about_examples)]
+    assert _argvs(reg, version) == without
+
+
+def test_build_example_images_builds_each_dockerfile_on_the_release_trainer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[list[str]] = []
+
+    def run(argv: list[str], check: bool, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    refs = release_plan.build_example_images("ghcr.io/acme", "2.0.0", ["two_tower"])
+    assert refs == {"example-two-tower": "ghcr.io/acme/spotrun/example-two-tower:2.0.0"}
+    (argv,) = calls
+    assert argv[:5] == ["buildah", "bud", "--layers", "-f", "examples/two_tower/Dockerfile"]
+    assert "TRAINER_IMAGE=ghcr.io/acme/spotrun/trainer:2.0.0" in argv
+    assert "org.opencontainers.image.title=spotrun-example-two-tower" in argv
+    assert argv[-3:] == ["-t", refs["example-two-tower"], "."]
 
 
 def test_an_insecure_registry_is_reached_over_plain_http() -> None:
@@ -152,7 +196,9 @@ def test_dry_run_prints_the_plan_and_runs_nothing(
     version = release_version.source_version()
     assert release.main(["run", "--registry", "localhost:5000", "--insecure", "--dry-run"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    expected = release_plan.plan("localhost:5000", version, insecure=True)
+    examples = example_images.example_names()
+    assert examples, "the examples with a Dockerfile are released too"
+    expected = release_plan.plan("localhost:5000", version, insecure=True, examples=examples)
     assert printed == [
         f"# release {version} to localhost:5000 (dry run: nothing is run)",
         *map(str, expected),
