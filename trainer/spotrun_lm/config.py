@@ -1,7 +1,10 @@
 """Run configuration: dataclasses, layered as defaults < operator env < YAML file < CLI flags.
 
-Every field carries an attribute docstring; ``config_fields.field_docs`` reads them back
-from the source so ``--help`` and docs/trainer.md never drift from the code.
+The checkpoint, preemption and report sections, and the mapping of the operator's env onto
+them, are the library's (``spotrun_trainer.config``): the core reads them whoever owns the
+loop. This module adds the built-in trainer's own sections (model, data, optimizer, faults)
+and its CLI. Every field carries an attribute docstring; ``config_fields.field_docs`` reads
+them back from the source so ``--help`` and docs/trainer.md never drift from the code.
 """
 
 from __future__ import annotations
@@ -16,31 +19,28 @@ from typing import Any
 
 import yaml
 
-from spotrun_api import contract
-from spotrun_trainer.config_fields import ConfigError, coerce, field_docs, hints, is_section
-from spotrun_trainer.faults import FaultConfig
+from spotrun_lm.faults import FaultConfig
+from spotrun_trainer.config import (
+    CheckpointConfig,
+    PreemptionConfig,
+    ReportConfig,
+    apply_env,
+    set_field,
+)
+from spotrun_trainer.config_fields import ConfigError, field_docs, hints, is_section
 
 __all__ = [
-    "DEFAULT_WRITER_MB_PER_S",
-    "CheckpointConfig",
     "ConfigError",
     "DataConfig",
     "ModelConfig",
     "OptimConfig",
-    "PreemptionConfig",
-    "ReportConfig",
     "TrainConfig",
-    "apply_env",
     "apply_yaml",
     "build_parser",
-    "env_config",
     "load_config",
     "to_dict",
     "validate",
 ]
-
-# Background checkpoint writer's pace, MB/s per shard (why this value: docs/trainer.md).
-DEFAULT_WRITER_MB_PER_S = 150.0
 
 
 @dataclass
@@ -99,72 +99,6 @@ class OptimConfig:
 
 
 @dataclass
-class CheckpointConfig:
-    dir: str = "./checkpoints"
-    """Folder holding ``step-<N>/`` checkpoints, shared by all ranks
-    (env SPOTRUN_CHECKPOINT_DIR)."""
-    interval_seconds: float = float(contract.DEFAULT_CHECKPOINT_INTERVAL_SECONDS)
-    """Save at the first step boundary this long after the previous save; 0 disables
-    (env SPOTRUN_CHECKPOINT_INTERVAL_SECONDS)."""
-    interval_steps: int = 0
-    """Also save every this many steps; 0 disables."""
-    keep: int = 3
-    """Keep the newest this many committed checkpoints (env SPOTRUN_CHECKPOINT_KEEP)."""
-    keep_best: bool = True
-    """Also keep the checkpoint with the best validation loss, and save one on each new best."""
-    async_save: bool = False
-    """Snapshot state to CPU memory and write it in a background thread (or process, see
-    async_mode), one save in flight; stop and final saves stay synchronous."""
-    async_mode: str = "thread"
-    """How an async save of sharded (FSDP) state is written: ``thread`` (a writer thread in
-    the trainer) or ``process`` (DCP's checkpoint process, which shares no GIL with training;
-    its first save pays the process start)."""
-    overlap_staging: bool = True
-    """Async saves of sharded (FSDP) state: copy the state to CPU memory in a staging thread
-    while the next step's forward and backward run, and hold that step's optimizer update
-    until the copy is done (false: copy it before the loop goes on)."""
-    writer_max_mb_per_s: float = DEFAULT_WRITER_MB_PER_S
-    """Pace of the background checkpoint writer, MB/s per shard file (0: unpaced): it then
-    competes less with training and the save takes longer. Once a stop, a spot notice or the
-    run's end comes, the write in flight drops its pace; their saves are never paced."""
-    commit_timeout_seconds: float = 600.0
-    """How long rank 0 waits for the other ranks' files before abandoning a save."""
-    s3_uri: str | None = None
-    """Mirror committed checkpoints to ``s3://bucket/prefix`` and restore from it when the
-    local folder is empty (env SPOTRUN_S3_URI)."""
-    s3_endpoint_url: str | None = None
-    """S3 endpoint override (MinIO, moto); boto3 also honours AWS_ENDPOINT_URL_S3."""
-    s3_upload_timeout_seconds: float = 60.0
-    """On a stop, how long to wait for pending uploads before exiting."""
-
-
-@dataclass
-class PreemptionConfig:
-    spot_notice: bool = False
-    """Poll the EC2 instance-metadata spot interruption notice and save when it appears."""
-    spot_notice_endpoint: str = "http://169.254.169.254"
-    """Instance-metadata base URL (IMDSv2 token when the endpoint offers one)."""
-    spot_notice_interval_seconds: float = 5.0
-    """Seconds between two polls of the spot notice."""
-    grace_period_seconds: float = float(contract.DEFAULT_TERMINATION_GRACE_SECONDS)
-    """Time the pod gets between SIGTERM and SIGKILL (env SPOTRUN_TERMINATION_GRACE_SECONDS,
-    the pod's terminationGracePeriodSeconds): torchrun's worker shutdown timeout in launcher
-    mode, the bound of a stop's wait for S3 uploads, and the yardstick of save times."""
-
-
-@dataclass
-class ReportConfig:
-    log_every: int = 10
-    """Log loss and throughput every this many steps."""
-    metrics_port: int = contract.DEFAULT_METRICS_PORT
-    """Prometheus /metrics port on rank 0; 0 disables (env SPOTRUN_METRICS_PORT)."""
-    metrics_all_ranks: bool = False
-    """Serve /metrics on every rank at metrics_port + local rank."""
-    progress_interval_seconds: float = 10.0
-    """Least time between two patches of status.progress (plus one after every checkpoint)."""
-
-
-@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Model to train."""
@@ -209,34 +143,6 @@ class TrainConfig:
     SPOTRUN_PROCS_PER_NODE: the operator sets spec.procsPerNode, one per GPU by default)."""
 
 
-_ENV_FIELDS: dict[str, tuple[str, str]] = {
-    contract.ENV_CHECKPOINT_DIR: ("checkpoint", "dir"),
-    contract.ENV_CHECKPOINT_INTERVAL_SECONDS: ("checkpoint", "interval_seconds"),
-    contract.ENV_CHECKPOINT_KEEP: ("checkpoint", "keep"),
-    contract.ENV_S3_URI: ("checkpoint", "s3_uri"),
-    contract.ENV_METRICS_PORT: ("report", "metrics_port"),
-    contract.ENV_TERMINATION_GRACE_SECONDS: ("preemption", "grace_period_seconds"),
-    contract.ENV_PROCS_PER_NODE: ("", "nproc_per_node"),
-}
-
-
-def _set(cfg: TrainConfig, dotted: str, raw: Any) -> None:
-    parts = dotted.replace("-", "_").split(".")
-    obj: Any = cfg
-    for i, part in enumerate(parts):
-        types_of = hints(type(obj))
-        if part not in types_of:
-            raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r}")
-        if i == len(parts) - 1:
-            if is_section(types_of[part]):
-                raise ConfigError(f"{dotted!r} is a section, give one of its fields")
-            setattr(obj, part, coerce(raw, types_of[part], dotted))
-        else:
-            if not is_section(types_of[part]):
-                raise ConfigError(f"{'.'.join(parts[: i + 1])!r} is not a section")
-            obj = getattr(obj, part)
-
-
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"model": {"n_layer": 2}}`` -> ``{"model.n_layer": 2}``."""
     out: dict[str, Any] = {}
@@ -249,33 +155,12 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def apply_env(cfg: TrainConfig, env: Mapping[str, str]) -> None:
-    """The operator's env over ``cfg``; an unset, empty or blank variable leaves its field."""
-    for name, (section, key) in _ENV_FIELDS.items():
-        if env.get(name, "").strip() != "":
-            try:
-                _set(cfg, f"{section}.{key}" if section else key, env[name])
-            except ConfigError as e:
-                raise ConfigError(f"{e} (from env {name})") from e
-
-
-def env_config(env: Mapping[str, str], *, interval_seconds: float | None = None) -> TrainConfig:
-    """The config the operator's env alone makes, over the defaults (``spotrun_api.contract``
-    's where the contract has one): what a loop spotrun does not own reads.
-    ``interval_seconds`` replaces the default checkpoint interval (when the env names none)."""
-    cfg = TrainConfig()
-    if interval_seconds is not None:
-        cfg.checkpoint.interval_seconds = interval_seconds
-    apply_env(cfg, env)
-    return cfg
-
-
 def apply_yaml(cfg: TrainConfig, path: str | Path) -> None:
     data = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: the top level must be a mapping")
     for dotted, value in flatten(data).items():
-        _set(cfg, dotted, value)
+        set_field(cfg, dotted, value)
 
 
 def _all_fields(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
@@ -292,7 +177,7 @@ def _all_fields(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, An
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m spotrun_trainer",
+        prog="python -m spotrun_lm",
         description="Preemption-safe PyTorch training. Precedence: defaults < SPOTRUN_* env "
         "< --config YAML < flags.",
         epilog="The --fault.* flags are TEST ONLY: fault injection for end-to-end tests "
@@ -326,7 +211,7 @@ def load_config(
     if config_path:
         apply_yaml(cfg, config_path)
     for dotted, raw in args.items():
-        _set(cfg, dotted, raw)
+        set_field(cfg, dotted, raw)
     validate(cfg)
     return cfg
 
