@@ -14,8 +14,8 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from spotrun_trainer.config import ModelConfig
-from spotrun_trainer.models import build_model, compute_loss
+from spotrun_lm.config import ModelConfig
+from spotrun_lm.models import build_model, compute_loss
 from spotrun_trainer.sharded import ShardedState, apply_fsdp
 from spotrun_trainer.state import RNGState, TrainProgress
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from spotrun_trainer.config import ModelConfig
+from spotrun_lm.config import ModelConfig
 
 
 def model_fields(params: str, cfg: ModelConfig) -> dict[str, Any]:

@@ -53,14 +53,14 @@ from fsdp_loop import CpuMeter, Loop, Step, init_group
 from model_fields import model_fields
 from trainer_stop_save import bench_stop, print_stop_table
 
+from spotrun_lm.config import ModelConfig
+from spotrun_lm.models import count_parameters
 from spotrun_trainer.checkpoint import (
     CheckpointHooks,
     CheckpointManager,
     CheckpointSettings,
     RankPlace,
 )
-from spotrun_trainer.config import ModelConfig
-from spotrun_trainer.models import count_parameters
 from spotrun_trainer.pacing import Hurry
 from spotrun_trainer.shard_writer import WriterOptions, set_zip_crc32
 

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from model_fields import model_fields
 
+from spotrun_lm.config import ModelConfig
+from spotrun_lm.models import build_model, compute_loss, count_parameters
 from spotrun_trainer.checkpoint import CheckpointManager, CheckpointSettings
-from spotrun_trainer.config import ModelConfig
-from spotrun_trainer.models import build_model, compute_loss, count_parameters
 from spotrun_trainer.shard_writer import set_zip_crc32
 from spotrun_trainer.state import ModelState, RNGState, TrainProgress
 from spotrun_trainer.testhooks import ENV_EVENTS_FILE
@@ -119,7 +119,7 @@ def time_cli(folder: Path, args: list[str], until_step: int) -> dict[str, float]
     env = {**os.environ, ENV_EVENTS_FILE: str(events)}
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spotrun_trainer", *args],
+        [sys.executable, "-m", "spotrun_lm", *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -35,9 +35,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from model_fields import model_fields
 
+from spotrun_lm.config import ModelConfig
+from spotrun_lm.models import build_model, compute_loss, count_parameters
 from spotrun_trainer.checkpoint import CheckpointManager, CheckpointSettings, RankPlace
-from spotrun_trainer.config import ModelConfig
-from spotrun_trainer.models import build_model, compute_loss, count_parameters
 from spotrun_trainer.shard_writer import set_zip_crc32
 from spotrun_trainer.sharded import ShardedState, apply_fsdp
 from spotrun_trainer.state import RNGState, TrainProgress

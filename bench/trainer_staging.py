@@ -25,8 +25,8 @@ import torch
 from model_fields import model_fields
 from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
 
-from spotrun_trainer.config import ModelConfig
-from spotrun_trainer.models import build_model, compute_loss, count_parameters
+from spotrun_lm.config import ModelConfig
+from spotrun_lm.models import build_model, compute_loss, count_parameters
 from spotrun_trainer.sharded import ShardedState
 from spotrun_trainer.staging import ReusedStager
 

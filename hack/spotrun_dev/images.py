@@ -81,7 +81,7 @@ def requirements(pyproject: Mapping[str, Any], extra: str) -> list[str]:
 # Folders holding the project's top-level packages (pyproject's packages.find "where").
 SOURCE_ROOTS = ("api", "operator", "trainer", "hack")
 # The package each project image runs (its entry point's).
-IMAGE_ENTRY = {"operator": "spotrun_operator", "trainer": "spotrun_trainer"}
+IMAGE_ENTRY = {"operator": "spotrun_operator", "trainer": "spotrun_lm"}
 
 
 def copied_packages(dockerfile: str) -> set[str]:

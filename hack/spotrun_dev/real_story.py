@@ -80,7 +80,7 @@ def trainer_run(
         "metadata": {"name": name},
         "spec": {
             "image": image,
-            "command": ["python", "-m", "spotrun_trainer", *args],
+            "command": ["python", "-m", "spotrun_lm", *args],
             "nodes": 2,
             "gpusPerNode": 8,
             "procsPerNode": 1,

@@ -24,7 +24,7 @@ SIGNAL_OF = {
 def training_run(name: str, **spec: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "image": "spotrun/trainer:dev",
-        "command": ["python", "-m", "spotrun_trainer"],
+        "command": ["python", "-m", "spotrun_lm"],
         "nodes": 2,
         "gpusPerNode": 8,
         "checkpoint": {"volume": {"claimName": "ckpt"}, "interval": "5m"},

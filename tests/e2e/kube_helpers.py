@@ -51,7 +51,7 @@ def pytorchjob(name: str, workers: int, gpus: int = 8, capacity: str = "SPOT") -
                         {
                             "name": "pytorch",
                             "image": "spotrun/trainer:dev",
-                            "command": ["python", "-m", "spotrun_trainer"],
+                            "command": ["python", "-m", "spotrun_lm"],
                             "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
                         }
                     ],

@@ -49,7 +49,7 @@ def test_a_trainer_outside_a_pod_reports_progress_through_kubeconfig(
         contract.ENV_CHECKPOINT_DIR: str(tmp_path / "ckpt"),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "spotrun_trainer", *ARGS],
+        [sys.executable, "-m", "spotrun_lm", *ARGS],
         env=env,
         capture_output=True,
         text=True,

@@ -1,6 +1,8 @@
 """Import floors between the packages: ``spotrun_api`` (the contract) at the bottom; the
-trainer, the operator and the CLI each on it and never on one another (each ships in its
-own image or wheel); the dev tooling (``hack/``) and the benches (``bench/``) on top. Every
+trainer library, the operator and the CLI each on it and never on one another (each ships
+in its own image or wheel); the built-in language-model trainer (``spotrun_lm``) on the
+trainer library, which never imports it (the ``spotrun-trainer`` distribution ships the
+library alone); the dev tooling (``hack/``) and the benches (``bench/``) on top. Every
 import counts, also one inside a function."""
 
 from __future__ import annotations
@@ -16,14 +18,29 @@ ROOT = Path(__file__).resolve().parents[2]
 ALLOWED: dict[str, set[str]] = {
     "spotrun_api": set(),
     "spotrun_trainer": {"spotrun_api"},
+    "spotrun_lm": {"spotrun_api", "spotrun_trainer"},
     "spotrun_operator": {"spotrun_api"},
     "spotrun_cli": {"spotrun_api"},
-    "spotrun_dev": {"spotrun_api", "spotrun_trainer", "spotrun_operator", "spotrun_cli"},
-    "bench": {"spotrun_api", "spotrun_trainer", "spotrun_operator", "spotrun_cli", "spotrun_dev"},
+    "spotrun_dev": {
+        "spotrun_api",
+        "spotrun_trainer",
+        "spotrun_lm",
+        "spotrun_operator",
+        "spotrun_cli",
+    },
+    "bench": {
+        "spotrun_api",
+        "spotrun_trainer",
+        "spotrun_lm",
+        "spotrun_operator",
+        "spotrun_cli",
+        "spotrun_dev",
+    },
 }
 FOLDERS = {
     "spotrun_api": ROOT / "api/spotrun_api",
     "spotrun_trainer": ROOT / "trainer/spotrun_trainer",
+    "spotrun_lm": ROOT / "trainer/spotrun_lm",
     "spotrun_operator": ROOT / "operator/spotrun_operator",
     "spotrun_cli": ROOT / "cli/spotrun_cli",
     "spotrun_dev": ROOT / "hack/spotrun_dev",
@@ -72,4 +89,35 @@ def test_only_the_trainer_imports_its_contract_reexport(package: str) -> None:
         for module in imported_modules(path)
         if module == TRAINER_SHIM
     )
+    assert not wrong, wrong
+
+
+DEFINITIONS = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def _docstrings(tree: ast.Module) -> set[int]:
+    """ids of the docstring nodes of a module and of its classes and functions."""
+    owners = [tree, *(n for n in ast.walk(tree) if isinstance(n, DEFINITIONS))]
+    return {
+        id(body[0].value)
+        for body in (o.body for o in owners)
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+    }
+
+
+def test_the_trainer_library_never_names_the_built_in_trainer_to_run_it() -> None:
+    """Launcher mode re-runs the module its program names (``launch(..., module=)``): the
+    library holds no ``spotrun_lm`` in its code, docstrings aside."""
+    wrong = []
+    for path in sources("spotrun_trainer"):
+        tree = ast.parse(path.read_text())
+        skip = _docstrings(tree)
+        wrong += [
+            f"{path.relative_to(ROOT)}:{node.lineno}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and "spotrun_lm" in node.value
+            and id(node) not in skip
+        ]
     assert not wrong, wrong

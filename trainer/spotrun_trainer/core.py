@@ -1,13 +1,13 @@
 """The trainer core: what every loop does at a step boundary, whoever owns the loop.
 
-One :class:`TrainerCore` serves spotrun's own loop (``loop.TrainLoop``), a plain loop
-(``integrations.loop.SpotrunLoop``) and the Hugging Face ``Trainer``
+One :class:`TrainerCore` serves the built-in trainer's loop (``spotrun_lm.loop.TrainLoop``),
+a plain loop (``integrations.loop.SpotrunLoop``) and the Hugging Face ``Trainer``
 (``integrations.hf.SpotrunCallback``); each of those is an adapter that says when a step
 ends and how its framework saves. The core owns:
 
 - the operator's contract env, read once through the run's config (``config.env_config``
-  for the integrations, ``config.load_config`` for the CLI; defaults from
-  ``spotrun_api.contract``);
+  for the integrations, ``spotrun_lm.config.load_config`` for the built-in trainer, both
+  through ``config.apply_env``; defaults from ``spotrun_api.contract``);
 - rank agreement: at each boundary every rank ORs its stop, save-now (spot notice) and
   save-due flags with the others' (one all_reduce MAX on the control group), so every rank
   saves the same step and a stop lands between two optimizer steps;
@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 from spotrun_api import contract
 from spotrun_trainer.checkpoint import CheckpointInfo, CheckpointSettings, RankPlace
-from spotrun_trainer.config import CheckpointConfig, TrainConfig, env_config
+from spotrun_trainer.config import CheckpointConfig, RunConfig, RunSettings, env_config
 from spotrun_trainer.distributed import DistContext
 from spotrun_trainer.preemption import SpotNoticePoller, StopGuard
 from spotrun_trainer.progress import ProgressReporter, reporter_from_env
@@ -66,7 +66,7 @@ class Boundary:
 
 def integration_config(
     env: Mapping[str, str], checkpoint_dir: str | Path | None, given: Mapping[str, Any]
-) -> TrainConfig:
+) -> RunConfig:
     """The config of a loop spotrun does not own: the operator's env over the defaults (no
     timed saves unless the env names an interval), then ``checkpoint_dir`` and each
     argument in ``given`` (dotted config key -> value; None: not given)."""
@@ -110,7 +110,7 @@ class TrainerCore:
 
     def __init__(
         self,
-        cfg: TrainConfig,
+        cfg: RunSettings,
         ctx: DistContext,
         env: Mapping[str, str],
         *,

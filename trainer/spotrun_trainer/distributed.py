@@ -1,5 +1,6 @@
-"""Process-group set-up and the few collectives every loop needs (the CLI's own, and the
-integrations' over a process group a framework set up: ``DistContext.of_framework``).
+"""Process-group set-up and the few collectives every loop needs (the built-in trainer's,
+``init_distributed``, and the integrations' over a process group a framework set up:
+``DistContext.of_framework``).
 
 Control traffic (stop flags, checkpoint agreement, eval averages) runs on a gloo group
 over CPU tensors: with NCCL that keeps the per-step flag exchange off the GPU stream, so
@@ -47,7 +48,8 @@ class DistContext:
         """The process group a framework (accelerate, torchrun, the user's script) already
         set up, alone when there is none. Control traffic goes over a gloo group of its own
         when that group is not gloo (``new_group`` is collective: every rank must call this
-        at the same point). No heartbeat and no checkpoint group: they are the CLI's."""
+        at the same point). No heartbeat and no checkpoint group: they are
+        ``init_distributed``'s."""
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return cls(0, 1, 0, torch.device("cpu"), None)
         backend = str(dist.get_backend())

@@ -1,5 +1,8 @@
 """Launcher mode: start local workers through torchrun and keep the contract's exit codes.
 
+A program's entry point (the built-in trainer's ``python -m spotrun_lm``) calls
+:func:`launch` with its own module, which torchrun then runs once per local rank.
+
 torchrun exits 1 with a traceback when it is SIGTERMed, whatever its workers did, and
 gives workers only 30 s before SIGKILL by default. In a pod the launcher is PID 1: it
 forwards SIGTERM to torchrun, sets torchrun's shutdown timeout to the grace period, and
@@ -58,8 +61,9 @@ def decide_exit(launcher_rc: int, worker_codes: Sequence[int], nproc: int) -> in
 
 
 def torchrun_command(
-    argv: Sequence[str], nproc: int, grace: float, env: Mapping[str, str]
+    argv: Sequence[str], nproc: int, grace: float, env: Mapping[str, str], *, module: str
 ) -> list[str]:
+    """torchrun running ``python -m <module> <argv>`` in each of ``nproc`` workers."""
     cmd = [
         sys.executable,
         "-m",
@@ -69,13 +73,14 @@ def torchrun_command(
     ]
     if "PET_NNODES" not in env and "PET_MASTER_ADDR" not in env:
         cmd.append("--standalone")  # single node; multi-node reads torchrun's PET_* env
-    return [*cmd, "-m", "spotrun_trainer", *argv]
+    return [*cmd, "-m", module, *argv]
 
 
-def launch(argv: Sequence[str], nproc: int, grace: float) -> int:
+def launch(argv: Sequence[str], nproc: int, grace: float, *, module: str) -> int:
+    """Run ``module`` with ``argv`` in ``nproc`` torchrun workers; their exit, as one code."""
     exit_dir = tempfile.mkdtemp(prefix="spotrun-exit-")
     env = {**os.environ, ENV_EXIT_DIR: exit_dir}
-    cmd = torchrun_command(argv, nproc, grace, env)
+    cmd = torchrun_command(argv, nproc, grace, env, module=module)
     log.info("launching %d workers: %s", nproc, " ".join(cmd))
     proc = subprocess.Popen(cmd, env=env)
 

@@ -176,8 +176,8 @@ def test_torchx_refuses_what_spotrun_cannot_express(
 
     # -m module, dry run: the request torchx would submit.
     dry = torchx(kc, "run", "--dryrun", "-s", "spotrun", "-cfg", f"{cfg},checkpoint_size=10Gi",
-                 "dist.ddp", "-j", "1x2", "-m", "spotrun_trainer.demo").stdout  # fmt: skip
-    assert "kind: TrainingRun" in dry and "-m spotrun_trainer.demo" in dry
+                 "dist.ddp", "-j", "1x2", "-m", "spotrun_lm.demo").stdout  # fmt: skip
+    assert "kind: TrainingRun" in dry and "-m spotrun_lm.demo" in dry
     assert "size: 10Gi" in dry and f"namespace: {namespace}" in dry
 
 

@@ -112,10 +112,10 @@ def _submit(kc: Path, namespace: str, image: str, template: Path) -> tuple[str, 
     )
     out = torchx(
         kc, "run", "-s", "spotrun", "-cfg", cfg, "dist.ddp", "-j", "1x1", "--image", image,
-        "-m", "spotrun_trainer", "--", *README_ARGS,
+        "-m", "spotrun_lm", "--", *README_ARGS,
     ).stdout  # fmt: skip
     handle = str(out).strip().splitlines()[-1]
-    assert handle.startswith(f"spotrun://torchx/{namespace}:spotrun-trainer-"), out
+    assert handle.startswith(f"spotrun://torchx/{namespace}:spotrun-lm-"), out
     return handle, handle.rsplit(":", 1)[1]
 
 
@@ -209,7 +209,7 @@ def test_release_from_the_registry_ha_and_the_torchx_walkthrough_through_nth(
         handle, name = _submit(kc, namespace, refs["trainer"], _pod_template(tmp_path / "t.yaml"))
         env = cli_env(kc)
         followers += [
-            Follower([str(BIN / "torchx"), "log", "--tail", f"{handle}/spotrun_trainer/0"], env),
+            Follower([str(BIN / "torchx"), "log", "--tail", f"{handle}/spotrun_lm/0"], env),
             Follower([*spotrun_cmd(), "-n", namespace, "logs", name, "-f"], env),
         ]
         # The node pulls the trainer (GBs) from the registry: a generous wait.

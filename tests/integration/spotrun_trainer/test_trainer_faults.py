@@ -22,6 +22,9 @@ from trainer_helpers import (
 )
 
 from spotrun_api import contract
+from spotrun_lm.config import TrainConfig
+from spotrun_lm.faults import FaultConfig, FaultInjector, InjectedCrash
+from spotrun_lm.train import _upload_wait, _warn_if_past_grace
 from spotrun_trainer.checkpoint import (
     CheckpointHooks,
     CheckpointInfo,
@@ -29,12 +32,9 @@ from spotrun_trainer.checkpoint import (
     CheckpointSettings,
     verify,
 )
-from spotrun_trainer.config import TrainConfig
-from spotrun_trainer.faults import FaultConfig, FaultInjector, InjectedCrash
 from spotrun_trainer.preemption import StopGuard
 from spotrun_trainer.state import ModelState, RNGState
 from spotrun_trainer.testhooks import ENV_PAUSE_AT_STEP
-from spotrun_trainer.train import _upload_wait, _warn_if_past_grace
 
 CRASH = FaultConfig(crash_at_step=6, crash_in_attempt=2)
 

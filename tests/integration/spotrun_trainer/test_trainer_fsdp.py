@@ -51,10 +51,10 @@ def fsdp_cmd(
     """torchrun, or (``launcher``) spotrun's launcher, which turns SIGTERM into exit 143
     as PID 1 of a pod does."""
     start = (
-        [PYTHON, "-m", "spotrun_trainer", "--nproc-per-node", str(nproc)]
+        [PYTHON, "-m", "spotrun_lm", "--nproc-per-node", str(nproc)]
         if launcher
         else [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-              str(nproc), "-m", "spotrun_trainer"]
+              str(nproc), "-m", "spotrun_lm"]
     )  # fmt: skip
     return [*start, *COMMON_ARGS, *FSDP_ARGS, "--model.kind", kind,
             "--checkpoint.dir", str(ckpt), *extra]  # fmt: skip

@@ -29,7 +29,7 @@ from spotrun_trainer.testhooks import ENV_STAGING_DELAY
 def _fsdp_run(folder: Path, *extra: str, env: dict[str, str] | None = None) -> Path:
     ckpt = folder / "ckpt"
     cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "spotrun_trainer", *COMMON_ARGS, "--parallel", "fsdp",
+           "-m", "spotrun_lm", *COMMON_ARGS, "--parallel", "fsdp",
            "--global-batch-size", "8", "--data.val-fraction", "0.2",
            "--model.kind", "causal_lm", "--checkpoint.keep", str(MAX_STEPS),
            "--checkpoint.dir", str(ckpt), *extra]  # fmt: skip

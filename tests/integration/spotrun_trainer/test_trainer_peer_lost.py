@@ -32,7 +32,7 @@ def _free_port() -> int:
 
 def _rank_cmd(ckpt: Path) -> list[str]:
     # Far more steps than the test waits for: the run never finishes on its own.
-    return [PYTHON, "-m", "spotrun_trainer", *COMMON_ARGS, "--model.kind", "contrastive",
+    return [PYTHON, "-m", "spotrun_lm", *COMMON_ARGS, "--model.kind", "contrastive",
             "--checkpoint.dir", str(ckpt), "--max-steps", "100000",
             "--checkpoint.interval-steps", "50"]  # fmt: skip
 

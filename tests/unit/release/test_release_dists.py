@@ -55,6 +55,8 @@ def test_the_distributions_cover_every_shipped_package() -> None:
     shipped = [p for d in DISTS.values() for p in d.packages]
     assert sorted(shipped) == ["spotrun_api", "spotrun_cli", "spotrun_operator", "spotrun_trainer"]
     assert "spotrun_dev" not in shipped  # the dev harness is never published
+    # The built-in trainer is the trainer image's program, not part of the library.
+    assert "spotrun_lm" not in shipped
 
 
 @pytest.mark.parametrize("name", release_dists.DISTRIBUTIONS)
@@ -201,7 +203,7 @@ from spotrun_trainer.integrations.loop import SpotrunLoop
 from spotrun_trainer.checkpoint import CheckpointManager
 for module in (spotrun_api, spotrun_trainer):
     assert pathlib.Path(module.__file__).is_relative_to({str(tmp_path)!r}), module.__file__
-for absent in ("spotrun_operator", "spotrun_cli", "spotrun_dev"):
+for absent in ("spotrun_operator", "spotrun_cli", "spotrun_dev", "spotrun_lm"):
     assert importlib.util.find_spec(absent) is None, absent
 print("ok")
 """

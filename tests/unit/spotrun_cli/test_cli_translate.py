@@ -77,7 +77,7 @@ def test_ddp_two_nodes_maps_every_field() -> None:
 
 
 def test_module_and_run_options() -> None:
-    app = ddp(m="spotrun_trainer", j="1x1", gpu=1, max_retries=2)
+    app = ddp(m="spotrun_lm", j="1x1", gpu=1, max_retries=2)
     o = opts(
         checkpoint_claim="shared",
         checkpoint_path="/mnt/ck",
@@ -89,7 +89,7 @@ def test_module_and_run_options() -> None:
         queue="team-a",
     )
     spec = t.to_trainingrun(app, o, "r-1")["spec"]
-    assert spec["args"][1].endswith("-m spotrun_trainer")
+    assert spec["args"][1].endswith("-m spotrun_lm")
     assert spec["checkpoint"] == {
         "volume": {"claimName": "shared"},
         "path": "/mnt/ck",

@@ -190,13 +190,17 @@ def _runtime_imports(entry: str) -> set[str]:
 @pytest.mark.parametrize("name", sorted(images.IMAGE_ENTRY))
 def test_each_image_installs_the_third_party_packages_its_code_imports(name: str) -> None:
     """Every third-party module the image's code imports comes from a pin of its extra
-    (or a requirement of one: botocore with boto3), so the image never lacks one."""
+    (or a requirement of one: botocore with boto3), so the image never lacks one. The code
+    is every module of each package the image holds, not only what its entry point reaches:
+    the trainer image runs the built-in trainer (spotrun_lm) but holds the whole trainer
+    library, its integrations included."""
     pins = {_dist(p) for p in images.requirements(PYPROJECT, name)}
     provided = set(pins)
     for dist in pins:
         provided |= {_dist(r) for r in importlib.metadata.requires(dist) or () if "extra" not in r}
     owners = importlib.metadata.packages_distributions()
-    for module in _runtime_imports(images.IMAGE_ENTRY[name]):
+    held = images.package_closure(images.IMAGE_ENTRY[name], paths.REPO_ROOT)
+    for module in set().union(*(_runtime_imports(package) for package in held)):
         if module in sys.stdlib_module_names or module.startswith("spotrun_"):
             continue
         dists = {_dist(d) for d in owners.get(module, [module])}

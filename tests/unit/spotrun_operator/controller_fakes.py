@@ -44,7 +44,7 @@ def ts(seconds: float) -> str:
 def spec(**over: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "image": "spotrun/trainer:dev",
-        "command": ["python", "-m", "spotrun_trainer"],
+        "command": ["python", "-m", "spotrun_lm"],
         "nodes": 2,
         "gpusPerNode": 8,
         "capacity": {"type": "spot", "instanceTypes": ["p4d.24xlarge"]},

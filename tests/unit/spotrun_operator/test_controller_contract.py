@@ -12,8 +12,8 @@ from controller_fakes import REF, spec
 
 from spotrun_api import contract
 from spotrun_api.spec import parse_spec
+from spotrun_lm.config import load_config
 from spotrun_operator.model import builders as b
-from spotrun_trainer.config import load_config
 
 CRD = Path(__file__).resolve().parents[3] / "crds" / "trainingruns.spotrun.dev.yaml"
 

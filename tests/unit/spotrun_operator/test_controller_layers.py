@@ -26,6 +26,7 @@ FORBIDDEN = (
     "boto3",
     "torch",
     "spotrun_trainer",
+    "spotrun_lm",
     "spotrun_operator.kubeio.kube",
     "spotrun_operator.runner",
 )

@@ -1,9 +1,10 @@
 """A paced checkpoint writer hurries when the node is going: a write asleep in its pace
 wakes and finishes unpaced once the stop guard's ``Hurry`` is raised, in the trainer
 process (thread mode) and in another process that got the writer pickled, as DCP's
-checkpoint process does; a save started after a notice is never paced; and the pace's
-default is the one the docs state. No test here measures time: a pace of one byte per
-second would hold a write for hours, so a test that finishes shows the pace was dropped."""
+checkpoint process does; and a save started after a notice is never paced (the built-in
+trainer's side: tests/unit/spotrun_lm/test_lm_pacing.py). No test here measures time: a
+pace of one byte per second would hold a write for hours, so a test that finishes shows
+the pace was dropped."""
 
 from __future__ import annotations
 
@@ -11,13 +12,11 @@ import gc
 import multiprocessing
 import os
 import pickle
-import re
 import threading
 import warnings
 from multiprocessing.connection import Connection
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import torch
@@ -25,9 +24,6 @@ from torch import nn
 
 from spotrun_trainer import pacing, shard_writer
 from spotrun_trainer.checkpoint import CheckpointManager, CheckpointSettings, verify
-from spotrun_trainer.config import DEFAULT_WRITER_MB_PER_S, ConfigError, load_config
-from spotrun_trainer.core import Boundary
-from spotrun_trainer.loop import TrainLoop
 from spotrun_trainer.pacing import Hurry, Pacer
 from spotrun_trainer.preemption import StopGuard
 from spotrun_trainer.shard_writer import HashingFileSystemWriter, WriterOptions
@@ -36,7 +32,6 @@ from spotrun_trainer.sharded import ShardedState
 CRAWL = WriterOptions(max_write_mb_per_s=1e-6)  # one byte a second: hours per buffer
 SMALL_BUFFER = 4 * shard_writer.BLOCK  # 16 KiB, so a few KiB of data fill several buffers
 DATA = bytes(range(256)) * 400  # 102,400 bytes: 6 full buffers
-DOCS = Path(__file__).resolve().parents[3] / "docs" / "trainer.md"
 LIVENESS = 120.0  # seconds: a hang guard for a write that should finish, not a timing
 
 
@@ -246,45 +241,6 @@ def test_a_save_that_must_wait_for_a_paced_write_hurries_it(
     done.join(LIVENESS)
     assert not done.is_alive() and verify(tmp_path / "step-2", 2) is None
     m.close()
-
-
-@pytest.mark.parametrize(
-    "agreed", [{"notice": True}, {"stop": True}, {"finished": True}, {"due": True}]
-)
-def test_the_loop_hurries_before_the_save_of_a_notice_a_stop_or_the_end(
-    agreed: dict[str, bool],
-) -> None:
-    """At a boundary where the ranks agreed on a notice (some other rank's guard saw it),
-    a stop or the run's end, the hurry is raised before the save starts; an interval's
-    save is paced."""
-    hurry = Hurry()
-    seen: list[bool] = []
-    manager = SimpleNamespace(hurry=hurry)
-    core = SimpleNamespace(last_saved=None, saved=lambda step: None)
-    loop = cast(Any, TrainLoop.__new__(TrainLoop))
-    loop.cfg = SimpleNamespace(checkpoint=SimpleNamespace(interval_steps=0, keep_best=False))
-    loop.io = SimpleNamespace(manager=manager, core=core)
-    loop.start_step, loop.stall_pending = 0, False
-    loop.save = lambda step, metric, blocking: seen.append(hurry.is_set())
-    flags = {"stop": False, "notice": False, "due": False, "finished": False, **agreed}
-    TrainLoop.maybe_save(loop, Boundary(step=5, **flags), None, False)
-    assert seen == [not agreed.get("due", False)]
-    hurry.close()
-
-
-def test_the_pace_is_on_by_default_as_the_docs_say() -> None:
-    cfg = load_config([], env={})
-    assert cfg.checkpoint.writer_max_mb_per_s == DEFAULT_WRITER_MB_PER_S > 0
-    assert WriterOptions().max_write_mb_per_s == DEFAULT_WRITER_MB_PER_S
-    row = re.search(r"^\| `--checkpoint\.writer-max-mb-per-s` \| `([^`]*)` \|", DOCS.read_text(),
-                    re.MULTILINE)  # fmt: skip
-    assert row is not None and float(row.group(1)) == DEFAULT_WRITER_MB_PER_S
-
-
-@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
-def test_a_bad_pace_names_the_field(value: str) -> None:
-    with pytest.raises(ConfigError, match=r"checkpoint\.writer_max_mb_per_s"):
-        load_config(["--checkpoint.writer-max-mb-per-s", value], env={})
 
 
 def test_an_unpaced_writer_never_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:

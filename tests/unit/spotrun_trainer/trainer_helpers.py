@@ -116,7 +116,7 @@ class Trainer:
 
 def _is_trainer(pid: int) -> bool:
     try:
-        return b"spotrun_trainer" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"spotrun_lm" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 
@@ -161,13 +161,13 @@ def wait_for_events(
 
 
 def single_cmd(ckpt: Path, *extra: str, kind: str = "causal_lm") -> list[str]:
-    return [PYTHON, "-m", "spotrun_trainer", *COMMON_ARGS, "--model.kind", kind,
+    return [PYTHON, "-m", "spotrun_lm", *COMMON_ARGS, "--model.kind", kind,
             "--checkpoint.dir", str(ckpt), *extra]  # fmt: skip
 
 
 def torchrun_cmd(ckpt: Path, *extra: str, kind: str = "contrastive") -> list[str]:
     return [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-            "-m", "spotrun_trainer", *COMMON_ARGS, "--model.kind", kind,
+            "-m", "spotrun_lm", *COMMON_ARGS, "--model.kind", kind,
             "--checkpoint.dir", str(ckpt), *extra]  # fmt: skip
 
 

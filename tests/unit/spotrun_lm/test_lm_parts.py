@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spotrun_trainer.config import ConfigError, TrainConfig, load_config
-from spotrun_trainer.data import ResumableSampler, validation_batches
-from spotrun_trainer.parts import rank_batch_size
+from spotrun_lm.config import ConfigError, TrainConfig, load_config
+from spotrun_lm.data import ResumableSampler, validation_batches
+from spotrun_lm.parts import rank_batch_size
 
 
 def test_global_batch_size_splits_over_the_ranks() -> None:

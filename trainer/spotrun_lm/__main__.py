@@ -1,4 +1,4 @@
-"""``python -m spotrun_trainer [--config run.yaml] [--section.field VALUE ...]``."""
+"""``python -m spotrun_lm [--config run.yaml] [--section.field VALUE ...]``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from spotrun_trainer.config import ConfigError, load_config
+from spotrun_lm.config import ConfigError, load_config
+
+# The module launcher mode runs in each torchrun worker: this program.
+ENTRY_MODULE = "spotrun_lm"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -15,17 +18,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args)
     except ConfigError as e:
-        print(f"spotrun_trainer: {e}", file=sys.stderr)
+        print(f"spotrun_lm: {e}", file=sys.stderr)
         return 2
     from spotrun_trainer import launcher
 
     # nproc_per_node defaults to SPOTRUN_PROCS_PER_NODE (spec.procsPerNode) in a pod.
     if cfg.nproc_per_node > 1 and not launcher.is_worker(os.environ):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s launcher %(message)s")
-        return launcher.launch(args, cfg.nproc_per_node, cfg.preemption.grace_period_seconds)
+        grace = cfg.preemption.grace_period_seconds
+        return launcher.launch(args, cfg.nproc_per_node, grace, module=ENTRY_MODULE)
 
+    from spotrun_lm.train import run
     from spotrun_trainer.shard_writer import WriterOptions, set_zip_crc32
-    from spotrun_trainer.train import run
 
     # Every file of a checkpoint gets a sha256 in its manifest as it is written, so
     # torch.save's per-record CRC32 would be a second checksum of the same bytes (and

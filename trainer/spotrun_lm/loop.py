@@ -15,17 +15,17 @@ from dataclasses import dataclass
 import torch
 
 from spotrun_api import contract
+from spotrun_lm.config import TrainConfig, to_dict
+from spotrun_lm.data import to_batch, validation_batches
+from spotrun_lm.faults import FaultInjector
+from spotrun_lm.models import compute_loss
+from spotrun_lm.parts import TrainParts
 from spotrun_trainer.checkpoint import CheckpointManager
-from spotrun_trainer.config import TrainConfig, to_dict
 from spotrun_trainer.core import Boundary, TrainerCore
-from spotrun_trainer.data import to_batch, validation_batches
 from spotrun_trainer.distributed import DistContext
-from spotrun_trainer.faults import FaultInjector
 from spotrun_trainer.metrics import TrainerMetrics
-from spotrun_trainer.models import compute_loss
-from spotrun_trainer.parts import TrainParts
 
-log = logging.getLogger("spotrun_trainer")
+log = logging.getLogger("spotrun_lm")
 
 
 @dataclass
@@ -71,7 +71,8 @@ class TrainLoop:
                     return b.step, b.stop
                 started = time.monotonic()
                 loss = self.train_step()
-                # The measured step time scales how long a peer may be silent (peers.py).
+                # The measured step time scales how long a peer may be silent
+                # (spotrun_trainer.peers).
                 self.ctx.observe_step(time.monotonic() - started)
                 self.after_step(loss)
 

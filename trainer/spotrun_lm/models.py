@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spotrun_trainer.config import ModelConfig
+from spotrun_lm.config import ModelConfig
 
 MASK_TOKEN = 0  # token id used to mask positions when drawing contrastive views
 

@@ -1,8 +1,9 @@
 """A training run: set up, resume, hand over to the step loop (loop.py), stop cleanly.
 
-The pieces: parts.py builds what is trained and saved (DDP or FSDP2), checkpoint.py
-saves and loads it, loop.py takes the steps; this module wires them to the process
-group, the signals, metrics, status.progress and the S3 mirror.
+The pieces: parts.py builds what is trained and saved (DDP or FSDP2), the library's
+checkpoint manager (spotrun_trainer.checkpoint) saves and loads it, loop.py takes the steps;
+this module wires them to the process group, the signals, metrics, status.progress and the
+S3 mirror.
 """
 
 from __future__ import annotations
@@ -17,27 +18,28 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from spotrun_api import contract
+from spotrun_lm.config import TrainConfig
+from spotrun_lm.faults import FaultInjector
+from spotrun_lm.loop import LoopIO, TrainLoop
+from spotrun_lm.models import count_parameters
+from spotrun_lm.parts import TrainParts, WarmupCosine, build_parts, wrap_for_training
 from spotrun_trainer.checkpoint import (
     CheckpointError,
     CheckpointHooks,
     CheckpointInfo,
     CheckpointManager,
 )
-from spotrun_trainer.config import TrainConfig
+from spotrun_trainer.config import RunSettings
 from spotrun_trainer.core import TrainerCore, checkpoint_settings
 from spotrun_trainer.distributed import DistContext, init_distributed, shutdown
-from spotrun_trainer.faults import FaultInjector
-from spotrun_trainer.loop import LoopIO, TrainLoop
 from spotrun_trainer.metrics import TrainerMetrics
-from spotrun_trainer.models import count_parameters
-from spotrun_trainer.parts import TrainParts, WarmupCosine, build_parts, wrap_for_training
 from spotrun_trainer.preemption import StopGuard
 from spotrun_trainer.progress import ProgressReporter
 from spotrun_trainer.s3mirror import S3Mirror
 
 __all__ = ["WarmupCosine", "run", "setup_logging"]
 
-log = logging.getLogger("spotrun_trainer")
+log = logging.getLogger("spotrun_lm")
 
 EXIT_MARGIN_SECONDS = 2.0  # of the grace period, left for leaving the process group and exit
 
@@ -189,7 +191,7 @@ def _finish(
     return code
 
 
-def _upload_wait(cfg: TrainConfig, guard: StopGuard, stopped: bool) -> float:
+def _upload_wait(cfg: RunSettings, guard: StopGuard, stopped: bool) -> float:
     """How long a finishing run waits for S3 uploads: ``s3_upload_timeout_seconds``, and on
     a stop no longer than what the grace period leaves (minus a margin to exit cleanly)."""
     wait = cfg.checkpoint.s3_upload_timeout_seconds
@@ -199,7 +201,7 @@ def _upload_wait(cfg: TrainConfig, guard: StopGuard, stopped: bool) -> float:
     return wait
 
 
-def _close_mirror(mirror: S3Mirror, cfg: TrainConfig, guard: StopGuard) -> None:
+def _close_mirror(mirror: S3Mirror, cfg: RunSettings, guard: StopGuard) -> None:
     """On the way out (any way out), within the grace period when stopping."""
     mirror.close(_upload_wait(cfg, guard, guard.stop_requested.is_set()))
 

@@ -1,4 +1,4 @@
-"""Config layering, data sampling, model sizing and the launcher's exit mapping."""
+"""Config layering, data sampling, model sizing and the CLI's launcher mode."""
 
 from __future__ import annotations
 
@@ -10,11 +10,8 @@ import pytest
 import torch
 
 from spotrun_api import contract
-from spotrun_api import contract as contract_api
-from spotrun_trainer import launcher
-from spotrun_trainer.__main__ import main
-from spotrun_trainer.config import (
-    CheckpointConfig,
+from spotrun_lm.__main__ import main
+from spotrun_lm.config import (
     ConfigError,
     ModelConfig,
     TrainConfig,
@@ -22,11 +19,9 @@ from spotrun_trainer.config import (
     build_parser,
     load_config,
 )
-from spotrun_trainer.config_fields import field_docs
-from spotrun_trainer.data import ResumableSampler, load_tokens, synthetic_tokens
-from spotrun_trainer.faults import FaultConfig
-from spotrun_trainer.launcher import decide_exit, torchrun_command
-from spotrun_trainer.models import (
+from spotrun_lm.data import ResumableSampler, load_tokens, synthetic_tokens
+from spotrun_lm.faults import FaultConfig
+from spotrun_lm.models import (
     ContrastiveEncoder,
     compute_loss,
     count_parameters,
@@ -34,6 +29,10 @@ from spotrun_trainer.models import (
     parse_params,
     size_for_params,
 )
+from spotrun_trainer import launcher
+from spotrun_trainer.config import CheckpointConfig
+from spotrun_trainer.config_fields import field_docs
+from spotrun_trainer.launcher import torchrun_command
 
 
 def test_precedence_defaults_env_yaml_flags(tmp_path: Path) -> None:
@@ -149,24 +148,6 @@ def test_contrastive_loss_is_finite_and_uses_the_rng() -> None:
     assert torch.equal(compute_loss(model, batch, cfg, g1), compute_loss(model, batch, cfg, g2))
 
 
-def test_launcher_exit_mapping() -> None:
-    assert decide_exit(0, [0, 0], 2) == contract.EXIT_DONE
-    assert decide_exit(1, [143, 143], 2) == contract.EXIT_STOPPED  # torchrun's own rc is 1
-    # A worker saw its peer vanish; torchrun stopped the other, which reported nothing.
-    assert decide_exit(1, [contract_api.EXIT_PEER_LOST], 2) == contract_api.EXIT_PEER_LOST
-    assert decide_exit(1, [contract_api.EXIT_PEER_LOST, 143], 2) == contract_api.EXIT_PEER_LOST
-    # Any worker's own error still fails the pod.
-    assert decide_exit(1, [contract_api.EXIT_PEER_LOST, 1], 2) == 1
-    assert decide_exit(1, [143, 0], 2) == contract.EXIT_STOPPED
-    assert decide_exit(1, [143], 2) == 1  # a worker died without reporting
-    assert decide_exit(1, [143, 1], 2) == 1
-    assert decide_exit(0, [], 2) == 1
-    cmd = torchrun_command(["--max-steps", "3"], 8, 110.0, {})
-    assert "--nproc-per-node=8" in cmd and "--shutdown-timeout=110" in cmd
-    assert "--standalone" in cmd and cmd[-3:] == ["spotrun_trainer", "--max-steps", "3"]
-    assert "--standalone" not in torchrun_command([], 8, 110.0, {"PET_NNODES": "2"})
-
-
 def test_operator_env_sets_grace_and_procs_under_yaml_and_flags(tmp_path: Path) -> None:
     env = {contract.ENV_TERMINATION_GRACE_SECONDS: "45", contract.ENV_PROCS_PER_NODE: "8"}
     cfg = load_config([], env=env)
@@ -201,9 +182,11 @@ def test_cli_starts_procs_per_node_ranks_with_the_grace_as_shutdown_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[tuple[list[str], int, float]] = []
+    modules: list[str] = []
 
-    def fake_launch(argv: list[str], nproc: int, grace: float) -> int:
+    def fake_launch(argv: list[str], nproc: int, grace: float, *, module: str) -> int:
         calls.append((list(argv), nproc, grace))
+        modules.append(module)
         return contract.EXIT_STOPPED
 
     monkeypatch.setattr(launcher, "launch", fake_launch)
@@ -213,8 +196,10 @@ def test_cli_starts_procs_per_node_ranks_with_the_grace_as_shutdown_timeout(
     monkeypatch.setenv(contract.ENV_TERMINATION_GRACE_SECONDS, "45")
     assert main(["--max-steps", "3"]) == contract.EXIT_STOPPED  # the launcher's code, as is
     assert calls == [(["--max-steps", "3"], 8, 45.0)]
-    cmd = torchrun_command(calls[0][0], 8, 45.0, {})
+    assert modules == ["spotrun_lm"]  # each worker runs this program again
+    cmd = torchrun_command(calls[0][0], 8, 45.0, {}, module=modules[0])
     assert "--nproc-per-node=8" in cmd and "--shutdown-timeout=45" in cmd
+    assert cmd[-4:] == ["-m", "spotrun_lm", "--max-steps", "3"]
     # Inside torchrun the same env must not start another launcher.
     assert launcher.is_worker({"LOCAL_RANK": "3"})
 

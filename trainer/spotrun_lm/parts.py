@@ -1,8 +1,8 @@
 """What a run trains and checkpoints: model (DDP or FSDP2), optimizer, schedule, data.
 
-The checkpoint parts come in three dicts (see checkpoint.py): ``shared`` (replicated on
-every rank, written by rank 0), ``per_rank`` (RNG, written by every rank) and ``sharded``
-(FSDP model and optimizer, written by every rank through DCP; empty under DDP).
+The checkpoint parts come in three dicts (see spotrun_trainer.checkpoint): ``shared``
+(replicated on every rank, written by rank 0), ``per_rank`` (RNG, written by every rank) and
+``sharded`` (FSDP model and optimizer, written by every rank through DCP; empty under DDP).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from spotrun_trainer.config import ConfigError, TrainConfig
-from spotrun_trainer.data import ResumableSampler, load_tokens, split, synthetic_tokens
+from spotrun_lm.config import ConfigError, TrainConfig
+from spotrun_lm.data import ResumableSampler, load_tokens, split, synthetic_tokens
+from spotrun_lm.models import build_model
 from spotrun_trainer.distributed import DistContext
-from spotrun_trainer.models import build_model
 from spotrun_trainer.sharded import ShardedState, apply_fsdp
 from spotrun_trainer.state import ModelState, RNGState, TrainProgress, seed_everything
 
-log = logging.getLogger("spotrun_trainer")
+log = logging.getLogger("spotrun_lm")
 
 
 @dataclass
