@@ -30,6 +30,7 @@ from spotrun_api import contract
 from spotrun_trainer.checkpoint import CheckpointInfo, CheckpointSettings, RankPlace
 from spotrun_trainer.config import CheckpointConfig, RunConfig, RunSettings, env_config
 from spotrun_trainer.distributed import DistContext
+from spotrun_trainer.launcher import record_exit
 from spotrun_trainer.preemption import SpotNoticePoller, StopGuard
 from spotrun_trainer.progress import ProgressReporter, reporter_from_env
 from spotrun_trainer.shard_writer import WriterOptions
@@ -205,6 +206,7 @@ class TrainerCore:
         """The stop's checkpoint is committed on every rank: leave with EXIT_STOPPED."""
         log.warning("%s; exiting %d", self.stop_message(step), contract.EXIT_STOPPED)
         self.close()
+        record_exit(contract.EXIT_STOPPED)  # for a launcher of this rank (launcher.py)
         raise SystemExit(contract.EXIT_STOPPED)
 
     # --- progress ----------------------------------------------------------------------------

@@ -43,11 +43,15 @@ def record_exit(code: int, env: Mapping[str, str] = os.environ) -> None:
         path.write_text(str(code))
 
 
-def decide_exit(launcher_rc: int, worker_codes: Sequence[int], nproc: int) -> int:
+def decide_exit(
+    launcher_rc: int, worker_codes: Sequence[int], nproc: int, *, unrecorded_ok: bool = False
+) -> int:
     """0 when every worker finished; 143 when all stopped after a checkpoint (or finished);
     EXIT_PEER_LOST when a worker saw a peer rank vanish and no worker reported an error of
     its own (torchrun then stops the rest, which may report nothing: the pod must still
-    say a peer was lost, not fail as the application)."""
+    say a peer was lost, not fail as the application). ``unrecorded_ok``: the workers are a
+    user's script, which records only its stops (the integrations do), so torchrun's own
+    0 (every worker exited 0) is the answer when nothing was recorded."""
     lost = contract.EXIT_PEER_LOST
     ok = (contract.EXIT_DONE, contract.EXIT_STOPPED, lost)
     if lost in worker_codes and all(c in ok for c in worker_codes):
@@ -57,13 +61,24 @@ def decide_exit(launcher_rc: int, worker_codes: Sequence[int], nproc: int) -> in
             return contract.EXIT_DONE
         if all(c in (contract.EXIT_DONE, contract.EXIT_STOPPED) for c in worker_codes):
             return contract.EXIT_STOPPED
+    if unrecorded_ok and launcher_rc == 0 and not worker_codes:
+        return contract.EXIT_DONE
     return launcher_rc if launcher_rc != 0 else 1
 
 
 def torchrun_command(
-    argv: Sequence[str], nproc: int, grace: float, env: Mapping[str, str], *, module: str
+    argv: Sequence[str],
+    nproc: int,
+    grace: float,
+    env: Mapping[str, str],
+    *,
+    module: str = "",
+    script: str = "",
 ) -> list[str]:
-    """torchrun running ``python -m <module> <argv>`` in each of ``nproc`` workers."""
+    """torchrun running ``python -m <module> <argv>`` (or ``python <script> <argv>``) in
+    each of ``nproc`` workers."""
+    if bool(module) == bool(script):
+        raise ValueError("torchrun_command: give exactly one of module and script")
     cmd = [
         sys.executable,
         "-m",
@@ -73,14 +88,17 @@ def torchrun_command(
     ]
     if "PET_NNODES" not in env and "PET_MASTER_ADDR" not in env:
         cmd.append("--standalone")  # single node; multi-node reads torchrun's PET_* env
-    return [*cmd, "-m", module, *argv]
+    return [*cmd, *(["-m", module] if module else [script]), *argv]
 
 
-def launch(argv: Sequence[str], nproc: int, grace: float, *, module: str) -> int:
-    """Run ``module`` with ``argv`` in ``nproc`` torchrun workers; their exit, as one code."""
+def launch(
+    argv: Sequence[str], nproc: int, grace: float, *, module: str = "", script: str = ""
+) -> int:
+    """Run ``module`` (or ``script``) with ``argv`` in ``nproc`` torchrun workers; their
+    exit, as one code."""
     exit_dir = tempfile.mkdtemp(prefix="spotrun-exit-")
     env = {**os.environ, ENV_EXIT_DIR: exit_dir}
-    cmd = torchrun_command(argv, nproc, grace, env, module=module)
+    cmd = torchrun_command(argv, nproc, grace, env, module=module, script=script)
     log.info("launching %d workers: %s", nproc, " ".join(cmd))
     proc = subprocess.Popen(cmd, env=env)
 
@@ -98,6 +116,6 @@ def launch(argv: Sequence[str], nproc: int, grace: float, *, module: str) -> int
         with contextlib.suppress(ValueError):
             codes.append(int(f.read_text()))
     shutil.rmtree(exit_dir, ignore_errors=True)
-    code = decide_exit(rc, codes, nproc)
+    code = decide_exit(rc, codes, nproc, unrecorded_ok=bool(script))
     log.info("torchrun exited %d; workers %s; exiting %d", rc, codes, code)
     return code
