@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, SupportsFloat
@@ -18,6 +19,11 @@ from spotrun_trainer.preemption import StopGuard
 ENV_EVENTS_FILE = "SPOTRUN_TEST_EVENTS_FILE"  # append "<event> <rank> <step>" lines here
 ENV_PAUSE_AT_STEP = "SPOTRUN_TEST_PAUSE_AT_STEP"  # hold after this step until a request
 ENV_PAUSE_BEFORE_COMMIT = "SPOTRUN_TEST_PAUSE_BEFORE_COMMIT"  # hold forever before commit
+# hold the commit of this step after its last fence check, just before its rename, until
+# the file ENV_RELEASE_FILE names exists: a committer that stalls past its check
+ENV_HOLD_BEFORE_RENAME = "SPOTRUN_TEST_HOLD_BEFORE_RENAME"
+ENV_RELEASE_FILE = "SPOTRUN_TEST_RELEASE_FILE"
+RELEASE_POLL_SECONDS = 0.05
 ENV_SAMPLES_FILE = "SPOTRUN_TEST_SAMPLES_FILE"  # append "<step> <rank> <loss> <ids>" lines here
 # hold every overlapped checkpoint staging copy this long before it copies (sharded.py)
 ENV_STAGING_DELAY = "SPOTRUN_TEST_STAGING_DELAY_SECONDS"
@@ -35,6 +41,9 @@ class TestHooks:
         self.events = Path(path) if path else None
         self.pause_at = _opt_int(env.get(ENV_PAUSE_AT_STEP))
         self.pause_before_commit = _opt_int(env.get(ENV_PAUSE_BEFORE_COMMIT))
+        self.hold_before_rename = _opt_int(env.get(ENV_HOLD_BEFORE_RENAME))
+        release = env.get(ENV_RELEASE_FILE)
+        self.release_file = Path(release) if release else None
         self.rank = rank
         samples = env.get(ENV_SAMPLES_FILE)
         self.samples_file = Path(samples) if samples else None
@@ -75,6 +84,13 @@ class TestHooks:
         if step == self.pause_before_commit:
             self.announce("paused-commit", step)
             threading.Event().wait()  # until SIGKILL
+
+    def before_rename(self, step: int) -> None:
+        if step == self.hold_before_rename and self.release_file is not None:
+            self.announce("holding-rename", step)
+            while not self.release_file.exists():
+                time.sleep(RELEASE_POLL_SECONDS)  # until the test releases it (or kills us)
+            self.announce("released-rename", step)
 
 
 def _append(path: Path, line: str) -> None:
