@@ -90,9 +90,7 @@ class SpotrunLoop:
             checkpoint_settings(cfg.checkpoint, keep_best=False, env=self.env),
             place=self.core.place(),
             hooks=CheckpointHooks(
-                on_commit=self.core.committed,
-                before_commit=self.core.hooks.before_commit,
-                before_rename=self.core.hooks.before_rename,
+                on_commit=self.core.committed, before_commit=self.core.hooks.before_commit
             ),
         )
         self.guard = self.core.guard.install()
