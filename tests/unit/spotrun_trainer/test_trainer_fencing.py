@@ -231,9 +231,9 @@ def test_an_older_attempt_never_replaces_a_newer_ones_checkpoint(tmp_path: Path)
 
 
 def test_without_an_attempt_nothing_is_fenced(tmp_path: Path) -> None:
-    assert checkpoint_settings(integration_config({}, tmp_path, {}).checkpoint, env={}).epoch is None
-    env = {contract.ENV_ATTEMPT: "3"}
-    assert checkpoint_settings(integration_config(env, tmp_path, {}).checkpoint, env=env).epoch == 3
+    ck = integration_config({}, tmp_path, {}).checkpoint
+    assert checkpoint_settings(ck, env={}).epoch is None
+    assert checkpoint_settings(ck, env={contract.ENV_ATTEMPT: "3"}).epoch == 3
     fencing.advance(tmp_path, 5)  # a fence another run left: not looked at
     m = manager(tmp_path, None)
     m.prepare()
