@@ -25,7 +25,7 @@ from spotrun_trainer.checkpoint import (
     committed_steps,
     verify,
 )
-from spotrun_trainer.checkpoint_io import read_marker
+from spotrun_trainer.checkpoint_io import read_marker, write_json
 from spotrun_trainer.core import TrainerCore, checkpoint_settings, integration_config
 from spotrun_trainer.distributed import DistContext
 from spotrun_trainer.integrations.hf import SpotrunCallback
@@ -137,22 +137,30 @@ def test_a_commit_is_refused_when_the_fence_moves_during_the_save(
     check refuses), or with the new attempt's whole start-up, which also removes the older
     attempt's temp folder."""
     folder = tmp_path / "ckpt"
-    moved = []
+    moved: list[int] = []
 
     def new_attempt_starts(step: int) -> None:
-        moved.append(manager(folder, 2).prepare() if start else fencing.advance(folder, 2))
+        if start:
+            manager(folder, 2).prepare()
+        else:
+            fencing.advance(folder, 2)
+        moved.append(step)
 
     old = manager(folder, 1, async_save=async_save,
                   hooks=CheckpointHooks(before_commit=new_attempt_starts))  # fmt: skip
     old.prepare()
     manifests: list[Path] = []
-    write_json = commit.write_json
-    monkeypatch.setattr(commit, "write_json", lambda p, o: (manifests.append(p), write_json(p, o)))
+
+    def spied(path: Path, obj: Any) -> None:
+        manifests.append(path)
+        write_json(path, obj)
+
+    monkeypatch.setattr(commit, "write_json", spied)
     with caplog.at_level(logging.ERROR), pytest.raises(CheckpointFenced):
         old.save(3, Parts().at(3).shared, {})
         old.wait()
     assert manifests == []  # refused before its manifest was written
-    assert moved and "commit of step 3 refused: fenced by attempt 2" in caplog.text
+    assert moved == [3] and "commit of step 3 refused: fenced by attempt 2" in caplog.text
     assert steps(folder) == [] and tmp_folders(folder) == []  # its temp folder is gone
     assert fencing.refused_by(folder, 1) == 2
 
@@ -170,7 +178,6 @@ def test_the_last_check_just_before_the_rename_refuses(
 ) -> None:
     old = manager(tmp_path, 1)
     old.prepare()
-    write_json = commit.write_json
 
     def manifest_then_fence(path: Path, obj: Any) -> None:  # the fence moves meanwhile
         write_json(path, obj)
