@@ -57,8 +57,14 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int,
     folder = tmp_path_factory.mktemp("fence-reference")
     log = folder / "reference.log"
     with open(log, "wb") as out:
-        done = subprocess.run(command(folder / "ckpt"), cwd=folder, env=trainer_env(),
-                              stdout=out, stderr=subprocess.STDOUT, timeout=START_DEADLINE)  # fmt: skip
+        done = subprocess.run(
+            command(folder / "ckpt"),
+            cwd=folder,
+            env=trainer_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=START_DEADLINE,
+        )
     assert done.returncode == 0, log.read_text()[-4000:]
     assert not (folder / "ckpt" / contract.FENCE_DIR).exists()
     return folder / "ckpt", losses(log.read_text())
