@@ -80,6 +80,8 @@ _refusals_lock = threading.Lock()
 
 def refused_by(directory: str | Path, epoch: int) -> int | None:
     """The fence epoch that refused a commit of attempt ``epoch`` in this process."""
+    if not _refusals:  # every step asks: no path resolution until something was refused
+        return None
     with _refusals_lock:
         return _refusals.get((str(Path(directory).resolve()), epoch))
 
