@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Final
+from dataclasses import dataclass
+from typing import Any, Final
 
 from spotrun_api.durations import parse_duration
 
@@ -79,6 +80,12 @@ EXIT_STOPPED: Final = 143  # 128 + SIGTERM: stopped on request after a committed
 # found), 128+n (killed by signal n: 137 SIGKILL/OOM, 143 SIGTERM, 134 SIGABRT, 139 SIGSEGV)
 # and 255 (exit(-1)).
 EXIT_PEER_LOST: Final = 86
+# A rank of an older attempt found the checkpoint folder fenced by a newer attempt
+# (docs/trainer.md, "Fenced checkpoints"): its commit was refused and it left without
+# writing a checkpoint. Not an application error: a newer attempt owns the run's folder,
+# so this rank's attempt is over. Chosen beside EXIT_PEER_LOST, clear of the same
+# conventions.
+EXIT_FENCED: Final = 87
 
 # --- lost peers (docs/trainer.md, "Lost peers") ------------------------------------------
 # Not set by the operator (a user's podTemplate env may set them); the trainer reads them.
@@ -117,3 +124,87 @@ def parse_step_dir(name: str) -> int | None:
     """The step of a ``step-<N>`` folder name, or None for any other name."""
     m = _STEP_DIR_RE.match(name)
     return int(m.group(1)) if m else None
+
+
+# --- fenced checkpoints (docs/trainer.md, "Fenced checkpoints") ----------------------------
+# Every attempt is an epoch: its SPOTRUN_ATTEMPT. Rank 0 of a new attempt, before it loads
+# anything, writes <dir>/fence/<E>.json (temp file, fsync, rename, fsync of the folder)
+# recording its epoch and the checkpoints of older epochs it accepts: those committed
+# when it wrote the fence (and themselves accepted by the fence before). Each attempt has
+# a file of its own and never rewrites another's, so the fence only ever moves forward
+# without a compare-and-swap: the fence is the file with the highest epoch. A rank of an
+# older epoch may not commit once a newer fence exists (it leaves with EXIT_FENCED), and
+# a checkpoint of an older epoch that is not in the accepted list is never loaded.
+FENCE_DIR: Final = "fence"
+FENCE_FORMAT_VERSION: Final = 1
+# The COMMITTED manifest's key naming the epoch (attempt) that wrote the checkpoint; absent
+# outside the operator (no SPOTRUN_ATTEMPT), and read as 0 (older than every attempt).
+MANIFEST_EPOCH: Final = "epoch"
+_FENCE_FILE_RE: Final = re.compile(r"^(\d+)\.json$")
+
+
+def fence_file_name(epoch: int) -> str:
+    """Name (inside ``FENCE_DIR``) of the fence written by attempt ``epoch``."""
+    if epoch < 1:
+        raise ValueError(f"epoch must be >= 1, got {epoch}")
+    return f"{epoch}.json"
+
+
+def parse_fence_file(name: str) -> int | None:
+    """The epoch of a fence file name, or None for any other name (temp files)."""
+    m = _FENCE_FILE_RE.match(name)
+    return int(m.group(1)) if m and int(m.group(1)) > 0 else None
+
+
+@dataclass(frozen=True)
+class AcceptedCheckpoint:
+    """A checkpoint of an older epoch that a fence accepts: the folder ``step-<step>``
+    whose ``COMMITTED`` manifest has this sha256 (a later copy of the same step is
+    another checkpoint), written by ``epoch``."""
+
+    step: int
+    epoch: int
+    manifest_sha256: str
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The content of ``fence/<epoch>.json``, a JSON object: ``format`` (1), ``epoch``
+    (the attempt that wrote it), ``written_at`` (RFC 3339, UTC) and ``accepted``, a list
+    of ``{"step": N, "epoch": E, "manifest_sha256": "<hex>"}``: the checkpoints of older
+    epochs it accepts."""
+
+    epoch: int
+    accepted: tuple[AcceptedCheckpoint, ...] = ()
+    written_at: str = ""
+
+    def accepts(self, step: int, epoch: int, manifest_sha256: str) -> bool:
+        """A checkpoint of this fence's epoch or newer, or one it accepted by name."""
+        if epoch >= self.epoch:
+            return True
+        return any(a.step == step and a.manifest_sha256 == manifest_sha256 for a in self.accepted)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FENCE_FORMAT_VERSION,
+            "epoch": self.epoch,
+            "written_at": self.written_at,
+            "accepted": [
+                {"step": a.step, "epoch": a.epoch, "manifest_sha256": a.manifest_sha256}
+                for a in self.accepted
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Fence:
+        """Parse a fence file's JSON; ValueError when it is not one."""
+        if not isinstance(data, dict) or data.get("format") != FENCE_FORMAT_VERSION:
+            raise ValueError(f"not a fence of format {FENCE_FORMAT_VERSION}: {data!r:.200}")
+        try:
+            accepted = tuple(
+                AcceptedCheckpoint(int(a["step"]), int(a["epoch"]), str(a["manifest_sha256"]))
+                for a in data.get("accepted", [])
+            )
+            return cls(int(data["epoch"]), accepted, str(data.get("written_at", "")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"malformed fence: {e}") from None

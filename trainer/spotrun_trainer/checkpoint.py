@@ -20,6 +20,12 @@ it can run in a background thread beside training collectives), then commits the
 (commit.py: manifest, fsync, rename to ``step-N``, parent fsync) and prunes. A folder
 named ``step-N`` therefore always holds complete files, and one without a valid manifest
 is never loaded.
+
+Fencing (``settings.epoch``, the attempt; fencing.py): ``prepare`` moves the fence on rank 0
+before anything is loaded, ``load`` and retention see only what the fence accepts, and a
+save of an attempt that a newer one has fenced raises ``CheckpointFenced`` (exit
+``EXIT_FENCED``) on every rank, before it writes or, when the fence moves while it is
+written, at the commit on rank 0.
 """
 
 from __future__ import annotations
@@ -36,11 +42,12 @@ from typing import Any
 import torch
 
 from spotrun_api import contract
-from spotrun_trainer import commit
+from spotrun_trainer import commit, fencing
 from spotrun_trainer import sharded as sharded_io
 from spotrun_trainer.checkpoint_io import (
     SHARED_FILE,
     CheckpointError,
+    Listing,
     committed_steps,
     fsync_dir,
     gather_parts,
@@ -59,11 +66,13 @@ from spotrun_trainer.checkpoint_settings import (
     LocalCollectives,
     RankPlace,
 )
+from spotrun_trainer.fencing import CheckpointFenced
 from spotrun_trainer.staging import StagingFence
 from spotrun_trainer.state import Stateful
 
 __all__ = [
     "CheckpointError",
+    "CheckpointFenced",
     "CheckpointHooks",
     "CheckpointInfo",
     "CheckpointManager",
@@ -101,6 +110,7 @@ class CheckpointManager:
         self.place = place or RankPlace()
         self.hooks = hooks or CheckpointHooks()
         self.rank, self.world_size = self.place.rank, self.place.world_size
+        self.epoch = self.settings.epoch  # the attempt; None: not fenced
         self.collectives: Collectives = self.place.collectives
         s = self.settings
         self._dcp = sharded_io.DcpSaver(s.async_mode, s.writer, s.overlap_staging, self.hooks.hurry)
@@ -114,10 +124,17 @@ class CheckpointManager:
     # --- start-up ------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Create the folder and drop leftovers of interrupted saves (rank 0), then barrier."""
-        if self.rank == 0:
-            commit.prepare(self.directory)
-        self.collectives.barrier()
+        """Create the folder, move the fence (when fenced) and drop leftovers of interrupted
+        saves (rank 0), then agree. An attempt that a newer one has fenced already raises
+        ``CheckpointFenced`` on every rank."""
+        fence = commit.prepare(self.directory, self.epoch) if self.rank == 0 else None
+        if self.epoch is None:
+            self.collectives.barrier()
+            return
+        newest = self.collectives.broadcast_object(None if fence is None else fence.epoch)
+        if newest is not None and newest > self.epoch:
+            what = f"attempt {self.epoch} cannot start"
+            raise fencing.fenced(self.directory, None, self.epoch, newest, what)
 
     def load(
         self,
@@ -131,7 +148,7 @@ class CheckpointManager:
 
         ``sharded`` parts (FSDP model and optimizer) load through DCP, resharded to this
         world size; every rank must call this with the same parts."""
-        step = pick_intact(self.directory, self.hooks.restore_missing) if self.rank == 0 else None
+        step = self._pick() if self.rank == 0 else None
         step = self.collectives.broadcast_object(step)
         if step is None:
             return None
@@ -166,6 +183,26 @@ class CheckpointManager:
             meta=dict(marker.get("meta", {})),
         )
 
+    def _pick(self) -> int | None:
+        """Rank 0: the step to load. Fenced: among what the fence accepts, and a checkpoint
+        restored from the mirror into a folder that had none is accepted by this
+        attempt's fence (it was not there when the fence moved)."""
+        restore = self.hooks.restore_missing
+        if self.epoch is None:
+            return pick_intact(self.directory, restore)
+        listing: Listing = fencing.loadable_steps
+        if restore is None:
+            return pick_intact(self.directory, None, listing)
+        epoch, fill = self.epoch, restore
+
+        def restore_and_accept(directory: Path) -> object:
+            restored = fill(directory)
+            if isinstance(restored, int):
+                fencing.accept(directory, epoch, restored)
+            return restored
+
+        return pick_intact(self.directory, restore_and_accept, listing)
+
     # --- saving --------------------------------------------------------------------------
 
     def save(
@@ -186,14 +223,15 @@ class CheckpointManager:
         synchronous whatever ``async_save`` says (the save of a stop: nothing is left
         running when the process exits)."""
         t0 = time.monotonic()
-        self.wait(raise_errors=False)
+        self.wait(raise_errors=False)  # a refused commit: the fence check below says so
+        self._check_fence(step)
         background = self.settings.async_save and not blocking
         shared_sd = {k: v.state_dict() for k, v in shared.items()} if self.rank == 0 else {}
         rank_sd = {k: v.state_dict() for k, v in per_rank.items()}
         self._result, self._error = None, None
         dcp_future = None
         if sharded:
-            folder = commit.tmp_dir(self.directory, step) / sharded_io.DCP_DIR
+            folder = commit.tmp_dir(self.directory, step, self.epoch) / sharded_io.DCP_DIR
             group = self.place.process_group
             dcp_future = self._dcp.start(dict(sharded), folder, group, background)
         if background:
@@ -207,11 +245,24 @@ class CheckpointManager:
             self._thread.start()
         else:
             self._run(*args)
+            if isinstance(self._error, CheckpointFenced):
+                fenced, self._error = self._error, None
+                raise fenced
         self.last_stall_seconds = time.monotonic() - t0
         if background and self._dcp.staging is not None:
             # RNG, sampler and the other shared and per-rank parts were copied above.
             self._fence.hold(self._dcp.staging, sharded or {})
         return self.last_stall_seconds
+
+    def _check_fence(self, step: int) -> None:
+        """Fenced runs, before a save: rank 0 reads the fence and every rank learns it, so
+        a fenced gang leaves together, each rank with ``CheckpointFenced``."""
+        if self.epoch is None:
+            return
+        newest = fencing.newest_epoch(self.directory) if self.rank == 0 else None
+        newest = self.collectives.broadcast_object(newest)
+        if newest is not None and newest > self.epoch:
+            raise fencing.fenced(self.directory, step, self.epoch, newest)
 
     def wait_staged(self) -> float:
         """Block until an overlapped staging copy is done (nothing when none runs); the
@@ -229,7 +280,8 @@ class CheckpointManager:
 
     def wait(self, raise_errors: bool = True) -> CheckpointInfo | None:
         """Block until the save in flight is done; its info on rank 0 (None elsewhere). A
-        paced write still running then drops its pace: the caller is blocked on it."""
+        paced write still running then drops its pace: the caller is blocked on it. A
+        refused commit raises ``CheckpointFenced`` as is."""
         self.wait_staged()
         if self.in_flight:
             self._dcp.hurries.hurry_write()
@@ -238,6 +290,8 @@ class CheckpointManager:
             self._thread = None
         if self._error is not None:
             err, self._error = self._error, None
+            if raise_errors and isinstance(err, CheckpointFenced):
+                raise err
             if raise_errors:
                 raise CheckpointError(str(err)) from err
         return self._result
@@ -254,9 +308,20 @@ class CheckpointManager:
     def _run(self, *args: Any) -> None:
         try:
             self._result = self._write(*args)
+        except CheckpointFenced as e:
+            self._error = e  # logged where it was refused
         except BaseException as e:
-            self._error = e
-            log.error("checkpoint save of step %s failed: %s", args[0], e)
+            self._error = self._fenced_instead(e, args[0])
+
+    def _fenced_instead(self, error: BaseException, step: int) -> BaseException:
+        """A save that failed while a newer attempt's fence exists was that attempt's doing
+        (its start-up removes an older attempt's temp folders): refused, not failed."""
+        newest = fencing.newest_epoch(self.directory) if self.epoch is not None else None
+        if self.epoch is None or newest is None or newest <= self.epoch:
+            log.error("checkpoint save of step %s failed: %s", step, error)
+            return error
+        fencing.drop(commit.tmp_dir(self.directory, step, self.epoch))
+        return fencing.fenced(self.directory, step, self.epoch, newest)
 
     def _write(
         self,
@@ -269,7 +334,7 @@ class CheckpointManager:
         sharded: bool = False,
         dcp_future: Future[Any] | None = None,
     ) -> CheckpointInfo | None:
-        tmp = commit.tmp_dir(self.directory, step)
+        tmp = commit.tmp_dir(self.directory, step, self.epoch)
         tmp.mkdir(parents=True, exist_ok=True)
         part = tmp / f"part-{self.rank}.json"
         try:
@@ -303,10 +368,9 @@ class CheckpointManager:
             fsync_dir(tmp / sharded_io.DCP_DIR)
         if self.hooks.before_commit is not None:
             self.hooks.before_commit(step)
-        record = commit.manifest(
-            step, self.world_size, all_files, metric=metric, meta=meta, sharded=sharded
-        )
-        final = commit.commit(tmp, self.directory, record)
+        record = commit.manifest(step, self.world_size, all_files, metric=metric, meta=meta,
+                                 sharded=sharded, epoch=self.epoch)  # fmt: skip
+        final = commit.commit(tmp, self.directory, record, self.hooks.before_rename)
         info = CheckpointInfo(
             step=step,
             path=final,
@@ -327,4 +391,5 @@ class CheckpointManager:
 
     def prune(self) -> list[int]:
         """Delete committed checkpoints beyond the newest ``keep`` (and the best); rank 0."""
-        return commit.prune(self.directory, self.settings.keep, self.settings.keep_best)
+        s = self.settings
+        return commit.prune(self.directory, s.keep, s.keep_best, self.epoch)

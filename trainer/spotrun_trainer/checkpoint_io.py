@@ -171,10 +171,14 @@ def remove_dir(path: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def newest_intact(directory: Path) -> int | None:
-    """The newest committed step whose files verify; damaged ones are renamed
-    ``corrupt-…`` (kept for inspection) on the way and skipped."""
-    for step, path in reversed(committed_steps(directory)):
+Listing = Callable[[Path], list[tuple[int, Path]]]
+
+
+def newest_intact(directory: Path, listing: Listing = committed_steps) -> int | None:
+    """The newest committed step (of those ``listing`` offers: the fence's, when fenced)
+    whose files verify; damaged ones are renamed ``corrupt-…`` (kept for inspection) on
+    the way and skipped."""
+    for step, path in reversed(listing(directory)):
         reason = verify(path, step)
         if reason is None:
             return step
@@ -190,10 +194,14 @@ def newest_intact(directory: Path) -> int | None:
     return None
 
 
-def pick_intact(directory: Path, restore_missing: Callable[[Path], object] | None) -> int | None:
+def pick_intact(
+    directory: Path,
+    restore_missing: Callable[[Path], object] | None,
+    listing: Listing = committed_steps,
+) -> int | None:
     """Rank 0: the newest intact checkpoint, quarantining damaged ones on the way; when
     none is intact, ``restore_missing`` (the S3 mirror) gets one chance to fill the folder."""
-    step = newest_intact(directory)
+    step = newest_intact(directory, listing)
     if step is not None or restore_missing is None:
         return step
     log.info("no intact checkpoint in %s; trying the remote mirror", directory)
@@ -201,7 +209,7 @@ def pick_intact(directory: Path, restore_missing: Callable[[Path], object] | Non
         restore_missing(directory)
     except Exception:
         log.exception("restoring from the remote mirror failed")
-    return newest_intact(directory)
+    return newest_intact(directory, listing)
 
 
 def gather_parts(tmp: Path, world_size: int, timeout: float) -> dict[str, Any]:

@@ -56,7 +56,9 @@ class CheckpointSettings:
     ``optimizer.step`` of each sharded part's ``optimizer`` until that copy is done; see
     ``CheckpointManager.wait_staged``. ``writer``: the background writer's niceness, pace
     and whether ``torch.save`` writes CRC32s in DCP's checkpoint process.
-    ``commit_timeout``: how long rank 0 waits for the other ranks' files."""
+    ``commit_timeout``: how long rank 0 waits for the other ranks' files. ``epoch``: the
+    attempt (``SPOTRUN_ATTEMPT``; ``core.checkpoint_settings`` reads it from the env), which
+    turns fencing on (fencing.py); None, outside the operator: no fence."""
 
     keep: int = 3
     keep_best: bool = True
@@ -65,6 +67,7 @@ class CheckpointSettings:
     overlap_staging: bool = False
     writer: WriterOptions = field(default_factory=WriterOptions)
     commit_timeout: float = 600.0
+    epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -84,10 +87,13 @@ class CheckpointHooks:
     once raised, paced writes go as fast as they can. ``restore_missing`` (rank 0, the S3
     mirror) may fill an empty folder; ``on_commit`` runs on rank 0 after each commit (in
     the writer thread when saves are async); ``before_commit`` on rank 0 before the
-    manifest; ``after_write`` on every rank between its files and its part file."""
+    manifest; ``after_write`` on every rank between its files and its part file;
+    ``before_rename`` on rank 0 after the commit's last fence check, just before its
+    rename (tests: a committer that stalls there)."""
 
     hurry: Hurry | None = None
     restore_missing: Callable[[Path], object] | None = None
     on_commit: Callable[[CheckpointInfo], object] | None = None
     before_commit: Callable[[int], object] | None = None
     after_write: Callable[[int], object] | None = None
+    before_rename: Callable[[int], object] | None = None

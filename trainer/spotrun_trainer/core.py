@@ -13,6 +13,9 @@ ends and how its framework saves. The core owns:
   saves the same step and a stop lands between two optimizer steps;
 - the stop protocol: signals only raise flags (``preemption.StopGuard``); after the agreed
   stop's checkpoint is committed the process exits 143 (``contract.EXIT_STOPPED``);
+- fencing (fencing.py): the epoch is the attempt (``SPOTRUN_ATTEMPT``); a commit refused in
+  the writer thread because a newer attempt moved the fence makes every rank leave at the
+  next boundary with ``contract.EXIT_FENCED``;
 - progress: ``status.progress`` on the main rank (step, samples/s, each checkpoint), the
   spot-notice poller and the test hooks.
 """
@@ -20,6 +23,7 @@ ends and how its framework saves. The core owns:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ from spotrun_api import contract
 from spotrun_trainer.checkpoint import CheckpointInfo, CheckpointSettings, RankPlace
 from spotrun_trainer.config import CheckpointConfig, RunConfig, RunSettings, env_config
 from spotrun_trainer.distributed import DistContext
+from spotrun_trainer.fencing import CheckpointFenced, fenced, newest_epoch, refused_by
 from spotrun_trainer.launcher import record_exit
 from spotrun_trainer.preemption import SpotNoticePoller, StopGuard
 from spotrun_trainer.progress import ProgressReporter, reporter_from_env
@@ -90,8 +95,11 @@ def spot_notice_args(enabled: bool, endpoint: str, interval: float) -> dict[str,
     }
 
 
-def checkpoint_settings(ck: CheckpointConfig, keep_best: bool | None = None) -> CheckpointSettings:
-    """The checkpoint manager's settings from the run's checkpoint section."""
+def checkpoint_settings(
+    ck: CheckpointConfig, keep_best: bool | None = None, env: Mapping[str, str] | None = None
+) -> CheckpointSettings:
+    """The checkpoint manager's settings from the run's checkpoint section; the fencing
+    epoch is the attempt the operator names in ``env`` (default: this process's)."""
     return CheckpointSettings(
         keep=ck.keep,
         keep_best=ck.keep_best if keep_best is None else keep_best,
@@ -100,6 +108,7 @@ def checkpoint_settings(ck: CheckpointConfig, keep_best: bool | None = None) -> 
         overlap_staging=ck.overlap_staging,
         writer=WriterOptions(max_write_mb_per_s=ck.writer_max_mb_per_s),
         commit_timeout=ck.commit_timeout_seconds,
+        epoch=contract.attempt_from_env(os.environ if env is None else env),
     )
 
 
@@ -120,6 +129,7 @@ class TrainerCore:
         own_reporter: bool = True,
     ) -> None:
         self.cfg, self.ctx, self.env = cfg, ctx, env
+        self.epoch = contract.attempt_from_env(env)  # fencing's; None outside the operator
         self.guard = guard or StopGuard()
         self.hooks = TestHooks(env, ctx.rank)
         self.reporter = reporter
@@ -176,10 +186,15 @@ class TrainerCore:
 
     def agree(self, step: int, due: bool, finished: bool = False) -> Boundary:
         """Every rank's stop, save-now and ``due`` flags, ORed over the ranks. A save-now
-        request is consumed here, once, whichever rank saw it."""
+        request is consumed here, once, whichever rank saw it. A commit of this attempt
+        refused by the fence (on rank 0, maybe in the writer thread) makes every rank
+        leave here with ``CheckpointFenced``."""
         guard = self.guard
-        flags = [guard.stop_requested.is_set(), guard.save_requested.is_set(), due]
-        stop, notice, due = self.ctx.agree(flags)
+        refused = self.epoch is not None and refused_by(self.cfg.checkpoint.dir, self.epoch)
+        flags = [guard.stop_requested.is_set(), guard.save_requested.is_set(), due, bool(refused)]
+        stop, notice, due, refused = self.ctx.agree(flags)
+        if refused:
+            self.exit_fenced(step)
         if notice:
             guard.take_save_request()
             log.warning("saving at step %d: %s", step, guard.save_reason or "peer rank")
@@ -208,6 +223,17 @@ class TrainerCore:
         self.close()
         record_exit(contract.EXIT_STOPPED)  # for a launcher of this rank (launcher.py)
         raise SystemExit(contract.EXIT_STOPPED)
+
+    def exit_fenced(self, step: int, fence_epoch: int | None = None) -> NoReturn:
+        """A newer attempt moved the fence: leave with EXIT_FENCED on every rank."""
+        assert self.epoch is not None
+        directory = Path(self.cfg.checkpoint.dir)
+        newest = fence_epoch or newest_epoch(directory) or self.epoch + 1
+        error: CheckpointFenced = fenced(
+            directory, step, self.epoch, newest, f"leaving at step {step}"
+        )
+        self.close()
+        raise error
 
     # --- progress ----------------------------------------------------------------------------
 

@@ -47,15 +47,17 @@ def decide_exit(
     launcher_rc: int, worker_codes: Sequence[int], nproc: int, *, unrecorded_ok: bool = False
 ) -> int:
     """0 when every worker finished; 143 when all stopped after a checkpoint (or finished);
-    EXIT_PEER_LOST when a worker saw a peer rank vanish and no worker reported an error of
-    its own (torchrun then stops the rest, which may report nothing: the pod must still
-    say a peer was lost, not fail as the application). ``unrecorded_ok``: the workers are a
-    user's script, which records only its stops (the integrations do), so torchrun's own
-    0 (every worker exited 0) is the answer when nothing was recorded."""
-    lost = contract.EXIT_PEER_LOST
-    ok = (contract.EXIT_DONE, contract.EXIT_STOPPED, lost)
-    if lost in worker_codes and all(c in ok for c in worker_codes):
-        return lost
+    EXIT_FENCED when a worker found its attempt fenced by a newer one, else EXIT_PEER_LOST
+    when a worker saw a peer rank vanish, and no worker reported an error of its own
+    (torchrun then stops the rest, which may report nothing: the pod must still say why,
+    not fail as the application). ``unrecorded_ok``: the workers are a user's script,
+    which records only its stops (the integrations do), so torchrun's own 0 (every worker
+    exited 0) is the answer when nothing was recorded."""
+    fenced, lost = contract.EXIT_FENCED, contract.EXIT_PEER_LOST
+    ok = (contract.EXIT_DONE, contract.EXIT_STOPPED, lost, fenced)
+    for code in (fenced, lost):
+        if code in worker_codes and all(c in ok for c in worker_codes):
+            return code
     if len(worker_codes) == nproc:
         if all(c == contract.EXIT_DONE for c in worker_codes):
             return contract.EXIT_DONE

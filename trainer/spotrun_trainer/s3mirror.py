@@ -4,6 +4,12 @@ EBS volumes are zonal: an attempt rescheduled into another zone gets a new, empt
 volume, and the mirror is then the only copy. Uploads keep the local commit order: data
 files first, the COMMITTED manifest last, so a remote step without its manifest is an
 incomplete upload and is ignored.
+
+Only committed folders are enqueued (the manager's ``on_commit``), so a commit the fence
+refused is never mirrored. One of an older attempt that passed its fence check and renamed
+after the fence moved is committed but never loaded; the upload reads the fence first and
+skips it (fencing.py). A checkpoint restored from the mirror is accepted by the restoring
+attempt's fence (the manager does that).
 """
 
 from __future__ import annotations
@@ -18,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from spotrun_api import contract
-from spotrun_trainer.checkpoint_io import TMP_PREFIX, fsync_dir, verify
+from spotrun_trainer import fencing
+from spotrun_trainer.checkpoint_io import (
+    TMP_PREFIX,
+    CheckpointError,
+    fsync_dir,
+    read_marker,
+    verify,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +78,24 @@ class S3Mirror:
         if contract.COMMIT_MARKER not in names:
             raise ValueError(f"{step_dir} is not committed")
         names.remove(contract.COMMIT_MARKER)
+        if not self._fence_accepts(step_dir, step):
+            log.warning("not mirroring %s: the fence rejects it (never loaded)", step_dir.name)
+            return
         for name in [*names, contract.COMMIT_MARKER]:
             self.client.upload_file(str(step_dir / name), self.bucket, self._key(step, name))
         self.uploaded.append(step)
         log.info("mirrored %s to s3://%s/%s", step_dir.name, self.bucket, self._key(step))
+
+    @staticmethod
+    def _fence_accepts(step_dir: Path, step: int) -> bool:
+        """A folder written with an epoch (fenced) is mirrored only while the fence accepts
+        it; one without (outside the operator) always is."""
+        if contract.MANIFEST_EPOCH not in (read_marker(step_dir) or {}):
+            return True
+        try:
+            return fencing.accepts(fencing.read(step_dir.parent), step, step_dir)
+        except CheckpointError:
+            return True  # the loader says what is wrong with the fence
 
     def enqueue(self, step_dir: Path, keep: int = 0, keep_best: bool = True) -> None:
         """Upload in the background; then prune the mirror to ``keep`` steps (0: no prune)."""

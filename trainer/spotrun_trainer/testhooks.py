@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, SupportsFloat
@@ -18,6 +19,11 @@ from spotrun_trainer.preemption import StopGuard
 ENV_EVENTS_FILE = "SPOTRUN_TEST_EVENTS_FILE"  # append "<event> <rank> <step>" lines here
 ENV_PAUSE_AT_STEP = "SPOTRUN_TEST_PAUSE_AT_STEP"  # hold after this step until a request
 ENV_PAUSE_BEFORE_COMMIT = "SPOTRUN_TEST_PAUSE_BEFORE_COMMIT"  # hold forever before commit
+# hold a save of this step just before its manifest (and its fence checks) until the file
+# ENV_RELEASE_FILE names exists; that file also releases ENV_PAUSE_AT_STEP's hold
+ENV_HOLD_BEFORE_COMMIT = "SPOTRUN_TEST_HOLD_BEFORE_COMMIT"
+ENV_RELEASE_FILE = "SPOTRUN_TEST_RELEASE_FILE"
+RELEASE_POLL_SECONDS = 0.05
 ENV_SAMPLES_FILE = "SPOTRUN_TEST_SAMPLES_FILE"  # append "<step> <rank> <loss> <ids>" lines here
 # hold every overlapped checkpoint staging copy this long before it copies (sharded.py)
 ENV_STAGING_DELAY = "SPOTRUN_TEST_STAGING_DELAY_SECONDS"
@@ -35,6 +41,9 @@ class TestHooks:
         self.events = Path(path) if path else None
         self.pause_at = _opt_int(env.get(ENV_PAUSE_AT_STEP))
         self.pause_before_commit = _opt_int(env.get(ENV_PAUSE_BEFORE_COMMIT))
+        self.hold_before_commit = _opt_int(env.get(ENV_HOLD_BEFORE_COMMIT))
+        release = env.get(ENV_RELEASE_FILE)
+        self.release_file = Path(release) if release else None
         self.rank = rank
         samples = env.get(ENV_SAMPLES_FILE)
         self.samples_file = Path(samples) if samples else None
@@ -67,14 +76,21 @@ class TestHooks:
     def _maybe_pause(self, step: int, guard: StopGuard) -> None:
         if step == self.pause_at:
             self.announce("paused", step)
-            while not guard.wait_for_request(0.05):
+            while not guard.wait_for_request(0.05) and not self._released():
                 pass
+
+    def _released(self) -> bool:
+        return self.release_file is not None and self.release_file.exists()
 
     def before_commit(self, step: int) -> None:
         self.announce("committing", step)
         if step == self.pause_before_commit:
             self.announce("paused-commit", step)
             threading.Event().wait()  # until SIGKILL
+        if step == self.hold_before_commit and self.release_file is not None:
+            self.announce("holding-commit", step)
+            while not self._released():
+                time.sleep(RELEASE_POLL_SECONDS)  # until the test releases it (or kills us)
 
 
 def _append(path: Path, line: str) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from spotrun_api.contract import EXIT_PEER_LOST
+from spotrun_api.contract import EXIT_FENCED, EXIT_PEER_LOST
 from spotrun_operator.facts.common import LABEL_REPLICA_TYPE, parse_time
 from spotrun_operator.facts.signals import (
     DEADLINE_EXCEEDED,
@@ -40,8 +40,9 @@ from spotrun_operator.facts.signals import (
 
 EXIT_SIGTERM: Final = 143
 # Exit codes that are not an application error: done, stopped after a saved checkpoint, left
-# because a peer of the gang was lost (spotrun_api contract).
-NOT_APP_ERRORS: Final = (0, EXIT_SIGTERM, EXIT_PEER_LOST)
+# because a peer of the gang was lost, refused to commit because a newer attempt fenced the
+# checkpoint folder (spotrun_api contract; docs/trainer.md, "Fenced checkpoints").
+NOT_APP_ERRORS: Final = (0, EXIT_SIGTERM, EXIT_PEER_LOST, EXIT_FENCED)
 
 # DisruptionTarget reasons (kubernetes/kubernetes pkg/apis/core/types.go
 # PodReasonPreemptionByScheduler, PodReasonDeletionByTaintManager, ...).

@@ -45,6 +45,15 @@ def test_peer_lost_is_not_an_application_error() -> None:
     assert app_error(pod("w", phase="Failed", exit_code=1))
 
 
+def test_a_fenced_rank_is_not_an_application_error() -> None:
+    # An older attempt's rank that found the checkpoint folder fenced by a newer attempt
+    # refused its commit and left (docs/trainer.md, "Fenced checkpoints").
+    fenced = pod("w", phase="Failed", exit_code=contract.EXIT_FENCED)
+    assert contract.EXIT_FENCED == 87
+    assert not app_error(fenced)
+    assert app_error(pod("w", phase="Failed", exit_code=contract.EXIT_FENCED + 1))
+
+
 def test_a_peer_lost_alone_is_a_preemption_at_once_and_no_failure() -> None:
     # The dead peer's pod still shows Running: its node has not been marked yet.
     pods = [survivor(), gang()[1]]

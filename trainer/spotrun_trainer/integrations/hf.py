@@ -24,6 +24,10 @@ What it does:
   main process (from the env in a cluster, none outside one, or the one passed in).
 - The boundary protocol (agreement, stop, exit 143, progress) is
   :class:`spotrun_trainer.core.TrainerCore`'s; this callback adapts it to the Trainer.
+- In a TrainingRun (``SPOTRUN_ATTEMPT`` set) checkpoints are fenced (fencing.py):
+  :meth:`SpotrunCallback.resume_path` moves the fence before it picks a checkpoint, and
+  when a newer attempt has fenced this one every rank leaves with
+  ``contract.EXIT_FENCED`` (a ``SystemExit``), at start-up or at a save.
 
 ``checkpoint-*`` folders under ``args.output_dir`` are staging: a leftover of a killed
 save is removed at the next start. ``load_best_model_at_end`` is not supported (the
@@ -42,10 +46,11 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from spotrun_api import contract
-from spotrun_trainer import commit
+from spotrun_trainer import commit, fencing
 from spotrun_trainer.checkpoint_io import read_marker
 from spotrun_trainer.core import TrainerCore, integration_config, spot_notice_args
 from spotrun_trainer.distributed import DistContext
+from spotrun_trainer.fencing import CheckpointFenced
 from spotrun_trainer.preemption import StopGuard
 from spotrun_trainer.progress import ProgressReporter
 
@@ -84,6 +89,7 @@ class SpotrunCallback(TrainerCallback):
         }
         self.cfg = integration_config(self.env, checkpoint_dir, given)
         self.directory = Path(self.cfg.checkpoint.dir)
+        self.epoch = contract.attempt_from_env(self.env)  # fencing's; None: not fenced
         self.reporter = reporter
         self._given_reporter = reporter  # None: the core builds one from the env on rank 0
         self.exit_on_stop = exit_on_stop
@@ -99,10 +105,16 @@ class SpotrunCallback(TrainerCallback):
         when there is none. Call it on every rank (rank 0 picks, the others follow)."""
         ctx = DistContext.of_framework(self.env)
         picked: Path | None = None
+        newest: int | None = None
         if ctx.is_main:
-            commit.prepare(self.directory)
-            picked = commit.newest_committed(self.directory)
-        picked = ctx.broadcast_object(picked)
+            fence = commit.prepare(self.directory, self.epoch)
+            newest = None if fence is None else fence.epoch
+            if self.epoch is None or newest is None or newest <= self.epoch:
+                picked = commit.newest_committed(self.directory, self.epoch)
+        picked, newest = ctx.broadcast_object((picked, newest))
+        if self.epoch is not None and newest is not None and newest > self.epoch:
+            what = f"attempt {self.epoch} cannot start"
+            raise fencing.fenced(self.directory, None, self.epoch, newest, what)
         self.resumed_from = picked
         if picked is not None:
             log.info("resuming from the committed checkpoint %s", picked)
@@ -120,7 +132,7 @@ class SpotrunCallback(TrainerCallback):
         )
         self.reporter = core.reporter
         if state.is_world_process_zero:
-            commit.prepare(self.directory)
+            commit.prepare(self.directory, self.epoch)  # the fence moved in resume_path
             for stale in Path(str(args.output_dir)).glob(f"{HF_CHECKPOINT_PREFIX}*"):
                 log.info("removing %s: a save that was never committed", stale)
                 shutil.rmtree(stale, ignore_errors=True)
@@ -153,18 +165,16 @@ class SpotrunCallback(TrainerCallback):
         core = self._running()
         step = state.global_step
         core.ctx.barrier()  # every rank's files (rng_state_<r>.pth) are in the folder
+        refused: int | None = None
         if state.is_world_process_zero:
-            core.hooks.before_commit(step)
-            src = Path(str(args.output_dir)) / f"{HF_CHECKPOINT_PREFIX}{step}"
-            meta = {"integration": "transformers.Trainer",
-                    "attempt": self.env.get(contract.ENV_ATTEMPT, "")}  # fmt: skip
-            final = commit.commit_folder(src, self.directory, step, world_size=args.world_size,
-                                         meta=meta)  # fmt: skip
-            commit.prune(self.directory, self.cfg.checkpoint.keep)
-            log.info("checkpoint step %d committed at %s", step, final)
-            self._report_checkpoint(final)
-            core.hooks.announce("committed", step)
-        core.ctx.barrier()
+            try:
+                self._commit(args, step)
+            except CheckpointFenced as e:
+                refused = e.fence_epoch
+        # Every rank learns whether rank 0 committed: a fenced gang leaves together.
+        refused = core.ctx.broadcast_object(refused)
+        if refused is not None:
+            core.exit_fenced(step, refused)
         core.saved(step)
         if self.stopping and self.exit_on_stop:
             core.exit_stopped(step)
@@ -176,6 +186,20 @@ class SpotrunCallback(TrainerCallback):
             self._core.close()
 
     # --- helpers ------------------------------------------------------------------------
+
+    def _commit(self, args: TrainingArguments, step: int) -> None:
+        """Rank 0: commit the Trainer's save of ``step`` into spotrun's layout, prune."""
+        core = self._running()
+        core.hooks.before_commit(step)
+        src = Path(str(args.output_dir)) / f"{HF_CHECKPOINT_PREFIX}{step}"
+        meta = {"integration": "transformers.Trainer",
+                "attempt": self.env.get(contract.ENV_ATTEMPT, "")}  # fmt: skip
+        final = commit.commit_folder(src, self.directory, step, world_size=args.world_size,
+                                     meta=meta, epoch=self.epoch)  # fmt: skip
+        commit.prune(self.directory, self.cfg.checkpoint.keep, epoch=self.epoch)
+        log.info("checkpoint step %d committed at %s", step, final)
+        self._report_checkpoint(final)
+        core.hooks.announce("committed", step)
 
     def _running(self) -> TrainerCore:
         assert self._core is not None, "on_train_begin first"

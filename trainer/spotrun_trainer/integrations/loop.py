@@ -15,7 +15,9 @@ counters: anything with ``state_dict``/``load_state_dict``); ``per_rank`` defaul
 every RNG of the process (python, numpy, torch, CUDA), which is also the data position
 of a loop that samples its batches from the torch RNG, as nanoGPT's ``get_batch`` does.
 Checkpoints go through :class:`spotrun_trainer.checkpoint.CheckpointManager`: spotrun's
-``step-N`` layout and commit protocol, checksum verification and fallback on load.
+``step-N`` layout and commit protocol, checksum verification and fallback on load, and in
+a TrainingRun the fence (an attempt that a newer one has fenced leaves with
+``contract.EXIT_FENCED``, a ``SystemExit`` out of ``resume``, ``step_end`` or ``finish``).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class SpotrunLoop:
         )
         self.manager = CheckpointManager(
             Path(cfg.checkpoint.dir),
-            checkpoint_settings(cfg.checkpoint, keep_best=False),
+            checkpoint_settings(cfg.checkpoint, keep_best=False, env=self.env),
             place=self.core.place(),
             hooks=CheckpointHooks(
                 on_commit=self.core.committed, before_commit=self.core.hooks.before_commit
