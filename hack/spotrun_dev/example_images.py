@@ -73,4 +73,3 @@ def ensure_examples(
             images.run_logged(push_command(ref, registry), log=log)
             out[name] = ref
     return out
-

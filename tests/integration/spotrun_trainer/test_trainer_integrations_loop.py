@@ -103,3 +103,31 @@ def test_plain_loop_under_torchrun_ddp_stops_together_and_resumes_bitwise(
         )
     finally:
         kill_workers(ref, cut)
+
+
+def launch_cmd(ckpt: Path) -> list[str]:
+    """The plain loop with one rank per "GPU" through spotrun's launcher, as a pod of
+    ``procsPerNode: 2`` runs it (``python -m spotrun_trainer.launch SCRIPT``)."""
+    return [PYTHON, "-m", "spotrun_trainer.launch", "--nproc-per-node", "2", *loop_cmd(ckpt)[1:]]
+
+
+def test_a_script_under_the_launcher_exits_143_on_sigterm_and_0_when_done(
+    tmp_path: Path, launch: Callable[..., Trainer]
+) -> None:
+    """torchrun alone exits 1 when SIGTERMed; under the launcher (PID 1 of the pod, the
+    only process the kubelet signals) the gang's stop is 143 and its end 0."""
+    k = random.Random(interruption_seed()).randrange(1, MAX_STEPS)
+    cut = launch(launch_cmd(tmp_path / "run"), name="cut",
+                 env_extra={"SPOTRUN_TEST_PAUSE_AT_STEP": str(k)})  # fmt: skip
+    try:
+        wait_for_events(cut, [("paused", 0, k), ("paused", 1, k)])
+        cut.proc.send_signal(signal.SIGTERM)  # the launcher only, as the kubelet does
+        assert cut.wait() == 143, cut.output()[-4000:]
+        assert cut.output().count("stopped (SIGTERM)") == 2, cut.output()[-4000:]
+        assert "workers [143, 143]; exiting 143" in cut.output()  # the launcher's verdict
+        assert committed(tmp_path / "run")[-1] == k
+        resumed = launch(launch_cmd(tmp_path / "run"), name="resumed")
+        assert resumed.wait() == 0, resumed.output()[-4000:]
+        assert committed(tmp_path / "run")[-1] == MAX_STEPS
+    finally:
+        kill_workers(cut)
