@@ -118,7 +118,7 @@ def test_host_pip_config_falls_back_to_the_environment(monkeypatch: pytest.Monke
     def no_pip(*args: object, **kwargs: object) -> str:
         raise subprocess.CalledProcessError(1, "pip")
 
-    monkeypatch.setattr(images, "_run", no_pip)
+    monkeypatch.setattr(images, "run_logged", no_pip)
     monkeypatch.setenv("PIP_INDEX_URL", "https://index.example/simple")
     monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
     config = images.host_pip_config()
