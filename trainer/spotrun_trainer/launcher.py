@@ -57,8 +57,17 @@ def decide_exit(launcher_rc: int, worker_codes: Sequence[int], nproc: int) -> in
     return launcher_rc if launcher_rc != 0 else 1
 
 
+# What the workers run: spotrun's CLI, unless a script (``launch(..., target=[path])``)
+# that calls ``record_exit`` with its exit code, as spotrun's CLI does.
+DEFAULT_TARGET = ("-m", "spotrun_trainer")
+
+
 def torchrun_command(
-    argv: Sequence[str], nproc: int, grace: float, env: Mapping[str, str]
+    argv: Sequence[str],
+    nproc: int,
+    grace: float,
+    env: Mapping[str, str],
+    target: Sequence[str] = DEFAULT_TARGET,
 ) -> list[str]:
     cmd = [
         sys.executable,
@@ -69,13 +78,15 @@ def torchrun_command(
     ]
     if "PET_NNODES" not in env and "PET_MASTER_ADDR" not in env:
         cmd.append("--standalone")  # single node; multi-node reads torchrun's PET_* env
-    return [*cmd, "-m", "spotrun_trainer", *argv]
+    return [*cmd, *target, *argv]
 
 
-def launch(argv: Sequence[str], nproc: int, grace: float) -> int:
+def launch(
+    argv: Sequence[str], nproc: int, grace: float, target: Sequence[str] = DEFAULT_TARGET
+) -> int:
     exit_dir = tempfile.mkdtemp(prefix="spotrun-exit-")
     env = {**os.environ, ENV_EXIT_DIR: exit_dir}
-    cmd = torchrun_command(argv, nproc, grace, env)
+    cmd = torchrun_command(argv, nproc, grace, env, target)
     log.info("launching %d workers: %s", nproc, " ".join(cmd))
     proc = subprocess.Popen(cmd, env=env)
 
