@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     arg("--eval-steps", type=int, default=25, help="validation loss every N steps")
     arg("--eval-batches", type=int, default=4, help="held-out batches per rank per eval")
     arg("--save-steps", type=int, default=0, help="also save every N steps (0: timed only)")
+    arg("--async-save", action="store_true", help="write periodic saves in the background")
     arg("--embedding-lr", type=float, default=0.2)
     arg("--unembedding-lr", type=float, default=0.004)
     arg("--matrix-lr", type=float, default=0.004)
@@ -226,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         sharded={"train": ShardedState(model, opt)},
         best=True,
         interval_steps=a.save_steps,
+        async_save=a.async_save,
         samples_per_step=a.grad_accum * d.world * a.device_batch_size,
     )
     why = "failed"

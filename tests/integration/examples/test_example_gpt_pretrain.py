@@ -3,9 +3,10 @@
 gets it) it commits that step, names the last committed step and the best validation loss,
 and exits 143; the resumed gang ends bitwise equal to an uninterrupted one (model and AdamW
 shards, schedule, data position, every rank's RNG), with the same per-step losses and the
-same best checkpoint. The rolling checkpoints stay within SPOTRUN_CHECKPOINT_KEEP while the
-best one, kept apart, survives every prune. Resuming those shards on one process (another
-world size, the same global batch) continues the same data."""
+same best checkpoint, its periodic saves written in the background. The rolling
+checkpoints stay within SPOTRUN_CHECKPOINT_KEEP while the best one, kept apart, survives
+every prune. Resuming those shards on one process (another world size, the same global
+batch) continues the same data."""
 
 from __future__ import annotations
 
@@ -48,13 +49,14 @@ STOP_LINE = re.compile(
 )
 
 
-def gpt_cmd(ckpt: Path, nproc: int, launcher: bool = True, batch: int = BATCH) -> list[str]:
+def gpt_cmd(ckpt: Path, nproc: int, launcher: bool = True, batch: int = BATCH,
+            *extra: str) -> list[str]:  # fmt: skip
     """spotrun's launcher (``--nproc-per-node``: torchrun inside, exit 143 kept), plain
     torchrun, or (nproc 1) one process."""
     args = [str(SCRIPT), "--depth", "2", "--seq-len", "32", "--device-batch-size", str(batch),
             "--max-steps", str(MAX_STEPS), "--eval-steps", str(EVAL_STEPS), "--eval-batches", "2",
             "--save-steps", str(SAVE_STEPS), "--corpus-chars", "40000", "--threads", "1",
-            "--seed", "3", "--checkpoint-dir", str(ckpt)]  # fmt: skip
+            "--seed", "3", "--checkpoint-dir", str(ckpt), *extra]  # fmt: skip
     if nproc == 1 or launcher:
         return [PYTHON, *args, "--nproc-per-node", str(nproc)]
     return [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
@@ -169,7 +171,10 @@ def test_gpt_fsdp_sigterm_resume_is_bitwise_with_bounded_retention_and_the_best_
     k = random.Random(interruption_seed()).randrange(EVAL_STEPS + 1, MAX_STEPS)
     run = tmp_path / "run"
     watch = Retention(run)
-    cut = launch(gpt_cmd(run, 2), "cut", {"SPOTRUN_TEST_PAUSE_AT_STEP": str(k)})
+    # Periodic saves in the background here (the reference's are synchronous): the same
+    # state either way, and DCP's writes run beside FSDP's collectives.
+    cut = launch(gpt_cmd(run, 2, True, BATCH, "--async-save"), "cut",
+                 {"SPOTRUN_TEST_PAUSE_AT_STEP": str(k)})  # fmt: skip
     wait_for_events(cut, [("paused", r, k) for r in range(2)])
     cut.proc.send_signal(signal.SIGTERM)  # the launcher only, as the kubelet signals PID 1
     assert cut.wait() == 143, cut.output()[-4000:]
@@ -182,7 +187,7 @@ def test_gpt_fsdp_sigterm_resume_is_bitwise_with_bounded_retention_and_the_best_
     assert committed(run)[-1] == k and len(committed(run)) <= KEEP
     assert committed(run / BEST_DIR) == [best_step_so_far(out)]
 
-    resumed = launch(gpt_cmd(run, 2), "resumed")
+    resumed = launch(gpt_cmd(run, 2, True, BATCH, "--async-save"), "resumed")
     assert resumed.wait() == 0, resumed.output()[-4000:]
     watch.stop()
     ref_ckpt, want = reference()

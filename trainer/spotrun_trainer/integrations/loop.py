@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
 from torch import nn
 
 from spotrun_trainer.best import BEST_DIR, BestCheckpoint
@@ -97,9 +98,12 @@ class SpotrunLoop:
         self.shared = {k: _stateful(v) for k, v in shared.items()}
         self.per_rank: dict[str, Stateful] = dict(per_rank or {"rng": RNGState()})
         self.sharded: dict[str, Stateful] = dict(sharded or {})
-        self.core = TrainerCore(
-            cfg, DistContext.of_framework(self.env), self.env, reporter=reporter
-        )
+        ctx = DistContext.of_framework(self.env)
+        if self.sharded and ctx.distributed:
+            # DCP's collectives get a gloo group of their own, so an async save's (in a
+            # thread) never interleave with the loop's. Collective: every rank builds this.
+            ctx.checkpoint_group = dist.new_group(backend="gloo")
+        self.core = TrainerCore(cfg, ctx, self.env, reporter=reporter)
         settings = checkpoint_settings(cfg.checkpoint, keep_best=False)
         self.best: BestCheckpoint | None = None
         if best:  # the best so far travels with the rolling checkpoints
@@ -171,6 +175,7 @@ class SpotrunLoop:
         if self.best is None:
             raise RuntimeError("offer_best needs SpotrunLoop(..., best=True)")
         parts = {k: _stateful(v) for k, v in (shared or {}).items()}
+        self.manager.wait()  # an async rolling save would share the checkpoint group
         return self.best.offer(step, metric, shared=parts, sharded=sharded, meta=meta)
 
     @property
