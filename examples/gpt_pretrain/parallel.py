@@ -20,6 +20,8 @@ from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from spotrun_trainer.peers import collective_timeout
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -43,7 +45,10 @@ def init_distributed(device_arg: str) -> Dist:
         torch.cuda.set_device(device)
     if "RANK" not in os.environ:
         return Dist(0, 1, device)
-    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
+    # Bounded (torch's default is 30 minutes): a rank whose peer's node was reclaimed fails
+    # within SPOTRUN_COLLECTIVE_TIMEOUT_SECONDS instead of billing while it waits.
+    backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
+    dist.init_process_group(backend, timeout=collective_timeout(os.environ))
     return Dist(dist.get_rank(), dist.get_world_size(), device)
 
 

@@ -47,6 +47,7 @@ from spotrun_trainer.core import (
     spot_notice_args,
 )
 from spotrun_trainer.distributed import DistContext
+from spotrun_trainer.peers import collective_timeout
 from spotrun_trainer.progress import ProgressReporter
 from spotrun_trainer.state import ModelState, RNGState, Stateful
 
@@ -102,7 +103,8 @@ class SpotrunLoop:
         if self.sharded and ctx.distributed:
             # DCP's collectives get a gloo group of their own, so an async save's (in a
             # thread) never interleave with the loop's. Collective: every rank builds this.
-            ctx.checkpoint_group = dist.new_group(backend="gloo")
+            timeout = collective_timeout(self.env)  # new_group does not inherit the default's
+            ctx.checkpoint_group = dist.new_group(backend="gloo", timeout=timeout)
         self.core = TrainerCore(cfg, ctx, self.env, reporter=reporter)
         settings = checkpoint_settings(cfg.checkpoint, keep_best=False)
         self.best: BestCheckpoint | None = None
