@@ -26,7 +26,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
+    get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
@@ -78,6 +80,20 @@ class ShardedState:
             optim_state_dict=state_dict["optim"],
             options=StateDictOptions(strict=True),
         )
+
+
+class ShardedModel:
+    """A model alone as one DCP Stateful (no optimizer): what an inference export or a
+    best-model checkpoint holds, a third of a checkpoint with AdamW's two moments."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(get_model_state_dict(self.model))
+
+    def load_state_dict(self, state_dict: dict[str, Any], /) -> None:
+        set_model_state_dict(self.model, state_dict, options=StateDictOptions(strict=True))
 
 
 def _as_dcp(parts: dict[str, Stateful]) -> dict[str, Any]:

@@ -14,10 +14,18 @@
 counters: anything with ``state_dict``/``load_state_dict``); ``per_rank`` defaults to
 every RNG of the process (python, numpy, torch, CUDA), which is also the data position
 of a loop that samples its batches from the torch RNG, as nanoGPT's ``get_batch`` does.
-Checkpoints go through :class:`spotrun_trainer.checkpoint.CheckpointManager`: spotrun's
-``step-N`` layout and commit protocol, checksum verification and fallback on load, and in
-a TrainingRun the fence (an attempt that a newer one has fenced leaves with
-``contract.EXIT_FENCED``, a ``SystemExit`` out of ``resume``, ``step_end`` or ``finish``).
+``sharded`` parts are written by every rank through torch.distributed.checkpoint (an FSDP2
+model and its optimizer: ``{"train": sharded.ShardedState(model, opt)}``) and reshard on
+load to another world size. Checkpoints go through
+:class:`spotrun_trainer.checkpoint.CheckpointManager`: spotrun's ``step-N`` layout and
+commit protocol, checksum verification and fallback on load, and in a TrainingRun the
+fence (an attempt that a newer one has fenced leaves with ``contract.EXIT_FENCED``, a
+``SystemExit`` out of ``resume``, ``step_end`` or ``finish``).
+
+With ``best=True`` the loop also keeps the checkpoint of the lowest validation metric,
+apart from the rolling ones (``<dir>/best/step-N``, :mod:`spotrun_trainer.best`)::
+
+    if spot.offer_best(step, val_loss, sharded={"model": ShardedModel(model)}): ...
 """
 
 from __future__ import annotations
@@ -28,9 +36,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
 from torch import nn
 
+from spotrun_trainer.best import BEST_DIR, BestCheckpoint
 from spotrun_trainer.checkpoint import CheckpointHooks, CheckpointManager
+from spotrun_trainer.checkpoint_io import committed_steps
 from spotrun_trainer.core import (
     TrainerCore,
     checkpoint_settings,
@@ -38,10 +49,15 @@ from spotrun_trainer.core import (
     spot_notice_args,
 )
 from spotrun_trainer.distributed import DistContext
+from spotrun_trainer.peers import collective_timeout
 from spotrun_trainer.progress import ProgressReporter
 from spotrun_trainer.state import ModelState, RNGState, Stateful
 
 log = logging.getLogger(__name__)
+
+
+# The key of the best checkpoint's tracker among the shared parts (``best=True``).
+BEST_PART = "best_checkpoint"
 
 
 def _stateful(part: Any) -> Stateful:
@@ -59,6 +75,8 @@ class SpotrunLoop:
         *,
         shared: Mapping[str, Any],
         per_rank: Mapping[str, Stateful] | None = None,
+        sharded: Mapping[str, Stateful] | None = None,
+        best: bool = False,
         interval_steps: int = 0,
         interval_seconds: float | None = None,
         keep: int | None = None,
@@ -82,12 +100,24 @@ class SpotrunLoop:
         self.samples_per_step = samples_per_step
         self.shared = {k: _stateful(v) for k, v in shared.items()}
         self.per_rank: dict[str, Stateful] = dict(per_rank or {"rng": RNGState()})
-        self.core = TrainerCore(
-            cfg, DistContext.of_framework(self.env), self.env, reporter=reporter
-        )
+        self.sharded: dict[str, Stateful] = dict(sharded or {})
+        ctx = DistContext.of_framework(self.env)
+        if self.sharded and ctx.distributed:
+            # DCP's collectives get a gloo group of their own, so an async save's (in a
+            # thread) never interleave with the loop's. Collective: every rank builds this.
+            timeout = collective_timeout(self.env)  # new_group does not inherit the default's
+            ctx.checkpoint_group = dist.new_group(backend="gloo", timeout=timeout)
+        self.core = TrainerCore(cfg, ctx, self.env, reporter=reporter)
+        settings = checkpoint_settings(cfg.checkpoint, keep_best=False, env=self.env)
+        self.best: BestCheckpoint | None = None
+        if best:  # the best so far travels with the rolling checkpoints
+            self.best = BestCheckpoint(
+                Path(cfg.checkpoint.dir) / BEST_DIR, settings, self.core.place()
+            )
+            self.shared[BEST_PART] = self.best
         self.manager = CheckpointManager(
             Path(cfg.checkpoint.dir),
-            checkpoint_settings(cfg.checkpoint, keep_best=False, env=self.env),
+            settings,
             place=self.core.place(),
             hooks=CheckpointHooks(
                 on_commit=self.core.committed, before_commit=self.core.hooks.before_commit
@@ -104,7 +134,9 @@ class SpotrunLoop:
     def resume(self) -> int:
         """Load the newest committed checkpoint into the parts; the step to go on from."""
         self.manager.prepare()
-        info = self.manager.load(self.shared, self.per_rank)
+        if self.best is not None:
+            self.best.prepare()
+        info = self.manager.load(self.shared, self.per_rank, sharded=self.sharded or None)
         step = 0 if info is None else info.step
         if info is not None:
             log.info("resumed from %s", info.path)
@@ -130,7 +162,36 @@ class SpotrunLoop:
     def save(self, step: int) -> float:
         """Save now (async when configured); the seconds the loop was blocked."""
         self.core.saved(step)
-        return self.manager.save(step, self.shared, self.per_rank)
+        return self.manager.save(step, self.shared, self.per_rank, sharded=self.sharded or None)
+
+    def offer_best(
+        self,
+        step: int,
+        metric: float,
+        *,
+        shared: Mapping[str, Any] | None = None,
+        sharded: Mapping[str, Stateful] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """With ``best=True``: when ``metric`` (lower is better; rank 0's counts) beats the
+        best so far, commit ``shared`` and ``sharded`` as ``<dir>/best/step-<step>`` and
+        drop the previous best; True when it did. Every rank calls it at the same step."""
+        if self.best is None:
+            raise RuntimeError("offer_best needs SpotrunLoop(..., best=True)")
+        parts = {k: _stateful(v) for k, v in (shared or {}).items()}
+        self.manager.wait()  # an async rolling save would share the checkpoint group
+        return self.best.offer(step, metric, shared=parts, sharded=sharded, meta=meta)
+
+    @property
+    def best_metric(self) -> float | None:
+        """The lowest metric offered so far in this run (resumed runs included)."""
+        return None if self.best is None else self.best.metric
+
+    @property
+    def last_committed(self) -> int | None:
+        """The newest committed ``step-N`` in the checkpoint folder (listed, not verified)."""
+        steps = committed_steps(self.manager.directory)
+        return steps[-1][0] if steps else None
 
     def finish(self, step: int) -> None:
         """The final checkpoint, waited for; then release signals and the reporter."""
