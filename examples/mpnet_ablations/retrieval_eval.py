@@ -3,10 +3,10 @@
 The metric is BEIR's (pytrec_eval's ``ndcg_cut_10``): gain = the qrel's graded score,
 discount log2(rank + 1), normalised by the ideal ranking of the query's judged documents;
 queries without a positive judgement are left out. Ranking is by cosine similarity, ties
-broken by the corpus id so that the number does not depend on the batch or chunk size.
-(Exact ties at a chunk's 10th place are cut by ``topk``'s order; cosines of distinct
-texts practically never tie.) The evaluator also reports the corpus's mean pairwise cosine (the plan's "isotropy"
-column, reversed: 0 is isotropic, near 1 is a narrow cone).
+broken by the corpus id so that the number does not depend on the batch or chunk size
+(exact ties at a chunk's 10th place are cut by ``topk``'s order; cosines of distinct
+texts practically never tie). The evaluator also reports the corpus's mean pairwise
+cosine (the plan's "isotropy" column, reversed: 0 is isotropic, near 1 a narrow cone).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 from torch import Tensor
@@ -49,7 +48,7 @@ class BeirEvaluator(BaseEvaluator):
         chunk: int = 50_000,
         k: int = 10,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.primary_metric = NDCG
         self.greater_is_better = True
         self.qids = sorted(q for q, rel in qrels.items() if q in queries and max(rel.values()) > 0)

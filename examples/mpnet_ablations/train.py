@@ -83,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--min-delta", type=float, default=0.0, help="smallest nDCG@10 gain that counts")
     add("--save-steps", type=int, default=0, help="0: evaluations, the operator's interval, end")
     add("--logging-steps", type=int, default=10)
+    add("--evaluate", metavar="MODEL_DIR", help="only evaluate a saved model (such as "
+        "<checkpoint-dir>/best/step-N) on --eval-split, print its nDCG@10 and exit")  # fmt: skip
     a = p.parse_args(argv)
     if a.isotropy_weight is None:
         a.isotropy_weight = ABLATIONS[a.ablation]
@@ -160,6 +162,11 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     data = load_data(a)
+    if a.evaluate:  # the plan's separate BEIR evaluation of the trained models
+        evaluator = BeirEvaluator(data.corpus, data.queries, data.split(a.eval_split))
+        m = evaluator(SentenceTransformer(a.evaluate))
+        print("evaluation " + json.dumps({"model": a.evaluate, **m}), flush=True)
+        return
     model = build_model(a, data)
     loss: MultipleNegativesRankingLoss = (
         IsotropicMNRLoss(model, a.isotropy_weight) if a.isotropy_weight else
@@ -170,10 +177,13 @@ def main() -> None:
     best = BestCheckpoint(a.checkpoint_dir, a.output_dir, patience=a.early_stop_patience,
                           min_delta=a.min_delta, meta=meta)  # fmt: skip
     spot = SpotrunCallback(a.checkpoint_dir)  # SIGTERM -> save, commit, exit 143; progress
+    # The scheduler slot is None: the Trainer builds its warm-up/decay schedule around the
+    # optimizer (the stub's annotation wants both). ``best`` precedes ``spot``: its file
+    # lands in checkpoint-N before spot's on_save commits the folder.
     trainer = SentenceTransformerTrainer(
         model=model, args=training_args(a), train_dataset=training_pairs(data, a.train_split),
-        loss=loss, evaluator=evaluator, callbacks=[best, spot],  # best first: its file, then commit
-        optimizers=(optimizer(a, model), None),
+        loss=loss, evaluator=evaluator, callbacks=[best, spot],
+        optimizers=(optimizer(a, model), None),  # type: ignore[arg-type]
     )  # fmt: skip
     resume = spot.resume_path()
     state = best.restore(resume)
@@ -185,6 +195,10 @@ def main() -> None:
     if resume is None:
         m = evaluator(model)  # the untrained model: what chance looks like here
         print(f"eval step 0 ndcg@10 {m[NDCG]:.4f} mean_cos {m[MEAN_COSINE]:.4f}", flush=True)
+    else:
+        best_text = "none yet" if state.best_ndcg is None else f"{state.best_ndcg:.4f}"
+        print(f"resumed from {resume}: best ndcg@10 {best_text} at step {state.best_step}, "
+              f"patience {state.evals_since_best}/{a.early_stop_patience}", flush=True)  # fmt: skip
     out: Any = trainer.train(resume_from_checkpoint=resume)
     print(f"done: step {out.global_step}, train loss {out.training_loss:.4f}", flush=True)
     print(result_line(a, best.state, out.global_step, best), flush=True)
