@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Data: the synthetic set from --data-seed, or a real BEIR data set in its layout.
     add("--beir-dir", type=Path, help="a BEIR data set folder (corpus.jsonl, queries.jsonl, "
         "qrels/); default: the synthetic set, written to <output-dir>/beir-synthetic")  # fmt: skip
+    add("--eval-beir-dir", type=Path, help="a BEIR data set to evaluate on instead (a small "
+        "one while training on a large one)")  # fmt: skip
     add("--data-seed", type=int, default=0)
     add("--train-split", default="train")
     add("--eval-split", default="test")
@@ -79,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     # Evaluation, model selection, checkpoints, logs.
     add("--eval-steps", type=int, default=25)
+    add("--initial-eval", action=argparse.BooleanOptionalAction, default=True,
+        help="evaluate the untrained model before step 1 (what chance looks like)")  # fmt: skip
     add("--early-stop-patience", type=int, default=4, help="evaluations; 0: never stop")
     add("--min-delta", type=float, default=0.0, help="smallest nDCG@10 gain that counts")
     add("--save-steps", type=int, default=0, help="0: evaluations, the operator's interval, end")
@@ -162,8 +166,9 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     data = load_data(a)
+    held_out = data if a.eval_beir_dir is None else load_beir(a.eval_beir_dir)
+    evaluator = BeirEvaluator(held_out.corpus, held_out.queries, held_out.split(a.eval_split))
     if a.evaluate:  # the plan's separate BEIR evaluation of the trained models
-        evaluator = BeirEvaluator(data.corpus, data.queries, data.split(a.eval_split))
         m = evaluator(SentenceTransformer(a.evaluate))
         print("evaluation " + json.dumps({"model": a.evaluate, **m}), flush=True)
         return
@@ -172,7 +177,6 @@ def main() -> None:
         IsotropicMNRLoss(model, a.isotropy_weight) if a.isotropy_weight else
         MultipleNegativesRankingLoss(model)
     )  # fmt: skip
-    evaluator = BeirEvaluator(data.corpus, data.queries, data.split(a.eval_split))
     meta: dict[str, Any] = {"ablation": a.ablation, "isotropy_weight": a.isotropy_weight}
     best = BestCheckpoint(a.checkpoint_dir, a.output_dir, patience=a.early_stop_patience,
                           min_delta=a.min_delta, meta=meta)  # fmt: skip
@@ -192,10 +196,10 @@ def main() -> None:
         print(f"early-stopped at step {step} before this start; nothing to train", flush=True)
         print(result_line(a, state, step, best), flush=True)
         return
-    if resume is None:
+    if resume is None and a.initial_eval:
         m = evaluator(model)  # the untrained model: what chance looks like here
         print(f"eval step 0 ndcg@10 {m[NDCG]:.4f} mean_cos {m[MEAN_COSINE]:.4f}", flush=True)
-    else:
+    elif resume is not None:
         best_text = "none yet" if state.best_ndcg is None else f"{state.best_ndcg:.4f}"
         print(f"resumed from {resume}: best ndcg@10 {best_text} at step {state.best_step}, "
               f"patience {state.evals_since_best}/{a.early_stop_patience}", flush=True)  # fmt: skip
