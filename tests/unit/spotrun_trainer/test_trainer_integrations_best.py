@@ -110,8 +110,10 @@ def test_offer_best_needs_best_enabled(tmp_path: Path) -> None:
 
 def test_launcher_starts_a_script_of_the_users_or_spotruns_cli() -> None:
     env: dict[str, str] = {}
-    cli = launcher.torchrun_command(["--x", "1"], 2, 30, env)
-    assert cli[-4:] == ["-m", "spotrun_trainer", "--x", "1"] and "--standalone" in cli
-    script = launcher.torchrun_command(["--x", "1"], 8, 30, {"PET_NNODES": "2"}, ["/a/train.py"])
+    cli = launcher.torchrun_command(["--x", "1"], 2, 30, env, module="spotrun_lm")
+    assert cli[-4:] == ["-m", "spotrun_lm", "--x", "1"] and "--standalone" in cli
+    script = launcher.torchrun_command(
+        ["--x", "1"], 8, 30, {"PET_NNODES": "2"}, script="/a/train.py"
+    )
     assert script[-3:] == ["/a/train.py", "--x", "1"]
     assert "--nproc-per-node=8" in script and "--standalone" not in script

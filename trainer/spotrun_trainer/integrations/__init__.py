@@ -3,8 +3,7 @@ reporting for training loops spotrun does not own.
 
 - :mod:`.hf`: a ``TrainerCallback`` for Hugging Face ``Trainer`` (and every subclass,
   ``SentenceTransformerTrainer`` included).
-- :mod:`.sentence_transformers`: an MPNet-style ``SentenceTransformer`` built from a
-  config (random init, local tokenizer, no hub download).
+- :mod:`.sentence_transformers`: the same callback, for ``SentenceTransformerTrainer``.
 - :mod:`.loop`: the few lines a plain (nanoGPT-style) loop adds.
 
 Both are thin adapters over :class:`spotrun_trainer.core.TrainerCore` (agreement, the
