@@ -13,6 +13,7 @@ the operator counts the interruption, and this module reads what they wrote.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 import time
@@ -47,6 +48,7 @@ class ExamplePlan:
     at_step: int  # once every run reported this step
     final: re.Pattern[str]  # the final-metric line of the master's log (group 1: the value)
     metric: str  # what group 1 of ``final`` is
+    ends: str = "Succeeded"  # the run's last phase (a budget stop suspends it)
 
     def runs(self) -> list[dict[str, Any]]:
         docs = yaml.safe_load_all((MANIFESTS / self.manifest).read_text())
@@ -61,6 +63,16 @@ PLANS: Final = {
     "two_tower": ExamplePlan(
         "two_tower", "two-tower.yaml", "nth", 1000,
         re.compile(r"^mean\s+([\d.]+) ±", re.M), "recall@10 (mean of 10 folds)",
+    ),
+    # Three runs packed on one node: the one NTH drain stops all three.
+    "mpnet_ablations": ExamplePlan(
+        "mpnet_ablations", "mpnet-ablations.yaml", "nth", 150,
+        re.compile(r'^result .*"best_ndcg@10": ([\d.]+)', re.M), "best nDCG@10",
+    ),
+    # Two nodes: the survivor of the lost one leaves at once (peer-lost); the budget ends it.
+    "gpt_pretrain": ExamplePlan(
+        "gpt_pretrain", "gpt-pretrain.yaml", "loss", 60,
+        re.compile(r"best val loss ([\d.]+)"), "best val loss", ends="Suspended",
     ),
 }  # fmt: skip
 
@@ -151,7 +163,7 @@ class ExampleStory:
 
     def finish(self, timeout: float = 900) -> dict[str, RunResult]:
         self.story.replace_nodes()
-        done = ("Succeeded", "Failed")
+        done = ("Succeeded", "Failed", "Suspended")
         for name, res in self.results.items():
             res.status = self.story.wait_status(
                 name, "the end", lambda s: s.get("phase") in done, timeout
@@ -159,7 +171,7 @@ class ExampleStory:
             text = self.story.master_log(name, int(res.status.get("attempt", 0)))
             res.log_tail = "\n".join(text.splitlines()[-30:])
             match = self.plan.final.search(text)
-            res.metric = float(match.group(1)) if match else None
+            res.metric = float(match.group(1)) if match else best_metric(self.claim_folder(name))
         return self.results
 
     def cleanup(self) -> None:
@@ -168,6 +180,16 @@ class ExampleStory:
 
     def claim_folder(self, run: str) -> Path:
         return storage.host_path(self.namespace, f"{run}-ckpt")
+
+
+def best_metric(folder: Path) -> float | None:
+    """The metric of the committed best checkpoint (``best/step-N``), when the last
+    attempt's log went with its pods (a budget stop deletes them)."""
+    markers = sorted((folder / "best").glob(f"*/{contract.COMMIT_MARKER}"))
+    for marker in markers[-1:]:
+        value = json.loads(marker.read_text()).get("metric")
+        return None if value is None else float(value)
+    return None
 
 
 def describe(plan: ExamplePlan, results: dict[str, RunResult]) -> str:

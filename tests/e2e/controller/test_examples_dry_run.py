@@ -25,7 +25,7 @@ def test_every_workload_has_an_example() -> None:
         "quickstart",
         "resnet50",
         "mpnet-ablations",
-        "gpt-4b-pretrain",
+        "gpt-pretrain",
         "two-tower",
     } <= names
     assert len(_runs(EXAMPLES[[p.stem for p in EXAMPLES].index("mpnet-ablations")])) == 3

@@ -31,7 +31,7 @@ def test_every_example_run_parses(path: Path) -> None:
 
 
 def gpt_spec() -> TrainingRunSpec:
-    (run,) = runs(next(p for p in EXAMPLES if p.stem == "gpt-4b-pretrain"))
+    (run,) = runs(next(p for p in EXAMPLES if p.stem == "gpt-pretrain"))
     return parse_spec(run["spec"])
 
 
