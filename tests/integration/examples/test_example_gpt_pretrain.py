@@ -10,12 +10,9 @@ batch) continues the same data."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
 import re
 import signal
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,8 +27,8 @@ from trainer_helpers import (
     assert_bitwise_equal,
     committed,
     interruption_seed,
-    read_events,
-    trainer_env,
+    reap,
+    start_process,
     wait_for_events,
 )
 
@@ -67,24 +64,8 @@ def start(
     folder: Path, cmd: list[str], name: str, env_extra: dict[str, str] | None = None
 ) -> Trainer:
     """A run in its own session, SPOTRUN_CHECKPOINT_KEEP set as the operator sets it."""
-    log, events = folder / f"{name}.log", folder / f"{name}.events"
-    env = trainer_env(events, SPOTRUN_CHECKPOINT_KEEP=str(KEEP), **(env_extra or {}))
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    return Trainer(proc, log, events)
-
-
-def reap(runs: list[Trainer]) -> None:
-    """SIGKILL every tree still alive, torchrun's workers (own sessions) included."""
-    for t in runs:
-        with contextlib.suppress(OSError):
-            os.killpg(t.proc.pid, signal.SIGKILL)
-        for event, _, pid in read_events(t.events):
-            with contextlib.suppress(OSError):
-                if event == "pid" and b"gpt_pretrain" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    os.killpg(pid, signal.SIGKILL)
-        t.proc.wait()
+    env = {"SPOTRUN_CHECKPOINT_KEEP": str(KEEP), **(env_extra or {})}
+    return start_process(folder, cmd, name, env, marker=b"gpt_pretrain")
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import random
 import signal
 import subprocess
@@ -36,6 +34,8 @@ from trainer_helpers import (
     assert_bitwise_equal,
     committed,
     interruption_seed,
+    reap,
+    start_process,
     trainer_env,
     wait_for_events,
 )
@@ -69,24 +69,12 @@ def plateau_cmd(folder: Path, name: str) -> list[str]:
 
 def launcher(folder: Path, started: list[Trainer]) -> Launch:
     def launch(cmd: list[str], name: str, env_extra: dict[str, str] | None = None) -> Trainer:
-        log, events = folder / f"{name}.log", folder / f"{name}.events"
         # Every committed step kept: the test compares the best folder with its step.
-        env = trainer_env(events, SPOTRUN_CHECKPOINT_KEEP="1000", TQDM_DISABLE="1",
-                          **(env_extra or {}))  # fmt: skip
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        started.append(Trainer(proc, log, events))
+        env = {"SPOTRUN_CHECKPOINT_KEEP": "1000", "TQDM_DISABLE": "1", **(env_extra or {})}
+        started.append(start_process(folder, cmd, name, env, marker=b"mpnet_ablations"))
         return started[-1]
 
     return launch
-
-
-def reap(runs: list[Trainer]) -> None:
-    for t in runs:
-        with contextlib.suppress(OSError):
-            os.killpg(t.proc.pid, signal.SIGKILL)
-        t.proc.wait()
 
 
 @pytest.fixture

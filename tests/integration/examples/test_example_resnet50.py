@@ -5,12 +5,9 @@ ends bitwise equal to an uninterrupted run, single process and under torchrun (g
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
 import re
 import signal
-import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,7 +23,8 @@ from trainer_helpers import (
     load_checkpoint,
     poll_until,
     read_events,
-    trainer_env,
+    reap,
+    start_process,
 )
 
 SCRIPT = REPO / "examples" / "resnet50" / "train.py"
@@ -51,27 +49,15 @@ def resnet_cmd(ckpt: Path, samples: Path, nproc: int = 1) -> list[str]:
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Callable[..., Trainer]]:
     """Start example processes (own session); every tree still alive at teardown, torchrun's
-    workers included (each in a session of its own), is SIGKILLed."""
+    workers included, is SIGKILLed."""
     started: list[Trainer] = []
 
     def _launch(cmd: Sequence[str], name: str, env_extra: dict[str, str] | None = None) -> Trainer:
-        log, events = tmp_path / f"{name}.log", tmp_path / f"{name}.events"
-        with open(log, "wb") as out:
-            env = trainer_env(events, **(env_extra or {}))
-            proc = subprocess.Popen(list(cmd), cwd=tmp_path, env=env, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        started.append(Trainer(proc, log, events))
+        started.append(start_process(tmp_path, cmd, name, env_extra, marker=b"resnet50"))
         return started[-1]
 
     yield _launch
-    for t in started:
-        with contextlib.suppress(OSError):
-            os.killpg(t.proc.pid, signal.SIGKILL)
-        for event, _, pid in read_events(t.events):
-            with contextlib.suppress(OSError):
-                if event == "pid" and b"resnet50" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    os.killpg(pid, signal.SIGKILL)
-        t.proc.wait()
+    reap(started)
 
 
 def sample_steps(path: Path) -> dict[tuple[int, int], tuple[int, list[int]]]:

@@ -9,13 +9,10 @@ and the final checkpoint are bitwise those of the uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import random
 import re
 import signal
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,8 +25,8 @@ from trainer_helpers import (
     committed,
     interruption_seed,
     load_checkpoint,
-    read_events,
-    trainer_env,
+    reap,
+    start_process,
     wait_for_events,
 )
 
@@ -54,24 +51,7 @@ def start(
     folder: Path, name: str, ckpt: str, nproc: int = 1, env_extra: dict[str, str] | None = None
 ) -> Trainer:
     """A run of the example in its own session, output in ``<name>.log``."""
-    log, events = folder / f"{name}.log", folder / f"{name}.events"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cv_cmd(folder / ckpt, nproc), cwd=folder,
-                                env=trainer_env(events, **(env_extra or {})), stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    return Trainer(proc, log, events)
-
-
-def reap(*runs: Trainer) -> None:
-    """SIGKILL what is left: the launcher's group, and torchrun's workers (each in a session
-    of its own, named by the pid events the trainer's test hooks write)."""
-    for t in runs:
-        t.kill_tree()
-        for event, _, pid in read_events(t.events):
-            with contextlib.suppress(OSError):
-                if event == "pid" and b"two_tower" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    os.killpg(pid, signal.SIGKILL)
-        t.proc.wait()
+    return start_process(folder, cv_cmd(folder / ckpt, nproc), name, env_extra, b"two_tower")
 
 
 def steps(output: str) -> list[tuple[int, int, int, str]]:
@@ -100,7 +80,7 @@ def references(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reference]:
         return done[nproc]
 
     yield reference
-    reap(*runs)
+    reap(runs)
 
 
 def test_two_tower_cv_prints_the_fold_table_and_writes_json(references: Reference) -> None:
@@ -168,4 +148,4 @@ def test_two_tower_cv_sigterm_mid_fold_resumes_in_that_fold_bitwise(
             load_checkpoint(tmp_path / "ckpt", TOTAL), load_checkpoint(ref_ckpt, TOTAL)
         )
     finally:
-        reap(*runs)
+        reap(runs)

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,9 @@ class Trainer:
     log: Path
     events: Path
     started: float = field(default_factory=time.monotonic)
+    # What a worker's command line holds: how kill_tree tells this run's torchrun workers
+    # (each in a session of its own) from other processes.
+    marker: bytes = b"spotrun_lm"
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -96,7 +99,7 @@ class Trainer:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             self.signal_group(signal.SIGKILL)
         for event, _, pid in read_events(self.events):
-            if event == "pid" and _is_trainer(pid):
+            if event == "pid" and _runs(pid, self.marker):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
 
@@ -114,11 +117,35 @@ class Trainer:
         wait_for_events(self, [(event, rank, step)], timeout)
 
 
-def _is_trainer(pid: int) -> bool:
+def _runs(pid: int, marker: bytes) -> bool:
     try:
-        return b"spotrun_lm" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return marker in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+def start_process(
+    folder: Path,
+    cmd: Sequence[str],
+    name: str,
+    env_extra: Mapping[str, str] | None = None,
+    marker: bytes = b"spotrun_lm",
+) -> Trainer:
+    """``cmd`` in its own session in ``folder``, its output in ``<name>.log`` and its test
+    hooks' events in ``<name>.events``, with a clean environment plus ``env_extra``."""
+    log, events = folder / f"{name}.log", folder / f"{name}.events"
+    env = trainer_env(events, **(env_extra or {}))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(list(cmd), cwd=folder, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    return Trainer(proc, log, events, marker=marker)
+
+
+def reap(runs: Iterable[Trainer]) -> None:
+    """SIGKILL every tree still alive (torchrun's workers included) and wait for it."""
+    for t in runs:
+        t.kill_tree()
+        t.proc.wait()
 
 
 def read_events(path: Path) -> list[tuple[str, int, int]]:
