@@ -36,6 +36,7 @@ from spotrun_trainer.config import CheckpointConfig, RunConfig, RunSettings, env
 from spotrun_trainer.distributed import DistContext
 from spotrun_trainer.fencing import CheckpointFenced, fenced, newest_epoch, refused_by
 from spotrun_trainer.launcher import record_exit
+from spotrun_trainer.peers import start_monitor
 from spotrun_trainer.preemption import SpotNoticePoller, StopGuard
 from spotrun_trainer.progress import ProgressReporter, reporter_from_env
 from spotrun_trainer.shard_writer import WriterOptions
@@ -139,6 +140,13 @@ class TrainerCore:
         self.last_save_time = time.monotonic()
         self._poller: SpotNoticePoller | None = None
         self._rate_origin: tuple[float, int] | None = None
+        # A framework's process group (the integrations) has no heartbeat of its own: the
+        # core runs one for this loop, so the survivors of a dead peer leave with
+        # EXIT_PEER_LOST in seconds instead of waiting in a collective (peers.py).
+        self._own_peers = ctx.distributed and ctx.peers is None
+        if self._own_peers:
+            ctx.peers = start_monitor(ctx.rank, ctx.world_size, env)
+        self._last_boundary = time.monotonic()
 
     def place(self) -> RankPlace:
         """Where this rank stands, for the checkpoint manager."""
@@ -168,8 +176,12 @@ class TrainerCore:
             self._poller = None
 
     def close(self) -> None:
-        """Stop the poller, flush the reporter, give the signals back."""
+        """Stop the poller and the heartbeat this core started (a clean leave: peers do not
+        count this rank as lost), flush the reporter, give the signals back."""
         self.stop_notice_poller()
+        if self._own_peers and self.ctx.peers is not None:
+            self.ctx.peers.stop(clean=True)
+            self.ctx.peers = None
         if self.reporter is not None:
             self.reporter.close()
         self.guard.uninstall()
@@ -192,7 +204,14 @@ class TrainerCore:
         guard = self.guard
         refused = self.epoch is not None and refused_by(self.cfg.checkpoint.dir, self.epoch)
         flags = [guard.stop_requested.is_set(), guard.save_requested.is_set(), due, bool(refused)]
-        stop, notice, due, refused = self.ctx.agree(flags)
+        if self._own_peers:  # a step's length widens a peer's allowed silence
+            now = time.monotonic()
+            self.ctx.observe_step(now - self._last_boundary)
+            self._last_boundary = now
+            with self.ctx.peers_checked():
+                stop, notice, due, refused = self.ctx.agree(flags)
+        else:
+            stop, notice, due, refused = self.ctx.agree(flags)
         if refused:
             self.exit_fenced(step)
         if notice:

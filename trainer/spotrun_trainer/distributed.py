@@ -48,8 +48,8 @@ class DistContext:
         """The process group a framework (accelerate, torchrun, the user's script) already
         set up, alone when there is none. Control traffic goes over a gloo group of its own
         when that group is not gloo (``new_group`` is collective: every rank must call this
-        at the same point). No heartbeat and no checkpoint group: they are
-        ``init_distributed``'s."""
+        at the same point). No checkpoint group (``init_distributed``'s); the heartbeat is
+        started by the TrainerCore that uses the context."""
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return cls(0, 1, 0, torch.device("cpu"), None)
         backend = str(dist.get_backend())

@@ -92,3 +92,45 @@ def test_survivor_of_a_sigkilled_peer_exits_peer_lost_naming_it(
     assert message.startswith(f"peer lost: {lost}") and message.count("\n") == 1, message
     assert f"rank {alive} exits {contract.EXIT_PEER_LOST}" in message and how in message
     assert not messages[victim].exists()
+
+
+def _loop_cmd(ckpt: Path) -> list[str]:
+    """The plain-loop integration (a user's own loop and process group), never finishing
+    while the test waits."""
+    script = Path(__file__).resolve().parents[3] / "examples" / "plain_loop" / "train.py"
+    return [PYTHON, str(script), "--checkpoint-dir", str(ckpt), "--max-steps", "100000",
+            "--save-steps", "50"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("paused", "peer_timeout", "how"),
+    [(False, "600", "after a failed collective ("), (True, "2", "(limit 2.0s)")],
+    ids=["in-a-collective", "between-steps"],
+)
+def test_a_users_loop_survivor_of_a_sigkilled_peer_exits_peer_lost(
+    paused: bool, peer_timeout: str, how: str, launch: Callable[..., Trainer], tmp_path: Path
+) -> None:
+    """The integrations' process group is the user's: spotrun's core heartbeats over its
+    store all the same, so the survivor of rank 1 leaves with EXIT_PEER_LOST in seconds."""
+    port = _free_port()
+    message = tmp_path / "termination-log-0"
+    ranks = []
+    for r in (0, 1):
+        env = {
+            "RANK": str(r), "LOCAL_RANK": "0", "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            contract.ENV_PEER_TIMEOUT_SECONDS: peer_timeout,
+            contract.ENV_TERMINATION_MESSAGE_PATH: str(message if r == 0 else tmp_path / "t1"),
+        }  # fmt: skip
+        if paused:
+            env[ENV_PAUSE_AT_STEP] = str(PAUSE_STEP)
+        ranks.append(launch(_loop_cmd(tmp_path / "ckpt"), f"rank{r}", env))
+    ranks[1].wait_event("paused" if paused else "step", 1, PAUSE_STEP)
+    if paused:
+        ranks[0].wait_event("paused", 0, PAUSE_STEP)
+    ranks[1].proc.send_signal(signal.SIGKILL)
+    assert ranks[1].wait(EXIT_DEADLINE) == -signal.SIGKILL
+    code = ranks[0].wait(EXIT_DEADLINE)
+    assert code == contract.EXIT_PEER_LOST, ranks[0].output()[-4000:]
+    said = message.read_text()
+    assert said.startswith("peer lost: rank 1 ") and how in said, said
