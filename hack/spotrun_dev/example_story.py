@@ -26,6 +26,7 @@ from kubernetes import client
 
 from spotrun_api import contract
 from spotrun_dev import paths, real_interrupt, realnodes, storage
+from spotrun_dev.log_follow import LogFollower
 from spotrun_dev.node_config import REAL_NODE_LABEL
 from spotrun_dev.real_interrupt import RealSignal
 from spotrun_dev.real_story import REAL_TOLERATIONS, TR, Story
@@ -36,6 +37,8 @@ log = logging.getLogger("spotrun_dev.example_story")
 MANIFESTS: Final = paths.REPO_ROOT / "manifests" / "examples"
 # The integrations' resume line: "resumed from <dir>/step-<N>".
 RESUMED: Final = re.compile(r"resumed from \S*step-(\d+)")
+# The trainer core's stop line: "stopped (<why>): step <N> committed ...".
+STOPPED: Final = re.compile(r"stopped \([^)]*\): step (\d+) committed")
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,9 @@ class ExampleStory:
         node = self.story.gang_nodes(first, 1)[0]
         hit = [n for n in self.results if node in self.story.gang_nodes(n, 1)]
         before = {n: self.story.progress(n) for n in hit}
+        # The master's log is followed while it lives: its stop line says which step the
+        # stop committed (attempt 1's pods, and logs, go with its PyTorchJob).
+        logs = {n: LogFollower(self.story.core, self.namespace, self._master(n, 1)) for n in hit}
         log.info("%s on %s (runs %s)", self.plan.signal, node, hit)
         t0 = time.monotonic()
         if self.plan.signal == "nth":
@@ -144,11 +150,19 @@ class ExampleStory:
             self.story.replace_nodes()
         for name in hit:
             res = self.results[name]
-            last = before[name] if self.plan.signal == "loss" else self.story.progress(name)
-            res.node, res.last_step = node, int(last.get("step", 0))
+            res.node, res.last_step = node, int(before[name].get("step", 0))
+            if self.plan.signal != "loss":  # a graceful stop: the step its save committed
+                stopped = STOPPED.findall(logs[name].text(timeout=120))
+                res.last_step = int(stopped[-1]) if stopped else -1
             self.story.wait_training(name, 2, 0)
             res.seconds_to_training = round(time.monotonic() - t0, 1)
             res.resumed_from = self._resumed_from(name, 2)
+
+    def _master(self, run: str, attempt: int) -> str:
+        for p in self.story.pods(run, attempt):
+            if p.metadata.labels.get("training.kubeflow.org/replica-type") == "master":
+                return str(p.metadata.name)
+        raise ClusterError(f"attempt {attempt} of {run} has no master pod")
 
     def _resumed_from(self, run: str, attempt: int, timeout: float = 120) -> int:
         found: list[int] = []

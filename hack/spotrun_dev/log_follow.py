@@ -1,0 +1,36 @@
+"""A pod's log, followed while it lives: what a trainer printed before its pod went away
+(a stopped attempt's pods are deleted with its PyTorchJob, and their logs with them)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from kubernetes import client
+
+
+class LogFollower:
+    """``kubectl logs -f`` of one pod in a daemon thread; :meth:`text` once it ended."""
+
+    def __init__(self, core: client.CoreV1Api, namespace: str, pod: str) -> None:
+        self.core, self.namespace, self.pod = core, namespace, pod
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._follow, name=f"log-{pod}", daemon=True)
+        self.thread.start()
+
+    def _follow(self) -> None:
+        stream: Any = self.core.read_namespaced_pod_log(
+            self.pod, self.namespace, follow=True, _preload_content=False
+        )
+        try:
+            for raw in stream.stream():
+                self.lines.append(raw.decode(errors="replace"))
+        except Exception:  # the pod (or its node) is gone: keep what came before
+            return
+        finally:
+            stream.release_conn()
+
+    def text(self, timeout: float) -> str:
+        """Everything the container printed, waiting ``timeout`` at most for it to end."""
+        self.thread.join(timeout)
+        return "".join(self.lines)
