@@ -6,6 +6,12 @@ the example's own layer: the trainer's are on the node, as on a pre-baked AMI); 
 interruption is delivered for real (NTH drain, the kubelet's graceful shutdown, or a
 vanished instance); the resume point comes from the example's own log line, the counters
 from the operator's status, and the final metric from the example's last lines.
+
+The namespace enforces the restricted Pod Security profile, as a production ML namespace
+does: the chart's operator pod, every trainer pod the operator makes, and the Worker pods'
+``init-pytorch`` init container the Kubeflow training operator adds must be admitted by
+the apiserver's PodSecurity admission; the GPT example also runs with a read-only root
+filesystem (its manifest's podTemplate) and writes its checkpoints as its own uid.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from spotrun_api import contract
 from spotrun_dev import chart_install, example_images, example_story, images
@@ -30,6 +37,21 @@ from spotrun_dev.real_story import SIGNAL_OF
 CHANCE = {"resnet50": 100 / 10, "two_tower": 10 / 300, "mpnet_ablations": 0.02,
           "gpt_pretrain": -math.log(28)}  # fmt: skip
 LOWER_IS_BETTER = {"gpt_pretrain"}
+
+
+PSA_LABELS = {
+    f"pod-security.kubernetes.io/{mode}{suffix}": value
+    for mode in ("enforce", "audit", "warn")
+    for suffix, value in (("", "restricted"), ("-version", "latest"))
+}
+TRAINER_UID = 65532
+
+
+@pytest.fixture
+def namespace(namespace: str, core: client.CoreV1Api) -> str:
+    """The test's namespace, restricted before the chart or any run is put into it."""
+    core.patch_namespace(namespace, {"metadata": {"labels": PSA_LABELS}})
+    return namespace
 
 
 @pytest.mark.timeout(1200)
@@ -46,10 +68,20 @@ def test_example_lives_through_an_interruption(
 ) -> None:
     plan = example_story.plan_of(example)
     example_images.ensure_examples([example])
+    assert_restricted_is_enforced(core, namespace, built_images["pause"].ref)
+    assert pod_problems(operator_release.pod(core)) == []
     story = example_story.ExampleStory(api_client, namespace, plan)
     try:
         story.start()
         story.interrupt()
+        # Attempt 2 of every run was admitted under the restricted profile.
+        pods = [p for name in story.results for p in story.story.pods(name, 2)]
+        assert pods and [x for p in pods for x in pod_problems(p)] == []
+        if example == "gpt_pretrain":  # its manifest's podTemplate; the Worker's init too
+            trainers = [p.spec.containers[0].security_context for p in pods]
+            assert all(sc.read_only_root_filesystem for sc in trainers), trainers
+            inits = [c.name for p in pods for c in p.spec.init_containers or []]
+            assert inits == ["init-pytorch"], inits
         results = story.finish()
     finally:
         print(example_story.describe(plan, story.results))
@@ -81,6 +113,11 @@ def test_example_lives_through_an_interruption(
         if e.reason == "Pulled" and example_images.image_ref(example) in (e.message or "")
     ]
     assert pulled, "no pod pulled the example's image"
+    assert pod_security_events(core, namespace) == []
+    for name in results:  # the checkpoints are the trainer's own, non-root
+        folder = story.claim_folder(name)
+        assert {d.stat().st_uid for d in folder.glob("step-*")} == {TRAINER_UID}, folder
+    assert operator_release.restarts(core) == 0
 
 
 def assert_bounded_retention(folder: Path, keep: int, status: dict[str, Any]) -> None:
@@ -96,3 +133,40 @@ def assert_bounded_retention(folder: Path, keep: int, status: dict[str, Any]) ->
     if progress.get("checkpointStep") is not None:
         assert steps[-1] == int(progress["checkpointStep"]), (steps, progress)
     assert list((folder / "best").glob(f"*/{contract.COMMIT_MARKER}")), "no best checkpoint"
+
+
+def assert_restricted_is_enforced(core: client.CoreV1Api, namespace: str, image: str) -> None:
+    """A pod without the restricted settings is refused in the namespace."""
+    probe = {"metadata": {"name": "probe"}, "spec": {"containers": [{"name": "c", "image": image}]}}
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_pod(namespace, probe, dry_run="All")
+    assert refused.value.status == 403 and "violates PodSecurity" in str(refused.value.body)
+
+
+def pod_problems(pod: client.V1Pod | None) -> list[str]:
+    """What the restricted profile needs of a pod's containers (init ones included) and
+    is not there; [] when met."""
+    assert pod is not None
+    psc = pod.spec.security_context or client.V1PodSecurityContext()
+    problems = []
+    for c in [*(pod.spec.init_containers or []), *pod.spec.containers]:
+        sc = c.security_context or client.V1SecurityContext()
+        if sc.allow_privilege_escalation is not False:
+            problems.append(f"{pod.metadata.name}/{c.name}: allowPrivilegeEscalation")
+        if not sc.capabilities or "ALL" not in (sc.capabilities.drop or []):
+            problems.append(f"{pod.metadata.name}/{c.name}: capabilities.drop ALL")
+        if not (sc.run_as_non_root or (sc.run_as_non_root is None and psc.run_as_non_root)):
+            problems.append(f"{pod.metadata.name}/{c.name}: runAsNonRoot")
+        seccomp = sc.seccomp_profile or psc.seccomp_profile
+        if seccomp is None or seccomp.type != "RuntimeDefault":
+            problems.append(f"{pod.metadata.name}/{c.name}: seccompProfile")
+    return problems
+
+
+def pod_security_events(core: client.CoreV1Api, namespace: str) -> list[str]:
+    """Events of pods that could not be created (PodSecurity or any other reason)."""
+    return [
+        f"{e.involved_object.kind}/{e.involved_object.name} {e.reason}: {e.message}"
+        for e in core.list_namespaced_event(namespace).items
+        if "PodSecurity" in (e.message or "") or (e.reason or "").startswith("FailedCreate")
+    ]
