@@ -197,21 +197,8 @@ def plan(
     chart = out / "chart" / CHART_DIR.name
     steps.append(Step((*me, "stage-chart", "--registry", registry, "--out", str(out / "chart"))))
     steps.append(Step((t.helm, "lint", "--strict", str(chart))))
-    steps.append(
-        Step(
-            (
-                t.helm,
-                "package",
-                str(chart),
-                "--version",
-                version,
-                "--app-version",
-                version,
-                "--destination",
-                str(out),
-            )
-        )
-    )
+    package = ("package", str(chart), "--version", version, "--app-version", version)
+    steps.append(Step((t.helm, *package, "--destination", str(out))))
     # Images.
     steps.append(Step((*me, "tag-images", "--registry", registry, "--version", version)))
     if examples:
@@ -232,8 +219,8 @@ def plan(
         steps.append(
             Step((t.buildah, "push", *tls, "--digestfile", str(digest), ref, f"docker://{ref}"))
         )
-    package = out / f"{CHART_DIR.name}-{version}.tgz"
-    steps.append(Step((t.helm, "push", *plain, str(package), chart_repository(registry))))
+    tgz = out / f"{CHART_DIR.name}-{version}.tgz"
+    steps.append(Step((t.helm, "push", *plain, str(tgz), chart_repository(registry))))
     return steps
 
 
