@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any, NoReturn
 
 from spotrun_api import contract
@@ -144,8 +146,13 @@ class TrainerCore:
         # core runs one for this loop, so the survivors of a dead peer leave with
         # EXIT_PEER_LOST in seconds instead of waiting in a collective (peers.py).
         self._own_peers = ctx.distributed and ctx.peers is None
+        self._excepthook = sys.excepthook
         if self._own_peers:
             ctx.peers = start_monitor(ctx.rank, ctx.world_size, env)
+            # The user's own collectives (DDP's gradient all-reduce in backward) are not
+            # spotrun's to wrap: an error escaping the script asks the heartbeat first,
+            # and a confirmed dead peer ends the rank with EXIT_PEER_LOST instead of 1.
+            sys.excepthook = self._judge_uncaught
         self._last_boundary = time.monotonic()
 
     def place(self) -> RankPlace:
@@ -182,9 +189,17 @@ class TrainerCore:
         if self._own_peers and self.ctx.peers is not None:
             self.ctx.peers.stop(clean=True)
             self.ctx.peers = None
+            sys.excepthook = self._excepthook
         if self.reporter is not None:
             self.reporter.close()
         self.guard.uninstall()
+
+    def _judge_uncaught(
+        self, kind: type[BaseException], error: BaseException, tb: TracebackType | None
+    ) -> None:
+        if isinstance(error, RuntimeError) and self.ctx.peers is not None:
+            self.ctx.peers.after_error(error)  # exits EXIT_PEER_LOST when a peer is gone
+        self._excepthook(kind, error, tb)
 
     # --- the boundary ------------------------------------------------------------------------
 
