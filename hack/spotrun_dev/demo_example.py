@@ -14,7 +14,6 @@ from spotrun_dev import (
     cluster_apply,
     example_images,
     example_story,
-    images,
     realnodes,
 )
 from spotrun_dev.demo import CRD, WatchTable, say
@@ -28,8 +27,7 @@ def run(name: str) -> int:
     with local.api_client() as api:
         core = client.CoreV1Api(api)
         say(f"images: the trainer, and {example_images.image_ref(name)} on it (in the registry)")
-        built = images.ensure_images()
-        example_images.ensure_examples([name])
+        built = realnodes.built_images()  # ensure_cluster built them and the examples
         realnodes.ensure_real_nodes(core)
         say("helm install charts/spotrun: the operator runs as a pod on a real node")
         cluster.fresh_namespace(core, namespace)

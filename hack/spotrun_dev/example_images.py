@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from spotrun_dev import images, paths
+from spotrun_dev import images, paths, realnodes
 from spotrun_dev.node_config import REGISTRY_HOST
 
 EXAMPLES_DIR: Final = paths.REPO_ROOT / "examples"
@@ -64,7 +64,7 @@ def ensure_examples(
 ) -> dict[str, str]:
     """Build every example image on the local trainer image and push it to ``registry``
     (blobs the registry holds are not sent again). Returns {name: local ref}."""
-    trainer = images.ensure_images(["trainer"])["trainer"].ref
+    trainer = realnodes.built_images()["trainer"].ref  # checked once per process
     out: dict[str, str] = {}
     with images.machine_lock():
         for name in example_names() if names is None else names:

@@ -66,8 +66,7 @@ def test_example_lives_through_an_interruption(
     built_images: dict[str, images.ImageArchive],
     record_property: Any,
 ) -> None:
-    plan = example_story.plan_of(example)
-    example_images.ensure_examples([example])
+    plan = example_story.plan_of(example)  # its image: built and pushed by the cluster fixture
     assert_restricted_is_enforced(core, namespace, built_images["pause"].ref)
     assert pod_problems(operator_release.pod(core)) == []
     story = example_story.ExampleStory(api_client, namespace, plan)
