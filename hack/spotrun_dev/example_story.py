@@ -16,6 +16,7 @@ import copy
 import json
 import logging
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,8 @@ class ExampleStory:
         core, custom = self.story.core, self.story.custom
         for run in self.plan.runs():
             claim = f"{run['metadata']['name']}-ckpt"
+            # A fresh start: a namespace used before (make demo's) keeps its folders.
+            shutil.rmtree(storage.host_path(self.namespace, claim), ignore_errors=True)
             self.volumes.append(storage.ensure_checkpoint_claim(core, self.namespace, claim))
             body = on_real_nodes(run, claim)
             body["metadata"].pop("namespace", None)
