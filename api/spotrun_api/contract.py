@@ -87,6 +87,25 @@ EXIT_PEER_LOST: Final = 86
 # conventions.
 EXIT_FENCED: Final = 87
 
+# A rank leaving with EXIT_PEER_LOST names the pod of the peer it lost (that rank's
+# hostname: its pod's name) as ``lost-pod=<name>`` in its termination message, when it
+# knows it. The operator takes that pod as gone: with fenced checkpoints the next attempt
+# need not wait for a pod its own gang saw die (docs/operator.md, "Fenced restarts").
+LOST_POD_KEY: Final = "lost-pod"
+_LOST_POD_RE: Final = re.compile(rf"\b{LOST_POD_KEY}=([a-z0-9](?:[-a-z0-9.]*[a-z0-9])?)")
+
+
+def lost_pod_words(pod: str) -> str:
+    """The words of a peer-lost message that name the lost peer's pod."""
+    return f"{LOST_POD_KEY}={pod}"
+
+
+def lost_pod_named(message: str) -> str | None:
+    """The lost peer's pod a peer-lost message names, if it names one."""
+    m = _LOST_POD_RE.search(message)
+    return m.group(1) if m else None
+
+
 # --- lost peers (docs/trainer.md, "Lost peers") ------------------------------------------
 # Not set by the operator (a user's podTemplate env may set them); the trainer reads them.
 # The floor of how long a peer may send no heartbeat before the survivors leave with

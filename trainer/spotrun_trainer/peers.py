@@ -283,15 +283,18 @@ class PeerMonitor:
     def describe(self, lost: Lost, context: str) -> str:
         """The one line the log and the termination message get."""
         if lost.rank is None:
+            host = self._hosts.get(STORE_HOST_RANK)
             who = f"rank {STORE_HOST_RANK}'s node (the c10d store at {self.address})"
             what = "answered nothing"
         else:
             host = self._hosts.get(lost.rank)
             who = f"rank {lost.rank}" + (f" ({host})" if host else "")
             what = "sent no heartbeat"
+        # The lost pod, in words the operator parses: it need not wait for that pod.
+        named = f" [{contract.lost_pod_words(host)}]" if host else ""
         return (
             f"peer lost: {who} {what} for {lost.quiet:.1f}s {context}; rank {self.rank} "
-            f"exits {contract.EXIT_PEER_LOST}"
+            f"exits {contract.EXIT_PEER_LOST}{named}"
         )
 
 

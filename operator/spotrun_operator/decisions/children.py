@@ -13,6 +13,7 @@ from spotrun_api.naming import job_name
 from spotrun_operator.decisions.draft import Draft
 from spotrun_operator.facts.common import name_of, parse_time, pod_meta
 from spotrun_operator.facts.signals import NodeInfo, going
+from spotrun_operator.judging import fence
 from spotrun_operator.judging.classify import is_terminal, node_gone
 from spotrun_operator.model import builders, reducers
 from spotrun_operator.model.plan import CreateJob, DeleteJob, DeletePods, EnsureObjects, ValidateJob
@@ -104,8 +105,9 @@ def stop_gang(d: Draft, n: int, terminal: bool = False) -> None:
 
 
 def gang_gone(d: Draft, n: int) -> bool:
-    """No pod of attempt ``n`` can still run (or still be writing its checkpoint)."""
-    return all(is_terminal(p) or node_gone(p, d.obs.nodes) for p in d.pods_of(n))
+    """No pod of attempt ``n`` may still be stopping by itself (writing the checkpoint the
+    next attempt loads); the fence makes the rest harmless (:mod:`judging.fence`)."""
+    return fence.attempt_stopped(d.pods_of(n), d.deleted_pods_of(n), d.obs.nodes)
 
 
 def avoided_nodes(d: Draft) -> list[str]:

@@ -60,6 +60,10 @@ class Draft:
     def pods_of(self, n: int) -> list[Mapping[str, Any]]:
         return [p for p in self.obs.pods if attempt_of(p) == n]
 
+    def deleted_pods_of(self, n: int) -> list[Mapping[str, Any]]:
+        """The last state of attempt ``n``'s pods the watch saw deleted."""
+        return [p for p in self.obs.deleted_pods if attempt_of(p) == n]
+
     # --- writes --------------------------------------------------------------------
     def update(self, n: int, **fields: Any) -> Attempt:
         """Set (or, with None, remove) fields of attempt ``n``'s history entry."""

@@ -17,7 +17,7 @@ from spotrun_api.spec import InvalidSpec, TrainingRunSpec, parse_spec
 from spotrun_api.status import TrainingRunStatus, parse_status
 from spotrun_operator.facts.common import attempt_of, parse_time, utcnow
 from spotrun_operator.facts.signals import NodeInfo, node_info
-from spotrun_operator.judging.classify import is_terminal, node_gone
+from spotrun_operator.judging import fence
 from spotrun_operator.judging.verdicts import BUILD_ERRORS
 from spotrun_operator.model import builders
 from spotrun_operator.model.plan import Observed, Rejected, RunRef
@@ -111,7 +111,7 @@ def observe(
         nodes=nodes,
         fleet=_fleet(remembered_nodes, nodes),
         missing_refs=_missing(kube, ref, spec)
-        if _may_create(status, jobs, pods, nodes, now)
+        if _may_create(status, jobs, pods, deleted_pods, nodes, now)
         else [],
         interrupted_nodes=list(interrupted_nodes),
         deleting=bool((run.get("metadata") or {}).get("deletionTimestamp")),
@@ -131,6 +131,7 @@ def _may_create(
     status: TrainingRunStatus,
     jobs: Mapping[int, Obj],
     pods: Sequence[Mapping[str, Any]],
+    deleted_pods: Sequence[Mapping[str, Any]],
     nodes: Mapping[str, NodeInfo],
     now: dt.datetime,
 ) -> bool:
@@ -138,7 +139,7 @@ def _may_create(
     need read (from the API: no watch covers Secrets), so a running or finished run makes
     no such read, and a recovery makes one: not while its gang stops or its backoff runs.
     The rules are those of reconcile: a live attempt without its job is (re)created; after
-    an outcome the next one waits for every rank to stop (children.gang_gone) and for
+    an outcome the next one waits for the ranks that may still stop (children.gang_gone) and for
     ``nextAttemptAt`` (outcomes.after_outcome)."""
     if status.phase is not None and status.phase.terminal:
         return False
@@ -146,8 +147,10 @@ def _may_create(
     entry = next((e for e in status.attempts or () if e.attempt == live), None)
     if entry is None or entry.outcome is None:
         return live not in jobs
-    stopping = any(
-        attempt_of(p) == live and not is_terminal(p) and not node_gone(p, nodes) for p in pods
+    stopping = not fence.attempt_stopped(
+        [p for p in pods if attempt_of(p) == live],
+        [p for p in deleted_pods if attempt_of(p) == live],
+        nodes,
     )
     due = parse_time(entry.next_attempt_at)
     return not stopping and (due is None or due <= now)

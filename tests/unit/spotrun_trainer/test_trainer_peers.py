@@ -186,6 +186,8 @@ def test_a_peer_that_stops_beating_is_lost_and_named(server: TCPStore) -> None:
         (message,) = losses.messages
         assert message.startswith("peer lost: rank 1 (pod-1) sent no heartbeat for")
         assert f"rank 0 exits {contract.EXIT_PEER_LOST}" in message
+        # The words the operator reads to stop waiting for that pod.
+        assert contract.lost_pod_named(message) == "pod-1"
     finally:
         peer.stop.set()
         monitor.stop(clean=False)
