@@ -24,6 +24,11 @@ ENV_PAUSE_BEFORE_COMMIT = "SPOTRUN_TEST_PAUSE_BEFORE_COMMIT"  # hold forever bef
 ENV_HOLD_BEFORE_COMMIT = "SPOTRUN_TEST_HOLD_BEFORE_COMMIT"
 ENV_RELEASE_FILE = "SPOTRUN_TEST_RELEASE_FILE"
 RELEASE_POLL_SECONDS = 0.05
+# Set while a rank holds a commit for ENV_HOLD_BEFORE_COMMIT. Its peer heartbeat does not
+# judge meanwhile (peers.py): a test can keep a rank cut off by a partition alive until a
+# newer attempt has fenced the folder, and then watch its commit be refused; without it
+# the rank's own heartbeat would end it first (EXIT_PEER_LOST).
+COMMIT_HELD = threading.Event()
 ENV_SAMPLES_FILE = "SPOTRUN_TEST_SAMPLES_FILE"  # append "<step> <rank> <loss> <ids>" lines here
 # hold every overlapped checkpoint staging copy this long before it copies (sharded.py)
 ENV_STAGING_DELAY = "SPOTRUN_TEST_STAGING_DELAY_SECONDS"
@@ -89,8 +94,12 @@ class TestHooks:
             threading.Event().wait()  # until SIGKILL
         if step == self.hold_before_commit and self.release_file is not None:
             self.announce("holding-commit", step)
-            while not self._released():
-                time.sleep(RELEASE_POLL_SECONDS)  # until the test releases it (or kills us)
+            COMMIT_HELD.set()
+            try:
+                while not self._released():
+                    time.sleep(RELEASE_POLL_SECONDS)  # until the test releases it (or kills us)
+            finally:
+                COMMIT_HELD.clear()
 
 
 def _append(path: Path, line: str) -> None:

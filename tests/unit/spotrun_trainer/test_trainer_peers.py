@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch._C._distributed_c10d import PrefixStore, TCPStore
 
 from spotrun_api import contract
-from spotrun_trainer import distributed, peer_watch, peers
+from spotrun_trainer import distributed, peer_watch, peers, testhooks
 from spotrun_trainer.distributed import DistContext
 from spotrun_trainer.peer_watch import Lost, PeerWatch
 from spotrun_trainer.peers import PeerMonitor
@@ -189,6 +189,29 @@ def test_a_peer_that_stops_beating_is_lost_and_named(server: TCPStore) -> None:
         # The words the operator reads to stop waiting for that pod.
         assert contract.lost_pod_named(message) == "pod-1"
     finally:
+        peer.stop.set()
+        monitor.stop(clean=False)
+
+
+def test_a_rank_whose_commit_a_test_holds_judges_no_peer_until_released(
+    server: TCPStore,
+) -> None:
+    # testhooks.COMMIT_HELD: a test keeps a cut-off rank alive until a newer attempt has
+    # fenced the folder; once the hold ends the heartbeat judges again.
+    losses = Losses()
+    peer = Peer(_client(server), 1)
+    monitor = _monitor(_client(server), 0, 0.5, losses).start()
+    testhooks.COMMIT_HELD.set()
+    try:
+        _until_peers_beat(monitor)
+        peer.stop.set()
+        time.sleep(2.0)  # four times the limit: a judging rank would have declared
+        assert losses.messages == []
+        testhooks.COMMIT_HELD.clear()
+        assert losses.event.wait(DEADLINE)
+        assert "rank 1 (pod-1) sent no heartbeat" in losses.messages[0], losses.messages
+    finally:
+        testhooks.COMMIT_HELD.clear()
         peer.stop.set()
         monitor.stop(clean=False)
 
