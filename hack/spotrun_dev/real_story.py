@@ -23,7 +23,7 @@ from typing import Any
 from kubernetes import client
 
 from spotrun_api import contract
-from spotrun_dev import real_interrupt, realnodes
+from spotrun_dev import real_interrupt, real_partition, realnodes, storage
 from spotrun_dev.node_config import GPU_TAINT_KEY, REAL_NODE_LABEL
 from spotrun_dev.pod_exits import PodExits
 from spotrun_dev.waiting import ClusterError, wait_for
@@ -39,7 +39,10 @@ REAL_TOLERATIONS = [
 # the attempt resumed, so harness waits (a node going NotReady takes a minute) never decide
 # where in the run it lands.
 MAX_STEPS = 400
-CRASH_AT = 300  # in attempt 3, which resumes below ~100 (the loss comes at attempt 2's +30)
+# In attempt 4, which resumes below real_partition.HOLD_AT (the partition holds attempt 3's
+# first save at or after it).
+CRASH_AT = 300
+CRASH_ATTEMPT = 4
 TRAINER_ARGS = (
     f"--max-steps={MAX_STEPS}",
     "--batch-size=8",
@@ -55,23 +58,37 @@ TRAINER_ARGS = (
 # the step delay it takes seconds instead of 80 s of sleeping. The delay is a sleep after
 # each optimizer step; it changes no number the final weights are made of.
 REFERENCE_ARGS = tuple(a for a in TRAINER_ARGS if not a.startswith("--fault.step-delay"))
-CRASH_ARGS = (f"--fault.crash-at-step={CRASH_AT}", "--fault.crash-in-attempt=3")
-# (attempt, signal, steps to train in that attempt before the signal)
+CRASH_ARGS = (f"--fault.crash-at-step={CRASH_AT}", f"--fault.crash-in-attempt={CRASH_ATTEMPT}")
+# (attempt, signal, steps to train in that attempt before the signal; the partition comes
+# when rank 0 holds its commit, real_partition.HOLD_AT). The crash comes between the last
+# two.
 PLAN: tuple[tuple[int, str, int], ...] = (
     (1, "nth", 40),
     (2, "loss", 30),
-    (4, "shutdown", 20),
+    (3, "partition", 0),
+    (5, "shutdown", 20),
 )
+CHECKPOINT_MOUNT = "/checkpoints"  # spec.checkpoint.path's default
 # The trainer's resume line: "resumed from <path> (step N, written by R ranks) in Ts".
 RESUMED = re.compile(r"resumed from .*\(step (\d+)[,)]")
 # What the operator records for each. A lost instance is named by the surviving rank: its
 # heartbeat sees the peer vanish (exit 86, peer-lost) long before the node lifecycle
 # controller marks the node Unknown (docs/trainer.md, "Lost peers").
-SIGNAL_OF = {"nth": "spot-interruption", "loss": "peer-lost", "shutdown": "node-shutdown"}
+SIGNAL_OF = {
+    "nth": "spot-interruption",
+    "loss": "peer-lost",
+    "partition": "peer-lost",
+    "shutdown": "node-shutdown",
+}
 
 
 def trainer_run(
-    name: str, image: str, claim: str, args: tuple[str, ...], interval: str = "3s"
+    name: str,
+    image: str,
+    claim: str,
+    args: tuple[str, ...],
+    interval: str = "3s",
+    env: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """A 2-node TrainingRun of the real trainer image on the real nodes (one rank a pod)."""
     return {
@@ -91,7 +108,9 @@ def trainer_run(
                 "spec": {
                     "nodeSelector": {REAL_NODE_LABEL: "true"},
                     "tolerations": [dict(t) for t in REAL_TOLERATIONS],
-                    "containers": [{"name": "pytorch", "imagePullPolicy": "Never"}],
+                    "containers": [
+                        {"name": "pytorch", "imagePullPolicy": "Never", "env": env or []}
+                    ],
                 }
             },
         },
@@ -116,6 +135,20 @@ class Interruption:
         return self.last_step - self.resumed_from
 
 
+@dataclass(frozen=True)
+class PartitionSeen:
+    """What the partition showed: the step rank 0 held, the next attempt's fence, and the
+    cut-off rank's own log line refusing its commit."""
+
+    held_step: int
+    fence: contract.Fence
+    refused_line: str
+
+
+def _is_master(pod: client.V1Pod) -> bool:
+    return bool(pod.metadata.labels.get("training.kubeflow.org/replica-type") == "master")
+
+
 class Story:
     """Drives the two runs; every wait has a deadline."""
 
@@ -129,6 +162,7 @@ class Story:
         self.losses: list[tuple[int, int, float]] = []  # (attempt, step, loss) from logs
         self._dying: list[threading.Thread] = []
         self._resumed: dict[tuple[str, int], int] = {}
+        self.partitioned: PartitionSeen | None = None
 
     # --- reading what the trainer and the operator wrote ------------------------------
     def status(self, run: str) -> dict[str, Any]:
@@ -157,7 +191,7 @@ class Story:
 
     def master_log(self, run: str, attempt: int) -> str:
         for p in self.pods(run, attempt):
-            if p.metadata.labels.get("training.kubeflow.org/replica-type") == "master":
+            if _is_master(p):
                 return str(self.core.read_namespaced_pod_log(p.metadata.name, self.namespace))
         return ""
 
@@ -198,9 +232,14 @@ class Story:
 
     # --- the story --------------------------------------------------------------------
     def create(
-        self, name: str, image: str, claim: str, args: tuple[str, ...], interval: str = "3s"
+        self,
+        name: str,
+        image: str,
+        claim: str,
+        args: tuple[str, ...],
+        env: list[dict[str, str]] | None = None,
     ) -> None:
-        body = trainer_run(name, image, claim, args, interval)
+        body = trainer_run(name, image, claim, args, env=env)
         self.custom.create_namespaced_custom_object(*TR[:2], self.namespace, TR[2], body)
 
     def reference(self, image: str, timeout: float = 900) -> dict[str, Any]:
@@ -211,11 +250,14 @@ class Story:
         return self.wait_status("ref", "the end", lambda s: s.get("phase") in done, timeout)
 
     def start(self, image: str) -> None:
-        self.create("run", image, "ckpt", TRAINER_ARGS + CRASH_ARGS)
+        env = real_partition.trainer_env(CHECKPOINT_MOUNT)
+        self.create("run", image, "ckpt", TRAINER_ARGS + CRASH_ARGS, env)
 
     def interrupt(self, attempt: int, signal: str, steps: int) -> Interruption:
         """``signal`` on one node of ``attempt``'s gang once it trained ``steps`` steps
         after resuming; returns what the trainer and the operator then did."""
+        if signal == "partition":
+            return self.partition(attempt)
         base = self.resumed_from("run", attempt) if attempt > 1 else 0
         self.wait_training("run", attempt, base + steps)
         self.collect_losses("run", attempt)
@@ -251,6 +293,43 @@ class Story:
         self.interruptions.append(record)
         return record
 
+    def partition(self, attempt: int) -> Interruption:
+        """Cut the master's node off while rank 0 holds a commit (real_partition); the
+        next attempt starts on other nodes, and the cut-off rank's commit, released after
+        the next attempt's fence, is refused. The instance is then terminated."""
+        folder = storage.host_path(self.namespace, "ckpt")
+        held = real_partition.wait_held(folder)
+        master = next(p for p in self.pods("run", attempt) if _is_master(p))
+        node, pod = str(master.spec.node_name), str(master.metadata.name)
+        self.collect_losses("run", attempt)
+        before = self.progress("run")
+        log.info("attempt %d: partition of %s (rank 0 holds step %d)", attempt, node, held)
+        t0 = time.monotonic()
+        real_partition.cut(node)
+        st = self.wait_status(
+            "run", "the partition's preemption",
+            lambda s: int(s.get("preemptions", 0)) > len(self.interruptions), timeout=300,
+        )  # fmt: skip
+        fence = real_partition.wait_fence(folder, attempt + 1)
+        real_partition.release(folder)
+        refused = real_partition.wait_log(node, self.namespace, pod, r"refused: fenced by")
+        record = Interruption(
+            signal="partition",
+            attempt=attempt,
+            node=node,
+            last_step=int(before.get("step", 0)),
+            resumed_from=0,
+            seconds_to_training=self._next_training(attempt + 1, t0),
+            save_seconds=None,
+            recorded_signal=str((st.get("lastPreemption") or {}).get("signal", "")),
+        )
+        record.resumed_from = self.resumed_from("run", attempt + 1)
+        self.partitioned = PartitionSeen(held, fence, refused)
+        real_interrupt.instance_dies(self.core, node)  # the cut-off instance is terminated
+        self.replace_nodes()
+        self.interruptions.append(record)
+        return record
+
     def nth_notice(self, node: str) -> None:
         """NTH drains ``node`` on its spot interruption notice; the instance dies at the end
         of the notice while the story goes on (:meth:`replace_nodes` waits for it)."""
@@ -277,15 +356,16 @@ class Story:
         return round(time.monotonic() - t0, 1)
 
     def crash(self) -> dict[str, Any]:
-        """Attempt 3's trainer exits 1 at CRASH_AT: a failure, not a preemption."""
-        self.wait_training("run", 3, CRASH_AT - 15)
-        self.collect_losses("run", 3)  # its log goes with its pods
+        """Attempt CRASH_ATTEMPT's trainer exits 1 at CRASH_AT: a failure, not a
+        preemption."""
+        self.wait_training("run", CRASH_ATTEMPT, CRASH_AT - 15)
+        self.collect_losses("run", CRASH_ATTEMPT)  # its log goes with its pods
         st = self.wait_status(
             "run", "the crash to count as a failure",
             lambda s: int(s.get("failures", 0)) >= 1, timeout=600,
         )  # fmt: skip
-        self._next_training(4, time.monotonic())
-        self.resumed_from("run", 4)
+        self._next_training(CRASH_ATTEMPT + 1, time.monotonic())
+        self.resumed_from("run", CRASH_ATTEMPT + 1)
         return st
 
     def finish(self, timeout: float = 900) -> dict[str, Any]:

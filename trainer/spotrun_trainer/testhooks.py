@@ -19,8 +19,9 @@ from spotrun_trainer.preemption import StopGuard
 ENV_EVENTS_FILE = "SPOTRUN_TEST_EVENTS_FILE"  # append "<event> <rank> <step>" lines here
 ENV_PAUSE_AT_STEP = "SPOTRUN_TEST_PAUSE_AT_STEP"  # hold after this step until a request
 ENV_PAUSE_BEFORE_COMMIT = "SPOTRUN_TEST_PAUSE_BEFORE_COMMIT"  # hold forever before commit
-# hold a save of this step just before its manifest (and its fence checks) until the file
-# ENV_RELEASE_FILE names exists; that file also releases ENV_PAUSE_AT_STEP's hold
+# hold the first save of this step or a later one (a time-based interval saves at any
+# step) just before its manifest (and its fence checks) until the file ENV_RELEASE_FILE
+# names exists; that file also releases ENV_PAUSE_AT_STEP's hold
 ENV_HOLD_BEFORE_COMMIT = "SPOTRUN_TEST_HOLD_BEFORE_COMMIT"
 ENV_RELEASE_FILE = "SPOTRUN_TEST_RELEASE_FILE"
 RELEASE_POLL_SECONDS = 0.05
@@ -92,7 +93,9 @@ class TestHooks:
         if step == self.pause_before_commit:
             self.announce("paused-commit", step)
             threading.Event().wait()  # until SIGKILL
-        if step == self.hold_before_commit and self.release_file is not None:
+        hold = self.hold_before_commit
+        if hold is not None and step >= hold and self.release_file is not None:
+            self.hold_before_commit = None  # once
             self.announce("holding-commit", step)
             COMMIT_HELD.set()
             try:

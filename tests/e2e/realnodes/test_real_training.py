@@ -3,10 +3,12 @@ real interruptions stop it, and it resumes from its own checkpoints, bit for bit
 
 One TrainingRun of 2 nodes (DDP over gloo between two pods, MASTER_ADDR through CoreDNS)
 lives through, in order: an NTH spot interruption (taint, cordon, drain through the
-Eviction API; then the instance dies), an instance loss (every process SIGKILLed), an
-application crash (the trainer exits 1 once, by its own fault flag), and a graceful node
-shutdown (the real kubelet's shutdown manager, told by logind). Its final weights must be
-bitwise equal to those of a reference run of the same image and world size that nothing
+Eviction API; then the instance dies), an instance loss (every process SIGKILLed), a
+network partition of the master's node while its rank 0 holds a commit (its processes live
+on: the next attempt starts without waiting for it, and the commit it tries after the next
+attempt's fence is refused; real_partition), an application crash (the trainer exits 1
+once, by its own fault flag), and a graceful node shutdown (the real kubelet's shutdown
+manager, told by logind). Its final weights must be bitwise equal to those of a reference run of the same image and world size that nothing
 interrupted. The figures per interruption are printed and attached to the report.
 """
 
@@ -20,15 +22,17 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from spotrun_api import contract
 from spotrun_dev import chart_install, images, real_story
 from spotrun_dev.node_config import SHUTDOWN_CRITICAL_SECONDS, SHUTDOWN_GRACE_SECONDS, RealNode
-from spotrun_dev.real_story import CRASH_AT, MAX_STEPS, PLAN, SIGNAL_OF, Story
+from spotrun_dev.real_partition import HOLD_AT, committed
+from spotrun_dev.real_story import CRASH_AT, CRASH_ATTEMPT, MAX_STEPS, PLAN, SIGNAL_OF, Story
 
 # What the kubelet's shutdown manager gives regular pods (shorter than their own 60 s).
 SHUTDOWN_POD_GRACE = SHUTDOWN_GRACE_SECONDS - SHUTDOWN_CRITICAL_SECONDS
 
 
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(2700)
 def test_real_run_survives_interruptions_bitwise(
     api_client: client.ApiClient,
     namespace: str,
@@ -43,14 +47,15 @@ def test_real_run_survives_interruptions_bitwise(
     story.start(built_images["trainer"].ref)
     nth = story.interrupt(*PLAN[0])
     loss = story.interrupt(*PLAN[1])
+    partition = story.interrupt(*PLAN[2])
     crashed = story.crash()
-    shutdown = story.interrupt(*PLAN[2])
+    shutdown = story.interrupt(*PLAN[3])
     run = story.finish()
     figures = [dataclasses.asdict(i) | {"lost_steps": i.lost_steps} for i in story.interruptions]
     print(json.dumps(figures, indent=2))
     record_property("interruptions", json.dumps(figures))
 
-    for rec in (nth, loss, shutdown):
+    for rec in (nth, loss, partition, shutdown):
         assert rec.recorded_signal == SIGNAL_OF[rec.signal], rec
     # NTH and shutdown: every rank saved at the next step boundary inside its grace
     # period and exited 143; the next attempt resumed from exactly that checkpoint.
@@ -63,15 +68,17 @@ def test_real_run_survives_interruptions_bitwise(
         assert rec.save_seconds is not None and -1 < rec.save_seconds < grace, rec
     # Loss: SIGKILL, no final save; resumed from the newest periodic checkpoint.
     assert 0 <= loss.resumed_from <= loss.last_step, loss
-    # The crash: both ranks exit 1 at CRASH_AT in attempt 3; one failure, no preemption.
-    assert story.exits.of("run", 3) == [1, 1], story.exits.describe("run", 3)
-    assert int(crashed["preemptions"]) == 2 and int(crashed["failures"]) == 1, crashed
-    assert story.resumed_from("run", 4) <= CRASH_AT
+    assert_partition_fenced(story, partition, shared_claims["ckpt"])
+    # The crash: both ranks exit 1 at CRASH_AT; one failure, no preemption.
+    crash = CRASH_ATTEMPT
+    assert story.exits.of("run", crash) == [1, 1], story.exits.describe("run", crash)
+    assert int(crashed["preemptions"]) == 3 and int(crashed["failures"]) == 1, crashed
+    assert story.resumed_from("run", crash + 1) <= CRASH_AT
 
     assert ref.get("phase") == "Succeeded", ref
     assert (int(ref.get("preemptions", 0)), int(ref.get("failures", 0))) == (0, 0), ref
     assert run.get("phase") == "Succeeded", run
-    assert (int(run["preemptions"]), int(run["failures"])) == (3, 1), run
+    assert (int(run["preemptions"]), int(run["failures"])) == (4, 1), run
     got = real_story.final_weights(shared_claims["ckpt"], MAX_STEPS)
     want = real_story.final_weights(shared_claims["ckpt-ref"], MAX_STEPS)
     assert got, "the final checkpoint holds no weights"
@@ -79,6 +86,26 @@ def test_real_run_survives_interruptions_bitwise(
     # The operator's pod lived through every node's loss and replacement: its lease
     # renewals kept reaching the apiserver (a lost lease exits the process).
     assert operator_release.restarts(client.CoreV1Api(api_client)) == 0
+
+
+def assert_partition_fenced(story: Story, rec: real_story.Interruption, folder: Path) -> None:
+    """The partition (real_partition): the worker's heartbeat named the cut-off master's
+    pod; the next attempt started while that rank still lived; its commit, released after
+    the next attempt's fence, was refused; the next attempt loaded only what the fence
+    accepted, and no checkpoint of the cut-off attempt at or past the held step exists."""
+    seen = story.partitioned
+    assert seen is not None and seen.held_step >= HOLD_AT, seen
+    exits = story.exits.of("run", rec.attempt)
+    assert contract.EXIT_PEER_LOST in exits, story.exits.describe("run", rec.attempt)
+    assert seen.fence.epoch == rec.attempt + 1, seen
+    assert f"commit of step {seen.held_step} refused: fenced by attempt {rec.attempt + 1}" in (
+        seen.refused_line
+    ), seen
+    accepted = [a.step for a in seen.fence.accepted]
+    assert accepted and max(accepted) < seen.held_step, seen
+    assert rec.resumed_from == max(accepted), (rec, seen)
+    late = [c for c in committed(folder) if c.epoch == rec.attempt and c.step >= seen.held_step]
+    assert late == [], late
 
 
 @pytest.mark.timeout(1200)
