@@ -137,9 +137,7 @@ class CostStatus(ApiModel):
         description="USD of the nodes held by warm spares (spec.capacity.warmSpares), "
         "from each spare's binding to its end; part of totalUSD.",
     )
-    spare_node_seconds: float | None = Field(
-        None, description="Node-seconds held by warm spares."
-    )
+    spare_node_seconds: float | None = Field(None, description="Node-seconds held by warm spares.")
     updated_at: Time | None = Field(None, description="When this estimate was computed.")
 
 
