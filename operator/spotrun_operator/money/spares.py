@@ -27,7 +27,6 @@ from spotrun_operator.facts.common import (
     pod_uid,
 )
 from spotrun_operator.facts.signals import NodeInfo
-from spotrun_operator.judging.evidence import is_terminal
 from spotrun_operator.money.cost import SECONDS_PER_HOUR, Cost, Price, Prices, as_prices
 
 PriceSource = Mapping[str, Price] | Prices
@@ -56,6 +55,10 @@ def bound_since(pod: Mapping[str, Any], now: dt.datetime) -> dt.datetime:
                 return min(t, now)
     t = parse_time(pod_meta(pod).get("creationTimestamp"))
     return min(t, now) if t is not None else now
+
+
+def _ended(pod: Mapping[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
 def _hourly(p: SparePod, prices: Prices) -> float | None:
@@ -99,7 +102,7 @@ def track(
         node = pod_node(pod)
         info = nodes.get(node) if node is not None else None
         # A node that is gone bills no more, whatever its pod still shows.
-        if node is None or is_terminal(pod) or (info is not None and not info.exists):
+        if node is None or _ended(pod) or (info is not None and not info.exists):
             continue
         uid = pod_uid(pod)
         bound[uid] = listed.get(uid) or SparePod(
