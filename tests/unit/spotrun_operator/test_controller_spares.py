@@ -6,7 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from controller_fakes import CFG, REF, at, job, merge, observed, pod, running_status, spec, ts
+from controller_fakes import (
+    CFG,
+    REF,
+    at,
+    gang,
+    job,
+    merge,
+    node,
+    observed,
+    pod,
+    running_status,
+    spec,
+    ts,
+)
 
 from spotrun_api.prices import DEFAULT_ON_DEMAND_USD_PER_HOUR, DEFAULT_SPOT_FRACTION
 from spotrun_api.spares import SparePod, SparesStatus
@@ -167,9 +180,8 @@ def test_an_active_run_keeps_its_spares_and_a_change_updates_them() -> None:
 
 
 def gang_pods() -> list[dict[str, Any]]:
-    from controller_fakes import gang
-
-    return gang(1)
+    pods: list[dict[str, Any]] = gang(1)
+    return pods
 
 
 @pytest.mark.parametrize(
@@ -234,7 +246,7 @@ def test_a_run_without_spares_touches_no_deployment() -> None:
 
 
 def spare_pod(name: str, node_name: str | None, bound: float = 0.0, **meta: Any) -> dict[str, Any]:
-    p = pod(name, node_name=node_name)
+    p: dict[str, Any] = pod(name, node_name=node_name)
     p["metadata"]["labels"] = {LABEL_RUN: "llm", LABEL_SPARE_OF: "llm"}
     p["metadata"].update(meta)
     p["metadata"]["creationTimestamp"] = ts(bound - 30)
@@ -246,8 +258,6 @@ def spare_pod(name: str, node_name: str | None, bound: float = 0.0, **meta: Any)
 
 
 def test_a_bound_spare_bills_its_node_from_binding_to_its_end() -> None:
-    from controller_fakes import node
-
     nodes = {"n9": node("n9")}
     unbound = spare_pod("s-0", None)
     bound = spare_pod("s-1", "n9", bound=100.0)
