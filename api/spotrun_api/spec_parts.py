@@ -20,6 +20,7 @@ QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 Quantity = int | Annotated[str, Field(pattern=QUANTITY_PATTERN)]
 DEFAULT_INSTANCE_TYPES = ("p4d.24xlarge",)
 DEFAULT_WAIT_BEFORE_SHRINK = "10m"
+MAX_WARM_SPARES = 16
 IS_DURATION = f"self.matches('{DURATION_PATTERN}')"
 
 
@@ -96,6 +97,18 @@ class Capacity(ApiModel):
         json_schema_extra=crd_extra(
             cel(IS_DURATION, "must be a duration such as 90s, 30m or 1h30m")
         ),
+    )
+    warm_spares: Int32 = Field(
+        0,
+        ge=0,
+        le=MAX_WARM_SPARES,
+        description="Placeholder pods (a Deployment <run>-spares at the lowest priority, "
+        "PriorityClass spotrun-spare) that each hold one whole node of the run's capacity "
+        "type and instance types, with the run's image pulled, while the run is active: a "
+        "preempted gang's next attempt lands at once by preempting them, and the autoscaler "
+        "brings new spare nodes in the background. Costs money: each spare bills a whole "
+        "node at the run's capacity price while it waits idle (status.cost.sparesUSD, "
+        "counted against spec.budget.maxUSD). 0: none.",
     )
 
     @field_validator("on_demand_fallback_after")

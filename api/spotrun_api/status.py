@@ -14,6 +14,7 @@ from pydantic.dataclasses import dataclass
 
 from spotrun_api.base import ApiModel, Int32, Int64, Time, crd_extra, no_schema_default
 from spotrun_api.enums import ConditionStatus, Outcome, Phase
+from spotrun_api.spares import SparesStatus
 
 # --- status.progress, written by the trainer (rank 0) ---------------------------------
 PROGRESS_FIELDS: Final = (
@@ -115,7 +116,12 @@ class CostStatus(ApiModel):
     on_demand_usd: float | None = Field(
         None, alias="onDemandUSD", description="USD spent on on-demand nodes."
     )
-    total_usd: float | None = Field(None, alias="totalUSD", description="spotUSD + onDemandUSD.")
+    total_usd: float | None = Field(
+        None,
+        alias="totalUSD",
+        description="spotUSD + onDemandUSD + sparesUSD: what spec.budget.maxUSD is checked "
+        "against.",
+    )
     on_demand_equivalent_usd: float | None = Field(
         None,
         alias="onDemandEquivalentUSD",
@@ -125,6 +131,13 @@ class CostStatus(ApiModel):
         None, description="Saving against running every node-hour on-demand."
     )
     gpu_hours: float | None = Field(None, description="GPU-hours used by all attempts.")
+    spares_usd: float | None = Field(
+        None,
+        alias="sparesUSD",
+        description="USD of the nodes held by warm spares (spec.capacity.warmSpares), "
+        "from each spare's binding to its end; part of totalUSD.",
+    )
+    spare_node_seconds: float | None = Field(None, description="Node-seconds held by warm spares.")
     updated_at: Time | None = Field(None, description="When this estimate was computed.")
 
 
@@ -318,6 +331,11 @@ class TrainingRunStatus(ApiModel):
     )
     archived: Archived | None = Field(
         None, description="Totals of older attempts dropped from the attempts list."
+    )
+    spares: SparesStatus | None = Field(
+        None,
+        description="The warm spares (spec.capacity.warmSpares) as last set, and the nodes "
+        "they hold.",
     )
 
 

@@ -57,6 +57,14 @@ rule only with a comment saying which code needs it.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["create"]
+# Warm spares (spec.capacity.warmSpares): kube.apply_spares server-side applies the
+# run's Deployment "<run>-spares" (patch; create too, since an apply that creates the
+# object is authorized as a create), kube.delete_spares removes it when the run ends or
+# is suspended. Never read back (no get/list/watch): the spare pods are seen through the
+# pods watch.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["create", "patch", "delete"]
 # Kueue's Workloads (spec.queueName only), watched into the operator's cache: the one
 # labelled with an attempt's job UID says why it waits in the queue and why Kueue took it
 # back. Harmless where Kueue is not installed.

@@ -12,10 +12,12 @@ from spotrun_api.enums import ConditionType, Outcome, Phase
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import OPERATOR_FIELDS, Attempt, CostStatus, TrainingRunStatus
 from spotrun_operator.decisions.draft import Draft
+from spotrun_operator.decisions.spares import plan_spares
 from spotrun_operator.facts.common import fmt_time
 from spotrun_operator.model import reducers
 from spotrun_operator.model.plan import Decision, RunGauges
 from spotrun_operator.money.cost import Cost
+from spotrun_operator.money.spares import spares_cost
 
 Json = dict[str, Any]
 
@@ -94,6 +96,7 @@ def _gauges(d: Draft, cost: Cost) -> RunGauges:
     return RunGauges(
         spot_usd=cost.spot_usd,
         on_demand_usd=cost.on_demand_usd,
+        spares_usd=cost.spares_usd if cost.spare_node_seconds else None,
         savings_ratio=1.0 - cost.total_usd / equivalent if equivalent > 0 else None,
         budget_used_ratio=cost.total_usd / max_usd if max_usd else None,
         checkpoint_interval_seconds=float(interval) if interval else None,
@@ -120,7 +123,9 @@ def finish(d: Draft) -> Decision:
     pc = d.obs.pricing_condition
     if pc:
         d.set_condition(pc["type"], pc["status"] == "True", pc["reason"], pc["message"])
+    plan_spares(d, phase)
     cost = reducers.total_cost(d.history, s.archived, d.now, d.prices)
+    cost = cost + spares_cost(s.spares, d.now, d.prices)
     _cost_status(d, cost, phase)
     # The printer columns' strings, from the figures just drafted (spotrun_api.display
     # formats them for `kubectl get tr` and the kubectl plugin alike).

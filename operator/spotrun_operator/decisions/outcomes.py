@@ -24,6 +24,7 @@ from spotrun_operator.facts.common import fmt_time, parse_time
 from spotrun_operator.judging.classify import Verdict
 from spotrun_operator.model import reducers
 from spotrun_operator.money import budget
+from spotrun_operator.money.spares import spares_burn_usd_per_second, spares_cost
 
 
 def where_of(v: Verdict) -> str:
@@ -207,7 +208,9 @@ def _fall_back(
 
 
 def _spent(d: Draft) -> float:
-    return reducers.total_cost(d.history, d.status.archived, d.now, d.prices).total_usd
+    """Every attempt's spend plus the warm spares' (docs/cost.md)."""
+    attempts = reducers.total_cost(d.history, d.status.archived, d.now, d.prices)
+    return (attempts + spares_cost(d.status.spares, d.now, d.prices)).total_usd
 
 
 def _budget_warned(d: Draft) -> bool:
@@ -222,10 +225,11 @@ def check_budget(d: Draft, spec: TrainingRunSpec, n: int) -> None:
     if spec.max_usd is None:
         return
     entry = d.entry(n) or Attempt(attempt=n)
+    burn = reducers.burn_rate(entry, d.now, d.prices) if entry.started_at else 0.0
     verdict = budget.assess(
         max_usd=spec.max_usd,
         spent_usd=_spent(d),
-        burn_usd_per_second=reducers.burn_rate(entry, d.now, d.prices) if entry.started_at else 0.0,
+        burn_usd_per_second=burn + spares_burn_usd_per_second(d.status.spares, d.prices),
         checkpoint_interval_seconds=float(reducers.interval_of(entry)),
         warned=_budget_warned(d),
         grace_seconds=spec.termination_grace_period_seconds,
@@ -293,12 +297,14 @@ def next_entry_preview(d: Draft, spec: TrainingRunSpec, n: int) -> Attempt:
 
 
 def _resume_within_budget(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> None:
+    preview = next_entry_preview(d, spec, n + 1)
+    burn = reducers.burn_rate(preview, d.now, d.prices)
+    # The warm spares come back with the run, each a node like the gang's.
+    burn *= 1.0 + spec.capacity.warm_spares / max(1, preview.nodes or spec.nodes)
     verdict = budget.may_resume(
         max_usd=spec.max_usd,
         spent_usd=_spent(d),
-        next_burn_usd_per_second=reducers.burn_rate(
-            next_entry_preview(d, spec, n + 1), d.now, d.prices
-        ),
+        next_burn_usd_per_second=burn,
         checkpoint_interval_seconds=float(reducers.interval_of(entry)),
         grace_seconds=spec.termination_grace_period_seconds,
     )

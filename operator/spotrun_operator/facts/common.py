@@ -119,3 +119,19 @@ def attempt_of(pod: Mapping[str, Any]) -> int:
         return int((pod_meta(pod).get("labels") or {}).get(LABEL_ATTEMPT, 0))
     except ValueError:
         return 0
+
+
+# --- warm spares (spec.capacity.warmSpares) ---------------------------------------------
+# On the spare Deployment and its pods, next to spotrun.dev/run (so the run's pod watch
+# and caches see them); never with spotrun.dev/attempt. Observation tells spare pods from
+# attempt pods by this label.
+LABEL_SPARE_OF: Final = "spotrun.dev/spare-of"
+SPARE_PRIORITY_CLASS: Final = "spotrun-spare"
+
+
+def spares_name(run: str) -> str:
+    return f"{run}-spares"
+
+
+def is_spare(pod: Mapping[str, Any]) -> bool:
+    return LABEL_SPARE_OF in (pod_meta(pod).get("labels") or {})

@@ -48,9 +48,11 @@ from spotrun_operator.kubeio.apiserver import (
 from spotrun_operator.kubeio.recorder import EventCorrelator, Send
 from spotrun_operator.model.plan import (
     Action,
+    ApplySpares,
     CreateJob,
     DeleteJob,
     DeletePods,
+    DeleteSpares,
     EnsureObjects,
     Event,
     Rejected,
@@ -64,6 +66,10 @@ Obj = dict[str, Any]
 
 # Objects per page of a listing (client-go's reflector asks for 500).
 LIST_PAGE = 500
+# A run's spares Deployment is applied again (the same body) after this long: one write per
+# run in this while puts back a Deployment changed or deleted behind the operator's back.
+SPARES_REAPPLY_SECONDS = 600.0
+FIELD_MANAGER = "spotrun-operator"
 
 
 class Kube:
@@ -87,6 +93,8 @@ class Kube:
         self._ensured: dict[tuple[str, ...], None] = {}
         self._dry_run_passed: dict[str, None] = {}
         self.events = EventCorrelator(time.monotonic)
+        # The last write of each run's spares Deployment: (body digest or "deleted", when).
+        self._spares: dict[tuple[str, str], tuple[str, float]] = {}
 
     @property
     def dyn(self) -> DynamicClient:
@@ -312,6 +320,53 @@ class Kube:
     def delete_pod(self, namespace: str, name: str, grace_seconds: int) -> None:
         self._delete("Pod", namespace, name, grace_period_seconds=grace_seconds)
 
+    def _spares_done(self, key: tuple[str, str], digest: str) -> bool:
+        """The same spares write was made within SPARES_REAPPLY_SECONDS (and is not due
+        again); records ``digest`` as made now otherwise."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._spares.get(key)
+            if last is not None and last[0] == digest and now - last[1] < SPARES_REAPPLY_SECONDS:
+                return True
+            self._spares.pop(key, None)  # re-inserted last: the oldest goes first
+            _remember(self._spares, key, (digest, now))
+        return False
+
+    def apply_spares(self, body: Mapping[str, Any]) -> None:
+        """Server-side apply of a run's spares Deployment (field manager spotrun-operator,
+        forcing its own fields back): creates, scales and updates it in one idempotent
+        write, skipped while the same body was applied a short while ago."""
+        meta = body["metadata"]
+        key = (str(meta["namespace"]), str(meta["name"]))
+        digest = json.dumps(body, sort_keys=True)
+        if self._spares_done(key, digest):
+            return
+        try:
+            self.dyn.server_side_apply(
+                self._res("Deployment"),
+                body=dict(body),
+                namespace=key[0],
+                field_manager=FIELD_MANAGER,
+                force_conflicts=True,
+                _request_timeout=self.timeout,
+                serialize=False,
+            )
+        except Exception:
+            with self._lock:
+                self._spares.pop(key, None)  # try again at the next reconcile
+            raise
+
+    def delete_spares(self, namespace: str, name: str) -> None:
+        """Delete a run's spares Deployment (404 is success), once a while per process."""
+        if self._spares_done((namespace, name), "deleted"):
+            return
+        try:
+            self._delete("Deployment", namespace, name, propagation_policy="Background")
+        except Exception:
+            with self._lock:
+                self._spares.pop((namespace, name), None)
+            raise
+
     def correlate_event(self, ref: RunRef, ev: Event) -> Send | None:
         """What to write for ``ev`` (:mod:`recorder`); None: the spam filter dropped it."""
         return self.events.correlate(ref, ev)
@@ -385,10 +440,14 @@ class Kube:
             elif isinstance(action, DeletePods):
                 for name in action.names:
                     self.delete_pod(namespace, name, action.grace_seconds)
+            elif isinstance(action, ApplySpares):
+                self.apply_spares(action.body)
+            elif isinstance(action, DeleteSpares):
+                self.delete_spares(namespace, action.name)
 
 
-def _remember(seen: dict[Any, None], key: Any, limit: int = 20000) -> None:
-    """Add ``key`` to an insertion-ordered set, dropping the oldest beyond ``limit``."""
-    seen[key] = None
+def _remember(seen: dict[Any, Any], key: Any, value: Any = None, limit: int = 20000) -> None:
+    """Add ``key`` to an insertion-ordered map, dropping the oldest beyond ``limit``."""
+    seen[key] = value
     while len(seen) > limit:
         del seen[next(iter(seen))]

@@ -62,6 +62,9 @@ class Observed:
     workloads: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
     pods: Sequence[Mapping[str, Any]] = ()  # live pods of the run, every attempt
     deleted_pods: Sequence[Mapping[str, Any]] = ()  # last state of pods seen deleted
+    # The warm spares' pods (spotrun.dev/spare-of), never among pods or deleted_pods.
+    spare_pods: Sequence[Mapping[str, Any]] = ()
+    deleted_spare_pods: Sequence[Mapping[str, Any]] = ()
     nodes: Mapping[str, NodeInfo] = field(default_factory=dict)
     # Every existing node the watch knows: whether a gang can be placed before its job is
     # created (elasticity.unplaceable), where a smaller one could fit (fitting_nodes).
@@ -119,7 +122,25 @@ class DeletePods:
     grace_seconds: int
 
 
-Action = EnsureObjects | CreateJob | ValidateJob | DeleteJob | DeletePods
+@dataclass(frozen=True)
+class ApplySpares:
+    """Server-side apply of the warm spares' Deployment (model.spares). Derived again at
+    every reconcile of an active run: the I/O layer skips a body it applied for the run a
+    short while ago, so a Deployment changed or deleted behind its back is put back."""
+
+    body: Obj
+
+
+@dataclass(frozen=True)
+class DeleteSpares:
+    """Delete the warm spares' Deployment (404 is success); its pods follow it."""
+
+    name: str
+
+
+Action = (
+    EnsureObjects | CreateJob | ValidateJob | DeleteJob | DeletePods | ApplySpares | DeleteSpares
+)
 
 
 @dataclass(frozen=True)
@@ -145,6 +166,7 @@ class RunGauges:
 
     spot_usd: float = 0.0
     on_demand_usd: float = 0.0
+    spares_usd: float | None = None  # None: the run never had warm spares
     savings_ratio: float | None = None  # 1 - paid / on-demand equivalent; None: nothing priced
     budget_used_ratio: float | None = None  # None: the run has no spec.budget.maxUSD
     checkpoint_interval_seconds: float | None = None  # of the live attempt

@@ -97,10 +97,13 @@ class Cost:
     gpu_hours: float = 0.0
     unpriced_node_seconds: float = 0.0
     """Node-seconds of instance types with no known price (counted as $0)."""
+    spares_usd: float = 0.0
+    """Nodes held by warm spares (money.spares): paid, but no training."""
+    spare_node_seconds: float = 0.0
 
     @property
     def total_usd(self) -> float:
-        return self.spot_usd + self.on_demand_usd
+        return self.spot_usd + self.on_demand_usd + self.spares_usd
 
     @property
     def savings_percent(self) -> float:
@@ -116,6 +119,8 @@ class Cost:
             self.on_demand_equivalent_usd + other.on_demand_equivalent_usd,
             self.gpu_hours + other.gpu_hours,
             self.unpriced_node_seconds + other.unpriced_node_seconds,
+            self.spares_usd + other.spares_usd,
+            self.spare_node_seconds + other.spare_node_seconds,
         )
 
     @classmethod
@@ -150,6 +155,9 @@ class Cost:
             on_demand_equivalent_usd=round_half_up(self.on_demand_equivalent_usd),
             savings_percent=self.savings_percent,
             gpu_hours=round_half_up(self.gpu_hours),
+            # Only for a run that had spares: other runs' status.cost stays as it was.
+            spares_usd=round_half_up(self.spares_usd) if self.spare_node_seconds else None,
+            spare_node_seconds=round(self.spare_node_seconds) if self.spare_node_seconds else None,
         )
 
 

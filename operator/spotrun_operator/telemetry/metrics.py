@@ -88,6 +88,12 @@ _RUN_FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         ("namespace", "run", "capacity"),
     ),
     (
+        "spotrun_run_spares_cost_usd",
+        "Estimated spend on the nodes held by the run's warm spares (spec.capacity.warmSpares; "
+        "not in spotrun_run_cost_usd); runs that had spares only.",
+        ("namespace", "run"),
+    ),
+    (
         "spotrun_run_savings_ratio",
         "1 - spend / the same node-hours on on-demand (0.65: 65% cheaper).",
         ("namespace", "run"),
@@ -149,6 +155,7 @@ class RunCollector(Collector):
             for capacity, usd in zip(CAPACITIES, (g.spot_usd, g.on_demand_usd), strict=True):
                 fams["spotrun_run_cost_usd"].add_metric([ns, run, capacity], usd)
             optional = (
+                ("spotrun_run_spares_cost_usd", g.spares_usd),
                 ("spotrun_run_savings_ratio", g.savings_ratio),
                 ("spotrun_budget_used_ratio", g.budget_used_ratio),
                 (

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from spotrun_api.spec import InvalidSpec, TrainingRunSpec, parse_spec
 from spotrun_api.status import TrainingRunStatus, parse_status
-from spotrun_operator.facts.common import attempt_of, parse_time, utcnow
+from spotrun_operator.facts.common import attempt_of, is_spare, parse_time, utcnow
 from spotrun_operator.facts.signals import NodeInfo, node_info
 from spotrun_operator.judging import fence
 from spotrun_operator.judging.verdicts import BUILD_ERRORS
@@ -72,13 +72,18 @@ def observe(
     (plus what only the watch saw: the last state of pods and nodes now gone)."""
     ref = run_ref(run)
     jobs = kube.list_jobs(ref.namespace, ref.name, ref.uid)
-    pods = kube.list_pods(ref.namespace, ref.name)
+    listed = kube.list_pods(ref.namespace, ref.name)
     # A pod the watch saw that the list no longer has is gone: keep its last state.
-    live = {str((p.get("metadata") or {}).get("uid")) for p in pods}
-    deleted_pods = [p for p in seen_pods if str((p.get("metadata") or {}).get("uid")) not in live]
+    live = {str((p.get("metadata") or {}).get("uid")) for p in listed}
+    vanished = [p for p in seen_pods if str((p.get("metadata") or {}).get("uid")) not in live]
+    # The warm spares' pods share the run's label but are no attempt's: apart from here on.
+    pods = [p for p in listed if not is_spare(p)]
+    deleted_pods = [p for p in vanished if not is_spare(p)]
+    extra["spare_pods"] = [p for p in listed if is_spare(p)]
+    extra["deleted_spare_pods"] = [p for p in vanished if is_spare(p)]
     names = {
         str((p.get("spec") or {}).get("nodeName"))
-        for p in [*pods, *deleted_pods]
+        for p in [*listed, *vanished]
         if (p.get("spec") or {}).get("nodeName")
     }
     nodes: dict[str, NodeInfo] = {}

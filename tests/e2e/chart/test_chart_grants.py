@@ -35,6 +35,7 @@ NAMESPACED_GRANTS = {
     ("rbac.authorization.k8s.io", "rolebindings"): {"create"},
     ("", "events"): {"create", "list", "watch", "patch"},
     ("kueue.x-k8s.io", "workloads"): {"list", "watch"},
+    ("apps", "deployments"): {"create", "patch", "delete"},
 }
 CLUSTER_GRANTS = {
     ("", "nodes"): {"list", "watch"},

@@ -8,8 +8,9 @@ network partition of the master's node while its rank 0 holds a commit (its proc
 on: the next attempt starts without waiting for it, and the commit it tries after the next
 attempt's fence is refused; real_partition), an application crash (the trainer exits 1
 once, by its own fault flag), and a graceful node shutdown (the real kubelet's shutdown
-manager, told by logind). Its final weights must be bitwise equal to those of a reference run of the same image and world size that nothing
-interrupted. The figures per interruption are printed and attached to the report.
+manager, told by logind). Its final weights must be bitwise equal to those of a reference
+run of the same image and world size that nothing interrupted. The figures per
+interruption are printed and attached to the report.
 """
 
 from __future__ import annotations

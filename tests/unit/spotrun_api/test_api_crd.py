@@ -85,6 +85,20 @@ def test_formats_defaults_and_markers() -> None:
     assert _schema()["required"] == ["spec"]
 
 
+def test_warm_spares_are_bounded_by_the_apiserver_and_their_cost_has_fields() -> None:
+    warm = _spec()["properties"]["capacity"]["properties"]["warmSpares"]
+    assert (warm["minimum"], warm["maximum"], warm["default"], warm["format"]) == (
+        0,
+        16,
+        0,
+        "int32",
+    )
+    assert "whole node" in warm["description"]
+    status = _schema()["properties"]["status"]["properties"]
+    assert {"sparesUSD", "spareNodeSeconds"} <= set(status["cost"]["properties"])
+    assert status["spares"]["properties"]["pods"]["x-kubernetes-list-map-keys"] == ["uid"]
+
+
 class _Toy(BaseModel):
     model_config = ConfigDict(json_schema_extra=crd_extra(cel("self.n > 0", "positive")))
 

@@ -58,6 +58,22 @@ STATUS: dict[str, Any] = {
         {"attempt": 2, "capacityType": "spot", "createdAt": "2026-05-01T13:00:05Z"},
     ],
     "archived": {"attempts": 3, "spotUSD": 2.0, "gpuHours": 10.0},
+    "spares": {
+        "replicas": 1,
+        "image": "i",
+        "pods": [
+            {
+                "name": "r-spares-x",
+                "uid": "u",
+                "node": "n9",
+                "instanceType": "p4d.24xlarge",
+                "capacityType": "spot",
+                "since": "2026-05-01T12:30:00Z",
+            }
+        ],
+        "endedNodeSeconds": 60.0,
+        "endedUSD": 0.2,
+    },
 }
 
 
@@ -148,3 +164,20 @@ def test_the_crd_rejects_min_nodes_above_nodes_naming_the_field() -> None:
     elasticity = spec["properties"]["elasticity"]
     assert elasticity["required"] == ["minNodes"]
     assert elasticity["properties"]["minNodes"]["minimum"] == 1
+
+
+@pytest.mark.parametrize(
+    ("warm", "message"),
+    [
+        (-1, "spec.capacity.warmSpares: Input should be greater than or equal to 0"),
+        (17, "spec.capacity.warmSpares: Input should be less than or equal to 16"),
+        ("two", "spec.capacity.warmSpares: Input should be a valid integer"),
+    ],
+)
+def test_bad_warm_spares_names_the_field(warm: Any, message: str) -> None:
+    raw = {"image": "i", "checkpoint": {"volume": {"claimName": "c"}}}
+    with pytest.raises(InvalidSpec) as err:
+        parse_spec({**raw, "capacity": {"warmSpares": warm}})
+    assert message in str(err.value)
+    assert parse_spec(raw).capacity.warm_spares == 0  # off unless asked for
+    assert parse_spec({**raw, "capacity": {"warmSpares": 16}}).capacity.warm_spares == 16

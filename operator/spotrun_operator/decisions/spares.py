@@ -1,0 +1,71 @@
+"""The run's warm spares (spec.capacity.warmSpares), decided at the end of every decision
+(pure: actions and status only).
+
+While the run is active (not finished, not suspended by spec.suspend or its budget) and
+asks for spares, the Deployment ``<run>-spares`` is applied with that many replicas of the
+run's image; otherwise it is deleted. Level-based: the desired Deployment is derived
+again at each reconcile, and the I/O layer skips a body it applied for the run shortly
+before. ``status.spares`` records what was last asked for (an event only when that
+changes) and which spares hold a node (their cost, :mod:`money.spares`).
+"""
+
+from __future__ import annotations
+
+from spotrun_api.enums import Phase
+from spotrun_api.spares import SparesStatus
+from spotrun_api.spec import TrainingRunSpec
+from spotrun_operator.decisions.draft import Draft
+from spotrun_operator.facts.common import SPARE_PRIORITY_CLASS, spares_name
+from spotrun_operator.model.plan import ApplySpares, DeleteSpares
+from spotrun_operator.model.spares import build_spares_deployment
+from spotrun_operator.money.spares import track
+
+
+def wanted(spec: TrainingRunSpec | None, phase: Phase) -> int:
+    """How many spares the run should have now (0: none, the Deployment goes)."""
+    if spec is None or spec.suspend or phase.terminal or phase is Phase.SUSPENDED:
+        return 0
+    return spec.capacity.warm_spares
+
+
+def plan_spares(d: Draft, phase: Phase) -> None:
+    """Apply or delete the spares' Deployment for ``phase`` (the phase just derived), and
+    draft status.spares."""
+    spec = d.spec
+    old = d.status.spares or SparesStatus()
+    capacity = spec.capacity.type.value if spec is not None else "spot"
+    new = track(
+        d.status.spares,
+        d.obs.spare_pods,
+        d.obs.deleted_spare_pods,
+        d.obs.nodes,
+        d.now,
+        d.prices,
+        capacity,
+    )
+    want = wanted(spec, phase)
+    name = spares_name(d.obs.ref.name)
+    if want and spec is not None:
+        d.actions.append(ApplySpares(build_spares_deployment(d.obs.ref, spec)))
+        new = new.model_copy(update={"replicas": want, "image": spec.image})
+        if (old.replicas, old.image) != (want, spec.image):
+            d.event(
+                "Normal",
+                "SparesUpdated",
+                f"keeping {want} warm spare node(s) of {capacity} "
+                f"{', '.join(spec.capacity.instance_types)} (Deployment {name}, "
+                f"PriorityClass {SPARE_PRIORITY_CLASS}, image {spec.image})",
+            )
+    else:
+        asked = spec is not None and spec.capacity.warm_spares > 0
+        if old.replicas or d.obs.spare_pods or asked:
+            d.actions.append(DeleteSpares(name))
+        new = new.model_copy(update={"replicas": None, "image": None})
+        if old.replicas:
+            why = (
+                "spec.capacity.warmSpares is 0"
+                if spec and spec.capacity.warm_spares == 0
+                else (f"the run is {phase.value.lower()}")
+            )
+            d.event("Normal", "SparesRemoved", f"{why}: deleting the warm spares ({name})")
+    d.status.spares = None if new == SparesStatus() else new
