@@ -34,12 +34,13 @@ def survivor(words: bool = True) -> dict[str, Any]:
 
 def lost_pod(**kw: Any) -> dict[str, Any]:
     """The dead peer's pod: still Running as far as the apiserver knows, being deleted."""
-    return pod(LOST, node_name="n2", master=False, deleting=True, **kw)
+    p: dict[str, Any] = pod(LOST, node_name="n2", master=False, deleting=True, **kw)
+    return p
 
 
 def ended_by_peer_lost() -> dict[str, Any]:
     """Status once attempt 1 ended with peer-lost (survivor still listed)."""
-    st = running_status()
+    st: dict[str, Any] = running_status()
     d = decide(observed(now=20, status=st, jobs={1: job(1)}, pods=[survivor(), lost_pod()]), CFG)
     st = merge(st, d)
     assert st["attempts"][0]["outcome"] == "Preempted"
