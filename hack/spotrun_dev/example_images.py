@@ -62,11 +62,17 @@ def push_command(ref: str, registry: str = REGISTRY_HOST) -> list[str]:
 def ensure_examples(
     names: Sequence[str] | None = None, registry: str = REGISTRY_HOST
 ) -> dict[str, str]:
-    """Build every example image on the local trainer image and push it to ``registry``
-    (blobs the registry holds are not sent again). Returns {name: local ref}."""
+    """Build every example image on the local trainer image and push it, and the trainer
+    image, to ``registry`` (blobs the registry holds are not sent again). Returns {name:
+    local ref} of the examples."""
     trainer = realnodes.built_images()["trainer"].ref  # checked once per process
     out: dict[str, str] = {}
     with images.machine_lock():
+        # The trainer image itself too: a node started without images pulls it
+        # (provisioner's registry mode). Its layers are the examples' first ones, so
+        # after the first push this sends a manifest and a config.
+        log = images.cache_dir() / "logs" / "trainer-push.log"
+        images.run_logged(push_command(trainer, registry), log=log)
         for name in example_names() if names is None else names:
             ref = build_example(name, trainer)
             log = images.cache_dir() / "logs" / f"{IMAGE_PREFIX}{name}-push.log"

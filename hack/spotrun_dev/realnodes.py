@@ -129,7 +129,8 @@ def _ensure_services(state: FleetState) -> None:
     state.save()
 
 
-def _healthy(record: NodeRecord) -> bool:
+def healthy(record: NodeRecord) -> bool:
+    """Every process of the instance runs (a killed instance has none)."""
     return all(node_host.alive(record.pids.get(k)) for k in ("holder", "containerd", "kubelet"))
 
 
@@ -142,7 +143,7 @@ def ensure_real_nodes(core: client.CoreV1Api, count: int | None = None) -> list[
     key = node_images.golden_key(list(built.values()))
     config = config_key(built["pause"].ref)
     for name, record in list(state.nodes.items()):
-        if not _healthy(record):
+        if not healthy(record):
             log.info("real node %s is dead: removing it", name)
             remove_node(core, state, name)
         elif record.role == "bare":

@@ -41,7 +41,7 @@ def fleet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str
 
     monkeypatch.setattr(realnodes, "remove_node", remove)
     monkeypatch.setattr(realnodes, "add_node", add)
-    monkeypatch.setattr(realnodes, "_healthy", lambda record: True)
+    monkeypatch.setattr(realnodes, "healthy", lambda record: True)
     key = node_images.golden_key(list(built.values()))
     config = node_config.config_key(built["pause"].ref)
     state = realnodes.FleetState(next_index=10)

@@ -1,0 +1,158 @@
+"""The Auto Scaling group of the real spot nodes: a lost node is replaced after a delay.
+
+On EKS a reclaimed spot node is not replaced at once: the ASG (or Karpenter) notices the
+terminated instance, launches another, and the instance boots, bootstraps and joins before
+its kubelet reports Ready; then its pods' images must be present or pulled. The local
+cluster would hide all of that (a real node joins here in ~3 s with every image imported),
+so a replacement joins only ``delay_seconds`` after the group first ran short, and its
+images are either
+
+- ``preloaded``: its containerd starts from the golden root holding every image, as a
+  pre-baked AMI or a Bottlerocket data-volume snapshot gives, or
+- ``registry``: its containerd holds only the sandbox image, as a stock EKS AMI; the
+  kubelet pulls the trainer image from the harness's OCI registry (the CNCF distribution
+  registry built from its Go module, ``node_services.start_registry``) through containerd.
+
+The default delay, 90 s, is our pick for a GPU instance from request to Ready: AWS
+documents no launch-to-Ready figure; third-party measurements put a small Linux EKS node
+at about 30 s from launch to schedulable and a Karpenter-provisioned node at minutes, and a
+p4d.24xlarge adds its NVIDIA driver and EFA initialisation. Every bench and test states the
+delay and the image mode it ran with (``CapacitySettings.describe``);
+``SPOTRUN_PROVISIONING_DELAY_SECONDS`` and ``SPOTRUN_NODE_IMAGES`` set them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from kubernetes import client
+
+from spotrun_dev import node_config, node_images, realnodes
+from spotrun_dev.waiting import ClusterError, wait_for
+
+log = logging.getLogger("spotrun_dev.provisioner")
+
+ImageMode = Literal["preloaded", "registry"]
+DEFAULT_DELAY_SECONDS: Final = 90.0
+ENV_DELAY: Final = "SPOTRUN_PROVISIONING_DELAY_SECONDS"
+ENV_IMAGES: Final = "SPOTRUN_NODE_IMAGES"
+POLL_SECONDS: Final = 0.5
+
+
+@dataclass(frozen=True)
+class CapacitySettings:
+    delay_seconds: float = DEFAULT_DELAY_SECONDS
+    images: ImageMode = "preloaded"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> CapacitySettings:
+        raw = env.get(ENV_DELAY, "")
+        try:
+            delay = float(raw) if raw else DEFAULT_DELAY_SECONDS
+        except ValueError:
+            raise ClusterError(f"{ENV_DELAY}={raw!r} is not a number of seconds") from None
+        if delay < 0:
+            raise ClusterError(f"{ENV_DELAY}={raw!r} must be at least 0")
+        images = env.get(ENV_IMAGES, "preloaded")
+        if images not in ("preloaded", "registry"):
+            raise ClusterError(f"{ENV_IMAGES}={images!r}: use preloaded or registry")
+        return cls(delay, "registry" if images == "registry" else "preloaded")
+
+    def describe(self) -> str:
+        return f"provisioning delay {self.delay_seconds:g}s, images {self.images}"
+
+
+@dataclass
+class GroupState:
+    """What the group decides from (pure): when it first ran short, and launches so far."""
+
+    short_since: float | None = None
+    launches: list[tuple[float, str]] = field(default_factory=list)  # (at, node)
+
+
+def launch_due(state: GroupState, healthy: int, wanted: int, now: float, delay: float) -> bool:
+    """One replacement is due: the group has been short for ``delay`` seconds. The clock
+    restarts with each launch, as each instance of a group is launched and boots on its
+    own; a group that is whole again forgets it ran short."""
+    if healthy >= wanted:
+        state.short_since = None
+        return False
+    if state.short_since is None:
+        state.short_since = now
+    return now - state.short_since >= delay
+
+
+class Provisioner:
+    """Keeps ``wanted`` healthy real spot nodes, each replacement after the delay (a thread
+    of the bench or test that loses nodes; it is the only writer of the fleet's state while
+    it runs)."""
+
+    def __init__(
+        self,
+        core: client.CoreV1Api,
+        wanted: int,
+        settings: CapacitySettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.core, self.wanted, self.settings, self.clock = core, wanted, settings, clock
+        self.group = GroupState()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> Provisioner:
+        self._thread = threading.Thread(target=self._run, name="provisioner", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=180)
+        if self.error is not None and exc[0] is None:
+            raise ClusterError(f"the provisioner failed: {self.error}") from self.error
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(POLL_SECONDS):
+                self.step()
+        except BaseException as e:  # surfaced on exit: a thread cannot fail the test
+            log.exception("provisioner stopped")
+            self.error = e
+
+    def step(self) -> None:
+        """One pass: forget dead instances, launch a replacement when one is due."""
+        state = realnodes.FleetState.load()
+        for name, record in list(state.nodes.items()):
+            if record.role == "spot" and not realnodes.healthy(record):
+                log.info("instance of %s terminated: the group drops it", name)
+                realnodes.remove_node(self.core, state, name)
+        healthy = state.count("spot")
+        if launch_due(self.group, healthy, self.wanted, self.clock(), self.settings.delay_seconds):
+            name = self.launch(state)
+            self.group.launches.append((self.clock(), name))
+            self.group.short_since = None if healthy + 1 >= self.wanted else self.clock()
+
+    def launch(self, state: realnodes.FleetState) -> str:
+        """A new spot node with this group's image mode; returns its name once Ready."""
+        built = realnodes.built_images()
+        pause = built["pause"]
+        preloaded = self.settings.images == "preloaded"
+        golden = node_images.golden_root(list(built.values())) if preloaded else None
+        imports = () if preloaded else (pause.archive,)
+        record = realnodes.add_node(self.core, state, golden, pause.ref, "spot", imports)
+        # Same image set and config as its peers: ensure_real_nodes must not replace it.
+        record.images = node_images.golden_key(list(built.values()))
+        record.config = node_config.config_key(pause.ref)
+        state.save()
+        name = next(n for n, r in state.nodes.items() if r is record)
+        node = record.node(name)
+        wait_for(f"{name} Ready", lambda: realnodes.all_ready(self.core, [node]), timeout=120)
+        log.info("replacement %s joined (%s)", name, self.settings.describe())
+        return name
