@@ -33,7 +33,7 @@ from typing import Final, Literal
 
 from kubernetes import client
 
-from spotrun_dev import node_config, node_images, realnodes
+from spotrun_dev import node_config, node_images, real_interrupt, realnodes
 from spotrun_dev.waiting import ClusterError, wait_for
 
 log = logging.getLogger("spotrun_dev.provisioner")
@@ -127,17 +127,21 @@ class Provisioner:
             self.error = e
 
     def step(self) -> None:
-        """One pass: forget dead instances, launch a replacement when one is due."""
+        """One pass: launch a replacement when one is due; clear terminated instances."""
         state = realnodes.FleetState.load()
-        for name, record in list(state.nodes.items()):
-            if record.role == "spot" and not realnodes.healthy(record):
-                log.info("instance of %s terminated: the group drops it", name)
-                realnodes.remove_node(self.core, state, name)
-        healthy = state.count("spot")
+        spot = {n: r for n, r in state.nodes.items() if r.role == "spot"}
+        dead = [n for n, r in spot.items() if not realnodes.healthy(r)]
+        healthy = len(spot) - len(dead)
         if launch_due(self.group, healthy, self.wanted, self.clock(), self.settings.delay_seconds):
             name = self.launch(state)
             self.group.launches.append((self.clock(), name))
             self.group.short_since = None if healthy + 1 >= self.wanted else self.clock()
+        for name in dead:
+            # The cloud controller manager deletes the Node of a terminated instance once
+            # the node lifecycle controller marked it (real_interrupt.instance_dies).
+            if real_interrupt.node_ready(self.core, name) is not True:
+                log.info("instance of %s terminated and its node marked: removing it", name)
+                realnodes.remove_node(self.core, state, name)
 
     def launch(self, state: realnodes.FleetState) -> str:
         """A new spot node with this group's image mode; returns its name once Ready."""

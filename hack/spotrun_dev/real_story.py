@@ -285,7 +285,7 @@ class Story:
             node=node,
             last_step=int(last.get("step", 0)),
             resumed_from=0,
-            seconds_to_training=self._next_training(attempt + 1, t0),
+            seconds_to_training=self.next_training(attempt + 1, t0),
             save_seconds=_seconds_after(wall0, last) if signal != "loss" else None,
             recorded_signal=str((st.get("lastPreemption") or {}).get("signal", "")),
         )
@@ -319,7 +319,7 @@ class Story:
             node=node,
             last_step=int(before.get("step", 0)),
             resumed_from=0,
-            seconds_to_training=self._next_training(attempt + 1, t0),
+            seconds_to_training=self.next_training(attempt + 1, t0),
             save_seconds=None,
             recorded_signal=str((st.get("lastPreemption") or {}).get("signal", "")),
         )
@@ -347,7 +347,7 @@ class Story:
         self._dying.clear()
         realnodes.ensure_real_nodes(self.core, self.real_nodes)
 
-    def _next_training(self, attempt: int, t0: float) -> float:
+    def next_training(self, attempt: int, t0: float) -> float:
         def trained() -> bool:
             p = self.progress("run")
             return p.get("attempt") == attempt and p.get("samplesPerSecond") is not None
@@ -364,7 +364,7 @@ class Story:
             "run", "the crash to count as a failure",
             lambda s: int(s.get("failures", 0)) >= 1, timeout=600,
         )  # fmt: skip
-        self._next_training(CRASH_ATTEMPT + 1, time.monotonic())
+        self.next_training(CRASH_ATTEMPT + 1, time.monotonic())
         self.resumed_from("run", CRASH_ATTEMPT + 1)
         return st
 
