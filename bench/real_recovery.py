@@ -1,0 +1,149 @@
+"""Recovery on the real nodes with production's costs: spotrun against Kubeflow's restart.
+
+    python bench/real_recovery.py                       # every signal and variant, once
+    python bench/real_recovery.py --signals nth,loss --reps 3 --delay 90
+
+One 2-node run of the real trainer image (DDP over gloo, ``python -m spotrun_lm``) per case,
+on the real nodes, is interrupted once by ``nth`` (NTH's drain, then the instance dies),
+``shutdown`` (the kubelet's graceful node shutdown, then power-off), ``loss`` (every
+process of the instance SIGKILLed) or ``partition`` (the node's network cut, its processes
+alive; terminated once the case is over). The spot group replaces a lost instance after
+``--delay`` seconds, and replacements start without images: the kubelet pulls the trainer
+image from the harness registry (``provisioner``; ``--images preloaded`` for a pre-baked
+AMI). Variants:
+
+- ``spotrun``: a TrainingRun, two spot nodes in the group (no spare capacity);
+- ``spotrun_spare``: the same with ``warmSpares: 1`` and a third node for the spare;
+- ``kubeflow``: the same PyTorchJob spotrun would create for attempt 1, run by the
+  Kubeflow training operator alone, ``restartPolicy: OnFailure`` on both replicas (a
+  failed container restarts in place, a deleted pod is recreated), two nodes; the
+  trainer's own heartbeat is off (``SPOTRUN_PEER_TIMEOUT_SECONDS=0``: not Kubeflow's).
+
+Per case: signal -> the first training step of the next gang, its phases
+(``real_recovery_watch``) and the steps lost (the master's own log lines). Writes
+bench/results/real_recovery.json (medians over ``--reps``) and prints the table, then the
+expected goodput of an 8-node gang (``real_recovery_goodput``). Not a test: it needs the
+cluster (``make cluster-up``) and about 40 minutes for every case once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import real_recovery_goodput as goodput
+import real_recovery_watch as w
+from real_recovery_run import CaseRunner
+
+from spotrun_dev import cluster
+from spotrun_dev.provisioner import CapacitySettings
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIGNALS = ("nth", "shutdown", "loss", "partition")
+VARIANTS = ("spotrun", "spotrun_spare", "kubeflow")
+
+
+@dataclass
+class Result:
+    signal: str
+    variant: str
+    seconds: float | None
+    lost_steps: int | None
+    phases: dict[str, float]
+    notes: list[str]
+
+
+def summary(results: list[Result], settings: CapacitySettings) -> dict[str, Any]:
+    """The shape the issue asks for: per signal, medians per variant and spotrun's phases."""
+    out: dict[str, Any] = {
+        "provisioning_delay_s": settings.delay_seconds,
+        "images": settings.images,
+        "signals": {},
+    }
+    for sig in sorted({r.signal for r in results}, key=SIGNALS.index):
+        of = [r for r in results if r.signal == sig]
+        row: dict[str, Any] = {}
+        for variant in VARIANTS:
+            mine = [r for r in of if r.variant == variant]
+            if mine:
+                row[f"{variant}_s"] = w.median(r.seconds for r in mine)
+                row[f"{variant}_phases"] = w.median_phases(r.phases for r in mine)
+                row[f"{variant}_lost_steps"] = w.median(r.lost_steps for r in mine)
+        row["lost_steps"] = row.get("spotrun_lost_steps")
+        row["phases"] = row.get("spotrun_phases", {})
+        row["runs"] = [vars(r) for r in of]
+        out["signals"][sig] = row
+    return out
+
+
+def print_table(data: dict[str, Any]) -> None:
+    print(f"\nprovisioning delay {data['provisioning_delay_s']:g}s, images {data['images']}")
+    head = f"{'signal':<10}" + "".join(f"{v:>15}" for v in VARIANTS) + "   lost   phases (spotrun)"
+    print(head)
+    for sig, row in data["signals"].items():
+        cells = "".join(
+            f"{'-' if row.get(f'{v}_s') is None else format(row[f'{v}_s'], '.1f'):>15}"
+            for v in VARIANTS
+        )
+        phases = " ".join(f"{k}={v:g}" for k, v in row["phases"].items())
+        print(f"{sig:<10}{cells}   {row['lost_steps']!s:>4}   {phases}")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--signals", default=",".join(SIGNALS))
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--delay", type=float, default=None, help="provisioning delay, seconds")
+    p.add_argument("--images", choices=("registry", "preloaded"), default="registry")
+    p.add_argument("--timeout", type=float, default=480, help="per case, signal -> training")
+    p.add_argument("--out", default=str(RESULTS / "real_recovery.json"))
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    base = CapacitySettings.from_env()
+    settings = CapacitySettings(base.delay_seconds if args.delay is None else args.delay,
+                                args.images)  # fmt: skip
+    signals = [s for s in args.signals.split(",") if s]
+    variants = [v for v in args.variants.split(",") if v]
+    for name in (*signals, *variants):
+        if name not in (*SIGNALS, *VARIANTS):
+            raise SystemExit(f"unknown signal or variant {name!r}")
+    local = cluster.ensure_cluster()
+    results: list[Result] = []
+    with local.api_client() as api:
+        runner = CaseRunner(api, settings, args.timeout)
+        runner.setup()
+        for rep in range(args.reps):
+            for sig in signals:
+                for variant in variants:
+                    print(f"[{rep + 1}/{args.reps}] {sig} / {variant} ...", flush=True)
+                    b, lost = runner.run(sig, variant)
+                    r = Result(sig, variant, b.total(), lost, b.phases(), b.notes)
+                    print(f"    {r.seconds}s, lost {lost}, {r.phases} {r.notes}", flush=True)
+                    results.append(r)
+    data = summary(results, settings)
+    data["goodput"] = goodput.table(data)
+    data["machine"] = {"cpus": 2, "python": platform.python_version(), "host": "this machine"}
+    data["time"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    print_table(data)
+    goodput.print_table(data["goodput"])
+    Path(args.out).write_text(json.dumps(data, indent=2, default=str) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    started = time.monotonic()
+    code = main()
+    print(f"bench took {time.monotonic() - started:.0f}s")
+    sys.exit(code)

@@ -1,0 +1,278 @@
+"""One case of ``real_recovery``: a 2-node run on the real nodes, one signal, observed until
+the next gang's first training step (boundaries: ``real_recovery_watch``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import threading
+import time
+from typing import Any
+
+import real_recovery_watch as w
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from spotrun_api import contract
+from spotrun_api.spec import parse_spec
+from spotrun_dev import (
+    chart_install,
+    cluster,
+    cluster_apply,
+    paths,
+    real_interrupt,
+    real_partition,
+    real_story,
+    realnodes,
+    storage,
+)
+from spotrun_dev.provisioner import CapacitySettings, Provisioner
+from spotrun_dev.waiting import wait_for
+from spotrun_operator.model import builders
+from spotrun_operator.model.plan import RunRef
+
+NAMESPACE = "bench-recovery"
+CRD = paths.REPO_ROOT / "crds" / "trainingruns.spotrun.dev.yaml"
+RUN = "r"
+JOB_LABEL = "training.kubeflow.org/job-name"
+ARGS = tuple(a for a in real_story.TRAINER_ARGS if not a.startswith("--report.log-every"))
+ARGS = (*ARGS, "--report.log-every=1", "--max-steps=100000")
+WARM_STEPS = 30  # trained before the signal, so a checkpoint exists
+
+
+class CaseRunner:
+    def __init__(self, api: client.ApiClient, settings: CapacitySettings, timeout: float) -> None:
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.api, self.settings, self.timeout = api, settings, timeout
+        self.image = ""
+
+    def setup(self) -> None:
+        built = realnodes.built_images()
+        self.image = built["trainer"].ref
+        realnodes.ensure_real_nodes(self.core, 3)
+        cluster.fresh_namespace(self.core, NAMESPACE)
+        storage.ensure_checkpoint_claim(self.core, NAMESPACE, "ckpt")
+        cluster_apply.apply_manifests(self.api, [yaml.safe_load(CRD.read_text())])
+        chart_install.install_operator(self.core, NAMESPACE, built["operator"].ref)
+
+    # --- one case -----------------------------------------------------------------------
+    def run(self, signal: str, variant: str) -> tuple[w.Boundaries, int | None]:
+        wanted = 3 if variant == "spotrun_spare" else 2
+        self._fleet(wanted)
+        folder = storage.host_path(NAMESPACE, "ckpt")
+        for child in folder.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        kubeflow = variant == "kubeflow"
+        self._create(kubeflow, spare=variant == "spotrun_spare")
+        try:
+            if variant == "spotrun_spare":
+                wait_for("the warm spare", self._spare_running, timeout=240, interval=1)
+            with Provisioner(self.core, wanted, self.settings):
+                return self._interrupt(signal, kubeflow)
+        finally:
+            self._delete(kubeflow)
+
+    def _interrupt(self, signal: str, kubeflow: bool) -> tuple[w.Boundaries, int | None]:
+        master = self._wait_warm(kubeflow)
+        pods = self._pods(kubeflow)
+        worker = next(p for p in pods if p.metadata.name != master)
+        node = str(worker.spec.node_name)
+        before = {p.metadata.uid: _restarts(p) for p in pods}
+        b = w.Boundaries(signal=dt.datetime.now(dt.UTC))
+        last = w.log_marks(self._log(master), b.signal).last_step
+        dying = threading.Thread(target=self._inject, args=(signal, node), daemon=True)
+        dying.start()
+        deadline = time.monotonic() + self.timeout
+        resumed: int | None = None
+        while not b.complete() and time.monotonic() < deadline:
+            self._observe(b, kubeflow, before)
+            if b.running is not None:
+                marks = w.log_marks(self._log(self._next_master(kubeflow)), b.signal)
+                b.loaded, b.trained, resumed = marks.loaded, marks.trained, marks.resumed_step
+            time.sleep(0.5)
+        if not b.complete():
+            b.notes.append(f"not training again {self.timeout:.0f}s after the signal")
+        if signal == "partition":
+            real_interrupt.instance_dies(self.core, node)  # the cut-off instance ends
+        dying.join(timeout=300)
+        lost = None if resumed is None or last is None else max(0, last - resumed)
+        return b, lost
+
+    def _inject(self, signal: str, node: str) -> None:
+        if signal == "nth":
+            real_interrupt.nth_drain(self.core, node)
+        elif signal == "shutdown":
+            realnodes.power_off(node)
+        elif signal == "partition":
+            real_partition.cut(node)
+            return
+        real_interrupt.instance_dies(self.core, node)
+
+    def _observe(self, b: w.Boundaries, kubeflow: bool, before: dict[str, int]) -> None:
+        now = dt.datetime.now(dt.UTC)
+        pods = self._pods(kubeflow)
+        if b.detect is None and self._detected(kubeflow, pods, before):
+            b.detect = now
+        gang = [p for p in pods if _new(p, before, b.signal, kubeflow)]
+        if len(gang) < 2:
+            return
+        if b.bound is None and all(p.spec.node_name for p in gang):
+            b.bound = now
+        if b.running is None and all(_running_since(p, b.signal) for p in gang):
+            b.running = now
+            b.pull_s = w.pull_seconds(self._pull_events({p.metadata.name for p in gang}))
+
+    def _detected(self, kubeflow: bool, pods: list[Any], before: dict[str, int]) -> bool:
+        if not kubeflow:
+            st = self._status()
+            return any(a.get("outcome") for a in st.get("attempts") or [])
+        if {p.metadata.uid for p in pods} != set(before):
+            return True
+        return any(
+            p.metadata.deletion_timestamp or _restarts(p) > before.get(p.metadata.uid, 0)
+            or _terminated(p)
+            for p in pods
+        )  # fmt: skip
+
+    # --- the workload --------------------------------------------------------------------
+    def _spec_body(self, spare: bool, heartbeat: bool) -> dict[str, Any]:
+        env = [] if heartbeat else [{"name": contract.ENV_PEER_TIMEOUT_SECONDS, "value": "0"}]
+        body = real_story.trainer_run(RUN, self.image, "ckpt", ARGS, env=env)
+        body["spec"]["podTemplate"]["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
+        if spare:
+            body["spec"]["capacity"] = {"warmSpares": 1}
+        return body
+
+    def _create(self, kubeflow: bool, spare: bool) -> None:
+        body = self._spec_body(spare, heartbeat=not kubeflow)
+        if not kubeflow:
+            self.custom.create_namespaced_custom_object(
+                contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, body
+            )
+            return
+        for obj in kubeflow_objects(body):
+            cluster_apply.apply_manifests(self.api, [obj])
+
+    def _delete(self, kubeflow: bool) -> None:
+        kind = ("kubeflow.org", "v1", "pytorchjobs", f"{RUN}-a1") if kubeflow else (
+            contract.GROUP, contract.VERSION, contract.PLURAL, RUN)  # fmt: skip
+        try:
+            self.custom.delete_namespaced_custom_object(kind[0], kind[1], NAMESPACE, kind[2],
+                                                        kind[3])  # fmt: skip
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        wait_for("the case's pods to go", self._no_pods, timeout=240)
+
+    def _no_pods(self) -> bool:
+        pods = self.core.list_namespaced_pod(NAMESPACE).items
+        for p in pods:  # pods of a gone node: no kubelet will confirm them
+            if p.metadata.deletion_timestamp and real_interrupt.node_ready(
+                self.core, p.spec.node_name or ""
+            ) is not True:  # fmt: skip
+                self.core.delete_namespaced_pod(p.metadata.name, NAMESPACE, grace_period_seconds=0)
+        return not [p for p in pods if p.metadata.labels.get("spotrun.dev/run") == RUN]
+
+    def _fleet(self, wanted: int) -> None:
+        """Exactly ``wanted`` real spot nodes: a run without spares has no spare capacity."""
+        state = realnodes.FleetState.load()
+        spot = sorted(n for n, r in state.nodes.items() if r.role == "spot")
+        for name in spot[wanted:]:
+            realnodes.remove_node(self.core, state, name)
+        realnodes.ensure_real_nodes(self.core, wanted)
+
+    # --- reads ---------------------------------------------------------------------------
+    def _wait_warm(self, kubeflow: bool) -> str:
+        found: list[str] = []
+
+        def warm() -> bool:
+            master = self._next_master(kubeflow)
+            marks = w.log_marks(self._log(master), dt.datetime.now(dt.UTC))
+            found[:] = [master]
+            return master != "" and (marks.last_step or 0) >= WARM_STEPS
+
+        wait_for(f"{WARM_STEPS} steps of training", warm, timeout=420, interval=1)
+        return found[0]
+
+    def _spare_running(self) -> bool:
+        sel = f"{_SPARE}={RUN}"
+        pods = self.core.list_namespaced_pod(NAMESPACE, label_selector=sel).items
+        return any(p.status.phase == "Running" for p in pods)
+
+    def _pods(self, kubeflow: bool) -> list[Any]:
+        sel = f"{JOB_LABEL}={RUN}-a1" if kubeflow else f"spotrun.dev/run={RUN},!{_SPARE}"
+        return list(self.core.list_namespaced_pod(NAMESPACE, label_selector=sel).items)
+
+    def _next_master(self, kubeflow: bool) -> str:
+        pods = self._pods(kubeflow)
+        if not kubeflow:
+            newest = max((int(p.metadata.labels["spotrun.dev/attempt"]) for p in pods), default=0)
+            pods = [p for p in pods if p.metadata.labels["spotrun.dev/attempt"] == str(newest)]
+        return next((p.metadata.name for p in pods if real_story._is_master(p)), "")
+
+    def _log(self, pod: str) -> list[str]:
+        if not pod:
+            return []
+        try:
+            text = self.core.read_namespaced_pod_log(pod, NAMESPACE, timestamps=True)
+        except ApiException:
+            return []  # not started yet, or gone
+        return str(text).splitlines()
+
+    def _status(self) -> dict[str, Any]:
+        obj = self.custom.get_namespaced_custom_object(
+            contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, RUN
+        )
+        return dict(obj.get("status") or {})
+
+    def _pull_events(self, names: set[str]) -> list[str]:
+        events = self.core.list_namespaced_event(NAMESPACE).items
+        return [e.message or "" for e in events
+                if e.reason == "Pulled" and e.involved_object.name in names]  # fmt: skip
+
+
+_SPARE = "spotrun.dev/spare-of"
+
+
+def kubeflow_objects(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The PyTorchJob spotrun would create for attempt 1 of ``body`` (and the service
+    account its pods name), left to the Kubeflow training operator: both replicas restart
+    OnFailure and no owner is set."""
+    ref = RunRef(RUN, NAMESPACE, "00000000-0000-0000-0000-000000000000")
+    spec = parse_spec(body["spec"])
+    job = builders.build_pytorchjob(ref, spec, attempt=1, capacity_type="spot",
+                                    interval_seconds=3)  # fmt: skip
+    job["metadata"].pop("ownerReferences", None)
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        replica["restartPolicy"] = "OnFailure"
+    account = builders.build_service_account(ref)
+    account["metadata"].pop("ownerReferences", None)
+    return [account, job]
+
+
+def _restarts(pod: Any) -> int:
+    return sum(c.restart_count or 0 for c in pod.status.container_statuses or [])
+
+
+def _terminated(pod: Any) -> bool:
+    return any(c.state and c.state.terminated for c in pod.status.container_statuses or [])
+
+
+def _running_since(pod: Any, since: dt.datetime) -> bool:
+    cs = pod.status.container_statuses or []
+    return bool(cs) and all(
+        c.state and c.state.running and c.state.running.started_at >= since for c in cs
+    )
+
+
+def _new(pod: Any, before: dict[str, int], since: dt.datetime, kubeflow: bool) -> bool:
+    """A pod of the next gang: spotrun's next attempt, or for Kubeflow a pod created or
+    restarted since the signal (a rank left running alone cannot rejoin a new rendezvous:
+    the gang trains again only once every pod restarted)."""
+    if not kubeflow:
+        return pod.metadata.uid not in before
+    if pod.metadata.deletion_timestamp:
+        return False
+    return pod.metadata.uid not in before or _restarts(pod) > before[pod.metadata.uid]

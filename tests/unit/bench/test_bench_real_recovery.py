@@ -1,0 +1,92 @@
+"""The real recovery bench's pure parts: the kubelet's pull durations, the master's log
+marks, phases that add up to the whole, the summary's shape and the goodput model."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import real_recovery as rr
+import real_recovery_goodput as g
+import real_recovery_watch as w
+
+from spotrun_dev.provisioner import CapacitySettings
+
+T0 = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def at(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+def line(seconds: float, text: str) -> str:
+    return at(seconds).isoformat().replace("+00:00", "Z") + " " + text
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("1m2.5s", 62.5), ("850ms", 0.85), ("3s", 3.0), ("1h0m1s", 3601.0)]
+)
+def test_go_durations(text: str, seconds: float) -> None:
+    assert w.go_duration(text) == pytest.approx(seconds)
+
+
+def test_a_pull_is_the_longest_pulled_event_and_a_present_image_is_none() -> None:
+    msgs = [
+        'Successfully pulled image "localhost/spotrun/trainer:dev" in 1m4.2s (1m4.2s including'
+        " waiting). Image size: 6329100000 bytes.",
+        'Successfully pulled image "localhost/spotrun/trainer:dev" in 850ms (850ms including',
+        'Container image "localhost/spotrun/trainer:dev" already present on machine',
+    ]
+    assert w.pull_seconds(msgs) == pytest.approx(64.2)
+    assert w.pull_seconds(msgs[2:]) == 0.0
+
+
+def test_log_marks_take_the_first_resume_and_step_after_the_signal() -> None:
+    lines = [
+        line(-2, "INFO step 40: loss 2.1000, 8.0 samples/s, lr 1e-3"),
+        line(-1, "INFO step 41: loss 2.0900, 8.0 samples/s, lr 1e-3"),
+        "not a stamped line",
+        line(20, "INFO resumed from /checkpoints/step-36 (step 36, written by 2 ranks) in 0.4s"),
+        line(21, "INFO step 37: loss 2.2, 8.0 samples/s, lr 1e-3"),
+        line(22, "INFO step 38: loss 2.2, 8.0 samples/s, lr 1e-3"),
+    ]
+    marks = w.log_marks(lines, T0)
+    assert marks == w.LogMarks(at(20), 36, at(21), 41)
+    assert w.log_marks(lines[:3], T0).loaded is None
+
+
+def test_phases_are_clamped_and_add_up_to_signal_to_training() -> None:
+    b = w.Boundaries(signal=T0, detect=at(5), bound=at(4), running=at(70), loaded=at(75),
+                     trained=at(76), pull_s=50.0)  # fmt: skip
+    p = b.phases()
+    assert p == {"detect": 5.0, "capacity": 0.0, "pull": 50.0, "start": 15.0, "load": 5.0,
+                 "first_step": 1.0}  # fmt: skip
+    assert b.total() == 76.0
+    assert w.Boundaries(signal=T0, detect=at(1)).phases() == {}
+
+
+def test_the_summary_has_the_shape_the_issue_names() -> None:
+    results = [
+        rr.Result("nth", "spotrun", 10.0, 0, {"detect": 1.0}, []),
+        rr.Result("nth", "spotrun", 14.0, 0, {"detect": 3.0}, []),
+        rr.Result("nth", "kubeflow", 90.0, 2, {"detect": 2.0}, []),
+        rr.Result("loss", "spotrun_spare", None, None, {}, ["not training again"]),
+    ]
+    data = rr.summary(results, CapacitySettings(60.0, "registry"))
+    assert data["provisioning_delay_s"] == 60.0
+    nth = data["signals"]["nth"]
+    assert (nth["spotrun_s"], nth["kubeflow_s"], nth["lost_steps"]) == (12.0, 90.0, 0.0)
+    assert nth["phases"]["detect"] == 2.0
+    assert data["signals"]["loss"]["spotrun_spare_s"] is None
+
+
+def test_goodput_falls_with_recovery_and_with_lost_work() -> None:
+    mtbf = 4 * 3600 / 8
+    fast, slow = g.goodput(10, False, 3.4, mtbf), g.goodput(300, False, 3.4, mtbf)
+    assert 0 < slow < fast < 1
+    assert g.goodput(10, True, 3.4, mtbf) < fast  # a loss also loses half an interval
+    table = g.table({"signals": {"nth": {"spotrun_s": 10.0, "spotrun_spare_s": 10.0,
+                                         "kubeflow_s": None}}}, stall=3.4)  # fmt: skip
+    row = table["rates"]["1 per node per 4 h"]["nth"]
+    assert row["kubeflow"] is None
+    assert row["spotrun_spare"] == pytest.approx(row["spotrun"] * 8 / 9, abs=1e-4)
