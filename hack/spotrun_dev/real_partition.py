@@ -29,7 +29,7 @@ from spotrun_dev import node_host, realnodes
 from spotrun_dev.waiting import ClusterError, wait_for
 from spotrun_trainer import testhooks
 
-# The first save at or after this step is held (attempt 3 of the story resumes near 70).
+# The first save at or after this step is held (attempt 2 of the story resumes near 40).
 HOLD_AT = 100
 RELEASE_FILE = "release-partition"
 EVENTS_FILE = "events"

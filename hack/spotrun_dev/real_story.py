@@ -1,8 +1,8 @@
 """The real story, shared by ``make demo`` and the real-node e2e test.
 
 A 2-node TrainingRun of the real trainer image, run by the chart's operator pod on real
-nodes, lives through an NTH spot interruption, an instance loss, an application crash and
-a graceful node shutdown, and must end with weights bitwise equal to a reference run of
+nodes, lives through an NTH spot interruption, a network partition (real_partition), an
+application crash and a graceful node shutdown, and must end with weights bitwise equal to a reference run of
 the same image and world size that nothing interrupted. Nothing is played: the trainer
 writes ``status.progress`` and its checkpoints, the kubelets deliver SIGTERM and SIGKILL,
 the node lifecycle controller marks dead nodes. This module only injects (as NTH, EC2 and
@@ -39,10 +39,10 @@ REAL_TOLERATIONS = [
 # the attempt resumed, so harness waits (a node going NotReady takes a minute) never decide
 # where in the run it lands.
 MAX_STEPS = 400
-# In attempt 4, which resumes below real_partition.HOLD_AT (the partition holds attempt 3's
+# In attempt 3, which resumes below real_partition.HOLD_AT (the partition holds attempt 2's
 # first save at or after it).
 CRASH_AT = 300
-CRASH_ATTEMPT = 4
+CRASH_ATTEMPT = 3
 TRAINER_ARGS = (
     f"--max-steps={MAX_STEPS}",
     "--batch-size=8",
@@ -64,9 +64,8 @@ CRASH_ARGS = (f"--fault.crash-at-step={CRASH_AT}", f"--fault.crash-in-attempt={C
 # two.
 PLAN: tuple[tuple[int, str, int], ...] = (
     (1, "nth", 40),
-    (2, "loss", 30),
-    (3, "partition", 0),
-    (5, "shutdown", 20),
+    (2, "partition", 0),
+    (4, "shutdown", 20),
 )
 CHECKPOINT_MOUNT = "/checkpoints"  # spec.checkpoint.path's default
 # The trainer's resume line: "resumed from <path> (step N, written by R ranks) in Ts".

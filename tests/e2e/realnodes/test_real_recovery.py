@@ -15,8 +15,9 @@ Every process of the worker's node is SIGKILLed at once (the instance vanishes).
   gone before attempt 2's first pod existed, the survivor had ended (its own exit), and on
   the volume every checkpoint of attempt 1 was committed before attempt 2's fence, which
   accepts the one attempt 2 loaded;
-- the spare comes back on the replacement node, and its node time is charged apart
-  (``status.cost.sparesUSD``).
+- the spare's Deployment asks for another spare at once (the replacement the group
+  launches after its delay is where it will run), and the spare's node time is charged
+  apart (``status.cost.sparesUSD``).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def test_a_silent_loss_resumes_on_the_warm_spare_before_any_replacement(
         "the spare to run", lambda: running_spare_node(core, namespace) is not None, timeout=120
     )
     spare_node = running_spare_node(core, namespace)
+    (spare_uid,) = [p.metadata.uid for p in spare_pods(core, namespace)]
     master = next(p for p in story.pods("run", 1) if real_story._is_master(p))
     worker = next(p for p in story.pods("run", 1) if not real_story._is_master(p))
     lost_node, kept_node = str(worker.spec.node_name), str(master.spec.node_name)
@@ -96,11 +98,11 @@ def test_a_silent_loss_resumes_on_the_warm_spare_before_any_replacement(
         to_training = story.next_training(2, t0)
         launched_before = list(group.group.launches)
         gang2 = set(story.gang_nodes("run", 2))
-        # The spare comes back, on the replacement the group launched after its delay.
+        # The spare's ReplicaSet has asked for another one (the autoscaler's cue).
         wait_for(
-            "the spare on the replacement node",
-            lambda: running_spare_node(core, namespace) not in (None, kept_node, spare_node),
-            timeout=DELAY_SECONDS + 240,
+            "a new spare pod",
+            lambda: any(p.metadata.uid != spare_uid for p in spare_pods(core, namespace)),
+            timeout=60,
         )
     st = story.wait_status(
         "run", "the spares' cost", lambda s: float(s["cost"].get("sparesUSD", 0)) > 0, 120
