@@ -2,11 +2,11 @@
 
 A 2-node TrainingRun of the real trainer image, run by the chart's operator pod on real
 nodes, lives through an NTH spot interruption, a network partition (real_partition), an
-application crash and a graceful node shutdown, and must end with weights bitwise equal to a reference run of
-the same image and world size that nothing interrupted. Nothing is played: the trainer
-writes ``status.progress`` and its checkpoints, the kubelets deliver SIGTERM and SIGKILL,
-the node lifecycle controller marks dead nodes. This module only injects (as NTH, EC2 and
-logind do) and observes; the test asserts on what it observed.
+application crash and a graceful node shutdown, and must end with weights bitwise equal to
+a reference run of the same image and world size that nothing interrupted. Nothing is
+played: the trainer writes ``status.progress`` and its checkpoints, the kubelets deliver
+SIGTERM and SIGKILL, the node lifecycle controller marks dead nodes. This module only
+injects (as NTH, EC2 and logind do) and observes; the test asserts on what it observed.
 """
 
 from __future__ import annotations

@@ -3,13 +3,13 @@ real interruptions stop it, and it resumes from its own checkpoints, bit for bit
 
 One TrainingRun of 2 nodes (DDP over gloo between two pods, MASTER_ADDR through CoreDNS)
 lives through, in order: an NTH spot interruption (taint, cordon, drain through the
-Eviction API; then the instance dies), a network partition of the master's node while its rank 0 holds a commit (its processes live
-on: the next attempt starts without waiting for it, and the commit it tries after the next
-attempt's fence is refused; real_partition), an application crash (the trainer exits 1
-once, by its own fault flag), and a graceful node shutdown (the real kubelet's shutdown
-manager, told by logind). Its final weights must be bitwise equal to those of a reference
-run of the same image and world size that nothing interrupted. The figures per
-interruption are printed and attached to the report.
+Eviction API; then the instance dies), a network partition of the master's node while its
+rank 0 holds a commit (its processes live on: the next attempt starts without waiting for
+it, and the commit it tries after the next attempt's fence is refused; real_partition), an
+application crash (the trainer exits 1 once, by its own fault flag), and a graceful node
+shutdown (the real kubelet's shutdown manager, told by logind). Its final weights must be
+bitwise equal to those of a reference run of the same image and world size that nothing
+interrupted. The figures per interruption are printed and attached to the report.
 """
 
 from __future__ import annotations
