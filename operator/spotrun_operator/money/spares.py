@@ -123,7 +123,10 @@ def track(
             usd += pod_usd(p, end, prices)
     return base.model_copy(
         update={
-            "pods": sorted(bound.values(), key=lambda p: p.name) or None,
+            # Emptied as [], not None: the status is written as a JSON merge patch, in
+            # which an absent key keeps the old list, and its ended spares would be
+            # priced again at every reconcile. None only when there was nothing to empty.
+            "pods": sorted(bound.values(), key=lambda p: p.name) if bound or listed else None,
             "ended_node_seconds": round(seconds, 3) or None,
             "ended_usd": round(usd, 6) or None,
         }

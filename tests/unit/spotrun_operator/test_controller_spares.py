@@ -269,7 +269,7 @@ def test_a_bound_spare_bills_its_node_from_binding_to_its_end() -> None:
     # Preempted after two hours (deleted): the two hours are frozen, nothing bills after.
     gone = spare_pod("s-1", "n9", bound=100.0, deletionTimestamp=ts(100 + 7200))
     st = track(st, [unbound], [gone], nodes, at(100 + 9000), DEFAULT_PRICES, "spot")
-    assert st.pods is None
+    assert st.pods == []
     assert st.ended_node_seconds == pytest.approx(7200)
     later = spares_cost(st, at(100 + 99999), DEFAULT_PRICES)
     assert later.spares_usd == pytest.approx(2 * P4D_SPOT)
@@ -324,3 +324,35 @@ def test_spares_are_in_status_cost_and_in_the_budget() -> None:
     assert d.gauges is not None and d.gauges.spares_usd == pytest.approx(
         cost["sparesUSD"], abs=0.01
     )
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the apiserver applies the operator's status patch (nested objects
+    merge; null deletes)."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+def test_an_ended_spare_is_priced_once_across_reconciles() -> None:
+    # Through decide and the apiserver's merge of the status patch: a spare bound at 0 and
+    # preempted at 60 costs 60 node-seconds, however many reconciles come after.
+    st: dict[str, Any] = running_status()
+    over = {"capacity": capacity(1)}
+    bound = spare_pod("s-1", "n9", bound=0.0)
+    gone = spare_pod("s-1", "n9", bound=0.0, deletionTimestamp=ts(60))
+    nodes = [node("n1"), node("n2", zone="us-east-1b"), node("n9")]
+    for now, pods, deleted in [(30, [bound], []), (61, [], [gone])] + [
+        (61 + 30 * i, [], []) for i in range(1, 6)
+    ]:
+        obs = observed(now=now, status=st, jobs={1: job(1)}, pods=gang_pods(), spec_over=over,
+                       nodes=nodes, spare_pods=pods, deleted_spare_pods=deleted)  # fmt: skip
+        st = merge_patch(st, decide(obs, CFG).status or {})
+    assert st["spares"]["endedNodeSeconds"] == pytest.approx(60)
+    assert st["spares"].get("pods") == []
