@@ -247,6 +247,7 @@ def kubeflow_objects(body: dict[str, Any]) -> list[dict[str, Any]]:
     job["metadata"].pop("ownerReferences", None)
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         replica["restartPolicy"] = "OnFailure"
+    job["spec"]["runPolicy"]["backoffLimit"] = 100  # it keeps restarting, as users set it
     account = builders.build_service_account(ref)
     account["metadata"].pop("ownerReferences", None)
     return [account, job]
