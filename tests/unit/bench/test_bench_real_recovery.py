@@ -90,3 +90,22 @@ def test_goodput_falls_with_recovery_and_with_lost_work() -> None:
     row = table["rates"]["1 per node per 4 h"]["nth"]
     assert row["kubeflow"] is None
     assert row["spotrun_spare"] == pytest.approx(row["spotrun"] * 8 / 9, abs=1e-4)
+
+
+def test_the_kubeflow_peer_is_spotruns_attempt_1_restarted_by_kubeflow_alone() -> None:
+    import real_recovery_run as run
+
+    from spotrun_dev import real_story
+
+    body = real_story.trainer_run("r", "img:1", "ckpt", ("--max-steps=5",))
+    account, job = run.kubeflow_objects(body)
+    assert account["kind"] == "ServiceAccount" and "ownerReferences" not in account["metadata"]
+    assert "ownerReferences" not in job["metadata"]
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert sorted(replicas) == ["Master", "Worker"]
+    assert {r["restartPolicy"] for r in replicas.values()} == {"OnFailure"}
+    assert job["spec"]["runPolicy"]["backoffLimit"] > 0
+    pod = replicas["Master"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    (container,) = pod["containers"]
+    assert container["image"] == "img:1" and "--max-steps=5" in container["command"]
