@@ -297,6 +297,9 @@ class Story:
         next attempt starts on other nodes, and the cut-off rank's commit, released after
         the next attempt's fence, is refused. The instance is then terminated."""
         folder = storage.host_path(self.namespace, "ckpt")
+        # The group is whole (an earlier NTH's instance is replaced): the next attempt's
+        # gang needs two nodes besides the one cut off.
+        self.replace_nodes()
         held = real_partition.wait_held(folder)
         master = next(p for p in self.pods("run", attempt) if _is_master(p))
         node, pod = str(master.spec.node_name), str(master.metadata.name)
