@@ -65,9 +65,12 @@ def wait_held(folder: Path, timeout: float = 420) -> int:
 
 def cut(name: str) -> None:
     """The node's network goes down; every process on it keeps running."""
-    record = realnodes.FleetState.load().nodes.get(name)
+    state = realnodes.FleetState.load()
+    record = state.nodes.get(name)
     if record is None:
         raise ClusterError(f"{name} is not a real node of this cluster")
+    record.cut = True  # a later ensure_real_nodes replaces it, even if a test stops here
+    state.save()
     node_host.cut_network(record.node(name))
 
 

@@ -76,6 +76,7 @@ class NodeRecord:
     images: str = ""  # the golden key (image set) the node's containerd started from
     role: str = "spot"
     config: str = ""  # node_config.config_key: its containerd config and registry hosts
+    cut: bool = False  # its network was cut (real_partition): lost to the group
 
     def node(self, name: str) -> RealNode:
         return RealNode(name=name, slot=self.slot, zone=self.zone, role=self.role)
@@ -130,8 +131,11 @@ def _ensure_services(state: FleetState) -> None:
 
 
 def healthy(record: NodeRecord) -> bool:
-    """Every process of the instance runs (a killed instance has none)."""
-    return all(node_host.alive(record.pids.get(k)) for k in ("holder", "containerd", "kubelet"))
+    """Every process of the instance runs (a killed instance has none) and its network was
+    not cut (a partitioned instance is lost to the group, though its processes live)."""
+    return not record.cut and all(
+        node_host.alive(record.pids.get(k)) for k in ("holder", "containerd", "kubelet")
+    )
 
 
 def ensure_real_nodes(core: client.CoreV1Api, count: int | None = None) -> list[RealNode]:
