@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from spotrun_api import contract
-from spotrun_trainer import commit, fencing
+from spotrun_trainer import commit, fencing, phases
 from spotrun_trainer import sharded as sharded_io
 from spotrun_trainer.checkpoint_io import (
     SHARED_FILE,
@@ -147,10 +147,12 @@ class CheckpointManager:
         """Load the newest intact checkpoint into the parts; None when there is none.
 
         ``sharded`` parts (FSDP model and optimizer) load through DCP, resharded to this
-        world size; every rank must call this with the same parts."""
+        world size; every rank must call this with the same parts. The first load of the
+        process ends its ``load`` restart phase (phases.py)."""
         step = self._pick() if self.rank == 0 else None
         step = self.collectives.broadcast_object(step)
         if step is None:
+            phases.CLOCK.loaded(None)
             return None
         path = self.directory / contract.step_dir_name(step)
         shared_sd = torch.load(path / SHARED_FILE, map_location=map_location, weights_only=True)
@@ -173,6 +175,7 @@ class CheckpointManager:
                 raise CheckpointError(f"{path} holds no sharded state (saved without FSDP?)")
             sharded_io.load(dict(sharded), folder, self.place.process_group)
         marker = read_marker(path) or {}
+        phases.CLOCK.loaded(step)
         return CheckpointInfo(
             step=step,
             path=path,
