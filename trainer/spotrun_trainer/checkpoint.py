@@ -160,8 +160,8 @@ class CheckpointManager:
         ``find`` found, when that was called since the last load. The first load of the
         process ends its ``load`` restart phase (phases.py)."""
         found, self._found = self._found, None
-        step = (found or (self.find(),))[0]
-        self._found = None
+        step = found[0] if found is not None else self.find()
+        self._found = None  # find() keeps its answer for the next load: this one
         if step is None:
             phases.CLOCK.loaded(None)
             return None
