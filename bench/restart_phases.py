@@ -17,8 +17,8 @@ then resumes from a hard-linked copy of it, one step, with each peer in turn:
 
 The page cache is warm (the checkpoint was just written and each resume re-reads it): a
 pod on a fresh node reads it cold, where verifying ahead saves more. The minimum of the
-repeats is printed beside the median: on a shared machine it is the steadier figure. Prints a table and
-writes bench/results/restart_phases.json. Not a test.
+repeats is printed beside the median: on a shared machine it is the steadier figure.
+Prints a table and writes bench/results/restart_phases.json. Not a test.
 """
 
 from __future__ import annotations
