@@ -49,7 +49,7 @@ PHASES = ("start", "imports", "process_group", "load", "first_step")
 LINE_PREFIX = "spotrun: restart phases"
 
 _NUM = r"(\d+\.\d+)"
-_LINE = re.compile(
+LINE_RE = re.compile(
     re.escape(LINE_PREFIX)
     + "".join(rf" {name}={_NUM}s" for name in PHASES)
     + rf" total={_NUM}s t0={_NUM} resumed_from=(\d+|none) attempt=(\d+|none)"
@@ -99,7 +99,7 @@ def format_line(p: RestartPhases) -> str:
 def parse_lines(text: str) -> list[RestartPhases]:
     """Every phase line in ``text`` (a log: anything may precede the prefix on a line)."""
     out = []
-    for m in _LINE.finditer(text):
+    for m in LINE_RE.finditer(text):
         values = m.groups()
         seconds = {n: float(v) for n, v in zip(PHASES, values, strict=False)}
         t0, resumed, attempt = values[len(PHASES) + 1 :]
