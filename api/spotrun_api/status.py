@@ -25,11 +25,26 @@ PROGRESS_FIELDS: Final = (
     "samplesPerSecond",  # float: recent training throughput, whole gang
     "attempt",  # int: SPOTRUN_ATTEMPT of the writer, so stale writers are recognisable
     "checkpointStallSeconds",  # float: seconds the loop was blocked by the newest save
+    "restartPhases",  # object: this attempt's seconds from process start to its first step
 )
 # Fields that describe the writing attempt only. status.progress is merge-patched, so an
 # absent key keeps the previous attempt's value: a patch sends these as null until the
 # current attempt has its own value (checkpoint fields describe the volume and carry over).
-PER_ATTEMPT_PROGRESS_FIELDS: Final = ("samplesPerSecond", "attempt")
+PER_ATTEMPT_PROGRESS_FIELDS: Final = ("samplesPerSecond", "attempt", "restartPhases")
+
+
+@dataclass(frozen=True, config=ConfigDict(alias_generator=to_camel, populate_by_name=True))
+class RestartPhases:
+    """Where this attempt's time went before its first step (docs/trainer.md), in seconds."""
+
+    start: float = Field(description="Process start until the trainer library was imported.")
+    imports: float = Field(description="Framework imports (torch and the program's).")
+    process_group: float = Field(description="Process group set-up and rendezvous.")
+    load: float = Field(
+        description="Building the model, finding and loading the checkpoint (fence included)."
+    )
+    first_step: float = Field(description="From the load until the first step was done.")
+    t0: float = Field(description="The process start, in Unix epoch seconds.")
 
 
 @dataclass(frozen=True, config=ConfigDict(alias_generator=to_camel, populate_by_name=True))
@@ -58,6 +73,11 @@ class Progress:
         default=None,
         description="Seconds the training loop was blocked by the newest periodic checkpoint "
         "save (the C of checkpoint.interval auto).",
+    )
+    restart_phases: RestartPhases | None = Field(
+        default=None,
+        description="This attempt's start-up, from its process start to its first training "
+        "step, by phase (rank 0's).",
     )
 
     def to_status(self) -> dict[str, Any]:

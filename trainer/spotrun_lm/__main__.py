@@ -28,6 +28,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         grace = cfg.preemption.grace_period_seconds
         return launcher.launch(args, cfg.nproc_per_node, grace, module=ENTRY_MODULE)
 
+    # Rank 0 picks the checkpoint to load and verifies it, every byte, while the other
+    # ranks wait: start that now, beside the imports below (checkpoint_verify.py).
+    if os.environ.get("RANK", "0") == "0":
+        from spotrun_trainer.checkpoint_verify import verify_ahead
+
+        verify_ahead(cfg.checkpoint.dir)
+
     from spotrun_lm.train import run
     from spotrun_trainer.shard_writer import WriterOptions, set_zip_crc32
 

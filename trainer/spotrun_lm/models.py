@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +62,10 @@ def resolve_size(cfg: ModelConfig) -> ModelConfig:
     return cfg
 
 
-def build_causal_lm(cfg: ModelConfig) -> nn.Module:
+def build_causal_lm(cfg: ModelConfig, initialize: bool = True) -> nn.Module:
+    """``initialize=False``: the weights are left uninitialized (every one of them is about
+    to be loaded from a checkpoint); only the tie of the output to the input embeddings is
+    made, as the model's own init would."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
@@ -76,11 +80,28 @@ def build_causal_lm(cfg: ModelConfig) -> nn.Module:
         bos_token_id=cfg.vocab_size - 1,
         eos_token_id=cfg.vocab_size - 1,
     )
-    model = GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel(config) if initialize else _uninitialized(GPT2LMHeadModel, config)
     # GPT2LMHeadModel's class name matches no loss family; name it to silence a warning.
     model.loss_type = "ForCausalLM"
     built: nn.Module = model
     return built
+
+
+def _uninitialized(cls: Any, config: Any) -> Any:
+    """``cls(config)`` without the random init (seconds per 100M parameters on a CPU, all
+    overwritten by a resume's load), through transformers' own switch; initialized as
+    usual where that switch is missing or the embeddings did not come out tied."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        return cls(config)
+    with no_init_weights():
+        model = cls(config)
+    model.tie_weights()  # no_init_weights skips init_weights, which also ties them
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    if config.tie_word_embeddings and (out is None or out.weight is not inp.weight):
+        return cls(config)
+    return model
 
 
 class ContrastiveEncoder(nn.Module):
@@ -114,10 +135,12 @@ class ContrastiveEncoder(nn.Module):
         return F.normalize(self.proj(pooled), dim=-1)
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
+def build_model(cfg: ModelConfig, initialize: bool = True) -> nn.Module:
+    """The model of ``cfg``; ``initialize=False`` (a resume) may skip the random init of
+    weights the checkpoint overwrites (causal_lm: transformers' init is the slow one)."""
     resolve_size(cfg)
     if cfg.kind == "causal_lm":
-        return build_causal_lm(cfg)
+        return build_causal_lm(cfg, initialize)
     if cfg.kind == "contrastive":
         return ContrastiveEncoder(cfg)
     raise ValueError(f"unknown model kind {cfg.kind!r}")

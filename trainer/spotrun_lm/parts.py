@@ -93,10 +93,12 @@ def _load_data(cfg: TrainConfig) -> tuple[npt.NDArray[Any], ...]:
     return split(tokens, cfg.data.val_fraction)
 
 
-def build_parts(cfg: TrainConfig, ctx: DistContext) -> TrainParts:
-    """Everything in its initial state (identical init on every rank, from the seed)."""
+def build_parts(cfg: TrainConfig, ctx: DistContext, resuming: bool = False) -> TrainParts:
+    """Everything in its initial state (identical init on every rank, from the seed).
+    ``resuming``: a checkpoint will be loaded into every weight, so the model's random init
+    may be skipped (nothing else draws from the RNG before it is seeded again below)."""
     seed_everything(cfg.seed)
-    model = build_model(cfg.model).to(ctx.device)
+    model = build_model(cfg.model, initialize=not resuming).to(ctx.device)
     fsdp = uses_fsdp(cfg, ctx)
     if fsdp:
         apply_fsdp(model)  # before the optimizer: it must hold the sharded parameters

@@ -75,7 +75,6 @@ def _train(
     faults = FaultInjector(cfg.fault, ctx.rank, env)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    parts = build_parts(cfg, ctx)
     metrics = _start_metrics(cfg, ctx, stack)
     reporter = core.reporter
     if reporter is not None:
@@ -92,7 +91,14 @@ def _train(
         after_write=faults.slow_save,
     )
     manager = CheckpointManager(ck.dir, checkpoint_settings(ck), place=core.place(), hooks=hooks)
-    last_saved = _resume(cfg, ctx, parts, manager, metrics, reporter)
+    manager.prepare()
+    # Which checkpoint (if any) is known before the model is built: a resume skips the
+    # random init of the weights it loads.
+    t0 = time.monotonic()
+    found = manager.find()
+    searched = time.monotonic() - t0
+    parts = build_parts(cfg, ctx, resuming=found is not None)
+    last_saved = _resume(cfg, ctx, parts, manager, metrics, reporter, searched)
     wrap_for_training(parts, ctx)
     core.start_notice_poller()
     stack.callback(core.stop_notice_poller)
@@ -139,10 +145,11 @@ def _resume(
     manager: CheckpointManager,
     metrics: TrainerMetrics,
     reporter: ProgressReporter | None,
+    searched: float,
 ) -> int:
-    """Load the newest intact checkpoint; its step, or -1 when starting from scratch."""
-    manager.prepare()
-    t0 = time.monotonic()
+    """Load the checkpoint ``manager.find`` found (in ``searched`` seconds); its step, or
+    -1 when starting from scratch."""
+    t0 = time.monotonic() - searched  # the logged load time: the search and the load
     loaded = manager.load(
         parts.shared, parts.per_rank, map_location=ctx.device, sharded=parts.sharded or None
     )

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from spotrun_api import contract
-from spotrun_trainer import commit, fencing
+from spotrun_trainer import commit, fencing, phases
 from spotrun_trainer import sharded as sharded_io
 from spotrun_trainer.checkpoint_io import (
     SHARED_FILE,
@@ -120,6 +120,7 @@ class CheckpointManager:
         self._thread: threading.Thread | None = None
         self._result: CheckpointInfo | None = None
         self._error: BaseException | None = None
+        self._found: tuple[int | None] | None = None  # find()'s answer, for the next load
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -136,6 +137,14 @@ class CheckpointManager:
             what = f"attempt {self.epoch} cannot start"
             raise fencing.fenced(self.directory, None, self.epoch, newest, what)
 
+    def find(self) -> int | None:
+        """The step the next ``load`` loads, None when there is none: rank 0 picks the newest
+        intact checkpoint and every rank learns it (collective; after ``prepare``). A
+        caller may build what it loads into knowing whether it resumes."""
+        step = self._pick() if self.rank == 0 else None
+        self._found = (self.collectives.broadcast_object(step),)
+        return self._found[0]
+
     def load(
         self,
         shared: Mapping[str, Stateful],
@@ -147,10 +156,14 @@ class CheckpointManager:
         """Load the newest intact checkpoint into the parts; None when there is none.
 
         ``sharded`` parts (FSDP model and optimizer) load through DCP, resharded to this
-        world size; every rank must call this with the same parts."""
-        step = self._pick() if self.rank == 0 else None
-        step = self.collectives.broadcast_object(step)
+        world size; every rank must call this with the same parts. It loads the step that
+        ``find`` found, when that was called since the last load. The first load of the
+        process ends its ``load`` restart phase (phases.py)."""
+        found, self._found = self._found, None
+        step = found[0] if found is not None else self.find()
+        self._found = None  # find() keeps its answer for the next load: this one
         if step is None:
+            phases.CLOCK.loaded(None)
             return None
         path = self.directory / contract.step_dir_name(step)
         shared_sd = torch.load(path / SHARED_FILE, map_location=map_location, weights_only=True)
@@ -173,6 +186,7 @@ class CheckpointManager:
                 raise CheckpointError(f"{path} holds no sharded state (saved without FSDP?)")
             sharded_io.load(dict(sharded), folder, self.place.process_group)
         marker = read_marker(path) or {}
+        phases.CLOCK.loaded(step)
         return CheckpointInfo(
             step=step,
             path=path,

@@ -20,12 +20,20 @@ from typing import Any, BinaryIO
 
 import torch
 
-from spotrun_api import contract
+from spotrun_trainer.checkpoint_verify import (
+    SHARED_FILE,
+    committed_steps,
+    read_marker,
+    sha256_file,
+    verdict,
+    verify,
+)
+
+__all__ = ["SHARED_FILE", "committed_steps", "read_marker", "sha256_file", "verify"]
 
 log = logging.getLogger("spotrun_trainer.checkpoint")
 
 FORMAT_VERSION = 1
-SHARED_FILE = "shared.pt"
 TMP_PREFIX = ".tmp-"
 DELETING_PREFIX = ".deleting-"
 QUARANTINE_PREFIX = "corrupt-"
@@ -77,63 +85,9 @@ def write_json(path: Path, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def file_entry(path: Path) -> dict[str, Any]:
     """Size and sha256 of a file already written (and fsync'd) by someone else (DCP)."""
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-
-
-def read_marker(step_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((step_dir / contract.COMMIT_MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def committed_steps(directory: Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of folders named ``step-N`` holding a marker, oldest first."""
-    out: list[tuple[int, Path]] = []
-    with contextlib.suppress(FileNotFoundError):
-        for entry in directory.iterdir():
-            step = contract.parse_step_dir(entry.name)
-            if step is not None and (entry / contract.COMMIT_MARKER).is_file():
-                out.append((step, entry))
-    return sorted(out)
-
-
-def verify(step_dir: Path, step: int | None = None) -> str | None:
-    """None when the checkpoint is complete and intact, else why it is not."""
-    marker = read_marker(step_dir)
-    if marker is None:
-        return f"{contract.COMMIT_MARKER} missing or unreadable"
-    if step is not None and marker.get("step") != step:
-        return f"manifest says step {marker.get('step')}, folder says {step}"
-    files = marker.get("files")
-    if not isinstance(files, dict) or SHARED_FILE not in files:
-        return "manifest lists no files"
-    for name, entry in sorted(files.items()):
-        path = step_dir / name
-        try:
-            size = path.stat().st_size
-        except OSError:
-            return f"{name} missing"
-        if size != entry.get("bytes"):
-            return f"{name} has {size} bytes, manifest says {entry.get('bytes')}"
-        try:
-            digest = sha256_file(path)
-        except OSError as e:
-            return f"{name} unreadable: {e}"
-        if digest != entry.get("sha256"):
-            return f"{name} fails its sha256 checksum"
-    return None
 
 
 def now_rfc3339() -> str:
@@ -177,9 +131,9 @@ Listing = Callable[[Path], list[tuple[int, Path]]]
 def newest_intact(directory: Path, listing: Listing = committed_steps) -> int | None:
     """The newest committed step (of those ``listing`` offers: the fence's, when fenced)
     whose files verify; damaged ones are renamed ``corrupt-…`` (kept for inspection) on
-    the way and skipped."""
+    the way and skipped (a verdict reached ahead of the load is taken: checkpoint_verify)."""
     for step, path in reversed(listing(directory)):
-        reason = verify(path, step)
+        reason = verdict(path, step)
         if reason is None:
             return step
         quarantine = path.with_name(f"{QUARANTINE_PREFIX}{path.name}.{int(time.time())}")

@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Any, NoReturn
 
 from spotrun_api import contract
+from spotrun_trainer import phases
 from spotrun_trainer.checkpoint import CheckpointInfo, CheckpointSettings, RankPlace
 from spotrun_trainer.config import CheckpointConfig, RunConfig, RunSettings, env_config
 from spotrun_trainer.distributed import DistContext
@@ -283,8 +284,20 @@ class TrainerCore:
         return (step - s0) * samples_per_step / (now - t0)
 
     def report_step(self, step: int, samples_per_second: float | None) -> None:
+        if not phases.CLOCK.reported:
+            self.report_phases()
         if self.reporter is not None:
             self.reporter.step(step, samples_per_second)
+
+    def report_phases(self) -> None:
+        """The first step is done: the restart phases (phases.py), once per process, as a
+        log line on the main rank and in ``status.progress.restartPhases``."""
+        found = phases.CLOCK.take(self.epoch)
+        if found is None or not self.ctx.is_main:
+            return
+        log.info("%s", phases.format_line(found))
+        if self.reporter is not None:
+            self.reporter.restart_phases(found.to_progress())
 
     def report_checkpoint(self, step: int, committed_at: str, path: str) -> None:
         if self.reporter is not None:

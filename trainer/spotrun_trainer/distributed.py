@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from spotrun_trainer import phases
 from spotrun_trainer.peers import PeerMonitor, collective_timeout, start_monitor
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,9 @@ class DistContext:
         set up, alone when there is none. Control traffic goes over a gloo group of its own
         when that group is not gloo (``new_group`` is collective: every rank must call this
         at the same point). No checkpoint group (``init_distributed``'s); the heartbeat is
-        started by the TrainerCore that uses the context."""
+        started by the TrainerCore that uses the context. The ``imports`` restart phase
+        ends here: the script's own set-up, its process group included, is counted there."""
+        phases.CLOCK.mark("imports")
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return cls(0, 1, 0, torch.device("cpu"), None)
         backend = str(dist.get_backend())
@@ -128,12 +131,15 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
 
 
 def init_distributed(device_preference: str, env: Mapping[str, str] = os.environ) -> DistContext:
-    """Join the process group torchrun (or the PyTorchJob env) describes; none when alone."""
+    """Join the process group torchrun (or the PyTorchJob env) describes; none when alone.
+    The ``imports`` restart phase ends as this starts, ``process_group`` as it returns."""
+    phases.CLOCK.mark("imports")
     world_size = int(env.get("WORLD_SIZE", "1"))
     rank = int(env.get("RANK", "0"))
     local_rank = int(env.get("LOCAL_RANK", "0"))
     device = pick_device(device_preference, local_rank)
     if world_size <= 1:
+        phases.CLOCK.mark("process_group")
         return DistContext(0, 1, 0, device, None)
     backend = "nccl" if device.type == "cuda" else "gloo"
     # Bounded (torch's default is 30 minutes): a collective that hangs while every peer
@@ -145,6 +151,7 @@ def init_distributed(device_preference: str, env: Mapping[str, str] = os.environ
     checkpoints = dist.new_group(backend="gloo", timeout=timeout)
     ctx = DistContext(rank, world_size, local_rank, device, backend, control, checkpoints)
     ctx.peers = start_monitor(rank, world_size, env)
+    phases.CLOCK.mark("process_group")
     return ctx
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 from spotrun_api import contract
+from spotrun_trainer import phases
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,10 @@ def launch(
     exit, as one code."""
     exit_dir = tempfile.mkdtemp(prefix="spotrun-exit-")
     env = {**os.environ, ENV_EXIT_DIR: exit_dir}
+    # The workers' restart phases count from this process's start (phases.py).
+    started = phases.launch_t0(env) or phases.process_start_time()
+    if started is not None:
+        env[phases.ENV_LAUNCH_T0] = f"{started:.3f}"
     cmd = torchrun_command(argv, nproc, grace, env, module=module, script=script)
     log.info("launching %d workers: %s", nproc, " ".join(cmd))
     proc = subprocess.Popen(cmd, env=env)

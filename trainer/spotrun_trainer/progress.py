@@ -9,6 +9,9 @@ Each attempt is a new process with a new reporter. A JSON merge patch keeps ever
 does not mention, so the per-attempt fields (``contract.PER_ATTEMPT_PROGRESS_FIELDS``:
 samplesPerSecond, attempt) are sent as null until this attempt has its own values; the
 first report of an attempt never shows the previous attempt's throughput.
+
+The typed model (``spotrun_api.status``, pydantic: a fifth of a second) is imported when a
+reporter is built, so ranks that report nothing never pay for it before their first step.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from spotrun_api import contract
-from spotrun_api.status import Progress
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
+
+    from spotrun_api.status import Progress
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,8 @@ class ProgressReporter:
         clock: Callable[[], float] = time.monotonic,
         background: bool = True,
     ) -> None:
+        from spotrun_api.status import Progress
+
         self._patch = patch
         self.min_interval = min_interval
         self._clock = clock
@@ -101,6 +107,16 @@ class ProgressReporter:
             stall = round(max(0.0, seconds), 3)
             self._progress = replace(self._progress, checkpoint_stall_seconds=stall)
             return self._maybe_send_locked(force=False)
+
+    def restart_phases(self, phases: Mapping[str, float]) -> bool:
+        """Record this attempt's restart phases (``restartPhases``, phases.py); sent at
+        once, as they are known once per attempt."""
+        from spotrun_api.status import RestartPhases
+
+        with self._lock:
+            value = RestartPhases(**phases)
+            self._progress = replace(self._progress, restart_phases=value)
+            return self._maybe_send_locked(force=True)
 
     def _maybe_send_locked(self, force: bool) -> bool:
         now = self._clock()

@@ -64,3 +64,24 @@ def test_global_batches_are_the_same_ids_at_any_world_size() -> None:
         s.load_state_dict(state)
     got += [sorted(i for s in second for i in s.next_indices().tolist()) for _ in range(7)]
     assert got == four
+
+
+def test_a_resumes_model_skips_the_init_and_loads_into_the_same_shape() -> None:
+    """The uninitialized GPT-2 of a resume has every parameter of the initialized one, its
+    output embeddings tied to its input ones, and computes the same after a load."""
+    import torch
+
+    from spotrun_lm.config import ModelConfig
+    from spotrun_lm.models import build_model
+
+    cfg = ModelConfig(vocab_size=32, seq_len=8, n_embd=16, n_layer=1, n_head=2, dropout=0.0)
+    torch.manual_seed(0)
+    ref = build_model(cfg).eval()
+    empty = build_model(cfg, initialize=False).eval()
+    shapes = {n: p.shape for n, p in ref.named_parameters()}
+    assert {n: p.shape for n, p in empty.named_parameters()} == shapes
+    tied = empty.get_output_embeddings().weight is empty.get_input_embeddings().weight  # type: ignore[operator]
+    assert tied
+    empty.load_state_dict(ref.state_dict())
+    ids = torch.randint(1, 32, (2, 8))
+    assert torch.equal(ref(ids).logits, empty(ids).logits)

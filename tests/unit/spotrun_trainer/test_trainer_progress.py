@@ -38,7 +38,9 @@ def _reporter(calls: list[dict[str, Any]], clock: Clock, **kw: Any) -> ProgressR
 
 def test_patch_body_is_a_merge_patch_of_status_progress() -> None:
     body = patch_body(Progress(step=5, samples_per_second=2.5, attempt=1))
-    assert body == {"status": {"progress": {"step": 5, "samplesPerSecond": 2.5, "attempt": 1}}}
+    # restartPhases: null until this attempt has done its first step (a per-attempt field)
+    progress = {"step": 5, "samplesPerSecond": 2.5, "attempt": 1, "restartPhases": None}
+    assert body == {"status": {"progress": progress}}
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -92,7 +94,9 @@ def test_unknown_attempt_is_sent_as_null(raw: str) -> None:
     env = {contract.ENV_RUN: "r", contract.ENV_NAMESPACE: "ns", contract.ENV_ATTEMPT: raw}
     r = reporter_from_env(env, 10.0, patch_factory=lambda name, ns: calls.append, background=False)
     assert r is not None and r.step(1)
-    assert calls[0]["status"]["progress"] == {"step": 1, "samplesPerSecond": None, "attempt": None}
+    assert calls[0]["status"]["progress"] == {
+        "step": 1, "samplesPerSecond": None, "attempt": None, "restartPhases": None
+    }  # fmt: skip
 
 
 def test_steps_are_rate_limited() -> None:
@@ -107,7 +111,9 @@ def test_steps_are_rate_limited() -> None:
     clock.now += 0.2  # 10.1 s after the first patch
     assert r.step(4)
     assert [c["status"]["progress"]["step"] for c in calls] == [1, 4]
-    assert calls[-1]["status"]["progress"] == {"step": 4, "samplesPerSecond": 101.0, "attempt": 3}
+    assert calls[-1]["status"]["progress"] == {
+        "step": 4, "samplesPerSecond": 101.0, "attempt": 3, "restartPhases": None
+    }  # fmt: skip
 
 
 def test_checkpoint_patches_immediately_with_its_fields() -> None:
@@ -126,6 +132,7 @@ def test_checkpoint_patches_immediately_with_its_fields() -> None:
                 "checkpointPath": "/checkpoints/step-10",
                 "samplesPerSecond": 50.0,
                 "attempt": 3,
+                "restartPhases": None,
             }
         }
     }
@@ -281,7 +288,8 @@ def test_progress_is_patched_with_a_kubeconfig_outside_a_pod(
     path, content_type, body = apiserver.patches[0]
     assert path == STATUS_PATH
     assert content_type == "application/merge-patch+json"
-    assert body == {"status": {"progress": {"step": 5, "samplesPerSecond": 12.5, "attempt": 2}}}
+    progress = {"step": 5, "samplesPerSecond": 12.5, "attempt": 2, "restartPhases": None}
+    assert body == {"status": {"progress": progress}}
     assert r.sent >= 1 and r.failures == 0
 
 

@@ -39,6 +39,7 @@ from typing import Any
 import torch.distributed as dist
 from torch import nn
 
+from spotrun_trainer import phases
 from spotrun_trainer.best import BEST_DIR, BestCheckpoint
 from spotrun_trainer.checkpoint import CheckpointHooks, CheckpointManager
 from spotrun_trainer.checkpoint_io import committed_steps
@@ -107,6 +108,7 @@ class SpotrunLoop:
             # thread) never interleave with the loop's. Collective: every rank builds this.
             timeout = collective_timeout(self.env)  # new_group does not inherit the default's
             ctx.checkpoint_group = dist.new_group(backend="gloo", timeout=timeout)
+        phases.CLOCK.mark("process_group")  # spotrun's own groups are up
         self.core = TrainerCore(cfg, ctx, self.env, reporter=reporter)
         settings = checkpoint_settings(cfg.checkpoint, keep_best=False, env=self.env)
         self.best: BestCheckpoint | None = None
