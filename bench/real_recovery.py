@@ -34,7 +34,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ class Result:
     lost_steps: int | None
     phases: dict[str, float]
     notes: list[str]
+    trainer_phases: dict[str, float] = field(default_factory=dict)
 
 
 def summary(results: list[Result], settings: CapacitySettings) -> dict[str, Any]:
@@ -128,7 +129,8 @@ def main() -> int:
                 for variant in variants:
                     print(f"[{rep + 1}/{args.reps}] {sig} / {variant} ...", flush=True)
                     b, lost = runner.run(sig, variant)
-                    r = Result(sig, variant, b.total(), lost, b.phases(), b.notes)
+                    r = Result(sig, variant, b.total(), lost, b.phases(), b.notes,
+                               b.trainer_phases)  # fmt: skip
                     print(f"    {r.seconds}s, lost {lost}, {r.phases} {r.notes}", flush=True)
                     results.append(r)
     data = summary(results, settings)

@@ -89,8 +89,10 @@ class CaseRunner:
         while not b.complete() and time.monotonic() < deadline:
             self._observe(b, kubeflow, before)
             if b.running is not None:
-                marks = w.log_marks(self._log(self._next_master(kubeflow)), b.signal)
+                lines = self._log(self._next_master(kubeflow))
+                marks = w.log_marks(lines, b.signal)
                 b.loaded, b.trained, resumed = marks.loaded, marks.trained, marks.resumed_step
+                b.trainer_phases = w.trainer_phases(lines, b.signal)
             time.sleep(0.5)
         if not b.complete():
             b.notes.append(f"not training again {self.timeout:.0f}s after the signal")

@@ -31,6 +31,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from spotrun_trainer import phases
+
 RESUMED = re.compile(r"resumed from .*\(step (\d+)[,)]")
 STEP = re.compile(r"\bstep (\d+): loss ")
 # The kubelet's event: 'Successfully pulled image "x" in 1m2.345s (1m2.345s including
@@ -104,6 +106,9 @@ class Boundaries:
     trained: dt.datetime | None = None
     pull_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # The next gang's master's own account from process start to its first step
+    # (spotrun_trainer.phases: start, imports, process_group, load, first_step).
+    trainer_phases: dict[str, float] = field(default_factory=dict)
 
     def complete(self) -> bool:
         return self.trained is not None
@@ -146,3 +151,15 @@ def median(values: Iterable[float | None]) -> float | None:
 def median_phases(runs: Iterable[Mapping[str, float]]) -> dict[str, float]:
     done = [r for r in runs if r]
     return {p: round(median(r.get(p) for r in done) or 0.0, 1) for p in PHASES} if done else {}
+
+
+def trainer_phases(lines: Iterable[str], since: dt.datetime) -> dict[str, float]:
+    """The restart-phase line the master logged after ``since`` (seconds per phase)."""
+    for raw in lines:
+        got = stamped(raw)
+        if got is None or got[0] <= since:
+            continue
+        found = phases.parse_line(got[1])
+        if found is not None:
+            return {k: round(v, 2) for k, v in found.seconds.items()}
+    return {}

@@ -109,3 +109,16 @@ def test_the_kubeflow_peer_is_spotruns_attempt_1_restarted_by_kubeflow_alone() -
     assert pod["serviceAccountName"] == account["metadata"]["name"]
     (container,) = pod["containers"]
     assert container["image"] == "img:1" and "--max-steps=5" in container["command"]
+
+
+def test_the_masters_own_restart_phases_after_the_signal() -> None:
+    text = (
+        "spotrun: restart phases start=0.100s imports=2.000s process_group=0.300s "
+        "load=0.500s first_step=0.900s total=3.800s t0=1764158400.000 resumed_from=36 "
+        "attempt=2"
+    )
+    lines = [line(-5, "INFO " + text.replace("attempt=2", "attempt=1")), line(30, "INFO " + text)]
+    got = w.trainer_phases(lines, T0)
+    assert got == {"start": 0.1, "imports": 2.0, "process_group": 0.3, "load": 0.5,
+                   "first_step": 0.9}  # fmt: skip
+    assert w.trainer_phases(lines[:1], T0) == {}
