@@ -180,7 +180,9 @@ def launch_t0(env: Mapping[str, str]) -> float | None:
 
 
 def _new_clock() -> PhaseClock:
-    imported = spotrun_trainer.IMPORTED_AT
+    # getattr: a process that imports this module while the package is still initialising
+    # (a spawned child unpickling its target) has no IMPORTED_AT yet; then it is now.
+    imported = getattr(spotrun_trainer, "IMPORTED_AT", None) or time.time()
     starts = [t for t in (process_start_time(), launch_t0(os.environ)) if t is not None]
     clock = PhaseClock(min([imported, *starts]))
     clock.mark("start", imported)
