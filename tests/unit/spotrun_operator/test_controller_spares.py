@@ -141,42 +141,30 @@ def spare_actions(d: Decision) -> list[Any]:
 
 def test_an_active_run_keeps_its_spares_and_a_change_updates_them() -> None:
     st = running_status()
-    d = decide(
-        observed(
-            now=10,
-            status=st,
-            jobs={1: job(1)},
-            pods=gang_pods(),
-            spec_over={"capacity": capacity(2)},
-        ),
-        CFG,
-    )
+    d = decide_running(10, st, {"capacity": capacity(2)})
     (apply,) = spare_actions(d)
     assert isinstance(apply, ApplySpares) and apply.body["spec"]["replicas"] == 2
     assert [e.reason for e in d.events if e.reason.startswith("Spares")] == ["SparesUpdated"]
     st = merge(st, d)
     assert st["spares"] == {"replicas": 2, "image": "spotrun/trainer:dev"}
     # The same again: applied again (level-based), no event.
-    d = decide(
-        observed(
-            now=20,
-            status=st,
-            jobs={1: job(1)},
-            pods=gang_pods(),
-            spec_over={"capacity": capacity(2)},
-        ),
-        CFG,
-    )
+    d = decide_running(20, st, {"capacity": capacity(2)})
     assert isinstance(spare_actions(d)[0], ApplySpares)
     assert not [e for e in d.events if e.reason.startswith("Spares")]
     # A new image and count: the body follows, one event.
-    over = {"capacity": capacity(3), "image": "spotrun/trainer:v2"}
-    d = decide(observed(now=30, status=st, jobs={1: job(1)}, pods=gang_pods(), spec_over=over), CFG)
+    d = decide_running(30, st, {"capacity": capacity(3), "image": "spotrun/trainer:v2"})
     (apply,) = spare_actions(d)
     assert isinstance(apply, ApplySpares)
     assert apply.body["spec"]["replicas"] == 3
     assert apply.body["spec"]["template"]["spec"]["containers"][0]["image"] == "spotrun/trainer:v2"
     assert [e.reason for e in d.events if e.reason.startswith("Spares")] == ["SparesUpdated"]
+
+
+def decide_running(now: float, st: dict[str, Any], over: dict[str, Any]) -> Decision:
+    """A decision on attempt 1 running on its gang, with ``over`` in the spec."""
+    return decide(
+        observed(now=now, status=st, jobs={1: job(1)}, pods=gang_pods(), spec_over=over), CFG
+    )
 
 
 def gang_pods() -> list[dict[str, Any]]:
