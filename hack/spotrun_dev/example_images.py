@@ -25,6 +25,9 @@ from spotrun_dev.node_config import REGISTRY_HOST
 
 EXAMPLES_DIR: Final = paths.REPO_ROOT / "examples"
 IMAGE_PREFIX: Final = "example-"
+# The project images a bare node pulls for a training pod: the trainer, and the init
+# container the training operator gives PyTorchJob workers (it waits for the master).
+NODE_PULLED: Final = ("trainer", "pytorch-init")
 
 
 def example_names(root: Path = EXAMPLES_DIR) -> list[str]:
@@ -65,14 +68,16 @@ def ensure_examples(
     """Build every example image on the local trainer image and push it, and the trainer
     image, to ``registry`` (blobs the registry holds are not sent again). Returns {name:
     local ref} of the examples."""
-    trainer = realnodes.built_images()["trainer"].ref  # checked once per process
+    built = realnodes.built_images()  # checked once per process
+    trainer = built["trainer"].ref
     out: dict[str, str] = {}
     with images.machine_lock():
-        # The trainer image itself too: a node started without images pulls it
-        # (provisioner's registry mode). Its layers are the examples' first ones, so
-        # after the first push this sends a manifest and a config.
-        log = images.cache_dir() / "logs" / "trainer-push.log"
-        images.run_logged(push_command(trainer, registry), log=log)
+        # The trainer image itself and the training operator's init container too: a node
+        # started without images pulls them (provisioner's registry mode). The trainer's
+        # layers are the examples' first ones: after the first push, a manifest and a config.
+        for key in NODE_PULLED:
+            log = images.cache_dir() / "logs" / f"{key}-push.log"
+            images.run_logged(push_command(built[key].ref, registry), log=log)
         for name in example_names() if names is None else names:
             ref = build_example(name, trainer)
             log = images.cache_dir() / "logs" / f"{IMAGE_PREFIX}{name}-push.log"
