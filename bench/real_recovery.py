@@ -121,6 +121,7 @@ def main() -> int:
             raise SystemExit(f"unknown signal or variant {name!r}")
     local = cluster.ensure_cluster()
     results: list[Result] = []
+    data: dict[str, Any] = {}
     with local.api_client() as api:
         runner = CaseRunner(api, settings, args.timeout)
         runner.setup()
@@ -133,15 +134,20 @@ def main() -> int:
                                b.trainer_phases)  # fmt: skip
                     print(f"    {r.seconds}s, lost {lost}, {r.phases} {r.notes}", flush=True)
                     results.append(r)
+                    data = write(results, settings, Path(args.out))  # each case: kept
+    print_table(data)
+    goodput.print_table(data["goodput"])
+    print(f"wrote {args.out}")
+    return 0
+
+
+def write(results: list[Result], settings: CapacitySettings, out: Path) -> dict[str, Any]:
     data = summary(results, settings)
     data["goodput"] = goodput.table(data)
     data["machine"] = {"cpus": 2, "python": platform.python_version(), "host": "this machine"}
     data["time"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    print_table(data)
-    goodput.print_table(data["goodput"])
-    Path(args.out).write_text(json.dumps(data, indent=2, default=str) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    out.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return data
 
 
 if __name__ == "__main__":
