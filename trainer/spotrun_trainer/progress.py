@@ -108,15 +108,14 @@ class ProgressReporter:
             self._progress = replace(self._progress, checkpoint_stall_seconds=stall)
             return self._maybe_send_locked(force=False)
 
-    def restart_phases(self, phases: Mapping[str, float]) -> bool:
-        """Record this attempt's restart phases (``restartPhases``, phases.py); sent at
-        once, as they are known once per attempt."""
+    def restart_phases(self, phases: Mapping[str, float]) -> None:
+        """Record this attempt's restart phases (``restartPhases``, phases.py); sent with
+        the first step's report, which follows at once (no patch of its own)."""
         from spotrun_api.status import RestartPhases
 
         with self._lock:
             value = RestartPhases(**phases)
             self._progress = replace(self._progress, restart_phases=value)
-            return self._maybe_send_locked(force=True)
 
     def _maybe_send_locked(self, force: bool) -> bool:
         now = self._clock()
@@ -156,7 +155,7 @@ class ProgressReporter:
             if closed and body is None:
                 return
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float = 20.0) -> None:
         """Send what the rate limit held back, then stop the sender."""
         with self._lock:
             if self._dirty:

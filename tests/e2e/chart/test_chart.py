@@ -61,6 +61,7 @@ def test_defaults_render_the_core_objects_only() -> None:
         "ClusterRoleBinding",
         "CustomResourceDefinition",
         "Deployment",
+        "PriorityClass",  # spotrun-spare, for warm spares (spares.priorityClass, the default)
         "Role",  # the leader election Lease (leaderElection.enabled, the default)
         "RoleBinding",
         "Service",
@@ -75,7 +76,7 @@ def test_all_features_render_every_object() -> None:
         ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
         + ["Role", "RoleBinding"] * 3  # two watched namespaces, the Lease's
         + ["ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap", "ConfigMap"]
-        + ["CustomResourceDefinition"]
+        + ["CustomResourceDefinition", "PriorityClass"]
     )
 
 

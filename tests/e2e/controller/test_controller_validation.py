@@ -113,7 +113,11 @@ def test_defaults_are_applied(
         100,
         3,
     )
-    assert spec["capacity"] == {"type": "spot", "instanceTypes": ["p4d.24xlarge"]}
+    assert spec["capacity"] == {
+        "type": "spot",
+        "instanceTypes": ["p4d.24xlarge"],
+        "warmSpares": 0,
+    }
     assert spec["checkpoint"] == {
         "volume": {"claimName": "c"},
         "path": "/checkpoints",

@@ -49,6 +49,13 @@ UNUSED_BY_DESIGN: dict[Grant, str] = {
     # The OwnerReferencesPermissionEnforcement admission plugin (off here; on in OpenShift
     # and hardened clusters) checks it when children carry blockOwnerDeletion owner refs.
     ("spotrun.dev", "trainingruns/finalizers", "update"): "checked by an admission plugin",
+    # The warm spares' Deployment (spec.capacity.warmSpares): a server-side apply (create
+    # or patch) while a run is active, a delete when it ends or is suspended. The scenarios
+    # here run no spares; the chart's operator pod exercises all three on the real nodes
+    # (tests/e2e/realnodes/test_real_recovery.py), and the unit tests the actions.
+    ("apps", "deployments", "create"): "used by runs with warm spares only",
+    ("apps", "deployments", "patch"): "used by runs with warm spares only",
+    ("apps", "deployments", "delete"): "used by runs with warm spares only",
 }
 # Granted, and used only when something repeats that the scenarios need not repeat: the
 # event recorder patches an Event's count when an identical event is posted again in one
