@@ -51,8 +51,8 @@ UNUSED_BY_DESIGN: dict[Grant, str] = {
     ("spotrun.dev", "trainingruns/finalizers", "update"): "checked by an admission plugin",
     # The warm spares' Deployment (spec.capacity.warmSpares): a server-side apply (create
     # or patch) while a run is active, a delete when it ends or is suspended. The scenarios
-    # here run no spares; the chart's operator pod exercises all three on the real nodes
-    # (tests/e2e/realnodes/test_real_recovery.py), and the unit tests the actions.
+    # here run no spares; the chart's operator pod applies one on the real nodes
+    # (tests/e2e/realnodes/test_real_recovery.py); the unit tests cover the delete.
     ("apps", "deployments", "create"): "used by runs with warm spares only",
     ("apps", "deployments", "patch"): "used by runs with warm spares only",
     ("apps", "deployments", "delete"): "used by runs with warm spares only",
