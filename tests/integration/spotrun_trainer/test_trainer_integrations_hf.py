@@ -199,7 +199,8 @@ def test_callback_reports_progress_and_stops_on_a_real_sigterm(tmp_path: Path) -
     assert trainer.train(resume_from_checkpoint=spot.resume_path()).global_step == 5
     progress = [p["status"]["progress"] for p in patches]
     assert progress[0] == {"step": 3, "checkpointStep": 3, "attempt": 3,
-                           "samplesPerSecond": None, "checkpointPath": str(tmp_path / "ck" /
+                           "samplesPerSecond": None, "restartPhases": None,
+                           "checkpointPath": str(tmp_path / "ck" /
                            "step-3"), "checkpointTime": progress[0]["checkpointTime"]}  # fmt: skip
     assert [p["step"] for p in progress[1:]] == [4, 5, 5]
     assert progress[-1]["checkpointStep"] == 5 and committed(tmp_path / "ck") == [3, 5]
