@@ -96,8 +96,9 @@ class CaseRunner:
             time.sleep(0.5)
         if not b.complete():
             b.notes.append(f"not training again {self.timeout:.0f}s after the signal")
-        if signal == "partition":
-            real_interrupt.instance_dies(self.core, node)  # the cut-off instance ends
+        if signal == "partition" and node in realnodes.FleetState.load().nodes:
+            # The cut-off instance ends (unless the group already dropped it).
+            real_interrupt.instance_dies(self.core, node)
         dying.join(timeout=300)
         lost = None if resumed is None or last is None else max(0, last - resumed)
         return b, lost
