@@ -36,8 +36,16 @@ NAMESPACE = "bench-recovery"
 CRD = paths.REPO_ROOT / "crds" / "trainingruns.spotrun.dev.yaml"
 RUN = "r"
 JOB_LABEL = "training.kubeflow.org/job-name"
-ARGS = tuple(a for a in real_story.TRAINER_ARGS if not a.startswith("--report.log-every"))
-ARGS = (*ARGS, "--report.log-every=1", "--max-steps=100000")
+# Every step logged (the master's log dates the first step); trains until deleted.
+ARGS = (
+    *(
+        a
+        for a in real_story.TRAINER_ARGS
+        if not a.startswith(("--report.log-every", "--max-steps"))
+    ),
+    "--report.log-every=1",
+    "--max-steps=100000",
+)
 WARM_STEPS = 30  # trained before the signal, so a checkpoint exists
 
 
@@ -213,7 +221,7 @@ class CaseRunner:
         if not kubeflow:
             newest = max((int(p.metadata.labels["spotrun.dev/attempt"]) for p in pods), default=0)
             pods = [p for p in pods if p.metadata.labels["spotrun.dev/attempt"] == str(newest)]
-        return next((p.metadata.name for p in pods if real_story._is_master(p)), "")
+        return next((p.metadata.name for p in pods if real_story.is_master(p)), "")
 
     def _log(self, pod: str) -> list[str]:
         if not pod:

@@ -17,7 +17,6 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from kubernetes import client
@@ -27,6 +26,7 @@ from spotrun_dev import real_interrupt, real_partition, realnodes, storage
 from spotrun_dev.node_config import GPU_TAINT_KEY, REAL_NODE_LABEL
 from spotrun_dev.pod_exits import PodExits
 from spotrun_dev.waiting import ClusterError, wait_for
+from spotrun_dev.weights import differing_weights, final_weights
 
 log = logging.getLogger("spotrun_dev.real_story")
 
@@ -144,7 +144,7 @@ class PartitionSeen:
     refused_line: str
 
 
-def _is_master(pod: client.V1Pod) -> bool:
+def is_master(pod: client.V1Pod) -> bool:
     return bool(pod.metadata.labels.get("training.kubeflow.org/replica-type") == "master")
 
 
@@ -190,7 +190,7 @@ class Story:
 
     def master_log(self, run: str, attempt: int) -> str:
         for p in self.pods(run, attempt):
-            if _is_master(p):
+            if is_master(p):
                 return str(self.core.read_namespaced_pod_log(p.metadata.name, self.namespace))
         return ""
 
@@ -301,7 +301,7 @@ class Story:
         # gang needs two nodes besides the one cut off.
         self.replace_nodes()
         held = real_partition.wait_held(folder)
-        master = next(p for p in self.pods("run", attempt) if _is_master(p))
+        master = next(p for p in self.pods("run", attempt) if is_master(p))
         node, pod = str(master.spec.node_name), str(master.metadata.name)
         self.collect_losses("run", attempt)
         before = self.progress("run")
@@ -389,28 +389,11 @@ def _seconds_after(signal: dt.datetime, progress: dict[str, Any]) -> float | Non
     return round((committed - signal).total_seconds(), 1)
 
 
-def final_weights(folder: Path, step: int) -> dict[str, Any]:
-    """The model weights of the committed checkpoint ``step-<step>`` on a shared volume."""
-    import torch
-
-    step_dir = folder / contract.step_dir_name(step)
-    if not (step_dir / contract.COMMIT_MARKER).is_file():
-        raise ClusterError(f"{step_dir} is not a committed checkpoint")
-    state = torch.load(step_dir / "shared.pt", map_location="cpu", weights_only=False)
-    model = state.get("model", state)
-    return {k: v for k, v in model.items() if isinstance(v, torch.Tensor)}
-
-
-def differing_weights(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Names whose tensors are not bitwise equal (or missing on one side)."""
-    names = sorted(set(a) | set(b))
-    return [n for n in names if n not in a or n not in b or not _bitwise_equal(a[n], b[n])]
-
-
-def _bitwise_equal(x: Any, y: Any) -> bool:
-    """Same dtype, shape and bytes (NaNs and signed zeros included)."""
-    import torch
-
-    if x.dtype != y.dtype or x.shape != y.shape:
-        return False
-    return bool(x.contiguous().view(torch.uint8).equal(y.contiguous().view(torch.uint8)))
+__all__ = [
+    "Interruption",
+    "PartitionSeen",
+    "Story",
+    "differing_weights",
+    "final_weights",
+    "is_master",
+]

@@ -88,8 +88,8 @@ def test_a_silent_loss_resumes_on_the_warm_spare_before_any_replacement(
     )
     spare_node = running_spare_node(core, namespace)
     (spare_uid,) = [p.metadata.uid for p in spare_pods(core, namespace)]
-    master = next(p for p in story.pods("run", 1) if real_story._is_master(p))
-    worker = next(p for p in story.pods("run", 1) if not real_story._is_master(p))
+    master = next(p for p in story.pods("run", 1) if real_story.is_master(p))
+    worker = next(p for p in story.pods("run", 1) if not real_story.is_master(p))
     lost_node, kept_node = str(worker.spec.node_name), str(master.spec.node_name)
     assert spare_node not in (lost_node, kept_node)
 
