@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -294,14 +295,24 @@ def export(name: str, ref: str) -> ImageArchive:
     path = archive_path(name, ident, cache)
     if not path.is_file():
         cache.mkdir(parents=True, exist_ok=True)
+        # The superseded archive goes first: two trainer archives (~6 GB each) side by side
+        # once filled the disk of a machine that had room for one.
+        for stale in [*cache.glob(f"{name}-*.tar"), *cache.glob(f"{name}-*.tmp")]:
+            stale.unlink()
         tmp = path.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
+        require_free_space(cache, image_size(ref), what=f"the {name} image's archive")
         run_logged(["podman", "save", "--quiet", "--format", "docker-archive", "-o", str(tmp), ref])
         tmp.rename(path)
-        for old in cache.glob(f"{name}-*.tar"):
-            if old != path:
-                old.unlink()
     return ImageArchive(ref=ref, archive=path, image_id=ident)
+
+
+def require_free_space(folder: Path, needed: int, what: str) -> None:
+    """Fail with the figures, not a builder's exit status, when ``folder`` lacks room."""
+    free = shutil.disk_usage(folder).free
+    if free < needed * 1.1:
+        raise RuntimeError(
+            f"{what} needs about {needed / 1e9:.1f} GB in {folder}; {free / 1e9:.1f} GB free"
+        )
 
 
 @contextlib.contextmanager

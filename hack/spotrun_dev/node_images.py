@@ -3,16 +3,17 @@
 The trainer image is ~5 GB (torch's CUDA wheels). Importing it into every node's containerd
 would cost minutes per node and per replacement node, so the images are imported once per
 set of image ids into a machine-level golden root, and each node's containerd root starts
-as a hard-linked copy of it (the content blobs and unpacked layers are read-only: overlayfs
-never writes to a lower layer; the two bolt databases are real copies). This is what a
-node AMI with pre-pulled images gives on EKS; every container still runs from its image in
-the node's own containerd, and nothing of the host is mounted into it.
+as a hard-linked copy of it (the unpacked layers are read-only: overlayfs never writes to
+a lower layer; the two bolt databases are real copies; the layer blobs are discarded).
+This is what a node AMI with pre-pulled images gives on EKS; every container still runs
+from its image in the node's own containerd, and nothing of the host is mounted into it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -109,6 +110,7 @@ def _golden_root(archives: Sequence[Archive], parent: Path, seeded: bool) -> Pat
                     log.info("%s is in the previous golden root", a.ref)
                     continue
                 import_archive(sock, a.archive)
+            discard_layer_blobs(sock, base / "root")
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -135,6 +137,45 @@ def import_archive(sock: Path, archive: Path) -> None:
     if run.returncode != 0:
         raise ClusterError(f"importing {archive.name}: {run.stderr.strip()}")
     log.info("imported %s in %.1fs", archive.name, time.monotonic() - started)
+
+
+def discard_layer_blobs(sock: Path, root: Path) -> None:
+    """Delete the compressed-or-not layer blobs once every image is unpacked: a node runs
+    containers from the unpacked snapshots and needs only each image's manifest and config
+    (what containerd's CRI ``discard_unpacked_layers`` does for pulled images). This halves
+    the golden root (the trainer's layers would otherwise be kept twice, ~6 GB)."""
+    layers: set[str] = set()
+    for digest in _ctr(sock, "images", "ls").splitlines()[1:]:
+        layers |= _layers_of(sock, digest.split()[2])
+    # Only what this import wrote: an image kept from the previous set has none left.
+    layers &= set(_ctr(sock, "content", "ls", "-q").split())
+    if layers:
+        _ctr(sock, "content", "rm", *sorted(layers))
+    # The files go with containerd's next garbage collection, which runs on its own
+    # schedule: wait for it, or a containerd stopped at once leaves them on disk.
+    blobs = root / "io.containerd.content.v1.content" / "blobs"
+    files = [blobs / Path(*d.split(":", 1)) for d in layers]
+    wait_for("containerd to collect the layer blobs", lambda: not any(map(Path.exists, files)),
+             timeout=120)  # fmt: skip
+    log.info("discarded %d unpacked layer blobs", len(layers))
+
+
+def _layers_of(sock: Path, digest: str) -> set[str]:
+    """The layer digests under a manifest or an index (every platform it names)."""
+    doc = json.loads(_ctr(sock, "content", "get", digest))
+    found = {layer["digest"] for layer in doc.get("layers", [])}
+    for child in doc.get("manifests", []):
+        found |= _layers_of(sock, child["digest"])
+    return found
+
+
+def _ctr(sock: Path, *args: str) -> str:
+    run = subprocess.run(
+        ["ctr", "--address", str(sock), "-n", "k8s.io", *args], text=True, capture_output=True
+    )
+    if run.returncode != 0:
+        raise ClusterError(f"ctr {' '.join(args[:2])}: {run.stderr.strip()}")
+    return run.stdout
 
 
 def _ready_line(archive: Archive) -> str:

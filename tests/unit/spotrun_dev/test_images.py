@@ -239,3 +239,10 @@ def test_spotrun_dev_is_the_dev_extra() -> None:
             continue
         dists = {_dist(d) for d in owners.get(module, [module])}
         assert dists & pins, f"spotrun_dev imports {module}, not in the dev extra"
+
+
+def test_archive_space_check_names_what_and_the_figures(tmp_path: Path) -> None:
+    free = shutil.disk_usage(tmp_path).free
+    images.require_free_space(tmp_path, free // 2, what="the trainer image's archive")
+    with pytest.raises(RuntimeError, match=r"the trainer image's archive needs about .* GB free"):
+        images.require_free_space(tmp_path, free, what="the trainer image's archive")
