@@ -1,12 +1,8 @@
-"""The only module that talks to the Kubernetes API (synchronous; called from threads).
-
-One client: the official ``kubernetes`` package, through its public dynamic client
-(``kubernetes.dynamic.DynamicClient``). Objects travel as plain JSON dicts both ways (the
-pure modules never see client models), and the dynamic client sends them as they are,
-with the content type (merge patch) or ``Accept`` (metadata only) each call needs. The
-typed ``CoreV1Api`` would validate bodies against its own models first: a pod template
-the user passed through would then fail in the client with the client's words instead
-of the apiserver's message naming the field, which is what ``InvalidSpec`` reports.
+"""The operator's verbs on the Kubernetes API (synchronous; called from threads): the run's
+status as a compare-and-swap, its jobs, pods, spares and events, and the actions a
+reconcile decided, carried out in order. The calls themselves (one client, the official
+``kubernetes`` package's dynamic client) are :class:`spotrun_operator.kubeio.calls.ApiCalls`;
+nothing else of the operator but the Lease calls talks to the API.
 """
 
 from __future__ import annotations
@@ -15,7 +11,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -23,8 +18,6 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from urllib3.exceptions import HTTPError
 
 from spotrun_operator.facts.common import (
@@ -34,17 +27,12 @@ from spotrun_operator.facts.common import (
     utcnow,
 )
 from spotrun_operator.kubeio.apiserver import (
-    API_VERSIONS,
-    MERGE_PATCH,
-    METADATA_LIST,
-    METADATA_ONLY,
     Refused,
     event_body,
-    message_of,
     rbac_denied,
-    refused,
     replica_pods,
 )
+from spotrun_operator.kubeio.calls import ApiCalls, Obj
 from spotrun_operator.kubeio.recorder import EventCorrelator, Send
 from spotrun_operator.model.plan import (
     Action,
@@ -59,35 +47,24 @@ from spotrun_operator.model.plan import (
     RunRef,
     ValidateJob,
 )
-from spotrun_operator.watching.cache import Cache
 
 log = logging.getLogger(__name__)
-Obj = dict[str, Any]
 
-# Objects per page of a listing (client-go's reflector asks for 500).
-LIST_PAGE = 500
 # A run's spares Deployment is applied again (the same body) after this long: one write per
 # run in this while puts back a Deployment changed or deleted behind the operator's back.
 SPARES_REAPPLY_SECONDS = 600.0
 FIELD_MANAGER = "spotrun-operator"
 
 
-class Kube:
+class Kube(ApiCalls):
     def __init__(
         self, api: client.ApiClient, timeout: float = 30.0, dry_run_pods: bool = False
     ) -> None:
-        self.api = api
-        self.timeout = timeout
+        super().__init__(api, timeout)
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
-        self._dyn: DynamicClient | None = None
-        self._lock = threading.Lock()
-        self._resources: dict[str, Any] = {}
         # --pod-dry-run (needs create on pods, which the chart grants only with
         # rbac.podDryRun); False again once the apiserver said 403 (no grant).
         self._dry_run_pods = dry_run_pods
-        # Watch-fed caches that the answers to the operator's own writes go into (set by
-        # the runner): the next reconcile sees them before the watch event comes back.
-        self.cache: Cache | None = None
         # Writes whose result is known (bounded): (namespace, kind, name, owner uid) of the
         # objects ensured for a run, and the spec versions whose job passed a dry run.
         self._ensured: dict[tuple[str, ...], None] = {}
@@ -95,112 +72,6 @@ class Kube:
         self.events = EventCorrelator(time.monotonic)
         # The last write of each run's spares Deployment: (body digest or "deleted", when).
         self._spares: dict[tuple[str, str], tuple[str, float]] = {}
-
-    @property
-    def dyn(self) -> DynamicClient:
-        """The dynamic client, made on first use (it reads the API's discovery once)."""
-        with self._lock:
-            if self._dyn is None:
-                self._dyn = DynamicClient(self.api)
-            return self._dyn
-
-    def _res(self, kind: str) -> Any:
-        """The dynamic client's resource of ``kind``, looked up once (worker threads share
-        it; a kind not served yet, such as PyTorchJob before its CRD, is looked up again)."""
-        dyn = self.dyn
-        with self._lock:
-            if kind not in self._resources:
-                self._resources[kind] = dyn.resources.get(api_version=API_VERSIONS[kind], kind=kind)
-            return self._resources[kind]
-
-    def _json(self, resp: Any) -> Any:
-        data: bytes = resp.data or b""
-        return json.loads(data) if data else None
-
-    # --- any request (tests use it for what the operator never asks) -----------------
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Mapping[str, str] | None = None,
-        body: Any = None,
-        content_type: str = "application/json",
-        accept: str = "application/json",
-        timeout: float | None = None,
-    ) -> Any:
-        resp = self.dyn.request(
-            method.lower(),
-            path,
-            body=body,
-            query_params=list((query or {}).items()),
-            header_params={"Accept": accept},
-            content_type=content_type,
-            _request_timeout=self.timeout if timeout is None else timeout,
-            serialize=False,
-        )
-        return self._json(resp)
-
-    def _get(
-        self, kind: str, name: str, namespace: str | None = None, accept: str = "application/json"
-    ) -> Obj | None:
-        try:
-            resp = self.dyn.get(
-                self._res(kind),
-                name=name,
-                namespace=namespace,
-                header_params={"Accept": accept},
-                _request_timeout=self.timeout,
-                serialize=False,
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return dict(self._json(resp))
-
-    # --- reads ----------------------------------------------------------------------
-    def missing(self, namespace: str, refs: Sequence[tuple[str, str]]) -> list[str]:
-        """``"Kind name"`` of each referenced object that does not exist."""
-        return [
-            f"{kind} {name}"
-            for kind, name in refs
-            if self._get(kind, name, namespace, accept=METADATA_ONLY) is None
-        ]
-
-    def list_keys(
-        self, kind: str, namespace: str | None, labels: str | None, fields: str | None
-    ) -> list[tuple[tuple[str, str], str]]:
-        """((namespace, name), UID) of every object of ``kind`` the selectors match, in
-        ``namespace`` or everywhere: metadata only, in pages. [] where the API serves no
-        such kind (Kueue not installed), as a watch of it would find nothing."""
-        try:
-            resource = self._res(kind)
-        except ResourceNotFoundError:
-            return []
-        keys: list[tuple[tuple[str, str], str]] = []
-        token: str | None = None
-        while True:
-            page = self._json(
-                self.dyn.get(
-                    resource,
-                    namespace=namespace,
-                    label_selector=labels,
-                    field_selector=fields,
-                    limit=LIST_PAGE,
-                    _continue=token,
-                    header_params={"Accept": METADATA_LIST},
-                    _request_timeout=self.timeout,
-                    serialize=False,
-                )
-            )
-            for item in page.get("items") or []:
-                meta = item["metadata"]
-                key = (str(meta.get("namespace") or ""), str(meta["name"]))
-                keys.append((key, str(meta["uid"])))
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                return keys
 
     # --- writes ---------------------------------------------------------------------
     def patch_run_status(
@@ -219,45 +90,6 @@ class Kube:
                 return False
             raise
         self._wrote(self._json(resp))
-        return True
-
-    def _merge_patch(self, resource: Any, name: str, namespace: str, body: Obj) -> Any:
-        return self.dyn.patch(
-            resource,
-            body=body,
-            name=name,
-            namespace=namespace,
-            content_type=MERGE_PATCH,
-            _request_timeout=self.timeout,
-            serialize=False,
-        )
-
-    def _wrote(self, answer: Any) -> None:
-        if self.cache is not None and isinstance(answer, dict):
-            self.cache.wrote(answer)
-
-    def create(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> bool:
-        """Create ``obj``; False when it already exists (deterministic names: a 409 means a
-        previous reconcile, maybe of a killed operator, created it). Raises
-        :class:`Refused` when the apiserver judges the object invalid (400, 422)."""
-        meta = obj["metadata"]
-        try:
-            resp = self.dyn.create(
-                self._res(str(obj["kind"])),
-                body=dict(obj),
-                namespace=meta["namespace"],
-                dry_run="All" if dry_run else None,
-                _request_timeout=self.timeout,
-                serialize=False,
-            )
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            if refused(exc):
-                raise Refused(str(obj["kind"]), str(meta["name"]), message_of(exc)) from None
-            raise
-        if not dry_run:
-            self._wrote(self._json(resp))
         return True
 
     def check_pods(self, job: Mapping[str, Any]) -> None:
@@ -285,32 +117,6 @@ class Kube:
         except Refused as exc:
             return exc.rejected
         return None
-
-    def _delete(self, kind: str, namespace: str, name: str, **params: Any) -> None:
-        try:
-            resp = self.dyn.delete(
-                self._res(kind),
-                name=name,
-                namespace=namespace,
-                _request_timeout=self.timeout,
-                serialize=False,
-                **params,
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            return
-        answer = self._json(resp)
-        if self.cache is None or not isinstance(answer, dict):
-            return
-        # A DELETE answers with the object (its last state) or, once a custom resource is
-        # gone for good, a Status naming it: either way the next reconcile must not see it
-        # (a second DELETE would answer 404).
-        if answer.get("kind") == kind:
-            self.cache.removed(answer)
-        elif answer.get("kind") == "Status" and answer.get("status") == "Success":
-            uid = str((answer.get("details") or {}).get("uid") or "")
-            self.cache.deleted(kind, namespace, name, uid)
 
     def delete_job(self, namespace: str, name: str) -> None:
         # Background: the job is gone at once (so the training operator cannot recreate a

@@ -27,6 +27,7 @@ FORBIDDEN = (
     "torch",
     "spotrun_trainer",
     "spotrun_lm",
+    "spotrun_operator.kubeio.calls",
     "spotrun_operator.kubeio.kube",
     "spotrun_operator.runner",
 )
