@@ -106,7 +106,27 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--images", choices=("registry", "preloaded"), default="registry")
     p.add_argument("--timeout", type=float, default=480, help="per case, signal -> training")
     p.add_argument("--out", default=str(RESULTS / "real_recovery.json"))
-    return p.parse_args()
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the runs of --out for the cases not run again (same settings)",
+    )
+    return p.parse_args()  # fmt: skip
+
+
+def kept_runs(out: Path, settings: CapacitySettings, rerun: set[tuple[str, str]]
+              ) -> list[Result]:  # fmt: skip
+    """The runs recorded in ``out`` under the same settings whose (signal, variant) is not
+    run again: a case measured again replaces its old runs, the others stay."""
+    if not out.is_file():
+        return []
+    data = json.loads(out.read_text())
+    same = (data.get("provisioning_delay_s"), data.get("images")) == (
+        settings.delay_seconds, settings.images)  # fmt: skip
+    if not same:
+        raise SystemExit(f"--merge: {out} was measured with other settings")
+    return [Result(**run) for row in data["signals"].values() for run in row["runs"]
+            if (run["signal"], run["variant"]) not in rerun]  # fmt: skip
 
 
 def main() -> int:
@@ -120,7 +140,8 @@ def main() -> int:
         if name not in (*SIGNALS, *VARIANTS):
             raise SystemExit(f"unknown signal or variant {name!r}")
     local = cluster.ensure_cluster()
-    results: list[Result] = []
+    rerun = {(sig, v) for sig in signals for v in variants}
+    results = kept_runs(Path(args.out), settings, rerun) if args.merge else []
     data: dict[str, Any] = {}
     with local.api_client() as api:
         runner = CaseRunner(api, settings, args.timeout)

@@ -41,6 +41,7 @@ _TUNABLES: tuple[tuple[str, type, str], ...] = (
     ("resync_seconds", float, "re-check interval of a run without watch events"),
     ("cost_update_seconds", float, "minimum spacing of cost-only status writes"),
     ("history_limit", int, "attempts kept in status.attempts"),
+    ("spare_pull_images", str, "images each warm spare pulls besides the run's, comma-separated"),
 )
 
 

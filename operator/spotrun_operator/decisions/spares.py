@@ -46,7 +46,8 @@ def plan_spares(d: Draft, phase: Phase) -> None:
     want = wanted(spec, phase)
     name = spares_name(d.obs.ref.name)
     if want and spec is not None:
-        d.actions.append(ApplySpares(build_spares_deployment(d.obs.ref, spec)))
+        body = build_spares_deployment(d.obs.ref, spec, pull_images=d.cfg.pull_images)
+        d.actions.append(ApplySpares(body))
         new = new.model_copy(update={"replicas": want, "image": spec.image})
         if (old.replicas, old.image) != (want, spec.image):
             d.event(

@@ -60,6 +60,16 @@ class OperatorConfig:
     # How often a next attempt whose gang cannot be placed yet looks for capacity again (a
     # node joining wakes no run by itself).
     capacity_poll_seconds: float = 5.0
+    # Images every warm spare pulls besides the run's (comma-separated; each in an init
+    # container that exits at once): the training operator's init image, which each Worker
+    # pod runs first (upstream's --pytorch-init-container-image default, alpine:3.10). A
+    # spare that lacks it leaves the next attempt's worker pulling it on the spare's node.
+    spare_pull_images: str = ""
+
+    @property
+    def pull_images(self) -> tuple[str, ...]:
+        """``spare_pull_images`` as a list, blanks dropped."""
+        return tuple(i.strip() for i in self.spare_pull_images.split(",") if i.strip())
 
 
 def _coerce(value: str, like: object) -> object:

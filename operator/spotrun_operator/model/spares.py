@@ -11,6 +11,8 @@ there; it waits for SIGTERM and exits 0 (the trainer contract guarantees python 
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from typing import Any
 
 from spotrun_api.spec import TrainingRunSpec
@@ -30,6 +32,18 @@ SPARE_CONTAINER = "spare"
 # deletes the pod, and it leaves at once with exit code 0.
 SPARE_COMMAND = ("python", "-c", "import signal; signal.sigwait({signal.SIGTERM})")
 SPARE_GRACE_SECONDS = 0
+# An image pulled for the next attempt's worker only needs a shell (the init-pytorch
+# container it serves runs ``sh -c``).
+PULL_COMMAND = ("sh", "-c", "exit 0")
+PULL_SECURITY: Obj = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "runAsGroup": 65532,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 # The fields of a worker's pod spec a spare takes over unchanged: where it may run and
 # how its image is pulled and run (the user's podTemplate included).
 PLACEMENT_FIELDS = (
@@ -91,10 +105,39 @@ def spare_pod_spec(ref: RunRef, spec: TrainingRunSpec, capacity_type: str) -> Ob
     return pod
 
 
+def pull_containers(images: Sequence[str]) -> list[Obj]:
+    """One init container per image that exits at once: the kubelet pulls the image onto
+    the spare's node before the spare starts (JupyterHub's image puller does the same).
+    Each runs as the training operator's restricted init template does (manifests/eks/
+    pytorch-init-container.yaml: non-root, nothing allowed) and asks for as little, so a
+    restricted namespace admits it and it adds nothing to the spare's request."""
+    return [
+        {
+            "name": f"pull-{i}",
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": list(PULL_COMMAND),
+            "resources": {
+                "requests": {"cpu": "10m", "memory": "8Mi"},
+                "limits": {"cpu": "100m", "memory": "20Mi"},
+            },
+            "securityContext": copy.deepcopy(PULL_SECURITY),
+        }
+        for i, image in enumerate(images)
+    ]
+
+
 def build_spares_deployment(
-    ref: RunRef, spec: TrainingRunSpec, capacity_type: str | None = None
+    ref: RunRef,
+    spec: TrainingRunSpec,
+    capacity_type: str | None = None,
+    pull_images: Sequence[str] = (),
 ) -> Obj:
-    """Deployment ``<run>-spares`` with spec.capacity.warmSpares replicas."""
+    """Deployment ``<run>-spares`` with spec.capacity.warmSpares replicas, each pulling
+    ``pull_images`` too (:func:`pull_containers`)."""
+    pod = spare_pod_spec(ref, spec, capacity_type or spec.capacity.type.value)
+    if pull_images:
+        pod["initContainers"] = pull_containers(pull_images)
     labels = spare_labels(ref.name)
     return {
         "apiVersion": "apps/v1",
@@ -115,7 +158,7 @@ def build_spares_deployment(
             },
             "template": {
                 "metadata": {"labels": labels},
-                "spec": spare_pod_spec(ref, spec, capacity_type or spec.capacity.type.value),
+                "spec": pod,
             },
         },
     }

@@ -3,6 +3,8 @@ the operator's deployments grants (rendered with helm template, chartkit)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from chartkit import find, helm_template, render
 
 
@@ -50,3 +52,34 @@ def test_the_operator_may_apply_and_delete_deployments_only() -> None:
         for v in rule["verbs"]
     }
     assert verbs == {"create", "patch", "delete"}
+
+
+def operator_args(docs: list[dict[str, Any]]) -> list[str]:
+    (dep,) = [d for d in find(docs, "Deployment") if "spare" not in d["metadata"]["name"]]
+    args: list[str] = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def test_spares_pull_the_training_operators_init_image() -> None:
+    """Upstream's --pytorch-init-container-image by default; a pool spare pulls it too."""
+    assert "--spare-pull-images=alpine:3.10" in operator_args(render())
+    docs = render(
+        "--set=spares.pullImages={a.example/init:1,b.example/dns:2}",
+        "--set=spares.pools[0].name=p4d",
+        "--set=spares.pools[0].replicas=1",
+        "--set=spares.pools[0].image=trainer:1",
+    )
+    assert "--spare-pull-images=a.example/init:1,b.example/dns:2" in operator_args(docs)
+    (pool,) = [d for d in find(docs, "Deployment") if d["metadata"]["name"].endswith("spare-p4d")]
+    inits = pool["spec"]["template"]["spec"]["initContainers"]
+    assert [(c["name"], c["image"]) for c in inits] == [
+        ("pull-0", "a.example/init:1"), ("pull-1", "b.example/dns:2")]  # fmt: skip
+    assert all(c["command"] == ["sh", "-c", "exit 0"] for c in inits)
+    assert all(c["securityContext"]["runAsNonRoot"] for c in inits)
+    none = render("--set=spares.pullImages=null")
+    assert not [a for a in operator_args(none) if a.startswith("--spare-pull-images")]
+
+
+def test_a_pull_image_with_a_comma_is_refused_by_the_schema() -> None:
+    out = helm_template("--set=spares.pullImages[0]=a:1\\,b:2")
+    assert out.returncode != 0 and "pullImages" in out.stderr

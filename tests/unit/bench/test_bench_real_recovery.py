@@ -4,6 +4,7 @@ marks, phases that add up to the whole, the summary's shape and the goodput mode
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 import real_recovery as rr
@@ -122,3 +123,17 @@ def test_the_masters_own_restart_phases_after_the_signal() -> None:
     assert got == {"start": 0.1, "imports": 2.0, "process_group": 0.3, "load": 0.5,
                    "first_step": 0.9}  # fmt: skip
     assert w.trainer_phases(lines[:1], T0) == {}
+
+
+def test_merge_keeps_the_cases_not_run_again_and_refuses_other_settings(tmp_path: Path) -> None:
+    settings = CapacitySettings(60.0, "registry")
+    old = [rr.Result(sig, v, 100.0, 0, {"capacity": 60.0}, [])
+           for sig in ("nth", "loss") for v in ("spotrun", "kubeflow")]  # fmt: skip
+    out = tmp_path / "real_recovery.json"
+    rr.write(old, settings, out)
+    kept = rr.kept_runs(out, settings, {("nth", "kubeflow")})
+    assert sorted((r.signal, r.variant) for r in kept) == [
+        ("loss", "kubeflow"), ("loss", "spotrun"), ("nth", "spotrun")]  # fmt: skip
+    assert kept[0].phases == {"capacity": 60.0}
+    with pytest.raises(SystemExit, match="other settings"):
+        rr.kept_runs(out, CapacitySettings(90.0, "registry"), set())

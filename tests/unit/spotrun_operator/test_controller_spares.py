@@ -3,6 +3,7 @@ run's decisions, and what the spares' nodes cost."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -158,6 +159,34 @@ def test_an_active_run_keeps_its_spares_and_a_change_updates_them() -> None:
     assert apply.body["spec"]["replicas"] == 3
     assert apply.body["spec"]["template"]["spec"]["containers"][0]["image"] == "spotrun/trainer:v2"
     assert [e.reason for e in d.events if e.reason.startswith("Spares")] == ["SparesUpdated"]
+
+
+def test_spares_pull_the_operators_images_for_the_workers_init_container() -> None:
+    """Each Worker pod first runs the training operator's init container: a spare that
+    lacks its image leaves the next attempt's worker pulling it on the spare's node."""
+    assert "initContainers" not in pod_spec(deployment(capacity=capacity(1)))
+    cfg = replace(CFG, spare_pull_images=" alpine:3.10, ,reg.example/init:1")
+    d = decide(
+        observed(now=10, status=running_status(), jobs={1: job(1)}, pods=gang_pods(),
+                 spec_over={"capacity": capacity(1)}),
+        cfg,
+    )  # fmt: skip
+    (apply,) = spare_actions(d)
+    assert isinstance(apply, ApplySpares)
+    inits = apply.body["spec"]["template"]["spec"]["initContainers"]
+    assert [(c["name"], c["image"]) for c in inits] == [
+        ("pull-0", "alpine:3.10"), ("pull-1", "reg.example/init:1")]  # fmt: skip
+    for c in inits:
+        assert c["command"] == ["sh", "-c", "exit 0"]
+        # What a restricted namespace asks of every container, and a request too small to
+        # change the spare's (the larger of init and regular containers counts).
+        sc = c["securityContext"]
+        assert sc["runAsNonRoot"] and not sc["allowPrivilegeEscalation"]
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert c["resources"]["limits"] == {"cpu": "100m", "memory": "20Mi"}
+    inits[0]["securityContext"]["capabilities"]["drop"].append("X")  # copies, not shared
+    assert inits[1]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 
 
 def decide_running(now: float, st: dict[str, Any], over: dict[str, Any]) -> Decision:
