@@ -54,7 +54,6 @@ class ApiCalls:
         self.cache: Cache | None = None
 
     @property
-    @property
     def dyn(self) -> DynamicClient:
         """The dynamic client, made on first use (it reads the API's discovery once)."""
         with self._lock:

@@ -8,10 +8,12 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import NewConnectionError
 
+from spotrun_operator.kubeio import calls
 from spotrun_operator.kubeio.kube import Kube
 from spotrun_operator.model.plan import (
     CreateJob,
@@ -181,3 +183,18 @@ def test_an_event_write_is_retried_only_when_the_apiserver_was_not_reached() -> 
     assert kube.write_event(ref, ev, send)  # answered: abandoned, as client-go does
     assert kube.write_event(ref, ev, send)
     assert [c[:2] for c in dyn.calls] == [("create", "Event")]
+
+
+def test_the_dynamic_client_is_made_once_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[Any] = []
+
+    class _Made:
+        def __init__(self, api: Any) -> None:
+            made.append(api)
+
+    monkeypatch.setattr(calls, "DynamicClient", _Made)
+    api = client.ApiClient()
+    kube = Kube(api)
+    assert made == []  # nothing at construction: discovery waits for the first call
+    first = kube.dyn
+    assert isinstance(first, _Made) and kube.dyn is first and made == [api]
