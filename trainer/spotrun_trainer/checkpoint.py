@@ -10,22 +10,20 @@ Layout of a committed checkpoint (all ranks share the folder)::
     step-<N>/COMMITTED      manifest of every file with checksums, written and fsync'd last
 
 Replicated state (DDP model and optimizer, scheduler, sampler, counters) stays plain
-``torch.save``: every rank holds the same copy, so DCP would buy nothing but its
-planner, and one file per role loads without a process group. Sharded state (FSDP)
-goes through DCP, which also reshards it on load to another world size.
+``torch.save``: every rank holds the same copy, so DCP would buy nothing but its planner,
+and one file per role loads without a process group. Sharded state (FSDP) goes through
+DCP, which also reshards it on load to another world size.
 
-Commit protocol: every rank writes into ``.tmp-step-N/``, fsyncs its files and then a
-part file; rank 0 waits for all parts (files on the shared volume, never a collective, so
-it can run in a background thread beside training collectives), then commits the folder
-(commit.py: manifest, fsync, rename to ``step-N``, parent fsync) and prunes. A folder
-named ``step-N`` therefore always holds complete files, and one without a valid manifest
-is never loaded.
+Commit protocol: every rank writes into ``.tmp-step-N/``, fsyncs its files, then a part
+file; rank 0 waits for all parts (files on the shared volume, never a collective: it runs
+in a background thread beside training collectives), commits the folder (commit.py:
+manifest, fsync, rename to ``step-N``, parent fsync) and prunes. A ``step-N`` folder
+always holds complete files; one without a valid manifest is never loaded.
 
 Fencing (``settings.epoch``, the attempt; fencing.py): ``prepare`` moves the fence on rank 0
 before anything is loaded, ``load`` and retention see only what the fence accepts, and a
-save of an attempt that a newer one has fenced raises ``CheckpointFenced`` (exit
-``EXIT_FENCED``) on every rank, before it writes or, when the fence moves while it is
-written, at the commit on rank 0.
+save of a fenced attempt raises ``CheckpointFenced`` (exit ``EXIT_FENCED``) on every rank,
+before it writes or, when the fence moves meanwhile, at the commit on rank 0.
 """
 
 from __future__ import annotations
@@ -47,7 +45,6 @@ from spotrun_trainer import sharded as sharded_io
 from spotrun_trainer.checkpoint_io import (
     SHARED_FILE,
     CheckpointError,
-    Listing,
     committed_steps,
     fsync_dir,
     gather_parts,
@@ -204,18 +201,7 @@ class CheckpointManager:
         restore = self.hooks.restore_missing
         if self.epoch is None:
             return pick_intact(self.directory, restore)
-        listing: Listing = fencing.loadable_steps
-        if restore is None:
-            return pick_intact(self.directory, None, listing)
-        epoch, fill = self.epoch, restore
-
-        def restore_and_accept(directory: Path) -> object:
-            restored = fill(directory)
-            if isinstance(restored, int):
-                fencing.accept(directory, epoch, restored)
-            return restored
-
-        return pick_intact(self.directory, restore_and_accept, listing)
+        return fencing.pick(self.directory, self.epoch, restore)
 
     # --- saving --------------------------------------------------------------------------
 
@@ -330,12 +316,14 @@ class CheckpointManager:
     def _fenced_instead(self, error: BaseException, step: int) -> BaseException:
         """A save that failed while a newer attempt's fence exists was that attempt's doing
         (its start-up removes an older attempt's temp folders): refused, not failed."""
-        newest = fencing.newest_epoch(self.directory) if self.epoch is not None else None
-        if self.epoch is None or newest is None or newest <= self.epoch:
-            log.error("checkpoint save of step %s failed: %s", step, error)
-            return error
-        fencing.drop(commit.tmp_dir(self.directory, step, self.epoch))
-        return fencing.fenced(self.directory, step, self.epoch, newest)
+        if self.epoch is not None:
+            try:
+                tmp = commit.tmp_dir(self.directory, step, self.epoch)
+                fencing.check(self.directory, self.epoch, step, tmp)
+            except CheckpointFenced as refused:
+                return refused
+        log.error("checkpoint save of step %s failed: %s", step, error)
+        return error
 
     def _write(
         self,

@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from spotrun_trainer.checkpoint_io import (
     committed_steps,
     fsync_dir,
     now_rfc3339,
+    pick_intact,
     write_json,
 )
 from spotrun_trainer.launcher import record_exit
@@ -181,6 +183,26 @@ def loadable_steps(directory: Path) -> list[tuple[int, Path]]:
 
 
 # --- moving the fence -----------------------------------------------------------------------
+
+
+def pick(
+    directory: Path, epoch: int, restore_missing: Callable[[Path], object] | None
+) -> int | None:
+    """The newest intact step the fence accepts (checkpoint_io.pick_intact over
+    :func:`loadable_steps`); a checkpoint ``restore_missing`` restores (the mirror, into a
+    folder that had none) is accepted by attempt ``epoch``'s fence: it was not there when
+    the fence moved."""
+    if restore_missing is None:
+        return pick_intact(directory, None, loadable_steps)
+    fill = restore_missing
+
+    def restore_and_accept(folder: Path) -> object:
+        restored = fill(folder)
+        if isinstance(restored, int):
+            accept(folder, epoch, restored)
+        return restored
+
+    return pick_intact(directory, restore_and_accept, loadable_steps)
 
 
 def _write(directory: Path, fence: Fence) -> None:
