@@ -2,8 +2,8 @@
 
 Each ``examples/<name>/Dockerfile`` is built by the same pipeline as the project images
 (``buildah bud --layers``, layer-cached, one build at a time per machine) ``FROM`` the local
-trainer build, as ``localhost/spotrun/example-<name>:dev``: the trainer's layers plus one
-small layer of the example's code.
+trainer build, as ``localhost/spotrun/example-<name>:dev``: the trainer's layers plus the
+small layers of the example (its code; for some, its libraries' bytecode).
 
 The real nodes hold the trainer's layers already (their golden containerd root, as a
 pre-baked AMI holds a base image) and pull an example image from the harness's registry the

@@ -1,0 +1,86 @@
+"""``python -m spotrun_trainer.precompile``: what a start imports is byte-compiled in place,
+as unchecked-hash pycs, and nothing outside the given roots is touched."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spotrun_trainer import precompile
+
+FLAG_HASH_BASED, FLAG_CHECK_SOURCE = 0b01, 0b10
+
+
+def make_package(root: Path, name: str) -> None:
+    pkg = root / name
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(f"from {name} import used\n")
+    (pkg / "used.py").write_text("VALUE = 42\n")
+    (pkg / "unused.py").write_text("VALUE = 7\n")
+
+
+def pyc_flags(source: Path) -> int:
+    cached = Path(importlib.util.cache_from_source(str(source)))
+    return int.from_bytes(cached.read_bytes()[4:8], "little")
+
+
+def test_only_the_imported_modules_under_the_roots_are_compiled_unchecked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inside, outside = tmp_path / "site", tmp_path / "elsewhere"
+    make_package(inside, "pc_inside_pkg")
+    make_package(outside, "pc_outside_pkg")
+    monkeypatch.setattr(sys, "path", [str(inside), str(outside), *sys.path])
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # as the image's build step
+    for name in list(sys.modules):
+        if name.startswith(("pc_inside_pkg", "pc_outside_pkg")):
+            monkeypatch.delitem(sys.modules, name)
+
+    count = precompile.precompile(["pc_inside_pkg", "pc_outside_pkg"], [inside.resolve()])
+
+    assert count == 2
+    for module in ("__init__", "used"):
+        flags = pyc_flags(inside / "pc_inside_pkg" / f"{module}.py")
+        assert flags & FLAG_HASH_BASED and not flags & FLAG_CHECK_SOURCE
+    unused = inside / "pc_inside_pkg" / "unused.py"
+    assert not Path(importlib.util.cache_from_source(str(unused))).exists()
+    assert not list(outside.rglob("*.pyc"))
+
+
+def test_a_module_that_does_not_import_fails_the_build(tmp_path: Path) -> None:
+    with pytest.raises(ModuleNotFoundError, match="no_such_module_pc"):
+        precompile.precompile(["no_such_module_pc"], [tmp_path])
+
+
+def test_the_pycs_are_used_though_the_sources_are_newer(tmp_path: Path) -> None:
+    """Unchecked: a file's mtime (a build that clamps or resets timestamps) does not make
+    Python compile it again; the pyc's code runs."""
+    make_package(tmp_path, "pc_mtime_pkg")
+    root = str(tmp_path.resolve())
+    code = (
+        f"import sys, pathlib; sys.path.insert(0, {root!r}); sys.dont_write_bytecode = True\n"
+        "from spotrun_trainer import precompile\n"
+        f"precompile.precompile(['pc_mtime_pkg'], [pathlib.Path({root!r})])\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    used = tmp_path / "pc_mtime_pkg" / "used.py"
+    used.write_text("VALUE = 0  # a changed source is not read again: the pyc is unchecked\n")
+    out = subprocess.run(
+        [sys.executable, "-B", "-c", "import pc_mtime_pkg.used as u; print(u.VALUE)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.stdout.strip() == "42"
+
+
+def test_the_defaults_cover_the_built_in_trainers_start() -> None:
+    """Every default names a module that imports here (a rename would fail the image build
+    late; this fails first)."""
+    for name in precompile.DEFAULT_MODULES:
+        assert importlib.util.find_spec(name) is not None, name

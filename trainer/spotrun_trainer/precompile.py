@@ -1,0 +1,90 @@
+"""Byte-compile what a trainer's start imports, into the image:
+``python -m spotrun_trainer.precompile [MODULE ...]`` (a step of trainer/Dockerfile; an
+image built on it adds its own program's modules the same way).
+
+Why: an image's site-packages belong to root and the trainer runs as 65532, so Python
+cannot write ``__pycache__`` when a pod starts, and every start compiled torch's and
+transformers' sources again in memory. Measured on the trainer image on this project's
+2-core machine: ``import torch`` 1.8 s -> 0.9 s, transformers' GPT-2 4.3 s -> 1.7 s, on
+every restart of every rank. The operator image compiles all it holds (compileall); the
+trainer image's 17,000 source files would add 420 MB to the 6 GB every replacement node
+pulls, so only the modules a start imports are compiled: the ones imported here (the
+built-in trainer's whole start, ``DEFAULT_MODULES``, and the named ones), with every
+module they import in turn.
+
+The files are unchecked-hash pycs (PEP 552): valid whatever the files' mtimes (a build
+that clamps timestamps would make timestamp pycs stale, and Python would quietly compile
+again), and never checked against the source, which in an image does not change.
+"""
+
+from __future__ import annotations
+
+import importlib
+import py_compile
+import sys
+import sysconfig
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+# What ``python -m spotrun_lm`` imports from its start to its first step after a resume:
+# the launcher, the trainer library, the built-in trainer (transformers' GPT-2 is imported
+# lazily, when the model is built), the checkpoint (DCP) and torchrun.
+DEFAULT_MODULES = (
+    "spotrun_lm.__main__",
+    "spotrun_lm.train",
+    "spotrun_lm.models",
+    "spotrun_trainer.launcher",
+    "spotrun_trainer.core",
+    "spotrun_trainer.integrations.loop",
+    "torch.distributed.checkpoint",
+    "torch.distributed.run",
+    "transformers.models.gpt2.modeling_gpt2",
+)
+
+
+def module_sources(modules: Iterable[object], roots: Sequence[Path]) -> list[Path]:
+    """The ``.py`` files of ``modules`` that lie under one of ``roots``, sorted."""
+    found: set[Path] = set()
+    for module in modules:
+        origin = getattr(module, "__file__", None)
+        if not isinstance(origin, str) or not origin.endswith(".py"):
+            continue
+        path = Path(origin).resolve()
+        if any(path.is_relative_to(root) for root in roots):
+            found.add(path)
+    return sorted(found)
+
+
+def compile_files(paths: Iterable[Path]) -> int:
+    """Write an unchecked-hash pyc beside each file (its ``__pycache__``); returns how many."""
+    mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
+    count = 0
+    for path in paths:
+        py_compile.compile(str(path), invalidation_mode=mode, doraise=True)
+        count += 1
+    return count
+
+
+def install_roots() -> list[Path]:
+    """Where installed packages lie: the environment's purelib and platlib."""
+    paths = sysconfig.get_paths()
+    return sorted({Path(paths[key]).resolve() for key in ("purelib", "platlib")})
+
+
+def precompile(names: Sequence[str], roots: Sequence[Path]) -> int:
+    """Import ``names``, then byte-compile every loaded module under ``roots``; returns
+    how many were compiled."""
+    for name in names:
+        importlib.import_module(name)
+    return compile_files(module_sources(list(sys.modules.values()), roots))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    names = [*DEFAULT_MODULES, *(sys.argv[1:] if argv is None else argv)]
+    count = precompile(names, install_roots())
+    print(f"spotrun_trainer.precompile: {count} modules byte-compiled ({len(names)} imported)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
