@@ -244,7 +244,7 @@ def build_pause() -> str:
 
 # The Kubeflow training operator's PyTorch init container (``--pytorch-init-container-image``,
 # default alpine:3.10, which no registry here serves) runs
-# ``sh -c '... seq ... nslookup <master> ... sleep 2 ...'`` in every worker pod. A Debian
+# ``sh -c '... seq ... nslookup <master> ... sleep ...'`` in every worker pod. A Debian
 # minbase with ISC's nslookup (bind9-dnsutils) provides exactly those. (busybox's nslookup
 # does not fit: it queries every search domain and fails if any of them answers NXDOMAIN.)
 PYTORCH_INIT_PACKAGES = ("bind9-dnsutils",)

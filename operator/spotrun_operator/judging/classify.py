@@ -88,7 +88,9 @@ class VerdictKind(Enum):
 # The training operator's init container on every Worker: it waits for the Master's DNS
 # name and exits 1 after its tries, 100 by default, each an nslookup and a 2 s sleep
 # (kubeflow/training-operator v1.9 pkg/controller.v1/pytorch/initcontainer.go
-# initContainerTemplate; pkg/config/config.go PyTorchInitContainerMaxTriesDefault).
+# initContainerTemplate; pkg/config/config.go PyTorchInitContainerMaxTriesDefault);
+# spotrun's template (manifests/eks/pytorch-init-container.yaml) polls 4x as often for as
+# long.
 TRAINING_OPERATOR_INIT: Final = "init-pytorch"
 
 
