@@ -9,8 +9,8 @@ transformers' sources again in memory. Measured on the trainer image on this pro
 every restart of every rank. The operator image compiles all it holds (compileall); the
 trainer image's 17,000 source files would add 420 MB to the 6 GB every replacement node
 pulls, so only the modules a start imports are compiled: the ones imported here (the
-built-in trainer's whole start, ``DEFAULT_MODULES``, and the named ones), with every
-module they import in turn.
+library's start, ``DEFAULT_MODULES``, and the program's, named on the command line), with
+every module they import in turn.
 
 The files are unchecked-hash pycs (PEP 552): valid whatever the files' mtimes (a build
 that clamps timestamps would make timestamp pycs stale, and Python would quietly compile
@@ -26,19 +26,16 @@ import sysconfig
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-# What ``python -m spotrun_lm`` imports from its start to its first step after a resume:
-# the launcher, the trainer library, the built-in trainer (transformers' GPT-2 is imported
-# lazily, when the model is built), the checkpoint (DCP) and torchrun.
+# What a start of any program on the library imports, from the launcher to its first step
+# after a resume: the launcher, the library, the checkpoint (DCP) and torchrun. A program
+# names its own modules (trainer/Dockerfile names the built-in trainer's and transformers'
+# GPT-2, which it imports lazily, when it builds the model).
 DEFAULT_MODULES = (
-    "spotrun_lm.__main__",
-    "spotrun_lm.train",
-    "spotrun_lm.models",
     "spotrun_trainer.launcher",
     "spotrun_trainer.core",
     "spotrun_trainer.integrations.loop",
     "torch.distributed.checkpoint",
     "torch.distributed.run",
-    "transformers.models.gpt2.modeling_gpt2",
 )
 
 

@@ -4,6 +4,7 @@ as unchecked-hash pycs, and nothing outside the given roots is touched."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ import pytest
 from spotrun_trainer import precompile
 
 FLAG_HASH_BASED, FLAG_CHECK_SOURCE = 0b01, 0b10
+REPO = Path(__file__).resolve().parents[3]
+DOCKERFILES = [REPO / "trainer" / "Dockerfile", *sorted(REPO.glob("examples/*/Dockerfile"))]
 
 
 def make_package(root: Path, name: str) -> None:
@@ -79,8 +82,17 @@ def test_the_pycs_are_used_though_the_sources_are_newer(tmp_path: Path) -> None:
     assert out.stdout.strip() == "42"
 
 
-def test_the_defaults_cover_the_built_in_trainers_start() -> None:
-    """Every default names a module that imports here (a rename would fail the image build
-    late; this fails first)."""
-    for name in precompile.DEFAULT_MODULES:
+def dockerfile_modules(dockerfile: Path) -> list[str]:
+    """The modules a Dockerfile's precompile step names (its continuation lines joined)."""
+    text = dockerfile.read_text().replace("\\\n", " ")
+    found = re.findall(r"^RUN .*-m spotrun_trainer\.precompile([^\n]*)", text, re.MULTILINE)
+    return [name for line in found for name in line.split()]
+
+
+def test_every_module_the_images_name_imports() -> None:
+    """The defaults and every module a Dockerfile names exist (a rename would fail the
+    image build late; this fails first)."""
+    named = [m for path in DOCKERFILES for m in dockerfile_modules(path)]
+    assert "spotrun_lm.train" in named  # the trainer image names the built-in trainer's
+    for name in (*precompile.DEFAULT_MODULES, *named):
         assert importlib.util.find_spec(name) is not None, name
