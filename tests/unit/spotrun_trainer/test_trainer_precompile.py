@@ -38,7 +38,7 @@ def test_only_the_imported_modules_under_the_roots_are_compiled_unchecked(
     make_package(inside, "pc_inside_pkg")
     make_package(outside, "pc_outside_pkg")
     monkeypatch.setattr(sys, "path", [str(inside), str(outside), *sys.path])
-    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # as the image's build step
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # precompile turns it on itself
     for name in list(sys.modules):
         if name.startswith(("pc_inside_pkg", "pc_outside_pkg")):
             monkeypatch.delitem(sys.modules, name)
@@ -65,7 +65,7 @@ def test_the_pycs_are_used_though_the_sources_are_newer(tmp_path: Path) -> None:
     make_package(tmp_path, "pc_mtime_pkg")
     root = str(tmp_path.resolve())
     code = (
-        f"import sys, pathlib; sys.path.insert(0, {root!r}); sys.dont_write_bytecode = True\n"
+        f"import sys, pathlib; sys.path.insert(0, {root!r})\n"
         "from spotrun_trainer import precompile\n"
         f"precompile.precompile(['pc_mtime_pkg'], [pathlib.Path({root!r})])\n"
     )
