@@ -221,9 +221,14 @@ def _register_children(registry: kopf.OperatorRegistry, runner: Runner) -> None:
         # The kept node, not the event: what the memory holds (labels, taints) then shares
         # the store's strings instead of keeping the event's copies, one set per node.
         kept = runner.cache.nodes.as_kept(body)
-        if runner.memory.remember_node(kept, deleted=type == "DELETED"):
-            for namespace, run in runner.cache.runs_on(name):
-                runner.wake(namespace, run)
+        change = runner.memory.observe_node(kept, deleted=type == "DELETED")
+        woken = runner.cache.runs_on(name) if change.matters else set()
+        if change.opened:
+            # A gang waiting for capacity is created as soon as it fits, not at the next
+            # poll (capacity_poll_seconds): a replacement node joining is the common case.
+            woken |= runner.cache.runs_waiting_for_capacity()
+        for namespace, run in woken:
+            runner.wake(namespace, run)
 
     @kopf.on.event(
         PYTORCHJOB_GROUP,

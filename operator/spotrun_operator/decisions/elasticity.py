@@ -41,7 +41,7 @@ from spotrun_operator.facts.common import (
     fmt_time,
     pod_node,
 )
-from spotrun_operator.facts.signals import NodeInfo
+from spotrun_operator.facts.signals import NodeInfo, schedulable
 from spotrun_operator.judging.classify import Verdict, VerdictKind
 from spotrun_operator.model.builders import GPU_TOLERATION
 
@@ -108,10 +108,7 @@ def fits(node: NodeInfo, need: PodNeeds) -> bool:
     eks = labels.get(LABEL_EKS_CAPACITY) == EKS_CAPACITY_VALUES.get(need.capacity_type)
     capacity = eks or labels.get(LABEL_KARPENTER_CAPACITY) == need.capacity_type
     return (
-        node.exists
-        and not node.deleting
-        and node.ready == "True"
-        and not node.unschedulable
+        schedulable(node)
         and node.name not in need.avoid
         and capacity
         and labels.get(LABEL_INSTANCE_TYPE) in need.instance_types

@@ -264,6 +264,12 @@ def _spot(node: NodeInfo) -> tuple[bool, bool]:
     return gke, node.labels.get(LABEL_AKS_PRIORITY) == "spot"
 
 
+def schedulable(node: NodeInfo) -> bool:
+    """The node's own state lets the scheduler bind a new pod there: it exists, is not
+    being deleted, is Ready and not cordoned (what a given pod needs: ``elasticity.fits``)."""
+    return node.exists and not node.deleting and node.ready == "True" and not node.unschedulable
+
+
 def shutting_down(node: NodeInfo) -> bool:
     """The kubelet's shutdown manager reports the node NotReady, "node is shutting down"."""
     return node.ready == "False" and "shutting down" in node.ready_message

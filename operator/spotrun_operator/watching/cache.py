@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
+from spotrun_api.enums import ConditionType
 from spotrun_api.naming import parse_job_name
 from spotrun_operator.facts.common import (
     LABEL_KUEUE_JOB_UID,
@@ -43,6 +44,7 @@ from spotrun_operator.watching.trim import (
 BY_RUN = "run"  # (namespace, the run's label)
 BY_NODE = "node"  # ("", spec.nodeName) of a pod
 BY_JOB = "job"  # (namespace, a PyTorchJob's UID) of a Kueue Workload or a refusal
+BY_WAIT = "wait"  # ("", "capacity") of a run whose CapacityAvailable condition is False
 
 CLAIM_KIND = "PersistentVolumeClaim"
 
@@ -52,7 +54,8 @@ class Cache:
 
     def __init__(self) -> None:
         by_run = {BY_RUN: by_label(LABEL_RUN)}
-        self.runs = Store("TrainingRun")
+        # By capacity wait too: the runs a node that joins or becomes schedulable wakes.
+        self.runs = Store("TrainingRun", indexes={BY_WAIT: _waiting_for_capacity})
         self.jobs = Store("PyTorchJob", transform=trimmed_job, indexes=by_run)
         # By node too: the runs to wake when a node is tainted, lost or deleted.
         self.pods = Store("Pod", transform=trimmed_pod, indexes={**by_run, BY_NODE: _pod_node})
@@ -77,6 +80,15 @@ class Cache:
         return {
             (str(p["metadata"]["namespace"]), str(p["metadata"]["labels"][LABEL_RUN]))
             for p in self.pods.indexed(BY_NODE, "", node)
+        }
+
+    def runs_waiting_for_capacity(self) -> set[tuple[str, str]]:
+        """(namespace, run) of every cached run whose ``CapacityAvailable`` is False: its
+        next attempt waits until its gang can be placed (``outcomes.create_when_placeable``)
+        or its pods are unschedulable."""
+        return {
+            (str(r["metadata"]["namespace"]), str(r["metadata"]["name"]))
+            for r in self.runs.indexed(BY_WAIT, "", WAITING)
         }
 
     def jobs_owning(self, event: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -134,6 +146,18 @@ def by_label(label: str) -> Indexer:
         return (str(meta.get("namespace") or ""), str(found)) if found is not None else None
 
     return filed_at
+
+
+WAITING: Final = "capacity"
+
+
+def _waiting_for_capacity(run: Mapping[str, Any]) -> IndexKey | None:
+    conditions = (run.get("status") or {}).get("conditions") or []
+    waiting = any(
+        c.get("type") == ConditionType.CAPACITY_AVAILABLE.value and c.get("status") == "False"
+        for c in conditions
+    )
+    return ("", WAITING) if waiting else None
 
 
 def _pod_node(pod: Mapping[str, Any]) -> IndexKey | None:

@@ -12,10 +12,26 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from spotrun_operator.facts.signals import INTERRUPTION_TAINTS, NodeInfo, going, node_info
+from spotrun_operator.facts.signals import (
+    INTERRUPTION_TAINTS,
+    NodeInfo,
+    going,
+    node_info,
+    schedulable,
+)
 from spotrun_operator.model.plan import Rejected
 
 Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True)
+class NodeChange:
+    """What a node event changed. ``matters``: for the runs with pods on the node (a
+    taint, Ready, deletion). ``opened``: the node may now take a pod it could not before,
+    so the runs waiting for capacity should look."""
+
+    matters: bool
+    opened: bool
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,11 @@ class Memory:
     def remember_node(self, body: Mapping[str, Any], deleted: bool) -> bool:
         """Record a node's state; True when what matters to runs changed (a taint, Ready,
         or deletion), so the runs on it should look now."""
+        return self.observe_node(body, deleted).matters
+
+    def observe_node(self, body: Mapping[str, Any], deleted: bool) -> NodeChange:
+        """Record a node's state; what changed for the runs on it, and whether it may now
+        take a pod it could not take before (:func:`signals.opens_capacity`)."""
         info = node_info(body, exists=not deleted)
         now = time.monotonic()
         with self._lock:
@@ -62,17 +83,20 @@ class Memory:
                 else:
                     self._interrupted.discard(info.name)
             self._prune(now)
+        opened = opens_capacity(old.node if old else None, info)
         if old is None:
-            return (
+            matters = (
                 deleted or bool(set(info.taints) & set(INTERRUPTION_TAINTS)) or info.ready != "True"
             )
+            return NodeChange(matters, opened)
         o = old.node
-        return (o.exists, o.taints, o.ready, o.ready_message) != (
+        matters = (o.exists, o.taints, o.ready, o.ready_message) != (
             info.exists,
             info.taints,
             info.ready,
             info.ready_message,
         )
+        return NodeChange(matters, opened)
 
     def nodes(self) -> Mapping[str, NodeInfo]:
         """The last known state of each node (read-only, shared by reconciles)."""
@@ -154,3 +178,20 @@ def _generation(run: Mapping[str, Any]) -> tuple[Key, tuple[str, int]]:
     meta = run["metadata"]
     key = (str(meta["namespace"]), str(meta["name"]))
     return key, (str(meta.get("uid")), int(meta.get("generation") or 1))
+
+
+def opens_capacity(old: NodeInfo | None, new: NodeInfo) -> bool:
+    """``new`` may take a pod that ``old`` could not: the node is schedulable and not going
+    away, and it is new, or what placement reads of it changed (it became Ready or was
+    uncordoned, a taint went, its GPUs were advertised, a label came). A run waiting for
+    capacity looks again at once instead of at its next poll."""
+    if not schedulable(new) or going(new):
+        return False
+    if old is None:
+        return True
+    return _placement_view(old) != _placement_view(new)
+
+
+def _placement_view(node: NodeInfo) -> tuple[Any, ...]:
+    usable = schedulable(node) and not going(node)
+    return (usable, node.hard_taints, node.gpus, node.labels)

@@ -444,3 +444,30 @@ def test_tombstones_expire_oldest_first_and_a_reburial_renews_one() -> None:
     assert s.put(obj("Pod", "b", "19"))  # no tombstone left to refuse an older version
     assert not s.put(obj("Pod", "a", "9"))
     assert not s.put(obj("Pod", "c", "29"))
+
+
+def run_with_capacity(name: str, rv: str, available: str | None, ns: str = "ml") -> dict[str, Any]:
+    conditions = [{"type": "Running", "status": "False"}]
+    if available is not None:
+        conditions.append({"type": "CapacityAvailable", "status": available})
+    return {
+        "kind": "TrainingRun",
+        "metadata": {"name": name, "namespace": ns, "uid": f"u-{name}", "resourceVersion": rv},
+        "status": {"conditions": conditions},
+    }
+
+
+def test_the_runs_waiting_for_capacity_follow_their_condition() -> None:
+    """What a node that joins wakes: the runs whose CapacityAvailable is False, in every
+    namespace, and no longer once it turns True (or the run is gone)."""
+    c = Cache()
+    c.runs.put(run_with_capacity("waits", "1", "False"))
+    c.runs.put(run_with_capacity("placed", "2", "True"))
+    c.runs.put(run_with_capacity("new", "3", None))
+    c.runs.put(run_with_capacity("elsewhere", "4", "False", ns="other"))
+    assert c.runs_waiting_for_capacity() == {("ml", "waits"), ("other", "elsewhere")}
+    c.runs.put(run_with_capacity("waits", "5", "True"))  # its gang was created and placed
+    c.runs.put(run_with_capacity("new", "6", "False"))  # a replacement it waits for
+    assert c.runs_waiting_for_capacity() == {("ml", "new"), ("other", "elsewhere")}
+    c.runs.delete(run_with_capacity("elsewhere", "7", "False", ns="other"))
+    assert c.runs_waiting_for_capacity() == {("ml", "new")}

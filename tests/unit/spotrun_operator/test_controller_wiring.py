@@ -52,6 +52,31 @@ def test_memory_wakes_only_on_what_matters() -> None:
     assert m.remember_node(node("n2", ready="Unknown"), deleted=False)
 
 
+def test_a_node_opens_capacity_when_it_may_take_a_pod_it_could_not_before() -> None:
+    """What wakes the runs waiting for capacity: a node that joins schedulable, turns
+    Ready, is uncordoned or advertises its GPUs; not a heartbeat, a cordon, a node going
+    away or one still joining."""
+    m = Memory()
+    assert not m.observe_node(node("n1", ready="False"), deleted=False).opened  # joining
+    assert m.observe_node(node("n1"), deleted=False).opened  # Ready now
+    assert not m.observe_node(node("n1"), deleted=False).opened  # a heartbeat
+    cordoned = node("n1")
+    cordoned["spec"]["unschedulable"] = True
+    assert not m.observe_node(cordoned, deleted=False).opened
+    assert m.observe_node(node("n1"), deleted=False).opened  # uncordoned
+    gpus = node("n1")
+    gpus["status"]["allocatable"] = {"nvidia.com/gpu": "8"}
+    assert m.observe_node(gpus, deleted=False).opened  # the device plugin registered
+    assert m.observe_node(node("n2"), deleted=False).opened  # joined Ready at once
+    itn = node("n2", ("aws-node-termination-handler/spot-itn",))
+    change = m.observe_node(itn, deleted=False)
+    assert change.matters and not change.opened  # going away: wakes the runs on it
+    assert not m.observe_node(node("n2"), deleted=True).opened  # deleted
+    assert not m.observe_node(
+        node("n3", ready="False", message="node is shutting down"), deleted=False
+    ).opened
+
+
 def test_memory_avoids_nodes_that_are_going_not_nodes_that_are_joining() -> None:
     """A next attempt must not land on a node that is shutting down (the kubelet's own
     message) or being deleted, even before the node lifecycle controller taints it; a
@@ -272,6 +297,40 @@ def test_a_node_event_wakes_the_runs_with_pods_on_that_node() -> None:
         await node_event(type="MODIFIED", body=kopf.Body(tainted), name="spot-1")
         assert on_it.is_set() and not elsewhere.is_set()
         assert runner.cache.nodes.get("", "spot-1") is not None
+
+    asyncio.run(scenario())
+    runner.pool.shutdown()
+
+
+def test_a_node_that_joins_wakes_the_runs_waiting_for_capacity() -> None:
+    """A run whose next gang waits for a node (CapacityAvailable False) looks again when a
+    node joins or turns Ready, not at its next capacity poll; a run that is placed does
+    not, and neither does a heartbeat of the node."""
+    registry = kopf.OperatorRegistry()
+    runner = Runner(
+        kube=Kube(ApiClient()), cfg=OperatorConfig(), metrics=Metrics(CollectorRegistry())
+    )
+    handlers.register(registry, runner)
+    node_event = watch_handler(registry, "node_event")
+
+    def run(name: str, available: str) -> dict[str, Any]:
+        conditions = [{"type": "CapacityAvailable", "status": available}]
+        meta = {"name": name, "namespace": "ml", "uid": name, "resourceVersion": "1"}
+        return {"kind": "TrainingRun", "metadata": meta, "status": {"conditions": conditions}}
+
+    runner.cache.runs.put(run("waits", "False"))
+    runner.cache.runs.put(run("placed", "True"))
+
+    async def scenario() -> None:
+        waiting, placed = asyncio.Event(), asyncio.Event()
+        runner._wakers[("ml", "waits")], runner._wakers[("ml", "placed")] = waiting, placed
+        # Joining (NotReady), Ready, then a heartbeat: only Ready wakes the waiting run.
+        for rv, ready, wakes in (("1", "False", False), ("2", "True", True), ("3", "True", False)):
+            body: Any = node("spot-new", ready=ready)
+            body["metadata"]["resourceVersion"] = rv
+            await node_event(type="MODIFIED", body=kopf.Body(body), name="spot-new")
+            assert waiting.is_set() is wakes and not placed.is_set()
+            waiting.clear()
 
     asyncio.run(scenario())
     runner.pool.shutdown()
