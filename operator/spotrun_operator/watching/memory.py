@@ -70,7 +70,7 @@ class Memory:
 
     def observe_node(self, body: Mapping[str, Any], deleted: bool) -> NodeChange:
         """Record a node's state; what changed for the runs on it, and whether it may now
-        take a pod it could not take before (:func:`signals.opens_capacity`)."""
+        take a pod it could not take before (:func:`opens_capacity`)."""
         info = node_info(body, exists=not deleted)
         now = time.monotonic()
         with self._lock:
