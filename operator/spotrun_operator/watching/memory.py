@@ -63,14 +63,10 @@ class Memory:
         self.ttl = ttl_seconds
         self.max_items = max_items
 
-    def remember_node(self, body: Mapping[str, Any], deleted: bool) -> bool:
-        """Record a node's state; True when what matters to runs changed (a taint, Ready,
-        or deletion), so the runs on it should look now."""
-        return self.observe_node(body, deleted).matters
-
     def observe_node(self, body: Mapping[str, Any], deleted: bool) -> NodeChange:
-        """Record a node's state; what changed for the runs on it, and whether it may now
-        take a pod it could not take before (:func:`opens_capacity`)."""
+        """Record a node's state; whether what matters to the runs on it changed (a taint,
+        Ready, or deletion: they should look now), and whether it may now take a pod it
+        could not take before (:func:`opens_capacity`)."""
         info = node_info(body, exists=not deleted)
         now = time.monotonic()
         with self._lock:
@@ -83,20 +79,19 @@ class Memory:
                 else:
                     self._interrupted.discard(info.name)
             self._prune(now)
-        opened = opens_capacity(old.node if old else None, info)
         if old is None:
             matters = (
                 deleted or bool(set(info.taints) & set(INTERRUPTION_TAINTS)) or info.ready != "True"
             )
-            return NodeChange(matters, opened)
-        o = old.node
-        matters = (o.exists, o.taints, o.ready, o.ready_message) != (
-            info.exists,
-            info.taints,
-            info.ready,
-            info.ready_message,
-        )
-        return NodeChange(matters, opened)
+        else:
+            o = old.node
+            matters = (o.exists, o.taints, o.ready, o.ready_message) != (
+                info.exists,
+                info.taints,
+                info.ready,
+                info.ready_message,
+            )
+        return NodeChange(matters, opens_capacity(old.node if old else None, info))
 
     def nodes(self) -> Mapping[str, NodeInfo]:
         """The last known state of each node (read-only, shared by reconciles)."""

@@ -189,7 +189,7 @@ def test_a_node_in_the_watch_memory_shares_the_cached_nodes_strings() -> None:
     kept = cache.nodes.as_kept(event)
     assert kept is cache.nodes.get("", "n1")
     memory = Memory()
-    memory.remember_node(kept, deleted=False)
+    memory.observe_node(kept, deleted=False)
     [(key, value)] = memory.nodes()["n1"].labels.items()
     stored_key, stored_value = next(iter(kept["metadata"]["labels"].items()))
     assert key is stored_key and value is stored_value

@@ -41,15 +41,15 @@ def node(
 
 def test_memory_wakes_only_on_what_matters() -> None:
     m = Memory()
-    assert not m.remember_node(node("n1"), deleted=False)  # a healthy node: nothing to do
-    assert not m.remember_node(node("n1"), deleted=False)  # a heartbeat
+    assert not m.observe_node(node("n1"), deleted=False).matters  # a healthy node: nothing to do
+    assert not m.observe_node(node("n1"), deleted=False).matters  # a heartbeat
     itn = ("aws-node-termination-handler/spot-itn",)
-    assert m.remember_node(node("n1", itn), deleted=False)
+    assert m.observe_node(node("n1", itn), deleted=False).matters
     assert m.interrupted_nodes() == ["n1"]
-    assert m.remember_node(node("n1", itn), deleted=True)
+    assert m.observe_node(node("n1", itn), deleted=True).matters
     last = m.nodes()["n1"]
     assert not last.exists and last.taints == itn and last.zone == "us-east-1a"
-    assert m.remember_node(node("n2", ready="Unknown"), deleted=False)
+    assert m.observe_node(node("n2", ready="Unknown"), deleted=False).matters
 
 
 def test_a_node_opens_capacity_when_it_may_take_a_pod_it_could_not_before() -> None:
@@ -83,33 +83,33 @@ def test_memory_avoids_nodes_that_are_going_not_nodes_that_are_joining() -> None
     node still joining or missing a heartbeat (NotReady for another reason) is capacity,
     and a deleted one with no taint takes no pods."""
     m = Memory()
-    m.remember_node(node("down", ready="False", message="node is shutting down"), False)
+    m.observe_node(node("down", ready="False", message="node is shutting down"), False)
     deleting = node("deleting")
     deleting["metadata"]["deletionTimestamp"] = "2026-05-01T12:00:00Z"
-    m.remember_node(deleting, deleted=False)
-    m.remember_node(node("silent", ready="Unknown"), deleted=False)
-    m.remember_node(
+    m.observe_node(deleting, deleted=False)
+    m.observe_node(node("silent", ready="Unknown"), deleted=False)
+    m.observe_node(
         node("joining", ready="False", message="container runtime network not ready"), False
     )
-    m.remember_node(node("healthy"), deleted=False)
-    m.remember_node(node("gone"), deleted=True)
+    m.observe_node(node("healthy"), deleted=False)
+    m.observe_node(node("gone"), deleted=True)
     assert m.interrupted_nodes() == ["deleting", "down"]
-    m.remember_node(node("down"), deleted=False)  # the shutdown was cancelled
+    m.observe_node(node("down"), deleted=False)  # the shutdown was cancelled
     assert m.interrupted_nodes() == ["deleting"]
 
 
 def test_memory_snapshots_the_nodes_again_only_when_one_changed() -> None:
     m = Memory()
     itn = ("aws-node-termination-handler/spot-itn",)
-    m.remember_node(node("n1"), deleted=False)
-    m.remember_node(node("n2", itn), deleted=False)
+    m.observe_node(node("n1"), deleted=False)
+    m.observe_node(node("n2", itn), deleted=False)
     first = m.nodes()
-    m.remember_node(node("n1"), deleted=False)  # a heartbeat: the same snapshot
+    m.observe_node(node("n1"), deleted=False)  # a heartbeat: the same snapshot
     assert m.nodes() is first
-    m.remember_node(node("n2"), deleted=False)  # the taint is gone
+    m.observe_node(node("n2"), deleted=False)  # the taint is gone
     assert m.nodes() is not first and m.nodes()["n2"].taints == ()
     assert m.interrupted_nodes() == []
-    m.remember_node(node("n1", itn), deleted=True)  # deleted while tainted: still avoided
+    m.observe_node(node("n1", itn), deleted=True)  # deleted while tainted: still avoided
     assert m.interrupted_nodes() == ["n1"] and not m.nodes()["n1"].exists
 
 
@@ -180,13 +180,13 @@ def test_observe_keeps_the_last_state_of_pods_a_fresh_list_no_longer_has() -> No
 
 def test_memory_is_bounded_in_time() -> None:
     old = Memory(ttl_seconds=-1)  # everything is already too old: pruned on each write
-    old.remember_node(node("gone", ("karpenter.sh/disrupted",)), deleted=True)
-    old.remember_node(node("n1", ("karpenter.sh/disrupted",)), deleted=False)
+    old.observe_node(node("gone", ("karpenter.sh/disrupted",)), deleted=True)
+    old.observe_node(node("n1", ("karpenter.sh/disrupted",)), deleted=False)
     # A deleted node is forgotten after the ttl; a live one however long it goes unchanged.
     assert set(old.nodes()) == {"n1"}
     small = Memory(max_items=1)
-    small.remember_node(node("n1", ("karpenter.sh/disrupted",)), deleted=False)
-    small.remember_node(node("n2", ("karpenter.sh/disrupted",)), deleted=False)
+    small.observe_node(node("n1", ("karpenter.sh/disrupted",)), deleted=False)
+    small.observe_node(node("n2", ("karpenter.sh/disrupted",)), deleted=False)
     assert set(small.nodes()) == {"n2"}
 
 
