@@ -25,6 +25,7 @@ _LAST_LABELS: Final = {
     Outcome.CONFIG_ERROR: "config-error",
     Outcome.CAPACITY_FALLBACK: "capacity-fallback",
     Outcome.CAPACITY_SHRINK: "capacity-shrink",
+    Outcome.CAPACITY_GROW: "capacity-grow",
     Outcome.BUDGET_EXCEEDED: "budget-exceeded",
     Outcome.SUSPENDED: "suspended",
     Outcome.QUEUE_PREEMPTED: "",  # its reason says it: queue-preemption

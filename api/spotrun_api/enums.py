@@ -31,6 +31,10 @@ class Outcome(StrEnum):
     # Unschedulable for spec.elasticity.waitBeforeShrink: the next attempt runs with fewer
     # nodes (Attempt.shrinkTo); no budget spent, no backoff.
     CAPACITY_SHRINK = "CapacityShrink"
+    # A shrunk attempt (spec.elasticity) ran while warm placeholders held the nodes it
+    # lacked: it is stopped gracefully so that the next one runs with spec.nodes again;
+    # no budget spent, no backoff.
+    CAPACITY_GROW = "CapacityGrow"
     SUSPENDED = "Suspended"
     BUDGET_EXCEEDED = "BudgetExceeded"
     QUEUE_PREEMPTED = "QueuePreempted"
@@ -54,6 +58,7 @@ class Outcome(StrEnum):
             Outcome.FAILED,
             Outcome.CAPACITY_FALLBACK,
             Outcome.CAPACITY_SHRINK,
+            Outcome.CAPACITY_GROW,
             Outcome.INTERRUPTED,
             Outcome.INCOMPLETE_GANG,
         )

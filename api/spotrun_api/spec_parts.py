@@ -126,16 +126,26 @@ class Elasticity(ApiModel):
         description="The fewest nodes an attempt may run with (at most nodes). An attempt "
         "whose gang stays unschedulable for waitBeforeShrink is stopped (no budget spent) "
         "and the next one runs with as many nodes as fit, never fewer than this; any later "
-        "attempt asks for nodes again.",
+        "attempt asks for nodes again (see growBack).",
     )
     wait_before_shrink: str = Field(
         DEFAULT_WAIT_BEFORE_SHRINK,
         max_length=32,
         description="How long an attempt's pods may stay unschedulable (a duration such as "
-        "90s or 10m) before the next attempt runs with fewer nodes.",
+        "90s or 10m) before the next attempt runs with fewer nodes; 0s shrinks at once, "
+        "so that after an interruption the survivors train again without waiting for the "
+        "replacement.",
         json_schema_extra=crd_extra(
             cel(IS_DURATION, "must be a duration such as 90s, 10m or 1h30m")
         ),
+    )
+    grow_back: bool = Field(
+        True,
+        description="While an attempt runs shrunk, keep one placeholder pod per missing "
+        "node (the warm spares' Deployment <run>-spares, counted as spares) so that the "
+        "nodes come and pull the run's image; once they all run, stop the attempt "
+        "gracefully (outcome CapacityGrow, no budget spent) so that the next one runs "
+        "with spec.nodes. false: a shrunk attempt runs shrunk until it ends.",
     )
 
     @field_validator("wait_before_shrink")

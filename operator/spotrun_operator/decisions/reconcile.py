@@ -17,7 +17,7 @@ from spotrun_api.enums import ConditionType, Outcome, RunReason
 from spotrun_api.naming import job_name
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import Attempt
-from spotrun_operator.decisions import elasticity, outcomes, queueing
+from spotrun_operator.decisions import elasticity, grow_back, outcomes, queueing
 from spotrun_operator.decisions.children import stop_gang, stop_pods
 from spotrun_operator.decisions.draft import Draft
 from spotrun_operator.decisions.finish import finish
@@ -144,6 +144,8 @@ def _judge(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> None:
         outcomes.incomplete_gang(d, n, verdict)
     else:
         _progressing(d, n, entry, pods, running=kind is VerdictKind.RUNNING)
+        if kind is VerdictKind.RUNNING:
+            grow_back.grow_if_held(d, spec, n, d.entry(n) or entry)
         if verdict.until is not None:
             d.requeue((verdict.until - obs.now).total_seconds())
     after = d.entry(n)

@@ -132,9 +132,10 @@ def build_spares_deployment(
     spec: TrainingRunSpec,
     capacity_type: str | None = None,
     pull_images: Sequence[str] = (),
+    replicas: int | None = None,
 ) -> Obj:
-    """Deployment ``<run>-spares`` with spec.capacity.warmSpares replicas, each pulling
-    ``pull_images`` too (:func:`pull_containers`)."""
+    """Deployment ``<run>-spares`` with ``replicas`` (default spec.capacity.warmSpares)
+    placeholders, each pulling ``pull_images`` too (:func:`pull_containers`)."""
     pod = spare_pod_spec(ref, spec, capacity_type or spec.capacity.type.value)
     if pull_images:
         pod["initContainers"] = pull_containers(pull_images)
@@ -149,7 +150,7 @@ def build_spares_deployment(
             "ownerReferences": [builders.owner_reference(ref)],
         },
         "spec": {
-            "replicas": spec.capacity.warm_spares,
+            "replicas": spec.capacity.warm_spares if replicas is None else replicas,
             "selector": {"matchLabels": {LABEL_SPARE_OF: ref.name}},
             # A new image replaces spares one node at a time; never two pods per spare.
             "strategy": {

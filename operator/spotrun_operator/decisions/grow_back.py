@@ -1,0 +1,82 @@
+"""``spec.elasticity.growBack``: a shrunk attempt makes way for a whole one (pure).
+
+An attempt that runs with fewer nodes than ``spec.nodes`` (it followed a
+``CapacityShrink``) trains at a fraction of the run's speed. Growing back costs a restart,
+and a restart onto a node that does not hold the run's image yet stops the whole gang for
+the image pull (minutes for a multi-GB trainer image). So the nodes it lacks are first
+held and warmed by placeholders, the warm spares' own kind (:mod:`spares`): while the
+attempt runs shrunk, the spares' Deployment has one more replica per missing node. Those
+pods ask for capacity (an autoscaler launches nodes for them, as it does for spares), and
+a placeholder runs only once its node is there, fits the gang and holds the image. When
+as many run as nodes are missing, the attempt ends with ``CapacityGrow`` (no budget
+spent, no backoff: not a loss), its gang stops gracefully and saves, and the next attempt
+asks for ``spec.nodes`` (:func:`elasticity.attempt_size`); its pods preempt the
+placeholders, which sit at the lowest priority.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from spotrun_api.enums import Outcome
+from spotrun_api.spec import TrainingRunSpec
+from spotrun_api.status import Attempt
+from spotrun_operator.decisions.children import avoided_nodes, stop_gang
+from spotrun_operator.decisions.draft import Draft
+from spotrun_operator.decisions.elasticity import PodNeeds, fits, pod_needs
+from spotrun_operator.decisions.transitions import record
+from spotrun_operator.facts.common import fmt_time, pod_node
+from spotrun_operator.facts.signals import NodeInfo
+
+
+def missing_nodes(spec: TrainingRunSpec | None, entry: Attempt | None) -> int:
+    """Nodes attempt ``entry`` lacks and wants placeholders for (0: none): it has no
+    outcome yet, runs shrunk, and spec.elasticity.growBack is on."""
+    if spec is None or spec.elasticity is None or not spec.elasticity.grow_back:
+        return 0
+    if entry is None or entry.outcome is not None or not entry.nodes:
+        return 0
+    return max(0, spec.nodes - entry.nodes)
+
+
+def held_nodes(
+    spare_pods: Sequence[Mapping[str, Any]],
+    fleet: Mapping[str, NodeInfo],
+    need: PodNeeds,
+    taken: set[str],
+) -> list[str]:
+    """The nodes a running placeholder holds that a pod of the gang fits on and the
+    attempt itself does not use (sorted, each once)."""
+    held = set()
+    for pod in spare_pods:
+        node = str(pod_node(pod) or "")
+        running = (pod.get("status") or {}).get("phase") == "Running"
+        deleting = (pod.get("metadata") or {}).get("deletionTimestamp")
+        info = fleet.get(node)
+        if running and not deleting and info is not None and node not in taken and fits(info, need):
+            held.add(node)
+    return sorted(held)
+
+
+def grow_if_held(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> None:
+    """Running attempt ``n`` is shrunk: end it once placeholders hold every node it lacks
+    (see the module); until then a placeholder's change wakes the run."""
+    missing = missing_nodes(spec, entry)
+    if not missing or not entry.started_at:
+        return
+    capacity = entry.capacity_type or spec.capacity.type.value
+    need = pod_needs(spec, capacity, avoided_nodes(d))
+    taken = {str(pod_node(p)) for p in d.pods_of(n) if pod_node(p)}
+    held = held_nodes(d.obs.spare_pods, d.obs.fleet or d.obs.nodes, need, taken)
+    if len(held) < missing:  # status.spares and the SparesUpdated event say why
+        return
+    msg = (
+        f"attempt {n + 1} runs with {spec.nodes} nodes again: warm placeholders hold "
+        f"{', '.join(held[:missing])} with the run's image; attempt {n} (with "
+        f"{entry.nodes}) stops gracefully and saves, no budget spent"
+    )
+    record(d, n, Outcome.CAPACITY_GROW, "CapacityReturned", msg, next_attempt_at=fmt_time(d.now))
+    d.event("Normal", "CapacityGrow", msg)
+    d.say(msg)
+    stop_gang(d, n)

@@ -1,0 +1,158 @@
+"""spec.elasticity.growBack: a shrunk attempt keeps placeholders for the nodes it lacks
+and, once they run, makes way for a whole attempt (no budget, no backoff); waitBeforeShrink
+0s shrinks at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller_fakes import CFG, LABEL_RUN, merge, observed, pod, ts
+from test_controller_shrink_rules import fleet_node, job_with
+
+from spotrun_api.status import Attempt
+from spotrun_operator.decisions.elasticity import pod_needs
+from spotrun_operator.decisions.grow_back import held_nodes, missing_nodes
+from spotrun_operator.decisions.reconcile import decide
+from spotrun_operator.facts.common import LABEL_SPARE_OF
+from spotrun_operator.facts.signals import NodeInfo
+from spotrun_operator.model.plan import ApplySpares, CreateJob, Decision, DeleteJob, DeleteSpares
+
+ELASTIC: dict[str, Any] = {"nodes": 2, "elasticity": {"minNodes": 1, "waitBeforeShrink": "0s"}}
+
+
+def fleet(*names: str, cordoned: tuple[str, ...] = ()) -> dict[str, NodeInfo]:
+    nodes = [fleet_node(n) for n in names] + [fleet_node(n, cordoned=True) for n in cordoned]
+    return {n.name: n for n in nodes}
+
+
+def spare(name: str, node: str | None, phase: str = "Running") -> dict[str, Any]:
+    p: dict[str, Any] = pod(name, node_name=node, phase=phase)
+    p["metadata"]["labels"] = {LABEL_RUN: "llm", LABEL_SPARE_OF: "llm"}
+    return p
+
+
+def step(
+    st: dict[str, Any], now: float, over: dict[str, Any] | None = None, **kw: Any
+) -> tuple[dict[str, Any], Decision]:
+    d = decide(observed(now=now, spec_over=over or ELASTIC, status=st, **kw), CFG)
+    return merge(st, d), d
+
+
+def spares_applied(d: Decision) -> int | None:
+    """Replicas of the spares' Deployment applied (None: not applied)."""
+    apply = next((a for a in d.actions if isinstance(a, ApplySpares)), None)
+    return None if apply is None else int(apply.body["spec"]["replicas"])
+
+
+def shrunk_and_running(over: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Attempt 1 found one of two nodes (the other cordoned) and shrank at once; attempt
+    2 runs on n1 alone."""
+    over = over or ELASTIC
+    world = {"fleet": fleet("n1", cordoned=("n2",))}
+    st, d = step({}, 0, over, **world)
+    assert st["attempts"][0]["outcome"] == "CapacityShrink"
+    assert not any(isinstance(a, CreateJob) for a in d.actions)  # no half-placed gang
+    st, d = step(st, 1, over, **world)
+    assert st["attempts"][-1]["nodes"] == 1
+    gang = [pod("llm-a2-master-0", attempt=2, node_name="n1")]
+    st, _ = step(st, 2, over, jobs={2: job_with(2, 1)}, pods=gang, **world)
+    assert st["attempts"][-1].get("startedAt")
+    return st
+
+
+def test_wait_before_shrink_0s_shrinks_an_unplaceable_attempt_at_once() -> None:
+    st = shrunk_and_running()
+    assert (st.get("preemptions", 0), st.get("failures", 0)) == (0, 0)
+    assert st["phase"] == "Running"
+
+
+def test_a_shrunk_attempt_keeps_a_placeholder_per_missing_node() -> None:
+    st = shrunk_and_running()
+    assert st["spares"]["replicas"] == 1  # asked for as soon as attempt 2 was shrunk
+    gang = [pod("llm-a2-master-0", attempt=2, node_name="n1")]
+    world: dict[str, Any] = {"jobs": {2: job_with(2, 1)}, "pods": gang, "fleet": fleet("n1")}
+    st, d = step({k: v for k, v in st.items() if k != "spares"}, 3, **world)
+    assert spares_applied(d) == 1
+    assert st["spares"]["replicas"] == 1
+    made = next(e for e in d.events if e.reason == "SparesUpdated")
+    assert "1 of them for the nodes the shrunk attempt lacks" in made.message
+    # With warm spares too, the placeholders come on top of them.
+    over = {**ELASTIC, "capacity": {"warmSpares": 1}}
+    _, d = step(st, 4, over, **world)
+    assert spares_applied(d) == 2
+
+
+def test_the_attempt_grows_back_once_placeholders_run_on_every_missing_node() -> None:
+    st = shrunk_and_running()
+    gang = [pod("llm-a2-master-0", attempt=2, node_name="n1")]
+    world: dict[str, Any] = {"jobs": {2: job_with(2, 1)}, "pods": gang}
+    # A placeholder waiting for its node, or pulling the image (Pending), holds nothing.
+    for placeholder in (spare("s-0", None, "Pending"), spare("s-0", "n2", "Pending")):
+        st, d = step(st, 5, spare_pods=[placeholder], fleet=fleet("n1", "n2"), **world)
+        assert "outcome" not in st["attempts"][-1]
+        assert not any(isinstance(a, DeleteJob) for a in d.actions)
+    # Running on n2, a node the gang fits on: attempt 2 ends, gracefully, no budget spent.
+    st, d = step(st, 6, spare_pods=[spare("s-0", "n2")], fleet=fleet("n1", "n2"), **world)
+    entry = st["attempts"][-1]
+    assert (entry["outcome"], entry["reason"], entry["nextAttemptAt"]) == (
+        "CapacityGrow",
+        "CapacityReturned",
+        ts(6),
+    )
+    assert (st.get("preemptions", 0), st.get("failures", 0)) == (0, 0)
+    assert DeleteJob("llm-a2") in d.actions
+    grow = next(e for e in d.events if e.reason == "CapacityGrow")
+    assert grow.type == "Normal"
+    assert grow.message.startswith("attempt 3 runs with 2 nodes again: warm placeholders hold n2")
+    assert st["display"]["last"] == "capacity-grow CapacityReturned a2"
+    assert st["phase"] == "Recovering"
+    # The gang is gone: attempt 3 asks for spec.nodes, and the placeholders go.
+    st, d = step(st, 7, spare_pods=[spare("s-0", "n2")], fleet=fleet("n1", "n2"))
+    assert st["attempts"][-1]["nodes"] == 2
+    job = next(a.body for a in d.actions if isinstance(a, CreateJob))
+    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+    assert any(isinstance(a, DeleteSpares) for a in d.actions)
+
+
+def test_grow_back_false_keeps_the_shrunk_attempt_and_asks_for_no_placeholder() -> None:
+    over = {**ELASTIC, "elasticity": {**ELASTIC["elasticity"], "growBack": False}}
+    st = shrunk_and_running(over)
+    gang = [pod("llm-a2-master-0", attempt=2, node_name="n1")]
+    world = {"jobs": {2: job_with(2, 1)}, "pods": gang, "fleet": fleet("n1", "n2")}
+    st, d = step(st, 6, over, spare_pods=[spare("s-0", "n2")], **world)
+    assert "outcome" not in st["attempts"][-1]
+    assert spares_applied(d) is None
+
+
+def test_only_running_placeholders_on_free_fitting_nodes_hold_a_node() -> None:
+    spec = observed(spec_over=ELASTIC).spec
+    assert spec is not None
+    need = pod_needs(spec, "spot", ["going"])
+    nodes = fleet("n1", "n2", "n3", "going", cordoned=("c1",))
+    nodes["small"] = fleet_node("small", gpus=4)
+    pods = [
+        spare("a", "n1"),  # the attempt's own node
+        spare("b", "n2"),
+        spare("b2", "n2"),  # one node counts once
+        spare("c", "c1"),  # cordoned
+        spare("d", "going"),  # avoided after an interruption
+        spare("e", "small"),  # too few GPUs
+        spare("f", "gone"),  # no such node
+        spare("g", "n3", "Pending"),
+    ]
+    deleting = spare("h", "n3")
+    deleting["metadata"]["deletionTimestamp"] = ts(0)
+    assert held_nodes([*pods, deleting], nodes, need, {"n1"}) == ["n2"]
+
+
+def test_missing_nodes_counts_only_a_live_shrunk_attempt() -> None:
+    spec = observed(spec_over=ELASTIC).spec
+    plain = observed(spec_over={"nodes": 2}).spec
+    st = shrunk_and_running()
+    live = Attempt.model_validate(st["attempts"][-1])
+    assert missing_nodes(spec, live) == 1
+    assert missing_nodes(plain, live) == 0
+    assert missing_nodes(spec, live.model_copy(update={"nodes": 2})) == 0
+    ended = Attempt.model_validate(st["attempts"][0])
+    assert missing_nodes(spec, ended) == 0
+    assert missing_nodes(spec, None) == 0
