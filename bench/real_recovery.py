@@ -14,6 +14,10 @@ AMI). Variants:
 
 - ``spotrun``: a TrainingRun, two spot nodes in the group (no spare capacity);
 - ``spotrun_spare``: the same with ``warmSpares: 1`` and a third node for the spare;
+- ``spotrun_elastic``: the same two nodes with ``elasticity: {minNodes: 1,
+  waitBeforeShrink: 0s}``: the survivor trains alone at once, and the whole gang trains
+  again once a placeholder ran on the replacement (``grow_back``: signal -> whole gang
+  training, ``full_s``, and the pause of the grow-back itself, ``pause_s``);
 - ``kubeflow``: the same PyTorchJob spotrun would create for attempt 1, run by the
   Kubeflow training operator alone, ``restartPolicy: OnFailure`` on both replicas (a
   failed container restarts in place, a deleted pod is recreated), two nodes; the
@@ -47,7 +51,7 @@ from spotrun_dev.provisioner import CapacitySettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIGNALS = ("nth", "shutdown", "loss", "partition")
-VARIANTS = ("spotrun", "spotrun_spare", "kubeflow")
+VARIANTS = ("spotrun", "spotrun_spare", "spotrun_elastic", "kubeflow")
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Result:
     phases: dict[str, float]
     notes: list[str]
     trainer_phases: dict[str, float] = field(default_factory=dict)
+    grow_back: dict[str, float] = field(default_factory=dict)
 
 
 def summary(results: list[Result], settings: CapacitySettings) -> dict[str, Any]:
@@ -77,6 +82,11 @@ def summary(results: list[Result], settings: CapacitySettings) -> dict[str, Any]
                 row[f"{variant}_s"] = w.median(r.seconds for r in mine)
                 row[f"{variant}_phases"] = w.median_phases(r.phases for r in mine)
                 row[f"{variant}_lost_steps"] = w.median(r.lost_steps for r in mine)
+                grown = [r.grow_back for r in mine if r.grow_back]
+                if grown:
+                    row[f"{variant}_grow_back"] = {
+                        k: w.median(g.get(k) for g in grown) for k in grown[0]
+                    }
         row["lost_steps"] = row.get("spotrun_lost_steps")
         row["phases"] = row.get("spotrun_phases", {})
         row["runs"] = [vars(r) for r in of]
@@ -95,6 +105,10 @@ def print_table(data: dict[str, Any]) -> None:
         )
         phases = " ".join(f"{k}={v:g}" for k, v in row["phases"].items())
         print(f"{sig:<10}{cells}   {row['lost_steps']!s:>4}   {phases}")
+        grown = row.get("spotrun_elastic_grow_back")
+        if grown:
+            print(f"{'':<10}spotrun_elastic grows back: " + " ".join(
+                f"{k}={v:g}" for k, v in grown.items()))  # fmt: skip
 
 
 def parse_args() -> argparse.Namespace:
@@ -152,8 +166,9 @@ def main() -> int:
                     print(f"[{rep + 1}/{args.reps}] {sig} / {variant} ...", flush=True)
                     b, lost = runner.run(sig, variant)
                     r = Result(sig, variant, b.total(), lost, b.phases(), b.notes,
-                               b.trainer_phases)  # fmt: skip
-                    print(f"    {r.seconds}s, lost {lost}, {r.phases} {r.notes}", flush=True)
+                               b.trainer_phases, b.grow_back)  # fmt: skip
+                    print(f"    {r.seconds}s, lost {lost}, {r.phases} {r.grow_back} {r.notes}",
+                          flush=True)  # fmt: skip
                     results.append(r)
                     data = write(results, settings, Path(args.out))  # each case: kept
     print_table(data)

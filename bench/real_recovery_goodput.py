@@ -13,8 +13,13 @@ its measured recovery R (signal -> training again) and lost steps:
   partial segment too: Daly's closed form, goodput = tau / (M e^(R/M) (e^((tau+C)/M) - 1)).
 
 A warm spare's own node time is paid as well: with a spare the gang pays for 9 nodes and
-trains on 8, so its goodput is scaled by 8/9. The same figures are printed for the
-Kubeflow peer (same trainer, same interval, its measured R and lost steps).
+trains on 8, so its goodput is scaled by 8/9. An elastic run (``spotrun_elastic``) trains
+on the 7 survivors from R on, until the whole gang trains again at F (``full_s``) after a
+grow-back pause P (``pause_s``): it stands still for R + P, and between them trains at
+7/8 of the speed, so its recovery counts as R + P + (F - R - P) / 8 (the survivors' and
+the placeholder's node time paid in full); the grow-back's own stop saves in time. The
+same figures are printed for the Kubeflow peer (same trainer, same interval, its measured
+R and lost steps).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from spotrun_operator.facts import pools
 RESULTS = Path(__file__).resolve().parent / "results"
 GANG = 8
 RATES_HOURS = (4.0, 1.0)
-VARIANTS = ("spotrun", "spotrun_spare", "kubeflow")
+VARIANTS = ("spotrun", "spotrun_spare", "spotrun_elastic", "kubeflow")
 
 
 def save_stall(path: Path = RESULTS / "trainer_checkpoint.json") -> float:
@@ -44,6 +49,18 @@ def goodput(recovery: float, lost_work: bool, stall: float, mtbf: float) -> floa
     return tau / wall
 
 
+def recovery(row: dict[str, Any], variant: str) -> float | None:
+    """Seconds an interruption costs ``variant`` (an elastic run's: see the module)."""
+    seconds = row.get(f"{variant}_s")
+    grown = row.get(f"{variant}_grow_back")
+    if seconds is None or variant != "spotrun_elastic":
+        return None if seconds is None else float(seconds)
+    if not grown:
+        return None
+    still = float(seconds) + float(grown["pause_s"])
+    return still + max(0.0, float(grown["full_s"]) - still) / GANG
+
+
 def table(data: dict[str, Any], stall: float | None = None) -> dict[str, Any]:
     """{rate: {signal: {variant: goodput}}} from ``real_recovery``'s summary."""
     stall = save_stall() if stall is None else stall
@@ -54,7 +71,7 @@ def table(data: dict[str, Any], stall: float | None = None) -> dict[str, Any]:
         for sig, row in data["signals"].items():
             cells: dict[str, float | None] = {}
             for v in VARIANTS:
-                seconds = row.get(f"{v}_s")
+                seconds = recovery(row, v)
                 if seconds is None:
                     cells[v] = None
                     continue

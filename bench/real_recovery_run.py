@@ -47,6 +47,7 @@ ARGS = (
     "--max-steps=100000",
 )
 WARM_STEPS = 30  # trained before the signal, so a checkpoint exists
+ELASTIC = {"minNodes": 1, "waitBeforeShrink": "0s"}  # spotrun_elastic (growBack default)
 
 
 class CaseRunner:
@@ -72,17 +73,40 @@ class CaseRunner:
         folder = storage.host_path(NAMESPACE, "ckpt")
         for child in folder.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
-        kubeflow = variant == "kubeflow"
-        self._create(kubeflow, spare=variant == "spotrun_spare")
+        kubeflow, elastic = variant == "kubeflow", variant == "spotrun_elastic"
+        self._create(kubeflow, spare=variant == "spotrun_spare", elastic=elastic)
         try:
             if variant == "spotrun_spare":
                 wait_for("the warm spare", self._spare_running, timeout=240, interval=1)
             with Provisioner(self.core, wanted, self.settings):
-                return self._interrupt(signal, kubeflow)
+                b, lost = self._interrupt(signal, kubeflow, gang=1 if elastic else 2)
+                if elastic and b.complete():
+                    self._grow_back(b)
+                return b, lost
         finally:
             self._delete(kubeflow)
 
-    def _interrupt(self, signal: str, kubeflow: bool) -> tuple[w.Boundaries, int | None]:
+    def _grow_back(self, b: w.Boundaries) -> None:
+        """The shrunk gang trains: follow it until the whole gang trains again (its
+        placeholder ran on the replacement), keeping the shrunk master's log while it
+        lasts (its pod goes with the grow-back)."""
+        shrunk = self._next_master(False)
+        kept: list[str] = []
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            master = self._next_master(False)
+            if master == shrunk:
+                kept = self._log(shrunk) or kept
+            elif master:
+                b.grow_back = w.grow_back(b.signal, kept, self._log(master)) or {}
+                if b.grow_back:
+                    return
+            time.sleep(0.5)
+        b.notes.append(f"not grown back {self.timeout:.0f}s after the shrunk gang trained")
+
+    def _interrupt(
+        self, signal: str, kubeflow: bool, gang: int = 2
+    ) -> tuple[w.Boundaries, int | None]:
         master = self._wait_warm(kubeflow)
         pods = self._pods(kubeflow)
         worker = next(p for p in pods if p.metadata.name != master)
@@ -95,7 +119,7 @@ class CaseRunner:
         deadline = time.monotonic() + self.timeout
         resumed: int | None = None
         while not b.complete() and time.monotonic() < deadline:
-            self._observe(b, kubeflow, before)
+            self._observe(b, kubeflow, before, gang)
             if b.running is not None:
                 lines = self._log(self._next_master(kubeflow))
                 marks = w.log_marks(lines, b.signal)
@@ -121,13 +145,15 @@ class CaseRunner:
             return
         real_interrupt.instance_dies(self.core, node)
 
-    def _observe(self, b: w.Boundaries, kubeflow: bool, before: dict[str, int]) -> None:
+    def _observe(self, b: w.Boundaries, kubeflow: bool, before: dict[str, int], size: int
+                 ) -> None:  # fmt: skip
+        """``size``: pods of the next gang (1 for a shrunk one of spotrun_elastic)."""
         now = dt.datetime.now(dt.UTC)
         pods = self._pods(kubeflow)
         if b.detect is None and self._detected(kubeflow, pods, before):
             b.detect = now
         gang = [p for p in pods if _new(p, before, b.signal, kubeflow)]
-        if len(gang) < 2:
+        if len(gang) < size:
             return
         if b.bound is None and all(p.spec.node_name for p in gang):
             b.bound = now
@@ -148,16 +174,18 @@ class CaseRunner:
         )  # fmt: skip
 
     # --- the workload --------------------------------------------------------------------
-    def _spec_body(self, spare: bool, heartbeat: bool) -> dict[str, Any]:
+    def _spec_body(self, spare: bool, heartbeat: bool, elastic: bool = False) -> dict[str, Any]:
         env = [] if heartbeat else [{"name": contract.ENV_PEER_TIMEOUT_SECONDS, "value": "0"}]
         body = real_story.trainer_run(RUN, self.image, "ckpt", ARGS, env=env)
         body["spec"]["podTemplate"]["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
         if spare:
             body["spec"]["capacity"] = {"warmSpares": 1}
+        if elastic:  # the survivor trains at once; the whole gang again on the replacement
+            body["spec"]["elasticity"] = ELASTIC
         return body
 
-    def _create(self, kubeflow: bool, spare: bool) -> None:
-        body = self._spec_body(spare, heartbeat=not kubeflow)
+    def _create(self, kubeflow: bool, spare: bool, elastic: bool = False) -> None:
+        body = self._spec_body(spare, heartbeat=not kubeflow, elastic=elastic)
         if not kubeflow:
             self.custom.create_namespaced_custom_object(
                 contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, body

@@ -109,6 +109,8 @@ class Boundaries:
     # The next gang's master's own account from process start to its first step
     # (spotrun_trainer.phases: start, imports, process_group, load, first_step).
     trainer_phases: dict[str, float] = field(default_factory=dict)
+    # spotrun_elastic: what growing back cost (see grow_back); empty otherwise.
+    grow_back: dict[str, float] = field(default_factory=dict)
 
     def complete(self) -> bool:
         return self.trained is not None
@@ -163,3 +165,35 @@ def trainer_phases(lines: Iterable[str], since: dt.datetime) -> dict[str, float]
         if found is not None:
             return {k: round(v, 2) for k, v in found.seconds.items()}
     return {}
+
+
+def last_step(lines: Iterable[str]) -> tuple[dt.datetime, int] | None:
+    """The newest ``step N: loss`` line of a timestamped log: (when, N)."""
+    found = None
+    for raw in lines:
+        got = stamped(raw)
+        step = STEP.search(got[1]) if got else None
+        if got and step:
+            found = (got[0], int(step.group(1)))
+    return found
+
+
+def grow_back(
+    signal: dt.datetime, shrunk: Iterable[str], grown: Iterable[str]
+) -> dict[str, float] | None:
+    """What growing back cost (``spec.elasticity``): from the shrunk gang's master's last
+    log and the grown gang's master's log, ``full_s`` (signal -> the whole gang's first
+    step), ``pause_s`` (the shrunk gang's last step -> that first step: no training in
+    between) and ``lost_steps`` (steps the shrunk gang trained that the grown one
+    repeats). None until the grown gang trained."""
+    last = last_step(shrunk)
+    if last is None:
+        return None
+    marks = log_marks(grown, last[0])
+    if marks.trained is None or marks.resumed_step is None:
+        return None
+    return {
+        "full_s": round((marks.trained - signal).total_seconds(), 1),
+        "pause_s": round((marks.trained - last[0]).total_seconds(), 1),
+        "lost_steps": float(max(0, last[1] - marks.resumed_step)),
+    }

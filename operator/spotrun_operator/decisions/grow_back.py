@@ -4,7 +4,7 @@ An attempt that runs with fewer nodes than ``spec.nodes`` (it followed a
 ``CapacityShrink``) trains at a fraction of the run's speed. Growing back costs a restart,
 and a restart onto a node that does not hold the run's image yet stops the whole gang for
 the image pull (minutes for a multi-GB trainer image). So the nodes it lacks are first
-held and warmed by placeholders, the warm spares' own kind (:mod:`spares`): while the
+held and warmed by placeholders, the warm spares' own kind (:mod:`spares`): once the
 attempt runs shrunk, the spares' Deployment has one more replica per missing node. Those
 pods ask for capacity (an autoscaler launches nodes for them, as it does for spares), and
 a placeholder runs only once its node is there, fits the gang and holds the image. When
@@ -32,10 +32,12 @@ from spotrun_operator.facts.signals import NodeInfo
 
 def missing_nodes(spec: TrainingRunSpec | None, entry: Attempt | None) -> int:
     """Nodes attempt ``entry`` lacks and wants placeholders for (0: none): it has no
-    outcome yet, runs shrunk, and spec.elasticity.growBack is on."""
+    outcome yet, runs shrunk, and spec.elasticity.growBack is on. Only once its gang runs:
+    a placeholder created with the gang could take a node the gang needs first (the gang
+    preempts it, after the placeholder's grace)."""
     if spec is None or spec.elasticity is None or not spec.elasticity.grow_back:
         return 0
-    if entry is None or entry.outcome is not None or not entry.nodes:
+    if entry is None or entry.outcome is not None or not entry.nodes or not entry.started_at:
         return 0
     return max(0, spec.nodes - entry.nodes)
 
@@ -63,7 +65,7 @@ def grow_if_held(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> Non
     """Running attempt ``n`` is shrunk: end it once placeholders hold every node it lacks
     (see the module); until then a placeholder's change wakes the run."""
     missing = missing_nodes(spec, entry)
-    if not missing or not entry.started_at:
+    if not missing:
         return
     capacity = entry.capacity_type or spec.capacity.type.value
     need = pod_needs(spec, capacity, avoided_nodes(d))

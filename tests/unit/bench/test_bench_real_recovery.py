@@ -93,6 +93,35 @@ def test_goodput_falls_with_recovery_and_with_lost_work() -> None:
     assert row["spotrun_spare"] == pytest.approx(row["spotrun"] * 8 / 9, abs=1e-4)
 
 
+def test_grow_back_is_read_from_the_shrunk_and_the_grown_masters_logs() -> None:
+    shrunk = [line(9, "step 40: loss 2.1"), line(80, "step 95: loss 1.9"),
+              line(81, "saved checkpoint step 95")]  # fmt: skip
+    grown = [line(84, "resumed from /ckpt/step-95 (step 95, world size 1)"),
+             line(90, "step 96: loss 1.9")]  # fmt: skip
+    assert w.last_step(shrunk) == (at(80), 95)
+    assert w.grow_back(T0, shrunk, grown) == {"full_s": 90.0, "pause_s": 10.0,
+                                               "lost_steps": 0.0}  # fmt: skip
+    # Not yet trained (or the shrunk log never read): nothing to report.
+    assert w.grow_back(T0, shrunk, grown[:1]) is None
+    assert w.grow_back(T0, [], grown) is None
+    # The grown gang resumed an older checkpoint: the steps after it are lost.
+    older = [line(84, "resumed from /ckpt/step-90 (step 90)"), line(90, "step 91: loss 2")]
+    assert (w.grow_back(T0, shrunk, older) or {}).get("lost_steps") == 5.0
+
+
+def test_an_elastic_recovery_costs_its_pauses_and_a_gang_share_of_the_shrunk_time() -> None:
+    row = {"spotrun_elastic_s": 10.0, "spotrun_elastic_grow_back": {"full_s": 90.0,
+           "pause_s": 8.0, "lost_steps": 0.0}, "spotrun_s": 80.0}  # fmt: skip
+    assert g.recovery(row, "spotrun_elastic") == pytest.approx(18.0 + 72.0 / 8)
+    assert g.recovery(row, "spotrun") == 80.0
+    # Never grown back within the bench: no figure rather than a flattering one.
+    assert g.recovery({"spotrun_elastic_s": 10.0}, "spotrun_elastic") is None
+    data = rr.summary([rr.Result("nth", "spotrun_elastic", 10.0, 0, {}, [], {}, {
+        "full_s": 90.0, "pause_s": 8.0, "lost_steps": 0.0})],
+        CapacitySettings(60.0, "preloaded"))  # fmt: skip
+    assert data["signals"]["nth"]["spotrun_elastic_grow_back"]["pause_s"] == 8.0
+
+
 def test_the_kubeflow_peer_is_spotruns_attempt_1_restarted_by_kubeflow_alone() -> None:
     import real_recovery_run as run
 

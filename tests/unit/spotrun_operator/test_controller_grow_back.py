@@ -54,6 +54,7 @@ def shrunk_and_running(over: dict[str, Any] | None = None) -> dict[str, Any]:
     assert not any(isinstance(a, CreateJob) for a in d.actions)  # no half-placed gang
     st, d = step(st, 1, over, **world)
     assert st["attempts"][-1]["nodes"] == 1
+    assert "spares" not in st  # no placeholder before the shrunk gang runs
     gang = [pod("llm-a2-master-0", attempt=2, node_name="n1")]
     st, _ = step(st, 2, over, jobs={2: job_with(2, 1)}, pods=gang, **world)
     assert st["attempts"][-1].get("startedAt")
@@ -153,6 +154,8 @@ def test_missing_nodes_counts_only_a_live_shrunk_attempt() -> None:
     assert missing_nodes(spec, live) == 1
     assert missing_nodes(plain, live) == 0
     assert missing_nodes(spec, live.model_copy(update={"nodes": 2})) == 0
+    # Not before its gang runs: a placeholder must not race the gang for its nodes.
+    assert missing_nodes(spec, live.model_copy(update={"started_at": None})) == 0
     ended = Attempt.model_validate(st["attempts"][0])
     assert missing_nodes(spec, ended) == 0
     assert missing_nodes(spec, None) == 0
