@@ -96,11 +96,11 @@ def summary(results: list[Result], settings: CapacitySettings) -> dict[str, Any]
 
 def print_table(data: dict[str, Any]) -> None:
     print(f"\nprovisioning delay {data['provisioning_delay_s']:g}s, images {data['images']}")
-    head = f"{'signal':<10}" + "".join(f"{v:>15}" for v in VARIANTS) + "   lost   phases (spotrun)"
+    head = f"{'signal':<10}" + "".join(f"{v:>17}" for v in VARIANTS) + "   lost   phases (spotrun)"
     print(head)
     for sig, row in data["signals"].items():
         cells = "".join(
-            f"{'-' if row.get(f'{v}_s') is None else format(row[f'{v}_s'], '.1f'):>15}"
+            f"{'-' if row.get(f'{v}_s') is None else format(row[f'{v}_s'], '.1f'):>17}"
             for v in VARIANTS
         )
         phases = " ".join(f"{k}={v:g}" for k, v in row["phases"].items())

@@ -10,8 +10,9 @@ pods ask for capacity (an autoscaler launches nodes for them, as it does for spa
 a placeholder runs only once its node is there, fits the gang and holds the image. When
 as many run as nodes are missing, the attempt ends with ``CapacityGrow`` (no budget
 spent, no backoff: not a loss), its gang stops gracefully and saves, and the next attempt
-asks for ``spec.nodes`` (:func:`elasticity.attempt_size`); its pods preempt the
-placeholders, which sit at the lowest priority.
+asks for ``spec.nodes`` (:func:`elasticity.attempt_size`). The placeholders hold the
+nodes until that attempt is created and are deleted with it (and, at the lowest
+priority, are preempted by its pods if they are still there).
 """
 
 from __future__ import annotations
@@ -31,13 +32,16 @@ from spotrun_operator.facts.signals import NodeInfo
 
 
 def missing_nodes(spec: TrainingRunSpec | None, entry: Attempt | None) -> int:
-    """Nodes attempt ``entry`` lacks and wants placeholders for (0: none): it has no
-    outcome yet, runs shrunk, and spec.elasticity.growBack is on. Only once its gang runs:
-    a placeholder created with the gang could take a node the gang needs first (the gang
-    preempts it, after the placeholder's grace)."""
+    """Nodes the newest attempt ``entry`` lacks and wants placeholders for (0: none): it
+    runs shrunk with no outcome yet, or it just ended to grow back (the placeholders hold
+    the nodes until the next attempt is created), and spec.elasticity.growBack is on. Only
+    once its gang runs: a placeholder created with the gang could take a node the gang
+    needs first (the gang would preempt it, after the placeholder's grace)."""
     if spec is None or spec.elasticity is None or not spec.elasticity.grow_back:
         return 0
-    if entry is None or entry.outcome is not None or not entry.nodes or not entry.started_at:
+    if entry is None or not entry.nodes or not entry.started_at:
+        return 0
+    if entry.outcome not in (None, Outcome.CAPACITY_GROW):
         return 0
     return max(0, spec.nodes - entry.nodes)
 

@@ -107,6 +107,7 @@ def test_the_attempt_grows_back_once_placeholders_run_on_every_missing_node() ->
     assert grow.message.startswith("attempt 3 runs with 2 nodes again: warm placeholders hold n2")
     assert st["display"]["last"] == "capacity-grow CapacityReturned a2"
     assert st["phase"] == "Recovering"
+    assert spares_applied(d) == 1  # the placeholder holds n2 while the gang stops
     # The gang is gone: attempt 3 asks for spec.nodes, and the placeholders go.
     st, d = step(st, 7, spare_pods=[spare("s-0", "n2")], fleet=fleet("n1", "n2"))
     assert st["attempts"][-1]["nodes"] == 2
@@ -158,4 +159,7 @@ def test_missing_nodes_counts_only_a_live_shrunk_attempt() -> None:
     assert missing_nodes(spec, live.model_copy(update={"started_at": None})) == 0
     ended = Attempt.model_validate(st["attempts"][0])
     assert missing_nodes(spec, ended) == 0
+    # Ended to grow back: held until the next attempt is created; any other end: not.
+    assert missing_nodes(spec, live.model_copy(update={"outcome": "CapacityGrow"})) == 1
+    assert missing_nodes(spec, live.model_copy(update={"outcome": "Preempted"})) == 0
     assert missing_nodes(spec, None) == 0
