@@ -253,12 +253,17 @@ def _placement_due(d: Draft, pods: Sequence[Mapping[str, Any]]) -> bool:
 
 
 def _recovery_time(d: Draft, n: int) -> None:
-    """Attempt ``n`` runs after attempt n-1 was preempted: time from signal to running."""
-    prev = d.entry(n - 1)
+    """Attempt ``n`` runs after a preempted attempt: time from signal to running. An
+    attempt that shrank before it ran (``spec.elasticity``, waitBeforeShrink 0s after an
+    interruption) is passed over: the recovery is the smaller attempt's."""
+    back = n - 1
+    while (e := d.entry(back)) and e.outcome is Outcome.CAPACITY_SHRINK and not e.started_at:
+        back -= 1
+    prev = d.entry(back)
     last = d.status.last_preemption
     if prev is None or prev.outcome is not Outcome.PREEMPTED or last is None:
         return
-    t = parse_time(last.time) if last.attempt == n - 1 else None
+    t = parse_time(last.time) if last.attempt == back else None
     if t is not None:
         d.metric("recovery", value=(d.now - t).total_seconds(), signal=str(prev.reason))
 

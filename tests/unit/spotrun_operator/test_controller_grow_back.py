@@ -67,6 +67,28 @@ def test_wait_before_shrink_0s_shrinks_an_unplaceable_attempt_at_once() -> None:
     assert st["phase"] == "Running"
 
 
+def test_the_recovery_of_a_preemption_is_timed_to_the_shrunk_attempt_running() -> None:
+    # Attempt 1 was preempted at 0 (nth on n2); attempt 2 shrank before it ran; attempt 3
+    # runs on n1 at 9: the recovery metric says 9 s, labelled with the signal.
+    st = {
+        "phase": "Recovering",
+        "attempt": 3,
+        "preemptions": 1,
+        "lastPreemption": {"attempt": 1, "signal": "spot-interruption", "time": ts(0)},
+        "attempts": [
+            {"attempt": 1, "nodes": 2, "outcome": "Preempted", "reason": "spot-interruption",
+             "startedAt": ts(-100), "endedAt": ts(1), "stoppedAt": ts(3)},
+            {"attempt": 2, "nodes": 2, "outcome": "CapacityShrink", "shrinkTo": 1,
+             "endedAt": ts(4), "stoppedAt": ts(4)},
+            {"attempt": 3, "nodes": 1, "createdAt": ts(5)},
+        ],
+    }  # fmt: skip
+    gang = [pod("llm-a3-master-0", attempt=3, node_name="n1")]
+    _, d = step(st, 9, jobs={3: job_with(3, 1)}, pods=gang, fleet=fleet("n1"))
+    recovery = [m for m in d.metrics if m.name == "recovery"]
+    assert [(m.value, m.labels["signal"]) for m in recovery] == [(9.0, "spot-interruption")]
+
+
 def test_a_shrunk_attempt_keeps_a_placeholder_per_missing_node() -> None:
     st = shrunk_and_running()
     assert st["spares"]["replicas"] == 1  # asked for as soon as attempt 2 was shrunk
