@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from controller_helpers import (
     complete_all,
@@ -35,7 +36,8 @@ def _replicas(custom: client.CustomObjectsApi, namespace: str, job: str) -> dict
 def spare_priority_class(core: client.CoreV1Api) -> Iterator[None]:
     """The PriorityClass the chart creates for spares (charts/spotrun/templates/spares.yaml:
     value -10, preemptionPolicy Never), for this test only: the chart's own tests install
-    it with Helm, which refuses to adopt one made here."""
+    it with Helm, which refuses to adopt one made here. One a chart release left is used
+    as it is, and kept."""
     sched = client.SchedulingV1Api(core.api_client)
     body = client.V1PriorityClass(
         metadata=client.V1ObjectMeta(name=SPARE_PRIORITY_CLASS),
@@ -43,7 +45,13 @@ def spare_priority_class(core: client.CoreV1Api) -> Iterator[None]:
         preemption_policy="Never",
         global_default=False,
     )
-    sched.create_priority_class(body)
+    try:
+        sched.create_priority_class(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        yield  # not ours
+        return
     try:
         yield
     finally:
