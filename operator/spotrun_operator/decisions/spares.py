@@ -66,7 +66,9 @@ def plan_spares(d: Draft, phase: Phase) -> None:
                 f"PriorityClass {SPARE_PRIORITY_CLASS}, image {spec.image})",
             )
     else:
-        asked = spec is not None and (spec.capacity.warm_spares > 0 or spec.elasticity is not None)
+        # Grow-back placeholders go by status.spares.replicas or their pods (an elastic run
+        # that never shrank has neither: no DELETE for it).
+        asked = spec is not None and spec.capacity.warm_spares > 0
         if old.replicas or d.obs.spare_pods or asked:
             d.actions.append(DeleteSpares(name))
         new = new.model_copy(update={"replicas": None, "image": None})

@@ -138,6 +138,15 @@ def test_the_attempt_grows_back_once_placeholders_run_on_every_missing_node() ->
     assert any(isinstance(a, DeleteSpares) for a in d.actions)
 
 
+def test_a_whole_elastic_attempt_touches_no_spares_deployment() -> None:
+    st, d = step({}, 0)  # no view of the fleet: attempt 1 is created whole
+    gang = [pod("llm-a1-master-0"), pod("llm-a1-worker-0", node_name="n2", master=False)]
+    st, d2 = step(st, 1, jobs={1: job_with(1, 2)}, pods=gang, fleet=fleet("n1", "n2"))
+    assert st["phase"] == "Running" and st["attempts"][0]["nodes"] == 2
+    for dec in (d, d2):
+        assert not [a for a in dec.actions if isinstance(a, ApplySpares | DeleteSpares)]
+
+
 def test_grow_back_false_keeps_the_shrunk_attempt_and_asks_for_no_placeholder() -> None:
     over = {**ELASTIC, "elasticity": {**ELASTIC["elasticity"], "growBack": False}}
     st = shrunk_and_running(over)
