@@ -67,10 +67,25 @@ def phase_conditions(
 
 def status_patch(old: TrainingRunStatus, new: TrainingRunStatus) -> Json | None:
     """The JSON merge patch of the operator's fields that changed (None: nothing to
-    write). A field that became unset is written as null."""
+    write). A field that became unset is written as null, nested ones too."""
     before, after = to_json(old), to_json(new)
-    patch = {k: after.get(k) for k in OPERATOR_FIELDS if after.get(k) != before.get(k)}
+    patch = {
+        k: _nulled(before.get(k), after.get(k))
+        for k in OPERATOR_FIELDS
+        if after.get(k) != before.get(k)
+    }
     return patch or None
+
+
+def _nulled(before: Any, after: Any) -> Any:
+    """``after`` as a merge patch over ``before``: RFC 7386 merges nested objects and only
+    null deletes, so a key gone from a nested object (``spares.replicas`` once no
+    placeholder is asked for) is written as null; lists are replaced whole."""
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return after
+    out = {k: _nulled(before.get(k), v) for k, v in after.items()}
+    out.update({k: None for k in before if k not in after})
+    return out
 
 
 def _cost_status(d: Draft, cost: Cost, phase: Phase) -> None:

@@ -186,14 +186,22 @@ def observed(
 
 
 def merge(status: dict[str, Any], d: Decision) -> dict[str, Any]:
-    """Apply a decision's merge patch the way the apiserver does (top level is enough:
-    the operator always writes whole values of the keys it changes)."""
-    out = dict(status)
-    for k, v in (d.status or {}).items():
-        if v is None:
-            out.pop(k, None)
+    """Apply a decision's status patch the way the apiserver does: an RFC 7386 merge
+    patch (nested objects merge, null deletes, lists are replaced)."""
+    merged = merge_patch(status, d.status or {})
+    assert isinstance(merged, dict)
+    return merged
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
         else:
-            out[k] = v
+            out[key] = merge_patch(out.get(key), value)
     return out
 
 

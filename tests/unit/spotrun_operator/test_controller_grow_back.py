@@ -136,6 +136,8 @@ def test_the_attempt_grows_back_once_placeholders_run_on_every_missing_node() ->
     job = next(a.body for a in d.actions if isinstance(a, CreateJob))
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
     assert any(isinstance(a, DeleteSpares) for a in d.actions)
+    # Through the apiserver's merge patch: status.spares asks for no placeholder any more.
+    assert "replicas" not in (st.get("spares") or {})
 
 
 def test_a_whole_elastic_attempt_touches_no_spares_deployment() -> None:
