@@ -14,6 +14,7 @@ from controller_fakes import (
     gang,
     job,
     merge,
+    merge_patch,
     node,
     observed,
     pod,
@@ -341,20 +342,6 @@ def test_spares_are_in_status_cost_and_in_the_budget() -> None:
     assert d.gauges is not None and d.gauges.spares_usd == pytest.approx(
         cost["sparesUSD"], abs=0.01
     )
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386, as the apiserver applies the operator's status patch (nested objects
-    merge; null deletes)."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out
 
 
 def test_an_ended_spare_is_priced_once_across_reconciles() -> None:
