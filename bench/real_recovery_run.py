@@ -69,7 +69,7 @@ class CaseRunner:
     # --- one case -----------------------------------------------------------------------
     def run(self, signal: str, variant: str) -> tuple[w.Boundaries, int | None]:
         wanted = 3 if variant == "spotrun_spare" else 2
-        self._fleet(wanted)
+        realnodes.exactly_spot_nodes(self.core, wanted)  # no spare capacity without a spare
         folder = storage.host_path(NAMESPACE, "ckpt")
         for child in folder.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
@@ -213,14 +213,6 @@ class CaseRunner:
             ) is not True:  # fmt: skip
                 self.core.delete_namespaced_pod(p.metadata.name, NAMESPACE, grace_period_seconds=0)
         return not [p for p in pods if p.metadata.labels.get("spotrun.dev/run") == RUN]
-
-    def _fleet(self, wanted: int) -> None:
-        """Exactly ``wanted`` real spot nodes: a run without spares has no spare capacity."""
-        state = realnodes.FleetState.load()
-        spot = sorted(n for n, r in state.nodes.items() if r.role == "spot")
-        for name in spot[wanted:]:
-            realnodes.remove_node(self.core, state, name)
-        realnodes.ensure_real_nodes(self.core, wanted)
 
     # --- reads ---------------------------------------------------------------------------
     def _wait_warm(self, kubeflow: bool) -> str:

@@ -171,6 +171,16 @@ def ensure_real_nodes(core: client.CoreV1Api, count: int | None = None) -> list[
 
 
 @functools.cache
+def exactly_spot_nodes(core: client.CoreV1Api, wanted: int) -> list[RealNode]:
+    """Exactly ``wanted`` healthy real spot nodes: those beyond it removed (newest names
+    last), missing ones started (a case that must have no spare capacity)."""
+    state = FleetState.load()
+    spot = sorted(n for n, r in state.nodes.items() if r.role == "spot")
+    for name in spot[wanted:]:
+        remove_node(core, state, name)
+    return ensure_real_nodes(core, wanted)
+
+
 def built_images() -> dict[str, images.ImageArchive]:
     """The images, built or found once per process (a check costs ~10 s)."""
     return images.ensure_images()

@@ -45,15 +45,6 @@ def outcomes(st: dict[str, Any]) -> list[tuple[int, int | None, str | None]]:
     return [(a["attempt"], a.get("nodes"), a.get("outcome")) for a in st.get("attempts") or []]
 
 
-def keep_two_spot_nodes(core: client.CoreV1Api) -> None:
-    """Exactly two spot nodes: a third free one would take the whole gang at once."""
-    state = realnodes.FleetState.load()
-    spot = sorted(n for n, r in state.nodes.items() if r.role == "spot")
-    for name in spot[2:]:
-        realnodes.remove_node(core, state, name)
-    realnodes.ensure_real_nodes(core, 2)
-
-
 @pytest.mark.timeout(900)
 def test_the_survivor_trains_through_an_interruption_and_the_whole_gang_returns(
     api_client: client.ApiClient,
@@ -64,7 +55,7 @@ def test_the_survivor_trains_through_an_interruption_and_the_whole_gang_returns(
     built_images: dict[str, images.ImageArchive],
 ) -> None:
     core = client.CoreV1Api(api_client)
-    keep_two_spot_nodes(core)
+    realnodes.exactly_spot_nodes(core, 2)  # a third free node would take the whole gang
     story = Story(api_client, namespace, len(real_nodes))
     story.exits.start()
     body = real_story.trainer_run("run", built_images["trainer"].ref, "ckpt", ARGS)
