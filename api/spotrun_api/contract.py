@@ -86,6 +86,13 @@ EXIT_PEER_LOST: Final = 86
 # so this rank's attempt is over. Chosen beside EXIT_PEER_LOST, clear of the same
 # conventions.
 EXIT_FENCED: Final = 87
+# A worker rank waited for its master's store (MASTER_ADDR:MASTER_PORT, or torchrun's
+# PET_MASTER_ADDR:PET_MASTER_PORT) for ENV_MASTER_WAIT_SECONDS and it never answered: the
+# gang was never complete. The same word as the training operator's ``init-pytorch``
+# giving up on the master's name: capacity while a pod of the gang had no node
+# (IncompleteGang), an application failure when every pod had one (the master was placed
+# and never listened). Beside EXIT_FENCED, clear of the same conventions.
+EXIT_NO_MASTER: Final = 88
 
 # A rank leaving with EXIT_PEER_LOST names the pod of the peer it lost (that rank's
 # hostname: its pod's name) as ``lost-pod=<name>`` in its termination message, when it
@@ -120,6 +127,13 @@ PEER_TIMEOUT_STEP_FACTOR: Final = 10
 # every peer still heartbeats, i.e. a hang of the application, not a lost peer.
 ENV_COLLECTIVE_TIMEOUT_SECONDS: Final = "SPOTRUN_COLLECTIVE_TIMEOUT_SECONDS"
 DEFAULT_COLLECTIVE_TIMEOUT_SECONDS: Final = 300
+# How long a worker rank waits for its master's store to accept a connection before it
+# leaves with EXIT_NO_MASTER (docs/trainer.md, "Joining the gang"). A worker starts with its
+# master and waits for it itself, polling every 0.1 s while its own imports are done, so it
+# needs no init container waiting for the master's DNS name first. 200 s: as long as the
+# training operator's own ``init-pytorch`` waits (100 tries, 2 s apart).
+ENV_MASTER_WAIT_SECONDS: Final = "SPOTRUN_MASTER_WAIT_SECONDS"
+DEFAULT_MASTER_WAIT_SECONDS: Final = 200
 # Where a rank that leaves with EXIT_PEER_LOST writes its one-line reason: the container's
 # terminationMessagePath (Kubernetes' default), which the kubelet copies into the
 # container status the operator reads. Outside a pod the file does not exist and nothing is

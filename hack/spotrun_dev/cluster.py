@@ -42,8 +42,8 @@ WEBHOOK_CONFIG = "validator.training-operator.kubeflow.org"  # the name the oper
 PYTORCHJOB_WEBHOOK_PATH = "/validate-kubeflow-org-v1-pytorchjob"
 STATE_FILE = paths.CLUSTER_DIR / "state.json"
 TRAINING_OPERATOR_LOG = paths.CLUSTER_DIR / "training-operator.log"
-# The Worker pods' init container `init-pytorch` with the restricted Pod Security settings
-# (the file explains why); the process reads it once, so a changed file restarts it.
+# The Worker pods' init containers: none (the file explains why: the trainer waits for its
+# master itself); the process reads it once, so a changed file restarts it.
 PYTORCH_INIT_TEMPLATE = paths.REPO_ROOT / "manifests" / "eks" / "pytorch-init-container.yaml"
 
 # cert-controller expects the kubelet to mount its Secret here (a fixed path in the binary).

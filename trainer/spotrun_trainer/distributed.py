@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from spotrun_trainer import phases
+from spotrun_trainer import master_wait, phases
 from spotrun_trainer.peers import PeerMonitor, collective_timeout, start_monitor
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,9 @@ def init_distributed(device_preference: str, env: Mapping[str, str] = os.environ
     # Bounded (torch's default is 30 minutes): a collective that hangs while every peer
     # still heartbeats is the application's. new_group does not inherit it: pass it on.
     timeout = collective_timeout(env)
+    master = master_wait.rank_store(env)
+    if master is not None:  # a worker: its master may still be starting (master_wait.py)
+        master_wait.wait_for_master(master, env)
     device_id = device if device.type == "cuda" else None
     dist.init_process_group(backend=backend, device_id=device_id, timeout=timeout)
     control = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None

@@ -42,6 +42,7 @@ from spotrun_trainer.checkpoint_io import (
     write_json,
 )
 from spotrun_trainer.launcher import record_exit
+from spotrun_trainer.pod_io import write_termination_message
 
 __all__ = [
     "CheckpointFenced",
@@ -102,8 +103,6 @@ def fenced(
     with _refusals_lock:
         _refusals[(str(directory.resolve()), epoch)] = fence_epoch
     record_exit(contract.EXIT_FENCED)
-    from spotrun_trainer.peers import write_termination_message  # torch.distributed: lazily
-
     write_termination_message(message)
     return CheckpointFenced(message, epoch=epoch, fence_epoch=fence_epoch, step=step)
 

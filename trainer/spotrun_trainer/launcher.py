@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 from spotrun_api import contract
-from spotrun_trainer import phases
+from spotrun_trainer import master_wait, phases
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,9 @@ def launch(
     started = phases.launch_t0(env) or phases.process_start_time()
     if started is not None:
         env[phases.ENV_LAUNCH_T0] = f"{started:.3f}"
+    master = master_wait.launcher_store(env)
+    if master is not None:  # torchrun's agent on a worker node joins the master's agent
+        master_wait.wait_for_master(master, env)
     cmd = torchrun_command(argv, nproc, grace, env, module=module, script=script)
     log.info("launching %d workers: %s", nproc, " ".join(cmd))
     proc = subprocess.Popen(cmd, env=env)

@@ -29,7 +29,6 @@ peer beat after it, the error is the application's and goes on.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import sys
@@ -37,7 +36,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from pathlib import Path
 
 from torch._C._distributed_c10d import PrefixStore, Store, TCPStore
 from torch.distributed.distributed_c10d import _get_default_store
@@ -46,6 +44,7 @@ from spotrun_api import contract
 from spotrun_trainer import testhooks
 from spotrun_trainer.launcher import record_exit
 from spotrun_trainer.peer_watch import LEFT, STORE_HOST_RANK, Lost, PeerWatch, StepTimes, peer_limit
+from spotrun_trainer.pod_io import seconds_from_env, write_termination_message
 
 log = logging.getLogger(__name__)
 
@@ -56,24 +55,8 @@ BEAT_INTERVAL_SECONDS = 1.0
 # operator first (its application error, not our EXIT_PEER_LOST, decides that attempt).
 CONFIRM_SECONDS = 5.0
 CHECKED_NOTE = "spotrun peers:"  # marks an error after_error has already judged
-MESSAGE_LIMIT = 1000  # characters; the kubelet keeps 4096 bytes of a termination message
 
 OnLost = Callable[[str], object]
-
-
-def seconds_from_env(env: Mapping[str, str], name: str, default: float, allow_zero: bool) -> float:
-    """A number of seconds from ``env[name]`` (``default`` when unset); a bad value fails
-    at start-up with the variable named."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return float(default)
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}: not a number of seconds") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name}={raw!r}: must be {'>= 0' if allow_zero else '> 0'} seconds")
-    return value
 
 
 def collective_timeout(env: Mapping[str, str] = os.environ) -> timedelta:
@@ -85,21 +68,6 @@ def collective_timeout(env: Mapping[str, str] = os.environ) -> timedelta:
         allow_zero=False,
     )
     return timedelta(seconds=seconds)
-
-
-def write_termination_message(text: str, env: Mapping[str, str] = os.environ) -> Path | None:
-    """Write ``text`` where the kubelet reads the container's termination message. Outside
-    a pod the default path does not exist and is never created (it is under /dev)."""
-    named = env.get(contract.ENV_TERMINATION_MESSAGE_PATH)
-    path = Path(named or contract.DEFAULT_TERMINATION_MESSAGE_PATH)
-    if not named and not path.exists():
-        return None
-    try:
-        path.write_text(text[:MESSAGE_LIMIT] + "\n")
-    except OSError as e:
-        log.warning("could not write the termination message to %s: %s", path, e)
-        return None
-    return path
 
 
 def leave(message: str, env: Mapping[str, str] = os.environ) -> None:

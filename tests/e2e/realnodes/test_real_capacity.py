@@ -11,9 +11,11 @@ Then:
 2. S is uncordoned, but a pod of another workload holds its 8 GPUs (the operator does not
    see other workloads' pods, so the check passes) and a pod on W repels the gang's master
    (required pod anti-affinity, which the scheduler honours for existing pods): attempt 2's
-   worker lands on W, its master stays Pending, and the worker's ``init-pytorch`` (the
-   training operator's wait for the master's DNS name) gives up after its tries, about 3.5
-   minutes: the PyTorchJob fails. That is ``IncompleteGang``: no failure, no preemption.
+   worker lands on W, its master stays Pending, and the worker's trainer, which waits for
+   its master itself (spotrun_trainer.master_wait; the local training operator adds no
+   ``init-pytorch``), gives up after ``SPOTRUN_MASTER_WAIT_SECONDS`` (40 s here, 200 s by
+   default) with EXIT_NO_MASTER: the PyTorchJob fails. That is ``IncompleteGang``: no
+   failure, no preemption.
 3. The GPU holder goes: the next attempt's master takes S, and the run trains again from
    attempt 1's checkpoint, with no node excluded but M (W, where attempt 2's worker ran, is
    healthy and must stay usable).
@@ -30,6 +32,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from spotrun_api import contract
 from spotrun_dev import chart_install, images, real_interrupt, real_story
 from spotrun_dev.node_config import RealNode
 from spotrun_dev.real_story import REAL_TOLERATIONS, TR, TRAINER_ARGS, Story
@@ -38,6 +41,9 @@ from spotrun_dev.waiting import wait_for
 RUN = "short"
 PYTORCHJOB = ("kubeflow.org", "v1", "pytorchjobs")
 ARGS = (*(a for a in TRAINER_ARGS if not a.startswith("--max-steps")), "--max-steps=100000")
+# How long a worker waits for its master here: long enough for a master that has a node to
+# start (seconds), short enough that the incomplete gang of step 2 ends in under a minute.
+MASTER_WAIT = [{"name": contract.ENV_MASTER_WAIT_SECONDS, "value": "40"}]
 NTH_TAINT = "aws-node-termination-handler/spot-itn"
 NTH_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 
@@ -117,7 +123,7 @@ def test_a_reclaim_then_a_capacity_shortage_charges_no_failure(
     story = Story(api_client, namespace, len(real_nodes))
     core, custom = story.core, story.custom
     pause = built_images["pause"].ref
-    body = real_story.trainer_run(RUN, built_images["trainer"].ref, "ckpt", ARGS)
+    body = real_story.trainer_run(RUN, built_images["trainer"].ref, "ckpt", ARGS, env=MASTER_WAIT)
     body["spec"]["maxFailures"] = 1  # one charged failure would end the run
     custom.create_namespaced_custom_object(*TR[:2], namespace, TR[2], body)
     story.wait_training(RUN, 1, 15)
@@ -163,7 +169,7 @@ def test_a_reclaim_then_a_capacity_shortage_charges_no_failure(
         )
         second = st["attempts"][1]
         assert (second["outcome"], second["reason"]) == ("IncompleteGang", "IncompleteGang"), st
-        assert "init-pytorch" in second["message"], second
+        assert f"exit {contract.EXIT_NO_MASTER}, no master" in second["message"], second
         assert (st.get("failures", 0), st["preemptions"]) == (0, 1), st
         assert st["phase"] != "Failed", st
 

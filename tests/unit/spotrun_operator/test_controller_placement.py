@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from controller_fakes import CFG, at, gang, job, merge, node, observed, pod, running_status, ts
 
+from spotrun_api import contract
 from spotrun_operator.decisions.reconcile import decide
 from spotrun_operator.facts import signals
 from spotrun_operator.judging.classify import NodeInfo, classify
@@ -193,6 +194,54 @@ def test_init_container_failing_while_the_whole_gang_is_placed_is_still_a_failur
         now=at(300),
     )
     assert v.kind is Kind.FAILED
+
+
+def worker_gave_up(name: str, node_name: str) -> dict[str, Any]:
+    """A Worker with no init container whose trainer waited for its master and left with
+    EXIT_NO_MASTER (spotrun_trainer.master_wait), as the kubelet reports it."""
+    p: dict[str, Any] = pod(name, node_name=node_name, phase="Failed", master=False)
+    p["status"]["containerStatuses"] = [
+        {
+            "name": "pytorch",
+            "state": {
+                "terminated": {
+                    "exitCode": contract.EXIT_NO_MASTER,
+                    "reason": "Error",
+                    "message": "the master llm-a1-master-0:23456 did not answer in 200s",
+                }
+            },
+        }
+    ]
+    return p
+
+
+def test_a_worker_giving_up_on_an_unplaced_master_is_an_incomplete_gang() -> None:
+    master = pod("llm-a1-master-0", node_name=None, phase="Pending", unschedulable="0/3 nodes")
+    worker = worker_gave_up("llm-a1-worker-0", "n2")
+    v = classify(
+        pods=[master, worker],
+        nodes={"n2": node("n2")},
+        expected=2,
+        now=at(300),
+        job=job(1, "Failed"),
+    )
+    assert (v.kind, v.reason) == (Kind.INCOMPLETE_GANG, "IncompleteGang")
+    assert f"exit {contract.EXIT_NO_MASTER}, no master" in v.message, v.message
+    assert "llm-a1-master-0 had no node" in v.message, v.message
+
+
+def test_a_worker_giving_up_on_a_placed_master_is_a_failure() -> None:
+    """The master had a node and never listened in the whole wait: the application's."""
+    master = pod("llm-a1-master-0", node_name="n1")
+    worker = worker_gave_up("llm-a1-worker-0", "n2")
+    v = classify(
+        pods=[master, worker],
+        nodes={"n1": node("n1"), "n2": node("n2")},
+        expected=2,
+        now=at(300),
+    )
+    assert v.kind is Kind.FAILED
+    assert f"exited {contract.EXIT_NO_MASTER}" in v.message, v.message
 
 
 def test_a_trainer_crash_beside_an_unplaced_pod_is_still_a_failure() -> None:

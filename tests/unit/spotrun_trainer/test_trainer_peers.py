@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch._C._distributed_c10d import PrefixStore, TCPStore
 
 from spotrun_api import contract
-from spotrun_trainer import distributed, peer_watch, peers, testhooks
+from spotrun_trainer import distributed, peer_watch, peers, pod_io, testhooks
 from spotrun_trainer.distributed import DistContext
 from spotrun_trainer.peer_watch import Lost, PeerWatch
 from spotrun_trainer.peers import PeerMonitor
@@ -107,7 +107,7 @@ def test_timeouts_come_from_the_env_with_documented_defaults() -> None:
         with pytest.raises(ValueError, match=contract.ENV_COLLECTIVE_TIMEOUT_SECONDS):
             peers.collective_timeout({contract.ENV_COLLECTIVE_TIMEOUT_SECONDS: bad})
     name = contract.ENV_PEER_TIMEOUT_SECONDS
-    assert peers.seconds_from_env({name: "0"}, name, 30, allow_zero=True) == 0.0  # off
+    assert pod_io.seconds_from_env({name: "0"}, name, 30, allow_zero=True) == 0.0  # off
 
 
 def test_no_monitor_when_turned_off_or_alone() -> None:
@@ -121,12 +121,12 @@ def test_the_termination_message_goes_where_the_kubelet_reads_it(
 ) -> None:
     named = tmp_path / "termination-log"
     env = {contract.ENV_TERMINATION_MESSAGE_PATH: str(named)}
-    assert peers.write_termination_message("peer lost: rank 1", env) == named
+    assert pod_io.write_termination_message("peer lost: rank 1", env) == named
     assert named.read_text() == "peer lost: rank 1\n"
     # Outside a pod the default path does not exist: never created.
     absent = tmp_path / "dev" / "termination-log"
     monkeypatch.setattr(contract, "DEFAULT_TERMINATION_MESSAGE_PATH", str(absent))
-    assert peers.write_termination_message("x", {}) is None and not absent.exists()
+    assert pod_io.write_termination_message("x", {}) is None and not absent.exists()
 
 
 # --- real stores ---------------------------------------------------------------------------
