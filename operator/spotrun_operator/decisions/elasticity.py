@@ -175,6 +175,12 @@ def size_note(spec: TrainingRunSpec, entry: Attempt | None) -> str:
     return f" with {nodes} of {spec.nodes} nodes"
 
 
+# How long the attempt right after a CapacityGrow may wait for the placeholders' nodes
+# before it may shrink, whatever waitBeforeShrink says: the scheduler places it within a
+# second or two of the placeholders' deletion; a node really gone by then is gone later too.
+GROW_BACK_SETTLE_SECONDS = 30.0
+
+
 def shrink_if_due(
     d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt, v: Verdict, waited: float
 ) -> None:
@@ -183,6 +189,13 @@ def shrink_if_due(
     wait = spec.shrink_after_seconds
     if spec.elasticity is None or wait is None:
         return
+    prev = d.entry(n - 1)
+    if prev is not None and prev.outcome is Outcome.CAPACITY_GROW:
+        # The gang that grows back takes the nodes the run's own placeholders held; they go
+        # as it is created, and until the scheduler has seen them go (it preempts and
+        # retries) its pods are Unschedulable. That is no shortage: a shrink now would
+        # only make room for the next grow-back, and so on.
+        wait = max(wait, GROW_BACK_SETTLE_SECONDS)
     if waited < wait:
         d.requeue(wait - waited)
         return

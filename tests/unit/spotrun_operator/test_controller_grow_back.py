@@ -10,7 +10,7 @@ from controller_fakes import CFG, LABEL_RUN, merge, observed, pod, ts
 from test_controller_shrink_rules import fleet_node, job_with
 
 from spotrun_api.status import Attempt
-from spotrun_operator.decisions.elasticity import pod_needs
+from spotrun_operator.decisions.elasticity import GROW_BACK_SETTLE_SECONDS, pod_needs
 from spotrun_operator.decisions.grow_back import held_nodes, missing_nodes
 from spotrun_operator.decisions.reconcile import decide
 from spotrun_operator.facts.common import LABEL_SPARE_OF
@@ -138,6 +138,31 @@ def test_the_attempt_grows_back_once_placeholders_run_on_every_missing_node() ->
     assert any(isinstance(a, DeleteSpares) for a in d.actions)
     # Through the apiserver's merge patch: status.spares asks for no placeholder any more.
     assert "replicas" not in (st.get("spares") or {})
+
+
+def test_the_grown_back_attempt_waits_for_the_placeholders_it_takes_over() -> None:
+    """waitBeforeShrink 0s: the attempt after a CapacityGrow is Unschedulable for a moment
+    while the placeholders go; it does not shrink at once (it would grow back and shrink
+    again, in a loop), only if its nodes are still not there after the settle time."""
+    st = shrunk_and_running()
+    gang = [pod("llm-a2-master-0", attempt=2, node_name="n1")]
+    world: dict[str, Any] = {"jobs": {2: job_with(2, 1)}, "pods": gang}
+    st, _ = step(st, 6, spare_pods=[spare("s-0", "n2")], fleet=fleet("n1", "n2"), **world)
+    assert st["attempts"][-1]["outcome"] == "CapacityGrow"
+    st, _ = step(st, 7, spare_pods=[spare("s-0", "n2")], fleet=fleet("n1", "n2"))
+    assert st["attempts"][-1]["nodes"] == 2
+    waiting = [
+        pod("llm-a3-master-0", attempt=3, node_name="n1"),
+        pod("llm-a3-worker-0", attempt=3, node_name=None, phase="Pending", master=False,
+            unschedulable="0/2 nodes are available: 1 Insufficient nvidia.com/gpu"),
+    ]  # fmt: skip
+    world = {"jobs": {3: job_with(3, 2)}, "pods": waiting, "fleet": fleet("n1", "n2")}
+    for now in (8, 8 + GROW_BACK_SETTLE_SECONDS - 1):
+        st, d = step(st, now, **world)
+        assert "outcome" not in st["attempts"][-1], st["attempts"][-1]
+        assert not any(isinstance(a, DeleteJob) for a in d.actions)
+    st, _ = step(st, 8 + GROW_BACK_SETTLE_SECONDS, **world)
+    assert st["attempts"][-1]["outcome"] == "CapacityShrink"
 
 
 def test_a_whole_elastic_attempt_touches_no_spares_deployment() -> None:
