@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
-from spotrun_api.contract import EXIT_NO_MASTER
 from spotrun_operator.facts.common import parse_time, pod_node
 from spotrun_operator.facts.signals import (
     ASG_TERMINATION,
@@ -53,6 +52,7 @@ from spotrun_operator.judging.evidence import (
     phase,
     pod_disruption_signal,
 )
+from spotrun_operator.judging.gave_up import describe, failed_containers, gave_up_on_master
 
 # Container waiting reasons no amount of waiting fixes without a human.
 CONFIG_WAITING_REASONS: Final = frozenset(
@@ -86,15 +86,6 @@ class VerdictKind(Enum):
     INCOMPLETE_GANG = "IncompleteGang"
 
 
-# The training operator's init container on every Worker: it waits for the Master's DNS
-# name and exits 1 after its tries, 100 by default, each an nslookup and a 2 s sleep
-# (kubeflow/training-operator v1.9 pkg/controller.v1/pytorch/initcontainer.go
-# initContainerTemplate; pkg/config/config.go PyTorchInitContainerMaxTriesDefault);
-# spotrun's template (manifests/eks/pytorch-init-container.yaml) adds none: its workers
-# wait for the master themselves and leave with EXIT_NO_MASTER when it never answers.
-TRAINING_OPERATOR_INIT: Final = "init-pytorch"
-
-
 @dataclass(frozen=True)
 class Verdict:
     kind: VerdictKind
@@ -113,32 +104,13 @@ class Verdict:
     signal_at: dt.datetime | None = None
 
 
-def _failed_containers(pod: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """(name, exit code) of the pod's containers (init containers first) that exited with
-    an application error (an exit code other than 0, 143, 86 and 87)."""
-    out = []
-    for cs in containers(pod):
-        code = ((cs.get("state") or {}).get("terminated") or {}).get("exitCode")
-        if code is not None and code not in NOT_APP_ERRORS:
-            out.append((str(cs.get("name")), int(code)))
-    return out
-
-
-def _gave_up_on_master(container: tuple[str, int]) -> bool:
-    """The training operator's ``init-pytorch`` failed (its tries ran out), or a worker
-    rank left with EXIT_NO_MASTER (spotrun_trainer.master_wait): either way the master
-    never answered."""
-    name_, code = container
-    return name_ == TRAINING_OPERATOR_INIT or code == EXIT_NO_MASTER
-
-
 def _incomplete_gang(pods: Sequence[Mapping[str, Any]], expected: int) -> Verdict | None:
     """Pods failed only in giving up on the master (``init-pytorch`` or EXIT_NO_MASTER)
     while a pod of the gang has no node, or was never created: the gang could not be
     placed, which is capacity, never the application."""
-    failed = {name(p): _failed_containers(p) for p in pods if phase(p) == "Failed"}
+    failed = {name(p): failed_containers(p) for p in pods if phase(p) == "Failed"}
     failed = {k: v for k, v in failed.items() if v}
-    if not failed or not all(_gave_up_on_master(c) for v in failed.values() for c in v):
+    if not failed or not all(gave_up_on_master(c) for v in failed.values() for c in v):
         return None
     waiting = [p for p in pods if not is_terminal(p) and not (p.get("spec") or {}).get("nodeName")]
     missing = expected - len(pods)
@@ -150,12 +122,7 @@ def _incomplete_gang(pods: Sequence[Mapping[str, Any]], expected: int) -> Verdic
         else f"{missing} pod(s) of the gang were never created"
     )
     pod = sorted(failed)[0]
-    container, code = failed[pod][0]
-    how = (
-        f"container {container}"
-        if container == TRAINING_OPERATOR_INIT
-        else f"container {container} (exit {code}, no master)"
-    )
+    how = describe(failed[pod][0])
     return Verdict(
         VerdictKind.INCOMPLETE_GANG,
         reason="IncompleteGang",
