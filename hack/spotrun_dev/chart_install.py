@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from spotrun_dev import images, paths
+from spotrun_dev import paths
 from spotrun_dev.node_config import REAL_NODE_LABEL
 from spotrun_dev.waiting import ClusterError, wait_for
 
@@ -131,8 +131,6 @@ def install_operator(
         *(f"--set-string=nodeSelector.{_escaped(k)}={v}" for k, v in (node_selector or {}).items()),
         f"--set=tolerations[0].key={REAL_NODE_LABEL}",
         "--set=tolerations[0].operator=Exists",
-        # The local training operator's init image (cluster.py), which spares pull.
-        f"--set=spares.pullImages[0]={images.PYTORCH_INIT_REF}",
     ]
     sets += [f"--set=operator.extraArgs[{i}]={a}" for i, a in enumerate(FAST_ARGS)]
     helm(
