@@ -110,10 +110,11 @@ test-e2e: tools prometheus cluster-up
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
 # The cluster (with its real nodes and images) comes up before pytest, so no test's timeout
-# pays for a first build; the e2e fixtures reuse it. The slowest tests are listed at the end
-# (the whole run is kept under 45 minutes on a 2-core machine).
+# pays for a first build; the e2e fixtures reuse it. Three pytest sessions (spotrun_dev
+# test_lanes): the kwok-fleet tests beside the trainer-process and unit tests, then the
+# real-node tests alone; each lists its slowest tests at its end.
 test: lint tools prometheus cluster-up
-	$(BIN)/pytest tests --durations=40 $(PYTEST_ARGS)
+	$(BIN)/python -m spotrun_dev.test_lanes $(PYTEST_ARGS)
 
 bench: venv
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done

@@ -2,8 +2,8 @@
 running in the local cluster) and the real training operator, on the kwok spot fleet.
 
 Every attempt is admitted through Kueue; waiting for quota is phase Pending with Kueue's
-own reason; a Kueue preemption is its own outcome that spends no budget and never starts a
-competing attempt; a spot interruption of an admitted run recovers through Kueue."""
+own reason; a spot interruption of an admitted run recovers through Kueue. A Kueue
+preemption is on the real nodes (tests/e2e/realnodes/test_real_kueue.py)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,12 @@ from controller_helpers import (
     complete_all,
     condition,
     create,
-    jobs,
     pods,
     running_gang,
-    status,
     training_run,
     wait_status,
 )
-from kube_helpers import PYTORCHJOB, holds, poll, pytorchjob, running_pods
+from kube_helpers import PYTORCHJOB
 from spotrun_dev import inject
 
 KUEUE = ("kueue.x-k8s.io", "v1beta1")
@@ -122,66 +120,9 @@ def test_a_queue_that_does_not_exist_leaves_the_run_pending_naming_it(
     assert suspended(custom, namespace, "lost-a1")
 
 
-def test_kueue_preemption_is_its_own_outcome_and_never_a_competing_attempt(
-    api_client: client.ApiClient,
-    core: client.CoreV1Api,
-    custom: client.CustomObjectsApi,
-    namespace: str,
-    fleet: None,
-    checkpoint_pvc: str,
-    queue: str,
-    operator: Any,
-) -> None:
-    create(custom, namespace, training_run("low", queueName=queue))
-    running_gang(core, namespace, "low", 1)
-
-    # A higher-priority workload needs the whole quota.
-    urgent = pytorchjob("urgent", workers=1)
-    urgent["metadata"]["labels"] = {
-        "kueue.x-k8s.io/queue-name": queue,
-        "kueue.x-k8s.io/priority-class": "high",
-    }
-    custom.create_namespaced_custom_object(*PYTORCHJOB[:2], namespace, PYTORCHJOB[2], urgent)
-    st = wait_status(
-        custom,
-        namespace,
-        "low",
-        "a queue preemption",
-        lambda s: (s.get("queuePreemptions") or 0) >= 1,
-    )
-    entry = st["attempts"][0]
-    assert (entry["outcome"], entry["reason"]) == ("QueuePreempted", "queue-preemption")
-    assert "Preempted" in entry["message"]
-    assert (st.get("preemptions") or 0, st.get("failures") or 0) == (0, 0)
-    # Admitted says Kueue's reason until the next attempt's Workload waits (Pending): the
-    # operator may be that far by the time this reads the status.
-    waiting = st.get("attempt") == 2 and condition(st, "Admitted")["reason"] == "Pending"
-    assert waiting or condition(st, "Admitted")["reason"] == "Preempted", st["conditions"]
-
-    # The next attempt waits in the queue, suspended, while the urgent job holds the quota.
-    poll("attempt 2 created", lambda: jobs(custom, namespace, "low") == ["low-a2"], timeout=60)
-    running_pods(core, namespace, "urgent", 2, timeout=90)
-    holds(
-        "no pod of the run while the urgent job runs",
-        lambda: (
-            suspended(custom, namespace, "low-a2")
-            and not pods(core, namespace, "low", 1)
-            and not pods(core, namespace, "low", 2)
-        ),
-        duration=8,
-    )
-    st = status(custom, namespace, "low")
-    assert st["phase"] == "Pending" and st["queuePreemptions"] == 1
-
-    # The urgent job goes away: Kueue readmits the run, attempt 2 runs.
-    custom.delete_namespaced_custom_object(*PYTORCHJOB[:2], namespace, PYTORCHJOB[2], "urgent")
-    running_gang(core, namespace, "low", 2, timeout=120)
-    st = wait_status(custom, namespace, "low", "Running", lambda s: s.get("phase") == "Running")
-    assert (st.get("preemptions") or 0, st.get("failures") or 0, st["queuePreemptions"]) == (
-        0,
-        0,
-        1,
-    )
+# A Kueue preemption (QueuePreempted, no budget, nothing of the run while the other
+# workload holds the quota, readmitted) runs on a real node with the real trainer saving on
+# SIGTERM: tests/e2e/realnodes/test_real_kueue.py.
 
 
 def test_spot_interruption_of_an_admitted_run_recovers_through_kueue(

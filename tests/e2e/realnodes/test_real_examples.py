@@ -96,7 +96,16 @@ def test_example_lives_through_an_interruption(
         if plan.ends == "Suspended":  # the budget ended it, gracefully, after a save
             assert st["attempts"][-1]["outcome"] == "BudgetExceeded", st["attempts"]
             keep = {r["metadata"]["name"]: r["spec"]["checkpoint"]["keep"] for r in plan.runs()}
-            assert_bounded_retention(story.claim_folder(res.name), keep[res.name], st)
+            folder = story.claim_folder(res.name)
+            # The verdict comes first; the gang's save commits after it, and rank 0 reports
+            # that checkpoint before it exits (its reporter's close).
+            st = story.story.wait_status(
+                res.name, "the stop's checkpoint in status.progress",
+                lambda s, f=folder: (s.get("progress") or {}).get("checkpointStep")
+                == max(committed_steps(f), default=None),
+                timeout=120,
+            )  # fmt: skip
+            assert_bounded_retention(folder, keep[res.name], st)
         assert (int(st["preemptions"]), int(st.get("failures", 0))) == (1, 0), st
         assert (st.get("lastPreemption") or {}).get("signal") == SIGNAL_OF[plan.signal], st
         if plan.signal == "loss":  # no final save: the newest periodic checkpoint
@@ -120,14 +129,19 @@ def test_example_lives_through_an_interruption(
     assert operator_release.restarts(core) == 0
 
 
-def assert_bounded_retention(folder: Path, keep: int, status: dict[str, Any]) -> None:
-    """The volume holds at most ``keep`` committed step-N folders, the newest the stop's,
-    and the best checkpoint apart, committed."""
-    steps = sorted(
+def committed_steps(folder: Path) -> list[int]:
+    """The steps of the committed step-N folders on the volume, oldest first."""
+    return sorted(
         int(d.name.split("-")[1])
         for d in folder.glob(f"{contract.STEP_DIR_PREFIX}*")
         if (d / contract.COMMIT_MARKER).is_file()
     )
+
+
+def assert_bounded_retention(folder: Path, keep: int, status: dict[str, Any]) -> None:
+    """The volume holds at most ``keep`` committed step-N folders, the newest the stop's,
+    and the best checkpoint apart, committed."""
+    steps = committed_steps(folder)
     assert 0 < len(steps) <= keep, steps
     progress = status.get("progress") or {}
     if progress.get("checkpointStep") is not None:
