@@ -111,10 +111,10 @@ test-e2e: tools prometheus cluster-up
 
 # The cluster (with its real nodes and images) comes up before pytest, so no test's timeout
 # pays for a first build; the e2e fixtures reuse it. Three pytest sessions (spotrun_dev
-# test_lanes): the kwok-fleet tests beside the trainer-process and unit tests, then the
+# suite): the kwok-fleet tests beside the trainer-process and unit tests, then the
 # real-node tests alone; each lists its slowest tests at its end.
 test: lint tools prometheus cluster-up
-	$(BIN)/python -m spotrun_dev.test_lanes $(PYTEST_ARGS)
+	$(BIN)/python -m spotrun_dev.suite $(PYTEST_ARGS)
 
 bench: venv
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
