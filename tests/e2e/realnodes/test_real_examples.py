@@ -27,7 +27,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from spotrun_api import contract
-from spotrun_dev import chart_install, example_images, example_story, images
+from spotrun_dev import chart_install, example_images, example_story, images, real_partition
 from spotrun_dev.node_config import RealNode
 from spotrun_dev.real_story import SIGNAL_OF
 
@@ -131,11 +131,7 @@ def test_example_lives_through_an_interruption(
 
 def committed_steps(folder: Path) -> list[int]:
     """The steps of the committed step-N folders on the volume, oldest first."""
-    return sorted(
-        int(d.name.split("-")[1])
-        for d in folder.glob(f"{contract.STEP_DIR_PREFIX}*")
-        if (d / contract.COMMIT_MARKER).is_file()
-    )
+    return [c.step for c in real_partition.committed(folder)]
 
 
 def assert_bounded_retention(folder: Path, keep: int, status: dict[str, Any]) -> None:
