@@ -25,6 +25,7 @@ from controller_process import CRD, Operator
 from kube_helpers import poll
 from spotrun_dev import kueue, storage
 from spotrun_dev.cluster import ClusterError, LocalCluster, ensure_cluster, ensure_fleet
+from spotrun_dev.fleet import KWOK_ANNOTATION
 from spotrun_operator.kubeio.kube import Kube
 
 _E2E = Path(__file__).resolve().parent
@@ -87,6 +88,31 @@ def namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterato
     except ApiException as exc:
         if exc.status != 404:
             raise
+    _drop_kwok_pods(core, name)
+
+
+def _drop_kwok_pods(core: client.CoreV1Api, namespace: str) -> None:
+    """Delete the leaving namespace's pods on kwok nodes at once.
+
+    kwok runs no container, so such a pod has nothing to stop in a grace period; left to the
+    namespace controller, each stayed bound for about 5 s, which the next test's ``fleet``
+    waited out (``fleet_state._leftover_pods``). This runs after the namespace's deletion
+    began: the training operator can no longer create a pod in it to replace one deleted.
+    Pods on real nodes keep their graceful deletion (their containers do run).
+    """
+    kwok = {
+        n.metadata.name
+        for n in core.list_node().items
+        if KWOK_ANNOTATION in (n.metadata.annotations or {})
+    }
+    for pod in core.list_namespaced_pod(namespace).items:
+        if pod.spec.node_name not in kwok:
+            continue
+        try:
+            core.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=0)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
 
 @pytest.fixture
