@@ -87,12 +87,17 @@ release: venv node-packages tools
 	$(BIN)/python -m spotrun_dev.release run --registry "$(REGISTRY)" --version "$(VERSION)" \
 		$(if $(filter-out 0,$(INSECURE)),--insecure)
 
+# mypy's cache lives machine-wide, like Go's build cache: a fresh clone type-checks torch's
+# and the kubernetes client's stubs again otherwise (56 s here, 3 s warm). mypy revalidates
+# every cached module against its source's hash, so a stale entry is never trusted.
+MYPY_CACHE ?= $(HOME)/.cache/spotrun/mypy
+
 lint: venv
 	$(BIN)/python -m spotrun_dev.crdgen --check
 	bash hack/sync-chart-crds.sh --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy api operator trainer hack/spotrun_dev cli bench tests
+	$(BIN)/mypy --cache-dir "$(MYPY_CACHE)" api operator trainer hack/spotrun_dev cli bench tests
 
 fmt: venv
 	$(BIN)/ruff format .
