@@ -106,6 +106,7 @@ def install_operator(
     pull_policy: str = "Never",
     replicas: int = 1,
     node_selector: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Release:
     """helm install (or upgrade) the chart watching ``namespace``; wait for the pod.
 
@@ -113,7 +114,8 @@ def install_operator(
     (``oci://<registry>/spotrun/charts/spotrun`` with ``chart_args`` such as ``--version``
     and ``--plain-http``); ``pull_policy`` Never runs the image the nodes were seeded with,
     IfNotPresent lets their containerd pull it; ``replicas: 2`` runs a leader and a
-    standby; ``node_selector`` adds to the system group's selector."""
+    standby; ``node_selector`` adds to the system group's selector; ``extra_args`` go to
+    the operator after ``FAST_ARGS``."""
     rel = Release(release, namespace)
     repo, _, tag = image.rpartition(":")
     escaped = _escaped(REAL_NODE_LABEL)
@@ -132,7 +134,8 @@ def install_operator(
         f"--set=tolerations[0].key={REAL_NODE_LABEL}",
         "--set=tolerations[0].operator=Exists",
     ]
-    sets += [f"--set=operator.extraArgs[{i}]={a}" for i, a in enumerate(FAST_ARGS)]
+    args = (*FAST_ARGS, *extra_args)
+    sets += [f"--set=operator.extraArgs[{i}]={a}" for i, a in enumerate(args)]
     helm(
         "upgrade", "--install", release, chart, *chart_args,
         "-n", namespace, "--take-ownership", *sets,

@@ -11,6 +11,7 @@ of a terminated instance, and the ASG's replacement (``realnodes.ensure_real_nod
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Literal
 
@@ -48,18 +49,28 @@ def nth_drain(core: client.CoreV1Api, name: str, drain_timeout: float = 300) -> 
     inject.run_writes(core, name, inject.component_writes("nth"), drain_timeout)
 
 
-def instance_dies(core: client.CoreV1Api, name: str, notready_timeout: float = 180) -> float:
+def instance_dies(
+    core: client.CoreV1Api,
+    name: str,
+    notready_timeout: float = 180,
+    left: threading.Event | None = None,
+) -> float:
     """The EC2 instance terminates; the node goes NotReady through the node lifecycle
-    controller and the cloud controller manager deletes it. Returns seconds to NotReady."""
+    controller and the cloud controller manager deletes it. Returns seconds to NotReady.
+
+    ``left``, once set, ends the wait for NotReady early and leaves the Node to the ASG's
+    replacement (``realnodes.ensure_real_nodes`` removes a dead instance's Node)."""
     started = time.monotonic()
     realnodes.kill_instance(name)
     wait_for(
         f"node {name} to go NotReady (node lifecycle controller)",
-        lambda: node_ready(core, name) is not True,
+        lambda: (left is not None and left.is_set()) or node_ready(core, name) is not True,
         timeout=notready_timeout,
         interval=1,
     )
     notready = time.monotonic() - started
+    if left is not None and left.is_set():
+        return notready
     # The cloud controller manager's node lifecycle controller deletes a NotReady Node
     # whose instance no longer exists (k8s.io/cloud-provider
     # controllers/nodelifecycle/node_lifecycle_controller.go, MonitorNodes).

@@ -159,7 +159,8 @@ class Story:
         self.exits = PodExits(self.core, namespace)
         self.interruptions: list[Interruption] = []
         self.losses: list[tuple[int, int, float]] = []  # (attempt, step, loss) from logs
-        self._dying: list[threading.Thread] = []
+        # Instances dying in the background, each with the event that stops waiting for it.
+        self._dying: list[tuple[threading.Thread, threading.Event]] = []
         self._resumed: dict[tuple[str, int], int] = {}
         self.partitioned: PartitionSeen | None = None
 
@@ -297,9 +298,10 @@ class Story:
         next attempt starts on other nodes, and the cut-off rank's commit, released after
         the next attempt's fence, is refused. The instance is then terminated."""
         folder = storage.host_path(self.namespace, "ckpt")
-        # The group is whole (an earlier NTH's instance is replaced): the next attempt's
-        # gang needs two nodes besides the one cut off.
-        self.replace_nodes()
+        # The group is whole (an earlier NTH's instance is replaced at once, as the ASG does
+        # when the instance terminates): the next attempt needs two nodes besides the one
+        # cut off.
+        self.replace_nodes(wait_dying=False)
         held = real_partition.wait_held(folder)
         master = next(p for p in self.pods("run", attempt) if is_master(p))
         node, pod = str(master.spec.node_name), str(master.metadata.name)
@@ -336,16 +338,31 @@ class Story:
         """NTH drains ``node`` on its spot interruption notice; the instance dies at the end
         of the notice while the story goes on (:meth:`replace_nodes` waits for it)."""
         real_interrupt.nth_drain(self.core, node)
-        self._dying.append(threading.Thread(target=self._die, args=(node,), daemon=True))
-        self._dying[-1].start()
+        left = threading.Event()
+        die = threading.Thread(
+            target=real_interrupt.instance_dies,
+            args=(self.core, node),
+            kwargs={"left": left},
+            daemon=True,
+        )
+        die.start()
+        self._dying.append((die, left))
 
-    def _die(self, node: str) -> None:
-        real_interrupt.instance_dies(self.core, node)
+    def leave_dying_nodes(self) -> None:
+        """Stop waiting for the node lifecycle controller to see the instances that died (a
+        minute each): ``ensure_real_nodes`` removes a dead instance's Node itself."""
+        for die, left in self._dying:
+            left.set()
+            die.join(timeout=30)
+        self._dying.clear()
 
-    def replace_nodes(self) -> None:
-        """Wait for instances still dying, then let the ASG replace every dead node."""
-        for t in self._dying:
-            t.join(timeout=300)
+    def replace_nodes(self, wait_dying: bool = True) -> None:
+        """The ASG replaces every dead node; with ``wait_dying``, once the node lifecycle
+        controller has seen each dying instance NotReady and its Node was deleted."""
+        if not wait_dying:
+            self.leave_dying_nodes()
+        for die, _ in self._dying:
+            die.join(timeout=300)
         self._dying.clear()
         realnodes.ensure_real_nodes(self.core, self.real_nodes)
 

@@ -57,17 +57,26 @@ def shared_claims(core: client.CoreV1Api, namespace: str) -> Iterator[dict[str, 
 
 
 @pytest.fixture
+def operator_args() -> tuple[str, ...]:
+    """Operator flags beyond chart_install.FAST_ARGS (a test module overrides this)."""
+    return ()
+
+
+@pytest.fixture
 def operator_release(
     core: client.CoreV1Api,
     namespace: str,
     crd: dict[str, Any],
     built_images: dict[str, images.ImageArchive],
     real_nodes: list[RealNode],
+    operator_args: tuple[str, ...],
     request: pytest.FixtureRequest,
 ) -> Iterator[chart_install.Release]:
     """``helm install`` of the chart: the operator is a pod from its image on a real node,
     under the chart's ServiceAccount and RBAC, with in-cluster config."""
-    release = chart_install.install_operator(core, namespace, built_images["operator"].ref)
+    release = chart_install.install_operator(
+        core, namespace, built_images["operator"].ref, extra_args=operator_args
+    )
     yield release
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
