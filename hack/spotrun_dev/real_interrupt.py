@@ -79,6 +79,36 @@ def instance_dies(
     return notready
 
 
+class DyingInstances:
+    """Instances whose death (:func:`instance_dies`) runs in the background while a story
+    goes on, each with the event that stops waiting for it."""
+
+    def __init__(self, core: client.CoreV1Api) -> None:
+        self.core = core
+        self._dying: list[tuple[threading.Thread, threading.Event]] = []
+
+    def start(self, name: str) -> None:
+        left = threading.Event()
+        args, kwargs = (self.core, name), {"left": left}
+        die = threading.Thread(target=instance_dies, args=args, kwargs=kwargs, daemon=True)
+        die.start()
+        self._dying.append((die, left))
+
+    def wait(self) -> None:
+        """Until the node lifecycle controller saw each NotReady and its Node was deleted."""
+        for die, _ in self._dying:
+            die.join(timeout=300)
+        self._dying.clear()
+
+    def leave(self) -> None:
+        """Stop waiting for the node lifecycle controller (a minute each):
+        ``realnodes.ensure_real_nodes`` removes a dead instance's Node itself."""
+        for die, left in self._dying:
+            left.set()
+            die.join(timeout=30)
+        self._dying.clear()
+
+
 def interrupt_real(core: client.CoreV1Api, name: str, signal: RealSignal) -> None:
     """Reclaim a real node; the replacement joins with ``realnodes.ensure_real_nodes``."""
     if signal not in REAL_SIGNALS:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -159,8 +158,7 @@ class Story:
         self.exits = PodExits(self.core, namespace)
         self.interruptions: list[Interruption] = []
         self.losses: list[tuple[int, int, float]] = []  # (attempt, step, loss) from logs
-        # Instances dying in the background, each with the event that stops waiting for it.
-        self._dying: list[tuple[threading.Thread, threading.Event]] = []
+        self.dying = real_interrupt.DyingInstances(self.core)
         self._resumed: dict[tuple[str, int], int] = {}
         self.partitioned: PartitionSeen | None = None
 
@@ -338,32 +336,15 @@ class Story:
         """NTH drains ``node`` on its spot interruption notice; the instance dies at the end
         of the notice while the story goes on (:meth:`replace_nodes` waits for it)."""
         real_interrupt.nth_drain(self.core, node)
-        left = threading.Event()
-        die = threading.Thread(
-            target=real_interrupt.instance_dies,
-            args=(self.core, node),
-            kwargs={"left": left},
-            daemon=True,
-        )
-        die.start()
-        self._dying.append((die, left))
-
-    def leave_dying_nodes(self) -> None:
-        """Stop waiting for the node lifecycle controller to see the instances that died (a
-        minute each): ``ensure_real_nodes`` removes a dead instance's Node itself."""
-        for die, left in self._dying:
-            left.set()
-            die.join(timeout=30)
-        self._dying.clear()
+        self.dying.start(node)
 
     def replace_nodes(self, wait_dying: bool = True) -> None:
         """The ASG replaces every dead node; with ``wait_dying``, once the node lifecycle
         controller has seen each dying instance NotReady and its Node was deleted."""
-        if not wait_dying:
-            self.leave_dying_nodes()
-        for die, _ in self._dying:
-            die.join(timeout=300)
-        self._dying.clear()
+        if wait_dying:
+            self.dying.wait()
+        else:
+            self.dying.leave()
         realnodes.ensure_real_nodes(self.core, self.real_nodes)
 
     def next_training(self, attempt: int, t0: float) -> float:

@@ -136,7 +136,7 @@ def test_next_gang_waits_for_ranks_still_saving(
         *real_story.TR[:2], namespace, real_story.TR[2], body
     )
     nth = story.interrupt(1, "nth", 20)
-    story.leave_dying_nodes()  # the next test's real_nodes replaces the drained instance
+    story.dying.leave()  # the next test's real_nodes replaces the drained instance
     story.exits.stop()
 
     assert story.exits.of("run", 1) == [143, 143], story.exits.describe("run", 1)
