@@ -55,19 +55,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def exit_now_if_teardown_blocked(code: int) -> None:
-    """End the process with ``code`` at once when the process group's teardown was left
-    blocked (distributed.shutdown): interpreter finalization could wait on it too."""
-    from spotrun_trainer import distributed
+def exit_code_now(code: int) -> None:
+    """End this process with ``code`` without interpreter finalization (process_exit.py:
+    seconds of CPU while the next gang waits for this pod), and without waiting for its
+    threads when the process group's teardown was left blocked (distributed.shutdown)."""
+    from spotrun_trainer.process_exit import exit_process
 
-    if distributed.TEARDOWN_BLOCKED.is_set():
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    # sys.modules: a launcher (nproc > 1) never imported torch, and need not now.
+    dist_module = sys.modules.get("spotrun_trainer.distributed")
+    blocked = dist_module is not None and dist_module.TEARDOWN_BLOCKED.is_set()
+    exit_process(code, orderly=not blocked)
 
 
 if __name__ == "__main__":
-    exit_code = main()
-    exit_now_if_teardown_blocked(exit_code)
-    sys.exit(exit_code)
+    exit_code_now(main())

@@ -47,10 +47,10 @@ def test_the_process_exits_with_its_code_past_a_blocked_thread() -> None:
         """
         import threading
         from spotrun_trainer import distributed
-        from spotrun_lm.__main__ import exit_now_if_teardown_blocked
+        from spotrun_lm.__main__ import exit_code_now
         threading.Thread(target=threading.Event().wait).start()
         distributed.TEARDOWN_BLOCKED.set()
-        exit_now_if_teardown_blocked(143)
+        exit_code_now(143)
         """
     )
     done = subprocess.run([sys.executable, "-c", script], timeout=120, capture_output=True)

@@ -1,0 +1,53 @@
+"""A trainer process ends without interpreter finalization (process_exit.py) but keeps what
+finalization does that code relies on: its exit code, its non-daemon threads' work, the
+atexit handlers (logging's among them) and whatever stdout still buffers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def _run(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], timeout=120, capture_output=True,
+        text=True,
+    )  # fmt: skip
+
+
+def test_threads_atexit_handlers_and_buffered_output_come_before_the_exit() -> None:
+    done = _run(
+        """
+        import atexit, logging, sys, threading, time
+        from spotrun_trainer.process_exit import exit_process
+        logging.basicConfig(stream=sys.stderr, format="%(message)s", level=logging.INFO)
+        atexit.register(lambda: print("atexit ran", flush=True))
+        def late():
+            time.sleep(0.5)
+            print("thread finished")
+        threading.Thread(target=late).start()
+        sys.stdout.write("buffered, no newline")
+        logging.getLogger("x").info("logged")
+        exit_process(143)
+        """
+    )
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert "thread finished" in done.stdout and "atexit ran" in done.stdout, done.stdout
+    assert done.stdout.startswith("buffered, no newline"), done.stdout
+    assert "logged" in done.stderr, done.stderr
+
+
+def test_not_orderly_leaves_a_blocked_thread_and_the_atexit_handlers_behind() -> None:
+    done = _run(
+        """
+        import atexit, threading
+        from spotrun_trainer.process_exit import exit_process
+        atexit.register(lambda: print("atexit ran", flush=True))
+        threading.Thread(target=threading.Event().wait).start()
+        print("before", flush=True)
+        exit_process(86, orderly=False)
+        """
+    )
+    assert done.returncode == 86, done.stderr[-2000:]
+    assert done.stdout == "before\n", done.stdout
