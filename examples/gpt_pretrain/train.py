@@ -32,6 +32,7 @@ from torch import nn
 from spotrun_api import contract
 from spotrun_trainer import launcher
 from spotrun_trainer.integrations.loop import SpotrunLoop  # spotrun
+from spotrun_trainer.process_exit import run_main  # spotrun
 from spotrun_trainer.sharded import ShardedModel, ShardedState  # spotrun
 from spotrun_trainer.state import seed_everything
 
@@ -243,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     P.close(d)
 
 
-if __name__ == "__main__":
+def main_recorded() -> None:
+    """``main``, its exit code left for the launcher's (torchrun's workers)."""
     code = 1
     try:
         main()
@@ -252,4 +254,8 @@ if __name__ == "__main__":
         code = e.code if isinstance(e.code, int) else int(e.code is not None)
         raise
     finally:
-        launcher.record_exit(code)  # for the launcher's exit code (torchrun's workers)
+        launcher.record_exit(code)
+
+
+if __name__ == "__main__":
+    run_main(main_recorded)  # spotrun: exit without interpreter finalization

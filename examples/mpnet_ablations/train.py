@@ -42,6 +42,7 @@ from sentence_transformers.sentence_transformer.training_args import (
 from transformers import MPNetConfig
 
 from spotrun_trainer.integrations.sentence_transformers import SpotrunCallback
+from spotrun_trainer.process_exit import run_main  # spotrun
 
 ABLATIONS = {"baseline": 0.0, "isotropy": 0.1, "frozen": 0.0}  # -> default isotropy weight
 
@@ -209,4 +210,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # spotrun: exit without interpreter finalization

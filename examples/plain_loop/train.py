@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from spotrun_trainer.integrations.loop import SpotrunLoop  # spotrun
+from spotrun_trainer.process_exit import run_main  # spotrun
 from spotrun_trainer.state import seed_everything
 
 VOCAB, BLOCK, BATCH = 64, 16, 8
@@ -99,4 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # spotrun: exit without interpreter finalization

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from spotrun_trainer.integrations.loop import SpotrunLoop  # spotrun
+from spotrun_trainer.process_exit import run_main  # spotrun
 from spotrun_trainer.state import seed_everything
 
 
@@ -159,4 +160,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # spotrun: exit without interpreter finalization

@@ -29,6 +29,7 @@ from torch import nn
 from towers import TwoTower
 
 from spotrun_trainer.integrations.loop import SpotrunLoop  # spotrun
+from spotrun_trainer.process_exit import run_main  # spotrun
 
 RESULTS_FILE = "cv_results.json"
 
@@ -134,4 +135,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # spotrun: exit without interpreter finalization

@@ -16,6 +16,10 @@ handlers (logging's flush and close, multiprocessing's reaping of its children, 
 skips the module teardown and the last garbage collections, so the ``__del__`` of an
 object still alive does not run: the trainer closes every file it writes before its entry
 point returns, and what is left only frees memory. This module imports nothing heavy.
+
+A script on the library ends the same way with ``run_main(main)`` as its last line: a
+``SystemExit`` out of ``main`` (``SpotrunLoop``'s 143 on a stop, 87 when fenced) has
+unwound the script's own ``finally`` blocks and ``with`` statements by then.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import NoReturn
 
 
@@ -50,3 +55,26 @@ def exit_process(code: int, *, orderly: bool = True) -> NoReturn:
             with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing to save
                 stream.flush()
         os._exit(code)
+
+
+def run_main(main: Callable[[], object]) -> NoReturn:
+    """Run a script's ``main`` and end the process as it ended (0 when it returned, the
+    code of its ``SystemExit`` otherwise) through :func:`exit_process`. Any other exception
+    propagates: a traceback and exit 1, as Python ends an uncaught error."""
+    try:
+        main()
+        code = 0
+    except SystemExit as stop:
+        code = _exit_code(stop.code)
+    exit_process(code)
+
+
+def _exit_code(value: object) -> int:
+    """The status ``sys.exit(value)`` gives: None is 0, an int itself, anything else is
+    printed to stderr and is 1."""
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value
+    print(value, file=sys.stderr)
+    return 1

@@ -51,3 +51,33 @@ def test_not_orderly_leaves_a_blocked_thread_and_the_atexit_handlers_behind() ->
     )
     assert done.returncode == 86, done.stderr[-2000:]
     assert done.stdout == "before\n", done.stdout
+
+
+def test_run_main_ends_as_main_ended() -> None:
+    """0 when main returns; a SystemExit's code after the script's own finally blocks ran;
+    a message for a string code, as sys.exit prints it, and 1."""
+    script = """
+        import sys
+        from spotrun_trainer.process_exit import run_main
+        def main():
+            try:
+                if sys.argv[1] == "stop":
+                    raise SystemExit(143)
+                if sys.argv[1] == "message":
+                    sys.exit("bad config")
+            finally:
+                print("finally ran", flush=True)
+        run_main(main)
+        """
+    runs = {
+        arg: subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(script), arg],
+            timeout=120,
+            capture_output=True,
+            text=True,
+        )  # fmt: skip
+        for arg in ("return", "stop", "message")
+    }
+    assert {a: r.returncode for a, r in runs.items()} == {"return": 0, "stop": 143, "message": 1}
+    assert all(r.stdout == "finally ran\n" for r in runs.values()), runs
+    assert runs["message"].stderr == "bad config\n", runs["message"].stderr
