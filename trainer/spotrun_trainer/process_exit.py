@@ -9,9 +9,9 @@ the local cluster (``python -m spotrun_lm``, one process, SIGTERM after 40 steps
 SIGTERM to exit 2.2 s with finalization, 0.26 s without it, the checkpoint committed 0.1 s
 after the signal in both.
 
-:func:`exit_process` keeps what finalization does that anyone can rely on: it waits for
-the process's non-daemon threads (as ``threading._shutdown`` does), runs the ``atexit``
-handlers (logging's flush and close, multiprocessing's reaping of its children, every
+:func:`exit_process` keeps what finalization does that anyone can rely on: it ends the
+process's non-daemon threads as finalization does (``threading._shutdown``), runs the
+``atexit`` handlers (logging's flush and close, multiprocessing's reaping of its children, every
 ``weakref.finalize``) and flushes stdout and stderr, then ends with ``os._exit``. It
 skips the module teardown and the last garbage collections, so the ``__del__`` of an
 object still alive does not run: the trainer closes every file it writes before its entry
@@ -41,12 +41,11 @@ def exit_process(code: int, *, orderly: bool = True) -> NoReturn:
     only logging's flush."""
     try:
         if orderly:
-            current = threading.current_thread()
-            for thread in threading.enumerate():
-                if thread is not current and not thread.daemon:
-                    thread.join()
-            # The handlers finalization would run, in its order (last registered first);
-            # one that raises is printed and the next still runs, as at a normal exit.
+            # What finalization runs first, in its order: threading's own exit hooks (an
+            # idle ThreadPoolExecutor's workers are told to end there, or joining them
+            # would wait forever), then every non-daemon thread joined; then the atexit
+            # handlers, last registered first (one that raises is printed, the next runs).
+            threading._shutdown()  # type: ignore[attr-defined]
             atexit._run_exitfuncs()
         else:
             logging.shutdown()
