@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from spotrun_lm.config import ConfigError, load_config
 
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def exit_code_now(code: int) -> None:
+def exit_code_now(code: int) -> NoReturn:
     """End this process with ``code`` without interpreter finalization (process_exit.py:
     seconds of CPU while the next gang waits for this pod), and without waiting for its
     threads when the process group's teardown was left blocked (distributed.shutdown)."""
