@@ -27,13 +27,15 @@ Per case: signal -> the first training step of the next gang, its phases
 (``real_recovery_watch``) and the steps lost (the master's own log lines). Writes
 bench/results/real_recovery.json (medians over ``--reps``) and prints the table, then the
 expected goodput of an 8-node gang (``real_recovery_goodput``). Not a test: it needs the
-cluster (``make cluster-up``) and about 40 minutes for every case once.
+cluster (``make cluster-up``) and about 40 minutes for every case once; it uninstalls its
+operator when it ends (left running, it would act on the cluster's later runs beside theirs).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import platform
 import sys
@@ -160,17 +162,18 @@ def main() -> int:
     with local.api_client() as api:
         runner = CaseRunner(api, settings, args.timeout)
         runner.setup()
-        for rep in range(args.reps):
-            for sig in signals:
-                for variant in variants:
-                    print(f"[{rep + 1}/{args.reps}] {sig} / {variant} ...", flush=True)
-                    b, lost = runner.run(sig, variant)
-                    r = Result(sig, variant, b.total(), lost, b.phases(), b.notes,
-                               b.trainer_phases, b.grow_back)  # fmt: skip
-                    print(f"    {r.seconds}s, lost {lost}, {r.phases} {r.grow_back} {r.notes}",
-                          flush=True)  # fmt: skip
-                    results.append(r)
-                    data = write(results, settings, Path(args.out))  # each case: kept
+        try:
+            for rep, sig, variant in itertools.product(range(args.reps), signals, variants):
+                print(f"[{rep + 1}/{args.reps}] {sig} / {variant} ...", flush=True)
+                b, lost = runner.run(sig, variant)
+                r = Result(sig, variant, b.total(), lost, b.phases(), b.notes,
+                           b.trainer_phases, b.grow_back)  # fmt: skip
+                print(f"    {r.seconds}s, lost {lost}, {r.phases} {r.grow_back} {r.notes}",
+                      flush=True)  # fmt: skip
+                results.append(r)
+                data = write(results, settings, Path(args.out))  # each case: kept
+        finally:
+            runner.teardown()
     print_table(data)
     goodput.print_table(data["goodput"])
     print(f"wrote {args.out}")

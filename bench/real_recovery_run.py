@@ -56,6 +56,7 @@ class CaseRunner:
         self.custom = client.CustomObjectsApi(api)
         self.api, self.settings, self.timeout = api, settings, timeout
         self.image = ""
+        self.release: chart_install.Release | None = None
 
     def setup(self) -> None:
         built = realnodes.built_images()
@@ -64,7 +65,14 @@ class CaseRunner:
         cluster.fresh_namespace(self.core, NAMESPACE)
         storage.ensure_checkpoint_claim(self.core, NAMESPACE, "ckpt")
         cluster_apply.apply_manifests(self.api, [yaml.safe_load(CRD.read_text())])
-        chart_install.install_operator(self.core, NAMESPACE, built["operator"].ref)
+        self.release = chart_install.install_operator(self.core, NAMESPACE, built["operator"].ref)
+
+    def teardown(self) -> None:
+        """Uninstall the bench's operator: left running, it would act on every later run
+        of the cluster (the e2e tests' too) beside theirs."""
+        if self.release is not None:
+            chart_install.uninstall(self.release)
+            self.release = None
 
     # --- one case -----------------------------------------------------------------------
     def run(self, signal: str, variant: str) -> tuple[w.Boundaries, int | None]:
