@@ -73,14 +73,17 @@ def test_survivor_of_a_sigkilled_peer_exits_peer_lost_naming_it(
             contract.ENV_PEER_TIMEOUT_SECONDS: peer_timeout,
             contract.ENV_TERMINATION_MESSAGE_PATH: str(messages[r]),
         }
-        if paused:
+        if paused or r == victim:
             env[ENV_PAUSE_AT_STEP] = str(PAUSE_STEP)
         ranks.append(launch(_rank_cmd(tmp_path / "ckpt"), f"rank{r}", env))
     alive = 1 - victim
-    # In a collective: the victim is past a step, so both train; between steps: both hold.
-    ranks[victim].wait_event("paused" if paused else "step", victim, PAUSE_STEP)
-    if paused:
-        ranks[alive].wait_event("paused", alive, PAUSE_STEP)
+    # Between steps both ranks hold. In a collective only the victim holds, after its step,
+    # so the survivor can go no further than that step boundary's agreement (a gloo
+    # all_reduce) and waits in it when the victim dies. Without the victim's hold the kill
+    # could find the survivor at a store rendezvous (PeerMonitor.arrive, before a barrier
+    # or broadcast), which only the heartbeat's silence limit ends: 600 s here.
+    ranks[victim].wait_event("paused", victim, PAUSE_STEP)
+    ranks[alive].wait_event("paused" if paused else "step", alive, PAUSE_STEP)
     ranks[victim].proc.send_signal(signal.SIGKILL)
     assert ranks[victim].wait(EXIT_DEADLINE) == -signal.SIGKILL
 
