@@ -19,7 +19,7 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_threads_atexit_handlers_and_buffered_output_come_before_the_exit() -> None:
     done = _run(
         """
-        import atexit, logging, sys, threading, time
+        import atexit, logging, sys, threading
         from concurrent.futures import ThreadPoolExecutor
         from spotrun_trainer.process_exit import exit_process
         # An idle executor's worker (non-daemon) ends only through threading's exit hook.
@@ -28,7 +28,9 @@ def test_threads_atexit_handlers_and_buffered_output_come_before_the_exit() -> N
         logging.basicConfig(stream=sys.stderr, format="%(message)s", level=logging.INFO)
         atexit.register(lambda: print("atexit ran", flush=True))
         def late():
-            time.sleep(0.5)
+            # Still running when the exit begins: it ends once the main thread has stopped,
+            # which threading's shutdown marks before it joins the others.
+            threading.main_thread().join(timeout=60)
             print("thread finished")
         threading.Thread(target=late).start()
         sys.stdout.write("buffered, no newline")
