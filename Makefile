@@ -115,11 +115,11 @@ test-e2e: tools prometheus cluster-up
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
 # The cluster (with its real nodes and images) comes up before pytest, so no test's timeout
-# pays for a first build; the e2e fixtures reuse it. One session: the kwok e2e tests beside
-# the CPU-bound trainer tests were measured 2-3x slower each on 2 cores (stop 45), no gain.
-# The slowest tests are listed at the end.
+# pays for a first build; the e2e fixtures reuse it. hack/test-lanes.sh runs the unit and
+# trainer-process tests beside the real-node tests (which leave cores idle), then the kwok
+# e2e tests alone; each part lists its slowest tests.
 test: lint tools prometheus cluster-up
-	$(BIN)/pytest tests --durations=40 $(PYTEST_ARGS)
+	bash hack/test-lanes.sh $(PYTEST_ARGS)
 
 bench: venv
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done

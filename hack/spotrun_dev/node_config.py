@@ -296,7 +296,7 @@ def kubeconfig(server: str, ca_file: Path, cert: Path, key: Path, user: str) -> 
 
 def registry_config(storage: Path, addr: str = REGISTRY_HOST) -> dict[str, Any]:
     """The distribution registry's configuration: plain HTTP on the gateway, blobs under
-    ``storage`` (the harness's .cache), deletes allowed (a test may clean up)."""
+    ``storage``, deletes allowed (a test may clean up; garbage collection)."""
     return {
         "version": 0.1,
         "log": {"level": "info", "formatter": "text"},

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -85,11 +86,18 @@ def registry_ready(host: str = REGISTRY_HOST) -> bool:
         return bool(r.status == 200)
 
 
+# Repositories the release e2e test makes, one namespace per run (test_real_release.py).
+THROWAWAY_REPOSITORIES = "e2e-*"
+
+
 def start_registry(state_dir: Path, storage: Path) -> int:
-    """The distribution registry on the gateway, its blobs under ``storage``."""
+    """The distribution registry on the gateway, its blobs under ``storage`` (kept between
+    clusters and clones, so a clean clone pushes only what changed), garbage-collected
+    before it serves."""
     storage.mkdir(parents=True, exist_ok=True)
     cfg = state_dir / "registry.yaml"
     cfg.write_text(yaml.safe_dump(registry_config(storage)))
+    collect_garbage(cfg, storage, state_dir / "registry-gc.log")
     # No telemetry exporter: nothing here to send traces to (and nothing leaves).
     env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
     pid = _spawn(
@@ -99,6 +107,21 @@ def start_registry(state_dir: Path, storage: Path) -> int:
     if not alive(pid):  # another process answered on the address: not ours to record
         raise ClusterError(f"the registry exited; see {state_dir / 'registry.log'}")
     return pid
+
+
+def collect_garbage(cfg: Path, storage: Path, log_file: Path) -> None:
+    """Drop the release tests' throwaway repositories, then every blob no tag names (the
+    superseded trainer image's ~6 GB among them): ``registry garbage-collect`` runs while
+    no registry serves the folder, as distribution's docs require."""
+    repos = storage / "docker" / "registry" / "v2" / "repositories"
+    for repo in repos.glob(THROWAWAY_REPOSITORIES):
+        shutil.rmtree(repo)
+    if not repos.is_dir():
+        return  # nothing was ever pushed
+    argv = [str(paths.binary("registry")), "garbage-collect", "--delete-untagged", str(cfg)]
+    with log_file.open("w") as log:
+        if subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, check=False).returncode:
+            raise ClusterError(f"the registry's garbage collection failed; see {log_file}")
 
 
 def stop(pid: int | None) -> None:

@@ -57,7 +57,10 @@ REAL_PREFIX = "real-"  # every real node's name starts with this
 ZONES = ("us-east-1a", "us-east-1b", "us-east-1c")
 REGION = "us-east-1"
 PKI_DIR = paths.KWOK_WORKDIR / "clusters" / "spotrun" / "pki"
-REGISTRY_STORAGE = paths.CACHE_DIR / "registry"  # the local registry's blobs (kept by down)
+# The local registry's blobs: machine-wide beside the image archives, so a clean clone's
+# cluster finds the trainer image's 6 GB already pushed (node_services.collect_garbage
+# bounds it).
+REGISTRY_STORAGE = images.cache_dir() / "registry"
 
 
 SYSTEM_NODES = 1  # one on-demand node for the operator's pod
