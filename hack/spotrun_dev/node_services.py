@@ -110,11 +110,14 @@ def start_registry(state_dir: Path, storage: Path) -> int:
 
 
 def collect_garbage(cfg: Path, storage: Path, log_file: Path) -> None:
-    """Drop the release tests' throwaway repositories, then every blob no tag names (the
-    superseded trainer image's ~6 GB among them): ``registry garbage-collect`` runs while
-    no registry serves the folder, as distribution's docs require."""
+    """Drop the release tests' throwaway repositories but the newest, then every blob no
+    tag names (the superseded trainer image's ~6 GB among them): ``registry
+    garbage-collect`` runs while no registry serves the folder, as distribution's docs
+    require. The newest release stays, as a real registry holds the last one: the next
+    release's push mounts its gzip-compressed layers instead of compressing GBs again."""
     repos = storage / "docker" / "registry" / "v2" / "repositories"
-    for repo in repos.glob(THROWAWAY_REPOSITORIES):
+    throwaway = sorted(repos.glob(THROWAWAY_REPOSITORIES), key=lambda p: p.stat().st_mtime)
+    for repo in throwaway[:-1]:
         shutil.rmtree(repo)
     if not repos.is_dir():
         return  # nothing was ever pushed
