@@ -90,20 +90,20 @@ def registry_ready(host: str = REGISTRY_HOST) -> bool:
 THROWAWAY_REPOSITORIES = "e2e-*"
 
 
-def start_registry(state_dir: Path, storage: Path) -> int:
-    """The distribution registry on the gateway, its blobs under ``storage`` (kept between
-    clusters and clones, so a clean clone pushes only what changed), garbage-collected
-    before it serves."""
+def start_registry(state_dir: Path, storage: Path, addr: str = REGISTRY_HOST) -> int:
+    """The distribution registry on ``addr`` (the gateway), its blobs under ``storage``
+    (kept between clusters and clones, so a clean clone pushes only what changed),
+    garbage-collected before it serves."""
     storage.mkdir(parents=True, exist_ok=True)
     cfg = state_dir / "registry.yaml"
-    cfg.write_text(yaml.safe_dump(registry_config(storage)))
+    cfg.write_text(yaml.safe_dump(registry_config(storage, addr)))
     collect_garbage(cfg, storage, state_dir / "registry-gc.log")
     # No telemetry exporter: nothing here to send traces to (and nothing leaves).
     env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
     pid = _spawn(
         [str(paths.binary("registry")), "serve", str(cfg)], state_dir / "registry.log", env
     )
-    wait_for(f"the registry on {REGISTRY_HOST}", registry_ready, timeout=30)
+    wait_for(f"the registry on {addr}", lambda: registry_ready(addr), timeout=30)
     if not alive(pid):  # another process answered on the address: not ours to record
         raise ClusterError(f"the registry exited; see {state_dir / 'registry.log'}")
     return pid
