@@ -13,10 +13,11 @@ travels inside spotrun's checkpoints.
 - ``on_save`` writes the state as ``eval_state.json`` into the Trainer's ``checkpoint-N``
   before spotrun's callback (listed after this one) commits that folder; a resumed run
   reads it back from the checkpoint it resumes from (:meth:`BestCheckpoint.restore`).
-- An older best is deleted only once no committed checkpoint can name it: at a save, the
-  bests kept are the state's and the one named by the previous (already committed)
-  checkpoint; on resume, only the resumed state's best is kept (a best written after that
-  checkpoint belongs to steps that are trained again).
+- An older best is deleted only once no committed checkpoint can name it: after spotrun's
+  callback commits a checkpoint (:meth:`BestCheckpoint.committed`, its ``after_commit``
+  hook), only the best that checkpoint names is kept; on resume, only the resumed state's
+  best is kept (a best written after that checkpoint belongs to steps that are trained
+  again). A stop right after a better evaluation thus leaves exactly one best.
 - After ``patience`` evaluations without improvement (more than ``min_delta``) training
   stops; the stop is in the state, so a run resumed after it does not train again.
 """
@@ -78,14 +79,12 @@ class BestCheckpoint(TrainerCallback):
         self.patience, self.min_delta, self.metric = patience, min_delta, metric
         self.meta = dict(meta or {})
         self.state = EvalState()
-        self._durable_best: int | None = None  # the best named by the newest committed save
 
     def restore(self, resumed: str | None) -> EvalState:
         """Take the state saved in the checkpoint ``resumed`` (none: a fresh one) and drop
         every best folder but the one it names."""
         if resumed is not None:
             self.state = EvalState.read(Path(resumed))
-        self._durable_best = self.state.best_step
         commit.prepare(self.best_dir)
         self._prune({self.state.best_step})
         if self.state.best_step is not None and self.best_path() is None:
@@ -137,15 +136,11 @@ class BestCheckpoint(TrainerCallback):
             return
         folder = Path(str(args.output_dir)) / f"{HF_CHECKPOINT_PREFIX}{state.global_step}"
         (folder / STATE_FILE).write_text(json.dumps(asdict(self.state)))
-        # The previous save is committed by now: its best, and this one's, must survive.
-        self._prune({self._durable_best, self.state.best_step})
-        self._durable_best = self.state.best_step
 
-    def on_train_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
-    ) -> None:
-        if state.is_world_process_zero:  # the final save is committed: one best is left
-            self._prune({self.state.best_step})
+    def committed(self, step: int) -> None:
+        """Rank 0, after checkpoint ``step`` (holding this state) is committed: it names
+        one best, and no older best can be resumed into any more."""
+        self._prune({self.state.best_step})
 
     def _commit_best(self, model: Any, step: int, value: float) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)

@@ -181,7 +181,8 @@ def main() -> None:
     meta: dict[str, Any] = {"ablation": a.ablation, "isotropy_weight": a.isotropy_weight}
     best = BestCheckpoint(a.checkpoint_dir, a.output_dir, patience=a.early_stop_patience,
                           min_delta=a.min_delta, meta=meta)  # fmt: skip
-    spot = SpotrunCallback(a.checkpoint_dir)  # SIGTERM -> save, commit, exit 143; progress
+    # SIGTERM -> save, commit, exit 143; progress. Older bests go once a save is committed.
+    spot = SpotrunCallback(a.checkpoint_dir, after_commit=[best.committed])
     # The scheduler slot is None: the Trainer builds its warm-up/decay schedule around the
     # optimizer (the stub's annotation wants both). ``best`` precedes ``spot``: its file
     # lands in checkpoint-N before spot's on_save commits the folder.

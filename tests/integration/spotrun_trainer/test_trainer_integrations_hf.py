@@ -179,11 +179,18 @@ def test_callback_reports_progress_and_stops_on_a_real_sigterm(tmp_path: Path) -
     before = signal.getsignal(signal.SIGTERM)
     patches: list[dict[str, Any]] = []
     reporter = ProgressReporter(patches.append, min_interval=0, attempt=2, background=False)
-    spot = SpotrunCallback(tmp_path / "ck", reporter=reporter, env={})
+    seen: list[tuple[int, list[int]]] = []  # after_commit: the step, what was committed
+
+    def after_commit(step: int) -> None:
+        seen.append((step, committed(tmp_path / "ck")))
+
+    spot = SpotrunCallback(tmp_path / "ck", reporter=reporter, env={},
+                           after_commit=[after_commit])  # fmt: skip
     trainer, _ = tiny_hf_trainer(tmp_path, 8, [SigtermAt(), spot])
     with pytest.raises(SystemExit) as stopped:
         trainer.train(resume_from_checkpoint=spot.resume_path())
     assert stopped.value.code == 143
+    assert seen == [(3, [3])]  # after the commit, before the stop's exit
     assert signal.getsignal(signal.SIGTERM) == before  # the guard put the handler back
     assert committed(tmp_path / "ck") == [3]
     progress = [p["status"]["progress"] for p in patches]

@@ -15,8 +15,9 @@ What it does:
 - Every save the Trainer makes (``checkpoint-N`` under ``args.output_dir``, its own format:
   weights, optimizer, scheduler, RNG of every rank, ``trainer_state.json``) is committed
   into spotrun's layout by :func:`spotrun_trainer.commit.commit_folder` in ``on_save``:
-  ``step-N`` with the ``COMMITTED`` manifest. After the save a stop exits the process with 143
-  (``contract.EXIT_STOPPED``).
+  ``step-N`` with the ``COMMITTED`` manifest. Then rank 0 calls each ``after_commit(step)``
+  (files that only older checkpoints named can go now). After the save a stop exits the
+  process with 143 (``contract.EXIT_STOPPED``).
 - :meth:`SpotrunCallback.resume_path` is the newest committed, checksum-verified folder:
   the Trainer restores model, optimizer, scheduler, RNG, step and data position from it.
   A folder without the marker is never resumed from.
@@ -39,7 +40,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ class SpotrunCallback(TrainerCallback):
         spot_notice_endpoint: str = "http://169.254.169.254",
         spot_notice_interval_seconds: float = 5.0,
         exit_on_stop: bool = True,
+        after_commit: Sequence[Callable[[int], None]] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.env = dict(os.environ if env is None else env)
@@ -93,6 +95,7 @@ class SpotrunCallback(TrainerCallback):
         self.reporter = reporter
         self._given_reporter = reporter  # None: the core builds one from the env on rank 0
         self.exit_on_stop = exit_on_stop
+        self.after_commit = tuple(after_commit)  # rank 0, once step-N is committed
         self.guard = StopGuard()
         self.stopping = False
         self.resumed_from: Path | None = None
@@ -198,6 +201,8 @@ class SpotrunCallback(TrainerCallback):
                                      meta=meta, epoch=self.epoch)  # fmt: skip
         commit.prune(self.directory, self.cfg.checkpoint.keep, epoch=self.epoch)
         log.info("checkpoint step %d committed at %s", step, final)
+        for hook in self.after_commit:
+            hook(step)
         self._report_checkpoint(final)
         core.hooks.announce("committed", step)
 
