@@ -65,16 +65,29 @@ def test_fleet_looks_like_eks_spot_p4d(core: client.CoreV1Api, fleet: None) -> N
 def test_a_node_registered_again_runs_pods_at_once(
     core: client.CoreV1Api, namespace: str, fleet: None
 ) -> None:
-    """ensure_fleet replaces a drifted node by deleting and creating it under the same
-    name; kwok must play the next pod scheduled there within seconds. Created again while
-    the old node's Lease was still there, one node in eight ran nothing for 160-210 s
-    (fleet_state._lease_released says why)."""
+    """ensure_fleet puts a drained node (cordoned, tainted, labelled) back in place and
+    creates a lost one again under the same name; kwok must play the next pod scheduled
+    on either within seconds. Created again while the old node's Lease was still there,
+    one node in eight ran nothing for 160-210 s (fleet_state._lease_released says why)."""
     spot = [n for n in fleet_spec_from_env().node_names() if n.startswith(fleet_mod.SPOT_PREFIX)]
-    for name in spot:
-        core.patch_node(name, {"spec": {"unschedulable": True}})  # drifted: replaced
+    for i, name in enumerate(spot):
         old_uid = core.read_node(name).metadata.uid
+        lost = i % 2 == 1
+        if lost:
+            core.delete_node(name, grace_period_seconds=0)
+        else:  # what an NTH drain leaves: cordon, its taint and its label
+            taint = {"key": "aws-node-termination-handler/spot-itn", "effect": "NoSchedule"}
+            core.patch_node(name, {"spec": {"unschedulable": True}, "metadata": {
+                "labels": {"aws-node-termination-handler/spot-itn": "true"}}})  # fmt: skip
+            node = core.read_node(name)
+            core.patch_node(name, {"spec": {"taints": [*node.spec.taints, taint]}})
         ensure_fleet(core)
-        assert core.read_node(name).metadata.uid != old_uid
+        node = core.read_node(name)
+        assert (node.metadata.uid != old_uid) == lost, name
+        assert not node.spec.unschedulable and [t.key for t in node.spec.taints] == [
+            fleet_mod.GPU_RESOURCE
+        ]
+        assert "aws-node-termination-handler/spot-itn" not in node.metadata.labels
         pod = client.V1Pod(
             metadata=client.V1ObjectMeta(name=f"on-{name}", namespace=namespace),
             spec=client.V1PodSpec(
