@@ -184,8 +184,11 @@ def exactly_spot_nodes(core: client.CoreV1Api, wanted: int) -> list[RealNode]:
     return ensure_real_nodes(core, wanted)
 
 
+@functools.cache
 def built_images() -> dict[str, images.ImageArchive]:
-    """The images, built or found once per process (a check costs ~10 s)."""
+    """The images, built or found once per process: a check costs ~10 s, and every
+    real-node test (``ensure_real_nodes``) and every node a provisioner adds asked again.
+    Callers must not change the result."""
     return images.ensure_images()
 
 
