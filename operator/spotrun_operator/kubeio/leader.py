@@ -286,11 +286,14 @@ class Elector:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        log.info("leader election: stopping; reconciles in flight finish first")
         try:
             await asyncio.wait_for(loop.run_in_executor(None, drain), timeout=timeout)
         except TimeoutError:
             log.warning("leader election: reconciles still running; not releasing the lease")
             return
+        log.info("leader election: reconciles done in %.1fs", time.monotonic() - started)
         try:
             await asyncio.wait_for(
                 loop.run_in_executor(self._thread, self.release, timeout), timeout=timeout
