@@ -18,6 +18,7 @@ import logging
 import re
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -145,7 +146,8 @@ class ExampleStory:
 
     def interrupt(self) -> None:
         """``plan.signal`` on the node of the first run's attempt 1, once every run is at
-        ``plan.at_step``; returns when every run trains in attempt 2."""
+        ``plan.at_step``; returns when every run trains in attempt 2 and a lost instance
+        has been replaced."""
         for name in self.results:
             self.story.wait_training(name, 1, self.plan.at_step)
         first = next(iter(self.results))
@@ -157,20 +159,28 @@ class ExampleStory:
         logs = {n: LogFollower(self.story.core, self.namespace, self._master(n, 1)) for n in hit}
         log.info("%s on %s (runs %s)", self.plan.signal, node, hit)
         t0 = time.monotonic()
-        if self.plan.signal == "nth":
-            self.story.nth_notice(node)
-        else:
-            real_interrupt.interrupt_real(self.story.core, node, self.plan.signal)
-            self.story.replace_nodes()
-        for name in hit:
-            res = self.results[name]
-            res.node, res.last_step = node, int(before[name].get("step", 0))
-            if self.plan.signal != "loss":  # a graceful stop: the step its save committed
-                stopped = STOPPED.findall(logs[name].text(timeout=120))
-                res.last_step = int(stopped[-1]) if stopped else -1
-            self.story.wait_training(name, 2, 0)
-            res.seconds_to_training = round(time.monotonic() - t0, 1)
-            res.resumed_from = self._resumed_from(name, 2)
+        with ThreadPoolExecutor(max_workers=1) as asg:
+            replaced: Future[None] | None = None
+            if self.plan.signal == "nth":
+                self.story.nth_notice(node)
+            else:
+                real_interrupt.interrupt_real(self.story.core, node, self.plan.signal)
+                # The ASG replaces the instance on its own clock, beside the recovery: a
+                # spot node is free for the next attempt. Waited for here first, the node
+                # lifecycle controller's grace for a lost node (60 s) was in the time to
+                # training the table showed.
+                replaced = asg.submit(self.story.replace_nodes)
+            for name in hit:
+                res = self.results[name]
+                res.node, res.last_step = node, int(before[name].get("step", 0))
+                if self.plan.signal != "loss":  # a graceful stop: the step its save committed
+                    stopped = STOPPED.findall(logs[name].text(timeout=120))
+                    res.last_step = int(stopped[-1]) if stopped else -1
+                self.story.wait_training(name, 2, 0)
+                res.seconds_to_training = round(time.monotonic() - t0, 1)
+                res.resumed_from = self._resumed_from(name, 2)
+            if replaced is not None:
+                replaced.result()
 
     def _master(self, run: str, attempt: int) -> str:
         for p in self.story.pods(run, attempt):
