@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 
 class LogFollower:
@@ -19,9 +20,12 @@ class LogFollower:
         self.thread.start()
 
     def _follow(self) -> None:
-        stream: Any = self.core.read_namespaced_pod_log(
-            self.pod, self.namespace, follow=True, _preload_content=False
-        )
+        try:
+            stream: Any = self.core.read_namespaced_pod_log(
+                self.pod, self.namespace, follow=True, _preload_content=False
+            )
+        except ApiException:  # gone before the log was opened (a lost node's pod): no text
+            return
         try:
             for raw in stream.stream():
                 self.lines.append(raw.decode(errors="replace"))
