@@ -18,7 +18,6 @@ import logging
 import re
 import shutil
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -159,28 +158,27 @@ class ExampleStory:
         logs = {n: LogFollower(self.story.core, self.namespace, self._master(n, 1)) for n in hit}
         log.info("%s on %s (runs %s)", self.plan.signal, node, hit)
         t0 = time.monotonic()
-        with ThreadPoolExecutor(max_workers=1) as asg:
-            replaced: Future[None] | None = None
-            if self.plan.signal == "nth":
-                self.story.nth_notice(node)
-            else:
-                real_interrupt.interrupt_real(self.story.core, node, self.plan.signal)
-                # The ASG replaces the instance on its own clock, beside the recovery: a
-                # spot node is free for the next attempt. Waited for here first, the node
-                # lifecycle controller's grace for a lost node (60 s) was in the time to
-                # training the table showed.
-                replaced = asg.submit(self.story.replace_nodes)
-            for name in hit:
-                res = self.results[name]
-                res.node, res.last_step = node, int(before[name].get("step", 0))
-                if self.plan.signal != "loss":  # a graceful stop: the step its save committed
-                    stopped = STOPPED.findall(logs[name].text(timeout=120))
-                    res.last_step = int(stopped[-1]) if stopped else -1
-                self.story.wait_training(name, 2, 0)
-                res.seconds_to_training = round(time.monotonic() - t0, 1)
-                res.resumed_from = self._resumed_from(name, 2)
-            if replaced is not None:
-                replaced.result()
+        if self.plan.signal == "nth":
+            self.story.nth_notice(node)
+        elif self.plan.signal == "shutdown":  # the kubelet's graceful shutdown, then death
+            realnodes.power_off(node)
+            real_interrupt.instance_dies(self.story.core, node)
+        else:
+            # A lost instance dies in the background, as on EC2, while the recovery goes on
+            # (a spot node is free for the next attempt). Waited for here first, the node
+            # lifecycle controller's grace for it (60 s) was in the time to training.
+            self.story.dying.start(node)
+        for name in hit:
+            res = self.results[name]
+            res.node, res.last_step = node, int(before[name].get("step", 0))
+            if self.plan.signal != "loss":  # a graceful stop: the step its save committed
+                stopped = logs[name].search(STOPPED, timeout=120)
+                res.last_step = int(stopped[-1]) if stopped else -1
+            self.story.wait_training(name, 2, 0)
+            res.seconds_to_training = round(time.monotonic() - t0, 1)
+            res.resumed_from = self._resumed_from(name, 2)
+        if self.plan.signal != "nth":
+            self.story.replace_nodes()  # the ASG's replacement, once the instance is gone
 
     def _master(self, run: str, attempt: int) -> str:
         for p in self.story.pods(run, attempt):

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import re
 import threading
+import time
 from typing import Any
 
 from kubernetes import client
@@ -11,7 +13,7 @@ from kubernetes.client.rest import ApiException
 
 
 class LogFollower:
-    """``kubectl logs -f`` of one pod in a daemon thread; :meth:`text` once it ended."""
+    """``kubectl logs -f`` of one pod in a daemon thread; :meth:`search` reads it."""
 
     def __init__(self, core: client.CoreV1Api, namespace: str, pod: str) -> None:
         self.core, self.namespace, self.pod = core, namespace, pod
@@ -34,7 +36,13 @@ class LogFollower:
         finally:
             stream.release_conn()
 
-    def text(self, timeout: float) -> str:
-        """Everything the container printed, waiting ``timeout`` at most for it to end."""
-        self.thread.join(timeout)
-        return "".join(self.lines)
+    def search(self, pattern: re.Pattern[str], timeout: float) -> list[str]:
+        """Every match of ``pattern`` in what came so far, as soon as there is one or the
+        log ended (``timeout`` at most). A powered-off node's log stream may end only at
+        the timeout: the line sought came long before."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = pattern.findall("".join(self.lines))
+            if found or not self.thread.is_alive() or time.monotonic() > deadline:
+                return found
+            self.thread.join(0.2)
