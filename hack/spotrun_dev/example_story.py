@@ -161,8 +161,7 @@ class ExampleStory:
         if self.plan.signal == "nth":
             self.story.nth_notice(node)
         elif self.plan.signal == "shutdown":  # the kubelet's graceful shutdown, then death
-            realnodes.power_off(node)
-            real_interrupt.instance_dies(self.story.core, node)
+            real_interrupt.interrupt_real(self.story.core, node, self.plan.signal)
         else:
             # A lost instance dies in the background, as on EC2, while the recovery goes on
             # (a spot node is free for the next attempt). Waited for here first, the node

@@ -44,7 +44,7 @@ def ensure_fleet(core: client.CoreV1Api, spec: fleet.FleetSpec | None = None) ->
             _delete_node(core, name)
         elif not _drifted(node, wanted[name]):
             continue
-        elif not _repair(core, name, wanted[name]):
+        elif not _repair(core, node, wanted[name]):
             _delete_node(core, name)
             recreate.append(name)
     for name in recreate:
@@ -84,12 +84,13 @@ def _repairable(node: Any, wanted: dict[str, Any]) -> bool:
     return capacity == registered["capacity"] and allocatable == registered["allocatable"]
 
 
-def _repair(core: client.CoreV1Api, name: str, wanted: dict[str, Any]) -> bool:
+def _repair(core: client.CoreV1Api, listed: Any, wanted: dict[str, Any]) -> bool:
     """Labels, annotations, taints and schedulability as registered (False: the node is
     gone or no longer :func:`_repairable`; it is replaced instead). A write that lost a
-    race (the node lifecycle controller tainting a cordoned node) is made again."""
+    race (the node lifecycle controller tainting a cordoned node) is made again on the
+    node read anew."""
+    name, node = listed.metadata.name, listed
     for _ in range(REPAIR_ATTEMPTS):
-        node = _found(core.read_node, name)
         if node is None or not _repairable(node, wanted):
             return False
         node.metadata.labels = dict(wanted["metadata"]["labels"])
@@ -100,6 +101,7 @@ def _repair(core: client.CoreV1Api, name: str, wanted: dict[str, Any]) -> bool:
             core.replace_node(name, node)  # with the read resourceVersion
         except ApiException as exc:
             if exc.status == 409:
+                node = _found(core.read_node, name)
                 continue
             if exc.status == 404:
                 return False

@@ -23,9 +23,10 @@ from spotrun_dev.waiting import ClusterError
 
 @pytest.fixture(scope="session")
 def built_images() -> dict[str, images.ImageArchive]:
-    """The operator, trainer and pause images, built from the Dockerfiles (cached)."""
+    """The operator, trainer and pause images, built from the Dockerfiles (cached); the
+    same check ``ensure_real_nodes`` uses, so a session makes it once."""
     try:
-        return images.ensure_images()
+        return realnodes.built_images()
     except Exception as exc:  # a build that cannot run fails the run, never skips it
         pytest.fail(f"building the images failed: {exc}", pytrace=False)
 
