@@ -37,10 +37,10 @@ REAL_TOLERATIONS = [
 # About 4 steps a second (the step delay); each interruption comes a number of steps after
 # the attempt resumed, so harness waits (a node going NotReady takes a minute) never decide
 # where in the run it lands.
-MAX_STEPS = 400
+MAX_STEPS = 300
 # In attempt 3, which resumes below real_partition.HOLD_AT (the partition holds attempt 2's
 # first save at or after it).
-CRASH_AT = 300
+CRASH_AT = 200
 CRASH_ATTEMPT = 3
 TRAINER_ARGS = (
     f"--max-steps={MAX_STEPS}",
@@ -256,6 +256,10 @@ class Story:
         after resuming; returns what the trainer and the operator then did."""
         if signal == "partition":
             return self.partition(attempt)
+        # The group is whole before the signal: an earlier lost instance's replacement
+        # joins while this attempt trains (its Node is removed without waiting for the
+        # node lifecycle controller's minute).
+        self.replace_nodes(wait_dying=False)
         base = self.resumed_from("run", attempt) if attempt > 1 else 0
         self.wait_training("run", attempt, base + steps)
         self.collect_losses("run", attempt)
@@ -264,15 +268,12 @@ class Story:
         t0, wall0 = time.monotonic(), dt.datetime.now(dt.UTC)
         if signal == "nth":
             self.nth_notice(node)
-        elif signal == "shutdown":
-            realnodes.power_off(node)
-            real_interrupt.instance_dies(self.core, node)
-        else:
+        else:  # the instance dies in the background, as on EC2, while the recovery goes on
             before = self.progress("run")  # what the trainer reported before it vanished
-            real_interrupt.instance_dies(self.core, node)
+            if signal == "shutdown":
+                realnodes.power_off(node)
+            self.dying.start(node)
         last = before if signal == "loss" else self.progress("run")
-        if signal != "nth":
-            self.replace_nodes()  # the gang is stopped: the ASG's replacements may join now
         st = self.wait_status(
             "run", f"preemption {len(self.interruptions) + 1}",
             lambda s: int(s.get("preemptions", 0)) > len(self.interruptions), timeout=300,
@@ -327,8 +328,8 @@ class Story:
         )
         record.resumed_from = self.resumed_from("run", attempt + 1)
         self.partitioned = PartitionSeen(held, fence, refused)
-        real_interrupt.instance_dies(self.core, node)  # the cut-off instance is terminated
-        self.replace_nodes()
+        # The cut-off instance is terminated; its replacement joins before the next signal.
+        self.dying.start(node)
         self.interruptions.append(record)
         return record
 
