@@ -141,6 +141,13 @@ class CaseRunner:
                 b.loaded, b.trained, resumed = marks.loaded, marks.trained, marks.resumed_step
                 b.trainer_phases = w.trainer_phases(lines, b.signal)
             time.sleep(0.5 if b.running is None else 2.0)
+        # The phase line follows the first step's line (core.report_step); a read between
+        # the two has the step only.
+        for _ in range(10):
+            if not b.complete() or b.trainer_phases or not next_master:
+                break
+            time.sleep(0.5)
+            b.trainer_phases = w.trainer_phases(self._log(next_master), b.signal)
         if not b.complete():
             b.notes.append(f"not training again {self.timeout:.0f}s after the signal")
         if signal == "partition" and node in realnodes.FleetState.load().nodes:
