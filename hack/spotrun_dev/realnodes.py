@@ -173,7 +173,6 @@ def ensure_real_nodes(core: client.CoreV1Api, count: int | None = None) -> list[
     return [n for n in nodes if n.role == "spot"]
 
 
-@functools.cache
 def exactly_spot_nodes(core: client.CoreV1Api, wanted: int) -> list[RealNode]:
     """Exactly ``wanted`` healthy real spot nodes: those beyond it removed (newest names
     last), missing ones started (a case that must have no spare capacity)."""
