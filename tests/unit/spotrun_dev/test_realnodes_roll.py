@@ -28,6 +28,7 @@ def fleet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str
     def remove(core: Any, state: realnodes.FleetState, name: str) -> None:
         calls["removed"].append(name)
         del state.nodes[name]
+        state.save()  # as remove_node does
 
     def add(
         core: Any, state: realnodes.FleetState, golden: Path, pause: str, role: str = "spot"
@@ -82,3 +83,20 @@ def test_a_bare_node_is_labelled_and_tainted_as_the_system_group() -> None:
     assert labels.pop(node_config.PRELOADED_LABEL) == "false"
     assert labels == node_config.node_labels(system, "r")
     assert node_config.node_taints(bare) == node_config.node_taints(system)
+
+
+def test_exactly_spot_nodes_acts_on_every_call(fleet: dict[str, list[str]]) -> None:
+    """A bench repeats its cases in one process: each case gets exactly the nodes it asks
+    for, whatever the case before left (a provisioner's extra node, a node lost)."""
+    realnodes.exactly_spot_nodes(None, 2)
+    assert realnodes.FleetState.load().count("spot") == 2
+    state = realnodes.FleetState.load()
+    current = state.nodes["current"]
+    state.nodes["spot-extra"] = realnodes.NodeRecord(8, "z", images=current.images,
+                                                     config=current.config)  # fmt: skip
+    state.save()
+    realnodes.exactly_spot_nodes(None, 2)
+    assert realnodes.FleetState.load().count("spot") == 2
+    assert "spot-extra" in fleet["removed"]
+    realnodes.exactly_spot_nodes(None, 3)
+    assert realnodes.FleetState.load().count("spot") == 3
