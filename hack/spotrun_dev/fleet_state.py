@@ -84,12 +84,12 @@ def _repairable(node: Any, wanted: dict[str, Any]) -> bool:
     return capacity == registered["capacity"] and allocatable == registered["allocatable"]
 
 
-def _repair(core: client.CoreV1Api, listed: Any, wanted: dict[str, Any]) -> bool:
+def _repair(core: client.CoreV1Api, node: Any, wanted: dict[str, Any]) -> bool:
     """Labels, annotations, taints and schedulability as registered (False: the node is
     gone or no longer :func:`_repairable`; it is replaced instead). A write that lost a
     race (the node lifecycle controller tainting a cordoned node) is made again on the
     node read anew."""
-    name, node = listed.metadata.name, listed
+    name = node.metadata.name
     for _ in range(REPAIR_ATTEMPTS):
         if node is None or not _repairable(node, wanted):
             return False

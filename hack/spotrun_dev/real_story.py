@@ -254,12 +254,13 @@ class Story:
     def interrupt(self, attempt: int, signal: str, steps: int) -> Interruption:
         """``signal`` on one node of ``attempt``'s gang once it trained ``steps`` steps
         after resuming; returns what the trainer and the operator then did."""
-        if signal == "partition":
-            return self.partition(attempt)
         # The group is whole before the signal: an earlier lost instance's replacement
         # joins while this attempt trains (its Node is removed without waiting for the
-        # node lifecycle controller's minute).
+        # node lifecycle controller's minute). A partition's next attempt needs two nodes
+        # besides the one cut off.
         self.replace_nodes(wait_dying=False)
+        if signal == "partition":
+            return self.partition(attempt)
         base = self.resumed_from("run", attempt) if attempt > 1 else 0
         self.wait_training("run", attempt, base + steps)
         self.collect_losses("run", attempt)
@@ -297,10 +298,6 @@ class Story:
         next attempt starts on other nodes, and the cut-off rank's commit, released after
         the next attempt's fence, is refused. The instance is then terminated."""
         folder = storage.host_path(self.namespace, "ckpt")
-        # The group is whole (an earlier NTH's instance is replaced at once, as the ASG does
-        # when the instance terminates): the next attempt needs two nodes besides the one
-        # cut off.
-        self.replace_nodes(wait_dying=False)
         held = real_partition.wait_held(folder)
         master = next(p for p in self.pods("run", attempt) if is_master(p))
         node, pod = str(master.spec.node_name), str(master.metadata.name)
