@@ -58,7 +58,7 @@ def ensure_fleet(core: client.CoreV1Api, spec: fleet.FleetSpec | None = None) ->
     wait_for("every fleet node to be Ready", lambda: _all_ready(core, list(wanted)), timeout=120)
     wait_for(
         "pods of namespaces being deleted to leave the fleet",
-        lambda: not _leftover_pods(core, set(wanted)),
+        lambda: not leftover_pods(core, set(wanted)),
         timeout=120,
     )
 
@@ -187,7 +187,7 @@ def _all_ready(core: client.CoreV1Api, names: list[str]) -> bool:
     return True
 
 
-def _leftover_pods(core: client.CoreV1Api, nodes: set[str]) -> list[str]:
+def leftover_pods(core: client.CoreV1Api, nodes: set[str]) -> list[str]:
     """Pods still bound to a fleet node whose namespace is being deleted.
 
     A namespace's deletion returns before its pods are gone. Until they are, they hold

@@ -170,7 +170,11 @@ class Story:
     def progress(self, run: str) -> dict[str, Any]:
         return dict(self.status(run).get("progress") or {})
 
-    def wait_status(self, run: str, what: str, pred: Any, timeout: float) -> dict[str, Any]:
+    def wait_status(
+        self, run: str, what: str, pred: Any, timeout: float, interval: float = 1
+    ) -> dict[str, Any]:
+        """The run's status once ``pred`` holds; at the deadline, an error with the last
+        status and where the run's pods are (CI shows the first lines of a failure)."""
         found: list[dict[str, Any]] = []
 
         def check() -> bool:
@@ -178,10 +182,26 @@ class Story:
             return bool(pred(found[0]))
 
         try:
-            wait_for(f"{run}: {what}", check, timeout=timeout, interval=1)
+            wait_for(f"{run}: {what}", check, timeout=timeout, interval=interval)
         except ClusterError as exc:
-            raise ClusterError(f"{exc}; last status: {found[0] if found else None}") from None
+            last = found[0] if found else None
+            raise ClusterError(f"{exc}; pods: {self.where(run)}; last status: {last}") from None
         return found[0]
+
+    def where(self, run: str) -> str:
+        """The run's pods: name, node, phase (and a waiting container's reason)."""
+        pods = self.core.list_namespaced_pod(
+            self.namespace, label_selector=f"spotrun.dev/run={run}"
+        )
+        out = []
+        for p in pods.items:
+            waiting = [
+                c.state.waiting.reason
+                for c in (p.status.container_statuses or [])
+                if c.state and c.state.waiting
+            ]
+            out.append(f"{p.metadata.name}@{p.spec.node_name} {p.status.phase}{waiting or ''}")
+        return ", ".join(out) or "none"
 
     def pods(self, run: str, attempt: int) -> list[client.V1Pod]:
         sel = f"spotrun.dev/run={run},spotrun.dev/attempt={attempt}"
@@ -215,15 +235,12 @@ class Story:
         raise ClusterError(f"attempt {attempt} of {run} did not resume from a checkpoint")
 
     def wait_training(self, run: str, attempt: int, min_step: int) -> dict[str, Any]:
-        found: list[dict[str, Any]] = []
-
-        def check() -> bool:
-            found[:] = [self.progress(run)]
-            p = found[0]
+        def at_step(st: dict[str, Any]) -> bool:
+            p = st.get("progress") or {}
             return p.get("attempt") == attempt and int(p.get("step", -1)) >= min_step
 
-        wait_for(f"attempt {attempt} of {run} at step {min_step}", check, timeout=420, interval=0.5)
-        return found[0]
+        what = f"attempt {attempt} at step {min_step}"
+        return dict(self.wait_status(run, what, at_step, 420, interval=0.5)["progress"])
 
     def gang_nodes(self, run: str, attempt: int) -> list[str]:
         return sorted({p.spec.node_name for p in self.pods(run, attempt) if p.spec.node_name})
@@ -346,11 +363,11 @@ class Story:
         realnodes.ensure_real_nodes(self.core, self.real_nodes)
 
     def next_training(self, attempt: int, t0: float) -> float:
-        def trained() -> bool:
-            p = self.progress("run")
+        def trained(st: dict[str, Any]) -> bool:
+            p = st.get("progress") or {}
             return p.get("attempt") == attempt and p.get("samplesPerSecond") is not None
 
-        wait_for(f"attempt {attempt} to train", trained, timeout=420, interval=0.5)
+        self.wait_status("run", f"attempt {attempt} to train", trained, 420, interval=0.5)
         return round(time.monotonic() - t0, 1)
 
     def crash(self) -> dict[str, Any]:

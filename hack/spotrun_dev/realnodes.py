@@ -27,7 +27,15 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from spotrun_dev import images, node_certs, node_host, node_images, node_services, paths
+from spotrun_dev import (
+    fleet_state,
+    images,
+    node_certs,
+    node_host,
+    node_images,
+    node_services,
+    paths,
+)
 from spotrun_dev.node_config import (
     API_SERVICE_IP,
     CERTS_DIR,
@@ -170,6 +178,14 @@ def ensure_real_nodes(core: client.CoreV1Api, count: int | None = None) -> list[
                 state.save()
     nodes = state.real_nodes()
     wait_for("every real node to be Ready", lambda: all_ready(core, nodes), timeout=120)
+    # An earlier test's pods, stopping gracefully after its namespace was deleted, still
+    # hold GPUs and the 2 cores: a gang started beside them is placed and timed by them
+    # (CI, stop 50: the elastic story after a failed capacity story).
+    wait_for(
+        "pods of namespaces being deleted to leave the real nodes",
+        lambda: not fleet_state.leftover_pods(core, {n.name for n in nodes}),
+        timeout=180,
+    )
     return [n for n in nodes if n.role == "spot"]
 
 

@@ -96,7 +96,7 @@ def _drop_kwok_pods(core: client.CoreV1Api, namespace: str) -> None:
 
     kwok runs no container, so such a pod has nothing to stop in a grace period; left to the
     namespace controller, each stayed bound for about 5 s, which the next test's ``fleet``
-    waited out (``fleet_state._leftover_pods``). This runs after the namespace's deletion
+    waited out (``fleet_state.leftover_pods``). This runs after the namespace's deletion
     began: the training operator can no longer create a pod in it to replace one deleted.
     Pods on real nodes keep their graceful deletion (their containers do run).
     """

@@ -16,9 +16,12 @@ Then:
    ``init-pytorch``), gives up after ``SPOTRUN_MASTER_WAIT_SECONDS`` (40 s here, 200 s by
    default) with EXIT_NO_MASTER: the PyTorchJob fails. That is ``IncompleteGang``: no
    failure, no preemption.
-3. The GPU holder goes: the next attempt's master takes S, and the run trains again from
-   attempt 1's checkpoint, with no node excluded but M (W, where attempt 2's worker ran, is
-   healthy and must stay usable).
+3. The GPU holder and the repeller go: the run trains again on W and S from attempt 1's
+   checkpoint, with no node excluded but M (W, where attempt 2's worker ran, is healthy and
+   must stay usable). The repeller goes too because with it kept the order of the
+   scheduler's picks would decide the story: a next worker that took S before its master
+   left the master no node (W repels it), another incomplete gang, and again each attempt
+   (CI, stop 50: attempt 3 never trained in 420 s).
 """
 
 from __future__ import annotations
@@ -174,7 +177,8 @@ def test_a_reclaim_then_a_capacity_shortage_charges_no_failure(
         assert st["phase"] != "Failed", st
 
         # 3. Capacity returns: the run trains again, nothing charged.
-        core.delete_namespaced_pod("gpu-holder", namespace, grace_period_seconds=0)
+        for name in ("gpu-holder", "repeller"):
+            core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
         attempt = int(
             story.wait_status(RUN, "a next attempt", lambda st: st["attempt"] > 2, 120)["attempt"]
         )
