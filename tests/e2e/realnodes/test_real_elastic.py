@@ -93,10 +93,10 @@ def test_the_survivor_trains_through_an_interruption_and_the_whole_gang_returns(
         resumed4 = story.resumed_from("run", 4)
         story.wait_training("run", 4, resumed4 + 10)
         gang4 = story.gang_nodes("run", 4)
-        # The placeholder's node time is charged as spares' (status.cost.sparesUSD).
-        st = story.wait_status(
-            "run", "the placeholder's cost", lambda s: float(s["cost"].get("sparesUSD", 0)) > 0, 60
-        )
+        # The placeholder's node time is charged as spares'. Read unrounded (status.spares):
+        # cost.sparesUSD is in cents, and a placeholder the grow preempted a second after
+        # it was bound costs $0.003, shown as 0 (a clean clone's run, 11-28).
+        st = story.wait_status("run", "the placeholder's cost", _spare_charged, 60)
         story.custom.delete_namespaced_custom_object(
             *real_story.TR[:2], namespace, real_story.TR[2], "run"
         )
@@ -124,6 +124,11 @@ def test_the_survivor_trains_through_an_interruption_and_the_whole_gang_returns(
     assert st["phase"] == "Running", st
     assert (st.get("spares") or {}).get("replicas") is None, st["spares"]  # none asked for
     wait_for("the placeholders gone", lambda: not _spares(core, namespace), timeout=60)
+
+
+def _spare_charged(st: dict[str, Any]) -> bool:
+    ended = st.get("spares") or {}
+    return float(ended.get("endedUSD") or 0) > 0 and float(ended.get("endedNodeSeconds") or 0) > 0
 
 
 def _spares(core: client.CoreV1Api, namespace: str) -> list[client.V1Pod]:
