@@ -179,8 +179,8 @@ def ensure_real_nodes(core: client.CoreV1Api, count: int | None = None) -> list[
     nodes = state.real_nodes()
     wait_for("every real node to be Ready", lambda: all_ready(core, nodes), timeout=120)
     # An earlier test's pods, stopping gracefully after its namespace was deleted, still
-    # hold GPUs and the 2 cores: a gang started beside them is placed and timed by them
-    # (CI, stop 50: the elastic story after a failed capacity story).
+    # hold GPUs and the 2 cores: a gang started beside them would be placed and timed by
+    # them (after a failed story, its pods are deleted only as the test ends).
     wait_for(
         "pods of namespaces being deleted to leave the real nodes",
         lambda: not fleet_state.leftover_pods(core, {n.name for n in nodes}),
