@@ -122,3 +122,13 @@ def _terminated(status: client.V1ContainerStatus) -> str:
     if t is None:
         return f"{status.name}: not terminated"
     return f"{status.name}: {t.exit_code} {t.reason or ''} at {t.finished_at}"
+
+
+def pods_where(core: client.CoreV1Api, namespace: str, selector: str) -> str:
+    """The selected pods now: name, node, phase (and a waiting container's reason)."""
+    out = []
+    for p in core.list_namespaced_pod(namespace, label_selector=selector).items:
+        statuses = p.status.container_statuses or []
+        waiting = [c.state.waiting.reason for c in statuses if c.state and c.state.waiting]
+        out.append(f"{p.metadata.name}@{p.spec.node_name} {p.status.phase}{waiting or ''}")
+    return ", ".join(out) or "none"

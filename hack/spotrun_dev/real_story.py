@@ -23,7 +23,7 @@ from kubernetes import client
 from spotrun_api import contract
 from spotrun_dev import real_interrupt, real_partition, realnodes, storage
 from spotrun_dev.node_config import GPU_TAINT_KEY, REAL_NODE_LABEL
-from spotrun_dev.pod_exits import PodExits
+from spotrun_dev.pod_exits import PodExits, pods_where
 from spotrun_dev.waiting import ClusterError, wait_for
 from spotrun_dev.weights import differing_weights, final_weights
 
@@ -185,23 +185,9 @@ class Story:
             wait_for(f"{run}: {what}", check, timeout=timeout, interval=interval)
         except ClusterError as exc:
             last = found[0] if found else None
-            raise ClusterError(f"{exc}; pods: {self.where(run)}; last status: {last}") from None
+            where = pods_where(self.core, self.namespace, f"spotrun.dev/run={run}")
+            raise ClusterError(f"{exc}; pods: {where}; last status: {last}") from None
         return found[0]
-
-    def where(self, run: str) -> str:
-        """The run's pods: name, node, phase (and a waiting container's reason)."""
-        pods = self.core.list_namespaced_pod(
-            self.namespace, label_selector=f"spotrun.dev/run={run}"
-        )
-        out = []
-        for p in pods.items:
-            waiting = [
-                c.state.waiting.reason
-                for c in (p.status.container_statuses or [])
-                if c.state and c.state.waiting
-            ]
-            out.append(f"{p.metadata.name}@{p.spec.node_name} {p.status.phase}{waiting or ''}")
-        return ", ".join(out) or "none"
 
     def pods(self, run: str, attempt: int) -> list[client.V1Pod]:
         sel = f"spotrun.dev/run={run},spotrun.dev/attempt={attempt}"

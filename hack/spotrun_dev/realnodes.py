@@ -27,15 +27,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from spotrun_dev import (
-    fleet_state,
-    images,
-    node_certs,
-    node_host,
-    node_images,
-    node_services,
-    paths,
-)
+from spotrun_dev import images, node_certs, node_host, node_images, node_services, paths
+from spotrun_dev.fleet_state import leftover_pods
 from spotrun_dev.node_config import (
     API_SERVICE_IP,
     CERTS_DIR,
@@ -183,7 +176,7 @@ def ensure_real_nodes(core: client.CoreV1Api, count: int | None = None) -> list[
     # them (after a failed story, its pods are deleted only as the test ends).
     wait_for(
         "pods of namespaces being deleted to leave the real nodes",
-        lambda: not fleet_state.leftover_pods(core, {n.name for n in nodes}),
+        lambda: not leftover_pods(core, {n.name for n in nodes}),
         timeout=180,
     )
     return [n for n in nodes if n.role == "spot"]
