@@ -15,16 +15,29 @@ ENTRY_MODULE = "spotrun_lm"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    from spotrun_trainer import startup_gc
+
+    # Before the imports below: a restarted rank's seconds go to them (startup_gc.py). The
+    # trainer turns the collector back on once its model is built; any other way out of
+    # main (a config error, the launcher, an exception) does it here.
+    startup_gc.pause()
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        startup_gc.resume()
+
+
+def _main(args: list[str]) -> int:
     try:
         cfg = load_config(args)
     except ConfigError as e:
         print(f"spotrun_lm: {e}", file=sys.stderr)
         return 2
-    from spotrun_trainer import launcher
+    from spotrun_trainer import launcher, startup_gc
 
     # nproc_per_node defaults to SPOTRUN_PROCS_PER_NODE (spec.procsPerNode) in a pod.
     if cfg.nproc_per_node > 1 and not launcher.is_worker(os.environ):
+        startup_gc.resume()  # the launcher supervises for the whole run: it imports nothing
         logging.basicConfig(level=logging.INFO, format="%(asctime)s launcher %(message)s")
         grace = cfg.preemption.grace_period_seconds
         return launcher.launch(args, cfg.nproc_per_node, grace, module=ENTRY_MODULE)

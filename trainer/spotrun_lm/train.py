@@ -23,6 +23,7 @@ from spotrun_lm.faults import FaultInjector
 from spotrun_lm.loop import LoopIO, TrainLoop
 from spotrun_lm.models import count_parameters
 from spotrun_lm.parts import TrainParts, WarmupCosine, build_parts, wrap_for_training
+from spotrun_trainer import startup_gc
 from spotrun_trainer.checkpoint import (
     CheckpointError,
     CheckpointHooks,
@@ -98,6 +99,7 @@ def _train(
     found = manager.find()
     searched = time.monotonic() - t0
     parts = build_parts(cfg, ctx, resuming=found is not None)
+    startup_gc.resume()  # every import is done (the model library's too): startup_gc.py
     last_saved = _resume(cfg, ctx, parts, manager, metrics, reporter, searched)
     wrap_for_training(parts, ctx)
     core.start_notice_poller()
