@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from spotrun_api import contract
-from spotrun_lm import train
+from spotrun_lm import parts, train
 from spotrun_lm.__main__ import main
 from spotrun_trainer import launcher, startup_gc
 
@@ -37,7 +37,7 @@ def test_the_model_is_built_with_the_collector_off_and_loaded_with_it_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: dict[str, list[bool]] = {"build": [], "load": []}
-    build, resume = train.build_parts, train._resume
+    build, resume = parts.build_parts, train._resume
 
     def watched_build(*args: Any, **kwargs: Any) -> Any:
         seen["build"].append(gc.isenabled())

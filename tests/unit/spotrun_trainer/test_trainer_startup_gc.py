@@ -54,4 +54,3 @@ def test_a_collector_that_was_off_stays_off() -> None:
     assert not startup_gc.paused()
     startup_gc.resume()
     assert not gc.isenabled()
-
