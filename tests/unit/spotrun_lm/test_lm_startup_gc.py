@@ -29,8 +29,6 @@ def _alone(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             monkeypatch.delenv(name)
     gc.enable()
     yield
-    gc.unfreeze()
-    gc.enable()
 
 
 def test_the_model_is_built_with_the_collector_off_and_loaded_with_it_on(
