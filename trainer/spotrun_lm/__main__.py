@@ -9,14 +9,13 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from spotrun_lm.config import ConfigError, load_config
+from spotrun_trainer import startup_gc  # torch-free, and needed before anything heavy
 
 # The module launcher mode runs in each torchrun worker: this program.
 ENTRY_MODULE = "spotrun_lm"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from spotrun_trainer import startup_gc
-
     # Before the imports below: a restarted rank's seconds go to them (startup_gc.py). The
     # trainer turns the collector back on once its model is built; any other way out of
     # main (a config error, the launcher, an exception) does it here.
@@ -33,7 +32,7 @@ def _main(args: list[str]) -> int:
     except ConfigError as e:
         print(f"spotrun_lm: {e}", file=sys.stderr)
         return 2
-    from spotrun_trainer import launcher, startup_gc
+    from spotrun_trainer import launcher
 
     # nproc_per_node defaults to SPOTRUN_PROCS_PER_NODE (spec.procsPerNode) in a pod.
     if cfg.nproc_per_node > 1 and not launcher.is_worker(os.environ):
