@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from trainer_helpers import trainer_env
 
 from spotrun_api import contract
 from spotrun_lm import parts, train
@@ -22,13 +22,11 @@ TINY = ["--batch-size=2", "--model.n-layer=1", "--model.n-embd=16", "--model.seq
 
 
 @pytest.fixture(autouse=True)
-def _alone(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith(("SPOTRUN_", "PET_", "TORCHELASTIC")) or name in (
-            "WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # fmt: skip
-            monkeypatch.delenv(name)
+def _alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No operator or torchrun variable of the caller's: one rank, outside a cluster."""
+    for name in set(os.environ) - set(trainer_env()):
+        monkeypatch.delenv(name)
     gc.enable()
-    yield
 
 
 def test_the_model_is_built_with_the_collector_off_and_loaded_with_it_on(
