@@ -7,7 +7,9 @@ One 2-node run of the real trainer image (DDP over gloo, ``python -m spotrun_lm`
 on the real nodes, is interrupted once by ``nth`` (NTH's drain, then the instance dies),
 ``shutdown`` (the kubelet's graceful node shutdown, then power-off), ``loss`` (every
 process of the instance SIGKILLed) or ``partition`` (the node's network cut, its processes
-alive; terminated once the case is over). The spot group replaces a lost instance after
+alive; terminated once the case is over). The spot group replaces a lost instance, and
+launches a node for each of the bench's pods the scheduler cannot place (Cluster
+Autoscaler's scale-up: a run's placeholder, Kubeflow's recreated pod), each after
 ``--delay`` seconds, and replacements start without images: the kubelet pulls the trainer
 image from the harness registry (``provisioner``; ``--images preloaded`` for a pre-baked
 AMI). Variants:
@@ -54,6 +56,9 @@ from spotrun_dev.provisioner import CapacitySettings
 RESULTS = Path(__file__).resolve().parent / "results"
 SIGNALS = ("nth", "shutdown", "loss", "partition")
 VARIANTS = ("spotrun", "spotrun_spare", "spotrun_elastic", "kubeflow")
+# What the spot group does (provisioner): runs measured before it launched for pending pods
+# are not merged with these.
+GROUP = "replaces terminated instances, launches for unschedulable pods"
 
 
 @dataclass
@@ -73,6 +78,7 @@ def summary(results: list[Result], settings: CapacitySettings) -> dict[str, Any]
     out: dict[str, Any] = {
         "provisioning_delay_s": settings.delay_seconds,
         "images": settings.images,
+        "group": GROUP,
         "signals": {},
     }
     for sig in sorted({r.signal for r in results}, key=SIGNALS.index):
@@ -97,7 +103,8 @@ def summary(results: list[Result], settings: CapacitySettings) -> dict[str, Any]
 
 
 def print_table(data: dict[str, Any]) -> None:
-    print(f"\nprovisioning delay {data['provisioning_delay_s']:g}s, images {data['images']}")
+    print(f"\nprovisioning delay {data['provisioning_delay_s']:g}s, images {data['images']}, "
+          f"the group {data.get('group', 'replaces terminated instances')}")  # fmt: skip
     head = f"{'signal':<10}" + "".join(f"{v:>17}" for v in VARIANTS) + "   lost   phases (spotrun)"
     print(head)
     for sig, row in data["signals"].items():
@@ -137,8 +144,8 @@ def kept_runs(out: Path, settings: CapacitySettings, rerun: set[tuple[str, str]]
     if not out.is_file():
         return []
     data = json.loads(out.read_text())
-    same = (data.get("provisioning_delay_s"), data.get("images")) == (
-        settings.delay_seconds, settings.images)  # fmt: skip
+    same = (data.get("provisioning_delay_s"), data.get("images"), data.get("group")) == (
+        settings.delay_seconds, settings.images, GROUP)  # fmt: skip
     if not same:
         raise SystemExit(f"--merge: {out} was measured with other settings")
     return [Result(**run) for row in data["signals"].values() for run in row["runs"]

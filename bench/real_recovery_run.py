@@ -86,7 +86,7 @@ class CaseRunner:
         try:
             if variant == "spotrun_spare":
                 wait_for("the warm spare", self._spare_running, timeout=240, interval=1)
-            with Provisioner(self.core, wanted, self.settings):
+            with Provisioner(self.core, wanted, self.settings, namespace=NAMESPACE):
                 b, lost = self._interrupt(signal, kubeflow, gang=1 if elastic else 2)
                 if elastic and b.complete():
                     self._grow_back(b)
@@ -255,7 +255,9 @@ class CaseRunner:
         return any(p.status.phase == "Running" for p in pods)
 
     def _pods(self, kubeflow: bool) -> list[Any]:
-        sel = f"{JOB_LABEL}={RUN}-a1" if kubeflow else f"spotrun.dev/run={RUN},!{_SPARE}"
+        # An attempt's pods (the placeholders of spares and capacity requests carry no
+        # attempt label).
+        sel = f"{JOB_LABEL}={RUN}-a1" if kubeflow else f"spotrun.dev/run={RUN},spotrun.dev/attempt"
         return list(self.core.list_namespaced_pod(NAMESPACE, label_selector=sel).items)
 
     def _next_master(self, kubeflow: bool) -> str:

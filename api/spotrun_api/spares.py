@@ -31,6 +31,11 @@ class SparesStatus(ApiModel):
         None, description="Spares the operator last asked for (its Deployment <run>-spares)."
     )
     image: str | None = Field(None, description="The image the spares last ran.")
+    requested: Int32 | None = Field(
+        None,
+        description="Nodes the operator last asked an autoscaler for: pending placeholders "
+        "(Deployment <run>-capacity) for the nodes the next attempt lacks.",
+    )
     pods: list[SparePod] | None = Field(
         None,
         description="Spare pods bound to a node now, each billing its node.",

@@ -189,13 +189,23 @@ def _newest_ready(parent: Path, other_than: Path) -> Path | None:
 
 
 def seed_root(golden: Path, node_root: Path) -> None:
-    """The node's containerd root as a hard-linked copy of the golden one."""
+    """The node's containerd root as a hard-linked copy of the golden one. The copy is
+    made beside it and renamed into place, so a copy that fails halfway never passes for a
+    seeded root (the next try starts over)."""
     if node_root.exists():
         return
     node_root.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cp", "-a", "--link", str(golden), str(node_root)], check=True)
+    partial = node_root.with_name(node_root.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    run = subprocess.run(
+        ["cp", "-a", "--link", str(golden), str(partial)], text=True, capture_output=True
+    )
+    if run.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ClusterError(f"seeding {node_root} from {golden}: {run.stderr.strip()[-2000:]}")
     for rel in _DATABASES:
-        src, dst = golden / rel, node_root / rel
+        src, dst = golden / rel, partial / rel
         if src.exists():
             dst.unlink()
             shutil.copy2(src, dst)
+    partial.rename(node_root)

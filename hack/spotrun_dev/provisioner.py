@@ -13,6 +13,17 @@ images are either
   kubelet pulls the trainer image from the harness's OCI registry (the CNCF distribution
   registry built from its Go module, ``node_services.start_registry``) through containerd.
 
+The group replaces a terminated instance (an ASG keeping its count) and, given the
+namespace of the workload it serves, also launches for that workload's pods the scheduler
+cannot place (Cluster Autoscaler's scale-up, Karpenter's provisioning: docs/eks.md runs
+Cluster Autoscaler): a pending pod counts from the pass that first sees it, so a workload
+that asks for its replacement at a spot notice gets it one delay after the notice, and
+one that asks only once its pods are recreated gets it that much later. It launches no
+more than one node beyond its count (a node group's maximum), and takes a node it just
+launched as the answer to the pods that were pending for ``SETTLE_SECONDS`` (the scheduler
+binds them in that time), as Cluster Autoscaler counts upcoming nodes and Karpenter
+in-flight NodeClaims.
+
 The default delay, 90 s, is our pick for a GPU instance from request to Ready: AWS
 documents no launch-to-Ready figure; third-party measurements put a small Linux EKS node
 at about 30 s from launch to schedulable and a Karpenter-provisioned node at minutes, and a
@@ -43,6 +54,7 @@ DEFAULT_DELAY_SECONDS: Final = 90.0
 ENV_DELAY: Final = "SPOTRUN_PROVISIONING_DELAY_SECONDS"
 ENV_IMAGES: Final = "SPOTRUN_NODE_IMAGES"
 POLL_SECONDS: Final = 0.5
+SETTLE_SECONDS: Final = 10.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,12 @@ class GroupState:
     launches: list[tuple[float, str]] = field(default_factory=list)  # (at, node)
 
 
+def target_size(wanted: int, healthy: int, unschedulable: int) -> int:
+    """Nodes the group wants now: its count, or enough for the pods the scheduler cannot
+    place (one node each: the run's pods take a whole node), at most one beyond its count."""
+    return min(wanted + 1, max(wanted, healthy + unschedulable))
+
+
 def launch_due(state: GroupState, healthy: int, wanted: int, now: float, delay: float) -> bool:
     """One replacement is due: the group has been short for ``delay`` seconds. The clock
     restarts with each launch, as each instance of a group is launched and boots on its
@@ -99,8 +117,10 @@ class Provisioner:
         wanted: int,
         settings: CapacitySettings,
         clock: Callable[[], float] = time.monotonic,
+        namespace: str | None = None,
     ) -> None:
         self.core, self.wanted, self.settings, self.clock = core, wanted, settings, clock
+        self.namespace = namespace  # whose unschedulable pods the group launches for
         self.group = GroupState()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -132,16 +152,31 @@ class Provisioner:
         spot = {n: r for n, r in state.nodes.items() if r.role == "spot"}
         dead = [n for n, r in spot.items() if not realnodes.healthy(r)]
         healthy = len(spot) - len(dead)
-        if launch_due(self.group, healthy, self.wanted, self.clock(), self.settings.delay_seconds):
+        target = target_size(self.wanted, healthy, self.unschedulable())
+        if launch_due(self.group, healthy, target, self.clock(), self.settings.delay_seconds):
             name = self.launch(state)
             self.group.launches.append((self.clock(), name))
-            self.group.short_since = None if healthy + 1 >= self.wanted else self.clock()
+            self.group.short_since = None if healthy + 1 >= target else self.clock()
         for name in dead:
             # The cloud controller manager deletes the Node of a terminated instance once
             # the node lifecycle controller marked it (real_interrupt.instance_dies).
             if real_interrupt.node_ready(self.core, name) is not True:
                 log.info("instance of %s terminated and its node marked: removing it", name)
                 realnodes.remove_node(self.core, state, name)
+
+    def describe(self) -> str:
+        """What the group does, for the line every test and bench prints."""
+        serves = f", launches for unschedulable pods of {self.namespace}" if self.namespace else ""
+        return f"{self.settings.describe()}, replaces terminated instances{serves}"
+
+    def unschedulable(self) -> int:
+        """The served namespace's pods the scheduler found no node for (0 without one, and
+        within SETTLE_SECONDS of the last launch, whose node they are about to take)."""
+        last = self.group.launches[-1][0] if self.group.launches else None
+        if self.namespace is None or (last is not None and self.clock() - last < SETTLE_SECONDS):
+            return 0
+        pods = self.core.list_namespaced_pod(self.namespace, field_selector="status.phase=Pending")
+        return sum(1 for p in pods.items if _unschedulable(p))
 
     def launch(self, state: realnodes.FleetState) -> str:
         """A new spot node with this group's image mode; returns its name once Ready."""
@@ -160,3 +195,14 @@ class Provisioner:
         wait_for(f"{name} Ready", lambda: realnodes.all_ready(self.core, [node]), timeout=120)
         log.info("replacement %s joined (%s)", name, self.settings.describe())
         return name
+
+
+def _unschedulable(pod: client.V1Pod) -> bool:
+    """The scheduler's verdict on a pod it could not bind (PodScheduled False,
+    Unschedulable), what Cluster Autoscaler and Karpenter act on."""
+    if pod.spec.node_name or pod.metadata.deletion_timestamp:
+        return False
+    return any(
+        c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
+        for c in pod.status.conditions or []
+    )

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spotrun_api.enums import Outcome
+from spotrun_api.enums import CapacityType, Outcome
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import Attempt
 from spotrun_operator.decisions.children import avoided_nodes, stop_gang
@@ -165,6 +165,16 @@ def attempt_size(spec: TrainingRunSpec, prev: Attempt | None) -> int:
     if prev is not None and prev.outcome is Outcome.CAPACITY_SHRINK and prev.shrink_to:
         return min(prev.shrink_to, spec.nodes)
     return spec.nodes
+
+
+def attempt_capacity(spec: TrainingRunSpec, prev: Attempt | None) -> str:
+    """spot or on-demand for the next attempt: on-demand after a fallback; a shrink keeps
+    the capacity type of the attempt that shrank; else the spec's."""
+    if prev is not None and prev.outcome is Outcome.CAPACITY_SHRINK and prev.capacity_type:
+        return prev.capacity_type
+    fallback = prev is not None and prev.outcome is Outcome.CAPACITY_FALLBACK
+    on_demand = spec.capacity.type is CapacityType.ON_DEMAND or fallback
+    return (CapacityType.ON_DEMAND if on_demand else CapacityType.SPOT).value
 
 
 def size_note(spec: TrainingRunSpec, entry: Attempt | None) -> str:

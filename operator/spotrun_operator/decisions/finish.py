@@ -11,6 +11,7 @@ from spotrun_api.display import display
 from spotrun_api.enums import ConditionType, Outcome, Phase
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import OPERATOR_FIELDS, Attempt, CostStatus, TrainingRunStatus
+from spotrun_operator.decisions.capacity_requests import plan_capacity_requests
 from spotrun_operator.decisions.draft import Draft
 from spotrun_operator.decisions.spares import plan_spares
 from spotrun_operator.facts.common import fmt_time
@@ -139,6 +140,7 @@ def finish(d: Draft) -> Decision:
     if pc:
         d.set_condition(pc["type"], pc["status"] == "True", pc["reason"], pc["message"])
     plan_spares(d, phase)
+    plan_capacity_requests(d, phase)
     cost = reducers.total_cost(d.history, s.archived, d.now, d.prices)
     cost = cost + spares_cost(s.spares, d.now, d.prices)
     _cost_status(d, cost, phase)

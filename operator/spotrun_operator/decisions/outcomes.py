@@ -336,19 +336,9 @@ def _interval(d: Draft, spec: TrainingRunSpec, n: int, capacity: str, nodes: int
     )
 
 
-def _capacity_of(spec: TrainingRunSpec, prev: Attempt | None) -> str:
-    """spot or on-demand for the next attempt: on-demand after a fallback; a shrink keeps
-    the capacity type of the attempt that shrank; else the spec's."""
-    if prev is not None and prev.outcome is Outcome.CAPACITY_SHRINK and prev.capacity_type:
-        return prev.capacity_type
-    fallback = prev is not None and prev.outcome is Outcome.CAPACITY_FALLBACK
-    on_demand = spec.capacity.type is CapacityType.ON_DEMAND or fallback
-    return (CapacityType.ON_DEMAND if on_demand else CapacityType.SPOT).value
-
-
 def start_attempt(d: Draft, spec: TrainingRunSpec, n: int) -> None:
     prev = d.entry(n - 1)
-    capacity = _capacity_of(spec, prev)
+    capacity = elasticity.attempt_capacity(spec, prev)
     nodes = elasticity.attempt_size(spec, prev)
     interval = _interval(d, spec, n, capacity, nodes)
     entry = Attempt(

@@ -17,7 +17,7 @@ from spotrun_api.spares import SparesStatus
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_operator.decisions.draft import Draft
 from spotrun_operator.decisions.grow_back import missing_nodes
-from spotrun_operator.facts.common import SPARE_PRIORITY_CLASS, spares_name
+from spotrun_operator.facts.common import SPARE_PRIORITY_CLASS, is_capacity_request, spares_name
 from spotrun_operator.model.plan import ApplySpares, DeleteSpares
 from spotrun_operator.model.spares import build_spares_deployment
 from spotrun_operator.money.spares import track
@@ -69,7 +69,8 @@ def plan_spares(d: Draft, phase: Phase) -> None:
         # Grow-back placeholders go by status.spares.replicas or their pods (an elastic run
         # that never shrank has neither: no DELETE for it).
         asked = spec is not None and spec.capacity.warm_spares > 0
-        if old.replicas or d.obs.spare_pods or asked:
+        spares = [p for p in d.obs.spare_pods if not is_capacity_request(p)]
+        if old.replicas or spares or asked:
             d.actions.append(DeleteSpares(name))
         new = new.model_copy(update={"replicas": None, "image": None})
         if old.replicas:

@@ -134,4 +134,21 @@ def spares_name(run: str) -> str:
 
 
 def is_spare(pod: Mapping[str, Any]) -> bool:
-    return LABEL_SPARE_OF in (pod_meta(pod).get("labels") or {})
+    """A placeholder of the run: a warm spare, or a capacity request."""
+    labels = pod_meta(pod).get("labels") or {}
+    return LABEL_SPARE_OF in labels or LABEL_CAPACITY_FOR in labels
+
+
+# --- capacity requests (decisions.capacity_requests) -------------------------------------
+# The placeholders that ask an autoscaler for the nodes the next attempt lacks: the spares'
+# pod under its own label, so the spares' Deployment (selector spotrun.dev/spare-of) never
+# counts them as its own.
+LABEL_CAPACITY_FOR: Final = "spotrun.dev/capacity-for"
+
+
+def capacity_requests_name(run: str) -> str:
+    return f"{run}-capacity"
+
+
+def is_capacity_request(pod: Mapping[str, Any]) -> bool:
+    return LABEL_CAPACITY_FOR in (pod_meta(pod).get("labels") or {})

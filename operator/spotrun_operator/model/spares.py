@@ -7,6 +7,8 @@ node. When a gang's pod needs the node, the scheduler preempts the spare; the De
 makes a new one, which asks the autoscaler for another node in the background. The spare
 runs the run's image, so that image is already on the node when the next attempt lands
 there; it waits for SIGTERM and exits 0 (the trainer contract guarantees python in it).
+The capacity requests' Deployment ``<run>-capacity`` (decisions.capacity_requests) is made
+of the same pods under its own label.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any
 
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_operator.facts.common import (
+    LABEL_CAPACITY_FOR,
     LABEL_HOSTNAME,
     LABEL_SPARE_OF,
     SPARE_PRIORITY_CLASS,
+    capacity_requests_name,
     run_labels,
     spares_name,
 )
@@ -56,23 +60,28 @@ PLACEMENT_FIELDS = (
 )
 
 
-def spare_labels(run: str) -> dict[str, str]:
-    """spotrun.dev/run too: the run's pod watch sees the spares (their cost); observation
-    sets them apart by spotrun.dev/spare-of (they carry no spotrun.dev/attempt)."""
-    return {**run_labels(run), LABEL_SPARE_OF: run}
-
-
-def worker_pod_spec(ref: RunRef, spec: TrainingRunSpec, capacity_type: str) -> Obj:
-    """The pod spec an attempt's worker gets on ``capacity_type`` (no nodes avoided)."""
+def worker_pod_spec(
+    ref: RunRef, spec: TrainingRunSpec, capacity_type: str, avoid_nodes: Sequence[str] = ()
+) -> Obj:
+    """The pod spec an attempt's worker gets on ``capacity_type``, off ``avoid_nodes``."""
     tpl = builders.build_pod_template(
-        ref, spec, attempt=0, capacity_type=capacity_type, interval_seconds=0
-    )
+        ref, spec, attempt=0, capacity_type=capacity_type, interval_seconds=0,
+        avoid_nodes=avoid_nodes,
+    )  # fmt: skip
     pod: Obj = tpl["spec"]
     return pod
 
 
-def spare_pod_spec(ref: RunRef, spec: TrainingRunSpec, capacity_type: str) -> Obj:
-    worker = worker_pod_spec(ref, spec, capacity_type)
+def spare_pod_spec(
+    ref: RunRef,
+    spec: TrainingRunSpec,
+    capacity_type: str,
+    avoid_nodes: Sequence[str] = (),
+    apart_from: Sequence[str] = (LABEL_SPARE_OF,),
+) -> Obj:
+    """A placeholder's pod spec; one per node among the run's pods labelled with any key of
+    ``apart_from``."""
+    worker = worker_pod_spec(ref, spec, capacity_type, avoid_nodes)
     trainer = worker["containers"][0]
     container: Obj = {
         "name": SPARE_CONTAINER,
@@ -88,10 +97,11 @@ def spare_pod_spec(ref: RunRef, spec: TrainingRunSpec, capacity_type: str) -> Ob
     if (worker.get("affinity") or {}).get("nodeAffinity"):
         affinity["nodeAffinity"] = worker["affinity"]["nodeAffinity"]
     # One spare per node: two on one node would hold one node and bill as two.
-    apart = {"labelSelector": {"matchLabels": {LABEL_SPARE_OF: ref.name}}}
-    affinity["podAntiAffinity"] = {
-        "requiredDuringSchedulingIgnoredDuringExecution": [{**apart, "topologyKey": LABEL_HOSTNAME}]
-    }
+    apart = [
+        {"labelSelector": {"matchLabels": {key: ref.name}}, "topologyKey": LABEL_HOSTNAME}
+        for key in apart_from
+    ]
+    affinity["podAntiAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": apart}
     pod.update(
         containers=[container],
         affinity=affinity,
@@ -137,29 +147,53 @@ def build_spares_deployment(
     """Deployment ``<run>-spares`` with ``replicas`` (default spec.capacity.warmSpares)
     placeholders, each pulling ``pull_images`` too (:func:`pull_containers`)."""
     pod = spare_pod_spec(ref, spec, capacity_type or spec.capacity.type.value)
+    count = spec.capacity.warm_spares if replicas is None else replicas
+    return _placeholders(ref, spares_name(ref.name), LABEL_SPARE_OF, pod, count, pull_images)
+
+
+def build_capacity_requests_deployment(
+    ref: RunRef,
+    spec: TrainingRunSpec,
+    capacity_type: str,
+    replicas: int,
+    avoid_nodes: Sequence[str] = (),
+    pull_images: Sequence[str] = (),
+) -> Obj:
+    """Deployment ``<run>-capacity`` (decisions.capacity_requests): ``replicas``
+    placeholders like the spares, off ``avoid_nodes`` and never on a node that holds
+    another placeholder of the run, so that each pending one asks for a node of its own."""
+    apart = (LABEL_CAPACITY_FOR, LABEL_SPARE_OF)
+    pod = spare_pod_spec(ref, spec, capacity_type, avoid_nodes, apart_from=apart)
+    name = capacity_requests_name(ref.name)
+    return _placeholders(ref, name, LABEL_CAPACITY_FOR, pod, replicas, pull_images)
+
+
+def _placeholders(
+    ref: RunRef, name: str, key: str, pod: Obj, replicas: int, pull_images: Sequence[str]
+) -> Obj:
+    """A Deployment ``name`` of ``replicas`` placeholder pods ``pod``, selected by ``key``."""
     if pull_images:
         pod["initContainers"] = pull_containers(pull_images)
-    labels = spare_labels(ref.name)
+    # spotrun.dev/run too: the run's pod watch sees the placeholders (their cost);
+    # observation sets them apart by ``key`` (they carry no spotrun.dev/attempt).
+    labels = {**run_labels(ref.name), key: ref.name}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": spares_name(ref.name),
+            "name": name,
             "namespace": ref.namespace,
             "labels": labels,
             "ownerReferences": [builders.owner_reference(ref)],
         },
         "spec": {
-            "replicas": spec.capacity.warm_spares if replicas is None else replicas,
-            "selector": {"matchLabels": {LABEL_SPARE_OF: ref.name}},
-            # A new image replaces spares one node at a time; never two pods per spare.
+            "replicas": replicas,
+            "selector": {"matchLabels": {key: ref.name}},
+            # A new image replaces placeholders one node at a time; never two pods per node.
             "strategy": {
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
             },
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": pod,
-            },
+            "template": {"metadata": {"labels": labels}, "spec": pod},
         },
     }

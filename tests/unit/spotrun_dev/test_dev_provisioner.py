@@ -4,15 +4,21 @@ that name the variable."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
+from kubernetes import client
 
 from spotrun_dev.provisioner import (
     DEFAULT_DELAY_SECONDS,
     ENV_DELAY,
     ENV_IMAGES,
+    SETTLE_SECONDS,
     CapacitySettings,
     GroupState,
+    Provisioner,
     launch_due,
+    target_size,
 )
 from spotrun_dev.waiting import ClusterError
 
@@ -53,3 +59,56 @@ def test_settings_from_the_environment() -> None:
 def test_bad_settings_name_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(ClusterError, match=named):
         CapacitySettings.from_env(env)
+
+
+# --- launching for pods the scheduler cannot place (Cluster Autoscaler's scale-up) ----------
+
+
+def test_the_group_grows_for_unschedulable_pods_by_at_most_one_beyond_its_count() -> None:
+    assert target_size(wanted=2, healthy=2, unschedulable=0) == 2
+    # A notice's placeholder while the doomed instance still runs: one more node.
+    assert target_size(wanted=2, healthy=2, unschedulable=1) == 3
+    assert target_size(wanted=2, healthy=2, unschedulable=4) == 3
+    # The doomed instance ended: the same placeholder is the lost node's replacement.
+    assert target_size(wanted=2, healthy=1, unschedulable=1) == 2
+    assert target_size(wanted=3, healthy=1, unschedulable=0) == 3
+
+
+def _pod(node: str | None, reason: str | None, deleting: bool = False) -> client.V1Pod:
+    conds = [client.V1PodCondition(type="PodScheduled", status="False", reason=reason)]
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name="p", deletion_timestamp=dt.datetime.now(dt.UTC)
+                                     if deleting else None),
+        spec=client.V1PodSpec(containers=[], node_name=node),
+        status=client.V1PodStatus(phase="Pending", conditions=conds if reason else []),
+    )  # fmt: skip
+
+
+class _Pods:
+    def __init__(self, pods: list[client.V1Pod]) -> None:
+        self.pods, self.asked = pods, []  # type: ignore[var-annotated]
+
+    def list_namespaced_pod(self, namespace: str, field_selector: str) -> client.V1PodList:
+        self.asked.append((namespace, field_selector))
+        return client.V1PodList(items=self.pods)
+
+
+def test_only_the_served_namespaces_unplaceable_pods_count_and_not_right_after_a_launch() -> None:
+    pods = [
+        _pod(None, "Unschedulable"),
+        _pod(None, "Unschedulable", deleting=True),  # going: asks for nothing
+        _pod("n1", None),  # bound, its containers not started
+        _pod(None, None),  # not judged by the scheduler yet
+        _pod(None, "SchedulerError"),
+    ]
+    now = [100.0]
+    core = _Pods(pods)
+    group = Provisioner(core, 2, CapacitySettings(5, "preloaded"), lambda: now[0], "ml")
+    assert group.unschedulable() == 1
+    assert core.asked == [("ml", "status.phase=Pending")]
+    group.group.launches.append((95.0, "spot-3"))  # its node is about to take the pod
+    assert group.unschedulable() == 0
+    now[0] = 95.0 + SETTLE_SECONDS
+    assert group.unschedulable() == 1
+    blind = Provisioner(core, 2, CapacitySettings(5, "preloaded"))
+    assert blind.unschedulable() == 0  # no namespace served: an ASG alone
