@@ -176,7 +176,7 @@ class Provisioner:
         if self.namespace is None or (last is not None and self.clock() - last < SETTLE_SECONDS):
             return 0
         pods = self.core.list_namespaced_pod(self.namespace, field_selector="status.phase=Pending")
-        return sum(1 for p in pods.items if _unschedulable(p))
+        return sum(1 for p in pods.items if unschedulable_pod(p))
 
     def launch(self, state: realnodes.FleetState) -> str:
         """A new spot node with this group's image mode; returns its name once Ready."""
@@ -197,7 +197,7 @@ class Provisioner:
         return name
 
 
-def _unschedulable(pod: client.V1Pod) -> bool:
+def unschedulable_pod(pod: client.V1Pod) -> bool:
     """The scheduler's verdict on a pod it could not bind (PodScheduled False,
     Unschedulable), what Cluster Autoscaler and Karpenter act on."""
     if pod.spec.node_name or pod.metadata.deletion_timestamp:

@@ -29,7 +29,12 @@ from spotrun_api.spares import SparesStatus
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_operator.decisions.children import avoided_nodes
 from spotrun_operator.decisions.draft import Draft
-from spotrun_operator.decisions.elasticity import attempt_capacity, attempt_size, fits, pod_needs
+from spotrun_operator.decisions.elasticity import (
+    attempt_capacity,
+    attempt_size,
+    nodes_fitting,
+    pod_needs,
+)
 from spotrun_operator.facts.common import (
     SPARE_PRIORITY_CLASS,
     capacity_requests_name,
@@ -95,7 +100,7 @@ def ask(d: Draft, spec: TrainingRunSpec, lack: Lack, old: int) -> int:
     from ``old``); returns the count."""
     avoid = avoided_nodes(d)
     need = pod_needs(spec, lack.capacity_type, avoid)
-    fit = {name for name, node in (d.obs.fleet or {}).items() if fits(node, need)}
+    fit = nodes_fitting(d.obs.fleet or {}, need)
     alive = [p for p in d.obs.spare_pods if not pod_meta(p).get("deletionTimestamp")]
     held = {str(pod_node(p)) for p in alive if pod_node(p)}
     missing = max(0, lack.nodes - len(fit))

@@ -118,12 +118,17 @@ def fits(node: NodeInfo, need: PodNeeds) -> bool:
     )
 
 
+def nodes_fitting(fleet: Mapping[str, NodeInfo], need: PodNeeds) -> set[str]:
+    """The nodes of ``fleet`` a pod with ``need`` could be scheduled on (:func:`fits`)."""
+    return {name for name, node in fleet.items() if fits(node, need)}
+
+
 def fitting_nodes(
     fleet: Mapping[str, NodeInfo], pods: Sequence[Mapping[str, Any]], need: PodNeeds, want: int
 ) -> tuple[int, str]:
     """(how many nodes the next attempt can have, why) for an attempt of ``want`` nodes."""
     placed = [str(pod_node(p)) for p in pods if pod_node(p)]
-    free = {name for name, node in fleet.items() if fits(node, need)}
+    free = nodes_fitting(fleet, need)
     count = len(free | set(placed))
     if count < want:
         return count, f"{count} node(s) fit ({need.describe()})"
@@ -148,7 +153,7 @@ def unplaceable(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> Verd
     want = entry.nodes or spec.nodes
     capacity = entry.capacity_type or spec.capacity.type.value
     need = pod_needs(spec, capacity, avoided_nodes(d))
-    fit = sum(1 for node in d.obs.fleet.values() if fits(node, need))
+    fit = len(nodes_fitting(d.obs.fleet, need))
     if fit >= want:
         return None
     return Verdict(

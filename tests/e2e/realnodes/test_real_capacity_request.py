@@ -27,7 +27,7 @@ from kubernetes import client
 
 from spotrun_dev import chart_install, images, real_interrupt, real_story, realnodes
 from spotrun_dev.node_config import RealNode
-from spotrun_dev.provisioner import CapacitySettings, Provisioner
+from spotrun_dev.provisioner import CapacitySettings, Provisioner, unschedulable_pod
 from spotrun_dev.real_story import Story
 from spotrun_dev.waiting import wait_for
 
@@ -41,13 +41,6 @@ ARGS = (
 
 def requests(core: client.CoreV1Api, namespace: str) -> list[client.V1Pod]:
     return list(core.list_namespaced_pod(namespace, label_selector=REQUESTS).items)
-
-
-def unschedulable(pod: client.V1Pod) -> bool:
-    return any(
-        c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
-        for c in pod.status.conditions or []
-    )
 
 
 def avoided(pod: client.V1Pod) -> set[str]:
@@ -91,7 +84,7 @@ def test_a_spot_notice_asks_for_the_replacement_before_the_instance_ends(
             asked = story.wait_status("run", "a capacity request", _requested, 60, 0.5)
 
             def pending_request() -> bool:
-                seen[:] = [p for p in requests(core, namespace) if unschedulable(p)]
+                seen[:] = [p for p in requests(core, namespace) if unschedulable_pod(p)]
                 return bool(seen)
 
             wait_for("the placeholder unschedulable", pending_request, timeout=30)
