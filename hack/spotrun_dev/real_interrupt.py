@@ -49,6 +49,13 @@ def nth_drain(core: client.CoreV1Api, name: str, drain_timeout: float = 300) -> 
     inject.run_writes(core, name, inject.component_writes("nth"), drain_timeout)
 
 
+def nth_rebalance(core: client.CoreV1Api, name: str) -> None:
+    """NTH in IMDS mode on a rebalance recommendation, exactly as
+    ``plans_aws.nth_rebalance``: its Event, the taint (a PUT of the Node), the cordon; no
+    drain, and the instance lives on."""
+    inject.run_writes(core, name, inject.component_writes("rebalance"))
+
+
 def instance_dies(
     core: client.CoreV1Api,
     name: str,

@@ -180,6 +180,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="treat a rebalance recommendation like an interruption notice",
     )
+    p.add_argument(
+        "--replace-on-rebalance",
+        action="store_true",
+        default=None,
+        help="on a rebalance recommendation, ask for a replacement node at once and move the "
+        "gang to it once it holds the run's image",
+    )
     p.add_argument("--workers", type=int, default=config.DEFAULT_WORKERS, help="reconcile threads")
     p.add_argument(
         "--pod-dry-run",
@@ -269,6 +276,7 @@ def aws_prices(pricing: PricingConfig | None = None) -> PriceSource:
 def build_runner(args: argparse.Namespace, registry: CollectorRegistry) -> Runner:
     overrides = {name: getattr(args, name) for name, _, _ in _TUNABLES}
     overrides["restart_on_rebalance"] = args.restart_on_rebalance
+    overrides["replace_on_rebalance"] = args.replace_on_rebalance
     cfg = config.with_overrides(config.from_env(), overrides)
     # The reconcile workers, the event sink and the Lease's calls (kopf's executor).
     api = connection.load_api_client(

@@ -17,7 +17,7 @@ from spotrun_api.enums import ConditionType, Outcome, RunReason
 from spotrun_api.naming import job_name
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import Attempt
-from spotrun_operator.decisions import elasticity, grow_back, outcomes, queueing
+from spotrun_operator.decisions import elasticity, grow_back, outcomes, queueing, rebalance
 from spotrun_operator.decisions.children import stop_gang, stop_pods
 from spotrun_operator.decisions.draft import Draft
 from spotrun_operator.decisions.finish import finish
@@ -121,7 +121,7 @@ def _judge(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> None:
         return
     pods = d.pods_of(n)
     verdict = _verdict(d, spec, n, entry, job)
-    _notice_rebalance(d, n, pods)
+    _notice_rebalance(d, n, entry, pods)
     kind = verdict.kind
     if kind is VerdictKind.SUCCEEDED:
         record(d, n, Outcome.SUCCEEDED, "Completed", verdict.message)
@@ -166,7 +166,7 @@ def _verdict(
         job=job,
         deleted_pods=[p for p in obs.deleted_pods if attempt_of(p) == n],
         known_pod_uids=entry.pod_uids or (),
-        restart_on_rebalance=d.cfg.restart_on_rebalance,
+        restart_on_rebalance=rebalance.move_now(d, spec, n, entry),
         failure_settle_seconds=d.cfg.failure_settle_seconds,
         node_lost_grace_seconds=d.cfg.node_lost_grace_seconds,
     )
@@ -268,18 +268,28 @@ def _recovery_time(d: Draft, n: int) -> None:
         d.metric("recovery", value=(d.now - t).total_seconds(), signal=str(prev.reason))
 
 
-def _notice_rebalance(d: Draft, n: int, pods: Sequence[Mapping[str, Any]]) -> None:
-    """A rebalance recommendation alone does not restart (by default): say so, once."""
+def _notice_rebalance(d: Draft, n: int, entry: Attempt, pods: Sequence[Mapping[str, Any]]) -> None:
+    """A rebalance recommendation alone does not restart (by default): say so, once. With
+    --replace-on-rebalance it asks for the replacement (capacity_requests) and requeues
+    until the move."""
     if d.cfg.restart_on_rebalance:
         return
+    replacing = rebalance.replacing(d, n, entry)
+    if replacing:
+        d.requeue(d.cfg.capacity_poll_seconds)
+    then = (
+        "asking for a replacement node; the gang moves to it once it holds the run's image"
+        if replacing
+        else "not restarting on the recommendation alone (a drain of the node, as NTH's "
+        "queue mode does, or a spot interruption notice does)"
+    )
     for p in pods:
         node = d.obs.nodes.get(str(pod_node(p)))
         if node and "aws-node-termination-handler/rebalance-recommendation" in node.taints:
             d.event(
                 "Warning",
                 "RebalanceRecommendation",
-                f"attempt {n}: node {node.name} got a {REBALANCE}; not restarting on the "
-                "recommendation alone (a drain of the node, as NTH's queue mode does, or a "
-                "spot interruption notice does); the next attempt will avoid the node",
+                f"attempt {n}: node {node.name} got a {REBALANCE}; {then}; the next attempt "
+                "will avoid the node",
                 key=f"{REBALANCE}/{n}/{node.name}",
             )

@@ -33,6 +33,11 @@ class OperatorConfig:
     backoff_reset_seconds: float = 1800.0
     # A rebalance recommendation is advice, not a notice: by default it does not restart.
     restart_on_rebalance: bool = False
+    # Instead, ask for the replacement at the recommendation and move the gang to it once
+    # it is warm (decisions/rebalance.py): off by default, as EC2 Auto Scaling's Capacity
+    # Rebalancing is; a recommendation not followed by a notice costs a restart and the
+    # replacement's node time.
+    replace_on_rebalance: bool = False
     # Survivors of a lost node often crash in NCCL before the node is marked NotReady; a
     # failed pod is charged to the application only once this long passed with no
     # infrastructure evidence in the gang.

@@ -346,11 +346,15 @@ def test_cli_flags_and_env_override_the_config() -> None:
             "--backoff-base-seconds",
             "1",
             "--restart-on-rebalance",
+            "--replace-on-rebalance",
             "--pricing",
             "table",
         ]
     )
     assert args.namespace == ["a", "b"] and args.pricing == "table"
+    assert args.replace_on_rebalance is True
+    assert main.parse_args([]).replace_on_rebalance is None  # the config's default: off
+    assert OperatorConfig().replace_on_rebalance is False
     cfg = from_env({"SPOTRUN_FAILURE_SETTLE_SECONDS": "7", "SPOTRUN_RESTART_ON_REBALANCE": "no"})
     assert cfg.failure_settle_seconds == 7.0 and cfg.restart_on_rebalance is False
     cfg = with_overrides(

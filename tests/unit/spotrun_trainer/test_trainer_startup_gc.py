@@ -13,6 +13,9 @@ from spotrun_trainer import startup_gc
 
 @pytest.fixture(autouse=True)
 def _restore_collector() -> Iterator[None]:
+    # A pause another test left behind (the module's flag is process-wide) would make
+    # this test's first resume() freeze: start from none.
+    startup_gc.resume()
     was_enabled = gc.isenabled()
     yield
     startup_gc.resume()
