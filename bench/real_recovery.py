@@ -7,7 +7,10 @@ One 2-node run of the real trainer image (DDP over gloo, ``python -m spotrun_lm`
 on the real nodes, is interrupted once by ``nth`` (NTH's drain, then the instance dies),
 ``shutdown`` (the kubelet's graceful node shutdown, then power-off), ``loss`` (every
 process of the instance SIGKILLed) or ``partition`` (the node's network cut, its processes
-alive; terminated once the case is over). The spot group replaces a lost instance, and
+alive; terminated once the case is over), or ``rebalance`` (NTH's IMDS handling of a
+rebalance recommendation on the node, taint and cordon, then ``--rebalance-lead`` seconds
+later the ``nth`` notice there; the bench's operator runs with ``--replace-on-rebalance``).
+The spot group replaces a lost instance, and
 launches a node for each of the bench's pods the scheduler cannot place (Cluster
 Autoscaler's scale-up: a run's placeholder, Kubeflow's recreated pod), each after
 ``--delay`` seconds, and replacements start without images: the kubelet pulls the trainer
@@ -25,7 +28,9 @@ AMI). Variants:
   failed container restarts in place, a deleted pod is recreated), two nodes; the
   trainer's own heartbeat is off (``SPOTRUN_PEER_TIMEOUT_SECONDS=0``: not Kubeflow's).
 
-Per case: signal -> the first training step of the next gang, its phases
+Per case: signal -> the first training step of the next gang (``rebalance``: the pause, the
+old gang's last step -> the next gang's first, since the run trains on after the advice),
+its phases
 (``real_recovery_watch``) and the steps lost (the master's own log lines). Writes
 bench/results/real_recovery.json (medians over ``--reps``) and prints the table, then the
 expected goodput of an 8-node gang (``real_recovery_goodput``). Not a test: it needs the
@@ -54,7 +59,7 @@ from spotrun_dev import cluster
 from spotrun_dev.provisioner import CapacitySettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SIGNALS = ("nth", "shutdown", "loss", "partition")
+SIGNALS = ("nth", "shutdown", "loss", "partition", "rebalance")
 VARIANTS = ("spotrun", "spotrun_spare", "spotrun_elastic", "kubeflow")
 # What the spot group does (provisioner): runs measured before it launched for pending pods
 # are not merged with these.
@@ -128,6 +133,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--delay", type=float, default=None, help="provisioning delay, seconds")
     p.add_argument("--images", choices=("registry", "preloaded"), default="registry")
     p.add_argument("--timeout", type=float, default=480, help="per case, signal -> training")
+    p.add_argument(
+        "--rebalance-lead",
+        type=float,
+        default=120,
+        help="rebalance: seconds from the recommendation to the notice",
+    )
     p.add_argument("--out", default=str(RESULTS / "real_recovery.json"))
     p.add_argument(
         "--merge",
@@ -137,10 +148,11 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()  # fmt: skip
 
 
-def kept_runs(out: Path, settings: CapacitySettings, rerun: set[tuple[str, str]]
-              ) -> list[Result]:  # fmt: skip
-    """The runs recorded in ``out`` under the same settings whose (signal, variant) is not
-    run again: a case measured again replaces its old runs, the others stay."""
+def kept_runs(out: Path, settings: CapacitySettings, rerun: set[tuple[str, str]],
+              lead: float = 120.0) -> list[Result]:  # fmt: skip
+    """The runs recorded in ``out`` under the same settings (and, for rebalance runs, the
+    same lead) whose (signal, variant) is not run again: a case measured again replaces
+    its old runs, the others stay."""
     if not out.is_file():
         return []
     data = json.loads(out.read_text())
@@ -148,8 +160,11 @@ def kept_runs(out: Path, settings: CapacitySettings, rerun: set[tuple[str, str]]
         settings.delay_seconds, settings.images, GROUP)  # fmt: skip
     if not same:
         raise SystemExit(f"--merge: {out} was measured with other settings")
-    return [Result(**run) for row in data["signals"].values() for run in row["runs"]
+    kept = [Result(**run) for row in data["signals"].values() for run in row["runs"]
             if (run["signal"], run["variant"]) not in rerun]  # fmt: skip
+    if any(r.signal == "rebalance" for r in kept) and data.get("rebalance_lead_s") != lead:
+        raise SystemExit(f"--merge: {out}'s rebalance runs had another --rebalance-lead")
+    return kept
 
 
 def main() -> int:
@@ -164,10 +179,10 @@ def main() -> int:
             raise SystemExit(f"unknown signal or variant {name!r}")
     local = cluster.ensure_cluster()
     rerun = {(sig, v) for sig in signals for v in variants}
-    results = kept_runs(Path(args.out), settings, rerun) if args.merge else []
+    results = kept_runs(Path(args.out), settings, rerun, args.rebalance_lead) if args.merge else []
     data: dict[str, Any] = {}
     with local.api_client() as api:
-        runner = CaseRunner(api, settings, args.timeout)
+        runner = CaseRunner(api, settings, args.timeout, args.rebalance_lead)
         runner.setup()
         try:
             for rep, sig, variant in itertools.product(range(args.reps), signals, variants):
@@ -178,7 +193,8 @@ def main() -> int:
                 print(f"    {r.seconds}s, lost {lost}, {r.phases} {r.grow_back} {r.notes}",
                       flush=True)  # fmt: skip
                 results.append(r)
-                data = write(results, settings, Path(args.out))  # each case: kept
+                # Each case is kept as it ends.
+                data = write(results, settings, Path(args.out), args.rebalance_lead)
         finally:
             runner.teardown()
     print_table(data)
@@ -187,8 +203,12 @@ def main() -> int:
     return 0
 
 
-def write(results: list[Result], settings: CapacitySettings, out: Path) -> dict[str, Any]:
+def write(
+    results: list[Result], settings: CapacitySettings, out: Path, lead: float
+) -> dict[str, Any]:
     data = summary(results, settings)
+    if "rebalance" in data["signals"]:
+        data["rebalance_lead_s"] = lead
     data["goodput"] = goodput.table(data)
     data["machine"] = {"cpus": 2, "python": platform.python_version(), "host": "this machine"}
     data["time"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -48,13 +48,19 @@ ARGS = (
 )
 WARM_STEPS = 30  # trained before the signal, so a checkpoint exists
 ELASTIC = {"minNodes": 1, "waitBeforeShrink": "0s"}  # spotrun_elastic (growBack default)
+# The bench's operator replaces a node on its rebalance recommendation (decisions/rebalance.py);
+# no other signal taints a node so, so only the ``rebalance`` cases see the flag.
+OPERATOR_ARGS = ("--replace-on-rebalance",)
 
 
 class CaseRunner:
-    def __init__(self, api: client.ApiClient, settings: CapacitySettings, timeout: float) -> None:
+    def __init__(
+        self, api: client.ApiClient, settings: CapacitySettings, timeout: float, lead: float
+    ) -> None:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.api, self.settings, self.timeout = api, settings, timeout
+        self.lead = lead  # rebalance: the recommendation comes this long before the notice
         self.image = ""
         self.release: chart_install.Release | None = None
 
@@ -65,7 +71,9 @@ class CaseRunner:
         cluster.fresh_namespace(self.core, NAMESPACE)
         storage.ensure_checkpoint_claim(self.core, NAMESPACE, "ckpt")
         cluster_apply.apply_manifests(self.api, [yaml.safe_load(CRD.read_text())])
-        self.release = chart_install.install_operator(self.core, NAMESPACE, built["operator"].ref)
+        self.release = chart_install.install_operator(
+            self.core, NAMESPACE, built["operator"].ref, extra_args=OPERATOR_ARGS
+        )
 
     def teardown(self) -> None:
         """Uninstall the bench's operator: left running, it would act on every later run
@@ -124,11 +132,14 @@ class CaseRunner:
         last = w.log_marks(self._log(master), b.signal).last_step
         dying = threading.Thread(target=self._inject, args=(signal, node), daemon=True)
         dying.start()
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self.timeout + (self.lead if signal == "rebalance" else 0)
         resumed: int | None = None
         next_master = ""
         while not b.complete() and time.monotonic() < deadline:
             if b.running is None:
+                if signal == "rebalance":  # the old gang trains on: its last step, until it stops
+                    old = w.last_step(self._log(master))
+                    b.paused, last = (old[0], old[1]) if old else (b.paused, last)
                 self._observe(b, kubeflow, before, gang)
             else:
                 # From here only the new master's log is read, every 2 s: its lines carry
@@ -158,7 +169,10 @@ class CaseRunner:
         return b, lost
 
     def _inject(self, signal: str, node: str) -> None:
-        if signal == "nth":
+        if signal == "rebalance":  # NTH (IMDS) on the recommendation; the notice comes later
+            real_interrupt.nth_rebalance(self.core, node)
+            threading.Event().wait(self.lead)
+        if signal in ("nth", "rebalance"):
             real_interrupt.nth_drain(self.core, node)
         elif signal == "shutdown":
             realnodes.power_off(node)

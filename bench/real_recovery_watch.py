@@ -111,6 +111,9 @@ class Boundaries:
     trainer_phases: dict[str, float] = field(default_factory=dict)
     # spotrun_elastic: what growing back cost (see grow_back); empty otherwise.
     grow_back: dict[str, float] = field(default_factory=dict)
+    # rebalance: the old gang's last step line (it trains on after the recommendation); the
+    # case's figure is then the pause, this -> the next gang's first step.
+    paused: dt.datetime | None = None
 
     def complete(self) -> bool:
         return self.trained is not None
@@ -131,6 +134,8 @@ class Boundaries:
 
     def total(self) -> float | None:
         p = self.phases()
+        if p and self.paused is not None and self.trained is not None:
+            return round((self.trained - self.paused).total_seconds(), 1)
         return round(sum(p.values()), 1) if p else None
 
 

@@ -64,6 +64,26 @@ def test_phases_are_clamped_and_add_up_to_signal_to_training() -> None:
                  "first_step": 1.0}  # fmt: skip
     assert b.total() == 76.0
     assert w.Boundaries(signal=T0, detect=at(1)).phases() == {}
+    # rebalance: the run trained on after the signal; the figure is its pause.
+    b.paused = at(70)
+    assert b.total() == 6.0
+
+
+def test_a_rebalance_run_is_kept_only_under_the_same_lead(tmp_path: Path) -> None:
+    settings = CapacitySettings(60.0, "preloaded")
+    runs = [
+        rr.Result("rebalance", v, 8.0, 0, {"detect": 70.0}, []) for v in ("spotrun", "kubeflow")
+    ]
+    out = tmp_path / "real_recovery.json"
+    data = rr.write(runs, settings, out, 90.0)
+    assert data["rebalance_lead_s"] == 90.0 and data["signals"]["rebalance"]["spotrun_s"] == 8.0
+    assert len(rr.kept_runs(out, settings, set(), 90.0)) == 2
+    assert (
+        rr.kept_runs(out, settings, {("rebalance", "spotrun"), ("rebalance", "kubeflow")}, 60.0)
+        == []
+    )
+    with pytest.raises(SystemExit, match="rebalance-lead"):
+        rr.kept_runs(out, settings, set(), 60.0)
 
 
 def test_the_summary_has_the_shape_the_issue_names() -> None:
@@ -159,7 +179,7 @@ def test_merge_keeps_the_cases_not_run_again_and_refuses_other_settings(tmp_path
     old = [rr.Result(sig, v, 100.0, 0, {"capacity": 60.0}, [])
            for sig in ("nth", "loss") for v in ("spotrun", "kubeflow")]  # fmt: skip
     out = tmp_path / "real_recovery.json"
-    rr.write(old, settings, out)
+    rr.write(old, settings, out, 120.0)
     kept = rr.kept_runs(out, settings, {("nth", "kubeflow")})
     assert sorted((r.signal, r.variant) for r in kept) == [
         ("loss", "kubeflow"), ("loss", "spotrun"), ("nth", "spotrun")]  # fmt: skip
