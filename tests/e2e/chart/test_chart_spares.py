@@ -82,3 +82,15 @@ def test_spares_pull_the_images_named_and_none_by_default() -> None:
 def test_a_pull_image_with_a_comma_is_refused_by_the_schema() -> None:
     out = helm_template("--set=spares.pullImages[0]=a:1\\,b:2")
     assert out.returncode != 0 and "pullImages" in out.stderr
+
+
+def test_a_rebalance_recommendation_is_ignored_by_default_and_replace_or_restart_pass_a_flag() -> (
+    None
+):
+    flags = ("--replace-on-rebalance", "--restart-on-rebalance")
+    assert not [a for a in operator_args(render()) if a in flags]
+    for value, flag in zip(("replace", "restart"), flags, strict=True):
+        args = operator_args(render(f"--set=operator.rebalanceRecommendation={value}"))
+        assert [a for a in args if a in flags] == [flag], value
+    out = helm_template("--set=operator.rebalanceRecommendation=drain")
+    assert out.returncode != 0 and "rebalanceRecommendation" in out.stderr
