@@ -63,6 +63,7 @@ class CaseRunner:
         self.lead = lead  # rebalance: the recommendation comes this long before the notice
         self.image = ""
         self.release: chart_install.Release | None = None
+        self._ended_before: list[str] = []  # the run's attempts ended before the signal
 
     def setup(self) -> None:
         built = realnodes.built_images()
@@ -129,6 +130,9 @@ class CaseRunner:
         node = str(worker.spec.node_name)
         before = {p.metadata.uid: _restarts(p) for p in pods}
         b = w.Boundaries(signal=dt.datetime.now(dt.UTC))
+        self._ended_before = [] if kubeflow else self._ended()
+        if self._ended_before:  # the case's gang is not attempt 1: say why
+            b.notes.append(f"attempts ended before the signal: {self._ended_before}")
         last = w.log_marks(self._log(master), b.signal).last_step
         dying = threading.Thread(target=self._inject, args=(signal, node), daemon=True)
         dying.start()
@@ -199,8 +203,7 @@ class CaseRunner:
 
     def _detected(self, kubeflow: bool, pods: list[Any], before: dict[str, int]) -> bool:
         if not kubeflow:
-            st = self._status()
-            return any(a.get("outcome") for a in st.get("attempts") or [])
+            return len(self._ended()) > len(self._ended_before)
         if {p.metadata.uid for p in pods} != set(before):
             return True
         return any(
@@ -289,6 +292,12 @@ class CaseRunner:
         except ApiException:
             return []  # not started yet, or gone
         return str(text).splitlines()
+
+    def _ended(self) -> list[str]:
+        """The run's attempts that have an outcome: ``N outcome reason``."""
+        attempts = self._status().get("attempts") or []
+        return [f"{a['attempt']} {a['outcome']} {a.get('reason', '')}".strip()
+                for a in attempts if a.get("outcome")]  # fmt: skip
 
     def _status(self) -> dict[str, Any]:
         obj = self.custom.get_namespaced_custom_object(

@@ -42,7 +42,8 @@ CRD = paths.REPO_ROOT / "crds" / "trainingruns.spotrun.dev.yaml"
 # tests named in docs/signals.md prove each line).
 REBALANCE_RULES = """\
   NTH IMDS mode:    taint + cordon, no drain -> no restart; a Warning event, and the next
-                    attempt avoids the node (--restart-on-rebalance restarts at once)
+                    attempt avoids the node (--restart-on-rebalance restarts at once;
+                    --replace-on-rebalance asks for a replacement and moves once it is warm)
   NTH queue mode:   taint + cordon + drain   -> rebalance-recommendation: the whole gang is
                     stopped gracefully at once (preemption budget), next attempt elsewhere
   EKS managed group: cordon + drain, no taint -> mng-rebalance, the same as a queue-mode drain"""
