@@ -39,6 +39,18 @@ ARGS = (
 )
 
 
+def start_training(story: Story, image: str) -> tuple[str, str]:
+    """Run ``run`` (2 nodes, trains until deleted) to step 20: (worker's node, master's)."""
+    body = real_story.trainer_run("run", image, "ckpt", ARGS)
+    story.custom.create_namespaced_custom_object(
+        *real_story.TR[:2], story.namespace, real_story.TR[2], body
+    )
+    story.wait_training("run", 1, 20)
+    master = next(p for p in story.pods("run", 1) if real_story.is_master(p))
+    worker = next(p for p in story.pods("run", 1) if not real_story.is_master(p))
+    return str(worker.spec.node_name), str(master.spec.node_name)
+
+
 def requests(core: client.CoreV1Api, namespace: str) -> list[client.V1Pod]:
     return list(core.list_namespaced_pod(namespace, label_selector=REQUESTS).items)
 
@@ -66,14 +78,7 @@ def test_a_spot_notice_asks_for_the_replacement_before_the_instance_ends(
     core = client.CoreV1Api(api_client)
     realnodes.exactly_spot_nodes(core, 2)  # a free node would take the gang: no request
     story = Story(api_client, namespace, len(real_nodes))
-    body = real_story.trainer_run("run", built_images["trainer"].ref, "ckpt", ARGS)
-    story.custom.create_namespaced_custom_object(
-        *real_story.TR[:2], namespace, real_story.TR[2], body
-    )
-    story.wait_training("run", 1, 20)
-    master = next(p for p in story.pods("run", 1) if real_story.is_master(p))
-    worker = next(p for p in story.pods("run", 1) if not real_story.is_master(p))
-    lost_node, kept_node = str(worker.spec.node_name), str(master.spec.node_name)
+    lost_node, kept_node = start_training(story, built_images["trainer"].ref)
 
     settings = CapacitySettings(DELAY_SECONDS, "preloaded")
     seen: list[client.V1Pod] = []

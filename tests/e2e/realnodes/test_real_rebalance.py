@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from test_real_capacity_request import start_training
 
 from spotrun_dev import chart_install, images, real_interrupt, real_story, realnodes
 from spotrun_dev.node_config import RealNode
@@ -32,10 +33,6 @@ from spotrun_dev.provisioner import CapacitySettings, Provisioner
 from spotrun_dev.real_story import Story
 
 DELAY_SECONDS = 15.0
-ARGS = (
-    *(a for a in real_story.TRAINER_ARGS if not a.startswith("--max-steps")),
-    "--max-steps=100000",
-)
 
 
 @pytest.fixture
@@ -55,14 +52,7 @@ def test_a_rebalance_recommendation_moves_the_gang_to_a_warm_replacement(
     core = client.CoreV1Api(api_client)
     realnodes.exactly_spot_nodes(core, 2)  # a free node would be a ready replacement
     story = Story(api_client, namespace, len(real_nodes))
-    body = real_story.trainer_run("run", built_images["trainer"].ref, "ckpt", ARGS)
-    story.custom.create_namespaced_custom_object(
-        *real_story.TR[:2], namespace, real_story.TR[2], body
-    )
-    story.wait_training("run", 1, 20)
-    master = next(p for p in story.pods("run", 1) if real_story.is_master(p))
-    worker = next(p for p in story.pods("run", 1) if not real_story.is_master(p))
-    advised, kept = str(worker.spec.node_name), str(master.spec.node_name)
+    advised, kept = start_training(story, built_images["trainer"].ref)
 
     settings = CapacitySettings(DELAY_SECONDS, "preloaded")
     try:

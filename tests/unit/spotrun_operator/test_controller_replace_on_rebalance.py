@@ -28,7 +28,8 @@ NOTICE = (TAINT_SPOT_ITN, "", "NoSchedule")
 
 def recommended(name: str) -> NodeInfo:
     """A node after NTH's IMDS rebalance handling: the taint and a cordon."""
-    return fleet_node(name, cordoned=True, taints=(GPU_TAINT, RECOMMENDED))
+    node: NodeInfo = fleet_node(name, cordoned=True, taints=(GPU_TAINT, RECOMMENDED))
+    return node
 
 
 def reasons(d: Decision, reason: str) -> list[str]:
@@ -70,8 +71,8 @@ def test_the_replacement_is_asked_at_once_and_the_gang_moves_once_it_holds_the_i
     d = on_rebalance(st, 70, fleet_node("n3"), spare_pods=pulling)
     st = merge(st, d)
     assert "outcome" not in st["attempts"][0]
-    assert requests_applied(d)["spec"]["replicas"] == 1  # type: ignore[index]
-    assert avoided(requests_applied(d)) == ["n1", "n2"]  # type: ignore[arg-type]
+    assert requests_applied(d)["spec"]["replicas"] == 1
+    assert avoided(requests_applied(d)) == ["n1", "n2"]
     # Its image is there (the placeholder runs): the recommendation counts as a notice.
     warm = [placeholder("llm-capacity-a", "n3")]
     d = on_rebalance(st, 130, fleet_node("n3"), spare_pods=warm)
@@ -80,7 +81,7 @@ def test_the_replacement_is_asked_at_once_and_the_gang_moves_once_it_holds_the_i
     assert (first["outcome"], first["reason"]) == ("Preempted", "rebalance-recommendation")
     assert (st["preemptions"], st.get("failures", 0)) == (1, 0)
     assert not any(isinstance(a, CreateJob) for a in d.actions)  # the gang stops first
-    assert requests_applied(d)["spec"]["replicas"] == 1  # type: ignore[index]
+    assert requests_applied(d)["spec"]["replicas"] == 1
     # Once the gang is gone, attempt 2 is created off the going node.
     d = decide(observed(now=140, status=st, jobs={1: job(1)}, spare_pods=warm,
                         **world(fleet_node("n1"), recommended("n2"), fleet_node("n3"))),
@@ -100,7 +101,7 @@ def test_a_notice_before_the_replacement_is_warm_is_a_spot_interruption() -> Non
     st = merge(st, d)
     assert (st["attempts"][0]["outcome"], st["attempts"][0]["reason"]) == (
         "Preempted", "spot-interruption")  # fmt: skip
-    assert requests_applied(d)["spec"]["replicas"] == 1  # type: ignore[index]
+    assert requests_applied(d)["spec"]["replicas"] == 1
 
 
 def test_a_free_node_that_fits_is_a_ready_replacement() -> None:
@@ -118,4 +119,4 @@ def test_restart_on_rebalance_still_restarts_at_once() -> None:
                         **world(fleet_node("n1"), recommended("n2"))), both)  # fmt: skip
     st = merge(st, d)
     assert st["attempts"][0]["reason"] == "rebalance-recommendation"
-    assert requests_applied(d)["spec"]["replicas"] == 1  # type: ignore[index]
+    assert requests_applied(d)["spec"]["replicas"] == 1
