@@ -3,8 +3,9 @@ recommendation on a node of the running gang asks for the replacement at once, a
 gang moves when the replacement is warm (pure).
 
 EC2 sends a rebalance recommendation when a spot instance is at elevated risk of
-interruption, often minutes before the two-minute notice (EC2 User Guide, "EC2 instance
-rebalance recommendations"); NTH in IMDS mode only taints and cordons the node
+interruption; it "can arrive sooner than the two-minute Spot Instance interruption notice",
+or along with it (EC2 User Guide, "EC2 instance rebalance recommendations"). NTH in IMDS
+mode only taints and cordons the node
 (``aws-node-termination-handler/rebalance-recommendation``). Restarting on the
 recommendation alone (``--restart-on-rebalance``) puts the gang on a capacity wait it did
 not have to take; ignoring it (the default) leaves the whole wait to the notice. Here the
