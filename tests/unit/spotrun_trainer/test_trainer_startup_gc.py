@@ -45,7 +45,12 @@ def test_resume_is_idempotent_and_does_nothing_without_a_pause(
     # is freed, by this thread or another one, so it cannot tell a second freeze apart.
     freezes: list[int] = []
     real_freeze = gc.freeze
-    monkeypatch.setattr(gc, "freeze", lambda: (freezes.append(1), real_freeze())[1])
+
+    def counted_freeze() -> None:
+        freezes.append(1)
+        real_freeze()
+
+    monkeypatch.setattr(gc, "freeze", counted_freeze)
     gc.enable()
     startup_gc.resume()
     assert gc.isenabled() and freezes == []  # nothing paused: nothing frozen
