@@ -27,7 +27,7 @@ from spotrun_operator.decisions.children import avoided_nodes, stop_gang
 from spotrun_operator.decisions.draft import Draft
 from spotrun_operator.decisions.elasticity import PodNeeds, fits, pod_needs
 from spotrun_operator.decisions.transitions import record
-from spotrun_operator.facts.common import fmt_time, pod_node
+from spotrun_operator.facts.common import fmt_time, pod_node, pod_warm
 from spotrun_operator.facts.signals import NodeInfo
 
 
@@ -57,10 +57,8 @@ def held_nodes(
     held = set()
     for pod in spare_pods:
         node = str(pod_node(pod) or "")
-        running = (pod.get("status") or {}).get("phase") == "Running"
-        deleting = (pod.get("metadata") or {}).get("deletionTimestamp")
         info = fleet.get(node)
-        if running and not deleting and info is not None and node not in taken and fits(info, need):
+        if pod_warm(pod) and info is not None and node not in taken and fits(info, need):
             held.add(node)
     return sorted(held)
 

@@ -32,7 +32,7 @@ from spotrun_operator.decisions.elasticity import (
     nodes_fitting,
     pod_needs,
 )
-from spotrun_operator.facts.common import pod_meta, pod_node
+from spotrun_operator.facts.common import pod_node, pod_warm
 from spotrun_operator.facts.signals import TAINT_REBALANCE
 
 
@@ -61,12 +61,7 @@ def replacement_ready(d: Draft, spec: TrainingRunSpec, entry: Attempt) -> bool:
     fit = nodes_fitting(d.obs.fleet, need)
     if len(fit) < attempt_size(spec, entry):
         return False
-    placed = [p for p in d.obs.spare_pods if pod_node(p) in fit]
-    return all(
-        (p.get("status") or {}).get("phase") == "Running"
-        and not pod_meta(p).get("deletionTimestamp")
-        for p in placed
-    )
+    return all(pod_warm(p) for p in d.obs.spare_pods if pod_node(p) in fit)
 
 
 def move_now(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> bool:

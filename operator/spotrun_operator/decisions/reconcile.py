@@ -121,7 +121,7 @@ def _judge(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> None:
         return
     pods = d.pods_of(n)
     verdict = _verdict(d, spec, n, entry, job)
-    _notice_rebalance(d, n, entry, pods)
+    _notice_rebalance(d, n, entry)
     kind = verdict.kind
     if kind is VerdictKind.SUCCEEDED:
         record(d, n, Outcome.SUCCEEDED, "Completed", verdict.message)
@@ -268,7 +268,7 @@ def _recovery_time(d: Draft, n: int) -> None:
         d.metric("recovery", value=(d.now - t).total_seconds(), signal=str(prev.reason))
 
 
-def _notice_rebalance(d: Draft, n: int, entry: Attempt, pods: Sequence[Mapping[str, Any]]) -> None:
+def _notice_rebalance(d: Draft, n: int, entry: Attempt) -> None:
     """A rebalance recommendation alone does not restart (by default): say so, once. With
     --replace-on-rebalance it asks for the replacement (capacity_requests) and requeues
     until the move."""
@@ -283,13 +283,11 @@ def _notice_rebalance(d: Draft, n: int, entry: Attempt, pods: Sequence[Mapping[s
         else "not restarting on the recommendation alone (a drain of the node, as NTH's "
         "queue mode does, or a spot interruption notice does)"
     )
-    for p in pods:
-        node = d.obs.nodes.get(str(pod_node(p)))
-        if node and "aws-node-termination-handler/rebalance-recommendation" in node.taints:
-            d.event(
-                "Warning",
-                "RebalanceRecommendation",
-                f"attempt {n}: node {node.name} got a {REBALANCE}; {then}; the next attempt "
-                "will avoid the node",
-                key=f"{REBALANCE}/{n}/{node.name}",
-            )
+    for node in rebalance.rebalanced_nodes(d, n):
+        d.event(
+            "Warning",
+            "RebalanceRecommendation",
+            f"attempt {n}: node {node} got a {REBALANCE}; {then}; the next attempt "
+            "will avoid the node",
+            key=f"{REBALANCE}/{n}/{node}",
+        )

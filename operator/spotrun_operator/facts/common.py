@@ -113,6 +113,13 @@ def pod_node(pod: Mapping[str, Any]) -> str | None:
     return str(name) if name else None
 
 
+def pod_warm(pod: Mapping[str, Any]) -> bool:
+    """A placeholder that runs and is not being deleted: its node is there and fits, and
+    its image (pulled by its containers) is on the node."""
+    running = (pod.get("status") or {}).get("phase") == "Running"
+    return running and not pod_meta(pod).get("deletionTimestamp")
+
+
 def attempt_of(pod: Mapping[str, Any]) -> int:
     """The attempt a pod belongs to (its spotrun.dev/attempt label; 0 when unlabelled)."""
     try:
