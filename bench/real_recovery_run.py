@@ -47,6 +47,7 @@ ARGS = (
     "--max-steps=100000",
 )
 WARM_STEPS = 30  # trained before the signal, so a checkpoint exists
+TAIL_LINES = 50  # of the old master's log, for its newest step line
 ELASTIC = {"minNodes": 1, "waitBeforeShrink": "0s"}  # spotrun_elastic (growBack default)
 # The bench's operator replaces a node on its rebalance recommendation (decisions/rebalance.py);
 # no other signal taints a node so, so only the ``rebalance`` cases see the flag.
@@ -141,9 +142,12 @@ class CaseRunner:
         next_master = ""
         while not b.complete() and time.monotonic() < deadline:
             if b.running is None:
-                if signal == "rebalance":  # the old gang trains on: its last step, until it stops
-                    old = w.last_step(self._log(master))
-                    b.paused, last = (old[0], old[1]) if old else (b.paused, last)
+                # rebalance: the old gang trains on; its newest step, until it stops (a
+                # line a step: the tail holds one, a whole log read twice a second would
+                # take CPU from the move on the 2 shared cores).
+                old = w.last_step(self._log(master, TAIL_LINES)) if signal == "rebalance" else None
+                if old is not None:
+                    b.paused, last = old
                 self._observe(b, kubeflow, before, gang)
             else:
                 # From here only the new master's log is read, every 2 s: its lines carry
@@ -284,11 +288,14 @@ class CaseRunner:
             pods = [p for p in pods if p.metadata.labels["spotrun.dev/attempt"] == str(newest)]
         return next((p.metadata.name for p in pods if real_story.is_master(p)), "")
 
-    def _log(self, pod: str) -> list[str]:
+    def _log(self, pod: str, tail: int | None = None) -> list[str]:
+        """``pod``'s log with the kubelet's timestamps (its last ``tail`` lines)."""
         if not pod:
             return []
         try:
-            text = self.core.read_namespaced_pod_log(pod, NAMESPACE, timestamps=True)
+            text = self.core.read_namespaced_pod_log(
+                pod, NAMESPACE, timestamps=True, tail_lines=tail
+            )
         except ApiException:
             return []  # not started yet, or gone
         return str(text).splitlines()
