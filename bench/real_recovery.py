@@ -23,13 +23,18 @@ AMI). Variants:
   waitBeforeShrink: 0s}``: the survivor trains alone at once, and the whole gang trains
   again once a placeholder ran on the replacement (``grow_back``: signal -> whole gang
   training, ``full_s``, and the pause of the grow-back itself, ``pause_s``);
+- ``spotrun_ride`` (``nth`` only): ``spotrun`` with the operator training through the
+  notice (the chart's ``operator.spotNotice: trainThrough``): the run's budget holds NTH's
+  drain, the gang trains on while its replacement comes and moves to it once it is warm;
+  its figure is the pause (as for ``rebalance``), and its notes give signal -> training;
 - ``kubeflow``: the same PyTorchJob spotrun would create for attempt 1, run by the
   Kubeflow training operator alone, ``restartPolicy: OnFailure`` on both replicas (a
   failed container restarts in place, a deleted pod is recreated), two nodes; the
   trainer's own heartbeat is off (``SPOTRUN_PEER_TIMEOUT_SECONDS=0``: not Kubeflow's).
 
-Per case: signal -> the first training step of the next gang (``rebalance``: the pause, the
-old gang's last step -> the next gang's first, since the run trains on after the advice),
+Per case: signal -> the first training step of the next gang (``rebalance`` and
+``spotrun_ride``: the pause, the old gang's last step -> the next gang's first, since the
+run trains on after the signal),
 its phases
 (``real_recovery_watch``) and the steps lost (the master's own log lines). Writes
 bench/results/real_recovery.json (medians over ``--reps``) and prints the table, then the
@@ -60,7 +65,9 @@ from spotrun_dev.provisioner import CapacitySettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIGNALS = ("nth", "shutdown", "loss", "partition", "rebalance")
-VARIANTS = ("spotrun", "spotrun_spare", "spotrun_elastic", "kubeflow")
+VARIANTS = ("spotrun", "spotrun_spare", "spotrun_elastic", "spotrun_ride", "kubeflow")
+# spotrun_ride trains through a spot notice: only a signal with a notice has it to ride.
+RIDE_SIGNALS = ("nth",)
 # What the spot group does (provisioner): runs measured before it launched for pending pods
 # are not merged with these.
 GROUP = "replaces terminated instances, launches for unschedulable pods"
@@ -186,6 +193,8 @@ def main() -> int:
         runner.setup()
         try:
             for rep, sig, variant in itertools.product(range(args.reps), signals, variants):
+                if variant == "spotrun_ride" and sig not in RIDE_SIGNALS:
+                    continue  # no notice to train through
                 print(f"[{rep + 1}/{args.reps}] {sig} / {variant} ...", flush=True)
                 b, lost = runner.run(sig, variant)
                 r = Result(sig, variant, b.total(), lost, b.phases(), b.notes,

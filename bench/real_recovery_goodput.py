@@ -17,7 +17,10 @@ trains on 8, so its goodput is scaled by 8/9. An elastic run (``spotrun_elastic`
 on the 7 survivors from R on, until the whole gang trains again at F (``full_s``) after a
 grow-back pause P (``pause_s``): it stands still for R + P, and between them trains at
 7/8 of the speed, so its recovery counts as R + P + (F - R - P) / 8 (the survivors' and
-the placeholder's node time paid in full); the grow-back's own stop saves in time. The
+the placeholder's node time paid in full); the grow-back's own stop saves in time. A run
+that trains through the notice (``spotrun_ride``) and the ``rebalance`` signal count their
+pause as R: the gang trained until it; the replacement's node time between its join and
+the move (seconds with a pre-baked image) is not counted. The
 same figures are printed for the Kubeflow peer (same trainer, same interval, its measured
 R and lost steps).
 """
@@ -34,7 +37,7 @@ from spotrun_operator.facts import pools
 RESULTS = Path(__file__).resolve().parent / "results"
 GANG = 8
 RATES_HOURS = (4.0, 1.0)
-VARIANTS = ("spotrun", "spotrun_spare", "spotrun_elastic", "kubeflow")
+VARIANTS = ("spotrun", "spotrun_spare", "spotrun_elastic", "spotrun_ride", "kubeflow")
 
 
 def save_stall(path: Path = RESULTS / "trainer_checkpoint.json") -> float:

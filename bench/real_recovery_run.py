@@ -52,6 +52,8 @@ ELASTIC = {"minNodes": 1, "waitBeforeShrink": "0s"}  # spotrun_elastic (growBack
 # The bench's operator replaces a node on its rebalance recommendation (decisions/rebalance.py);
 # no other signal taints a node so, so only the ``rebalance`` cases see the flag.
 OPERATOR_ARGS = ("--replace-on-rebalance",)
+# spotrun_ride: the chart's value, which also grants the run's PodDisruptionBudget.
+RIDE_VALUES = ("--set=operator.spotNotice=trainThrough",)
 
 
 class CaseRunner:
@@ -64,6 +66,7 @@ class CaseRunner:
         self.lead = lead  # rebalance: the recommendation comes this long before the notice
         self.image = ""
         self.release: chart_install.Release | None = None
+        self.riding = False  # the installed operator trains through spot notices
         self._ended_before: list[str] = []  # the run's attempts ended before the signal
 
     def setup(self) -> None:
@@ -73,9 +76,18 @@ class CaseRunner:
         cluster.fresh_namespace(self.core, NAMESPACE)
         storage.ensure_checkpoint_claim(self.core, NAMESPACE, "ckpt")
         cluster_apply.apply_manifests(self.api, [yaml.safe_load(CRD.read_text())])
+        self._install(riding=False)
+
+    def _install(self, riding: bool) -> None:
+        """Install (or upgrade) the bench's operator, training through notices or not."""
         self.release = chart_install.install_operator(
-            self.core, NAMESPACE, built["operator"].ref, extra_args=OPERATOR_ARGS
+            self.core,
+            NAMESPACE,
+            realnodes.built_images()["operator"].ref,
+            chart_args=RIDE_VALUES if riding else (),
+            extra_args=OPERATOR_ARGS,
         )
+        self.riding = riding
 
     def teardown(self) -> None:
         """Uninstall the bench's operator: left running, it would act on every later run
@@ -92,6 +104,8 @@ class CaseRunner:
         for child in folder.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
         kubeflow, elastic = variant == "kubeflow", variant == "spotrun_elastic"
+        if not kubeflow and self.riding != (variant == "spotrun_ride"):
+            self._install(riding=variant == "spotrun_ride")
         self._create(kubeflow, spare=variant == "spotrun_spare", elastic=elastic)
         try:
             if variant == "spotrun_spare":
@@ -145,7 +159,8 @@ class CaseRunner:
                 # rebalance: the old gang trains on; its newest step, until it stops (a
                 # line a step: the tail holds one, a whole log read twice a second would
                 # take CPU from the move on the 2 shared cores).
-                old = w.last_step(self._log(master, TAIL_LINES)) if signal == "rebalance" else None
+                trains_on = signal == "rebalance" or (self.riding and not kubeflow)
+                old = w.last_step(self._log(master, TAIL_LINES)) if trains_on else None
                 if old is not None:
                     b.paused, last = old
                 self._observe(b, kubeflow, before, gang)
@@ -169,6 +184,9 @@ class CaseRunner:
             b.trainer_phases = w.trainer_phases(self._log(next_master), b.signal)
         if not b.complete():
             b.notes.append(f"not training again {self.timeout:.0f}s after the signal")
+        elif b.paused is not None and b.trained is not None:
+            whole = (b.trained - b.signal).total_seconds()
+            b.notes.append(f"signal -> training again {whole:.1f}s (trained on until the pause)")
         if signal == "partition" and node in realnodes.FleetState.load().nodes:
             # The cut-off instance ends (unless the group already dropped it).
             real_interrupt.instance_dies(self.core, node)
@@ -180,8 +198,8 @@ class CaseRunner:
         if signal == "rebalance":  # NTH (IMDS) on the recommendation; the notice comes later
             real_interrupt.nth_rebalance(self.core, node)
             threading.Event().wait(self.lead)
-        if signal in ("nth", "rebalance"):
-            real_interrupt.nth_drain(self.core, node)
+        if signal in ("nth", "rebalance"):  # NTH's own 120 s drain timeout
+            real_interrupt.nth_notice(self.core, node)
         elif signal == "shutdown":
             realnodes.power_off(node)
         elif signal == "partition":

@@ -257,6 +257,12 @@ class Attempt(ApiModel):
     config_error_since: Time | None = Field(
         None, description="Since when a configuration error is seen (unset when none)."
     )
+    notice_since: Time | None = Field(
+        None,
+        description="When the operator first saw a spot interruption notice on a node of "
+        "the gang while it trains through notices (--train-through-notice): the gang stops "
+        "gracefully by this time + 120 s - the stop margin at the latest.",
+    )
     checkpoint_interval_seconds: int | None = Field(
         None, description="SPOTRUN_CHECKPOINT_INTERVAL_SECONDS given to this attempt."
     )

@@ -74,11 +74,11 @@ def _event_bridge_id(opts: Options) -> str:
     return f"{s[:8]}-{s[8:12]}-{s[12:16]}-{s[16:20]}-{s[20:32]}"
 
 
-def nth_event(reason: str, message: str, obj: str = "event") -> Write:
+def nth_event(reason: str, message: str, obj: str = "event", etype: str = "Normal") -> Write:
     """A Kubernetes Event NTH records (emitKubernetesEvents: true in nth-values.yaml):
     pkg/observability/k8s-events.go Emit, source component aws-node-termination-handler,
     on the Node (namespace default) or, for PodEviction, on each pod."""
-    change = {"event": {"type": "Normal", "reason": reason, "message": message}}
+    change = {"event": {"type": etype, "reason": reason, "message": message}}
     return Write(NTH, "POST event", (change,), obj=obj)
 
 
@@ -94,6 +94,22 @@ PRE_DRAIN = nth_event("PreDrain", "Pre-drain task successfully executed")
 CORDONED = nth_event("Cordon", "Node successfully cordoned")
 DRAINED = nth_event("CordonAndDrain", "Node successfully cordoned and drained")
 POST_DRAIN = nth_event("PostDrain", "Post-drain task successfully executed")
+# pkg/node/node.go getDrainHelper: Timeout = nodeTerminationGracePeriod (120 s by default)
+# bounds the whole drain (evictions retried while a PodDisruptionBudget answers 429, then
+# the wait for the pods to be gone).
+NTH_DRAIN_TIMEOUT_SECONDS: Final = 120
+
+
+def drain_error(error: str) -> Write:
+    """draincordon/handler.go cordonAndDrainNode when the drain returns an error (a budget
+    refused evictions until the timeout): the CordonAndDrainError Warning
+    (pkg/observability/k8s-events.go CordonAndDrainErrReason, CordonAndDrainErrMsgFmt);
+    HandleEvent then cancels the event and NTH goes on. The instance ends at the notice's
+    time all the same."""
+    message = f"There was a problem while trying to cordon and drain the node: {error}"
+    return nth_event("CordonAndDrainError", message, etype="Warning")
+
+
 POD_EVICTION = nth_event("PodEviction", "Pod evicted due to node drain (node {node})", "pod-event")
 
 

@@ -18,9 +18,9 @@ from typing import Literal
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from spotrun_dev import inject, realnodes
+from spotrun_dev import inject, plans_aws, realnodes
 from spotrun_dev.fleet_state import wait_node_gone
-from spotrun_dev.waiting import wait_for
+from spotrun_dev.waiting import ClusterError, wait_for
 
 log = logging.getLogger("spotrun_dev.real_interrupt")
 
@@ -47,6 +47,20 @@ def nth_drain(core: client.CoreV1Api, name: str, drain_timeout: float = 300) -> 
     taint (a PUT of the Node), the exclude-from-load-balancers label, the cordon, then the
     drain through the Eviction API (the real kubelet gives each pod its own grace period)."""
     inject.run_writes(core, name, inject.component_writes("nth"), drain_timeout)
+
+
+def nth_notice(core: client.CoreV1Api, name: str) -> bool:
+    """NTH on a spot interruption notice where a PodDisruptionBudget may hold the drain
+    (the operator trains through the notice): ``nth_drain`` with NTH's own drain timeout
+    (``plans_aws.NTH_DRAIN_TIMEOUT_SECONDS``), and on a timeout NTH's CordonAndDrainError
+    Warning instead of the CordonAndDrain Event. Returns whether the drain finished."""
+    try:
+        nth_drain(core, name, plans_aws.NTH_DRAIN_TIMEOUT_SECONDS)
+    except ClusterError as exc:
+        log.info("NTH's drain of %s gave up: %s", name, exc)
+        inject.run_writes(core, name, [plans_aws.drain_error(str(exc))])
+        return False
+    return True
 
 
 def nth_rebalance(core: client.CoreV1Api, name: str) -> None:

@@ -41,6 +41,7 @@ _TUNABLES: tuple[tuple[str, type, str], ...] = (
     ("resync_seconds", float, "re-check interval of a run without watch events"),
     ("cost_update_seconds", float, "minimum spacing of cost-only status writes"),
     ("history_limit", int, "attempts kept in status.attempts"),
+    ("notice_stop_margin_seconds", float, "seconds of a spot notice kept for the graceful stop"),
     ("spare_pull_images", str, "images each warm spare pulls besides the run's, comma-separated"),
 )
 
@@ -187,6 +188,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="on a rebalance recommendation, ask for a replacement node at once and move the "
         "gang to it once it holds the run's image",
     )
+    p.add_argument(
+        "--train-through-notice",
+        action="store_true",
+        default=None,
+        help="on a spot interruption notice, keep training, ask for a replacement node at once "
+        "and move the gang to it once it holds the run's image (or stop gracefully when only "
+        "the stop margin is left); each run gets a PodDisruptionBudget that holds the drain",
+    )
     p.add_argument("--workers", type=int, default=config.DEFAULT_WORKERS, help="reconcile threads")
     p.add_argument(
         "--pod-dry-run",
@@ -277,6 +286,7 @@ def build_runner(args: argparse.Namespace, registry: CollectorRegistry) -> Runne
     overrides = {name: getattr(args, name) for name, _, _ in _TUNABLES}
     overrides["restart_on_rebalance"] = args.restart_on_rebalance
     overrides["replace_on_rebalance"] = args.replace_on_rebalance
+    overrides["train_through_notice"] = args.train_through_notice
     cfg = config.with_overrides(config.from_env(), overrides)
     # The reconcile workers, the event sink and the Lease's calls (kopf's executor).
     api = connection.load_api_client(

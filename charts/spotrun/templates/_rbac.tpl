@@ -65,6 +65,14 @@ rule only with a comment saying which code needs it.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["create", "patch", "delete"]
+{{- if eq .Values.operator.spotNotice "trainThrough" }}
+# operator.spotNotice trainThrough (--train-through-notice): each run's PodDisruptionBudget
+# "<run>-gang" (kube.create; 409 means it exists), which holds a drain's evictions of the
+# trainer pods until the operator moves the gang. Garbage-collected with the run.
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["create"]
+{{- end }}
 # Kueue's Workloads (spec.queueName only), watched into the operator's cache: the one
 # labelled with an attempt's job UID says why it waits in the queue and why Kueue took it
 # back. Harmless where Kueue is not installed.

@@ -27,7 +27,7 @@ from spotrun_api.enums import Phase
 from spotrun_api.naming import job_name
 from spotrun_api.spares import SparesStatus
 from spotrun_api.spec import TrainingRunSpec
-from spotrun_operator.decisions import rebalance
+from spotrun_operator.decisions import notice_ride, rebalance
 from spotrun_operator.decisions.children import avoided_nodes
 from spotrun_operator.decisions.draft import Draft
 from spotrun_operator.decisions.elasticity import (
@@ -61,7 +61,8 @@ def lacking_attempt(d: Draft, spec: TrainingRunSpec, phase: Phase) -> Lack | Non
     """The attempt whose nodes may be missing now: the live one while it waits without a
     PyTorchJob for its gang to fit, or the one after a live attempt that ended and will be
     followed (a preemption from its notice on, a failure in its backoff), or the one after
-    a live attempt on a node with a rebalance recommendation (``rebalance.replacing``).
+    a live attempt on a node with a rebalance recommendation (``rebalance.replacing``) or
+    one training through a spot interruption notice (``notice_ride.riding``).
     None for a run that is over, suspended, queued through Kueue (Kueue admits by quota and
     can provision by itself) or blind to the fleet."""
     if spec.suspend or spec.queue_name or phase.terminal or phase is Phase.SUSPENDED:
@@ -70,7 +71,9 @@ def lacking_attempt(d: Draft, spec: TrainingRunSpec, phase: Phase) -> Lack | Non
     entry = d.entry(live) if live else None
     if entry is None or d.obs.fleet is None:
         return None
-    if entry.outcome is None and rebalance.replacing(d, live, entry):
+    if entry.outcome is None and (
+        rebalance.replacing(d, live, entry) or notice_ride.riding(d, live, entry)
+    ):
         return Lack(live + 1, attempt_size(spec, entry), attempt_capacity(spec, entry))
     if entry.outcome is None:
         name = job_name(d.obs.ref.name, live)

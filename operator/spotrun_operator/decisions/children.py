@@ -139,6 +139,7 @@ def create_job(d: Draft, n: int, validate_only: bool = False) -> None:
         builders.build_service_account(ref),
         builders.build_role(ref),
         builders.build_role_binding(ref),
+        builders.build_gang_pdb(ref, spec) if d.cfg.train_through_notice else None,
     ]
     # Also before a dry run: the apiserver's pod admission looks the ServiceAccount up.
     d.actions.append(EnsureObjects(tuple(o for o in objs if o is not None)))

@@ -17,7 +17,14 @@ from spotrun_api.enums import ConditionType, Outcome, RunReason
 from spotrun_api.naming import job_name
 from spotrun_api.spec import TrainingRunSpec
 from spotrun_api.status import Attempt
-from spotrun_operator.decisions import elasticity, grow_back, outcomes, queueing, rebalance
+from spotrun_operator.decisions import (
+    elasticity,
+    grow_back,
+    notice_ride,
+    outcomes,
+    queueing,
+    rebalance,
+)
 from spotrun_operator.decisions.children import stop_gang, stop_pods
 from spotrun_operator.decisions.draft import Draft
 from spotrun_operator.decisions.finish import finish
@@ -120,7 +127,8 @@ def _judge(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> None:
     if job is not None and queueing.held(d, spec, n, entry, job):
         return
     pods = d.pods_of(n)
-    verdict = _verdict(d, spec, n, entry, job)
+    notice_ride.track(d, n, entry)
+    verdict = _verdict(d, spec, n, d.entry(n) or entry, job)
     _notice_rebalance(d, n, entry)
     kind = verdict.kind
     if kind is VerdictKind.SUCCEEDED:
@@ -160,7 +168,7 @@ def _verdict(
     obs = d.obs
     verdict = classify(
         pods=d.pods_of(n),
-        nodes=obs.nodes,
+        nodes=notice_ride.held_nodes(d, spec, n, entry),
         expected=entry.nodes or spec.nodes,
         now=obs.now,
         job=job,

@@ -38,6 +38,15 @@ class OperatorConfig:
     # Rebalancing is; a recommendation not followed by a notice costs a restart and the
     # replacement's node time.
     replace_on_rebalance: bool = False
+    # On a spot interruption notice (NTH's spot-itn taint), keep training, ask for the
+    # replacement at once, and move the gang to it once it is warm, or stop gracefully when
+    # the notice leaves no more than the stop margin (decisions/notice_ride.py). Off by
+    # default: it needs the run's PodDisruptionBudget to hold NTH's drain, which also holds
+    # every other voluntary eviction of the gang's pods.
+    train_through_notice: bool = False
+    # Seconds of the 2-minute notice kept for the graceful stop (the last step, the save,
+    # the exit): the gang stops by notice + 120 s - max(this, 2 x the measured save stall).
+    notice_stop_margin_seconds: float = 40.0
     # Survivors of a lost node often crash in NCCL before the node is marked NotReady; a
     # failed pod is charged to the application only once this long passed with no
     # infrastructure evidence in the gang.

@@ -44,6 +44,7 @@ API_VERSIONS: Mapping[str, str] = {
     "Role": "rbac.authorization.k8s.io/v1",
     "RoleBinding": "rbac.authorization.k8s.io/v1",
     "Deployment": "apps/v1",
+    "PodDisruptionBudget": "policy/v1",
     PYTORCHJOB_KIND: f"{PYTORCHJOB_GROUP}/{PYTORCHJOB_VERSION}",
     KIND: f"{GROUP}/{VERSION}",
     "Workload": f"{KUEUE_GROUP}/{KUEUE_VERSION}",

@@ -20,11 +20,14 @@ from spotrun_operator.facts.common import (
     GPU_RESOURCE,
     GROUP,
     KIND,
+    LABEL_CAPACITY_FOR,
     LABEL_EKS_CAPACITY,
     LABEL_HOSTNAME,
     LABEL_INSTANCE_TYPE,
     LABEL_KARPENTER_CAPACITY,
     LABEL_KUEUE_QUEUE,
+    LABEL_RUN,
+    LABEL_SPARE_OF,
     PLURAL,
     PROTECTING_ANNOTATIONS,
     PYTORCHJOB_GROUP,
@@ -106,6 +109,33 @@ def build_pvc(ref: RunRef, spec: RunSpec) -> Obj | None:
 
 def claim_name(ref: RunRef, spec: RunSpec) -> str:
     return spec.checkpoint.volume.claim_name or pvc_name(ref.name)
+
+
+def gang_pdb_name(run: str) -> str:
+    return f"{run}-gang"
+
+
+def build_gang_pdb(ref: RunRef, spec: RunSpec) -> Obj:
+    """With --train-through-notice: a PodDisruptionBudget that refuses every eviction of
+    the run's trainer pods (not its spares or capacity requests), so a drain (NTH's at a
+    spot notice) leaves the gang to the operator, which moves it whole. An integer
+    minAvailable of the whole gang: the disruption controller then counts the matching
+    pods without looking up their controller's scale (PyTorchJob has none), and allows 0."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(ref, gang_pdb_name(ref.name)),
+        "spec": {
+            "minAvailable": spec.nodes,
+            "selector": {
+                "matchLabels": {LABEL_RUN: ref.name},
+                "matchExpressions": [
+                    {"key": LABEL_SPARE_OF, "operator": "DoesNotExist"},
+                    {"key": LABEL_CAPACITY_FOR, "operator": "DoesNotExist"},
+                ],
+            },
+        },
+    }
 
 
 def build_service_account(ref: RunRef) -> Obj:

@@ -154,9 +154,18 @@ def test_rbac_rules_are_listed_once_with_a_comment_each() -> None:
     template = (CHART_DIR / "templates" / "_rbac.tpl").read_text()
     lines = template.splitlines()
     rule_lines = [i for i, line in enumerate(lines) if line.startswith("- apiGroups:")]
-    # configmaps+secrets and roles+rolebindings share a rule each.
-    assert len(rule_lines) == (
-        len(NAMESPACED_GRANTS) - 2 + len(CLUSTER_GRANTS) + len(NAMESPACE_GRANTS) + len(LEASE_GRANTS)
+    # configmaps+secrets and roles+rolebindings share a rule each; poddisruptionbudgets has
+    # one, rendered only with operator.spotNotice trainThrough.
+    assert (
+        len(rule_lines)
+        == (
+            len(NAMESPACED_GRANTS)
+            - 2
+            + len(CLUSTER_GRANTS)
+            + len(NAMESPACE_GRANTS)
+            + len(LEASE_GRANTS)
+        )
+        + 1
     )
     for i in rule_lines:
         assert lines[i - 1].startswith("# "), f"rule at _rbac.tpl:{i + 1} has no comment"
@@ -170,3 +179,17 @@ def test_rbac_can_be_left_to_an_administrator() -> None:
     assert not {"ClusterRole", "ClusterRoleBinding", "ServiceAccount"} & set(kinds(docs))
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "ops-provided"
+
+
+def test_training_through_notices_grants_create_on_budgets_and_passes_the_flags() -> None:
+    """operator.spotNotice trainThrough: the run's PodDisruptionBudget needs create on
+    poddisruptionbudgets, granted only then, with the flag and the stop margin."""
+    assert ("policy", "poddisruptionbudgets") not in grants(one(render(), "ClusterRole")["rules"])
+    docs = render("--set=operator.spotNotice=trainThrough",
+                  "--set=operator.noticeStopMarginSeconds=30")  # fmt: skip
+    got = grants(one(docs, "ClusterRole")["rules"])
+    assert got == NAMESPACED_GRANTS | CLUSTER_GRANTS | {
+        ("policy", "poddisruptionbudgets"): {"create"}
+    }
+    args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--train-through-notice" in args and "--notice-stop-margin-seconds=30" in args

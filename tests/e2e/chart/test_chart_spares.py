@@ -94,3 +94,11 @@ def test_a_rebalance_recommendation_is_ignored_by_default_and_replace_or_restart
         assert [a for a in args if a in flags] == [flag], value
     out = helm_template("--set=operator.rebalanceRecommendation=drain")
     assert out.returncode != 0 and "rebalanceRecommendation" in out.stderr
+
+
+def test_a_spot_notice_stops_the_gang_by_default_and_train_through_passes_the_flag() -> None:
+    assert "--train-through-notice" not in operator_args(render())
+    args = operator_args(render("--set=operator.spotNotice=trainThrough"))
+    assert "--train-through-notice" in args and "--notice-stop-margin-seconds=40" in args
+    out = helm_template("--set=operator.spotNotice=ride")
+    assert out.returncode != 0 and "spotNotice" in out.stderr

@@ -64,6 +64,13 @@ def operator_args() -> tuple[str, ...]:
 
 
 @pytest.fixture
+def chart_values() -> tuple[str, ...]:
+    """``--set`` arguments of the chart beyond chart_install's (a test module overrides
+    this): values that also change the operator's RBAC."""
+    return ()
+
+
+@pytest.fixture
 def operator_release(
     core: client.CoreV1Api,
     namespace: str,
@@ -71,12 +78,17 @@ def operator_release(
     built_images: dict[str, images.ImageArchive],
     real_nodes: list[RealNode],
     operator_args: tuple[str, ...],
+    chart_values: tuple[str, ...],
     request: pytest.FixtureRequest,
 ) -> Iterator[chart_install.Release]:
     """``helm install`` of the chart: the operator is a pod from its image on a real node,
     under the chart's ServiceAccount and RBAC, with in-cluster config."""
     release = chart_install.install_operator(
-        core, namespace, built_images["operator"].ref, extra_args=operator_args
+        core,
+        namespace,
+        built_images["operator"].ref,
+        chart_args=chart_values,
+        extra_args=operator_args,
     )
     yield release
     rep = getattr(request.node, "rep_call", None)
