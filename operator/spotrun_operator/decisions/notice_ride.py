@@ -84,6 +84,13 @@ def held_nodes(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> Mappi
     }
 
 
+def warm_move(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> bool:
+    """Attempt ``n`` is moved onto a replacement that is already warm (a rebalance
+    recommendation or a notice it trains through): its next attempt needs no backoff."""
+    moving = rebalance.replacing(d, n, entry) or riding(d, n, entry)
+    return moving and rebalance.replacement_ready(d, spec, entry)
+
+
 def track(d: Draft, n: int, entry: Attempt) -> None:
     """Record when the notice was first seen (``noticeSince``: the stop margin counts from
     it, also across operator restarts), say once what the run does, and requeue by the

@@ -31,7 +31,11 @@ def where_of(v: Verdict) -> str:
     return f"node {v.node}" + (f" ({v.zone})" if v.zone else "") if v.node else "the gang"
 
 
-def preempted(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt, v: Verdict) -> None:
+def preempted(
+    d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt, v: Verdict, warm: bool = False
+) -> None:
+    """``warm``: the gang moves to a replacement that is already warm (a rebalance or notice
+    move, ``notice_ride.warm_move``): the next attempt is due at once, no backoff."""
     now = fmt_time(d.now)
     lost = round(reducers.lost_work_seconds(entry, d.progress, now), 1)
     itype = entry.instance_type or v.instance_type
@@ -78,7 +82,7 @@ def preempted(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt, v: Verdic
         )
         stop_gang(d, n, terminal=True)
         return
-    then = schedule_next(d, n, f"preempted by {v.reason} on {where}")
+    then = schedule_next(d, n, f"preempted by {v.reason} on {where}", backoff=not warm)
     d.event("Warning", "Preempted", f"{stopping}; {then}")
     stop_gang(d, n)
 

@@ -136,7 +136,8 @@ def _judge(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> None:
         succeed_run(d, f"attempt {n} finished: {verdict.message}")
         stop_gang(d, n, terminal=True)
     elif kind is VerdictKind.PREEMPTED:
-        outcomes.preempted(d, spec, n, entry, verdict)
+        warm = notice_ride.warm_move(d, spec, n, entry)
+        outcomes.preempted(d, spec, n, entry, verdict, warm=warm)
     elif kind is VerdictKind.INTERRUPTED:
         outcomes.interrupted(d, n, entry, verdict)
     elif kind is VerdictKind.FAILED:

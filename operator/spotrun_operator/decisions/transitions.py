@@ -28,11 +28,12 @@ def record(d: Draft, n: int, outcome: Outcome, reason: str, message: str, **fiel
     )
 
 
-def schedule_next(d: Draft, n: int, why: str) -> str:
-    """Attempt n+1 is due after the backoff; returns what to tell the user of it (the loss's
-    event says it: the next attempt itself announces nothing, see :func:`announces`)."""
+def schedule_next(d: Draft, n: int, why: str, backoff: bool = True) -> str:
+    """Attempt n+1 is due after the backoff (none with ``backoff`` False: a move to warm
+    capacity stampedes nothing); returns what to tell the user of it (the loss's event says
+    it: the next attempt itself announces nothing, see :func:`announces`)."""
     losses = reducers.consecutive_losses(d.history, d.cfg.backoff_reset_seconds)
-    delay = reducers.backoff_seconds(losses, d.cfg, d.obs.rand)
+    delay = reducers.backoff_seconds(losses, d.cfg, d.obs.rand) if backoff else 0.0
     due = d.now + dt.timedelta(seconds=delay)
     d.update(n, next_attempt_at=fmt_time(due))
     d.say(f"{why}; attempt {n + 1} after a {delay:.1f}s backoff")

@@ -83,7 +83,8 @@ def test_the_replacement_is_asked_at_once_and_the_gang_moves_once_it_holds_the_i
     assert not any(isinstance(a, CreateJob) for a in d.actions)  # the gang stops first
     assert requests_applied(d)["spec"]["replicas"] == 1
     # Once the gang is gone, attempt 2 is created off the going node.
-    d = decide(observed(now=140, status=st, jobs={1: job(1)}, spare_pods=warm,
+    assert first["nextAttemptAt"] == first["endedAt"]  # onto warm capacity: no backoff
+    d = decide(observed(now=131, status=st, jobs={1: job(1)}, spare_pods=warm,
                         **world(fleet_node("n1"), recommended("n2"), fleet_node("n3"))),
                REPLACE)  # fmt: skip
     created = [a for a in d.actions if isinstance(a, CreateJob)]

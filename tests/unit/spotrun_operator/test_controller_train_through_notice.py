@@ -77,8 +77,9 @@ def test_the_gang_trains_through_the_notice_and_moves_once_the_replacement_is_wa
     assert outcome(st) == ("Preempted", "spot-interruption")
     assert (st["preemptions"], st.get("failures", 0)) == (1, 0)
     assert not any(isinstance(a, CreateJob) for a in d.actions)  # the gang stops first
+    assert st["attempts"][0]["nextAttemptAt"] == fmt_time(at(70))  # warm: no backoff
     # Once the gang is gone, attempt 2 is created off the noticed node.
-    d = decide(observed(now=80, status=st, jobs={1: job(1)}, spare_pods=warm,
+    d = decide(observed(now=72, status=st, jobs={1: job(1)}, spare_pods=warm,
                         **world(fleet_node("n1"), noticed("n2"), fleet_node("n3"))),
                RIDE)  # fmt: skip
     created = [a for a in d.actions if isinstance(a, CreateJob)]
@@ -93,6 +94,7 @@ def test_the_gang_stops_gracefully_at_the_stop_margin_without_a_replacement() ->
     st = merge(st, on_notice(st, 90))
     assert outcome(st) == ("Preempted", "spot-interruption")
     assert (st["preemptions"], st.get("failures", 0)) == (1, 0)
+    assert st["attempts"][0]["nextAttemptAt"] > fmt_time(at(90))  # no warm node: backoff
 
 
 def test_a_slow_save_widens_the_margin() -> None:
