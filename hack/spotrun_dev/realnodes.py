@@ -182,11 +182,18 @@ def ensure_real_nodes(core: client.CoreV1Api, count: int | None = None) -> list[
     return [n for n in nodes if n.role == "spot"]
 
 
+def _name_index(name: str) -> tuple[int, str]:
+    """Creation order of a node name (``real-spot-100`` after ``real-spot-99``): the index
+    add_node gave it; names without one last, by name."""
+    digits = name.rsplit("-", 1)[-1]
+    return (int(digits), name) if digits.isdigit() else (1 << 62, name)
+
+
 def exactly_spot_nodes(core: client.CoreV1Api, wanted: int) -> list[RealNode]:
     """Exactly ``wanted`` healthy real spot nodes: those beyond it removed (newest names
     last), missing ones started (a case that must have no spare capacity)."""
     state = FleetState.load()
-    spot = sorted(n for n, r in state.nodes.items() if r.role == "spot")
+    spot = sorted((n for n, r in state.nodes.items() if r.role == "spot"), key=_name_index)
     for name in spot[wanted:]:
         remove_node(core, state, name)
     return ensure_real_nodes(core, wanted)

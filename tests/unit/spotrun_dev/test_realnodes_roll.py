@@ -100,3 +100,17 @@ def test_exactly_spot_nodes_acts_on_every_call(fleet: dict[str, list[str]]) -> N
     assert "spot-extra" in fleet["removed"]
     realnodes.exactly_spot_nodes(None, 3)
     assert realnodes.FleetState.load().count("spot") == 3
+
+
+def test_exactly_spot_nodes_keeps_the_oldest_by_index_not_by_string(
+    fleet: dict[str, list[str]],
+) -> None:
+    state = realnodes.FleetState.load()
+    state.nodes = {
+        name: realnodes.NodeRecord(i, "z", images=state.nodes["current"].images,
+                                   config=state.nodes["current"].config)  # fmt: skip
+        for i, name in enumerate(("real-spot-99", "real-spot-100", "real-spot-101"))
+    }
+    state.save()
+    realnodes.exactly_spot_nodes(core=None, wanted=2)
+    assert fleet["removed"] == ["real-spot-101"]
