@@ -24,11 +24,11 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client
 from test_real_capacity_request import start_training
+from test_real_rebalance import capacity_requested, gang_moved, request_withdrawn
 
 from spotrun_dev import chart_install, images, plans_aws, real_interrupt, real_story, realnodes
 from spotrun_dev.node_config import RealNode
@@ -69,8 +69,8 @@ def test_the_gang_trains_through_a_spot_notice_and_moves_to_a_warm_replacement(
         with Provisioner(core, 2, settings, namespace=namespace) as group:
             t0 = time.monotonic()
             nth.start()
-            asked = story.wait_status("run", "a capacity request", _requested, 60, 0.5)
-            moved = story.wait_status("run", "the move", _moved, 100, 0.5)
+            asked = story.wait_status("run", "a capacity request", capacity_requested, 60, 0.5)
+            moved = story.wait_status("run", "the move", gang_moved, 100, 0.5)
             t_moved = time.monotonic()
             alive = realnodes.healthy(realnodes.FleetState.load().nodes[noticed])
             nth.join(timeout=plans_aws.NTH_DRAIN_TIMEOUT_SECONDS)
@@ -80,7 +80,7 @@ def test_the_gang_trains_through_a_spot_notice_and_moves_to_a_warm_replacement(
         resumed = story.resumed_from("run", 2)
         story.wait_training("run", 2, resumed + 5)
         gang2 = story.gang_nodes("run", 2)
-        st = story.wait_status("run", "the request withdrawn", _withdrawn, 60)
+        st = story.wait_status("run", "the request withdrawn", request_withdrawn, 60)
     finally:
         story.custom.delete_namespaced_custom_object(
             *real_story.TR[:2], namespace, real_story.TR[2], "run"
@@ -108,15 +108,3 @@ def test_the_gang_trains_through_a_spot_notice_and_moves_to_a_warm_replacement(
     assert resumed >= int(first["endStep"]), (resumed, first)
     assert (int(st["preemptions"]), int(st.get("failures", 0))) == (1, 0), st
     assert st["phase"] == "Running", st
-
-
-def _requested(st: dict[str, Any]) -> bool:
-    return (st.get("spares") or {}).get("requested") == 1 and bool(st.get("progress"))
-
-
-def _moved(st: dict[str, Any]) -> bool:
-    return bool((st.get("attempts") or [{}])[0].get("outcome"))
-
-
-def _withdrawn(st: dict[str, Any]) -> bool:
-    return "requested" not in (st.get("spares") or {}) and st.get("attempt") == 2

@@ -59,8 +59,8 @@ def test_a_rebalance_recommendation_moves_the_gang_to_a_warm_replacement(
         with Provisioner(core, 2, settings, namespace=namespace) as group:
             t0 = time.monotonic()
             real_interrupt.nth_rebalance(core, advised)
-            asked = story.wait_status("run", "a capacity request", _requested, 60, 0.5)
-            moved = story.wait_status("run", "the move", _moved, 240, 0.5)
+            asked = story.wait_status("run", "a capacity request", capacity_requested, 60, 0.5)
+            moved = story.wait_status("run", "the move", gang_moved, 240, 0.5)
             t_moved = time.monotonic()
             to_training = story.next_training(2, t0)
             launches = [name for _, name in group.group.launches]
@@ -69,7 +69,7 @@ def test_a_rebalance_recommendation_moves_the_gang_to_a_warm_replacement(
         resumed = story.resumed_from("run", 2)
         story.wait_training("run", 2, resumed + 5)
         gang2 = story.gang_nodes("run", 2)
-        st = story.wait_status("run", "the request withdrawn", _withdrawn, 60)
+        st = story.wait_status("run", "the request withdrawn", request_withdrawn, 60)
     finally:
         story.custom.delete_namespaced_custom_object(
             *real_story.TR[:2], namespace, real_story.TR[2], "run"
@@ -95,13 +95,13 @@ def test_a_rebalance_recommendation_moves_the_gang_to_a_warm_replacement(
     assert st["phase"] == "Running", st
 
 
-def _requested(st: dict[str, Any]) -> bool:
+def capacity_requested(st: dict[str, Any]) -> bool:
     return (st.get("spares") or {}).get("requested") == 1 and bool(st.get("progress"))
 
 
-def _moved(st: dict[str, Any]) -> bool:
+def gang_moved(st: dict[str, Any]) -> bool:
     return bool((st.get("attempts") or [{}])[0].get("outcome"))
 
 
-def _withdrawn(st: dict[str, Any]) -> bool:
+def request_withdrawn(st: dict[str, Any]) -> bool:
     return "requested" not in (st.get("spares") or {}) and st.get("attempt") == 2
