@@ -319,9 +319,11 @@ class CaseRunner:
         return str(text).splitlines()
 
     def _ended(self) -> list[str]:
-        """The run's attempts that have an outcome: ``N outcome reason``."""
+        """The run's attempts that have an outcome: ``N outcome reason on node: message``
+        (the node and message say where an attempt ended before the signal came from)."""
         attempts = self._status().get("attempts") or []
-        return [f"{a['attempt']} {a['outcome']} {a.get('reason', '')}".strip()
+        return [f"{a['attempt']} {a['outcome']} {a.get('reason', '')} on {a.get('node')}: "
+                f"{str(a.get('message', ''))[:160]}"
                 for a in attempts if a.get("outcome")]  # fmt: skip
 
     def _status(self) -> dict[str, Any]:
