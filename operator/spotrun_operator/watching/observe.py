@@ -58,6 +58,25 @@ def run_ref(run: Mapping[str, Any]) -> RunRef:
     )
 
 
+def of_this_run(
+    run: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """The pods created no earlier than ``run``. Pods carry the run's name, not its UID: a
+    run deleted and created again under the same name would otherwise take the old run's
+    pods for its own, those still terminating and those the watch remembers (their
+    DELETED events come after the old run was forgotten), and read their nodes' signals as
+    its own attempts' (a new attempt 1 preempted by the old one's spot notice)."""
+    born = parse_time(str((run.get("metadata") or {}).get("creationTimestamp") or "") or None)
+    if born is None:
+        return list(pods)
+    out = []
+    for p in pods:
+        made = parse_time(str((p.get("metadata") or {}).get("creationTimestamp") or "") or None)
+        if made is None or made >= born:
+            out.append(p)
+    return out
+
+
 def observe(
     kube: KubeReads,
     run: Mapping[str, Any],
@@ -72,10 +91,14 @@ def observe(
     (plus what only the watch saw: the last state of pods and nodes now gone)."""
     ref = run_ref(run)
     jobs = kube.list_jobs(ref.namespace, ref.name, ref.uid)
-    listed = kube.list_pods(ref.namespace, ref.name)
+    listed = of_this_run(run, kube.list_pods(ref.namespace, ref.name))
     # A pod the watch saw that the list no longer has is gone: keep its last state.
     live = {str((p.get("metadata") or {}).get("uid")) for p in listed}
-    vanished = [p for p in seen_pods if str((p.get("metadata") or {}).get("uid")) not in live]
+    vanished = [
+        p
+        for p in of_this_run(run, seen_pods)
+        if str((p.get("metadata") or {}).get("uid")) not in live
+    ]
     # The warm spares' pods share the run's label but are no attempt's: apart from here on.
     pods = [p for p in listed if not is_spare(p)]
     deleted_pods = [p for p in vanished if not is_spare(p)]

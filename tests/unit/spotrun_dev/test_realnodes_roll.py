@@ -107,8 +107,9 @@ def test_exactly_spot_nodes_keeps_the_oldest_by_index_not_by_string(
 ) -> None:
     state = realnodes.FleetState.load()
     state.nodes = {
-        name: realnodes.NodeRecord(i, "z", images=state.nodes["current"].images,
-                                   config=state.nodes["current"].config)  # fmt: skip
+        name: realnodes.NodeRecord(
+            i, "z", images=state.nodes["current"].images, config=state.nodes["current"].config
+        )  # fmt: skip
         for i, name in enumerate(("real-spot-99", "real-spot-100", "real-spot-101"))
     }
     state.save()

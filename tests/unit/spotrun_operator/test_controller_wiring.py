@@ -409,3 +409,33 @@ def test_pricing_flags_build_the_price_book_config(monkeypatch: pytest.MonkeyPat
 def test_bad_on_demand_prices_are_refused(bad: str) -> None:
     with pytest.raises(SystemExit):
         main.parse_args(["--on-demand-price", bad])
+
+
+def test_observe_leaves_out_pods_of_an_earlier_run_of_the_same_name() -> None:
+    """A run deleted and created again under the same name: the old run's pods (one still
+    terminating, one the watch remembers) are older than the new run, and never its own."""
+    from spotrun_operator.watching.observe import observe
+
+    def pod(uid: str, created: str) -> dict[str, Any]:
+        meta = {"uid": uid, "name": "r-a1-worker-0", "creationTimestamp": created,
+                "labels": {"spotrun.dev/run": "r", "spotrun.dev/attempt": "1"}}  # fmt: skip
+        return {"metadata": meta, "spec": {"nodeName": "spot-1"}}
+
+    old_live = pod("old-live", "2026-11-28T10:00:00Z")
+    old_gone = pod("old-gone", "2026-11-28T10:00:00Z")
+    new = pod("new", "2026-11-28T11:00:00Z")
+    meta = {
+        "name": "r",
+        "namespace": "ml",
+        "uid": "ru",
+        "creationTimestamp": "2026-11-28T11:00:00Z",
+    }
+    obs = observe(
+        _FakeKube([old_live, new], {}),
+        {"metadata": meta, "spec": {}},
+        remembered_nodes={},
+        seen_pods=[old_gone, old_live, new],
+        interrupted_nodes=[],
+    )
+    assert [p["metadata"]["uid"] for p in obs.pods] == ["new"]
+    assert obs.deleted_pods == []
