@@ -106,11 +106,11 @@ def test_exactly_spot_nodes_keeps_the_oldest_by_index_not_by_string(
     fleet: dict[str, list[str]],
 ) -> None:
     state = realnodes.FleetState.load()
+    current = state.nodes["current"]
+    names = ("real-spot-99", "real-spot-100", "real-spot-101")
     state.nodes = {
-        name: realnodes.NodeRecord(
-            i, "z", images=state.nodes["current"].images, config=state.nodes["current"].config
-        )  # fmt: skip
-        for i, name in enumerate(("real-spot-99", "real-spot-100", "real-spot-101"))
+        name: realnodes.NodeRecord(i, "z", images=current.images, config=current.config)
+        for i, name in enumerate(names)
     }
     state.save()
     realnodes.exactly_spot_nodes(core=None, wanted=2)
