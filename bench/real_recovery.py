@@ -65,7 +65,7 @@ from spotrun_dev.provisioner import CapacitySettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIGNALS = ("nth", "shutdown", "loss", "partition", "rebalance")
-VARIANTS = ("spotrun", "spotrun_spare", "spotrun_elastic", "spotrun_ride", "kubeflow")
+VARIANTS = goodput.VARIANTS
 # spotrun_ride trains through a spot notice: only a signal with a notice has it to ride.
 RIDE_SIGNALS = ("nth",)
 # What the spot group does (provisioner): runs measured before it launched for pending pods

@@ -52,8 +52,6 @@ ELASTIC = {"minNodes": 1, "waitBeforeShrink": "0s"}  # spotrun_elastic (growBack
 # The bench's operator replaces a node on its rebalance recommendation (decisions/rebalance.py);
 # no other signal taints a node so, so only the ``rebalance`` cases see the flag.
 OPERATOR_ARGS = ("--replace-on-rebalance",)
-# spotrun_ride: the chart's value, which also grants the run's PodDisruptionBudget.
-RIDE_VALUES = ("--set=operator.spotNotice=trainThrough",)
 
 
 class CaseRunner:
@@ -84,7 +82,7 @@ class CaseRunner:
             self.core,
             NAMESPACE,
             realnodes.built_images()["operator"].ref,
-            chart_args=RIDE_VALUES if riding else (),
+            chart_args=chart_install.TRAIN_THROUGH_NOTICE if riding else (),
             extra_args=OPERATOR_ARGS,
         )
         self.riding = riding

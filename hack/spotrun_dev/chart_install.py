@@ -95,6 +95,11 @@ def _escaped(key: str) -> str:
     return key.replace(".", "\\.")
 
 
+# The chart's values for an operator that trains through spot notices (operator.spotNotice:
+# trainThrough): the flag and the RBAC for each run's PodDisruptionBudget.
+TRAIN_THROUGH_NOTICE: tuple[str, ...] = ("--set=operator.spotNotice=trainThrough",)
+
+
 def install_operator(
     core: client.CoreV1Api,
     namespace: str,

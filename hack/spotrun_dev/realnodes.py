@@ -183,10 +183,9 @@ def ensure_real_nodes(core: client.CoreV1Api, count: int | None = None) -> list[
 
 
 def _name_index(name: str) -> tuple[int, str]:
-    """Creation order of a node name (``real-spot-100`` after ``real-spot-99``): the index
-    add_node gave it; names without one last, by name."""
-    digits = name.rsplit("-", 1)[-1]
-    return (int(digits), name) if digits.isdigit() else (1 << 62, name)
+    """Creation order: add_node's index (``real-spot-100`` after ``-99``); others last."""
+    tail = name.rsplit("-", 1)[-1]
+    return (int(tail) if tail.isdigit() else 1 << 62, name)
 
 
 def exactly_spot_nodes(core: client.CoreV1Api, wanted: int) -> list[RealNode]:

@@ -40,7 +40,7 @@ DELAY_SECONDS = 15.0
 
 @pytest.fixture
 def chart_values() -> tuple[str, ...]:
-    return ("--set=operator.spotNotice=trainThrough",)
+    return chart_install.TRAIN_THROUGH_NOTICE
 
 
 @pytest.mark.timeout(900)
