@@ -68,9 +68,9 @@ SIGNALS = ("nth", "shutdown", "loss", "partition", "rebalance")
 VARIANTS = goodput.VARIANTS
 # spotrun_ride trains through a spot notice: only a signal with a notice has it to ride.
 RIDE_SIGNALS = ("nth",)
-# What the spot group does (provisioner): runs measured before it launched for pending pods
-# are not merged with these.
-GROUP = "replaces terminated instances, launches for unschedulable pods"
+# What the spot group does (provisioner): runs measured before it launched for pending pods,
+# or before a replacement's boot was part of its delay, are not merged with these.
+GROUP = "replaces terminated instances, launches for unschedulable pods, boots within the delay"
 
 
 @dataclass

@@ -4,7 +4,14 @@ On EKS a reclaimed spot node is not replaced at once: the ASG (or Karpenter) not
 terminated instance, launches another, and the instance boots, bootstraps and joins before
 its kubelet reports Ready; then its pods' images must be present or pulled. The local
 cluster would hide all of that (a real node joins here in ~3 s with every image imported),
-so a replacement joins only ``delay_seconds`` after the group first ran short, and its
+so a replacement joins only ``delay_seconds`` after the group first ran short. The
+delay stands for the whole launch, from the request to a Ready node, so the harness's
+own node start (a containerd root, containerd, the kubelet, its registration: several
+seconds on this machine) happens inside it: the instance starts booting when the group
+runs short and registers with ``LAUNCHING_TAINT``, which the group removes once the delay
+is over and the node is Ready. Until then neither the scheduler nor the operator can
+place a pod there (the operator places only where every NoSchedule taint is tolerated),
+and the node's pods, and its pulls, start when capacity arrives, as on EKS. Its
 images are either
 
 - ``preloaded``: its containerd starts from the golden root holding every image, as a
@@ -43,9 +50,10 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from spotrun_dev import node_config, node_images, real_interrupt, realnodes
-from spotrun_dev.waiting import ClusterError, wait_for
+from spotrun_dev.waiting import ClusterError
 
 log = logging.getLogger("spotrun_dev.provisioner")
 
@@ -55,6 +63,12 @@ ENV_DELAY: Final = "SPOTRUN_PROVISIONING_DELAY_SECONDS"
 ENV_IMAGES: Final = "SPOTRUN_NODE_IMAGES"
 POLL_SECONDS: Final = 0.5
 SETTLE_SECONDS: Final = 10.0
+# How long past its join time a booting instance may take to turn Ready before the group
+# gives up on it (the harness failing, not the cloud: a ClusterError).
+BOOT_TIMEOUT_SECONDS: Final = 120.0
+# A booting instance's node is not the group's capacity yet (the harness's, not a real
+# component's: on EKS the node does not exist before it joins).
+LAUNCHING_TAINT: Final = {"key": "spotrun.dev/launching", "value": "true", "effect": "NoSchedule"}
 
 
 @dataclass(frozen=True)
@@ -85,7 +99,34 @@ class GroupState:
     """What the group decides from (pure): when it first ran short, and launches so far."""
 
     short_since: float | None = None
-    launches: list[tuple[float, str]] = field(default_factory=list)  # (at, node)
+    launches: list[tuple[float, str]] = field(default_factory=list)  # (joined at, node)
+    booting: Boot | None = None  # the instance launched and not joined yet (one at a time)
+
+
+@dataclass(frozen=True)
+class Boot:
+    node: str
+    joins_at: float  # when the group's delay is over: the node becomes its capacity
+
+
+def boot_due(
+    state: GroupState, healthy: int, wanted: int, now: float, delay: float
+) -> float | None:
+    """When the instance that must start booting now joins, or None: one boots as soon as
+    the group runs short (its boot is part of the delay) and joins ``delay`` after that,
+    one instance at a time."""
+    since = short_since(state, healthy, wanted, now)
+    return None if state.booting is not None or since is None else since + delay
+
+
+def join_due(boot: Boot, now: float, ready: bool) -> bool:
+    """The booting instance joins once its delay is over and its node is Ready; a boot that
+    is not Ready long after its join time is the harness failing."""
+    if now >= boot.joins_at and ready:
+        return True
+    if now > boot.joins_at + BOOT_TIMEOUT_SECONDS:
+        raise ClusterError(f"{boot.node} was not Ready {BOOT_TIMEOUT_SECONDS:g}s past its join")
+    return False
 
 
 def target_size(wanted: int, healthy: int, unschedulable: int) -> int:
@@ -94,16 +135,15 @@ def target_size(wanted: int, healthy: int, unschedulable: int) -> int:
     return min(wanted + 1, max(wanted, healthy + unschedulable))
 
 
-def launch_due(state: GroupState, healthy: int, wanted: int, now: float, delay: float) -> bool:
-    """One replacement is due: the group has been short for ``delay`` seconds. The clock
-    restarts with each launch, as each instance of a group is launched and boots on its
-    own; a group that is whole again forgets it ran short."""
+def short_since(state: GroupState, healthy: int, wanted: int, now: float) -> float | None:
+    """Since when the group has been short of ``wanted`` healthy nodes. The clock restarts
+    with each join, as each instance of a group is launched and boots on its own; a group
+    that is whole again forgets it ran short."""
     if healthy >= wanted:
         state.short_since = None
-        return False
-    if state.short_since is None:
+    elif state.short_since is None:
         state.short_since = now
-    return now - state.short_since >= delay
+    return state.short_since
 
 
 class Provisioner:
@@ -147,16 +187,18 @@ class Provisioner:
             self.error = e
 
     def step(self) -> None:
-        """One pass: launch a replacement when one is due; clear terminated instances."""
+        """One pass: a booting instance joins when due; another boots when the group runs
+        short; terminated instances are cleared."""
         state = realnodes.FleetState.load()
         spot = {n: r for n, r in state.nodes.items() if r.role == "spot"}
         dead = [n for n, r in spot.items() if not realnodes.healthy(r)]
-        healthy = len(spot) - len(dead)
+        healthy = len(spot) - len(dead)  # a booting instance counts: it is on its way
+        if self.group.booting is not None:
+            self.join_when_due(self.group.booting)
         target = target_size(self.wanted, healthy, self.unschedulable())
-        if launch_due(self.group, healthy, target, self.clock(), self.settings.delay_seconds):
-            name = self.launch(state)
-            self.group.launches.append((self.clock(), name))
-            self.group.short_since = None if healthy + 1 >= target else self.clock()
+        joins_at = boot_due(self.group, healthy, target, self.clock(), self.settings.delay_seconds)
+        if joins_at is not None:
+            self.group.booting = Boot(self.launch(state), joins_at)
         for name in dead:
             # The cloud controller manager deletes the Node of a terminated instance once
             # the node lifecycle controller marked it (real_interrupt.instance_dies).
@@ -164,37 +206,69 @@ class Provisioner:
                 log.info("instance of %s terminated and its node marked: removing it", name)
                 realnodes.remove_node(self.core, state, name)
 
+    def join_when_due(self, boot: Boot) -> None:
+        """The booting instance becomes capacity: its launching taint goes once its delay is
+        over and it is Ready (the group forgets it ran short: the clock restarts)."""
+        node = realnodes.FleetState.load().nodes[boot.node].node(boot.node)
+        if not join_due(boot, self.clock(), realnodes.all_ready(self.core, [node])):
+            return
+        if not remove_taint(self.core, boot.node, LAUNCHING_TAINT["key"]):
+            return  # the Node changed under us: again on the next pass
+        self.group.launches.append((self.clock(), boot.node))
+        self.group.booting = self.group.short_since = None
+        log.info("replacement %s joined (%s)", boot.node, self.settings.describe())
+
     def describe(self) -> str:
         """What the group does, for the line every test and bench prints."""
         serves = f", launches for unschedulable pods of {self.namespace}" if self.namespace else ""
         return f"{self.settings.describe()}, replaces terminated instances{serves}"
 
     def unschedulable(self) -> int:
-        """The served namespace's pods the scheduler found no node for (0 without one, and
-        within SETTLE_SECONDS of the last launch, whose node they are about to take)."""
+        """The served namespace's pods the scheduler found no node for (0 without one, while
+        an instance boots and within SETTLE_SECONDS of the last join: those pods are the
+        booting instance's, or about to be bound to the one that joined)."""
         last = self.group.launches[-1][0] if self.group.launches else None
-        if self.namespace is None or (last is not None and self.clock() - last < SETTLE_SECONDS):
+        settling = last is not None and self.clock() - last < SETTLE_SECONDS
+        if self.namespace is None or self.group.booting is not None or settling:
             return 0
         pods = self.core.list_namespaced_pod(self.namespace, field_selector="status.phase=Pending")
         return sum(1 for p in pods.items if unschedulable_pod(p))
 
     def launch(self, state: realnodes.FleetState) -> str:
-        """A new spot node with this group's image mode; returns its name once Ready."""
+        """A new spot node with this group's image mode, registering with LAUNCHING_TAINT;
+        returns its name once its processes started (it turns Ready during the delay)."""
         built = realnodes.built_images()
         pause = built["pause"]
         preloaded = self.settings.images == "preloaded"
         golden = node_images.golden_root(list(built.values())) if preloaded else None
         imports = () if preloaded else (pause.archive,)
-        record = realnodes.add_node(self.core, state, golden, pause.ref, "spot", imports)
+        record = realnodes.add_node(
+            self.core, state, golden, pause.ref, "spot", imports, [LAUNCHING_TAINT]
+        )
         # Same image set and config as its peers: ensure_real_nodes must not replace it.
         record.images = node_images.golden_key(list(built.values()))
         record.config = node_config.config_key(pause.ref)
         state.save()
         name = next(n for n, r in state.nodes.items() if r is record)
-        node = record.node(name)
-        wait_for(f"{name} Ready", lambda: realnodes.all_ready(self.core, [node]), timeout=120)
-        log.info("replacement %s joined (%s)", name, self.settings.describe())
+        log.info("replacement %s booting (%s)", name, self.settings.describe())
         return name
+
+
+def remove_taint(core: client.CoreV1Api, name: str, key: str) -> bool:
+    """Drop the taint ``key`` from the Node, guarded by its resourceVersion (the node
+    lifecycle controller edits the same list); False when the Node changed meanwhile."""
+    node = core.read_node(name)
+    kept = [t for t in node.spec.taints or [] if t.key != key]
+    taints = [core.api_client.sanitize_for_serialization(t) for t in kept]
+    body = {"metadata": {"resourceVersion": node.metadata.resource_version},
+            "spec": {"taints": taints}}  # fmt: skip
+    try:
+        core.patch_node(name, body)
+    except ApiException as e:
+        if e.status == 409:
+            return False
+        raise
+    return True
 
 
 def unschedulable_pod(pod: client.V1Pod) -> bool:

@@ -19,7 +19,7 @@ import shutil
 import signal
 import sys
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -213,10 +213,11 @@ def add_node(
     pause: str,
     role: str = "spot",
     imports: Sequence[Path] = (),
+    taints: Sequence[Mapping[str, str]] = (),
 ) -> NodeRecord:
-    """Start a new real node with the next name; it registers itself with its kubelet.
-    Its containerd starts from the ``golden`` root (every image, as a pre-baked AMI), or
-    empty with only the archives of ``imports`` imported (the sandbox image)."""
+    """Start a new real node with the next name; it registers itself with its kubelet (and
+    ``taints`` beside its role's). Its containerd starts from the ``golden`` root (every
+    image, as a pre-baked AMI), or empty with only the archives of ``imports`` imported."""
     name = f"{SYSTEM_PREFIX if role == 'system' else NAME_PREFIX}{state.next_index}"
     state.next_index += 1
     slot = free_slot({r.slot for r in state.nodes.values()})
@@ -244,7 +245,7 @@ def add_node(
         node_images.import_archive(sock, archive)
     _start_logind(node, node_dir, holder, record)
     record.pids["kubelet"] = node_host.spawn(
-        node, _kubelet_argv(node, node_dir), node_dir / "kubelet.log", holder
+        node, _kubelet_argv(node, node_dir, taints), node_dir / "kubelet.log", holder
     )
     if role == "spot":  # the system group has no GPUs
         record.pids["plugin"] = node_host.spawn(
@@ -301,7 +302,9 @@ def _write_configs(node: RealNode, node_dir: Path, pause: str) -> None:
     (node_dir / "kubelet.yaml").write_text(yaml.safe_dump(cfg))
 
 
-def _kubelet_argv(node: RealNode, node_dir: Path) -> list[str]:
+def _kubelet_argv(
+    node: RealNode, node_dir: Path, taints: Sequence[Mapping[str, str]] = ()
+) -> list[str]:
     labels = ",".join(f"{k}={v}" for k, v in node_labels(node, REGION).items())
     return [
         str(paths.binary("kubelet")),
@@ -312,7 +315,7 @@ def _kubelet_argv(node: RealNode, node_dir: Path) -> list[str]:
         f"--hostname-override={node.name}",
         f"--node-ip={node.ip}",
         f"--node-labels={labels}",
-        f"--register-with-taints={taint_flag(node_taints(node))}",
+        f"--register-with-taints={taint_flag(node_taints(node) + [dict(t) for t in taints])}",
         f"--provider-id=aws:///{node.zone}/i-real{node.slot:013d}",
         "--v=1",
     ]

@@ -1,5 +1,5 @@
 """The real nodes' Auto Scaling group: a replacement joins only after the provisioning
-delay (provisioner.launch_due), and its settings come from the environment with errors
+delay (provisioner.boot_due, join_due), and its settings come from the environment with errors
 that name the variable."""
 
 from __future__ import annotations
@@ -10,35 +10,50 @@ import pytest
 from kubernetes import client
 
 from spotrun_dev.provisioner import (
+    BOOT_TIMEOUT_SECONDS,
     DEFAULT_DELAY_SECONDS,
     ENV_DELAY,
     ENV_IMAGES,
     SETTLE_SECONDS,
+    Boot,
     CapacitySettings,
     GroupState,
     Provisioner,
-    launch_due,
+    boot_due,
+    join_due,
     target_size,
 )
 from spotrun_dev.waiting import ClusterError
 
 
-def test_a_whole_group_launches_nothing_and_forgets_it_ran_short() -> None:
+def test_a_whole_group_boots_nothing_and_forgets_it_ran_short() -> None:
     g = GroupState(short_since=5.0)
-    assert not launch_due(g, healthy=3, wanted=3, now=100.0, delay=10)
+    assert boot_due(g, healthy=3, wanted=3, now=100.0, delay=10) is None
     assert g.short_since is None
 
 
-def test_a_replacement_is_due_only_after_the_delay() -> None:
+def test_an_instance_boots_when_the_group_runs_short_and_joins_after_the_delay() -> None:
     g = GroupState()
-    assert not launch_due(g, healthy=2, wanted=3, now=100.0, delay=30)
+    assert boot_due(g, healthy=2, wanted=3, now=100.0, delay=30) == 130.0
     assert g.short_since == 100.0
-    assert not launch_due(g, healthy=2, wanted=3, now=129.9, delay=30)
-    assert launch_due(g, healthy=2, wanted=3, now=130.0, delay=30)
+    # Still short a pass later (the boot not counted yet): the join time stays put.
+    assert boot_due(g, healthy=2, wanted=3, now=100.5, delay=30) == 130.0
+    g.booting = Boot("spot-4", 130.0)
+    assert boot_due(g, healthy=2, wanted=3, now=101.0, delay=30) is None  # one at a time
+    assert not join_due(g.booting, now=129.9, ready=True)
+    assert not join_due(g.booting, now=130.0, ready=False)
+    assert join_due(g.booting, now=130.0, ready=True)
 
 
-def test_no_delay_replaces_at_once() -> None:
-    assert launch_due(GroupState(), healthy=1, wanted=3, now=0.0, delay=0)
+def test_a_boot_never_ready_fails_the_harness() -> None:
+    boot = Boot("spot-4", 130.0)
+    assert not join_due(boot, now=130.0 + BOOT_TIMEOUT_SECONDS, ready=False)
+    with pytest.raises(ClusterError, match="spot-4 was not Ready"):
+        join_due(boot, now=130.1 + BOOT_TIMEOUT_SECONDS, ready=False)
+
+
+def test_no_delay_joins_as_soon_as_ready() -> None:
+    assert boot_due(GroupState(), healthy=1, wanted=3, now=7.0, delay=0) == 7.0
 
 
 def test_settings_from_the_environment() -> None:
@@ -106,6 +121,9 @@ def test_only_the_served_namespaces_unplaceable_pods_count_and_not_right_after_a
     group = Provisioner(core, 2, CapacitySettings(5, "preloaded"), lambda: now[0], "ml")
     assert group.unschedulable() == 1
     assert core.asked == [("ml", "status.phase=Pending")]
+    group.group.booting = Boot("spot-3", 90.0)  # the pod's node is on its way
+    assert group.unschedulable() == 0
+    group.group.booting = None
     group.group.launches.append((95.0, "spot-3"))  # its node is about to take the pod
     assert group.unschedulable() == 0
     now[0] = 95.0 + SETTLE_SECONDS
