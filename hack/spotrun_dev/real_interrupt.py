@@ -18,11 +18,13 @@ from typing import Literal
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from spotrun_dev import inject, plans_aws, realnodes
+from spotrun_dev import inject, plans, plans_aws, plans_k8s, realnodes
 from spotrun_dev.fleet_state import wait_node_gone
 from spotrun_dev.waiting import ClusterError, wait_for
 
 log = logging.getLogger("spotrun_dev.real_interrupt")
+# EC2 ends a spot instance two minutes after its interruption notice.
+SPOT_NOTICE_SECONDS = 120.0
 
 RealSignal = Literal["nth", "loss", "shutdown"]
 REAL_SIGNALS: tuple[RealSignal, ...] = ("nth", "loss", "shutdown")
@@ -61,6 +63,34 @@ def nth_notice(core: client.CoreV1Api, name: str) -> bool:
         inject.run_writes(core, name, [plans_aws.drain_error(str(exc))])
         return False
     return True
+
+
+def karpenter_notice(core: client.CoreV1Api, name: str) -> bool:
+    """Karpenter v1 on a spot interruption, without NTH, exactly as
+    ``plans_k8s.karpenter_interruption`` up to the instance's end: its registration
+    finalizer on the Node (``inject.prepare_node``), the NodeClaim's deletion (the Node's
+    deletionTimestamp, held by that finalizer), one PATCH adding the disrupted taint and
+    the exclude-from-load-balancers label, then the drain through the Eviction API,
+    retried while a PodDisruptionBudget answers 429 (kubernetes-sigs/karpenter
+    pkg/controllers/node/termination/terminator/eviction.go: a 429 is requeued), for the
+    two minutes EC2 leaves the instance. Returns whether the drain finished; the instance's
+    end is :func:`karpenter_terminates`."""
+    inject.prepare_node(core, name, "karpenter")
+    try:
+        inject.run_writes(core, name, inject.component_writes("karpenter"), SPOT_NOTICE_SECONDS)
+    except ClusterError as exc:
+        log.info("Karpenter's drain of %s did not finish: %s", name, exc)
+        return False
+    return True
+
+
+def karpenter_terminates(core: client.CoreV1Api, name: str) -> None:
+    """The rest of Karpenter's termination: the instance ends (awaitInstanceTermination),
+    then its finalizer goes and the apiserver deletes the Node on that write."""
+    realnodes.kill_instance(name)
+    *_, finalizer = plans_k8s.karpenter_interruption(plans.Options())
+    inject.run_writes(core, name, [finalizer])
+    wait_node_gone(core, name)
 
 
 def nth_rebalance(core: client.CoreV1Api, name: str) -> None:

@@ -15,6 +15,17 @@ NTH drains the node at the notice (pkg/node/node.go CordonAndDrain: the Eviction
 retried for nodeTerminationGracePeriod). The run's PodDisruptionBudget
 (``builders.build_gang_pdb``, created with the flag) answers those evictions 429, so the
 ranks live on; the operator's own stop deletes the pods, which no budget holds.
+
+Without NTH, Karpenter v1 acts on the same notice from its interruption queue
+(aws/karpenter-provider-aws pkg/controllers/interruption/controller.go: a spot
+interruption deletes the node's NodeClaim): the Node gets its deletionTimestamp, held by
+the ``karpenter.sh/termination`` finalizer, then the ``karpenter.sh/disrupted`` taint, and
+its termination controller drains it through the Eviction API too, which the budget holds
+the same way (kubernetes-sigs/karpenter pkg/controllers/node/termination/terminator:
+a 429 is retried). Karpenter deletes a node carrying spotrun's pods for an interruption,
+an expiry or a user's delete (the pods' ``karpenter.sh/do-not-disrupt`` keeps drift and
+consolidation away): each is ridden like NTH's taint, with the same margin. An instance
+already shutting down or lost is never held: only the notice's marks are hidden.
 """
 
 from __future__ import annotations
@@ -28,16 +39,47 @@ from spotrun_api.status import Attempt
 from spotrun_operator.decisions import rebalance
 from spotrun_operator.decisions.draft import Draft
 from spotrun_operator.facts.common import fmt_time, parse_time, pod_node
-from spotrun_operator.facts.signals import TAINT_SPOT_ITN, NodeInfo
+from spotrun_operator.facts.signals import (
+    KARPENTER_TERMINATION_FINALIZER,
+    TAINT_KARPENTER_DISRUPTED,
+    TAINT_SPOT_ITN,
+    NodeInfo,
+)
 
 # EC2 terminates (or stops) a spot instance two minutes after its interruption notice.
 SPOT_NOTICE_SECONDS = 120.0
 
 
+# The marks of a notice that the held view hides while the gang trains through it.
+NOTICE_TAINTS = frozenset({TAINT_SPOT_ITN, TAINT_KARPENTER_DISRUPTED})
+
+
+def karpenter_terminating(node: NodeInfo) -> bool:
+    """Karpenter deletes the node (its NodeClaim is gone) and its termination finalizer
+    still holds the Node: the instance is alive and being drained."""
+    return node.deleting and KARPENTER_TERMINATION_FINALIZER in node.finalizers
+
+
+def noticed(node: NodeInfo) -> bool:
+    """NTH's spot-itn taint, or Karpenter terminating the node."""
+    return TAINT_SPOT_ITN in node.taints or karpenter_terminating(node)
+
+
 def noticed_nodes(d: Draft, n: int) -> list[str]:
-    """Nodes of attempt ``n``'s pods that carry NTH's spot-itn taint."""
+    """Nodes of attempt ``n``'s pods that got a notice (:func:`noticed`)."""
     names = sorted({str(pod_node(p)) for p in d.pods_of(n) if pod_node(p)})
-    return [x for x in names if (node := d.obs.nodes.get(x)) and TAINT_SPOT_ITN in node.taints]
+    return [x for x in names if (node := d.obs.nodes.get(x)) and noticed(node)]
+
+
+def unnoticed(node: NodeInfo) -> NodeInfo:
+    """``node`` as it was before its notice: without the notice's taints and, for
+    Karpenter's, not being deleted (the finalizer keeps the object; it still exists)."""
+    taints = tuple(t for t in node.taints if t not in NOTICE_TAINTS)
+    if karpenter_terminating(node):
+        return dataclasses.replace(
+            node, taints=taints, exists=True, deleting=False, deleting_since=None
+        )
+    return dataclasses.replace(node, taints=taints)
 
 
 def stop_by(d: Draft, entry: Attempt) -> dt.datetime | None:
@@ -70,18 +112,13 @@ def riding(d: Draft, n: int, entry: Attempt) -> bool:
 
 def held_nodes(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> Mapping[str, NodeInfo]:
     """The nodes as the verdict on attempt ``n`` sees them: while the gang trains through a
-    notice and its replacement is not ready, the noticed nodes without their spot-itn taint
-    (the notice is not acted on yet); otherwise as observed."""
+    notice and its replacement is not ready, the noticed nodes as they were before it
+    (:func:`unnoticed`: the notice is not acted on yet); otherwise as observed."""
     nodes = d.obs.nodes
     if not riding(d, n, entry) or rebalance.replacement_ready(d, spec, entry):
         return nodes
     held = set(noticed_nodes(d, n))
-    return {
-        name: dataclasses.replace(info, taints=tuple(t for t in info.taints if t != TAINT_SPOT_ITN))
-        if name in held
-        else info
-        for name, info in nodes.items()
-    }
+    return {name: unnoticed(info) if name in held else info for name, info in nodes.items()}
 
 
 def warm_move(d: Draft, spec: TrainingRunSpec, n: int, entry: Attempt) -> bool:
@@ -105,7 +142,7 @@ def track(d: Draft, n: int, entry: Attempt) -> None:
         d.event(
             "Warning",
             "SpotInterruptionNotice",
-            f"attempt {n}: node {node} got a spot interruption notice; training through it: "
+            f"attempt {n}: node {node} {_notice_text(d, node)}; training through it: "
             "asking for a replacement node, the gang moves to it once it holds the run's "
             f"image, or stops gracefully at {fmt_time(end)} at the latest",
             key=f"notice-ride/{n}/{node}",
@@ -113,3 +150,10 @@ def track(d: Draft, n: int, entry: Attempt) -> None:
     left = (end - d.now).total_seconds()
     if left > 0:
         d.requeue(min(d.cfg.capacity_poll_seconds, left))
+
+
+def _notice_text(d: Draft, name: str) -> str:
+    node = d.obs.nodes.get(name)
+    if node is not None and TAINT_SPOT_ITN not in node.taints:
+        return "is being terminated by Karpenter (a spot interruption notice)"
+    return "got a spot interruption notice"

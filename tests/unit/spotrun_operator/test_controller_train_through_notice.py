@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import pytest
 from controller_fakes import CFG, at, gang, job, merge, observed
 from test_controller_capacity_requests import (
     avoided,
@@ -20,7 +21,12 @@ from test_controller_shrink_rules import GPU_TAINT, fleet_node
 
 from spotrun_operator.decisions.reconcile import decide
 from spotrun_operator.facts.common import fmt_time
-from spotrun_operator.facts.signals import TAINT_SPOT_ITN, NodeInfo
+from spotrun_operator.facts.signals import (
+    KARPENTER_TERMINATION_FINALIZER,
+    TAINT_KARPENTER_DISRUPTED,
+    TAINT_SPOT_ITN,
+    NodeInfo,
+)
 from spotrun_operator.model.plan import CreateJob, Decision, EnsureObjects
 
 RIDE = dataclasses.replace(CFG, train_through_notice=True)
@@ -33,8 +39,22 @@ def noticed(name: str) -> NodeInfo:
     return node
 
 
-def on_notice(st: dict[str, Any], now: float, *nodes: NodeInfo, **kw: Any) -> Decision:
-    nodes_now = world(fleet_node("n1"), noticed("n2"), *nodes)
+def karpenter_terminating(name: str, tainted: bool = True) -> NodeInfo:
+    """A node after Karpenter's interruption handling: its NodeClaim deleted, so the Node's
+    deletionTimestamp held by the termination finalizer, then (one PATCH) the disrupted
+    taint; no cordon (tests/fixtures/signals/karpenter.yaml)."""
+    taints = (GPU_TAINT, (TAINT_KARPENTER_DISRUPTED, "", "NoSchedule")) if tainted else (GPU_TAINT,)
+    node = fleet_node(name, taints=taints)
+    return dataclasses.replace(
+        node, exists=False, deleting=True, deleting_since=at(10),
+        finalizers=(KARPENTER_TERMINATION_FINALIZER,),
+    )  # fmt: skip
+
+
+def on_notice(
+    st: dict[str, Any], now: float, *nodes: NodeInfo, going: NodeInfo | None = None, **kw: Any
+) -> Decision:
+    nodes_now = world(fleet_node("n1"), going or noticed("n2"), *nodes)
     return decide(observed(now=now, status=st, jobs={1: job(1)}, pods=gang(1), **kw, **nodes_now),
                   RIDE)  # fmt: skip
 
@@ -84,6 +104,45 @@ def test_the_gang_trains_through_the_notice_and_moves_once_the_replacement_is_wa
                RIDE)  # fmt: skip
     created = [a for a in d.actions if isinstance(a, CreateJob)]
     assert [a.body["metadata"]["name"] for a in created] == ["llm-a2"]
+
+
+@pytest.mark.parametrize("tainted", [False, True], ids=["deleting", "deleting+tainted"])
+def test_karpenters_interruption_is_ridden_the_same_way(tainted: bool) -> None:
+    """Without NTH, Karpenter deletes the node at the notice: by default the gang stops at
+    once; with the flag it trains on (the verdict sees the node as before the deletion),
+    asks for one node off both, and moves once the placeholder runs, a preemption."""
+    going = karpenter_terminating("n2", tainted)
+    st = running_on(fleet_node("n1"), fleet_node("n2"))
+    d = decide(observed(now=10, status=st, jobs={1: job(1)}, pods=gang(1),
+                        **world(fleet_node("n1"), going)), CFG)  # fmt: skip
+    assert outcome(merge(st, d)) == ("Preempted", "karpenter-disruption")
+    st = merge(st, d := on_notice(st, 10, going=going))
+    assert outcome(st) is None and st["phase"] == "Running"
+    assert st["attempts"][0]["noticeSince"] == fmt_time(at(10))
+    body = requests_applied(d)
+    assert body is not None and body["spec"]["replicas"] == 1 and avoided(body) == ["n1", "n2"]
+    said = [e.message for e in d.events if e.reason == "SpotInterruptionNotice"]
+    assert len(said) == 1 and "node n2 is being terminated by Karpenter" in said[0]
+    st = merge(st, on_notice(st, 50, going=going))  # Karpenter's drain is held: train on
+    assert outcome(st) is None
+    warm = [placeholder("llm-capacity-a", "n3")]
+    st = merge(st, on_notice(st, 60, fleet_node("n3"), going=going, spare_pods=warm))
+    assert outcome(st) == ("Preempted", "karpenter-disruption")
+    assert (st["preemptions"], st.get("failures", 0)) == (1, 0)
+    assert st["attempts"][0]["nextAttemptAt"] == fmt_time(at(60))  # warm: no backoff
+
+
+def test_a_karpenter_node_that_is_gone_or_shutting_down_is_not_held() -> None:
+    """Only the notice's marks are hidden: the Node deleted (its finalizer removed, the
+    instance ended) or the kubelet shutting down stop the gang at once."""
+    for going in (
+        dataclasses.replace(karpenter_terminating("n2"), finalizers=()),
+        dataclasses.replace(karpenter_terminating("n2"), ready="False",
+                            ready_message="node is shutting down"),
+    ):  # fmt: skip
+        st = running_on(fleet_node("n1"), fleet_node("n2"))
+        st = merge(st, on_notice(st, 10, going=going))
+        assert outcome(st) is not None, going
 
 
 def test_the_gang_stops_gracefully_at_the_stop_margin_without_a_replacement() -> None:
