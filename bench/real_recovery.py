@@ -9,7 +9,9 @@ on the real nodes, is interrupted once by ``nth`` (NTH's drain, then the instanc
 process of the instance SIGKILLed) or ``partition`` (the node's network cut, its processes
 alive; terminated once the case is over), or ``rebalance`` (NTH's IMDS handling of a
 rebalance recommendation on the node, taint and cordon, then ``--rebalance-lead`` seconds
-later the ``nth`` notice there; the bench's operator runs with ``--replace-on-rebalance``).
+later the ``nth`` notice there; the bench's operator runs with ``--replace-on-rebalance``),
+or ``karpenter`` (no NTH: Karpenter v1's interruption handling, the Node deleted behind its
+finalizer, the disrupted taint, the drain, then the instance ended).
 The spot group replaces a lost instance, and
 launches a node for each of the bench's pods the scheduler cannot place (Cluster
 Autoscaler's scale-up: a run's placeholder, Kubeflow's recreated pod), each after
@@ -23,10 +25,11 @@ AMI). Variants:
   waitBeforeShrink: 0s}``: the survivor trains alone at once, and the whole gang trains
   again once a placeholder ran on the replacement (``grow_back``: signal -> whole gang
   training, ``full_s``, and the pause of the grow-back itself, ``pause_s``);
-- ``spotrun_ride`` (``nth`` only): ``spotrun`` with the operator training through the
-  notice (the chart's ``operator.spotNotice: trainThrough``): the run's budget holds NTH's
-  drain, the gang trains on while its replacement comes and moves to it once it is warm;
-  its figure is the pause (as for ``rebalance``), and its notes give signal -> training;
+- ``spotrun_ride`` (``nth`` and ``karpenter`` only): ``spotrun`` with the operator
+  training through the notice (the chart's ``operator.spotNotice: trainThrough``): the
+  run's budget holds NTH's (or Karpenter's) drain, the gang trains on while its
+  replacement comes and moves to it once it is warm; its figure is the pause (as for
+  ``rebalance``), and its notes give signal -> training;
 - ``kubeflow``: the same PyTorchJob spotrun would create for attempt 1, run by the
   Kubeflow training operator alone, ``restartPolicy: OnFailure`` on both replicas (a
   failed container restarts in place, a deleted pod is recreated), two nodes; the
@@ -64,10 +67,10 @@ from spotrun_dev import cluster
 from spotrun_dev.provisioner import CapacitySettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SIGNALS = ("nth", "shutdown", "loss", "partition", "rebalance")
+SIGNALS = ("nth", "shutdown", "loss", "partition", "rebalance", "karpenter")
 VARIANTS = goodput.VARIANTS
 # spotrun_ride trains through a spot notice: only a signal with a notice has it to ride.
-RIDE_SIGNALS = ("nth",)
+RIDE_SIGNALS = ("nth", "karpenter")
 # What the spot group does (provisioner): runs measured before it launched for pending pods,
 # or before a replacement's boot was part of its delay, are not merged with these.
 GROUP = "replaces terminated instances, launches for unschedulable pods, boots within the delay"

@@ -203,6 +203,10 @@ class CaseRunner:
         elif signal == "partition":
             real_partition.cut(node)
             return
+        elif signal == "karpenter":  # no NTH: Karpenter drains, then ends the instance
+            real_interrupt.karpenter_notice(self.core, node)
+            real_interrupt.karpenter_terminates(self.core, node)
+            return
         real_interrupt.instance_dies(self.core, node)
 
     def _observe(self, b: w.Boundaries, kubeflow: bool, before: dict[str, int], size: int
