@@ -105,6 +105,8 @@ class GroupState:
 
 @dataclass(frozen=True)
 class Boot:
+    """An instance of the group that is booting: its node and when it may join."""
+
     node: str
     joins_at: float  # when the group's delay is over: the node becomes its capacity
 
@@ -209,7 +211,12 @@ class Provisioner:
     def join_when_due(self, boot: Boot) -> None:
         """The booting instance becomes capacity: its launching taint goes once its delay is
         over and it is Ready (the group forgets it ran short: the clock restarts)."""
-        node = realnodes.FleetState.load().nodes[boot.node].node(boot.node)
+        record = realnodes.FleetState.load().nodes.get(boot.node)
+        if record is None:  # removed meanwhile (a failed boot): the group boots another
+            log.info("booting instance %s is gone", boot.node)
+            self.group.booting = None
+            return
+        node = record.node(boot.node)
         if not join_due(boot, self.clock(), realnodes.all_ready(self.core, [node])):
             return
         if not remove_taint(self.core, boot.node, LAUNCHING_TAINT["key"]):
@@ -221,7 +228,8 @@ class Provisioner:
     def describe(self) -> str:
         """What the group does, for the line every test and bench prints."""
         serves = f", launches for unschedulable pods of {self.namespace}" if self.namespace else ""
-        return f"{self.settings.describe()}, replaces terminated instances{serves}"
+        return (f"{self.settings.describe()} (a replacement boots within it), replaces "
+                f"terminated instances{serves}")  # fmt: skip
 
     def unschedulable(self) -> int:
         """The served namespace's pods the scheduler found no node for (0 without one, while
