@@ -44,11 +44,11 @@ def karpenter_terminating(name: str, tainted: bool = True) -> NodeInfo:
     deletionTimestamp held by the termination finalizer, then (one PATCH) the disrupted
     taint; no cordon (tests/fixtures/signals/karpenter.yaml)."""
     taints = (GPU_TAINT, (TAINT_KARPENTER_DISRUPTED, "", "NoSchedule")) if tainted else (GPU_TAINT,)
-    node = fleet_node(name, taints=taints)
-    return dataclasses.replace(
-        node, exists=False, deleting=True, deleting_since=at(10),
+    node: NodeInfo = dataclasses.replace(
+        fleet_node(name, taints=taints), exists=False, deleting=True, deleting_since=at(10),
         finalizers=(KARPENTER_TERMINATION_FINALIZER,),
     )  # fmt: skip
+    return node
 
 
 def on_notice(
