@@ -53,7 +53,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from spotrun_dev import node_config, node_images, real_interrupt, realnodes
-from spotrun_dev.waiting import ClusterError
+from spotrun_dev.waiting import ClusterError, wait_for
 
 log = logging.getLogger("spotrun_dev.provisioner")
 
@@ -177,8 +177,32 @@ class Provisioner:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=180)
+        self.settle_boot()
         if self.error is not None and exc[0] is None:
             raise ClusterError(f"the provisioner failed: {self.error}") from self.error
+
+    def settle_boot(self) -> None:
+        """A group that stops leaves no half-launched instance behind: the one still
+        booting joins now (its delay no longer times anything), or is removed if it never
+        turns Ready. A node left with LAUNCHING_TAINT would count as healthy to
+        ``ensure_real_nodes`` and take no pod."""
+        boot, self.group.booting = self.group.booting, None
+        if boot is None:
+            return
+        record = realnodes.FleetState.load().nodes.get(boot.node)
+        if record is None:
+            return
+        node = record.node(boot.node)
+
+        def joined() -> bool:
+            ready = realnodes.all_ready(self.core, [node])
+            return ready and remove_taint(self.core, boot.node, LAUNCHING_TAINT["key"])
+
+        try:
+            wait_for(f"{boot.node} to join", joined, timeout=BOOT_TIMEOUT_SECONDS)
+        except ClusterError:
+            log.info("booting instance %s never joined: removing it", boot.node)
+            realnodes.remove_node(self.core, realnodes.FleetState.load(), boot.node)
 
     def _run(self) -> None:
         try:
