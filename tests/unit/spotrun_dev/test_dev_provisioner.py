@@ -130,3 +130,46 @@ def test_only_the_served_namespaces_unplaceable_pods_count_and_not_right_after_a
     assert group.unschedulable() == 1
     blind = Provisioner(core, 2, CapacitySettings(5, "preloaded"))
     assert blind.unschedulable() == 0  # no namespace served: an ASG alone
+
+
+class _Record:
+    def node(self, name: str) -> str:
+        return name
+
+
+class _Fleet:
+    def __init__(self, *names: str) -> None:
+        self.nodes = {n: _Record() for n in names}
+
+
+@pytest.mark.parametrize("ready", [True, False], ids=["joins", "removed"])
+def test_a_stopping_group_leaves_no_half_launched_instance(
+    ready: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instance still booting when the group stops joins at once (its launching taint
+    goes), or is removed if it never turns Ready: a node left tainted would count as
+    healthy to the next test's fleet and take no pod."""
+    from spotrun_dev import provisioner, realnodes
+
+    untainted: list[tuple[str, str]] = []
+    removed: list[str] = []
+    monkeypatch.setattr(realnodes.FleetState, "load", staticmethod(lambda: _Fleet("spot-4")))
+    monkeypatch.setattr(realnodes, "all_ready", lambda core, nodes: ready)
+    monkeypatch.setattr(realnodes, "remove_node", lambda core, state, name: removed.append(name))
+
+    def remove_taint(core: object, name: str, key: str) -> bool:
+        untainted.append((name, key))
+        return True
+
+    monkeypatch.setattr(provisioner, "remove_taint", remove_taint)
+    monkeypatch.setattr(provisioner, "BOOT_TIMEOUT_SECONDS", 0.2)
+    group = Provisioner(_Pods([]), 2, CapacitySettings(60, "preloaded"))
+    group.settle_boot()  # nothing booting: nothing to do
+    assert (untainted, removed) == ([], [])
+    group.group.booting = Boot("spot-4", 1e9)  # its delay far from over
+    group.settle_boot()
+    assert group.group.booting is None
+    if ready:
+        assert (untainted, removed) == ([("spot-4", "spotrun.dev/launching")], [])
+    else:
+        assert (untainted, removed) == ([], ["spot-4"])
