@@ -189,10 +189,9 @@ class Provisioner:
         boot, self.group.booting = self.group.booting, None
         if boot is None:
             return
-        record = realnodes.FleetState.load().nodes.get(boot.node)
-        if record is None:
+        node = booting_node(realnodes.FleetState.load(), boot)
+        if node is None:
             return
-        node = record.node(boot.node)
 
         def joined() -> bool:
             ready = realnodes.all_ready(self.core, [node])
@@ -220,7 +219,7 @@ class Provisioner:
         dead = [n for n, r in spot.items() if not realnodes.healthy(r)]
         healthy = len(spot) - len(dead)  # a booting instance counts: it is on its way
         if self.group.booting is not None:
-            self.join_when_due(self.group.booting)
+            self.join_when_due(state, self.group.booting)
         target = target_size(self.wanted, healthy, self.unschedulable())
         joins_at = boot_due(self.group, healthy, target, self.clock(), self.settings.delay_seconds)
         if joins_at is not None:
@@ -232,16 +231,17 @@ class Provisioner:
                 log.info("instance of %s terminated and its node marked: removing it", name)
                 realnodes.remove_node(self.core, state, name)
 
-    def join_when_due(self, boot: Boot) -> None:
+    def join_when_due(self, state: realnodes.FleetState, boot: Boot) -> None:
         """The booting instance becomes capacity: its launching taint goes once its delay is
         over and it is Ready (the group forgets it ran short: the clock restarts)."""
-        record = realnodes.FleetState.load().nodes.get(boot.node)
-        if record is None:  # removed meanwhile (a failed boot): the group boots another
+        node = booting_node(state, boot)
+        if node is None:  # removed meanwhile (a failed boot): the group boots another
             log.info("booting instance %s is gone", boot.node)
             self.group.booting = None
             return
-        node = record.node(boot.node)
-        if not join_due(boot, self.clock(), realnodes.all_ready(self.core, [node])):
+        now = self.clock()  # readiness is read only once the instance may join
+        ready = now >= boot.joins_at and realnodes.all_ready(self.core, [node])
+        if not join_due(boot, now, ready):
             return
         if not remove_taint(self.core, boot.node, LAUNCHING_TAINT["key"]):
             return  # the Node changed under us: again on the next pass
@@ -284,6 +284,12 @@ class Provisioner:
         name = next(n for n, r in state.nodes.items() if r is record)
         log.info("replacement %s booting (%s)", name, self.settings.describe())
         return name
+
+
+def booting_node(state: realnodes.FleetState, boot: Boot) -> node_config.RealNode | None:
+    """The booting instance's node, None once the fleet no longer holds it."""
+    record = state.nodes.get(boot.node)
+    return None if record is None else record.node(boot.node)
 
 
 def remove_taint(core: client.CoreV1Api, name: str, key: str) -> bool:

@@ -302,9 +302,7 @@ def _write_configs(node: RealNode, node_dir: Path, pause: str) -> None:
     (node_dir / "kubelet.yaml").write_text(yaml.safe_dump(cfg))
 
 
-def _kubelet_argv(
-    node: RealNode, node_dir: Path, taints: Sequence[Mapping[str, str]] = ()
-) -> list[str]:
+def _kubelet_argv(node: RealNode, node_dir: Path, taints: Sequence[Mapping[str, str]]) -> list[str]:
     labels = ",".join(f"{k}={v}" for k, v in node_labels(node, REGION).items())
     return [
         str(paths.binary("kubelet")),
