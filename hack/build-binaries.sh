@@ -89,6 +89,22 @@ build_tools() {
     github.com/distribution/distribution/v3/cmd/registry
 }
 
+# containerd has no replace lines: one `go install` builds the daemon, its runc shim (the
+# nodes' config names it by path, not PATH) and ctr (the golden root's imports). No cgo:
+# the btrfs/devmapper/zfs snapshotters are left out; the nodes use overlayfs.
+build_containerd() {
+  local names=(containerd containerd-shim-runc-v2 ctr) missing=0 n
+  STAMP=$CONTAINERD_VERSION
+  for n in "${names[@]}"; do stamp_ok "$n" "$STAMP" || missing=1; done
+  [ "$missing" = 1 ] || return 0
+  log "building ${names[*]} $CONTAINERD_VERSION"
+  local mod=github.com/containerd/containerd/v2 pkgs=()
+  for n in "${names[@]}"; do pkgs+=("$mod/cmd/$n@$CONTAINERD_VERSION"); done
+  GOBIN="$bin" GOFLAGS= go install -tags "no_btrfs no_devmapper no_zfs" \
+    -ldflags "-s -w -X $mod/version.Version=$CONTAINERD_VERSION" "${pkgs[@]}"
+  stamp "${names[@]}"
+}
+
 build_kueue() {
   STAMP=$KUEUE_VERSION
   stamp_ok kueue "$STAMP" && return 0
@@ -112,8 +128,9 @@ case "${1:-all}" in
   kube) build_kube ;;
   etcd) build_etcd ;;
   tools) build_tools; build_kueue ;;
+  containerd) build_containerd ;;
   plugin) build_gpu_plugin ;;
   kueue) build_kueue ;;
-  all) build_tools; build_kueue; build_etcd; build_kube; build_gpu_plugin ;;
-  *) echo "usage: $0 [all|kube|etcd|tools|plugin|kueue]" >&2; exit 2 ;;
+  all) build_tools; build_kueue; build_etcd; build_kube; build_gpu_plugin; build_containerd ;;
+  *) echo "usage: $0 [all|kube|etcd|tools|plugin|kueue|containerd]" >&2; exit 2 ;;
 esac

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs what the real local nodes and the image builds need, from Debian's packages:
-# containerd + runc + the CNI plugins (one containerd per real node), socat (the harness's
+# runc + the CNI plugins (the nodes' containerd is built from its Go module:
+# hack/build-binaries.sh), socat (the harness's
 # stand-in for the load balancer in front of the apiserver), iproute2 (network namespaces),
-# the daemonless image tools (mmdebstrap for the base image, buildah/podman to build),
+# the daemonless image tools (mmdebstrap for the base image, buildah/podman to build,
+# skopeo to push an OCI layout as it is),
 # and dbus (each node's system bus).
 # Idempotent: installs only the packages that are missing; never starts a daemon.
 set -euo pipefail
 
-packages=(containerd runc containernetworking-plugins socat iproute2 util-linux
-          mmdebstrap buildah podman uidmap dbus)
+packages=(runc containernetworking-plugins socat iproute2 util-linux
+          mmdebstrap buildah podman skopeo uidmap dbus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -20,7 +22,7 @@ if [ "$(id -u)" != 0 ]; then
   command -v sudo >/dev/null || { echo "install-node-packages: needs root (or sudo)" >&2; exit 1; }
   sudo=(sudo)
 fi
-# A policy-rc.d that forbids every start: the packaged containerd must never run as a
+# A policy-rc.d that forbids every start: a packaged daemon (dbus) must never run as a
 # system daemon beside the nodes' own (exit 101 = "action forbidden by policy").
 policy=/usr/sbin/policy-rc.d
 backup=""

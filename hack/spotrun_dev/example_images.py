@@ -8,14 +8,19 @@ small layers of the example (its code; for some, its libraries' bytecode).
 The real nodes hold the trainer's layers already (their golden containerd root, as a
 pre-baked AMI holds a base image) and pull an example image from the harness's registry the
 way an EKS node pulls from ECR: each node's containerd resolves the ``localhost`` namespace
-through the registry (``node_config.local_images_hosts``). The images are pushed with
-uncompressed layers, so a layer's digest is its diff id, the digest the node's content store
-already holds for the trainer's layers: a pull fetches the manifest, the config and the
-example's own layer only.
+through the registry (``node_config.local_images_hosts``). containerd skips a layer whose
+unpacked snapshot it holds (by chain id, whatever the blob's compression): a pull fetches the
+manifest, the config and the example's own layer only. The examples are pushed with
+uncompressed layers (their own are small).
+
+A node started without images (the provisioner's ``registry`` mode) pulls the trainer and
+the init container whole: those two are pushed from an OCI layout with zstd layers, which
+containerd decompresses at several times gzip's speed (docs/images.md, "Layer compression").
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -62,6 +67,32 @@ def push_command(ref: str, registry: str = REGISTRY_HOST) -> list[str]:
     return ["buildah", "push", "--tls-verify=false", "--disable-compression", ref, dest]
 
 
+def zstd_layout(key: str, image: images.ImageArchive) -> Path:
+    """An OCI layout of ``image`` with zstd layers, written once per image id beside its
+    archive (the superseded one removed first, as archives are)."""
+    cache = images.cache_dir()
+    layout = cache / f"{key}-{image.image_id[:16]}.zstd-oci"
+    if not (layout / "index.json").is_file():
+        for stale in cache.glob(f"{key}-*.zstd-oci*"):
+            shutil.rmtree(stale)
+        partial = layout.with_name(layout.name + ".partial")
+        # An oci: destination reuses only a blob of the same digest, so every layer is
+        # compressed here (a registry destination would substitute the gzip blob it
+        # already holds for the same layer: containers/image's blob info cache).
+        cmd = ["buildah", "push", "--compression-format", "zstd", image.ref, f"oci:{partial}"]
+        images.run_logged(cmd, log=cache / "logs" / f"{key}-zstd.log")
+        partial.rename(layout)
+    return layout
+
+
+def push_layout_command(layout: Path, ref: str, registry: str = REGISTRY_HOST) -> list[str]:
+    """Plain HTTP; the layout's blobs and manifest as they are (``--preserve-digests``
+    forbids the substitution above)."""
+    dest = f"docker://{registry_ref(ref, registry)}"
+    return ["skopeo", "copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false",
+            f"oci:{layout}", dest]  # fmt: skip
+
+
 def ensure_examples(
     names: Sequence[str] | None = None, registry: str = REGISTRY_HOST
 ) -> dict[str, str]:
@@ -73,11 +104,12 @@ def ensure_examples(
     out: dict[str, str] = {}
     with images.machine_lock():
         # The trainer image itself and the training operator's init container too: a node
-        # started without images pulls them (provisioner's registry mode). The trainer's
-        # layers are the examples' first ones: after the first push, a manifest and a config.
+        # started without images pulls them (provisioner's registry mode), with zstd
+        # layers (docs/images.md, "Layer compression"). The examples' own layers follow.
         for key in NODE_PULLED:
             log = images.cache_dir() / "logs" / f"{key}-push.log"
-            images.run_logged(push_command(built[key].ref, registry), log=log)
+            layout = zstd_layout(key, built[key])
+            images.run_logged(push_layout_command(layout, built[key].ref, registry), log=log)
         for name in example_names() if names is None else names:
             ref = build_example(name, trainer)
             log = images.cache_dir() / "logs" / f"{IMAGE_PREFIX}{name}-push.log"

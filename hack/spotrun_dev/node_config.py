@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from spotrun_dev import fleet
+from spotrun_dev import fleet, paths
 
 BRIDGE: Final = "spotrun0"
 # The harness's own networks; nothing outside them is ever a target.
@@ -143,9 +143,17 @@ def taint_flag(taints: list[dict[str, str]]) -> str:
     return ",".join(f"{t['key']}={t['value']}:{t['effect']}" for t in taints)
 
 
-def containerd_config(state: Path, pause_ref: str) -> str:
-    """containerd 1.6 config (version 2) with everything under the node's state folder."""
-    return f"""version = 2
+def containerd_config(state: Path, pause_ref: str, shim: Path | None = None) -> str:
+    """containerd 2 config (version 3) with everything under the node's state folder.
+
+    As EKS AL2023 writes it (amazon-eks-ami nodeadm/internal/containerd/
+    config2.template.toml): the CRI images plugin discards a layer's blob once unpacked,
+    the sandbox image is pinned, registries come from hosts.toml files. The runc shim is
+    named by path: Debian's older one may be on PATH."""
+    shim = paths.binary("containerd-shim-runc-v2") if shim is None else shim
+    images = '[plugins."io.containerd.cri.v1.images"]'
+    runtime = '[plugins."io.containerd.cri.v1.runtime"]'
+    return f"""version = 3
 root = "{state}/containerd/root"
 state = "{state}/containerd/state"
 [grpc]
@@ -157,26 +165,31 @@ state = "{state}/containerd/state"
 [metrics]
   address = ""
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause_ref}"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
+{images}
+  snapshotter = "overlayfs"
+  discard_unpacked_layers = true
+{images[:-1]}.pinned_images]
+  sandbox = "{pause_ref}"
+# Per-registry hosts.toml files (containerd docs/hosts.md): the harness's plain-HTTP
+# registry is {REGISTRY_HOST}/hosts.toml here.
+{images[:-1]}.registry]
+  config_path = "{state}/{CERTS_DIR}"
+{runtime}
   # Mandatory on this VM: root lacks CAP_SYS_RESOURCE, and without this every sandbox
   # fails with "can't get final child's PID from pipe: EOF" (oom_score_adj -998 refused).
   restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{state}/cni"
-  # Per-registry hosts.toml files (containerd docs/hosts.md): the harness's plain-HTTP
-  # registry is {REGISTRY_HOST}/hosts.toml here.
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{state}/{CERTS_DIR}"
+{runtime[:-1]}.containerd]
+  default_runtime_name = "runc"
+{runtime[:-1]}.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+  runtime_path = "{shim}"
+{runtime[:-1]}.containerd.runtimes.runc.options]
+  SystemdCgroup = false
+{runtime[:-1]}.cni]
+  bin_dirs = ["/usr/lib/cni"]
+  conf_dir = "{state}/cni"
 """
 
 
@@ -206,7 +219,8 @@ def config_key(pause_ref: str) -> str:
     """What a node's containerd started from besides its images (its config and the
     registry hosts): a node with another key is replaced, as one with older images is."""
     hosts = registry_hosts_dirs()
-    text = containerd_config(Path("/state"), pause_ref)
+    text = containerd_config(Path("/state"), pause_ref, shim=Path("/shim"))
+    text += paths.versions()["CONTAINERD_VERSION"]
     text += "".join(f"{name}\n{hosts[name]}" for name in sorted(hosts))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -244,8 +258,7 @@ def kubelet_config(node: RealNode, state: Path, ca_file: Path, port: int) -> dic
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
-        # 1.35+ refuses cgroup v1 unless told; containerd 1.6 has no RuntimeConfig RPC, so
-        # the kubelet falls back to this driver (the fallback is removed upstream in 1.38).
+        # 1.35+ refuses cgroup v1 unless told (containerd 2 still runs on it, deprecated).
         "failCgroupV1": False,
         "cgroupDriver": "cgroupfs",
         "cgroupRoot": node.cgroup_root,

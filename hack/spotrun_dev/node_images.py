@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from spotrun_dev import paths
 from spotrun_dev.waiting import ClusterError, wait_for
 
 log = logging.getLogger("spotrun_dev.node_images")
@@ -50,8 +51,14 @@ def machine_cache() -> Path:
     return Path(os.environ.get("SPOTRUN_MACHINE_CACHE", "/var/cache/spotrun"))
 
 
+def runtime_line() -> str:
+    """The containerd that writes a golden root: a root is read by the same version only
+    (its bolt databases and snapshot layout are containerd's own)."""
+    return f"containerd {paths.versions()['CONTAINERD_VERSION']}"
+
+
 def golden_key(archives: Sequence[Archive]) -> str:
-    ids = "\n".join(sorted(f"{a.ref}@{a.image_id}" for a in archives))
+    ids = "\n".join([runtime_line(), *sorted(f"{a.ref}@{a.image_id}" for a in archives)])
     return hashlib.sha256(ids.encode()).hexdigest()[:16]
 
 
@@ -91,14 +98,15 @@ def _golden_root(archives: Sequence[Archive], parent: Path, seeded: bool) -> Pat
         sock = Path(tmp) / "containerd.sock"
         cfg = Path(tmp) / "config.toml"
         cfg.write_text(
-            f'version = 2\nroot = "{base}/root"\nstate = "{tmp}/state"\n'
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            f'version = 3\nroot = "{base}/root"\nstate = "{tmp}/state"\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images",'
+            ' "io.containerd.cri.v1.runtime"]\n'
             f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{sock}.ttrpc"\n'
             '[metrics]\n  address = ""\n'
         )
         with (base / "containerd.log").open("ab") as out:
             proc = subprocess.Popen(
-                ["containerd", "--config", str(cfg)],
+                [str(paths.binary("containerd")), "--config", str(cfg)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -118,7 +126,8 @@ def _golden_root(archives: Sequence[Archive], parent: Path, seeded: bool) -> Pat
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    (base / "READY").write_text("".join(_ready_line(a) + "\n" for a in archives))
+    lines = [runtime_line(), *map(_ready_line, archives)]
+    (base / "READY").write_text("".join(line + "\n" for line in lines))
     # Older image sets cost ~6 GB each; running nodes keep their hard links regardless.
     for old in base.parent.glob("[!.]*"):
         if old != base:
@@ -131,7 +140,8 @@ def import_archive(sock: Path, archive: Path) -> None:
     namespace the CRI uses)."""
     started = time.monotonic()
     run = subprocess.run(
-        ["ctr", "--address", str(sock), "-n", "k8s.io", "images", "import", str(archive)],
+        [str(paths.binary("ctr")), "--address", str(sock), "-n", "k8s.io", "images", "import",
+         str(archive)],
         text=True, capture_output=True,
     )  # fmt: skip
     if run.returncode != 0:
@@ -171,8 +181,9 @@ def _layers_of(sock: Path, digest: str) -> set[str]:
 
 def _ctr(sock: Path, *args: str) -> str:
     run = subprocess.run(
-        ["ctr", "--address", str(sock), "-n", "k8s.io", *args], text=True, capture_output=True
-    )
+        [str(paths.binary("ctr")), "--address", str(sock), "-n", "k8s.io", *args],
+        text=True, capture_output=True,
+    )  # fmt: skip
     if run.returncode != 0:
         raise ClusterError(f"ctr {' '.join(args[:2])}: {run.stderr.strip()}")
     return run.stdout
@@ -184,7 +195,11 @@ def _ready_line(archive: Archive) -> str:
 
 def _newest_ready(parent: Path, other_than: Path) -> Path | None:
     """The most recently finished golden root besides ``other_than``, if any."""
-    done = [d for d in parent.glob("[!.]*") if d != other_than and (d / "READY").exists()]
+    done = [
+        d for d in parent.glob("[!.]*")
+        if d != other_than and (d / "READY").exists()
+        and runtime_line() in (d / "READY").read_text().splitlines()
+    ]  # fmt: skip
     return max(done, key=lambda d: (d / "READY").stat().st_mtime, default=None)
 
 

@@ -236,7 +236,7 @@ def add_node(
     record.pids["holder"] = holder = node_host.start_holder(node, node_dir)
     wait_for(f"{name}'s namespaces", lambda: _holder_ready(holder), timeout=15)
     record.pids["containerd"] = node_host.spawn(
-        node, ["containerd", "--config", str(node_dir / "containerd.toml")],
+        node, [str(paths.binary("containerd")), "--config", str(node_dir / "containerd.toml")],
         node_dir / "containerd.log", holder,
     )  # fmt: skip
     sock = node_dir / "containerd.sock"

@@ -49,9 +49,18 @@ def test_the_system_node_is_on_demand_without_gpus() -> None:
 
 def test_daemon_configs_carry_what_this_vm_needs(tmp_path: Path) -> None:
     node = RealNode("real-spot-1", 1, "us-east-1a")
-    containerd = node_config.containerd_config(tmp_path, "localhost/spotrun/pause:x")
-    assert "restrict_oom_score_adj = true" in containerd
-    assert f'address = "{tmp_path}/containerd.sock"' in containerd
+    text = node_config.containerd_config(tmp_path, "localhost/spotrun/pause:x", Path("/s/shim"))
+    containerd = tomllib.loads(text)
+    assert containerd["version"] == 3  # containerd 2's format: plugins by their 2.x ids
+    assert containerd["grpc"]["address"] == f"{tmp_path}/containerd.sock"
+    runtime = containerd["plugins"]["io.containerd.cri.v1.runtime"]
+    assert runtime["restrict_oom_score_adj"] is True
+    runc = runtime["containerd"]["runtimes"]["runc"]
+    assert runc["runtime_path"] == "/s/shim"  # not Debian's shim on PATH
+    assert runc["options"] == {"SystemdCgroup": False}  # the kubelet's cgroupfs driver
+    images = containerd["plugins"]["io.containerd.cri.v1.images"]
+    assert images["pinned_images"] == {"sandbox": "localhost/spotrun/pause:x"}
+    assert images["discard_unpacked_layers"] is True  # as EKS AL2023's nodeadm writes
     kubelet = node_config.kubelet_config(node, tmp_path, tmp_path / "ca.crt", 10250)
     assert (kubelet["failCgroupV1"], kubelet["cgroupDriver"]) == (False, "cgroupfs")
     assert kubelet["address"] == node.ip and kubelet["cgroupRoot"] == node.cgroup_root
@@ -80,7 +89,7 @@ def test_containerd_pulls_from_the_harness_registry_over_plain_http(tmp_path: Pa
     """containerd reads per-registry hosts.toml files under config_path; the harness's
     registry is on the bridge's gateway (inside the harness's network) and speaks HTTP."""
     containerd = tomllib.loads(node_config.containerd_config(tmp_path, "p"))
-    cri = containerd["plugins"]["io.containerd.grpc.v1.cri"]
+    cri = containerd["plugins"]["io.containerd.cri.v1.images"]
     assert cri["registry"]["config_path"] == str(tmp_path / node_config.CERTS_DIR)
     host = node_config.REGISTRY_HOST
     assert host == f"{node_config.GATEWAY}:{node_config.REGISTRY_PORT}"
