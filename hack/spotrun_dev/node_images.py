@@ -103,6 +103,10 @@ def _golden_root(archives: Sequence[Archive], parent: Path, seeded: bool) -> Pat
             ' "io.containerd.cri.v1.runtime"]\n'
             f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{sock}.ttrpc"\n'
             '[metrics]\n  address = ""\n'
+            # Collect at the first deletion: the discarded layer blobs must leave the disk
+            # before this containerd stops (by default a deletion alone schedules nothing,
+            # and a seeded import makes too few writes to reach the 100-mutation trigger).
+            '[plugins."io.containerd.gc.v1.scheduler"]\n  deletion_threshold = 1\n'
         )
         with (base / "containerd.log").open("ab") as out:
             proc = subprocess.Popen(

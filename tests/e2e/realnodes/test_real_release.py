@@ -21,6 +21,7 @@ no failure, no step lost.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 import uuid
@@ -105,6 +106,19 @@ def _release(out: Path) -> tuple[str, str, dict[str, str], dict[str, str]]:
     refs = {name: release_version.image_ref(registry, name, version) for name in RELEASE_IMAGES}
     digests = {name: (out / f"{name}.digest").read_text().strip() for name in refs}
     return registry, version, refs, digests
+
+
+def _forget_local_tags(registry: str) -> None:
+    """The builder's tags of this run's refs (``<registry>/e2e-<id>/...``): their layers are
+    the local builds', but a tag per run piled up in containers-storage, and an untagged
+    image is what ``buildah rmi --prune`` reclaims once the next build supersedes it."""
+    listed = subprocess.run(
+        ["buildah", "images", "--format", "{{.Name}}:{{.Tag}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    ours = [ref for ref in listed if ref.startswith(f"{registry}/")]
+    if ours:
+        subprocess.run(["buildah", "rmi", *ours], capture_output=True, check=True)
 
 
 def _submit(kc: Path, namespace: str, image: str, template: Path) -> tuple[str, str]:
@@ -271,3 +285,4 @@ def test_release_from_the_registry_ha_and_the_torchx_walkthrough_through_nth(
         story.replace_nodes()  # the interrupted node died: the ASG replaces it
         chart_install.uninstall(operator)
         bare_nodes.remove_bare_node(core, bare)
+        _forget_local_tags(registry)
