@@ -9,6 +9,7 @@ tests are never skipped.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import Iterator
@@ -89,6 +90,9 @@ def namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterato
         if exc.status != 404:
             raise
     _drop_kwok_pods(core, name)
+    # The namespace's hostPath volumes (storage.ensure_checkpoint_claim): a checkpoint
+    # folder per test piled up to GBs under /tmp.
+    shutil.rmtree(storage.LOCAL_ROOT / name, ignore_errors=True)
 
 
 def _drop_kwok_pods(core: client.CoreV1Api, namespace: str) -> None:

@@ -60,7 +60,10 @@ def test_daemon_configs_carry_what_this_vm_needs(tmp_path: Path) -> None:
     assert runc["options"] == {"SystemdCgroup": False}  # the kubelet's cgroupfs driver
     images = containerd["plugins"]["io.containerd.cri.v1.images"]
     assert images["pinned_images"] == {"sandbox": "localhost/spotrun/pause:x"}
-    assert images["discard_unpacked_layers"] is True  # as EKS AL2023's nodeadm writes
+    # Layers unpacked side by side (EKS's FastImagePull), which the CRI does only through
+    # the transfer service, which it uses only while layer blobs are kept.
+    assert containerd["plugins"]["io.containerd.transfer.v1.local"]["max_concurrent_unpacks"] > 1
+    assert images.get("discard_unpacked_layers", False) is False
     kubelet = node_config.kubelet_config(node, tmp_path, tmp_path / "ca.crt", 10250)
     assert (kubelet["failCgroupV1"], kubelet["cgroupDriver"]) == (False, "cgroupfs")
     assert kubelet["address"] == node.ip and kubelet["cgroupRoot"] == node.cgroup_root
