@@ -162,8 +162,8 @@ def containerd_config(state: Path, pause_ref: str, shim: Path | None = None) -> 
     ``discard_unpacked_layers`` falls back to the sequential local pull). The runc shim is
     named by path: Debian's older one may be on PATH."""
     shim = paths.binary("containerd-shim-runc-v2") if shim is None else shim
-    images = '[plugins."io.containerd.cri.v1.images"]'
-    runtime = '[plugins."io.containerd.cri.v1.runtime"]'
+    images = 'plugins."io.containerd.cri.v1.images"'  # TOML table names of the CRI plugins
+    runtime = 'plugins."io.containerd.cri.v1.runtime"'
     return f"""version = 3
 root = "{state}/containerd/root"
 state = "{state}/containerd/state"
@@ -178,28 +178,28 @@ state = "{state}/containerd/state"
 [plugins."io.containerd.grpc.v1.cri"]
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
-{images}
+[{images}]
   snapshotter = "overlayfs"
-{images[:-1]}.pinned_images]
+[{images}.pinned_images]
   sandbox = "{pause_ref}"
 # Per-registry hosts.toml files (containerd docs/hosts.md): the harness's plain-HTTP
 # registry is {REGISTRY_HOST}/hosts.toml here.
-{images[:-1]}.registry]
+[{images}.registry]
   config_path = "{state}/{CERTS_DIR}"
 [plugins."io.containerd.transfer.v1.local"]
   max_concurrent_unpacks = {UNPACKS}
-{runtime}
+[{runtime}]
   # Mandatory on this VM: root lacks CAP_SYS_RESOURCE, and without this every sandbox
   # fails with "can't get final child's PID from pipe: EOF" (oom_score_adj -998 refused).
   restrict_oom_score_adj = true
-{runtime[:-1]}.containerd]
+[{runtime}.containerd]
   default_runtime_name = "runc"
-{runtime[:-1]}.containerd.runtimes.runc]
+[{runtime}.containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
   runtime_path = "{shim}"
-{runtime[:-1]}.containerd.runtimes.runc.options]
+[{runtime}.containerd.runtimes.runc.options]
   SystemdCgroup = false
-{runtime[:-1]}.cni]
+[{runtime}.cni]
   bin_dirs = ["/usr/lib/cni"]
   conf_dir = "{state}/cni"
 """
