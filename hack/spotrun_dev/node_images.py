@@ -104,8 +104,9 @@ def _golden_root(archives: Sequence[Archive], parent: Path, seeded: bool) -> Pat
             f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{sock}.ttrpc"\n'
             '[metrics]\n  address = ""\n'
             # Collect at the first deletion: the discarded layer blobs must leave the disk
-            # before this containerd stops (by default a deletion alone schedules nothing,
-            # and a seeded import makes too few writes to reach the 100-mutation trigger).
+            # before this containerd stops. By default a deletion alone schedules no
+            # collection (deletion_threshold 0); a seeded build of containerd 2 once waited
+            # the whole 120 s below for one.
             '[plugins."io.containerd.gc.v1.scheduler"]\n  deletion_threshold = 1\n'
         )
         with (base / "containerd.log").open("ab") as out:
