@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -150,17 +151,12 @@ UNPACKS: Final = 2
 
 
 def containerd_config(state: Path, pause_ref: str, shim: Path | None = None) -> str:
-    """containerd 2 config (version 3) with everything under the node's state folder.
-
-    As EKS AL2023 writes it (amazon-eks-ami nodeadm/internal/containerd/
-    config2.template.toml: the sandbox image pinned, registries from hosts.toml files), with
-    its ``FastImagePull`` feature gate's parallel unpacking (nodeadm's
-    snapshotter/soci-snapshotter.config.toml, ``parallel_pull_unpack``): EKS does it in the
-    SOCI snapshotter, here containerd's own transfer service unpacks ``UNPACKS`` layers at
-    once. Keeping layer blobs (EKS's default discards them) is what lets the CRI pull
-    through the transfer service (containerd internal/cri/config CheckLocalImagePullConfigs:
-    ``discard_unpacked_layers`` falls back to the sequential local pull). The runc shim is
-    named by path: Debian's older one may be on PATH."""
+    """containerd 2 config (version 3), everything under the node's state folder, as EKS
+    AL2023's nodeadm writes it (internal/containerd/config2.template.toml) plus its
+    ``FastImagePull`` gate's parallel unpacking (SOCI's ``parallel_pull_unpack`` there,
+    containerd's transfer service here). Layer blobs are kept: ``discard_unpacked_layers``
+    sends the CRI to its sequential local pull (internal/cri/config
+    CheckLocalImagePullConfigs). The runc shim is named by path (Debian's may be on PATH)."""
     shim = paths.binary("containerd-shim-runc-v2") if shim is None else shim
     images = 'plugins."io.containerd.cri.v1.images"'  # TOML table names of the CRI plugins
     runtime = 'plugins."io.containerd.cri.v1.runtime"'
@@ -259,6 +255,27 @@ def cni_config(node: RealNode) -> dict[str, Any]:
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }
+
+
+def kubelet_argv(
+    node: RealNode, state: Path, region: str, taints: Sequence[Mapping[str, str]]
+) -> list[str]:
+    """The kubelet's command line: its files under the node's state folder, the node's
+    labels and its role's taints plus ``taints``, an EC2-shaped provider id."""
+    labels = ",".join(f"{k}={v}" for k, v in node_labels(node, region).items())
+    return [
+        str(paths.binary("kubelet")),
+        f"--config={state / 'kubelet.yaml'}",
+        f"--kubeconfig={state / 'kubeconfig'}",
+        f"--root-dir={state / 'kubelet'}",
+        f"--cert-dir={state / 'kubelet-pki'}",
+        f"--hostname-override={node.name}",
+        f"--node-ip={node.ip}",
+        f"--node-labels={labels}",
+        f"--register-with-taints={taint_flag(node_taints(node) + [dict(t) for t in taints])}",
+        f"--provider-id=aws:///{node.zone}/i-real{node.slot:013d}",
+        "--v=1",
+    ]
 
 
 def kubelet_config(node: RealNode, state: Path, ca_file: Path, port: int) -> dict[str, Any]:

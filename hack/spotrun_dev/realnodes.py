@@ -40,11 +40,9 @@ from spotrun_dev.node_config import (
     dbus_config,
     free_slot,
     kubeconfig,
+    kubelet_argv,
     kubelet_config,
-    node_labels,
-    node_taints,
     registry_hosts_dirs,
-    taint_flag,
 )
 from spotrun_dev.waiting import ClusterError, wait_for
 
@@ -245,7 +243,7 @@ def add_node(
         node_images.import_archive(sock, archive)
     _start_logind(node, node_dir, holder, record)
     record.pids["kubelet"] = node_host.spawn(
-        node, _kubelet_argv(node, node_dir, taints), node_dir / "kubelet.log", holder
+        node, kubelet_argv(node, node_dir, REGION, taints), node_dir / "kubelet.log", holder
     )
     if role == "spot":  # the system group has no GPUs
         record.pids["plugin"] = node_host.spawn(
@@ -300,23 +298,6 @@ def _write_configs(node: RealNode, node_dir: Path, pause: str) -> None:
     (node_dir / "kubeconfig").write_text(yaml.safe_dump(kcfg))
     cfg = kubelet_config(node, node_dir, ca, 10250)
     (node_dir / "kubelet.yaml").write_text(yaml.safe_dump(cfg))
-
-
-def _kubelet_argv(node: RealNode, node_dir: Path, taints: Sequence[Mapping[str, str]]) -> list[str]:
-    labels = ",".join(f"{k}={v}" for k, v in node_labels(node, REGION).items())
-    return [
-        str(paths.binary("kubelet")),
-        f"--config={node_dir / 'kubelet.yaml'}",
-        f"--kubeconfig={node_dir / 'kubeconfig'}",
-        f"--root-dir={node_dir / 'kubelet'}",
-        f"--cert-dir={node_dir / 'kubelet-pki'}",
-        f"--hostname-override={node.name}",
-        f"--node-ip={node.ip}",
-        f"--node-labels={labels}",
-        f"--register-with-taints={taint_flag(node_taints(node) + [dict(t) for t in taints])}",
-        f"--provider-id=aws:///{node.zone}/i-real{node.slot:013d}",
-        "--v=1",
-    ]
 
 
 def kill_instance(name: str) -> None:
