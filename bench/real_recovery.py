@@ -64,7 +64,7 @@ import real_recovery_watch as w
 from real_recovery_run import CaseRunner
 
 from spotrun_dev import cluster
-from spotrun_dev.provisioner import CapacitySettings
+from spotrun_dev.provisioner import IMAGE_MODES, CapacitySettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIGNALS = ("nth", "shutdown", "loss", "partition", "rebalance", "karpenter")
@@ -141,7 +141,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--delay", type=float, default=None, help="provisioning delay, seconds")
-    p.add_argument("--images", choices=("registry", "preloaded"), default="registry")
+    p.add_argument("--images", choices=IMAGE_MODES, default="registry")
     p.add_argument("--timeout", type=float, default=480, help="per case, signal -> training")
     p.add_argument(
         "--rebalance-lead",

@@ -124,6 +124,21 @@ build_gpu_plugin() {
   stamp spotrun-gpu-plugin
 }
 
+# Lazy pulling (the provisioner's `lazy` image mode): a containerd proxy snapshotter over
+# stargz-snapshotter's service, and the converter of an OCI layout to zstd:chunked layers.
+# Our own mains on the pinned library, stamped by the version and their sources.
+build_stargz() {
+  local names=(containerd-stargz-grpc spotrun-esgz) missing=0 n dir="$root/hack/gomod/stargz"
+  grep -q "containerd/stargz-snapshotter $STARGZ_VERSION" "$dir/go.mod" \
+    || { log "hack/gomod/stargz/go.mod does not require stargz-snapshotter $STARGZ_VERSION"; return 1; }
+  STAMP=$STARGZ_VERSION-$(cat "$dir"/cmd/*/main.go "$dir/go.sum" | sha256sum | cut -c1-12)
+  for n in "${names[@]}"; do stamp_ok "$n" "$STAMP" || missing=1; done
+  [ "$missing" = 1 ] || return 0
+  log "building ${names[*]} $STARGZ_VERSION"
+  (cd "$dir" && go build -ldflags "-s -w" -o "$bin/" "${names[@]/#/./cmd/}")
+  stamp "${names[@]}"
+}
+
 case "${1:-all}" in
   kube) build_kube ;;
   etcd) build_etcd ;;
@@ -131,6 +146,8 @@ case "${1:-all}" in
   containerd) build_containerd ;;
   plugin) build_gpu_plugin ;;
   kueue) build_kueue ;;
-  all) build_tools; build_kueue; build_etcd; build_kube; build_gpu_plugin; build_containerd ;;
-  *) echo "usage: $0 [all|kube|etcd|tools|plugin|kueue|containerd]" >&2; exit 2 ;;
+  stargz) build_stargz ;;
+  all) build_tools; build_kueue; build_etcd; build_kube; build_gpu_plugin; build_containerd
+    build_stargz ;;
+  *) echo "usage: $0 [all|kube|etcd|tools|plugin|kueue|containerd|stargz]" >&2; exit 2 ;;
 esac

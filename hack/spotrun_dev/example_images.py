@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from spotrun_dev import images, paths, realnodes
+from spotrun_dev import images, node_lazy, paths, realnodes
 from spotrun_dev.node_config import REGISTRY_HOST
 
 EXAMPLES_DIR: Final = paths.REPO_ROOT / "examples"
@@ -93,6 +93,20 @@ def push_layout_command(layout: Path, ref: str, registry: str = REGISTRY_HOST) -
             f"oci:{layout}", dest]  # fmt: skip
 
 
+def push_node_pulled(registry: str = REGISTRY_HOST, lazy: bool = False) -> None:
+    """Push what a node started without images pulls: the trainer and the init container,
+    with zstd layers; ``lazy``: the trainer's layers as zstd:chunked, which a lazily pulling
+    node mounts (node_lazy.py; pushed by the provisioner in that mode, under the same tag).
+    Callers hold the machine lock."""
+    built = realnodes.built_images()
+    for key in NODE_PULLED:
+        layout = zstd_layout(key, built[key])
+        if lazy and key == "trainer":
+            layout = node_lazy.esgz_layout(key, built[key], layout)
+        log = images.cache_dir() / "logs" / f"{key}-push.log"
+        images.run_logged(push_layout_command(layout, built[key].ref, registry), log=log)
+
+
 def ensure_examples(
     names: Sequence[str] | None = None, registry: str = REGISTRY_HOST
 ) -> dict[str, str]:
@@ -106,10 +120,7 @@ def ensure_examples(
         # The trainer image itself and the training operator's init container too: a node
         # started without images pulls them (provisioner's registry mode), with zstd
         # layers (docs/images.md, "Layer compression"). The examples' own layers follow.
-        for key in NODE_PULLED:
-            log = images.cache_dir() / "logs" / f"{key}-push.log"
-            layout = zstd_layout(key, built[key])
-            images.run_logged(push_layout_command(layout, built[key].ref, registry), log=log)
+        push_node_pulled(registry)
         for name in example_names() if names is None else names:
             ref = build_example(name, trainer)
             log = images.cache_dir() / "logs" / f"{IMAGE_PREFIX}{name}-push.log"

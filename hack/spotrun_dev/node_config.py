@@ -150,16 +150,19 @@ def taint_flag(taints: list[dict[str, str]]) -> str:
 UNPACKS: Final = 2
 
 
-def containerd_config(state: Path, pause_ref: str, shim: Path | None = None) -> str:
+def containerd_config(state: Path, pause_ref: str, shim: Path | None = None, lazy: str = "") -> str:
     """containerd 2 config (version 3), everything under the node's state folder, as EKS
     AL2023's nodeadm writes it (internal/containerd/config2.template.toml) plus its
     ``FastImagePull`` gate's parallel unpacking (SOCI's ``parallel_pull_unpack`` there,
     containerd's transfer service here). Layer blobs are kept: ``discard_unpacked_layers``
     sends the CRI to its sequential local pull (internal/cri/config
-    CheckLocalImagePullConfigs). The runc shim is named by path (Debian's may be on PATH)."""
+    CheckLocalImagePullConfigs). The runc shim is named by path (Debian's may be on PATH).
+    ``lazy`` (node_lazy.containerd_section) is added for a node that pulls lazily."""
     shim = paths.binary("containerd-shim-runc-v2") if shim is None else shim
     images = 'plugins."io.containerd.cri.v1.images"'  # TOML table names of the CRI plugins
     runtime = 'plugins."io.containerd.cri.v1.runtime"'
+    # A remote snapshotter finds a layer's registry in the CRI's snapshot labels.
+    snap = '"stargz"\n  disable_snapshot_annotations = false' if lazy else '"overlayfs"'
     return f"""version = 3
 root = "{state}/containerd/root"
 state = "{state}/containerd/state"
@@ -175,7 +178,7 @@ state = "{state}/containerd/state"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
 [{images}]
-  snapshotter = "overlayfs"
+  snapshotter = {snap}
 [{images}.pinned_images]
   sandbox = "{pause_ref}"
 # Per-registry hosts.toml files (containerd docs/hosts.md): the harness's plain-HTTP
@@ -198,7 +201,7 @@ state = "{state}/containerd/state"
 [{runtime}.cni]
   bin_dirs = ["/usr/lib/cni"]
   conf_dir = "{state}/cni"
-"""
+{lazy}"""
 
 
 def registry_hosts(host: str = REGISTRY_HOST) -> str:

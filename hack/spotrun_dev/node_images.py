@@ -140,13 +140,13 @@ def _golden_root(archives: Sequence[Archive], parent: Path, seeded: bool) -> Pat
     return base / "root"
 
 
-def import_archive(sock: Path, archive: Path) -> None:
+def import_archive(sock: Path, archive: Path, snapshotter: str = "overlayfs") -> None:
     """``ctr images import`` of a docker-archive into the containerd at ``sock`` (the
-    namespace the CRI uses)."""
+    namespace the CRI uses), unpacked for the CRI's ``snapshotter``."""
     started = time.monotonic()
     run = subprocess.run(
         [str(paths.binary("ctr")), "--address", str(sock), "-n", "k8s.io", "images", "import",
-         str(archive)],
+         "--snapshotter", snapshotter, str(archive)],
         text=True, capture_output=True,
     )  # fmt: skip
     if run.returncode != 0:

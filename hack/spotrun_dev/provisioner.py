@@ -52,12 +52,20 @@ from typing import Final, Literal
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from spotrun_dev import node_config, node_images, real_interrupt, realnodes
+from spotrun_dev import (
+    example_images,
+    images,
+    node_config,
+    node_images,
+    real_interrupt,
+    realnodes,
+)
 from spotrun_dev.waiting import ClusterError, wait_for
 
 log = logging.getLogger("spotrun_dev.provisioner")
 
-ImageMode = Literal["preloaded", "registry"]
+ImageMode = Literal["preloaded", "registry", "lazy"]
+IMAGE_MODES: Final[tuple[ImageMode, ...]] = ("preloaded", "registry", "lazy")
 DEFAULT_DELAY_SECONDS: Final = 90.0
 ENV_DELAY: Final = "SPOTRUN_PROVISIONING_DELAY_SECONDS"
 ENV_IMAGES: Final = "SPOTRUN_NODE_IMAGES"
@@ -86,9 +94,10 @@ class CapacitySettings:
         if delay < 0:
             raise ClusterError(f"{ENV_DELAY}={raw!r} must be at least 0")
         images = env.get(ENV_IMAGES, "preloaded")
-        if images not in ("preloaded", "registry"):
-            raise ClusterError(f"{ENV_IMAGES}={images!r}: use preloaded or registry")
-        return cls(delay, "registry" if images == "registry" else "preloaded")
+        mode = next((m for m in IMAGE_MODES if m == images), None)
+        if mode is None:
+            raise ClusterError(f"{ENV_IMAGES}={images!r}: use one of {', '.join(IMAGE_MODES)}")
+        return cls(delay, mode)
 
     def describe(self) -> str:
         return f"provisioning delay {self.delay_seconds:g}s, images {self.images}"
@@ -169,6 +178,9 @@ class Provisioner:
         self.error: BaseException | None = None
 
     def __enter__(self) -> Provisioner:
+        if self.settings.images != "preloaded":  # the tag serves this mode's layers
+            with images.machine_lock():
+                example_images.push_node_pulled(lazy=self.settings.images == "lazy")
         self._thread = threading.Thread(target=self._run, name="provisioner", daemon=True)
         self._thread.start()
         return self
@@ -274,8 +286,9 @@ class Provisioner:
         preloaded = self.settings.images == "preloaded"
         golden = node_images.golden_root(list(built.values())) if preloaded else None
         imports = () if preloaded else (pause.archive,)
+        lazy = self.settings.images == "lazy"
         record = realnodes.add_node(
-            self.core, state, golden, pause.ref, "spot", imports, [LAUNCHING_TAINT]
+            self.core, state, golden, pause.ref, "spot", imports, [LAUNCHING_TAINT], lazy=lazy
         )
         # Same image set and config as its peers: ensure_real_nodes must not replace it.
         record.images = node_images.golden_key(list(built.values()))

@@ -27,7 +27,15 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from spotrun_dev import images, node_certs, node_host, node_images, node_services, paths
+from spotrun_dev import (
+    images,
+    node_certs,
+    node_host,
+    node_images,
+    node_lazy,
+    node_services,
+    paths,
+)
 from spotrun_dev.fleet_state import leftover_pods
 from spotrun_dev.node_config import (
     API_SERVICE_IP,
@@ -212,10 +220,12 @@ def add_node(
     role: str = "spot",
     imports: Sequence[Path] = (),
     taints: Sequence[Mapping[str, str]] = (),
+    lazy: bool = False,
 ) -> NodeRecord:
     """Start a new real node with the next name; it registers itself with its kubelet (and
     ``taints`` beside its role's). Its containerd starts from the ``golden`` root (every
-    image, as a pre-baked AMI), or empty with only the archives of ``imports`` imported."""
+    image, as a pre-baked AMI), or empty with only the archives of ``imports`` imported,
+    and pulls ``lazy``ily through stargz-snapshotter when asked (node_lazy.py)."""
     name = f"{SYSTEM_PREFIX if role == 'system' else NAME_PREFIX}{state.next_index}"
     state.next_index += 1
     slot = free_slot({r.slot for r in state.nodes.values()})
@@ -225,7 +235,7 @@ def add_node(
     state.save()
     node_dir = STATE_DIR / name
     shutil.rmtree(node_dir, ignore_errors=True)
-    _write_configs(node, node_dir, pause)
+    _write_configs(node, node_dir, pause, lazy)
     if golden is not None:
         node_images.seed_root(golden, node_dir / "containerd" / "root")
     for cg in (node.system_cgroup, node.cgroup_root):
@@ -233,6 +243,8 @@ def add_node(
     node_host.create_netns(node, state.real_nodes())
     record.pids["holder"] = holder = node_host.start_holder(node, node_dir)
     wait_for(f"{name}'s namespaces", lambda: _holder_ready(holder), timeout=15)
+    if lazy:
+        record.pids["stargz"] = node_lazy.start_daemon(node, node_dir, holder)
     record.pids["containerd"] = node_host.spawn(
         node, [str(paths.binary("containerd")), "--config", str(node_dir / "containerd.toml")],
         node_dir / "containerd.log", holder,
@@ -240,7 +252,7 @@ def add_node(
     sock = node_dir / "containerd.sock"
     wait_for(f"{name}'s containerd", sock.exists, timeout=30)
     for archive in imports:
-        node_images.import_archive(sock, archive)
+        node_images.import_archive(sock, archive, "stargz" if lazy else "overlayfs")
     _start_logind(node, node_dir, holder, record)
     record.pids["kubelet"] = node_host.spawn(
         node, kubelet_argv(node, node_dir, REGION, taints), node_dir / "kubelet.log", holder
@@ -281,10 +293,11 @@ def _holder_ready(pid: int) -> bool:
     return Path(f"/proc/{pid}/comm").read_text().strip() == "sleep"
 
 
-def _write_configs(node: RealNode, node_dir: Path, pause: str) -> None:
+def _write_configs(node: RealNode, node_dir: Path, pause: str, lazy: bool = False) -> None:
     (node_dir / "cni").mkdir(parents=True, exist_ok=True)
     (node_dir / "pod-logs").mkdir(parents=True, exist_ok=True)
-    (node_dir / "containerd.toml").write_text(containerd_config(node_dir, pause))
+    section = node_lazy.containerd_section(node_dir) if lazy else ""
+    (node_dir / "containerd.toml").write_text(containerd_config(node_dir, pause, lazy=section))
     for host, text in registry_hosts_dirs().items():
         hosts = node_dir / CERTS_DIR / host
         hosts.mkdir(parents=True, exist_ok=True)

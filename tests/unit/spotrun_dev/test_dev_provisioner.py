@@ -61,6 +61,7 @@ def test_settings_from_the_environment() -> None:
     got = CapacitySettings.from_env({ENV_DELAY: "12.5", ENV_IMAGES: "registry"})
     assert got == CapacitySettings(12.5, "registry")
     assert got.describe() == "provisioning delay 12.5s, images registry"
+    assert CapacitySettings.from_env({ENV_IMAGES: "lazy"}).images == "lazy"
 
 
 @pytest.mark.parametrize(

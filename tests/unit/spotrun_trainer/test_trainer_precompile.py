@@ -4,6 +4,7 @@ as unchecked-hash pycs, and nothing outside the given roots is touched."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -86,7 +87,10 @@ def dockerfile_modules(dockerfile: Path) -> list[str]:
     """The modules a Dockerfile's precompile step names (its continuation lines joined)."""
     text = dockerfile.read_text().replace("\\\n", " ")
     found = re.findall(r"^RUN .*-m spotrun_trainer\.precompile([^\n]*)", text, re.MULTILINE)
-    return [name for line in found for name in line.split()]
+    words = [word for line in found for word in line.split()]
+    # An option's value follows it: neither is a module.
+    return [w for i, w in enumerate(words) if not w.startswith("-") and not (
+        i > 0 and words[i - 1].startswith("--"))]  # fmt: skip
 
 
 def test_every_module_the_images_name_imports() -> None:
@@ -96,3 +100,55 @@ def test_every_module_the_images_name_imports() -> None:
     assert "spotrun_lm.train" in named  # the trainer image names the built-in trainer's
     for name in (*precompile.DEFAULT_MODULES, *named):
         assert importlib.util.find_spec(name) is not None, name
+
+
+def test_the_startup_files_are_the_pycs_and_the_mapped_files_in_order(tmp_path: Path) -> None:
+    """What a lazily pulling node fetches first: each module's pyc where one was written,
+    its source otherwise, its extension; then each mapped file once; nothing missing."""
+    make_package(tmp_path, "pc_startup_pkg")
+    root = str(tmp_path.resolve())
+    code = (
+        f"import sys, pathlib; sys.path.insert(0, {root!r})\n"
+        "from spotrun_trainer import precompile\n"
+        f"precompile.precompile(['pc_startup_pkg'], [pathlib.Path({root!r})])\n"
+        "mods = [m for n, m in sys.modules.items() if n.startswith('pc_startup_pkg')]\n"
+        "print('\\n'.join(precompile.startup_files(mods, open('/proc/self/maps').read())))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    files = out.stdout.split()
+    pkg = tmp_path.resolve() / "pc_startup_pkg"
+    pycs = [importlib.util.cache_from_source(str(pkg / f"{m}.py")) for m in ("__init__", "used")]
+    assert sorted(files[:2]) == sorted(pycs)  # the modules first, each by its pyc
+    assert str(pkg / "unused.py") not in files and len(files) == len(set(files))
+    assert os.path.realpath(sys.executable) in files  # the interpreter is mapped
+    assert all(Path(f).is_file() for f in files)
+
+
+def test_the_startup_files_name_what_the_imports_opened(tmp_path: Path) -> None:
+    """The main writes the list, with the data files an import reads (a package's
+    metadata, as transformers reads its dependencies' versions)."""
+    make_package(tmp_path, "pc_opens_pkg")
+    data = tmp_path / "pc_opens_pkg" / "data.txt"
+    data.write_text("x")
+    init = tmp_path / "pc_opens_pkg" / "__init__.py"
+    init.write_text(f"open({str(data)!r}).read()\n")
+    out = tmp_path / "startup.txt"
+    root = str(tmp_path.resolve())
+    code = (  # only this package imported and compiled, under tmp_path
+        f"import sys, pathlib; sys.path.insert(0, {root!r})\n"
+        "from spotrun_trainer import precompile\n"
+        "precompile.DEFAULT_MODULES = ()\n"
+        f"precompile.install_roots = lambda: [pathlib.Path({root!r})]\n"
+        f"precompile.main(['--startup-files', {str(out)!r}, 'pc_opens_pkg'])\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    listed = out.read_text().split()
+    assert str(data.resolve()) in listed
+    assert importlib.util.cache_from_source(str(init.resolve())) in listed
+    # Compiling reads every source afterwards: not what a start reads.
+    assert str(init.resolve()) not in listed
+
+
+def test_the_trainer_image_writes_its_startup_files() -> None:
+    text = (REPO / "trainer" / "Dockerfile").read_text().replace("\\\n", " ")
+    assert re.search(r"precompile\s+--startup-files /opt/spotrun/startup-files\.txt", text)
