@@ -93,18 +93,21 @@ def push_layout_command(layout: Path, ref: str, registry: str = REGISTRY_HOST) -
             f"oci:{layout}", dest]  # fmt: skip
 
 
-def push_node_pulled(registry: str = REGISTRY_HOST, lazy: bool = False) -> None:
+def push_node_pulled(registry: str = REGISTRY_HOST, lazy: bool = False) -> dict[str, Path]:
     """Push what a node started without images pulls: the trainer and the init container,
     with zstd layers; ``lazy``: the trainer's layers as zstd:chunked, which a lazily pulling
     node mounts (node_lazy.py; pushed by the provisioner in that mode, under the same tag).
-    Callers hold the machine lock."""
+    Returns {image: the OCI layout pushed}. Callers hold the machine lock."""
     built = realnodes.built_images()
+    pushed: dict[str, Path] = {}
     for key in NODE_PULLED:
         layout = zstd_layout(key, built[key])
         if lazy and key == "trainer":
             layout = node_lazy.esgz_layout(key, built[key], layout)
         log = images.cache_dir() / "logs" / f"{key}-push.log"
         images.run_logged(push_layout_command(layout, built[key].ref, registry), log=log)
+        pushed[key] = layout
+    return pushed
 
 
 def ensure_examples(
