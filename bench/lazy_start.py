@@ -78,7 +78,9 @@ def _run_pod(core: client.CoreV1Api, node: str, image: str) -> dict[str, float]:
         logs = core.read_namespaced_pod_log("start", NAMESPACE)
         if pod.status.phase != "Succeeded":
             raise SystemExit(f"the start failed on {node}: {logs[-2000:]}")
-        events = core.list_namespaced_event(NAMESPACE).items
+        uid = pod.metadata.uid  # the namespace keeps the events of the starts before
+        events = [e for e in core.list_namespaced_event(NAMESPACE).items
+                  if e.involved_object.uid == uid]  # fmt: skip
         done = pod.status.container_statuses[0].state.terminated
         return {
             "pull": w.pull_seconds(e.message or "" for e in events),

@@ -18,7 +18,9 @@ images are either
   pre-baked AMI or a Bottlerocket data-volume snapshot gives, or
 - ``registry``: its containerd holds only the sandbox image, as a stock EKS AMI; the
   kubelet pulls the trainer image from the harness's OCI registry (the CNCF distribution
-  registry built from its Go module, ``node_services.start_registry``) through containerd.
+  registry built from its Go module, ``node_services.start_registry``) through containerd;
+- ``lazy``: as ``registry``, but containerd mounts the trainer's layers over the registry
+  through stargz-snapshotter and fetches what is read (node_lazy.py), as SOCI does on EKS.
 
 The group replaces a terminated instance (an ASG keeping its count) and, given the
 namespace of the workload it serves, also launches for that workload's pods the scheduler
