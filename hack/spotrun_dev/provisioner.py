@@ -95,10 +95,10 @@ class CapacitySettings:
             raise ClusterError(f"{ENV_DELAY}={raw!r} is not a number of seconds") from None
         if delay < 0:
             raise ClusterError(f"{ENV_DELAY}={raw!r} must be at least 0")
-        images = env.get(ENV_IMAGES, "preloaded")
-        mode = next((m for m in IMAGE_MODES if m == images), None)
+        named = env.get(ENV_IMAGES, "preloaded")
+        mode = next((m for m in IMAGE_MODES if m == named), None)
         if mode is None:
-            raise ClusterError(f"{ENV_IMAGES}={images!r}: use one of {', '.join(IMAGE_MODES)}")
+            raise ClusterError(f"{ENV_IMAGES}={named!r}: use one of {', '.join(IMAGE_MODES)}")
         return cls(delay, mode)
 
     def describe(self) -> str:

@@ -1,7 +1,9 @@
 // Converts the one image of an OCI layout into zstd:chunked layers (eStargz's TOC in zstd),
-// the format stargz-snapshotter pulls lazily, written as a new OCI layout. The files a
-// file in the image lists (-prioritized) go first in each layer, before its prefetch
-// landmark: a node fetches them at once, in one range per layer.
+// the format stargz-snapshotter pulls lazily, written as a new OCI layout. The files named
+// by a list in the image (-prioritized) go first in each layer, before its prefetch
+// landmark: a node fetches them at once, in one range per layer. Listed files larger than
+// -prioritized-max are left to be read in chunks: prefetching a start's libraries whole
+// (3 GB of the trainer's) costs about what pulling the whole image does.
 package main
 
 import (
