@@ -3,9 +3,9 @@ lazily (``lazy``, stargz-snapshotter: hack/spotrun_dev/node_lazy.py), in one run
 
     PYTHONPATH=api:operator:trainer:hack:cli:bench python bench/lazy_start.py --reps 2
 
-Each repetition of each mode adds a fresh real spot node of that mode (tainted: nothing
-else lands there), runs one pod of the trainer image on it that imports what a start
-imports and takes one training step of a small model, and removes the node. Figures, from
+Each repetition of each mode adds a fresh bare real node of that mode (bare_nodes.py),
+runs one pod of the trainer image on it that imports what a start imports and takes one
+training step of a small model, and removes the node. Figures, from
 the pod's creation: the kubelet's pull (its ``Pulled`` event), the container's start
 (``startedAt``), and the end of the step (the pod's own clock around imports and step, and
 ``finishedAt``). The registry's tag serves each mode's layers while it runs and the eager
@@ -26,13 +26,12 @@ from typing import Any
 import real_recovery_watch as w
 from kubernetes import client
 
-from spotrun_dev import cluster, example_images, images, realnodes
+from spotrun_dev import bare_nodes, cluster, example_images, images, realnodes
 from spotrun_dev.waiting import wait_for
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAMESPACE = "bench-lazy-start"
 MODES = ("registry", "lazy")
-TAINT = {"key": "spotrun.dev/bench-lazy-start", "value": "true", "effect": "NoSchedule"}
 CODE = (
     "import time; t = time.monotonic()\n"
     "import torch, torch.distributed, transformers\n"
@@ -44,20 +43,13 @@ CODE = (
 
 def one_start(core: client.CoreV1Api, mode: str) -> dict[str, float]:
     """One fresh node of ``mode``, one pod: its figures in seconds from the pod's creation."""
-    built = realnodes.built_images()
     with images.machine_lock():
         example_images.push_node_pulled(lazy=mode == "lazy")
-    state = realnodes.FleetState.load()
-    pause = built["pause"]
-    record = realnodes.add_node(core, state, None, pause.ref, "spot", (pause.archive,), [TAINT],
-                                lazy=mode == "lazy")  # fmt: skip
-    name = next(n for n, r in state.nodes.items() if r is record)
+    name = bare_nodes.add_bare_node(core, lazy=mode == "lazy")
     try:
-        node = record.node(name)
-        wait_for(f"{name} Ready", lambda: realnodes.all_ready(core, [node]), timeout=120)
-        return _run_pod(core, name, built["trainer"].ref)
+        return _run_pod(core, name, realnodes.built_images()["trainer"].ref)
     finally:
-        realnodes.remove_node(core, realnodes.FleetState.load(), name)
+        bare_nodes.remove_bare_node(core, name)
 
 
 def _run_pod(core: client.CoreV1Api, node: str, image: str) -> dict[str, float]:

@@ -16,11 +16,14 @@ from spotrun_dev import realnodes
 from spotrun_dev.waiting import wait_for
 
 
-def add_bare_node(core: client.CoreV1Api) -> str:
-    """Start a bare node; returns its name once it is Ready."""
+def add_bare_node(core: client.CoreV1Api, lazy: bool = False) -> str:
+    """Start a bare node, pulling ``lazy``ily when asked (node_lazy.py); returns its name
+    once it is Ready."""
     state = realnodes.FleetState.load()
     pause = realnodes.built_images()["pause"]
-    record = realnodes.add_node(core, state, None, pause.ref, "bare", imports=[pause.archive])
+    record = realnodes.add_node(
+        core, state, None, pause.ref, "bare", imports=[pause.archive], lazy=lazy
+    )
     name = next(n for n, r in state.nodes.items() if r is record)
     state.save()
     node = record.node(name)

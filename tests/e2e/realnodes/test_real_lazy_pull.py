@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from spotrun_dev import example_images, images, paths, realnodes
-from spotrun_dev.node_config import RealNode
+from spotrun_dev import bare_nodes, example_images, images, paths, realnodes
 from spotrun_dev.waiting import wait_for
 
-TAINT = {"key": "spotrun.dev/lazy-pull-test", "value": "true", "effect": "NoSchedule"}
 # What a start does: the trainer's imports, one step of a model.
 CODE = (
     "import torch, torch.distributed, transformers\n"
@@ -45,24 +43,16 @@ def _content(sock: Path) -> set[str]:
 
 
 @pytest.fixture
-def lazy_node(
-    core: client.CoreV1Api, built_images: dict[str, images.ImageArchive]
-) -> Iterator[tuple[RealNode, Path]]:
-    """A tainted node that pulls lazily, and the trainer's zstd:chunked layout pushed; the
+def lazy_node(core: client.CoreV1Api) -> Iterator[tuple[str, Path]]:
+    """A bare node that pulls lazily, and the trainer's zstd:chunked layout pushed; the
     tag serves the eager layers again afterwards."""
     with images.machine_lock():
         layout = example_images.push_node_pulled(lazy=True)["trainer"]
-    state = realnodes.FleetState.load()
-    pause = built_images["pause"]
-    record = realnodes.add_node(core, state, None, pause.ref, "spot", (pause.archive,), [TAINT],
-                                lazy=True)  # fmt: skip
-    name = next(n for n, r in state.nodes.items() if r is record)
+    name = bare_nodes.add_bare_node(core, lazy=True)
     try:
-        node = record.node(name)
-        wait_for(f"{name} Ready", lambda: realnodes.all_ready(core, [node]), timeout=120)
-        yield node, layout
+        yield name, layout
     finally:
-        realnodes.remove_node(core, realnodes.FleetState.load(), name)
+        bare_nodes.remove_bare_node(core, name)
         with images.machine_lock():
             example_images.push_node_pulled(lazy=False)
 
@@ -71,7 +61,7 @@ def test_a_lazy_node_runs_the_trainer_without_downloading_its_layers(
     core: client.CoreV1Api,
     namespace: str,
     built_images: dict[str, images.ImageArchive],
-    lazy_node: tuple[RealNode, Path],
+    lazy_node: tuple[str, Path],
 ) -> None:
     node, layout = lazy_node
     pod = {
@@ -79,7 +69,7 @@ def test_a_lazy_node_runs_the_trainer_without_downloading_its_layers(
         "kind": "Pod",
         "metadata": {"name": "lazy-start"},
         "spec": {
-            "nodeName": node.name,
+            "nodeName": node,
             "restartPolicy": "Never",
             "tolerations": [{"operator": "Exists"}],
             "containers": [
@@ -100,8 +90,8 @@ def test_a_lazy_node_runs_the_trainer_without_downloading_its_layers(
     assert "lazy start stepped" in logs
     # The kubelet pulled the image (its manifest and config), and containerd holds none of
     # its layer blobs: every layer is a remote snapshot, read through the snapshotter.
-    held = _content(realnodes.STATE_DIR / node.name / "containerd.sock")
+    held = _content(realnodes.STATE_DIR / node / "containerd.sock")
     layers = _layers(layout)
     assert len(layers) >= 5 and not held & set(layers), sorted(held & set(layers))
-    log = (realnodes.STATE_DIR / node.name / "stargz.log").read_text()
+    log = (realnodes.STATE_DIR / node / "stargz.log").read_text()
     assert log.count("preparing filesystem mount") >= len(layers), log[-2000:]

@@ -27,6 +27,17 @@ def make_package(root: Path, name: str) -> None:
     (pkg / "unused.py").write_text("VALUE = 7\n")
 
 
+def precompiling(root: Path, package: str) -> str:
+    """Python source that precompiles ``package`` found under ``root`` (run in a child
+    process, so that its imports and pycs stay out of this one)."""
+    where = str(root.resolve())
+    return (
+        f"import sys, pathlib; sys.path.insert(0, {where!r})\n"
+        "from spotrun_trainer import precompile\n"
+        f"precompile.precompile([{package!r}], [pathlib.Path({where!r})])\n"
+    )
+
+
 def pyc_flags(source: Path) -> int:
     cached = Path(importlib.util.cache_from_source(str(source)))
     return int.from_bytes(cached.read_bytes()[4:8], "little")
@@ -64,13 +75,7 @@ def test_the_pycs_are_used_though_the_sources_are_newer(tmp_path: Path) -> None:
     """Unchecked: a file's mtime (a build that clamps or resets timestamps) does not make
     Python compile it again; the pyc's code runs."""
     make_package(tmp_path, "pc_mtime_pkg")
-    root = str(tmp_path.resolve())
-    code = (
-        f"import sys, pathlib; sys.path.insert(0, {root!r})\n"
-        "from spotrun_trainer import precompile\n"
-        f"precompile.precompile(['pc_mtime_pkg'], [pathlib.Path({root!r})])\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", precompiling(tmp_path, "pc_mtime_pkg")], check=True)
     used = tmp_path / "pc_mtime_pkg" / "used.py"
     used.write_text("VALUE = 0  # a changed source is not read again: the pyc is unchecked\n")
     out = subprocess.run(
@@ -106,11 +111,7 @@ def test_the_startup_files_are_the_pycs_and_the_mapped_files_in_order(tmp_path: 
     """What a lazily pulling node fetches first: each module's pyc where one was written,
     its source otherwise, its extension; then each mapped file once; nothing missing."""
     make_package(tmp_path, "pc_startup_pkg")
-    root = str(tmp_path.resolve())
-    code = (
-        f"import sys, pathlib; sys.path.insert(0, {root!r})\n"
-        "from spotrun_trainer import precompile\n"
-        f"precompile.precompile(['pc_startup_pkg'], [pathlib.Path({root!r})])\n"
+    code = precompiling(tmp_path, "pc_startup_pkg") + (
         "mods = [m for n, m in sys.modules.items() if n.startswith('pc_startup_pkg')]\n"
         "print('\\n'.join(precompile.startup_files(mods, open('/proc/self/maps').read())))\n"
     )
