@@ -93,15 +93,19 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--out", default=str(RESULTS / "lazy_start.json"))
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated: registry,lazy")
     args = p.parse_args()
+    modes = args.modes.split(",")
+    if unknown := set(modes) - set(MODES):
+        p.error(f"--modes: unknown {sorted(unknown)} (known: {', '.join(MODES)})")
     local = cluster.ensure_cluster()
-    runs: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
+    runs: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     with local.api_client() as api:
         core = client.CoreV1Api(api)
         cluster.fresh_namespace(core, NAMESPACE)
         try:
             for rep in range(args.reps):
-                for mode in MODES:
+                for mode in modes:
                     runs[mode].append(one_start(core, mode))
                     print(f"[{rep + 1}/{args.reps}] {mode}: {runs[mode][-1]}", flush=True)
         finally:

@@ -39,3 +39,12 @@ def test_the_snapshotter_reaches_the_registry_over_plain_http() -> None:
     assert set(hosts) == {node_config.REGISTRY_HOST, node_config.LOCAL_IMAGES_NAMESPACE}
     for host in hosts.values():
         assert host["mirrors"] == [{"host": node_config.REGISTRY_HOST, "insecure": True}]
+
+
+def test_the_snapshotter_keeps_what_it_fetched_in_memory_and_fetches_no_whole_layer() -> None:
+    config = tomllib.loads(node_lazy.daemon_config())
+    # Keys of stargz-snapshotter's fs/config/config.go; a misspelt one would be ignored.
+    assert config["http_cache_type"] == config["filesystem_cache_type"] == "memory"
+    assert config["no_background_fetch"] is True
+    assert config["blob"] == {"chunk_size": 1 << 20}
+    assert config["fuse"] == {"attr_timeout": 3600, "entry_timeout": 3600}

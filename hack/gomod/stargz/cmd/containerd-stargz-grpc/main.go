@@ -26,8 +26,14 @@ func main() {
 	ctx := context.Background()
 	var cfg service.Config
 	if *configPath != "" {
-		if _, err := toml.DecodeFile(*configPath, &cfg); err != nil {
+		md, err := toml.DecodeFile(*configPath, &cfg)
+		if err != nil {
 			log.G(ctx).WithError(err).Fatal("config")
+		}
+		// The library ignores a key it does not know: a misspelt setting would silently
+		// leave its default in place.
+		if unknown := md.Undecoded(); len(unknown) > 0 {
+			log.G(ctx).Fatalf("config %s: unknown keys %v", *configPath, unknown)
 		}
 	}
 	sn, err := service.NewStargzSnapshotterService(ctx, *root, &cfg)
