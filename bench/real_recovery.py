@@ -155,6 +155,12 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="keep the runs of --out for the cases not run again (same settings)",
     )
+    p.add_argument(
+        "--more",
+        action="store_true",
+        help="with --merge: the runs of a case run again add to its runs in --out (more "
+        "repetitions) instead of replacing them",
+    )
     return p.parse_args()  # fmt: skip
 
 
@@ -187,9 +193,14 @@ def main() -> int:
     for name in (*signals, *variants):
         if name not in (*SIGNALS, *VARIANTS):
             raise SystemExit(f"unknown signal or variant {name!r}")
+    if args.more and not args.merge:
+        raise SystemExit("--more: only with --merge")
     local = cluster.ensure_cluster()
-    rerun = {(sig, v) for sig in signals for v in variants}
-    results = kept_runs(Path(args.out), settings, rerun, args.rebalance_lead) if args.merge else []
+    # The cases run again, whose old runs --merge drops (--more keeps them).
+    replaced = set() if args.more else {(sig, v) for sig in signals for v in variants}
+    results = []
+    if args.merge:
+        results = kept_runs(Path(args.out), settings, replaced, args.rebalance_lead)
     data: dict[str, Any] = {}
     with local.api_client() as api:
         runner = CaseRunner(api, settings, args.timeout, args.rebalance_lead)
