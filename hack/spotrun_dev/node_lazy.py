@@ -50,7 +50,7 @@ def containerd_section(state: Path) -> str:
 # fs/config/config.go; measured with bench/lazy_start.py, docs/images.md "Lazy pulling"):
 # - both caches in memory: on disk (the default) every fetched range is written to a file
 #   and read back, which cost a start 7 s of this machine's 2 cores; in memory they hold
-#   what the container has read (compressed and not: about 2 GB for a trainer start);
+#   what the containers have read, compressed and not (2.2 GB after minutes of training);
 # - no background fetch of whole layers: with the caches in memory it would hold the
 #   6.4 GB image twice, and it shares the cores with the start it should serve; the
 #   container reads the rest of the image over the registry when it needs it;

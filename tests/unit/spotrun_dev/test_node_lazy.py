@@ -43,7 +43,7 @@ def test_the_snapshotter_reaches_the_registry_over_plain_http() -> None:
 
 def test_the_snapshotter_keeps_what_it_fetched_in_memory_and_fetches_no_whole_layer() -> None:
     config = tomllib.loads(node_lazy.daemon_config())
-    # Keys of stargz-snapshotter's fs/config/config.go; a misspelt one would be ignored.
+    # Keys of stargz-snapshotter's fs/config/config.go (our daemon refuses any other).
     assert config["http_cache_type"] == config["filesystem_cache_type"] == "memory"
     assert config["no_background_fetch"] is True
     assert config["blob"] == {"chunk_size": 1 << 20}
