@@ -86,6 +86,7 @@ class Result:
     notes: list[str]
     trainer_phases: dict[str, float] = field(default_factory=dict)
     grow_back: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # real_recovery_cpu.account
 
 
 def summary(results: list[Result], settings: CapacitySettings) -> dict[str, Any]:
@@ -105,6 +106,9 @@ def summary(results: list[Result], settings: CapacitySettings) -> dict[str, Any]
                 row[f"{variant}_s"] = w.median(r.seconds for r in mine)
                 row[f"{variant}_phases"] = w.median_phases(r.phases for r in mine)
                 row[f"{variant}_lost_steps"] = w.median(r.lost_steps for r in mine)
+                cpu = [r.cpu for r in mine if r.cpu]
+                if cpu:
+                    row[f"{variant}_cpu"] = {k: w.median(c.get(k) for c in cpu) for k in cpu[0]}
                 grown = [r.grow_back for r in mine if r.grow_back]
                 if grown:
                     row[f"{variant}_grow_back"] = {
@@ -129,6 +133,10 @@ def print_table(data: dict[str, Any]) -> None:
         )
         phases = " ".join(f"{k}={v:g}" for k, v in row["phases"].items())
         print(f"{sig:<10}{cells}   {row['lost_steps']!s:>4}   {phases}")
+        for v in VARIANTS:
+            if cpu := row.get(f"{v}_cpu"):
+                print(f"{'':<10}{v} cpu s, bound -> trained: " + " ".join(
+                    f"{k.removesuffix('_s')}={x:g}" for k, x in cpu.items()))  # fmt: skip
         grown = row.get("spotrun_elastic_grow_back")
         if grown:
             print(f"{'':<10}spotrun_elastic grows back: " + " ".join(
@@ -212,9 +220,10 @@ def main() -> int:
                 print(f"[{rep + 1}/{args.reps}] {sig} / {variant} ...", flush=True)
                 b, lost = runner.run(sig, variant)
                 r = Result(sig, variant, b.total(), lost, b.phases(), b.notes,
-                           b.trainer_phases, b.grow_back)  # fmt: skip
+                           b.trainer_phases, b.grow_back, b.cpu)  # fmt: skip
                 print(f"    {r.seconds}s, lost {lost}, {r.phases} {r.grow_back} {r.notes}",
                       flush=True)  # fmt: skip
+                print(f"    cpu, bound -> trained: {r.cpu}", flush=True)
                 results.append(r)
                 # Each case is kept as it ends.
                 data = write(results, settings, Path(args.out), args.rebalance_lead)

@@ -4,11 +4,13 @@ the next gang's first training step (boundaries: ``real_recovery_watch``)."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import threading
 import time
 from typing import Any
 
+import real_recovery_cpu as cpu
 import real_recovery_watch as w
 import yaml
 from kubernetes import client
@@ -66,6 +68,7 @@ class CaseRunner:
         self.release: chart_install.Release | None = None
         self.riding = False  # the installed operator trains through spot notices
         self._ended_before: list[str] = []  # the run's attempts ended before the signal
+        self._gang: dict[str, str] = {}  # the next gang's pods once bound: uid -> node
 
     def setup(self) -> None:
         built = realnodes.built_images()
@@ -148,7 +151,29 @@ class CaseRunner:
             b.notes.append(f"attempts ended before the signal: {self._ended_before}")
         last = w.log_marks(self._log(master), b.signal).last_step
         dying = threading.Thread(target=self._inject, args=(signal, node), daemon=True)
-        dying.start()
+        self._gang = {}
+        with cpu.Sampler() as sampler:
+            dying.start()
+            resumed, last = self._follow(signal, b, kubeflow, master, (before, gang, last))
+        if b.bound and b.trained:
+            old_nodes = {str(p.spec.node_name) for p in pods}
+            b.cpu = cpu.account(sampler.samples, b.bound, b.trained, self._gang, old_nodes,
+                                os.cpu_count() or 1)  # fmt: skip
+        if signal == "partition" and node in realnodes.FleetState.load().nodes:
+            # The cut-off instance ends (unless the group already dropped it).
+            real_interrupt.instance_dies(self.core, node)
+        dying.join(timeout=300)
+        lost = None if resumed is None or last is None else max(0, last - resumed)
+        return b, lost
+
+    def _follow(
+        self, signal: str, b: w.Boundaries, kubeflow: bool, master: str,
+        seen: tuple[dict[str, int], int, int | None],
+    ) -> tuple[int | None, int | None]:  # fmt: skip
+        """Observe the recovery until the next gang trains (or the timeout): (the step it
+        resumed from, the old gang's newest step). ``seen``: the old gang's pods' restarts
+        by uid, the next gang's size, the old gang's newest step before the signal."""
+        before, gang, last = seen
         deadline = time.monotonic() + self.timeout + (self.lead if signal == "rebalance" else 0)
         resumed: int | None = None
         next_master = ""
@@ -185,12 +210,7 @@ class CaseRunner:
         elif b.paused is not None and b.trained is not None:
             whole = (b.trained - b.signal).total_seconds()
             b.notes.append(f"signal -> training again {whole:.1f}s (trained on until the pause)")
-        if signal == "partition" and node in realnodes.FleetState.load().nodes:
-            # The cut-off instance ends (unless the group already dropped it).
-            real_interrupt.instance_dies(self.core, node)
-        dying.join(timeout=300)
-        lost = None if resumed is None or last is None else max(0, last - resumed)
-        return b, lost
+        return resumed, last
 
     def _inject(self, signal: str, node: str) -> None:
         if signal == "rebalance":  # NTH (IMDS) on the recommendation; the notice comes later
@@ -221,6 +241,7 @@ class CaseRunner:
             return
         if b.bound is None and all(p.spec.node_name for p in gang):
             b.bound = now
+            self._gang = {p.metadata.uid: str(p.spec.node_name) for p in gang}
         if b.running is None and all(_running_since(p, b.signal) for p in gang):
             b.running = now
             b.pull_s = w.pull_seconds(self._pull_events({p.metadata.name for p in gang}))

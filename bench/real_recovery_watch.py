@@ -111,6 +111,8 @@ class Boundaries:
     trainer_phases: dict[str, float] = field(default_factory=dict)
     # spotrun_elastic: what growing back cost (see grow_back); empty otherwise.
     grow_back: dict[str, float] = field(default_factory=dict)
+    # The machine's CPU seconds by part from ``bound`` to ``trained`` (real_recovery_cpu).
+    cpu: dict[str, float] = field(default_factory=dict)
     # rebalance: the old gang's last step line (it trains on after the recommendation); the
     # case's figure is then the pause, this -> the next gang's first step.
     paused: dt.datetime | None = None
