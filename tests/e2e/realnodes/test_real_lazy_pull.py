@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from spotrun_dev import bare_nodes, example_images, images, paths, realnodes
+from spotrun_dev import bare_nodes, example_images, images, node_lazy, paths, realnodes
 from spotrun_dev.waiting import wait_for
+from spotrun_dev.zstd_frames import frame_windows
 
 # What a start does: the trainer's imports, one step of a model.
 CODE = (
@@ -95,3 +96,8 @@ def test_a_lazy_node_runs_the_trainer_without_downloading_its_layers(
     assert len(layers) >= 5 and not held & set(layers), sorted(held & set(layers))
     log = (realnodes.STATE_DIR / node / "stargz.log").read_text()
     assert log.count("preparing filesystem mount") >= len(layers), log[-2000:]
+    # Every frame the snapshotter opened declared the converter's small window, not the
+    # library's 8 MiB (node_lazy.FRAME_WINDOW).
+    for digest in layers:
+        windows = set(frame_windows(layout / "blobs" / "sha256" / digest.split(":")[1]))
+        assert max(windows) == node_lazy.FRAME_WINDOW, (digest, sorted(windows)[-3:])
