@@ -39,7 +39,8 @@ Per case: signal -> the first training step of the next gang (``rebalance`` and
 ``spotrun_ride``: the pause, the old gang's last step -> the next gang's first, since the
 run trains on after the signal),
 its phases
-(``real_recovery_watch``) and the steps lost (the master's own log lines). Writes
+(``real_recovery_watch``), the steps lost (the master's own log lines) and where the
+machine's CPU went from the next gang bound to its first step (``real_recovery_cpu``). Writes
 bench/results/real_recovery.json (medians over ``--reps``) and prints the table, then the
 expected goodput of an 8-node gang (``real_recovery_goodput``). Not a test: it needs the
 cluster (``make cluster-up``) and about 40 minutes for every case once; it uninstalls its
