@@ -144,7 +144,7 @@ class CaseRunner:
         pods = self._pods(kubeflow)
         worker = next(p for p in pods if p.metadata.name != master)
         node = str(worker.spec.node_name)
-        before = {p.metadata.uid: _restarts(p) for p in pods}
+        before = {p.metadata.uid: w.restarts(p) for p in pods}
         b = w.Boundaries(signal=dt.datetime.now(dt.UTC))
         self._ended_before = [] if kubeflow else self._ended()
         if self._ended_before:  # the case's gang is not attempt 1: say why
@@ -236,13 +236,13 @@ class CaseRunner:
         pods = self._pods(kubeflow)
         if b.detect is None and self._detected(kubeflow, pods, before):
             b.detect = now
-        gang = [p for p in pods if _new(p, before, b.signal, kubeflow)]
+        gang = [p for p in pods if w.next_gang_pod(p, before, b.signal, kubeflow)]
         if len(gang) < size:
             return
         if b.bound is None and all(p.spec.node_name for p in gang):
             b.bound = now
             self._gang = {p.metadata.uid: str(p.spec.node_name) for p in gang}
-        if b.running is None and all(_running_since(p, b.signal) for p in gang):
+        if b.running is None and all(w.running_since(p, b.signal) for p in gang):
             b.running = now
             b.pull_s = w.pull_seconds(self._pull_events({p.metadata.name for p in gang}))
 
@@ -252,8 +252,8 @@ class CaseRunner:
         if {p.metadata.uid for p in pods} != set(before):
             return True
         return any(
-            p.metadata.deletion_timestamp or _restarts(p) > before.get(p.metadata.uid, 0)
-            or _terminated(p)
+            p.metadata.deletion_timestamp or w.restarts(p) > before.get(p.metadata.uid, 0)
+            or w.terminated(p)
             for p in pods
         )  # fmt: skip
 
@@ -379,29 +379,3 @@ def kubeflow_objects(body: dict[str, Any]) -> list[dict[str, Any]]:
     account = builders.build_service_account(ref)
     account["metadata"].pop("ownerReferences", None)
     return [account, job]
-
-
-def _restarts(pod: Any) -> int:
-    return sum(c.restart_count or 0 for c in pod.status.container_statuses or [])
-
-
-def _terminated(pod: Any) -> bool:
-    return any(c.state and c.state.terminated for c in pod.status.container_statuses or [])
-
-
-def _running_since(pod: Any, since: dt.datetime) -> bool:
-    cs = pod.status.container_statuses or []
-    return bool(cs) and all(
-        c.state and c.state.running and c.state.running.started_at >= since for c in cs
-    )
-
-
-def _new(pod: Any, before: dict[str, int], since: dt.datetime, kubeflow: bool) -> bool:
-    """A pod of the next gang: spotrun's next attempt, or for Kubeflow a pod created or
-    restarted since the signal (a rank left running alone cannot rejoin a new rendezvous:
-    the gang trains again only once every pod restarted)."""
-    if not kubeflow:
-        return pod.metadata.uid not in before
-    if pod.metadata.deletion_timestamp:
-        return False
-    return pod.metadata.uid not in before or _restarts(pod) > before[pod.metadata.uid]

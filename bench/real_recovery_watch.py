@@ -30,6 +30,7 @@ import itertools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from spotrun_trainer import phases
 
@@ -204,3 +205,31 @@ def grow_back(
         "pause_s": round((marks.trained - last[0]).total_seconds(), 1),
         "lost_steps": float(max(0, last[1] - marks.resumed_step)),
     }
+
+
+# --- the pods' own state (kubernetes client objects) ---------------------------------------
+def restarts(pod: Any) -> int:
+    """Container restarts of ``pod`` (a client object), all containers."""
+    return sum(c.restart_count or 0 for c in pod.status.container_statuses or [])
+
+
+def terminated(pod: Any) -> bool:
+    return any(c.state and c.state.terminated for c in pod.status.container_statuses or [])
+
+
+def running_since(pod: Any, since: dt.datetime) -> bool:
+    cs = pod.status.container_statuses or []
+    return bool(cs) and all(
+        c.state and c.state.running and c.state.running.started_at >= since for c in cs
+    )
+
+
+def next_gang_pod(pod: Any, before: dict[str, int], since: dt.datetime, kubeflow: bool) -> bool:
+    """A pod of the next gang: spotrun's next attempt, or for Kubeflow a pod created or
+    restarted since the signal (a rank left running alone cannot rejoin a new rendezvous:
+    the gang trains again only once every pod restarted)."""
+    if not kubeflow:
+        return pod.metadata.uid not in before
+    if pod.metadata.deletion_timestamp:
+        return False
+    return pod.metadata.uid not in before or restarts(pod) > before[pod.metadata.uid]
